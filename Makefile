@@ -1,0 +1,32 @@
+# The two commands of the README: `make run` and `make test`. Each installs what is missing first.
+.PHONY: setup build run test test-release test-asan clean
+
+PRESET ?= release
+DATA ?= ./data
+LISTEN ?= 127.0.0.1:8080
+
+setup:
+	@scripts/setup
+
+build: setup
+	@cmake --preset $(PRESET) >/dev/null
+	@cmake --build --preset $(PRESET)
+
+run: build
+	build/bin/parleyd --listen $(LISTEN) --data $(DATA)
+
+# Every test, in the release build and again under AddressSanitizer + UBSan.
+test: test-release test-asan
+
+test-release: setup
+	@cmake --preset release >/dev/null
+	@cmake --build --preset release
+	ctest --preset release
+
+test-asan: setup
+	@cmake --preset asan >/dev/null
+	@cmake --build --preset asan
+	ctest --preset asan
+
+clean:
+	rm -rf build

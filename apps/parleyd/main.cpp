@@ -1,0 +1,84 @@
+// parleyd: the parley server. Embedded mode: one process, RocksDB under --data.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <iostream>
+#include <string>
+
+#include "common/log.hpp"
+#include "server/config.hpp"
+#include "server/server.hpp"
+
+namespace {
+
+constexpr const char* usage =
+    "usage: parleyd [--listen HOST:PORT] [--data DIR] [--threads N] [--config FILE]\n"
+    "               [--no-fsync] [--log-level debug|info|warn|error]\n"
+    "  --listen   address to serve WebSocket (/v1/ws) and HTTP on (default 127.0.0.1:8080;\n"
+    "             port 0 picks a free port, printed on start)\n"
+    "  --data     data directory (default ./data)\n"
+    "  --threads  I/O threads (default: one per core)\n"
+    "  --config   TOML file (see docs/operations.md); flags override it\n"
+    "  --no-fsync do not fsync writes (benchmarks only: a crash can lose acknowledged messages)\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using parley::server::config;
+  try {
+    config cfg;
+    // The config file first, so that flags override it wherever they appear.
+    for (int i = 1; i + 1 < argc; ++i) {
+      if (std::strcmp(argv[i], "--config") == 0) cfg = parley::server::load_config_file(argv[i + 1], cfg);
+    }
+    for (int i = 1; i < argc; ++i) {
+      const std::string arg = argv[i];
+      auto value = [&]() -> std::string {
+        if (i + 1 >= argc) throw std::invalid_argument(arg + " needs a value");
+        return argv[++i];
+      };
+      if (arg == "--listen") {
+        parley::server::parse_listen(value(), cfg);
+      } else if (arg == "--data") {
+        cfg.data_dir = value();
+      } else if (arg == "--threads") {
+        const std::string v = value();
+        std::size_t used = 0;
+        const unsigned long n = std::stoul(v, &used);
+        if (used != v.size() || n == 0 || n > 256) throw std::invalid_argument("--threads must be 1-256");
+        cfg.threads = static_cast<unsigned>(n);
+      } else if (arg == "--config") {
+        value();  // applied above
+      } else if (arg == "--no-fsync") {
+        cfg.fsync = false;
+      } else if (arg == "--log-level") {
+        const std::string v = value();
+        if (v == "debug") parley::set_log_level(parley::log_level::debug);
+        else if (v == "info") parley::set_log_level(parley::log_level::info);
+        else if (v == "warn") parley::set_log_level(parley::log_level::warn);
+        else if (v == "error") parley::set_log_level(parley::log_level::error);
+        else throw std::invalid_argument("unknown log level " + v);
+      } else if (arg == "--help" || arg == "-h") {
+        std::fputs(usage, stdout);
+        return 0;
+      } else {
+        throw std::invalid_argument("unknown option " + arg);
+      }
+    }
+
+    parley::server::server server(cfg);
+    const auto endpoint = server.start();
+    // Tests and scripts read this line to learn the port.
+    std::printf("parleyd listening on %s:%u (data %s)\n", endpoint.address().to_string().c_str(),
+                endpoint.port(), cfg.data_dir.string().c_str());
+    std::fflush(stdout);
+    server.wait();
+    return 0;
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "parleyd: " << e.what() << "\n" << usage;
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "parleyd: " << e.what() << '\n';
+    return 1;
+  }
+}

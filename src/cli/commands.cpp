@@ -1,0 +1,519 @@
+#include "cli/commands.hpp"
+
+#include <openssl/rand.h>
+#include <unistd.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/streambuf.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <cstdlib>
+#include <ctime>
+#include <iostream>
+#include <optional>
+#include <stdexcept>
+
+#include "cli/json.hpp"
+#include "client/client.hpp"
+#include "client/profile.hpp"
+#include "wire/username.hpp"
+
+namespace parley::cli {
+namespace {
+
+namespace asio = boost::asio;
+namespace v1 = parley::v1;
+using asio::awaitable;
+using client::client_error;
+
+constexpr const char* usage_text =
+    "usage: parley [--server URL] [--profile DIR] [--json] COMMAND\n"
+    "  register USERNAME     create the account and this device; credentials go in the profile\n"
+    "  whoami\n"
+    "  send USER TEXT        returns once the server has stored it (✓); prints the message id\n"
+    "  sync [--wait SECS]    receive everything queued, ack it, print messages and receipts;\n"
+    "                        exit after QueueEmpty (or keep listening for SECS)\n"
+    "  read USER             mark everything received from USER as read\n"
+    "  status MESSAGE_ID     sent | delivered | read\n"
+    "  history USER [--limit N]\n"
+    "  chat USER             interactive: type to send; messages, ticks, typing, presence live\n"
+    "defaults: --server ws://127.0.0.1:8080 (env PARLEY_SERVER), --profile ~/.parley\n"
+    "(env PARLEY_PROFILE)\n";
+
+// An error a person can act on; exit code 1 (2 for usage errors).
+struct failure {
+  std::string message;
+  int exit_code = 1;
+};
+
+struct options {
+  std::string server;
+  std::filesystem::path profile_dir;
+  bool json = false;
+  std::vector<std::string> args;  // command and its arguments
+  std::optional<long> wait_secs;
+  std::optional<long> limit;
+};
+
+std::string status_name(v1::MessageStatus s) {
+  switch (s) {
+    case v1::MESSAGE_STATUS_SENT: return "sent";
+    case v1::MESSAGE_STATUS_DELIVERED: return "delivered";
+    case v1::MESSAGE_STATUS_READ: return "read";
+    default: return "unknown";
+  }
+}
+
+std::string ticks(v1::MessageStatus s) {
+  switch (s) {
+    case v1::MESSAGE_STATUS_SENT: return "✓";
+    case v1::MESSAGE_STATUS_DELIVERED: return "✓✓";
+    case v1::MESSAGE_STATUS_READ: return "\x1b[34m✓✓\x1b[0m";  // blue ticks
+    default: return "?";
+  }
+}
+
+std::string clock_time(std::uint64_t ms) {
+  const std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%H:%M:%S", &tm);
+  return buf;
+}
+
+std::string random_id() {
+  std::string bytes(16, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(bytes.data()), 16) != 1) {
+    throw std::runtime_error("no randomness available");
+  }
+  return client::to_hex(bytes);
+}
+
+failure explain(const client_error& e, const std::string& subject = {}) {
+  if (e.what == client_error::kind::server) {
+    switch (e.code) {
+      case v1::ERROR_CODE_UNKNOWN_USER:
+        return {"unknown user" + (subject.empty() ? "" : " '" + subject + "'")};
+      case v1::ERROR_CODE_USERNAME_TAKEN:
+        return {"the username" + (subject.empty() ? "" : " '" + subject + "'") + " is taken"};
+      case v1::ERROR_CODE_AUTH_FAILED:
+        return {"the server does not know this device (was its data reset?); register again with "
+                "a new profile"};
+      case v1::ERROR_CODE_NOT_FOUND:
+        return {"no such message" + (subject.empty() ? "" : " " + subject) + " sent by you"};
+      default:
+        break;
+    }
+  }
+  return {client::describe(e)};
+}
+
+class session {
+ public:
+  session(asio::io_context& io, const options& opts)
+      : opts_(opts), profile_(opts.profile_dir), client_(io.get_executor()) {}
+
+  client::profile& profile() { return profile_; }
+  client::client& api() { return client_; }
+  const client::credentials& me() const { return *me_; }
+
+  void require_registered() {
+    me_ = profile_.load_credentials();
+    if (!me_) {
+      throw failure{"not registered: run 'parley register USERNAME' first (profile " +
+                    profile_.dir().string() + ")"};
+    }
+  }
+
+  awaitable<void> connect() {
+    auto r = co_await client_.connect(opts_.server);
+    if (!r) throw explain(r.error());
+  }
+
+  awaitable<void> connect_and_authenticate() {
+    require_registered();
+    co_await connect();
+    auto a = co_await client_.authenticate(me_->device_id, me_->token);
+    if (!a) throw explain(a.error());
+  }
+
+  void out(const std::string& human, const json_object& json) {
+    std::cout << (opts_.json ? json.str() : human) << '\n' << std::flush;
+  }
+
+ private:
+  const options& opts_;
+  client::profile profile_;
+  client::client client_;
+  std::optional<client::credentials> me_;
+};
+
+void require_user_arg(const std::string& name) {
+  if (!wire::is_valid_username(name)) {
+    throw failure{"'" + name + "' is not a username (3-32 characters of a-z 0-9 _ .)", 2};
+  }
+}
+
+awaitable<void> cmd_register(session& s, const options& o) {
+  if (o.args.size() != 2) throw failure{"usage: parley register USERNAME", 2};
+  const std::string& name = o.args[1];
+  require_user_arg(name);
+  if (auto existing = s.profile().load_credentials()) {
+    throw failure{"this profile is already registered as '" + existing->username + "' (" +
+                  s.profile().dir().string() + "); use --profile DIR for another account"};
+  }
+  co_await s.connect();
+  auto r = co_await s.api().register_account(name);
+  if (!r) throw explain(r.error(), name);
+  s.profile().save_credentials({o.server, name, r->user_id(), r->device_id(), r->token()});
+  s.out("registered " + name + " (user " + std::to_string(r->user_id()) + ", device " +
+            std::to_string(r->device_id()) + ")",
+        json_object()
+            .field("username", name)
+            .field("user_id", std::to_string(r->user_id()))
+            .field("device_id", std::to_string(r->device_id())));
+  co_await s.api().close();
+}
+
+awaitable<void> cmd_whoami(session& s, const options& o) {
+  s.require_registered();
+  const auto& me = s.me();
+  s.out(me.username + " (user " + std::to_string(me.user_id) + ", device " +
+            std::to_string(me.device_id) + ") on " + me.server,
+        json_object()
+            .field("username", me.username)
+            .field("user_id", std::to_string(me.user_id))
+            .field("device_id", std::to_string(me.device_id))
+            .field("server", me.server));
+  co_return;
+}
+
+awaitable<void> cmd_send(session& s, const options& o) {
+  if (o.args.size() != 3) throw failure{"usage: parley send USER TEXT", 2};
+  const std::string& to = o.args[1];
+  require_user_arg(to);
+  const std::string client_msg_id = random_id();
+  // A send whose answer was lost is retried with the same client_msg_id: the server returns
+  // the first result, so the message is stored once.
+  std::optional<client_error> last;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    if (attempt > 0) {
+      s.api().abort();
+      asio::steady_timer pause(co_await asio::this_coro::executor, std::chrono::milliseconds(300 * attempt));
+      co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    co_await s.connect_and_authenticate();
+    auto r = co_await s.api().send(to, client_msg_id, o.args[2]);
+    if (r) {
+      s.out("✓ sent " + std::to_string(r->message_id()),
+            json_object().field("message_id", std::to_string(r->message_id())).field("status", "sent"));
+      co_await s.api().close();
+      co_return;
+    }
+    if (r.error().what == client_error::kind::server) throw explain(r.error(), to);
+    last = r.error();
+  }
+  throw explain(*last, to);
+}
+
+// Prints one pushed event; returns the event id to ack (0 for none).
+std::uint64_t show_push(session& s, const v1::Frame& f, const std::string& chat_peer = {}) {
+  if (f.has_envelope()) {
+    const auto& e = f.envelope();
+    s.profile().record_received(e.from(), e.message_id());
+    s.out("[" + clock_time(e.sent_at_ms()) + "] " + e.from() + ": " + printable(e.payload()) +
+              (chat_peer.empty() ? "  (" + std::to_string(e.message_id()) + ")" : ""),
+          json_object()
+              .field("type", "message")
+              .field("from", e.from())
+              .field("message_id", std::to_string(e.message_id()))
+              .number("seq", e.seq())
+              .number("sent_at_ms", e.sent_at_ms())
+              .field("text", e.payload()));
+    return e.event_id();
+  }
+  if (f.has_receipt()) {
+    const auto& r = f.receipt();
+    const bool read = r.status() == v1::MESSAGE_STATUS_READ;
+    s.out(ticks(r.status()) + " " + r.peer() + (read ? " read up to " : " received ") +
+              std::to_string(r.message_id()),
+          json_object()
+              .field("type", "receipt")
+              .field("message_id", std::to_string(r.message_id()))
+              .field("status", status_name(r.status()))
+              .field("peer", r.peer()));
+    return r.event_id();
+  }
+  if (f.has_presence()) {
+    const auto& p = f.presence();
+    std::string human = p.username() + (p.online() ? " is online" : " is offline");
+    if (!p.online() && p.last_seen_ms() != 0) human = p.username() + " was last seen at " + clock_time(p.last_seen_ms());
+    s.out(human, json_object()
+                     .field("type", "presence")
+                     .field("user", p.username())
+                     .boolean("online", p.online())
+                     .number("last_seen_ms", p.last_seen_ms()));
+    return 0;
+  }
+  if (f.has_typing_event()) {
+    const auto& t = f.typing_event();
+    s.out(t.from() + (t.typing() ? " is typing…" : " stopped typing"),
+          json_object().field("type", "typing").field("from", t.from()).boolean("typing", t.typing()));
+    return 0;
+  }
+  if (f.has_error()) {
+    std::cerr << "parley: server error: " << f.error().message() << '\n';
+  }
+  return 0;
+}
+
+awaitable<void> flush_acks(session& s, std::vector<std::uint64_t>& acks) {
+  if (acks.empty()) co_return;
+  auto r = co_await s.api().ack(acks);
+  if (!r) throw explain(r.error());
+  acks.clear();
+}
+
+awaitable<void> cmd_sync(session& s, const options& o) {
+  if (o.args.size() != 1) throw failure{"usage: parley sync [--wait SECS]", 2};
+  co_await s.connect_and_authenticate();
+  const auto wait = std::chrono::seconds(o.wait_secs.value_or(0));
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  std::vector<std::uint64_t> acks;
+  for (;;) {
+    auto timeout = std::chrono::milliseconds(15'000);
+    if (deadline) {
+      const auto left = *deadline - std::chrono::steady_clock::now();
+      if (left <= std::chrono::steady_clock::duration::zero()) break;
+      timeout = std::chrono::duration_cast<std::chrono::milliseconds>(left) + std::chrono::milliseconds(1);
+    }
+    auto f = co_await s.api().next_push(timeout);
+    if (!f) {
+      if (f.error().what == client_error::kind::timeout && deadline) break;
+      throw explain(f.error());
+    }
+    if (f->has_queue_empty()) {
+      co_await flush_acks(s, acks);
+      s.profile().save_state();
+      if (wait.count() == 0) break;
+      deadline = std::chrono::steady_clock::now() + wait;
+      continue;
+    }
+    if (auto event = show_push(s, *f)) acks.push_back(event);
+    if (acks.size() >= 256 || deadline) co_await flush_acks(s, acks);
+  }
+  co_await flush_acks(s, acks);
+  s.profile().save_state();
+  co_await s.api().close();
+}
+
+awaitable<void> cmd_read(session& s, const options& o) {
+  if (o.args.size() != 2) throw failure{"usage: parley read USER", 2};
+  const std::string& peer = o.args[1];
+  require_user_arg(peer);
+  s.require_registered();
+  const std::uint64_t up_to = s.profile().last_received(peer);
+  if (up_to == 0) {
+    s.out("nothing received from " + peer + " yet (run 'parley sync' first)",
+          json_object().field("peer", peer).field("read_up_to", "0"));
+    co_return;
+  }
+  co_await s.connect_and_authenticate();
+  auto r = co_await s.api().mark_read(peer, up_to);
+  if (!r) throw explain(r.error(), peer);
+  s.out("read everything from " + peer + " up to " + std::to_string(up_to),
+        json_object().field("peer", peer).field("read_up_to", std::to_string(up_to)));
+  co_await s.api().close();
+}
+
+awaitable<void> cmd_status(session& s, const options& o) {
+  if (o.args.size() != 2) throw failure{"usage: parley status MESSAGE_ID", 2};
+  std::uint64_t id = 0;
+  try {
+    std::size_t used = 0;
+    id = std::stoull(o.args[1], &used);
+    if (used != o.args[1].size()) throw std::invalid_argument("trailing");
+  } catch (const std::exception&) {
+    throw failure{"'" + o.args[1] + "' is not a message id", 2};
+  }
+  co_await s.connect_and_authenticate();
+  auto r = co_await s.api().status(id);
+  if (!r) throw explain(r.error(), o.args[1]);
+  s.out(ticks(*r) + " " + status_name(*r),
+        json_object().field("message_id", std::to_string(id)).field("status", status_name(*r)));
+  co_await s.api().close();
+}
+
+awaitable<void> cmd_history(session& s, const options& o) {
+  if (o.args.size() != 2) throw failure{"usage: parley history USER [--limit N]", 2};
+  const std::string& peer = o.args[1];
+  require_user_arg(peer);
+  const long limit = o.limit.value_or(50);
+  if (limit < 1 || limit > 100) throw failure{"--limit must be 1-100", 2};
+  co_await s.connect_and_authenticate();
+  auto r = co_await s.api().history(peer, 0, static_cast<std::uint32_t>(limit));
+  if (!r) throw explain(r.error(), peer);
+  // The server answers newest first; people read a chat top-down, oldest first.
+  for (int i = r->messages_size() - 1; i >= 0; --i) {
+    const auto& m = r->messages(i);
+    s.out("[" + clock_time(m.sent_at_ms()) + "] " + m.from() + ": " + printable(m.payload()),
+          json_object()
+              .field("type", "message")
+              .field("from", m.from())
+              .field("message_id", std::to_string(m.message_id()))
+              .number("seq", m.seq())
+              .number("sent_at_ms", m.sent_at_ms())
+              .field("text", m.payload()));
+  }
+  co_await s.api().close();
+}
+
+// Reads stdin line by line and sends each line to `peer`; sets `done` at end of input.
+awaitable<void> chat_input(session& s, std::string peer, bool& done) {
+  auto ex = co_await asio::this_coro::executor;
+  asio::posix::stream_descriptor in(ex, ::dup(STDIN_FILENO));
+  asio::streambuf buf(64 * 1024);
+  for (;;) {
+    auto [ec, n] = co_await asio::async_read_until(in, buf, '\n', asio::as_tuple(asio::use_awaitable));
+    if (n == 0 && buf.size() > 0 && ec) n = buf.size();  // a last line without newline
+    if (n == 0) break;
+    std::string line(asio::buffers_begin(buf.data()), asio::buffers_begin(buf.data()) + n);
+    buf.consume(n);
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+    if (line.empty()) continue;
+    auto r = co_await s.api().send(peer, random_id(), line);
+    if (!r) {
+      std::cerr << "parley: not sent: " << explain(r.error(), peer).message << '\n';
+      continue;
+    }
+    s.out("✓ " + std::to_string(r->message_id()),
+          json_object().field("message_id", std::to_string(r->message_id())).field("status", "sent"));
+  }
+  done = true;
+}
+
+awaitable<void> cmd_chat(session& s, const options& o) {
+  if (o.args.size() != 2) throw failure{"usage: parley chat USER", 2};
+  const std::string peer = o.args[1];
+  require_user_arg(peer);
+  co_await s.connect_and_authenticate();
+  const std::vector<std::string> watched{peer};
+  auto sub = co_await s.api().subscribe_presence(watched);
+  if (!sub) throw explain(sub.error(), peer);
+  if (!o.json) std::cout << "chatting with " << peer << " — type a line and Enter to send; Ctrl-D to quit\n";
+
+  auto ex = co_await asio::this_coro::executor;
+  bool input_done = false;
+  // Input: each line is a message to the peer.
+  asio::co_spawn(ex, chat_input(s, peer, input_done), [](std::exception_ptr) {});
+
+  std::vector<std::uint64_t> acks;
+  while (!input_done) {
+    auto f = co_await s.api().next_push(std::chrono::milliseconds(200));
+    if (!f) {
+      if (f.error().what == client_error::kind::timeout) continue;
+      throw explain(f.error());
+    }
+    if (f->has_queue_empty()) continue;
+    const auto event = show_push(s, *f, peer);
+    if (event != 0) {
+      acks.push_back(event);
+      s.api().ack_async(acks);
+      acks.clear();
+    }
+    // The chat is open: what the peer sends is read as soon as it is shown (blue ticks).
+    if (f->has_envelope() && f->envelope().from() == peer) {
+      auto r = co_await s.api().mark_read(peer, f->envelope().message_id());
+      if (!r) std::cerr << "parley: read receipt failed: " << explain(r.error()).message << '\n';
+    }
+  }
+  s.profile().save_state();
+  co_await s.api().close();
+}
+
+options parse(int argc, char** argv) {
+  options o;
+  const char* env_server = std::getenv("PARLEY_SERVER");
+  o.server = env_server ? env_server : "ws://127.0.0.1:8080";
+  if (const char* p = std::getenv("PARLEY_PROFILE")) {
+    o.profile_dir = p;
+  } else if (const char* home = std::getenv("HOME")) {
+    o.profile_dir = std::filesystem::path(home) / ".parley";
+  } else {
+    o.profile_dir = ".parley";
+  }
+  auto number = [](const std::string& flag, const std::string& v) {
+    try {
+      std::size_t used = 0;
+      long n = std::stol(v, &used);
+      if (used == v.size() && n >= 0) return n;
+    } catch (const std::exception&) {
+    }
+    throw failure{flag + " needs a non-negative number", 2};
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw failure{a + " needs a value", 2};
+      return argv[++i];
+    };
+    if (a == "--server") o.server = value();
+    else if (a == "--profile") o.profile_dir = value();
+    else if (a == "--json") o.json = true;
+    else if (a == "--wait") o.wait_secs = number(a, value());
+    else if (a == "--limit") o.limit = number(a, value());
+    else if (a == "--help" || a == "-h") throw failure{usage_text, 0};
+    else if (a.size() > 2 && a.rfind("--", 0) == 0) throw failure{"unknown option " + a, 2};
+    else o.args.push_back(a);
+  }
+  if (o.args.empty()) throw failure{usage_text, 2};
+  return o;
+}
+
+}  // namespace
+
+int run(int argc, char** argv) {
+  try {
+    options o = parse(argc, argv);
+    asio::io_context io(1);
+    session s(io, o);
+    const std::string& command = o.args[0];
+    awaitable<void> (*fn)(session&, const options&) = nullptr;
+    if (command == "register") fn = cmd_register;
+    else if (command == "whoami") fn = cmd_whoami;
+    else if (command == "send") fn = cmd_send;
+    else if (command == "sync") fn = cmd_sync;
+    else if (command == "read") fn = cmd_read;
+    else if (command == "status") fn = cmd_status;
+    else if (command == "history") fn = cmd_history;
+    else if (command == "chat") fn = cmd_chat;
+    else throw failure{"unknown command '" + command + "'\n" + usage_text, 2};
+
+    std::exception_ptr error;
+    asio::co_spawn(io, fn(s, o), [&](std::exception_ptr e) {
+      error = e;
+      io.stop();
+    });
+    io.run();
+    if (error) std::rethrow_exception(error);
+    return 0;
+  } catch (const failure& f) {
+    if (f.exit_code == 0) {
+      std::cout << f.message;
+      return 0;
+    }
+    std::cerr << (f.message.rfind("usage:", 0) == 0 ? "" : "parley: ") << f.message
+              << (f.message.empty() || f.message.back() == '\n' ? "" : "\n");
+    return f.exit_code;
+  } catch (const std::exception& e) {
+    std::cerr << "parley: " << e.what() << '\n';
+    return 1;
+  }
+}
+
+}  // namespace parley::cli

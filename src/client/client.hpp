@@ -1,0 +1,108 @@
+// The client SDK: one authenticated connection to parleyd and the protocol's requests as
+// coroutines. The CLI is built on it; later issues add the Signal protocol on top.
+//
+// Single-threaded: use one client from one executor. Every request has a deadline; failures
+// are values (client_error), never exceptions. Coroutine parameters are taken by value, so an
+// awaitable may be started after its arguments' temporaries are gone.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/system/result.hpp>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "client/ws_connection.hpp"
+#include "parley/v1/frame.pb.h"
+
+namespace parley::client {
+
+struct client_error {
+  enum class kind {
+    unreachable,  // could not connect to the server
+    timeout,      // no answer before the deadline
+    closed,       // the connection closed or broke
+    server,       // the server answered with an Error frame: see code
+    protocol,     // the server answered something unexpected
+  };
+  kind what = kind::closed;
+  parley::v1::ErrorCode code = parley::v1::ERROR_CODE_UNSPECIFIED;
+  std::string message;
+};
+
+}  // namespace parley::client
+
+namespace boost::system {
+// Lets result<T, client_error>::value() throw on error.
+[[noreturn]] void throw_exception_from_error(const parley::client::client_error& e,
+                                             const boost::source_location& loc);
+}  // namespace boost::system
+
+namespace parley::client {
+
+template <class T>
+using result = boost::system::result<T, client_error>;
+
+class client {
+ public:
+  explicit client(boost::asio::any_io_executor executor);
+  ~client();
+
+  boost::asio::awaitable<result<void>> connect(std::string url);
+
+  boost::asio::awaitable<result<parley::v1::Registered>> register_account(std::string username);
+  boost::asio::awaitable<result<parley::v1::Authenticated>> authenticate(std::uint64_t device_id,
+                                                                         std::string token);
+  boost::asio::awaitable<result<parley::v1::SendResult>> send(std::string to,
+                                                              std::string client_msg_id,
+                                                              std::string payload);
+  // Acks with a response (waits for the server to have removed the events).
+  boost::asio::awaitable<result<void>> ack(std::vector<std::uint64_t> event_ids);
+  // Acks without waiting (request_id 0: the server sends no response).
+  void ack_async(const std::vector<std::uint64_t>& event_ids);
+  boost::asio::awaitable<result<void>> mark_read(std::string peer, std::uint64_t up_to);
+  boost::asio::awaitable<result<parley::v1::MessageStatus>> status(std::uint64_t message_id);
+  boost::asio::awaitable<result<parley::v1::History>> history(std::string peer,
+                                                              std::uint64_t before,
+                                                              std::uint32_t limit);
+  boost::asio::awaitable<result<void>> subscribe_presence(std::vector<std::string> users);
+  void typing(const std::string& peer, bool typing);
+
+  // Any request frame; request_id is assigned here. Returns the response frame; an Error frame
+  // becomes client_error{server, code, message}.
+  boost::asio::awaitable<result<parley::v1::Frame>> request(parley::v1::Frame frame);
+
+  // The next pushed frame (Envelope, Receipt, QueueEmpty, PresenceEvent, TypingEvent, or an
+  // Error with request_id 0), waiting at most `timeout`.
+  boost::asio::awaitable<result<parley::v1::Frame>> next_push(std::chrono::milliseconds timeout);
+
+  // Sends raw bytes as one WebSocket message (tests of the server's input handling).
+  void send_raw(std::string bytes);
+
+  boost::asio::awaitable<void> close();
+  void abort();
+  bool is_open() const;
+
+  void set_request_timeout(std::chrono::milliseconds t) { request_timeout_ = t; }
+
+ private:
+  struct pending_request;
+  static boost::asio::awaitable<void> read_loop(std::shared_ptr<ws_connection> ws,
+                                                std::shared_ptr<struct shared_inbox> inbox);
+
+  boost::asio::any_io_executor executor_;
+  std::shared_ptr<ws_connection> ws_;
+  std::shared_ptr<struct shared_inbox> inbox_;
+  std::uint64_t next_request_id_ = 1;
+  std::chrono::milliseconds request_timeout_{10'000};
+};
+
+std::string describe(const client_error& e);
+
+}  // namespace parley::client

@@ -1,0 +1,38 @@
+// In-process presence for the embedded server. Last-seen times live in memory: they are
+// unknown (0) after a restart until the user connects again.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
+#include "presence/presence.hpp"
+
+namespace parley::presence {
+
+class local_presence final : public presence {
+ public:
+  void connected(const std::string& username) override;
+  void disconnected(const std::string& username, std::uint64_t at_ms) override;
+  state lookup(const std::string& username) const override;
+  subscription_id subscribe(const std::vector<std::string>& usernames,
+                            listener on_change) override;
+  void unsubscribe(subscription_id id) override;
+
+ private:
+  struct user_entry {
+    int connections = 0;
+    std::uint64_t last_seen_ms = 0;
+    std::map<subscription_id, std::shared_ptr<listener>> watchers;
+  };
+  void notify(const std::string& username, const state& s,
+              std::vector<std::shared_ptr<listener>> targets);
+
+  mutable std::mutex mutex_;
+  std::unordered_map<std::string, user_entry> users_;
+  std::unordered_map<subscription_id, std::vector<std::string>> subscriptions_;
+  subscription_id next_id_ = 1;
+};
+
+}  // namespace parley::presence

@@ -1,0 +1,48 @@
+#include "presence/local/local_presence.hpp"
+
+#include <gtest/gtest.h>
+
+namespace parley::presence {
+namespace {
+
+TEST(local_presence, online_until_the_last_connection_closes) {
+  local_presence p;
+  std::vector<std::pair<std::string, state>> seen;
+  auto id = p.subscribe({"bob"}, [&](const std::string& u, const state& s) { seen.emplace_back(u, s); });
+  p.connected("bob");
+  p.connected("bob");  // a second connection: no change
+  EXPECT_TRUE(p.lookup("bob").online);
+  p.disconnected("bob", 1000);
+  EXPECT_TRUE(p.lookup("bob").online);
+  p.disconnected("bob", 2000);
+  EXPECT_FALSE(p.lookup("bob").online);
+  EXPECT_EQ(p.lookup("bob").last_seen_ms, 2000u);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_TRUE(seen[0].second.online);
+  EXPECT_FALSE(seen[1].second.online);
+  EXPECT_EQ(seen[1].second.last_seen_ms, 2000u);
+  p.unsubscribe(id);
+  p.connected("bob");
+  EXPECT_EQ(seen.size(), 2u);
+}
+
+TEST(local_presence, unknown_user_is_offline_and_never_seen) {
+  local_presence p;
+  EXPECT_FALSE(p.lookup("nobody").online);
+  EXPECT_EQ(p.lookup("nobody").last_seen_ms, 0u);
+  p.disconnected("nobody", 5);  // a disconnect without a connect changes nothing
+  EXPECT_EQ(p.lookup("nobody").last_seen_ms, 0u);
+}
+
+TEST(local_presence, only_subscribers_of_that_user_hear) {
+  local_presence p;
+  int alice_events = 0, bob_events = 0;
+  p.subscribe({"alice"}, [&](const std::string&, const state&) { ++alice_events; });
+  p.subscribe({"bob"}, [&](const std::string&, const state&) { ++bob_events; });
+  p.connected("alice");
+  EXPECT_EQ(alice_events, 1);
+  EXPECT_EQ(bob_events, 0);
+}
+
+}  // namespace
+}  // namespace parley::presence

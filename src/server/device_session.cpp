@@ -1,0 +1,502 @@
+#include "server/device_session.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "common/clock.hpp"
+#include "common/log.hpp"
+#include "server/event_frames.hpp"
+#include "server/store_call.hpp"
+
+namespace parley::server {
+namespace asio = boost::asio;
+namespace v1 = parley::v1;
+using asio::awaitable;
+using asio::use_awaitable;
+
+namespace {
+
+store::sha256_digest sha256(std::string_view bytes) {
+  store::sha256_digest d;
+  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), d.data());
+  return d;
+}
+
+v1::ErrorCode to_protocol(const boost::system::error_code& ec) {
+  if (ec.category() == store::store_category()) {
+    switch (static_cast<store::errc>(ec.value())) {
+      case store::errc::username_taken: return v1::ERROR_CODE_USERNAME_TAKEN;
+      case store::errc::unknown_user: return v1::ERROR_CODE_UNKNOWN_USER;
+      case store::errc::not_found: return v1::ERROR_CODE_NOT_FOUND;
+      case store::errc::shutting_down: return v1::ERROR_CODE_SHUTTING_DOWN;
+      case store::errc::io_error:
+      case store::errc::corrupt: return v1::ERROR_CODE_INTERNAL;
+    }
+  }
+  return v1::ERROR_CODE_INTERNAL;
+}
+
+v1::Frame presence_frame(const std::string& username, const presence::state& s) {
+  v1::Frame f;
+  auto* p = f.mutable_presence();
+  p->set_username(username);
+  p->set_online(s.online);
+  p->set_last_seen_ms(s.last_seen_ms);
+  return f;
+}
+
+void log_failure(std::exception_ptr e) {
+  if (!e) return;
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    log_error() << "session task failed: " << ex.what();
+  }
+}
+
+}  // namespace
+
+device_session::device_session(shared_state& state, asio::any_io_executor executor,
+                               std::function<void(close_reason)> close)
+    : state_(state),
+      executor_(executor),
+      close_(std::move(close)),
+      outgoing_ready_(executor, asio::steady_timer::time_point::max()),
+      room_ready_(executor, asio::steady_timer::time_point::max()) {}
+
+// --- outgoing queue ----------------------------------------------------------------------------
+
+bool device_session::has_room(std::size_t bytes) const {
+  return outgoing_.size() < state_.cfg.max_outbound_frames &&
+         outgoing_bytes_ + bytes <= state_.cfg.max_outbound_bytes;
+}
+
+bool device_session::send_encoded(wire::encoded_frame f) {
+  if (closed_ || finishing_) return false;
+  if (!has_room(f->size())) {
+    log_info() << "closing slow reader (device " << device_ << "): " << outgoing_.size()
+               << " frames, " << outgoing_bytes_ << " bytes queued";
+    state_.stats.slow_readers_closed.fetch_add(1, std::memory_order_relaxed);
+    close(close_reason::slow_reader);
+    return false;
+  }
+  outgoing_bytes_ += f->size();
+  outgoing_.push_back(std::move(f));
+  outgoing_ready_.cancel();
+  return true;
+}
+
+bool device_session::send(const frame& f) { return send_encoded(wire::encode(f)); }
+
+awaitable<bool> device_session::send_paced(wire::encoded_frame f) {
+  while (!closed_ && !finishing_ && !has_room(f->size())) {
+    room_ready_.expires_at(asio::steady_timer::time_point::max());
+    boost::system::error_code ec;
+    co_await room_ready_.async_wait(asio::redirect_error(use_awaitable, ec));
+  }
+  if (closed_ || finishing_) co_return false;
+  co_return send_encoded(std::move(f));
+}
+
+awaitable<wire::encoded_frame> device_session::next_outgoing() {
+  for (;;) {
+    if (closed_) co_return nullptr;
+    if (!outgoing_.empty()) {
+      auto f = std::move(outgoing_.front());
+      outgoing_.pop_front();
+      outgoing_bytes_ -= f->size();
+      room_ready_.cancel();
+      state_.stats.frames_out.fetch_add(1, std::memory_order_relaxed);
+      co_return f;
+    }
+    if (finishing_) co_return nullptr;
+    outgoing_ready_.expires_at(asio::steady_timer::time_point::max());
+    boost::system::error_code ec;
+    co_await outgoing_ready_.async_wait(asio::redirect_error(use_awaitable, ec));
+  }
+}
+
+void device_session::reject(std::uint64_t request_id, v1::ErrorCode code, std::string message) {
+  state_.stats.bad_frames.fetch_add(1, std::memory_order_relaxed);
+  send(wire::make_error(request_id, code, std::move(message)));
+  if (++bad_frames_ >= state_.cfg.max_bad_frames) close(close_reason::protocol_violation);
+}
+
+void device_session::close(close_reason reason) {
+  if (closed_) return;
+  auto fn = std::move(close_);
+  close_ = nullptr;
+  if (fn) fn(reason);
+}
+
+void device_session::finish() {
+  finishing_ = true;
+  outgoing_ready_.cancel();
+  room_ready_.cancel();
+}
+
+void device_session::closed() {
+  if (closed_) return;
+  closed_ = true;
+  outgoing_.clear();
+  outgoing_bytes_ = 0;
+  outgoing_ready_.cancel();
+  room_ready_.cancel();
+  if (presence_subscription_) state_.presence.unsubscribe(*presence_subscription_);
+  if (device_ != 0) {
+    state_.bus.detach(device_, this);
+    state_.presence.disconnected(username_, now_ms());
+  }
+}
+
+// --- pushes from the bus (any thread) ----------------------------------------------------------
+
+void device_session::push_event(bus::event_id event, wire::encoded_frame frame) {
+  asio::post(executor_, [self = shared_from_this(), event, frame = std::move(frame)]() mutable {
+    self->on_push(event, std::move(frame));
+  });
+}
+
+void device_session::push_ephemeral(wire::encoded_frame frame) {
+  asio::post(executor_, [self = shared_from_this(), frame = std::move(frame)]() mutable {
+    // Ephemeral frames are dropped, not fatal, when the queue is full.
+    if (!self->closed_ && self->has_room(frame->size())) self->send_encoded(std::move(frame));
+  });
+}
+
+void device_session::replaced() {
+  asio::post(executor_, [self = shared_from_this()] { self->close(close_reason::replaced); });
+}
+
+void device_session::on_push(bus::event_id event, wire::encoded_frame frame) {
+  if (closed_) return;
+  if (draining_) {
+    dirty_ = true;  // the drain will read it from the store
+    return;
+  }
+  if (event <= last_event_) return;  // already sent by the drain
+  if (send_encoded(std::move(frame))) last_event_ = event;
+}
+
+// --- requests ------------------------------------------------------------------------------------
+
+awaitable<void> device_session::handle_frame(std::string_view bytes) {
+  state_.stats.frames_in.fetch_add(1, std::memory_order_relaxed);
+  frame request;
+  if (auto error = wire::decode_request(bytes, state_.cfg.limits, request)) {
+    reject(request.request_id(), error->code, std::move(error->message));
+    co_return;
+  }
+  const std::uint64_t id = request.request_id();
+
+  if (!authenticated()) {
+    switch (request.body_case()) {
+      case frame::kRegister:
+        bad_frames_ = 0;
+        co_await on_register(id, request.register_());
+        co_return;
+      case frame::kAuthenticate:
+        co_await on_authenticate(id, request.authenticate());
+        co_return;
+      case frame::kPing: {
+        frame pong;
+        pong.set_request_id(id);
+        pong.mutable_pong();
+        send(pong);
+        co_return;
+      }
+      default:
+        reject(id, v1::ERROR_CODE_UNAUTHENTICATED, "authenticate first");
+        co_return;
+    }
+  }
+
+  bad_frames_ = 0;
+  switch (request.body_case()) {
+    case frame::kRegister:
+    case frame::kAuthenticate:
+      reject(id, v1::ERROR_CODE_ALREADY_AUTHENTICATED, "this connection is authenticated");
+      co_return;
+    case frame::kPing: {
+      frame pong;
+      pong.set_request_id(id);
+      pong.mutable_pong();
+      send(pong);
+      co_return;
+    }
+    case frame::kTyping:
+      on_typing(id, request.typing());
+      co_return;
+    case frame::kSubscribePresence:
+      on_subscribe(id, request.subscribe_presence());
+      co_return;
+    default:
+      break;
+  }
+
+  if (in_flight_ >= state_.cfg.max_in_flight) {
+    reject(id, v1::ERROR_CODE_TOO_MANY_IN_FLIGHT,
+           "more than " + std::to_string(state_.cfg.max_in_flight) + " requests in flight");
+    co_return;
+  }
+  ++in_flight_;
+  // Spawned so that a connection can pipeline requests; each reaches the store in the order
+  // received (store_call submits synchronously at its first co_await).
+  asio::co_spawn(executor_, run_request(std::move(request)), log_failure);
+}
+
+awaitable<void> device_session::on_register(std::uint64_t request_id, const v1::Register& r) {
+  std::string token(32, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(token.data()), 32) != 1) {
+    send(wire::make_error(request_id, v1::ERROR_CODE_INTERNAL, "no randomness available"));
+    co_return;
+  }
+  store::registration_request req{r.username(), sha256(token)};
+  auto self = shared_from_this();
+  auto result = co_await store_call<store::registration>(
+      [&](store::completion<store::registration> done) {
+        state_.store.register_account(std::move(req), std::move(done));
+      });
+  if (!result) {
+    send(wire::make_error(request_id, to_protocol(result.error()),
+                          result.error().message()));
+    co_return;
+  }
+  frame reply;
+  reply.set_request_id(request_id);
+  auto* out = reply.mutable_registered();
+  out->set_user_id(result->user);
+  out->set_device_id(result->device);
+  out->set_token(token);
+  send(reply);
+  OPENSSL_cleanse(token.data(), token.size());
+}
+
+awaitable<void> device_session::on_authenticate(std::uint64_t request_id,
+                                                const v1::Authenticate& a) {
+  auto self = shared_from_this();
+  const std::uint64_t device_id = a.device_id();
+  const auto presented = sha256(a.token());
+  auto found = co_await store_call<store::device>([&](store::completion<store::device> done) {
+    state_.store.find_device(device_id, std::move(done));
+  });
+  if (closed_) co_return;
+  const bool ok = found && CRYPTO_memcmp(found->token_hash.data(), presented.data(),
+                                         presented.size()) == 0;
+  if (!ok) {
+    if (!found && found.error() != store::errc::not_found) {
+      send(wire::make_error(request_id, to_protocol(found.error()), found.error().message()));
+      co_return;
+    }
+    // Unknown device and wrong token look the same to the client.
+    reject(request_id, v1::ERROR_CODE_AUTH_FAILED, "unknown device or wrong token");
+    if (++auth_failures_ >= 3) close(close_reason::protocol_violation);
+    co_return;
+  }
+
+  device_ = found->id;
+  user_ = found->user;
+  username_ = found->username;
+  draining_ = true;  // before attach: pushes from now on are found by the drain
+  state_.bus.attach(device_, username_, shared_from_this());
+  state_.presence.connected(username_);
+
+  frame reply;
+  reply.set_request_id(request_id);
+  reply.mutable_authenticated()->set_user_id(user_);
+  reply.mutable_authenticated()->set_username(username_);
+  send(reply);
+  asio::co_spawn(executor_, drain(), log_failure);
+}
+
+awaitable<void> device_session::drain() {
+  auto self = shared_from_this();
+  std::uint64_t drained = 0;
+  for (;;) {
+    dirty_ = false;
+    auto page = co_await store_call<std::vector<store::device_event>>(
+        [&](store::completion<std::vector<store::device_event>> done) {
+          state_.store.read_queue(device_, last_event_, state_.cfg.drain_page, std::move(done));
+        });
+    if (closed_) co_return;
+    if (!page) {
+      log_error() << "drain of device " << device_ << " failed: " << page.error().message();
+      close(close_reason::internal);
+      co_return;
+    }
+    for (const auto& event : *page) {
+      if (!co_await send_paced(encode_event(event))) co_return;
+      last_event_ = event_id_of(event);
+      ++drained;
+    }
+    if (page->size() < state_.cfg.drain_page && !dirty_) break;
+  }
+  draining_ = false;
+  frame done;
+  done.mutable_queue_empty()->set_drained(drained);
+  co_await send_paced(wire::encode(done));
+}
+
+awaitable<void> device_session::run_request(frame request) {
+  auto self = shared_from_this();
+  const std::uint64_t id = request.request_id();
+  frame reply;
+  reply.set_request_id(id);
+  bus::bus& bus = state_.bus;
+  auto fail = [&](const boost::system::error_code& ec) {
+    send(wire::make_error(id, to_protocol(ec), ec.message()));
+  };
+
+  switch (request.body_case()) {
+    case frame::kSendMessage: {
+      auto& m = *request.mutable_send_message();
+      store::send_request req{user_,
+                              device_,
+                              username_,
+                              std::move(*m.mutable_to()),
+                              std::move(*m.mutable_client_msg_id()),
+                              std::move(*m.mutable_payload())};
+      auto r = co_await store_call<store::send_outcome>(
+          [&](store::completion<store::send_outcome> done) {
+            state_.store.send(std::move(req), [&bus, done = std::move(done)](
+                                                  store::result<store::send_outcome> r) {
+              if (r && !r->duplicate) route_deliveries(bus, r->deliveries);
+              done(std::move(r));
+            });
+          });
+      if (!r) {
+        fail(r.error());
+        break;
+      }
+      if (!r->duplicate) state_.stats.messages_stored.fetch_add(1, std::memory_order_relaxed);
+      auto* out = reply.mutable_send_result();
+      out->set_message_id(r->id);
+      out->set_seq(r->seq);
+      out->set_sent_at_ms(r->sent_at_ms);
+      out->set_duplicate(r->duplicate);
+      send(reply);
+      break;
+    }
+    case frame::kAck: {
+      std::vector<store::event_id> events(request.ack().event_ids().begin(),
+                                          request.ack().event_ids().end());
+      auto r = co_await store_call<std::vector<store::delivery>>(
+          [&](store::completion<std::vector<store::delivery>> done) {
+            state_.store.ack(device_, username_, std::move(events),
+                             [&bus, done = std::move(done)](
+                                 store::result<std::vector<store::delivery>> r) {
+                               if (r) route_deliveries(bus, *r);
+                               done(std::move(r));
+                             });
+          });
+      if (!r) {
+        fail(r.error());
+      } else if (id != 0) {
+        reply.mutable_ok();
+        send(reply);
+      }
+      break;
+    }
+    case frame::kMarkRead: {
+      const auto& m = request.mark_read();
+      auto r = co_await store_call<std::vector<store::delivery>>(
+          [&](store::completion<std::vector<store::delivery>> done) {
+            state_.store.mark_read(user_, username_, m.peer(), m.up_to_message_id(),
+                                   [&bus, done = std::move(done)](
+                                       store::result<std::vector<store::delivery>> r) {
+                                     if (r) route_deliveries(bus, *r);
+                                     done(std::move(r));
+                                   });
+          });
+      if (!r) {
+        fail(r.error());
+        break;
+      }
+      reply.mutable_ok();
+      send(reply);
+      break;
+    }
+    case frame::kGetStatus: {
+      const std::uint64_t message = request.get_status().message_id();
+      auto r = co_await store_call<store::message_status>(
+          [&](store::completion<store::message_status> done) {
+            state_.store.status(user_, message, std::move(done));
+          });
+      if (!r) {
+        fail(r.error());
+        break;
+      }
+      reply.mutable_status_result()->set_message_id(message);
+      reply.mutable_status_result()->set_status(static_cast<v1::MessageStatus>(*r));
+      send(reply);
+      break;
+    }
+    case frame::kGetHistory: {
+      const auto& h = request.get_history();
+      const std::size_t limit =
+          h.limit() == 0 ? state_.cfg.limits.default_history_limit : h.limit();
+      auto r = co_await store_call<std::vector<store::history_entry>>(
+          [&](store::completion<std::vector<store::history_entry>> done) {
+            state_.store.history(user_, h.peer(), h.before_message_id(), limit, std::move(done));
+          });
+      if (!r) {
+        fail(r.error());
+        break;
+      }
+      auto* out = reply.mutable_history();
+      for (auto& e : *r) {
+        auto* m = out->add_messages();
+        m->set_message_id(e.id);
+        m->set_seq(e.seq);
+        m->set_from(std::move(e.from));
+        m->set_sent_at_ms(e.sent_at_ms);
+        m->set_payload(std::move(e.payload));
+      }
+      send(reply);
+      break;
+    }
+    default:
+      reject(id, v1::ERROR_CODE_UNSUPPORTED, "unsupported request");
+      break;
+  }
+  --in_flight_;
+}
+
+void device_session::on_subscribe(std::uint64_t request_id, const v1::SubscribePresence& s) {
+  if (presence_subscription_) state_.presence.unsubscribe(*presence_subscription_);
+  std::vector<std::string> names(s.usernames().begin(), s.usernames().end());
+  std::weak_ptr<device_session> weak = shared_from_this();
+  presence_subscription_ = state_.presence.subscribe(
+      names, [weak](const std::string& username, const presence::state& st) {
+        if (auto self = weak.lock()) self->push_ephemeral(wire::encode(presence_frame(username, st)));
+      });
+  frame reply;
+  reply.set_request_id(request_id);
+  reply.mutable_ok();
+  if (!send(reply)) return;
+  for (const auto& name : names) {
+    if (!send(presence_frame(name, state_.presence.lookup(name)))) return;
+  }
+}
+
+void device_session::on_typing(std::uint64_t request_id, const v1::Typing& t) {
+  frame event;
+  event.mutable_typing_event()->set_from(username_);
+  event.mutable_typing_event()->set_typing(t.typing());
+  state_.bus.deliver_ephemeral(t.peer(), wire::encode(event));
+  if (request_id != 0) {
+    frame reply;
+    reply.set_request_id(request_id);
+    reply.mutable_ok();
+    send(reply);
+  }
+}
+
+}  // namespace parley::server

@@ -1,0 +1,113 @@
+// The protocol state of one connection: authentication, request dispatch, the device-queue
+// drain, live pushes, and the bounded outgoing queue. No Beast here: websocket_session feeds
+// frames in (handle_frame) and writes what next_outgoing() yields.
+//
+// Threading: every member function except the bus::endpoint overrides runs on the
+// connection's executor (one io_context thread), so no member needs a lock. The endpoint
+// overrides may be called from any thread and only post to that executor.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "bus/bus.hpp"
+#include "server/shared_state.hpp"
+#include "wire/frame_codec.hpp"
+
+namespace parley::server {
+
+enum class close_reason {
+  protocol_violation,  // too many bad frames or failed authentications: close code 1008
+  auth_timeout,        // no Authenticate in time: 1008
+  slow_reader,         // outgoing queue full: the TCP connection is dropped at once
+  replaced,            // the same device connected again: 4001
+  internal,            // the store failed while draining: 1011
+};
+
+class device_session final : public bus::endpoint,
+                             public std::enable_shared_from_this<device_session> {
+ public:
+  // `close` asks the transport to end the connection; it is called at most once, on the
+  // session's executor.
+  device_session(shared_state& state, boost::asio::any_io_executor executor,
+                 std::function<void(close_reason)> close);
+
+  // Handles one received WebSocket message. The read loop awaits it before reading the next,
+  // but requests that wait on the store run concurrently (up to max_in_flight).
+  boost::asio::awaitable<void> handle_frame(std::string_view bytes);
+
+  // The next frame to write; nullptr once the session is closed.
+  boost::asio::awaitable<wire::encoded_frame> next_outgoing();
+
+  // The connection is closing: what is queued is still written, then next_outgoing() ends
+  // and nothing more is queued.
+  void finish();
+
+  // The transport is gone. Detaches from the bus and presence; ends next_outgoing().
+  void closed();
+
+  bool authenticated() const { return device_ != 0; }
+
+  // bus::endpoint
+  void push_event(bus::event_id event, wire::encoded_frame frame) override;
+  void push_ephemeral(wire::encoded_frame frame) override;
+  void replaced() override;
+
+ private:
+  using frame = parley::v1::Frame;
+
+  boost::asio::awaitable<void> on_register(std::uint64_t request_id, const parley::v1::Register& r);
+  boost::asio::awaitable<void> on_authenticate(std::uint64_t request_id,
+                                               const parley::v1::Authenticate& a);
+  boost::asio::awaitable<void> run_request(frame request);
+  boost::asio::awaitable<void> drain();
+  void on_subscribe(std::uint64_t request_id, const parley::v1::SubscribePresence& s);
+  void on_typing(std::uint64_t request_id, const parley::v1::Typing& t);
+
+  void on_push(bus::event_id event, wire::encoded_frame frame);
+
+  // Queues a frame; false (and the connection is closed as a slow reader) if the queue is full.
+  bool send(const frame& f);
+  bool send_encoded(wire::encoded_frame f);
+  // Waits for room in the queue (used by the drain, which paces itself); false if closed.
+  boost::asio::awaitable<bool> send_paced(wire::encoded_frame f);
+  bool has_room(std::size_t bytes) const;
+  void reject(std::uint64_t request_id, parley::v1::ErrorCode code, std::string message);
+  void close(close_reason reason);
+
+  shared_state& state_;
+  boost::asio::any_io_executor executor_;
+  std::function<void(close_reason)> close_;
+  bool closed_ = false;
+  bool finishing_ = false;
+
+  // Identity, once authenticated.
+  std::uint64_t device_ = 0;
+  std::uint64_t user_ = 0;
+  std::string username_;
+  int auth_failures_ = 0;
+  std::size_t bad_frames_ = 0;  // consecutive
+  std::size_t in_flight_ = 0;
+  std::optional<std::uint64_t> presence_subscription_;
+
+  // Queue delivery: during the drain, live pushes only mark `dirty_` (the drain reads them
+  // from the store); afterwards, events at or below last_event_ were already sent.
+  bool draining_ = false;
+  bool dirty_ = false;
+  std::uint64_t last_event_ = 0;
+
+  std::deque<wire::encoded_frame> outgoing_;
+  std::size_t outgoing_bytes_ = 0;
+  boost::asio::steady_timer outgoing_ready_;  // cancelled when a frame is queued
+  boost::asio::steady_timer room_ready_;      // cancelled when a frame leaves the queue
+};
+
+}  // namespace parley::server

@@ -1,0 +1,55 @@
+#include "server/listener.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "common/log.hpp"
+#include "server/http_session.hpp"
+
+namespace parley::server {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+listener::listener(std::vector<std::unique_ptr<asio::io_context>>& contexts,
+                   const tcp::endpoint& endpoint, shared_state& state,
+                   connection_set& connections)
+    : contexts_(contexts), acceptor_(*contexts[0]), state_(state), connections_(connections) {
+  acceptor_.open(endpoint.protocol());
+  acceptor_.set_option(asio::socket_base::reuse_address(true));
+  acceptor_.bind(endpoint);
+  acceptor_.listen(asio::socket_base::max_listen_connections);
+}
+
+void listener::start() { asio::co_spawn(acceptor_.get_executor(), accept_loop(), asio::detached); }
+
+void listener::stop() {
+  asio::post(acceptor_.get_executor(), [this] {
+    boost::system::error_code ignored;
+    acceptor_.close(ignored);
+  });
+}
+
+asio::awaitable<void> listener::accept_loop() {
+  for (;;) {
+    auto& context = *contexts_[next_++ % contexts_.size()];
+    auto [ec, socket] = co_await acceptor_.async_accept(context, asio::as_tuple(asio::use_awaitable));
+    if (ec) {
+      if (!acceptor_.is_open() || ec == asio::error::operation_aborted) co_return;
+      // Out of file descriptors (EMFILE) and the like: back off instead of spinning.
+      log_warn() << "accept failed: " << ec.message();
+      asio::steady_timer pause(acceptor_.get_executor(), std::chrono::milliseconds(50));
+      co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
+      continue;
+    }
+    boost::system::error_code ignored;
+    socket.set_option(tcp::no_delay(true), ignored);
+    start_http_session(state_, connections_, std::move(socket));
+  }
+}
+
+}  // namespace parley::server

@@ -1,0 +1,44 @@
+// Server counters and the store write-latency histogram, rendered in the Prometheus text
+// format at GET /metrics. Every member is safe to update from any thread.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace parley::server {
+
+class latency_histogram {
+ public:
+  // Upper bounds in seconds; the last bucket is +Inf.
+  static constexpr std::array<double, 14> bounds = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                                    0.005,  0.01,    0.025,  0.05,  0.1,
+                                                    0.25,   0.5,     1.0,    2.5};
+  void observe(std::chrono::nanoseconds d);
+  void render(std::string& out, const char* name, const char* help) const;
+
+ private:
+  std::array<std::atomic<std::uint64_t>, bounds.size() + 1> buckets_{};
+  std::atomic<std::uint64_t> count_{0};
+  std::atomic<std::uint64_t> sum_ns_{0};
+};
+
+struct metrics {
+  std::atomic<std::int64_t> connections{0};  // open WebSocket connections
+  std::atomic<std::uint64_t> connections_total{0};
+  std::atomic<std::uint64_t> frames_in{0};
+  std::atomic<std::uint64_t> frames_out{0};
+  std::atomic<std::uint64_t> bad_frames{0};
+  std::atomic<std::uint64_t> messages_stored{0};
+  std::atomic<std::uint64_t> slow_readers_closed{0};
+  std::atomic<std::uint64_t> group_commits{0};
+  std::atomic<std::uint64_t> group_commit_requests{0};
+  latency_histogram store_write_latency;
+
+  // `queue_depth` is the store's estimate of queued events.
+  std::string render(std::uint64_t queue_depth) const;
+};
+
+}  // namespace parley::server

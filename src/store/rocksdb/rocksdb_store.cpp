@@ -1,0 +1,579 @@
+#include "store/rocksdb/rocksdb_store.hpp"
+
+#include <rocksdb/db.h>
+#include <rocksdb/utilities/write_batch_with_index.h>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#include "common/clock.hpp"
+#include "common/log.hpp"
+#include "common/snowflake.hpp"
+#include "parley/store/v1/records.pb.h"
+#include "store/rocksdb/keys.hpp"
+
+namespace parley::store {
+namespace {
+
+namespace pb = parley::store::v1;
+using boost::system::error_code;
+
+enum cf : std::size_t {
+  cf_default,
+  cf_accounts,
+  cf_users,
+  cf_devices,
+  cf_chats,
+  cf_messages,
+  cf_message_index,
+  cf_queue,
+  cf_dedupe,
+  cf_delivered,
+  cf_read_marks,
+  cf_count
+};
+
+constexpr const char* cf_names[cf_count] = {
+    "default",
+    "accounts",
+    "users",
+    "devices",
+    "chats",
+    "messages",
+    "message_index",
+    "queue",
+    "dedupe",
+    "delivered",
+    "read_marks",
+};
+
+rocksdb::Slice slice(std::string_view s) { return {s.data(), s.size()}; }
+
+// The requests of one group commit: their writes, and what to run once the group is durable.
+struct group {
+  rocksdb::WriteBatchWithIndex batch{rocksdb::BytewiseComparator(), 0, /*overwrite_key=*/true};
+  std::vector<std::function<void(error_code)>> on_durable;
+  bool ids_issued = false;
+};
+
+template <class Record>
+bool parse(Record& record, const std::string& bytes) {
+  return record.ParseFromString(bytes);
+}
+
+}  // namespace
+
+struct rocksdb_store::impl {
+  explicit impl(rocksdb_options o) : options(std::move(o)), readers(options.reader_threads) {}
+
+  rocksdb_options options;
+  std::unique_ptr<rocksdb::DB> db;
+  std::vector<rocksdb::ColumnFamilyHandle*> cfs;
+  boost::asio::thread_pool readers;
+  std::atomic<bool> stopped{false};
+
+  // Writer queue (any thread) and writer thread.
+  using command = std::function<void(group*)>;  // nullptr group: refused (shutting down)
+  std::mutex mutex;
+  std::condition_variable wake;
+  std::deque<command> pending;
+  bool stopping = false;
+  std::thread writer;
+
+  // Writer-thread state.
+  snowflake ids{0};
+  std::uint64_t last_id = 0;
+  std::uint64_t next_user = 1;
+  std::uint64_t next_device = 1;
+
+  void open();
+  void run_writer();
+
+  rocksdb::Status get(group& g, cf family, std::string_view key, std::string* value) {
+    return g.batch.GetFromBatchAndDB(db.get(), rocksdb::ReadOptions(), cfs[family], slice(key),
+                                     value);
+  }
+  rocksdb::Status get(cf family, std::string_view key, std::string* value) {
+    return db->Get(rocksdb::ReadOptions(), cfs[family], slice(key), value);
+  }
+  void put(group& g, cf family, std::string_view key, std::string_view value) {
+    g.batch.Put(cfs[family], slice(key), slice(value));
+  }
+  std::uint64_t next_id(group& g, std::uint64_t now) {
+    g.ids_issued = true;
+    last_id = ids.next(now);
+    return last_id;
+  }
+
+  // Queues `apply` for the writer. `apply(group&)` runs on the writer thread and returns the
+  // request's result; it must validate before it writes, so that an error leaves no writes.
+  // `done` runs once the group is durable, with apply's result or the commit's error.
+  template <class T, class Apply>
+  void write(completion<T> done, Apply apply) {
+    command c = [done = std::move(done), apply = std::move(apply)](group* g) mutable {
+      if (g == nullptr) {
+        done(errc::shutting_down);
+        return;
+      }
+      auto r = std::make_shared<result<T>>(apply(*g));
+      g->on_durable.push_back([done = std::move(done), r](error_code ec) {
+        if (ec && r->has_value()) {
+          done(ec);
+        } else {
+          done(std::move(*r));
+        }
+      });
+    };
+    {
+      std::lock_guard lock(mutex);
+      if (!stopping) {
+        pending.push_back(std::move(c));
+        wake.notify_one();
+        return;
+      }
+    }
+    c(nullptr);
+  }
+
+  template <class T, class Read>
+  void read(completion<T> done, Read fn) {
+    if (stopped.load()) {
+      done(errc::shutting_down);
+      return;
+    }
+    boost::asio::post(readers, [done = std::move(done), fn = std::move(fn)]() mutable {
+      done(fn());
+    });
+  }
+
+  result<pb::UserRecord> user_record(group& g, std::uint64_t user) {
+    std::string v;
+    auto s = get(g, cf_users, keys::be64(user), &v);
+    if (s.IsNotFound()) return errc::unknown_user;
+    if (!s.ok()) return errc::io_error;
+    pb::UserRecord record;
+    if (!parse(record, v)) return errc::corrupt;
+    return record;
+  }
+
+  // username -> user id, seeing this group's writes too.
+  result<std::uint64_t> user_of(group& g, const std::string& username) {
+    std::string v;
+    auto s = get(g, cf_accounts, username, &v);
+    if (s.IsNotFound()) return errc::unknown_user;
+    if (!s.ok() || v.size() != 8) return errc::io_error;
+    return read_be64(v);
+  }
+
+  result<std::uint64_t> user_of(const std::string& username) {
+    std::string v;
+    auto s = get(cf_accounts, username, &v);
+    if (s.IsNotFound()) return errc::unknown_user;
+    if (!s.ok() || v.size() != 8) return errc::io_error;
+    return read_be64(v);
+  }
+
+  // Queues a receipt for every device of `user`.
+  result<void> queue_receipt(group& g, std::uint64_t user, message_id id, const std::string& peer,
+                             message_status status, std::uint64_t now,
+                             std::vector<delivery>& out) {
+    auto owner = user_record(g, user);
+    if (!owner) return owner.error();
+    for (std::uint64_t device : owner->devices()) {
+      const event_id event = next_id(g, now);
+      pb::QueueItem item;
+      auto* receipt = item.mutable_receipt();
+      receipt->set_message_id(id);
+      receipt->set_peer(peer);
+      receipt->set_status(static_cast<std::uint32_t>(status));
+      receipt->set_at_ms(now);
+      put(g, cf_queue, keys::queue(device, event), item.SerializeAsString());
+      out.push_back({device, receipt_event{event, id, peer, status, now}});
+    }
+    return {};
+  }
+};
+
+void rocksdb_store::impl::open() {
+  std::filesystem::create_directories(options.path);
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  // A server may hold ~19,900 sockets under the 20,000 open-file limit: keep RocksDB's share small.
+  db_options.max_open_files = 256;
+  db_options.IncreaseParallelism(2);
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  for (std::size_t i = 0; i < cf_count; ++i) {
+    descriptors.emplace_back(cf_names[i], rocksdb::ColumnFamilyOptions());
+  }
+  rocksdb::DB* raw = nullptr;
+  auto s = rocksdb::DB::Open(db_options, options.path.string(), descriptors, &cfs, &raw);
+  if (!s.ok()) throw std::runtime_error("cannot open the store at " + options.path.string() + ": " + s.ToString());
+  db.reset(raw);
+
+  auto load = [&](std::string_view key, std::uint64_t fallback) -> std::uint64_t {
+    std::string v;
+    auto st = get(cf_default, key, &v);
+    if (st.IsNotFound()) return fallback;
+    if (!st.ok() || v.size() != 8) throw std::runtime_error("corrupt store meta key " + std::string(key));
+    return read_be64(v);
+  };
+  next_user = load(keys::meta_next_user, 1);
+  next_device = load(keys::meta_next_device, 1);
+  ids = snowflake(options.node_id);
+  ids.advance_past(load(keys::meta_snowflake, 0));
+  writer = std::thread([this] { run_writer(); });
+}
+
+void rocksdb_store::impl::run_writer() {
+  std::vector<command> work;
+  for (;;) {
+    {
+      std::unique_lock lock(mutex);
+      wake.wait(lock, [&] { return stopping || !pending.empty(); });
+      if (pending.empty()) return;  // stopping, and everything queued is done
+      while (!pending.empty() && work.size() < options.max_group) {
+        work.push_back(std::move(pending.front()));
+        pending.pop_front();
+      }
+    }
+    group g;
+    for (auto& c : work) c(&g);
+    if (g.ids_issued) put(g, cf_default, keys::meta_snowflake, keys::be64(last_id));
+
+    const auto start = std::chrono::steady_clock::now();
+    rocksdb::Status s;
+    if (g.batch.GetWriteBatch()->Count() > 0) {
+      rocksdb::WriteOptions write_options;
+      write_options.sync = options.sync;
+      s = db->Write(write_options, g.batch.GetWriteBatch());
+    }
+    if (options.on_commit) options.on_commit(std::chrono::steady_clock::now() - start, work.size());
+    error_code ec;
+    if (!s.ok()) {
+      log_error() << "store: group commit failed: " << s.ToString();
+      ec = errc::io_error;
+    }
+    for (auto& f : g.on_durable) f(ec);
+    work.clear();
+  }
+}
+
+rocksdb_store::rocksdb_store(rocksdb_options options)
+    : impl_(std::make_unique<impl>(std::move(options))) {
+  impl_->open();
+}
+
+rocksdb_store::~rocksdb_store() {
+  stop();
+  for (auto* h : impl_->cfs) impl_->db->DestroyColumnFamilyHandle(h);
+  impl_->cfs.clear();
+  impl_->db.reset();
+}
+
+void rocksdb_store::stop() {
+  {
+    std::lock_guard lock(impl_->mutex);
+    if (impl_->stopping) return;
+    impl_->stopping = true;
+  }
+  impl_->wake.notify_all();
+  if (impl_->writer.joinable()) impl_->writer.join();
+  impl_->stopped = true;
+  impl_->readers.join();
+}
+
+std::uint64_t rocksdb_store::queued_events_estimate() {
+  std::uint64_t n = 0;
+  if (!impl_->db->GetIntProperty(impl_->cfs[cf_queue], "rocksdb.estimate-num-keys", &n)) return 0;
+  return n;
+}
+
+void rocksdb_store::register_account(registration_request request,
+                                     completion<registration> done) {
+  impl_->write<registration>(std::move(done), [this, request = std::move(request)](group& g) -> result<registration> {
+    auto& d = *impl_;
+    std::string v;
+    auto s = d.get(g, cf_accounts, request.username, &v);
+    if (s.ok()) return errc::username_taken;
+    if (!s.IsNotFound()) return errc::io_error;
+
+    const std::uint64_t now = now_ms();
+    registration r{d.next_user++, d.next_device++};
+    pb::UserRecord user;
+    user.set_user_id(r.user);
+    user.set_username(request.username);
+    user.add_devices(r.device);
+    user.set_created_ms(now);
+    pb::DeviceRecord device;
+    device.set_device_id(r.device);
+    device.set_user_id(r.user);
+    device.set_token_sha256(request.token_hash.data(), request.token_hash.size());
+    device.set_created_ms(now);
+
+    d.put(g, cf_accounts, request.username, keys::be64(r.user));
+    d.put(g, cf_users, keys::be64(r.user), user.SerializeAsString());
+    d.put(g, cf_devices, keys::be64(r.device), device.SerializeAsString());
+    d.put(g, cf_default, keys::meta_next_user, keys::be64(d.next_user));
+    d.put(g, cf_default, keys::meta_next_device, keys::be64(d.next_device));
+    return r;
+  });
+}
+
+void rocksdb_store::find_device(device_id id, completion<device> done) {
+  impl_->read<device>(std::move(done), [this, id]() -> result<device> {
+    std::string v;
+    auto s = impl_->get(cf_devices, keys::be64(id), &v);
+    if (s.IsNotFound()) return errc::not_found;
+    if (!s.ok()) return errc::io_error;
+    pb::DeviceRecord record;
+    if (!parse(record, v) || record.token_sha256().size() != 32) return errc::corrupt;
+    s = impl_->get(cf_users, keys::be64(record.user_id()), &v);
+    if (!s.ok()) return s.IsNotFound() ? errc::corrupt : errc::io_error;
+    pb::UserRecord user;
+    if (!parse(user, v)) return errc::corrupt;
+    device d{record.device_id(), record.user_id(), user.username(), {}};
+    std::copy(record.token_sha256().begin(), record.token_sha256().end(), d.token_hash.begin());
+    return d;
+  });
+}
+
+void rocksdb_store::find_account(std::string username, completion<account> done) {
+  impl_->read<account>(std::move(done), [this, username = std::move(username)]() -> result<account> {
+    auto user = impl_->user_of(username);
+    if (!user) return user.error() == errc::unknown_user ? errc::not_found : user.error();
+    std::string v;
+    auto s = impl_->get(cf_users, keys::be64(*user), &v);
+    if (!s.ok()) return errc::io_error;
+    pb::UserRecord record;
+    if (!parse(record, v)) return errc::corrupt;
+    return account{record.user_id(), record.username(),
+                   {record.devices().begin(), record.devices().end()}};
+  });
+}
+
+void rocksdb_store::send(send_request request, completion<send_outcome> done) {
+  impl_->write<send_outcome>(std::move(done), [this, request = std::move(request)](group& g) -> result<send_outcome> {
+    auto& d = *impl_;
+    std::string v;
+    const std::string dedupe_key = keys::dedupe(request.sender_device, request.client_msg_id);
+    auto s = d.get(g, cf_dedupe, dedupe_key, &v);
+    if (s.ok()) {
+      pb::DedupeRecord first;
+      if (!parse(first, v)) return errc::corrupt;
+      return send_outcome{first.message_id(), first.seq(), first.sent_at_ms(), true, {}};
+    }
+    if (!s.IsNotFound()) return errc::io_error;
+
+    auto recipient_id = d.user_of(g, request.recipient_name);
+    if (!recipient_id) return recipient_id.error();
+    auto recipient = d.user_record(g, *recipient_id);
+    if (!recipient) return recipient.error();
+
+    const std::string chat = keys::direct_chat(request.sender, *recipient_id);
+    std::uint64_t last_seq = 0;
+    s = d.get(g, cf_chats, chat, &v);
+    if (s.ok() && v.size() == 8) {
+      last_seq = read_be64(v);
+    } else if (!s.IsNotFound()) {
+      return errc::io_error;
+    }
+
+    const std::uint64_t now = now_ms();
+    send_outcome out;
+    out.id = d.next_id(g, now);
+    out.seq = last_seq + 1;
+    out.sent_at_ms = now;
+
+    pb::StoredMessage message;
+    message.set_message_id(out.id);
+    message.set_seq(out.seq);
+    message.set_chat(chat);
+    message.set_sender_user(request.sender);
+    message.set_sender_device(request.sender_device);
+    message.set_sender_name(request.sender_name);
+    message.set_recipient_user(*recipient_id);
+    message.set_sent_at_ms(now);
+    message.set_payload(request.payload);
+    pb::DedupeRecord dedupe;
+    dedupe.set_message_id(out.id);
+    dedupe.set_seq(out.seq);
+    dedupe.set_sent_at_ms(now);
+    pb::QueueItem item;
+    auto* ref = item.mutable_message();
+    ref->set_chat(chat);
+    ref->set_message_id(out.id);
+    ref->set_sender_user(request.sender);
+
+    d.put(g, cf_messages, keys::message(chat, out.id), message.SerializeAsString());
+    d.put(g, cf_message_index, keys::be64(out.id), chat);
+    d.put(g, cf_chats, chat, keys::be64(out.seq));
+    d.put(g, cf_dedupe, dedupe_key, dedupe.SerializeAsString());
+    const std::string queued = item.SerializeAsString();
+    for (std::uint64_t device : recipient->devices()) {
+      d.put(g, cf_queue, keys::queue(device, out.id), queued);
+      out.deliveries.push_back(
+          {device, message_event{out.id, out.id, out.seq, request.sender_name,
+                                 request.sender_device, now, request.payload}});
+    }
+    return out;
+  });
+}
+
+void rocksdb_store::ack(device_id device, std::string device_username,
+                        std::vector<event_id> events, completion<std::vector<delivery>> done) {
+  impl_->write<std::vector<delivery>>(
+      std::move(done),
+      [this, device, name = std::move(device_username),
+       events = std::move(events)](group& g) -> result<std::vector<delivery>> {
+        auto& d = *impl_;
+        std::vector<delivery> out;
+        const std::uint64_t now = now_ms();
+        std::string v;
+        for (event_id event : events) {
+          const std::string key = keys::queue(device, event);
+          auto s = d.get(g, cf_queue, key, &v);
+          if (s.IsNotFound()) continue;  // acked before: harmless
+          if (!s.ok()) return errc::io_error;
+          pb::QueueItem item;
+          if (!parse(item, v)) return errc::corrupt;
+          g.batch.Delete(d.cfs[cf_queue], key);
+          if (!item.has_message()) continue;
+
+          const std::string delivered_key = keys::be64(item.message().message_id());
+          s = d.get(g, cf_delivered, delivered_key, &v);
+          if (s.ok()) continue;  // another device of this account delivered it first
+          if (!s.IsNotFound()) return errc::io_error;
+          d.put(g, cf_delivered, delivered_key, {});
+          auto r = d.queue_receipt(g, item.message().sender_user(), item.message().message_id(),
+                                   name, message_status::delivered, now, out);
+          if (!r && r.error() != errc::unknown_user) return r.error();
+        }
+        return out;
+      });
+}
+
+void rocksdb_store::mark_read(user_id reader, std::string reader_name, std::string peer,
+                              message_id up_to, completion<std::vector<delivery>> done) {
+  impl_->write<std::vector<delivery>>(
+      std::move(done),
+      [this, reader, reader_name = std::move(reader_name), peer = std::move(peer),
+       up_to](group& g) -> result<std::vector<delivery>> {
+        auto& d = *impl_;
+        auto peer_id = d.user_of(g, peer);
+        if (!peer_id) return peer_id.error();
+        const std::string chat = keys::direct_chat(reader, *peer_id);
+        std::string v;
+        auto s = d.get(g, cf_message_index, keys::be64(up_to), &v);
+        if (s.IsNotFound() || (s.ok() && v != chat)) return errc::not_found;
+        if (!s.ok()) return errc::io_error;
+
+        const std::string mark_key = keys::read_mark(chat, reader);
+        s = d.get(g, cf_read_marks, mark_key, &v);
+        if (s.ok() && v.size() == 8 && read_be64(v) >= up_to) return std::vector<delivery>{};
+        if (!s.ok() && !s.IsNotFound()) return errc::io_error;
+        d.put(g, cf_read_marks, mark_key, keys::be64(up_to));
+
+        std::vector<delivery> out;
+        auto r = d.queue_receipt(g, *peer_id, up_to, reader_name, message_status::read, now_ms(), out);
+        if (!r) return r.error();
+        return out;
+      });
+}
+
+void rocksdb_store::read_queue(device_id device, event_id after, std::size_t limit,
+                               completion<std::vector<device_event>> done) {
+  impl_->read<std::vector<device_event>>(std::move(done), [this, device, after, limit]()
+                                                              -> result<std::vector<device_event>> {
+    auto& d = *impl_;
+    std::vector<device_event> out;
+    const std::string prefix = keys::be64(device);
+    std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(rocksdb::ReadOptions(), d.cfs[cf_queue]));
+    std::string v;
+    for (it->Seek(slice(keys::queue(device, after + 1))); it->Valid() && out.size() < limit;
+         it->Next()) {
+      const auto key = it->key();
+      if (key.size() != 16 || !key.starts_with(slice(prefix))) break;
+      const event_id event = read_be64(std::string_view(key.data(), key.size()), 8);
+      pb::QueueItem item;
+      if (!item.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return errc::corrupt;
+      }
+      if (item.has_receipt()) {
+        const auto& r = item.receipt();
+        out.push_back(receipt_event{event, r.message_id(), r.peer(),
+                                    static_cast<message_status>(r.status()), r.at_ms()});
+        continue;
+      }
+      auto s = d.get(cf_messages, keys::message(item.message().chat(), item.message().message_id()), &v);
+      if (!s.ok()) return s.IsNotFound() ? errc::corrupt : errc::io_error;
+      pb::StoredMessage m;
+      if (!parse(m, v)) return errc::corrupt;
+      out.push_back(message_event{event, m.message_id(), m.seq(), m.sender_name(),
+                                  m.sender_device(), m.sent_at_ms(), m.payload()});
+    }
+    if (!it->status().ok()) return errc::io_error;
+    return out;
+  });
+}
+
+void rocksdb_store::status(user_id requester, message_id id, completion<message_status> done) {
+  impl_->read<message_status>(std::move(done), [this, requester, id]() -> result<message_status> {
+    auto& d = *impl_;
+    std::string chat;
+    auto s = d.get(cf_message_index, keys::be64(id), &chat);
+    if (s.IsNotFound()) return errc::not_found;
+    if (!s.ok()) return errc::io_error;
+    std::string v;
+    s = d.get(cf_messages, keys::message(chat, id), &v);
+    if (!s.ok()) return s.IsNotFound() ? errc::not_found : errc::io_error;
+    pb::StoredMessage m;
+    if (!parse(m, v)) return errc::corrupt;
+    if (m.sender_user() != requester) return errc::not_found;
+
+    s = d.get(cf_read_marks, keys::read_mark(chat, m.recipient_user()), &v);
+    if (s.ok() && v.size() == 8 && read_be64(v) >= id) return message_status::read;
+    if (!s.ok() && !s.IsNotFound()) return errc::io_error;
+    s = d.get(cf_delivered, keys::be64(id), &v);
+    if (s.ok()) return message_status::delivered;
+    if (!s.IsNotFound()) return errc::io_error;
+    return message_status::sent;
+  });
+}
+
+void rocksdb_store::history(user_id requester, std::string peer, message_id before,
+                            std::size_t limit, completion<std::vector<history_entry>> done) {
+  impl_->read<std::vector<history_entry>>(
+      std::move(done),
+      [this, requester, peer = std::move(peer), before,
+       limit]() -> result<std::vector<history_entry>> {
+        auto& d = *impl_;
+        auto peer_id = d.user_of(peer);
+        if (!peer_id) return peer_id.error();
+        const std::string chat = keys::direct_chat(requester, *peer_id);
+        std::vector<history_entry> out;
+        std::unique_ptr<rocksdb::Iterator> it(
+            d.db->NewIterator(rocksdb::ReadOptions(), d.cfs[cf_messages]));
+        const std::string start = before == 0 ? chat : keys::message(chat, before);
+        for (it->Seek(slice(start)); it->Valid() && out.size() < limit; it->Next()) {
+          const auto key = it->key();
+          if (key.size() != chat.size() + 8 || !key.starts_with(slice(chat))) break;
+          pb::StoredMessage m;
+          if (!m.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+            return errc::corrupt;
+          }
+          if (before != 0 && m.message_id() >= before) continue;
+          out.push_back({m.message_id(), m.seq(), m.sender_name(), m.sent_at_ms(), m.payload()});
+        }
+        if (!it->status().ok()) return errc::io_error;
+        return out;
+      });
+}
+
+}  // namespace parley::store

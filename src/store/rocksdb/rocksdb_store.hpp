@@ -1,0 +1,61 @@
+// The embedded Store on RocksDB: one process, one data directory, nothing else to run.
+//
+// Writes from every session go to one writer thread, which applies them in arrival order to a
+// WriteBatchWithIndex (so later requests see earlier ones of the same group) and commits the
+// whole group with one synced write: group commit. Reads run on a small thread pool.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+
+#include "store/store.hpp"
+
+namespace parley::store {
+
+struct rocksdb_options {
+  std::filesystem::path path;
+  std::uint64_t node_id = 0;  // Snowflake node id
+  bool sync = true;           // fsync every group commit; false only for tests and benchmarks
+  std::size_t max_group = 4096;
+  std::size_t reader_threads = 2;
+  // Called on the writer thread after each group commit: its latency and request count.
+  std::function<void(std::chrono::nanoseconds, std::size_t)> on_commit;
+};
+
+class rocksdb_store final : public store {
+ public:
+  // Opens (creating if missing) the database. Throws std::runtime_error if it cannot:
+  // start-up code, not the message path.
+  explicit rocksdb_store(rocksdb_options options);
+  ~rocksdb_store() override;
+
+  rocksdb_store(const rocksdb_store&) = delete;
+  rocksdb_store& operator=(const rocksdb_store&) = delete;
+
+  void register_account(registration_request request, completion<registration> done) override;
+  void find_device(device_id id, completion<device> done) override;
+  void find_account(std::string username, completion<account> done) override;
+  void send(send_request request, completion<send_outcome> done) override;
+  void ack(device_id device, std::string device_username, std::vector<event_id> events,
+           completion<std::vector<delivery>> done) override;
+  void mark_read(user_id reader, std::string reader_name, std::string peer, message_id up_to,
+                 completion<std::vector<delivery>> done) override;
+  void read_queue(device_id device, event_id after, std::size_t limit,
+                  completion<std::vector<device_event>> done) override;
+  void status(user_id requester, message_id id, completion<message_status> done) override;
+  void history(user_id requester, std::string peer, message_id before, std::size_t limit,
+               completion<std::vector<history_entry>> done) override;
+  std::uint64_t queued_events_estimate() override;
+  void stop() override;
+
+  struct impl;
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace parley::store

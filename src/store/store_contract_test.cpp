@@ -1,0 +1,335 @@
+// The Store contract, run against every backend (today: RocksDB; the PostgreSQL-protocol
+// backend joins this list when it lands).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <future>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "store/rocksdb/rocksdb_store.hpp"
+
+namespace parley::store {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Runs one store call and waits for its completion.
+template <class T, class Call>
+result<T> wait_for(Call call) {
+  std::promise<result<T>> p;
+  auto f = p.get_future();
+  call([&p](result<T> r) { p.set_value(std::move(r)); });
+  return f.get();
+}
+
+struct backend {
+  const char* name;
+  std::function<std::unique_ptr<store>(const fs::path& dir)> open;
+};
+
+void PrintTo(const backend& b, std::ostream* os) { *os << b.name; }
+
+std::vector<backend> backends() {
+  return {{"rocksdb", [](const fs::path& dir) {
+             rocksdb_options o;
+             o.path = dir;
+             o.sync = true;
+             return std::make_unique<rocksdb_store>(o);
+           }}};
+}
+
+class store_contract : public ::testing::TestWithParam<backend> {
+ protected:
+  void SetUp() override {
+    std::random_device rd;
+    dir_ = fs::temp_directory_path() / ("parley_store_test_" + std::to_string(rd()));
+    fs::remove_all(dir_);
+    reopen();
+  }
+  void TearDown() override {
+    db_.reset();
+    fs::remove_all(dir_);
+  }
+  void reopen() {
+    db_.reset();
+    db_ = GetParam().open(dir_);
+  }
+
+  registration register_user(const std::string& name) {
+    sha256_digest h{};
+    h[0] = static_cast<std::uint8_t>(name.size());
+    auto r = wait_for<registration>([&](auto done) { db_->register_account({name, h}, done); });
+    EXPECT_TRUE(r) << name;
+    return *r;
+  }
+
+  result<send_outcome> send(const registration& from, const std::string& from_name,
+                            const std::string& to, const std::string& client_id,
+                            const std::string& payload = "hi") {
+    return wait_for<send_outcome>([&](auto done) {
+      db_->send({from.user, from.device, from_name, to, client_id, payload}, done);
+    });
+  }
+
+  std::vector<device_event> queue_of(device_id d, event_id after = 0, std::size_t limit = 1000) {
+    auto r = wait_for<std::vector<device_event>>(
+        [&](auto done) { db_->read_queue(d, after, limit, done); });
+    EXPECT_TRUE(r);
+    return r ? *r : std::vector<device_event>{};
+  }
+
+  result<std::vector<delivery>> ack(device_id d, const std::string& name,
+                                    std::vector<event_id> events) {
+    return wait_for<std::vector<delivery>>([&](auto done) { db_->ack(d, name, events, done); });
+  }
+
+  result<message_status> status_of(user_id u, message_id m) {
+    return wait_for<message_status>([&](auto done) { db_->status(u, m, done); });
+  }
+
+  fs::path dir_;
+  std::unique_ptr<store> db_;
+};
+
+TEST_P(store_contract, register_then_find) {
+  auto alice = register_user("alice");
+  auto dev = wait_for<device>([&](auto done) { db_->find_device(alice.device, done); });
+  ASSERT_TRUE(dev);
+  EXPECT_EQ(dev->user, alice.user);
+  EXPECT_EQ(dev->username, "alice");
+  EXPECT_EQ(dev->token_hash[0], 5);
+  auto acct = wait_for<account>([&](auto done) { db_->find_account("alice", done); });
+  ASSERT_TRUE(acct);
+  EXPECT_EQ(acct->devices, std::vector<device_id>{alice.device});
+}
+
+TEST_P(store_contract, duplicate_username_is_refused) {
+  register_user("alice");
+  auto again = wait_for<registration>([&](auto done) { db_->register_account({"alice", {}}, done); });
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error(), errc::username_taken);
+}
+
+TEST_P(store_contract, unknown_device_and_account_are_not_found) {
+  auto dev = wait_for<device>([&](auto done) { db_->find_device(999, done); });
+  EXPECT_EQ(dev.error(), errc::not_found);
+  auto acct = wait_for<account>([&](auto done) { db_->find_account("ghost", done); });
+  EXPECT_EQ(acct.error(), errc::not_found);
+}
+
+TEST_P(store_contract, send_queues_for_the_recipient_with_increasing_seq) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto m1 = send(alice, "alice", "bob", "c1", "one");
+  auto m2 = send(alice, "alice", "bob", "c2", "two");
+  auto m3 = send(bob, "bob", "alice", "c1", "three");  // same client id, other device: distinct
+  ASSERT_TRUE(m1 && m2 && m3);
+  EXPECT_EQ(m1->seq, 1u);
+  EXPECT_EQ(m2->seq, 2u);
+  EXPECT_EQ(m3->seq, 3u);  // one chat, one sequence
+  EXPECT_LT(m1->id, m2->id);
+  ASSERT_EQ(m1->deliveries.size(), 1u);
+  EXPECT_EQ(m1->deliveries[0].device, bob.device);
+
+  auto q = queue_of(bob.device);
+  ASSERT_EQ(q.size(), 2u);
+  const auto& first = std::get<message_event>(q[0]);
+  EXPECT_EQ(first.payload, "one");
+  EXPECT_EQ(first.from, "alice");
+  EXPECT_EQ(std::get<message_event>(q[1]).payload, "two");
+  // Paging: after the first event, limit 1.
+  auto page = queue_of(bob.device, first.event, 1);
+  ASSERT_EQ(page.size(), 1u);
+  EXPECT_EQ(std::get<message_event>(page[0]).payload, "two");
+}
+
+TEST_P(store_contract, retried_send_returns_the_first_result) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto first = send(alice, "alice", "bob", "same", "hello");
+  auto retry = send(alice, "alice", "bob", "same", "hello");
+  ASSERT_TRUE(first && retry);
+  EXPECT_FALSE(first->duplicate);
+  EXPECT_TRUE(retry->duplicate);
+  EXPECT_EQ(first->id, retry->id);
+  EXPECT_EQ(first->seq, retry->seq);
+  EXPECT_TRUE(retry->deliveries.empty());
+  EXPECT_EQ(queue_of(bob.device).size(), 1u);
+}
+
+TEST_P(store_contract, concurrent_retries_store_one_message) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  std::vector<std::thread> threads;
+  std::atomic<int> fresh{0};
+  std::set<message_id> ids;
+  std::mutex m;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      auto r = send(alice, "alice", "bob", "racing", "x");
+      ASSERT_TRUE(r);
+      if (!r->duplicate) ++fresh;
+      std::lock_guard lock(m);
+      ids.insert(r->id);
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(fresh.load(), 1);
+  EXPECT_EQ(ids.size(), 1u);
+  EXPECT_EQ(queue_of(bob.device).size(), 1u);
+}
+
+TEST_P(store_contract, send_to_unknown_user_fails_and_stores_nothing) {
+  auto alice = register_user("alice");
+  auto r = send(alice, "alice", "nobody", "c1");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::unknown_user);
+  // The same client id works afterwards for a real recipient: nothing was recorded.
+  register_user("bob");
+  auto ok = send(alice, "alice", "bob", "c1");
+  ASSERT_TRUE(ok);
+  EXPECT_FALSE(ok->duplicate);
+}
+
+TEST_P(store_contract, ack_removes_and_sends_a_delivered_receipt) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto m = send(alice, "alice", "bob", "c1");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(*status_of(alice.user, m->id), message_status::sent);
+
+  auto d = ack(bob.device, "bob", {m->id});
+  ASSERT_TRUE(d);
+  ASSERT_EQ(d->size(), 1u);
+  EXPECT_EQ((*d)[0].device, alice.device);
+  const auto& receipt = std::get<receipt_event>((*d)[0].event);
+  EXPECT_EQ(receipt.id, m->id);
+  EXPECT_EQ(receipt.status, message_status::delivered);
+  EXPECT_EQ(receipt.peer, "bob");
+
+  EXPECT_TRUE(queue_of(bob.device).empty());
+  EXPECT_EQ(*status_of(alice.user, m->id), message_status::delivered);
+  // The receipt waits in alice's queue until she acks it.
+  auto aq = queue_of(alice.device);
+  ASSERT_EQ(aq.size(), 1u);
+  EXPECT_EQ(std::get<receipt_event>(aq[0]).id, m->id);
+  ASSERT_TRUE(ack(alice.device, "alice", {receipt.event}));
+  EXPECT_TRUE(queue_of(alice.device).empty());
+
+  // A repeated ack is harmless and sends no second receipt.
+  auto again = ack(bob.device, "bob", {m->id, 12345});
+  ASSERT_TRUE(again);
+  EXPECT_TRUE(again->empty());
+}
+
+TEST_P(store_contract, read_marks_everything_up_to_and_is_monotonic) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto m1 = send(alice, "alice", "bob", "c1");
+  auto m2 = send(alice, "alice", "bob", "c2");
+  auto m3 = send(alice, "alice", "bob", "c3");
+  ASSERT_TRUE(m1 && m2 && m3);
+  auto r = wait_for<std::vector<delivery>>(
+      [&](auto done) { db_->mark_read(bob.user, "bob", "alice", m2->id, done); });
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->size(), 1u);
+  EXPECT_EQ(std::get<receipt_event>((*r)[0].event).status, message_status::read);
+  EXPECT_EQ(*status_of(alice.user, m1->id), message_status::read);
+  EXPECT_EQ(*status_of(alice.user, m2->id), message_status::read);
+  EXPECT_EQ(*status_of(alice.user, m3->id), message_status::sent);
+  // Marking an older message changes nothing and sends nothing.
+  auto older = wait_for<std::vector<delivery>>(
+      [&](auto done) { db_->mark_read(bob.user, "bob", "alice", m1->id, done); });
+  ASSERT_TRUE(older);
+  EXPECT_TRUE(older->empty());
+  EXPECT_EQ(*status_of(alice.user, m2->id), message_status::read);
+}
+
+TEST_P(store_contract, read_of_a_message_of_another_chat_is_not_found) {
+  auto alice = register_user("alice");
+  register_user("bob");
+  auto carol = register_user("carol");
+  auto m = send(alice, "alice", "bob", "c1");
+  ASSERT_TRUE(m);
+  auto r = wait_for<std::vector<delivery>>(
+      [&](auto done) { db_->mark_read(carol.user, "carol", "alice", m->id, done); });
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::not_found);
+}
+
+TEST_P(store_contract, status_only_for_the_sender) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto m = send(alice, "alice", "bob", "c1");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(status_of(bob.user, m->id).error(), errc::not_found);
+  EXPECT_EQ(status_of(alice.user, 42).error(), errc::not_found);
+}
+
+TEST_P(store_contract, history_is_newest_first_and_pages_by_message_id) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  register_user("carol");
+  std::vector<message_id> ids;
+  for (int i = 0; i < 7; ++i) {
+    auto m = i % 2 ? send(bob, "bob", "alice", "b" + std::to_string(i), std::to_string(i))
+                   : send(alice, "alice", "bob", "a" + std::to_string(i), std::to_string(i));
+    ASSERT_TRUE(m);
+    ids.push_back(m->id);
+  }
+  ASSERT_TRUE(send(alice, "alice", "carol", "x", "other chat"));
+  auto page1 = wait_for<std::vector<history_entry>>(
+      [&](auto done) { db_->history(alice.user, "bob", 0, 3, done); });
+  ASSERT_TRUE(page1);
+  ASSERT_EQ(page1->size(), 3u);
+  EXPECT_EQ((*page1)[0].payload, "6");
+  EXPECT_EQ((*page1)[2].payload, "4");
+  EXPECT_EQ((*page1)[1].from, "bob");
+  auto page2 = wait_for<std::vector<history_entry>>(
+      [&](auto done) { db_->history(bob.user, "alice", page1->back().id, 10, done); });
+  ASSERT_TRUE(page2);
+  ASSERT_EQ(page2->size(), 4u);
+  EXPECT_EQ((*page2)[0].payload, "3");
+  EXPECT_EQ((*page2)[3].payload, "0");
+  auto unknown = wait_for<std::vector<history_entry>>(
+      [&](auto done) { db_->history(alice.user, "ghost", 0, 10, done); });
+  EXPECT_EQ(unknown.error(), errc::unknown_user);
+}
+
+TEST_P(store_contract, everything_survives_a_reopen) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto m = send(alice, "alice", "bob", "c1", "durable");
+  ASSERT_TRUE(m);
+  reopen();
+  auto q = queue_of(bob.device);
+  ASSERT_EQ(q.size(), 1u);
+  EXPECT_EQ(std::get<message_event>(q[0]).payload, "durable");
+  auto retry = send(alice, "alice", "bob", "c1", "durable");
+  ASSERT_TRUE(retry);
+  EXPECT_TRUE(retry->duplicate);
+  auto next = send(alice, "alice", "bob", "c2", "after restart");
+  ASSERT_TRUE(next);
+  EXPECT_GT(next->id, m->id);
+  EXPECT_EQ(next->seq, 2u);
+  auto carol = register_user("carol");  // counters continue: no id reuse
+  EXPECT_GT(carol.user, bob.user);
+  EXPECT_GT(carol.device, bob.device);
+}
+
+TEST_P(store_contract, stopped_store_refuses_work) {
+  auto alice = register_user("alice");
+  db_->stop();
+  auto r = wait_for<registration>([&](auto done) { db_->register_account({"late", {}}, done); });
+  EXPECT_EQ(r.error(), errc::shutting_down);
+  auto d = wait_for<device>([&](auto done) { db_->find_device(alice.device, done); });
+  EXPECT_EQ(d.error(), errc::shutting_down);
+}
+
+INSTANTIATE_TEST_SUITE_P(backends, store_contract, ::testing::ValuesIn(backends()),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace parley::store

@@ -1,0 +1,30 @@
+// Errors of the Store interface, as a Boost.System error category.
+#pragma once
+
+#include <boost/system/error_code.hpp>
+#include <boost/system/result.hpp>
+
+namespace parley::store {
+
+enum class errc {
+  username_taken = 1,
+  unknown_user,
+  not_found,
+  io_error,       // the backend failed to read or write; nothing of the request was applied
+  corrupt,        // a stored value could not be decoded
+  shutting_down,  // the store was stopped
+};
+
+const boost::system::error_category& store_category() noexcept;
+
+inline boost::system::error_code make_error_code(errc e) noexcept {
+  return {static_cast<int>(e), store_category()};
+}
+
+template <class T>
+using result = boost::system::result<T>;
+
+}  // namespace parley::store
+
+template <>
+struct boost::system::is_error_code_enum<parley::store::errc> : std::true_type {};

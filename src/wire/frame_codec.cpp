@@ -1,0 +1,124 @@
+#include "wire/frame_codec.hpp"
+
+#include "wire/username.hpp"
+
+namespace parley::wire {
+namespace {
+
+using parley::v1::Frame;
+
+protocol_error invalid(std::string message) {
+  return {parley::v1::ERROR_CODE_INVALID_ARGUMENT, std::move(message)};
+}
+
+std::optional<protocol_error> check_username(const std::string& name, const char* field) {
+  if (!is_valid_username(name)) {
+    return invalid(std::string(field) + " must be 3-32 characters of [a-z0-9_.]");
+  }
+  return std::nullopt;
+}
+
+std::optional<protocol_error> validate(const Frame& f, const limits& l) {
+  switch (f.body_case()) {
+    case Frame::kRegister:
+      if (!is_valid_username(f.register_().username())) {
+        return protocol_error{parley::v1::ERROR_CODE_INVALID_USERNAME,
+                              "username must be 3-32 characters of [a-z0-9_.]"};
+      }
+      return std::nullopt;
+    case Frame::kAuthenticate:
+      if (f.authenticate().token().size() != 32) return invalid("token must be 32 bytes");
+      return std::nullopt;
+    case Frame::kSendMessage: {
+      const auto& m = f.send_message();
+      if (auto e = check_username(m.to(), "to")) return e;
+      if (m.client_msg_id().empty() || m.client_msg_id().size() > l.max_client_msg_id_bytes) {
+        return invalid("client_msg_id must be 1-64 bytes");
+      }
+      if (m.payload().size() > l.max_payload_bytes) {
+        return protocol_error{parley::v1::ERROR_CODE_PAYLOAD_TOO_LARGE,
+                              "payload is " + std::to_string(m.payload().size()) +
+                                  " bytes; the limit is " + std::to_string(l.max_payload_bytes)};
+      }
+      return std::nullopt;
+    }
+    case Frame::kAck:
+      if (f.ack().event_ids_size() == 0 ||
+          static_cast<std::size_t>(f.ack().event_ids_size()) > l.max_ack_ids) {
+        return invalid("ack must carry 1-" + std::to_string(l.max_ack_ids) + " event ids");
+      }
+      return std::nullopt;
+    case Frame::kMarkRead:
+      if (auto e = check_username(f.mark_read().peer(), "peer")) return e;
+      if (f.mark_read().up_to_message_id() == 0) return invalid("up_to_message_id is required");
+      return std::nullopt;
+    case Frame::kGetStatus:
+      if (f.get_status().message_id() == 0) return invalid("message_id is required");
+      return std::nullopt;
+    case Frame::kGetHistory:
+      if (auto e = check_username(f.get_history().peer(), "peer")) return e;
+      if (f.get_history().limit() > l.max_history_limit) {
+        return invalid("limit must be at most " + std::to_string(l.max_history_limit));
+      }
+      return std::nullopt;
+    case Frame::kSubscribePresence: {
+      const auto& names = f.subscribe_presence().usernames();
+      if (names.empty() || static_cast<std::size_t>(names.size()) > l.max_presence_usernames) {
+        return invalid("usernames must hold 1-" + std::to_string(l.max_presence_usernames) +
+                       " names");
+      }
+      for (const auto& n : names) {
+        if (auto e = check_username(n, "usernames")) return e;
+      }
+      return std::nullopt;
+    }
+    case Frame::kTyping:
+      return check_username(f.typing().peer(), "peer");
+    case Frame::kPing:
+      return std::nullopt;
+    case Frame::BODY_NOT_SET:
+      return protocol_error{parley::v1::ERROR_CODE_BAD_FRAME, "frame has no body"};
+    default:
+      return protocol_error{parley::v1::ERROR_CODE_UNSUPPORTED,
+                            "that frame type is sent by servers, not clients"};
+  }
+}
+
+}  // namespace
+
+std::optional<protocol_error> decode_request(std::string_view bytes, const limits& l, Frame& out) {
+  if (bytes.size() > l.max_frame_bytes) {
+    out.Clear();
+    return protocol_error{parley::v1::ERROR_CODE_BAD_FRAME, "frame too large"};
+  }
+  if (!out.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    out.Clear();  // a half-parsed request_id means nothing: the error goes out with id 0
+    return protocol_error{parley::v1::ERROR_CODE_BAD_FRAME, "not a parley.v1.Frame"};
+  }
+  return validate(out, l);
+}
+
+std::optional<protocol_error> decode_push(std::string_view bytes, Frame& out) {
+  if (!out.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return protocol_error{parley::v1::ERROR_CODE_BAD_FRAME, "not a parley.v1.Frame"};
+  }
+  if (out.body_case() == Frame::BODY_NOT_SET) {
+    return protocol_error{parley::v1::ERROR_CODE_BAD_FRAME, "frame has no body"};
+  }
+  return std::nullopt;
+}
+
+encoded_frame encode(const Frame& frame) {
+  return std::make_shared<const std::string>(frame.SerializeAsString());
+}
+
+Frame make_error(std::uint64_t request_id, parley::v1::ErrorCode code, std::string message) {
+  Frame f;
+  f.set_request_id(request_id);
+  auto* e = f.mutable_error();
+  e->set_code(code);
+  e->set_message(std::move(message));
+  return f;
+}
+
+}  // namespace parley::wire

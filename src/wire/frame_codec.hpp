@@ -1,0 +1,32 @@
+// Decoding and validation of frames read from a peer, and encoding of frames to send.
+// No I/O. Everything a client can get wrong comes back as a protocol_error, never an exception.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "parley/v1/frame.pb.h"
+#include "wire/limits.hpp"
+#include "wire/protocol_error.hpp"
+
+namespace parley::wire {
+
+// An encoded frame, shared by every session that sends it (no copy per recipient).
+using encoded_frame = std::shared_ptr<const std::string>;
+
+// Parses one client-to-server frame and checks it against `limits`. Server-to-client bodies
+// are refused with ERROR_CODE_UNSUPPORTED.
+std::optional<protocol_error> decode_request(std::string_view bytes, const limits& limits,
+                                             parley::v1::Frame& out);
+
+// Parses one server-to-client frame (the client SDK's side). No limit checks beyond parsing.
+std::optional<protocol_error> decode_push(std::string_view bytes, parley::v1::Frame& out);
+
+encoded_frame encode(const parley::v1::Frame& frame);
+
+parley::v1::Frame make_error(std::uint64_t request_id, parley::v1::ErrorCode code,
+                             std::string message);
+
+}  // namespace parley::wire

@@ -1,0 +1,120 @@
+#include "wire/frame_codec.hpp"
+
+#include <gtest/gtest.h>
+
+#include "wire/username.hpp"
+
+namespace parley::wire {
+namespace {
+
+using parley::v1::Frame;
+
+std::optional<protocol_error> decode(const Frame& f, const limits& l = {}) {
+  Frame out;
+  return decode_request(f.SerializeAsString(), l, out);
+}
+
+Frame valid_send() {
+  Frame f;
+  f.set_request_id(1);
+  auto* m = f.mutable_send_message();
+  m->set_to("bob");
+  m->set_client_msg_id("c1");
+  m->set_payload("hello");
+  return f;
+}
+
+TEST(frame_codec, accepts_a_valid_send) {
+  Frame out;
+  EXPECT_FALSE(decode_request(valid_send().SerializeAsString(), {}, out));
+  EXPECT_EQ(out.send_message().payload(), "hello");
+}
+
+TEST(frame_codec, garbage_is_a_bad_frame) {
+  Frame out;
+  auto e = decode_request("\xff\xff\xff\xff garbage", {}, out);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->code, parley::v1::ERROR_CODE_BAD_FRAME);
+}
+
+TEST(frame_codec, a_frame_without_body_is_a_bad_frame) {
+  Frame f;
+  f.set_request_id(3);
+  auto e = decode(f);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->code, parley::v1::ERROR_CODE_BAD_FRAME);
+}
+
+TEST(frame_codec, payload_limit_is_enforced_at_the_boundary) {
+  limits l;
+  Frame f = valid_send();
+  f.mutable_send_message()->set_payload(std::string(l.max_payload_bytes, 'x'));
+  EXPECT_FALSE(decode(f, l));
+  f.mutable_send_message()->set_payload(std::string(l.max_payload_bytes + 1, 'x'));
+  auto e = decode(f, l);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->code, parley::v1::ERROR_CODE_PAYLOAD_TOO_LARGE);
+}
+
+TEST(frame_codec, frame_limit_is_enforced) {
+  limits l;
+  l.max_frame_bytes = 100;
+  Frame f = valid_send();
+  f.mutable_send_message()->set_payload(std::string(200, 'x'));
+  auto e = decode(f, l);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->code, parley::v1::ERROR_CODE_BAD_FRAME);
+}
+
+TEST(frame_codec, client_msg_id_must_be_1_to_64_bytes) {
+  Frame f = valid_send();
+  f.mutable_send_message()->set_client_msg_id("");
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
+  f.mutable_send_message()->set_client_msg_id(std::string(65, 'a'));
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
+  f.mutable_send_message()->set_client_msg_id(std::string(64, 'a'));
+  EXPECT_FALSE(decode(f));
+}
+
+TEST(frame_codec, server_frames_from_a_client_are_unsupported) {
+  Frame f;
+  f.mutable_envelope()->set_payload("spoof");
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_UNSUPPORTED);
+}
+
+TEST(frame_codec, ack_must_carry_1_to_1024_ids) {
+  Frame f;
+  f.mutable_ack();
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
+  for (int i = 0; i < 1024; ++i) f.mutable_ack()->add_event_ids(i + 1);
+  EXPECT_FALSE(decode(f));
+  f.mutable_ack()->add_event_ids(5000);
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
+}
+
+TEST(frame_codec, register_checks_the_username) {
+  Frame f;
+  f.mutable_register_()->set_username("Alice!");
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_USERNAME);
+}
+
+TEST(frame_codec, authenticate_needs_a_32_byte_token) {
+  Frame f;
+  f.mutable_authenticate()->set_device_id(1);
+  f.mutable_authenticate()->set_token("short");
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
+}
+
+TEST(username, rules) {
+  EXPECT_TRUE(is_valid_username("bob"));
+  EXPECT_TRUE(is_valid_username("a.b_c9"));
+  EXPECT_TRUE(is_valid_username(std::string(32, 'a')));
+  EXPECT_FALSE(is_valid_username("ab"));
+  EXPECT_FALSE(is_valid_username(std::string(33, 'a')));
+  EXPECT_FALSE(is_valid_username("Bob"));
+  EXPECT_FALSE(is_valid_username("bo b"));
+  EXPECT_FALSE(is_valid_username("bob\xc3\xa9"));
+}
+
+}  // namespace
+}  // namespace parley::wire

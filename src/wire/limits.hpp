@@ -1,0 +1,19 @@
+// Every limit of the wire protocol, in one place (docs/protocol.md lists them).
+#pragma once
+
+#include <cstddef>
+
+namespace parley::wire {
+
+struct limits {
+  std::size_t max_frame_bytes = 256 * 1024;  // larger WebSocket messages: close code 1009
+  std::size_t max_payload_bytes = 64 * 1024;
+  std::size_t max_client_msg_id_bytes = 64;
+  std::size_t max_ack_ids = 1024;
+  std::size_t max_presence_usernames = 256;
+  std::size_t max_history_limit = 100;
+  std::size_t default_history_limit = 50;
+  std::size_t max_username_bytes = 32;
+};
+
+}  // namespace parley::wire

@@ -1,0 +1,161 @@
+// The parley CLI as a user runs it, against a real parleyd: the quick-start session of the
+// README, JSON output for scripts, and the errors a person sees.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <regex>
+
+#include "server_process.hpp"
+
+namespace parley::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct run_result {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+class cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::random_device rd;
+    root_ = fs::temp_directory_path() / ("parley_cli_test_" + std::to_string(rd()));
+    fs::create_directories(root_);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  // Runs `parley --server URL --profile ROOT/<who> ARGS...`, with `input` on stdin.
+  run_result parley(const std::string& who, const std::vector<std::string>& args,
+                    const std::string& input = "", const std::string& url = "") {
+    const auto err_file = root_ / "stderr";
+    const auto in_file = root_ / "stdin";
+    std::ofstream(in_file) << input;
+    std::string cmd = std::string(PARLEY_CLI_PATH) + " --server " + shell_quote(url.empty() ? server.url() : url) +
+                      " --profile " + shell_quote((root_ / who).string());
+    for (const auto& a : args) cmd += " " + shell_quote(a);
+    cmd += " <" + shell_quote(in_file.string()) + " 2>" + shell_quote(err_file.string());
+    run_result r;
+    FILE* p = ::popen(cmd.c_str(), "r");
+    char buf[4096];
+    std::size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+    const int status = ::pclose(p);
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    std::ifstream e(err_file);
+    r.err.assign(std::istreambuf_iterator<char>(e), {});
+    return r;
+  }
+
+  static std::string field(const std::string& json, const std::string& key) {
+    std::smatch m;
+    std::regex re("\"" + key + "\": \"([^\"]*)\"");
+    return std::regex_search(json, m, re) ? m[1].str() : "";
+  }
+
+  server_process server;
+  fs::path root_;
+};
+
+TEST_F(cli, quick_start_chat_with_ticks) {
+  ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
+  ASSERT_EQ(parley("bob", {"register", "bob"}).exit_code, 0);
+  auto who = parley("alice", {"--json", "whoami"});
+  EXPECT_EQ(field(who.out, "username"), "alice");
+
+  auto sent = parley("alice", {"--json", "send", "bob", "hi bob — ünïcode ✓"});
+  ASSERT_EQ(sent.exit_code, 0) << sent.err;
+  const std::string id = field(sent.out, "message_id");
+  ASSERT_FALSE(id.empty()) << sent.out;
+  EXPECT_EQ(field(sent.out, "status"), "sent");
+  EXPECT_EQ(field(parley("alice", {"--json", "status", id}).out, "status"), "sent");
+
+  auto synced = parley("bob", {"--json", "sync"});
+  ASSERT_EQ(synced.exit_code, 0) << synced.err;
+  EXPECT_EQ(field(synced.out, "type"), "message");
+  EXPECT_EQ(field(synced.out, "from"), "alice");
+  EXPECT_EQ(field(synced.out, "message_id"), id);
+  EXPECT_EQ(field(synced.out, "text"), "hi bob — ünïcode ✓");
+  EXPECT_EQ(field(parley("alice", {"--json", "status", id}).out, "status"), "delivered");
+
+  // Synced and acked: a second sync has nothing.
+  EXPECT_EQ(parley("bob", {"--json", "sync"}).out, "");
+
+  ASSERT_EQ(parley("bob", {"read", "alice"}).exit_code, 0);
+  EXPECT_EQ(field(parley("alice", {"--json", "status", id}).out, "status"), "read");
+
+  auto receipts = parley("alice", {"--json", "sync"});
+  EXPECT_NE(receipts.out.find("\"status\": \"delivered\""), std::string::npos) << receipts.out;
+  EXPECT_NE(receipts.out.find("\"status\": \"read\""), std::string::npos) << receipts.out;
+
+  auto history = parley("bob", {"history", "alice"});
+  EXPECT_NE(history.out.find("alice: hi bob"), std::string::npos) << history.out;
+  // The human output shows the ticks.
+  auto human = parley("alice", {"status", id});
+  EXPECT_NE(human.out.find("read"), std::string::npos);
+}
+
+TEST_F(cli, chat_sends_each_line_and_marks_incoming_read) {
+  ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
+  ASSERT_EQ(parley("bob", {"register", "bob"}).exit_code, 0);
+  auto before = parley("bob", {"--json", "send", "alice", "are you there?"});
+  const std::string id = field(before.out, "message_id");
+
+  auto chat = parley("alice", {"--json", "chat", "bob"}, "yes!\nsecond line\n");
+  ASSERT_EQ(chat.exit_code, 0) << chat.err;
+  EXPECT_EQ(std::count(chat.out.begin(), chat.out.end(), '\n') >= 2, true) << chat.out;
+
+  auto synced = parley("bob", {"--json", "sync"});
+  EXPECT_NE(synced.out.find("\"text\": \"yes!\""), std::string::npos) << synced.out;
+  EXPECT_NE(synced.out.find("\"text\": \"second line\""), std::string::npos) << synced.out;
+}
+
+TEST_F(cli, errors_a_person_understands) {
+  auto not_registered = parley("nobody", {"send", "bob", "hi"});
+  EXPECT_EQ(not_registered.exit_code, 1);
+  EXPECT_NE(not_registered.err.find("not registered"), std::string::npos) << not_registered.err;
+
+  ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
+  auto unknown = parley("alice", {"send", "bobby", "hi"});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_NE(unknown.err.find("unknown user 'bobby'"), std::string::npos) << unknown.err;
+
+  auto taken = parley("other", {"register", "alice"});
+  EXPECT_EQ(taken.exit_code, 1);
+  EXPECT_NE(taken.err.find("taken"), std::string::npos) << taken.err;
+
+  auto usage = parley("alice", {"send", "bob"});
+  EXPECT_EQ(usage.exit_code, 2);
+  EXPECT_NE(usage.err.find("usage: parley send USER TEXT"), std::string::npos) << usage.err;
+
+  auto bad_name = parley("alice", {"send", "Bob!", "hi"});
+  EXPECT_EQ(bad_name.exit_code, 2);
+
+  auto unreachable = parley("alice", {"send", "alice", "hi"}, "", "ws://127.0.0.1:1");
+  EXPECT_EQ(unreachable.exit_code, 1);
+  EXPECT_NE(unreachable.err.find("server not reachable"), std::string::npos) << unreachable.err;
+
+  auto bad_status = parley("alice", {"status", "12345"});
+  EXPECT_EQ(bad_status.exit_code, 1);
+  EXPECT_NE(bad_status.err.find("no such message"), std::string::npos) << bad_status.err;
+}
+
+TEST_F(cli, credentials_are_private) {
+  ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
+  const auto perms = fs::status(root_ / "alice" / "credentials").permissions();
+  EXPECT_EQ(perms & (fs::perms::group_all | fs::perms::others_all), fs::perms::none);
+}
+
+}  // namespace
+}  // namespace parley::test

@@ -1,0 +1,259 @@
+// Bad input and overload against a real parleyd: typed errors, closed connections, and the
+// server keeps serving everybody else, losing nothing.
+#include <gtest/gtest.h>
+
+#include "client/ws_connection.hpp"
+#include "test_client.hpp"
+
+namespace parley::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+v1::Frame expect_error(test_client& c, v1::ErrorCode code) {
+  auto f = c.next(5s);
+  EXPECT_TRUE(f.has_error()) << f.ShortDebugString();
+  EXPECT_EQ(f.error().code(), code) << f.error().message();
+  EXPECT_FALSE(f.error().message().empty());
+  return f;
+}
+
+TEST(limits, bad_frames_get_typed_errors_and_others_are_served) {
+  boost::asio::io_context io;
+  server_process server;
+  test_client alice(io, server.url());
+  alice.register_and_login("alice");
+  alice.drain();
+  test_client bob(io, server.url());
+  bob.register_and_login("bob");
+  bob.drain();
+
+  // Not a protobuf at all.
+  alice.api().send_raw("\xff\xff\xff\xff\x0f definitely not a frame");
+  expect_error(alice, v1::ERROR_CODE_BAD_FRAME);
+
+  // Payload over 64 KiB (the frame itself is under the 256 KiB frame limit).
+  auto big = alice.run(alice.api().send("bob", "big", std::string(64 * 1024 + 1, 'x')));
+  ASSERT_FALSE(big);
+  EXPECT_EQ(big.error().code, v1::ERROR_CODE_PAYLOAD_TOO_LARGE);
+  // Exactly 64 KiB is fine.
+  auto max = alice.run(alice.api().send("bob", "max", std::string(64 * 1024, 'x')));
+  ASSERT_TRUE(max);
+
+  auto unknown = alice.run(alice.api().send("nobody_here", "u1", "hi"));
+  ASSERT_FALSE(unknown);
+  EXPECT_EQ(unknown.error().code, v1::ERROR_CODE_UNKNOWN_USER);
+
+  auto bad_name = alice.run(alice.api().send("NOT VALID", "u2", "hi"));
+  ASSERT_FALSE(bad_name);
+  EXPECT_EQ(bad_name.error().code, v1::ERROR_CODE_INVALID_ARGUMENT);
+
+  v1::Frame spoof;
+  spoof.mutable_envelope()->set_payload("pretend to be the server");
+  auto spoofed = alice.run(alice.api().request(spoof));
+  ASSERT_FALSE(spoofed);
+  EXPECT_EQ(spoofed.error().code, v1::ERROR_CODE_UNSUPPORTED);
+
+  auto not_mine = alice.run(alice.api().status(123456789));
+  ASSERT_FALSE(not_mine);
+  EXPECT_EQ(not_mine.error().code, v1::ERROR_CODE_NOT_FOUND);
+
+  auto again = alice.run(alice.api().register_account("alice2"));
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().code, v1::ERROR_CODE_ALREADY_AUTHENTICATED);
+
+  // Bob was served all along and still is; the oversized message never reached him.
+  auto f = bob.next();
+  ASSERT_TRUE(f.has_envelope());
+  EXPECT_EQ(f.envelope().payload().size(), 64u * 1024);
+  alice.send("bob", "still here");
+  EXPECT_EQ(bob.next().envelope().payload(), "still here");
+}
+
+TEST(limits, requests_before_authentication_and_bad_tokens) {
+  boost::asio::io_context io;
+  server_process server;
+  test_client owner(io, server.url());
+  owner.register_and_login("owner");
+
+  test_client anon(io, server.url());
+  anon.connect();
+  auto early = anon.run(anon.api().send("owner", "x", "hi"));
+  ASSERT_FALSE(early);
+  EXPECT_EQ(early.error().code, v1::ERROR_CODE_UNAUTHENTICATED);
+
+  auto wrong = anon.run(anon.api().authenticate(owner.device_id, std::string(32, 'x')));
+  ASSERT_FALSE(wrong);
+  EXPECT_EQ(wrong.error().code, v1::ERROR_CODE_AUTH_FAILED);
+  auto no_device = anon.run(anon.api().authenticate(999999, std::string(32, 'x')));
+  ASSERT_FALSE(no_device);
+  EXPECT_EQ(no_device.error().code, v1::ERROR_CODE_AUTH_FAILED);
+
+  auto taken = anon.run(anon.api().register_account("owner"));
+  ASSERT_FALSE(taken);
+  EXPECT_EQ(taken.error().code, v1::ERROR_CODE_USERNAME_TAKEN);
+  auto invalid = anon.run(anon.api().register_account("No Such Name"));
+  ASSERT_FALSE(invalid);
+  EXPECT_EQ(invalid.error().code, v1::ERROR_CODE_INVALID_USERNAME);
+
+  // A third failed authentication closes the connection.
+  auto third = anon.run(anon.api().authenticate(owner.device_id, std::string(32, 'y')));
+  ASSERT_FALSE(third);
+  auto closed = anon.run(anon.api().next_push(5s));
+  while (closed && closed->has_error()) closed = anon.run(anon.api().next_push(5s));
+  ASSERT_FALSE(closed);
+  EXPECT_EQ(closed.error().what, client::client_error::kind::closed);
+}
+
+TEST(limits, oversized_frame_closes_only_that_connection) {
+  boost::asio::io_context io;
+  server_process server;
+  test_client alice(io, server.url());
+  alice.register_and_login("alice");
+  alice.drain();
+  test_client bob(io, server.url());
+  bob.register_and_login("bob");
+  bob.drain();
+
+  alice.api().send_raw(std::string(256 * 1024 + 1, 'z'));  // over the frame limit
+  auto f = alice.run(alice.api().next_push(5s));
+  ASSERT_FALSE(f);
+  EXPECT_EQ(f.error().what, client::client_error::kind::closed);
+
+  test_client carol(io, server.url());
+  carol.register_and_login("carol");
+  carol.send("bob", "server is fine");
+  EXPECT_EQ(bob.next().envelope().payload(), "server is fine");
+}
+
+TEST(limits, a_connection_that_keeps_sending_garbage_is_closed) {
+  boost::asio::io_context io;
+  server_process server;
+  test_client c(io, server.url());
+  c.connect();
+  for (int i = 0; i < 16; ++i) c.api().send_raw("garbage");
+  int errors = 0;
+  for (;;) {
+    auto f = c.run(c.api().next_push(5s));
+    if (!f) {
+      EXPECT_EQ(f.error().what, client::client_error::kind::closed);
+      break;
+    }
+    ASSERT_TRUE(f->has_error());
+    ++errors;
+  }
+  EXPECT_EQ(errors, 16);
+}
+
+TEST(limits, unauthenticated_connection_times_out) {
+  boost::asio::io_context io;
+  server_process server({}, "[limits]\nauth_timeout_ms = 300\n");
+  test_client c(io, server.url());
+  c.connect();
+  auto f = c.run(c.api().next_push(10s));
+  ASSERT_FALSE(f);
+  EXPECT_EQ(f.error().what, client::client_error::kind::closed);
+}
+
+TEST(limits, too_many_requests_in_flight) {
+  boost::asio::io_context io;
+  server_process server({}, "[limits]\nmax_in_flight = 1\n");
+  test_client alice(io, server.url());
+  alice.register_and_login("alice");
+  alice.drain();
+  test_client bob(io, server.url());
+  bob.register_and_login("bob");
+  bob.drain();
+
+  // 200 sends written back to back: each waits for an fsync, so most arrive while another is
+  // in flight. Every request still gets exactly one answer.
+  std::vector<std::future<client::result<v1::SendResult>>> sends;
+  for (int i = 0; i < 200; ++i) {
+    sends.push_back(boost::asio::co_spawn(io, alice.api().send("bob", "p" + std::to_string(i), "x"),
+                                          boost::asio::use_future));
+  }
+  int ok = 0, refused = 0;
+  for (auto& s : sends) {
+    while (s.wait_for(0s) != std::future_status::ready) {
+      io.restart();
+      io.run_one_for(50ms);
+    }
+    auto r = s.get();
+    if (r) {
+      ++ok;
+    } else {
+      ASSERT_EQ(r.error().code, v1::ERROR_CODE_TOO_MANY_IN_FLIGHT) << client::describe(r.error());
+      ++refused;
+    }
+  }
+  EXPECT_EQ(ok + refused, 200);
+  EXPECT_GT(refused, 0);
+  EXPECT_GT(ok, 0);
+  // Exactly the accepted ones were delivered.
+  int delivered = 0;
+  for (;;) {
+    auto f = bob.run(bob.api().next_push(1s));
+    if (!f) break;
+    if (f->has_envelope()) ++delivered;
+  }
+  EXPECT_EQ(delivered, ok);
+}
+
+TEST(limits, slow_reader_is_disconnected_and_loses_nothing) {
+  boost::asio::io_context io;
+  // A small outgoing queue: 64 frames or 1 MiB.
+  server_process server({}, "[limits]\nmax_outbound_frames = 64\nmax_outbound_bytes = 1048576\n");
+  test_client alice(io, server.url());
+  alice.register_and_login("alice");
+  alice.drain();
+  test_client bob(io, server.url());
+  bob.register_and_login("bob");
+  bob.drain();
+  bob.disconnect();
+
+  // Bob's slow device: authenticates, then never reads.
+  client::ws_connection slow(io.get_executor());
+  ASSERT_FALSE(block_on(io, slow.connect(server.url(), 5s)));
+  v1::Frame auth;
+  auth.set_request_id(1);
+  auth.mutable_authenticate()->set_device_id(bob.device_id);
+  auth.mutable_authenticate()->set_token(bob.token);
+  slow.send(auth.SerializeAsString());
+
+  const long rss_before = server.rss_kb();
+  const int n = 1500;
+  const std::string payload(32 * 1024, 'p');  // 48 MiB in all
+  for (int i = 0; i < n; ++i) alice.send("bob", payload, "slow-" + std::to_string(i));
+  const long rss_after = server.rss_kb();
+
+  const auto metrics = http_get(server.port(), "/metrics");
+  EXPECT_NE(metrics.find("parley_slow_readers_closed_total 1\n"), std::string::npos) << metrics;
+  // Without the bound, the server would hold every pushed frame (48 MiB) on top of the store's
+  // own write buffers (another 48 MiB); with it, only the store's share grows.
+  const long sent_kb = static_cast<long>(n) * 32;
+  EXPECT_LT(rss_after - rss_before, sent_kb * 3 / 2)
+      << "server RSS grew " << (rss_after - rss_before) << " KiB for " << sent_kb << " KiB sent";
+
+  // The slow connection was dropped: reading now hits the end after what was buffered.
+  bool ended = false;
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto [ec, bytes] = block_on(io, slow.read());
+    if (ec) {
+      ended = true;
+      break;
+    }
+  }
+  EXPECT_TRUE(ended);
+
+  // Everything is still queued for bob.
+  test_client bob2(io, server.url());
+  bob2.device_id = bob.device_id;
+  bob2.token = bob.token;
+  bob2.reconnect();
+  auto got = bob2.drain(60s);
+  EXPECT_EQ(got.size(), static_cast<std::size_t>(n));
+}
+
+}  // namespace
+}  // namespace parley::test

@@ -1,0 +1,140 @@
+#include "server_process.hpp"
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+extern char** environ;
+
+namespace parley::test {
+
+namespace fs = std::filesystem;
+
+server_process::server_process(std::vector<std::string> extra_args, std::string config_toml)
+    : args_(std::move(extra_args)) {
+  std::random_device rd;
+  data_dir_ = fs::temp_directory_path() / ("parley_it_" + std::to_string(rd()) + std::to_string(::getpid()));
+  fs::create_directories(data_dir_);
+  if (!config_toml.empty()) {
+    config_file_ = data_dir_ / "parleyd.toml";
+    std::ofstream(config_file_) << config_toml;
+  }
+  spawn();
+}
+
+server_process::~server_process() {
+  if (pid_ > 0) kill9();
+  std::error_code ec;
+  fs::remove_all(data_dir_, ec);
+}
+
+void server_process::spawn() {
+  std::vector<std::string> argv_s = {PARLEYD_PATH, "--listen", "127.0.0.1:0", "--data",
+                                     (data_dir_ / "data").string(), "--threads", "2",
+                                     "--log-level", "warn"};
+  if (!config_file_.empty()) {
+    argv_s.push_back("--config");
+    argv_s.push_back(config_file_.string());
+  }
+  argv_s.insert(argv_s.end(), args_.begin(), args_.end());
+  std::vector<char*> argv;
+  for (auto& s : argv_s) argv.push_back(s.data());
+  argv.push_back(nullptr);
+
+  int out[2];
+  if (::pipe(out) != 0) throw std::runtime_error("pipe failed");
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addclose(&actions, out[0]);
+  posix_spawn_file_actions_addclose(&actions, out[1]);
+  const int rc = posix_spawn(&pid_, PARLEYD_PATH, &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(out[1]);
+  if (rc != 0) {
+    ::close(out[0]);
+    throw std::runtime_error("cannot start " PARLEYD_PATH);
+  }
+  // Read the first line: "parleyd listening on 127.0.0.1:PORT (data ...)".
+  std::string line;
+  char c;
+  while (::read(out[0], &c, 1) == 1 && c != '\n') line += c;
+  ::close(out[0]);
+  const auto at = line.find("listening on 127.0.0.1:");
+  if (at == std::string::npos) {
+    kill9();
+    throw std::runtime_error("parleyd did not start: '" + line + "'");
+  }
+  port_ = static_cast<unsigned short>(std::stoul(line.substr(at + 23)));
+}
+
+void server_process::kill9() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGKILL);
+  int status = 0;
+  ::waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+int server_process::terminate() {
+  if (pid_ <= 0) return -1;
+  ::kill(pid_, SIGTERM);
+  int status = 0;
+  ::waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return status;
+}
+
+void server_process::restart() {
+  if (pid_ > 0) terminate();
+  spawn();
+}
+
+long server_process::rss_kb() const {
+  std::ifstream in("/proc/" + std::to_string(pid_) + "/status");
+  std::string key;
+  while (in >> key) {
+    if (key == "VmRSS:") {
+      long kb = 0;
+      in >> kb;
+      return kb;
+    }
+    std::string rest;
+    std::getline(in, rest);
+  }
+  return -1;
+}
+
+std::string http_get(unsigned short port, const std::string& path) {
+  namespace asio = boost::asio;
+  try {
+    asio::io_context io;
+    asio::ip::tcp::socket s(io);
+    s.connect({asio::ip::make_address("127.0.0.1"), port});
+    const std::string req = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    asio::write(s, asio::buffer(req));
+    std::string response;
+    boost::system::error_code ec;
+    char buf[4096];
+    for (;;) {
+      const std::size_t n = s.read_some(asio::buffer(buf), ec);
+      response.append(buf, n);
+      if (ec) break;
+    }
+    const auto body = response.find("\r\n\r\n");
+    return body == std::string::npos ? "" : response.substr(body + 4);
+  } catch (const std::exception&) {
+    return "";
+  }
+}
+
+}  // namespace parley::test

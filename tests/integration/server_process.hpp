@@ -1,0 +1,63 @@
+// Test support: a real parleyd process on 127.0.0.1 port 0 with a temporary data directory,
+// and blocking wrappers to drive SDK clients from a test body.
+#pragma once
+
+#include <sys/types.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_future.hpp>
+#include <chrono>
+#include <filesystem>
+#include <future>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace parley::test {
+
+class server_process {
+ public:
+  // Starts parleyd with `extra_args`; `config_toml`, if not empty, is written to a file and
+  // passed with --config. Waits (at most 20 s) for its "listening on" line.
+  explicit server_process(std::vector<std::string> extra_args = {}, std::string config_toml = {});
+  ~server_process();
+
+  std::string url() const { return "ws://127.0.0.1:" + std::to_string(port_); }
+  unsigned short port() const { return port_; }
+  pid_t pid() const { return pid_; }
+  const std::filesystem::path& data_dir() const { return data_dir_; }
+
+  void kill9();        // SIGKILL, reaped
+  int terminate();     // SIGTERM, waits; returns the exit status
+  void restart();      // starts again on the same data directory and port 0
+  long rss_kb() const; // VmRSS from /proc
+
+ private:
+  void spawn();
+
+  std::vector<std::string> args_;
+  std::filesystem::path data_dir_;
+  std::filesystem::path config_file_;
+  pid_t pid_ = -1;
+  unsigned short port_ = 0;
+};
+
+// GET path from the server; returns the body ("" on failure).
+std::string http_get(unsigned short port, const std::string& path);
+
+// Runs `a` on `io` until it completes (or `timeout` passes: throws).
+template <class T>
+T block_on(boost::asio::io_context& io, boost::asio::awaitable<T> a,
+           std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  auto f = boost::asio::co_spawn(io, std::move(a), boost::asio::use_future);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (f.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+    if (std::chrono::steady_clock::now() > deadline) throw std::runtime_error("block_on timed out");
+    io.restart();
+    io.run_one_for(std::chrono::milliseconds(50));
+  }
+  return f.get();
+}
+
+}  // namespace parley::test
