@@ -19,8 +19,17 @@ namespace parley::test {
 
 namespace fs = std::filesystem;
 
-server_process::server_process(std::vector<std::string> extra_args, std::string config_toml)
+server_process::server_process(std::vector<std::string> extra_args, std::string config_toml,
+                               std::vector<std::string> extra_env)
     : args_(std::move(extra_args)) {
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string entry = *e;
+    const std::string name = entry.substr(0, entry.find('='));
+    bool replaced = false;
+    for (const auto& x : extra_env) replaced = replaced || x.rfind(name + "=", 0) == 0;
+    if (!replaced) env_.push_back(entry);
+  }
+  env_.insert(env_.end(), extra_env.begin(), extra_env.end());
   std::random_device rd;
   data_dir_ = fs::temp_directory_path() / ("parley_it_" + std::to_string(rd()) + std::to_string(::getpid()));
   fs::create_directories(data_dir_);
@@ -57,7 +66,10 @@ void server_process::spawn() {
   posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
   posix_spawn_file_actions_addclose(&actions, out[0]);
   posix_spawn_file_actions_addclose(&actions, out[1]);
-  const int rc = posix_spawn(&pid_, PARLEYD_PATH, &actions, nullptr, argv.data(), environ);
+  std::vector<char*> envp;
+  for (auto& e : env_) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  const int rc = posix_spawn(&pid_, PARLEYD_PATH, &actions, nullptr, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
   ::close(out[1]);
   if (rc != 0) {

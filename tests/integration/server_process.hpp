@@ -20,7 +20,9 @@ class server_process {
  public:
   // Starts parleyd with `extra_args`; `config_toml`, if not empty, is written to a file and
   // passed with --config. Waits (at most 20 s) for its "listening on" line.
-  explicit server_process(std::vector<std::string> extra_args = {}, std::string config_toml = {});
+  // `extra_env` entries ("NAME=value") are added to (or replace in) the inherited environment.
+  explicit server_process(std::vector<std::string> extra_args = {}, std::string config_toml = {},
+                          std::vector<std::string> extra_env = {});
   ~server_process();
 
   std::string url() const { return "ws://127.0.0.1:" + std::to_string(port_); }
@@ -37,6 +39,7 @@ class server_process {
   void spawn();
 
   std::vector<std::string> args_;
+  std::vector<std::string> env_;
   std::filesystem::path data_dir_;
   std::filesystem::path config_file_;
   pid_t pid_ = -1;
