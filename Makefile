@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Each installs what is missing first.
-.PHONY: setup build run test test-release test-asan clean
+.PHONY: setup build run test test-release test-asan bench clean
 
 PRESET ?= release
 DATA ?= ./data
@@ -27,6 +27,10 @@ test-asan: setup
 	@cmake --preset asan >/dev/null
 	@cmake --build --preset asan
 	ctest --preset asan
+
+# A quick run of every parley-bench scenario; results (JSON, PNG) in bench/results/.
+bench: build
+	build/bin/parley-bench --quick --out bench/results
 
 clean:
 	rm -rf build

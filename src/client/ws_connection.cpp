@@ -9,6 +9,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/websocket.hpp>
+#include <algorithm>
 #include <deque>
 
 namespace parley::client {
@@ -78,7 +79,8 @@ ws_connection::~ws_connection() {
   beast::get_lowest_layer(impl_->ws).socket().close(ignored);
 }
 
-awaitable<error_code> ws_connection::connect(std::string url, std::chrono::milliseconds timeout) {
+awaitable<error_code> ws_connection::connect(std::string url, std::chrono::milliseconds timeout,
+                                             std::string source_address) {
   std::string host, port, path;
   if (!parse_ws_url(url, host, port, path)) co_return asio::error::invalid_argument;
   asio::ip::tcp::resolver resolver(impl_->ws.get_executor());
@@ -86,8 +88,24 @@ awaitable<error_code> ws_connection::connect(std::string url, std::chrono::milli
   if (rec) co_return rec;
   auto& tcp = beast::get_lowest_layer(impl_->ws);
   tcp.expires_after(timeout);
-  auto [cec, ep] = co_await tcp.async_connect(results, as_tuple_awaitable);
-  if (cec) co_return cec;
+  if (source_address.empty()) {
+    auto [cec, ep] = co_await tcp.async_connect(results, as_tuple_awaitable);
+    if (cec) co_return cec;
+  } else {
+    // A bound socket connects to the first resolved endpoint of its own family only.
+    error_code ec;
+    const auto local = asio::ip::make_address(source_address, ec);
+    if (ec) co_return ec;
+    auto target = std::find_if(results.begin(), results.end(), [&](const auto& r) {
+      return r.endpoint().address().is_v4() == local.is_v4();
+    });
+    if (target == results.end()) co_return asio::error::address_family_not_supported;
+    tcp.socket().open(local.is_v4() ? asio::ip::tcp::v4() : asio::ip::tcp::v6(), ec);
+    if (!ec) tcp.socket().bind({local, 0}, ec);
+    if (ec) co_return ec;
+    auto [cec] = co_await tcp.async_connect(target->endpoint(), as_tuple_awaitable);
+    if (cec) co_return cec;
+  }
   tcp.socket().set_option(asio::ip::tcp::no_delay(true));
   tcp.expires_never();
   auto t = websocket::stream_base::timeout::suggested(beast::role_type::client);

@@ -24,8 +24,11 @@ class ws_connection {
 
   // Resolves, connects and completes the handshake within `timeout`.
   // `url` is ws://HOST:PORT[/PATH]; PATH defaults to /v1/ws.
+  // `source_address`, if not empty, is the local IP address to connect from (load generators
+  // spread connections over 127.0.0.x to get past the ephemeral ports of one address).
   boost::asio::awaitable<boost::system::error_code> connect(std::string url,
-                                                            std::chrono::milliseconds timeout);
+                                                            std::chrono::milliseconds timeout,
+                                                            std::string source_address = {});
 
   // Queues one binary message. Fails only later, as an error of read().
   void send(std::string bytes);

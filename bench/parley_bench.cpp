@@ -1,0 +1,203 @@
+// parley-bench: the load generator. Starts its own parleyd (fresh data directory, fsync on)
+// and the raw echo baseline, drives them with open-loop load from several worker processes,
+// and reports a table, a JSON file and a plot. See docs/performance.md.
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <iostream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "report.hpp"
+#include "scenarios.hpp"
+#include "spawned_server.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace parley::bench;
+
+constexpr const char* usage =
+    "usage: parley-bench [--quick | --smoke] [--procs N] [--server-threads N] [--out DIR]\n"
+    "                    [--connections N] [--users N] [--rates R1,R2,...] [--step-secs S]\n"
+    "                    [--drain-messages N] [SCENARIO...]\n"
+    "scenarios: baseline connect one-to-one drain (default: all four)\n"
+    "  --quick   small sizes, a few seconds per step (what `make bench` runs)\n"
+    "  --smoke   tiny sizes, ~20 s in all; exits 1 if anything was lost (run by `make test`)\n"
+    "  defaults (full): 19,000 connections; 1,000 users at 1k,5k,10k,20k,50k,100k msg/s, 20 s\n"
+    "  each; 10,000 queued messages; results in bench/results/\n";
+
+struct options {
+  std::string mode = "full";
+  int procs = 4;
+  unsigned server_threads = 2;
+  fs::path out = "bench/results";
+  std::size_t connections = 19'000;
+  std::size_t users = 1'000;
+  std::vector<double> rates = {1'000, 5'000, 10'000, 20'000, 50'000, 100'000};
+  double step_seconds = 20;
+  std::size_t drain_messages = 10'000;
+  std::vector<std::string> scenarios;
+};
+
+std::vector<double> parse_rates(const std::string& s) {
+  std::vector<double> out;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ',')) out.push_back(std::stod(item));
+  return out;
+}
+
+options parse(int argc, char** argv) {
+  options o;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  // Modes first, so that explicit sizes override them.
+  for (const auto& a : args) {
+    if (a == "--quick") {
+      o.mode = "quick";
+      o.procs = 2;
+      o.connections = 4'000;
+      o.users = 500;
+      o.rates = {1'000, 5'000, 10'000, 20'000, 40'000};
+      o.step_seconds = 4;
+    } else if (a == "--smoke") {
+      o.mode = "smoke";
+      o.procs = 2;
+      o.connections = 300;
+      o.users = 40;
+      o.rates = {200, 1'000};
+      o.step_seconds = 1.5;
+      o.drain_messages = 1'000;
+      o.out = fs::temp_directory_path() / "parley-bench-smoke";
+    }
+  }
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= args.size()) throw std::invalid_argument(a + " needs a value");
+      return args[++i];
+    };
+    if (a == "--quick" || a == "--smoke") continue;
+    if (a == "--procs") o.procs = std::stoi(value());
+    else if (a == "--server-threads") o.server_threads = static_cast<unsigned>(std::stoul(value()));
+    else if (a == "--out") o.out = value();
+    else if (a == "--connections") o.connections = std::stoul(value());
+    else if (a == "--users") o.users = std::stoul(value());
+    else if (a == "--rates") o.rates = parse_rates(value());
+    else if (a == "--step-secs") o.step_seconds = std::stod(value());
+    else if (a == "--drain-messages") o.drain_messages = std::stoul(value());
+    else if (a == "--help" || a == "-h") throw std::invalid_argument("");
+    else if (a == "baseline" || a == "connect" || a == "one-to-one" || a == "drain") o.scenarios.push_back(a);
+    else throw std::invalid_argument("unknown argument " + a);
+  }
+  if (o.scenarios.empty()) o.scenarios = {"baseline", "connect", "one-to-one", "drain"};
+  if (o.procs < 1 || o.procs > 64) throw std::invalid_argument("--procs must be 1-64");
+  if (o.users < 2) throw std::invalid_argument("--users must be at least 2");
+  return o;
+}
+
+bool wants(const options& o, const std::string& s) {
+  for (const auto& x : o.scenarios) {
+    if (x == s) return true;
+  }
+  return false;
+}
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// The server binaries sit next to this one in build/bin/.
+fs::path sibling(const char* name) {
+  return fs::canonical("/proc/self/exe").parent_path() / name;
+}
+
+// A fresh parleyd with fsync on, as users run it.
+std::unique_ptr<spawned_server> start_parleyd(const options& o, const fs::path& data) {
+  fs::remove_all(data);
+  return std::make_unique<spawned_server>(std::vector<std::string>{
+      sibling("parleyd").string(), "--listen", "127.0.0.1:0", "--data", data.string(), "--threads",
+      std::to_string(o.server_threads), "--log-level", "warn"});
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  options o;
+  try {
+    o = parse(argc, argv);
+  } catch (const std::exception& e) {
+    if (std::string(e.what()).empty()) {
+      std::fputs(usage, stdout);
+      return 0;
+    }
+    std::cerr << "parley-bench: " << e.what() << '\n' << usage;
+    return 2;
+  }
+  // The hard limit on open files (20,000 here) cannot be raised, but the soft one can: the
+  // servers started below inherit it.
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) == 0) {
+    files.rlim_cur = files.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &files);
+  }
+
+  run_report report;
+  report.started_at = utc_now();
+  report.mode = o.mode;
+  report.procs = o.procs;
+  report.server_threads = o.server_threads;
+  std::random_device rd;
+  const fs::path data = fs::temp_directory_path() / ("parley-bench-" + std::to_string(rd()));
+  bool ok = true;
+  try {
+    if (wants(o, "baseline")) {
+      std::cerr << "parley-bench: baseline (echo)...\n";
+      spawned_server echo({sibling("parley-bench-echo").string(), "--listen", "127.0.0.1:0",
+                           "--threads", std::to_string(o.server_threads)});
+      const std::size_t conns = std::min<std::size_t>(o.users, 100);
+      report.baseline = run_baseline({echo.url(), echo.pid(), o.procs}, conns, 8, o.step_seconds);
+    }
+    if (wants(o, "connect")) {
+      std::cerr << "parley-bench: connect (" << o.connections << " connections)...\n";
+      auto server = start_parleyd(o, data / "connect");
+      report.connect = run_connect({server->url(), server->pid(), o.procs}, o.connections, 3.0);
+      ok = ok && report.connect->failed == 0;
+    }
+    if (wants(o, "one-to-one")) {
+      std::cerr << "parley-bench: one-to-one (" << o.users << " users, " << o.rates.size()
+                << " steps of " << o.step_seconds << " s)...\n";
+      auto server = start_parleyd(o, data / "one-to-one");
+      report.one_to_one = run_one_to_one({server->url(), server->pid(), o.procs}, o.users, o.rates,
+                                         o.step_seconds);
+      for (const auto& s : report.one_to_one->steps) ok = ok && s.lost == 0;
+    }
+    if (wants(o, "drain")) {
+      std::cerr << "parley-bench: drain (" << o.drain_messages << " messages)...\n";
+      auto server = start_parleyd(o, data / "drain");
+      report.drain = run_drain({server->url(), server->pid(), o.procs}, o.drain_messages);
+      ok = ok && report.drain->in_order && report.drain->received == report.drain->queued;
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "parley-bench: " << e.what() << '\n';
+    fs::remove_all(data);
+    return 1;
+  }
+  fs::remove_all(data);
+  std::cout << render_table(report) << std::flush;
+  std::cerr << write_results(report, o.out);
+  if (!ok) std::cerr << "parley-bench: messages were lost, reordered or not connected\n";
+  return ok ? 0 : 1;
+}

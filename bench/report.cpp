@@ -1,0 +1,188 @@
+#include "report.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+namespace parley::bench {
+namespace {
+
+std::string fixed(double v, int decimals = 1) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+  return buf;
+}
+
+std::string ms(std::uint64_t micros) { return fixed(static_cast<double>(micros) / 1000.0, 2); }
+
+std::string mib(double bytes) { return fixed(bytes / (1024.0 * 1024.0), 1); }
+
+std::string pad(const std::string& s, std::size_t width) {
+  return s.size() >= width ? s : std::string(width - s.size(), ' ') + s;
+}
+
+std::string percentiles_json(const latency_histogram& h) {
+  std::ostringstream o;
+  o << "{\"count\": " << h.count() << ", \"p50_ms\": " << ms(h.percentile(0.5))
+    << ", \"p90_ms\": " << ms(h.percentile(0.9)) << ", \"p99_ms\": " << ms(h.percentile(0.99))
+    << ", \"p999_ms\": " << ms(h.percentile(0.999)) << ", \"max_ms\": " << ms(h.max()) << "}";
+  return o.str();
+}
+
+}  // namespace
+
+std::string render_table(const run_report& r) {
+  std::ostringstream o;
+  o << "parley-bench " << r.mode << " run, " << r.started_at << ", " << r.procs
+    << " generator processes, parleyd --threads " << r.server_threads << "\n\n";
+  if (r.baseline) {
+    const auto& b = *r.baseline;
+    o << "baseline: raw WebSocket echo (same Asio/Beast stack), " << b.connections
+      << " connections, " << fixed(b.seconds, 1) << " s\n"
+      << "  round trips/s " << fixed(b.rate, 0) << "   p50 " << ms(b.latency.percentile(0.5))
+      << " ms   p99 " << ms(b.latency.percentile(0.99)) << " ms   server CPU "
+      << fixed(b.server_cores, 2) << " cores\n\n";
+  }
+  if (r.connect) {
+    const auto& c = *r.connect;
+    o << "connect: " << c.connected << " of " << c.wanted << " authenticated connections ("
+      << c.failed << " failed) in " << fixed(c.seconds, 2) << " s = "
+      << fixed(c.connects_per_second, 0) << " connects/s\n"
+      << "  server RSS " << mib(static_cast<double>(c.rss_before)) << " -> "
+      << mib(static_cast<double>(c.rss_after)) << " MiB = " << fixed(c.rss_per_connection / 1024.0, 2)
+      << " KiB per connection; idle CPU " << fixed(c.idle_server_cores, 3) << " cores\n\n";
+  }
+  if (r.one_to_one) {
+    const auto& t = *r.one_to_one;
+    o << "one-to-one: " << t.users << " online users, 100-byte messages to random users\n"
+      << pad("offered/s", 10) << pad("delivered/s", 12) << pad("p50 ms", 9) << pad("p90 ms", 9)
+      << pad("p99 ms", 9) << pad("p99.9 ms", 10) << pad("max ms", 9) << pad("lost", 6)
+      << pad("errors", 7) << pad("skipped", 8) << pad("srv CPU", 8) << pad("srv MiB", 8)
+      << "  generator\n";
+    for (const auto& s : t.steps) {
+      o << pad(fixed(s.offered_rate, 0), 10) << pad(fixed(s.delivered_rate(), 0), 12)
+        << pad(ms(s.latency.percentile(0.5)), 9) << pad(ms(s.latency.percentile(0.9)), 9)
+        << pad(ms(s.latency.percentile(0.99)), 9) << pad(ms(s.latency.percentile(0.999)), 10)
+        << pad(ms(s.latency.max()), 9) << pad(std::to_string(s.lost), 6)
+        << pad(std::to_string(s.errors), 7) << pad(std::to_string(s.skipped), 8)
+        << pad(fixed(s.server_cores, 2), 8) << pad(mib(static_cast<double>(s.server_rss)), 8)
+        << "  " << (s.generator_bound ? "BOUND" : "ok") << " (" << fixed(s.generator_cores, 2)
+        << ")\n";
+    }
+    o << "  sustainable (p99 < 100 ms, nothing lost): " << fixed(t.sustainable_rate, 0) << " msg/s";
+    if (r.baseline && r.baseline->rate > 0) {
+      o << " = " << fixed(100.0 * t.sustainable_rate / r.baseline->rate, 1)
+        << " % of the echo round-trip rate";
+    }
+    o << "\n\n";
+  }
+  if (r.drain) {
+    const auto& d = *r.drain;
+    o << "drain: " << d.received << " of " << d.queued << " queued messages delivered in "
+      << fixed(d.milliseconds, 1) << " ms after connect, " << (d.in_order ? "in order" : "OUT OF ORDER")
+      << "\n";
+  }
+  return o.str();
+}
+
+std::string render_json(const run_report& r) {
+  std::ostringstream o;
+  o << "{\n  \"started_at\": \"" << r.started_at << "\",\n  \"mode\": \"" << r.mode
+    << "\",\n  \"generator_procs\": " << r.procs << ",\n  \"server_threads\": " << r.server_threads;
+  if (r.baseline) {
+    const auto& b = *r.baseline;
+    o << ",\n  \"baseline\": {\"connections\": " << b.connections << ", \"seconds\": " << b.seconds
+      << ", \"round_trips\": " << b.round_trips << ", \"round_trips_per_second\": " << fixed(b.rate, 0)
+      << ", \"server_cores\": " << fixed(b.server_cores, 3) << ", \"latency\": " << percentiles_json(b.latency)
+      << "}";
+  }
+  if (r.connect) {
+    const auto& c = *r.connect;
+    o << ",\n  \"connect\": {\"wanted\": " << c.wanted << ", \"connected\": " << c.connected
+      << ", \"failed\": " << c.failed << ", \"seconds\": " << fixed(c.seconds, 3)
+      << ", \"connects_per_second\": " << fixed(c.connects_per_second, 0)
+      << ", \"server_rss_before\": " << c.rss_before << ", \"server_rss_after\": " << c.rss_after
+      << ", \"rss_bytes_per_connection\": " << fixed(c.rss_per_connection, 0)
+      << ", \"idle_server_cores\": " << fixed(c.idle_server_cores, 3) << "}";
+  }
+  if (r.one_to_one) {
+    const auto& t = *r.one_to_one;
+    o << ",\n  \"one_to_one\": {\"users\": " << t.users << ", \"sustainable_rate\": "
+      << fixed(t.sustainable_rate, 0);
+    if (r.baseline && r.baseline->rate > 0) {
+      o << ", \"ratio_to_echo\": " << fixed(t.sustainable_rate / r.baseline->rate, 4);
+    }
+    o << ", \"steps\": [";
+    for (std::size_t i = 0; i < t.steps.size(); ++i) {
+      const auto& s = t.steps[i];
+      o << (i ? ",\n" : "\n") << "    {\"offered_rate\": " << fixed(s.offered_rate, 0)
+        << ", \"seconds\": " << s.seconds << ", \"sent\": " << s.sent << ", \"stored\": " << s.stored
+        << ", \"received\": " << s.received << ", \"delivered_rate\": " << fixed(s.delivered_rate(), 0)
+        << ", \"lost\": " << s.lost << ", \"errors\": " << s.errors << ", \"skipped\": " << s.skipped
+        << ", \"server_cores\": " << fixed(s.server_cores, 3) << ", \"server_rss\": " << s.server_rss
+        << ", \"generator_cores\": " << fixed(s.generator_cores, 3)
+        << ", \"generator_bound\": " << (s.generator_bound ? "true" : "false")
+        << ", \"latency\": " << percentiles_json(s.latency) << "}";
+    }
+    o << "]}";
+  }
+  if (r.drain) {
+    const auto& d = *r.drain;
+    o << ",\n  \"drain\": {\"queued\": " << d.queued << ", \"received\": " << d.received
+      << ", \"in_order\": " << (d.in_order ? "true" : "false") << ", \"milliseconds\": "
+      << fixed(d.milliseconds, 2) << "}";
+  }
+  o << "\n}\n";
+  return o.str();
+}
+
+std::string write_results(const run_report& r, const std::filesystem::path& dir) {
+  std::filesystem::create_directories(dir);
+  std::string stamp = r.started_at;
+  for (char& c : stamp) {
+    if (c == ':') c = '-';
+  }
+  std::ostringstream written;
+  const std::string json = render_json(r);
+  for (const auto& name : {stamp + "-" + r.mode + ".json", std::string("latest.json")}) {
+    std::ofstream(dir / name) << json;
+    written << (dir / name).string() << '\n';
+  }
+  if (!r.one_to_one || r.one_to_one->steps.empty()) return written.str();
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return written.str();
+
+  const auto data = dir / "latest-one-to-one.dat";
+  {
+    std::ofstream d(data);
+    d << "# offered p50 p90 p99 p99.9 max (ms)\n";
+    for (const auto& s : r.one_to_one->steps) {
+      if (s.latency.count() == 0) continue;
+      d << fixed(s.offered_rate, 0) << ' ' << ms(s.latency.percentile(0.5)) << ' '
+        << ms(s.latency.percentile(0.9)) << ' ' << ms(s.latency.percentile(0.99)) << ' '
+        << ms(s.latency.percentile(0.999)) << ' ' << ms(s.latency.max()) << '\n';
+    }
+  }
+  const auto png = dir / (stamp + "-" + r.mode + "-one-to-one.png");
+  const auto script = dir / "latest-one-to-one.gp";
+  {
+    std::ofstream g(script);
+    g << "set terminal png size 900,560\n"
+      << "set output '" << png.string() << "'\n"
+      << "set title 'parleyd one-to-one: latency percentiles vs offered rate (" << r.started_at << ")'\n"
+      << "set xlabel 'offered messages/s'\nset ylabel 'send -> receive latency (ms)'\n"
+      << "set logscale y\nset grid\nset key top left\n"
+      << "plot '" << data.string() << "' using 1:2 with linespoints title 'p50', "
+      << "'' using 1:3 with linespoints title 'p90', '' using 1:4 with linespoints title 'p99', "
+      << "'' using 1:5 with linespoints title 'p99.9', '' using 1:6 with linespoints title 'max'\n";
+  }
+  const std::string cmd = "gnuplot '" + script.string() + "'";
+  if (std::system(cmd.c_str()) == 0) {
+    std::filesystem::copy_file(png, dir / "latest-one-to-one.png",
+                               std::filesystem::copy_options::overwrite_existing);
+    written << png.string() << '\n' << (dir / "latest-one-to-one.png").string() << '\n';
+  }
+  return written.str();
+}
+
+}  // namespace parley::bench
