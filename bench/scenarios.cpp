@@ -196,6 +196,8 @@ struct step_counters {
 constexpr int payload_bytes = 100;
 // The step the pacer is in; errors without a request id (failed acks) are counted there.
 std::size_t current_step = 0;
+// When this worker last received a message (ns), to tell a backlog still draining from a loss.
+std::int64_t last_receive_ns = 0;
 constexpr int request_step_shift = 40;  // request_id = step << 40 | counter
 
 awaitable<void> read_loop(load_peer& p, std::vector<step_counters>& steps,
@@ -225,6 +227,7 @@ awaitable<void> read_loop(load_peer& p, std::vector<step_counters>& steps,
       }
       case v1::Frame::kEnvelope: {
         const auto& payload = f.envelope().payload();
+        last_receive_ns = now_ns();
         if (payload.size() >= 12) {
           std::int64_t sent_ns;
           std::uint32_t sent_step;
@@ -303,9 +306,14 @@ awaitable<void> pace(std::vector<std::unique_ptr<load_peer>>& peers, std::size_t
     }
     s.cpu_end = sample_process(::getpid());
   }
-  // Stragglers: keep receiving and acking for a while after the last step.
-  const std::int64_t grace_end = now_ns() + 3'000'000'000;
-  while (now_ns() < grace_end) {
+  // Stragglers: an overloaded server is still working through its backlog after the last
+  // step. Keep receiving and acking until nothing has arrived for 2 s (at least 3 s, at most
+  // 60 s); what is still missing then counts as lost.
+  const std::int64_t finished = now_ns();
+  for (;;) {
+    const std::int64_t now = now_ns();
+    if (now > finished + 60'000'000'000) break;
+    if (now > finished + 3'000'000'000 && now > last_receive_ns + 2'000'000'000) break;
     for (auto* d : dirty) d->flush_acks();
     dirty.clear();
     co_await pause(std::chrono::milliseconds(5));

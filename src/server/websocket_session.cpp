@@ -26,7 +26,8 @@ constexpr auto as_tuple_awaitable = asio::as_tuple(use_awaitable);
 class websocket_session : public std::enable_shared_from_this<websocket_session> {
  public:
   websocket_session(shared_state& state, connection_set& connections, asio::ip::tcp::socket socket)
-      : state_(state), connections_(connections), ws_(std::move(socket)) {}
+      : state_(state), connections_(connections), ws_(std::move(socket)),
+        auth_timer_(ws_.get_executor()) {}
 
   void start(beast::http::request<beast::http::string_body> upgrade) {
     asio::co_spawn(ws_.get_executor(), run(shared_from_this(), std::move(upgrade)),
@@ -70,10 +71,11 @@ class websocket_session : public std::enable_shared_from_this<websocket_session>
     state_.stats.connections_total.fetch_add(1, std::memory_order_relaxed);
 
     asio::co_spawn(ws_.get_executor(), write_loop(shared_from_this()), asio::detached);
-    asio::co_spawn(ws_.get_executor(), auth_deadline(weak, ws_.get_executor(), state_.cfg.auth_timeout),
-                   asio::detached);
+    auth_timer_.expires_after(state_.cfg.auth_timeout);
+    asio::co_spawn(ws_.get_executor(), auth_deadline(weak, &auth_timer_), asio::detached);
     co_await read_loop();
 
+    auth_timer_.cancel();
     session_->closed();
     connections_.remove(connection_id_);
     state_.stats.connections.fetch_sub(1, std::memory_order_relaxed);
@@ -87,6 +89,10 @@ class websocket_session : public std::enable_shared_from_this<websocket_session>
       const auto data = buffer.cdata();
       co_await session_->handle_frame(
           std::string_view(static_cast<const char*>(data.data()), data.size()));
+      if (!auth_timer_cancelled_ && session_->authenticated()) {
+        auth_timer_cancelled_ = true;
+        auth_timer_.cancel();
+      }
       buffer.consume(buffer.size());
       // A large frame must not pin a large buffer to an idle connection.
       if (buffer.capacity() > 16 * 1024) buffer.shrink_to_fit();
@@ -112,10 +118,12 @@ class websocket_session : public std::enable_shared_from_this<websocket_session>
     }
   }
 
+  // Closes the connection if it has not authenticated when `timer` expires. The read loop
+  // cancels the timer on authentication, so an idle connection holds no coroutine for it.
   static awaitable<void> auth_deadline(std::weak_ptr<websocket_session> weak,
-                                       asio::any_io_executor ex, std::chrono::milliseconds after) {
-    asio::steady_timer timer(ex, after);
-    co_await timer.async_wait(as_tuple_awaitable);
+                                       asio::steady_timer* timer) {
+    auto [ec] = co_await timer->async_wait(as_tuple_awaitable);
+    if (ec) co_return;  // cancelled: authenticated, or the session is gone
     auto self = weak.lock();
     if (self && !self->session_->authenticated()) self->close(close_reason::auth_timeout);
   }
@@ -160,6 +168,8 @@ class websocket_session : public std::enable_shared_from_this<websocket_session>
   websocket::stream<beast::tcp_stream> ws_;
   std::shared_ptr<device_session> session_;
   connection_set::id connection_id_ = 0;
+  asio::steady_timer auth_timer_;
+  bool auth_timer_cancelled_ = false;
   bool closing_ = false;
   bool aborted_ = false;
   std::optional<websocket::close_reason> close_reason_;

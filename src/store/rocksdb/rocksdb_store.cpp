@@ -1,13 +1,16 @@
 #include "store/rocksdb/rocksdb_store.hpp"
 
 #include <rocksdb/db.h>
-#include <rocksdb/utilities/write_batch_with_index.h>
+#include <rocksdb/filter_policy.h>
+#include <rocksdb/table.h>
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
+#include <unordered_map>
 #include <stdexcept>
 #include <thread>
 
@@ -54,11 +57,26 @@ constexpr const char* cf_names[cf_count] = {
 
 rocksdb::Slice slice(std::string_view s) { return {s.data(), s.size()}; }
 
-// The requests of one group commit: their writes, and what to run once the group is durable.
+// The requests of one group commit: their writes, what later requests of the same group must
+// see of them (the overlay: column family byte + key -> value, nullopt for a delete), and
+// what to run once the group is durable.
 struct group {
-  rocksdb::WriteBatchWithIndex batch{rocksdb::BytewiseComparator(), 0, /*overwrite_key=*/true};
+  rocksdb::WriteBatch batch;
+  std::unordered_map<std::string, std::optional<std::string>> overlay;
   std::vector<std::function<void(error_code)>> on_durable;
   bool ids_issued = false;
+};
+
+std::string overlay_key(std::size_t family, std::string_view key) {
+  std::string k(1, static_cast<char>(family));
+  k.append(key);
+  return k;
+}
+
+// A user as the writer needs it; cached, since only the writer changes users.
+struct cached_user {
+  std::string username;
+  std::vector<std::uint64_t> devices;
 };
 
 template <class Record>
@@ -85,7 +103,10 @@ struct rocksdb_store::impl {
   bool stopping = false;
   std::thread writer;
 
-  // Writer-thread state.
+  // Writer-thread state. The caches hold committed state only: a failed commit clears them.
+  std::unordered_map<std::string, std::uint64_t> user_ids;   // username -> user id
+  std::unordered_map<std::uint64_t, cached_user> users;       // user id -> user
+  std::unordered_map<std::string, std::uint64_t> chat_seqs;   // chat -> last seq
   snowflake ids{0};
   std::uint64_t last_id = 0;
   std::uint64_t next_user = 1;
@@ -95,14 +116,24 @@ struct rocksdb_store::impl {
   void run_writer();
 
   rocksdb::Status get(group& g, cf family, std::string_view key, std::string* value) {
-    return g.batch.GetFromBatchAndDB(db.get(), rocksdb::ReadOptions(), cfs[family], slice(key),
-                                     value);
+    auto it = g.overlay.find(overlay_key(family, key));
+    if (it != g.overlay.end()) {
+      if (!it->second) return rocksdb::Status::NotFound();
+      *value = *it->second;
+      return rocksdb::Status::OK();
+    }
+    return db->Get(rocksdb::ReadOptions(), cfs[family], slice(key), value);
   }
   rocksdb::Status get(cf family, std::string_view key, std::string* value) {
     return db->Get(rocksdb::ReadOptions(), cfs[family], slice(key), value);
   }
   void put(group& g, cf family, std::string_view key, std::string_view value) {
     g.batch.Put(cfs[family], slice(key), slice(value));
+    g.overlay[overlay_key(family, key)] = std::string(value);
+  }
+  void del(group& g, cf family, std::string_view key) {
+    g.batch.Delete(cfs[family], slice(key));
+    g.overlay[overlay_key(family, key)] = std::nullopt;
   }
   std::uint64_t next_id(group& g, std::uint64_t now) {
     g.ids_issued = true;
@@ -151,23 +182,51 @@ struct rocksdb_store::impl {
     });
   }
 
-  result<pb::UserRecord> user_record(group& g, std::uint64_t user) {
+  result<const cached_user*> user_record(std::uint64_t user) {
+    if (auto it = users.find(user); it != users.end()) return &it->second;
     std::string v;
-    auto s = get(g, cf_users, keys::be64(user), &v);
+    auto s = get(cf_users, keys::be64(user), &v);
     if (s.IsNotFound()) return errc::unknown_user;
     if (!s.ok()) return errc::io_error;
     pb::UserRecord record;
     if (!parse(record, v)) return errc::corrupt;
-    return record;
+    auto& u = users[user];
+    u.username = record.username();
+    u.devices.assign(record.devices().begin(), record.devices().end());
+    return &u;
   }
 
-  // username -> user id, seeing this group's writes too.
+  // username -> user id (writer thread, cached).
   result<std::uint64_t> user_of(group& g, const std::string& username) {
+    if (auto it = user_ids.find(username); it != user_ids.end()) return it->second;
     std::string v;
     auto s = get(g, cf_accounts, username, &v);
     if (s.IsNotFound()) return errc::unknown_user;
     if (!s.ok() || v.size() != 8) return errc::io_error;
-    return read_be64(v);
+    const std::uint64_t id = read_be64(v);
+    user_ids.emplace(username, id);
+    return id;
+  }
+
+  // The last sequence number of a chat (writer thread, cached).
+  result<std::uint64_t*> chat_seq(std::string_view chat) {
+    std::string key(chat);
+    if (auto it = chat_seqs.find(key); it != chat_seqs.end()) return &it->second;
+    std::string v;
+    auto s = get(cf_chats, chat, &v);
+    std::uint64_t last = 0;
+    if (s.ok() && v.size() == 8) {
+      last = read_be64(v);
+    } else if (!s.IsNotFound()) {
+      return errc::io_error;
+    }
+    return &chat_seqs.emplace(std::move(key), last).first->second;
+  }
+
+  void clear_caches() {
+    user_ids.clear();
+    users.clear();
+    chat_seqs.clear();
   }
 
   result<std::uint64_t> user_of(const std::string& username) {
@@ -182,9 +241,9 @@ struct rocksdb_store::impl {
   result<void> queue_receipt(group& g, std::uint64_t user, message_id id, const std::string& peer,
                              message_status status, std::uint64_t now,
                              std::vector<delivery>& out) {
-    auto owner = user_record(g, user);
+    auto owner = user_record(user);
     if (!owner) return owner.error();
-    for (std::uint64_t device : owner->devices()) {
+    for (std::uint64_t device : (*owner)->devices) {
       const event_id event = next_id(g, now);
       pb::QueueItem item;
       auto* receipt = item.mutable_receipt();
@@ -208,10 +267,16 @@ void rocksdb_store::impl::open() {
   db_options.max_open_files = 256;
   db_options.IncreaseParallelism(2);
 
+  // Most point lookups on the message path miss (a new client_msg_id, a message not yet
+  // delivered): bloom filters in the memtable and the tables answer those without a search.
+  rocksdb::ColumnFamilyOptions cf_options;
+  cf_options.memtable_whole_key_filtering = true;
+  cf_options.memtable_prefix_bloom_size_ratio = 0.02;
+  rocksdb::BlockBasedTableOptions table;
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  cf_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
-  for (std::size_t i = 0; i < cf_count; ++i) {
-    descriptors.emplace_back(cf_names[i], rocksdb::ColumnFamilyOptions());
-  }
+  for (std::size_t i = 0; i < cf_count; ++i) descriptors.emplace_back(cf_names[i], cf_options);
   rocksdb::DB* raw = nullptr;
   auto s = rocksdb::DB::Open(db_options, options.path.string(), descriptors, &cfs, &raw);
   if (!s.ok()) throw std::runtime_error("cannot open the store at " + options.path.string() + ": " + s.ToString());
@@ -249,16 +314,17 @@ void rocksdb_store::impl::run_writer() {
 
     const auto start = std::chrono::steady_clock::now();
     rocksdb::Status s;
-    if (g.batch.GetWriteBatch()->Count() > 0) {
+    if (g.batch.Count() > 0) {
       rocksdb::WriteOptions write_options;
       write_options.sync = options.sync;
-      s = db->Write(write_options, g.batch.GetWriteBatch());
+      s = db->Write(write_options, &g.batch);
     }
     if (options.on_commit) options.on_commit(std::chrono::steady_clock::now() - start, work.size());
     error_code ec;
     if (!s.ok()) {
       log_error() << "store: group commit failed: " << s.ToString();
       ec = errc::io_error;
+      clear_caches();  // they may hold what was just lost
     }
     for (auto& f : g.on_durable) f(ec);
     work.clear();
@@ -299,10 +365,9 @@ void rocksdb_store::register_account(registration_request request,
                                      completion<registration> done) {
   impl_->write<registration>(std::move(done), [this, request = std::move(request)](group& g) -> result<registration> {
     auto& d = *impl_;
-    std::string v;
-    auto s = d.get(g, cf_accounts, request.username, &v);
-    if (s.ok()) return errc::username_taken;
-    if (!s.IsNotFound()) return errc::io_error;
+    auto existing = d.user_of(g, request.username);
+    if (existing) return errc::username_taken;
+    if (existing.error() != errc::unknown_user) return existing.error();
 
     const std::uint64_t now = now_ms();
     registration r{d.next_user++, d.next_device++};
@@ -322,6 +387,8 @@ void rocksdb_store::register_account(registration_request request,
     d.put(g, cf_devices, keys::be64(r.device), device.SerializeAsString());
     d.put(g, cf_default, keys::meta_next_user, keys::be64(d.next_user));
     d.put(g, cf_default, keys::meta_next_device, keys::be64(d.next_device));
+    d.user_ids[request.username] = r.user;
+    d.users[r.user] = cached_user{request.username, {r.device}};
     return r;
   });
 }
@@ -373,17 +440,13 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
 
     auto recipient_id = d.user_of(g, request.recipient_name);
     if (!recipient_id) return recipient_id.error();
-    auto recipient = d.user_record(g, *recipient_id);
+    auto recipient = d.user_record(*recipient_id);
     if (!recipient) return recipient.error();
 
     const std::string chat = keys::direct_chat(request.sender, *recipient_id);
-    std::uint64_t last_seq = 0;
-    s = d.get(g, cf_chats, chat, &v);
-    if (s.ok() && v.size() == 8) {
-      last_seq = read_be64(v);
-    } else if (!s.IsNotFound()) {
-      return errc::io_error;
-    }
+    auto seq = d.chat_seq(chat);
+    if (!seq) return seq.error();
+    const std::uint64_t last_seq = **seq;
 
     const std::uint64_t now = now_ms();
     send_outcome out;
@@ -414,9 +477,10 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
     d.put(g, cf_messages, keys::message(chat, out.id), message.SerializeAsString());
     d.put(g, cf_message_index, keys::be64(out.id), chat);
     d.put(g, cf_chats, chat, keys::be64(out.seq));
+    **seq = out.seq;
     d.put(g, cf_dedupe, dedupe_key, dedupe.SerializeAsString());
     const std::string queued = item.SerializeAsString();
-    for (std::uint64_t device : recipient->devices()) {
+    for (std::uint64_t device : (*recipient)->devices) {
       d.put(g, cf_queue, keys::queue(device, out.id), queued);
       out.deliveries.push_back(
           {device, message_event{out.id, out.id, out.seq, request.sender_name,
@@ -443,7 +507,7 @@ void rocksdb_store::ack(device_id device, std::string device_username,
           if (!s.ok()) return errc::io_error;
           pb::QueueItem item;
           if (!parse(item, v)) return errc::corrupt;
-          g.batch.Delete(d.cfs[cf_queue], key);
+          d.del(g, cf_queue, key);
           if (!item.has_message()) continue;
 
           const std::string delivered_key = keys::be64(item.message().message_id());
