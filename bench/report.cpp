@@ -35,7 +35,8 @@ std::string percentiles_json(const latency_histogram& h) {
 std::string render_table(const run_report& r) {
   std::ostringstream o;
   o << "parley-bench " << r.mode << " run, " << r.started_at << ", " << r.procs
-    << " generator processes, parleyd --threads " << r.server_threads << "\n\n";
+    << " generator processes, parleyd --threads " << r.server_threads
+    << (r.fsync ? "" : " --no-fsync (diagnosis: acknowledged messages not on disk)") << "\n\n";
   if (r.baseline) {
     const auto& b = *r.baseline;
     o << "baseline: raw WebSocket echo (same Asio/Beast stack), " << b.connections
@@ -171,7 +172,7 @@ std::string write_results(const run_report& r, const std::filesystem::path& dir)
       << "set output '" << png.string() << "'\n"
       << "set title 'parleyd one-to-one: latency percentiles vs offered rate (" << r.started_at << ")'\n"
       << "set xlabel 'offered messages/s'\nset ylabel 'send -> receive latency (ms)'\n"
-      << "set logscale y\nset grid\nset key top left\n"
+      << "set logscale xy\nset grid\nset key bottom right\n"
       << "plot '" << data.string() << "' using 1:2 with linespoints title 'p50', "
       << "'' using 1:3 with linespoints title 'p90', '' using 1:4 with linespoints title 'p99', "
       << "'' using 1:5 with linespoints title 'p99.9', '' using 1:6 with linespoints title 'max'\n";

@@ -14,6 +14,7 @@ struct run_report {
   std::string mode;        // "quick", "full" or "smoke"
   int procs = 0;
   unsigned server_threads = 0;
+  bool fsync = true;
   std::optional<connect_result> connect;
   std::optional<one_to_one_result> one_to_one;
   std::optional<drain_result> drain;

@@ -1,8 +1,9 @@
 // The embedded Store on RocksDB: one process, one data directory, nothing else to run.
 //
 // Writes from every session go to one writer thread, which applies them in arrival order to a
-// WriteBatchWithIndex (so later requests see earlier ones of the same group) and commits the
-// whole group with one synced write: group commit. Reads run on a small thread pool.
+// WriteBatch (with an overlay map, so that later requests see earlier ones of the same group)
+// and commits the whole group with one synced write: group commit. Reads run on a small
+// thread pool.
 #pragma once
 
 #include <chrono>

@@ -1,0 +1,131 @@
+// Google Benchmark of the embedded store's writer, the component parley-bench's profile shows
+// as the busiest thread. Each message is the full 1:1 cycle the server runs: send, the
+// recipient's ack (delivered receipt queued), the sender's ack of that receipt.
+//
+// BM_raw_rocksdb_batches is the baseline for the same run: RocksDB alone committing batches of
+// the same shape (the same puts and deletes per message), without any of parley's logic.
+// Report store / raw as a ratio, not absolute numbers. fsync is off in both: this measures
+// CPU, not the disk.
+#include <benchmark/benchmark.h>
+#include <rocksdb/db.h>
+
+#include <filesystem>
+#include <future>
+#include <random>
+
+#include "common/big_endian.hpp"
+#include "store/rocksdb/rocksdb_store.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace parley::store;
+
+constexpr int batch = 256;  // messages in flight, as a busy server would have
+
+fs::path temp_dir(const char* name) {
+  std::random_device rd;
+  auto p = fs::temp_directory_path() / (std::string(name) + std::to_string(rd()));
+  fs::remove_all(p);
+  return p;
+}
+
+template <class T, class Call>
+T wait(Call call) {
+  std::promise<result<T>> p;
+  auto f = p.get_future();
+  call([&p](result<T> r) { p.set_value(std::move(r)); });
+  return std::move(*f.get());
+}
+
+void BM_store_message_cycle(benchmark::State& state) {
+  const auto dir = temp_dir("parley_store_bench_");
+  {
+    rocksdb_options o;
+    o.path = dir;
+    o.sync = false;
+    rocksdb_store store(o);
+    const auto alice = wait<registration>([&](auto done) { store.register_account({"alice", {}}, done); });
+    const auto bob = wait<registration>([&](auto done) { store.register_account({"bob", {}}, done); });
+    const std::string payload(100, 'x');
+    std::uint64_t n = 0;
+    for (auto _ : state) {
+      // Submit a batch of sends, then the acks, then the receipt acks, each wave in flight
+      // together so that group commit works as it does under load.
+      std::vector<std::promise<result<send_outcome>>> sent(batch);
+      for (int i = 0; i < batch; ++i) {
+        store.send({alice.user, alice.device, "alice", "bob", std::to_string(++n), payload},
+                   [&sent, i](result<send_outcome> r) { sent[i].set_value(std::move(r)); });
+      }
+      std::vector<event_id> events;
+      for (auto& s : sent) events.push_back(s.get_future().get()->id);
+      std::vector<std::promise<result<std::vector<delivery>>>> acked(batch);
+      for (int i = 0; i < batch; ++i) {
+        store.ack(bob.device, "bob", {events[i]},
+                  [&acked, i](result<std::vector<delivery>> r) { acked[i].set_value(std::move(r)); });
+      }
+      std::vector<event_id> receipts;
+      for (auto& a : acked) {
+        for (auto& d : *a.get_future().get()) receipts.push_back(std::get<receipt_event>(d.event).event);
+      }
+      wait<std::vector<delivery>>([&](auto done) { store.ack(alice.device, "alice", receipts, done); });
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * batch);
+  }
+  fs::remove_all(dir);
+}
+BENCHMARK(BM_store_message_cycle)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_raw_rocksdb_batches(benchmark::State& state) {
+  const auto dir = temp_dir("parley_raw_bench_");
+  {
+    rocksdb::Options options;
+    options.create_if_missing = true;
+    rocksdb::DB* raw = nullptr;
+    if (!rocksdb::DB::Open(options, dir.string(), &raw).ok()) {
+      state.SkipWithError("cannot open RocksDB");
+      return;
+    }
+    std::unique_ptr<rocksdb::DB> db(raw);
+    rocksdb::WriteOptions wo;
+    const std::string message(160, 'm'), small(24, 's');
+    std::uint64_t n = 0;
+    auto key = [](char tag, std::uint64_t v) {
+      std::string k(1, tag);
+      parley::append_be64(k, v);
+      return k;
+    };
+    for (auto _ : state) {
+      // Per message, what the store writes: message, index, chat seq, dedupe, queue entry;
+      // then queue delete, delivered marker, receipt entry; then receipt delete. One batch per
+      // wave, as group commit does.
+      rocksdb::WriteBatch sends, acks, receipts;
+      const std::uint64_t first = n;
+      for (int i = 0; i < batch; ++i, ++n) {
+        sends.Put(key('m', ~n), message);
+        sends.Put(key('i', n), small);
+        sends.Put(key('c', 1), small);
+        sends.Put(key('d', n), small);
+        sends.Put(key('q', n), small);
+      }
+      db->Write(wo, &sends);
+      for (std::uint64_t m = first; m < n; ++m) {
+        std::string v;
+        db->Get(rocksdb::ReadOptions(), key('q', m), &v);
+        acks.Delete(key('q', m));
+        acks.Put(key('x', m), "");
+        acks.Put(key('r', m), small);
+      }
+      db->Write(wo, &acks);
+      for (std::uint64_t m = first; m < n; ++m) receipts.Delete(key('r', m));
+      db->Write(wo, &receipts);
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * batch);
+  }
+  fs::remove_all(dir);
+}
+BENCHMARK(BM_raw_rocksdb_batches)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();
