@@ -27,10 +27,13 @@ using namespace parley::bench;
 constexpr const char* usage =
     "usage: parley-bench [--quick | --smoke] [--procs N] [--server-threads N] [--out DIR]\n"
     "                    [--connections N] [--users N] [--rates R1,R2,...] [--step-secs S]\n"
-    "                    [--drain-messages N] [--no-fsync] [SCENARIO...]\n"
+    "                    [--drain-messages N] [--no-fsync] [--server URL --server-pid PID]\n"
+    "                    [SCENARIO...]\n"
     "scenarios: baseline connect one-to-one drain (default: all four)\n"
     "  --quick   small sizes, a few seconds per step (what `make bench` runs)\n"
     "  --smoke   tiny sizes, ~20 s in all; exits 1 if anything was lost (run by `make test`)\n"
+    "  --server  use a parleyd started elsewhere (its pid for the CPU/RSS samples) instead of\n"
+    "            starting a fresh one per scenario; the baseline still starts its echo server\n"
     "  defaults (full): 19,000 connections; 1,000 users at 1k,2.5k,5k,7.5k,10k,20k,50k,100k\n"
     "  msg/s, 20 s each; 10,000 queued messages; results in bench/results/\n";
 
@@ -47,6 +50,8 @@ struct options {
   std::size_t drain_messages = 10'000;
   std::vector<std::string> scenarios;
   bool fsync = true;  // --no-fsync: diagnosis only (how much of a figure is the disk)
+  std::string server_url;  // --server: drive a parleyd started elsewhere (e.g. under a profiler)
+  pid_t server_pid = -1;   // --server-pid: its pid, for the /proc samples
 };
 
 std::vector<double> parse_rates(const std::string& s) {
@@ -96,6 +101,8 @@ options parse(int argc, char** argv) {
     else if (a == "--step-secs") o.step_seconds = std::stod(value());
     else if (a == "--drain-messages") o.drain_messages = std::stoul(value());
     else if (a == "--no-fsync") o.fsync = false;
+    else if (a == "--server") o.server_url = value();
+    else if (a == "--server-pid") o.server_pid = std::stoi(value());
     else if (a == "--help" || a == "-h") throw std::invalid_argument("");
     else if (a == "baseline" || a == "connect" || a == "one-to-one" || a == "drain") o.scenarios.push_back(a);
     else throw std::invalid_argument("unknown argument " + a);
@@ -127,6 +134,14 @@ fs::path sibling(const char* name) {
   return fs::canonical("/proc/self/exe").parent_path() / name;
 }
 
+struct parleyd_target {
+  std::unique_ptr<spawned_server> owned;
+  target t;
+};
+
+// A fresh parleyd with fsync on, as users run it, or the one given with --server.
+parleyd_target parleyd_for(const options& o, const fs::path& data);
+
 // A fresh parleyd with fsync on, as users run it.
 std::unique_ptr<spawned_server> start_parleyd(const options& o, const fs::path& data) {
   fs::remove_all(data);
@@ -135,6 +150,13 @@ std::unique_ptr<spawned_server> start_parleyd(const options& o, const fs::path& 
                                 "--log-level", "warn"};
   if (!o.fsync) argv.push_back("--no-fsync");
   return std::make_unique<spawned_server>(std::move(argv));
+}
+
+parleyd_target parleyd_for(const options& o, const fs::path& data) {
+  if (!o.server_url.empty()) return {nullptr, {o.server_url, o.server_pid, o.procs}};
+  auto server = start_parleyd(o, data);
+  target t{server->url(), server->pid(), o.procs};
+  return {std::move(server), t};
 }
 
 }  // namespace
@@ -178,22 +200,21 @@ int main(int argc, char** argv) {
     }
     if (wants(o, "connect")) {
       std::cerr << "parley-bench: connect (" << o.connections << " connections)...\n";
-      auto server = start_parleyd(o, data / "connect");
-      report.connect = run_connect({server->url(), server->pid(), o.procs}, o.connections, 3.0);
+      auto server = parleyd_for(o, data / "connect");
+      report.connect = run_connect(server.t, o.connections, 3.0);
       ok = ok && report.connect->failed == 0;
     }
     if (wants(o, "one-to-one")) {
       std::cerr << "parley-bench: one-to-one (" << o.users << " users, " << o.rates.size()
                 << " steps of " << o.step_seconds << " s)...\n";
-      auto server = start_parleyd(o, data / "one-to-one");
-      report.one_to_one = run_one_to_one({server->url(), server->pid(), o.procs}, o.users, o.rates,
-                                         o.step_seconds);
+      auto server = parleyd_for(o, data / "one-to-one");
+      report.one_to_one = run_one_to_one(server.t, o.users, o.rates, o.step_seconds);
       for (const auto& s : report.one_to_one->steps) ok = ok && s.lost == 0;
     }
     if (wants(o, "drain")) {
       std::cerr << "parley-bench: drain (" << o.drain_messages << " messages)...\n";
-      auto server = start_parleyd(o, data / "drain");
-      report.drain = run_drain({server->url(), server->pid(), o.procs}, o.drain_messages);
+      auto server = parleyd_for(o, data / "drain");
+      report.drain = run_drain(server.t, o.drain_messages);
       ok = ok && report.drain->in_order && report.drain->received == report.drain->queued;
     }
   } catch (const std::exception& e) {

@@ -64,24 +64,25 @@ void log_failure(std::exception_ptr e) {
 }  // namespace
 
 device_session::device_session(shared_state& state, asio::any_io_executor executor,
-                               std::function<void(close_reason)> close)
+                               std::function<void(close_reason)> close,
+                               std::function<void()> wake_writer)
     : state_(state),
       executor_(executor),
       close_(std::move(close)),
-      outgoing_ready_(executor, asio::steady_timer::time_point::max()),
+      wake_writer_(std::move(wake_writer)),
       room_ready_(executor, asio::steady_timer::time_point::max()) {}
 
 // --- outgoing queue ----------------------------------------------------------------------------
 
 bool device_session::has_room(std::size_t bytes) const {
-  return outgoing_.size() < state_.cfg.max_outbound_frames &&
+  return outgoing_.size() - outgoing_head_ < state_.cfg.max_outbound_frames &&
          outgoing_bytes_ + bytes <= state_.cfg.max_outbound_bytes;
 }
 
 bool device_session::send_encoded(wire::encoded_frame f) {
   if (closed_ || finishing_) return false;
   if (!has_room(f->size())) {
-    log_info() << "closing slow reader (device " << device_ << "): " << outgoing_.size()
+    log_info() << "closing slow reader (device " << device_ << "): " << outgoing_.size() - outgoing_head_
                << " frames, " << outgoing_bytes_ << " bytes queued";
     state_.stats.slow_readers_closed.fetch_add(1, std::memory_order_relaxed);
     close(close_reason::slow_reader);
@@ -89,7 +90,7 @@ bool device_session::send_encoded(wire::encoded_frame f) {
   }
   outgoing_bytes_ += f->size();
   outgoing_.push_back(std::move(f));
-  outgoing_ready_.cancel();
+  if (wake_writer_) wake_writer_();
   return true;
 }
 
@@ -105,22 +106,22 @@ awaitable<bool> device_session::send_paced(wire::encoded_frame f) {
   co_return send_encoded(std::move(f));
 }
 
-awaitable<wire::encoded_frame> device_session::next_outgoing() {
-  for (;;) {
-    if (closed_) co_return nullptr;
-    if (!outgoing_.empty()) {
-      auto f = std::move(outgoing_.front());
-      outgoing_.pop_front();
-      outgoing_bytes_ -= f->size();
-      room_ready_.cancel();
-      state_.stats.frames_out.fetch_add(1, std::memory_order_relaxed);
-      co_return f;
-    }
-    if (finishing_) co_return nullptr;
-    outgoing_ready_.expires_at(asio::steady_timer::time_point::max());
-    boost::system::error_code ec;
-    co_await outgoing_ready_.async_wait(asio::redirect_error(use_awaitable, ec));
+wire::encoded_frame device_session::pop_outgoing() {
+  if (closed_ || outgoing_head_ == outgoing_.size()) return nullptr;
+  auto f = std::move(outgoing_[outgoing_head_++]);
+  if (outgoing_head_ == outgoing_.size()) {
+    outgoing_.clear();
+    outgoing_head_ = 0;
+    if (outgoing_.capacity() > 64) outgoing_.shrink_to_fit();  // idle again: give it back
+  } else if (outgoing_head_ >= 64 && outgoing_head_ * 2 >= outgoing_.size()) {
+    // Never empty under steady load: drop the sent prefix (amortized O(1) per frame).
+    outgoing_.erase(outgoing_.begin(), outgoing_.begin() + static_cast<std::ptrdiff_t>(outgoing_head_));
+    outgoing_head_ = 0;
   }
+  outgoing_bytes_ -= f->size();
+  room_ready_.cancel();
+  state_.stats.frames_out.fetch_add(1, std::memory_order_relaxed);
+  return f;
 }
 
 void device_session::reject(std::uint64_t request_id, v1::ErrorCode code, std::string message) {
@@ -138,16 +139,16 @@ void device_session::close(close_reason reason) {
 
 void device_session::finish() {
   finishing_ = true;
-  outgoing_ready_.cancel();
   room_ready_.cancel();
+  if (wake_writer_) wake_writer_();
 }
 
 void device_session::closed() {
   if (closed_) return;
   closed_ = true;
   outgoing_.clear();
+  outgoing_head_ = 0;
   outgoing_bytes_ = 0;
-  outgoing_ready_.cancel();
   room_ready_.cancel();
   if (presence_subscription_) state_.presence.unsubscribe(*presence_subscription_);
   if (device_ != 0) {

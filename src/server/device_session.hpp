@@ -1,6 +1,6 @@
 // The protocol state of one connection: authentication, request dispatch, the device-queue
 // drain, live pushes, and the bounded outgoing queue. No Beast here: websocket_session feeds
-// frames in (handle_frame) and writes what next_outgoing() yields.
+// frames in (handle_frame) and writes what pop_outgoing() yields.
 //
 // Threading: every member function except the bus::endpoint overrides runs on the
 // connection's executor (one io_context thread), so no member needs a lock. The endpoint
@@ -11,7 +11,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <cstdint>
-#include <deque>
+#include <vector>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -36,22 +36,23 @@ class device_session final : public bus::endpoint,
                              public std::enable_shared_from_this<device_session> {
  public:
   // `close` asks the transport to end the connection; it is called at most once, on the
-  // session's executor.
+  // session's executor. `wake_writer` tells the transport that pop_outgoing() has something
+  // (or that the session is finishing); it is called on the session's executor.
   device_session(shared_state& state, boost::asio::any_io_executor executor,
-                 std::function<void(close_reason)> close);
+                 std::function<void(close_reason)> close, std::function<void()> wake_writer);
 
   // Handles one received WebSocket message. The read loop awaits it before reading the next,
   // but requests that wait on the store run concurrently (up to max_in_flight).
   boost::asio::awaitable<void> handle_frame(std::string_view bytes);
 
-  // The next frame to write; nullptr once the session is closed.
-  boost::asio::awaitable<wire::encoded_frame> next_outgoing();
+  // The next frame to write, or nullptr when there is none (or the session is closed).
+  wire::encoded_frame pop_outgoing();
 
-  // The connection is closing: what is queued is still written, then next_outgoing() ends
-  // and nothing more is queued.
+  // The connection is closing: what is queued is still written, nothing more is queued.
   void finish();
+  bool finishing() const { return finishing_; }
 
-  // The transport is gone. Detaches from the bus and presence; ends next_outgoing().
+  // The transport is gone. Detaches from the bus and presence; drops what is queued.
   void closed();
 
   bool authenticated() const { return device_ != 0; }
@@ -86,6 +87,7 @@ class device_session final : public bus::endpoint,
   shared_state& state_;
   boost::asio::any_io_executor executor_;
   std::function<void(close_reason)> close_;
+  std::function<void()> wake_writer_;
   bool closed_ = false;
   bool finishing_ = false;
 
@@ -104,10 +106,12 @@ class device_session final : public bus::endpoint,
   bool dirty_ = false;
   std::uint64_t last_event_ = 0;
 
-  std::deque<wire::encoded_frame> outgoing_;
+  // The outgoing queue: a vector read from outgoing_head_, so that an idle connection holds no
+  // allocation (std::deque allocates a 512-byte block up front).
+  std::vector<wire::encoded_frame> outgoing_;
+  std::size_t outgoing_head_ = 0;
   std::size_t outgoing_bytes_ = 0;
-  boost::asio::steady_timer outgoing_ready_;  // cancelled when a frame is queued
-  boost::asio::steady_timer room_ready_;      // cancelled when a frame leaves the queue
+  boost::asio::steady_timer room_ready_;  // cancelled when a frame leaves the queue
 };
 
 }  // namespace parley::server

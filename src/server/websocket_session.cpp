@@ -42,26 +42,51 @@ class websocket_session : public std::enable_shared_from_this<websocket_session>
   }
 
  private:
+  // The whole connection in one coroutine frame (an idle connection holds this frame and
+  // Beast's pending read, nothing else): handshake, then the read loop.
   static awaitable<void> run(std::shared_ptr<websocket_session> self,
                              beast::http::request<beast::http::string_body> upgrade) {
-    co_await self->serve(std::move(upgrade));
-  }
-
-  awaitable<void> serve(beast::http::request<beast::http::string_body> upgrade) {
-    ws_.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
-    ws_.set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
+    auto& ws = self->ws_;
+    ws.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
+    ws.set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
       res.set(beast::http::field::server, "parleyd");
     }));
-    ws_.read_message_max(state_.cfg.limits.max_frame_bytes);
-    ws_.binary(true);
-    auto [ec] = co_await ws_.async_accept(upgrade, as_tuple_awaitable);
+    ws.read_message_max(self->state_.cfg.limits.max_frame_bytes);
+    ws.binary(true);
+    auto [ec] = co_await ws.async_accept(upgrade, as_tuple_awaitable);
+    upgrade = {};  // its headers would otherwise stay allocated for the connection's life
     if (ec) co_return;
+    self->attach();
 
+    beast::flat_buffer buffer;
+    for (;;) {
+      auto [rec, n] = co_await ws.async_read(buffer, as_tuple_awaitable);
+      if (rec) break;
+      const auto data = buffer.cdata();
+      co_await self->session_->handle_frame(
+          std::string_view(static_cast<const char*>(data.data()), data.size()));
+      if (!self->auth_timer_cancelled_ && self->session_->authenticated()) {
+        self->auth_timer_cancelled_ = true;
+        self->auth_timer_.cancel();
+      }
+      buffer.consume(buffer.size());
+      // A large frame must not pin a large buffer to an idle connection.
+      if (buffer.capacity() > 2048) buffer.shrink_to_fit();
+    }
+    self->detach();
+  }
+
+  // The handshake is done: create the protocol session and register the connection.
+  void attach() {
     std::weak_ptr<websocket_session> weak = shared_from_this();
-    session_ = std::make_shared<device_session>(state_, ws_.get_executor(),
-                                                [weak](close_reason r) {
-                                                  if (auto self = weak.lock()) self->close(r);
-                                                });
+    session_ = std::make_shared<device_session>(
+        state_, ws_.get_executor(),
+        [weak](close_reason r) {
+          if (auto self = weak.lock()) self->close(r);
+        },
+        [weak] {
+          if (auto self = weak.lock()) self->wake_writer();
+        });
     connection_id_ = connections_.add([weak, ex = ws_.get_executor()] {
       asio::post(ex, [weak] {
         if (auto self = weak.lock()) self->close_with(websocket::close_code::going_away, "server shutting down");
@@ -69,53 +94,41 @@ class websocket_session : public std::enable_shared_from_this<websocket_session>
     });
     state_.stats.connections.fetch_add(1, std::memory_order_relaxed);
     state_.stats.connections_total.fetch_add(1, std::memory_order_relaxed);
-
-    asio::co_spawn(ws_.get_executor(), write_loop(shared_from_this()), asio::detached);
     auth_timer_.expires_after(state_.cfg.auth_timeout);
     asio::co_spawn(ws_.get_executor(), auth_deadline(weak, &auth_timer_), asio::detached);
-    co_await read_loop();
+  }
 
+  void detach() {
     auth_timer_.cancel();
     session_->closed();
     connections_.remove(connection_id_);
     state_.stats.connections.fetch_sub(1, std::memory_order_relaxed);
   }
 
-  awaitable<void> read_loop() {
-    beast::flat_buffer buffer;
-    for (;;) {
-      auto [ec, n] = co_await ws_.async_read(buffer, as_tuple_awaitable);
-      if (ec) co_return;
-      const auto data = buffer.cdata();
-      co_await session_->handle_frame(
-          std::string_view(static_cast<const char*>(data.data()), data.size()));
-      if (!auth_timer_cancelled_ && session_->authenticated()) {
-        auth_timer_cancelled_ = true;
-        auth_timer_.cancel();
-      }
-      buffer.consume(buffer.size());
-      // A large frame must not pin a large buffer to an idle connection.
-      if (buffer.capacity() > 16 * 1024) buffer.shrink_to_fit();
-    }
+  // Starts the write loop if it is not running. It runs only while there is something to
+  // write, so an idle connection holds no writer coroutine.
+  void wake_writer() {
+    if (writing_ || aborted_) return;
+    writing_ = true;
+    asio::co_spawn(ws_.get_executor(), write_loop(shared_from_this()), asio::detached);
   }
 
   static awaitable<void> write_loop(std::shared_ptr<websocket_session> self) {
-    for (;;) {
-      auto frame = co_await self->session_->next_outgoing();
-      if (!frame) {
-        // Everything queued is written: now the close handshake, if one was asked for.
-        if (self->close_reason_ && !self->aborted_) {
-          auto [ec] = co_await self->ws_.async_close(*self->close_reason_, as_tuple_awaitable);
-          if (ec) self->abort();
-        }
-        co_return;
-      }
+    while (auto frame = self->session_->pop_outgoing()) {
       auto [ec, n] = co_await self->ws_.async_write(asio::buffer(*frame), as_tuple_awaitable);
       if (ec) {
         self->abort();
+        self->writing_ = false;
         co_return;
       }
     }
+    // Everything queued is written: now the close handshake, if one was asked for.
+    if (self->session_->finishing() && self->close_reason_ && !self->aborted_ && !self->close_sent_) {
+      self->close_sent_ = true;
+      auto [ec] = co_await self->ws_.async_close(*self->close_reason_, as_tuple_awaitable);
+      if (ec) self->abort();
+    }
+    self->writing_ = false;
   }
 
   // Closes the connection if it has not authenticated when `timer` expires. The read loop
@@ -172,6 +185,8 @@ class websocket_session : public std::enable_shared_from_this<websocket_session>
   bool auth_timer_cancelled_ = false;
   bool closing_ = false;
   bool aborted_ = false;
+  bool writing_ = false;
+  bool close_sent_ = false;
   std::optional<websocket::close_reason> close_reason_;
 };
 
