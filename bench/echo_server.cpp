@@ -78,7 +78,8 @@ int main(int argc, char** argv) {
     guards.emplace_back(contexts.back()->get_executor());
   }
   asio::ip::tcp::acceptor acceptor(*contexts[0], {asio::ip::make_address(host), port});
-  std::printf("parley-bench-echo listening on %s:%u\n", host.c_str(), acceptor.local_endpoint().port());
+  std::printf("parley-bench-echo listening on %s:%u\n", host.c_str(),
+              acceptor.local_endpoint().port());
   std::fflush(stdout);
   asio::co_spawn(*contexts[0], accept_loop(acceptor, contexts), asio::detached);
   asio::signal_set signals(*contexts[0], SIGINT, SIGTERM);

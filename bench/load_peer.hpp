@@ -22,8 +22,8 @@ struct load_peer {
   std::string username;
   std::uint64_t device = 0;
   std::string token;
-  int in_flight = 0;                  // requests sent, not answered
-  std::vector<std::uint64_t> acks;    // events received, not acked yet
+  int in_flight = 0;                // requests sent, not answered
+  std::vector<std::uint64_t> acks;  // events received, not acked yet
   std::uint64_t next_request = 1;
 
   void send(const parley::v1::Frame& f) { ws->send(f.SerializeAsString()); }

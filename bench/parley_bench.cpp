@@ -49,7 +49,7 @@ struct options {
   double step_seconds = 20;
   std::size_t drain_messages = 10'000;
   std::vector<std::string> scenarios;
-  bool fsync = true;  // --no-fsync: diagnosis only (how much of a figure is the disk)
+  bool fsync = true;       // --no-fsync: diagnosis only (how much of a figure is the disk)
   std::string server_url;  // --server: drive a parleyd started elsewhere (e.g. under a profiler)
   pid_t server_pid = -1;   // --server-pid: its pid, for the /proc samples
 };
@@ -92,20 +92,34 @@ options parse(int argc, char** argv) {
       return args[++i];
     };
     if (a == "--quick" || a == "--smoke") continue;
-    if (a == "--procs") o.procs = std::stoi(value());
-    else if (a == "--server-threads") o.server_threads = static_cast<unsigned>(std::stoul(value()));
-    else if (a == "--out") o.out = value();
-    else if (a == "--connections") o.connections = std::stoul(value());
-    else if (a == "--users") o.users = std::stoul(value());
-    else if (a == "--rates") o.rates = parse_rates(value());
-    else if (a == "--step-secs") o.step_seconds = std::stod(value());
-    else if (a == "--drain-messages") o.drain_messages = std::stoul(value());
-    else if (a == "--no-fsync") o.fsync = false;
-    else if (a == "--server") o.server_url = value();
-    else if (a == "--server-pid") o.server_pid = std::stoi(value());
-    else if (a == "--help" || a == "-h") throw std::invalid_argument("");
-    else if (a == "baseline" || a == "connect" || a == "one-to-one" || a == "drain") o.scenarios.push_back(a);
-    else throw std::invalid_argument("unknown argument " + a);
+    if (a == "--procs")
+      o.procs = std::stoi(value());
+    else if (a == "--server-threads")
+      o.server_threads = static_cast<unsigned>(std::stoul(value()));
+    else if (a == "--out")
+      o.out = value();
+    else if (a == "--connections")
+      o.connections = std::stoul(value());
+    else if (a == "--users")
+      o.users = std::stoul(value());
+    else if (a == "--rates")
+      o.rates = parse_rates(value());
+    else if (a == "--step-secs")
+      o.step_seconds = std::stod(value());
+    else if (a == "--drain-messages")
+      o.drain_messages = std::stoul(value());
+    else if (a == "--no-fsync")
+      o.fsync = false;
+    else if (a == "--server")
+      o.server_url = value();
+    else if (a == "--server-pid")
+      o.server_pid = std::stoi(value());
+    else if (a == "--help" || a == "-h")
+      throw std::invalid_argument("");
+    else if (a == "baseline" || a == "connect" || a == "one-to-one" || a == "drain")
+      o.scenarios.push_back(a);
+    else
+      throw std::invalid_argument("unknown argument " + a);
   }
   if (o.scenarios.empty()) o.scenarios = {"baseline", "connect", "one-to-one", "drain"};
   if (o.procs < 1 || o.procs > 64) throw std::invalid_argument("--procs must be 1-64");
@@ -130,9 +144,7 @@ std::string utc_now() {
 }
 
 // The server binaries sit next to this one in build/bin/.
-fs::path sibling(const char* name) {
-  return fs::canonical("/proc/self/exe").parent_path() / name;
-}
+fs::path sibling(const char* name) { return fs::canonical("/proc/self/exe").parent_path() / name; }
 
 struct parleyd_target {
   std::unique_ptr<spawned_server> owned;
@@ -145,9 +157,15 @@ parleyd_target parleyd_for(const options& o, const fs::path& data);
 // A fresh parleyd with fsync on, as users run it.
 std::unique_ptr<spawned_server> start_parleyd(const options& o, const fs::path& data) {
   fs::remove_all(data);
-  std::vector<std::string> argv{sibling("parleyd").string(), "--listen", "127.0.0.1:0", "--data",
-                                data.string(), "--threads", std::to_string(o.server_threads),
-                                "--log-level", "warn"};
+  std::vector<std::string> argv{sibling("parleyd").string(),
+                                "--listen",
+                                "127.0.0.1:0",
+                                "--data",
+                                data.string(),
+                                "--threads",
+                                std::to_string(o.server_threads),
+                                "--log-level",
+                                "warn"};
   if (!o.fsync) argv.push_back("--no-fsync");
   return std::make_unique<spawned_server>(std::move(argv));
 }

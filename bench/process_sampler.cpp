@@ -22,7 +22,8 @@ process_sample sample_process(pid_t pid) {
       if (i == 14) utime = std::stoull(field);
       if (i == 15) stime = std::stoull(field);
     }
-    s.cpu_seconds = static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+    s.cpu_seconds =
+        static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
   }
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");
   std::string key;

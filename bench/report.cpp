@@ -48,11 +48,12 @@ std::string render_table(const run_report& r) {
   if (r.connect) {
     const auto& c = *r.connect;
     o << "connect: " << c.connected << " of " << c.wanted << " authenticated connections ("
-      << c.failed << " failed) in " << fixed(c.seconds, 2) << " s = "
-      << fixed(c.connects_per_second, 0) << " connects/s\n"
+      << c.failed << " failed) in " << fixed(c.seconds, 2)
+      << " s = " << fixed(c.connects_per_second, 0) << " connects/s\n"
       << "  server RSS " << mib(static_cast<double>(c.rss_before)) << " -> "
-      << mib(static_cast<double>(c.rss_after)) << " MiB = " << fixed(c.rss_per_connection / 1024.0, 2)
-      << " KiB per connection; idle CPU " << fixed(c.idle_server_cores, 3) << " cores\n\n";
+      << mib(static_cast<double>(c.rss_after))
+      << " MiB = " << fixed(c.rss_per_connection / 1024.0, 2) << " KiB per connection; idle CPU "
+      << fixed(c.idle_server_cores, 3) << " cores\n\n";
   }
   if (r.one_to_one) {
     const auto& t = *r.one_to_one;
@@ -81,8 +82,8 @@ std::string render_table(const run_report& r) {
   if (r.drain) {
     const auto& d = *r.drain;
     o << "drain: " << d.received << " of " << d.queued << " queued messages delivered in "
-      << fixed(d.milliseconds, 1) << " ms after connect, " << (d.in_order ? "in order" : "OUT OF ORDER")
-      << "\n";
+      << fixed(d.milliseconds, 1) << " ms after connect, "
+      << (d.in_order ? "in order" : "OUT OF ORDER") << "\n";
   }
   return o.str();
 }
@@ -94,9 +95,10 @@ std::string render_json(const run_report& r) {
   if (r.baseline) {
     const auto& b = *r.baseline;
     o << ",\n  \"baseline\": {\"connections\": " << b.connections << ", \"seconds\": " << b.seconds
-      << ", \"round_trips\": " << b.round_trips << ", \"round_trips_per_second\": " << fixed(b.rate, 0)
-      << ", \"server_cores\": " << fixed(b.server_cores, 3) << ", \"latency\": " << percentiles_json(b.latency)
-      << "}";
+      << ", \"round_trips\": " << b.round_trips
+      << ", \"round_trips_per_second\": " << fixed(b.rate, 0)
+      << ", \"server_cores\": " << fixed(b.server_cores, 3)
+      << ", \"latency\": " << percentiles_json(b.latency) << "}";
   }
   if (r.connect) {
     const auto& c = *r.connect;
@@ -109,8 +111,8 @@ std::string render_json(const run_report& r) {
   }
   if (r.one_to_one) {
     const auto& t = *r.one_to_one;
-    o << ",\n  \"one_to_one\": {\"users\": " << t.users << ", \"sustainable_rate\": "
-      << fixed(t.sustainable_rate, 0);
+    o << ",\n  \"one_to_one\": {\"users\": " << t.users
+      << ", \"sustainable_rate\": " << fixed(t.sustainable_rate, 0);
     if (r.baseline && r.baseline->rate > 0) {
       o << ", \"ratio_to_echo\": " << fixed(t.sustainable_rate / r.baseline->rate, 4);
     }
@@ -118,10 +120,12 @@ std::string render_json(const run_report& r) {
     for (std::size_t i = 0; i < t.steps.size(); ++i) {
       const auto& s = t.steps[i];
       o << (i ? ",\n" : "\n") << "    {\"offered_rate\": " << fixed(s.offered_rate, 0)
-        << ", \"seconds\": " << s.seconds << ", \"sent\": " << s.sent << ", \"stored\": " << s.stored
-        << ", \"received\": " << s.received << ", \"delivered_rate\": " << fixed(s.delivered_rate(), 0)
-        << ", \"lost\": " << s.lost << ", \"errors\": " << s.errors << ", \"skipped\": " << s.skipped
-        << ", \"server_cores\": " << fixed(s.server_cores, 3) << ", \"server_rss\": " << s.server_rss
+        << ", \"seconds\": " << s.seconds << ", \"sent\": " << s.sent
+        << ", \"stored\": " << s.stored << ", \"received\": " << s.received
+        << ", \"delivered_rate\": " << fixed(s.delivered_rate(), 0) << ", \"lost\": " << s.lost
+        << ", \"errors\": " << s.errors << ", \"skipped\": " << s.skipped
+        << ", \"server_cores\": " << fixed(s.server_cores, 3)
+        << ", \"server_rss\": " << s.server_rss
         << ", \"generator_cores\": " << fixed(s.generator_cores, 3)
         << ", \"generator_bound\": " << (s.generator_bound ? "true" : "false")
         << ", \"latency\": " << percentiles_json(s.latency) << "}";
@@ -131,8 +135,8 @@ std::string render_json(const run_report& r) {
   if (r.drain) {
     const auto& d = *r.drain;
     o << ",\n  \"drain\": {\"queued\": " << d.queued << ", \"received\": " << d.received
-      << ", \"in_order\": " << (d.in_order ? "true" : "false") << ", \"milliseconds\": "
-      << fixed(d.milliseconds, 2) << "}";
+      << ", \"in_order\": " << (d.in_order ? "true" : "false")
+      << ", \"milliseconds\": " << fixed(d.milliseconds, 2) << "}";
   }
   o << "\n}\n";
   return o.str();
@@ -170,7 +174,8 @@ std::string write_results(const run_report& r, const std::filesystem::path& dir)
     std::ofstream g(script);
     g << "set terminal png size 900,560\n"
       << "set output '" << png.string() << "'\n"
-      << "set title 'parleyd one-to-one: latency percentiles vs offered rate (" << r.started_at << ")'\n"
+      << "set title 'parleyd one-to-one: latency percentiles vs offered rate (" << r.started_at
+      << ")'\n"
       << "set xlabel 'offered messages/s'\nset ylabel 'send -> receive latency (ms)'\n"
       << "set logscale xy\nset grid\nset key bottom right\n"
       << "plot '" << data.string() << "' using 1:2 with linespoints title 'p50', "

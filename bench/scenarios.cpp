@@ -31,11 +31,13 @@ using clock = std::chrono::steady_clock;
 constexpr auto as_tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 
 std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now().time_since_epoch()).count();
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now().time_since_epoch())
+      .count();
 }
 
 clock::time_point from_ns(std::int64_t ns) {
-  return clock::time_point(std::chrono::duration_cast<clock::duration>(std::chrono::nanoseconds(ns)));
+  return clock::time_point(
+      std::chrono::duration_cast<clock::duration>(std::chrono::nanoseconds(ns)));
 }
 
 void sleep_until_ns(std::int64_t ns) { std::this_thread::sleep_until(from_ns(ns)); }
@@ -80,7 +82,8 @@ awaitable<std::size_t> set_up_all(std::vector<std::unique_ptr<load_peer>>& peers
   auto ex = co_await asio::this_coro::executor;
   asio::steady_timer done(ex, clock::time_point::max());
   auto one = [&](std::size_t i) -> awaitable<void> {
-    if (!co_await set_up(*peers[i], url, source_address(first_source + i), register_first)) ++failed;
+    if (!co_await set_up(*peers[i], url, source_address(first_source + i), register_first))
+      ++failed;
     --running;
     done.cancel();
   };
@@ -139,7 +142,8 @@ connect_result run_connect(const target& t, std::size_t connections, double hold
   worker_pool pool(t.procs, [&](int w, worker_channel& ch) -> int {
     asio::io_context io(1);
     std::vector<std::unique_ptr<load_peer>> peers;
-    for (std::size_t i = static_cast<std::size_t>(w); i < connections; i += static_cast<std::size_t>(t.procs)) {
+    for (std::size_t i = static_cast<std::size_t>(w); i < connections;
+         i += static_cast<std::size_t>(t.procs)) {
       peers.push_back(std::make_unique<load_peer>(io.get_executor()));
       peers.back()->username = "c" + run + "_" + std::to_string(i);
     }
@@ -147,9 +151,11 @@ connect_result run_connect(const target& t, std::size_t connections, double hold
     ch.send("registered");
     ch.receive();  // go
     const auto start = clock::now();
-    const auto failed = run_on(io, set_up_all(peers, t.url, static_cast<std::size_t>(w) * 7919, false, 512));
+    const auto failed =
+        run_on(io, set_up_all(peers, t.url, static_cast<std::size_t>(w) * 7919, false, 512));
     const double secs = std::chrono::duration<double>(clock::now() - start).count();
-    ch.send(std::to_string(peers.size() - failed) + " " + std::to_string(failed) + " " + std::to_string(secs));
+    ch.send(std::to_string(peers.size() - failed) + " " + std::to_string(failed) + " " +
+            std::to_string(secs));
     ch.receive();  // stop
     return 0;
   });
@@ -207,8 +213,9 @@ awaitable<void> read_loop(load_peer& p, std::vector<step_counters>& steps,
     if (ec) co_return;
     v1::Frame f;
     if (!f.ParseFromString(bytes)) continue;
-    const auto step = f.request_id() == 0 ? current_step
-                                          : static_cast<std::size_t>(f.request_id() >> request_step_shift);
+    const auto step = f.request_id() == 0
+                          ? current_step
+                          : static_cast<std::size_t>(f.request_id() >> request_step_shift);
     switch (f.body_case()) {
       case v1::Frame::kSendResult:
         --p.in_flight;
@@ -221,7 +228,8 @@ awaitable<void> read_loop(load_peer& p, std::vector<step_counters>& steps,
         if (!reported) {
           reported = true;
           std::fprintf(stderr, "parley-bench: server error (request %llu): %s\n",
-                       static_cast<unsigned long long>(f.request_id()), f.error().message().c_str());
+                       static_cast<unsigned long long>(f.request_id()),
+                       f.error().message().c_str());
         }
         break;
       }
@@ -235,7 +243,8 @@ awaitable<void> read_loop(load_peer& p, std::vector<step_counters>& steps,
           std::memcpy(&sent_step, payload.data() + 8, 4);
           if (sent_step < steps.size()) {
             ++steps[sent_step].received;
-            steps[sent_step].latency.record(static_cast<std::uint64_t>(std::max<std::int64_t>(0, now_ns() - sent_ns) / 1000));
+            steps[sent_step].latency.record(
+                static_cast<std::uint64_t>(std::max<std::int64_t>(0, now_ns() - sent_ns) / 1000));
           }
         }
         if (p.acks.empty()) dirty.push_back(&p);
@@ -256,7 +265,8 @@ awaitable<void> pace(std::vector<std::unique_ptr<load_peer>>& peers, std::size_t
                      const std::string& run, const std::vector<double>& rates, double step_seconds,
                      int procs, std::int64_t start_ns, std::vector<step_counters>& steps,
                      std::vector<load_peer*>& dirty) {
-  std::mt19937_64 rng(static_cast<std::uint64_t>(::getpid()) * 7919u + static_cast<std::uint64_t>(start_ns));
+  std::mt19937_64 rng(static_cast<std::uint64_t>(::getpid()) * 7919u +
+                      static_cast<std::uint64_t>(start_ns));
   std::uniform_int_distribution<std::size_t> pick_sender(0, peers.size() - 1);
   std::uniform_int_distribution<std::size_t> pick_user(0, users - 1);
   auto ex = co_await asio::this_coro::executor;
@@ -328,7 +338,8 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
   worker_pool pool(t.procs, [&](int w, worker_channel& ch) -> int {
     asio::io_context io(1);
     std::vector<std::unique_ptr<load_peer>> peers;
-    for (std::size_t i = static_cast<std::size_t>(w); i < users; i += static_cast<std::size_t>(t.procs)) {
+    for (std::size_t i = static_cast<std::size_t>(w); i < users;
+         i += static_cast<std::size_t>(t.procs)) {
       peers.push_back(std::make_unique<load_peer>(io.get_executor()));
       peers.back()->username = "u" + run + "_" + std::to_string(i);
     }
@@ -384,7 +395,8 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
       s.latency.merge(h);
       s.generator_cores = std::max(s.generator_cores, cores);
       // Behind schedule for more than 5 % of the step, or a worker saturating its core.
-      if (static_cast<double>(late) > step_seconds * 1000 * 0.05 || cores > 0.95) s.generator_bound = true;
+      if (static_cast<double>(late) > step_seconds * 1000 * 0.05 || cores > 0.95)
+        s.generator_bound = true;
     }
     s.lost = s.stored > s.received ? s.stored - s.received : 0;
     s.server_cores = cores_used(server[k].first, server[k].second);
@@ -393,8 +405,8 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
   }
   pool.join();
   for (const auto& s : r.steps) {
-    const bool ok = s.lost == 0 && s.errors == 0 && s.skipped == 0 &&
-                    s.latency.count() > 0 && s.latency.percentile(0.99) < 100'000;
+    const bool ok = s.lost == 0 && s.errors == 0 && s.skipped == 0 && s.latency.count() > 0 &&
+                    s.latency.percentile(0.99) < 100'000;
     if (ok && s.offered_rate > r.sustainable_rate) r.sustainable_rate = s.offered_rate;
   }
   return r;
@@ -410,8 +422,10 @@ awaitable<drain_result> drain_once(std::string url, std::size_t messages) {
   load_peer sender(ex), receiver(ex);
   sender.username = "ds" + run;
   receiver.username = "dr" + run;
-  if (!co_await set_up(sender, url, source_address(0), true)) throw std::runtime_error("drain: sender set-up failed");
-  if (!co_await set_up(receiver, url, source_address(1), true)) throw std::runtime_error("drain: receiver set-up failed");
+  if (!co_await set_up(sender, url, source_address(0), true))
+    throw std::runtime_error("drain: sender set-up failed");
+  if (!co_await set_up(receiver, url, source_address(1), true))
+    throw std::runtime_error("drain: receiver set-up failed");
   co_await receiver.ws->close(std::chrono::seconds(2));
 
   // Queue `messages` for the offline receiver, 200 in flight.
@@ -441,7 +455,8 @@ awaitable<drain_result> drain_once(std::string url, std::size_t messages) {
   again.device = receiver.device;
   again.token = receiver.token;
   const auto start = clock::now();
-  if (co_await again.ws->connect(url, std::chrono::seconds(10), source_address(2))) throw std::runtime_error("drain: reconnect failed");
+  if (co_await again.ws->connect(url, std::chrono::seconds(10), source_address(2)))
+    throw std::runtime_error("drain: reconnect failed");
   v1::Frame auth;
   auth.set_request_id(1);
   auth.mutable_authenticate()->set_device_id(again.device);
@@ -475,12 +490,12 @@ drain_result run_drain(const target& t, std::size_t messages) {
 
 // --- baseline: the raw echo ----------------------------------------------------------------------
 
-baseline_result run_baseline(const target& t, std::size_t connections, int window,
-                             double seconds) {
+baseline_result run_baseline(const target& t, std::size_t connections, int window, double seconds) {
   worker_pool pool(t.procs, [&](int w, worker_channel& ch) -> int {
     asio::io_context io(1);
     std::vector<std::shared_ptr<client::ws_connection>> conns;
-    for (std::size_t i = static_cast<std::size_t>(w); i < connections; i += static_cast<std::size_t>(t.procs)) {
+    for (std::size_t i = static_cast<std::size_t>(w); i < connections;
+         i += static_cast<std::size_t>(t.procs)) {
       conns.push_back(std::make_shared<client::ws_connection>(io.get_executor()));
       if (run_on(io, conns.back()->connect(t.url, std::chrono::seconds(10), source_address(i)))) {
         throw std::runtime_error("echo connect failed");
@@ -493,34 +508,37 @@ baseline_result run_baseline(const target& t, std::size_t connections, int windo
     latency_histogram latency;
     std::size_t running = conns.size();
     for (auto& c : conns) {
-      asio::co_spawn(io, [&, c]() -> awaitable<void> {
-        co_await pause(from_ns(start) - clock::now());
-        std::string payload(payload_bytes, 'e');
-        auto send = [&] {
-          const std::int64_t t0 = now_ns();
-          std::memcpy(payload.data(), &t0, 8);
-          c->send(payload);
-        };
-        for (int i = 0; i < window; ++i) send();
-        int outstanding = window;
-        while (outstanding > 0) {
-          auto [ec, bytes] = co_await c->read();
-          if (ec) break;
-          --outstanding;
-          std::int64_t t0;
-          std::memcpy(&t0, bytes.data(), 8);
-          const std::int64_t now = now_ns();
-          if (t0 >= start && now <= end) {
-            ++trips;
-            latency.record(static_cast<std::uint64_t>((now - t0) / 1000));
-          }
-          if (now < end) {
-            send();
-            ++outstanding;
-          }
-        }
-        if (--running == 0) io.stop();
-      }, asio::detached);
+      asio::co_spawn(
+          io,
+          [&, c]() -> awaitable<void> {
+            co_await pause(from_ns(start) - clock::now());
+            std::string payload(payload_bytes, 'e');
+            auto send = [&] {
+              const std::int64_t t0 = now_ns();
+              std::memcpy(payload.data(), &t0, 8);
+              c->send(payload);
+            };
+            for (int i = 0; i < window; ++i) send();
+            int outstanding = window;
+            while (outstanding > 0) {
+              auto [ec, bytes] = co_await c->read();
+              if (ec) break;
+              --outstanding;
+              std::int64_t t0;
+              std::memcpy(&t0, bytes.data(), 8);
+              const std::int64_t now = now_ns();
+              if (t0 >= start && now <= end) {
+                ++trips;
+                latency.record(static_cast<std::uint64_t>((now - t0) / 1000));
+              }
+              if (now < end) {
+                send();
+                ++outstanding;
+              }
+            }
+            if (--running == 0) io.stop();
+          },
+          asio::detached);
     }
     io.restart();
     io.run();

@@ -20,24 +20,26 @@ struct target {
 
 struct connect_result {
   std::size_t wanted = 0, connected = 0, failed = 0;
-  double seconds = 0;               // first connect to last authenticated
+  double seconds = 0;  // first connect to last authenticated
   double connects_per_second = 0;
   std::uint64_t rss_before = 0, rss_after = 0;
-  double rss_per_connection = 0;    // bytes, marginal
-  double idle_server_cores = 0;     // while holding them all
+  double rss_per_connection = 0;  // bytes, marginal
+  double idle_server_cores = 0;   // while holding them all
 };
 
 struct step_result {
   double offered_rate = 0;
   double seconds = 0;
   std::uint64_t sent = 0, stored = 0, received = 0, errors = 0, skipped = 0;
-  std::uint64_t lost = 0;           // stored (✓) but never received
-  latency_histogram latency;        // send -> receive, µs
+  std::uint64_t lost = 0;     // stored (✓) but never received
+  latency_histogram latency;  // send -> receive, µs
   double server_cores = 0;
   std::uint64_t server_rss = 0;
-  double generator_cores = 0;       // busiest worker
-  bool generator_bound = false;     // the generator fell behind its schedule
-  double delivered_rate() const { return seconds > 0 ? static_cast<double>(received) / seconds : 0; }
+  double generator_cores = 0;    // busiest worker
+  bool generator_bound = false;  // the generator fell behind its schedule
+  double delivered_rate() const {
+    return seconds > 0 ? static_cast<double>(received) / seconds : 0;
+  }
 };
 
 struct one_to_one_result {
@@ -65,7 +67,6 @@ connect_result run_connect(const target& t, std::size_t connections, double hold
 one_to_one_result run_one_to_one(const target& t, std::size_t users,
                                  const std::vector<double>& rates, double step_seconds);
 drain_result run_drain(const target& t, std::size_t messages);
-baseline_result run_baseline(const target& t, std::size_t connections, int window,
-                             double seconds);
+baseline_result run_baseline(const target& t, std::size_t connections, int window, double seconds);
 
 }  // namespace parley::bench

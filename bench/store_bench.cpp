@@ -45,8 +45,12 @@ void BM_store_message_cycle(benchmark::State& state) {
     o.path = dir;
     o.sync = false;
     rocksdb_store store(o);
-    const auto alice = wait<registration>([&](auto done) { store.register_account({"alice", {}}, done); });
-    const auto bob = wait<registration>([&](auto done) { store.register_account({"bob", {}}, done); });
+    const auto alice = wait<registration>([&](auto done) {
+      store.register_account({"alice", {}}, done);
+    });
+    const auto bob = wait<registration>([&](auto done) {
+      store.register_account({"bob", {}}, done);
+    });
     const std::string payload(100, 'x');
     std::uint64_t n = 0;
     for (auto _ : state) {
@@ -61,14 +65,17 @@ void BM_store_message_cycle(benchmark::State& state) {
       for (auto& s : sent) events.push_back(s.get_future().get()->id);
       std::vector<std::promise<result<std::vector<delivery>>>> acked(batch);
       for (int i = 0; i < batch; ++i) {
-        store.ack(bob.device, "bob", {events[i]},
-                  [&acked, i](result<std::vector<delivery>> r) { acked[i].set_value(std::move(r)); });
+        store.ack(bob.device, "bob", {events[i]}, [&acked, i](result<std::vector<delivery>> r) {
+          acked[i].set_value(std::move(r));
+        });
       }
       std::vector<event_id> receipts;
       for (auto& a : acked) {
-        for (auto& d : *a.get_future().get()) receipts.push_back(std::get<receipt_event>(d.event).event);
+        for (auto& d : *a.get_future().get())
+          receipts.push_back(std::get<receipt_event>(d.event).event);
       }
-      wait<std::vector<delivery>>([&](auto done) { store.ack(alice.device, "alice", receipts, done); });
+      wait<std::vector<delivery>>(
+          [&](auto done) { store.ack(alice.device, "alice", receipts, done); });
     }
     state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * batch);
   }

@@ -29,7 +29,8 @@ int main(int argc, char** argv) {
     config cfg;
     // The config file first, so that flags override it wherever they appear.
     for (int i = 1; i + 1 < argc; ++i) {
-      if (std::strcmp(argv[i], "--config") == 0) cfg = parley::server::load_config_file(argv[i + 1], cfg);
+      if (std::strcmp(argv[i], "--config") == 0)
+        cfg = parley::server::load_config_file(argv[i + 1], cfg);
     }
     for (int i = 1; i < argc; ++i) {
       const std::string arg = argv[i];
@@ -45,7 +46,8 @@ int main(int argc, char** argv) {
         const std::string v = value();
         std::size_t used = 0;
         const unsigned long n = std::stoul(v, &used);
-        if (used != v.size() || n == 0 || n > 256) throw std::invalid_argument("--threads must be 1-256");
+        if (used != v.size() || n == 0 || n > 256)
+          throw std::invalid_argument("--threads must be 1-256");
         cfg.threads = static_cast<unsigned>(n);
       } else if (arg == "--config") {
         value();  // applied above
@@ -53,11 +55,16 @@ int main(int argc, char** argv) {
         cfg.fsync = false;
       } else if (arg == "--log-level") {
         const std::string v = value();
-        if (v == "debug") parley::set_log_level(parley::log_level::debug);
-        else if (v == "info") parley::set_log_level(parley::log_level::info);
-        else if (v == "warn") parley::set_log_level(parley::log_level::warn);
-        else if (v == "error") parley::set_log_level(parley::log_level::error);
-        else throw std::invalid_argument("unknown log level " + v);
+        if (v == "debug")
+          parley::set_log_level(parley::log_level::debug);
+        else if (v == "info")
+          parley::set_log_level(parley::log_level::info);
+        else if (v == "warn")
+          parley::set_log_level(parley::log_level::warn);
+        else if (v == "error")
+          parley::set_log_level(parley::log_level::error);
+        else
+          throw std::invalid_argument("unknown log level " + v);
       } else if (arg == "--help" || arg == "-h") {
         std::fputs(usage, stdout);
         return 0;

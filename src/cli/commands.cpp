@@ -61,19 +61,27 @@ struct options {
 
 std::string status_name(v1::MessageStatus s) {
   switch (s) {
-    case v1::MESSAGE_STATUS_SENT: return "sent";
-    case v1::MESSAGE_STATUS_DELIVERED: return "delivered";
-    case v1::MESSAGE_STATUS_READ: return "read";
-    default: return "unknown";
+    case v1::MESSAGE_STATUS_SENT:
+      return "sent";
+    case v1::MESSAGE_STATUS_DELIVERED:
+      return "delivered";
+    case v1::MESSAGE_STATUS_READ:
+      return "read";
+    default:
+      return "unknown";
   }
 }
 
 std::string ticks(v1::MessageStatus s) {
   switch (s) {
-    case v1::MESSAGE_STATUS_SENT: return "✓";
-    case v1::MESSAGE_STATUS_DELIVERED: return "✓✓";
-    case v1::MESSAGE_STATUS_READ: return "\x1b[34m✓✓\x1b[0m";  // blue ticks
-    default: return "?";
+    case v1::MESSAGE_STATUS_SENT:
+      return "✓";
+    case v1::MESSAGE_STATUS_DELIVERED:
+      return "✓✓";
+    case v1::MESSAGE_STATUS_READ:
+      return "\x1b[34m✓✓\x1b[0m";  // blue ticks
+    default:
+      return "?";
   }
 }
 
@@ -102,8 +110,9 @@ failure explain(const client_error& e, const std::string& subject = {}) {
       case v1::ERROR_CODE_USERNAME_TAKEN:
         return {"the username" + (subject.empty() ? "" : " '" + subject + "'") + " is taken"};
       case v1::ERROR_CODE_AUTH_FAILED:
-        return {"the server does not know this device (was its data reset?); register again with "
-                "a new profile"};
+        return {
+            "the server does not know this device (was its data reset?); register again with "
+            "a new profile"};
       case v1::ERROR_CODE_NOT_FOUND:
         return {"no such message" + (subject.empty() ? "" : " " + subject) + " sent by you"};
       default:
@@ -204,14 +213,17 @@ awaitable<void> cmd_send(session& s, const options& o) {
   for (int attempt = 0; attempt < 3; ++attempt) {
     if (attempt > 0) {
       s.api().abort();
-      asio::steady_timer pause(co_await asio::this_coro::executor, std::chrono::milliseconds(300 * attempt));
+      asio::steady_timer pause(co_await asio::this_coro::executor,
+                               std::chrono::milliseconds(300 * attempt));
       co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
     }
     co_await s.connect_and_authenticate();
     auto r = co_await s.api().send(to, client_msg_id, o.args[2]);
     if (r) {
       s.out("✓ sent " + std::to_string(r->message_id()),
-            json_object().field("message_id", std::to_string(r->message_id())).field("status", "sent"));
+            json_object()
+                .field("message_id", std::to_string(r->message_id()))
+                .field("status", "sent"));
       co_await s.api().close();
       co_return;
     }
@@ -252,7 +264,8 @@ std::uint64_t show_push(session& s, const v1::Frame& f, const std::string& chat_
   if (f.has_presence()) {
     const auto& p = f.presence();
     std::string human = p.username() + (p.online() ? " is online" : " is offline");
-    if (!p.online() && p.last_seen_ms() != 0) human = p.username() + " was last seen at " + clock_time(p.last_seen_ms());
+    if (!p.online() && p.last_seen_ms() != 0)
+      human = p.username() + " was last seen at " + clock_time(p.last_seen_ms());
     s.out(human, json_object()
                      .field("type", "presence")
                      .field("user", p.username())
@@ -263,7 +276,10 @@ std::uint64_t show_push(session& s, const v1::Frame& f, const std::string& chat_
   if (f.has_typing_event()) {
     const auto& t = f.typing_event();
     s.out(t.from() + (t.typing() ? " is typing…" : " stopped typing"),
-          json_object().field("type", "typing").field("from", t.from()).boolean("typing", t.typing()));
+          json_object()
+              .field("type", "typing")
+              .field("from", t.from())
+              .boolean("typing", t.typing()));
     return 0;
   }
   if (f.has_error()) {
@@ -290,7 +306,8 @@ awaitable<void> cmd_sync(session& s, const options& o) {
     if (deadline) {
       const auto left = *deadline - std::chrono::steady_clock::now();
       if (left <= std::chrono::steady_clock::duration::zero()) break;
-      timeout = std::chrono::duration_cast<std::chrono::milliseconds>(left) + std::chrono::milliseconds(1);
+      timeout = std::chrono::duration_cast<std::chrono::milliseconds>(left) +
+                std::chrono::milliseconds(1);
     }
     auto f = co_await s.api().next_push(timeout);
     if (!f) {
@@ -379,7 +396,8 @@ awaitable<void> chat_input(session& s, std::string peer, bool& done) {
   asio::posix::stream_descriptor in(ex, ::dup(STDIN_FILENO));
   asio::streambuf buf(64 * 1024);
   for (;;) {
-    auto [ec, n] = co_await asio::async_read_until(in, buf, '\n', asio::as_tuple(asio::use_awaitable));
+    auto [ec, n] =
+        co_await asio::async_read_until(in, buf, '\n', asio::as_tuple(asio::use_awaitable));
     if (n == 0 && buf.size() > 0 && ec) n = buf.size();  // a last line without newline
     if (n == 0) break;
     std::string line(asio::buffers_begin(buf.data()), asio::buffers_begin(buf.data()) + n);
@@ -391,8 +409,9 @@ awaitable<void> chat_input(session& s, std::string peer, bool& done) {
       std::cerr << "parley: not sent: " << explain(r.error(), peer).message << '\n';
       continue;
     }
-    s.out("✓ " + std::to_string(r->message_id()),
-          json_object().field("message_id", std::to_string(r->message_id())).field("status", "sent"));
+    s.out(
+        "✓ " + std::to_string(r->message_id()),
+        json_object().field("message_id", std::to_string(r->message_id())).field("status", "sent"));
   }
   done = true;
 }
@@ -405,7 +424,8 @@ awaitable<void> cmd_chat(session& s, const options& o) {
   const std::vector<std::string> watched{peer};
   auto sub = co_await s.api().subscribe_presence(watched);
   if (!sub) throw explain(sub.error(), peer);
-  if (!o.json) std::cout << "chatting with " << peer << " — type a line and Enter to send; Ctrl-D to quit\n";
+  if (!o.json)
+    std::cout << "chatting with " << peer << " — type a line and Enter to send; Ctrl-D to quit\n";
 
   auto ex = co_await asio::this_coro::executor;
   bool input_done = false;
@@ -462,14 +482,22 @@ options parse(int argc, char** argv) {
       if (i + 1 >= argc) throw failure{a + " needs a value", 2};
       return argv[++i];
     };
-    if (a == "--server") o.server = value();
-    else if (a == "--profile") o.profile_dir = value();
-    else if (a == "--json") o.json = true;
-    else if (a == "--wait") o.wait_secs = number(a, value());
-    else if (a == "--limit") o.limit = number(a, value());
-    else if (a == "--help" || a == "-h") throw failure{usage_text, 0};
-    else if (a.size() > 2 && a.rfind("--", 0) == 0) throw failure{"unknown option " + a, 2};
-    else o.args.push_back(a);
+    if (a == "--server")
+      o.server = value();
+    else if (a == "--profile")
+      o.profile_dir = value();
+    else if (a == "--json")
+      o.json = true;
+    else if (a == "--wait")
+      o.wait_secs = number(a, value());
+    else if (a == "--limit")
+      o.limit = number(a, value());
+    else if (a == "--help" || a == "-h")
+      throw failure{usage_text, 0};
+    else if (a.size() > 2 && a.rfind("--", 0) == 0)
+      throw failure{"unknown option " + a, 2};
+    else
+      o.args.push_back(a);
   }
   if (o.args.empty()) throw failure{usage_text, 2};
   return o;
@@ -484,15 +512,24 @@ int run(int argc, char** argv) {
     session s(io, o);
     const std::string& command = o.args[0];
     awaitable<void> (*fn)(session&, const options&) = nullptr;
-    if (command == "register") fn = cmd_register;
-    else if (command == "whoami") fn = cmd_whoami;
-    else if (command == "send") fn = cmd_send;
-    else if (command == "sync") fn = cmd_sync;
-    else if (command == "read") fn = cmd_read;
-    else if (command == "status") fn = cmd_status;
-    else if (command == "history") fn = cmd_history;
-    else if (command == "chat") fn = cmd_chat;
-    else throw failure{"unknown command '" + command + "'\n" + usage_text, 2};
+    if (command == "register")
+      fn = cmd_register;
+    else if (command == "whoami")
+      fn = cmd_whoami;
+    else if (command == "send")
+      fn = cmd_send;
+    else if (command == "sync")
+      fn = cmd_sync;
+    else if (command == "read")
+      fn = cmd_read;
+    else if (command == "status")
+      fn = cmd_status;
+    else if (command == "history")
+      fn = cmd_history;
+    else if (command == "chat")
+      fn = cmd_chat;
+    else
+      throw failure{"unknown command '" + command + "'\n" + usage_text, 2};
 
     std::exception_ptr error;
     asio::co_spawn(io, fn(s, o), [&](std::exception_ptr e) {

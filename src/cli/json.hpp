@@ -18,7 +18,9 @@ std::string printable(std::string_view s);
 class json_object {
  public:
   json_object& field(std::string_view key, std::string_view value);
-  json_object& field(std::string_view key, const char* value) { return field(key, std::string_view(value)); }
+  json_object& field(std::string_view key, const char* value) {
+    return field(key, std::string_view(value));
+  }
   json_object& number(std::string_view key, std::uint64_t value);
   json_object& boolean(std::string_view key, bool value);
   std::string str() const { return "{" + body_ + "}"; }

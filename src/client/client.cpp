@@ -25,7 +25,8 @@ constexpr auto as_tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 
 // State shared by the client and its read loop (which may outlive the client briefly).
 struct shared_inbox {
-  explicit shared_inbox(asio::any_io_executor ex) : push_ready(ex, asio::steady_timer::time_point::max()) {}
+  explicit shared_inbox(asio::any_io_executor ex)
+      : push_ready(ex, asio::steady_timer::time_point::max()) {}
 
   struct slot {
     explicit slot(asio::any_io_executor ex) : ready(ex, asio::steady_timer::time_point::max()) {}
@@ -49,10 +50,14 @@ struct shared_inbox {
 
 std::string describe(const client_error& e) {
   switch (e.what) {
-    case client_error::kind::unreachable: return "server not reachable: " + e.message;
-    case client_error::kind::timeout: return "no answer from the server in time";
-    case client_error::kind::closed: return "connection to the server lost" + (e.message.empty() ? "" : ": " + e.message);
-    case client_error::kind::protocol: return "unexpected answer from the server: " + e.message;
+    case client_error::kind::unreachable:
+      return "server not reachable: " + e.message;
+    case client_error::kind::timeout:
+      return "no answer from the server in time";
+    case client_error::kind::closed:
+      return "connection to the server lost" + (e.message.empty() ? "" : ": " + e.message);
+    case client_error::kind::protocol:
+      return "unexpected answer from the server: " + e.message;
     case client_error::kind::server: {
       std::string name = v1::ErrorCode_Name(e.code);
       if (name.rfind("ERROR_CODE_", 0) == 0) name = name.substr(11);
@@ -113,7 +118,8 @@ awaitable<void> client::read_loop(std::shared_ptr<ws_connection> ws,
 
 awaitable<result<v1::Frame>> client::request(v1::Frame frame) {
   if (!ws_ || inbox_->closed) {
-    co_return client_error{client_error::kind::closed, v1::ERROR_CODE_UNSPECIFIED, inbox_->close_reason};
+    co_return client_error{client_error::kind::closed, v1::ERROR_CODE_UNSPECIFIED,
+                           inbox_->close_reason};
   }
   const std::uint64_t id = next_request_id_++;
   frame.set_request_id(id);
@@ -126,7 +132,8 @@ awaitable<result<v1::Frame>> client::request(v1::Frame frame) {
   if (!s->response) {
     inbox->pending.erase(id);
     if (inbox->closed) {
-      co_return client_error{client_error::kind::closed, v1::ERROR_CODE_UNSPECIFIED, inbox->close_reason};
+      co_return client_error{client_error::kind::closed, v1::ERROR_CODE_UNSPECIFIED,
+                             inbox->close_reason};
     }
     co_return client_error{client_error::kind::timeout, v1::ERROR_CODE_UNSPECIFIED, {}};
   }
@@ -164,8 +171,7 @@ awaitable<result<v1::Authenticated>> client::authenticate(std::uint64_t device_i
   co_return r->authenticated();
 }
 
-awaitable<result<v1::SendResult>> client::send(std::string to,
-                                               std::string client_msg_id,
+awaitable<result<v1::SendResult>> client::send(std::string to, std::string client_msg_id,
                                                std::string payload) {
   v1::Frame f;
   auto* m = f.mutable_send_message();
@@ -254,7 +260,8 @@ awaitable<result<v1::Frame>> client::next_push(std::chrono::milliseconds timeout
     co_return f;
   }
   if (inbox->closed) {
-    co_return client_error{client_error::kind::closed, v1::ERROR_CODE_UNSPECIFIED, inbox->close_reason};
+    co_return client_error{client_error::kind::closed, v1::ERROR_CODE_UNSPECIFIED,
+                           inbox->close_reason};
   }
   co_return client_error{client_error::kind::timeout, v1::ERROR_CODE_UNSPECIFIED, {}};
 }

@@ -77,13 +77,18 @@ std::optional<credentials> profile::load_credentials() const {
     const auto eq = line.find('=');
     if (eq == std::string::npos) continue;
     const std::string key = line.substr(0, eq), value = line.substr(eq + 1);
-    if (key == "server") c.server = value;
-    else if (key == "username") c.username = value;
-    else if (key == "user_id") c.user_id = std::stoull(value);
-    else if (key == "device_id") c.device_id = std::stoull(value);
+    if (key == "server")
+      c.server = value;
+    else if (key == "username")
+      c.username = value;
+    else if (key == "user_id")
+      c.user_id = std::stoull(value);
+    else if (key == "device_id")
+      c.device_id = std::stoull(value);
     else if (key == "token") {
       auto t = from_hex(value);
-      if (!t || t->size() != 32) throw std::runtime_error("corrupt token in " + (dir_ / "credentials").string());
+      if (!t || t->size() != 32)
+        throw std::runtime_error("corrupt token in " + (dir_ / "credentials").string());
       c.token = *t;
     }
   }

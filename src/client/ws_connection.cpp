@@ -1,5 +1,6 @@
 #include "client/ws_connection.hpp"
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -9,7 +10,6 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/websocket.hpp>
-#include <algorithm>
 #include <deque>
 
 namespace parley::client {
@@ -37,7 +37,8 @@ bool parse_ws_url(const std::string& url, std::string& host, std::string& port, 
     host = authority.substr(0, colon);
     port = authority.substr(colon + 1);
   }
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
   return !host.empty() && !port.empty();
 }
 
@@ -131,7 +132,8 @@ awaitable<std::pair<error_code, std::string>> ws_connection::read() {
   auto [ec, n] = co_await self->ws.async_read(self->buffer, as_tuple_awaitable);
   if (ec) co_return std::pair{ec, std::string()};
   const auto data = self->buffer.cdata();
-  co_return std::pair{error_code{}, std::string(static_cast<const char*>(data.data()), data.size())};
+  co_return std::pair{error_code{},
+                      std::string(static_cast<const char*>(data.data()), data.size())};
 }
 
 awaitable<void> ws_connection::close(std::chrono::milliseconds timeout) {

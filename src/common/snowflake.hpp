@@ -24,7 +24,9 @@ class snowflake {
   // The next id, for wall-clock time `now_ms` (milliseconds since the Unix epoch).
   std::uint64_t next(std::uint64_t now_ms);
 
-  static std::uint64_t time_ms_of(std::uint64_t id) { return (id >> (node_bits + sequence_bits)) + epoch_ms; }
+  static std::uint64_t time_ms_of(std::uint64_t id) {
+    return (id >> (node_bits + sequence_bits)) + epoch_ms;
+  }
 
  private:
   std::uint64_t node_;

@@ -1,7 +1,8 @@
 #include "server/config.hpp"
 
-#include <stdexcept>
 #include <toml++/toml.h>
+
+#include <stdexcept>
 
 namespace parley::server {
 
@@ -74,7 +75,8 @@ config load_config_file(const std::filesystem::path& file, config c) {
   positive("limits.auth_timeout_ms", l["auth_timeout_ms"].value<std::int64_t>(), auth_ms);
   if (auth_ms > 0) c.auth_timeout = std::chrono::milliseconds(auth_ms);
   if (c.limits.max_payload_bytes + 1024 > c.limits.max_frame_bytes) {
-    throw std::runtime_error("config: limits.max_frame_bytes must exceed max_payload_bytes by 1 KiB");
+    throw std::runtime_error(
+        "config: limits.max_frame_bytes must exceed max_payload_bytes by 1 KiB");
   }
   return c;
 }

@@ -32,12 +32,17 @@ store::sha256_digest sha256(std::string_view bytes) {
 v1::ErrorCode to_protocol(const boost::system::error_code& ec) {
   if (ec.category() == store::store_category()) {
     switch (static_cast<store::errc>(ec.value())) {
-      case store::errc::username_taken: return v1::ERROR_CODE_USERNAME_TAKEN;
-      case store::errc::unknown_user: return v1::ERROR_CODE_UNKNOWN_USER;
-      case store::errc::not_found: return v1::ERROR_CODE_NOT_FOUND;
-      case store::errc::shutting_down: return v1::ERROR_CODE_SHUTTING_DOWN;
+      case store::errc::username_taken:
+        return v1::ERROR_CODE_USERNAME_TAKEN;
+      case store::errc::unknown_user:
+        return v1::ERROR_CODE_UNKNOWN_USER;
+      case store::errc::not_found:
+        return v1::ERROR_CODE_NOT_FOUND;
+      case store::errc::shutting_down:
+        return v1::ERROR_CODE_SHUTTING_DOWN;
       case store::errc::io_error:
-      case store::errc::corrupt: return v1::ERROR_CODE_INTERNAL;
+      case store::errc::corrupt:
+        return v1::ERROR_CODE_INTERNAL;
     }
   }
   return v1::ERROR_CODE_INTERNAL;
@@ -82,8 +87,9 @@ bool device_session::has_room(std::size_t bytes) const {
 bool device_session::send_encoded(wire::encoded_frame f) {
   if (closed_ || finishing_) return false;
   if (!has_room(f->size())) {
-    log_info() << "closing slow reader (device " << device_ << "): " << outgoing_.size() - outgoing_head_
-               << " frames, " << outgoing_bytes_ << " bytes queued";
+    log_info() << "closing slow reader (device " << device_
+               << "): " << outgoing_.size() - outgoing_head_ << " frames, " << outgoing_bytes_
+               << " bytes queued";
     state_.stats.slow_readers_closed.fetch_add(1, std::memory_order_relaxed);
     close(close_reason::slow_reader);
     return false;
@@ -115,7 +121,8 @@ wire::encoded_frame device_session::pop_outgoing() {
     if (outgoing_.capacity() > 64) outgoing_.shrink_to_fit();  // idle again: give it back
   } else if (outgoing_head_ >= 64 && outgoing_head_ * 2 >= outgoing_.size()) {
     // Never empty under steady load: drop the sent prefix (amortized O(1) per frame).
-    outgoing_.erase(outgoing_.begin(), outgoing_.begin() + static_cast<std::ptrdiff_t>(outgoing_head_));
+    outgoing_.erase(outgoing_.begin(),
+                    outgoing_.begin() + static_cast<std::ptrdiff_t>(outgoing_head_));
     outgoing_head_ = 0;
   }
   outgoing_bytes_ -= f->size();
@@ -261,13 +268,12 @@ awaitable<void> device_session::on_register(std::uint64_t request_id, const v1::
   }
   store::registration_request req{r.username(), sha256(token)};
   auto self = shared_from_this();
-  auto result = co_await store_call<store::registration>(
-      [&](store::completion<store::registration> done) {
+  auto result =
+      co_await store_call<store::registration>([&](store::completion<store::registration> done) {
         state_.store.register_account(std::move(req), std::move(done));
       });
   if (!result) {
-    send(wire::make_error(request_id, to_protocol(result.error()),
-                          result.error().message()));
+    send(wire::make_error(request_id, to_protocol(result.error()), result.error().message()));
     co_return;
   }
   frame reply;
@@ -289,8 +295,8 @@ awaitable<void> device_session::on_authenticate(std::uint64_t request_id,
     state_.store.find_device(device_id, std::move(done));
   });
   if (closed_) co_return;
-  const bool ok = found && CRYPTO_memcmp(found->token_hash.data(), presented.data(),
-                                         presented.size()) == 0;
+  const bool ok =
+      found && CRYPTO_memcmp(found->token_hash.data(), presented.data(), presented.size()) == 0;
   if (!ok) {
     if (!found && found.error() != store::errc::not_found) {
       send(wire::make_error(request_id, to_protocol(found.error()), found.error().message()));
@@ -366,11 +372,11 @@ awaitable<void> device_session::run_request(frame request) {
                               std::move(*m.mutable_payload())};
       auto r = co_await store_call<store::send_outcome>(
           [&](store::completion<store::send_outcome> done) {
-            state_.store.send(std::move(req), [&bus, done = std::move(done)](
-                                                  store::result<store::send_outcome> r) {
-              if (r && !r->duplicate) route_deliveries(bus, r->deliveries);
-              done(std::move(r));
-            });
+            state_.store.send(std::move(req),
+                              [&bus, done = std::move(done)](store::result<store::send_outcome> r) {
+                                if (r && !r->duplicate) route_deliveries(bus, r->deliveries);
+                                done(std::move(r));
+                              });
           });
       if (!r) {
         fail(r.error());
@@ -390,12 +396,12 @@ awaitable<void> device_session::run_request(frame request) {
                                           request.ack().event_ids().end());
       auto r = co_await store_call<std::vector<store::delivery>>(
           [&](store::completion<std::vector<store::delivery>> done) {
-            state_.store.ack(device_, username_, std::move(events),
-                             [&bus, done = std::move(done)](
-                                 store::result<std::vector<store::delivery>> r) {
-                               if (r) route_deliveries(bus, *r);
-                               done(std::move(r));
-                             });
+            state_.store.ack(
+                device_, username_, std::move(events),
+                [&bus, done = std::move(done)](store::result<std::vector<store::delivery>> r) {
+                  if (r) route_deliveries(bus, *r);
+                  done(std::move(r));
+                });
           });
       if (!r) {
         fail(r.error());
@@ -409,12 +415,12 @@ awaitable<void> device_session::run_request(frame request) {
       const auto& m = request.mark_read();
       auto r = co_await store_call<std::vector<store::delivery>>(
           [&](store::completion<std::vector<store::delivery>> done) {
-            state_.store.mark_read(user_, username_, m.peer(), m.up_to_message_id(),
-                                   [&bus, done = std::move(done)](
-                                       store::result<std::vector<store::delivery>> r) {
-                                     if (r) route_deliveries(bus, *r);
-                                     done(std::move(r));
-                                   });
+            state_.store.mark_read(
+                user_, username_, m.peer(), m.up_to_message_id(),
+                [&bus, done = std::move(done)](store::result<std::vector<store::delivery>> r) {
+                  if (r) route_deliveries(bus, *r);
+                  done(std::move(r));
+                });
           });
       if (!r) {
         fail(r.error());
@@ -476,7 +482,8 @@ void device_session::on_subscribe(std::uint64_t request_id, const v1::SubscribeP
   std::weak_ptr<device_session> weak = shared_from_this();
   presence_subscription_ = state_.presence.subscribe(
       names, [weak](const std::string& username, const presence::state& st) {
-        if (auto self = weak.lock()) self->push_ephemeral(wire::encode(presence_frame(username, st)));
+        if (auto self = weak.lock())
+          self->push_ephemeral(wire::encode(presence_frame(username, st)));
       });
   frame reply;
   reply.set_request_id(request_id);

@@ -30,7 +30,8 @@ store::event_id event_id_of(const store::device_event& event) {
 }
 
 void route_deliveries(bus::bus& bus, const std::vector<store::delivery>& deliveries) {
-  for (const auto& d : deliveries) bus.deliver(d.device, event_id_of(d.event), encode_event(d.event));
+  for (const auto& d : deliveries)
+    bus.deliver(d.device, event_id_of(d.event), encode_event(d.event));
 }
 
 }  // namespace parley::server

@@ -47,7 +47,8 @@ awaitable<void> serve(shared_state& state, connection_set& connections,
 
     if (beast::websocket::is_upgrade(req)) {
       if (req.target() != "/v1/ws") {
-        auto res = respond(req, http::status::not_found, "no WebSocket endpoint here; use /v1/ws\n");
+        auto res =
+            respond(req, http::status::not_found, "no WebSocket endpoint here; use /v1/ws\n");
         res.keep_alive(false);
         co_await http::async_write(stream, res, as_tuple_awaitable);
         break;

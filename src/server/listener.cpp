@@ -16,8 +16,7 @@ namespace asio = boost::asio;
 using asio::ip::tcp;
 
 listener::listener(std::vector<std::unique_ptr<asio::io_context>>& contexts,
-                   const tcp::endpoint& endpoint, shared_state& state,
-                   connection_set& connections)
+                   const tcp::endpoint& endpoint, shared_state& state, connection_set& connections)
     : contexts_(contexts), acceptor_(*contexts[0]), state_(state), connections_(connections) {
   acceptor_.open(endpoint.protocol());
   acceptor_.set_option(asio::socket_base::reuse_address(true));
@@ -37,7 +36,8 @@ void listener::stop() {
 asio::awaitable<void> listener::accept_loop() {
   for (;;) {
     auto& context = *contexts_[next_++ % contexts_.size()];
-    auto [ec, socket] = co_await acceptor_.async_accept(context, asio::as_tuple(asio::use_awaitable));
+    auto [ec, socket] =
+        co_await acceptor_.async_accept(context, asio::as_tuple(asio::use_awaitable));
     if (ec) {
       if (!acceptor_.is_open() || ec == asio::error::operation_aborted) co_return;
       // Out of file descriptors (EMFILE) and the like: back off instead of spinning.

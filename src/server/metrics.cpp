@@ -62,8 +62,7 @@ std::string metrics::render(std::uint64_t queue_depth) const {
          messages_stored.load());
   metric("parley_slow_readers_closed_total", "counter",
          "Connections closed because their outgoing queue filled.", slow_readers_closed.load());
-  metric("parley_queue_depth", "gauge", "Events waiting in device queues (estimate).",
-         queue_depth);
+  metric("parley_queue_depth", "gauge", "Events waiting in device queues (estimate).", queue_depth);
   metric("parley_group_commits_total", "counter", "Synced store write groups.",
          group_commits.load());
   metric("parley_group_commit_requests_total", "counter", "Store writes in those groups.",

@@ -13,9 +13,8 @@ namespace parley::server {
 class latency_histogram {
  public:
   // Upper bounds in seconds; the last bucket is +Inf.
-  static constexpr std::array<double, 14> bounds = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
-                                                    0.005,  0.01,    0.025,  0.05,  0.1,
-                                                    0.25,   0.5,     1.0,    2.5};
+  static constexpr std::array<double, 14> bounds = {
+      0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5};
   void observe(std::chrono::nanoseconds d);
   void render(std::string& out, const char* name, const char* help) const;
 

@@ -26,7 +26,9 @@ constexpr auto as_tuple_awaitable = asio::as_tuple(use_awaitable);
 class websocket_session : public std::enable_shared_from_this<websocket_session> {
  public:
   websocket_session(shared_state& state, connection_set& connections, asio::ip::tcp::socket socket)
-      : state_(state), connections_(connections), ws_(std::move(socket)),
+      : state_(state),
+        connections_(connections),
+        ws_(std::move(socket)),
         auth_timer_(ws_.get_executor()) {}
 
   void start(beast::http::request<beast::http::string_body> upgrade) {
@@ -48,9 +50,8 @@ class websocket_session : public std::enable_shared_from_this<websocket_session>
                              beast::http::request<beast::http::string_body> upgrade) {
     auto& ws = self->ws_;
     ws.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
-    ws.set_option(websocket::stream_base::decorator([](websocket::response_type& res) {
-      res.set(beast::http::field::server, "parleyd");
-    }));
+    ws.set_option(websocket::stream_base::decorator(
+        [](websocket::response_type& res) { res.set(beast::http::field::server, "parleyd"); }));
     ws.read_message_max(self->state_.cfg.limits.max_frame_bytes);
     ws.binary(true);
     auto [ec] = co_await ws.async_accept(upgrade, as_tuple_awaitable);
@@ -89,7 +90,8 @@ class websocket_session : public std::enable_shared_from_this<websocket_session>
         });
     connection_id_ = connections_.add([weak, ex = ws_.get_executor()] {
       asio::post(ex, [weak] {
-        if (auto self = weak.lock()) self->close_with(websocket::close_code::going_away, "server shutting down");
+        if (auto self = weak.lock())
+          self->close_with(websocket::close_code::going_away, "server shutting down");
       });
     });
     state_.stats.connections.fetch_add(1, std::memory_order_relaxed);
@@ -123,7 +125,8 @@ class websocket_session : public std::enable_shared_from_this<websocket_session>
       }
     }
     // Everything queued is written: now the close handshake, if one was asked for.
-    if (self->session_->finishing() && self->close_reason_ && !self->aborted_ && !self->close_sent_) {
+    if (self->session_->finishing() && self->close_reason_ && !self->aborted_ &&
+        !self->close_sent_) {
       self->close_sent_ = true;
       auto [ec] = co_await self->ws_.async_close(*self->close_reason_, as_tuple_awaitable);
       if (ec) self->abort();

@@ -117,8 +117,7 @@ class store {
   virtual ~store() = default;
 
   // Creates the account and its first device. errc::username_taken if the name exists.
-  virtual void register_account(registration_request request,
-                                completion<registration> done) = 0;
+  virtual void register_account(registration_request request, completion<registration> done) = 0;
 
   // errc::not_found if there is no such device.
   virtual void find_device(device_id id, completion<device> done) = 0;

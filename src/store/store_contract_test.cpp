@@ -107,7 +107,9 @@ TEST_P(store_contract, register_then_find) {
 
 TEST_P(store_contract, duplicate_username_is_refused) {
   register_user("alice");
-  auto again = wait_for<registration>([&](auto done) { db_->register_account({"alice", {}}, done); });
+  auto again = wait_for<registration>([&](auto done) {
+    db_->register_account({"alice", {}}, done);
+  });
   ASSERT_FALSE(again);
   EXPECT_EQ(again.error(), errc::username_taken);
 }

@@ -10,12 +10,18 @@ class category_impl final : public boost::system::error_category {
   const char* name() const noexcept override { return "parley.store"; }
   std::string message(int ev) const override {
     switch (static_cast<errc>(ev)) {
-      case errc::username_taken: return "username taken";
-      case errc::unknown_user: return "unknown user";
-      case errc::not_found: return "not found";
-      case errc::io_error: return "storage I/O error";
-      case errc::corrupt: return "stored value corrupt";
-      case errc::shutting_down: return "store shutting down";
+      case errc::username_taken:
+        return "username taken";
+      case errc::unknown_user:
+        return "unknown user";
+      case errc::not_found:
+        return "not found";
+      case errc::io_error:
+        return "storage I/O error";
+      case errc::corrupt:
+        return "stored value corrupt";
+      case errc::shutting_down:
+        return "store shutting down";
     }
     return "unknown store error";
   }

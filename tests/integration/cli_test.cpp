@@ -42,8 +42,9 @@ class cli : public ::testing::Test {
     const auto err_file = root_ / "stderr";
     const auto in_file = root_ / "stdin";
     std::ofstream(in_file) << input;
-    std::string cmd = std::string(PARLEY_CLI_PATH) + " --server " + shell_quote(url.empty() ? server.url() : url) +
-                      " --profile " + shell_quote((root_ / who).string());
+    std::string cmd = std::string(PARLEY_CLI_PATH) + " --server " +
+                      shell_quote(url.empty() ? server.url() : url) + " --profile " +
+                      shell_quote((root_ / who).string());
     for (const auto& a : args) cmd += " " + shell_quote(a);
     cmd += " <" + shell_quote(in_file.string()) + " 2>" + shell_quote(err_file.string());
     run_result r;

@@ -1,7 +1,6 @@
 // End-to-end delivery through a real parleyd: online and offline delivery, receipts, retries,
 // crash safety, history, presence and typing.
 #include <gtest/gtest.h>
-
 #include <sys/wait.h>
 
 #include <set>
@@ -62,7 +61,8 @@ TEST_F(messaging, offline_queue_drains_in_order_across_pages) {
   bob.disconnect();
   const int n = 600;  // more than two drain pages of 256
   std::vector<std::uint64_t> ids;
-  for (int i = 0; i < n; ++i) ids.push_back(alice.send("bob", "m" + std::to_string(i)).message_id());
+  for (int i = 0; i < n; ++i)
+    ids.push_back(alice.send("bob", "m" + std::to_string(i)).message_id());
 
   bob.reconnect();
   auto got = bob.drain();
@@ -135,7 +135,8 @@ TEST_F(messaging, kill_9_between_sent_and_delivery_loses_nothing) {
   bob.drain();
   bob.disconnect();
   std::vector<std::uint64_t> ids;
-  for (int i = 0; i < 50; ++i) ids.push_back(alice.send("bob", "durable " + std::to_string(i)).message_id());
+  for (int i = 0; i < 50; ++i)
+    ids.push_back(alice.send("bob", "durable " + std::to_string(i)).message_id());
 
   server.kill9();  // every ✓ above was fsync'd before it was sent
   server.restart();

@@ -31,7 +31,8 @@ server_process::server_process(std::vector<std::string> extra_args, std::string 
   }
   env_.insert(env_.end(), extra_env.begin(), extra_env.end());
   std::random_device rd;
-  data_dir_ = fs::temp_directory_path() / ("parley_it_" + std::to_string(rd()) + std::to_string(::getpid()));
+  data_dir_ = fs::temp_directory_path() /
+              ("parley_it_" + std::to_string(rd()) + std::to_string(::getpid()));
   fs::create_directories(data_dir_);
   if (!config_toml.empty()) {
     config_file_ = data_dir_ / "parleyd.toml";
@@ -47,9 +48,9 @@ server_process::~server_process() {
 }
 
 void server_process::spawn() {
-  std::vector<std::string> argv_s = {PARLEYD_PATH, "--listen", "127.0.0.1:0", "--data",
-                                     (data_dir_ / "data").string(), "--threads", "2",
-                                     "--log-level", "warn"};
+  std::vector<std::string> argv_s = {
+      PARLEYD_PATH, "--listen", "127.0.0.1:0", "--data", (data_dir_ / "data").string(),
+      "--threads",  "2",        "--log-level", "warn"};
   if (!config_file_.empty()) {
     argv_s.push_back("--config");
     argv_s.push_back(config_file_.string());
@@ -132,7 +133,8 @@ std::string http_get(unsigned short port, const std::string& path) {
     asio::io_context io;
     asio::ip::tcp::socket s(io);
     s.connect({asio::ip::make_address("127.0.0.1"), port});
-    const std::string req = "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    const std::string req =
+        "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
     asio::write(s, asio::buffer(req));
     std::string response;
     boost::system::error_code ec;

@@ -30,10 +30,10 @@ class server_process {
   pid_t pid() const { return pid_; }
   const std::filesystem::path& data_dir() const { return data_dir_; }
 
-  void kill9();        // SIGKILL, reaped
-  int terminate();     // SIGTERM, waits; returns the exit status
-  void restart();      // starts again on the same data directory and port 0
-  long rss_kb() const; // VmRSS from /proc
+  void kill9();         // SIGKILL, reaped
+  int terminate();      // SIGTERM, waits; returns the exit status
+  void restart();       // starts again on the same data directory and port 0
+  long rss_kb() const;  // VmRSS from /proc
 
  private:
   void spawn();

@@ -16,7 +16,8 @@ namespace v1 = parley::v1;
 
 class test_client {
  public:
-  test_client(boost::asio::io_context& io, std::string url) : io_(io), url_(std::move(url)), api_(io.get_executor()) {}
+  test_client(boost::asio::io_context& io, std::string url)
+      : io_(io), url_(std::move(url)), api_(io.get_executor()) {}
 
   client::client& api() { return api_; }
 

@@ -12,8 +12,7 @@ namespace parley::bus {
 
 class local_bus final : public bus {
  public:
-  void attach(device_id device, const std::string& username,
-              std::shared_ptr<endpoint> ep) override;
+  void attach(device_id device, const std::string& username, std::shared_ptr<endpoint> ep) override;
   void detach(device_id device, const endpoint* ep) override;
   void deliver(device_id device, event_id event, wire::encoded_frame frame) override;
   void deliver_ephemeral(const std::string& username, wire::encoded_frame frame) override;

@@ -16,8 +16,7 @@ class local_presence final : public presence {
   void connected(const std::string& username) override;
   void disconnected(const std::string& username, std::uint64_t at_ms) override;
   state lookup(const std::string& username) const override;
-  subscription_id subscribe(const std::vector<std::string>& usernames,
-                            listener on_change) override;
+  subscription_id subscribe(const std::vector<std::string>& usernames, listener on_change) override;
   void unsubscribe(subscription_id id) override;
 
  private:

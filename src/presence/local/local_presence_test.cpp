@@ -8,7 +8,8 @@ namespace {
 TEST(local_presence, online_until_the_last_connection_closes) {
   local_presence p;
   std::vector<std::pair<std::string, state>> seen;
-  auto id = p.subscribe({"bob"}, [&](const std::string& u, const state& s) { seen.emplace_back(u, s); });
+  auto id =
+      p.subscribe({"bob"}, [&](const std::string& u, const state& s) { seen.emplace_back(u, s); });
   p.connected("bob");
   p.connected("bob");  // a second connection: no change
   EXPECT_TRUE(p.lookup("bob").online);

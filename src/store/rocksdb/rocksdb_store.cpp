@@ -10,9 +10,9 @@
 #include <deque>
 #include <mutex>
 #include <optional>
-#include <unordered_map>
 #include <stdexcept>
 #include <thread>
+#include <unordered_map>
 
 #include "common/clock.hpp"
 #include "common/log.hpp"
@@ -42,17 +42,8 @@ enum cf : std::size_t {
 };
 
 constexpr const char* cf_names[cf_count] = {
-    "default",
-    "accounts",
-    "users",
-    "devices",
-    "chats",
-    "messages",
-    "message_index",
-    "queue",
-    "dedupe",
-    "delivered",
-    "read_marks",
+    "default",       "accounts", "users",  "devices",   "chats",      "messages",
+    "message_index", "queue",    "dedupe", "delivered", "read_marks",
 };
 
 rocksdb::Slice slice(std::string_view s) { return {s.data(), s.size()}; }
@@ -105,8 +96,8 @@ struct rocksdb_store::impl {
 
   // Writer-thread state. The caches hold committed state only: a failed commit clears them.
   std::unordered_map<std::string, std::uint64_t> user_ids;   // username -> user id
-  std::unordered_map<std::uint64_t, cached_user> users;       // user id -> user
-  std::unordered_map<std::string, std::uint64_t> chat_seqs;   // chat -> last seq
+  std::unordered_map<std::uint64_t, cached_user> users;      // user id -> user
+  std::unordered_map<std::string, std::uint64_t> chat_seqs;  // chat -> last seq
   snowflake ids{0};
   std::uint64_t last_id = 0;
   std::uint64_t next_user = 1;
@@ -177,9 +168,8 @@ struct rocksdb_store::impl {
       done(errc::shutting_down);
       return;
     }
-    boost::asio::post(readers, [done = std::move(done), fn = std::move(fn)]() mutable {
-      done(fn());
-    });
+    boost::asio::post(readers,
+                      [done = std::move(done), fn = std::move(fn)]() mutable { done(fn()); });
   }
 
   result<const cached_user*> user_record(std::uint64_t user) {
@@ -239,8 +229,7 @@ struct rocksdb_store::impl {
 
   // Queues a receipt for every device of `user`.
   result<void> queue_receipt(group& g, std::uint64_t user, message_id id, const std::string& peer,
-                             message_status status, std::uint64_t now,
-                             std::vector<delivery>& out) {
+                             message_status status, std::uint64_t now, std::vector<delivery>& out) {
     auto owner = user_record(user);
     if (!owner) return owner.error();
     for (std::uint64_t device : (*owner)->devices) {
@@ -279,14 +268,17 @@ void rocksdb_store::impl::open() {
   for (std::size_t i = 0; i < cf_count; ++i) descriptors.emplace_back(cf_names[i], cf_options);
   rocksdb::DB* raw = nullptr;
   auto s = rocksdb::DB::Open(db_options, options.path.string(), descriptors, &cfs, &raw);
-  if (!s.ok()) throw std::runtime_error("cannot open the store at " + options.path.string() + ": " + s.ToString());
+  if (!s.ok())
+    throw std::runtime_error("cannot open the store at " + options.path.string() + ": " +
+                             s.ToString());
   db.reset(raw);
 
   auto load = [&](std::string_view key, std::uint64_t fallback) -> std::uint64_t {
     std::string v;
     auto st = get(cf_default, key, &v);
     if (st.IsNotFound()) return fallback;
-    if (!st.ok() || v.size() != 8) throw std::runtime_error("corrupt store meta key " + std::string(key));
+    if (!st.ok() || v.size() != 8)
+      throw std::runtime_error("corrupt store meta key " + std::string(key));
     return read_be64(v);
   };
   next_user = load(keys::meta_next_user, 1);
@@ -361,36 +353,36 @@ std::uint64_t rocksdb_store::queued_events_estimate() {
   return n;
 }
 
-void rocksdb_store::register_account(registration_request request,
-                                     completion<registration> done) {
-  impl_->write<registration>(std::move(done), [this, request = std::move(request)](group& g) -> result<registration> {
-    auto& d = *impl_;
-    auto existing = d.user_of(g, request.username);
-    if (existing) return errc::username_taken;
-    if (existing.error() != errc::unknown_user) return existing.error();
+void rocksdb_store::register_account(registration_request request, completion<registration> done) {
+  impl_->write<registration>(
+      std::move(done), [this, request = std::move(request)](group& g) -> result<registration> {
+        auto& d = *impl_;
+        auto existing = d.user_of(g, request.username);
+        if (existing) return errc::username_taken;
+        if (existing.error() != errc::unknown_user) return existing.error();
 
-    const std::uint64_t now = now_ms();
-    registration r{d.next_user++, d.next_device++};
-    pb::UserRecord user;
-    user.set_user_id(r.user);
-    user.set_username(request.username);
-    user.add_devices(r.device);
-    user.set_created_ms(now);
-    pb::DeviceRecord device;
-    device.set_device_id(r.device);
-    device.set_user_id(r.user);
-    device.set_token_sha256(request.token_hash.data(), request.token_hash.size());
-    device.set_created_ms(now);
+        const std::uint64_t now = now_ms();
+        registration r{d.next_user++, d.next_device++};
+        pb::UserRecord user;
+        user.set_user_id(r.user);
+        user.set_username(request.username);
+        user.add_devices(r.device);
+        user.set_created_ms(now);
+        pb::DeviceRecord device;
+        device.set_device_id(r.device);
+        device.set_user_id(r.user);
+        device.set_token_sha256(request.token_hash.data(), request.token_hash.size());
+        device.set_created_ms(now);
 
-    d.put(g, cf_accounts, request.username, keys::be64(r.user));
-    d.put(g, cf_users, keys::be64(r.user), user.SerializeAsString());
-    d.put(g, cf_devices, keys::be64(r.device), device.SerializeAsString());
-    d.put(g, cf_default, keys::meta_next_user, keys::be64(d.next_user));
-    d.put(g, cf_default, keys::meta_next_device, keys::be64(d.next_device));
-    d.user_ids[request.username] = r.user;
-    d.users[r.user] = cached_user{request.username, {r.device}};
-    return r;
-  });
+        d.put(g, cf_accounts, request.username, keys::be64(r.user));
+        d.put(g, cf_users, keys::be64(r.user), user.SerializeAsString());
+        d.put(g, cf_devices, keys::be64(r.device), device.SerializeAsString());
+        d.put(g, cf_default, keys::meta_next_user, keys::be64(d.next_user));
+        d.put(g, cf_default, keys::meta_next_device, keys::be64(d.next_device));
+        d.user_ids[request.username] = r.user;
+        d.users[r.user] = cached_user{request.username, {r.device}};
+        return r;
+      });
 }
 
 void rocksdb_store::find_device(device_id id, completion<device> done) {
@@ -412,86 +404,89 @@ void rocksdb_store::find_device(device_id id, completion<device> done) {
 }
 
 void rocksdb_store::find_account(std::string username, completion<account> done) {
-  impl_->read<account>(std::move(done), [this, username = std::move(username)]() -> result<account> {
-    auto user = impl_->user_of(username);
-    if (!user) return user.error() == errc::unknown_user ? errc::not_found : user.error();
-    std::string v;
-    auto s = impl_->get(cf_users, keys::be64(*user), &v);
-    if (!s.ok()) return errc::io_error;
-    pb::UserRecord record;
-    if (!parse(record, v)) return errc::corrupt;
-    return account{record.user_id(), record.username(),
-                   {record.devices().begin(), record.devices().end()}};
-  });
+  impl_->read<account>(
+      std::move(done), [this, username = std::move(username)]() -> result<account> {
+        auto user = impl_->user_of(username);
+        if (!user) return user.error() == errc::unknown_user ? errc::not_found : user.error();
+        std::string v;
+        auto s = impl_->get(cf_users, keys::be64(*user), &v);
+        if (!s.ok()) return errc::io_error;
+        pb::UserRecord record;
+        if (!parse(record, v)) return errc::corrupt;
+        return account{record.user_id(),
+                       record.username(),
+                       {record.devices().begin(), record.devices().end()}};
+      });
 }
 
 void rocksdb_store::send(send_request request, completion<send_outcome> done) {
-  impl_->write<send_outcome>(std::move(done), [this, request = std::move(request)](group& g) -> result<send_outcome> {
-    auto& d = *impl_;
-    std::string v;
-    const std::string dedupe_key = keys::dedupe(request.sender_device, request.client_msg_id);
-    auto s = d.get(g, cf_dedupe, dedupe_key, &v);
-    if (s.ok()) {
-      pb::DedupeRecord first;
-      if (!parse(first, v)) return errc::corrupt;
-      return send_outcome{first.message_id(), first.seq(), first.sent_at_ms(), true, {}};
-    }
-    if (!s.IsNotFound()) return errc::io_error;
+  impl_->write<send_outcome>(
+      std::move(done), [this, request = std::move(request)](group& g) -> result<send_outcome> {
+        auto& d = *impl_;
+        std::string v;
+        const std::string dedupe_key = keys::dedupe(request.sender_device, request.client_msg_id);
+        auto s = d.get(g, cf_dedupe, dedupe_key, &v);
+        if (s.ok()) {
+          pb::DedupeRecord first;
+          if (!parse(first, v)) return errc::corrupt;
+          return send_outcome{first.message_id(), first.seq(), first.sent_at_ms(), true, {}};
+        }
+        if (!s.IsNotFound()) return errc::io_error;
 
-    auto recipient_id = d.user_of(g, request.recipient_name);
-    if (!recipient_id) return recipient_id.error();
-    auto recipient = d.user_record(*recipient_id);
-    if (!recipient) return recipient.error();
+        auto recipient_id = d.user_of(g, request.recipient_name);
+        if (!recipient_id) return recipient_id.error();
+        auto recipient = d.user_record(*recipient_id);
+        if (!recipient) return recipient.error();
 
-    const std::string chat = keys::direct_chat(request.sender, *recipient_id);
-    auto seq = d.chat_seq(chat);
-    if (!seq) return seq.error();
-    const std::uint64_t last_seq = **seq;
+        const std::string chat = keys::direct_chat(request.sender, *recipient_id);
+        auto seq = d.chat_seq(chat);
+        if (!seq) return seq.error();
+        const std::uint64_t last_seq = **seq;
 
-    const std::uint64_t now = now_ms();
-    send_outcome out;
-    out.id = d.next_id(g, now);
-    out.seq = last_seq + 1;
-    out.sent_at_ms = now;
+        const std::uint64_t now = now_ms();
+        send_outcome out;
+        out.id = d.next_id(g, now);
+        out.seq = last_seq + 1;
+        out.sent_at_ms = now;
 
-    pb::StoredMessage message;
-    message.set_message_id(out.id);
-    message.set_seq(out.seq);
-    message.set_chat(chat);
-    message.set_sender_user(request.sender);
-    message.set_sender_device(request.sender_device);
-    message.set_sender_name(request.sender_name);
-    message.set_recipient_user(*recipient_id);
-    message.set_sent_at_ms(now);
-    message.set_payload(request.payload);
-    pb::DedupeRecord dedupe;
-    dedupe.set_message_id(out.id);
-    dedupe.set_seq(out.seq);
-    dedupe.set_sent_at_ms(now);
-    pb::QueueItem item;
-    auto* ref = item.mutable_message();
-    ref->set_chat(chat);
-    ref->set_message_id(out.id);
-    ref->set_sender_user(request.sender);
+        pb::StoredMessage message;
+        message.set_message_id(out.id);
+        message.set_seq(out.seq);
+        message.set_chat(chat);
+        message.set_sender_user(request.sender);
+        message.set_sender_device(request.sender_device);
+        message.set_sender_name(request.sender_name);
+        message.set_recipient_user(*recipient_id);
+        message.set_sent_at_ms(now);
+        message.set_payload(request.payload);
+        pb::DedupeRecord dedupe;
+        dedupe.set_message_id(out.id);
+        dedupe.set_seq(out.seq);
+        dedupe.set_sent_at_ms(now);
+        pb::QueueItem item;
+        auto* ref = item.mutable_message();
+        ref->set_chat(chat);
+        ref->set_message_id(out.id);
+        ref->set_sender_user(request.sender);
 
-    d.put(g, cf_messages, keys::message(chat, out.id), message.SerializeAsString());
-    d.put(g, cf_message_index, keys::be64(out.id), chat);
-    d.put(g, cf_chats, chat, keys::be64(out.seq));
-    **seq = out.seq;
-    d.put(g, cf_dedupe, dedupe_key, dedupe.SerializeAsString());
-    const std::string queued = item.SerializeAsString();
-    for (std::uint64_t device : (*recipient)->devices) {
-      d.put(g, cf_queue, keys::queue(device, out.id), queued);
-      out.deliveries.push_back(
-          {device, message_event{out.id, out.id, out.seq, request.sender_name,
-                                 request.sender_device, now, request.payload}});
-    }
-    return out;
-  });
+        d.put(g, cf_messages, keys::message(chat, out.id), message.SerializeAsString());
+        d.put(g, cf_message_index, keys::be64(out.id), chat);
+        d.put(g, cf_chats, chat, keys::be64(out.seq));
+        **seq = out.seq;
+        d.put(g, cf_dedupe, dedupe_key, dedupe.SerializeAsString());
+        const std::string queued = item.SerializeAsString();
+        for (std::uint64_t device : (*recipient)->devices) {
+          d.put(g, cf_queue, keys::queue(device, out.id), queued);
+          out.deliveries.push_back(
+              {device, message_event{out.id, out.id, out.seq, request.sender_name,
+                                     request.sender_device, now, request.payload}});
+        }
+        return out;
+      });
 }
 
-void rocksdb_store::ack(device_id device, std::string device_username,
-                        std::vector<event_id> events, completion<std::vector<delivery>> done) {
+void rocksdb_store::ack(device_id device, std::string device_username, std::vector<event_id> events,
+                        completion<std::vector<delivery>> done) {
   impl_->write<std::vector<delivery>>(
       std::move(done),
       [this, device, name = std::move(device_username),
@@ -545,7 +540,8 @@ void rocksdb_store::mark_read(user_id reader, std::string reader_name, std::stri
         d.put(g, cf_read_marks, mark_key, keys::be64(up_to));
 
         std::vector<delivery> out;
-        auto r = d.queue_receipt(g, *peer_id, up_to, reader_name, message_status::read, now_ms(), out);
+        auto r =
+            d.queue_receipt(g, *peer_id, up_to, reader_name, message_status::read, now_ms(), out);
         if (!r) return r.error();
         return out;
       });
@@ -553,38 +549,40 @@ void rocksdb_store::mark_read(user_id reader, std::string reader_name, std::stri
 
 void rocksdb_store::read_queue(device_id device, event_id after, std::size_t limit,
                                completion<std::vector<device_event>> done) {
-  impl_->read<std::vector<device_event>>(std::move(done), [this, device, after, limit]()
-                                                              -> result<std::vector<device_event>> {
-    auto& d = *impl_;
-    std::vector<device_event> out;
-    const std::string prefix = keys::be64(device);
-    std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(rocksdb::ReadOptions(), d.cfs[cf_queue]));
-    std::string v;
-    for (it->Seek(slice(keys::queue(device, after + 1))); it->Valid() && out.size() < limit;
-         it->Next()) {
-      const auto key = it->key();
-      if (key.size() != 16 || !key.starts_with(slice(prefix))) break;
-      const event_id event = read_be64(std::string_view(key.data(), key.size()), 8);
-      pb::QueueItem item;
-      if (!item.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-        return errc::corrupt;
-      }
-      if (item.has_receipt()) {
-        const auto& r = item.receipt();
-        out.push_back(receipt_event{event, r.message_id(), r.peer(),
-                                    static_cast<message_status>(r.status()), r.at_ms()});
-        continue;
-      }
-      auto s = d.get(cf_messages, keys::message(item.message().chat(), item.message().message_id()), &v);
-      if (!s.ok()) return s.IsNotFound() ? errc::corrupt : errc::io_error;
-      pb::StoredMessage m;
-      if (!parse(m, v)) return errc::corrupt;
-      out.push_back(message_event{event, m.message_id(), m.seq(), m.sender_name(),
-                                  m.sender_device(), m.sent_at_ms(), m.payload()});
-    }
-    if (!it->status().ok()) return errc::io_error;
-    return out;
-  });
+  impl_->read<std::vector<device_event>>(
+      std::move(done), [this, device, after, limit]() -> result<std::vector<device_event>> {
+        auto& d = *impl_;
+        std::vector<device_event> out;
+        const std::string prefix = keys::be64(device);
+        std::unique_ptr<rocksdb::Iterator> it(
+            d.db->NewIterator(rocksdb::ReadOptions(), d.cfs[cf_queue]));
+        std::string v;
+        for (it->Seek(slice(keys::queue(device, after + 1))); it->Valid() && out.size() < limit;
+             it->Next()) {
+          const auto key = it->key();
+          if (key.size() != 16 || !key.starts_with(slice(prefix))) break;
+          const event_id event = read_be64(std::string_view(key.data(), key.size()), 8);
+          pb::QueueItem item;
+          if (!item.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+            return errc::corrupt;
+          }
+          if (item.has_receipt()) {
+            const auto& r = item.receipt();
+            out.push_back(receipt_event{event, r.message_id(), r.peer(),
+                                        static_cast<message_status>(r.status()), r.at_ms()});
+            continue;
+          }
+          auto s = d.get(cf_messages,
+                         keys::message(item.message().chat(), item.message().message_id()), &v);
+          if (!s.ok()) return s.IsNotFound() ? errc::corrupt : errc::io_error;
+          pb::StoredMessage m;
+          if (!parse(m, v)) return errc::corrupt;
+          out.push_back(message_event{event, m.message_id(), m.seq(), m.sender_name(),
+                                      m.sender_device(), m.sent_at_ms(), m.payload()});
+        }
+        if (!it->status().ok()) return errc::io_error;
+        return out;
+      });
 }
 
 void rocksdb_store::status(user_id requester, message_id id, completion<message_status> done) {
