@@ -18,6 +18,7 @@
 #include "report.hpp"
 #include "scenarios.hpp"
 #include "spawned_server.hpp"
+#include "wire/frame_codec.hpp"
 
 namespace {
 
@@ -180,6 +181,7 @@ parleyd_target parleyd_for(const options& o, const fs::path& data) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  parley::wire::silence_protobuf_logging();
   options o;
   try {
     o = parse(argc, argv);

@@ -8,6 +8,7 @@
 #include "common/log.hpp"
 #include "server/config.hpp"
 #include "server/server.hpp"
+#include "wire/frame_codec.hpp"
 
 namespace {
 
@@ -25,6 +26,7 @@ constexpr const char* usage =
 
 int main(int argc, char** argv) {
   using parley::server::config;
+  parley::wire::silence_protobuf_logging();
   try {
     config cfg;
     // The config file first, so that flags override it wherever they appear.

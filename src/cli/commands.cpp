@@ -20,6 +20,7 @@
 #include "cli/json.hpp"
 #include "client/client.hpp"
 #include "client/profile.hpp"
+#include "wire/frame_codec.hpp"
 #include "wire/username.hpp"
 
 namespace parley::cli {
@@ -506,6 +507,7 @@ options parse(int argc, char** argv) {
 }  // namespace
 
 int run(int argc, char** argv) {
+  wire::silence_protobuf_logging();
   try {
     options o = parse(argc, argv);
     asio::io_context io(1);

@@ -1,5 +1,7 @@
 #include "wire/frame_codec.hpp"
 
+#include <google/protobuf/stubs/logging.h>
+
 #include "wire/username.hpp"
 
 namespace parley::wire {
@@ -107,6 +109,8 @@ std::optional<protocol_error> decode_push(std::string_view bytes, Frame& out) {
   }
   return std::nullopt;
 }
+
+void silence_protobuf_logging() { google::protobuf::SetLogHandler(nullptr); }
 
 encoded_frame encode(const Frame& frame) {
   return std::make_shared<const std::string>(frame.SerializeAsString());

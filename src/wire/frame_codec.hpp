@@ -26,6 +26,11 @@ std::optional<protocol_error> decode_push(std::string_view bytes, parley::v1::Fr
 
 encoded_frame encode(const parley::v1::Frame& frame);
 
+// Stops libprotobuf from logging a line per malformed string field: a peer could otherwise
+// make a process write to stderr at the rate it sends bad frames (found by the fuzz target).
+// Decoding errors are reported as values anyway. Call once at start-up.
+void silence_protobuf_logging();
+
 parley::v1::Frame make_error(std::uint64_t request_id, parley::v1::ErrorCode code,
                              std::string message);
 

@@ -35,6 +35,14 @@ TEST(limits, bad_frames_get_typed_errors_and_others_are_served) {
   alice.api().send_raw("\xff\xff\xff\xff\x0f definitely not a frame");
   expect_error(alice, v1::ERROR_CODE_BAD_FRAME);
 
+  // A string field that is not UTF-8 does not parse as a Frame (proto3).
+  v1::Frame not_utf8;
+  not_utf8.set_request_id(99);
+  not_utf8.mutable_send_message()->set_to("bo\xff\xfe");
+  not_utf8.mutable_send_message()->set_client_msg_id("x");
+  alice.api().send_raw(not_utf8.SerializeAsString());
+  expect_error(alice, v1::ERROR_CODE_BAD_FRAME);
+
   // Payload over 64 KiB (the frame itself is under the 256 KiB frame limit).
   auto big = alice.run(alice.api().send("bob", "big", std::string(64 * 1024 + 1, 'x')));
   ASSERT_FALSE(big);
