@@ -1,7 +1,6 @@
 #include "server_process.hpp"
 
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,6 +11,8 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+
+#include "listening_process.hpp"
 
 extern char** environ;
 
@@ -56,38 +57,9 @@ void server_process::spawn() {
     argv_s.push_back(config_file_.string());
   }
   argv_s.insert(argv_s.end(), args_.begin(), args_.end());
-  std::vector<char*> argv;
-  for (auto& s : argv_s) argv.push_back(s.data());
-  argv.push_back(nullptr);
-
-  int out[2];
-  if (::pipe(out) != 0) throw std::runtime_error("pipe failed");
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
-  posix_spawn_file_actions_addclose(&actions, out[0]);
-  posix_spawn_file_actions_addclose(&actions, out[1]);
-  std::vector<char*> envp;
-  for (auto& e : env_) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  const int rc = posix_spawn(&pid_, PARLEYD_PATH, &actions, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  ::close(out[1]);
-  if (rc != 0) {
-    ::close(out[0]);
-    throw std::runtime_error("cannot start " PARLEYD_PATH);
-  }
-  // Read the first line: "parleyd listening on 127.0.0.1:PORT (data ...)".
-  std::string line;
-  char c;
-  while (::read(out[0], &c, 1) == 1 && c != '\n') line += c;
-  ::close(out[0]);
-  const auto at = line.find("listening on 127.0.0.1:");
-  if (at == std::string::npos) {
-    kill9();
-    throw std::runtime_error("parleyd did not start: '" + line + "'");
-  }
-  port_ = static_cast<unsigned short>(std::stoul(line.substr(at + 23)));
+  const auto p = test_support::spawn_listening(std::move(argv_s), env_);
+  pid_ = p.pid;
+  port_ = p.port;
 }
 
 void server_process::kill9() {
