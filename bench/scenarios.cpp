@@ -126,6 +126,18 @@ awaitable<bool> register_all(std::vector<std::unique_ptr<load_peer>>& peers, std
   co_return true;
 }
 
+// Worker `w`'s share of `total` users (every procs-th one), named prefix + global index, so
+// that any worker can address any user.
+std::vector<std::unique_ptr<load_peer>> worker_share(asio::io_context& io, std::size_t total,
+                                                     int procs, int w, const std::string& prefix) {
+  std::vector<std::unique_ptr<load_peer>> peers;
+  for (auto i = static_cast<std::size_t>(w); i < total; i += static_cast<std::size_t>(procs)) {
+    peers.push_back(std::make_unique<load_peer>(io.get_executor()));
+    peers.back()->username = prefix + std::to_string(i);
+  }
+  return peers;
+}
+
 std::string tag() {
   std::random_device rd;
   std::ostringstream s;
@@ -141,12 +153,7 @@ connect_result run_connect(const target& t, std::size_t connections, double hold
   const std::string run = tag();
   worker_pool pool(t.procs, [&](int w, worker_channel& ch) -> int {
     asio::io_context io(1);
-    std::vector<std::unique_ptr<load_peer>> peers;
-    for (std::size_t i = static_cast<std::size_t>(w); i < connections;
-         i += static_cast<std::size_t>(t.procs)) {
-      peers.push_back(std::make_unique<load_peer>(io.get_executor()));
-      peers.back()->username = "c" + run + "_" + std::to_string(i);
-    }
+    auto peers = worker_share(io, connections, t.procs, w, "c" + run + "_");
     if (!run_on(io, register_all(peers, t.url))) throw std::runtime_error("registration failed");
     ch.send("registered");
     ch.receive();  // go
@@ -261,6 +268,12 @@ awaitable<void> read_loop(load_peer& p, std::vector<step_counters>& steps,
   }
 }
 
+// One Ack frame per peer that received something since the last call.
+void flush_acks(std::vector<load_peer*>& dirty) {
+  for (auto* d : dirty) d->flush_acks();
+  dirty.clear();
+}
+
 awaitable<void> pace(std::vector<std::unique_ptr<load_peer>>& peers, std::size_t users,
                      const std::string& run, const std::vector<double>& rates, double step_seconds,
                      int procs, std::int64_t start_ns, std::vector<step_counters>& steps,
@@ -308,8 +321,7 @@ awaitable<void> pace(std::vector<std::unique_ptr<load_peer>>& peers, std::size_t
         ++p.in_flight;
         ++s.sent;
       }
-      for (auto* d : dirty) d->flush_acks();
-      dirty.clear();
+      flush_acks(dirty);
       expected = now + 1'000'000;
       tick.expires_at(from_ns(expected));
       co_await tick.async_wait(as_tuple_awaitable);
@@ -324,8 +336,7 @@ awaitable<void> pace(std::vector<std::unique_ptr<load_peer>>& peers, std::size_t
     const std::int64_t now = now_ns();
     if (now > finished + 60'000'000'000) break;
     if (now > finished + 3'000'000'000 && now > last_receive_ns + 2'000'000'000) break;
-    for (auto* d : dirty) d->flush_acks();
-    dirty.clear();
+    flush_acks(dirty);
     co_await pause(std::chrono::milliseconds(5));
   }
 }
@@ -337,12 +348,7 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
   const std::string run = tag();
   worker_pool pool(t.procs, [&](int w, worker_channel& ch) -> int {
     asio::io_context io(1);
-    std::vector<std::unique_ptr<load_peer>> peers;
-    for (std::size_t i = static_cast<std::size_t>(w); i < users;
-         i += static_cast<std::size_t>(t.procs)) {
-      peers.push_back(std::make_unique<load_peer>(io.get_executor()));
-      peers.back()->username = "u" + run + "_" + std::to_string(i);
-    }
+    auto peers = worker_share(io, users, t.procs, w, "u" + run + "_");
     const auto failed = run_on(io, set_up_all(peers, t.url, static_cast<std::size_t>(w), true, 64));
     if (failed != 0) throw std::runtime_error(std::to_string(failed) + " users failed to connect");
     ch.send("ready");
