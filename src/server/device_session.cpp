@@ -57,6 +57,13 @@ v1::Frame presence_frame(const std::string& username, const presence::state& s) 
   return f;
 }
 
+v1::Frame pong_for(std::uint64_t request_id) {
+  v1::Frame pong;
+  pong.set_request_id(request_id);
+  pong.mutable_pong();
+  return pong;
+}
+
 void log_failure(std::exception_ptr e) {
   if (!e) return;
   try {
@@ -213,13 +220,9 @@ awaitable<void> device_session::handle_frame(std::string_view bytes) {
       case frame::kAuthenticate:
         co_await on_authenticate(id, request.authenticate());
         co_return;
-      case frame::kPing: {
-        frame pong;
-        pong.set_request_id(id);
-        pong.mutable_pong();
-        send(pong);
+      case frame::kPing:
+        send(pong_for(id));
         co_return;
-      }
       default:
         reject(id, v1::ERROR_CODE_UNAUTHENTICATED, "authenticate first");
         co_return;
@@ -232,13 +235,9 @@ awaitable<void> device_session::handle_frame(std::string_view bytes) {
     case frame::kAuthenticate:
       reject(id, v1::ERROR_CODE_ALREADY_AUTHENTICATED, "this connection is authenticated");
       co_return;
-    case frame::kPing: {
-      frame pong;
-      pong.set_request_id(id);
-      pong.mutable_pong();
-      send(pong);
+    case frame::kPing:
+      send(pong_for(id));
       co_return;
-    }
     case frame::kTyping:
       on_typing(id, request.typing());
       co_return;
