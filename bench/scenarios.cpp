@@ -317,6 +317,9 @@ awaitable<void> pace(std::vector<std::unique_ptr<load_peer>>& peers, std::size_t
         m->set_to("u" + run + "_" + std::to_string(to));
         m->set_client_msg_id(std::to_string(counter));
         m->set_payload(payload);
+        // The generator measures the server, which never looks inside a payload: its bytes are a
+        // timestamp and filler, labelled as a SignalMessage as every real client payload is.
+        m->set_type(parley::v1::CIPHER_TYPE_SIGNAL_MESSAGE);
         p.send(frame);
         ++p.in_flight;
         ++s.sent;
@@ -445,6 +448,9 @@ awaitable<drain_result> drain_once(std::string url, std::size_t messages) {
       m->set_to(receiver.username);
       m->set_client_msg_id(std::to_string(sent));
       m->set_payload(payload);
+      // The generator measures the server, which never looks inside a payload: its bytes are a
+      // timestamp and filler, labelled as a SignalMessage as every real client payload is.
+      m->set_type(parley::v1::CIPHER_TYPE_SIGNAL_MESSAGE);
       sender.send(f);
     }
     auto [ec, bytes] = co_await sender.ws->read();

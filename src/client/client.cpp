@@ -172,16 +172,37 @@ awaitable<result<v1::Authenticated>> client::authenticate(std::uint64_t device_i
 }
 
 awaitable<result<v1::SendResult>> client::send(std::string to, std::string client_msg_id,
-                                               std::string payload) {
+                                               std::string payload, v1::CipherType type,
+                                               std::uint32_t recipient_registration_id) {
   v1::Frame f;
   auto* m = f.mutable_send_message();
   m->set_to(to);
   m->set_client_msg_id(client_msg_id);
   m->set_payload(payload);
+  m->set_type(type);
+  m->set_recipient_registration_id(recipient_registration_id);
   auto r = co_await request(std::move(f));
   if (!r) co_return r.error();
   if (!r->has_send_result()) co_return unexpected(*r);
   co_return r->send_result();
+}
+
+awaitable<result<v1::KeysStored>> client::upload_keys(v1::UploadKeys keys) {
+  v1::Frame f;
+  *f.mutable_upload_keys() = std::move(keys);
+  auto r = co_await request(std::move(f));
+  if (!r) co_return r.error();
+  if (!r->has_keys_stored()) co_return unexpected(*r);
+  co_return r->keys_stored();
+}
+
+awaitable<result<v1::KeyBundles>> client::fetch_keys(std::string username) {
+  v1::Frame f;
+  f.mutable_fetch_keys()->set_username(username);
+  auto r = co_await request(std::move(f));
+  if (!r) co_return r.error();
+  if (!r->has_key_bundles()) co_return unexpected(*r);
+  co_return r->key_bundles();
 }
 
 awaitable<result<void>> client::ack(std::vector<std::uint64_t> event_ids) {

@@ -1,5 +1,5 @@
 // The client SDK: one authenticated connection to parleyd and the protocol's requests as
-// coroutines. The CLI is built on it; later issues add the Signal protocol on top.
+// coroutines. The CLI is built on client/messenger, which adds the Signal protocol on top.
 //
 // Single-threaded: use one client from one executor. Every request has a deadline; failures
 // are values (client_error), never exceptions. Coroutine parameters are taken by value, so an
@@ -59,9 +59,14 @@ class client {
   boost::asio::awaitable<result<parley::v1::Registered>> register_account(std::string username);
   boost::asio::awaitable<result<parley::v1::Authenticated>> authenticate(std::uint64_t device_id,
                                                                          std::string token);
-  boost::asio::awaitable<result<parley::v1::SendResult>> send(std::string to,
-                                                              std::string client_msg_id,
-                                                              std::string payload);
+  // `payload` is a serialized Signal-protocol message of `type` (the messenger makes them);
+  // tests and the load generator send opaque bytes, which the server cannot tell apart.
+  boost::asio::awaitable<result<parley::v1::SendResult>> send(
+      std::string to, std::string client_msg_id, std::string payload,
+      parley::v1::CipherType type = parley::v1::CIPHER_TYPE_SIGNAL_MESSAGE,
+      std::uint32_t recipient_registration_id = 0);
+  boost::asio::awaitable<result<parley::v1::KeysStored>> upload_keys(parley::v1::UploadKeys keys);
+  boost::asio::awaitable<result<parley::v1::KeyBundles>> fetch_keys(std::string username);
   // Acks with a response (waits for the server to have removed the events).
   boost::asio::awaitable<result<void>> ack(std::vector<std::uint64_t> event_ids);
   // Acks without waiting (request_id 0: the server sends no response).

@@ -12,6 +12,7 @@
 
 #include "common/clock.hpp"
 #include "common/log.hpp"
+#include "e2ee/key_check.hpp"
 #include "server/event_frames.hpp"
 #include "server/store_call.hpp"
 
@@ -40,6 +41,14 @@ v1::ErrorCode to_protocol(const boost::system::error_code& ec) {
         return v1::ERROR_CODE_NOT_FOUND;
       case store::errc::shutting_down:
         return v1::ERROR_CODE_SHUTTING_DOWN;
+      case store::errc::stale_keys:
+        return v1::ERROR_CODE_STALE_KEYS;
+      case store::errc::no_keys:
+        return v1::ERROR_CODE_NO_KEYS;
+      case store::errc::missing_signed_prekey:
+        return v1::ERROR_CODE_BAD_KEY;
+      case store::errc::too_many_prekeys:
+        return v1::ERROR_CODE_TOO_MANY_PREKEYS;
       case store::errc::io_error:
       case store::errc::corrupt:
         return v1::ERROR_CODE_INTERNAL;
@@ -316,8 +325,12 @@ awaitable<void> device_session::on_authenticate(std::uint64_t request_id,
 
   frame reply;
   reply.set_request_id(request_id);
-  reply.mutable_authenticated()->set_user_id(user_);
-  reply.mutable_authenticated()->set_username(username_);
+  auto* out = reply.mutable_authenticated();
+  out->set_user_id(user_);
+  out->set_username(username_);
+  out->set_has_keys(found->keys.has_keys);
+  out->set_one_time_prekeys(found->keys.one_time_prekeys);
+  out->set_registration_id(found->keys.registration_id);
   send(reply);
   asio::co_spawn(executor_, drain(), log_failure);
 }
@@ -368,7 +381,9 @@ awaitable<void> device_session::run_request(frame request) {
                               username_,
                               std::move(*m.mutable_to()),
                               std::move(*m.mutable_client_msg_id()),
-                              std::move(*m.mutable_payload())};
+                              std::move(*m.mutable_payload()),
+                              static_cast<std::uint32_t>(m.type()),
+                              m.recipient_registration_id()};
       auto r = co_await store_call<store::send_outcome>(
           [&](store::completion<store::send_outcome> done) {
             state_.store.send(std::move(req),
@@ -464,8 +479,81 @@ awaitable<void> device_session::run_request(frame request) {
         m->set_from(std::move(e.from));
         m->set_sent_at_ms(e.sent_at_ms);
         m->set_payload(std::move(e.payload));
+        m->set_type(static_cast<v1::CipherType>(e.cipher_type));
+        m->set_from_device(e.from_device);
       }
       send(reply);
+      break;
+    }
+    case frame::kUploadKeys: {
+      auto& u = *request.mutable_upload_keys();
+      if (u.has_signed_prekey() &&
+          !e2ee::verify_signed_prekey(u.identity_key(), u.signed_prekey().public_key(),
+                                      u.signed_prekey().signature())) {
+        reject(id, v1::ERROR_CODE_BAD_SIGNATURE,
+               "signed_prekey.signature is not the identity key's signature of its public key");
+        break;
+      }
+      store::key_upload upload{device_, std::move(*u.mutable_identity_key()),
+                               u.registration_id(), std::nullopt, {}};
+      if (u.has_signed_prekey()) {
+        auto& spk = *u.mutable_signed_prekey();
+        upload.signed_prekey = store::prekey{spk.id(), std::move(*spk.mutable_public_key()),
+                                             std::move(*spk.mutable_signature())};
+      }
+      for (auto& k : *u.mutable_one_time_prekeys()) {
+        upload.one_time_prekeys.push_back({k.id(), std::move(*k.mutable_public_key()), {}});
+      }
+      const std::size_t max_held = state_.cfg.limits.max_prekeys_held;
+      auto r = co_await store_call<store::key_stock>([&](store::completion<store::key_stock> done) {
+        state_.store.upload_keys(std::move(upload), max_held, std::move(done));
+      });
+      if (!r) {
+        fail(r.error());
+        break;
+      }
+      reply.mutable_keys_stored()->set_one_time_prekeys(r->one_time_prekeys);
+      reply.mutable_keys_stored()->set_identity_replaced(r->identity_replaced);
+      send(reply);
+      break;
+    }
+    case frame::kFetchKeys: {
+      const std::string& owner = request.fetch_keys().username();
+      auto r = co_await store_call<std::vector<store::key_bundle>>(
+          [&](store::completion<std::vector<store::key_bundle>> done) {
+            state_.store.take_key_bundles(owner, std::move(done));
+          });
+      if (!r) {
+        fail(r.error());
+        break;
+      }
+      auto* out = reply.mutable_key_bundles();
+      std::optional<std::uint32_t> low;
+      for (auto& b : *r) {
+        auto* bundle = out->add_bundles();
+        bundle->set_username(owner);
+        bundle->set_device_id(b.device);
+        bundle->set_registration_id(b.registration_id);
+        bundle->set_identity_key(std::move(b.identity_key));
+        auto* spk = bundle->mutable_signed_prekey();
+        spk->set_id(b.signed_prekey.id);
+        spk->set_public_key(std::move(b.signed_prekey.public_key));
+        spk->set_signature(std::move(b.signed_prekey.signature));
+        if (b.one_time_prekey) {
+          bundle->mutable_one_time_prekey()->set_id(b.one_time_prekey->id);
+          bundle->mutable_one_time_prekey()->set_public_key(
+              std::move(b.one_time_prekey->public_key));
+        }
+        if (b.remaining < state_.cfg.limits.prekeys_low_watermark) low = b.remaining;
+      }
+      send(reply);
+      if (low) {
+        // The owner's online devices top up now; an offline one sees its stock when it
+        // authenticates.
+        frame notice;
+        notice.mutable_prekeys_low()->set_remaining(*low);
+        state_.bus.deliver_ephemeral(owner, wire::encode(notice));
+      }
       break;
     }
     default:

@@ -13,6 +13,7 @@ wire::encoded_frame encode_event(const store::device_event& event) {
     e->set_from_device(m->from_device);
     e->set_sent_at_ms(m->sent_at_ms);
     e->set_payload(m->payload);
+    e->set_type(static_cast<parley::v1::CipherType>(m->cipher_type));
   } else {
     const auto& r = std::get<store::receipt_event>(event);
     auto* e = f.mutable_receipt();

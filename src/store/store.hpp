@@ -7,7 +7,7 @@
 //  - Methods never block the caller: each queues its work and returns.
 //  - The completion runs exactly once, on a thread of the store's own (never the caller's), and
 //    must not block: post anything heavy to another executor.
-//  - Writes (register_account, send, ack, mark_read) are durable (fsync'd) before their
+//  - Writes (register_account, send, ack, mark_read, upload_keys, take_key_bundles) are durable (fsync'd) before their
 //    completion runs, and their completions run in commit order. Effects of one write are
 //    visible to every read issued after its completion ran.
 //  - Expected failures (unknown user, duplicate username, ...) are values of store::errc.
@@ -16,6 +16,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
@@ -41,11 +42,18 @@ struct account {
   std::vector<device_id> devices;
 };
 
+struct device_key_state {
+  bool has_keys = false;
+  std::uint32_t one_time_prekeys = 0;
+  std::uint32_t registration_id = 0;
+};
+
 struct device {
   device_id id = 0;
   user_id user = 0;
   std::string username;
   sha256_digest token_hash{};
+  device_key_state keys;
 };
 
 struct registration_request {
@@ -65,6 +73,10 @@ struct send_request {
   std::string recipient_name;
   std::string client_msg_id;
   std::string payload;
+  std::uint32_t cipher_type = 0;  // parley.v1.CipherType, stored and passed on as is
+  // Must equal the registration id of every recipient device that has keys (else
+  // errc::stale_keys); devices without keys accept anything.
+  std::uint32_t recipient_registration_id = 0;
 };
 
 struct message_event {
@@ -75,6 +87,7 @@ struct message_event {
   device_id from_device = 0;
   std::uint64_t sent_at_ms = 0;
   std::string payload;
+  std::uint32_t cipher_type = 0;
 };
 
 struct receipt_event {
@@ -107,7 +120,40 @@ struct history_entry {
   std::string from;
   std::uint64_t sent_at_ms = 0;
   std::string payload;
+  std::uint32_t cipher_type = 0;
+  device_id from_device = 0;
 };
+
+// The prekey service. Keys arrive already checked by the caller (lengths, types, the signed
+// prekey's signature); the store enforces what needs the stored state.
+struct prekey {
+  std::uint32_t id = 0;
+  std::string public_key;
+  std::string signature;  // signed prekeys only
+};
+
+struct key_upload {
+  device_id device = 0;
+  std::string identity_key;
+  std::uint32_t registration_id = 0;
+  std::optional<prekey> signed_prekey;
+  std::vector<prekey> one_time_prekeys;
+};
+
+struct key_stock {
+  std::uint32_t one_time_prekeys = 0;
+  bool identity_replaced = false;
+};
+
+struct key_bundle {
+  device_id device = 0;
+  std::uint32_t registration_id = 0;
+  std::string identity_key;
+  prekey signed_prekey;
+  std::optional<prekey> one_time_prekey;  // nullopt when the device had none left
+  std::uint32_t remaining = 0;            // one-time prekeys the device has left after this
+};
+
 
 template <class T>
 using completion = std::function<void(result<T>)>;
@@ -152,6 +198,18 @@ class store {
   // newest first.
   virtual void history(user_id requester, std::string peer, message_id before, std::size_t limit,
                        completion<std::vector<history_entry>> done) = 0;
+
+  // Stores a device's public keys (see parley.v1.UploadKeys for the rules). Fails with
+  // errc::missing_signed_prekey if the first upload or a new identity comes without a signed
+  // prekey, errc::too_many_prekeys if the device would hold more than `max_held` one-time
+  // prekeys; nothing is stored then. One-time prekeys with an id already held replace it.
+  virtual void upload_keys(key_upload upload, std::size_t max_held,
+                           completion<key_stock> done) = 0;
+
+  // One bundle per device of the user that has keys, each taking (removing) the device's
+  // oldest one-time prekey. errc::unknown_user, or errc::no_keys if no device has keys.
+  virtual void take_key_bundles(std::string username,
+                                completion<std::vector<key_bundle>> done) = 0;
 
   // An estimate of the events waiting in all device queues (for metrics).
   virtual std::uint64_t queued_events_estimate() = 0;

@@ -89,9 +89,171 @@ class store_contract : public ::testing::TestWithParam<backend> {
     return wait_for<message_status>([&](auto done) { db_->status(u, m, done); });
   }
 
+  // Public keys need no meaning here: the store keeps bytes; the server checks shapes and
+  // signatures before it calls the store.
+  static key_upload keys_for(const registration& r, const std::string& identity,
+                             std::uint32_t registration_id, bool with_signed_prekey,
+                             std::uint32_t first_id, std::uint32_t count) {
+    key_upload u{r.device, identity, registration_id, std::nullopt, {}};
+    if (with_signed_prekey) u.signed_prekey = prekey{1, "spk-" + identity, "sig-" + identity};
+    for (std::uint32_t i = 0; i < count; ++i)
+      u.one_time_prekeys.push_back({first_id + i, "otk-" + std::to_string(first_id + i), {}});
+    return u;
+  }
+
+  result<key_stock> upload(key_upload u, std::size_t max_held = 500) {
+    return wait_for<key_stock>([&](auto done) { db_->upload_keys(u, max_held, done); });
+  }
+
+  result<std::vector<key_bundle>> take(const std::string& name) {
+    return wait_for<std::vector<key_bundle>>(
+        [&](auto done) { db_->take_key_bundles(name, done); });
+  }
+
   fs::path dir_;
   std::unique_ptr<store> db_;
 };
+
+TEST_P(store_contract, keys_are_uploaded_then_taken_one_prekey_per_fetch) {
+  auto bob = register_user("bob");
+  auto first = upload(keys_for(bob, "id-1", 7, false, 1, 3));
+  ASSERT_FALSE(first);
+  EXPECT_EQ(first.error(), errc::missing_signed_prekey);
+
+  auto stock = upload(keys_for(bob, "id-1", 7, true, 1, 3));
+  ASSERT_TRUE(stock);
+  EXPECT_EQ(stock->one_time_prekeys, 3u);
+  EXPECT_FALSE(stock->identity_replaced);
+  auto dev = wait_for<device>([&](auto done) { db_->find_device(bob.device, done); });
+  ASSERT_TRUE(dev);
+  EXPECT_TRUE(dev->keys.has_keys);
+  EXPECT_EQ(dev->keys.one_time_prekeys, 3u);
+  EXPECT_EQ(dev->keys.registration_id, 7u);
+
+  for (std::uint32_t i = 1; i <= 3; ++i) {
+    auto b = take("bob");
+    ASSERT_TRUE(b);
+    ASSERT_EQ(b->size(), 1u);
+    EXPECT_EQ((*b)[0].identity_key, "id-1");
+    EXPECT_EQ((*b)[0].registration_id, 7u);
+    EXPECT_EQ((*b)[0].signed_prekey.signature, "sig-id-1");
+    ASSERT_TRUE((*b)[0].one_time_prekey);
+    EXPECT_EQ((*b)[0].one_time_prekey->id, i);  // oldest first
+    EXPECT_EQ((*b)[0].remaining, 3 - i);
+  }
+  // Exhausted: the bundle is still served, without a one-time prekey (as Signal does).
+  auto empty = take("bob");
+  ASSERT_TRUE(empty);
+  EXPECT_FALSE((*empty)[0].one_time_prekey);
+  EXPECT_EQ((*empty)[0].remaining, 0u);
+
+  // A top-up (no signed prekey needed for the same identity) survives a reopen.
+  ASSERT_TRUE(upload(keys_for(bob, "id-1", 7, false, 4, 2)));
+  reopen();
+  auto after = take("bob");
+  ASSERT_TRUE(after);
+  ASSERT_TRUE((*after)[0].one_time_prekey);
+  EXPECT_EQ((*after)[0].one_time_prekey->id, 4u);
+  EXPECT_EQ((*after)[0].remaining, 1u);
+}
+
+TEST_P(store_contract, bundles_of_a_user_without_keys_or_of_nobody_are_refused) {
+  register_user("bob");
+  auto none = take("bob");
+  ASSERT_FALSE(none);
+  EXPECT_EQ(none.error(), errc::no_keys);
+  auto nobody = take("nobody");
+  ASSERT_FALSE(nobody);
+  EXPECT_EQ(nobody.error(), errc::unknown_user);
+}
+
+TEST_P(store_contract, concurrent_fetches_never_share_a_one_time_prekey) {
+  auto bob = register_user("bob");
+  ASSERT_TRUE(upload(keys_for(bob, "id-1", 7, true, 1, 100)));
+  std::vector<std::thread> threads;
+  std::mutex m;
+  std::multiset<std::uint32_t> taken;
+  int without = 0;
+  for (int t = 0; t < 16; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 8; ++i) {
+        auto b = take("bob");
+        ASSERT_TRUE(b);
+        std::lock_guard lock(m);
+        if ((*b)[0].one_time_prekey) {
+          taken.insert((*b)[0].one_time_prekey->id);
+        } else {
+          ++without;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(taken.size(), 100u);
+  EXPECT_EQ(std::set<std::uint32_t>(taken.begin(), taken.end()).size(), 100u);  // no repeats
+  EXPECT_EQ(without, 16 * 8 - 100);
+}
+
+TEST_P(store_contract, uploads_beyond_the_held_limit_are_refused_whole) {
+  auto bob = register_user("bob");
+  ASSERT_TRUE(upload(keys_for(bob, "id-1", 7, true, 1, 4), 5));
+  auto over = upload(keys_for(bob, "id-1", 7, false, 10, 2), 5);
+  ASSERT_FALSE(over);
+  EXPECT_EQ(over.error(), errc::too_many_prekeys);
+  // Re-sending held ids replaces them instead of adding.
+  auto same = upload(keys_for(bob, "id-1", 7, false, 3, 2), 5);
+  ASSERT_TRUE(same);
+  EXPECT_EQ(same->one_time_prekeys, 4u);
+  auto full = upload(keys_for(bob, "id-1", 7, false, 5, 1), 5);  // exactly at the limit
+  ASSERT_TRUE(full);
+  EXPECT_EQ(full->one_time_prekeys, 5u);
+}
+
+TEST_P(store_contract, a_new_identity_replaces_every_key_of_the_device) {
+  auto bob = register_user("bob");
+  ASSERT_TRUE(upload(keys_for(bob, "id-1", 7, true, 1, 3)));
+  auto bare = upload(keys_for(bob, "id-2", 9, false, 1, 1));
+  ASSERT_FALSE(bare);
+  EXPECT_EQ(bare.error(), errc::missing_signed_prekey);
+  auto replaced = upload(keys_for(bob, "id-2", 9, true, 50, 1));
+  ASSERT_TRUE(replaced);
+  EXPECT_TRUE(replaced->identity_replaced);
+  EXPECT_EQ(replaced->one_time_prekeys, 1u);  // the old install's prekeys are gone
+  auto b = take("bob");
+  ASSERT_TRUE(b);
+  EXPECT_EQ((*b)[0].identity_key, "id-2");
+  EXPECT_EQ((*b)[0].one_time_prekey->id, 50u);
+}
+
+TEST_P(store_contract, sends_must_name_the_recipients_current_registration_id) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto plain = [&](std::uint32_t registration_id, const std::string& client_id) {
+    return wait_for<send_outcome>([&](auto done) {
+      db_->send({alice.user, alice.device, "alice", "bob", client_id, "ct", 2, registration_id},
+                done);
+    });
+  };
+  EXPECT_TRUE(plain(0, "before-keys"));  // no keys yet: nothing to be stale against
+  ASSERT_TRUE(upload(keys_for(bob, "id-1", 7, true, 1, 1)));
+  auto stale = plain(0, "c1");
+  ASSERT_FALSE(stale);
+  EXPECT_EQ(stale.error(), errc::stale_keys);
+  auto ok = plain(7, "c1");  // nothing was recorded for c1 by the refusal
+  ASSERT_TRUE(ok);
+  EXPECT_FALSE(ok->duplicate);
+  ASSERT_TRUE(upload(keys_for(bob, "id-2", 9, true, 1, 1)));  // a reinstall
+  auto old = plain(7, "c2");
+  ASSERT_FALSE(old);
+  EXPECT_EQ(old.error(), errc::stale_keys);
+  reopen();  // the check does not depend on the writer's cache
+  EXPECT_EQ(plain(7, "c3").error(), errc::stale_keys);
+  EXPECT_TRUE(plain(9, "c3"));
+  // The cipher type is kept with the message.
+  auto q = queue_of(bob.device);
+  ASSERT_FALSE(q.empty());
+  EXPECT_EQ(std::get<message_event>(q.back()).cipher_type, 2u);
+}
 
 TEST_P(store_contract, register_then_find) {
   auto alice = register_user("alice");

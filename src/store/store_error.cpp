@@ -22,6 +22,14 @@ class category_impl final : public boost::system::error_category {
         return "stored value corrupt";
       case errc::shutting_down:
         return "store shutting down";
+      case errc::stale_keys:
+        return "the recipient's keys have changed: fetch them again";
+      case errc::no_keys:
+        return "the user has not uploaded keys";
+      case errc::missing_signed_prekey:
+        return "a first upload or a new identity key needs a signed prekey";
+      case errc::too_many_prekeys:
+        return "too many one-time prekeys held";
     }
     return "unknown store error";
   }

@@ -13,6 +13,10 @@ enum class errc {
   io_error,       // the backend failed to read or write; nothing of the request was applied
   corrupt,        // a stored value could not be decoded
   shutting_down,  // the store was stopped
+  stale_keys,     // send: the recipient's registration id is not the one given
+  no_keys,        // the user has never uploaded keys
+  missing_signed_prekey,
+  too_many_prekeys,
 };
 
 const boost::system::error_category& store_category() noexcept;

@@ -20,6 +20,47 @@ std::optional<protocol_error> check_username(const std::string& name, const char
   return std::nullopt;
 }
 
+// A serialized Curve25519 public key as libsignal writes it: the type byte 0x05 and 32 bytes.
+bool is_public_key(const std::string& key) { return key.size() == 33 && key[0] == '\x05'; }
+
+protocol_error bad_key(std::string message) {
+  return {parley::v1::ERROR_CODE_BAD_KEY, std::move(message)};
+}
+
+std::optional<protocol_error> check_upload(const parley::v1::UploadKeys& u, const limits& l) {
+  if (!is_public_key(u.identity_key())) {
+    return bad_key("identity_key must be 33 bytes: 0x05 and a Curve25519 key");
+  }
+  if (u.registration_id() == 0) return invalid("registration_id is required");
+  if (u.has_signed_prekey()) {
+    if (!is_public_key(u.signed_prekey().public_key())) {
+      return bad_key("signed_prekey.public_key must be 33 bytes: 0x05 and a Curve25519 key");
+    }
+    if (u.signed_prekey().signature().size() != 64) {
+      return protocol_error{parley::v1::ERROR_CODE_BAD_SIGNATURE,
+                            "signed_prekey.signature must be 64 bytes"};
+    }
+  }
+  if (static_cast<std::size_t>(u.one_time_prekeys_size()) > l.max_prekeys_per_upload) {
+    return protocol_error{parley::v1::ERROR_CODE_TOO_MANY_PREKEYS,
+                          "at most " + std::to_string(l.max_prekeys_per_upload) +
+                              " one-time prekeys per upload"};
+  }
+  for (int i = 0; i < u.one_time_prekeys_size(); ++i) {
+    if (!is_public_key(u.one_time_prekeys(i).public_key())) {
+      return bad_key("one_time_prekeys[" + std::to_string(i) +
+                     "].public_key must be 33 bytes: 0x05 and a Curve25519 key");
+    }
+    for (int j = 0; j < i; ++j) {
+      if (u.one_time_prekeys(j).id() == u.one_time_prekeys(i).id()) {
+        return invalid("one-time prekey id " + std::to_string(u.one_time_prekeys(i).id()) +
+                       " appears twice");
+      }
+    }
+  }
+  return std::nullopt;
+}
+
 std::optional<protocol_error> validate(const Frame& f, const limits& l) {
   switch (f.body_case()) {
     case Frame::kRegister:
@@ -42,8 +83,16 @@ std::optional<protocol_error> validate(const Frame& f, const limits& l) {
                               "payload is " + std::to_string(m.payload().size()) +
                                   " bytes; the limit is " + std::to_string(l.max_payload_bytes)};
       }
+      if (m.type() != parley::v1::CIPHER_TYPE_SIGNAL_MESSAGE &&
+          m.type() != parley::v1::CIPHER_TYPE_PREKEY_MESSAGE) {
+        return invalid("type must be CIPHER_TYPE_SIGNAL_MESSAGE or CIPHER_TYPE_PREKEY_MESSAGE");
+      }
       return std::nullopt;
     }
+    case Frame::kUploadKeys:
+      return check_upload(f.upload_keys(), l);
+    case Frame::kFetchKeys:
+      return check_username(f.fetch_keys().username(), "username");
     case Frame::kAck:
       if (f.ack().event_ids_size() == 0 ||
           static_cast<std::size_t>(f.ack().event_ids_size()) > l.max_ack_ids) {

@@ -21,7 +21,75 @@ Frame valid_send() {
   m->set_to("bob");
   m->set_client_msg_id("c1");
   m->set_payload("hello");
+  m->set_type(parley::v1::CIPHER_TYPE_SIGNAL_MESSAGE);
   return f;
+}
+
+std::string public_key(char fill) {
+  std::string k(33, fill);
+  k[0] = '\x05';
+  return k;
+}
+
+Frame valid_upload(int one_time = 3) {
+  Frame f;
+  f.set_request_id(2);
+  auto* u = f.mutable_upload_keys();
+  u->set_identity_key(public_key('i'));
+  u->set_registration_id(77);
+  u->mutable_signed_prekey()->set_id(1);
+  u->mutable_signed_prekey()->set_public_key(public_key('s'));
+  u->mutable_signed_prekey()->set_signature(std::string(64, 'g'));
+  for (int i = 0; i < one_time; ++i) {
+    auto* k = u->add_one_time_prekeys();
+    k->set_id(static_cast<std::uint32_t>(i + 1));
+    k->set_public_key(public_key('o'));
+  }
+  return f;
+}
+
+TEST(frame_codec, a_send_must_say_which_signal_message_it_carries) {
+  Frame f = valid_send();
+  f.mutable_send_message()->set_type(parley::v1::CIPHER_TYPE_UNSPECIFIED);
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
+  f.mutable_send_message()->set_type(static_cast<parley::v1::CipherType>(7));
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
+  f.mutable_send_message()->set_type(parley::v1::CIPHER_TYPE_PREKEY_MESSAGE);
+  EXPECT_FALSE(decode(f));
+}
+
+TEST(frame_codec, key_uploads_are_checked_for_shape) {
+  EXPECT_FALSE(decode(valid_upload()));
+
+  Frame f = valid_upload();
+  f.mutable_upload_keys()->set_identity_key(std::string(32, 'x'));  // no type byte
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_BAD_KEY);
+  f = valid_upload();
+  f.mutable_upload_keys()->set_identity_key("\x06" + std::string(32, 'x'));  // wrong type
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_BAD_KEY);
+  f = valid_upload();
+  f.mutable_upload_keys()->mutable_signed_prekey()->set_public_key(public_key('s') + "x");
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_BAD_KEY);
+  f = valid_upload();
+  f.mutable_upload_keys()->mutable_signed_prekey()->set_signature(std::string(63, 'g'));
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_BAD_SIGNATURE);
+  f = valid_upload();
+  f.mutable_upload_keys()->mutable_one_time_prekeys(1)->set_public_key("short");
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_BAD_KEY);
+  f = valid_upload();
+  f.mutable_upload_keys()->mutable_one_time_prekeys(2)->set_id(1);  // twice
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
+  f = valid_upload();
+  f.mutable_upload_keys()->set_registration_id(0);
+  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
+}
+
+TEST(frame_codec, one_upload_holds_at_most_100_one_time_prekeys) {
+  limits l;
+  EXPECT_FALSE(decode(valid_upload(static_cast<int>(l.max_prekeys_per_upload)), l));
+  auto e = decode(valid_upload(static_cast<int>(l.max_prekeys_per_upload) + 1), l);
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->code, parley::v1::ERROR_CODE_TOO_MANY_PREKEYS);
 }
 
 TEST(frame_codec, accepts_a_valid_send) {

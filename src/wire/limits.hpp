@@ -14,6 +14,9 @@ struct limits {
   std::size_t max_history_limit = 100;
   std::size_t default_history_limit = 50;
   std::size_t max_username_bytes = 32;
+  std::size_t max_prekeys_per_upload = 100;
+  std::size_t max_prekeys_held = 500;
+  std::size_t prekeys_low_watermark = 20;  // below this after a fetch: PreKeysLow
 };
 
 }  // namespace parley::wire

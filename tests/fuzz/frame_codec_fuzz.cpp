@@ -44,6 +44,24 @@ std::vector<std::string> seeds() {
   m->set_to("bob");
   m->set_client_msg_id("c1");
   m->set_payload("hello \xc3\xa9 \xff");
+  m->set_type(parley::v1::CIPHER_TYPE_PREKEY_MESSAGE);
+  m->set_recipient_registration_id(1234);
+  out.push_back(f.SerializeAsString());
+  f.Clear();
+  auto* u = f.mutable_upload_keys();
+  u->set_identity_key("\x05" + std::string(32, 'i'));
+  u->set_registration_id(99);
+  u->mutable_signed_prekey()->set_id(3);
+  u->mutable_signed_prekey()->set_public_key("\x05" + std::string(32, 's'));
+  u->mutable_signed_prekey()->set_signature(std::string(64, 'g'));
+  for (std::uint32_t i = 1; i <= 3; ++i) {
+    auto* k = u->add_one_time_prekeys();
+    k->set_id(i);
+    k->set_public_key("\x05" + std::string(32, static_cast<char>('a' + i)));
+  }
+  out.push_back(f.SerializeAsString());
+  f.Clear();
+  f.mutable_fetch_keys()->set_username("bob");
   out.push_back(f.SerializeAsString());
   f.Clear();
   for (int i = 0; i < 5; ++i) f.mutable_ack()->add_event_ids(1000 + i);

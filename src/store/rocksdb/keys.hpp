@@ -13,6 +13,7 @@
 //   dedupe          be64 device_id | client_msg_id       DedupeRecord
 //   delivered       be64 message_id                      empty
 //   read_marks      chat | be64 reader user_id           be64 up_to message_id
+//   device_keys     be64 device_id                       DeviceKeys (public keys, prekeys)
 //
 // A 1:1 chat is 0x01 | be64 smaller user_id | be64 larger user_id (17 bytes); groups will use
 // another first byte.

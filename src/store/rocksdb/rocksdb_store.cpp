@@ -38,12 +38,13 @@ enum cf : std::size_t {
   cf_dedupe,
   cf_delivered,
   cf_read_marks,
+  cf_device_keys,
   cf_count
 };
 
 constexpr const char* cf_names[cf_count] = {
     "default",       "accounts", "users",  "devices",   "chats",      "messages",
-    "message_index", "queue",    "dedupe", "delivered", "read_marks",
+    "message_index", "queue",    "dedupe", "delivered", "read_marks", "device_keys",
 };
 
 rocksdb::Slice slice(std::string_view s) { return {s.data(), s.size()}; }
@@ -98,6 +99,7 @@ struct rocksdb_store::impl {
   std::unordered_map<std::string, std::uint64_t> user_ids;   // username -> user id
   std::unordered_map<std::uint64_t, cached_user> users;      // user id -> user
   std::unordered_map<std::string, std::uint64_t> chat_seqs;  // chat -> last seq
+  std::unordered_map<std::uint64_t, std::uint32_t> registration_ids;  // device -> 0 if no keys
   snowflake ids{0};
   std::uint64_t last_id = 0;
   std::uint64_t next_user = 1;
@@ -217,6 +219,28 @@ struct rocksdb_store::impl {
     user_ids.clear();
     users.clear();
     chat_seqs.clear();
+    registration_ids.clear();
+  }
+
+  // A device's keys record through the group's overlay; nullopt if it has none.
+  result<std::optional<pb::DeviceKeys>> device_keys(group& g, std::uint64_t device) {
+    std::string v;
+    auto s = get(g, cf_device_keys, keys::be64(device), &v);
+    if (s.IsNotFound()) return std::optional<pb::DeviceKeys>();
+    if (!s.ok()) return errc::io_error;
+    pb::DeviceKeys record;
+    if (!parse(record, v)) return errc::corrupt;
+    return std::optional<pb::DeviceKeys>(std::move(record));
+  }
+
+  // The registration id of a device's keys, 0 if it has none (writer thread, cached).
+  result<std::uint32_t> registration_of(group& g, std::uint64_t device) {
+    if (auto it = registration_ids.find(device); it != registration_ids.end()) return it->second;
+    auto record = device_keys(g, device);
+    if (!record) return record.error();
+    const std::uint32_t id = *record ? (*record)->registration_id() : 0;
+    registration_ids.emplace(device, id);
+    return id;
   }
 
   result<std::uint64_t> user_of(const std::string& username) {
@@ -404,8 +428,16 @@ void rocksdb_store::find_device(device_id id, completion<device> done) {
     if (!s.ok()) return s.IsNotFound() ? errc::corrupt : errc::io_error;
     pb::UserRecord user;
     if (!parse(user, v)) return errc::corrupt;
-    device d{record.device_id(), record.user_id(), user.username(), {}};
+    device d{record.device_id(), record.user_id(), user.username(), {}, {}};
     std::copy(record.token_sha256().begin(), record.token_sha256().end(), d.token_hash.begin());
+    s = impl_->get(cf_device_keys, keys::be64(id), &v);
+    if (s.ok()) {
+      pb::DeviceKeys k;
+      if (!parse(k, v)) return errc::corrupt;
+      d.keys = {true, static_cast<std::uint32_t>(k.one_time_prekeys_size()), k.registration_id()};
+    } else if (!s.IsNotFound()) {
+      return errc::io_error;
+    }
     return d;
   });
 }
@@ -444,6 +476,13 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
         if (!recipient_id) return recipient_id.error();
         auto recipient = d.user_record(*recipient_id);
         if (!recipient) return recipient.error();
+        for (std::uint64_t device : (*recipient)->devices) {
+          auto registration = d.registration_of(g, device);
+          if (!registration) return registration.error();
+          if (*registration != 0 && *registration != request.recipient_registration_id) {
+            return errc::stale_keys;
+          }
+        }
 
         const std::string chat = keys::direct_chat(request.sender, *recipient_id);
         auto seq = d.chat_seq(chat);
@@ -466,6 +505,7 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
         message.set_recipient_user(*recipient_id);
         message.set_sent_at_ms(now);
         message.set_payload(request.payload);
+        message.set_cipher_type(request.cipher_type);
         pb::DedupeRecord dedupe;
         dedupe.set_message_id(out.id);
         dedupe.set_seq(out.seq);
@@ -486,7 +526,8 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
           d.put(g, cf_queue, keys::queue(device, out.id), queued);
           out.deliveries.push_back(
               {device, message_event{out.id, out.id, out.seq, request.sender_name,
-                                     request.sender_device, now, request.payload}});
+                                     request.sender_device, now, request.payload,
+                                     request.cipher_type}});
         }
         return out;
       });
@@ -554,6 +595,87 @@ void rocksdb_store::mark_read(user_id reader, std::string reader_name, std::stri
       });
 }
 
+void rocksdb_store::upload_keys(key_upload upload, std::size_t max_held,
+                                completion<key_stock> done) {
+  impl_->write<key_stock>(
+      std::move(done),
+      [this, upload = std::move(upload), max_held](group& g) -> result<key_stock> {
+        auto& d = *impl_;
+        auto existing = d.device_keys(g, upload.device);
+        if (!existing) return existing.error();
+        const bool replaced = *existing && (*existing)->identity_key() != upload.identity_key;
+        if ((!*existing || replaced) && !upload.signed_prekey) return errc::missing_signed_prekey;
+
+        const std::uint64_t now = now_ms();
+        pb::DeviceKeys record;
+        if (*existing && !replaced) {
+          record = std::move(**existing);
+        } else {
+          record.set_identity_key(upload.identity_key);  // a new identity drops every old key
+          record.set_identity_since_ms(now);
+        }
+        record.set_registration_id(upload.registration_id);
+        record.set_updated_ms(now);
+        if (upload.signed_prekey) {
+          auto* spk = record.mutable_signed_prekey();
+          spk->set_id(upload.signed_prekey->id);
+          spk->set_public_key(upload.signed_prekey->public_key);
+          spk->set_signature(upload.signed_prekey->signature);
+        }
+        for (const auto& k : upload.one_time_prekeys) {
+          pb::DeviceKeys::PreKey* slot = nullptr;
+          for (auto& held : *record.mutable_one_time_prekeys()) {
+            if (held.id() == k.id) slot = &held;
+          }
+          if (slot == nullptr) slot = record.add_one_time_prekeys();
+          slot->set_id(k.id);
+          slot->set_public_key(k.public_key);
+        }
+        if (static_cast<std::size_t>(record.one_time_prekeys_size()) > max_held) {
+          return errc::too_many_prekeys;
+        }
+        d.put(g, cf_device_keys, keys::be64(upload.device), record.SerializeAsString());
+        d.registration_ids[upload.device] = upload.registration_id;
+        return key_stock{static_cast<std::uint32_t>(record.one_time_prekeys_size()), replaced};
+      });
+}
+
+void rocksdb_store::take_key_bundles(std::string username,
+                                     completion<std::vector<key_bundle>> done) {
+  impl_->write<std::vector<key_bundle>>(
+      std::move(done),
+      [this, username = std::move(username)](group& g) -> result<std::vector<key_bundle>> {
+        auto& d = *impl_;
+        auto user = d.user_of(g, username);
+        if (!user) return user.error();
+        auto owner = d.user_record(*user);
+        if (!owner) return owner.error();
+        std::vector<key_bundle> out;
+        for (std::uint64_t device : (*owner)->devices) {
+          auto record = d.device_keys(g, device);
+          if (!record) return record.error();
+          if (!*record) continue;
+          auto& k = **record;
+          key_bundle b;
+          b.device = device;
+          b.registration_id = k.registration_id();
+          b.identity_key = k.identity_key();
+          b.signed_prekey = {k.signed_prekey().id(), k.signed_prekey().public_key(),
+                             k.signed_prekey().signature()};
+          if (k.one_time_prekeys_size() > 0) {
+            const auto& first = k.one_time_prekeys(0);
+            b.one_time_prekey = prekey{first.id(), first.public_key(), {}};
+            k.mutable_one_time_prekeys()->DeleteSubrange(0, 1);
+            d.put(g, cf_device_keys, keys::be64(device), k.SerializeAsString());
+          }
+          b.remaining = static_cast<std::uint32_t>(k.one_time_prekeys_size());
+          out.push_back(std::move(b));
+        }
+        if (out.empty()) return errc::no_keys;
+        return out;
+      });
+}
+
 void rocksdb_store::read_queue(device_id device, event_id after, std::size_t limit,
                                completion<std::vector<device_event>> done) {
   impl_->read<std::vector<device_event>>(
@@ -585,7 +707,8 @@ void rocksdb_store::read_queue(device_id device, event_id after, std::size_t lim
           pb::StoredMessage m;
           if (!parse(m, v)) return errc::corrupt;
           out.push_back(message_event{event, m.message_id(), m.seq(), m.sender_name(),
-                                      m.sender_device(), m.sent_at_ms(), m.payload()});
+                                      m.sender_device(), m.sent_at_ms(), m.payload(),
+                                      m.cipher_type()});
         }
         if (!it->status().ok()) return errc::io_error;
         return out;
@@ -638,7 +761,8 @@ void rocksdb_store::history(user_id requester, std::string peer, message_id befo
             return errc::corrupt;
           }
           if (before != 0 && m.message_id() >= before) continue;
-          out.push_back({m.message_id(), m.seq(), m.sender_name(), m.sent_at_ms(), m.payload()});
+          out.push_back({m.message_id(), m.seq(), m.sender_name(), m.sent_at_ms(), m.payload(),
+                         m.cipher_type(), m.sender_device()});
         }
         if (!it->status().ok()) return errc::io_error;
         return out;

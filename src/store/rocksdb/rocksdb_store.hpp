@@ -50,6 +50,8 @@ class rocksdb_store final : public store {
   void status(user_id requester, message_id id, completion<message_status> done) override;
   void history(user_id requester, std::string peer, message_id before, std::size_t limit,
                completion<std::vector<history_entry>> done) override;
+  void upload_keys(key_upload upload, std::size_t max_held, completion<key_stock> done) override;
+  void take_key_bundles(std::string username, completion<std::vector<key_bundle>> done) override;
   std::uint64_t queued_events_estimate() override;
   void stop() override;
 
