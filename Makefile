@@ -28,9 +28,12 @@ test-asan: setup
 	@cmake --build --preset asan
 	ctest --preset asan
 
-# A quick run of every parley-bench scenario; results (JSON, PNG) in bench/results/.
+# A quick run of every parley-bench scenario; results (JSON, PNG) in bench/results/. Then
+# what end-to-end encryption costs a client (Google Benchmark, against the symmetric core).
 bench: build
 	build/bin/parley-bench --quick --out bench/results
+	build/bin/parley-e2ee-bench --benchmark_min_time=0.2 \
+	  --benchmark_out=bench/results/e2ee.json --benchmark_out_format=json
 
 clean:
 	rm -rf build

@@ -19,7 +19,10 @@
 
 #include "cli/json.hpp"
 #include "client/client.hpp"
+#include "client/local_store.hpp"
+#include "client/messenger.hpp"
 #include "client/profile.hpp"
+#include "e2ee/library_context.hpp"
 #include "wire/frame_codec.hpp"
 #include "wire/username.hpp"
 
@@ -40,8 +43,10 @@ constexpr const char* usage_text =
     "                        exit after QueueEmpty (or keep listening for SECS)\n"
     "  read USER             mark everything received from USER as read\n"
     "  status MESSAGE_ID     sent | delivered | read\n"
-    "  history USER [--limit N]\n"
+    "  history USER [--limit N]  this device's history of the chat (the server has ciphertext)\n"
     "  chat USER             interactive: type to send; messages, ticks, typing, presence live\n"
+    "  safety-number USER    the 60-digit number to compare with USER's: equal = no one between\n"
+    "messages are end-to-end encrypted (Signal protocol); keys live in the profile's local.db\n"
     "defaults: --server ws://127.0.0.1:8080 (env PARLEY_SERVER), --profile ~/.parley\n"
     "(env PARLEY_PROFILE)\n";
 
@@ -116,6 +121,10 @@ failure explain(const client_error& e, const std::string& subject = {}) {
             "a new profile"};
       case v1::ERROR_CODE_NOT_FOUND:
         return {"no such message" + (subject.empty() ? "" : " " + subject) + " sent by you"};
+      case v1::ERROR_CODE_NO_KEYS:
+        return {(subject.empty() ? std::string("that user") : "'" + subject + "'") +
+                " has not set up encryption yet (no keys on the server): they need to run "
+                "parley once"};
       default:
         break;
     }
@@ -131,6 +140,8 @@ class session {
   client::profile& profile() { return profile_; }
   client::client& api() { return client_; }
   const client::credentials& me() const { return *me_; }
+  client::messenger& messenger() { return *messenger_; }
+  client::local_store& store() { return *store_; }
 
   void require_registered() {
     me_ = profile_.load_credentials();
@@ -138,6 +149,7 @@ class session {
       throw failure{"not registered: run 'parley register USERNAME' first (profile " +
                     profile_.dir().string() + ")"};
     }
+    open_local();
   }
 
   awaitable<void> connect() {
@@ -148,8 +160,33 @@ class session {
   awaitable<void> connect_and_authenticate() {
     require_registered();
     co_await connect();
+    co_await authenticate();
+  }
+
+  // Authenticates the open connection and publishes this device's keys if the server lacks
+  // them (first run, reinstall) or runs low.
+  awaitable<void> authenticate() {
     auto a = co_await client_.authenticate(me_->device_id, me_->token);
     if (!a) throw explain(a.error());
+    auto k = co_await messenger_->publish_keys(*a);
+    // Sending still works without published keys; receiving new sessions does not: say so,
+    // and the next command tries again.
+    if (!k) std::cerr << "parley: warning: could not publish keys: " << describe(k.error()) << '\n';
+  }
+
+  // Warns about every identity-key change of a contact not shown yet: the user decides
+  // whether to trust it (compare safety numbers); nothing is re-encrypted silently.
+  void show_identity_changes() {
+    for (const auto& c : messenger_->take_identity_changes()) {
+      out("⚠ " + c.peer + "'s safety number has changed: " + c.peer +
+              " reinstalled parley or changed device, or someone is intercepting. Compare "
+              "'parley safety-number " +
+              c.peer + "' with " + c.peer + ".",
+          json_object()
+              .field("type", "identity_changed")
+              .field("peer", c.peer)
+              .number("at_ms", c.at_ms));
+    }
   }
 
   void out(const std::string& human, const json_object& json) {
@@ -157,10 +194,24 @@ class session {
   }
 
  private:
+  void open_local() {
+    if (messenger_) return;
+    try {
+      store_ = std::make_unique<client::local_store>(profile_.local_store_path());
+      library_ = std::make_unique<e2ee::library_context>();
+    } catch (const std::exception& e) {
+      throw failure{std::string("cannot open the local store: ") + e.what()};
+    }
+    messenger_ = std::make_unique<client::messenger>(client_, *store_, *library_, me_->username);
+  }
+
   const options& opts_;
   client::profile profile_;
   client::client client_;
   std::optional<client::credentials> me_;
+  std::unique_ptr<client::local_store> store_;
+  std::unique_ptr<e2ee::library_context> library_;
+  std::unique_ptr<client::messenger> messenger_;
 };
 
 void require_user_arg(const std::string& name) {
@@ -181,6 +232,8 @@ awaitable<void> cmd_register(session& s, const options& o) {
   auto r = co_await s.api().register_account(name);
   if (!r) throw explain(r.error(), name);
   s.profile().save_credentials({o.server, name, r->user_id(), r->device_id(), r->token()});
+  s.require_registered();
+  co_await s.authenticate();  // creates this device's identity and publishes its keys
   s.out("registered " + name + " (user " + std::to_string(r->user_id()) + ", device " +
             std::to_string(r->device_id()) + ")",
         json_object()
@@ -207,9 +260,12 @@ awaitable<void> cmd_send(session& s, const options& o) {
   if (o.args.size() != 3) throw failure{"usage: parley send USER TEXT", 2};
   const std::string& to = o.args[1];
   require_user_arg(to);
+  co_await s.connect_and_authenticate();
+  // Encrypted once: a retry after a lost answer sends the same ciphertext with the same
+  // client_msg_id, so the server stores it once.
+  auto sealed = co_await s.messenger().seal(to, o.args[2]);
+  if (!sealed) throw explain(sealed.error(), to);
   const std::string client_msg_id = random_id();
-  // A send whose answer was lost is retried with the same client_msg_id: the server returns
-  // the first result, so the message is stored once.
   std::optional<client_error> last;
   for (int attempt = 0; attempt < 3; ++attempt) {
     if (attempt > 0) {
@@ -217,9 +273,11 @@ awaitable<void> cmd_send(session& s, const options& o) {
       asio::steady_timer pause(co_await asio::this_coro::executor,
                                std::chrono::milliseconds(300 * attempt));
       co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
+      co_await s.connect();
+      co_await s.authenticate();
     }
-    co_await s.connect_and_authenticate();
-    auto r = co_await s.api().send(to, client_msg_id, o.args[2]);
+    auto r = co_await s.messenger().send(*sealed, client_msg_id);
+    s.show_identity_changes();
     if (r) {
       s.out("✓ sent " + std::to_string(r->message_id()),
             json_object()
@@ -228,27 +286,58 @@ awaitable<void> cmd_send(session& s, const options& o) {
       co_await s.api().close();
       co_return;
     }
-    if (r.error().what == client_error::kind::server) throw explain(r.error(), to);
+    if (r.error().what != client_error::kind::closed &&
+        r.error().what != client_error::kind::timeout &&
+        r.error().what != client_error::kind::unreachable) {
+      throw explain(r.error(), to);
+    }
     last = r.error();
   }
   throw explain(*last, to);
 }
 
-// Prints one pushed event; returns the event id to ack (0 for none).
-std::uint64_t show_push(session& s, const v1::Frame& f, const std::string& chat_peer = {}) {
+// Shows one pushed event (decrypting messages into the local history); returns the event id
+// to ack (0 for none: not an event, or not safely stored yet).
+awaitable<std::uint64_t> handle_push(session& s, const v1::Frame& f,
+                                     const std::string& chat_peer = {}) {
   if (f.has_envelope()) {
     const auto& e = f.envelope();
-    s.profile().record_received(e.from(), e.message_id());
-    s.out("[" + clock_time(e.sent_at_ms()) + "] " + e.from() + ": " + printable(e.payload()) +
-              (chat_peer.empty() ? "  (" + std::to_string(e.message_id()) + ")" : ""),
-          json_object()
-              .field("type", "message")
-              .field("from", e.from())
-              .field("message_id", std::to_string(e.message_id()))
-              .number("seq", e.seq())
-              .number("sent_at_ms", e.sent_at_ms())
-              .field("text", e.payload()));
-    return e.event_id();
+    const auto opened = s.messenger().open(e);
+    s.show_identity_changes();
+    switch (opened.what) {
+      case client::opened_message::kind::text:
+        s.out("[" + clock_time(e.sent_at_ms()) + "] " + e.from() + ": " + printable(opened.text) +
+                  (chat_peer.empty() ? "  (" + std::to_string(e.message_id()) + ")" : ""),
+              json_object()
+                  .field("type", "message")
+                  .field("from", e.from())
+                  .field("message_id", std::to_string(e.message_id()))
+                  .number("seq", e.seq())
+                  .number("sent_at_ms", e.sent_at_ms())
+                  .field("text", opened.text));
+        break;
+      case client::opened_message::kind::undecryptable:
+        s.out("⚠ [" + clock_time(e.sent_at_ms()) + "] a message from " + e.from() + " (" +
+                  std::to_string(e.message_id()) + ") could not be decrypted: " + opened.problem,
+              json_object()
+                  .field("type", "undecryptable")
+                  .field("from", e.from())
+                  .field("message_id", std::to_string(e.message_id()))
+                  .field("problem", opened.problem));
+        break;
+      case client::opened_message::kind::duplicate:
+        break;  // already in the history: only the ack was lost
+      case client::opened_message::kind::not_stored:
+        std::cerr << "parley: " << opened.problem << '\n';
+        co_return 0;
+    }
+    co_return e.event_id();
+  }
+  if (f.has_prekeys_low()) {
+    auto r = co_await s.messenger().top_up(f.prekeys_low().remaining());
+    if (!r)
+      std::cerr << "parley: warning: could not top up prekeys: " << describe(r.error()) << '\n';
+    co_return 0;
   }
   if (f.has_receipt()) {
     const auto& r = f.receipt();
@@ -260,7 +349,7 @@ std::uint64_t show_push(session& s, const v1::Frame& f, const std::string& chat_
               .field("message_id", std::to_string(r.message_id()))
               .field("status", status_name(r.status()))
               .field("peer", r.peer()));
-    return r.event_id();
+    co_return r.event_id();
   }
   if (f.has_presence()) {
     const auto& p = f.presence();
@@ -272,7 +361,7 @@ std::uint64_t show_push(session& s, const v1::Frame& f, const std::string& chat_
                      .field("user", p.username())
                      .boolean("online", p.online())
                      .number("last_seen_ms", p.last_seen_ms()));
-    return 0;
+    co_return 0;
   }
   if (f.has_typing_event()) {
     const auto& t = f.typing_event();
@@ -281,12 +370,12 @@ std::uint64_t show_push(session& s, const v1::Frame& f, const std::string& chat_
               .field("type", "typing")
               .field("from", t.from())
               .boolean("typing", t.typing()));
-    return 0;
+    co_return 0;
   }
   if (f.has_error()) {
     std::cerr << "parley: server error: " << f.error().message() << '\n';
   }
-  return 0;
+  co_return 0;
 }
 
 awaitable<void> flush_acks(session& s, std::vector<std::uint64_t>& acks) {
@@ -317,16 +406,14 @@ awaitable<void> cmd_sync(session& s, const options& o) {
     }
     if (f->has_queue_empty()) {
       co_await flush_acks(s, acks);
-      s.profile().save_state();
       if (wait.count() == 0) break;
       deadline = std::chrono::steady_clock::now() + wait;
       continue;
     }
-    if (auto event = show_push(s, *f)) acks.push_back(event);
+    if (auto event = co_await handle_push(s, *f)) acks.push_back(event);
     if (acks.size() >= 256 || deadline) co_await flush_acks(s, acks);
   }
   co_await flush_acks(s, acks);
-  s.profile().save_state();
   co_await s.api().close();
 }
 
@@ -335,7 +422,7 @@ awaitable<void> cmd_read(session& s, const options& o) {
   const std::string& peer = o.args[1];
   require_user_arg(peer);
   s.require_registered();
-  const std::uint64_t up_to = s.profile().last_received(peer);
+  const std::uint64_t up_to = s.store().last_received(peer);
   if (up_to == 0) {
     s.out("nothing received from " + peer + " yet (run 'parley sync' first)",
           json_object().field("peer", peer).field("read_up_to", "0"));
@@ -373,21 +460,59 @@ awaitable<void> cmd_history(session& s, const options& o) {
   require_user_arg(peer);
   const long limit = o.limit.value_or(50);
   if (limit < 1 || limit > 100) throw failure{"--limit must be 1-100", 2};
-  co_await s.connect_and_authenticate();
-  auto r = co_await s.api().history(peer, 0, static_cast<std::uint32_t>(limit));
-  if (!r) throw explain(r.error(), peer);
-  // The server answers newest first; people read a chat top-down, oldest first.
-  for (int i = r->messages_size() - 1; i >= 0; --i) {
-    const auto& m = r->messages(i);
-    s.out("[" + clock_time(m.sent_at_ms()) + "] " + m.from() + ": " + printable(m.payload()),
+  // From this device's store: the server holds only ciphertext, whose keys are gone once used.
+  s.require_registered();
+  for (const auto& m : s.store().history(peer, static_cast<std::size_t>(limit))) {
+    const bool mine = m.direction == client::message_direction::outgoing;
+    const std::string from = mine ? s.me().username : peer;
+    if (!m.problem.empty()) {
+      s.out("⚠ [" + clock_time(m.sent_at_ms) + "] " + from +
+                ": (could not be decrypted: " + m.problem + ")",
+            json_object()
+                .field("type", "undecryptable")
+                .field("from", from)
+                .field("message_id", std::to_string(m.server_id))
+                .number("sent_at_ms", m.sent_at_ms)
+                .field("problem", m.problem));
+      continue;
+    }
+    s.out("[" + clock_time(m.sent_at_ms) + "] " + from + ": " + printable(m.text),
           json_object()
               .field("type", "message")
-              .field("from", m.from())
-              .field("message_id", std::to_string(m.message_id()))
-              .number("seq", m.seq())
-              .number("sent_at_ms", m.sent_at_ms())
-              .field("text", m.payload()));
+              .field("from", from)
+              .field("message_id", std::to_string(m.server_id))
+              .number("sent_at_ms", m.sent_at_ms)
+              .field("text", m.text));
   }
+  co_return;
+}
+
+awaitable<void> cmd_safety_number(session& s, const options& o) {
+  if (o.args.size() != 2) throw failure{"usage: parley safety-number USER", 2};
+  const std::string& peer = o.args[1];
+  require_user_arg(peer);
+  co_await s.connect_and_authenticate();
+  auto n = co_await s.messenger().safety_number(peer);
+  if (!n) throw explain(n.error(), peer);
+  s.show_identity_changes();
+  std::string grouped;  // 12 groups of 5 digits, as Signal shows it
+  for (std::size_t i = 0; i < n->size(); i += 5) {
+    if (!grouped.empty()) grouped += (i % 20 == 0) ? "\n" : " ";
+    grouped += n->substr(i, 5);
+  }
+  const auto changes = s.store().identity_changes(peer);
+  std::string note = "compare with what 'parley safety-number " + s.me().username + "' shows " +
+                     peer + ": equal numbers mean no one is in between";
+  if (!changes.empty()) {
+    note += "\n" + peer + "'s key changed " + std::to_string(changes.size()) +
+            (changes.size() == 1 ? " time" : " times") + ", last at " +
+            clock_time(changes.back().at_ms);
+  }
+  s.out("safety number with " + peer + ":\n" + grouped + "\n" + note,
+        json_object()
+            .field("peer", peer)
+            .field("safety_number", *n)
+            .number("identity_changes", changes.size()));
   co_await s.api().close();
 }
 
@@ -405,7 +530,13 @@ awaitable<void> chat_input(session& s, std::string peer, bool& done) {
     buf.consume(n);
     while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
     if (line.empty()) continue;
-    auto r = co_await s.api().send(peer, random_id(), line);
+    auto sealed = co_await s.messenger().seal(peer, line);
+    if (!sealed) {
+      std::cerr << "parley: not sent: " << explain(sealed.error(), peer).message << '\n';
+      continue;
+    }
+    auto r = co_await s.messenger().send(std::move(*sealed), random_id());
+    s.show_identity_changes();
     if (!r) {
       std::cerr << "parley: not sent: " << explain(r.error(), peer).message << '\n';
       continue;
@@ -441,7 +572,7 @@ awaitable<void> cmd_chat(session& s, const options& o) {
       throw explain(f.error());
     }
     if (f->has_queue_empty()) continue;
-    const auto event = show_push(s, *f, peer);
+    const auto event = co_await handle_push(s, *f, peer);
     if (event != 0) {
       acks.push_back(event);
       s.api().ack_async(acks);
@@ -453,7 +584,6 @@ awaitable<void> cmd_chat(session& s, const options& o) {
       if (!r) std::cerr << "parley: read receipt failed: " << explain(r.error()).message << '\n';
     }
   }
-  s.profile().save_state();
   co_await s.api().close();
 }
 
@@ -530,6 +660,8 @@ int run(int argc, char** argv) {
       fn = cmd_history;
     else if (command == "chat")
       fn = cmd_chat;
+    else if (command == "safety-number")
+      fn = cmd_safety_number;
     else
       throw failure{"unknown command '" + command + "'\n" + usage_text, 2};
 

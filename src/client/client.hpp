@@ -30,6 +30,7 @@ struct client_error {
     closed,       // the connection closed or broke
     server,       // the server answered with an Error frame: see code
     protocol,     // the server answered something unexpected
+    crypto,       // this device's Signal-protocol state or store failed (see message)
   };
   kind what = kind::closed;
   parley::v1::ErrorCode code = parley::v1::ERROR_CODE_UNSPECIFIED;

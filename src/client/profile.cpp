@@ -38,12 +38,7 @@ std::optional<std::string> from_hex(const std::string& hex) {
   return out;
 }
 
-profile::profile(std::filesystem::path dir) : dir_(std::move(dir)) {
-  std::ifstream in(dir_ / "state");
-  std::string peer;
-  std::uint64_t id = 0;
-  while (in >> peer >> id) last_received_[peer] = id;
-}
+profile::profile(std::filesystem::path dir) : dir_(std::move(dir)) {}
 
 void profile::write_file(const std::string& name, const std::string& content) const {
   std::filesystem::create_directories(dir_);
@@ -103,22 +98,6 @@ void profile::save_credentials(const credentials& c) const {
   out << "server=" << c.server << "\nusername=" << c.username << "\nuser_id=" << c.user_id
       << "\ndevice_id=" << c.device_id << "\ntoken=" << to_hex(c.token) << '\n';
   write_file("credentials", out.str());
-}
-
-std::uint64_t profile::last_received(const std::string& peer) const {
-  auto it = last_received_.find(peer);
-  return it == last_received_.end() ? 0 : it->second;
-}
-
-void profile::record_received(const std::string& peer, std::uint64_t message_id) {
-  auto& v = last_received_[peer];
-  if (message_id > v) v = message_id;
-}
-
-void profile::save_state() const {
-  std::ostringstream out;
-  for (const auto& [peer, id] : last_received_) out << peer << ' ' << id << '\n';
-  write_file("state", out.str());
 }
 
 }  // namespace parley::client

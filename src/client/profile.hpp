@@ -1,11 +1,10 @@
-// The CLI's local profile folder (default ~/.parley): credentials and small per-chat state.
-// Files are written atomically (temp file + rename) and readable only by the user (0600).
-// Issue 4 replaces this with a real local store holding keys, sessions and history.
+// The CLI's local profile folder (default ~/.parley, 0700): the account's credentials
+// (written atomically, 0600) and the local store local.db (client/local_store: keys, sessions,
+// history; 0600).
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
-#include <map>
 #include <optional>
 #include <string>
 
@@ -29,16 +28,12 @@ class profile {
   std::optional<credentials> load_credentials() const;
   void save_credentials(const credentials& c) const;
 
-  // The newest message id received from each peer (what `read` marks as read).
-  std::uint64_t last_received(const std::string& peer) const;
-  void record_received(const std::string& peer, std::uint64_t message_id);
-  void save_state() const;
+  std::filesystem::path local_store_path() const { return dir_ / "local.db"; }
 
  private:
   void write_file(const std::string& name, const std::string& content) const;
 
   std::filesystem::path dir_;
-  std::map<std::string, std::uint64_t> last_received_;
 };
 
 std::string to_hex(const std::string& bytes);

@@ -494,8 +494,8 @@ awaitable<void> device_session::run_request(frame request) {
                "signed_prekey.signature is not the identity key's signature of its public key");
         break;
       }
-      store::key_upload upload{device_, std::move(*u.mutable_identity_key()),
-                               u.registration_id(), std::nullopt, {}};
+      store::key_upload upload{
+          device_, std::move(*u.mutable_identity_key()), u.registration_id(), std::nullopt, {}};
       if (u.has_signed_prekey()) {
         auto& spk = *u.mutable_signed_prekey();
         upload.signed_prekey = store::prekey{spk.id(), std::move(*spk.mutable_public_key()),

@@ -7,7 +7,8 @@
 //  - Methods never block the caller: each queues its work and returns.
 //  - The completion runs exactly once, on a thread of the store's own (never the caller's), and
 //    must not block: post anything heavy to another executor.
-//  - Writes (register_account, send, ack, mark_read, upload_keys, take_key_bundles) are durable (fsync'd) before their
+//  - Writes (register_account, send, ack, mark_read, upload_keys, take_key_bundles) are durable
+//  (fsync'd) before their
 //    completion runs, and their completions run in commit order. Effects of one write are
 //    visible to every read issued after its completion ran.
 //  - Expected failures (unknown user, duplicate username, ...) are values of store::errc.
@@ -154,7 +155,6 @@ struct key_bundle {
   std::uint32_t remaining = 0;            // one-time prekeys the device has left after this
 };
 
-
 template <class T>
 using completion = std::function<void(result<T>)>;
 
@@ -203,13 +203,11 @@ class store {
   // errc::missing_signed_prekey if the first upload or a new identity comes without a signed
   // prekey, errc::too_many_prekeys if the device would hold more than `max_held` one-time
   // prekeys; nothing is stored then. One-time prekeys with an id already held replace it.
-  virtual void upload_keys(key_upload upload, std::size_t max_held,
-                           completion<key_stock> done) = 0;
+  virtual void upload_keys(key_upload upload, std::size_t max_held, completion<key_stock> done) = 0;
 
   // One bundle per device of the user that has keys, each taking (removing) the device's
   // oldest one-time prekey. errc::unknown_user, or errc::no_keys if no device has keys.
-  virtual void take_key_bundles(std::string username,
-                                completion<std::vector<key_bundle>> done) = 0;
+  virtual void take_key_bundles(std::string username, completion<std::vector<key_bundle>> done) = 0;
 
   // An estimate of the events waiting in all device queues (for metrics).
   virtual std::uint64_t queued_events_estimate() = 0;

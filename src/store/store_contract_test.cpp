@@ -106,8 +106,7 @@ class store_contract : public ::testing::TestWithParam<backend> {
   }
 
   result<std::vector<key_bundle>> take(const std::string& name) {
-    return wait_for<std::vector<key_bundle>>(
-        [&](auto done) { db_->take_key_bundles(name, done); });
+    return wait_for<std::vector<key_bundle>>([&](auto done) { db_->take_key_bundles(name, done); });
   }
 
   fs::path dir_;

@@ -42,9 +42,9 @@ std::optional<protocol_error> check_upload(const parley::v1::UploadKeys& u, cons
     }
   }
   if (static_cast<std::size_t>(u.one_time_prekeys_size()) > l.max_prekeys_per_upload) {
-    return protocol_error{parley::v1::ERROR_CODE_TOO_MANY_PREKEYS,
-                          "at most " + std::to_string(l.max_prekeys_per_upload) +
-                              " one-time prekeys per upload"};
+    return protocol_error{
+        parley::v1::ERROR_CODE_TOO_MANY_PREKEYS,
+        "at most " + std::to_string(l.max_prekeys_per_upload) + " one-time prekeys per upload"};
   }
   for (int i = 0; i < u.one_time_prekeys_size(); ++i) {
     if (!is_public_key(u.one_time_prekeys(i).public_key())) {

@@ -152,10 +152,80 @@ TEST_F(cli, errors_a_person_understands) {
   EXPECT_NE(bad_status.err.find("no such message"), std::string::npos) << bad_status.err;
 }
 
-TEST_F(cli, credentials_are_private) {
+TEST_F(cli, credentials_and_keys_are_private) {
   ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
-  const auto perms = fs::status(root_ / "alice" / "credentials").permissions();
-  EXPECT_EQ(perms & (fs::perms::group_all | fs::perms::others_all), fs::perms::none);
+  for (const char* file : {"credentials", "local.db"}) {
+    const auto perms = fs::status(root_ / "alice" / file).permissions();
+    EXPECT_EQ(perms & (fs::perms::group_all | fs::perms::others_all), fs::perms::none) << file;
+  }
+  const auto dir = fs::status(root_ / "alice").permissions();
+  EXPECT_EQ(dir & (fs::perms::group_all | fs::perms::others_all), fs::perms::none);
+}
+
+TEST_F(cli, safety_numbers_match_and_history_is_local) {
+  ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
+  ASSERT_EQ(parley("bob", {"register", "bob"}).exit_code, 0);
+  ASSERT_EQ(parley("alice", {"send", "bob", "one"}).exit_code, 0);
+  ASSERT_EQ(parley("bob", {"sync"}).exit_code, 0);
+  ASSERT_EQ(parley("bob", {"send", "alice", "two"}).exit_code, 0);
+  ASSERT_EQ(parley("alice", {"sync"}).exit_code, 0);
+
+  auto at_alice = parley("alice", {"--json", "safety-number", "bob"});
+  auto at_bob = parley("bob", {"--json", "safety-number", "alice"});
+  ASSERT_EQ(at_alice.exit_code, 0) << at_alice.err;
+  const std::string number = field(at_alice.out, "safety_number");
+  EXPECT_EQ(number.size(), 60u);
+  EXPECT_EQ(number, field(at_bob.out, "safety_number"));
+  auto human = parley("alice", {"safety-number", "bob"});
+  EXPECT_NE(human.out.find(number.substr(0, 5) + " " + number.substr(5, 5)), std::string::npos)
+      << human.out;
+
+  // Both directions, from this device's own store.
+  auto history = parley("alice", {"history", "bob"});
+  const auto one = history.out.find("alice: one");
+  const auto two = history.out.find("bob: two");
+  ASSERT_NE(one, std::string::npos) << history.out;
+  ASSERT_NE(two, std::string::npos) << history.out;
+  EXPECT_LT(one, two);
+
+  auto to_nobody = parley("alice", {"safety-number", "nobody"});
+  EXPECT_EQ(to_nobody.exit_code, 1);
+  auto to_self = parley("alice", {"send", "alice", "note"});
+  EXPECT_EQ(to_self.exit_code, 1);
+  EXPECT_NE(to_self.err.find("yourself"), std::string::npos) << to_self.err;
+}
+
+TEST_F(cli, a_contacts_reinstall_is_shown_as_a_warning) {
+  ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
+  ASSERT_EQ(parley("bob", {"register", "bob"}).exit_code, 0);
+  ASSERT_EQ(parley("alice", {"send", "bob", "before"}).exit_code, 0);
+  ASSERT_EQ(parley("bob", {"sync"}).exit_code, 0);
+  const auto before =
+      field(parley("alice", {"--json", "safety-number", "bob"}).out, "safety_number");
+
+  // Bob's device loses its keys (a reinstall that kept the account): his next run publishes a
+  // new identity.
+  for (const auto& e : fs::directory_iterator(root_ / "bob")) {
+    if (e.path().filename().string().rfind("local.db", 0) == 0) fs::remove(e.path());
+  }
+  ASSERT_EQ(parley("bob", {"sync"}).exit_code, 0);
+
+  auto sent = parley("alice", {"--json", "send", "bob", "after"});
+  ASSERT_EQ(sent.exit_code, 0) << sent.err;
+  EXPECT_NE(sent.out.find("\"type\": \"identity_changed\""), std::string::npos) << sent.out;
+  EXPECT_NE(sent.out.find("\"peer\": \"bob\""), std::string::npos) << sent.out;
+  auto synced = parley("bob", {"--json", "sync"});
+  EXPECT_NE(synced.out.find("\"text\": \"after\""), std::string::npos) << synced.out;
+
+  const auto after =
+      field(parley("alice", {"--json", "safety-number", "bob"}).out, "safety_number");
+  EXPECT_NE(after, before);
+  EXPECT_EQ(after, field(parley("bob", {"--json", "safety-number", "alice"}).out, "safety_number"));
+  // Shown once, then remembered in the safety-number output.
+  auto again = parley("alice", {"send", "bob", "again"});
+  EXPECT_EQ(again.out.find("changed"), std::string::npos) << again.out;
+  EXPECT_NE(parley("alice", {"safety-number", "bob"}).out.find("changed 1 time"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -45,6 +45,7 @@ class test_client {
   void login_on_this_connection() {
     auto a = run(api_.authenticate(device_id, token));
     ASSERT_TRUE(a) << client::describe(a.error());
+    authenticated = *a;
   }
 
   // Reconnects and authenticates as the same device.
@@ -94,6 +95,7 @@ class test_client {
   std::string username;
   std::uint64_t device_id = 0;
   std::string token;
+  v1::Authenticated authenticated;  // the last Authenticate's answer
 
  private:
   boost::asio::io_context& io_;

@@ -96,9 +96,9 @@ struct rocksdb_store::impl {
   std::thread writer;
 
   // Writer-thread state. The caches hold committed state only: a failed commit clears them.
-  std::unordered_map<std::string, std::uint64_t> user_ids;   // username -> user id
-  std::unordered_map<std::uint64_t, cached_user> users;      // user id -> user
-  std::unordered_map<std::string, std::uint64_t> chat_seqs;  // chat -> last seq
+  std::unordered_map<std::string, std::uint64_t> user_ids;            // username -> user id
+  std::unordered_map<std::uint64_t, cached_user> users;               // user id -> user
+  std::unordered_map<std::string, std::uint64_t> chat_seqs;           // chat -> last seq
   std::unordered_map<std::uint64_t, std::uint32_t> registration_ids;  // device -> 0 if no keys
   snowflake ids{0};
   std::uint64_t last_id = 0;
@@ -525,9 +525,9 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
         for (std::uint64_t device : (*recipient)->devices) {
           d.put(g, cf_queue, keys::queue(device, out.id), queued);
           out.deliveries.push_back(
-              {device, message_event{out.id, out.id, out.seq, request.sender_name,
-                                     request.sender_device, now, request.payload,
-                                     request.cipher_type}});
+              {device,
+               message_event{out.id, out.id, out.seq, request.sender_name, request.sender_device,
+                             now, request.payload, request.cipher_type}});
         }
         return out;
       });
@@ -598,8 +598,7 @@ void rocksdb_store::mark_read(user_id reader, std::string reader_name, std::stri
 void rocksdb_store::upload_keys(key_upload upload, std::size_t max_held,
                                 completion<key_stock> done) {
   impl_->write<key_stock>(
-      std::move(done),
-      [this, upload = std::move(upload), max_held](group& g) -> result<key_stock> {
+      std::move(done), [this, upload = std::move(upload), max_held](group& g) -> result<key_stock> {
         auto& d = *impl_;
         auto existing = d.device_keys(g, upload.device);
         if (!existing) return existing.error();

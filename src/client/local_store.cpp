@@ -1,0 +1,392 @@
+#include "client/local_store.hpp"
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace parley::client {
+
+namespace {
+
+constexpr const char* schema = R"sql(
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS prekeys (id INTEGER PRIMARY KEY, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS signed_prekeys (
+  id INTEGER PRIMARY KEY, record BLOB NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+  peer TEXT NOT NULL, device INTEGER NOT NULL, record BLOB NOT NULL,
+  PRIMARY KEY (peer, device));
+CREATE TABLE IF NOT EXISTS identities (
+  peer TEXT PRIMARY KEY, key BLOB NOT NULL, first_seen_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS identity_changes (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT NOT NULL, old_key BLOB NOT NULL,
+  new_key BLOB NOT NULL, at_ms INTEGER NOT NULL, seen INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS contacts (peer TEXT PRIMARY KEY, device INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, server_id INTEGER, peer TEXT NOT NULL,
+  outgoing INTEGER NOT NULL, sent_at_ms INTEGER NOT NULL, text TEXT NOT NULL,
+  problem TEXT NOT NULL DEFAULT '');
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_server_id ON messages (server_id)
+  WHERE server_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_by_peer ON messages (peer, id);
+)sql";
+
+}  // namespace
+
+// One use of a prepared statement from the store's cache: reset (and its bindings cleared) on
+// destruction, ready for the next use. Binds are 1-based as in SQLite.
+class local_store::statement {
+ public:
+  statement(sqlite3* db, sqlite3_stmt* stmt) : db_(db), stmt_(stmt) {}
+  ~statement() {
+    if (stmt_) {
+      sqlite3_reset(stmt_);
+      sqlite3_clear_bindings(stmt_);
+    }
+  }
+  statement(statement&& o) noexcept : db_(o.db_), stmt_(o.stmt_) { o.stmt_ = nullptr; }
+
+  statement& bind(int i, std::string_view v) {
+    check(sqlite3_bind_blob(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+    return *this;
+  }
+  statement& text(int i, std::string_view v) {
+    check(sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+    return *this;
+  }
+  statement& bind(int i, std::int64_t v) {
+    check(sqlite3_bind_int64(stmt_, i, v));
+    return *this;
+  }
+  statement& null(int i) {
+    check(sqlite3_bind_null(stmt_, i));
+    return *this;
+  }
+  // True while there is a row.
+  bool step() {
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    fail("step");
+  }
+  void run() {
+    while (step()) {
+    }
+  }
+  std::string blob(int col) const {
+    const void* p = sqlite3_column_blob(stmt_, col);
+    return p ? std::string(static_cast<const char*>(p),
+                           static_cast<std::size_t>(sqlite3_column_bytes(stmt_, col)))
+             : std::string();
+  }
+  std::int64_t integer(int col) const { return sqlite3_column_int64(stmt_, col); }
+  int changes() const { return sqlite3_changes(db_); }
+
+ private:
+  void check(int rc) {
+    if (rc != SQLITE_OK) fail("bind");
+  }
+  [[noreturn]] void fail(const char* what) {
+    throw std::runtime_error(std::string("local store: ") + what + ": " + sqlite3_errmsg(db_));
+  }
+  sqlite3* db_;
+  sqlite3_stmt* stmt_;
+};
+
+local_store::local_store(const std::filesystem::path& file) : file_(file) {
+  std::filesystem::create_directories(file.parent_path());
+  ::chmod(file.parent_path().c_str(), 0700);
+  // Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the same mode.
+  const int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) throw std::runtime_error("cannot create " + file.string());
+  ::fchmod(fd, 0600);  // an existing file made by something else is tightened too
+  ::close(fd);
+  if (sqlite3_open_v2(file.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr) !=
+      SQLITE_OK) {
+    const std::string why = db_ ? sqlite3_errmsg(db_) : "out of memory";
+    sqlite3_close(db_);
+    throw std::runtime_error("cannot open " + file.string() + ": " + why);
+  }
+  sqlite3_busy_timeout(db_, 5000);  // another parley process on the same profile
+  exec("PRAGMA journal_mode=WAL");
+  exec("PRAGMA synchronous=FULL");
+  exec(schema);
+}
+
+local_store::~local_store() {
+  for (auto& [sql, stmt] : statements_) sqlite3_finalize(stmt);
+  sqlite3_close(db_);
+}
+
+void local_store::exec(const char* sql) {
+  char* error = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &error) != SQLITE_OK) {
+    const std::string why = error ? error : "unknown error";
+    sqlite3_free(error);
+    throw std::runtime_error("local store " + file_.string() + ": " + why);
+  }
+}
+
+// Statements are prepared once per store: parsing SQL was a third of a message's cost.
+local_store::statement local_store::prepare(const char* sql) {
+  auto it = statements_.find(sql);
+  if (it == statements_.end()) {
+    sqlite3_stmt* stmt = nullptr;
+    if (sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, nullptr) != SQLITE_OK) {
+      throw std::runtime_error(std::string("local store: prepare: ") + sqlite3_errmsg(db_));
+    }
+    it = statements_.emplace(sql, stmt).first;
+  }
+  return statement(db_, it->second);
+}
+
+local_store::transaction::transaction(local_store& store) : store_(store) {
+  store_.prepare("BEGIN IMMEDIATE").run();
+}
+
+local_store::transaction::~transaction() {
+  if (done_) return;
+  try {
+    store_.prepare("ROLLBACK").run();
+  } catch (const std::exception&) {
+    // Nothing more to undo: SQLite rolls back a failed transaction itself.
+  }
+}
+
+void local_store::transaction::commit() {
+  store_.prepare("COMMIT").run();
+  done_ = true;
+}
+
+// --- key_store -----------------------------------------------------------------------------------
+
+std::optional<std::string> local_store::meta(std::string_view key) {
+  auto s = prepare("SELECT value FROM meta WHERE key = ?");
+  s.text(1, key);
+  if (!s.step()) return std::nullopt;
+  return s.blob(0);
+}
+
+void local_store::set_meta(std::string_view key, std::string_view value) {
+  prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)")
+      .text(1, key)
+      .bind(2, value)
+      .run();
+}
+
+std::optional<std::string> local_store::prekey(std::uint32_t id) {
+  auto s = prepare("SELECT record FROM prekeys WHERE id = ?");
+  s.bind(1, static_cast<std::int64_t>(id));
+  if (!s.step()) return std::nullopt;
+  return s.blob(0);
+}
+
+void local_store::put_prekey(std::uint32_t id, std::string_view record) {
+  prepare("INSERT OR REPLACE INTO prekeys (id, record) VALUES (?, ?)")
+      .bind(1, static_cast<std::int64_t>(id))
+      .bind(2, record)
+      .run();
+}
+
+void local_store::remove_prekey(std::uint32_t id) {
+  prepare("DELETE FROM prekeys WHERE id = ?").bind(1, static_cast<std::int64_t>(id)).run();
+}
+
+std::size_t local_store::prekey_count() {
+  auto s = prepare("SELECT count(*) FROM prekeys");
+  s.step();
+  return static_cast<std::size_t>(s.integer(0));
+}
+
+std::optional<std::string> local_store::signed_prekey(std::uint32_t id) {
+  auto s = prepare("SELECT record FROM signed_prekeys WHERE id = ?");
+  s.bind(1, static_cast<std::int64_t>(id));
+  if (!s.step()) return std::nullopt;
+  return s.blob(0);
+}
+
+void local_store::put_signed_prekey(std::uint32_t id, std::string_view record,
+                                    std::uint64_t created_ms) {
+  // A re-store by the library (created_ms 0) keeps the creation time.
+  prepare(
+      "INSERT INTO signed_prekeys (id, record, created_ms) VALUES (?1, ?2, ?3) "
+      "ON CONFLICT (id) DO UPDATE SET record = ?2, "
+      "created_ms = CASE WHEN ?3 = 0 THEN created_ms ELSE ?3 END")
+      .bind(1, static_cast<std::int64_t>(id))
+      .bind(2, record)
+      .bind(3, static_cast<std::int64_t>(created_ms))
+      .run();
+}
+
+void local_store::remove_signed_prekey(std::uint32_t id) {
+  prepare("DELETE FROM signed_prekeys WHERE id = ?").bind(1, static_cast<std::int64_t>(id)).run();
+}
+
+std::vector<std::pair<std::uint32_t, std::uint64_t>> local_store::signed_prekeys() {
+  std::vector<std::pair<std::uint32_t, std::uint64_t>> out;
+  auto s = prepare("SELECT id, created_ms FROM signed_prekeys ORDER BY created_ms, rowid");
+  while (s.step()) {
+    out.emplace_back(static_cast<std::uint32_t>(s.integer(0)),
+                     static_cast<std::uint64_t>(s.integer(1)));
+  }
+  return out;
+}
+
+std::optional<std::string> local_store::session(std::string_view peer, std::int32_t device) {
+  auto s = prepare("SELECT record FROM sessions WHERE peer = ? AND device = ?");
+  s.text(1, peer).bind(2, std::int64_t{device});
+  if (!s.step()) return std::nullopt;
+  return s.blob(0);
+}
+
+void local_store::put_session(std::string_view peer, std::int32_t device, std::string_view record) {
+  prepare("INSERT OR REPLACE INTO sessions (peer, device, record) VALUES (?, ?, ?)")
+      .text(1, peer)
+      .bind(2, std::int64_t{device})
+      .bind(3, record)
+      .run();
+}
+
+void local_store::remove_session(std::string_view peer, std::int32_t device) {
+  prepare("DELETE FROM sessions WHERE peer = ? AND device = ?")
+      .text(1, peer)
+      .bind(2, std::int64_t{device})
+      .run();
+}
+
+std::size_t local_store::remove_sessions(std::string_view peer) {
+  auto s = prepare("DELETE FROM sessions WHERE peer = ?");
+  s.text(1, peer).run();
+  return static_cast<std::size_t>(s.changes());
+}
+
+std::vector<std::int32_t> local_store::session_devices(std::string_view peer) {
+  std::vector<std::int32_t> out;
+  auto s = prepare("SELECT device FROM sessions WHERE peer = ? ORDER BY device");
+  s.text(1, peer);
+  while (s.step()) out.push_back(static_cast<std::int32_t>(s.integer(0)));
+  return out;
+}
+
+std::optional<std::string> local_store::identity(std::string_view peer) {
+  auto s = prepare("SELECT key FROM identities WHERE peer = ?");
+  s.text(1, peer);
+  if (!s.step()) return std::nullopt;
+  return s.blob(0);
+}
+
+void local_store::put_identity(std::string_view peer, std::string_view key, std::uint64_t now_ms) {
+  auto old = identity(peer);
+  if (old && *old == key) return;
+  if (old) {
+    prepare("INSERT INTO identity_changes (peer, old_key, new_key, at_ms) VALUES (?, ?, ?, ?)")
+        .text(1, peer)
+        .bind(2, *old)
+        .bind(3, key)
+        .bind(4, static_cast<std::int64_t>(now_ms))
+        .run();
+  }
+  prepare("INSERT OR REPLACE INTO identities (peer, key, first_seen_ms) VALUES (?, ?, ?)")
+      .text(1, peer)
+      .bind(2, key)
+      .bind(3, static_cast<std::int64_t>(now_ms))
+      .run();
+}
+
+namespace {
+template <class Statement>
+std::vector<e2ee::identity_change> read_changes(Statement& s) {
+  std::vector<e2ee::identity_change> out;
+  while (s.step()) {
+    out.push_back({s.blob(0), s.blob(1), s.blob(2), static_cast<std::uint64_t>(s.integer(3))});
+  }
+  return out;
+}
+}  // namespace
+
+std::vector<e2ee::identity_change> local_store::take_unseen_identity_changes() {
+  auto s = prepare(
+      "SELECT peer, old_key, new_key, at_ms FROM identity_changes WHERE seen = 0 ORDER BY id");
+  auto out = read_changes(s);
+  if (!out.empty()) prepare("UPDATE identity_changes SET seen = 1 WHERE seen = 0").run();
+  return out;
+}
+
+std::vector<e2ee::identity_change> local_store::identity_changes(std::string_view peer) {
+  auto s = prepare(
+      "SELECT peer, old_key, new_key, at_ms FROM identity_changes WHERE peer = ? ORDER BY id");
+  s.text(1, peer);
+  return read_changes(s);
+}
+
+// --- contacts and history ------------------------------------------------------------------------
+
+std::optional<std::int32_t> local_store::contact_device(std::string_view peer) {
+  auto s = prepare("SELECT device FROM contacts WHERE peer = ?");
+  s.text(1, peer);
+  if (!s.step()) return std::nullopt;
+  return static_cast<std::int32_t>(s.integer(0));
+}
+
+void local_store::set_contact_device(std::string_view peer, std::int32_t device) {
+  prepare("INSERT OR REPLACE INTO contacts (peer, device) VALUES (?, ?)")
+      .text(1, peer)
+      .bind(2, std::int64_t{device})
+      .run();
+}
+
+bool local_store::add_message(const local_message& m) {
+  auto s = prepare(
+      "INSERT OR IGNORE INTO messages (server_id, peer, outgoing, sent_at_ms, text, problem) "
+      "VALUES (?, ?, ?, ?, ?, ?)");
+  if (m.server_id != 0) {
+    s.bind(1, static_cast<std::int64_t>(m.server_id));
+  } else {
+    s.null(1);
+  }
+  s.text(2, m.peer)
+      .bind(3, std::int64_t{m.direction == message_direction::outgoing ? 1 : 0})
+      .bind(4, static_cast<std::int64_t>(m.sent_at_ms))
+      .text(5, m.text)
+      .text(6, m.problem)
+      .run();
+  return s.changes() == 1;
+}
+
+bool local_store::has_message(std::uint64_t server_id) {
+  auto s = prepare("SELECT 1 FROM messages WHERE server_id = ?");
+  s.bind(1, static_cast<std::int64_t>(server_id));
+  return s.step();
+}
+
+std::vector<local_message> local_store::history(std::string_view peer, std::size_t limit) {
+  auto s = prepare(
+      "SELECT server_id, outgoing, sent_at_ms, text, problem FROM messages WHERE peer = ? "
+      "ORDER BY sent_at_ms DESC, id DESC LIMIT ?");
+  s.text(1, peer).bind(2, static_cast<std::int64_t>(limit));
+  std::vector<local_message> out;
+  while (s.step()) {
+    local_message m;
+    m.server_id = static_cast<std::uint64_t>(s.integer(0));
+    m.peer = std::string(peer);
+    m.direction = s.integer(1) ? message_direction::outgoing : message_direction::incoming;
+    m.sent_at_ms = static_cast<std::uint64_t>(s.integer(2));
+    m.text = s.blob(3);
+    m.problem = s.blob(4);
+    out.push_back(std::move(m));
+  }
+  return {out.rbegin(), out.rend()};
+}
+
+std::uint64_t local_store::last_received(std::string_view peer) {
+  auto s = prepare("SELECT max(server_id) FROM messages WHERE peer = ? AND outgoing = 0");
+  s.text(1, peer);
+  if (!s.step()) return 0;
+  return static_cast<std::uint64_t>(s.integer(0));
+}
+
+}  // namespace parley::client

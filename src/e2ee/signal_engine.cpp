@@ -1,0 +1,647 @@
+#include "e2ee/signal_engine.hpp"
+
+#include <signal/curve.h>
+#include <signal/fingerprint.h>
+#include <signal/key_helper.h>
+#include <signal/protocol.h>
+#include <signal/ratchet.h>
+#include <signal/session_builder.h>
+#include <signal/session_cipher.h>
+#include <signal/session_pre_key.h>
+#include <signal/signal_protocol.h>
+
+#include <charconv>
+#include <chrono>
+#include <stdexcept>
+#include <string_view>
+
+namespace parley::e2ee {
+namespace {
+
+constexpr std::string_view meta_identity_public = "identity_public";
+constexpr std::string_view meta_identity_private = "identity_private";
+constexpr std::string_view meta_registration_id = "registration_id";
+constexpr std::string_view meta_next_prekey_id = "next_prekey_id";
+constexpr std::string_view meta_next_signed_prekey_id = "next_signed_prekey_id";
+
+// libsignal's prekey ids live in 1..0xFFFFFE (Medium.MAX_VALUE - 1).
+constexpr std::uint32_t max_prekey_id = 0xFFFFFE;
+// Signal's fingerprint parameters: 5200 SHA-512 iterations, displayable version 1.
+constexpr int fingerprint_iterations = 5200;
+constexpr int fingerprint_version = 1;
+
+// Owns one reference to a libsignal object.
+template <class T>
+struct ref {
+  T* p = nullptr;
+  ref() = default;
+  explicit ref(T* v) : p(v) {}
+  ref(const ref&) = delete;
+  ref& operator=(const ref&) = delete;
+  ref(ref&& o) noexcept : p(o.p) { o.p = nullptr; }
+  ~ref() {
+    if (p) SIGNAL_UNREF(p);
+  }
+  T** out() { return &p; }
+  T* get() const { return p; }
+  explicit operator bool() const { return p != nullptr; }
+};
+
+struct buffer {
+  signal_buffer* p = nullptr;
+  ~buffer() {
+    if (p) signal_buffer_bzero_free(p);
+  }
+  signal_buffer** out() { return &p; }
+  std::string str() const {
+    return p ? std::string(reinterpret_cast<const char*>(signal_buffer_const_data(p)),
+                           signal_buffer_len(p))
+             : std::string();
+  }
+};
+
+const std::uint8_t* bytes(std::string_view s) {
+  return reinterpret_cast<const std::uint8_t*>(s.data());
+}
+
+signal_buffer* to_buffer(const std::string& s) { return signal_buffer_create(bytes(s), s.size()); }
+
+std::string serialize(const ec_public_key* key) {
+  buffer b;
+  if (ec_public_key_serialize(b.out(), key) != 0) throw std::runtime_error("serialize key");
+  return b.str();
+}
+
+std::uint32_t parse_u32(const std::optional<std::string>& v) {
+  std::uint32_t n = 0;
+  if (!v) return 0;
+  std::from_chars(v->data(), v->data() + v->size(), n);
+  return n;
+}
+
+signal_protocol_address address_of(const std::string& peer, std::int32_t device) {
+  return {peer.c_str(), peer.size(), device};
+}
+
+// What a signed prekey publishes: id, public key and signature.
+public_prekey public_half(const session_signed_pre_key* spk) {
+  public_prekey out;
+  out.id = session_signed_pre_key_get_id(spk);
+  out.public_key = serialize(ec_key_pair_get_public(session_signed_pre_key_get_key_pair(spk)));
+  out.signature.assign(reinterpret_cast<const char*>(session_signed_pre_key_get_signature(spk)),
+                       session_signed_pre_key_get_signature_len(spk));
+  return out;
+}
+
+key_store& store_of(void* user_data) { return *static_cast<key_store*>(user_data); }
+
+// Runs a store access inside a libsignal callback: the library only understands return codes.
+template <class Fn>
+int guarded(Fn fn) {
+  try {
+    return fn();
+  } catch (const std::exception&) {
+    return SG_ERR_UNKNOWN;
+  }
+}
+
+errc from_library(int code) {
+  switch (code) {
+    case SG_ERR_NO_SESSION:
+      return errc::no_session;
+    case SG_ERR_DUPLICATE_MESSAGE:
+      return errc::duplicate_message;
+    case SG_ERR_INVALID_KEY_ID:
+      return errc::unknown_prekey;
+    case SG_ERR_INVALID_MESSAGE:
+    case SG_ERR_INVALID_MAC:
+    case SG_ERR_INVALID_VERSION:
+    case SG_ERR_LEGACY_MESSAGE:
+    case SG_ERR_INVALID_PROTO_BUF:
+    case SG_ERR_INVALID_KEY:
+    case SG_ERR_STALE_KEY_EXCHANGE:
+      return errc::invalid_message;
+    case SG_ERR_UNKNOWN:
+      return errc::storage;  // what guarded() returns when the store threw
+    default:
+      return errc::library;
+  }
+}
+
+// --- store callbacks -----------------------------------------------------------------------------
+
+int load_session(signal_buffer** record, signal_buffer** user_record,
+                 const signal_protocol_address* a, void* ud) {
+  return guarded([&] {
+    auto r = store_of(ud).session({a->name, a->name_len}, a->device_id);
+    if (!r) return 0;
+    *record = to_buffer(*r);
+    return 1;
+  });
+}
+
+int sub_device_sessions(signal_int_list** sessions, const char* name, size_t len, void* ud) {
+  return guarded([&] {
+    auto devices = store_of(ud).session_devices({name, len});
+    *sessions = signal_int_list_alloc();
+    for (auto d : devices) signal_int_list_push_back(*sessions, d);
+    return static_cast<int>(devices.size());
+  });
+}
+
+int store_session(const signal_protocol_address* a, uint8_t* record, size_t len, uint8_t*, size_t,
+                  void* ud) {
+  return guarded([&] {
+    store_of(ud).put_session({a->name, a->name_len}, a->device_id,
+                             {reinterpret_cast<const char*>(record), len});
+    return 0;
+  });
+}
+
+int contains_session(const signal_protocol_address* a, void* ud) {
+  return guarded([&] {
+    return store_of(ud).session({a->name, a->name_len}, a->device_id).has_value() ? 1 : 0;
+  });
+}
+
+int delete_session(const signal_protocol_address* a, void* ud) {
+  return guarded([&] {
+    store_of(ud).remove_session({a->name, a->name_len}, a->device_id);
+    return 1;
+  });
+}
+
+int delete_all_sessions(const char* name, size_t len, void* ud) {
+  return guarded([&] { return static_cast<int>(store_of(ud).remove_sessions({name, len})); });
+}
+
+int load_prekey(signal_buffer** record, uint32_t id, void* ud) {
+  return guarded([&] {
+    auto r = store_of(ud).prekey(id);
+    if (!r) return SG_ERR_INVALID_KEY_ID;
+    *record = to_buffer(*r);
+    return SG_SUCCESS;
+  });
+}
+
+int store_prekey(uint32_t id, uint8_t* record, size_t len, void* ud) {
+  return guarded([&] {
+    store_of(ud).put_prekey(id, {reinterpret_cast<const char*>(record), len});
+    return 0;
+  });
+}
+
+int contains_prekey(uint32_t id, void* ud) {
+  return guarded([&] { return store_of(ud).prekey(id).has_value() ? 1 : 0; });
+}
+
+int remove_prekey(uint32_t id, void* ud) {
+  return guarded([&] {
+    store_of(ud).remove_prekey(id);
+    return 0;
+  });
+}
+
+int load_signed_prekey(signal_buffer** record, uint32_t id, void* ud) {
+  return guarded([&] {
+    auto r = store_of(ud).signed_prekey(id);
+    if (!r) return SG_ERR_INVALID_KEY_ID;
+    *record = to_buffer(*r);
+    return SG_SUCCESS;
+  });
+}
+
+int store_signed_prekey(uint32_t id, uint8_t* record, size_t len, void* ud) {
+  return guarded([&] {
+    store_of(ud).put_signed_prekey(id, {reinterpret_cast<const char*>(record), len}, 0);
+    return 0;
+  });
+}
+
+int contains_signed_prekey(uint32_t id, void* ud) {
+  return guarded([&] { return store_of(ud).signed_prekey(id).has_value() ? 1 : 0; });
+}
+
+int remove_signed_prekey(uint32_t id, void* ud) {
+  return guarded([&] {
+    store_of(ud).remove_signed_prekey(id);
+    return 0;
+  });
+}
+
+int identity_key_pair(signal_buffer** public_data, signal_buffer** private_data, void* ud) {
+  return guarded([&] {
+    auto pub = store_of(ud).meta(meta_identity_public);
+    auto priv = store_of(ud).meta(meta_identity_private);
+    if (!pub || !priv) return SG_ERR_INVALID_KEY;
+    *public_data = to_buffer(*pub);
+    *private_data = to_buffer(*priv);
+    return 0;
+  });
+}
+
+int local_registration_id(void* ud, uint32_t* id) {
+  return guarded([&] {
+    *id = parse_u32(store_of(ud).meta(meta_registration_id));
+    return *id == 0 ? SG_ERR_INVALID_KEY : 0;
+  });
+}
+
+std::uint64_t wall_ms() {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                        std::chrono::system_clock::now().time_since_epoch())
+                                        .count());
+}
+
+int save_identity(const signal_protocol_address* a, uint8_t* key, size_t len, void* ud) {
+  return guarded([&] {
+    if (key == nullptr) return 0;  // "forget the key": parley keeps it, for the change record
+    store_of(ud).put_identity({a->name, a->name_len}, {reinterpret_cast<const char*>(key), len},
+                              wall_ms());
+    return 0;
+  });
+}
+
+// Trust on first use, and a changed key is accepted but recorded (by save_identity, which the
+// library calls right after with the new key), so the user is told instead of blocked.
+int is_trusted_identity(const signal_protocol_address*, uint8_t*, size_t, void*) { return 1; }
+
+}  // namespace
+
+struct signal_engine::impl {
+  library_context& library;
+  key_store& store;
+  signal_protocol_store_context* context = nullptr;
+
+  impl(library_context& l, key_store& s) : library(l), store(s) {
+    if (signal_protocol_store_context_create(&context, library.get()) != 0) {
+      throw std::runtime_error("cannot create the Signal protocol store context");
+    }
+    signal_protocol_session_store sessions{};
+    sessions.load_session_func = load_session;
+    sessions.get_sub_device_sessions_func = sub_device_sessions;
+    sessions.store_session_func = store_session;
+    sessions.contains_session_func = contains_session;
+    sessions.delete_session_func = delete_session;
+    sessions.delete_all_sessions_func = delete_all_sessions;
+    sessions.user_data = &store;
+    signal_protocol_pre_key_store prekeys{};
+    prekeys.load_pre_key = load_prekey;
+    prekeys.store_pre_key = store_prekey;
+    prekeys.contains_pre_key = contains_prekey;
+    prekeys.remove_pre_key = remove_prekey;
+    prekeys.user_data = &store;
+    signal_protocol_signed_pre_key_store signed_prekeys{};
+    signed_prekeys.load_signed_pre_key = load_signed_prekey;
+    signed_prekeys.store_signed_pre_key = store_signed_prekey;
+    signed_prekeys.contains_signed_pre_key = contains_signed_prekey;
+    signed_prekeys.remove_signed_pre_key = remove_signed_prekey;
+    signed_prekeys.user_data = &store;
+    signal_protocol_identity_key_store identities{};
+    identities.get_identity_key_pair = identity_key_pair;
+    identities.get_local_registration_id = local_registration_id;
+    identities.save_identity = save_identity;
+    identities.is_trusted_identity = is_trusted_identity;
+    identities.user_data = &store;
+    signal_protocol_store_context_set_session_store(context, &sessions);
+    signal_protocol_store_context_set_pre_key_store(context, &prekeys);
+    signal_protocol_store_context_set_signed_pre_key_store(context, &signed_prekeys);
+    signal_protocol_store_context_set_identity_key_store(context, &identities);
+  }
+  ~impl() { signal_protocol_store_context_destroy(context); }
+
+  result<ref<ratchet_identity_key_pair>> identity_pair() {
+    ref<ratchet_identity_key_pair> pair;
+    const int rc = signal_protocol_identity_get_key_pair(context, pair.out());
+    if (rc != 0 || !pair) return errc::no_identity;
+    return pair;
+  }
+
+  // Generates and stores a signed prekey; returns its public half.
+  result<public_prekey> new_signed_prekey(std::uint64_t now_ms) {
+    auto pair = identity_pair();
+    if (!pair) return pair.error();
+    std::uint32_t id = parse_u32(store.meta(meta_next_signed_prekey_id));
+    if (id == 0) id = 1;
+    ref<session_signed_pre_key> spk;
+    if (signal_protocol_key_helper_generate_signed_pre_key(spk.out(), pair->get(), id, now_ms,
+                                                           library.get()) != 0) {
+      return errc::library;
+    }
+    buffer record;
+    if (session_signed_pre_key_serialize(record.out(), spk.get()) != 0) return errc::library;
+    store.put_signed_prekey(id, record.str(), now_ms);
+    store.set_meta(meta_next_signed_prekey_id, std::to_string(id % max_prekey_id + 1));
+    return public_half(spk.get());
+  }
+
+  // The public half of the newest stored signed prekey.
+  result<public_prekey> current_signed_prekey() {
+    auto all = store.signed_prekeys();
+    if (all.empty()) return errc::no_identity;
+    const std::uint32_t id = all.back().first;
+    auto record = store.signed_prekey(id);
+    if (!record) return errc::storage;
+    ref<session_signed_pre_key> spk;
+    if (session_signed_pre_key_deserialize(spk.out(), bytes(*record), record->size(),
+                                           library.get()) != 0) {
+      return errc::storage;
+    }
+    return public_half(spk.get());
+  }
+
+  result<std::vector<public_prekey>> new_one_time_prekeys(std::size_t count) {
+    std::vector<public_prekey> out;
+    if (count == 0) return out;
+    std::uint32_t start = parse_u32(store.meta(meta_next_prekey_id));
+    if (start == 0) start = 1;
+    signal_protocol_key_helper_pre_key_list_node* head = nullptr;
+    if (signal_protocol_key_helper_generate_pre_keys(&head, start, static_cast<unsigned>(count),
+                                                     library.get()) != 0) {
+      return errc::library;
+    }
+    result<std::vector<public_prekey>> r = out;
+    try {
+      for (auto* node = head; node; node = signal_protocol_key_helper_key_list_next(node)) {
+        session_pre_key* k = signal_protocol_key_helper_key_list_element(node);
+        buffer record;
+        if (session_pre_key_serialize(record.out(), k) != 0) {
+          r = errc::library;
+          break;
+        }
+        store.put_prekey(session_pre_key_get_id(k), record.str());
+        out.push_back({session_pre_key_get_id(k),
+                       serialize(ec_key_pair_get_public(session_pre_key_get_key_pair(k))),
+                       {}});
+      }
+    } catch (const std::exception&) {
+      r = errc::storage;
+    }
+    signal_protocol_key_helper_key_list_free(head);
+    if (!r) return r.error();
+    store.set_meta(meta_next_prekey_id, std::to_string((start - 1 + count) % max_prekey_id + 1));
+    return out;
+  }
+
+  result<key_upload> base_upload() {
+    auto pub = store.meta(meta_identity_public);
+    const std::uint32_t registration = parse_u32(store.meta(meta_registration_id));
+    if (!pub || registration == 0) return errc::no_identity;
+    key_upload u;
+    u.identity_key = *pub;
+    u.registration_id = registration;
+    return u;
+  }
+};
+
+// Runs an engine operation, turning a failing store into errc::storage.
+template <class T, class Fn>
+result<T> storage_guard(Fn fn) {
+  try {
+    return fn();
+  } catch (const std::exception&) {
+    return errc::storage;
+  }
+}
+
+signal_engine::signal_engine(library_context& library, key_store& store)
+    : impl_(std::make_unique<impl>(library, store)) {}
+
+signal_engine::~signal_engine() = default;
+
+bool signal_engine::has_identity() { return impl_->store.meta(meta_identity_public).has_value(); }
+
+result<bool> signal_engine::create_identity(std::uint64_t now_ms) {
+  return storage_guard<bool>([&]() -> result<bool> {
+    auto& d = *impl_;
+    if (has_identity()) return false;
+    ref<ratchet_identity_key_pair> pair;
+    if (signal_protocol_key_helper_generate_identity_key_pair(pair.out(), d.library.get()) != 0) {
+      return errc::library;
+    }
+    std::uint32_t registration = 0;
+    // The extended range (up to 2^31) makes two installs of one device unlikely to collide,
+    // which STALE_KEYS detection relies on.
+    if (signal_protocol_key_helper_generate_registration_id(&registration, 1, d.library.get()) !=
+            0 ||
+        registration == 0) {
+      return errc::library;
+    }
+    buffer priv;
+    if (ec_private_key_serialize(priv.out(), ratchet_identity_key_pair_get_private(pair.get())) !=
+        0) {
+      return errc::library;
+    }
+    d.store.set_meta(meta_identity_public,
+                     serialize(ratchet_identity_key_pair_get_public(pair.get())));
+    d.store.set_meta(meta_identity_private, priv.str());
+    d.store.set_meta(meta_registration_id, std::to_string(registration));
+    auto spk = d.new_signed_prekey(now_ms);
+    if (!spk) return result<bool>(boost::system::in_place_error, spk.error());
+    return true;
+  });
+}
+
+result<std::string> signal_engine::identity_key() {
+  auto pub = impl_->store.meta(meta_identity_public);
+  if (!pub) return errc::no_identity;
+  return *pub;
+}
+
+result<std::uint32_t> signal_engine::registration_id() {
+  const std::uint32_t id = parse_u32(impl_->store.meta(meta_registration_id));
+  if (id == 0) return errc::no_identity;
+  return id;
+}
+
+result<key_upload> signal_engine::full_upload(std::size_t one_time) {
+  return storage_guard<key_upload>([&]() -> result<key_upload> {
+    auto u = impl_->base_upload();
+    if (!u) return u.error();
+    auto spk = impl_->current_signed_prekey();
+    if (!spk) return spk.error();
+    u->signed_prekey = std::move(*spk);
+    auto keys = impl_->new_one_time_prekeys(one_time);
+    if (!keys) return keys.error();
+    u->one_time_prekeys = std::move(*keys);
+    return u;
+  });
+}
+
+result<key_upload> signal_engine::top_up(std::size_t one_time) {
+  return storage_guard<key_upload>([&]() -> result<key_upload> {
+    auto u = impl_->base_upload();
+    if (!u) return u.error();
+    auto keys = impl_->new_one_time_prekeys(one_time);
+    if (!keys) return keys.error();
+    u->one_time_prekeys = std::move(*keys);
+    return u;
+  });
+}
+
+result<std::optional<key_upload>> signal_engine::rotate_signed_prekey(std::uint64_t now_ms,
+                                                                      std::uint64_t max_age_ms,
+                                                                      std::uint64_t keep_ms) {
+  return storage_guard<std::optional<key_upload>>([&]() -> result<std::optional<key_upload>> {
+    auto& d = *impl_;
+    auto all = d.store.signed_prekeys();
+    if (all.empty()) return errc::no_identity;
+    std::optional<key_upload> out;
+    if (all.back().second + max_age_ms <= now_ms) {
+      auto u = d.base_upload();
+      if (!u) return u.error();
+      auto spk = d.new_signed_prekey(now_ms);
+      if (!spk) return spk.error();
+      u->signed_prekey = std::move(*spk);
+      out = std::move(*u);
+      all = d.store.signed_prekeys();
+    }
+    for (std::size_t i = 0; i + 1 < all.size(); ++i) {
+      if (all[i].second + keep_ms <= now_ms) d.store.remove_signed_prekey(all[i].first);
+    }
+    return out;
+  });
+}
+
+result<void> signal_engine::process_bundle(const peer_bundle& b) {
+  return storage_guard<void>([&]() -> result<void> {
+    auto& d = *impl_;
+    ref<ec_public_key> identity, signed_key, one_time;
+    if (curve_decode_point(identity.out(), bytes(b.identity_key), b.identity_key.size(),
+                           d.library.get()) != 0 ||
+        curve_decode_point(signed_key.out(), bytes(b.signed_prekey.public_key),
+                           b.signed_prekey.public_key.size(), d.library.get()) != 0) {
+      return errc::invalid_bundle;
+    }
+    if (b.one_time_prekey &&
+        curve_decode_point(one_time.out(), bytes(b.one_time_prekey->public_key),
+                           b.one_time_prekey->public_key.size(), d.library.get()) != 0) {
+      return errc::invalid_bundle;
+    }
+    ref<session_pre_key_bundle> bundle;
+    if (session_pre_key_bundle_create(bundle.out(), b.registration_id, b.device,
+                                      b.one_time_prekey ? b.one_time_prekey->id : 0, one_time.get(),
+                                      b.signed_prekey.id, signed_key.get(),
+                                      bytes(b.signed_prekey.signature),
+                                      b.signed_prekey.signature.size(), identity.get()) != 0) {
+      return errc::invalid_bundle;
+    }
+    const auto address = address_of(b.username, b.device);
+    session_builder* builder = nullptr;
+    if (session_builder_create(&builder, d.context, &address, d.library.get()) != 0) {
+      return errc::library;
+    }
+    const int rc = session_builder_process_pre_key_bundle(builder, bundle.get());
+    session_builder_free(builder);
+    if (rc == SG_ERR_INVALID_KEY) return errc::invalid_bundle;  // the signature check
+    if (rc != 0) return from_library(rc);
+    return {};
+  });
+}
+
+bool signal_engine::has_session(const std::string& peer, std::int32_t device) {
+  const auto address = address_of(peer, device);
+  return signal_protocol_session_contains_session(impl_->context, &address) == 1;
+}
+
+void signal_engine::drop_sessions(const std::string& peer) { impl_->store.remove_sessions(peer); }
+
+result<std::uint32_t> signal_engine::remote_registration_id(const std::string& peer,
+                                                            std::int32_t device) {
+  return storage_guard<std::uint32_t>([&]() -> result<std::uint32_t> {
+    if (!has_session(peer, device)) return errc::no_session;
+    const auto address = address_of(peer, device);
+    session_cipher* cipher = nullptr;
+    if (session_cipher_create(&cipher, impl_->context, &address, impl_->library.get()) != 0) {
+      return errc::library;
+    }
+    std::uint32_t id = 0;
+    const int rc = session_cipher_get_remote_registration_id(cipher, &id);
+    session_cipher_free(cipher);
+    if (rc != 0) return from_library(rc);
+    return id;
+  });
+}
+
+result<ciphertext> signal_engine::encrypt(const std::string& peer, std::int32_t device,
+                                          const std::string& plaintext) {
+  return storage_guard<ciphertext>([&]() -> result<ciphertext> {
+    if (!has_session(peer, device)) return errc::no_session;
+    const auto address = address_of(peer, device);
+    session_cipher* cipher = nullptr;
+    if (session_cipher_create(&cipher, impl_->context, &address, impl_->library.get()) != 0) {
+      return errc::library;
+    }
+    ref<ciphertext_message> message;
+    const int rc =
+        session_cipher_encrypt(cipher, bytes(plaintext), plaintext.size(), message.out());
+    session_cipher_free(cipher);
+    if (rc != 0) return from_library(rc);
+    signal_buffer* serialized = ciphertext_message_get_serialized(message.get());
+    ciphertext out;
+    out.type = ciphertext_message_get_type(message.get()) == CIPHERTEXT_PREKEY_TYPE
+                   ? message_type::prekey
+                   : message_type::signal;
+    out.bytes.assign(reinterpret_cast<const char*>(signal_buffer_const_data(serialized)),
+                     signal_buffer_len(serialized));
+    return out;
+  });
+}
+
+result<std::string> signal_engine::decrypt(const std::string& peer, std::int32_t device,
+                                           message_type type, const std::string& data) {
+  return storage_guard<std::string>([&]() -> result<std::string> {
+    auto& d = *impl_;
+    const auto address = address_of(peer, device);
+    session_cipher* cipher = nullptr;
+    if (session_cipher_create(&cipher, d.context, &address, d.library.get()) != 0) {
+      return errc::library;
+    }
+    buffer plain;
+    int rc = 0;
+    if (type == message_type::prekey) {
+      ref<pre_key_signal_message> message;
+      rc = pre_key_signal_message_deserialize(message.out(), bytes(data), data.size(),
+                                              d.library.get());
+      if (rc == 0)
+        rc = session_cipher_decrypt_pre_key_signal_message(cipher, message.get(), nullptr,
+                                                           plain.out());
+    } else {
+      ref<signal_message> message;
+      rc = signal_message_deserialize(message.out(), bytes(data), data.size(), d.library.get());
+      if (rc == 0)
+        rc = session_cipher_decrypt_signal_message(cipher, message.get(), nullptr, plain.out());
+    }
+    session_cipher_free(cipher);
+    if (rc != 0) return from_library(rc);
+    return plain.str();
+  });
+}
+
+result<std::string> signal_engine::safety_number(const std::string& me, const std::string& peer) {
+  return storage_guard<std::string>([&]() -> result<std::string> {
+    auto& d = *impl_;
+    auto mine = d.store.meta(meta_identity_public);
+    if (!mine) return errc::no_identity;
+    auto theirs = d.store.identity(peer);
+    if (!theirs) return errc::unknown_identity;
+    ref<ec_public_key> local, remote;
+    if (curve_decode_point(local.out(), bytes(*mine), mine->size(), d.library.get()) != 0 ||
+        curve_decode_point(remote.out(), bytes(*theirs), theirs->size(), d.library.get()) != 0) {
+      return errc::storage;
+    }
+    fingerprint_generator* generator = nullptr;
+    if (fingerprint_generator_create(&generator, fingerprint_iterations, fingerprint_version,
+                                     d.library.get()) != 0) {
+      return errc::library;
+    }
+    ref<fingerprint> fp;
+    const int rc = fingerprint_generator_create_for(generator, me.c_str(), local.get(),
+                                                    peer.c_str(), remote.get(), fp.out());
+    fingerprint_generator_free(generator);
+    if (rc != 0) return errc::library;
+    return std::string(displayable_fingerprint_text(fingerprint_get_displayable(fp.get())));
+  });
+}
+
+}  // namespace parley::e2ee

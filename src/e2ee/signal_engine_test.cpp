@@ -1,0 +1,266 @@
+// The Signal-protocol layer between two devices, each with its own real SQLite store in a
+// temporary folder: X3DH from a bundle, the ratchet both ways, crossing first messages,
+// out-of-order and lost messages, tampering, identity changes, safety numbers.
+#include "e2ee/signal_engine.hpp"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <random>
+
+#include "client/local_store.hpp"
+#include "e2ee/key_check.hpp"
+
+namespace parley::e2ee {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr std::uint64_t day_ms = 24ull * 3600 * 1000;
+
+struct device {
+  std::string name;
+  std::int32_t id;
+  fs::path file;
+  std::unique_ptr<client::local_store> store;
+  std::unique_ptr<signal_engine> engine;
+  std::optional<key_upload> published;
+
+  device(library_context& lib, std::string n, std::int32_t device_id, fs::path f)
+      : name(std::move(n)), id(device_id), file(std::move(f)) {
+    open(lib);
+    EXPECT_TRUE(engine->create_identity(1'000'000).value());
+    published = engine->full_upload(5).value();
+  }
+  void open(library_context& lib) {
+    engine.reset();
+    store = std::make_unique<client::local_store>(file);
+    engine = std::make_unique<signal_engine>(lib, *store);
+  }
+  // The bundle a server would hand out: one one-time prekey taken from what was published.
+  peer_bundle bundle() {
+    peer_bundle b{name,
+                  id,
+                  published->registration_id,
+                  published->identity_key,
+                  *published->signed_prekey,
+                  std::nullopt};
+    if (!published->one_time_prekeys.empty()) {
+      b.one_time_prekey = published->one_time_prekeys.front();
+      published->one_time_prekeys.erase(published->one_time_prekeys.begin());
+    }
+    return b;
+  }
+};
+
+class signal_engine_test : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::random_device rd;
+    dir_ = fs::temp_directory_path() / ("parley_e2ee_test_" + std::to_string(rd()));
+    fs::remove_all(dir_);
+    alice_ = std::make_unique<device>(lib_, "alice", 1, dir_ / "alice" / "local.db");
+    bob_ = std::make_unique<device>(lib_, "bob", 2, dir_ / "bob" / "local.db");
+  }
+  void TearDown() override {
+    alice_.reset();
+    bob_.reset();
+    fs::remove_all(dir_);
+  }
+
+  ciphertext seal(device& from, device& to, const std::string& text) {
+    auto c = from.engine->encrypt(to.name, to.id, text);
+    EXPECT_TRUE(c) << c.error().message();
+    return c ? *c : ciphertext{};
+  }
+  result<std::string> open(device& at, device& from, const ciphertext& c) {
+    return at.engine->decrypt(from.name, from.id, c.type, c.bytes);
+  }
+  void establish() {
+    ASSERT_TRUE(alice_->engine->process_bundle(bob_->bundle()));
+    ASSERT_EQ(open(*bob_, *alice_, seal(*alice_, *bob_, "hi")).value(), "hi");
+    ASSERT_EQ(open(*alice_, *bob_, seal(*bob_, *alice_, "hello")).value(), "hello");
+  }
+
+  library_context lib_;
+  fs::path dir_;
+  std::unique_ptr<device> alice_, bob_;
+};
+
+TEST_F(signal_engine_test, a_session_from_a_bundle_carries_messages_both_ways) {
+  const auto prekeys_before = bob_->store->prekey_count();
+  ASSERT_TRUE(alice_->engine->process_bundle(bob_->bundle()));
+  auto first = seal(*alice_, *bob_, "hello bob");
+  EXPECT_EQ(first.type, message_type::prekey);  // X3DH rides on the first messages
+  EXPECT_EQ(first.bytes.find("hello bob"), std::string::npos);
+  EXPECT_EQ(open(*bob_, *alice_, first).value(), "hello bob");
+  EXPECT_EQ(bob_->store->prekey_count(), prekeys_before - 1);  // one-time: used once, deleted
+
+  auto reply = seal(*bob_, *alice_, "hello alice");
+  EXPECT_EQ(reply.type, message_type::signal);
+  EXPECT_EQ(open(*alice_, *bob_, reply).value(), "hello alice");
+  auto next = seal(*alice_, *bob_, "after the reply");
+  EXPECT_EQ(next.type, message_type::signal);  // the session is confirmed
+  EXPECT_EQ(open(*bob_, *alice_, next).value(), "after the reply");
+  EXPECT_EQ(alice_->engine->remote_registration_id("bob", 2).value(),
+            bob_->published->registration_id);
+}
+
+TEST_F(signal_engine_test, a_bundle_without_one_time_prekey_still_makes_a_session) {
+  bob_->published->one_time_prekeys.clear();  // the server ran out
+  ASSERT_TRUE(alice_->engine->process_bundle(bob_->bundle()));
+  EXPECT_EQ(open(*bob_, *alice_, seal(*alice_, *bob_, "no otk")).value(), "no otk");
+}
+
+TEST_F(signal_engine_test, first_messages_that_cross_each_other_both_decrypt) {
+  ASSERT_TRUE(alice_->engine->process_bundle(bob_->bundle()));
+  ASSERT_TRUE(bob_->engine->process_bundle(alice_->bundle()));
+  auto from_alice = seal(*alice_, *bob_, "alice first");
+  auto from_bob = seal(*bob_, *alice_, "bob first");
+  EXPECT_EQ(open(*bob_, *alice_, from_alice).value(), "alice first");
+  EXPECT_EQ(open(*alice_, *bob_, from_bob).value(), "bob first");
+  // And the conversation goes on, in both directions, several rounds.
+  for (int i = 0; i < 3; ++i) {
+    const auto a = "a" + std::to_string(i), b = "b" + std::to_string(i);
+    EXPECT_EQ(open(*bob_, *alice_, seal(*alice_, *bob_, a)).value(), a);
+    EXPECT_EQ(open(*alice_, *bob_, seal(*bob_, *alice_, b)).value(), b);
+  }
+}
+
+TEST_F(signal_engine_test, out_of_order_and_lost_messages_decrypt_and_replays_do_not) {
+  establish();
+  std::vector<ciphertext> m;
+  for (int i = 0; i < 6; ++i) m.push_back(seal(*alice_, *bob_, "m" + std::to_string(i)));
+  EXPECT_EQ(open(*bob_, *alice_, m[5]).value(), "m5");  // the newest first
+  EXPECT_EQ(open(*bob_, *alice_, m[1]).value(), "m1");  // then older ones: skipped keys
+  EXPECT_EQ(open(*bob_, *alice_, m[0]).value(), "m0");
+  // m2..m4 lost in between; the conversation goes on in both directions.
+  EXPECT_EQ(open(*alice_, *bob_, seal(*bob_, *alice_, "still here")).value(), "still here");
+  EXPECT_EQ(open(*bob_, *alice_, seal(*alice_, *bob_, "m6")).value(), "m6");
+  EXPECT_EQ(open(*bob_, *alice_, m[3]).value(), "m3");  // a late one still opens
+  auto replay = open(*bob_, *alice_, m[3]);
+  ASSERT_FALSE(replay);
+  EXPECT_EQ(replay.error(), errc::duplicate_message);
+}
+
+TEST_F(signal_engine_test, tampered_or_foreign_bytes_are_errors_not_text) {
+  establish();
+  auto c = seal(*alice_, *bob_, "genuine");
+  auto flipped = c;
+  flipped.bytes[flipped.bytes.size() / 2] ^= 0x01;
+  auto r = open(*bob_, *alice_, flipped);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::invalid_message);
+  auto garbage = bob_->engine->decrypt("alice", 1, message_type::signal, "not a signal message");
+  ASSERT_FALSE(garbage);
+  EXPECT_EQ(garbage.error(), errc::invalid_message);
+  // The genuine one is still fine after the failures: nothing was stored by them.
+  EXPECT_EQ(open(*bob_, *alice_, c).value(), "genuine");
+  // A SignalMessage from someone without a session.
+  auto carol = device(lib_, "carol", 3, dir_ / "carol" / "local.db");
+  auto none = bob_->engine->decrypt("carol", 3, message_type::signal, c.bytes);
+  ASSERT_FALSE(none);
+  EXPECT_EQ(none.error(), errc::no_session);
+}
+
+TEST_F(signal_engine_test, bundles_with_a_bad_signature_are_refused) {
+  auto b = bob_->bundle();
+  b.signed_prekey.signature[10] ^= 0x40;
+  auto r = alice_->engine->process_bundle(b);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::invalid_bundle);
+  EXPECT_FALSE(alice_->engine->has_session("bob", 2));
+}
+
+TEST_F(signal_engine_test, the_server_side_signature_check_agrees_with_the_library) {
+  const auto& up = *bob_->published;
+  EXPECT_TRUE(verify_signed_prekey(up.identity_key, up.signed_prekey->public_key,
+                                   up.signed_prekey->signature));
+  auto bad = up.signed_prekey->signature;
+  bad[0] ^= 1;
+  EXPECT_FALSE(verify_signed_prekey(up.identity_key, up.signed_prekey->public_key, bad));
+  EXPECT_FALSE(verify_signed_prekey(alice_->published->identity_key, up.signed_prekey->public_key,
+                                    up.signed_prekey->signature));
+  EXPECT_FALSE(
+      verify_signed_prekey("short", up.signed_prekey->public_key, up.signed_prekey->signature));
+}
+
+TEST_F(signal_engine_test, safety_numbers_match_on_both_sides_and_change_with_a_reinstall) {
+  establish();
+  auto at_alice = alice_->engine->safety_number("alice", "bob").value();
+  auto at_bob = bob_->engine->safety_number("bob", "alice").value();
+  EXPECT_EQ(at_alice, at_bob);
+  EXPECT_EQ(at_alice.size(), 60u);
+  EXPECT_EQ(at_alice.find_first_not_of("0123456789"), std::string::npos);
+  EXPECT_FALSE(alice_->engine->safety_number("alice", "nobody"));
+
+  // Bob reinstalls: a new store, a new identity.
+  bob_->engine.reset();
+  bob_->store.reset();
+  fs::remove_all(dir_ / "bob");
+  bob_ = std::make_unique<device>(lib_, "bob", 2, dir_ / "bob" / "local.db");
+  EXPECT_TRUE(alice_->store->take_unseen_identity_changes().empty());
+  ASSERT_TRUE(alice_->engine->process_bundle(bob_->bundle()));  // accepted, but recorded
+  auto changes = alice_->store->take_unseen_identity_changes();
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_EQ(changes[0].peer, "bob");
+  EXPECT_EQ(changes[0].new_key, bob_->published->identity_key);
+  EXPECT_NE(changes[0].old_key, changes[0].new_key);
+  EXPECT_TRUE(alice_->store->take_unseen_identity_changes().empty());  // shown once
+  EXPECT_EQ(alice_->store->identity_changes("bob").size(), 1u);        // kept for good
+
+  EXPECT_EQ(open(*bob_, *alice_, seal(*alice_, *bob_, "to the new bob")).value(), "to the new bob");
+  auto renewed = alice_->engine->safety_number("alice", "bob").value();
+  EXPECT_NE(renewed, at_alice);
+  EXPECT_EQ(renewed, bob_->engine->safety_number("bob", "alice").value());
+}
+
+TEST_F(signal_engine_test, a_new_identity_arriving_in_a_message_is_recorded) {
+  establish();
+  bob_->engine.reset();
+  bob_->store.reset();
+  fs::remove_all(dir_ / "bob");
+  bob_ = std::make_unique<device>(lib_, "bob", 2, dir_ / "bob" / "local.db");
+  ASSERT_TRUE(bob_->engine->process_bundle(alice_->bundle()));
+  EXPECT_EQ(open(*alice_, *bob_, seal(*bob_, *alice_, "reinstalled")).value(), "reinstalled");
+  auto changes = alice_->store->take_unseen_identity_changes();
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_EQ(changes[0].peer, "bob");
+}
+
+TEST_F(signal_engine_test, state_survives_reopening_the_store) {
+  establish();
+  auto pending = seal(*alice_, *bob_, "across a restart");
+  alice_->open(lib_);
+  bob_->open(lib_);
+  EXPECT_EQ(open(*bob_, *alice_, pending).value(), "across a restart");
+  EXPECT_EQ(open(*alice_, *bob_, seal(*bob_, *alice_, "and back")).value(), "and back");
+}
+
+TEST_F(signal_engine_test, signed_prekeys_rotate_and_old_ones_expire) {
+  const auto first = bob_->published->signed_prekey->id;
+  EXPECT_FALSE(bob_->engine->rotate_signed_prekey(1'000'000 + day_ms, 7 * day_ms, 30 * day_ms)
+                   .value());  // too young
+  auto rotated =
+      bob_->engine->rotate_signed_prekey(1'000'000 + 8 * day_ms, 7 * day_ms, 30 * day_ms).value();
+  ASSERT_TRUE(rotated);
+  ASSERT_TRUE(rotated->signed_prekey);
+  EXPECT_NE(rotated->signed_prekey->id, first);
+  EXPECT_TRUE(verify_signed_prekey(rotated->identity_key, rotated->signed_prekey->public_key,
+                                   rotated->signed_prekey->signature));
+  EXPECT_TRUE(bob_->store->signed_prekey(first));  // kept for messages already in flight
+  ASSERT_TRUE(
+      bob_->engine->rotate_signed_prekey(1'000'000 + 40 * day_ms, 70 * day_ms, 30 * day_ms));
+  EXPECT_FALSE(bob_->store->signed_prekey(first));
+}
+
+TEST_F(signal_engine_test, the_local_store_is_readable_by_its_user_only) {
+  struct stat st {};
+  ASSERT_EQ(::stat(alice_->file.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600);
+  ASSERT_EQ(::stat(alice_->file.parent_path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0077, 0);
+}
+
+}  // namespace
+}  // namespace parley::e2ee

@@ -1,0 +1,401 @@
+// End-to-end encryption through a real parleyd: sessions set up from the prekey service,
+// messages both ways (crossing first messages, out-of-order and lost ones), reinstalls, prekey
+// exhaustion and concurrent fetches, the server's key checks, and no plaintext on the server's
+// disk or on the wire.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/use_future.hpp>
+#include <fstream>
+#include <random>
+#include <set>
+
+#include "client/local_store.hpp"
+#include "client/messenger.hpp"
+#include "e2ee/library_context.hpp"
+#include "recording_relay.hpp"
+#include "test_client.hpp"
+
+namespace parley::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+// An SDK user with its own local store (a real SQLite file) and messenger.
+struct secure_user {
+  secure_user(boost::asio::io_context& io, const std::string& url, const fs::path& dir,
+              e2ee::library_context& lib, const std::string& name)
+      : conn(io, url), lib_(lib), file(dir / name / "local.db") {
+    conn.register_and_login(name);
+    open_store();
+    publish();
+  }
+  void open_store() {
+    messenger.reset();
+    store = std::make_unique<client::local_store>(file);
+    messenger = std::make_unique<client::messenger>(conn.api(), *store, lib_, conn.username);
+  }
+  void publish() {
+    auto r = conn.run(messenger->publish_keys(conn.authenticated));
+    ASSERT_TRUE(r) << client::describe(r.error());
+  }
+  client::sealed_message seal(const std::string& peer, const std::string& text) {
+    auto r = conn.run(messenger->seal(peer, text));
+    EXPECT_TRUE(r) << client::describe(r.error());
+    return r ? *r : client::sealed_message{};
+  }
+  v1::SendResult send(client::sealed_message m, const std::string& client_id = {}) {
+    auto r = conn.run(messenger->send(std::move(m), client_id.empty() ? next_id() : client_id));
+    EXPECT_TRUE(r) << client::describe(r.error());
+    return r ? *r : v1::SendResult{};
+  }
+  void say(const std::string& peer, const std::string& text) { send(seal(peer, text)); }
+  // Waits for `expected` messages (at most 10 s), then 200 ms more for any extra one; opens
+  // and acks them. The texts in arrival order (undecryptable ones as "!" + the problem).
+  std::vector<std::string> receive(std::size_t expected) {
+    std::vector<std::string> out;
+    std::vector<std::uint64_t> acks;
+    std::vector<v1::Frame> frames;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    std::size_t envelopes = 0;
+    for (;;) {
+      const bool waiting = envelopes < expected && std::chrono::steady_clock::now() < deadline;
+      auto f = conn.run(conn.api().next_push(waiting ? std::chrono::milliseconds(10'000)
+                                                     : std::chrono::milliseconds(200)));
+      if (!f) break;
+      if (f->has_envelope()) ++envelopes;
+      frames.push_back(std::move(*f));
+    }
+    for (const auto& f : frames) {
+      if (!f.has_envelope()) continue;
+      auto opened = messenger->open(f.envelope());
+      if (opened.what == client::opened_message::kind::text) out.push_back(opened.text);
+      if (opened.what == client::opened_message::kind::undecryptable)
+        out.push_back("!" + opened.problem);
+      if (opened.what != client::opened_message::kind::not_stored)
+        acks.push_back(f.envelope().event_id());
+    }
+    if (!acks.empty()) conn.ack(acks);
+    return out;
+  }
+  std::string next_id() { return "e" + std::to_string(++ids_); }
+
+  test_client conn;
+  e2ee::library_context& lib_;
+  fs::path file;
+  std::unique_ptr<client::local_store> store;
+  std::unique_ptr<client::messenger> messenger;
+  int ids_ = 0;
+};
+
+class e2ee_test : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::random_device rd;
+    dir_ = fs::temp_directory_path() / ("parley_e2ee_it_" + std::to_string(rd()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::unique_ptr<secure_user> user(const std::string& name, const std::string& url = {}) {
+    return std::make_unique<secure_user>(io, url.empty() ? server.url() : url, dir_, lib, name);
+  }
+
+  boost::asio::io_context io;
+  server_process server;
+  e2ee::library_context lib;
+  fs::path dir_;
+};
+
+// Every byte of every file under `dir`.
+std::string read_tree(const fs::path& dir) {
+  std::string all;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    all.append(std::istreambuf_iterator<char>(in), {});
+  }
+  return all;
+}
+
+TEST_F(e2ee_test, sessions_from_the_prekey_service_carry_messages_both_ways) {
+  auto alice = user("alice");
+  auto bob = user("bob");
+  alice->say("bob", "hello bob");
+  alice->say("bob", "second before any reply");
+  EXPECT_EQ(bob->receive(2), (std::vector<std::string>{"hello bob", "second before any reply"}));
+  bob->say("alice", "hello alice");
+  EXPECT_EQ(alice->receive(1), std::vector<std::string>{"hello alice"});
+  for (int i = 0; i < 5; ++i) {
+    alice->say("bob", "a" + std::to_string(i));
+    bob->say("alice", "b" + std::to_string(i));
+  }
+  EXPECT_EQ(bob->receive(5).size(), 5u);
+  EXPECT_EQ(alice->receive(5).size(), 5u);
+  // Both keep the chat in their own history; the safety numbers agree.
+  EXPECT_EQ(alice->store->history("bob", 100).size(), 13u);  // 7 sent, 6 received
+  EXPECT_EQ(bob->store->history("alice", 100).size(), 13u);
+  auto a = alice->conn.run(alice->messenger->safety_number("bob"));
+  auto b = bob->conn.run(bob->messenger->safety_number("alice"));
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(*a, *b);
+}
+
+TEST_F(e2ee_test, first_messages_that_cross_each_other_both_arrive) {
+  auto alice = user("alice");
+  auto bob = user("bob");
+  // Both set up a session from the other's bundle before anything arrived.
+  auto from_alice = alice->seal("bob", "alice speaks first");
+  auto from_bob = bob->seal("alice", "no, bob does");
+  EXPECT_EQ(from_alice.type, v1::CIPHER_TYPE_PREKEY_MESSAGE);
+  EXPECT_EQ(from_bob.type, v1::CIPHER_TYPE_PREKEY_MESSAGE);
+  alice->send(from_alice);
+  bob->send(from_bob);
+  EXPECT_EQ(bob->receive(1), std::vector<std::string>{"alice speaks first"});
+  EXPECT_EQ(alice->receive(1), std::vector<std::string>{"no, bob does"});
+  for (int round = 0; round < 3; ++round) {
+    const auto a = "from alice " + std::to_string(round);
+    const auto b = "from bob " + std::to_string(round);
+    alice->say("bob", a);
+    bob->say("alice", b);
+    EXPECT_EQ(bob->receive(1), std::vector<std::string>{a});
+    EXPECT_EQ(alice->receive(1), std::vector<std::string>{b});
+  }
+}
+
+TEST_F(e2ee_test, out_of_order_and_lost_messages_still_decrypt) {
+  auto alice = user("alice");
+  auto bob = user("bob");
+  alice->say("bob", "hi");
+  bob->say("alice", "hi back");  // the session is confirmed both ways
+  ASSERT_EQ(bob->receive(1).size(), 1u);
+  ASSERT_EQ(alice->receive(1).size(), 1u);
+  std::vector<client::sealed_message> m;
+  for (int i = 0; i < 4; ++i) m.push_back(alice->seal("bob", "m" + std::to_string(i)));
+  // The server gets (and delivers) them in the order m3, m1, m0; m2 is held back.
+  alice->send(m[3]);
+  alice->send(m[1]);
+  alice->send(m[0]);
+  EXPECT_EQ(bob->receive(3), (std::vector<std::string>{"m3", "m1", "m0"}));
+  bob->say("alice", "got three");
+  EXPECT_EQ(alice->receive(1), std::vector<std::string>{"got three"});
+  alice->send(m[2]);  // late, after the ratchet turned
+  EXPECT_EQ(bob->receive(1), std::vector<std::string>{"m2"});
+}
+
+TEST_F(e2ee_test, undecryptable_messages_are_reported_and_acked_never_shown) {
+  auto alice = user("alice");
+  auto bob = user("bob");
+  alice->say("bob", "real one");
+  // A client that does not encrypt (but names bob's current keys, so the server takes it):
+  // the server cannot tell, bob's device can.
+  test_client raw(io, server.url());
+  raw.register_and_login("mallory");
+  auto keys = raw.run(raw.api().fetch_keys("bob"));
+  ASSERT_TRUE(keys);
+  auto sent =
+      raw.run(raw.api().send("bob", "m1", "plain bytes pretending to be a SignalMessage",
+                             v1::CIPHER_TYPE_SIGNAL_MESSAGE, keys->bundles(0).registration_id()));
+  ASSERT_TRUE(sent) << client::describe(sent.error());
+  // Without naming them, the server refuses: its keys would not match.
+  auto blind = raw.run(raw.api().send("bob", "m2", "x"));
+  ASSERT_FALSE(blind);
+  EXPECT_EQ(blind.error().code, v1::ERROR_CODE_STALE_KEYS);
+  auto got = bob->receive(2);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0], "real one");
+  EXPECT_EQ(got[1].front(), '!') << got[1];
+  EXPECT_EQ(got[1].find("plain bytes"), std::string::npos);
+  EXPECT_TRUE(bob->receive(0).empty());  // acked: not pushed again
+  auto history = bob->store->history("mallory", 10);
+  ASSERT_EQ(history.size(), 1u);
+  EXPECT_TRUE(history[0].text.empty());
+  EXPECT_FALSE(history[0].problem.empty());
+}
+
+TEST_F(e2ee_test, a_reinstall_is_detected_recorded_and_messages_still_arrive) {
+  auto alice = user("alice");
+  auto bob = user("bob");
+  alice->say("bob", "before");
+  EXPECT_EQ(bob->receive(1), std::vector<std::string>{"before"});
+  auto before = alice->conn.run(alice->messenger->safety_number("bob"));
+  ASSERT_TRUE(before);
+
+  // Bob loses his device's data but keeps his account: a new identity is published.
+  bob->messenger.reset();
+  bob->store.reset();
+  fs::remove_all(bob->file.parent_path());
+  bob->open_store();
+  bob->conn.reconnect();
+  bob->publish();
+
+  // Alice's old session is refused by the server (STALE_KEYS) instead of stored as garbage;
+  // her messenger fetches the new keys, records the change and sends again.
+  alice->say("bob", "after");
+  auto changes = alice->messenger->take_identity_changes();
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_EQ(changes[0].peer, "bob");
+  EXPECT_EQ(bob->receive(1), std::vector<std::string>{"after"});
+  auto after = alice->conn.run(alice->messenger->safety_number("bob"));
+  ASSERT_TRUE(after);
+  EXPECT_NE(*after, *before);
+  EXPECT_EQ(*after, *bob->conn.run(bob->messenger->safety_number("alice")));
+  bob->say("alice", "I'm back");
+  EXPECT_EQ(alice->receive(1), std::vector<std::string>{"I'm back"});
+  EXPECT_TRUE(alice->messenger->take_identity_changes().empty());  // told once
+}
+
+TEST_F(e2ee_test, concurrent_fetches_share_no_prekey_and_exhaustion_still_works) {
+  auto bob = user("bob");
+  ASSERT_EQ(bob->conn.drain().size(), 0u);
+  constexpr int clients = 6, fetches = 20;  // 120 fetches of 100 one-time prekeys
+  std::vector<std::unique_ptr<test_client>> fetchers;
+  for (int i = 0; i < clients; ++i) {
+    fetchers.push_back(std::make_unique<test_client>(io, server.url()));
+    fetchers.back()->register_and_login("fetcher" + std::to_string(i));
+  }
+  // All requests in flight at once, on separate connections.
+  std::vector<std::future<client::result<v1::KeyBundles>>> pending;
+  for (int i = 0; i < fetches; ++i) {
+    for (auto& f : fetchers) {
+      pending.push_back(
+          boost::asio::co_spawn(io, f->api().fetch_keys("bob"), boost::asio::use_future));
+    }
+  }
+  std::multiset<std::uint32_t> taken;
+  int without = 0;
+  for (auto& p : pending) {
+    while (p.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+      io.restart();
+      io.run_one_for(std::chrono::milliseconds(20));
+    }
+    auto r = p.get();
+    ASSERT_TRUE(r) << client::describe(r.error());
+    ASSERT_EQ(r->bundles_size(), 1);
+    if (r->bundles(0).has_one_time_prekey()) {
+      taken.insert(r->bundles(0).one_time_prekey().id());
+    } else {
+      ++without;
+    }
+  }
+  EXPECT_EQ(taken.size(), 100u);
+  EXPECT_EQ(std::set<std::uint32_t>(taken.begin(), taken.end()).size(), 100u);
+  EXPECT_EQ(without, clients * fetches - 100);
+
+  // Bob, online, was told his stock ran low.
+  bool warned = false;
+  for (;;) {
+    auto f = bob->conn.run(bob->conn.api().next_push(std::chrono::milliseconds(500)));
+    if (!f) break;
+    if (f->has_prekeys_low()) warned = true;
+  }
+  EXPECT_TRUE(warned);
+
+  // With none left, a session still starts (signed prekey only) and decrypts.
+  auto carol = user("carol");
+  carol->say("bob", "no one-time prekey left");
+  EXPECT_EQ(bob->receive(1), std::vector<std::string>{"no one-time prekey left"});
+
+  // Bob's next connection sees 0 left in Authenticated and tops up to 100.
+  bob->conn.reconnect();
+  EXPECT_EQ(bob->conn.authenticated.one_time_prekeys(), 0u);
+  bob->publish();
+  bob->conn.reconnect();
+  EXPECT_EQ(bob->conn.authenticated.one_time_prekeys(), 100u);
+  auto fresh = fetchers[0]->run(fetchers[0]->api().fetch_keys("bob"));
+  ASSERT_TRUE(fresh);
+  EXPECT_TRUE(fresh->bundles(0).has_one_time_prekey());
+}
+
+TEST_F(e2ee_test, the_server_refuses_bad_keys_with_typed_errors) {
+  auto bob = user("bob");
+  auto good = bob->messenger->engine().full_upload(3);
+  ASSERT_TRUE(good);
+  auto upload = [&](const e2ee::key_upload& k) {
+    v1::UploadKeys u;
+    u.set_identity_key(k.identity_key);
+    u.set_registration_id(k.registration_id);
+    if (k.signed_prekey) {
+      u.mutable_signed_prekey()->set_id(k.signed_prekey->id);
+      u.mutable_signed_prekey()->set_public_key(k.signed_prekey->public_key);
+      u.mutable_signed_prekey()->set_signature(k.signed_prekey->signature);
+    }
+    for (const auto& p : k.one_time_prekeys) {
+      auto* o = u.add_one_time_prekeys();
+      o->set_id(p.id);
+      o->set_public_key(p.public_key);
+    }
+    return bob->conn.run(bob->conn.api().upload_keys(u));
+  };
+  auto code = [](const auto& r) { return r ? v1::ERROR_CODE_UNSPECIFIED : r.error().code; };
+
+  auto forged = *good;
+  forged.signed_prekey->signature[5] ^= 0x20;
+  EXPECT_EQ(code(upload(forged)), v1::ERROR_CODE_BAD_SIGNATURE);
+  auto short_key = *good;
+  short_key.identity_key.pop_back();
+  EXPECT_EQ(code(upload(short_key)), v1::ERROR_CODE_BAD_KEY);
+  auto other_identity = *good;  // a new identity with no signed prekey
+  other_identity.identity_key = user("carol")->messenger->engine().identity_key().value();
+  other_identity.signed_prekey.reset();
+  EXPECT_EQ(code(upload(other_identity)), v1::ERROR_CODE_BAD_KEY);
+  auto too_many = *bob->messenger->engine().top_up(101);
+  EXPECT_EQ(code(upload(too_many)), v1::ERROR_CODE_TOO_MANY_PREKEYS);
+  EXPECT_TRUE(upload(*good));
+  // 500 held at most: 100 were published at registration, 3 above; 4 x 100 more is over.
+  int refused_at = 0;
+  for (int i = 1; i <= 4 && refused_at == 0; ++i) {
+    if (!upload(*bob->messenger->engine().top_up(100))) refused_at = i;
+  }
+  EXPECT_EQ(refused_at, 4);
+
+  // Nothing bad was stored: a session built on bob's bundle works.
+  auto alice = user("alice");
+  alice->say("bob", "keys are fine");
+  EXPECT_EQ(bob->receive(1), std::vector<std::string>{"keys are fine"});
+
+  // A user without keys, and requests before authentication.
+  test_client plain(io, server.url());
+  plain.register_and_login("plain");
+  auto none = plain.run(plain.api().fetch_keys("plain"));
+  ASSERT_FALSE(none);
+  EXPECT_EQ(none.error().code, v1::ERROR_CODE_NO_KEYS);
+  test_client anonymous(io, server.url());
+  anonymous.connect();
+  auto early = anonymous.run(anonymous.api().fetch_keys("bob"));
+  ASSERT_FALSE(early);
+  EXPECT_EQ(early.error().code, v1::ERROR_CODE_UNAUTHENTICATED);
+}
+
+TEST_F(e2ee_test, no_plaintext_on_the_servers_disk_or_on_the_wire) {
+  recording_relay relay(server.port());
+  auto alice = user("zq_alice", relay.url());
+  auto bob = user("zq_bob", relay.url());
+  const std::vector<std::string> secrets{"Xylophone-quartz 7431", "meet at the old mill at dawn",
+                                         "Kohlrabi-ultramarine 9902"};
+  alice->say("zq_bob", secrets[0]);
+  alice->say("zq_bob", secrets[1]);
+  EXPECT_EQ(bob->receive(2), (std::vector<std::string>{secrets[0], secrets[1]}));
+  bob->say("zq_alice", secrets[2]);
+  EXPECT_EQ(alice->receive(1), std::vector<std::string>{secrets[2]});
+  alice->conn.disconnect();
+  bob->conn.disconnect();
+  ASSERT_EQ(server.terminate(), 0);  // flushes everything to the data directory
+
+  const std::string disk = read_tree(server.data_dir());
+  const std::string wire = relay.to_clients() + relay.to_server();
+  // The searches can find things: what the server must see in the clear is there.
+  ASSERT_NE(disk.find("zq_alice"), std::string::npos);
+  ASSERT_NE(relay.to_clients().find("zq_alice"), std::string::npos);  // Envelope.from
+  for (const auto& s : secrets) {
+    EXPECT_EQ(disk.find(s), std::string::npos) << s;
+    EXPECT_EQ(wire.find(s), std::string::npos) << s;
+    EXPECT_EQ(disk.find(s.substr(0, 10)), std::string::npos) << s;
+  }
+  // The devices themselves do keep the text, in their 0600 local stores.
+  EXPECT_NE(read_tree(bob->file.parent_path()).find(secrets[0]), std::string::npos);
+}
+
+}  // namespace
+}  // namespace parley::test
