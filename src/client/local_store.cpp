@@ -192,6 +192,8 @@ void local_store::put_prekey(std::uint32_t id, std::string_view record) {
       .run();
 }
 
+void local_store::remove_all_prekeys() { prepare("DELETE FROM prekeys").run(); }
+
 void local_store::remove_prekey(std::uint32_t id) {
   prepare("DELETE FROM prekeys WHERE id = ?").bind(1, static_cast<std::int64_t>(id)).run();
 }
@@ -310,9 +312,17 @@ std::vector<e2ee::identity_change> read_changes(Statement& s) {
 
 std::vector<e2ee::identity_change> local_store::take_unseen_identity_changes() {
   auto s = prepare(
-      "SELECT peer, old_key, new_key, at_ms FROM identity_changes WHERE seen = 0 ORDER BY id");
-  auto out = read_changes(s);
-  if (!out.empty()) prepare("UPDATE identity_changes SET seen = 1 WHERE seen = 0").run();
+      "SELECT peer, old_key, new_key, at_ms, id FROM identity_changes WHERE seen = 0 ORDER BY id");
+  std::vector<e2ee::identity_change> out;
+  std::int64_t last = 0;
+  while (s.step()) {
+    out.push_back({s.blob(0), s.blob(1), s.blob(2), static_cast<std::uint64_t>(s.integer(3))});
+    last = s.integer(4);
+  }
+  // Only what was read is marked: a change recorded meanwhile by another process on the same
+  // profile is shown by the next call.
+  if (!out.empty())
+    prepare("UPDATE identity_changes SET seen = 1 WHERE id <= ?").bind(1, last).run();
   return out;
 }
 

@@ -61,6 +61,7 @@ class local_store final : public e2ee::key_store {
   std::optional<std::string> prekey(std::uint32_t id) override;
   void put_prekey(std::uint32_t id, std::string_view record) override;
   void remove_prekey(std::uint32_t id) override;
+  void remove_all_prekeys() override;
   std::optional<std::string> signed_prekey(std::uint32_t id) override;
   void put_signed_prekey(std::uint32_t id, std::string_view record,
                          std::uint64_t created_ms) override;

@@ -70,7 +70,10 @@ result<std::optional<e2ee::key_upload>> messenger::keys_to_publish(const v1::Aut
     if (!registration) return crypto_error(registration.error());
     if (!auth.has_keys() || auth.registration_id() != *registration) {
       // First run, or this install's keys are not the server's (a reinstall, or a first
-      // upload that failed): publish everything. The server replaces an old identity.
+      // upload that failed): publish everything. The server replaces an old identity. Local
+      // one-time prekeys of an earlier attempt never reached the server, so no message can
+      // use them: dropped, so that failed attempts do not pile them up.
+      store_.remove_all_prekeys();
       auto full = engine_.full_upload(prekeys_per_upload);
       if (!full) return crypto_error(full.error());
       keys = std::move(*full);
@@ -218,6 +221,9 @@ awaitable<result<sealed_message>> messenger::seal(std::string peer, std::string 
 }
 
 awaitable<result<v1::SendResult>> messenger::send(sealed_message m, std::string client_msg_id) {
+  // A retry of a message that was re-encrypted for new keys sends the re-encrypted one: the
+  // original was made for keys that no longer exist.
+  if (auto it = resealed_.find(client_msg_id); it != resealed_.end()) m = it->second;
   auto r = co_await api_.send(m.peer, client_msg_id, m.payload, m.type, m.registration_id);
   if (!r && r.error().what == client_error::kind::server &&
       r.error().code == v1::ERROR_CODE_STALE_KEYS) {
@@ -228,9 +234,11 @@ awaitable<result<v1::SendResult>> messenger::send(sealed_message m, std::string 
     auto again = seal_with_session(m.peer, *device, m.text);
     if (!again) co_return again.error();
     m = std::move(*again);
+    resealed_[client_msg_id] = m;
     r = co_await api_.send(m.peer, client_msg_id, m.payload, m.type, m.registration_id);
   }
   if (!r) co_return r.error();
+  resealed_.erase(client_msg_id);
   auto recorded = record_sent(m, *r);
   if (!recorded) co_return recorded.error();
   co_return *r;
@@ -239,35 +247,45 @@ awaitable<result<v1::SendResult>> messenger::send(sealed_message m, std::string 
 opened_message messenger::open(const v1::Envelope& e) {
   try {
     if (store_.has_message(e.message_id())) return {opened_message::kind::duplicate, {}, {}};
-    local_store::transaction tx(store_);
-    opened_message out;
+    std::string problem;
     if (!fits_device(e.from_device())) {
-      out = {opened_message::kind::undecryptable, {}, "sender device id out of range"};
+      problem = "sender device id out of range";
     } else if (e.type() != v1::CIPHER_TYPE_SIGNAL_MESSAGE &&
                e.type() != v1::CIPHER_TYPE_PREKEY_MESSAGE) {
-      out = {opened_message::kind::undecryptable, {}, "not a Signal-protocol message"};
+      problem = "not a Signal-protocol message";
     } else {
+      // The decryption and everything it changed (ratchet state, a used one-time prekey, the
+      // sender's identity key) are kept only if the message opens: libsignal saves a
+      // PreKeySignalMessage's identity key before it checks the MAC, so a forged message
+      // must leave no trace.
       const auto device = static_cast<std::int32_t>(e.from_device());
+      local_store::transaction tx(store_);
       auto plain =
           engine_.decrypt(e.from(), device,
                           e.type() == v1::CIPHER_TYPE_PREKEY_MESSAGE ? e2ee::message_type::prekey
                                                                      : e2ee::message_type::signal,
                           e.payload());
-      if (!plain) {
-        out = {opened_message::kind::undecryptable, {}, plain.error().message()};
-      } else if (auto text = unpad(*plain)) {
-        out = {opened_message::kind::text, std::move(*text), {}};
-        store_.set_contact_device(e.from(), device);
-      } else {
-        out = {opened_message::kind::undecryptable,
-               {},
-               make_error_code(e2ee::errc::malformed_content).message()};
+      if (!plain && plain.error() == e2ee::errc::storage) {
+        return {opened_message::kind::not_stored, {}, plain.error().message()};
       }
-    }
-    store_.add_message({e.message_id(), e.from(), message_direction::incoming, e.sent_at_ms(),
-                        out.text, out.problem});
+      if (plain) {
+        if (auto text = unpad(*plain)) {
+          store_.set_contact_device(e.from(), device);
+          store_.add_message(
+              {e.message_id(), e.from(), message_direction::incoming, e.sent_at_ms(), *text, {}});
+          tx.commit();
+          return {opened_message::kind::text, std::move(*text), {}};
+        }
+        problem = make_error_code(e2ee::errc::malformed_content).message();
+      } else {
+        problem = plain.error().message();
+      }
+    }  // a failed decryption is rolled back here
+    local_store::transaction tx(store_);
+    store_.add_message(
+        {e.message_id(), e.from(), message_direction::incoming, e.sent_at_ms(), {}, problem});
     tx.commit();
-    return out;
+    return {opened_message::kind::undecryptable, {}, std::move(problem)};
   } catch (const std::exception& ex) {
     // The local store failed: nothing was kept, so the envelope must not be acked.
     return {opened_message::kind::not_stored, {}, std::string("local store failed: ") + ex.what()};

@@ -18,6 +18,7 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -92,6 +93,8 @@ class messenger {
   local_store& store_;
   e2ee::signal_engine engine_;
   std::string me_;
+  // client_msg_id -> the message as re-encrypted after STALE_KEYS, until it is sent.
+  std::map<std::string, sealed_message> resealed_;
 };
 
 }  // namespace parley::client

@@ -34,6 +34,7 @@ class key_store {
   virtual std::optional<std::string> prekey(std::uint32_t id) = 0;
   virtual void put_prekey(std::uint32_t id, std::string_view record) = 0;
   virtual void remove_prekey(std::uint32_t id) = 0;
+  virtual void remove_all_prekeys() = 0;
 
   virtual std::optional<std::string> signed_prekey(std::uint32_t id) = 0;
   virtual void put_signed_prekey(std::uint32_t id, std::string_view record,

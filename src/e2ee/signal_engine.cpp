@@ -93,14 +93,23 @@ public_prekey public_half(const session_signed_pre_key* spk) {
   return out;
 }
 
-key_store& store_of(void* user_data) { return *static_cast<key_store*>(user_data); }
+// What the store callbacks get as user data: the store, and whether it failed during the
+// current operation (the library only passes return codes on, and SG_ERR_UNKNOWN is also what
+// the crypto provider returns, so the flag is what tells a storage failure apart).
+struct callback_context {
+  key_store& store;
+  bool failed = false;
+};
 
-// Runs a store access inside a libsignal callback: the library only understands return codes.
+key_store& store_of(void* user_data) { return static_cast<callback_context*>(user_data)->store; }
+
+// Runs a store access inside a libsignal callback.
 template <class Fn>
-int guarded(Fn fn) {
+int guarded(void* user_data, Fn fn) {
   try {
     return fn();
   } catch (const std::exception&) {
+    static_cast<callback_context*>(user_data)->failed = true;
     return SG_ERR_UNKNOWN;
   }
 }
@@ -121,8 +130,6 @@ errc from_library(int code) {
     case SG_ERR_INVALID_KEY:
     case SG_ERR_STALE_KEY_EXCHANGE:
       return errc::invalid_message;
-    case SG_ERR_UNKNOWN:
-      return errc::storage;  // what guarded() returns when the store threw
     default:
       return errc::library;
   }
@@ -132,7 +139,7 @@ errc from_library(int code) {
 
 int load_session(signal_buffer** record, signal_buffer** user_record,
                  const signal_protocol_address* a, void* ud) {
-  return guarded([&] {
+  return guarded(ud, [&] {
     auto r = store_of(ud).session({a->name, a->name_len}, a->device_id);
     if (!r) return 0;
     *record = to_buffer(*r);
@@ -141,7 +148,7 @@ int load_session(signal_buffer** record, signal_buffer** user_record,
 }
 
 int sub_device_sessions(signal_int_list** sessions, const char* name, size_t len, void* ud) {
-  return guarded([&] {
+  return guarded(ud, [&] {
     auto devices = store_of(ud).session_devices({name, len});
     *sessions = signal_int_list_alloc();
     for (auto d : devices) signal_int_list_push_back(*sessions, d);
@@ -151,7 +158,7 @@ int sub_device_sessions(signal_int_list** sessions, const char* name, size_t len
 
 int store_session(const signal_protocol_address* a, uint8_t* record, size_t len, uint8_t*, size_t,
                   void* ud) {
-  return guarded([&] {
+  return guarded(ud, [&] {
     store_of(ud).put_session({a->name, a->name_len}, a->device_id,
                              {reinterpret_cast<const char*>(record), len});
     return 0;
@@ -159,24 +166,24 @@ int store_session(const signal_protocol_address* a, uint8_t* record, size_t len,
 }
 
 int contains_session(const signal_protocol_address* a, void* ud) {
-  return guarded([&] {
+  return guarded(ud, [&] {
     return store_of(ud).session({a->name, a->name_len}, a->device_id).has_value() ? 1 : 0;
   });
 }
 
 int delete_session(const signal_protocol_address* a, void* ud) {
-  return guarded([&] {
+  return guarded(ud, [&] {
     store_of(ud).remove_session({a->name, a->name_len}, a->device_id);
     return 1;
   });
 }
 
 int delete_all_sessions(const char* name, size_t len, void* ud) {
-  return guarded([&] { return static_cast<int>(store_of(ud).remove_sessions({name, len})); });
+  return guarded(ud, [&] { return static_cast<int>(store_of(ud).remove_sessions({name, len})); });
 }
 
 int load_prekey(signal_buffer** record, uint32_t id, void* ud) {
-  return guarded([&] {
+  return guarded(ud, [&] {
     auto r = store_of(ud).prekey(id);
     if (!r) return SG_ERR_INVALID_KEY_ID;
     *record = to_buffer(*r);
@@ -185,25 +192,25 @@ int load_prekey(signal_buffer** record, uint32_t id, void* ud) {
 }
 
 int store_prekey(uint32_t id, uint8_t* record, size_t len, void* ud) {
-  return guarded([&] {
+  return guarded(ud, [&] {
     store_of(ud).put_prekey(id, {reinterpret_cast<const char*>(record), len});
     return 0;
   });
 }
 
 int contains_prekey(uint32_t id, void* ud) {
-  return guarded([&] { return store_of(ud).prekey(id).has_value() ? 1 : 0; });
+  return guarded(ud, [&] { return store_of(ud).prekey(id).has_value() ? 1 : 0; });
 }
 
 int remove_prekey(uint32_t id, void* ud) {
-  return guarded([&] {
+  return guarded(ud, [&] {
     store_of(ud).remove_prekey(id);
     return 0;
   });
 }
 
 int load_signed_prekey(signal_buffer** record, uint32_t id, void* ud) {
-  return guarded([&] {
+  return guarded(ud, [&] {
     auto r = store_of(ud).signed_prekey(id);
     if (!r) return SG_ERR_INVALID_KEY_ID;
     *record = to_buffer(*r);
@@ -212,25 +219,25 @@ int load_signed_prekey(signal_buffer** record, uint32_t id, void* ud) {
 }
 
 int store_signed_prekey(uint32_t id, uint8_t* record, size_t len, void* ud) {
-  return guarded([&] {
+  return guarded(ud, [&] {
     store_of(ud).put_signed_prekey(id, {reinterpret_cast<const char*>(record), len}, 0);
     return 0;
   });
 }
 
 int contains_signed_prekey(uint32_t id, void* ud) {
-  return guarded([&] { return store_of(ud).signed_prekey(id).has_value() ? 1 : 0; });
+  return guarded(ud, [&] { return store_of(ud).signed_prekey(id).has_value() ? 1 : 0; });
 }
 
 int remove_signed_prekey(uint32_t id, void* ud) {
-  return guarded([&] {
+  return guarded(ud, [&] {
     store_of(ud).remove_signed_prekey(id);
     return 0;
   });
 }
 
 int identity_key_pair(signal_buffer** public_data, signal_buffer** private_data, void* ud) {
-  return guarded([&] {
+  return guarded(ud, [&] {
     auto pub = store_of(ud).meta(meta_identity_public);
     auto priv = store_of(ud).meta(meta_identity_private);
     if (!pub || !priv) return SG_ERR_INVALID_KEY;
@@ -241,7 +248,7 @@ int identity_key_pair(signal_buffer** public_data, signal_buffer** private_data,
 }
 
 int local_registration_id(void* ud, uint32_t* id) {
-  return guarded([&] {
+  return guarded(ud, [&] {
     *id = parse_u32(store_of(ud).meta(meta_registration_id));
     return *id == 0 ? SG_ERR_INVALID_KEY : 0;
   });
@@ -254,7 +261,7 @@ std::uint64_t wall_ms() {
 }
 
 int save_identity(const signal_protocol_address* a, uint8_t* key, size_t len, void* ud) {
-  return guarded([&] {
+  return guarded(ud, [&] {
     if (key == nullptr) return 0;  // "forget the key": parley keeps it, for the change record
     store_of(ud).put_identity({a->name, a->name_len}, {reinterpret_cast<const char*>(key), len},
                               wall_ms());
@@ -271,9 +278,10 @@ int is_trusted_identity(const signal_protocol_address*, uint8_t*, size_t, void*)
 struct signal_engine::impl {
   library_context& library;
   key_store& store;
+  callback_context callbacks;
   signal_protocol_store_context* context = nullptr;
 
-  impl(library_context& l, key_store& s) : library(l), store(s) {
+  impl(library_context& l, key_store& s) : library(l), store(s), callbacks{s} {
     if (signal_protocol_store_context_create(&context, library.get()) != 0) {
       throw std::runtime_error("cannot create the Signal protocol store context");
     }
@@ -284,25 +292,25 @@ struct signal_engine::impl {
     sessions.contains_session_func = contains_session;
     sessions.delete_session_func = delete_session;
     sessions.delete_all_sessions_func = delete_all_sessions;
-    sessions.user_data = &store;
+    sessions.user_data = &callbacks;
     signal_protocol_pre_key_store prekeys{};
     prekeys.load_pre_key = load_prekey;
     prekeys.store_pre_key = store_prekey;
     prekeys.contains_pre_key = contains_prekey;
     prekeys.remove_pre_key = remove_prekey;
-    prekeys.user_data = &store;
+    prekeys.user_data = &callbacks;
     signal_protocol_signed_pre_key_store signed_prekeys{};
     signed_prekeys.load_signed_pre_key = load_signed_prekey;
     signed_prekeys.store_signed_pre_key = store_signed_prekey;
     signed_prekeys.contains_signed_pre_key = contains_signed_prekey;
     signed_prekeys.remove_signed_pre_key = remove_signed_prekey;
-    signed_prekeys.user_data = &store;
+    signed_prekeys.user_data = &callbacks;
     signal_protocol_identity_key_store identities{};
     identities.get_identity_key_pair = identity_key_pair;
     identities.get_local_registration_id = local_registration_id;
     identities.save_identity = save_identity;
     identities.is_trusted_identity = is_trusted_identity;
-    identities.user_data = &store;
+    identities.user_data = &callbacks;
     signal_protocol_store_context_set_session_store(context, &sessions);
     signal_protocol_store_context_set_pre_key_store(context, &prekeys);
     signal_protocol_store_context_set_signed_pre_key_store(context, &signed_prekeys);
@@ -394,12 +402,20 @@ struct signal_engine::impl {
   }
 };
 
-// Runs an engine operation, turning a failing store into errc::storage.
+// Runs an engine operation, turning a failing store (thrown here, or caught in a callback)
+// into errc::storage, whatever the library made of it.
 template <class T, class Fn>
-result<T> storage_guard(Fn fn) {
+result<T> storage_guard(callback_context& callbacks, Fn fn) {
+  callbacks.failed = false;
   try {
-    return fn();
+    result<T> r = fn();
+    if (callbacks.failed) {
+      callbacks.failed = false;
+      return errc::storage;
+    }
+    return r;
   } catch (const std::exception&) {
+    callbacks.failed = false;
     return errc::storage;
   }
 }
@@ -412,7 +428,7 @@ signal_engine::~signal_engine() = default;
 bool signal_engine::has_identity() { return impl_->store.meta(meta_identity_public).has_value(); }
 
 result<bool> signal_engine::create_identity(std::uint64_t now_ms) {
-  return storage_guard<bool>([&]() -> result<bool> {
+  return storage_guard<bool>(impl_->callbacks, [&]() -> result<bool> {
     auto& d = *impl_;
     if (has_identity()) return false;
     ref<ratchet_identity_key_pair> pair;
@@ -455,7 +471,7 @@ result<std::uint32_t> signal_engine::registration_id() {
 }
 
 result<key_upload> signal_engine::full_upload(std::size_t one_time) {
-  return storage_guard<key_upload>([&]() -> result<key_upload> {
+  return storage_guard<key_upload>(impl_->callbacks, [&]() -> result<key_upload> {
     auto u = impl_->base_upload();
     if (!u) return u.error();
     auto spk = impl_->current_signed_prekey();
@@ -469,7 +485,7 @@ result<key_upload> signal_engine::full_upload(std::size_t one_time) {
 }
 
 result<key_upload> signal_engine::top_up(std::size_t one_time) {
-  return storage_guard<key_upload>([&]() -> result<key_upload> {
+  return storage_guard<key_upload>(impl_->callbacks, [&]() -> result<key_upload> {
     auto u = impl_->base_upload();
     if (!u) return u.error();
     auto keys = impl_->new_one_time_prekeys(one_time);
@@ -482,29 +498,33 @@ result<key_upload> signal_engine::top_up(std::size_t one_time) {
 result<std::optional<key_upload>> signal_engine::rotate_signed_prekey(std::uint64_t now_ms,
                                                                       std::uint64_t max_age_ms,
                                                                       std::uint64_t keep_ms) {
-  return storage_guard<std::optional<key_upload>>([&]() -> result<std::optional<key_upload>> {
-    auto& d = *impl_;
-    auto all = d.store.signed_prekeys();
-    if (all.empty()) return errc::no_identity;
-    std::optional<key_upload> out;
-    if (all.back().second + max_age_ms <= now_ms) {
-      auto u = d.base_upload();
-      if (!u) return u.error();
-      auto spk = d.new_signed_prekey(now_ms);
-      if (!spk) return spk.error();
-      u->signed_prekey = std::move(*spk);
-      out = std::move(*u);
-      all = d.store.signed_prekeys();
-    }
-    for (std::size_t i = 0; i + 1 < all.size(); ++i) {
-      if (all[i].second + keep_ms <= now_ms) d.store.remove_signed_prekey(all[i].first);
-    }
-    return out;
-  });
+  return storage_guard<std::optional<key_upload>>(
+      impl_->callbacks, [&]() -> result<std::optional<key_upload>> {
+        auto& d = *impl_;
+        auto all = d.store.signed_prekeys();
+        if (all.empty()) return errc::no_identity;
+        std::optional<key_upload> out;
+        if (all.back().second + max_age_ms <= now_ms) {
+          auto u = d.base_upload();
+          if (!u) return u.error();
+          auto spk = d.new_signed_prekey(now_ms);
+          if (!spk) return spk.error();
+          u->signed_prekey = std::move(*spk);
+          out = std::move(*u);
+          all = d.store.signed_prekeys();
+        }
+        // A key is kept for keep_ms after its successor was made (not after it was made itself):
+        // a device back after a long absence rotates first and then drains messages that were
+        // built on the key it just replaced.
+        for (std::size_t i = 0; i + 1 < all.size(); ++i) {
+          if (all[i + 1].second + keep_ms <= now_ms) d.store.remove_signed_prekey(all[i].first);
+        }
+        return out;
+      });
 }
 
 result<void> signal_engine::process_bundle(const peer_bundle& b) {
-  return storage_guard<void>([&]() -> result<void> {
+  return storage_guard<void>(impl_->callbacks, [&]() -> result<void> {
     auto& d = *impl_;
     ref<ec_public_key> identity, signed_key, one_time;
     if (curve_decode_point(identity.out(), bytes(b.identity_key), b.identity_key.size(),
@@ -548,7 +568,7 @@ void signal_engine::drop_sessions(const std::string& peer) { impl_->store.remove
 
 result<std::uint32_t> signal_engine::remote_registration_id(const std::string& peer,
                                                             std::int32_t device) {
-  return storage_guard<std::uint32_t>([&]() -> result<std::uint32_t> {
+  return storage_guard<std::uint32_t>(impl_->callbacks, [&]() -> result<std::uint32_t> {
     if (!has_session(peer, device)) return errc::no_session;
     const auto address = address_of(peer, device);
     session_cipher* cipher = nullptr;
@@ -565,7 +585,7 @@ result<std::uint32_t> signal_engine::remote_registration_id(const std::string& p
 
 result<ciphertext> signal_engine::encrypt(const std::string& peer, std::int32_t device,
                                           const std::string& plaintext) {
-  return storage_guard<ciphertext>([&]() -> result<ciphertext> {
+  return storage_guard<ciphertext>(impl_->callbacks, [&]() -> result<ciphertext> {
     if (!has_session(peer, device)) return errc::no_session;
     const auto address = address_of(peer, device);
     session_cipher* cipher = nullptr;
@@ -590,7 +610,7 @@ result<ciphertext> signal_engine::encrypt(const std::string& peer, std::int32_t 
 
 result<std::string> signal_engine::decrypt(const std::string& peer, std::int32_t device,
                                            message_type type, const std::string& data) {
-  return storage_guard<std::string>([&]() -> result<std::string> {
+  return storage_guard<std::string>(impl_->callbacks, [&]() -> result<std::string> {
     auto& d = *impl_;
     const auto address = address_of(peer, device);
     session_cipher* cipher = nullptr;
@@ -619,7 +639,7 @@ result<std::string> signal_engine::decrypt(const std::string& peer, std::int32_t
 }
 
 result<std::string> signal_engine::safety_number(const std::string& me, const std::string& peer) {
-  return storage_guard<std::string>([&]() -> result<std::string> {
+  return storage_guard<std::string>(impl_->callbacks, [&]() -> result<std::string> {
     auto& d = *impl_;
     auto mine = d.store.meta(meta_identity_public);
     if (!mine) return errc::no_identity;

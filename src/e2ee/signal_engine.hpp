@@ -77,8 +77,8 @@ class signal_engine {
   // Identity and registration id plus `one_time` new one-time prekeys (no signed prekey).
   result<key_upload> top_up(std::size_t one_time);
   // If the newest signed prekey is older than `max_age_ms`, makes a new one and returns the
-  // upload that publishes it. Signed prekeys older than `keep_ms` (and not the newest) are
-  // deleted: messages built on them can no longer start a session.
+  // upload that publishes it. A signed prekey replaced by a newer one more than `keep_ms` ago
+  // is deleted: messages built on it can no longer start a session.
   result<std::optional<key_upload>> rotate_signed_prekey(std::uint64_t now_ms,
                                                          std::uint64_t max_age_ms,
                                                          std::uint64_t keep_ms);

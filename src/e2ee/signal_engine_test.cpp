@@ -249,9 +249,24 @@ TEST_F(signal_engine_test, signed_prekeys_rotate_and_old_ones_expire) {
   EXPECT_TRUE(verify_signed_prekey(rotated->identity_key, rotated->signed_prekey->public_key,
                                    rotated->signed_prekey->signature));
   EXPECT_TRUE(bob_->store->signed_prekey(first));  // kept for messages already in flight
-  ASSERT_TRUE(
-      bob_->engine->rotate_signed_prekey(1'000'000 + 40 * day_ms, 70 * day_ms, 30 * day_ms));
-  EXPECT_FALSE(bob_->store->signed_prekey(first));
+  const auto max_age = 70 * day_ms;                // no rotation in the calls below
+  ASSERT_TRUE(bob_->engine->rotate_signed_prekey(1'000'000 + 37 * day_ms, max_age, 30 * day_ms));
+  EXPECT_TRUE(bob_->store->signed_prekey(first));  // replaced 29 days ago
+  ASSERT_TRUE(bob_->engine->rotate_signed_prekey(1'000'000 + 38 * day_ms, max_age, 30 * day_ms));
+  EXPECT_FALSE(bob_->store->signed_prekey(first));  // replaced 30 days ago
+}
+
+TEST_F(signal_engine_test, a_device_back_after_months_keeps_the_key_it_replaces) {
+  // Its only signed prekey is 100 days old: it rotates, and messages queued for it while it
+  // was away (built on the old key) must still open.
+  ASSERT_TRUE(alice_->engine->process_bundle(bob_->bundle()));
+  auto queued = seal(*alice_, *bob_, "sent while bob was away");
+  const auto first = bob_->published->signed_prekey->id;
+  auto rotated =
+      bob_->engine->rotate_signed_prekey(1'000'000 + 100 * day_ms, 7 * day_ms, 30 * day_ms).value();
+  ASSERT_TRUE(rotated);
+  EXPECT_TRUE(bob_->store->signed_prekey(first));
+  EXPECT_EQ(open(*bob_, *alice_, queued).value(), "sent while bob was away");
 }
 
 TEST_F(signal_engine_test, the_local_store_is_readable_by_its_user_only) {

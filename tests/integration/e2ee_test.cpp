@@ -14,6 +14,7 @@
 #include "client/local_store.hpp"
 #include "client/messenger.hpp"
 #include "e2ee/library_context.hpp"
+#include "e2ee/signal_engine.hpp"
 #include "recording_relay.hpp"
 #include "test_client.hpp"
 
@@ -107,6 +108,34 @@ class e2ee_test : public ::testing::Test {
   e2ee::library_context lib;
   fs::path dir_;
 };
+
+// The offset just past the SignalMessage inside a serialized PreKeySignalMessage (version byte,
+// then protobuf fields; field 4 is the embedded message, whose last 8 bytes are its MAC).
+std::size_t end_of_inner_message(const std::string& m) {
+  std::size_t i = 1;
+  auto varint = [&] {
+    std::uint64_t v = 0;
+    for (int shift = 0; i < m.size(); shift += 7) {
+      const auto byte = static_cast<unsigned char>(m[i++]);
+      v |= std::uint64_t(byte & 0x7f) << shift;
+      if (!(byte & 0x80)) break;
+    }
+    return v;
+  };
+  while (i < m.size()) {
+    const auto key = varint();
+    if ((key & 7) == 0) {
+      varint();
+    } else if ((key & 7) == 2) {
+      const auto len = varint();
+      if ((key >> 3) == 4) return i + len;
+      i += len;
+    } else {
+      break;
+    }
+  }
+  return 0;
+}
 
 // Every byte of every file under `dir`.
 std::string read_tree(const fs::path& dir) {
@@ -212,6 +241,67 @@ TEST_F(e2ee_test, undecryptable_messages_are_reported_and_acked_never_shown) {
   ASSERT_EQ(history.size(), 1u);
   EXPECT_TRUE(history[0].text.empty());
   EXPECT_FALSE(history[0].problem.empty());
+}
+
+TEST_F(e2ee_test, a_forged_first_message_leaves_no_trace_but_a_real_new_key_is_shown) {
+  auto alice = user("alice");
+  auto bob = user("bob");
+  alice->say("bob", "hi");
+  ASSERT_EQ(bob->receive(1).size(), 1u);
+  const auto trusted = bob->store->identity("alice");
+  const auto number = bob->conn.run(bob->messenger->safety_number("alice"));
+  ASSERT_TRUE(trusted && number);
+
+  // The server (or whoever runs it) makes a PreKeySignalMessage "from alice" with a key of
+  // its own, from bob's published bundle.
+  client::local_store eve_store(dir_ / "eve" / "local.db");
+  e2ee::signal_engine eve(lib, eve_store);
+  ASSERT_TRUE(eve.create_identity(1));
+  auto keys = alice->conn.run(alice->conn.api().fetch_keys("bob"));
+  ASSERT_TRUE(keys);
+  const auto& b = keys->bundles(0);
+  ASSERT_TRUE(eve.process_bundle(
+      {"bob",
+       static_cast<std::int32_t>(b.device_id()),
+       b.registration_id(),
+       b.identity_key(),
+       {b.signed_prekey().id(), b.signed_prekey().public_key(), b.signed_prekey().signature()},
+       e2ee::public_prekey{b.one_time_prekey().id(), b.one_time_prekey().public_key(), {}}}));
+  auto forged = eve.encrypt("bob", static_cast<std::int32_t>(b.device_id()),
+                            std::string("pwned") + '\x80' + std::string(154, '\0'));
+  ASSERT_TRUE(forged);
+  ASSERT_EQ(forged->type, e2ee::message_type::prekey);
+  v1::Envelope envelope;
+  envelope.set_event_id(1);
+  envelope.set_message_id(1);
+  envelope.set_from("alice");
+  envelope.set_from_device(alice->conn.device_id);
+  envelope.set_type(v1::CIPHER_TYPE_PREKEY_MESSAGE);
+
+  // With a broken MAC: reported, and nothing of it is kept: not the key, not a warning.
+  const auto mac_end = end_of_inner_message(forged->bytes);
+  ASSERT_GT(mac_end, 8u);
+  envelope.set_payload(forged->bytes);
+  (*envelope.mutable_payload())[mac_end - 1] ^= 0x01;
+  auto opened = bob->messenger->open(envelope);
+  EXPECT_EQ(opened.what, client::opened_message::kind::undecryptable);
+  EXPECT_EQ(bob->store->identity("alice"), trusted);
+  EXPECT_TRUE(bob->messenger->take_identity_changes().empty());
+  auto unchanged = bob->conn.run(bob->messenger->safety_number("alice"));
+  ASSERT_TRUE(unchanged);
+  EXPECT_EQ(*unchanged, *number);
+
+  // Intact, it opens under eve's key: that is a real key change, and bob is told.
+  envelope.set_message_id(2);
+  envelope.set_payload(forged->bytes);
+  opened = bob->messenger->open(envelope);
+  EXPECT_EQ(opened.what, client::opened_message::kind::text);
+  auto changes = bob->messenger->take_identity_changes();
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_EQ(changes[0].peer, "alice");
+  auto changed = bob->conn.run(bob->messenger->safety_number("alice"));
+  ASSERT_TRUE(changed);
+  EXPECT_NE(*changed, *number);
 }
 
 TEST_F(e2ee_test, a_reinstall_is_detected_recorded_and_messages_still_arrive) {

@@ -649,12 +649,15 @@ void rocksdb_store::take_key_bundles(std::string username,
         if (!user) return user.error();
         auto owner = d.user_record(*user);
         if (!owner) return owner.error();
-        std::vector<key_bundle> out;
+        // Every record is read before anything is written: an error leaves no writes.
+        std::vector<std::pair<std::uint64_t, pb::DeviceKeys>> records;
         for (std::uint64_t device : (*owner)->devices) {
           auto record = d.device_keys(g, device);
           if (!record) return record.error();
-          if (!*record) continue;
-          auto& k = **record;
+          if (*record) records.emplace_back(device, std::move(**record));
+        }
+        std::vector<key_bundle> out;
+        for (auto& [device, k] : records) {
           key_bundle b;
           b.device = device;
           b.registration_id = k.registration_id();
