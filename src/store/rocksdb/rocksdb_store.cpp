@@ -6,6 +6,7 @@
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
+#include <cassert>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -109,6 +110,7 @@ struct rocksdb_store::impl {
   void run_writer();
 
   rocksdb::Status get(group& g, cf family, std::string_view key, std::string* value) {
+    assert(read_in_group(family));
     auto it = g.overlay.find(overlay_key(family, key));
     if (it != g.overlay.end()) {
       if (!it->second) return rocksdb::Status::NotFound();
@@ -120,13 +122,20 @@ struct rocksdb_store::impl {
   rocksdb::Status get(cf family, std::string_view key, std::string* value) {
     return db->Get(rocksdb::ReadOptions(), cfs[family], slice(key), value);
   }
+  // Families that writer code reads back through the overlay within a group. The others are
+  // never read there (messages, meta) or are served from the writer's caches (users, chat
+  // seqs), so their writes skip the overlay: no copy of the payload, no hash insert.
+  static constexpr bool read_in_group(cf family) {
+    return family != cf_default && family != cf_users && family != cf_devices &&
+           family != cf_chats && family != cf_messages;
+  }
   void put(group& g, cf family, std::string_view key, std::string_view value) {
     g.batch.Put(cfs[family], slice(key), slice(value));
-    g.overlay[overlay_key(family, key)] = std::string(value);
+    if (read_in_group(family)) g.overlay[overlay_key(family, key)] = std::string(value);
   }
   void del(group& g, cf family, std::string_view key) {
     g.batch.Delete(cfs[family], slice(key));
-    g.overlay[overlay_key(family, key)] = std::nullopt;
+    if (read_in_group(family)) g.overlay[overlay_key(family, key)] = std::nullopt;
   }
   std::uint64_t next_id(group& g, std::uint64_t now) {
     g.ids_issued = true;
