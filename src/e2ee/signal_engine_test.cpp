@@ -163,6 +163,65 @@ TEST_F(signal_engine_test, tampered_or_foreign_bytes_are_errors_not_text) {
   EXPECT_EQ(none.error(), errc::no_session);
 }
 
+// What a malicious server can send: mutated, truncated and extended versions of real messages
+// of both types. Each must fail with an error (never crash, never "succeed" as other text),
+// and leave nothing behind: every attempt is rolled back, as the messenger does, and the
+// genuine messages still open afterwards. Under ASan in `make test`.
+TEST_F(signal_engine_test, mutated_messages_fail_cleanly_and_change_nothing) {
+  ASSERT_TRUE(alice_->engine->process_bundle(bob_->bundle()));
+  const auto first = seal(*alice_, *bob_, "first, with X3DH");  // a PreKeySignalMessage
+  std::mt19937 rng(20261128);
+  auto mutate = [&](std::string m) {
+    switch (rng() % 4) {
+      case 0:  // flip bits
+        for (int i = 0, n = 1 + static_cast<int>(rng() % 4); i < n && !m.empty(); ++i)
+          m[rng() % m.size()] ^= static_cast<char>(1u << (rng() % 8));
+        break;
+      case 1:  // truncate
+        m.resize(rng() % (m.size() + 1));
+        break;
+      case 2:  // extend with garbage
+        for (int i = 0, n = 1 + static_cast<int>(rng() % 64); i < n; ++i)
+          m.push_back(static_cast<char>(rng()));
+        break;
+      default:  // overwrite a run with garbage
+        if (!m.empty()) {
+          const auto at = rng() % m.size();
+          for (auto i = at; i < m.size() && i < at + 8; ++i) m[i] = static_cast<char>(rng());
+        }
+    }
+    return m;
+  };
+  auto attack = [&](const ciphertext& genuine, int rounds) {
+    int failed = 0;
+    for (int i = 0; i < rounds; ++i) {
+      const auto bytes = mutate(genuine.bytes);
+      if (bytes == genuine.bytes) continue;
+      for (auto type : {message_type::prekey, message_type::signal}) {
+        client::local_store::transaction tx(*bob_->store);  // rolled back: never committed
+        auto r = bob_->engine->decrypt("alice", 1, type, bytes);
+        if (!r) {
+          ++failed;
+        } else {
+          // A mutation the MACs cannot see (e.g. in a field they do not cover) may still open:
+          // then it opens to the genuine text, never to something else.
+          EXPECT_EQ(r->substr(0, 5), "first") << "mutation opened to other text";
+        }
+      }
+    }
+    return failed;
+  };
+  EXPECT_GT(attack(first, 1500), 2900);
+  EXPECT_EQ(open(*bob_, *alice_, first).value(), "first, with X3DH");
+
+  const auto reply = seal(*bob_, *alice_, "reply");
+  EXPECT_EQ(open(*alice_, *bob_, reply).value(), "reply");
+  const auto later = seal(*alice_, *bob_, "first of the ratchet");  // a SignalMessage
+  EXPECT_EQ(later.type, message_type::signal);
+  EXPECT_GT(attack(later, 1500), 2900);
+  EXPECT_EQ(open(*bob_, *alice_, later).value(), "first of the ratchet");
+}
+
 TEST_F(signal_engine_test, bundles_with_a_bad_signature_are_refused) {
   auto b = bob_->bundle();
   b.signed_prekey.signature[10] ^= 0x40;
