@@ -47,6 +47,8 @@ class device_session final : public bus::endpoint,
 
   // The next frame to write, or nullptr when there is none (or the session is closed).
   wire::encoded_frame pop_outgoing();
+  // Frames queued behind the ones popped so far.
+  std::size_t outgoing_frames() const { return outgoing_.size() - outgoing_head_; }
 
   // The connection is closing: what is queued is still written, nothing more is queued.
   void finish();

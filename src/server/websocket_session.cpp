@@ -1,5 +1,9 @@
 #include "server/websocket_session.hpp"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -107,6 +111,14 @@ class websocket_session : public std::enable_shared_from_this<websocket_session>
     state_.stats.connections.fetch_sub(1, std::memory_order_relaxed);
   }
 
+  void cork(bool on) {
+    corked_ = on;
+    const int value = on ? 1 : 0;
+    // A failure only costs the batching: frames are still written, one packet each.
+    ::setsockopt(beast::get_lowest_layer(ws_).socket().native_handle(), IPPROTO_TCP, TCP_CORK,
+                 &value, sizeof value);
+  }
+
   // Starts the write loop if it is not running. It runs only while there is something to
   // write, so an idle connection holds no writer coroutine.
   void wake_writer() {
@@ -115,8 +127,21 @@ class websocket_session : public std::enable_shared_from_this<websocket_session>
     asio::co_spawn(ws_.get_executor(), write_loop(shared_from_this()), asio::detached);
   }
 
+  // While more frames wait behind the one being written (a drain, a burst), the socket is
+  // corked: the kernel packs the frames into full segments instead of sending one packet per
+  // frame. The cork comes off (flushing) as soon as the queue is empty, and after every
+  // `max_corked_frames` frames, so that a queue that never empties cannot hold a frame back
+  // for longer than that many writes.
+  static constexpr int max_corked_frames = 64;
   static awaitable<void> write_loop(std::shared_ptr<websocket_session> self) {
+    int corked_frames = 0;
     while (auto frame = self->session_->pop_outgoing()) {
+      if (self->corked_ && corked_frames >= max_corked_frames) self->cork(false);
+      if (!self->corked_ && self->session_->outgoing_frames() > 0) {
+        self->cork(true);
+        corked_frames = 0;
+      }
+      if (self->corked_) ++corked_frames;
       auto [ec, n] = co_await self->ws_.async_write(asio::buffer(*frame), as_tuple_awaitable);
       if (ec) {
         self->abort();
@@ -124,6 +149,7 @@ class websocket_session : public std::enable_shared_from_this<websocket_session>
         co_return;
       }
     }
+    if (self->corked_) self->cork(false);
     // Everything queued is written: now the close handshake, if one was asked for.
     if (self->session_->finishing() && self->close_reason_ && !self->aborted_ &&
         !self->close_sent_) {
@@ -189,6 +215,7 @@ class websocket_session : public std::enable_shared_from_this<websocket_session>
   bool closing_ = false;
   bool aborted_ = false;
   bool writing_ = false;
+  bool corked_ = false;
   bool close_sent_ = false;
   std::optional<websocket::close_reason> close_reason_;
 };
