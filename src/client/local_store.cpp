@@ -25,7 +25,6 @@ CREATE TABLE IF NOT EXISTS identities (
 CREATE TABLE IF NOT EXISTS identity_changes (
   id INTEGER PRIMARY KEY AUTOINCREMENT, peer TEXT NOT NULL, old_key BLOB NOT NULL,
   new_key BLOB NOT NULL, at_ms INTEGER NOT NULL, seen INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS contacts (peer TEXT PRIMARY KEY, device INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
   id INTEGER PRIMARY KEY AUTOINCREMENT, server_id INTEGER, peer TEXT NOT NULL,
   outgoing INTEGER NOT NULL, sent_at_ms INTEGER NOT NULL, text TEXT NOT NULL,
@@ -333,21 +332,7 @@ std::vector<e2ee::identity_change> local_store::identity_changes(std::string_vie
   return read_changes(s);
 }
 
-// --- contacts and history ------------------------------------------------------------------------
-
-std::optional<std::int32_t> local_store::contact_device(std::string_view peer) {
-  auto s = prepare("SELECT device FROM contacts WHERE peer = ?");
-  s.text(1, peer);
-  if (!s.step()) return std::nullopt;
-  return static_cast<std::int32_t>(s.integer(0));
-}
-
-void local_store::set_contact_device(std::string_view peer, std::int32_t device) {
-  prepare("INSERT OR REPLACE INTO contacts (peer, device) VALUES (?, ?)")
-      .text(1, peer)
-      .bind(2, std::int64_t{device})
-      .run();
-}
+// --- history ---------------------------------------------------------------------------------
 
 bool local_store::add_message(const local_message& m) {
   auto s = prepare(

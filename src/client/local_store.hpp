@@ -80,10 +80,6 @@ class local_store final : public e2ee::key_store {
   std::vector<e2ee::identity_change> identity_changes(std::string_view peer);
   std::size_t prekey_count();
 
-  // The device of a contact that this device has a session with (one device per account).
-  std::optional<std::int32_t> contact_device(std::string_view peer);
-  void set_contact_device(std::string_view peer, std::int32_t device);
-
   // History. A message with a server id is stored once: false if it was already there.
   bool add_message(const local_message& m);
   bool has_message(std::uint64_t server_id);

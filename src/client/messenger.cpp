@@ -1,9 +1,9 @@
 #include "client/messenger.hpp"
 
-#include <chrono>
 #include <limits>
 
 #include "client/padding.hpp"
+#include "common/clock.hpp"
 
 namespace parley::client {
 namespace asio = boost::asio;
@@ -12,12 +12,6 @@ using asio::awaitable;
 
 namespace {
 
-std::uint64_t wall_ms() {
-  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                        std::chrono::system_clock::now().time_since_epoch())
-                                        .count());
-}
-
 client_error crypto_error(const boost::system::error_code& ec) {
   return {client_error::kind::crypto, v1::ERROR_CODE_UNSPECIFIED, ec.message()};
 }
@@ -25,6 +19,13 @@ client_error crypto_error(const boost::system::error_code& ec) {
 client_error crypto_error(const std::string& what) {
   return {client_error::kind::crypto, v1::ERROR_CODE_UNSPECIFIED, what};
 }
+
+bool fits_device(std::uint64_t device) {
+  return device > 0 &&
+         device <= static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max());
+}
+
+}  // namespace
 
 v1::UploadKeys to_wire(const e2ee::key_upload& k) {
   v1::UploadKeys out;
@@ -44,12 +45,21 @@ v1::UploadKeys to_wire(const e2ee::key_upload& k) {
   return out;
 }
 
-bool fits_device(std::uint64_t device) {
-  return device > 0 &&
-         device <= static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max());
+std::optional<e2ee::peer_bundle> from_wire(const v1::PreKeyBundle& b) {
+  if (!fits_device(b.device_id())) return std::nullopt;
+  e2ee::peer_bundle bundle;
+  bundle.username = b.username();
+  bundle.device = static_cast<std::int32_t>(b.device_id());
+  bundle.registration_id = b.registration_id();
+  bundle.identity_key = b.identity_key();
+  bundle.signed_prekey = {b.signed_prekey().id(), b.signed_prekey().public_key(),
+                          b.signed_prekey().signature()};
+  if (b.has_one_time_prekey()) {
+    bundle.one_time_prekey =
+        e2ee::public_prekey{b.one_time_prekey().id(), b.one_time_prekey().public_key(), {}};
+  }
+  return bundle;
 }
-
-}  // namespace
 
 messenger::messenger(client& api, local_store& store, e2ee::library_context& library,
                      std::string me)
@@ -60,7 +70,7 @@ messenger::messenger(client& api, local_store& store, e2ee::library_context& lib
 // synchronous anyway.
 
 result<std::optional<e2ee::key_upload>> messenger::keys_to_publish(const v1::Authenticated& auth) {
-  const std::uint64_t now = wall_ms();
+  const std::uint64_t now = now_ms();
   try {
     local_store::transaction tx(store_);
     std::optional<e2ee::key_upload> keys;
@@ -115,26 +125,15 @@ result<std::int32_t> messenger::start_session(const std::string& peer,
                                               const v1::KeyBundles& bundles) {
   if (bundles.bundles_size() == 0) return crypto_error("the server sent no key bundle");
   // One device per account today: the first bundle is the account's device.
-  const auto& b = bundles.bundles(0);
-  if (!fits_device(b.device_id())) return crypto_error("device id out of range");
-  e2ee::peer_bundle bundle;
-  bundle.username = peer;
-  bundle.device = static_cast<std::int32_t>(b.device_id());
-  bundle.registration_id = b.registration_id();
-  bundle.identity_key = b.identity_key();
-  bundle.signed_prekey = {b.signed_prekey().id(), b.signed_prekey().public_key(),
-                          b.signed_prekey().signature()};
-  if (b.has_one_time_prekey()) {
-    bundle.one_time_prekey =
-        e2ee::public_prekey{b.one_time_prekey().id(), b.one_time_prekey().public_key(), {}};
-  }
+  auto bundle = from_wire(bundles.bundles(0));
+  if (!bundle) return crypto_error("device id out of range");
+  bundle->username = peer;  // the user asked for, whatever the answer says
   try {
     local_store::transaction tx(store_);
-    auto r = engine_.process_bundle(bundle);
+    auto r = engine_.process_bundle(*bundle);
     if (!r) return crypto_error(r.error());
-    store_.set_contact_device(peer, bundle.device);
     tx.commit();
-    return bundle.device;
+    return bundle->device;
   } catch (const std::exception& e) {
     return crypto_error(e.what());
   }
@@ -142,8 +141,9 @@ result<std::int32_t> messenger::start_session(const std::string& peer,
 
 std::optional<std::int32_t> messenger::session_device(const std::string& peer) {
   try {
-    auto device = store_.contact_device(peer);
-    if (device && engine_.has_session(peer, *device)) return device;
+    // One device per account: the device of the session with the peer, if there is one.
+    auto devices = store_.session_devices(peer);
+    if (!devices.empty()) return devices.front();
   } catch (const std::exception&) {
     // No usable session: a new one is set up (and a broken store reports itself there).
   }
@@ -270,7 +270,6 @@ opened_message messenger::open(const v1::Envelope& e) {
       }
       if (plain) {
         if (auto text = unpad(*plain)) {
-          store_.set_contact_device(e.from(), device);
           store_.add_message(
               {e.message_id(), e.from(), message_direction::incoming, e.sent_at_ms(), *text, {}});
           tx.commit();

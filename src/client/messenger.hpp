@@ -19,6 +19,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,12 @@ struct opened_message {
   std::string text;
   std::string problem;  // for undecryptable: why
 };
+
+// The wire's key messages to and from the engine's: what UploadKeys publishes, and the
+// session-starting keys of a PreKeyBundle (nullopt if its device id does not fit libsignal's
+// int32 device ids).
+parley::v1::UploadKeys to_wire(const e2ee::key_upload& keys);
+std::optional<e2ee::peer_bundle> from_wire(const parley::v1::PreKeyBundle& bundle);
 
 class messenger {
  public:

@@ -11,9 +11,10 @@
 #include <signal/signal_protocol.h>
 
 #include <charconv>
-#include <chrono>
 #include <stdexcept>
 #include <string_view>
+
+#include "common/clock.hpp"
 
 namespace parley::e2ee {
 namespace {
@@ -254,17 +255,11 @@ int local_registration_id(void* ud, uint32_t* id) {
   });
 }
 
-std::uint64_t wall_ms() {
-  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                        std::chrono::system_clock::now().time_since_epoch())
-                                        .count());
-}
-
 int save_identity(const signal_protocol_address* a, uint8_t* key, size_t len, void* ud) {
   return guarded(ud, [&] {
     if (key == nullptr) return 0;  // "forget the key": parley keeps it, for the change record
     store_of(ud).put_identity({a->name, a->name_len}, {reinterpret_cast<const char*>(key), len},
-                              wall_ms());
+                              now_ms());
     return 0;
   });
 }
@@ -563,8 +558,6 @@ bool signal_engine::has_session(const std::string& peer, std::int32_t device) {
   const auto address = address_of(peer, device);
   return signal_protocol_session_contains_session(impl_->context, &address) == 1;
 }
-
-void signal_engine::drop_sessions(const std::string& peer) { impl_->store.remove_sessions(peer); }
 
 result<std::uint32_t> signal_engine::remote_registration_id(const std::string& peer,
                                                             std::int32_t device) {

@@ -87,8 +87,6 @@ class signal_engine {
   // (errc::invalid_bundle). A new identity key for a known user is recorded as a change.
   result<void> process_bundle(const peer_bundle& bundle);
   bool has_session(const std::string& peer, std::int32_t device);
-  // Forgets every session with `peer` (before building a new one on fresh keys).
-  void drop_sessions(const std::string& peer);
   // The registration id of the peer device in the current session.
   result<std::uint32_t> remote_registration_id(const std::string& peer, std::int32_t device);
 

@@ -13,6 +13,7 @@
 
 #include "client/local_store.hpp"
 #include "client/messenger.hpp"
+#include "client/padding.hpp"
 #include "e2ee/library_context.hpp"
 #include "e2ee/signal_engine.hpp"
 #include "recording_relay.hpp"
@@ -259,16 +260,10 @@ TEST_F(e2ee_test, a_forged_first_message_leaves_no_trace_but_a_real_new_key_is_s
   ASSERT_TRUE(eve.create_identity(1));
   auto keys = alice->conn.run(alice->conn.api().fetch_keys("bob"));
   ASSERT_TRUE(keys);
-  const auto& b = keys->bundles(0);
-  ASSERT_TRUE(eve.process_bundle(
-      {"bob",
-       static_cast<std::int32_t>(b.device_id()),
-       b.registration_id(),
-       b.identity_key(),
-       {b.signed_prekey().id(), b.signed_prekey().public_key(), b.signed_prekey().signature()},
-       e2ee::public_prekey{b.one_time_prekey().id(), b.one_time_prekey().public_key(), {}}}));
-  auto forged = eve.encrypt("bob", static_cast<std::int32_t>(b.device_id()),
-                            std::string("pwned") + '\x80' + std::string(154, '\0'));
+  auto bundle = client::from_wire(keys->bundles(0));
+  ASSERT_TRUE(bundle && bundle->one_time_prekey);
+  ASSERT_TRUE(eve.process_bundle(*bundle));
+  auto forged = eve.encrypt("bob", bundle->device, client::pad("pwned"));
   ASSERT_TRUE(forged);
   ASSERT_EQ(forged->type, e2ee::message_type::prekey);
   v1::Envelope envelope;
@@ -403,20 +398,7 @@ TEST_F(e2ee_test, the_server_refuses_bad_keys_with_typed_errors) {
   auto good = bob->messenger->engine().full_upload(3);
   ASSERT_TRUE(good);
   auto upload = [&](const e2ee::key_upload& k) {
-    v1::UploadKeys u;
-    u.set_identity_key(k.identity_key);
-    u.set_registration_id(k.registration_id);
-    if (k.signed_prekey) {
-      u.mutable_signed_prekey()->set_id(k.signed_prekey->id);
-      u.mutable_signed_prekey()->set_public_key(k.signed_prekey->public_key);
-      u.mutable_signed_prekey()->set_signature(k.signed_prekey->signature);
-    }
-    for (const auto& p : k.one_time_prekeys) {
-      auto* o = u.add_one_time_prekeys();
-      o->set_id(p.id);
-      o->set_public_key(p.public_key);
-    }
-    return bob->conn.run(bob->conn.api().upload_keys(u));
+    return bob->conn.run(bob->conn.api().upload_keys(client::to_wire(k)));
   };
   auto code = [](const auto& r) { return r ? v1::ERROR_CODE_UNSPECIFIED : r.error().code; };
 
