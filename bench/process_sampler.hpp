@@ -5,12 +5,17 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
+#include <string>
 
 namespace parley::bench {
 
 struct process_sample {
   double cpu_seconds = 0;  // user + system since the process started
   std::uint64_t rss_bytes = 0;
+  // The same for each live thread, summed by thread name with a trailing "-N" cut, so that
+  // parleyd's "parley-io-0" and "parley-io-1" are one entry "parley-io".
+  std::map<std::string, double> thread_cpu_seconds;
   std::chrono::steady_clock::time_point at;
 };
 
@@ -19,5 +24,10 @@ process_sample sample_process(pid_t pid);
 
 // CPU use between two samples, in cores (1.0 = one core busy all the time).
 double cores_used(const process_sample& from, const process_sample& to);
+
+// The same per thread name (see process_sample). A thread that exited between the samples is
+// missing here but counted by cores_used.
+std::map<std::string, double> thread_cores_used(const process_sample& from,
+                                                const process_sample& to);
 
 }  // namespace parley::bench

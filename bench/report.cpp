@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 namespace parley::bench {
 namespace {
@@ -30,6 +31,29 @@ std::string percentiles_json(const latency_histogram& h) {
   return o.str();
 }
 
+double thread_cores(const step_result& s, const std::string& name) {
+  const auto it = s.server_thread_cores.find(name);
+  return it == s.server_thread_cores.end() ? 0 : it->second;
+}
+
+// Where each step's CPU time went, per message stored: parleyd by thread, and the generator,
+// which shares the machine's cores with it.
+void render_cpu_per_message(std::ostringstream& o, const one_to_one_result& t) {
+  o << "  CPU time per message stored, µs (from /proc; this machine has "
+    << std::thread::hardware_concurrency() << " cores)\n"
+    << pad("offered/s", 10) << pad("server", 8) << pad("writer", 8) << pad("io", 8)
+    << pad("other", 8) << pad("generator", 11) << pad("machine cores", 15) << "\n";
+  for (const auto& s : t.steps) {
+    const double writer = thread_cores(s, "store-writer");
+    const double io = thread_cores(s, "parley-io");
+    o << pad(fixed(s.offered_rate, 0), 10) << pad(fixed(s.cpu_us_per_message(s.server_cores), 0), 8)
+      << pad(fixed(s.cpu_us_per_message(writer), 0), 8) << pad(fixed(s.cpu_us_per_message(io), 0), 8)
+      << pad(fixed(s.cpu_us_per_message(std::max(0.0, s.server_cores - writer - io)), 0), 8)
+      << pad(fixed(s.cpu_us_per_message(s.generator_total_cores), 0), 11)
+      << pad(fixed(s.server_cores + s.generator_total_cores, 2), 15) << "\n";
+  }
+}
+
 }  // namespace
 
 std::string render_table(const run_report& r) {
@@ -43,7 +67,13 @@ std::string render_table(const run_report& r) {
       << " connections, " << fixed(b.seconds, 1) << " s\n"
       << "  round trips/s " << fixed(b.rate, 0) << "   p50 " << ms(b.latency.percentile(0.5))
       << " ms   p99 " << ms(b.latency.percentile(0.99)) << " ms   server CPU "
-      << fixed(b.server_cores, 2) << " cores\n\n";
+      << fixed(b.server_cores, 2) << " cores\n";
+    if (b.round_trips > 0) {
+      const double per_trip = b.seconds * 1e6 / static_cast<double>(b.round_trips);
+      o << "  CPU time per round trip: server " << fixed(b.server_cores * per_trip, 1)
+        << " µs, generator " << fixed(b.generator_cores * per_trip, 1) << " µs\n";
+    }
+    o << "\n";
   }
   if (r.connect) {
     const auto& c = *r.connect;
@@ -53,7 +83,16 @@ std::string render_table(const run_report& r) {
       << "  server RSS " << mib(static_cast<double>(c.rss_before)) << " -> "
       << mib(static_cast<double>(c.rss_after))
       << " MiB = " << fixed(c.rss_per_connection / 1024.0, 2) << " KiB per connection; idle CPU "
-      << fixed(c.idle_server_cores, 3) << " cores\n\n";
+      << fixed(c.idle_server_cores, 3) << " cores\n";
+    if (c.connected > 0 && c.seconds > 0) {
+      const double n = static_cast<double>(c.connected);
+      o << "  CPU time per connection during the ramp: server "
+        << fixed(c.ramp_server_cpu_seconds * 1e6 / n, 0) << " µs, generator "
+        << fixed(c.ramp_generator_cpu_seconds * 1e6 / n, 0) << " µs ("
+        << fixed((c.ramp_server_cpu_seconds + c.ramp_generator_cpu_seconds) / c.seconds, 2)
+        << " cores busy)\n";
+    }
+    o << "\n";
   }
   if (r.one_to_one) {
     const auto& t = *r.one_to_one;
@@ -77,7 +116,9 @@ std::string render_table(const run_report& r) {
       o << " = " << fixed(100.0 * t.sustainable_rate / r.baseline->rate, 1)
         << " % of the echo round-trip rate";
     }
-    o << "\n\n";
+    o << "\n";
+    render_cpu_per_message(o, t);
+    o << "\n";
   }
   if (r.drain) {
     const auto& d = *r.drain;
@@ -98,6 +139,7 @@ std::string render_json(const run_report& r) {
       << ", \"round_trips\": " << b.round_trips
       << ", \"round_trips_per_second\": " << fixed(b.rate, 0)
       << ", \"server_cores\": " << fixed(b.server_cores, 3)
+      << ", \"generator_cores\": " << fixed(b.generator_cores, 3)
       << ", \"latency\": " << percentiles_json(b.latency) << "}";
   }
   if (r.connect) {
@@ -107,7 +149,9 @@ std::string render_json(const run_report& r) {
       << ", \"connects_per_second\": " << fixed(c.connects_per_second, 0)
       << ", \"server_rss_before\": " << c.rss_before << ", \"server_rss_after\": " << c.rss_after
       << ", \"rss_bytes_per_connection\": " << fixed(c.rss_per_connection, 0)
-      << ", \"idle_server_cores\": " << fixed(c.idle_server_cores, 3) << "}";
+      << ", \"idle_server_cores\": " << fixed(c.idle_server_cores, 3)
+      << ", \"ramp_server_cpu_seconds\": " << fixed(c.ramp_server_cpu_seconds, 3)
+      << ", \"ramp_generator_cpu_seconds\": " << fixed(c.ramp_generator_cpu_seconds, 3) << "}";
   }
   if (r.one_to_one) {
     const auto& t = *r.one_to_one;
@@ -126,7 +170,14 @@ std::string render_json(const run_report& r) {
         << ", \"errors\": " << s.errors << ", \"skipped\": " << s.skipped
         << ", \"server_cores\": " << fixed(s.server_cores, 3)
         << ", \"server_rss\": " << s.server_rss
-        << ", \"generator_cores\": " << fixed(s.generator_cores, 3)
+        << ", \"server_thread_cores\": {";
+      bool first = true;
+      for (const auto& [name, cores] : s.server_thread_cores) {
+        o << (first ? "" : ", ") << '"' << name << "\": " << fixed(cores, 3);
+        first = false;
+      }
+      o << "}, \"generator_cores\": " << fixed(s.generator_cores, 3)
+        << ", \"generator_total_cores\": " << fixed(s.generator_total_cores, 3)
         << ", \"generator_bound\": " << (s.generator_bound ? "true" : "false")
         << ", \"latency\": " << percentiles_json(s.latency) << "}";
     }

@@ -158,11 +158,13 @@ connect_result run_connect(const target& t, std::size_t connections, double hold
     ch.send("registered");
     ch.receive();  // go
     const auto start = clock::now();
+    const auto cpu_start = sample_process(::getpid());
     const auto failed =
         run_on(io, set_up_all(peers, t.url, static_cast<std::size_t>(w) * 7919, false, 512));
     const double secs = std::chrono::duration<double>(clock::now() - start).count();
+    const double cpu = sample_process(::getpid()).cpu_seconds - cpu_start.cpu_seconds;
     ch.send(std::to_string(peers.size() - failed) + " " + std::to_string(failed) + " " +
-            std::to_string(secs));
+            std::to_string(secs) + " " + std::to_string(cpu));
     ch.receive();  // stop
     return 0;
   });
@@ -175,14 +177,16 @@ connect_result run_connect(const target& t, std::size_t connections, double hold
   for (const auto& line : pool.collect()) {
     std::istringstream in(line);
     std::size_t ok = 0, failed = 0;
-    double secs = 0;
-    in >> ok >> failed >> secs;
+    double secs = 0, cpu = 0;
+    in >> ok >> failed >> secs >> cpu;
     r.connected += ok;
     r.failed += failed;
     r.seconds = std::max(r.seconds, secs);
+    r.ramp_generator_cpu_seconds += cpu;
   }
   r.connects_per_second = r.seconds > 0 ? static_cast<double>(r.connected) / r.seconds : 0;
   const auto held = sample_process(t.pid);
+  r.ramp_server_cpu_seconds = held.cpu_seconds - before.cpu_seconds;
   std::this_thread::sleep_for(std::chrono::duration<double>(hold_seconds));
   const auto after = sample_process(t.pid);
   r.rss_after = after.rss_bytes;
@@ -403,12 +407,14 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
       s.skipped += skipped;
       s.latency.merge(h);
       s.generator_cores = std::max(s.generator_cores, cores);
+      s.generator_total_cores += cores;
       // Behind schedule for more than 5 % of the step, or a worker saturating its core.
       if (static_cast<double>(late) > step_seconds * 1000 * 0.05 || cores > 0.95)
         s.generator_bound = true;
     }
     s.lost = s.stored > s.received ? s.stored - s.received : 0;
     s.server_cores = cores_used(server[k].first, server[k].second);
+    s.server_thread_cores = thread_cores_used(server[k].first, server[k].second);
     s.server_rss = server[k].second.rss_bytes;
     r.steps.push_back(std::move(s));
   }
@@ -516,6 +522,9 @@ baseline_result run_baseline(const target& t, std::size_t connections, int windo
     ch.send("ready");
     const std::int64_t start = std::stoll(ch.receive());
     const std::int64_t end = start + static_cast<std::int64_t>(seconds * 1e9);
+    // From just before the window to the last reply of the window: the echo's own CPU plus a
+    // few hundred ms of waiting, which costs nothing.
+    const auto cpu_start = sample_process(::getpid());
     std::uint64_t trips = 0;
     latency_histogram latency;
     std::size_t running = conns.size();
@@ -554,7 +563,8 @@ baseline_result run_baseline(const target& t, std::size_t connections, int windo
     }
     io.restart();
     io.run();
-    ch.send(std::to_string(trips) + " " + latency.serialize());
+    const double cpu = sample_process(::getpid()).cpu_seconds - cpu_start.cpu_seconds;
+    ch.send(std::to_string(trips) + " " + std::to_string(cpu) + " " + latency.serialize());
     return 0;
   });
   pool.collect();
@@ -570,7 +580,9 @@ baseline_result run_baseline(const target& t, std::size_t connections, int windo
   for (const auto& line : pool.collect()) {
     std::istringstream in(line);
     std::uint64_t trips = 0;
-    in >> trips;
+    double cpu = 0;
+    in >> trips >> cpu;
+    r.generator_cores += cpu / seconds;
     std::string rest;
     std::getline(in, rest);
     latency_histogram h;

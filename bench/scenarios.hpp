@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,8 @@ struct connect_result {
   std::uint64_t rss_before = 0, rss_after = 0;
   double rss_per_connection = 0;  // bytes, marginal
   double idle_server_cores = 0;   // while holding them all
+  // CPU time spent during the ramp, by the server and by all generator workers together.
+  double ramp_server_cpu_seconds = 0, ramp_generator_cpu_seconds = 0;
 };
 
 struct step_result {
@@ -35,10 +38,16 @@ struct step_result {
   latency_histogram latency;  // send -> receive, µs
   double server_cores = 0;
   std::uint64_t server_rss = 0;
-  double generator_cores = 0;    // busiest worker
-  bool generator_bound = false;  // the generator fell behind its schedule
+  std::map<std::string, double> server_thread_cores;  // by thread name ("store-writer", ...)
+  double generator_cores = 0;        // busiest worker
+  double generator_total_cores = 0;  // all workers together
+  bool generator_bound = false;      // the generator fell behind its schedule
   double delivered_rate() const {
     return seconds > 0 ? static_cast<double>(received) / seconds : 0;
+  }
+  // Microseconds of CPU time per message stored in this step, for `cores` busy over it.
+  double cpu_us_per_message(double cores) const {
+    return stored > 0 ? cores * seconds * 1e6 / static_cast<double>(stored) : 0;
   }
 };
 
@@ -61,6 +70,7 @@ struct baseline_result {
   double rate = 0;  // round trips per second
   latency_histogram latency;
   double server_cores = 0;
+  double generator_cores = 0;  // all workers together
 };
 
 connect_result run_connect(const target& t, std::size_t connections, double hold_seconds);

@@ -9,6 +9,7 @@
 
 #include "bus/local/local_bus.hpp"
 #include "common/log.hpp"
+#include "common/thread_name.hpp"
 #include "presence/local/local_presence.hpp"
 #include "server/connection_set.hpp"
 #include "server/listener.hpp"
@@ -81,7 +82,10 @@ asio::ip::tcp::endpoint server::start() {
   d.signals->async_wait([this](const boost::system::error_code& ec, int) {
     if (!ec) stop();
   });
-  for (auto& c : d.contexts) d.threads.emplace_back([ctx = c.get()] { ctx->run(); });
+  for (std::size_t i = 0; i < d.contexts.size(); ++i) {
+    d.threads.emplace_back([ctx = d.contexts[i].get()] { ctx->run(); });
+    name_thread(d.threads.back(), "parley-io-" + std::to_string(i));
+  }
   return d.accept->local_endpoint();
 }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <fstream>
 #include <future>
 #include <random>
 #include <set>
@@ -489,6 +490,37 @@ TEST_P(store_contract, stopped_store_refuses_work) {
   EXPECT_EQ(r.error(), errc::shutting_down);
   auto d = wait_for<device>([&](auto done) { db_->find_device(alice.device, done); });
   EXPECT_EQ(d.error(), errc::shutting_down);
+}
+
+// The names the operator sees in `top -H` and parley-bench's CPU split reads; stop() joins them.
+TEST(rocksdb_store, names_its_threads_and_joins_them_on_stop) {
+  auto thread_names = [] {
+    std::multiset<std::string> names;
+    for (const auto& task : fs::directory_iterator("/proc/self/task")) {
+      std::ifstream comm(task.path() / "comm");
+      std::string name;
+      if (std::getline(comm, name)) names.insert(name);
+    }
+    return names;
+  };
+  std::random_device rd;
+  const auto dir = fs::temp_directory_path() / ("parley_store_threads_" + std::to_string(rd()));
+  {
+    rocksdb_options o;
+    o.path = dir;
+    o.reader_threads = 2;
+    rocksdb_store store(o);
+    auto names = thread_names();
+    EXPECT_EQ(names.count("store-writer"), 1u);
+    EXPECT_EQ(names.count("store-reader-0"), 1u);
+    EXPECT_EQ(names.count("store-reader-1"), 1u);
+    store.stop();
+    names = thread_names();
+    EXPECT_EQ(names.count("store-writer"), 0u);
+    EXPECT_EQ(names.count("store-reader-0"), 0u);
+    EXPECT_EQ(names.count("store-reader-1"), 0u);
+  }
+  fs::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(backends, store_contract, ::testing::ValuesIn(backends()),

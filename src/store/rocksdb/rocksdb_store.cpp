@@ -5,7 +5,8 @@
 #include <rocksdb/table.h>
 
 #include <boost/asio/post.hpp>
-#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
 #include <cassert>
 #include <condition_variable>
 #include <deque>
@@ -18,6 +19,7 @@
 #include "common/clock.hpp"
 #include "common/log.hpp"
 #include "common/snowflake.hpp"
+#include "common/thread_name.hpp"
 #include "parley/store/v1/records.pb.h"
 #include "store/rocksdb/keys.hpp"
 
@@ -80,13 +82,32 @@ bool parse(Record& record, const std::string& bytes) {
 }  // namespace
 
 struct rocksdb_store::impl {
-  explicit impl(rocksdb_options o) : options(std::move(o)), readers(options.reader_threads) {}
+  explicit impl(rocksdb_options o) : options(std::move(o)), reader_work(readers.get_executor()) {}
+  ~impl() { stop_readers(); }  // stop() normally has joined them already
 
   rocksdb_options options;
   std::unique_ptr<rocksdb::DB> db;
   std::vector<rocksdb::ColumnFamilyHandle*> cfs;
-  boost::asio::thread_pool readers;
   std::atomic<bool> stopped{false};
+
+  // Reads run on `reader_threads` named threads ("store-reader-N") serving one io_context.
+  boost::asio::io_context readers;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> reader_work;
+  std::vector<std::thread> reader_threads;
+
+  void start_readers() {
+    for (std::size_t i = 0; i < options.reader_threads; ++i) {
+      reader_threads.emplace_back([this] { readers.run(); });
+      name_thread(reader_threads.back(), "store-reader-" + std::to_string(i));
+    }
+  }
+  // Runs what was posted, then joins.
+  void stop_readers() {
+    reader_work.reset();
+    for (auto& t : reader_threads) {
+      if (t.joinable()) t.join();
+    }
+  }
 
   // Writer queue (any thread) and writer thread.
   using command = std::function<void(group*)>;  // nullptr group: refused (shutting down)
@@ -325,7 +346,9 @@ void rocksdb_store::impl::open() {
   next_device = load(keys::meta_next_device, 1);
   ids = snowflake(options.node_id);
   ids.advance_past(load(keys::meta_snowflake, 0));
+  start_readers();
   writer = std::thread([this] { run_writer(); });
+  name_thread(writer, "store-writer");
 }
 
 void rocksdb_store::impl::run_writer() {
@@ -384,7 +407,7 @@ void rocksdb_store::stop() {
   impl_->wake.notify_all();
   if (impl_->writer.joinable()) impl_->writer.join();
   impl_->stopped = true;
-  impl_->readers.join();
+  impl_->stop_readers();
 }
 
 std::uint64_t rocksdb_store::queued_events_estimate() {
