@@ -10,6 +10,7 @@
 
 #include "client/local_store.hpp"
 #include "e2ee/key_check.hpp"
+#include "temp_dir.hpp"
 
 namespace parley::e2ee {
 namespace {
@@ -56,16 +57,12 @@ struct device {
 class signal_engine_test : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::random_device rd;
-    dir_ = fs::temp_directory_path() / ("parley_e2ee_test_" + std::to_string(rd()));
-    fs::remove_all(dir_);
-    alice_ = std::make_unique<device>(lib_, "alice", 1, dir_ / "alice" / "local.db");
-    bob_ = std::make_unique<device>(lib_, "bob", 2, dir_ / "bob" / "local.db");
+    alice_ = std::make_unique<device>(lib_, "alice", 1, dir_.path() / "alice" / "local.db");
+    bob_ = std::make_unique<device>(lib_, "bob", 2, dir_.path() / "bob" / "local.db");
   }
   void TearDown() override {
     alice_.reset();
     bob_.reset();
-    fs::remove_all(dir_);
   }
 
   ciphertext seal(device& from, device& to, const std::string& text) {
@@ -83,7 +80,7 @@ class signal_engine_test : public ::testing::Test {
   }
 
   library_context lib_;
-  fs::path dir_;
+  test_support::temp_dir dir_{"parley_e2ee_test_"};
   std::unique_ptr<device> alice_, bob_;
 };
 
@@ -157,7 +154,7 @@ TEST_F(signal_engine_test, tampered_or_foreign_bytes_are_errors_not_text) {
   // The genuine one is still fine after the failures: nothing was stored by them.
   EXPECT_EQ(open(*bob_, *alice_, c).value(), "genuine");
   // A SignalMessage from someone without a session.
-  auto carol = device(lib_, "carol", 3, dir_ / "carol" / "local.db");
+  auto carol = device(lib_, "carol", 3, dir_.path() / "carol" / "local.db");
   auto none = bob_->engine->decrypt("carol", 3, message_type::signal, c.bytes);
   ASSERT_FALSE(none);
   EXPECT_EQ(none.error(), errc::no_session);
@@ -256,8 +253,8 @@ TEST_F(signal_engine_test, safety_numbers_match_on_both_sides_and_change_with_a_
   // Bob reinstalls: a new store, a new identity.
   bob_->engine.reset();
   bob_->store.reset();
-  fs::remove_all(dir_ / "bob");
-  bob_ = std::make_unique<device>(lib_, "bob", 2, dir_ / "bob" / "local.db");
+  fs::remove_all(dir_.path() / "bob");
+  bob_ = std::make_unique<device>(lib_, "bob", 2, dir_.path() / "bob" / "local.db");
   EXPECT_TRUE(alice_->store->take_unseen_identity_changes().empty());
   ASSERT_TRUE(alice_->engine->process_bundle(bob_->bundle()));  // accepted, but recorded
   auto changes = alice_->store->take_unseen_identity_changes();
@@ -278,8 +275,8 @@ TEST_F(signal_engine_test, a_new_identity_arriving_in_a_message_is_recorded) {
   establish();
   bob_->engine.reset();
   bob_->store.reset();
-  fs::remove_all(dir_ / "bob");
-  bob_ = std::make_unique<device>(lib_, "bob", 2, dir_ / "bob" / "local.db");
+  fs::remove_all(dir_.path() / "bob");
+  bob_ = std::make_unique<device>(lib_, "bob", 2, dir_.path() / "bob" / "local.db");
   ASSERT_TRUE(bob_->engine->process_bundle(alice_->bundle()));
   EXPECT_EQ(open(*alice_, *bob_, seal(*bob_, *alice_, "reinstalled")).value(), "reinstalled");
   auto changes = alice_->store->take_unseen_identity_changes();

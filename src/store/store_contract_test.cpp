@@ -5,11 +5,11 @@
 #include <atomic>
 #include <fstream>
 #include <future>
-#include <random>
 #include <set>
 #include <thread>
 
 #include "store/rocksdb/rocksdb_store.hpp"
+#include "temp_dir.hpp"
 
 namespace parley::store {
 namespace {
@@ -43,19 +43,11 @@ std::vector<backend> backends() {
 
 class store_contract : public ::testing::TestWithParam<backend> {
  protected:
-  void SetUp() override {
-    std::random_device rd;
-    dir_ = fs::temp_directory_path() / ("parley_store_test_" + std::to_string(rd()));
-    fs::remove_all(dir_);
-    reopen();
-  }
-  void TearDown() override {
-    db_.reset();
-    fs::remove_all(dir_);
-  }
+  void SetUp() override { reopen(); }
+  void TearDown() override { db_.reset(); }
   void reopen() {
     db_.reset();
-    db_ = GetParam().open(dir_);
+    db_ = GetParam().open(dir_.path());
   }
 
   registration register_user(const std::string& name) {
@@ -110,7 +102,7 @@ class store_contract : public ::testing::TestWithParam<backend> {
     return wait_for<std::vector<key_bundle>>([&](auto done) { db_->take_key_bundles(name, done); });
   }
 
-  fs::path dir_;
+  test_support::temp_dir dir_{"parley_store_test_"};
   std::unique_ptr<store> db_;
 };
 
@@ -503,11 +495,10 @@ TEST(rocksdb_store, names_its_threads_and_joins_them_on_stop) {
     }
     return names;
   };
-  std::random_device rd;
-  const auto dir = fs::temp_directory_path() / ("parley_store_threads_" + std::to_string(rd()));
+  test_support::temp_dir dir("parley_store_threads_");
   {
     rocksdb_options o;
-    o.path = dir;
+    o.path = dir.path();
     o.reader_threads = 2;
     rocksdb_store store(o);
     auto names = thread_names();
@@ -520,7 +511,6 @@ TEST(rocksdb_store, names_its_threads_and_joins_them_on_stop) {
     EXPECT_EQ(names.count("store-reader-0"), 0u);
     EXPECT_EQ(names.count("store-reader-1"), 0u);
   }
-  fs::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(backends, store_contract, ::testing::ValuesIn(backends()),

@@ -5,10 +5,10 @@
 
 #include <cstdio>
 #include <fstream>
-#include <random>
 #include <regex>
 
 #include "server_process.hpp"
+#include "temp_dir.hpp"
 
 namespace parley::test {
 namespace {
@@ -29,22 +29,15 @@ std::string shell_quote(const std::string& s) {
 
 class cli : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::random_device rd;
-    root_ = fs::temp_directory_path() / ("parley_cli_test_" + std::to_string(rd()));
-    fs::create_directories(root_);
-  }
-  void TearDown() override { fs::remove_all(root_); }
-
   // Runs `parley --server URL --profile ROOT/<who> ARGS...`, with `input` on stdin.
   run_result parley(const std::string& who, const std::vector<std::string>& args,
                     const std::string& input = "", const std::string& url = "") {
-    const auto err_file = root_ / "stderr";
-    const auto in_file = root_ / "stdin";
+    const auto err_file = root_.path() / "stderr";
+    const auto in_file = root_.path() / "stdin";
     std::ofstream(in_file) << input;
     std::string cmd = std::string(PARLEY_CLI_PATH) + " --server " +
                       shell_quote(url.empty() ? server.url() : url) + " --profile " +
-                      shell_quote((root_ / who).string());
+                      shell_quote((root_.path() / who).string());
     for (const auto& a : args) cmd += " " + shell_quote(a);
     cmd += " <" + shell_quote(in_file.string()) + " 2>" + shell_quote(err_file.string());
     run_result r;
@@ -66,7 +59,7 @@ class cli : public ::testing::Test {
   }
 
   server_process server;
-  fs::path root_;
+  test_support::temp_dir root_{"parley_cli_test_"};
 };
 
 TEST_F(cli, quick_start_chat_with_ticks) {
@@ -155,10 +148,10 @@ TEST_F(cli, errors_a_person_understands) {
 TEST_F(cli, credentials_and_keys_are_private) {
   ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
   for (const char* file : {"credentials", "local.db"}) {
-    const auto perms = fs::status(root_ / "alice" / file).permissions();
+    const auto perms = fs::status(root_.path() / "alice" / file).permissions();
     EXPECT_EQ(perms & (fs::perms::group_all | fs::perms::others_all), fs::perms::none) << file;
   }
-  const auto dir = fs::status(root_ / "alice").permissions();
+  const auto dir = fs::status(root_.path() / "alice").permissions();
   EXPECT_EQ(dir & (fs::perms::group_all | fs::perms::others_all), fs::perms::none);
 }
 
@@ -205,7 +198,7 @@ TEST_F(cli, a_contacts_reinstall_is_shown_as_a_warning) {
 
   // Bob's device loses its keys (a reinstall that kept the account): his next run publishes a
   // new identity.
-  for (const auto& e : fs::directory_iterator(root_ / "bob")) {
+  for (const auto& e : fs::directory_iterator(root_.path() / "bob")) {
     if (e.path().filename().string().rfind("local.db", 0) == 0) fs::remove(e.path());
   }
   ASSERT_EQ(parley("bob", {"sync"}).exit_code, 0);

@@ -8,7 +8,6 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_future.hpp>
 #include <fstream>
-#include <random>
 #include <set>
 
 #include "client/local_store.hpp"
@@ -17,6 +16,7 @@
 #include "e2ee/library_context.hpp"
 #include "e2ee/signal_engine.hpp"
 #include "recording_relay.hpp"
+#include "temp_dir.hpp"
 #include "test_client.hpp"
 
 namespace parley::test {
@@ -93,21 +93,15 @@ struct secure_user {
 
 class e2ee_test : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::random_device rd;
-    dir_ = fs::temp_directory_path() / ("parley_e2ee_it_" + std::to_string(rd()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   std::unique_ptr<secure_user> user(const std::string& name, const std::string& url = {}) {
-    return std::make_unique<secure_user>(io, url.empty() ? server.url() : url, dir_, lib, name);
+    return std::make_unique<secure_user>(io, url.empty() ? server.url() : url, dir_.path(), lib,
+                                         name);
   }
 
   boost::asio::io_context io;
   server_process server;
   e2ee::library_context lib;
-  fs::path dir_;
+  test_support::temp_dir dir_{"parley_e2ee_it_"};
 };
 
 // The offset just past the SignalMessage inside a serialized PreKeySignalMessage (version byte,
@@ -255,7 +249,7 @@ TEST_F(e2ee_test, a_forged_first_message_leaves_no_trace_but_a_real_new_key_is_s
 
   // The server (or whoever runs it) makes a PreKeySignalMessage "from alice" with a key of
   // its own, from bob's published bundle.
-  client::local_store eve_store(dir_ / "eve" / "local.db");
+  client::local_store eve_store(dir_.path() / "eve" / "local.db");
   e2ee::signal_engine eve(lib, eve_store);
   ASSERT_TRUE(eve.create_identity(1));
   auto keys = alice->conn.run(alice->conn.api().fetch_keys("bob"));

@@ -252,15 +252,20 @@ struct rocksdb_store::impl {
     registration_ids.clear();
   }
 
-  // A device's keys record through the group's overlay; nullopt if it has none.
-  result<std::optional<pb::DeviceKeys>> device_keys(group& g, std::uint64_t device) {
-    std::string v;
-    auto s = get(g, cf_device_keys, keys::be64(device), &v);
+  // A device's keys record from the outcome of its lookup; nullopt if it has none.
+  static result<std::optional<pb::DeviceKeys>> device_keys_of(const rocksdb::Status& s,
+                                                              const std::string& value) {
     if (s.IsNotFound()) return std::optional<pb::DeviceKeys>();
     if (!s.ok()) return errc::io_error;
     pb::DeviceKeys record;
-    if (!parse(record, v)) return errc::corrupt;
+    if (!parse(record, value)) return errc::corrupt;
     return std::optional<pb::DeviceKeys>(std::move(record));
+  }
+  // The same through the group's overlay (writer thread).
+  result<std::optional<pb::DeviceKeys>> device_keys(group& g, std::uint64_t device) {
+    std::string v;
+    auto s = get(g, cf_device_keys, keys::be64(device), &v);
+    return device_keys_of(s, v);
   }
 
   // The registration id of a device's keys, 0 if it has none (writer thread, cached).
@@ -463,12 +468,11 @@ void rocksdb_store::find_device(device_id id, completion<device> done) {
     device d{record.device_id(), record.user_id(), user.username(), {}, {}};
     std::copy(record.token_sha256().begin(), record.token_sha256().end(), d.token_hash.begin());
     s = impl_->get(cf_device_keys, keys::be64(id), &v);
-    if (s.ok()) {
-      pb::DeviceKeys k;
-      if (!parse(k, v)) return errc::corrupt;
-      d.keys = {true, static_cast<std::uint32_t>(k.one_time_prekeys_size()), k.registration_id()};
-    } else if (!s.IsNotFound()) {
-      return errc::io_error;
+    auto k = impl::device_keys_of(s, v);
+    if (!k) return k.error();
+    if (*k) {
+      d.keys = {true, static_cast<std::uint32_t>((*k)->one_time_prekeys_size()),
+                (*k)->registration_id()};
     }
     return d;
   });
