@@ -1,8 +1,9 @@
-// parley-bench-echo: the baseline. A WebSocket echo server on the same stack as parleyd
-// (Asio + Beast, C++20 coroutines, one io_context per thread, binary frames), with no
-// storage, no routing and no protocol: whatever a client sends comes straight back.
-// parley-bench measures it in the same run as parleyd, so that parleyd's figures can be
-// given as ratios of what the stack itself does on this machine.
+// parley-bench-echo: the baseline. A WebSocket echo server on the same stack as parleyd (Asio,
+// C++20 coroutines, one io_context per thread, Beast's HTTP parser for the opening handshake
+// and parleyd's ws::connection for the frames), with no storage, no routing and no protocol:
+// whatever a client sends comes straight back. parley-bench measures it in the same run as
+// parleyd, so that parleyd's figures can be given as ratios of what the stack itself does on
+// this machine.
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -13,34 +14,65 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/websocket.hpp>
+#include <boost/beast/http.hpp>
 #include <cstdio>
+#include <deque>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "ws/connection.hpp"
+#include "ws/handshake.hpp"
+
 namespace asio = boost::asio;
 namespace beast = boost::beast;
-namespace websocket = beast::websocket;
+namespace http = beast::http;
 using asio::awaitable;
 constexpr auto as_tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 
-awaitable<void> echo(asio::ip::tcp::socket socket) {
-  websocket::stream<beast::tcp_stream> ws(std::move(socket));
-  ws.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
-  ws.read_message_max(256 * 1024);
-  ws.binary(true);
-  auto [aec] = co_await ws.async_accept(as_tuple_awaitable);
-  if (aec) co_return;
-  beast::flat_buffer buffer;
-  for (;;) {
-    auto [rec, n] = co_await ws.async_read(buffer, as_tuple_awaitable);
-    if (rec) co_return;
-    auto [wec, m] = co_await ws.async_write(buffer.data(), as_tuple_awaitable);
-    if (wec) co_return;
-    buffer.consume(buffer.size());
+// Sends every message back. Like parleyd, it reads the next message while earlier echoes are
+// being written, and drops a client that lets more than max_queued echoes pile up.
+class echo_connection final : public parley::ws::connection {
+ public:
+  using connection::connection;
+
+ private:
+  static constexpr std::size_t max_queued = 4096;
+
+  awaitable<void> on_message(std::string_view bytes) override {
+    if (queued_.size() >= max_queued) {
+      abort();
+      co_return;
+    }
+    queued_.push_back(std::make_shared<const std::string>(bytes));
+    wake_writer();
   }
+  message next_outgoing() override {
+    if (queued_.empty()) return nullptr;
+    auto m = std::move(queued_.front());
+    queued_.pop_front();
+    return m;
+  }
+  void on_closed() override { queued_.clear(); }
+
+  std::deque<message> queued_;
+};
+
+awaitable<void> echo(asio::ip::tcp::socket socket) {
+  beast::tcp_stream stream(std::move(socket));
+  stream.expires_after(std::chrono::seconds(30));
+  beast::flat_buffer buffer;
+  http::request<http::string_body> req;
+  auto [rec, rn] = co_await http::async_read(stream, buffer, req, as_tuple_awaitable);
+  if (rec) co_return;
+  auto reply = parley::ws::answer_handshake(req, "parley-bench-echo");
+  auto [wec, wn] = co_await http::async_write(stream, reply.response, as_tuple_awaitable);
+  if (wec || !reply.accepted) co_return;
+  stream.expires_never();
+  const auto rest = buffer.cdata();
+  std::make_shared<echo_connection>(stream.release_socket(), parley::ws::connection_options{})
+      ->start(std::string(static_cast<const char*>(rest.data()), rest.size()));
 }
 
 awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor,

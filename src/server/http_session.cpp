@@ -10,6 +10,7 @@
 #include <boost/beast/websocket/rfc6455.hpp>
 
 #include "server/websocket_session.hpp"
+#include "ws/handshake.hpp"
 
 namespace parley::server {
 namespace {
@@ -53,8 +54,14 @@ awaitable<void> serve(shared_state& state, connection_set& connections,
         co_await http::async_write(stream, res, as_tuple_awaitable);
         break;
       }
+      auto reply = ws::answer_handshake(req, "parleyd");
+      auto [wec, wn] = co_await http::async_write(stream, reply.response, as_tuple_awaitable);
+      if (wec || !reply.accepted) break;
       stream.expires_never();
-      start_websocket_session(state, connections, stream.release_socket(), std::move(req));
+      // Bytes a client sent past its request belong to the WebSocket (normally there are none).
+      const auto rest = buffer.cdata();
+      start_websocket_session(state, connections, stream.release_socket(),
+                              std::string(static_cast<const char*>(rest.data()), rest.size()));
       co_return;
     }
 

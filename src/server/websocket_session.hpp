@@ -1,20 +1,19 @@
-// One WebSocket connection on /v1/ws: Beast's read loop and write loop around a
-// device_session. Beast's websocket templates are instantiated only in websocket_session.cpp.
+// One WebSocket connection on /v1/ws: a ws::connection whose messages go to a device_session
+// and whose outgoing queue is the device_session's.
 #pragma once
 
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/http/message.hpp>
-#include <boost/beast/http/string_body.hpp>
+#include <string>
 
 #include "server/connection_set.hpp"
 #include "server/shared_state.hpp"
 
 namespace parley::server {
 
-// Completes the WebSocket handshake for `upgrade` on `socket` and runs the connection until
-// it closes. Returns at once; the connection lives on the socket's executor.
+// Runs the connection on `socket`, whose opening handshake has been answered with 101.
+// `initial` holds bytes read past the handshake request. Returns at once; the connection lives
+// on the socket's executor until it closes.
 void start_websocket_session(shared_state& state, connection_set& connections,
-                             boost::asio::ip::tcp::socket socket,
-                             boost::beast::http::request<boost::beast::http::string_body> upgrade);
+                             boost::asio::ip::tcp::socket socket, std::string initial);
 
 }  // namespace parley::server

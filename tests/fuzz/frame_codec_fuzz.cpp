@@ -1,5 +1,6 @@
-// Fuzz target for what parses peer bytes: the server's request decoder, the client's push
-// decoder, and the CLI's rendering of payload text. With clang's libFuzzer:
+// Fuzz target for what parses peer bytes: the server's WebSocket frame parser (headers, close
+// payloads, UTF-8), the server's request decoder, the client's push decoder, and the CLI's
+// rendering of payload text. With clang's libFuzzer:
 //   clang++ -fsanitize=fuzzer,address ... -DPARLEY_LIBFUZZER
 // Without it (gcc, and in `make test`) the built-in driver below runs a fixed number of
 // deterministic mutations of valid frames, so the target cannot rot and ASan sees them all.
@@ -13,9 +14,38 @@
 
 #include "cli/json.hpp"
 #include "wire/frame_codec.hpp"
+#include "ws/frame.hpp"
+#include "ws_client_frame.hpp"
+
+namespace {
+
+// Parses `bytes` as a stream of client WebSocket frames, as ws::connection does.
+void parse_ws_frames(std::string bytes) {
+  constexpr std::uint64_t max_payload = 64 * 1024;
+  std::size_t pos = 0;
+  while (pos < bytes.size()) {
+    const auto r = parley::ws::parse_client_header(std::string_view(bytes).substr(pos), max_payload);
+    if (r.status != parley::ws::parse_status::complete) return;
+    const auto& h = r.header;
+    if (h.payload_size > max_payload) std::abort();  // the limit must hold
+    if (bytes.size() - pos - h.header_size < h.payload_size) return;
+    char* payload = bytes.data() + pos + h.header_size;
+    const auto n = static_cast<std::size_t>(h.payload_size);
+    parley::ws::unmask(payload, n, h.mask);
+    if (h.op == parley::ws::opcode::close) {
+      parley::ws::close_code error{};
+      (void)parley::ws::valid_close_payload(std::string_view(payload, n), error);
+    }
+    (void)parley::ws::is_valid_utf8(std::string_view(payload, n));
+    pos += h.header_size + n;
+  }
+}
+
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);
+  parse_ws_frames(std::string(bytes));
   parley::wire::limits limits;
   parley::v1::Frame request;
   if (!parley::wire::decode_request(bytes, limits, request)) {
@@ -77,6 +107,11 @@ std::vector<std::string> seeds() {
   f.Clear();
   f.mutable_envelope()->set_payload("from the server");
   out.push_back(f.SerializeAsString());
+  // WebSocket frames: a fragmented message with a ping between, and a close.
+  using parley::test_support::ws_client_frame;
+  out.push_back(ws_client_frame(0x02, "frag") + ws_client_frame(0x89, "ping") +
+                ws_client_frame(0x80, "ment \xc3\xa9", 16) +
+                ws_client_frame(0x88, std::string("\x03\xe8") + "bye \xe2\x82\xac", 64));
   return out;
 }
 

@@ -1,0 +1,128 @@
+// One server-side WebSocket connection (RFC 6455) after the opening handshake, on a TCP socket.
+//
+// Built lean for servers that hold many idle connections: an idle connection holds its socket,
+// this object and one pending wait for readability, nothing else (no read buffer, no coroutine
+// frame, no timer). Reads go through a buffer per thread; only bytes that must outlive one read
+// (a partial frame, a fragmented message, a message whose handler is suspended) are copied into
+// the connection, and released once handled. Dead peers are found by TCP keepalive and
+// TCP_USER_TIMEOUT, which cost no memory here.
+//
+// Writes are batched: every message queued when the writer runs goes out in one gathered
+// write (up to `max_batch_frames`), so a burst costs one system call, not one per message.
+//
+// Threading: everything runs on the socket's executor, which must be single-threaded (an
+// io_context run by one thread); no member needs a lock.
+//
+// Derive from it and implement the three hooks; create it with std::make_shared.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "ws/frame.hpp"
+
+namespace parley::ws {
+
+struct connection_options {
+  std::size_t max_message_bytes = 256 * 1024;  // larger messages: close 1009
+  // How long to wait for the peer's close frame after sending ours.
+  std::chrono::milliseconds close_timeout{5'000};
+  // TCP keepalive: the first probe after this much silence, then every `keepalive_interval`;
+  // `keepalive_probes` unanswered probes, or unacknowledged data older than `user_timeout`,
+  // end the connection. This is how a dead peer is found without a timer per connection.
+  std::chrono::seconds keepalive_idle{60};
+  std::chrono::seconds keepalive_interval{10};
+  int keepalive_probes = 6;
+  std::chrono::seconds user_timeout{120};
+};
+
+class connection : public std::enable_shared_from_this<connection> {
+ public:
+  using socket_type = boost::asio::ip::tcp::socket;
+  using message = std::shared_ptr<const std::string>;
+
+  connection(socket_type socket, connection_options options);
+  virtual ~connection();
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+
+  // Starts reading. `initial` holds bytes read past the handshake request (normally none).
+  void start(std::string initial = {});
+
+  // The hooks have something to send: starts the writer if it is not running.
+  void wake_writer();
+
+  // Closes gracefully: what next_outgoing() still yields is written, then a close frame with
+  // `code` and `reason` (at most 123 bytes), then the peer's close frame is awaited for
+  // close_timeout. Messages received in the meantime are still handled.
+  void close(std::uint16_t code, std::string_view reason);
+  void close(close_code code, std::string_view reason) {
+    close(static_cast<std::uint16_t>(code), reason);
+  }
+
+  // Drops the TCP connection at once (nothing queued is written). on_closed() follows, posted
+  // (never from inside abort), so a hook may call abort() safely.
+  void abort();
+
+  // Bytes this connection holds in its own buffers (not counting the socket's kernel buffers):
+  // zero while idle. For tests and introspection.
+  std::size_t buffered_bytes() const;
+
+  socket_type::executor_type executor() { return socket_.get_executor(); }
+
+ protected:
+  // One complete binary message. `bytes` stay valid until the returned awaitable completes,
+  // and nothing more is read from this connection until then (that is the backpressure).
+  virtual boost::asio::awaitable<void> on_message(std::string_view bytes) = 0;
+  // The next message to send, or nullptr when there is none for now.
+  virtual message next_outgoing() = 0;
+  // The connection is gone: closed by either side or failed. Called once.
+  virtual void on_closed() = 0;
+
+ private:
+  static constexpr std::size_t max_batch_frames = 32;
+
+  void set_socket_options();
+  void wait_readable();
+  static boost::asio::awaitable<void> read_burst(std::shared_ptr<connection> self,
+                                                bool kept_first);
+  // Parses and handles the frames in `data` (the thread's buffer, or in_ when `owned`).
+  // Returns false when reading must stop.
+  boost::asio::awaitable<bool> consume(char* data, std::size_t size, bool owned);
+  // Moves the unparsed bytes [pos, size) of the thread's buffer into in_.
+  void keep_unparsed(const char* data, std::size_t pos, std::size_t size);
+  void on_close_frame(std::string_view payload);
+  void fail(close_code code, const char* reason);
+  static boost::asio::awaitable<void> write_loop(std::shared_ptr<connection> self);
+  void arm_close_timer();
+  // Ends our side (FIN) and reads and drops what the peer still sends until it ends its side,
+  // so that closing never resets a peer that has not read our close frame yet. Bounded by the
+  // close timer.
+  void linger();
+  void discard_until_end();
+
+  socket_type socket_;
+  connection_options options_;
+  std::string in_;       // bytes kept between reads: empty (no allocation) while idle
+  std::string message_;  // a fragmented message being assembled
+  std::string pong_;     // payload of the ping to answer (only the latest is answered)
+  std::string close_payload_;  // the close frame to send, once closing
+  std::unique_ptr<boost::asio::steady_timer> close_timer_;  // only while closing
+  bool assembling_ = false;    // a fragmented message is open
+  bool pong_due_ = false;
+  bool writing_ = false;
+  bool close_wanted_ = false;    // we close: after the queue is flushed
+  bool close_now_ = false;       // a close frame goes next, unflushed; then the server hangs up
+  bool close_received_ = false;  // the peer's close frame arrived
+  bool close_sent_ = false;
+  bool done_ = false;  // on_closed() has run
+};
+
+}  // namespace parley::ws

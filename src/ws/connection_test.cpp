@@ -1,0 +1,422 @@
+// ws::connection over real loopback sockets: a test peer writes hand-made frames (valid and
+// not) with a blocking socket and reads what the server answers; Beast's own client checks
+// interoperation.
+#include "ws/connection.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_to_string.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+#include <chrono>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "ws/handshake.hpp"
+#include "ws_client_frame.hpp"
+
+namespace parley::ws {
+namespace {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using namespace std::chrono_literals;
+using test_support::ws_client_frame;
+
+// Echoes every message; optionally yields to the executor first, so that other connections on
+// the thread read (and reuse the thread's buffer) while this one's handler is suspended.
+class echo_connection final : public connection {
+ public:
+  echo_connection(socket_type s, connection_options o, bool yield)
+      : connection(std::move(s), o), yield_(yield) {}
+
+  void queue(std::string m) {
+    out_.push_back(std::make_shared<const std::string>(std::move(m)));
+    wake_writer();
+  }
+
+  std::atomic<int> closed_calls{0};
+
+ private:
+  asio::awaitable<void> on_message(std::string_view bytes) override {
+    std::string copy(bytes);  // taken before any suspension, and compared after it
+    if (yield_) co_await asio::post(executor(), asio::use_awaitable);
+    EXPECT_EQ(copy, bytes) << "message bytes changed while the handler was suspended";
+    queue(std::move(copy));
+  }
+  message next_outgoing() override {
+    if (out_.empty()) return nullptr;
+    auto m = std::move(out_.front());
+    out_.pop_front();
+    return m;
+  }
+  void on_closed() override { closed_calls.fetch_add(1); }
+
+  bool yield_;
+  std::deque<message> out_;
+};
+
+// A server thread that turns each accepted socket into an echo_connection.
+class echo_server {
+ public:
+  explicit echo_server(connection_options options = small_options(), bool yield = false,
+                       bool handshake = false)
+      : acceptor_(io_, {asio::ip::make_address("127.0.0.1"), 0}),
+        options_(options),
+        yield_(yield),
+        handshake_(handshake) {
+    accept();
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  ~echo_server() {
+    asio::post(io_, [this] {
+      acceptor_.close();
+      for (auto& c : connections_) c->abort();
+    });
+    work_.reset();
+    thread_.join();
+  }
+
+  static connection_options small_options() {
+    connection_options o;
+    o.max_message_bytes = 256 * 1024;
+    o.close_timeout = 300ms;
+    return o;
+  }
+
+  tcp::endpoint endpoint() const { return acceptor_.local_endpoint(); }
+
+
+  // Runs `fn` on the server thread with the n-th accepted connection and returns its result.
+  template <class Fn>
+  auto on_connection(std::size_t n, Fn fn) {
+    std::promise<decltype(fn(std::declval<echo_connection&>()))> done;
+    auto result = done.get_future();
+    asio::post(io_, [&] {
+      if constexpr (std::is_void_v<decltype(fn(std::declval<echo_connection&>()))>) {
+        fn(*connections_.at(n));
+        done.set_value();
+      } else {
+        done.set_value(fn(*connections_.at(n)));
+      }
+    });
+    return result.get();
+  }
+
+  // Waits up to two seconds for the n-th connection's on_closed(); false if it was not called
+  // exactly once.
+  bool closed(std::size_t n) {
+    const auto deadline = std::chrono::steady_clock::now() + 2s;
+    int calls = 0;
+    while ((calls = on_connection(n, [](echo_connection& c) { return c.closed_calls.load(); })) ==
+               0 &&
+           std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(1ms);
+    return calls == 1;
+  }
+
+ private:
+  void accept() {
+    acceptor_.async_accept([this](boost::system::error_code ec, tcp::socket s) {
+      if (ec) return;
+      if (handshake_) {
+        asio::co_spawn(io_, answer_then_start(std::move(s)), asio::detached);
+      } else {
+        start(std::move(s), {});
+      }
+      accept();
+    });
+  }
+
+  void start(tcp::socket s, std::string initial) {
+    auto c = std::make_shared<echo_connection>(std::move(s), options_, yield_);
+    connections_.push_back(c);
+    c->start(std::move(initial));
+  }
+
+  // The opening handshake as parleyd's http_session answers it.
+  asio::awaitable<void> answer_then_start(tcp::socket s) {
+    namespace http = boost::beast::http;
+    boost::beast::flat_buffer buffer;
+    http::request<http::string_body> req;
+    co_await http::async_read(s, buffer, req, asio::use_awaitable);
+    auto reply = answer_handshake(req, "test");
+    co_await http::async_write(s, reply.response, asio::use_awaitable);
+    if (!reply.accepted) co_return;
+    const auto rest = buffer.cdata();
+    start(std::move(s), std::string(static_cast<const char*>(rest.data()), rest.size()));
+  }
+
+  asio::io_context io_{1};
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_{
+      io_.get_executor()};
+  tcp::acceptor acceptor_;
+  connection_options options_;
+  bool yield_;
+  bool handshake_;
+  std::vector<std::shared_ptr<echo_connection>> connections_;
+  std::thread thread_;
+};
+
+struct received_frame {
+  std::uint8_t first_byte = 0;
+  std::string payload;
+  std::uint8_t op() const { return first_byte & 0x0F; }
+  std::uint16_t close_code() const {
+    return payload.size() < 2 ? 0
+                              : static_cast<std::uint16_t>(
+                                    (static_cast<std::uint8_t>(payload[0]) << 8) |
+                                    static_cast<std::uint8_t>(payload[1]));
+  }
+};
+
+// The client end: a blocking socket whose reads time out after two seconds.
+class raw_peer {
+ public:
+  explicit raw_peer(const tcp::endpoint& server) : socket_(io_) {
+    socket_.connect(server);
+    socket_.set_option(tcp::no_delay(true));
+    timeval tv{2, 0};
+    ::setsockopt(socket_.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+
+  void send(const std::string& bytes) { asio::write(socket_, asio::buffer(bytes)); }
+
+  // The next frame, or nullopt on end of stream or timeout.
+  std::optional<received_frame> read_frame() {
+    std::array<std::uint8_t, 2> h{};
+    if (!read_exactly(h.data(), 2)) return std::nullopt;
+    received_frame f;
+    f.first_byte = h[0];
+    EXPECT_EQ(h[1] & 0x80, 0) << "server frames are never masked";
+    std::uint64_t n = h[1] & 0x7F;
+    if (n >= 126) {
+      std::array<std::uint8_t, 8> ext{};
+      const std::size_t bytes = n == 126 ? 2 : 8;
+      if (!read_exactly(ext.data(), bytes)) return std::nullopt;
+      n = 0;
+      for (std::size_t i = 0; i < bytes; ++i) n = (n << 8) | ext[i];
+    }
+    f.payload.resize(static_cast<std::size_t>(n));
+    if (n > 0 && !read_exactly(f.payload.data(), f.payload.size())) return std::nullopt;
+    return f;
+  }
+
+  // True if the server ends the TCP stream (rather than the read timing out).
+  bool sees_end_of_stream() {
+    char c;
+    boost::system::error_code ec;
+    socket_.read_some(asio::buffer(&c, 1), ec);
+    return ec == asio::error::eof || ec == asio::error::connection_reset;
+  }
+
+ private:
+  bool read_exactly(void* data, std::size_t n) {
+    boost::system::error_code ec;
+    asio::read(socket_, asio::buffer(data, n), ec);
+    return !ec;
+  }
+
+  asio::io_context io_;
+  tcp::socket socket_;
+};
+
+std::string close_payload(std::uint16_t code, const std::string& reason = "") {
+  return std::string{static_cast<char>(code >> 8), static_cast<char>(code & 0xFF)} + reason;
+}
+
+// Expects a close frame with `code`, then the end of the TCP stream.
+void expect_closed_with(raw_peer& peer, std::uint16_t code) {
+  auto f = peer.read_frame();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->op(), 0x8);
+  EXPECT_EQ(f->close_code(), code);
+  EXPECT_TRUE(peer.sees_end_of_stream());
+}
+
+TEST(ws_connection, echoes_a_message_that_arrives_one_byte_at_a_time) {
+  echo_server server;
+  raw_peer peer(server.endpoint());
+  const auto frame = ws_client_frame(0x82, "split into single bytes");
+  for (char c : frame) {
+    peer.send(std::string(1, c));
+    std::this_thread::sleep_for(1ms);
+  }
+  auto f = peer.read_frame();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->first_byte, 0x82);
+  EXPECT_EQ(f->payload, "split into single bytes");
+}
+
+TEST(ws_connection, echoes_pipelined_and_large_messages_in_order) {
+  echo_server server;
+  raw_peer peer(server.endpoint());
+  std::string burst;
+  for (int i = 0; i < 500; ++i) burst += ws_client_frame(0x82, "message " + std::to_string(i));
+  std::string large(200 * 1024, '\0');
+  for (std::size_t i = 0; i < large.size(); ++i) large[i] = static_cast<char>(i * 31);
+  burst += ws_client_frame(0x82, large);
+  peer.send(burst);
+  for (int i = 0; i < 500; ++i) {
+    auto f = peer.read_frame();
+    ASSERT_TRUE(f) << i;
+    EXPECT_EQ(f->payload, "message " + std::to_string(i));
+  }
+  auto f = peer.read_frame();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->payload, large);
+  // Handled: the connection keeps no buffer of its own.
+  EXPECT_EQ(server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); }), 0u);
+}
+
+TEST(ws_connection, assembles_fragments_and_answers_a_ping_between_them) {
+  echo_server server;
+  raw_peer peer(server.endpoint());
+  peer.send(ws_client_frame(0x02, "frag") + ws_client_frame(0x89, "are you there?") +
+            ws_client_frame(0x00, "mented ") + ws_client_frame(0x80, "message"));
+  auto pong = peer.read_frame();
+  ASSERT_TRUE(pong);
+  EXPECT_EQ(pong->first_byte, 0x8A);
+  EXPECT_EQ(pong->payload, "are you there?");
+  auto f = peer.read_frame();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->payload, "fragmented message");
+  EXPECT_EQ(server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); }), 0u);
+}
+
+TEST(ws_connection, handlers_that_suspend_keep_their_bytes_while_other_connections_read) {
+  echo_server server(echo_server::small_options(), /*yield=*/true);
+  raw_peer a(server.endpoint());
+  raw_peer b(server.endpoint());
+  std::string burst_a, burst_b;
+  for (int i = 0; i < 300; ++i) {
+    burst_a += ws_client_frame(0x82, "a" + std::to_string(i) + std::string(50, 'A'));
+    burst_b += ws_client_frame(0x82, "b" + std::to_string(i) + std::string(70, 'B'));
+  }
+  a.send(burst_a);
+  b.send(burst_b);
+  for (int i = 0; i < 300; ++i) {
+    auto fa = a.read_frame();
+    auto fb = b.read_frame();
+    ASSERT_TRUE(fa && fb) << i;
+    EXPECT_EQ(fa->payload, "a" + std::to_string(i) + std::string(50, 'A'));
+    EXPECT_EQ(fb->payload, "b" + std::to_string(i) + std::string(70, 'B'));
+  }
+}
+
+TEST(ws_connection, refuses_bad_frames_with_the_right_close_code) {
+  struct bad_input {
+    std::string bytes;
+    std::uint16_t code;
+  };
+  const bad_input cases[] = {
+      {ws_client_frame(0x82, "unmasked", 0, false), 1002},
+      {ws_client_frame(0xC2, "rsv1"), 1002},
+      {ws_client_frame(0x81, "text"), 1003},
+      {ws_client_frame(0x80, "continuation first"), 1002},
+      {ws_client_frame(0x02, "open") + ws_client_frame(0x82, "new message inside"), 1002},
+      {ws_client_frame(0x82, std::string(256 * 1024 + 1, 'x')), 1009},
+      {ws_client_frame(0x02, std::string(200 * 1024, 'x')) +
+           ws_client_frame(0x80, std::string(100 * 1024, 'y')),
+       1009},
+      {ws_client_frame(0x88, "x"), 1002},
+      {ws_client_frame(0x88, close_payload(1005)), 1002},
+      {ws_client_frame(0x88, close_payload(1000, "\xC3")), 1007},
+  };
+  echo_server server;
+  for (std::size_t i = 0; i < std::size(cases); ++i) {
+    SCOPED_TRACE(i);
+    raw_peer peer(server.endpoint());
+    peer.send(cases[i].bytes);
+    expect_closed_with(peer, cases[i].code);
+    EXPECT_TRUE(server.closed(i));
+  }
+}
+
+TEST(ws_connection, echoes_the_peers_close_and_hangs_up) {
+  echo_server server;
+  raw_peer peer(server.endpoint());
+  peer.send(ws_client_frame(0x82, "last words") + ws_client_frame(0x88, close_payload(1000, "bye")));
+  auto f = peer.read_frame();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->payload, "last words");
+  expect_closed_with(peer, 1000);
+}
+
+TEST(ws_connection, its_own_close_flushes_the_queue_first_and_completes_the_handshake) {
+  echo_server server;
+  raw_peer peer(server.endpoint());
+  peer.send(ws_client_frame(0x82, "hello"));
+  ASSERT_TRUE(peer.read_frame());
+  server.on_connection(0, [](echo_connection& c) {
+    c.queue("one");
+    c.queue("two");
+    c.close(close_code::going_away, "shutting down");
+  });
+  EXPECT_EQ(peer.read_frame()->payload, "one");
+  EXPECT_EQ(peer.read_frame()->payload, "two");
+  auto f = peer.read_frame();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->close_code(), 1001);
+  EXPECT_EQ(f->payload.substr(2), "shutting down");
+  peer.send(ws_client_frame(0x88, close_payload(1001)));
+  EXPECT_TRUE(peer.sees_end_of_stream());
+  EXPECT_TRUE(server.closed(0));
+}
+
+TEST(ws_connection, a_peer_that_never_answers_the_close_is_dropped_after_the_timeout) {
+  echo_server server;  // close_timeout 300 ms
+  raw_peer peer(server.endpoint());
+  peer.send(ws_client_frame(0x82, "hello"));
+  ASSERT_TRUE(peer.read_frame());
+  const auto start = std::chrono::steady_clock::now();
+  server.on_connection(0, [](echo_connection& c) { c.close(close_code::normal, ""); });
+  auto f = peer.read_frame();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->close_code(), 1000);
+  EXPECT_TRUE(peer.sees_end_of_stream());  // within the read timeout of 2 s
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 250ms);
+}
+
+TEST(ws_connection, interoperates_with_beasts_client) {
+  namespace beast = boost::beast;
+  namespace websocket = beast::websocket;
+  echo_server server(echo_server::small_options(), false, /*handshake=*/true);
+  asio::io_context io;
+  websocket::stream<tcp::socket> ws(io);
+  ws.next_layer().connect(server.endpoint());
+  ws.handshake("localhost", "/");
+  // Beast's client masks, and fragments messages larger than its write buffer.
+  ws.binary(true);
+  ws.auto_fragment(true);
+  ws.write_buffer_bytes(4096);
+  std::string pong;
+  ws.control_callback([&](websocket::frame_type kind, beast::string_view payload) {
+    if (kind == websocket::frame_type::pong) pong = std::string(payload);
+  });
+  ws.ping("beat");
+  std::string big(100 * 1024, '\0');
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 13);
+  ws.write(asio::buffer(big));
+  beast::flat_buffer buffer;
+  ws.read(buffer);
+  EXPECT_EQ(pong, "beat");
+  EXPECT_EQ(beast::buffers_to_string(buffer.data()), big);
+  ws.close(websocket::close_code::normal);  // returns once the close handshake is done
+  EXPECT_EQ(ws.reason().code, websocket::close_code::normal);
+}
+
+}  // namespace
+}  // namespace parley::ws
