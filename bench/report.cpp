@@ -63,7 +63,7 @@ std::string render_table(const run_report& r) {
     << (r.fsync ? "" : " --no-fsync (diagnosis: acknowledged messages not on disk)") << "\n\n";
   if (r.baseline) {
     const auto& b = *r.baseline;
-    o << "baseline: raw WebSocket echo (same Asio/Beast stack), " << b.connections
+    o << "baseline: raw WebSocket echo (parleyd's own WebSocket stack), " << b.connections
       << " connections, " << fixed(b.seconds, 1) << " s\n"
       << "  round trips/s " << fixed(b.rate, 0) << "   p50 " << ms(b.latency.percentile(0.5))
       << " ms   p99 " << ms(b.latency.percentile(0.99)) << " ms   server CPU "

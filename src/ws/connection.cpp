@@ -29,13 +29,18 @@ char* thread_buffer() {
   return buffer.get();
 }
 
-void log_failure(std::exception_ptr e) {
-  if (!e) return;
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& ex) {
-    log_error() << "websocket connection task failed: " << ex.what();
-  }
+// Runs `task` for `self`; a task that fails drops the connection instead of leaving it
+// neither read nor written.
+void spawn(const std::shared_ptr<connection>& self, awaitable<void> task) {
+  asio::co_spawn(self->executor(), std::move(task), [self](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      log_error() << "websocket connection task failed: " << ex.what();
+    }
+    self->abort();
+  });
 }
 
 std::size_t heap_bytes(const std::string& s) {
@@ -70,7 +75,7 @@ void connection::start(std::string initial) {
     return;
   }
   in_ = std::move(initial);
-  asio::co_spawn(socket_.get_executor(), read_burst(shared_from_this(), true), log_failure);
+  spawn(shared_from_this(), read_burst(shared_from_this(), true));
 }
 
 void connection::set_socket_options() {
@@ -102,8 +107,7 @@ void connection::wait_readable() {
   socket_.async_wait(socket_type::wait_read,
                      [self = shared_from_this()](const boost::system::error_code& ec) {
                        if (ec || self->done_) return;
-                       asio::co_spawn(self->socket_.get_executor(), read_burst(self, false),
-                                      log_failure);
+                       spawn(self, read_burst(self, false));
                      });
 }
 
@@ -268,7 +272,7 @@ void connection::fail(close_code code, const char* reason) {
 void connection::wake_writer() {
   if (writing_ || done_ || close_sent_) return;
   writing_ = true;
-  asio::co_spawn(socket_.get_executor(), write_loop(shared_from_this()), log_failure);
+  spawn(shared_from_this(), write_loop(shared_from_this()));
 }
 
 void connection::close(std::uint16_t code, std::string_view reason) {

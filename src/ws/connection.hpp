@@ -76,6 +76,7 @@ class connection : public std::enable_shared_from_this<connection> {
   std::size_t buffered_bytes() const;
 
   socket_type::executor_type executor() { return socket_.get_executor(); }
+  socket_type& socket() { return socket_; }  // for socket options and introspection only
 
  protected:
   // One complete binary message. `bytes` stay valid until the returned awaitable completes,

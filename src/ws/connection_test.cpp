@@ -4,6 +4,9 @@
 #include "ws/connection.hpp"
 
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <boost/asio/co_spawn.hpp>
@@ -343,6 +346,32 @@ TEST(ws_connection, refuses_bad_frames_with_the_right_close_code) {
     expect_closed_with(peer, cases[i].code);
     EXPECT_TRUE(server.closed(i));
   }
+}
+
+TEST(ws_connection, sets_tcp_keepalive_and_user_timeout_to_find_dead_peers) {
+  connection_options o = echo_server::small_options();
+  o.keepalive_idle = 42s;
+  o.keepalive_interval = 7s;
+  o.keepalive_probes = 3;
+  o.user_timeout = 99s;
+  echo_server server(o);
+  raw_peer peer(server.endpoint());
+  peer.send(ws_client_frame(0x82, "hello"));
+  ASSERT_TRUE(peer.read_frame());
+  auto option = [&](int level, int name) {
+    return server.on_connection(0, [=](echo_connection& c) {
+      int value = -1;
+      socklen_t size = sizeof value;
+      ::getsockopt(c.socket().native_handle(), level, name, &value, &size);
+      return value;
+    });
+  };
+  EXPECT_EQ(option(SOL_SOCKET, SO_KEEPALIVE), 1);
+  EXPECT_EQ(option(IPPROTO_TCP, TCP_KEEPIDLE), 42);
+  EXPECT_EQ(option(IPPROTO_TCP, TCP_KEEPINTVL), 7);
+  EXPECT_EQ(option(IPPROTO_TCP, TCP_KEEPCNT), 3);
+  EXPECT_EQ(option(IPPROTO_TCP, TCP_USER_TIMEOUT), 99'000);
+  EXPECT_EQ(option(IPPROTO_TCP, TCP_NODELAY), 1);
 }
 
 TEST(ws_connection, echoes_the_peers_close_and_hangs_up) {
