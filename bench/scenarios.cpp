@@ -98,14 +98,16 @@ awaitable<std::size_t> set_up_all(std::vector<std::unique_ptr<load_peer>>& peers
   co_return failed;
 }
 
-// Registers `names` over one connection, `window` requests in flight; fills device/token.
-awaitable<bool> register_all(std::vector<std::unique_ptr<load_peer>>& peers, std::string url) {
+// Registers peers [begin, end) over one connection, `window` requests in flight; fills
+// device/token.
+awaitable<bool> register_range(std::vector<std::unique_ptr<load_peer>>& peers, std::size_t begin,
+                               std::size_t end, std::string url) {
   load_peer conn(co_await asio::this_coro::executor);
   if (co_await conn.ws->connect(url, std::chrono::seconds(20))) co_return false;
   const std::size_t window = 128;
-  std::size_t sent = 0, answered = 0;
-  while (answered < peers.size()) {
-    while (sent < peers.size() && sent - answered < window) {
+  std::size_t sent = begin, answered = 0;
+  while (answered < end - begin) {
+    while (sent < end && sent - begin - answered < window) {
       v1::Frame f;
       f.set_request_id(sent + 1);
       f.mutable_register_()->set_username(peers[sent]->username);
@@ -116,7 +118,7 @@ awaitable<bool> register_all(std::vector<std::unique_ptr<load_peer>>& peers, std
     if (ec) co_return false;
     v1::Frame f;
     if (!f.ParseFromString(bytes) || f.request_id() == 0) continue;
-    if (!f.has_registered() || f.request_id() > peers.size()) co_return false;
+    if (!f.has_registered() || f.request_id() <= begin || f.request_id() > end) co_return false;
     auto& p = *peers[f.request_id() - 1];
     p.device = f.registered().device_id();
     p.token = f.registered().token();
@@ -124,6 +126,35 @@ awaitable<bool> register_all(std::vector<std::unique_ptr<load_peer>>& peers, std
   }
   co_await conn.ws->close(std::chrono::seconds(2));
   co_return true;
+}
+
+// Registers every peer. The server handles one connection's Registers one after another (each
+// is a synced write) and closes an unauthenticated connection after 10 s, so the peers are
+// registered in chunks, each on a connection of its own, several chunks at a time.
+awaitable<bool> register_all(std::vector<std::unique_ptr<load_peer>>& peers, std::string url) {
+  constexpr std::size_t chunk = 256;
+  constexpr std::size_t parallel = 8;
+  std::size_t next = 0, running = 0;
+  bool ok = true;
+  auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer done(ex, clock::time_point::max());
+  auto one = [&](std::size_t begin, std::size_t end) -> awaitable<void> {
+    if (!co_await register_range(peers, begin, end, url)) ok = false;
+    --running;
+    done.cancel();
+  };
+  while (next < peers.size() || running > 0) {
+    while (ok && next < peers.size() && running < parallel) {
+      ++running;
+      const std::size_t end = std::min(peers.size(), next + chunk);
+      asio::co_spawn(ex, one(next, end), asio::detached);
+      next = end;
+    }
+    if (running == 0) break;
+    done.expires_at(clock::time_point::max());
+    co_await done.async_wait(as_tuple_awaitable);
+  }
+  co_return ok;
 }
 
 // Worker `w`'s share of `total` users (every procs-th one), named prefix + global index, so

@@ -90,8 +90,7 @@ device_session::device_session(shared_state& state, asio::any_io_executor execut
     : state_(state),
       executor_(executor),
       close_(std::move(close)),
-      wake_writer_(std::move(wake_writer)),
-      room_ready_(executor, asio::steady_timer::time_point::max()) {}
+      wake_writer_(std::move(wake_writer)) {}
 
 // --- outgoing queue ----------------------------------------------------------------------------
 
@@ -120,9 +119,11 @@ bool device_session::send(const frame& f) { return send_encoded(wire::encode(f))
 
 awaitable<bool> device_session::send_paced(wire::encoded_frame f) {
   while (!closed_ && !finishing_ && !has_room(f->size())) {
-    room_ready_.expires_at(asio::steady_timer::time_point::max());
+    // Created on first need: most sessions never fill their queue.
+    if (!room_ready_) room_ready_ = std::make_unique<asio::steady_timer>(executor_);
+    room_ready_->expires_at(asio::steady_timer::time_point::max());
     boost::system::error_code ec;
-    co_await room_ready_.async_wait(asio::redirect_error(use_awaitable, ec));
+    co_await room_ready_->async_wait(asio::redirect_error(use_awaitable, ec));
   }
   if (closed_ || finishing_) co_return false;
   co_return send_encoded(std::move(f));
@@ -142,7 +143,7 @@ wire::encoded_frame device_session::pop_outgoing() {
     outgoing_head_ = 0;
   }
   outgoing_bytes_ -= f->size();
-  room_ready_.cancel();
+  if (room_ready_) room_ready_->cancel();
   state_.stats.frames_out.fetch_add(1, std::memory_order_relaxed);
   return f;
 }
@@ -162,7 +163,7 @@ void device_session::close(close_reason reason) {
 
 void device_session::finish() {
   finishing_ = true;
-  room_ready_.cancel();
+  if (room_ready_) room_ready_->cancel();
   if (wake_writer_) wake_writer_();
 }
 
@@ -172,7 +173,7 @@ void device_session::closed() {
   outgoing_.clear();
   outgoing_head_ = 0;
   outgoing_bytes_ = 0;
-  room_ready_.cancel();
+  if (room_ready_) room_ready_->cancel();
   if (presence_subscription_) state_.presence.unsubscribe(*presence_subscription_);
   if (device_ != 0) {
     state_.bus.detach(device_, this);

@@ -113,7 +113,9 @@ class device_session final : public bus::endpoint,
   std::vector<wire::encoded_frame> outgoing_;
   std::size_t outgoing_head_ = 0;
   std::size_t outgoing_bytes_ = 0;
-  boost::asio::steady_timer room_ready_;  // cancelled when a frame leaves the queue
+  // Cancelled when a frame leaves the queue; created only when a drain finds the queue full,
+  // so an idle session holds no timer.
+  std::unique_ptr<boost::asio::steady_timer> room_ready_;
 };
 
 }  // namespace parley::server

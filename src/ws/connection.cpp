@@ -114,8 +114,16 @@ void connection::wait_readable() {
 awaitable<void> connection::read_burst(std::shared_ptr<connection> self, bool kept_first) {
   if (kept_first && !co_await self->consume(self->in_.data(), self->in_.size(), true)) co_return;
   // The socket's readiness is edge-triggered: read until it would block, even after a short
-  // read, because a handler that suspended may have let a readiness event pass unseen.
+  // read, because a handler that suspended may have let a readiness event pass unseen. A peer
+  // that keeps sending never makes it block, so every few reads the burst yields to the other
+  // connections of the thread (and to this one's writer).
+  std::size_t reads = 0;
   for (;;) {
+    if (++reads > self->options_.reads_per_turn) {
+      reads = 1;
+      co_await asio::post(self->executor(), asio::use_awaitable);
+      if (self->done_) co_return;
+    }
     char* buffer = thread_buffer();
     boost::system::error_code ec;
     const std::size_t n = self->socket_.read_some(asio::buffer(buffer, thread_buffer_bytes), ec);

@@ -9,6 +9,8 @@
 //
 // Writes are batched: every message queued when the writer runs goes out in one gathered
 // write (up to `max_batch_frames`), so a burst costs one system call, not one per message.
+// A peer that sends without pause cannot hold the thread: after `reads_per_turn` reads the
+// connection lets the thread's other work run before it reads again.
 //
 // Threading: everything runs on the socket's executor, which must be single-threaded (an
 // io_context run by one thread); no member needs a lock.
@@ -34,6 +36,8 @@ struct connection_options {
   std::size_t max_message_bytes = 256 * 1024;  // larger messages: close 1009
   // How long to wait for the peer's close frame after sending ours.
   std::chrono::milliseconds close_timeout{5'000};
+  // Reads (of up to 64 KiB each) before a busy connection lets the thread's other work run.
+  std::size_t reads_per_turn = 4;
   // TCP keepalive: the first probe after this much silence, then every `keepalive_interval`;
   // `keepalive_probes` unanswered probes, or unacknowledged data older than `user_timeout`,
   // end the connection. This is how a dead peer is found without a timer per connection.

@@ -22,6 +22,7 @@
 #include <boost/beast/websocket.hpp>
 #include <chrono>
 #include <deque>
+#include <algorithm>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -42,8 +43,9 @@ using test_support::ws_client_frame;
 // the thread read (and reuse the thread's buffer) while this one's handler is suspended.
 class echo_connection final : public connection {
  public:
-  echo_connection(socket_type s, connection_options o, bool yield)
-      : connection(std::move(s), o), yield_(yield) {}
+  echo_connection(socket_type s, connection_options o, bool yield,
+                  std::vector<std::string>& handled)
+      : connection(std::move(s), o), yield_(yield), handled_(handled) {}
 
   void queue(std::string m) {
     out_.push_back(std::make_shared<const std::string>(std::move(m)));
@@ -55,6 +57,7 @@ class echo_connection final : public connection {
  private:
   asio::awaitable<void> on_message(std::string_view bytes) override {
     std::string copy(bytes);  // taken before any suspension, and compared after it
+    handled_.push_back(copy.substr(0, copy.find('|')));  // the label before any '|'
     if (yield_) co_await asio::post(executor(), asio::use_awaitable);
     EXPECT_EQ(copy, bytes) << "message bytes changed while the handler was suspended";
     queue(std::move(copy));
@@ -68,6 +71,7 @@ class echo_connection final : public connection {
   void on_closed() override { closed_calls.fetch_add(1); }
 
   bool yield_;
+  std::vector<std::string>& handled_;  // every connection's messages, in the order handled
   std::deque<message> out_;
 };
 
@@ -118,6 +122,26 @@ class echo_server {
     return result.get();
   }
 
+  // The messages handled so far, by every connection, in order, each cut at its first '|'.
+  std::vector<std::string> handled() {
+    std::promise<std::vector<std::string>> done;
+    auto result = done.get_future();
+    asio::post(io_, [&] { done.set_value(handled_); });
+    return result.get();
+  }
+
+  // Holds the server's thread until the returned object goes.
+  std::shared_ptr<void> hold() {
+    auto release = std::make_shared<std::promise<void>>();
+    auto held = std::make_shared<std::promise<void>>();
+    asio::post(io_, [wait = release->get_future().share(), held] {
+      held->set_value();
+      wait.wait();
+    });
+    held->get_future().wait();
+    return std::shared_ptr<void>(nullptr, [release](void*) { release->set_value(); });
+  }
+
   // Waits up to two seconds for the n-th connection's on_closed(); false if it was not called
   // exactly once.
   bool closed(std::size_t n) {
@@ -144,7 +168,7 @@ class echo_server {
   }
 
   void start(tcp::socket s, std::string initial) {
-    auto c = std::make_shared<echo_connection>(std::move(s), options_, yield_);
+    auto c = std::make_shared<echo_connection>(std::move(s), options_, yield_, handled_);
     connections_.push_back(c);
     c->start(std::move(initial));
   }
@@ -169,6 +193,7 @@ class echo_server {
   connection_options options_;
   bool yield_;
   bool handshake_;
+  std::vector<std::string> handled_;
   std::vector<std::shared_ptr<echo_connection>> connections_;
   std::thread thread_;
 };
@@ -188,7 +213,9 @@ struct received_frame {
 // The client end: a blocking socket whose reads time out after two seconds.
 class raw_peer {
  public:
-  explicit raw_peer(const tcp::endpoint& server) : socket_(io_) {
+  explicit raw_peer(const tcp::endpoint& server, int send_buffer = 0) : socket_(io_) {
+    socket_.open(tcp::v4());
+    if (send_buffer > 0) socket_.set_option(asio::socket_base::send_buffer_size(send_buffer));
     socket_.connect(server);
     socket_.set_option(tcp::no_delay(true));
     timeval tv{2, 0};
@@ -317,6 +344,54 @@ TEST(ws_connection, handlers_that_suspend_keep_their_bytes_while_other_connectio
     EXPECT_EQ(fa->payload, "a" + std::to_string(i) + std::string(50, 'A'));
     EXPECT_EQ(fb->payload, "b" + std::to_string(i) + std::string(70, 'B'));
   }
+}
+
+TEST(ws_connection, a_busy_peer_yields_to_the_others_after_reads_per_turn) {
+  connection_options o = echo_server::small_options();
+  o.reads_per_turn = 1;  // yield after every read of up to 64 KiB
+  echo_server server(o);
+  raw_peer flooder(server.endpoint(), 1 << 20);
+  raw_peer other(server.endpoint());
+  flooder.send(ws_client_frame(0x82, "hello"));
+  ASSERT_TRUE(flooder.read_frame());
+  other.send(ws_client_frame(0x82, "hello"));
+  ASSERT_TRUE(other.read_frame());
+  server.on_connection(0, [](echo_connection& c) {
+    const asio::socket_base::receive_buffer_size big(1 << 20);
+    c.socket().set_option(big);
+  });
+
+  // While the server's thread is held, 256 KB for the flooder (four reads' worth) and one
+  // message from the other peer wait in the kernel; then both become readable at once.
+  std::string flood;
+  for (int i = 0; flood.size() < 256 * 1024; ++i)
+    flood += ws_client_frame(0x82, "flood " + std::to_string(i) + "|" + std::string(100, 'f'));
+  const std::size_t flood_messages = [&] {
+    std::size_t n = 0;
+    for (std::size_t pos = 0; pos < flood.size(); ++n)
+      pos += 2 + 4 + static_cast<std::uint8_t>(flood[pos + 1] & 0x7F);
+    return n;
+  }();
+  {
+    auto hold = server.hold();
+    flooder.send(flood);  // fits in the two sockets' buffers (1 MiB each side)
+    other.send(ws_client_frame(0x82, "still served"));
+    std::this_thread::sleep_for(50ms);
+  }
+  auto f = other.read_frame();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->payload, "still served");
+  for (std::size_t i = 0; i < flood_messages; ++i) ASSERT_TRUE(flooder.read_frame()) << i;
+
+  // The other peer's message was handled before the flooder's backlog was through.
+  const auto order = server.handled();
+  const auto served = std::find(order.begin(), order.end(), "still served");
+  ASSERT_NE(served, order.end());
+  const auto last_flood = std::find(order.begin(), order.end(),
+                                    "flood " + std::to_string(flood_messages - 1));
+  ASSERT_NE(last_flood, order.end());
+  EXPECT_LT(served - order.begin(), last_flood - order.begin())
+      << "the other peer waited behind all " << flood_messages << " flood messages";
 }
 
 TEST(ws_connection, refuses_bad_frames_with_the_right_close_code) {
