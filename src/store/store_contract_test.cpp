@@ -6,6 +6,7 @@
 #include <fstream>
 #include <future>
 #include <set>
+#include <chrono>
 #include <thread>
 
 #include "store/rocksdb/rocksdb_store.hpp"
@@ -506,7 +507,16 @@ TEST(rocksdb_store, names_its_threads_and_joins_them_on_stop) {
     EXPECT_EQ(names.count("store-reader-0"), 1u);
     EXPECT_EQ(names.count("store-reader-1"), 1u);
     store.stop();
-    names = thread_names();
+    // join() returns when the kernel clears the thread's id, a moment before the task leaves
+    // /proc/self/task: wait for that, with a deadline (a thread never joined stays listed).
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    auto store_threads = [&] {
+      names = thread_names();
+      return names.count("store-writer") + names.count("store-reader-0") +
+             names.count("store-reader-1");
+    };
+    while (store_threads() != 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     EXPECT_EQ(names.count("store-writer"), 0u);
     EXPECT_EQ(names.count("store-reader-0"), 0u);
     EXPECT_EQ(names.count("store-reader-1"), 0u);

@@ -4,6 +4,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -38,6 +39,8 @@ void spawn(const std::shared_ptr<connection>& self, awaitable<void> task) {
       std::rethrow_exception(e);
     } catch (const std::exception& ex) {
       log_error() << "websocket connection task failed: " << ex.what();
+    } catch (...) {
+      log_error() << "websocket connection task failed";
     }
     self->abort();
   });
@@ -54,7 +57,11 @@ std::string close_payload(std::uint16_t code, std::string_view reason) {
   std::string p;
   p.push_back(static_cast<char>(code >> 8));
   p.push_back(static_cast<char>(code & 0xFF));
-  p.append(reason.substr(0, max_control_payload - 2));
+  std::size_t n = std::min(reason.size(), max_control_payload - 2);
+  // Cut at a code point boundary, so that a long UTF-8 reason stays valid.
+  if (n < reason.size())
+    while (n > 0 && (static_cast<std::uint8_t>(reason[n]) & 0xC0) == 0x80) --n;
+  p.append(reason.substr(0, n));
   return p;
 }
 
@@ -70,12 +77,11 @@ connection::~connection() {
 
 void connection::start(std::string initial) {
   set_socket_options();
-  if (initial.empty()) {
-    wait_readable();
-    return;
-  }
   in_ = std::move(initial);
-  spawn(shared_from_this(), read_burst(shared_from_this(), true));
+  // Read before waiting: a client sends its first frame as soon as it has the 101, so it is
+  // often here already. (Waiting first would also work: Asio re-arms the descriptor with
+  // EPOLL_CTL_MOD for every wait, and the kernel then reports data that is already there.)
+  spawn(shared_from_this(), read_burst(shared_from_this(), !in_.empty()));
 }
 
 void connection::set_socket_options() {
@@ -106,15 +112,18 @@ std::size_t connection::buffered_bytes() const {
 void connection::wait_readable() {
   socket_.async_wait(socket_type::wait_read,
                      [self = shared_from_this()](const boost::system::error_code& ec) {
-                       if (ec || self->done_) return;
+                       if (self->done_) return;
+                       if (ec) {
+                         self->abort();
+                         return;
+                       }
                        spawn(self, read_burst(self, false));
                      });
 }
 
 awaitable<void> connection::read_burst(std::shared_ptr<connection> self, bool kept_first) {
   if (kept_first && !co_await self->consume(self->in_.data(), self->in_.size(), true)) co_return;
-  // The socket's readiness is edge-triggered: read until it would block, even after a short
-  // read, because a handler that suspended may have let a readiness event pass unseen. A peer
+  // Read until the socket would block, so that one wake-up serves all that has arrived. A peer
   // that keeps sending never makes it block, so every few reads the burst yields to the other
   // connections of the thread (and to this one's writer).
   std::size_t reads = 0;
@@ -150,6 +159,7 @@ void connection::keep_unparsed(const char* data, std::size_t pos, std::size_t si
 
 awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
   std::size_t pos = 0;
+  bool delivered = false;  // a whole message was handled: progress
   while (!done_ && !close_received_ && !close_now_) {
     const std::string_view rest(data + pos, size - pos);
     const auto parsed = parse_client_header(rest, options_.max_message_bytes);
@@ -196,6 +206,7 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
           pos = 0;
           owned = true;
         }
+        delivered = true;
         co_await on_message(std::string_view(data + payload_at, payload_size));
         break;
       case opcode::continuation:
@@ -214,6 +225,7 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
             next = 0;
             owned = true;
           }
+          delivered = true;
           co_await on_message(message_);
         }
         release(message_);
@@ -232,8 +244,9 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
     pos = next;
   }
 
-  if (done_ || close_received_ || close_now_) {
+  if (done_ || close_received_ || close_now_) {  // reading is over
     release(in_);
+    partial_timer_.reset();
     co_return false;
   }
   // Keep the unparsed tail (a partial frame) and nothing else.
@@ -243,13 +256,22 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
     keep_unparsed(data, pos, size);
   }
   if (in_.empty()) release(in_);
+  if (in_.empty() && !assembling_) {
+    partial_timer_.reset();  // nothing held: nothing to watch
+  } else {
+    // A message has started; it must be complete within message_timeout of the last one.
+    if (delivered || !partial_timer_) partial_since_ = std::chrono::steady_clock::now();
+    if (!partial_timer_) watch_partial(options_.message_timeout);
+  }
   co_return true;
 }
 
 void connection::on_close_frame(std::string_view payload) {
   close_received_ = true;
-  if (close_sent_) {  // the answer to ours: the handshake is complete, the server hangs up
-    abort();
+  if (close_sent_) {
+    // The answer to ours: the handshake is complete and the server hangs up, at once if our
+    // close frame is out, or else once the writer has finished writing it.
+    if (close_written_) abort();
     return;
   }
   close_code error = close_code::protocol_error;
@@ -347,9 +369,11 @@ awaitable<void> connection::write_loop(std::shared_ptr<connection> self) {
       break;
     }
     if (send_close) {
-      // After a failure or an echoed close the server ends its side at once; after a close of
-      // its own it waits (bounded by the close timer) for the peer's answer, read as usual.
-      if (self->close_now_) self->linger();
+      self->close_written_ = true;
+      // After a failure, an echoed close, or a close of ours the peer has answered meanwhile,
+      // the server ends its side at once; otherwise it waits (bounded by the close timer) for
+      // the peer's answer, read as usual.
+      if (self->close_now_ || self->close_received_) self->linger();
       break;
     }
   }
@@ -362,23 +386,45 @@ void connection::linger() {
   if (done_) return;
   boost::system::error_code ignored;
   socket_.shutdown(socket_type::shutdown_send, ignored);
-  discard_until_end();
+  spawn(shared_from_this(), discard_until_end(shared_from_this()));
 }
 
-void connection::discard_until_end() {
-  socket_.async_wait(socket_type::wait_read, [self = shared_from_this()](
-                                                 const boost::system::error_code& ec) {
-    if (ec || self->done_) return;
-    for (;;) {
-      boost::system::error_code read_ec;
-      self->socket_.read_some(asio::buffer(thread_buffer(), thread_buffer_bytes), read_ec);
-      if (read_ec == asio::error::would_block || read_ec == asio::error::try_again) break;
-      if (read_ec) {  // the peer's end of stream: done
-        self->abort();
-        return;
-      }
+awaitable<void> connection::discard_until_end(std::shared_ptr<connection> self) {
+  // Reads first: the peer's end often comes right behind its close frame.
+  std::size_t reads = 0;
+  while (!self->done_) {
+    boost::system::error_code ec;
+    self->socket_.read_some(asio::buffer(thread_buffer(), thread_buffer_bytes), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+      reads = 0;
+      auto [wait_ec] = co_await self->socket_.async_wait(socket_type::wait_read,
+                                                         asio::as_tuple(asio::use_awaitable));
+      if (wait_ec && !self->done_) self->abort();
+      continue;
     }
-    self->discard_until_end();
+    if (ec) {  // the peer's end of stream: done
+      self->abort();
+      co_return;
+    }
+    if (++reads >= self->options_.reads_per_turn) {
+      reads = 0;
+      co_await asio::post(self->executor(), asio::use_awaitable);
+    }
+  }
+}
+
+void connection::watch_partial(std::chrono::steady_clock::duration wait) {
+  if (!partial_timer_) partial_timer_ = std::make_unique<asio::steady_timer>(socket_.get_executor());
+  partial_timer_->expires_after(wait);
+  partial_timer_->async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
+    if (ec || self->done_ || !self->partial_timer_) return;  // cancelled: the message completed
+    const auto held = std::chrono::steady_clock::now() - self->partial_since_;
+    if (held < self->options_.message_timeout) {
+      self->watch_partial(self->options_.message_timeout - held);  // progress was made since
+      return;
+    }
+    self->partial_timer_.reset();
+    self->fail(close_code::policy_violation, "message not completed in time");
   });
 }
 
@@ -396,6 +442,7 @@ void connection::abort() {
   boost::system::error_code ignored;
   socket_.close(ignored);
   if (close_timer_) close_timer_->cancel();
+  partial_timer_.reset();
   // in_ and message_ may be in use by a suspended read: they go with the object.
   asio::post(socket_.get_executor(), [self = shared_from_this()] { self->on_closed(); });
 }

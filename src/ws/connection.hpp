@@ -34,8 +34,13 @@ namespace parley::ws {
 
 struct connection_options {
   std::size_t max_message_bytes = 256 * 1024;  // larger messages: close 1009
-  // How long to wait for the peer's close frame after sending ours.
+  // How long a close may take, from close() (or the peer's close, or a failure) until the TCP
+  // connection is gone: flushing the queue, the close frame, the peer's answer.
   std::chrono::milliseconds close_timeout{5'000};
+  // Once a message's first bytes are held, the message must be complete within this (counted
+  // again from each message handled); a peer that stops half-way is closed with 1008, so that
+  // no connection pins a partial message's memory for long.
+  std::chrono::milliseconds message_timeout{60'000};
   // Reads (of up to 64 KiB each) before a busy connection lets the thread's other work run.
   std::size_t reads_per_turn = 4;
   // TCP keepalive: the first probe after this much silence, then every `keepalive_interval`;
@@ -64,8 +69,9 @@ class connection : public std::enable_shared_from_this<connection> {
   void wake_writer();
 
   // Closes gracefully: what next_outgoing() still yields is written, then a close frame with
-  // `code` and `reason` (at most 123 bytes), then the peer's close frame is awaited for
-  // close_timeout. Messages received in the meantime are still handled.
+  // `code` (one a peer may receive: not 1005, 1006 or 1015) and `reason` (cut to 123 bytes),
+  // then the peer's close frame is awaited. The whole close is bounded by close_timeout.
+  // Messages received before our close frame is sent are still handled.
   void close(std::uint16_t code, std::string_view reason);
   void close(close_code code, std::string_view reason) {
     close(static_cast<std::uint16_t>(code), reason);
@@ -111,7 +117,9 @@ class connection : public std::enable_shared_from_this<connection> {
   // so that closing never resets a peer that has not read our close frame yet. Bounded by the
   // close timer.
   void linger();
-  void discard_until_end();
+  static boost::asio::awaitable<void> discard_until_end(std::shared_ptr<connection> self);
+  // Fails the connection if the held partial message is not complete `wait` from now.
+  void watch_partial(std::chrono::steady_clock::duration wait);
 
   socket_type socket_;
   connection_options options_;
@@ -119,14 +127,17 @@ class connection : public std::enable_shared_from_this<connection> {
   std::string message_;  // a fragmented message being assembled
   std::string pong_;     // payload of the ping to answer (only the latest is answered)
   std::string close_payload_;  // the close frame to send, once closing
-  std::unique_ptr<boost::asio::steady_timer> close_timer_;  // only while closing
+  std::unique_ptr<boost::asio::steady_timer> close_timer_;    // only while closing
+  std::unique_ptr<boost::asio::steady_timer> partial_timer_;  // only while a message is held
+  std::chrono::steady_clock::time_point partial_since_;
   bool assembling_ = false;    // a fragmented message is open
   bool pong_due_ = false;
   bool writing_ = false;
   bool close_wanted_ = false;    // we close: after the queue is flushed
   bool close_now_ = false;       // a close frame goes next, unflushed; then the server hangs up
   bool close_received_ = false;  // the peer's close frame arrived
-  bool close_sent_ = false;
+  bool close_sent_ = false;     // our close frame is in the writer's hands
+  bool close_written_ = false;  // ... and written
   bool done_ = false;  // on_closed() has run
 };
 

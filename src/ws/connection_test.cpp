@@ -79,11 +79,13 @@ class echo_connection final : public connection {
 class echo_server {
  public:
   explicit echo_server(connection_options options = small_options(), bool yield = false,
-                       bool handshake = false)
+                       bool handshake = false,
+                       std::chrono::milliseconds start_delay = std::chrono::milliseconds(0))
       : acceptor_(io_, {asio::ip::make_address("127.0.0.1"), 0}),
         options_(options),
         yield_(yield),
-        handshake_(handshake) {
+        handshake_(handshake),
+        start_delay_(start_delay) {
     accept();
     thread_ = std::thread([this] { io_.run(); });
   }
@@ -160,6 +162,14 @@ class echo_server {
       if (ec) return;
       if (handshake_) {
         asio::co_spawn(io_, answer_then_start(std::move(s)), asio::detached);
+      } else if (start_delay_.count() > 0) {
+        // The socket sits accepted (and registered with the reactor) while the peer's first
+        // frame arrives; start() comes after.
+        auto timer = std::make_shared<asio::steady_timer>(io_, start_delay_);
+        auto socket = std::make_shared<tcp::socket>(std::move(s));
+        timer->async_wait([this, timer, socket](boost::system::error_code) {
+          start(std::move(*socket), {});
+        });
       } else {
         start(std::move(s), {});
       }
@@ -193,6 +203,7 @@ class echo_server {
   connection_options options_;
   bool yield_;
   bool handshake_;
+  std::chrono::milliseconds start_delay_;
   std::vector<std::string> handled_;
   std::vector<std::shared_ptr<echo_connection>> connections_;
   std::thread thread_;
@@ -244,6 +255,8 @@ class raw_peer {
     return f;
   }
 
+  void shutdown_send() { socket_.shutdown(tcp::socket::shutdown_send); }
+
   // True if the server ends the TCP stream (rather than the read timing out).
   bool sees_end_of_stream() {
     char c;
@@ -288,6 +301,15 @@ TEST(ws_connection, echoes_a_message_that_arrives_one_byte_at_a_time) {
   ASSERT_TRUE(f);
   EXPECT_EQ(f->first_byte, 0x82);
   EXPECT_EQ(f->payload, "split into single bytes");
+}
+
+TEST(ws_connection, reads_a_frame_that_arrived_before_start) {
+  echo_server server(echo_server::small_options(), false, false, 200ms);
+  raw_peer peer(server.endpoint());
+  peer.send(ws_client_frame(0x82, "early bird"));  // before the server calls start()
+  auto f = peer.read_frame();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->payload, "early bird");
 }
 
 TEST(ws_connection, echoes_pipelined_and_large_messages_in_order) {
@@ -447,6 +469,59 @@ TEST(ws_connection, sets_tcp_keepalive_and_user_timeout_to_find_dead_peers) {
   EXPECT_EQ(option(IPPROTO_TCP, TCP_KEEPCNT), 3);
   EXPECT_EQ(option(IPPROTO_TCP, TCP_USER_TIMEOUT), 99'000);
   EXPECT_EQ(option(IPPROTO_TCP, TCP_NODELAY), 1);
+}
+
+TEST(ws_connection, a_peer_that_stops_half_way_through_a_message_is_closed) {
+  connection_options o = echo_server::small_options();
+  o.message_timeout = 300ms;
+  echo_server server(o);
+  raw_peer peer(server.endpoint());
+  const auto frame = ws_client_frame(0x82, std::string(1000, 'x'));
+  peer.send(frame.substr(0, 500));  // and nothing more
+  std::this_thread::sleep_for(50ms);
+  EXPECT_GT(server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); }), 0u);
+  expect_closed_with(peer, 1008);
+  EXPECT_TRUE(server.closed(0));
+}
+
+TEST(ws_connection, a_busy_stream_whose_reads_end_mid_frame_is_not_cut_off) {
+  connection_options o = echo_server::small_options();
+  o.message_timeout = 300ms;
+  echo_server server(o);
+  raw_peer peer(server.endpoint());
+  // Every write completes the previous message and starts the next, so the server always
+  // holds a partial message, for 1 s in all; but each is complete within 100 ms.
+  std::string pending;
+  for (int i = 0; i < 10; ++i) {
+    const auto frame = ws_client_frame(0x82, "part " + std::to_string(i));
+    peer.send(pending + frame.substr(0, 4));
+    pending = frame.substr(4);
+    std::this_thread::sleep_for(100ms);
+  }
+  peer.send(pending);
+  for (int i = 0; i < 10; ++i) {
+    auto f = peer.read_frame();
+    ASSERT_TRUE(f) << i;
+    ASSERT_EQ(f->first_byte, 0x82) << i << ": closed with " << f->close_code();
+    EXPECT_EQ(f->payload, "part " + std::to_string(i));
+  }
+  EXPECT_EQ(server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); }), 0u);
+}
+
+TEST(ws_connection, a_close_followed_at_once_by_the_peers_fin_ends_without_waiting) {
+  connection_options o = echo_server::small_options();
+  o.close_timeout = 5s;
+  echo_server server(o);
+  raw_peer peer(server.endpoint());
+  peer.send(ws_client_frame(0x82, "hello"));
+  ASSERT_TRUE(peer.read_frame());
+  const auto start = std::chrono::steady_clock::now();
+  peer.send(ws_client_frame(0x88, close_payload(1000)));
+  peer.shutdown_send();  // the FIN follows the close frame at once
+  expect_closed_with(peer, 1000);
+  EXPECT_TRUE(server.closed(0));
+  // Well before the close timeout: the server saw the FIN that came with the close frame.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
 }
 
 TEST(ws_connection, echoes_the_peers_close_and_hangs_up) {
