@@ -71,7 +71,8 @@ awaitable<void> echo(asio::ip::tcp::socket socket) {
   if (wec || !reply.accepted) co_return;
   stream.expires_never();
   const auto rest = buffer.cdata();
-  std::make_shared<echo_connection>(stream.release_socket(), parley::ws::connection_options{})
+  static const parley::ws::connection_options options;
+  std::make_shared<echo_connection>(stream.release_socket(), options)
       ->start(std::string(static_cast<const char*>(rest.data()), rest.size()));
 }
 

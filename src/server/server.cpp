@@ -34,7 +34,8 @@ struct server::impl {
       stats.group_commit_requests.fetch_add(n, std::memory_order_relaxed);
     };
     store = std::make_unique<store::rocksdb_store>(std::move(o));
-    state = std::make_unique<shared_state>(shared_state{cfg, *store, presence, bus, stats});
+    state = std::make_unique<shared_state>(
+        shared_state{cfg, *store, presence, bus, stats, websocket_options(cfg)});
     for (unsigned i = 0; i < cfg.threads; ++i) {
       contexts.push_back(std::make_unique<asio::io_context>(1));
       guards.emplace_back(contexts.back()->get_executor());

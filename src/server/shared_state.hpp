@@ -9,6 +9,7 @@
 #include "server/config.hpp"
 #include "server/metrics.hpp"
 #include "store/store.hpp"
+#include "ws/connection.hpp"
 
 namespace parley::server {
 
@@ -18,6 +19,14 @@ struct shared_state {
   presence::presence& presence;
   bus::bus& bus;
   metrics& stats;
+  ws::connection_options websocket;  // one copy for every connection (from cfg)
 };
+
+// The WebSocket options `cfg` implies.
+inline ws::connection_options websocket_options(const config& cfg) {
+  ws::connection_options o;
+  o.max_message_bytes = cfg.limits.max_frame_bytes;
+  return o;
+}
 
 }  // namespace parley::server

@@ -13,16 +13,10 @@ namespace {
 namespace asio = boost::asio;
 using asio::awaitable;
 
-ws::connection_options options_for(const config& cfg) {
-  ws::connection_options o;
-  o.max_message_bytes = cfg.limits.max_frame_bytes;
-  return o;
-}
-
 class websocket_session final : public ws::connection {
  public:
   websocket_session(shared_state& state, connection_set& connections, socket_type socket)
-      : ws::connection(std::move(socket), options_for(state.cfg)),
+      : ws::connection(std::move(socket), state.websocket),
         state_(state),
         connections_(connections) {}
 

@@ -67,7 +67,7 @@ std::string close_payload(std::uint16_t code, std::string_view reason) {
 
 }  // namespace
 
-connection::connection(socket_type socket, connection_options options)
+connection::connection(socket_type socket, const connection_options& options)
     : socket_(std::move(socket)), options_(options) {}
 
 connection::~connection() {

@@ -57,7 +57,9 @@ class connection : public std::enable_shared_from_this<connection> {
   using socket_type = boost::asio::ip::tcp::socket;
   using message = std::shared_ptr<const std::string>;
 
-  connection(socket_type socket, connection_options options);
+  // `options` are shared by all the connections of a server, not copied: they must outlive
+  // this connection.
+  connection(socket_type socket, const connection_options& options);
   virtual ~connection();
   connection(const connection&) = delete;
   connection& operator=(const connection&) = delete;
@@ -122,7 +124,7 @@ class connection : public std::enable_shared_from_this<connection> {
   void watch_partial(std::chrono::steady_clock::duration wait);
 
   socket_type socket_;
-  connection_options options_;
+  const connection_options& options_;
   std::string in_;       // bytes kept between reads: empty (no allocation) while idle
   std::string message_;  // a fragmented message being assembled
   std::string pong_;     // payload of the ping to answer (only the latest is answered)

@@ -43,7 +43,7 @@ using test_support::ws_client_frame;
 // the thread read (and reuse the thread's buffer) while this one's handler is suspended.
 class echo_connection final : public connection {
  public:
-  echo_connection(socket_type s, connection_options o, bool yield,
+  echo_connection(socket_type s, const connection_options& o, bool yield,
                   std::vector<std::string>& handled)
       : connection(std::move(s), o), yield_(yield), handled_(handled) {}
 
