@@ -8,9 +8,11 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -74,27 +76,40 @@ awaitable<void> pause(std::chrono::nanoseconds d) {
   co_await t.async_wait(as_tuple_awaitable);
 }
 
+// Runs task(0) .. task(count - 1), at most `parallel` at a time. A task that returns false
+// stops new ones from starting (those running finish).
+awaitable<void> run_bounded(std::size_t count, std::size_t parallel,
+                            std::function<awaitable<bool>(std::size_t)> task) {
+  std::size_t next = 0, running = 0;
+  bool go_on = true;
+  auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer done(ex, clock::time_point::max());
+  auto one = [&](std::size_t i) -> awaitable<void> {
+    if (!co_await task(i)) go_on = false;
+    --running;
+    done.cancel();
+  };
+  for (;;) {
+    while (go_on && next < count && running < parallel) {
+      ++running;
+      asio::co_spawn(ex, one(next++), asio::detached);
+    }
+    if (running == 0) break;
+    done.expires_at(clock::time_point::max());
+    co_await done.async_wait(as_tuple_awaitable);
+  }
+}
+
 // Sets up `peers` with at most `parallel` set-ups at a time; returns how many failed.
 awaitable<std::size_t> set_up_all(std::vector<std::unique_ptr<load_peer>>& peers, std::string url,
                                   std::size_t first_source, bool register_first,
                                   std::size_t parallel) {
-  std::size_t next = 0, failed = 0, running = 0;
-  auto ex = co_await asio::this_coro::executor;
-  asio::steady_timer done(ex, clock::time_point::max());
-  auto one = [&](std::size_t i) -> awaitable<void> {
+  std::size_t failed = 0;
+  co_await run_bounded(peers.size(), parallel, [&](std::size_t i) -> awaitable<bool> {
     if (!co_await set_up(*peers[i], url, source_address(first_source + i), register_first))
       ++failed;
-    --running;
-    done.cancel();
-  };
-  while (next < peers.size() || running > 0) {
-    while (next < peers.size() && running < parallel) {
-      ++running;
-      asio::co_spawn(ex, one(next++), asio::detached);
-    }
-    done.expires_at(clock::time_point::max());
-    co_await done.async_wait(as_tuple_awaitable);
-  }
+    co_return true;
+  });
   co_return failed;
 }
 
@@ -134,26 +149,14 @@ awaitable<bool> register_range(std::vector<std::unique_ptr<load_peer>>& peers, s
 awaitable<bool> register_all(std::vector<std::unique_ptr<load_peer>>& peers, std::string url) {
   constexpr std::size_t chunk = 256;
   constexpr std::size_t parallel = 8;
-  std::size_t next = 0, running = 0;
   bool ok = true;
-  auto ex = co_await asio::this_coro::executor;
-  asio::steady_timer done(ex, clock::time_point::max());
-  auto one = [&](std::size_t begin, std::size_t end) -> awaitable<void> {
-    if (!co_await register_range(peers, begin, end, url)) ok = false;
-    --running;
-    done.cancel();
-  };
-  while (next < peers.size() || running > 0) {
-    while (ok && next < peers.size() && running < parallel) {
-      ++running;
-      const std::size_t end = std::min(peers.size(), next + chunk);
-      asio::co_spawn(ex, one(next, end), asio::detached);
-      next = end;
-    }
-    if (running == 0) break;
-    done.expires_at(clock::time_point::max());
-    co_await done.async_wait(as_tuple_awaitable);
-  }
+  co_await run_bounded((peers.size() + chunk - 1) / chunk, parallel,
+                       [&](std::size_t c) -> awaitable<bool> {
+                         const std::size_t begin = c * chunk;
+                         const std::size_t end = std::min(peers.size(), begin + chunk);
+                         if (!co_await register_range(peers, begin, end, url)) ok = false;
+                         co_return ok;
+                       });
   co_return ok;
 }
 
