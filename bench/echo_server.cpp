@@ -66,14 +66,11 @@ awaitable<void> echo(asio::ip::tcp::socket socket) {
   http::request<http::string_body> req;
   auto [rec, rn] = co_await http::async_read(stream, buffer, req, as_tuple_awaitable);
   if (rec) co_return;
-  auto reply = parley::ws::answer_handshake(req, "parley-bench-echo");
-  auto [wec, wn] = co_await http::async_write(stream, reply.response, as_tuple_awaitable);
-  if (wec || !reply.accepted) co_return;
+  auto initial = co_await parley::ws::answer_upgrade(stream, buffer, req, "parley-bench-echo");
+  if (!initial) co_return;
   stream.expires_never();
-  const auto rest = buffer.cdata();
   static const parley::ws::connection_options options;
-  std::make_shared<echo_connection>(stream.release_socket(), options)
-      ->start(std::string(static_cast<const char*>(rest.data()), rest.size()));
+  std::make_shared<echo_connection>(stream.release_socket(), options)->start(std::move(*initial));
 }
 
 awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor,

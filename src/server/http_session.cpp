@@ -54,14 +54,10 @@ awaitable<void> serve(shared_state& state, connection_set& connections,
         co_await http::async_write(stream, res, as_tuple_awaitable);
         break;
       }
-      auto reply = ws::answer_handshake(req, "parleyd");
-      auto [wec, wn] = co_await http::async_write(stream, reply.response, as_tuple_awaitable);
-      if (wec || !reply.accepted) break;
+      auto initial = co_await ws::answer_upgrade(stream, buffer, req, "parleyd");
+      if (!initial) break;
       stream.expires_never();
-      // Bytes a client sent past its request belong to the WebSocket (normally there are none).
-      const auto rest = buffer.cdata();
-      start_websocket_session(state, connections, stream.release_socket(),
-                              std::string(static_cast<const char*>(rest.data()), rest.size()));
+      start_websocket_session(state, connections, stream.release_socket(), std::move(*initial));
       co_return;
     }
 

@@ -186,14 +186,13 @@ class echo_server {
   // The opening handshake as parleyd's http_session answers it.
   asio::awaitable<void> answer_then_start(tcp::socket s) {
     namespace http = boost::beast::http;
+    boost::beast::tcp_stream stream(std::move(s));
     boost::beast::flat_buffer buffer;
     http::request<http::string_body> req;
-    co_await http::async_read(s, buffer, req, asio::use_awaitable);
-    auto reply = answer_handshake(req, "test");
-    co_await http::async_write(s, reply.response, asio::use_awaitable);
-    if (!reply.accepted) co_return;
-    const auto rest = buffer.cdata();
-    start(std::move(s), std::string(static_cast<const char*>(rest.data()), rest.size()));
+    co_await http::async_read(stream, buffer, req, asio::use_awaitable);
+    auto initial = co_await answer_upgrade(stream, buffer, req, "test");
+    if (!initial) co_return;
+    start(stream.release_socket(), std::move(*initial));
   }
 
   asio::io_context io_{1};

@@ -4,7 +4,10 @@
 #include <openssl/sha.h>
 
 #include <array>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http/rfc7230.hpp>
+#include <boost/beast/http/write.hpp>
 
 namespace parley::ws {
 namespace {
@@ -81,6 +84,17 @@ handshake_reply answer_handshake(const http::request<http::string_body>& request
   reply.response = std::move(res);
   reply.accepted = true;
   return reply;
+}
+
+boost::asio::awaitable<std::optional<std::string>> answer_upgrade(
+    boost::beast::tcp_stream& stream, const boost::beast::flat_buffer& buffer,
+    const http::request<http::string_body>& request, std::string_view server) {
+  auto reply = answer_handshake(request, server);
+  auto [ec, n] = co_await http::async_write(stream, reply.response,
+                                            boost::asio::as_tuple(boost::asio::use_awaitable));
+  if (ec || !reply.accepted) co_return std::nullopt;
+  const auto rest = buffer.cdata();
+  co_return std::string(static_cast<const char*>(rest.data()), rest.size());
 }
 
 }  // namespace parley::ws

@@ -1,9 +1,14 @@
 // The server side of the WebSocket opening handshake (RFC 6455 §4.2), on a request that
-// Beast's HTTP parser has read. No I/O: the caller writes the reply.
+// Beast's HTTP parser has read: answer_handshake() decides the reply (no I/O), answer_upgrade()
+// also writes it.
 #pragma once
 
+#include <boost/asio/awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -22,6 +27,14 @@ struct handshake_reply {
 // Sec-WebSocket-Version 13. No extension and no subprotocol is ever agreed. `server` is sent
 // as the Server header.
 handshake_reply answer_handshake(
+    const boost::beast::http::request<boost::beast::http::string_body>& request,
+    std::string_view server);
+
+// Writes answer_handshake()'s reply to `request` on `stream`. Accepted (101 written): returns
+// the bytes `buffer` holds past the request, which belong to the WebSocket (connection::start).
+// nullopt: refused (the refusal is written) or the write failed; the connection should end.
+boost::asio::awaitable<std::optional<std::string>> answer_upgrade(
+    boost::beast::tcp_stream& stream, const boost::beast::flat_buffer& buffer,
     const boost::beast::http::request<boost::beast::http::string_body>& request,
     std::string_view server);
 
