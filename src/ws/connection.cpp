@@ -177,9 +177,20 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
     if (rest.size() - h.header_size < h.payload_size) break;  // the payload is still arriving
 
     const std::size_t payload_size = static_cast<std::size_t>(h.payload_size);
-    std::size_t payload_at = pos + h.header_size;
+    const std::size_t payload_at = pos + h.header_size;
     std::size_t next = payload_at + payload_size;
     unmask(data + payload_at, payload_size, h.mask);
+    // Before a handler that may suspend: the thread's buffer is reused meanwhile, so the bytes
+    // from `from` on move into in_. Returns how far offsets moved (`next` is rebased here).
+    auto keep_from = [&](std::size_t from) -> std::size_t {
+      if (owned) return 0;
+      keep_unparsed(data, from, size);
+      data = in_.data();
+      size = in_.size();
+      owned = true;
+      next -= from;
+      return from;
+    };
 
     switch (h.op) {
       case opcode::text:
@@ -196,18 +207,11 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
           break;
         }
         if (close_sent_) break;  // closing: the peer's late messages are not handled
-        if (!owned) {
-          // The handler may suspend, and the thread's buffer is reused meanwhile.
-          keep_unparsed(data, pos, size);
-          data = in_.data();
-          size = in_.size();
-          payload_at -= pos;
-          next -= pos;
-          pos = 0;
-          owned = true;
+        {
+          const std::size_t moved = keep_from(pos);
+          delivered = true;
+          co_await on_message(std::string_view(data + payload_at - moved, payload_size));
         }
-        delivered = true;
-        co_await on_message(std::string_view(data + payload_at, payload_size));
         break;
       case opcode::continuation:
         if (!assembling_) {
@@ -218,13 +222,7 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
         if (!h.fin) break;
         assembling_ = false;
         if (!close_sent_) {
-          if (!owned) {
-            keep_unparsed(data, next, size);
-            data = in_.data();
-            size = in_.size();
-            next = 0;
-            owned = true;
-          }
+          keep_from(next);  // the message itself is in message_
           delivered = true;
           co_await on_message(message_);
         }
