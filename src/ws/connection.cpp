@@ -3,6 +3,9 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <array>
@@ -10,9 +13,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/write.hpp>
 #include <exception>
-#include <span>
 
 #include "common/log.hpp"
 
@@ -104,7 +105,8 @@ void connection::set_socket_options() {
 }
 
 std::size_t connection::buffered_bytes() const {
-  return heap_bytes(in_) + heap_bytes(message_) + heap_bytes(pong_) + heap_bytes(close_payload_);
+  return heap_bytes(in_) + heap_bytes(message_) + heap_bytes(pong_) + heap_bytes(close_payload_) +
+         unwritten_bytes();
 }
 
 // --- reading -------------------------------------------------------------------------------------
@@ -278,7 +280,9 @@ void connection::on_close_frame(std::string_view payload) {
     return;
   }
   close_payload_.assign(payload.substr(0, 2));  // echo the peer's code
-  close_now_ = true;
+  // The echo follows what is queued (answers to the messages read before the close), as our
+  // own close does; the close timer bounds a queue that keeps growing.
+  close_wanted_ = true;
   arm_close_timer();
   wake_writer();
 }
@@ -297,10 +301,77 @@ void connection::fail(close_code code, const char* reason) {
 
 // --- writing -------------------------------------------------------------------------------------
 
+// Frames in write order: an optional pong, up to max_batch_frames messages, an optional close.
+// Payloads are read where they live at each gather (the control frames' strings may move with
+// the batch), so a batch can move to the heap half-written.
+struct connection::write_batch {
+  static constexpr std::size_t max_frames = max_batch_frames + 2;
+
+  std::array<std::array<char, max_server_header_bytes>, max_frames> headers;
+  std::array<std::uint8_t, max_frames> header_sizes{};
+  std::array<message, max_batch_frames> messages;
+  std::string pong;
+  std::string close;
+  bool has_pong = false;
+  bool has_close = false;
+  std::size_t n_messages = 0;
+  std::size_t total = 0;    // bytes of the whole batch
+  std::size_t written = 0;  // bytes of it already written
+
+  std::size_t frames() const { return (has_pong ? 1 : 0) + n_messages + (has_close ? 1 : 0); }
+
+  std::string_view payload(std::size_t frame) const {
+    if (has_pong && frame == 0) return pong;
+    const std::size_t m = frame - (has_pong ? 1 : 0);
+    if (m < n_messages) return *messages[m];
+    return close;
+  }
+
+  void add_header(opcode op, std::size_t payload_size) {
+    const std::size_t f = frames();
+    header_sizes[f] = static_cast<std::uint8_t>(write_server_header(op, payload_size, headers[f]));
+    total += header_sizes[f] + payload_size;
+  }
+
+  // The unwritten bytes as iovecs; returns how many were filled.
+  std::size_t gather(std::array<iovec, 2 * max_frames>& out) const {
+    std::size_t n = 0;
+    std::size_t skip = written;
+    auto piece = [&](const char* data, std::size_t size) {
+      if (skip >= size) {
+        skip -= size;
+        return;
+      }
+      out[n++] = iovec{const_cast<char*>(data) + skip, size - skip};
+      skip = 0;
+    };
+    const std::size_t count = frames();
+    for (std::size_t f = 0; f < count; ++f) {
+      piece(headers[f].data(), header_sizes[f]);
+      const auto p = payload(f);
+      piece(p.data(), p.size());
+    }
+    return n;
+  }
+
+  void clear() {
+    for (std::size_t i = 0; i < n_messages; ++i) messages[i].reset();
+    pong.clear();
+    close.clear();
+    has_pong = has_close = false;
+    n_messages = total = written = 0;
+  }
+};
+
+std::size_t connection::unwritten_bytes() const {
+  return blocked_ ? blocked_->total - blocked_->written : 0;
+}
+
 void connection::wake_writer() {
   if (writing_ || done_ || close_sent_) return;
   writing_ = true;
-  spawn(shared_from_this(), write_loop(shared_from_this()));
+  // Posted, not run here: the caller is usually in the middle of queueing a burst.
+  asio::post(socket_.get_executor(), [self = shared_from_this()] { self->flush(); });
 }
 
 void connection::close(std::uint16_t code, std::string_view reason) {
@@ -311,71 +382,94 @@ void connection::close(std::uint16_t code, std::string_view reason) {
   wake_writer();
 }
 
-awaitable<void> connection::write_loop(std::shared_ptr<connection> self) {
-  constexpr std::size_t max_frames = max_batch_frames + 2;  // + a pong and a close
-  std::array<std::array<char, max_server_header_bytes>, max_frames> headers;
-  std::array<asio::const_buffer, 2 * max_frames> buffers;
-  std::array<message, max_batch_frames> batch;
-  std::string pong;
-  std::string close;
-
-  while (!self->done_) {
-    std::size_t n_buffers = 0;
-    std::size_t n_headers = 0;
-    auto add = [&](opcode op, const std::string& payload) {
-      const std::size_t header_size = write_server_header(op, payload.size(), headers[n_headers]);
-      buffers[n_buffers++] = asio::buffer(headers[n_headers++].data(), header_size);
-      if (!payload.empty()) buffers[n_buffers++] = asio::buffer(payload);
-    };
-
-    if (self->pong_due_) {
-      pong = std::move(self->pong_);
-      release(self->pong_);
-      self->pong_due_ = false;
-      add(opcode::pong, pong);
-    }
-    std::size_t n_batch = 0;
-    bool drained = true;
-    if (!self->close_now_) {
-      drained = false;
-      while (n_batch < max_batch_frames) {
-        auto m = self->next_outgoing();
-        if (!m) {
-          drained = true;
-          break;
-        }
-        batch[n_batch] = std::move(m);
-        add(opcode::binary, *batch[n_batch]);
-        ++n_batch;
+bool connection::fill(write_batch& b) {
+  if (pong_due_) {
+    b.pong = std::move(pong_);
+    release(pong_);
+    pong_due_ = false;
+    b.add_header(opcode::pong, b.pong.size());
+    b.has_pong = true;
+  }
+  bool drained = true;
+  if (!close_now_) {
+    drained = false;
+    while (b.n_messages < max_batch_frames) {
+      auto m = next_outgoing();
+      if (!m) {
+        drained = true;
+        break;
       }
+      b.add_header(opcode::binary, m->size());
+      b.messages[b.n_messages++] = std::move(m);
     }
-    const bool send_close = self->close_now_ || (self->close_wanted_ && drained);
-    if (send_close) {
-      close = std::move(self->close_payload_);
-      release(self->close_payload_);
-      add(opcode::close, close);
-      self->close_sent_ = true;
-    }
-    if (n_buffers == 0) break;
+  }
+  if (close_now_ || (close_wanted_ && drained)) {
+    b.close = std::move(close_payload_);
+    release(close_payload_);
+    b.add_header(opcode::close, b.close.size());
+    b.has_close = true;
+    close_sent_ = true;
+  }
+  return b.frames() > 0;
+}
 
-    auto [ec, written] = co_await asio::async_write(
-        self->socket_, std::span<const asio::const_buffer>(buffers.data(), n_buffers),
-        asio::as_tuple(asio::use_awaitable));
-    for (std::size_t i = 0; i < n_batch; ++i) batch[i].reset();
-    if (ec) {
-      self->abort();
-      break;
+void connection::flush() {
+  // Used by one flush at a time per thread: flush never runs inside another.
+  thread_local write_batch spare;
+  for (std::size_t batches = 0;; ++batches) {
+    if (done_) {
+      writing_ = false;
+      return;
     }
-    if (send_close) {
-      self->close_written_ = true;
+    if (!blocked_ && batches == batches_per_turn) {  // let the thread's other work run
+      asio::post(socket_.get_executor(), [self = shared_from_this()] { self->flush(); });
+      return;
+    }
+    write_batch& b = blocked_ ? *blocked_ : spare;
+    if (!blocked_ && !fill(b)) break;
+
+    std::array<iovec, 2 * write_batch::max_frames> iov;
+    msghdr msg{};
+    msg.msg_iov = iov.data();
+    msg.msg_iovlen = b.gather(iov);
+    ssize_t n;
+    do {
+      n = ::sendmsg(socket_.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+      b.clear();
+      abort();
+      writing_ = false;
+      return;
+    }
+    if (n > 0) b.written += static_cast<std::size_t>(n);
+
+    if (b.written < b.total) {
+      // The socket is full: the rest waits on the heap until there is room.
+      if (!blocked_) {
+        blocked_ = std::make_unique<write_batch>(std::move(spare));
+        spare.clear();
+      }
+      socket_.async_wait(socket_type::wait_write,
+                         [self = shared_from_this()](const boost::system::error_code& ec) {
+                           if (ec && !self->done_) self->abort();
+                           self->flush();
+                         });
+      return;
+    }
+    const bool close_written = b.has_close;
+    b.clear();
+    blocked_.reset();
+    if (close_written) {
+      close_written_ = true;
       // After a failure, an echoed close, or a close of ours the peer has answered meanwhile,
       // the server ends its side at once; otherwise it waits (bounded by the close timer) for
       // the peer's answer, read as usual.
-      if (self->close_now_ || self->close_received_) self->linger();
+      if (close_now_ || close_received_) linger();
       break;
     }
   }
-  self->writing_ = false;
+  writing_ = false;
 }
 
 // --- closing -------------------------------------------------------------------------------------

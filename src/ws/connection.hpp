@@ -9,6 +9,8 @@
 //
 // Writes are batched: every message queued when the writer runs goes out in one gathered
 // write (up to `max_batch_frames`), so a burst costs one system call, not one per message.
+// The writer is a posted function, not a coroutine: it writes without blocking, and only when
+// the socket is full does the unwritten rest of the batch move to the heap to wait for room.
 // A peer that sends without pause cannot hold the thread: after `reads_per_turn` reads the
 // connection lets the thread's other work run before it reads again.
 //
@@ -83,8 +85,9 @@ class connection : public std::enable_shared_from_this<connection> {
   // (never from inside abort), so a hook may call abort() safely.
   void abort();
 
-  // Bytes this connection holds in its own buffers (not counting the socket's kernel buffers):
-  // zero while idle. For tests and introspection.
+  // Bytes this connection holds in its own buffers (not counting the socket's kernel buffers),
+  // including a batch's unwritten rest while the socket is full: zero while idle. For tests
+  // and introspection.
   std::size_t buffered_bytes() const;
 
   socket_type::executor_type executor() { return socket_.get_executor(); }
@@ -101,6 +104,7 @@ class connection : public std::enable_shared_from_this<connection> {
 
  private:
   static constexpr std::size_t max_batch_frames = 32;
+  static constexpr std::size_t batches_per_turn = 4;
 
   void set_socket_options();
   void wait_readable();
@@ -113,7 +117,15 @@ class connection : public std::enable_shared_from_this<connection> {
   void keep_unparsed(const char* data, std::size_t pos, std::size_t size);
   void on_close_frame(std::string_view payload);
   void fail(close_code code, const char* reason);
-  static boost::asio::awaitable<void> write_loop(std::shared_ptr<connection> self);
+  // The frames of one gathered write and how much of them is written (defined in the .cpp).
+  struct write_batch;
+  // The writer: runs posted (so that everything queued meanwhile joins the batch) while
+  // writing_ is set, writes batches until nothing is queued, and waits for the socket to
+  // drain when it is full. Yields the thread after `batches_per_turn` batches.
+  void flush();
+  // Fills `batch` from the hooks and the pending control frames; false if there is nothing.
+  bool fill(write_batch& batch);
+  std::size_t unwritten_bytes() const;
   void arm_close_timer();
   // Ends our side (FIN) and reads and drops what the peer still sends until it ends its side,
   // so that closing never resets a peer that has not read our close frame yet. Bounded by the
@@ -131,11 +143,12 @@ class connection : public std::enable_shared_from_this<connection> {
   std::string close_payload_;  // the close frame to send, once closing
   std::unique_ptr<boost::asio::steady_timer> close_timer_;    // only while closing
   std::unique_ptr<boost::asio::steady_timer> partial_timer_;  // only while a message is held
+  std::unique_ptr<write_batch> blocked_;  // only while the socket is full: the batch's rest
   std::chrono::steady_clock::time_point partial_since_;
   bool assembling_ = false;    // a fragmented message is open
   bool pong_due_ = false;
   bool writing_ = false;
-  bool close_wanted_ = false;    // we close: after the queue is flushed
+  bool close_wanted_ = false;    // we close, or echo the peer's close: after the queue is flushed
   bool close_now_ = false;       // a close frame goes next, unflushed; then the server hangs up
   bool close_received_ = false;  // the peer's close frame arrived
   bool close_sent_ = false;     // our close frame is in the writer's hands

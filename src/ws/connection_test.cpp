@@ -223,9 +223,12 @@ struct received_frame {
 // The client end: a blocking socket whose reads time out after two seconds.
 class raw_peer {
  public:
-  explicit raw_peer(const tcp::endpoint& server, int send_buffer = 0) : socket_(io_) {
+  explicit raw_peer(const tcp::endpoint& server, int send_buffer = 0, int receive_buffer = 0)
+      : socket_(io_) {
     socket_.open(tcp::v4());
     if (send_buffer > 0) socket_.set_option(asio::socket_base::send_buffer_size(send_buffer));
+    if (receive_buffer > 0)
+      socket_.set_option(asio::socket_base::receive_buffer_size(receive_buffer));
     socket_.connect(server);
     socket_.set_option(tcp::no_delay(true));
     timeval tv{2, 0};
@@ -329,6 +332,38 @@ TEST(ws_connection, echoes_pipelined_and_large_messages_in_order) {
   ASSERT_TRUE(f);
   EXPECT_EQ(f->payload, large);
   // Handled: the connection keeps no buffer of its own.
+  EXPECT_EQ(server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); }), 0u);
+}
+
+TEST(ws_connection, a_full_socket_keeps_the_batchs_rest_and_resumes_where_it_stopped) {
+  echo_server server;
+  raw_peer peer(server.endpoint(), 0, 16 * 1024);  // a small window: the server's writes block
+  peer.send(ws_client_frame(0x82, "start"));
+  ASSERT_EQ(peer.read_frame()->payload, "start");
+  // 8 MiB queued while the peer reads nothing: far more than the socket buffers take.
+  auto body = [](int i) {
+    std::string m(128 * 1024, '\0');
+    for (std::size_t j = 0; j < m.size(); ++j) m[j] = static_cast<char>(i * 7 + j * 13);
+    return m;
+  };
+  server.on_connection(0, [&](echo_connection& c) {
+    for (int i = 0; i < 64; ++i) c.queue(body(i));
+  });
+  const auto deadline = std::chrono::steady_clock::now() + 2s;
+  std::size_t held = 0;
+  while ((held = server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); })) ==
+             0 &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(1ms);
+  EXPECT_GT(held, 0u) << "the writer never found the socket full";
+  // Queued while the writer waits for room: goes out after the rest, in order.
+  server.on_connection(0, [&](echo_connection& c) { c.queue("last"); });
+  for (int i = 0; i < 64; ++i) {
+    auto f = peer.read_frame();
+    ASSERT_TRUE(f) << i;
+    ASSERT_EQ(f->payload, body(i)) << i;
+  }
+  EXPECT_EQ(peer.read_frame()->payload, "last");
   EXPECT_EQ(server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); }), 0u);
 }
 
