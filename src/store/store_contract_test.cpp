@@ -381,6 +381,38 @@ TEST_P(store_contract, ack_removes_and_sends_a_delivered_receipt) {
   EXPECT_TRUE(again->empty());
 }
 
+TEST_P(store_contract, an_event_acked_twice_in_one_request_or_after_a_reopen_counts_once) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto m1 = send(alice, "alice", "bob", "c1");
+  auto m2 = send(alice, "alice", "bob", "c2");
+  ASSERT_TRUE(m1 && m2);
+
+  // The same event twice in one request (one group): one receipt.
+  auto d1 = ack(bob.device, "bob", {m1->id, m1->id});
+  ASSERT_TRUE(d1);
+  EXPECT_EQ(d1->size(), 1u);
+
+  // After a reopen nothing is remembered in memory; the entries are found in the store.
+  reopen();
+  auto d2 = ack(bob.device, "bob", {m2->id, m1->id});
+  ASSERT_TRUE(d2);
+  ASSERT_EQ(d2->size(), 1u) << "m1 was delivered before";
+  EXPECT_EQ(std::get<receipt_event>((*d2)[0].event).id, m2->id);
+  EXPECT_EQ(*status_of(alice.user, m2->id), message_status::delivered);
+  EXPECT_TRUE(queue_of(bob.device).empty());
+
+  // Receipts queued before and after the reopen: acking them sends nothing further.
+  auto aq = queue_of(alice.device);
+  ASSERT_EQ(aq.size(), 2u);
+  std::vector<event_id> receipts;
+  for (const auto& e : aq) receipts.push_back(std::get<receipt_event>(e).event);
+  auto d3 = ack(alice.device, "alice", receipts);
+  ASSERT_TRUE(d3);
+  EXPECT_TRUE(d3->empty());
+  EXPECT_TRUE(queue_of(alice.device).empty());
+}
+
 TEST_P(store_contract, read_marks_everything_up_to_and_is_monotonic) {
   auto alice = register_user("alice");
   auto bob = register_user("bob");

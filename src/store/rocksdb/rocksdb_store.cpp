@@ -22,6 +22,7 @@
 #include "common/thread_name.hpp"
 #include "parley/store/v1/records.pb.h"
 #include "store/rocksdb/keys.hpp"
+#include "store/rocksdb/pending_queue.hpp"
 
 namespace parley::store {
 namespace {
@@ -122,6 +123,9 @@ struct rocksdb_store::impl {
   std::unordered_map<std::uint64_t, cached_user> users;               // user id -> user
   std::unordered_map<std::string, std::uint64_t> chat_seqs;           // chat -> last seq
   std::unordered_map<std::uint64_t, std::uint32_t> registration_ids;  // device -> 0 if no keys
+  // Queue entries written and not yet acked: an ack of one needs no lookup. Sized for the
+  // entries of a few seconds at the write rates the writer sustains (~40 B each).
+  pending_queue unacked{1u << 16};
   snowflake ids{0};
   std::uint64_t last_id = 0;
   std::uint64_t next_user = 1;
@@ -157,6 +161,22 @@ struct rocksdb_store::impl {
   void del(group& g, cf family, std::string_view key) {
     g.batch.Delete(cfs[family], slice(key));
     if (read_in_group(family)) g.overlay[overlay_key(family, key)] = std::nullopt;
+  }
+  // A device-queue entry: to the batch and to `unacked`, which is where an ack finds it (not
+  // the overlay: no copy of the key and value per entry). `sender` is the queued message's
+  // sender, 0 for a receipt.
+  void put_queue_entry(group& g, std::uint64_t device, event_id event, std::string_view item,
+                       std::uint64_t sender) {
+    g.batch.Put(cfs[cf_queue], slice(keys::queue(device, event)), slice(item));
+    unacked.add(device, event, sender);
+  }
+  // Removes an acked entry. SingleDelete, because a queue key is written exactly once: a put
+  // and its single delete that meet in a flush or compaction both vanish, where a plain
+  // delete's tombstone would be carried down the levels. The overlay records the removal,
+  // so a repeated ack in the same group finds the entry gone.
+  void remove_queue_entry(group& g, const std::string& key) {
+    g.batch.SingleDelete(cfs[cf_queue], slice(key));
+    g.overlay[overlay_key(cf_queue, key)] = std::nullopt;
   }
   std::uint64_t next_id(group& g, std::uint64_t now) {
     g.ids_issued = true;
@@ -250,6 +270,7 @@ struct rocksdb_store::impl {
     users.clear();
     chat_seqs.clear();
     registration_ids.clear();
+    unacked.clear();
   }
 
   // A device's keys record from the outcome of its lookup; nullopt if it has none.
@@ -299,7 +320,7 @@ struct rocksdb_store::impl {
       receipt->set_peer(peer);
       receipt->set_status(static_cast<std::uint32_t>(status));
       receipt->set_at_ms(now);
-      put(g, cf_queue, keys::queue(device, event), item.SerializeAsString());
+      put_queue_entry(g, device, event, item.SerializeAsString(), 0);
       out.push_back({device, receipt_event{event, id, peer, status, now}});
     }
     return {};
@@ -386,6 +407,7 @@ void rocksdb_store::impl::run_writer() {
       ec = errc::io_error;
       clear_caches();  // they may hold what was just lost
     }
+    unacked.trim();
     for (auto& f : g.on_durable) f(ec);
     work.clear();
   }
@@ -559,7 +581,7 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
         d.put(g, cf_dedupe, dedupe_key, dedupe.SerializeAsString());
         const std::string queued = item.SerializeAsString();
         for (std::uint64_t device : (*recipient)->devices) {
-          d.put(g, cf_queue, keys::queue(device, out.id), queued);
+          d.put_queue_entry(g, device, out.id, queued, request.sender);
           out.deliveries.push_back(
               {device,
                message_event{out.id, out.id, out.seq, request.sender_name, request.sender_device,
@@ -581,21 +603,28 @@ void rocksdb_store::ack(device_id device, std::string device_username, std::vect
         std::string v;
         for (event_id event : events) {
           const std::string key = keys::queue(device, event);
-          auto s = d.get(g, cf_queue, key, &v);
-          if (s.IsNotFound()) continue;  // acked before: harmless
-          if (!s.ok()) return errc::io_error;
-          pb::QueueItem item;
-          if (!parse(item, v)) return errc::corrupt;
-          d.del(g, cf_queue, key);
-          if (!item.has_message()) continue;
+          // The entry's sender (0: a receipt), from what the writer remembers, else the store.
+          std::uint64_t sender = 0;
+          if (auto known = d.unacked.take(device, event)) {
+            sender = *known;
+          } else {
+            auto s = d.get(g, cf_queue, key, &v);
+            if (s.IsNotFound()) continue;  // acked before: harmless
+            if (!s.ok()) return errc::io_error;
+            pb::QueueItem item;
+            if (!parse(item, v)) return errc::corrupt;
+            if (item.has_message()) sender = item.message().sender_user();
+          }
+          d.remove_queue_entry(g, key);
+          if (sender == 0) continue;  // a receipt: nothing follows from its ack
 
-          const std::string delivered_key = keys::be64(item.message().message_id());
-          s = d.get(g, cf_delivered, delivered_key, &v);
+          const message_id id = event;  // a message's event id is its id
+          const std::string delivered_key = keys::be64(id);
+          auto s = d.get(g, cf_delivered, delivered_key, &v);
           if (s.ok()) continue;  // another device of this account delivered it first
           if (!s.IsNotFound()) return errc::io_error;
           d.put(g, cf_delivered, delivered_key, {});
-          auto r = d.queue_receipt(g, item.message().sender_user(), item.message().message_id(),
-                                   name, message_status::delivered, now, out);
+          auto r = d.queue_receipt(g, sender, id, name, message_status::delivered, now, out);
           if (!r && r.error() != errc::unknown_user) return r.error();
         }
         return out;
