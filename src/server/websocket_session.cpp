@@ -62,6 +62,11 @@ class websocket_session final : public ws::connection {
 
   message next_outgoing() override { return session_->pop_outgoing(); }
 
+  // The peer is closing: what is queued goes out before the echo, nothing more is queued (a
+  // drain or live pushes would otherwise keep the echo waiting; their events stay queued in
+  // the store for the next connection).
+  void on_close_received() override { session_->finish(); }
+
   void on_closed() override {
     auth_timer_.reset();
     session_->closed();

@@ -280,9 +280,11 @@ void connection::on_close_frame(std::string_view payload) {
     return;
   }
   close_payload_.assign(payload.substr(0, 2));  // echo the peer's code
-  // The echo follows what is queued (answers to the messages read before the close), as our
-  // own close does; the close timer bounds a queue that keeps growing.
+  // The echo follows what is already queued (answers to the messages read before the close),
+  // as our own close does. The hook stops the producer, so that queue only shrinks; the close
+  // timer bounds it anyway.
   close_wanted_ = true;
+  on_close_received();
   arm_close_timer();
   wake_writer();
 }
@@ -414,10 +416,24 @@ bool connection::fill(write_batch& b) {
 }
 
 void connection::flush() {
-  // Used by one flush at a time per thread: flush never runs inside another.
+  // Used by one flush at a time per thread: a flush never runs inside another, because
+  // nothing below runs the io_context (no run_one or poll from inside a handler).
   thread_local write_batch spare;
+  try {
+    write_batches(spare);
+  } catch (const std::exception& e) {  // e.g. bad_alloc from a hook: drop this connection only
+    log_error() << "websocket write failed: " << e.what();
+    spare.clear();
+    blocked_.reset();
+    writing_ = false;
+    abort();
+  }
+}
+
+void connection::write_batches(write_batch& spare) {
   for (std::size_t batches = 0;; ++batches) {
     if (done_) {
+      blocked_.reset();
       writing_ = false;
       return;
     }
@@ -438,8 +454,9 @@ void connection::flush() {
     } while (n < 0 && errno == EINTR);
     if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
       b.clear();
-      abort();
+      blocked_.reset();
       writing_ = false;
+      abort();
       return;
     }
     if (n > 0) b.written += static_cast<std::size_t>(n);

@@ -101,6 +101,9 @@ class connection : public std::enable_shared_from_this<connection> {
   virtual message next_outgoing() = 0;
   // The connection is gone: closed by either side or failed. Called once.
   virtual void on_closed() = 0;
+  // The peer's close frame arrived (before ours): what next_outgoing() yields is still written
+  // before the echo, so queue nothing more from now on. Called at most once.
+  virtual void on_close_received() {}
 
  private:
   static constexpr std::size_t max_batch_frames = 32;
@@ -123,6 +126,7 @@ class connection : public std::enable_shared_from_this<connection> {
   // writing_ is set, writes batches until nothing is queued, and waits for the socket to
   // drain when it is full. Yields the thread after `batches_per_turn` batches.
   void flush();
+  void write_batches(write_batch& spare);  // flush's body; throws only what a hook throws
   // Fills `batch` from the hooks and the pending control frames; false if there is nothing.
   bool fill(write_batch& batch);
   std::size_t unwritten_bytes() const;

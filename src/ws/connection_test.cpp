@@ -53,6 +53,7 @@ class echo_connection final : public connection {
   }
 
   std::atomic<int> closed_calls{0};
+  std::atomic<int> close_received_calls{0};
 
  private:
   asio::awaitable<void> on_message(std::string_view bytes) override {
@@ -69,6 +70,7 @@ class echo_connection final : public connection {
     return m;
   }
   void on_closed() override { closed_calls.fetch_add(1); }
+  void on_close_received() override { close_received_calls.fetch_add(1); }
 
   bool yield_;
   std::vector<std::string>& handled_;  // every connection's messages, in the order handled
@@ -336,10 +338,16 @@ TEST(ws_connection, echoes_pipelined_and_large_messages_in_order) {
 }
 
 TEST(ws_connection, a_full_socket_keeps_the_batchs_rest_and_resumes_where_it_stopped) {
-  echo_server server;
+  auto options = echo_server::small_options();
+  options.close_timeout = 20s;  // the close below waits behind 8 MiB through a small window
+  echo_server server(options);
   raw_peer peer(server.endpoint(), 0, 16 * 1024);  // a small window: the server's writes block
   peer.send(ws_client_frame(0x82, "start"));
   ASSERT_EQ(peer.read_frame()->payload, "start");
+  // Small kernel buffers on the server's side too, whatever the host's tcp_wmem.
+  server.on_connection(0, [](echo_connection& c) {
+    c.socket().set_option(asio::socket_base::send_buffer_size(16 * 1024));
+  });
   // 8 MiB queued while the peer reads nothing: far more than the socket buffers take.
   auto body = [](int i) {
     std::string m(128 * 1024, '\0');
@@ -356,15 +364,42 @@ TEST(ws_connection, a_full_socket_keeps_the_batchs_rest_and_resumes_where_it_sto
          std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(1ms);
   EXPECT_GT(held, 0u) << "the writer never found the socket full";
-  // Queued while the writer waits for room: goes out after the rest, in order.
-  server.on_connection(0, [&](echo_connection& c) { c.queue("last"); });
+  // Queued while the writer waits for room, and a close: both go out after the rest, in order.
+  server.on_connection(0, [&](echo_connection& c) {
+    c.queue("last");
+    c.close(close_code::going_away, "done");
+  });
   for (int i = 0; i < 64; ++i) {
     auto f = peer.read_frame();
     ASSERT_TRUE(f) << i;
     ASSERT_EQ(f->payload, body(i)) << i;
   }
   EXPECT_EQ(peer.read_frame()->payload, "last");
+  auto f = peer.read_frame();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->close_code(), 1001);
   EXPECT_EQ(server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); }), 0u);
+  peer.send(ws_client_frame(0x88, close_payload(1001)));
+  EXPECT_TRUE(peer.sees_end_of_stream());
+  EXPECT_TRUE(server.closed(0));
+}
+
+TEST(ws_connection, an_abort_while_the_socket_is_full_releases_the_batchs_rest) {
+  echo_server server;
+  raw_peer peer(server.endpoint(), 0, 16 * 1024);
+  peer.send(ws_client_frame(0x82, "start"));
+  ASSERT_EQ(peer.read_frame()->payload, "start");
+  server.on_connection(0, [](echo_connection& c) {
+    c.socket().set_option(asio::socket_base::send_buffer_size(16 * 1024));
+    for (int i = 0; i < 16; ++i) c.queue(std::string(256 * 1024, 'x'));
+  });
+  auto held = [&] { return server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); }); };
+  const auto deadline = std::chrono::steady_clock::now() + 2s;
+  while (held() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  ASSERT_GT(held(), 0u);
+  server.on_connection(0, [](echo_connection& c) { c.abort(); });
+  EXPECT_TRUE(server.closed(0));
+  EXPECT_EQ(held(), 0u) << "the unwritten rest went with the connection's end";
 }
 
 TEST(ws_connection, assembles_fragments_and_answers_a_ping_between_them) {
@@ -566,6 +601,9 @@ TEST(ws_connection, echoes_the_peers_close_and_hangs_up) {
   ASSERT_TRUE(f);
   EXPECT_EQ(f->payload, "last words");
   expect_closed_with(peer, 1000);
+  EXPECT_EQ(server.on_connection(0, [](echo_connection& c) { return c.close_received_calls.load(); }),
+            1)
+      << "the hook that stops the producer ran once";
 }
 
 TEST(ws_connection, its_own_close_flushes_the_queue_first_and_completes_the_handshake) {
