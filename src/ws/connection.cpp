@@ -5,14 +5,13 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#include <cerrno>
-
 #include <algorithm>
 #include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <cerrno>
 #include <exception>
 
 #include "common/log.hpp"
@@ -114,7 +113,7 @@ std::size_t connection::buffered_bytes() const {
 void connection::wait_readable() {
   socket_.async_wait(socket_type::wait_read,
                      [self = shared_from_this()](const boost::system::error_code& ec) {
-                       if (self->done_) return;
+                       if (self->done()) return;
                        if (ec) {
                          self->abort();
                          return;
@@ -133,7 +132,7 @@ awaitable<void> connection::read_burst(std::shared_ptr<connection> self, bool ke
     if (++reads > self->options_.reads_per_turn) {
       reads = 1;
       co_await asio::post(self->executor(), asio::use_awaitable);
-      if (self->done_) co_return;
+      if (self->done()) co_return;
     }
     char* buffer = thread_buffer();
     boost::system::error_code ec;
@@ -152,7 +151,7 @@ awaitable<void> connection::read_burst(std::shared_ptr<connection> self, bool ke
     }
     if (!go_on) co_return;
   }
-  if (!self->done_) self->wait_readable();
+  if (!self->done()) self->wait_readable();
 }
 
 void connection::keep_unparsed(const char* data, std::size_t pos, std::size_t size) {
@@ -162,7 +161,7 @@ void connection::keep_unparsed(const char* data, std::size_t pos, std::size_t si
 awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
   std::size_t pos = 0;
   bool delivered = false;  // a whole message was handled: progress
-  while (!done_ && !close_received_ && !close_now_) {
+  while (!done() && !close_received_ && !failing_) {
     const std::string_view rest(data + pos, size - pos);
     const auto parsed = parse_client_header(rest, options_.max_message_bytes);
     if (parsed.status == parse_status::need_more) break;
@@ -208,7 +207,7 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
           assembling_ = true;
           break;
         }
-        if (close_sent_) break;  // closing: the peer's late messages are not handled
+        if (state_ >= close_state::sent) break;  // closing: late messages are not handled
         {
           const std::size_t moved = keep_from(pos);
           delivered = true;
@@ -223,7 +222,7 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
         message_.append(data + payload_at, payload_size);
         if (!h.fin) break;
         assembling_ = false;
-        if (!close_sent_) {
+        if (state_ < close_state::sent) {
           keep_from(next);  // the message itself is in message_
           delivered = true;
           co_await on_message(message_);
@@ -244,7 +243,7 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
     pos = next;
   }
 
-  if (done_ || close_received_ || close_now_) {  // reading is over
+  if (done() || close_received_ || failing_) {  // reading is over
     release(in_);
     partial_timer_.reset();
     co_return false;
@@ -268,10 +267,10 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
 
 void connection::on_close_frame(std::string_view payload) {
   close_received_ = true;
-  if (close_sent_) {
+  if (state_ >= close_state::sent) {
     // The answer to ours: the handshake is complete and the server hangs up, at once if our
     // close frame is out, or else once the writer has finished writing it.
-    if (close_written_) abort();
+    if (state_ == close_state::written) abort();
     return;
   }
   close_code error = close_code::protocol_error;
@@ -283,20 +282,21 @@ void connection::on_close_frame(std::string_view payload) {
   // The echo follows what is already queued (answers to the messages read before the close),
   // as our own close does. The hook stops the producer, so that queue only shrinks; the close
   // timer bounds it anyway.
-  close_wanted_ = true;
+  state_ = close_state::wanted;
   on_close_received();
   arm_close_timer();
   wake_writer();
 }
 
 void connection::fail(close_code code, const char* reason) {
-  if (done_) return;
-  if (close_sent_) {
+  if (done()) return;
+  if (state_ >= close_state::sent) {
     abort();
     return;
   }
   close_payload_ = close_payload(static_cast<std::uint16_t>(code), reason);
-  close_now_ = true;
+  state_ = close_state::wanted;
+  failing_ = true;
   arm_close_timer();
   wake_writer();
 }
@@ -370,15 +370,15 @@ std::size_t connection::unwritten_bytes() const {
 }
 
 void connection::wake_writer() {
-  if (writing_ || done_ || close_sent_) return;
+  if (writing_ || state_ >= close_state::sent) return;
   writing_ = true;
   // Posted, not run here: the caller is usually in the middle of queueing a burst.
   asio::post(socket_.get_executor(), [self = shared_from_this()] { self->flush(); });
 }
 
 void connection::close(std::uint16_t code, std::string_view reason) {
-  if (done_ || close_wanted_ || close_now_ || close_sent_) return;
-  close_wanted_ = true;
+  if (state_ != close_state::open) return;
+  state_ = close_state::wanted;
   close_payload_ = close_payload(code, reason);
   arm_close_timer();
   wake_writer();
@@ -393,7 +393,7 @@ bool connection::fill(write_batch& b) {
     b.has_pong = true;
   }
   bool drained = true;
-  if (!close_now_) {
+  if (!failing_) {
     drained = false;
     while (b.n_messages < max_batch_frames) {
       auto m = next_outgoing();
@@ -405,12 +405,12 @@ bool connection::fill(write_batch& b) {
       b.messages[b.n_messages++] = std::move(m);
     }
   }
-  if (close_now_ || (close_wanted_ && drained)) {
+  if (state_ == close_state::wanted && (failing_ || drained)) {
     b.close = std::move(close_payload_);
     release(close_payload_);
     b.add_header(opcode::close, b.close.size());
     b.has_close = true;
-    close_sent_ = true;
+    state_ = close_state::sent;
   }
   return b.frames() > 0;
 }
@@ -432,7 +432,7 @@ void connection::flush() {
 
 void connection::write_batches(write_batch& spare) {
   for (std::size_t batches = 0;; ++batches) {
-    if (done_) {
+    if (done()) {
       blocked_.reset();
       writing_ = false;
       return;
@@ -469,7 +469,7 @@ void connection::write_batches(write_batch& spare) {
       }
       socket_.async_wait(socket_type::wait_write,
                          [self = shared_from_this()](const boost::system::error_code& ec) {
-                           if (ec && !self->done_) self->abort();
+                           if (ec && !self->done()) self->abort();
                            self->flush();
                          });
       return;
@@ -478,11 +478,11 @@ void connection::write_batches(write_batch& spare) {
     b.clear();
     blocked_.reset();
     if (close_written) {
-      close_written_ = true;
+      state_ = close_state::written;
       // After a failure, an echoed close, or a close of ours the peer has answered meanwhile,
       // the server ends its side at once; otherwise it waits (bounded by the close timer) for
       // the peer's answer, read as usual.
-      if (close_now_ || close_received_) linger();
+      if (failing_ || close_received_) linger();
       break;
     }
   }
@@ -492,7 +492,7 @@ void connection::write_batches(write_batch& spare) {
 // --- closing -------------------------------------------------------------------------------------
 
 void connection::linger() {
-  if (done_) return;
+  if (done()) return;
   boost::system::error_code ignored;
   socket_.shutdown(socket_type::shutdown_send, ignored);
   spawn(shared_from_this(), discard_until_end(shared_from_this()));
@@ -501,14 +501,14 @@ void connection::linger() {
 awaitable<void> connection::discard_until_end(std::shared_ptr<connection> self) {
   // Reads first: the peer's end often comes right behind its close frame.
   std::size_t reads = 0;
-  while (!self->done_) {
+  while (!self->done()) {
     boost::system::error_code ec;
     self->socket_.read_some(asio::buffer(thread_buffer(), thread_buffer_bytes), ec);
     if (ec == asio::error::would_block || ec == asio::error::try_again) {
       reads = 0;
       auto [wait_ec] = co_await self->socket_.async_wait(socket_type::wait_read,
                                                          asio::as_tuple(asio::use_awaitable));
-      if (wait_ec && !self->done_) self->abort();
+      if (wait_ec && !self->done()) self->abort();
       continue;
     }
     if (ec) {  // the peer's end of stream: done
@@ -523,10 +523,11 @@ awaitable<void> connection::discard_until_end(std::shared_ptr<connection> self) 
 }
 
 void connection::watch_partial(std::chrono::steady_clock::duration wait) {
-  if (!partial_timer_) partial_timer_ = std::make_unique<asio::steady_timer>(socket_.get_executor());
+  if (!partial_timer_)
+    partial_timer_ = std::make_unique<asio::steady_timer>(socket_.get_executor());
   partial_timer_->expires_after(wait);
   partial_timer_->async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
-    if (ec || self->done_ || !self->partial_timer_) return;  // cancelled: the message completed
+    if (ec || self->done() || !self->partial_timer_) return;  // cancelled: the message completed
     const auto held = std::chrono::steady_clock::now() - self->partial_since_;
     if (held < self->options_.message_timeout) {
       self->watch_partial(self->options_.message_timeout - held);  // progress was made since
@@ -538,16 +539,17 @@ void connection::watch_partial(std::chrono::steady_clock::duration wait) {
 }
 
 void connection::arm_close_timer() {
-  if (close_timer_ || done_) return;
-  close_timer_ = std::make_unique<asio::steady_timer>(socket_.get_executor(), options_.close_timeout);
+  if (close_timer_ || done()) return;
+  close_timer_ =
+      std::make_unique<asio::steady_timer>(socket_.get_executor(), options_.close_timeout);
   close_timer_->async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
     if (!ec) self->abort();
   });
 }
 
 void connection::abort() {
-  if (done_) return;
-  done_ = true;
+  if (done()) return;
+  state_ = close_state::done;
   boost::system::error_code ignored;
   socket_.close(ignored);
   if (close_timer_) close_timer_->cancel();

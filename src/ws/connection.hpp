@@ -111,8 +111,7 @@ class connection : public std::enable_shared_from_this<connection> {
 
   void set_socket_options();
   void wait_readable();
-  static boost::asio::awaitable<void> read_burst(std::shared_ptr<connection> self,
-                                                bool kept_first);
+  static boost::asio::awaitable<void> read_burst(std::shared_ptr<connection> self, bool kept_first);
   // Parses and handles the frames in `data` (the thread's buffer, or in_ when `owned`).
   // Returns false when reading must stop.
   boost::asio::awaitable<bool> consume(char* data, std::size_t size, bool owned);
@@ -141,23 +140,33 @@ class connection : public std::enable_shared_from_this<connection> {
 
   socket_type socket_;
   const connection_options& options_;
-  std::string in_;       // bytes kept between reads: empty (no allocation) while idle
-  std::string message_;  // a fragmented message being assembled
-  std::string pong_;     // payload of the ping to answer (only the latest is answered)
+  std::string in_;             // bytes kept between reads: empty (no allocation) while idle
+  std::string message_;        // a fragmented message being assembled
+  std::string pong_;           // payload of the ping to answer (only the latest is answered)
   std::string close_payload_;  // the close frame to send, once closing
   std::unique_ptr<boost::asio::steady_timer> close_timer_;    // only while closing
   std::unique_ptr<boost::asio::steady_timer> partial_timer_;  // only while a message is held
   std::unique_ptr<write_batch> blocked_;  // only while the socket is full: the batch's rest
   std::chrono::steady_clock::time_point partial_since_;
-  bool assembling_ = false;    // a fragmented message is open
+  bool assembling_ = false;  // a fragmented message is open
   bool pong_due_ = false;
   bool writing_ = false;
-  bool close_wanted_ = false;    // we close, or echo the peer's close: after the queue is flushed
-  bool close_now_ = false;       // a close frame goes next, unflushed; then the server hangs up
-  bool close_received_ = false;  // the peer's close frame arrived
-  bool close_sent_ = false;     // our close frame is in the writer's hands
-  bool close_written_ = false;  // ... and written
-  bool done_ = false;  // on_closed() has run
+  // Our side of the closing handshake. The states only move forward, and each implies the
+  // ones before it, so `state_ >= close_state::sent` reads "our close frame is out of reach".
+  enum class close_state : std::uint8_t {
+    open,     // no close wanted yet
+    wanted,   // a close frame goes after the queue (or at once when failing_)
+    sent,     // our close frame is in the writer's hands
+    written,  // ... and written
+    done,     // the TCP connection is gone; on_closed() follows, posted
+  };
+  bool done() const { return state_ == close_state::done; }
+
+  close_state state_ = close_state::open;
+  // The close is for a failure (the peer broke the rules or stalled): the close frame skips
+  // the queue, nothing more is read, and the server hangs up right after writing it.
+  bool failing_ = false;
+  bool close_received_ = false;  // the peer's close frame arrived (at any state)
 };
 
 }  // namespace parley::ws

@@ -8,6 +8,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -22,7 +23,6 @@
 #include <boost/beast/websocket.hpp>
 #include <chrono>
 #include <deque>
-#include <algorithm>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -109,7 +109,6 @@ class echo_server {
 
   tcp::endpoint endpoint() const { return acceptor_.local_endpoint(); }
 
-
   // Runs `fn` on the server thread with the n-th accepted connection and returns its result.
   template <class Fn>
   auto on_connection(std::size_t n, Fn fn) {
@@ -169,9 +168,8 @@ class echo_server {
         // frame arrives; start() comes after.
         auto timer = std::make_shared<asio::steady_timer>(io_, start_delay_);
         auto socket = std::make_shared<tcp::socket>(std::move(s));
-        timer->async_wait([this, timer, socket](boost::system::error_code) {
-          start(std::move(*socket), {});
-        });
+        timer->async_wait(
+            [this, timer, socket](boost::system::error_code) { start(std::move(*socket), {}); });
       } else {
         start(std::move(s), {});
       }
@@ -215,10 +213,10 @@ struct received_frame {
   std::string payload;
   std::uint8_t op() const { return first_byte & 0x0F; }
   std::uint16_t close_code() const {
-    return payload.size() < 2 ? 0
-                              : static_cast<std::uint16_t>(
-                                    (static_cast<std::uint8_t>(payload[0]) << 8) |
-                                    static_cast<std::uint8_t>(payload[1]));
+    return payload.size() < 2
+               ? 0
+               : static_cast<std::uint16_t>((static_cast<std::uint8_t>(payload[0]) << 8) |
+                                            static_cast<std::uint8_t>(payload[1]));
   }
 };
 
@@ -393,9 +391,12 @@ TEST(ws_connection, an_abort_while_the_socket_is_full_releases_the_batchs_rest) 
     c.socket().set_option(asio::socket_base::send_buffer_size(16 * 1024));
     for (int i = 0; i < 16; ++i) c.queue(std::string(256 * 1024, 'x'));
   });
-  auto held = [&] { return server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); }); };
+  auto held = [&] {
+    return server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); });
+  };
   const auto deadline = std::chrono::steady_clock::now() + 2s;
-  while (held() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  while (held() == 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(1ms);
   ASSERT_GT(held(), 0u);
   server.on_connection(0, [](echo_connection& c) { c.abort(); });
   EXPECT_TRUE(server.closed(0));
@@ -478,8 +479,8 @@ TEST(ws_connection, a_busy_peer_yields_to_the_others_after_reads_per_turn) {
   const auto order = server.handled();
   const auto served = std::find(order.begin(), order.end(), "still served");
   ASSERT_NE(served, order.end());
-  const auto last_flood = std::find(order.begin(), order.end(),
-                                    "flood " + std::to_string(flood_messages - 1));
+  const auto last_flood =
+      std::find(order.begin(), order.end(), "flood " + std::to_string(flood_messages - 1));
   ASSERT_NE(last_flood, order.end());
   EXPECT_LT(served - order.begin(), last_flood - order.begin())
       << "the other peer waited behind all " << flood_messages << " flood messages";
@@ -596,13 +597,14 @@ TEST(ws_connection, a_close_followed_at_once_by_the_peers_fin_ends_without_waiti
 TEST(ws_connection, echoes_the_peers_close_and_hangs_up) {
   echo_server server;
   raw_peer peer(server.endpoint());
-  peer.send(ws_client_frame(0x82, "last words") + ws_client_frame(0x88, close_payload(1000, "bye")));
+  peer.send(ws_client_frame(0x82, "last words") +
+            ws_client_frame(0x88, close_payload(1000, "bye")));
   auto f = peer.read_frame();
   ASSERT_TRUE(f);
   EXPECT_EQ(f->payload, "last words");
   expect_closed_with(peer, 1000);
-  EXPECT_EQ(server.on_connection(0, [](echo_connection& c) { return c.close_received_calls.load(); }),
-            1)
+  EXPECT_EQ(
+      server.on_connection(0, [](echo_connection& c) { return c.close_received_calls.load(); }), 1)
       << "the hook that stops the producer ran once";
 }
 

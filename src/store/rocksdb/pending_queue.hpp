@@ -23,7 +23,8 @@ class pending_queue {
   explicit pending_queue(std::size_t capacity) : capacity_(capacity) {}
 
   void add(std::uint64_t device, std::uint64_t event, std::uint64_t sender) {
-    if (entries_.insert_or_assign(key{device, event}, sender).second) order_.push_back({device, event});
+    if (entries_.insert_or_assign(key{device, event}, sender).second)
+      order_.push_back({device, event});
   }
 
   // The entry's sender (0: a receipt), removing it; nullopt if it is not known here.

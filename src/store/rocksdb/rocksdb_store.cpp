@@ -4,9 +4,9 @@
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/table.h>
 
-#include <boost/asio/post.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <cassert>
 #include <condition_variable>
 #include <deque>
