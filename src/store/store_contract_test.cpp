@@ -3,10 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <fstream>
 #include <future>
 #include <set>
-#include <chrono>
 #include <thread>
 
 #include "store/rocksdb/rocksdb_store.hpp"
@@ -553,6 +553,40 @@ TEST(rocksdb_store, names_its_threads_and_joins_them_on_stop) {
     EXPECT_EQ(names.count("store-reader-0"), 0u);
     EXPECT_EQ(names.count("store-reader-1"), 0u);
   }
+}
+
+// The writer's caches are emptied when they pass max_cached; what they held comes back from the
+// store, so sequence numbers, users and sends go on as if nothing happened.
+TEST(rocksdb_store, caches_past_their_bound_refill_from_the_store) {
+  test_support::temp_dir dir("parley_store_caches_");
+  rocksdb_options o;
+  o.path = dir.path();
+  o.max_cached = 2;  // every group past two users or two chats empties the caches
+  rocksdb_store db(o);
+  std::vector<registration> users;
+  const std::vector<std::string> names = {"ann", "ben", "cat", "dan", "eve"};
+  for (const auto& name : names) {
+    auto r = wait_for<registration>([&](auto done) { db.register_account({name, {}}, done); });
+    ASSERT_TRUE(r) << name;
+    users.push_back(*r);
+  }
+  // Three rounds over the ten chats of five users: each chat's seq goes 1, 2, 3.
+  int n = 0;
+  for (std::uint64_t round = 1; round <= 3; ++round) {
+    for (std::size_t a = 0; a < names.size(); ++a) {
+      for (std::size_t b = a + 1; b < names.size(); ++b) {
+        auto m = wait_for<send_outcome>([&](auto done) {
+          db.send(
+              {users[a].user, users[a].device, names[a], names[b], "m" + std::to_string(n++), "hi"},
+              done);
+        });
+        ASSERT_TRUE(m) << names[a] << " -> " << names[b];
+        EXPECT_EQ(m->seq, round) << names[a] << " -> " << names[b];
+      }
+    }
+  }
+  auto taken = wait_for<registration>([&](auto done) { db.register_account({"ann", {}}, done); });
+  EXPECT_EQ(taken.error(), errc::username_taken) << "a user the cache forgot is still known";
 }
 
 INSTANTIATE_TEST_SUITE_P(backends, store_contract, ::testing::ValuesIn(backends()),

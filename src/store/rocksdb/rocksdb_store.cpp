@@ -266,6 +266,18 @@ struct rocksdb_store::impl {
     return &chat_seqs.emplace(std::move(key), last).first->second;
   }
 
+  // Empties each cache that grew past options.max_cached. Only between groups: during one, the
+  // caches hold the group's own uncommitted changes (a chat's next seq, a new user).
+  void trim_caches() {
+    auto trim = [&](auto& cache) {
+      using map = std::remove_reference_t<decltype(cache)>;
+      if (cache.size() > options.max_cached) map().swap(cache);  // frees the buckets too
+    };
+    trim(user_ids);
+    trim(users);
+    trim(chat_seqs);
+    trim(registration_ids);
+  }
   void clear_caches() {
     user_ids.clear();
     users.clear();
@@ -409,6 +421,7 @@ void rocksdb_store::impl::run_writer() {
       clear_caches();  // they may hold what was just lost
     }
     unacked.trim();
+    trim_caches();
     for (auto& f : g.on_durable) f(ec);
     work.clear();
   }

@@ -23,6 +23,10 @@ struct rocksdb_options {
   bool sync = true;           // fsync every group commit; false only for tests and benchmarks
   std::size_t max_group = 4096;
   std::size_t reader_threads = 2;
+  // Entries each of the writer's caches (users by name and by id, chats' sequence numbers,
+  // devices' registration ids) may hold; a cache past it is emptied after the group commit
+  // and refills from the store. Bounds the writer's memory on a store with many chats.
+  std::size_t max_cached = 1u << 18;
   // Called on the writer thread after each group commit: its latency and request count.
   std::function<void(std::chrono::nanoseconds, std::size_t)> on_commit;
 };
