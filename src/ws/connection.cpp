@@ -329,6 +329,8 @@ struct connection::write_batch {
     return close;
   }
 
+  // Writes the header of the frame about to be added: call it before counting that frame in
+  // (has_pong, n_messages, has_close), since frames() is its index.
   void add_header(opcode op, std::size_t payload_size) {
     const std::size_t f = frames();
     header_sizes[f] = static_cast<std::uint8_t>(write_server_header(op, payload_size, headers[f]));
