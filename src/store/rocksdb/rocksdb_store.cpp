@@ -156,12 +156,9 @@ struct rocksdb_store::impl {
            family != cf_chats && family != cf_messages;
   }
   void put(group& g, cf family, std::string_view key, std::string_view value) {
+    assert(family != cf_queue);  // queue entries go through put_queue_entry
     g.batch.Put(cfs[family], slice(key), slice(value));
     if (read_in_group(family)) g.overlay[overlay_key(family, key)] = std::string(value);
-  }
-  void del(group& g, cf family, std::string_view key) {
-    g.batch.Delete(cfs[family], slice(key));
-    if (read_in_group(family)) g.overlay[overlay_key(family, key)] = std::nullopt;
   }
   // A device-queue entry: to the batch and to `unacked`, which is where an ack finds it (not
   // the overlay: no copy of the key and value per entry). `sender` is the queued message's
@@ -266,23 +263,26 @@ struct rocksdb_store::impl {
     return &chat_seqs.emplace(std::move(key), last).first->second;
   }
 
-  // Empties each cache that grew past options.max_cached. Only between groups: during one, the
-  // caches hold the group's own uncommitted changes (a chat's next seq, a new user).
+  // Calls fn on each of the maps above (not `unacked`, which bounds itself).
+  template <class Fn>
+  void each_cache(Fn fn) {
+    fn(user_ids);
+    fn(users);
+    fn(chat_seqs);
+    fn(registration_ids);
+  }
+  // Empties each cache that grew past options.max_cached, and lets `unacked` forget its
+  // oldest. Only between groups: during one, the caches hold the group's own uncommitted
+  // changes (a chat's next seq, a new user, the entries it queued).
   void trim_caches() {
-    auto trim = [&](auto& cache) {
+    each_cache([&](auto& cache) {
       using map = std::remove_reference_t<decltype(cache)>;
       if (cache.size() > options.max_cached) map().swap(cache);  // frees the buckets too
-    };
-    trim(user_ids);
-    trim(users);
-    trim(chat_seqs);
-    trim(registration_ids);
+    });
+    unacked.trim();
   }
   void clear_caches() {
-    user_ids.clear();
-    users.clear();
-    chat_seqs.clear();
-    registration_ids.clear();
+    each_cache([](auto& cache) { cache.clear(); });
     unacked.clear();
   }
 
@@ -420,7 +420,6 @@ void rocksdb_store::impl::run_writer() {
       ec = errc::io_error;
       clear_caches();  // they may hold what was just lost
     }
-    unacked.trim();
     trim_caches();
     for (auto& f : g.on_durable) f(ec);
     work.clear();
