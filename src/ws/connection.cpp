@@ -375,7 +375,17 @@ void connection::wake_writer() {
   if (writing_ || state_ >= close_state::sent) return;
   writing_ = true;
   // Posted, not run here: the caller is usually in the middle of queueing a burst.
+  post_flush();
+}
+
+void connection::post_flush() {
   asio::post(socket_.get_executor(), [self = shared_from_this()] { self->flush(); });
+}
+
+void connection::stop_writing(write_batch& spare) {
+  spare.clear();
+  blocked_.reset();
+  writing_ = false;
 }
 
 void connection::close(std::uint16_t code, std::string_view reason) {
@@ -425,9 +435,7 @@ void connection::flush() {
     write_batches(spare);
   } catch (const std::exception& e) {  // e.g. bad_alloc from a hook: drop this connection only
     log_error() << "websocket write failed: " << e.what();
-    spare.clear();
-    blocked_.reset();
-    writing_ = false;
+    stop_writing(spare);
     abort();
   }
 }
@@ -435,12 +443,11 @@ void connection::flush() {
 void connection::write_batches(write_batch& spare) {
   for (std::size_t batches = 0;; ++batches) {
     if (done()) {
-      blocked_.reset();
-      writing_ = false;
+      stop_writing(spare);
       return;
     }
     if (!blocked_ && batches == batches_per_turn) {  // let the thread's other work run
-      asio::post(socket_.get_executor(), [self = shared_from_this()] { self->flush(); });
+      post_flush();
       return;
     }
     write_batch& b = blocked_ ? *blocked_ : spare;
@@ -455,9 +462,7 @@ void connection::write_batches(write_batch& spare) {
       n = ::sendmsg(socket_.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     } while (n < 0 && errno == EINTR);
     if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-      b.clear();
-      blocked_.reset();
-      writing_ = false;
+      stop_writing(spare);
       abort();
       return;
     }

@@ -126,6 +126,9 @@ class connection : public std::enable_shared_from_this<connection> {
   // drain when it is full. Yields the thread after `batches_per_turn` batches.
   void flush();
   void write_batches(write_batch& spare);  // flush's body; throws only what a hook throws
+  void post_flush();
+  // Ends the writer's run: the batch being filled and a blocked rest are dropped.
+  void stop_writing(write_batch& spare);
   // Fills `batch` from the hooks and the pending control frames; false if there is nothing.
   bool fill(write_batch& batch);
   std::size_t unwritten_bytes() const;

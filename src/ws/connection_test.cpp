@@ -145,6 +145,21 @@ class echo_server {
     return std::shared_ptr<void>(nullptr, [release](void*) { release->set_value(); });
   }
 
+  // The n-th connection's buffered_bytes().
+  std::size_t buffered(std::size_t n) {
+    return on_connection(n, [](echo_connection& c) { return c.buffered_bytes(); });
+  }
+
+  // Waits up to two seconds for the n-th connection to hold bytes of its own (e.g. a batch's
+  // rest while its socket is full); returns what it holds then.
+  std::size_t wait_until_holding(std::size_t n) {
+    const auto deadline = std::chrono::steady_clock::now() + 2s;
+    std::size_t held = 0;
+    while ((held = buffered(n)) == 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(1ms);
+    return held;
+  }
+
   // Waits up to two seconds for the n-th connection's on_closed(); false if it was not called
   // exactly once.
   bool closed(std::size_t n) {
@@ -332,7 +347,7 @@ TEST(ws_connection, echoes_pipelined_and_large_messages_in_order) {
   ASSERT_TRUE(f);
   EXPECT_EQ(f->payload, large);
   // Handled: the connection keeps no buffer of its own.
-  EXPECT_EQ(server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); }), 0u);
+  EXPECT_EQ(server.buffered(0), 0u);
 }
 
 TEST(ws_connection, a_full_socket_keeps_the_batchs_rest_and_resumes_where_it_stopped) {
@@ -355,13 +370,7 @@ TEST(ws_connection, a_full_socket_keeps_the_batchs_rest_and_resumes_where_it_sto
   server.on_connection(0, [&](echo_connection& c) {
     for (int i = 0; i < 64; ++i) c.queue(body(i));
   });
-  const auto deadline = std::chrono::steady_clock::now() + 2s;
-  std::size_t held = 0;
-  while ((held = server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); })) ==
-             0 &&
-         std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(1ms);
-  EXPECT_GT(held, 0u) << "the writer never found the socket full";
+  EXPECT_GT(server.wait_until_holding(0), 0u) << "the writer never found the socket full";
   // Queued while the writer waits for room, and a close: both go out after the rest, in order.
   server.on_connection(0, [&](echo_connection& c) {
     c.queue("last");
@@ -376,7 +385,7 @@ TEST(ws_connection, a_full_socket_keeps_the_batchs_rest_and_resumes_where_it_sto
   auto f = peer.read_frame();
   ASSERT_TRUE(f);
   EXPECT_EQ(f->close_code(), 1001);
-  EXPECT_EQ(server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); }), 0u);
+  EXPECT_EQ(server.buffered(0), 0u);
   peer.send(ws_client_frame(0x88, close_payload(1001)));
   EXPECT_TRUE(peer.sees_end_of_stream());
   EXPECT_TRUE(server.closed(0));
@@ -391,16 +400,10 @@ TEST(ws_connection, an_abort_while_the_socket_is_full_releases_the_batchs_rest) 
     c.socket().set_option(asio::socket_base::send_buffer_size(16 * 1024));
     for (int i = 0; i < 16; ++i) c.queue(std::string(256 * 1024, 'x'));
   });
-  auto held = [&] {
-    return server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); });
-  };
-  const auto deadline = std::chrono::steady_clock::now() + 2s;
-  while (held() == 0 && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(1ms);
-  ASSERT_GT(held(), 0u);
+  ASSERT_GT(server.wait_until_holding(0), 0u);
   server.on_connection(0, [](echo_connection& c) { c.abort(); });
   EXPECT_TRUE(server.closed(0));
-  EXPECT_EQ(held(), 0u) << "the unwritten rest went with the connection's end";
+  EXPECT_EQ(server.buffered(0), 0u) << "the unwritten rest went with the connection's end";
 }
 
 TEST(ws_connection, assembles_fragments_and_answers_a_ping_between_them) {
@@ -415,7 +418,7 @@ TEST(ws_connection, assembles_fragments_and_answers_a_ping_between_them) {
   auto f = peer.read_frame();
   ASSERT_TRUE(f);
   EXPECT_EQ(f->payload, "fragmented message");
-  EXPECT_EQ(server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); }), 0u);
+  EXPECT_EQ(server.buffered(0), 0u);
 }
 
 TEST(ws_connection, handlers_that_suspend_keep_their_bytes_while_other_connections_read) {
@@ -549,7 +552,7 @@ TEST(ws_connection, a_peer_that_stops_half_way_through_a_message_is_closed) {
   const auto frame = ws_client_frame(0x82, std::string(1000, 'x'));
   peer.send(frame.substr(0, 500));  // and nothing more
   std::this_thread::sleep_for(50ms);
-  EXPECT_GT(server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); }), 0u);
+  EXPECT_GT(server.buffered(0), 0u);
   expect_closed_with(peer, 1008);
   EXPECT_TRUE(server.closed(0));
 }
@@ -575,7 +578,7 @@ TEST(ws_connection, a_busy_stream_whose_reads_end_mid_frame_is_not_cut_off) {
     ASSERT_EQ(f->first_byte, 0x82) << i << ": closed with " << f->close_code();
     EXPECT_EQ(f->payload, "part " + std::to_string(i));
   }
-  EXPECT_EQ(server.on_connection(0, [](echo_connection& c) { return c.buffered_bytes(); }), 0u);
+  EXPECT_EQ(server.buffered(0), 0u);
 }
 
 TEST(ws_connection, a_close_followed_at_once_by_the_peers_fin_ends_without_waiting) {
