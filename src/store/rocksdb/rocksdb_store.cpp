@@ -2,6 +2,7 @@
 
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
+#include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
 
 #include <boost/asio/executor_work_guard.hpp>
@@ -364,6 +365,12 @@ void rocksdb_store::impl::open() {
       o.memtable_whole_key_filtering = true;
       o.memtable_prefix_bloom_size_ratio = 0.02;
     }
+    // Both families' keys start with the be64 device id, and a device's queue entries come in
+    // event-id order: the memtable remembers, per device, where it last inserted and starts the
+    // next insert there instead of at the skip list's top (docs/performance.md: 6-7 % less
+    // writer CPU per message). The hints (~250 bytes per device) live in the memtable's arena.
+    if (i == cf_queue || i == cf_dedupe)
+      o.memtable_insert_with_hint_prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(8));
     descriptors.emplace_back(cf_names[i], o);
   }
   rocksdb::DB* raw = nullptr;
