@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,13 +41,14 @@ class echo_connection final : public parley::ws::connection {
  private:
   static constexpr std::size_t max_queued = 4096;
 
-  awaitable<void> on_message(std::string_view bytes) override {
+  std::optional<awaitable<void>> on_message(std::string_view bytes) override {
     if (queued_.size() >= max_queued) {
       abort();
-      co_return;
+      return std::nullopt;
     }
     queued_.push_back(std::make_shared<const std::string>(bytes));
     wake_writer();
+    return std::nullopt;
   }
   message next_outgoing() override {
     if (queued_.empty()) return nullptr;

@@ -212,12 +212,12 @@ void device_session::on_push(bus::event_id event, wire::encoded_frame frame) {
 
 // --- requests ------------------------------------------------------------------------------------
 
-awaitable<void> device_session::handle_frame(std::string_view bytes) {
+std::optional<awaitable<void>> device_session::handle_frame(std::string_view bytes) {
   state_.stats.frames_in.fetch_add(1, std::memory_order_relaxed);
   frame request;
   if (auto error = wire::decode_request(bytes, state_.cfg.limits, request)) {
     reject(request.request_id(), error->code, std::move(error->message));
-    co_return;
+    return std::nullopt;
   }
   const std::uint64_t id = request.request_id();
 
@@ -225,17 +225,15 @@ awaitable<void> device_session::handle_frame(std::string_view bytes) {
     switch (request.body_case()) {
       case frame::kRegister:
         bad_frames_ = 0;
-        co_await on_register(id, request.register_());
-        co_return;
+        return on_register(id, std::move(*request.mutable_register_()));
       case frame::kAuthenticate:
-        co_await on_authenticate(id, request.authenticate());
-        co_return;
+        return on_authenticate(id, std::move(*request.mutable_authenticate()));
       case frame::kPing:
         send(pong_for(id));
-        co_return;
+        return std::nullopt;
       default:
         reject(id, v1::ERROR_CODE_UNAUTHENTICATED, "authenticate first");
-        co_return;
+        return std::nullopt;
     }
   }
 
@@ -244,16 +242,16 @@ awaitable<void> device_session::handle_frame(std::string_view bytes) {
     case frame::kRegister:
     case frame::kAuthenticate:
       reject(id, v1::ERROR_CODE_ALREADY_AUTHENTICATED, "this connection is authenticated");
-      co_return;
+      return std::nullopt;
     case frame::kPing:
       send(pong_for(id));
-      co_return;
+      return std::nullopt;
     case frame::kTyping:
       on_typing(id, request.typing());
-      co_return;
+      return std::nullopt;
     case frame::kSubscribePresence:
       on_subscribe(id, request.subscribe_presence());
-      co_return;
+      return std::nullopt;
     default:
       break;
   }
@@ -261,15 +259,16 @@ awaitable<void> device_session::handle_frame(std::string_view bytes) {
   if (in_flight_ >= state_.cfg.max_in_flight) {
     reject(id, v1::ERROR_CODE_TOO_MANY_IN_FLIGHT,
            "more than " + std::to_string(state_.cfg.max_in_flight) + " requests in flight");
-    co_return;
+    return std::nullopt;
   }
   ++in_flight_;
   // Spawned so that a connection can pipeline requests; each reaches the store in the order
   // received (store_call submits synchronously at its first co_await).
   asio::co_spawn(executor_, run_request(std::move(request)), log_failure);
+  return std::nullopt;
 }
 
-awaitable<void> device_session::on_register(std::uint64_t request_id, const v1::Register& r) {
+awaitable<void> device_session::on_register(std::uint64_t request_id, v1::Register r) {
   std::string token(32, '\0');
   if (RAND_bytes(reinterpret_cast<unsigned char*>(token.data()), 32) != 1) {
     send(wire::make_error(request_id, v1::ERROR_CODE_INTERNAL, "no randomness available"));
@@ -295,8 +294,7 @@ awaitable<void> device_session::on_register(std::uint64_t request_id, const v1::
   OPENSSL_cleanse(token.data(), token.size());
 }
 
-awaitable<void> device_session::on_authenticate(std::uint64_t request_id,
-                                                const v1::Authenticate& a) {
+awaitable<void> device_session::on_authenticate(std::uint64_t request_id, v1::Authenticate a) {
   auto self = shared_from_this();
   const std::uint64_t device_id = a.device_id();
   const auto presented = sha256(a.token());

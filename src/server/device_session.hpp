@@ -41,9 +41,11 @@ class device_session final : public bus::endpoint,
   device_session(shared_state& state, boost::asio::any_io_executor executor,
                  std::function<void(close_reason)> close, std::function<void()> wake_writer);
 
-  // Handles one received WebSocket message. The read loop awaits it before reading the next,
-  // but requests that wait on the store run concurrently (up to max_in_flight).
-  boost::asio::awaitable<void> handle_frame(std::string_view bytes);
+  // Handles one received WebSocket message; `bytes` are not used after it returns. Requests
+  // that wait on the store run concurrently (up to max_in_flight) and it returns nothing.
+  // Before authentication, Register and Authenticate are handled one at a time: it returns
+  // the rest of their handling, which the caller runs to completion before the next frame.
+  std::optional<boost::asio::awaitable<void>> handle_frame(std::string_view bytes);
 
   // The next frame to write, or nullptr when there is none (or the session is closed).
   wire::encoded_frame pop_outgoing();
@@ -67,9 +69,9 @@ class device_session final : public bus::endpoint,
  private:
   using frame = parley::v1::Frame;
 
-  boost::asio::awaitable<void> on_register(std::uint64_t request_id, const parley::v1::Register& r);
+  boost::asio::awaitable<void> on_register(std::uint64_t request_id, parley::v1::Register r);
   boost::asio::awaitable<void> on_authenticate(std::uint64_t request_id,
-                                               const parley::v1::Authenticate& a);
+                                               parley::v1::Authenticate a);
   boost::asio::awaitable<void> run_request(frame request);
   boost::asio::awaitable<void> drain();
   void on_subscribe(std::uint64_t request_id, const parley::v1::SubscribePresence& s);

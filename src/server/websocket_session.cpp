@@ -3,6 +3,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <memory>
+#include <optional>
 
 #include "server/device_session.hpp"
 #include "ws/connection.hpp"
@@ -55,9 +56,17 @@ class websocket_session final : public ws::connection {
     return std::static_pointer_cast<websocket_session>(shared_from_this());
   }
 
-  awaitable<void> on_message(std::string_view bytes) override {
-    co_await session_->handle_frame(bytes);
-    if (auth_timer_ && session_->authenticated()) auth_timer_.reset();  // cancels its wait
+  std::optional<awaitable<void>> on_message(std::string_view bytes) override {
+    if (auto rest = session_->handle_frame(bytes)) return after_auth_step(self(), std::move(*rest));
+    return std::nullopt;
+  }
+
+  // Register and Authenticate (one at a time before authentication): once authenticated, the
+  // connection holds no timer.
+  static awaitable<void> after_auth_step(std::shared_ptr<websocket_session> self,
+                                         awaitable<void> step) {
+    co_await std::move(step);
+    if (self->auth_timer_ && self->session_->authenticated()) self->auth_timer_.reset();
   }
 
   message next_outgoing() override { return session_->pop_outgoing(); }

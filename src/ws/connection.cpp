@@ -81,7 +81,10 @@ void connection::start(std::string initial) {
   // Read before waiting: a client sends its first frame as soon as it has the 101, so it is
   // often here already. (Waiting first would also work: Asio re-arms the descriptor with
   // EPOLL_CTL_MOD for every wait, and the kernel then reports data that is already there.)
-  spawn(shared_from_this(), read_burst(shared_from_this(), !in_.empty()));
+  // Posted, so that no hook runs before the caller of start() is done.
+  asio::post(executor(), [self = shared_from_this(), kept = !in_.empty()] {
+    if (!self->done()) self->read_burst(kept);
+  });
 }
 
 void connection::set_socket_options() {
@@ -118,47 +121,64 @@ void connection::wait_readable() {
                          self->abort();
                          return;
                        }
-                       spawn(self, read_burst(self, false));
+                       self->read_burst(false);
                      });
 }
 
-awaitable<void> connection::read_burst(std::shared_ptr<connection> self, bool kept_first) {
-  if (kept_first && !co_await self->consume(self->in_.data(), self->in_.size(), true)) co_return;
+void connection::read_burst(bool kept_first) {
+  try {
+    read_until_blocked(kept_first);
+  } catch (const std::exception& e) {  // from a hook: drop this connection only
+    log_error() << "websocket read failed: " << e.what();
+    abort();
+  } catch (...) {
+    log_error() << "websocket read failed";
+    abort();
+  }
+}
+
+void connection::read_until_blocked(bool kept_first) {
+  if (kept_first && !consume(in_.data(), in_.size(), true)) return;
   // Read until the socket would block, so that one wake-up serves all that has arrived. A peer
   // that keeps sending never makes it block, so every few reads the burst yields to the other
   // connections of the thread (and to this one's writer).
-  std::size_t reads = 0;
-  for (;;) {
-    if (++reads > self->options_.reads_per_turn) {
-      reads = 1;
-      co_await asio::post(self->executor(), asio::use_awaitable);
-      if (self->done()) co_return;
+  for (std::size_t reads = 1;; ++reads) {
+    if (reads > options_.reads_per_turn) {
+      asio::post(executor(), [self = shared_from_this()] {
+        if (!self->done()) self->read_burst(false);
+      });
+      return;
     }
     char* buffer = thread_buffer();
     boost::system::error_code ec;
-    const std::size_t n = self->socket_.read_some(asio::buffer(buffer, thread_buffer_bytes), ec);
+    const std::size_t n = socket_.read_some(asio::buffer(buffer, thread_buffer_bytes), ec);
     if (ec == asio::error::would_block || ec == asio::error::try_again) break;
     if (ec) {  // end of stream without a close frame, or a reset
-      self->abort();
-      co_return;
+      abort();
+      return;
     }
     bool go_on = false;
-    if (self->in_.empty()) {
-      go_on = co_await self->consume(buffer, n, false);
+    if (in_.empty()) {
+      go_on = consume(buffer, n, false);
     } else {
-      self->in_.append(buffer, n);
-      go_on = co_await self->consume(self->in_.data(), self->in_.size(), true);
+      in_.append(buffer, n);
+      go_on = consume(in_.data(), in_.size(), true);
     }
-    if (!go_on) co_return;
+    if (!go_on) return;
   }
-  if (!self->done()) self->wait_readable();
+  if (!done()) wait_readable();
+}
+
+awaitable<void> connection::finish_message(std::shared_ptr<connection> self, awaitable<void> rest) {
+  co_await std::move(rest);
+  if (!self->done()) self->read_burst(true);  // what arrived behind the message is in in_
 }
 
 void connection::keep_unparsed(const char* data, std::size_t pos, std::size_t size) {
   in_.assign(data + pos, size - pos);
 }
 
-awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
+bool connection::consume(char* data, std::size_t size, bool owned) {
   std::size_t pos = 0;
   bool delivered = false;  // a whole message was handled: progress
   while (!done() && !close_received_ && !failing_) {
@@ -181,16 +201,18 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
     const std::size_t payload_at = pos + h.header_size;
     std::size_t next = payload_at + payload_size;
     unmask(data + payload_at, payload_size, h.mask);
-    // Before a handler that may suspend: the thread's buffer is reused meanwhile, so the bytes
-    // from `from` on move into in_. Returns how far offsets moved (`next` is rebased here).
-    auto keep_from = [&](std::size_t from) -> std::size_t {
-      if (owned) return 0;
-      keep_unparsed(data, from, size);
-      data = in_.data();
-      size = in_.size();
-      owned = true;
-      next -= from;
-      return from;
+    // A message whose handling goes on after on_message returned: reading pauses until its
+    // rest completes. The thread's buffer is reused meanwhile, so what follows the message
+    // moves into in_ (the rest owns what it needs of the message itself).
+    auto pause_for = [&](awaitable<void> rest) {
+      if (owned) {
+        in_.erase(0, next);
+      } else {
+        keep_unparsed(data, next, size);
+      }
+      partial_since_ = std::chrono::steady_clock::now();  // a message was handled: progress
+      auto self = shared_from_this();
+      spawn(self, finish_message(self, std::move(rest)));
     };
 
     switch (h.op) {
@@ -208,10 +230,10 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
           break;
         }
         if (state_ >= close_state::sent) break;  // closing: late messages are not handled
-        {
-          const std::size_t moved = keep_from(pos);
-          delivered = true;
-          co_await on_message(std::string_view(data + payload_at - moved, payload_size));
+        delivered = true;
+        if (auto rest = on_message(std::string_view(data + payload_at, payload_size))) {
+          pause_for(std::move(*rest));
+          return false;
         }
         break;
       case opcode::continuation:
@@ -223,9 +245,14 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
         if (!h.fin) break;
         assembling_ = false;
         if (state_ < close_state::sent) {
-          keep_from(next);  // the message itself is in message_
           delivered = true;
-          co_await on_message(message_);
+          auto rest = on_message(message_);
+          release(message_);
+          if (rest) {
+            pause_for(std::move(*rest));
+            return false;
+          }
+          break;
         }
         release(message_);
         break;
@@ -246,7 +273,7 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
   if (done() || close_received_ || failing_) {  // reading is over
     release(in_);
     partial_timer_.reset();
-    co_return false;
+    return false;
   }
   // Keep the unparsed tail (a partial frame) and nothing else.
   if (owned) {
@@ -262,7 +289,7 @@ awaitable<bool> connection::consume(char* data, std::size_t size, bool owned) {
     if (delivered || !partial_timer_) partial_since_ = std::chrono::steady_clock::now();
     if (!partial_timer_) watch_partial(options_.message_timeout);
   }
-  co_return true;
+  return true;
 }
 
 void connection::on_close_frame(std::string_view payload) {

@@ -11,8 +11,11 @@
 // write (up to `max_batch_frames`), so a burst costs one system call, not one per message.
 // The writer is a posted function, not a coroutine: it writes without blocking, and only when
 // the socket is full does the unwritten rest of the batch move to the heap to wait for room.
-// A peer that sends without pause cannot hold the thread: after `reads_per_turn` reads the
-// connection lets the thread's other work run before it reads again.
+// Reading is a posted function as well: a wake-up reads until the socket would block and hands
+// each message to on_message() synchronously; only a message whose handling must wait (a
+// hook that returns the rest of its work) costs a coroutine. A peer that sends without pause
+// cannot hold the thread: after `reads_per_turn` reads the connection lets the thread's other
+// work run before it reads again.
 //
 // Threading: everything runs on the socket's executor, which must be single-threaded (an
 // io_context run by one thread); no member needs a lock.
@@ -27,6 +30,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -94,9 +98,11 @@ class connection : public std::enable_shared_from_this<connection> {
   socket_type& socket() { return socket_; }  // for socket options and introspection only
 
  protected:
-  // One complete binary message. `bytes` stay valid until the returned awaitable completes,
-  // and nothing more is read from this connection until then (that is the backpressure).
-  virtual boost::asio::awaitable<void> on_message(std::string_view bytes) = 0;
+  // One complete binary message; `bytes` are valid only during the call. Returns nothing when
+  // the message is handled, or the rest of its handling: the connection runs that awaitable
+  // to completion before it reads the next message (that is the backpressure), so it must own
+  // what it needs of `bytes`. An exception from either drops the connection.
+  virtual std::optional<boost::asio::awaitable<void>> on_message(std::string_view bytes) = 0;
   // The next message to send, or nullptr when there is none for now.
   virtual message next_outgoing() = 0;
   // The connection is gone: closed by either side or failed. Called once.
@@ -111,10 +117,17 @@ class connection : public std::enable_shared_from_this<connection> {
 
   void set_socket_options();
   void wait_readable();
-  static boost::asio::awaitable<void> read_burst(std::shared_ptr<connection> self, bool kept_first);
+  // Reads until the socket would block (first consuming in_ if `kept_first`), then waits for
+  // readability again; yields the thread after `reads_per_turn` reads. Catches what a hook
+  // throws and drops the connection.
+  void read_burst(bool kept_first);
+  void read_until_blocked(bool kept_first);  // read_burst's body
   // Parses and handles the frames in `data` (the thread's buffer, or in_ when `owned`).
-  // Returns false when reading must stop.
-  boost::asio::awaitable<bool> consume(char* data, std::size_t size, bool owned);
+  // Returns false when reading must stop, or pause while a message's rest runs.
+  bool consume(char* data, std::size_t size, bool owned);
+  // Runs a message's rest (see on_message), then reads on.
+  static boost::asio::awaitable<void> finish_message(std::shared_ptr<connection> self,
+                                                     boost::asio::awaitable<void> rest);
   // Moves the unparsed bytes [pos, size) of the thread's buffer into in_.
   void keep_unparsed(const char* data, std::size_t pos, std::size_t size);
   void on_close_frame(std::string_view payload);

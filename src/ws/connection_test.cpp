@@ -26,6 +26,7 @@
 #include <future>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <thread>
 
 #include "ws/handshake.hpp"
@@ -39,8 +40,8 @@ using asio::ip::tcp;
 using namespace std::chrono_literals;
 using test_support::ws_client_frame;
 
-// Echoes every message; optionally yields to the executor first, so that other connections on
-// the thread read (and reuse the thread's buffer) while this one's handler is suspended.
+// Echoes every message; optionally after yielding to the executor, so that other connections on
+// the thread read (and reuse the thread's buffer) while this one's handling is unfinished.
 class echo_connection final : public connection {
  public:
   echo_connection(socket_type s, const connection_options& o, bool yield,
@@ -56,12 +57,24 @@ class echo_connection final : public connection {
   std::atomic<int> close_received_calls{0};
 
  private:
-  asio::awaitable<void> on_message(std::string_view bytes) override {
-    std::string copy(bytes);  // taken before any suspension, and compared after it
+  std::optional<asio::awaitable<void>> on_message(std::string_view bytes) override {
+    std::string copy(bytes);  // the bytes are valid only during this call
     handled_.push_back(copy.substr(0, copy.find('|')));  // the label before any '|'
-    if (yield_) co_await asio::post(executor(), asio::use_awaitable);
-    EXPECT_EQ(copy, bytes) << "message bytes changed while the handler was suspended";
+    if (copy == "throw") throw std::runtime_error("a hook failed");
+    if (copy == "throw later") return fail_later();
+    if (yield_) return echo_later(std::move(copy));
     queue(std::move(copy));
+    return std::nullopt;
+  }
+  // The rest of a message's handling, after the thread has run other work (and other
+  // connections have read into the thread's buffer).
+  asio::awaitable<void> echo_later(std::string m) {
+    co_await asio::post(executor(), asio::use_awaitable);
+    queue(std::move(m));
+  }
+  asio::awaitable<void> fail_later() {
+    co_await asio::post(executor(), asio::use_awaitable);
+    throw std::runtime_error("a message's rest failed");
   }
   message next_outgoing() override {
     if (out_.empty()) return nullptr;
@@ -421,7 +434,7 @@ TEST(ws_connection, assembles_fragments_and_answers_a_ping_between_them) {
   EXPECT_EQ(server.buffered(0), 0u);
 }
 
-TEST(ws_connection, handlers_that_suspend_keep_their_bytes_while_other_connections_read) {
+TEST(ws_connection, handling_that_finishes_later_keeps_the_unread_bytes_while_others_read) {
   echo_server server(echo_server::small_options(), /*yield=*/true);
   raw_peer a(server.endpoint());
   raw_peer b(server.endpoint());
@@ -439,6 +452,26 @@ TEST(ws_connection, handlers_that_suspend_keep_their_bytes_while_other_connectio
     EXPECT_EQ(fa->payload, "a" + std::to_string(i) + std::string(50, 'A'));
     EXPECT_EQ(fb->payload, "b" + std::to_string(i) + std::string(70, 'B'));
   }
+}
+
+// What a hook throws, while handling a message or in the rest it returned, drops that
+// connection (no close handshake: the server cannot tell what state the hook left) and nothing
+// else: the thread goes on serving the other connections.
+TEST(ws_connection, a_hook_that_throws_drops_only_its_own_connection) {
+  echo_server server;
+  raw_peer now(server.endpoint());
+  raw_peer later(server.endpoint());
+  raw_peer bystander(server.endpoint());
+  now.send(ws_client_frame(0x82, "throw") + ws_client_frame(0x82, "never echoed"));
+  later.send(ws_client_frame(0x82, "throw later") + ws_client_frame(0x82, "never echoed"));
+  EXPECT_FALSE(now.read_frame());
+  EXPECT_FALSE(later.read_frame());
+  EXPECT_TRUE(server.closed(0));
+  EXPECT_TRUE(server.closed(1));
+  bystander.send(ws_client_frame(0x82, "still served"));
+  auto f = bystander.read_frame();
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->payload, "still served");
 }
 
 TEST(ws_connection, a_busy_peer_yields_to_the_others_after_reads_per_turn) {
