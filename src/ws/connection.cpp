@@ -143,7 +143,7 @@ void connection::read_until_blocked(bool kept_first) {
   // that keeps sending never makes it block, so every few reads the burst yields to the other
   // connections of the thread (and to this one's writer).
   for (std::size_t reads = 1;; ++reads) {
-    if (reads > options_.reads_per_turn) {
+    if (reads > std::max<std::size_t>(options_.reads_per_turn, 1)) {
       asio::post(executor(), [self = shared_from_this()] {
         if (!self->done()) self->read_burst(false);
       });
@@ -171,7 +171,12 @@ void connection::read_until_blocked(bool kept_first) {
 
 awaitable<void> connection::finish_message(std::shared_ptr<connection> self, awaitable<void> rest) {
   co_await std::move(rest);
-  if (!self->done()) self->read_burst(true);  // what arrived behind the message is in in_
+  // Posted, not called: co_spawn starts this coroutine inline, so a rest that completes
+  // without suspending would otherwise start a read loop inside the paused one, one level
+  // deeper for every such message in the buffer. What arrived behind the message is in in_.
+  asio::post(self->executor(), [self] {
+    if (!self->done()) self->read_burst(true);
+  });
 }
 
 void connection::keep_unparsed(const char* data, std::size_t pos, std::size_t size) {

@@ -62,6 +62,8 @@ class echo_connection final : public connection {
     handled_.push_back(copy.substr(0, copy.find('|')));  // the label before any '|'
     if (copy == "throw") throw std::runtime_error("a hook failed");
     if (copy == "throw later") return fail_later();
+    if (copy.starts_with("slow")) return echo_later(std::move(copy));
+    if (copy.starts_with("at once")) return echo_at_once(std::move(copy));
     if (yield_) return echo_later(std::move(copy));
     queue(std::move(copy));
     return std::nullopt;
@@ -71,6 +73,11 @@ class echo_connection final : public connection {
   asio::awaitable<void> echo_later(std::string m) {
     co_await asio::post(executor(), asio::use_awaitable);
     queue(std::move(m));
+  }
+  // A rest that completes without suspending.
+  asio::awaitable<void> echo_at_once(std::string m) {
+    queue(std::move(m));
+    co_return;
   }
   asio::awaitable<void> fail_later() {
     co_await asio::post(executor(), asio::use_awaitable);
@@ -452,6 +459,39 @@ TEST(ws_connection, handling_that_finishes_later_keeps_the_unread_bytes_while_ot
     EXPECT_EQ(fa->payload, "a" + std::to_string(i) + std::string(50, 'A'));
     EXPECT_EQ(fb->payload, "b" + std::to_string(i) + std::string(70, 'B'));
   }
+}
+
+// A message whose handling goes on after on_message returned holds up the messages behind it,
+// even those handled at once: their echoes may not overtake its echo.
+TEST(ws_connection, a_message_handled_later_holds_back_the_ones_behind_it) {
+  echo_server server;
+  raw_peer peer(server.endpoint());
+  peer.send(ws_client_frame(0x82, "slow|1") + ws_client_frame(0x82, "fast|2") +
+            ws_client_frame(0x82, "slow|3") + ws_client_frame(0x82, "fast|4"));
+  for (const char* expected : {"slow|1", "fast|2", "slow|3", "fast|4"}) {
+    auto f = peer.read_frame();
+    ASSERT_TRUE(f) << expected;
+    EXPECT_EQ(f->payload, expected);
+  }
+}
+
+// Rests that complete without suspending, many in one buffer: each resumes reading from the
+// thread's queue, not from inside the one before (which would nest a read loop per message
+// and run out of stack).
+TEST(ws_connection, many_rests_that_complete_at_once_do_not_nest) {
+  echo_server server;
+  raw_peer peer(server.endpoint());
+  constexpr int count = 20'000;
+  std::string burst;
+  for (int i = 0; i < count; ++i) burst += ws_client_frame(0x82, "at once " + std::to_string(i));
+  std::thread writer([&] { peer.send(burst); });  // the echoes come back while it writes
+  int echoed = 0;
+  for (; echoed < count; ++echoed) {
+    auto f = peer.read_frame();
+    if (!f || f->payload != "at once " + std::to_string(echoed)) break;
+  }
+  writer.join();
+  EXPECT_EQ(echoed, count);
 }
 
 // What a hook throws, while handling a message or in the rest it returned, drops that

@@ -116,6 +116,43 @@ TEST(limits, requests_before_authentication_and_bad_tokens) {
   EXPECT_EQ(closed.error().what, client::client_error::kind::closed);
 }
 
+// Before authentication frames are handled one at a time, so requests sent right behind
+// Authenticate, without waiting for its answer, are served as the authenticated device.
+TEST(limits, requests_pipelined_behind_authenticate_are_served_as_authenticated) {
+  boost::asio::io_context io;
+  server_process server;
+  test_client owner(io, server.url());
+  owner.register_and_login("owner");
+  owner.disconnect();
+
+  test_client again(io, server.url());
+  again.connect();
+  v1::Frame auth;  // request id 0: the answers arrive as pushes, in the order sent
+  auth.mutable_authenticate()->set_device_id(owner.device_id);
+  auth.mutable_authenticate()->set_token(owner.token);
+  v1::Frame status;
+  status.mutable_get_status()->set_message_id(123456789);
+  again.api().send_raw(auth.SerializeAsString());
+  again.api().send_raw(status.SerializeAsString());
+  auto first = again.next();
+  ASSERT_TRUE(first.has_authenticated()) << first.ShortDebugString();
+  // GetStatus's answer (NOT_FOUND, not UNAUTHENTICATED: the id is no message of this account's)
+  // and the drain's QueueEmpty, in either order.
+  int not_found = 0, queue_empty = 0;
+  for (int i = 0; i < 2; ++i) {
+    auto f = again.next();
+    if (f.has_queue_empty()) {
+      ++queue_empty;
+    } else if (f.has_error() && f.error().code() == v1::ERROR_CODE_NOT_FOUND) {
+      ++not_found;
+    } else {
+      ADD_FAILURE() << f.ShortDebugString();
+    }
+  }
+  EXPECT_EQ(not_found, 1);
+  EXPECT_EQ(queue_empty, 1);
+}
+
 TEST(limits, oversized_frame_closes_only_that_connection) {
   boost::asio::io_context io;
   server_process server;
