@@ -82,9 +82,7 @@ void connection::start(std::string initial) {
   // often here already. (Waiting first would also work: Asio re-arms the descriptor with
   // EPOLL_CTL_MOD for every wait, and the kernel then reports data that is already there.)
   // Posted, so that no hook runs before the caller of start() is done.
-  asio::post(executor(), [self = shared_from_this(), kept = !in_.empty()] {
-    if (!self->done()) self->read_burst(kept);
-  });
+  post_read(!in_.empty());
 }
 
 void connection::set_socket_options() {
@@ -144,9 +142,7 @@ void connection::read_until_blocked(bool kept_first) {
   // connections of the thread (and to this one's writer).
   for (std::size_t reads = 1;; ++reads) {
     if (reads > std::max<std::size_t>(options_.reads_per_turn, 1)) {
-      asio::post(executor(), [self = shared_from_this()] {
-        if (!self->done()) self->read_burst(false);
-      });
+      post_read(false);
       return;
     }
     char* buffer = thread_buffer();
@@ -174,8 +170,12 @@ awaitable<void> connection::finish_message(std::shared_ptr<connection> self, awa
   // Posted, not called: co_spawn starts this coroutine inline, so a rest that completes
   // without suspending would otherwise start a read loop inside the paused one, one level
   // deeper for every such message in the buffer. What arrived behind the message is in in_.
-  asio::post(self->executor(), [self] {
-    if (!self->done()) self->read_burst(true);
+  self->post_read(true);
+}
+
+void connection::post_read(bool kept_first) {
+  asio::post(executor(), [self = shared_from_this(), kept_first] {
+    if (!self->done()) self->read_burst(kept_first);
   });
 }
 

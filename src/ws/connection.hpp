@@ -122,6 +122,7 @@ class connection : public std::enable_shared_from_this<connection> {
   // throws and drops the connection.
   void read_burst(bool kept_first);
   void read_until_blocked(bool kept_first);  // read_burst's body
+  void post_read(bool kept_first);           // read_burst later, unless the connection is done
   // Parses and handles the frames in `data` (the thread's buffer, or in_ when `owned`).
   // Returns false when reading must stop, or pause while a message's rest runs.
   bool consume(char* data, std::size_t size, bool owned);
