@@ -30,18 +30,23 @@ char* thread_buffer() {
   return buffer.get();
 }
 
+// Logs `e` (what a hook threw) under `what`; the caller then drops the connection.
+void log_failure(const char* what, std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    log_error() << what << ": " << ex.what();
+  } catch (...) {
+    log_error() << what;
+  }
+}
+
 // Runs `task` for `self`; a task that fails drops the connection instead of leaving it
 // neither read nor written.
 void spawn(const std::shared_ptr<connection>& self, awaitable<void> task) {
   asio::co_spawn(self->executor(), std::move(task), [self](std::exception_ptr e) {
     if (!e) return;
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& ex) {
-      log_error() << "websocket connection task failed: " << ex.what();
-    } catch (...) {
-      log_error() << "websocket connection task failed";
-    }
+    log_failure("websocket connection task failed", e);
     self->abort();
   });
 }
@@ -126,11 +131,8 @@ void connection::wait_readable() {
 void connection::read_burst(bool kept_first) {
   try {
     read_until_blocked(kept_first);
-  } catch (const std::exception& e) {  // from a hook: drop this connection only
-    log_error() << "websocket read failed: " << e.what();
-    abort();
-  } catch (...) {
-    log_error() << "websocket read failed";
+  } catch (...) {  // from a hook: drop this connection only
+    log_failure("websocket read failed", std::current_exception());
     abort();
   }
 }
@@ -179,8 +181,12 @@ void connection::post_read(bool kept_first) {
   });
 }
 
-void connection::keep_unparsed(const char* data, std::size_t pos, std::size_t size) {
-  in_.assign(data + pos, size - pos);
+void connection::keep_from(const char* data, std::size_t from, std::size_t size, bool owned) {
+  if (owned) {
+    in_.erase(0, from);
+  } else {
+    in_.assign(data + from, size - from);
+  }
 }
 
 bool connection::consume(char* data, std::size_t size, bool owned) {
@@ -210,11 +216,7 @@ bool connection::consume(char* data, std::size_t size, bool owned) {
     // rest completes. The thread's buffer is reused meanwhile, so what follows the message
     // moves into in_ (the rest owns what it needs of the message itself).
     auto pause_for = [&](awaitable<void> rest) {
-      if (owned) {
-        in_.erase(0, next);
-      } else {
-        keep_unparsed(data, next, size);
-      }
+      keep_from(data, next, size, owned);
       partial_since_ = std::chrono::steady_clock::now();  // a message was handled: progress
       auto self = shared_from_this();
       spawn(self, finish_message(self, std::move(rest)));
@@ -280,12 +282,7 @@ bool connection::consume(char* data, std::size_t size, bool owned) {
     partial_timer_.reset();
     return false;
   }
-  // Keep the unparsed tail (a partial frame) and nothing else.
-  if (owned) {
-    in_.erase(0, pos);
-  } else if (pos < size) {
-    keep_unparsed(data, pos, size);
-  }
+  keep_from(data, pos, size, owned);  // the unparsed tail (a partial frame), nothing else
   if (in_.empty()) release(in_);
   if (in_.empty() && !assembling_) {
     partial_timer_.reset();  // nothing held: nothing to watch
@@ -465,8 +462,8 @@ void connection::flush() {
   thread_local write_batch spare;
   try {
     write_batches(spare);
-  } catch (const std::exception& e) {  // e.g. bad_alloc from a hook: drop this connection only
-    log_error() << "websocket write failed: " << e.what();
+  } catch (const std::exception&) {  // e.g. bad_alloc from a hook: drop this connection only
+    log_failure("websocket write failed", std::current_exception());
     stop_writing(spare);
     abort();
   }

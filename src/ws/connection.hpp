@@ -129,8 +129,9 @@ class connection : public std::enable_shared_from_this<connection> {
   // Runs a message's rest (see on_message), then reads on.
   static boost::asio::awaitable<void> finish_message(std::shared_ptr<connection> self,
                                                      boost::asio::awaitable<void> rest);
-  // Moves the unparsed bytes [pos, size) of the thread's buffer into in_.
-  void keep_unparsed(const char* data, std::size_t pos, std::size_t size);
+  // Leaves in_ holding the bytes [from, size) of `data` and nothing else (`owned`: data is
+  // in_, else the thread's buffer, and in_ is empty).
+  void keep_from(const char* data, std::size_t from, std::size_t size, bool owned);
   void on_close_frame(std::string_view payload);
   void fail(close_code code, const char* reason);
   // The frames of one gathered write and how much of them is written (defined in the .cpp).
