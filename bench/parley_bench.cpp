@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <random>
 #include <sstream>
@@ -157,14 +158,30 @@ struct parleyd_target {
 // A fresh parleyd with fsync on, as users run it, or the one given with --server.
 parleyd_target parleyd_for(const options& o, const fs::path& data);
 
-// A fresh parleyd with fsync on, as users run it.
+// The abuse limits are off for the load: a few source addresses register thousands of users
+// and each sends as fast as the scenario asks. Everything else is as users run it.
+constexpr const char* bench_config = R"([rate_limits]
+register_per_address = 0
+register_global = 0
+bad_login_per_address = 0
+key_fetch_per_device = 0
+send_per_device = 0
+typing_per_device = 0
+)";
+
+// A fresh parleyd with fsync on, as users run it (rate limits aside).
 std::unique_ptr<spawned_server> start_parleyd(const options& o, const fs::path& data) {
   fs::remove_all(data);
+  fs::create_directories(data);
+  const fs::path config = data / "bench.toml";
+  std::ofstream(config) << bench_config;
   std::vector<std::string> argv{sibling("parleyd").string(),
                                 "--listen",
                                 "127.0.0.1:0",
                                 "--data",
-                                data.string(),
+                                (data / "server").string(),
+                                "--config",
+                                config.string(),
                                 "--threads",
                                 std::to_string(o.server_threads),
                                 "--log-level",

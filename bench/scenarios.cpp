@@ -344,7 +344,11 @@ awaitable<void> pace(std::vector<std::unique_ptr<load_peer>>& peers, std::size_t
           ++s.skipped;
           continue;
         }
-        std::size_t to = pick_user(rng);
+        // The server refuses messages to oneself: pick another recipient.
+        std::string to;
+        do {
+          to = "u" + run + "_" + std::to_string(pick_user(rng));
+        } while (to == p.username && users > 1);
         const std::int64_t t = now_ns();
         const auto step32 = static_cast<std::uint32_t>(k);
         std::memcpy(payload.data(), &t, 8);
@@ -352,7 +356,7 @@ awaitable<void> pace(std::vector<std::unique_ptr<load_peer>>& peers, std::size_t
         frame.Clear();
         frame.set_request_id((static_cast<std::uint64_t>(k) << request_step_shift) | ++counter);
         auto* m = frame.mutable_send_message();
-        m->set_to("u" + run + "_" + std::to_string(to));
+        m->set_to(std::move(to));
         m->set_client_msg_id(std::to_string(counter));
         m->set_payload(payload);
         // The generator measures the server, which never looks inside a payload: its bytes are a

@@ -1,4 +1,5 @@
 // parleyd: the parley server. Embedded mode: one process, RocksDB under --data.
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -14,13 +15,15 @@ namespace {
 
 constexpr const char* usage =
     "usage: parleyd [--listen HOST:PORT] [--data DIR] [--threads N] [--config FILE]\n"
-    "               [--no-fsync] [--log-level debug|info|warn|error]\n"
+    "               [--no-fsync] [--log-level debug|info|warn|error] [--metrics-listen HOST:PORT]\n"
     "  --listen   address to serve WebSocket (/v1/ws) and HTTP on (default 127.0.0.1:8080;\n"
     "             port 0 picks a free port, printed on start)\n"
     "  --data     data directory (default ./data)\n"
-    "  --threads  I/O threads (default: one per core)\n"
+    "  --threads  I/O threads, 1-256 (default: one per core)\n"
     "  --config   TOML file (see docs/operations.md); flags override it\n"
-    "  --no-fsync do not fsync writes (benchmarks only: a crash can lose acknowledged messages)\n";
+    "  --no-fsync do not fsync writes (benchmarks only: a crash can lose acknowledged messages)\n"
+    "  --metrics-listen  serve GET /metrics (and /healthz) on this address only, e.g. a\n"
+    "             loopback one, instead of on --listen\n";
 
 }  // namespace
 
@@ -45,12 +48,16 @@ int main(int argc, char** argv) {
       } else if (arg == "--data") {
         cfg.data_dir = value();
       } else if (arg == "--threads") {
+        // Digits only, and the same range as `threads` in the config file (std::stoul answered
+        // "--threads many" with its own name, "stoul").
         const std::string v = value();
-        std::size_t used = 0;
-        const unsigned long n = std::stoul(v, &used);
-        if (used != v.size() || n == 0 || n > 256)
-          throw std::invalid_argument("--threads must be 1-256");
-        cfg.threads = static_cast<unsigned>(n);
+        unsigned n = 0;
+        const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+        if (v.empty() || ec != std::errc{} || end != v.data() + v.size() || n == 0 || n > 256)
+          throw std::invalid_argument("--threads must be 1-256, got '" + v + "'");
+        cfg.threads = n;
+      } else if (arg == "--metrics-listen") {
+        parley::server::parse_metrics_listen(value(), cfg);
       } else if (arg == "--config") {
         value();  // applied above
       } else if (arg == "--no-fsync") {
@@ -78,8 +85,13 @@ int main(int argc, char** argv) {
     parley::server::server server(cfg);
     const auto endpoint = server.start();
     // Tests and scripts read this line to learn the port.
-    std::printf("parleyd listening on %s:%u (data %s)\n", endpoint.address().to_string().c_str(),
-                endpoint.port(), cfg.data_dir.string().c_str());
+    // One line only: whoever started us may stop reading stdout after it.
+    std::string metrics;
+    if (auto m = server.metrics_endpoint()) {
+      metrics = "; metrics on " + m->address().to_string() + ":" + std::to_string(m->port());
+    }
+    std::printf("parleyd listening on %s:%u (data %s%s)\n", endpoint.address().to_string().c_str(),
+                endpoint.port(), cfg.data_dir.string().c_str(), metrics.c_str());
     std::fflush(stdout);
     server.wait();
     return 0;

@@ -22,6 +22,7 @@
 #include "client/local_store.hpp"
 #include "client/messenger.hpp"
 #include "client/profile.hpp"
+#include "common/clock.hpp"
 #include "e2ee/library_context.hpp"
 #include "wire/frame_codec.hpp"
 #include "wire/username.hpp"
@@ -149,8 +150,14 @@ class session {
       throw failure{"not registered: run 'parley register USERNAME' first (profile " +
                     profile_.dir().string() + ")"};
     }
-    open_local();
+    open_local(me_->username, false);
   }
+
+  // For `register` only, before the server is asked: opens the profile's local store (creating
+  // it if need be) and creates this device's identity in it unless it holds one. So a register
+  // cut short after the server made the account leaves credentials next to a local.db that
+  // holds the identity (the next command publishes its keys), never next to one without.
+  void create_identity(const std::string& username) { open_local(username, true); }
 
   awaitable<void> connect() {
     auto r = co_await client_.connect(opts_.server);
@@ -194,15 +201,63 @@ class session {
   }
 
  private:
-  void open_local() {
+  // Opens the local store and the messenger on it. Outside `register` (`registering`), a
+  // registered profile's local.db must hold this device's identity: one that is there but holds
+  // none (emptied, truncated, recreated) is refused, since a new identity would silently
+  // replace the one contacts know (they would see its safety number change) and the history
+  // would be gone. A 0-byte file is refused before SQLite writes to it. A local.db that is not
+  // there at all is a reinstall that kept the credentials: started with a new identity here
+  // (said on stderr), published by the next connection, and shown to contacts as a changed
+  // safety number.
+  void open_local(const std::string& username, bool registering) {
     if (messenger_) return;
+    const auto path = profile_.local_store_path();
+    const bool existed = std::filesystem::exists(path);
+    if (existed && !registering && is_empty_file(path) &&
+        (!std::filesystem::exists(wal_of(path)) || is_empty_file(wal_of(path)))) {
+      throw no_identity(path);
+    }
     try {
-      store_ = std::make_unique<client::local_store>(profile_.local_store_path());
+      store_ = std::make_unique<client::local_store>(path);
       library_ = std::make_unique<e2ee::library_context>();
     } catch (const std::exception& e) {
       throw failure{std::string("cannot open the local store: ") + e.what()};
     }
-    messenger_ = std::make_unique<client::messenger>(client_, *store_, *library_, me_->username);
+    messenger_ = std::make_unique<client::messenger>(client_, *store_, *library_, username);
+    if (messenger_->engine().has_identity()) return;
+    if (existed && !registering) throw no_identity(path);
+    try {
+      client::local_store::transaction tx(*store_);
+      auto created = messenger_->engine().create_identity(now_ms());
+      if (!created) throw std::runtime_error(created.error().message());
+      tx.commit();
+    } catch (const std::exception& e) {
+      throw failure{"cannot create this device's identity in " + path.string() + ": " + e.what()};
+    }
+    if (!registering) {
+      std::cerr << "parley: warning: profile " << profile_.dir().string()
+                << " had no local.db: this device starts with a new identity and an empty "
+                   "history; your contacts will see your safety number change\n";
+    }
+  }
+
+  static bool is_empty_file(const std::filesystem::path& p) {
+    std::error_code ec;
+    return std::filesystem::file_size(p, ec) == 0 && !ec;
+  }
+
+  static std::filesystem::path wal_of(const std::filesystem::path& db) {
+    return std::filesystem::path(db.string() + "-wal");
+  }
+
+  failure no_identity(const std::filesystem::path& db) const {
+    return {"profile " + profile_.dir().string() + ": " + db.filename().string() +
+            " holds no identity (empty or damaged file): this device's keys and message history "
+            "are not in it. Restore " +
+            db.string() +
+            " from a backup, or register again with a new profile (--profile DIR). parley does "
+            "not make a new identity for this account by itself: your contacts would see your "
+            "safety number change"};
   }
 
   const options& opts_;
@@ -228,12 +283,13 @@ awaitable<void> cmd_register(session& s, const options& o) {
     throw failure{"this profile is already registered as '" + existing->username + "' (" +
                   s.profile().dir().string() + "); use --profile DIR for another account"};
   }
+  s.create_identity(name);
   co_await s.connect();
   auto r = co_await s.api().register_account(name);
   if (!r) throw explain(r.error(), name);
   s.profile().save_credentials({o.server, name, r->user_id(), r->device_id(), r->token()});
   s.require_registered();
-  co_await s.authenticate();  // creates this device's identity and publishes its keys
+  co_await s.authenticate();  // publishes this device's keys
   s.out("registered " + name + " (user " + std::to_string(r->user_id()) + ", device " +
             std::to_string(r->device_id()) + ")",
         json_object()
@@ -587,10 +643,43 @@ awaitable<void> cmd_chat(session& s, const options& o) {
   co_await s.api().close();
 }
 
+// Refuses a server URL that is not ws://HOST[:PORT][/PATH] with a decimal PORT of 1-65535
+// (80 if left out). `source` names where it came from. Without this, the resolver took a port
+// above 65535 modulo 65536 ("70000" connected to 4464) and a name ("ws://host:http") as a
+// service: a connection to another port than the one written.
+void check_server_url(const std::string& url, const std::string& source) {
+  auto bad = [&](const std::string& why) {
+    return failure{
+        source + " '" + url + "': " + why + " (expected ws://HOST:PORT, e.g. ws://127.0.0.1:8080)",
+        2};
+  };
+  const std::string scheme = "ws://";
+  if (url.rfind(scheme, 0) != 0) throw bad("the URL must start with " + scheme);
+  const std::string rest = url.substr(scheme.size());
+  const std::string authority = rest.substr(0, rest.find('/'));
+  // An IPv6 address is written in brackets, and then needs its port: ws://[::1]:8080.
+  const auto host_end = authority.rfind(']');
+  const auto colon = authority.rfind(':');
+  if (authority.empty() || colon == 0) throw bad("no host");
+  if (colon == std::string::npos) return;
+  if (authority.front() == '[' && (host_end == std::string::npos || host_end + 1 != colon)) {
+    throw bad("an IPv6 address needs a port after its ']'");
+  }
+  const std::string port = authority.substr(colon + 1);
+  unsigned long value = 0;
+  const bool digits = !port.empty() && port.size() <= 5 &&
+                      port.find_first_not_of("0123456789") == std::string::npos;
+  if (digits) value = std::stoul(port);
+  if (!digits || value == 0 || value > 65535) {
+    throw bad("the port must be a number from 1 to 65535, got '" + port + "'");
+  }
+}
+
 options parse(int argc, char** argv) {
   options o;
   const char* env_server = std::getenv("PARLEY_SERVER");
   o.server = env_server ? env_server : "ws://127.0.0.1:8080";
+  std::string server_source = env_server ? "PARLEY_SERVER" : "the default server";
   if (const char* p = std::getenv("PARLEY_PROFILE")) {
     o.profile_dir = p;
   } else if (const char* home = std::getenv("HOME")) {
@@ -613,24 +702,27 @@ options parse(int argc, char** argv) {
       if (i + 1 >= argc) throw failure{a + " needs a value", 2};
       return argv[++i];
     };
-    if (a == "--server")
+    if (a == "--server") {
       o.server = value();
-    else if (a == "--profile")
+      server_source = "--server";
+    } else if (a == "--profile") {
       o.profile_dir = value();
-    else if (a == "--json")
+    } else if (a == "--json") {
       o.json = true;
-    else if (a == "--wait")
+    } else if (a == "--wait") {
       o.wait_secs = number(a, value());
-    else if (a == "--limit")
+    } else if (a == "--limit") {
       o.limit = number(a, value());
-    else if (a == "--help" || a == "-h")
+    } else if (a == "--help" || a == "-h") {
       throw failure{usage_text, 0};
-    else if (a.size() > 2 && a.rfind("--", 0) == 0)
+    } else if (a.size() > 2 && a.rfind("--", 0) == 0) {
       throw failure{"unknown option " + a, 2};
-    else
+    } else {
       o.args.push_back(a);
+    }
   }
   if (o.args.empty()) throw failure{usage_text, 2};
+  check_server_url(o.server, server_source);
   return o;
 }
 

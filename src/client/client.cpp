@@ -141,7 +141,8 @@ awaitable<result<v1::Frame>> client::request(v1::Frame frame) {
   }
   if (s->response->has_error()) {
     co_return client_error{client_error::kind::server, s->response->error().code(),
-                           s->response->error().message()};
+                           s->response->error().message(),
+                           s->response->error().retry_after_ms()};
   }
   co_return std::move(*s->response);
 }
@@ -257,6 +258,15 @@ awaitable<result<v1::History>> client::history(std::string peer, std::uint64_t b
 awaitable<result<void>> client::subscribe_presence(std::vector<std::string> users) {
   v1::Frame f;
   for (const auto& u : users) f.mutable_subscribe_presence()->add_usernames(u);
+  auto r = co_await request(std::move(f));
+  if (!r) co_return r.error();
+  if (!r->has_ok()) co_return unexpected(*r);
+  co_return result<void>{};
+}
+
+awaitable<result<void>> client::set_privacy(bool hide_last_seen) {
+  v1::Frame f;
+  f.mutable_set_privacy()->set_hide_last_seen(hide_last_seen);
   auto r = co_await request(std::move(f));
   if (!r) co_return r.error();
   if (!r->has_ok()) co_return unexpected(*r);

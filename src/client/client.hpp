@@ -35,6 +35,8 @@ struct client_error {
   kind what = kind::closed;
   parley::v1::ErrorCode code = parley::v1::ERROR_CODE_UNSPECIFIED;
   std::string message;
+  // STORAGE_UNAVAILABLE and RATE_LIMITED: how long the server asks us to wait before retrying.
+  std::uint32_t retry_after_ms = 0;
 };
 
 }  // namespace parley::client
@@ -77,7 +79,10 @@ class client {
   boost::asio::awaitable<result<parley::v1::History>> history(std::string peer,
                                                               std::uint64_t before,
                                                               std::uint32_t limit);
+  // Presence of the users among `users` this account shares a chat with (others are left out
+  // by the server).
   boost::asio::awaitable<result<void>> subscribe_presence(std::vector<std::string> users);
+  boost::asio::awaitable<result<void>> set_privacy(bool hide_last_seen);
   void typing(const std::string& peer, bool typing);
 
   // Any request frame; request_id is assigned here. Returns the response frame; an Error frame

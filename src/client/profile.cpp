@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -64,32 +65,64 @@ void profile::write_file(const std::string& name, const std::string& content) co
 }
 
 std::optional<credentials> profile::load_credentials() const {
-  std::ifstream in(dir_ / "credentials");
-  if (!in) return std::nullopt;
+  const auto file = dir_ / "credentials";
+  std::error_code ec;
+  if (!std::filesystem::exists(file, ec) && !ec) return std::nullopt;
+  std::ifstream in(file);
+  if (ec || !in) {
+    throw std::runtime_error("cannot read the credentials file " + file.string() +
+                             (ec ? ": " + ec.message() : std::string()));
+  }
+  // Which file, what is wrong, and what it should hold: what a person needs to repair it.
+  auto malformed = [&](const std::string& what) {
+    return std::runtime_error(
+        "malformed credentials file " + file.string() + ": " + what +
+        " (expected the lines server=URL, username=NAME, user_id=NUMBER, device_id=NUMBER and "
+        "token=64 hex digits, as 'parley register' writes them)");
+  };
   credentials c;
   std::string line;
-  while (std::getline(in, line)) {
+  for (int number = 1; std::getline(in, line); ++number) {
+    const std::string where = "line " + std::to_string(number) + ": ";
+    if (!line.empty() && line.back() == '\r') line.pop_back();  // edited on Windows
+    if (line.empty()) continue;
     const auto eq = line.find('=');
-    if (eq == std::string::npos) continue;
+    // Not echoed: the line may be a broken token.
+    if (eq == std::string::npos) throw malformed(where + "not KEY=VALUE");
     const std::string key = line.substr(0, eq), value = line.substr(eq + 1);
-    if (key == "server")
+    auto decimal = [&]() -> std::uint64_t {
+      std::uint64_t n = 0;
+      const char* end = value.data() + value.size();
+      const auto [used, err] = std::from_chars(value.data(), end, n);
+      if (value.empty() || err != std::errc{} || used != end) {
+        throw malformed(where + key + " must be a decimal number, got '" + value + "'");
+      }
+      return n;
+    };
+    if (key == "server") {
       c.server = value;
-    else if (key == "username")
+    } else if (key == "username") {
       c.username = value;
-    else if (key == "user_id")
-      c.user_id = std::stoull(value);
-    else if (key == "device_id")
-      c.device_id = std::stoull(value);
-    else if (key == "token") {
+    } else if (key == "user_id") {
+      c.user_id = decimal();
+    } else if (key == "device_id") {
+      c.device_id = decimal();
+    } else if (key == "token") {
       auto t = from_hex(value);
-      if (!t || t->size() != 32)
-        throw std::runtime_error("corrupt token in " + (dir_ / "credentials").string());
+      if (!t || t->size() != 32) {
+        // Not echoed: it is the device's secret.
+        throw malformed(where + "token must be 64 hex digits, got " + std::to_string(value.size()) +
+                        " characters" + (t ? "" : ", not all hex digits"));
+      }
       c.token = *t;
     }
+    // Other keys are left for a later version of parley.
   }
-  if (c.username.empty() || c.device_id == 0 || c.token.size() != 32) {
-    throw std::runtime_error("incomplete credentials in " + (dir_ / "credentials").string());
-  }
+  std::string missing;
+  if (c.username.empty()) missing += " username";
+  if (c.device_id == 0) missing += " device_id";
+  if (c.token.size() != 32) missing += " token";
+  if (!missing.empty()) throw malformed("missing or empty:" + missing);
   return c;
 }
 

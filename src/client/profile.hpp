@@ -24,7 +24,9 @@ class profile {
 
   const std::filesystem::path& dir() const { return dir_; }
 
-  // nullopt if not registered; throws std::runtime_error if the file is corrupt.
+  // nullopt if there is no credentials file (not registered). Throws std::runtime_error naming
+  // the file if it cannot be read, or naming the file, the line and what was expected there if
+  // it is malformed (a number that is not one, a bad token, a required key missing).
   std::optional<credentials> load_credentials() const;
   void save_credentials(const credentials& c) const;
 

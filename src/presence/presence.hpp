@@ -15,6 +15,10 @@ namespace parley::presence {
 struct state {
   bool online = false;
   std::uint64_t last_seen_ms = 0;  // 0: not seen since this server started
+  // The user hides last seen (a privacy setting): whoever shows the state must not show
+  // last_seen_ms. The presence service keeps the exact time; hiding and rounding are the
+  // business of the edge that sends it to clients.
+  bool last_seen_hidden = false;
 };
 
 using listener = std::function<void(const std::string& username, const state&)>;
@@ -26,7 +30,10 @@ class presence {
 
   // A connection of `username` authenticated / closed. A user with several connections is
   // online until the last one closes.
-  virtual void connected(const std::string& username) = 0;
+  // `hide_last_seen` is the user's privacy setting as of this connection.
+  virtual void connected(const std::string& username, bool hide_last_seen) = 0;
+  // The user changed the setting: watchers are told.
+  virtual void set_last_seen_hidden(const std::string& username, bool hidden) = 0;
   virtual void disconnected(const std::string& username, std::uint64_t at_ms) = 0;
 
   virtual state lookup(const std::string& username) const = 0;

@@ -2,9 +2,85 @@
 
 #include <toml++/toml.h>
 
+#include <algorithm>
+#include <map>
 #include <stdexcept>
+#include <vector>
 
 namespace parley::server {
+
+namespace {
+
+// As --threads (apps/parleyd/main.cpp): the file and the flag accept the same range.
+constexpr std::int64_t min_threads = 1;
+constexpr std::int64_t max_threads = 256;
+
+// Every key the file may hold, per table: "" is the top level, any other name a table one level
+// down ([limits]). Anything else in the file stops start-up, so that a misspelt key is not
+// silently ignored. A new key, or a new table, is added here and read in load_config_file.
+const std::map<std::string, std::vector<std::string>, std::less<>>& known_keys() {
+  static const std::map<std::string, std::vector<std::string>, std::less<>> keys{
+      {"", {"listen", "data", "threads", "node_id", "fsync", "metrics_listen"}},
+      {"limits",
+       {"max_frame_bytes", "max_payload_bytes", "max_in_flight", "max_outbound_frames",
+        "max_outbound_bytes", "drain_page", "auth_timeout_ms",
+        "max_unauthenticated_frame_bytes"}},
+      {"rate_limits",
+       {"register_per_address", "register_per_address_burst", "register_global",
+        "register_global_burst", "bad_login_per_address", "bad_login_per_address_burst",
+        "key_fetch_per_device", "key_fetch_per_device_burst", "send_per_device",
+        "send_per_device_burst", "typing_per_device", "typing_per_device_burst"}},
+      {"connections",
+       {"max_connections", "max_unauthenticated", "reserved_fds", "memory_budget_bytes"}},
+      {"storage", {"reserve_bytes"}},
+  };
+  return keys;
+}
+
+std::string join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+bool listed(const std::vector<std::string>& names, std::string_view name) {
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
+// Throws std::runtime_error naming the first key or table of `file` that known_keys() lacks,
+// with what is accepted in its place.
+void refuse_unknown_keys(const toml::table& file) {
+  const auto& known = known_keys();
+  const auto& top = known.at("");
+  std::vector<std::string> tables;
+  for (const auto& [name, keys] : known) {
+    if (!name.empty()) tables.push_back("[" + name + "]");
+  }
+  for (auto&& [key, node] : file) {
+    const std::string name(key.str());
+    if (listed(top, name)) continue;
+    const auto table = name.empty() ? known.end() : known.find(name);
+    if (table == known.end()) {
+      if (node.is_table()) {
+        throw std::runtime_error("config: unknown table [" + name +
+                                 "]; known tables: " + join(tables));
+      }
+      throw std::runtime_error("config: unknown key '" + name + "'; known top-level keys: " +
+                               join(top) + ", and the tables " + join(tables));
+    }
+    if (!node.is_table()) {
+      throw std::runtime_error("config: " + name + " must be a table ([" + name + "])");
+    }
+    for (auto&& [sub, value] : *node.as_table()) {
+      if (!listed(table->second, sub.str())) {
+        throw std::runtime_error("config: unknown key '" + name + "." + std::string(sub.str()) +
+                                 "'; [" + name + "] takes " + join(table->second));
+      }
+    }
+  }
+}
+
+}  // namespace
 
 void parse_listen(const std::string& text, config& out) {
   const auto colon = text.rfind(':');
@@ -30,6 +106,13 @@ void parse_listen(const std::string& text, config& out) {
   out.listen_port = static_cast<std::uint16_t>(value);
 }
 
+void parse_metrics_listen(const std::string& text, config& out) {
+  config parsed;
+  parse_listen(text, parsed);
+  out.metrics_host = parsed.listen_host;
+  out.metrics_port = parsed.listen_port;
+}
+
 config load_config_file(const std::filesystem::path& file, config c) {
   toml::table t;
   try {
@@ -37,13 +120,16 @@ config load_config_file(const std::filesystem::path& file, config c) {
   } catch (const toml::parse_error& e) {
     throw std::runtime_error("config " + file.string() + ": " + std::string(e.description()));
   }
-  auto positive = [&](std::string_view key, std::optional<std::int64_t> v, auto& target) {
+  refuse_unknown_keys(t);
+  auto check_type = [&](const toml::node_view<toml::node>& n, std::string_view key, bool ok) {
+    if (n && !ok) throw std::runtime_error("config: " + std::string(key) + " has the wrong type");
+  };
+  auto positive = [&](std::string_view key, const toml::node_view<toml::node>& n, auto& target) {
+    check_type(n, key, n.is_integer());
+    const auto v = n.value<std::int64_t>();
     if (!v) return;
     if (*v <= 0) throw std::runtime_error("config: " + std::string(key) + " must be positive");
     target = static_cast<std::remove_reference_t<decltype(target)>>(*v);
-  };
-  auto check_type = [&](const toml::node_view<toml::node>& n, std::string_view key, bool ok) {
-    if (n && !ok) throw std::runtime_error("config: " + std::string(key) + " has the wrong type");
   };
 
   check_type(t["listen"], "listen", t["listen"].is_string());
@@ -51,7 +137,13 @@ config load_config_file(const std::filesystem::path& file, config c) {
   check_type(t["data"], "data", t["data"].is_string());
   if (auto v = t["data"].value<std::string>()) c.data_dir = *v;
   check_type(t["threads"], "threads", t["threads"].is_integer());
-  positive("threads", t["threads"].value<std::int64_t>(), c.threads);
+  if (auto v = t["threads"].value<std::int64_t>()) {
+    if (*v < min_threads || *v > max_threads) {
+      throw std::runtime_error("config: threads must be " + std::to_string(min_threads) + "-" +
+                               std::to_string(max_threads) + ", got " + std::to_string(*v));
+    }
+    c.threads = static_cast<unsigned>(*v);
+  }
   check_type(t["node_id"], "node_id", t["node_id"].is_integer());
   if (auto v = t["node_id"].value<std::int64_t>()) {
     if (*v < 0 || *v > 1023) throw std::runtime_error("config: node_id must be 0-1023");
@@ -61,22 +153,76 @@ config load_config_file(const std::filesystem::path& file, config c) {
   if (auto v = t["fsync"].value<bool>()) c.fsync = *v;
 
   auto l = t["limits"];
-  positive("limits.max_frame_bytes", l["max_frame_bytes"].value<std::int64_t>(),
-           c.limits.max_frame_bytes);
-  positive("limits.max_payload_bytes", l["max_payload_bytes"].value<std::int64_t>(),
-           c.limits.max_payload_bytes);
-  positive("limits.max_in_flight", l["max_in_flight"].value<std::int64_t>(), c.max_in_flight);
-  positive("limits.max_outbound_frames", l["max_outbound_frames"].value<std::int64_t>(),
-           c.max_outbound_frames);
-  positive("limits.max_outbound_bytes", l["max_outbound_bytes"].value<std::int64_t>(),
-           c.max_outbound_bytes);
-  positive("limits.drain_page", l["drain_page"].value<std::int64_t>(), c.drain_page);
+  positive("limits.max_frame_bytes", l["max_frame_bytes"], c.limits.max_frame_bytes);
+  positive("limits.max_payload_bytes", l["max_payload_bytes"], c.limits.max_payload_bytes);
+  positive("limits.max_in_flight", l["max_in_flight"], c.max_in_flight);
+  positive("limits.max_outbound_frames", l["max_outbound_frames"], c.max_outbound_frames);
+  positive("limits.max_outbound_bytes", l["max_outbound_bytes"], c.max_outbound_bytes);
+  positive("limits.drain_page", l["drain_page"], c.drain_page);
   std::int64_t auth_ms = 0;
-  positive("limits.auth_timeout_ms", l["auth_timeout_ms"].value<std::int64_t>(), auth_ms);
+  positive("limits.auth_timeout_ms", l["auth_timeout_ms"], auth_ms);
   if (auth_ms > 0) c.auth_timeout = std::chrono::milliseconds(auth_ms);
+
+  positive("limits.max_unauthenticated_frame_bytes", l["max_unauthenticated_frame_bytes"],
+           c.limits.max_unauthenticated_frame_bytes);
+
+  check_type(t["metrics_listen"], "metrics_listen", t["metrics_listen"].is_string());
+  if (auto v = t["metrics_listen"].value<std::string>()) parse_metrics_listen(*v, c);
+
+  // [rate_limits]: NAME is requests per minute (0 turns the limit off), NAME_burst how many
+  // may come at once.
+  auto r = t["rate_limits"];
+  auto rate = [&](const std::string& name, rate_limit& target) {
+    const std::string key = "rate_limits." + name;
+    auto n = r[name];
+    check_type(n, key, n.is_number());
+    if (auto v = n.value<double>()) {
+      if (!(*v >= 0)) throw std::runtime_error("config: " + key + " must be 0 or more per minute");
+      target.per_minute = *v;
+    }
+    auto b = r[name + "_burst"];
+    check_type(b, key + "_burst", b.is_number());
+    if (auto v = b.value<double>()) {
+      if (!(*v >= 1)) throw std::runtime_error("config: " + key + "_burst must be at least 1");
+      target.burst = *v;
+    }
+  };
+  rate("register_per_address", c.rates.register_per_address);
+  rate("register_global", c.rates.register_global);
+  rate("bad_login_per_address", c.rates.bad_login_per_address);
+  rate("key_fetch_per_device", c.rates.key_fetch_per_device);
+  rate("send_per_device", c.rates.send_per_device);
+  rate("typing_per_device", c.rates.typing_per_device);
+
+  auto conn = t["connections"];
+  positive("connections.max_connections", conn["max_connections"], c.max_connections);
+  positive("connections.max_unauthenticated", conn["max_unauthenticated"],
+           c.max_unauthenticated);
+  positive("connections.reserved_fds", conn["reserved_fds"], c.reserved_fds);
+  positive("connections.memory_budget_bytes", conn["memory_budget_bytes"],
+           c.memory_budget_bytes);
+  positive("storage.reserve_bytes", t["storage"]["reserve_bytes"], c.storage_reserve_bytes);
+
+  // Rules between keys, on the values in force once the file is applied over `c`.
+  if (c.limits.max_unauthenticated_frame_bytes > c.limits.max_frame_bytes) {
+    throw std::runtime_error(
+        "config: limits.max_unauthenticated_frame_bytes must not exceed max_frame_bytes");
+  }
+  if (c.storage_reserve_bytes < (4u << 20)) {
+    throw std::runtime_error(
+        "config: storage.reserve_bytes must be at least 4 MiB (the store's log is capped at a "
+        "quarter of it)");
+  }
   if (c.limits.max_payload_bytes + 1024 > c.limits.max_frame_bytes) {
     throw std::runtime_error(
         "config: limits.max_frame_bytes must exceed max_payload_bytes by 1 KiB");
+  }
+  if (c.max_outbound_bytes < c.limits.max_payload_bytes) {
+    throw std::runtime_error(
+        "config: limits.max_outbound_bytes (" + std::to_string(c.max_outbound_bytes) +
+        ") must be at least limits.max_payload_bytes (" +
+        std::to_string(c.limits.max_payload_bytes) +
+        "): a connection's outgoing queue must hold one message of the largest size");
   }
   return c;
 }

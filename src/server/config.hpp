@@ -10,6 +10,24 @@
 
 namespace parley::server {
 
+// A token bucket: `burst` requests at once, refilled at `per_minute`. per_minute = 0: no limit.
+struct rate_limit {
+  double per_minute = 0;
+  double burst = 0;
+};
+
+// The rate limits (docs/operations.md, [rate_limits]). Registration and failed logins are
+// counted per source address and, for registration, for the whole server too; the rest per
+// authenticated device. A request over its limit gets Error{RATE_LIMITED, retry_after_ms}.
+struct rate_limits {
+  rate_limit register_per_address{10, 20};
+  rate_limit register_global{600, 200};
+  rate_limit bad_login_per_address{30, 10};  // failed Authenticates; at 0 tokens, all refused
+  rate_limit key_fetch_per_device{60, 60};   // FetchKeys: each takes a one-time prekey
+  rate_limit send_per_device{6'000, 1'000};  // SendMessage: 100/s sustained
+  rate_limit typing_per_device{120, 30};     // Typing
+};
+
 struct config {
   std::string listen_host = "127.0.0.1";
   std::uint16_t listen_port = 8080;  // 0: any free port (printed on start)
@@ -25,15 +43,44 @@ struct config {
   std::size_t drain_page = 256;     // queue events read per page on reconnect
   std::size_t max_bad_frames = 16;  // consecutive bad frames before closing
   std::chrono::milliseconds auth_timeout{10'000};
+
+  rate_limits rates;
+
+  // [connections]. 0: derived at start from the open-file limit (RLIMIT_NOFILE, raised to
+  // its hard limit), less `reserved_fds` for the store and the process; accepts beyond it are
+  // closed at once. Connections not authenticated yet (HTTP keep-alive, WebSocket before
+  // Authenticate) count against the smaller `max_unauthenticated` too.
+  std::size_t max_connections = 0;
+  std::size_t max_unauthenticated = 0;  // 0: a quarter of max_connections
+  std::size_t reserved_fds = 512;
+  // Every connection's buffered bytes together (partial frames, outgoing queues, unwritten
+  // batches): past this, the connections holding the most are dropped until the total is
+  // under 90 % of it.
+  std::size_t memory_budget_bytes = 1024ull << 20;
+
+  // [storage]: free space kept on the data directory's file system; writes are refused
+  // below it (STORAGE_UNAVAILABLE) and resume by themselves above it.
+  std::uint64_t storage_reserve_bytes = 256ull << 20;
+
+  // An address of its own for GET /metrics and /healthz (e.g. 127.0.0.1:9090); when set, the
+  // main address no longer serves /metrics.
+  std::string metrics_host;
+  std::uint16_t metrics_port = 0;
 };
 
-// Reads a TOML file over `base`. Throws std::runtime_error naming the key on a bad value.
-// Keys: listen = "HOST:PORT", data = "DIR", threads, node_id, fsync, and a [limits] table with
-// max_frame_bytes, max_payload_bytes, max_in_flight, max_outbound_frames, max_outbound_bytes,
-// drain_page, auth_timeout_ms.
+// Reads a TOML file over `base`. Throws std::runtime_error naming the key on a bad value, an
+// unknown key or table, or values that contradict each other. Keys (docs/operations.md):
+// listen = "HOST:PORT", data = "DIR", threads, node_id, fsync, metrics_listen = "HOST:PORT";
+// [limits] max_frame_bytes, max_payload_bytes, max_in_flight, max_outbound_frames,
+// max_outbound_bytes, drain_page, auth_timeout_ms, max_unauthenticated_frame_bytes;
+// [rate_limits] NAME and NAME_burst for each rate_limits member; [connections]
+// max_connections, max_unauthenticated, reserved_fds, memory_budget_bytes; [storage]
+// reserve_bytes.
 config load_config_file(const std::filesystem::path& file, config base);
 
 // "HOST:PORT" -> host, port. Throws std::invalid_argument.
 void parse_listen(const std::string& text, config& out);
+// The same for the metrics address (metrics_host, metrics_port).
+void parse_metrics_listen(const std::string& text, config& out);
 
 }  // namespace parley::server

@@ -13,6 +13,16 @@ std::filesystem::path write_temp(const std::string& name, const std::string& tex
   return p;
 }
 
+// What loading `text` over `base` throws (std::runtime_error's message); "" if it loads.
+std::string load_error(const std::string& name, const std::string& text, config base = {}) {
+  try {
+    load_config_file(write_temp(name, text), base);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
 TEST(config, parse_listen) {
   config c;
   parse_listen("0.0.0.0:9000", c);
@@ -64,6 +74,154 @@ TEST(config, bad_values_are_rejected_with_the_key_named) {
   EXPECT_THROW(load_config_file(syntax, config{}), std::runtime_error);
   auto frame_too_small = write_temp("frame", "[limits]\nmax_frame_bytes = 1000\n");
   EXPECT_THROW(load_config_file(frame_too_small, config{}), std::runtime_error);
+}
+
+TEST(config, a_file_with_every_known_key_loads) {
+  auto p = write_temp("every_key", R"(
+listen = "0.0.0.0:9200"
+data = "/tmp/parley-every-key"
+threads = 256
+node_id = 1023
+fsync = false
+[limits]
+max_frame_bytes = 131072
+max_payload_bytes = 32768
+max_in_flight = 16
+max_outbound_frames = 128
+max_outbound_bytes = 32768
+drain_page = 64
+auth_timeout_ms = 2500
+max_unauthenticated_frame_bytes = 2048
+[rate_limits]
+register_per_address = 5
+register_per_address_burst = 3
+register_global = 100.5
+register_global_burst = 50
+bad_login_per_address = 0
+bad_login_per_address_burst = 1
+key_fetch_per_device = 30
+key_fetch_per_device_burst = 10
+send_per_device = 1200
+send_per_device_burst = 100
+typing_per_device = 60
+typing_per_device_burst = 5
+[connections]
+max_connections = 1000
+max_unauthenticated = 100
+reserved_fds = 256
+memory_budget_bytes = 67108864
+[storage]
+reserve_bytes = 8388608
+)");
+  config c = load_config_file(p, config{});
+  EXPECT_EQ(c.limits.max_unauthenticated_frame_bytes, 2048u);
+  EXPECT_EQ(c.rates.register_per_address.per_minute, 5);
+  EXPECT_EQ(c.rates.register_per_address.burst, 3);
+  EXPECT_EQ(c.rates.register_global.per_minute, 100.5);
+  EXPECT_EQ(c.rates.bad_login_per_address.per_minute, 0);  // off
+  EXPECT_EQ(c.rates.key_fetch_per_device.burst, 10);
+  EXPECT_EQ(c.rates.send_per_device.per_minute, 1200);
+  EXPECT_EQ(c.rates.typing_per_device.burst, 5);
+  EXPECT_EQ(c.max_connections, 1000u);
+  EXPECT_EQ(c.max_unauthenticated, 100u);
+  EXPECT_EQ(c.reserved_fds, 256u);
+  EXPECT_EQ(c.memory_budget_bytes, 64u << 20);
+  EXPECT_EQ(c.storage_reserve_bytes, 8u << 20);
+  EXPECT_EQ(c.listen_host, "0.0.0.0");
+  EXPECT_EQ(c.listen_port, 9200);
+  EXPECT_EQ(c.data_dir, "/tmp/parley-every-key");
+  EXPECT_EQ(c.threads, 256u);
+  EXPECT_EQ(c.node_id, 1023u);
+  EXPECT_FALSE(c.fsync);
+  EXPECT_EQ(c.limits.max_frame_bytes, 131072u);
+  EXPECT_EQ(c.limits.max_payload_bytes, 32768u);
+  EXPECT_EQ(c.max_in_flight, 16u);
+  EXPECT_EQ(c.max_outbound_frames, 128u);
+  EXPECT_EQ(c.max_outbound_bytes, 32768u);  // exactly one maximal payload: allowed
+  EXPECT_EQ(c.drain_page, 64u);
+  EXPECT_EQ(c.auth_timeout, std::chrono::milliseconds(2500));
+  // An empty file changes nothing.
+  EXPECT_EQ(load_error("empty", ""), "");
+}
+
+TEST(config, new_limits_are_checked) {
+  EXPECT_NE(load_error("neg_rate", "[rate_limits]\nsend_per_device = -1\n").find("0 or more"),
+            std::string::npos);
+  EXPECT_NE(load_error("zero_burst", "[rate_limits]\nsend_per_device_burst = 0\n")
+                .find("at least 1"),
+            std::string::npos);
+  EXPECT_NE(load_error("tiny_reserve", "[storage]\nreserve_bytes = 1024\n").find("4 MiB"),
+            std::string::npos);
+  EXPECT_NE(load_error("preauth_over_frame", "[limits]\nmax_unauthenticated_frame_bytes = "
+                                             "1000000\n")
+                .find("max_unauthenticated_frame_bytes"),
+            std::string::npos);
+  EXPECT_NE(load_error("metrics_port", "metrics_listen = \"127.0.0.1:70000\"\n").find("port"),
+            std::string::npos);
+}
+
+TEST(config, unknown_keys_and_tables_are_refused_with_the_key_named) {
+  EXPECT_EQ(load_error("typo_in_table", "[limits]\nmax_frame_byte = 4096\n")
+                .rfind("config: unknown key 'limits.max_frame_byte'", 0),
+            0u);
+  // The same key written as a dotted key at the top level.
+  EXPECT_NE(load_error("typo_dotted", "limits.max_frame_byte = 4096\n")
+                .find("unknown key 'limits.max_frame_byte'"),
+            std::string::npos);
+  // The message lists what the table takes.
+  EXPECT_NE(load_error("typo_list", "[limits]\nmax_frame_byte = 4096\n").find("max_frame_bytes"),
+            std::string::npos);
+  EXPECT_NE(load_error("typo_top", "thread = 2\n").find("unknown key 'thread'"), std::string::npos);
+  EXPECT_NE(load_error("unknown_table", "[no_such_table]\npath = \"/tmp\"\n")
+                .find("unknown table [no_such_table]"),
+            std::string::npos);
+  EXPECT_NE(load_error("unknown_nested", "[limits.extra]\nx = 1\n").find("'limits.extra'"),
+            std::string::npos);
+  // A known table given as a value.
+  EXPECT_NE(load_error("table_as_value", "limits = 5\n").find("limits must be a table"),
+            std::string::npos);
+  // After a valid key too: every key is checked, not only the first.
+  EXPECT_NE(load_error("typo_after_valid",
+                       "threads = 2\n[limits]\nmax_in_flight = 8\n"
+                       "drain_pages = 10\n")
+                .find("'limits.drain_pages'"),
+            std::string::npos);
+}
+
+TEST(config, threads_in_the_file_must_be_1_to_256_as_the_flag) {
+  EXPECT_NE(load_error("threads_huge", "threads = 100000\n").find("threads must be 1-256"),
+            std::string::npos);
+  EXPECT_NE(load_error("threads_257", "threads = 257\n").find("threads"), std::string::npos);
+  EXPECT_NE(load_error("threads_zero", "threads = 0\n").find("threads"), std::string::npos);
+  EXPECT_NE(load_error("threads_negative", "threads = -4\n").find("threads"), std::string::npos);
+  EXPECT_EQ(load_config_file(write_temp("threads_1", "threads = 1\n"), config{}).threads, 1u);
+  EXPECT_EQ(load_config_file(write_temp("threads_256", "threads = 256\n"), config{}).threads, 256u);
+}
+
+TEST(config, outbound_queue_must_hold_one_maximal_payload) {
+  // Below the default max_payload_bytes (64 KiB).
+  const std::string small = load_error("outbound_small", "[limits]\nmax_outbound_bytes = 1000\n");
+  EXPECT_NE(small.find("limits.max_outbound_bytes"), std::string::npos) << small;
+  EXPECT_NE(small.find("limits.max_payload_bytes"), std::string::npos) << small;
+  // Only the payload limit raised in the file: the default queue (8 MiB) is now too small.
+  const std::string raised = load_error(
+      "payload_raised", "[limits]\nmax_payload_bytes = 16777216\nmax_frame_bytes = 16778240\n");
+  EXPECT_NE(raised.find("limits.max_outbound_bytes"), std::string::npos) << raised;
+  // The values in force count, wherever they came from: here the base.
+  config base;
+  base.max_outbound_bytes = 100;
+  EXPECT_NE(load_error("outbound_base", "", base).find("max_outbound_bytes"), std::string::npos);
+  // Equal is enough.
+  EXPECT_EQ(load_error("outbound_equal", "[limits]\nmax_outbound_bytes = 65536\n"), "");
+}
+
+TEST(config, limits_of_the_wrong_type_are_refused) {
+  EXPECT_NE(load_error("limit_type", "[limits]\nmax_in_flight = \"many\"\n")
+                .find("limits.max_in_flight has the wrong type"),
+            std::string::npos);
+  EXPECT_NE(load_error("limit_float", "[limits]\nmax_outbound_bytes = 1e9\n")
+                .find("limits.max_outbound_bytes"),
+            std::string::npos);
 }
 
 }  // namespace

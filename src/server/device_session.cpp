@@ -4,6 +4,7 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
+#include <algorithm>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -49,6 +50,10 @@ v1::ErrorCode to_protocol(const boost::system::error_code& ec) {
         return v1::ERROR_CODE_BAD_KEY;
       case store::errc::too_many_prekeys:
         return v1::ERROR_CODE_TOO_MANY_PREKEYS;
+      case store::errc::unavailable:
+        return v1::ERROR_CODE_STORAGE_UNAVAILABLE;
+      case store::errc::self_message:
+        return v1::ERROR_CODE_INVALID_ARGUMENT;
       case store::errc::io_error:
       case store::errc::corrupt:
         return v1::ERROR_CODE_INTERNAL;
@@ -57,12 +62,28 @@ v1::ErrorCode to_protocol(const boost::system::error_code& ec) {
   return v1::ERROR_CODE_INTERNAL;
 }
 
+// How long a client should wait before retrying a write the store refused.
+constexpr std::uint32_t storage_retry_after_ms = 1'000;
+
+// The error for a store failure; STORAGE_UNAVAILABLE says when to retry.
+v1::Frame store_error(std::uint64_t request_id, const boost::system::error_code& ec) {
+  auto f = wire::make_error(request_id, to_protocol(ec), ec.message());
+  if (ec == store::errc::unavailable) f.mutable_error()->set_retry_after_ms(storage_retry_after_ms);
+  return f;
+}
+
+// What a contact may see: last seen rounded down to the minute, and none at all from a user
+// who hides it (docs/security.md, "Presence").
 v1::Frame presence_frame(const std::string& username, const presence::state& s) {
   v1::Frame f;
   auto* p = f.mutable_presence();
   p->set_username(username);
   p->set_online(s.online);
-  p->set_last_seen_ms(s.last_seen_ms);
+  if (s.last_seen_hidden) {
+    p->set_last_seen_hidden(true);
+  } else if (!s.online) {
+    p->set_last_seen_ms(s.last_seen_ms / 60'000 * 60'000);
+  }
   return f;
 }
 
@@ -85,10 +106,11 @@ void log_failure(std::exception_ptr e) {
 }  // namespace
 
 device_session::device_session(shared_state& state, asio::any_io_executor executor,
-                               std::function<void(close_reason)> close,
+                               std::string peer_address, std::function<void(close_reason)> close,
                                std::function<void()> wake_writer)
     : state_(state),
       executor_(executor),
+      peer_address_(std::move(peer_address)),
       close_(std::move(close)),
       wake_writer_(std::move(wake_writer)) {}
 
@@ -106,6 +128,8 @@ bool device_session::send_encoded(wire::encoded_frame f) {
                << "): " << outgoing_.size() - outgoing_head_ << " frames, " << outgoing_bytes_
                << " bytes queued";
     state_.stats.slow_readers_closed.fetch_add(1, std::memory_order_relaxed);
+    // Once: every later frame for this connection is dropped quietly until it is gone.
+    finishing_ = true;
     close(close_reason::slow_reader);
     return false;
   }
@@ -152,6 +176,42 @@ void device_session::reject(std::uint64_t request_id, v1::ErrorCode code, std::s
   state_.stats.bad_frames.fetch_add(1, std::memory_order_relaxed);
   send(wire::make_error(request_id, code, std::move(message)));
   if (++bad_frames_ >= state_.cfg.max_bad_frames) close(close_reason::protocol_violation);
+}
+
+void device_session::refuse_rate(std::uint64_t request_id, std::chrono::milliseconds wait,
+                                 const char* what) {
+  state_.stats.rate_limited.fetch_add(1, std::memory_order_relaxed);
+  auto f = wire::make_error(request_id, v1::ERROR_CODE_RATE_LIMITED,
+                            std::string("too many ") + what + "; retry in " +
+                                std::to_string(wait.count()) + " ms");
+  f.mutable_error()->set_retry_after_ms(static_cast<std::uint32_t>(
+      std::min<std::chrono::milliseconds::rep>(wait.count(), UINT32_MAX)));
+  send(f);
+}
+
+bool device_session::within_rate(rate_limiter& limiter, std::string_view key,
+                                 std::uint64_t request_id, const char* what) {
+  const auto wait = limiter.take(key);
+  if (wait.count() == 0) return true;
+  refuse_rate(request_id, wait, what);
+  return false;
+}
+
+std::string device_session::device_key() const { return std::to_string(device_); }
+
+void device_session::log_auth_failure(std::uint64_t device_id) {
+  state_.stats.auth_failures.fetch_add(1, std::memory_order_relaxed);
+  // One line per failure for fail2ban and the like, but at most 10 a second for the server
+  // as a whole: a flood of bad logins cannot flood the log.
+  static rate_limiter lines(rate_limit{600, 10});
+  static std::atomic<std::uint64_t> suppressed{0};
+  if (lines.take("").count() != 0) {
+    suppressed.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  auto line = log_warn();
+  line << "authentication failed for device " << device_id << " from " << peer_address_;
+  if (const auto n = suppressed.exchange(0)) line << " (" << n << " more not logged)";
 }
 
 void device_session::close(close_reason reason) {
@@ -225,8 +285,19 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
     switch (request.body_case()) {
       case frame::kRegister:
         bad_frames_ = 0;
+        if (!within_rate(state_.limiters.register_per_address, peer_address_, id,
+                         "registrations from this address") ||
+            !within_rate(state_.limiters.register_global, {}, id, "registrations")) {
+          return std::nullopt;
+        }
         return on_register(id, std::move(*request.mutable_register_()));
       case frame::kAuthenticate:
+        // An address that failed too often is refused before its token is even looked at.
+        if (auto wait = state_.limiters.bad_login_per_address.wait_for(peer_address_);
+            wait.count() > 0) {
+          refuse_rate(id, wait, "failed logins from this address");
+          return std::nullopt;
+        }
         return on_authenticate(id, std::move(*request.mutable_authenticate()));
       case frame::kPing:
         send(pong_for(id));
@@ -237,7 +308,9 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
     }
   }
 
-  bad_frames_ = 0;
+  // A bad signature is only found after decoding: an upload does not reset the count of
+  // consecutive bad frames until it has succeeded, so bad uploads close the connection too.
+  if (request.body_case() != frame::kUploadKeys) bad_frames_ = 0;
   switch (request.body_case()) {
     case frame::kRegister:
     case frame::kAuthenticate:
@@ -247,11 +320,17 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
       send(pong_for(id));
       return std::nullopt;
     case frame::kTyping:
-      on_typing(id, request.typing());
-      return std::nullopt;
-    case frame::kSubscribePresence:
-      on_subscribe(id, request.subscribe_presence());
-      return std::nullopt;
+      if (!within_rate(state_.limiters.typing_per_device, device_key(), id, "typing indicators"))
+        return std::nullopt;
+      break;
+    case frame::kSendMessage:
+      if (!within_rate(state_.limiters.send_per_device, device_key(), id, "messages"))
+        return std::nullopt;
+      break;
+    case frame::kFetchKeys:
+      if (!within_rate(state_.limiters.key_fetch_per_device, device_key(), id, "key fetches"))
+        return std::nullopt;
+      break;
     default:
       break;
   }
@@ -310,6 +389,8 @@ awaitable<void> device_session::on_authenticate(std::uint64_t request_id, v1::Au
       co_return;
     }
     // Unknown device and wrong token look the same to the client.
+    state_.limiters.bad_login_per_address.take(peer_address_);
+    log_auth_failure(device_id);
     reject(request_id, v1::ERROR_CODE_AUTH_FAILED, "unknown device or wrong token");
     if (++auth_failures_ >= 3) close(close_reason::protocol_violation);
     co_return;
@@ -318,9 +399,10 @@ awaitable<void> device_session::on_authenticate(std::uint64_t request_id, v1::Au
   device_ = found->id;
   user_ = found->user;
   username_ = found->username;
+  hide_last_seen_ = found->hide_last_seen;
   draining_ = true;  // before attach: pushes from now on are found by the drain
   state_.bus.attach(device_, username_, shared_from_this());
-  state_.presence.connected(username_);
+  state_.presence.connected(username_, hide_last_seen_);
 
   frame reply;
   reply.set_request_id(request_id);
@@ -330,6 +412,7 @@ awaitable<void> device_session::on_authenticate(std::uint64_t request_id, v1::Au
   out->set_has_keys(found->keys.has_keys);
   out->set_one_time_prekeys(found->keys.one_time_prekeys);
   out->set_registration_id(found->keys.registration_id);
+  out->set_hide_last_seen(hide_last_seen_);
   send(reply);
   asio::co_spawn(executor_, drain(), log_failure);
 }
@@ -368,9 +451,7 @@ awaitable<void> device_session::run_request(frame request) {
   frame reply;
   reply.set_request_id(id);
   bus::bus& bus = state_.bus;
-  auto fail = [&](const boost::system::error_code& ec) {
-    send(wire::make_error(id, to_protocol(ec), ec.message()));
-  };
+  auto fail = [&](const boost::system::error_code& ec) { send(store_error(id, ec)); };
 
   switch (request.body_case()) {
     case frame::kSendMessage: {
@@ -511,6 +592,7 @@ awaitable<void> device_session::run_request(frame request) {
         fail(r.error());
         break;
       }
+      bad_frames_ = 0;
       reply.mutable_keys_stored()->set_one_time_prekeys(r->one_time_prekeys);
       reply.mutable_keys_stored()->set_identity_replaced(r->identity_replaced);
       send(reply);
@@ -555,6 +637,27 @@ awaitable<void> device_session::run_request(frame request) {
       }
       break;
     }
+    case frame::kSetPrivacy: {
+      const bool hide = request.set_privacy().hide_last_seen();
+      auto r = co_await store_call<void>([&](store::completion<void> done) {
+        state_.store.set_privacy(user_, hide, std::move(done));
+      });
+      if (!r) {
+        fail(r.error());
+        break;
+      }
+      hide_last_seen_ = hide;
+      state_.presence.set_last_seen_hidden(username_, hide);
+      reply.mutable_ok();
+      send(reply);
+      break;
+    }
+    case frame::kSubscribePresence:
+      co_await on_subscribe(id, std::move(*request.mutable_subscribe_presence()));
+      break;
+    case frame::kTyping:
+      co_await on_typing(id, std::move(*request.mutable_typing()));
+      break;
     default:
       reject(id, v1::ERROR_CODE_UNSUPPORTED, "unsupported request");
       break;
@@ -562,25 +665,73 @@ awaitable<void> device_session::run_request(frame request) {
   --in_flight_;
 }
 
-void device_session::on_subscribe(std::uint64_t request_id, const v1::SubscribePresence& s) {
+awaitable<std::vector<bool>> device_session::shares_chat_with(std::vector<std::string> names) {
+  std::vector<bool> out(names.size(), false);
+  std::vector<std::string> ask;
+  std::vector<std::size_t> asked_at;
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    if (std::find(contacts_.begin(), contacts_.end(), names[i]) != contacts_.end()) {
+      out[i] = true;
+    } else {
+      ask.push_back(names[i]);
+      asked_at.push_back(i);
+    }
+  }
+  if (ask.empty()) co_return out;
+  auto r = co_await store_call<std::vector<bool>>([&](store::completion<std::vector<bool>> done) {
+    state_.store.shared_chats(user_, ask, std::move(done));
+  });
+  if (!r) co_return out;  // fail closed
+  if (contacts_.size() + ask.size() > 1024) contacts_.clear();
+  for (std::size_t j = 0; j < ask.size(); ++j) {
+    if (!(*r)[j]) continue;
+    out[asked_at[j]] = true;
+    contacts_.push_back(std::move(ask[j]));
+  }
+  co_return out;
+}
+
+awaitable<void> device_session::on_subscribe(std::uint64_t request_id,
+                                             v1::SubscribePresence s) {
+  auto self = shared_from_this();
+  std::vector<std::string> asked(s.usernames().begin(), s.usernames().end());
+  // Presence is shown to contacts only: users this account shares no chat with are left out
+  // silently (the answer is the same whether they exist or not).
+  const auto shared = co_await shares_chat_with(asked);
+  if (closed_) co_return;
+  std::vector<std::string> names;
+  for (std::size_t i = 0; i < asked.size(); ++i) {
+    if (shared[i]) names.push_back(std::move(asked[i]));
+  }
   if (presence_subscription_) state_.presence.unsubscribe(*presence_subscription_);
-  std::vector<std::string> names(s.usernames().begin(), s.usernames().end());
+  presence_subscription_.reset();
   std::weak_ptr<device_session> weak = shared_from_this();
-  presence_subscription_ = state_.presence.subscribe(
-      names, [weak](const std::string& username, const presence::state& st) {
-        if (auto self = weak.lock())
-          self->push_ephemeral(wire::encode(presence_frame(username, st)));
-      });
+  if (!names.empty()) {
+    presence_subscription_ = state_.presence.subscribe(
+        names, [weak](const std::string& username, const presence::state& st) {
+          if (auto self = weak.lock())
+            self->push_ephemeral(wire::encode(presence_frame(username, st)));
+        });
+  }
   frame reply;
   reply.set_request_id(request_id);
   reply.mutable_ok();
-  if (!send(reply)) return;
+  if (!send(reply)) co_return;
   for (const auto& name : names) {
-    if (!send(presence_frame(name, state_.presence.lookup(name)))) return;
+    if (!send(presence_frame(name, state_.presence.lookup(name)))) co_return;
   }
 }
 
-void device_session::on_typing(std::uint64_t request_id, const v1::Typing& t) {
+awaitable<void> device_session::on_typing(std::uint64_t request_id, v1::Typing t) {
+  auto self = shared_from_this();
+  std::vector<std::string> peer(1, t.peer());  // GCC 12: no braced list in a co_await
+  const auto shared = co_await shares_chat_with(std::move(peer));
+  if (closed_) co_return;
+  if (!shared[0]) {
+    send(wire::make_error(request_id, v1::ERROR_CODE_NO_SHARED_CHAT,
+                          "typing indicators go only to users you share a chat with"));
+    co_return;
+  }
   frame event;
   event.mutable_typing_event()->set_from(username_);
   event.mutable_typing_event()->set_typing(t.typing());

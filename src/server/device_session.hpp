@@ -38,8 +38,10 @@ class device_session final : public bus::endpoint,
   // `close` asks the transport to end the connection; it is called at most once, on the
   // session's executor. `wake_writer` tells the transport that pop_outgoing() has something
   // (or that the session is finishing); it is called on the session's executor.
+  // `peer_address` (the client's IP address as text) keys the per-address rate limits.
   device_session(shared_state& state, boost::asio::any_io_executor executor,
-                 std::function<void(close_reason)> close, std::function<void()> wake_writer);
+                 std::string peer_address, std::function<void(close_reason)> close,
+                 std::function<void()> wake_writer);
 
   // Handles one received WebSocket message; `bytes` are not used after it returns. Requests
   // that wait on the store run concurrently (up to max_in_flight) and it returns nothing.
@@ -51,6 +53,7 @@ class device_session final : public bus::endpoint,
   wire::encoded_frame pop_outgoing();
   // Frames queued behind the ones popped so far.
   std::size_t outgoing_frames() const { return outgoing_.size() - outgoing_head_; }
+  std::size_t outgoing_bytes() const { return outgoing_bytes_; }
 
   // The connection is closing: what is queued is still written, nothing more is queued.
   void finish();
@@ -74,8 +77,19 @@ class device_session final : public bus::endpoint,
                                                parley::v1::Authenticate a);
   boost::asio::awaitable<void> run_request(frame request);
   boost::asio::awaitable<void> drain();
-  void on_subscribe(std::uint64_t request_id, const parley::v1::SubscribePresence& s);
-  void on_typing(std::uint64_t request_id, const parley::v1::Typing& t);
+  boost::asio::awaitable<void> on_subscribe(std::uint64_t request_id,
+                                            parley::v1::SubscribePresence s);
+  boost::asio::awaitable<void> on_typing(std::uint64_t request_id, parley::v1::Typing t);
+  // Whether this account shares a chat with `username` (cached once true: a chat is never
+  // deleted). False on a store error too: presence and typing fail closed.
+  boost::asio::awaitable<std::vector<bool>> shares_chat_with(std::vector<std::string> names);
+  // A token from `limiter` for `key`, or an Error{RATE_LIMITED, retry_after_ms} answered to
+  // `request_id` (and false).
+  bool within_rate(rate_limiter& limiter, std::string_view key, std::uint64_t request_id,
+                   const char* what);
+  void refuse_rate(std::uint64_t request_id, std::chrono::milliseconds wait, const char* what);
+  void log_auth_failure(std::uint64_t device_id);
+  std::string device_key() const;
 
   void on_push(bus::event_id event, wire::encoded_frame frame);
 
@@ -90,6 +104,7 @@ class device_session final : public bus::endpoint,
 
   shared_state& state_;
   boost::asio::any_io_executor executor_;
+  std::string peer_address_;
   std::function<void(close_reason)> close_;
   std::function<void()> wake_writer_;
   bool closed_ = false;
@@ -103,6 +118,9 @@ class device_session final : public bus::endpoint,
   std::size_t bad_frames_ = 0;  // consecutive
   std::size_t in_flight_ = 0;
   std::optional<std::uint64_t> presence_subscription_;
+  bool hide_last_seen_ = false;
+  // Users this account shares a chat with, as learned (bounded: cleared past 1,024 names).
+  std::vector<std::string> contacts_;
 
   // Queue delivery: during the drain, live pushes only mark `dirty_` (the drain reads them
   // from the store); afterwards, events at or below last_event_ were already sent.

@@ -33,8 +33,20 @@ http::response<http::string_body> respond(const http::request<http::string_body>
   return res;
 }
 
+// The status a failed read of a request earns, or none when the peer just went away (end of
+// stream, reset, timeout): nobody to answer then.
+std::optional<http::status> status_for(const beast::error_code& ec) {
+  if (ec == http::error::header_limit) return http::status::request_header_fields_too_large;
+  if (ec == http::error::body_limit) return http::status::payload_too_large;
+  if (ec.category() == http::make_error_code(http::error::bad_version).category() &&
+      ec != http::error::end_of_stream && ec != http::error::partial_message) {
+    return http::status::bad_request;
+  }
+  return std::nullopt;
+}
+
 awaitable<void> serve(shared_state& state, connection_set& connections,
-                      asio::ip::tcp::socket socket) {
+                      asio::ip::tcp::socket socket, admission::ticket ticket, http_role role) {
   beast::tcp_stream stream(std::move(socket));
   beast::flat_buffer buffer;
   for (;;) {
@@ -43,10 +55,21 @@ awaitable<void> serve(shared_state& state, connection_set& connections,
     parser.header_limit(16 * 1024);
     parser.body_limit(64 * 1024);
     auto [ec, n] = co_await http::async_read(stream, buffer, parser, as_tuple_awaitable);
-    if (ec) break;
+    if (ec) {
+      if (auto status = status_for(ec)) {
+        http::response<http::string_body> res{*status, 11};
+        res.set(http::field::server, "parleyd");
+        res.set(http::field::content_type, "text/plain; charset=utf-8");
+        res.keep_alive(false);
+        res.body() = std::string(http::obsolete_reason(*status)) + ": " + ec.message() + "\n";
+        res.prepare_payload();
+        co_await http::async_write(stream, res, as_tuple_awaitable);
+      }
+      break;
+    }
     auto req = parser.release();
 
-    if (beast::websocket::is_upgrade(req)) {
+    if (beast::websocket::is_upgrade(req) && role != http_role::metrics) {
       if (req.target() != "/v1/ws") {
         auto res =
             respond(req, http::status::not_found, "no WebSocket endpoint here; use /v1/ws\n");
@@ -57,7 +80,8 @@ awaitable<void> serve(shared_state& state, connection_set& connections,
       auto initial = co_await ws::answer_upgrade(stream, buffer, req, "parleyd");
       if (!initial) break;
       stream.expires_never();
-      start_websocket_session(state, connections, stream.release_socket(), std::move(*initial));
+      start_websocket_session(state, connections, stream.release_socket(), std::move(*initial),
+                              std::move(ticket));
       co_return;
     }
 
@@ -65,10 +89,20 @@ awaitable<void> serve(shared_state& state, connection_set& connections,
     if (req.method() != http::verb::get) {
       res = respond(req, http::status::method_not_allowed, "only GET here\n");
     } else if (req.target() == "/healthz") {
-      res = respond(req, http::status::ok, "ok\n");
-    } else if (req.target() == "/metrics") {
-      res = respond(req, http::status::ok, state.stats.render(state.store.queued_events_estimate()),
-                    "text/plain; version=0.0.4");
+      // Unhealthy while the store refuses writes: a load balancer then sends new users
+      // elsewhere, and an operator sees why.
+      const auto health = state.store.health();
+      res = health.writable
+                ? respond(req, http::status::ok, "ok\n")
+                : respond(req, http::status::service_unavailable, "store: " + health.reason + "\n");
+    } else if (req.target() == "/metrics" && role != http_role::main_no_metrics) {
+      metrics::gauges g;
+      g.queue_depth = state.store.queued_events_estimate();
+      g.store_writable = state.store.health().writable;
+      g.buffered_bytes = state.admit.buffered_bytes();
+      g.open_connections = state.admit.open();
+      g.max_connections = state.admit.max_connections();
+      res = respond(req, http::status::ok, state.stats.render(g), "text/plain; version=0.0.4");
     } else {
       res = respond(req, http::status::not_found, "not found\n");
     }
@@ -83,9 +117,10 @@ awaitable<void> serve(shared_state& state, connection_set& connections,
 }  // namespace
 
 void start_http_session(shared_state& state, connection_set& connections,
-                        asio::ip::tcp::socket socket) {
+                        asio::ip::tcp::socket socket, admission::ticket ticket, http_role role) {
   auto ex = socket.get_executor();
-  asio::co_spawn(ex, serve(state, connections, std::move(socket)), asio::detached);
+  asio::co_spawn(ex, serve(state, connections, std::move(socket), std::move(ticket), role),
+                 asio::detached);
 }
 
 }  // namespace parley::server

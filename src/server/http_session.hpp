@@ -1,17 +1,30 @@
 // One accepted TCP connection speaking HTTP/1.1: GET /healthz, GET /metrics, and the WebSocket
 // upgrade on /v1/ws, after which the connection belongs to a websocket_session.
+//
+// Malformed requests get a status line before the connection is closed: 431 for headers over
+// 16 KiB, 413 for a body over 64 KiB, 400 for anything else that does not parse (garbage, an
+// unknown HTTP version). A connection idle for 30 s between requests is closed.
 #pragma once
 
 #include <boost/asio/ip/tcp.hpp>
 #include <functional>
 #include <string>
 
+#include "server/admission.hpp"
 #include "server/connection_set.hpp"
 #include "server/shared_state.hpp"
 
 namespace parley::server {
 
+enum class http_role {
+  main,          // WebSocket, /healthz, and /metrics unless metrics have an address of their own
+  main_no_metrics,  // the same without /metrics
+  metrics,       // /metrics and /healthz only (the metrics address)
+};
+
+// Serves `socket`, admitted with `ticket` (which the connection holds until it closes).
 void start_http_session(shared_state& state, connection_set& connections,
-                        boost::asio::ip::tcp::socket socket);
+                        boost::asio::ip::tcp::socket socket, admission::ticket ticket,
+                        http_role role);
 
 }  // namespace parley::server

@@ -15,9 +15,33 @@ namespace parley::server {
 namespace asio = boost::asio;
 using asio::ip::tcp;
 
+namespace {
+
+// Over a connection limit: one non-blocking write of a fixed answer (a new socket's buffer
+// always has room for it), then close. Nothing is read and nothing waits.
+template <class Socket>
+void refuse(Socket& socket) {
+  static constexpr std::string_view answer =
+      "HTTP/1.1 503 Service Unavailable\r\nServer: parleyd\r\nRetry-After: 5\r\n"
+      "Content-Type: text/plain; charset=utf-8\r\nContent-Length: 33\r\n"
+      "Connection: close\r\n\r\ntoo many connections; try later\r\n";
+  boost::system::error_code ignored;
+  socket.non_blocking(true, ignored);
+  socket.write_some(asio::buffer(answer.data(), answer.size()), ignored);
+  socket.shutdown(tcp::socket::shutdown_both, ignored);
+  socket.close(ignored);
+}
+
+}  // namespace
+
 listener::listener(std::vector<std::unique_ptr<asio::io_context>>& contexts,
-                   const tcp::endpoint& endpoint, shared_state& state, connection_set& connections)
-    : contexts_(contexts), acceptor_(*contexts[0]), state_(state), connections_(connections) {
+                   const tcp::endpoint& endpoint, shared_state& state, connection_set& connections,
+                   http_role role)
+    : contexts_(contexts),
+      acceptor_(*contexts[0]),
+      state_(state),
+      connections_(connections),
+      role_(role) {
   acceptor_.open(endpoint.protocol());
   acceptor_.set_option(asio::socket_base::reuse_address(true));
   acceptor_.bind(endpoint);
@@ -47,8 +71,14 @@ asio::awaitable<void> listener::accept_loop() {
       continue;
     }
     boost::system::error_code ignored;
+    auto ticket = state_.admit.admit();
+    if (!ticket) {
+      refuse(socket);
+      state_.stats.connections_refused.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
     socket.set_option(tcp::no_delay(true), ignored);
-    start_http_session(state_, connections_, std::move(socket));
+    start_http_session(state_, connections_, std::move(socket), std::move(ticket), role_);
   }
 }
 

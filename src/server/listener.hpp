@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "server/connection_set.hpp"
+#include "server/http_session.hpp"
 #include "server/shared_state.hpp"
 
 namespace parley::server {
@@ -16,9 +17,11 @@ class listener {
  public:
   // Binds at once (throws boost::system::system_error if it cannot). The acceptor lives on
   // contexts[0]; accepted sockets go to the contexts round-robin.
+  // Each accepted connection is admitted (state.admit) or refused at once: a refused one gets
+  // a fixed "503 Service Unavailable" written without waiting, and is closed.
   listener(std::vector<std::unique_ptr<boost::asio::io_context>>& contexts,
            const boost::asio::ip::tcp::endpoint& endpoint, shared_state& state,
-           connection_set& connections);
+           connection_set& connections, http_role role);
 
   boost::asio::ip::tcp::endpoint local_endpoint() const { return acceptor_.local_endpoint(); }
 
@@ -34,6 +37,7 @@ class listener {
   shared_state& state_;
   connection_set& connections_;
   std::size_t next_ = 0;
+  http_role role_;
 };
 
 }  // namespace parley::server

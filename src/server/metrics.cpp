@@ -35,7 +35,7 @@ void latency_histogram::render(std::string& out, const char* name, const char* h
   out += line;
 }
 
-std::string metrics::render(std::uint64_t queue_depth) const {
+std::string metrics::render(const gauges& g) const {
   std::string out;
   auto metric = [&](const char* name, const char* type, const char* help, auto value) {
     out += "# HELP ";
@@ -62,7 +62,27 @@ std::string metrics::render(std::uint64_t queue_depth) const {
          messages_stored.load());
   metric("parley_slow_readers_closed_total", "counter",
          "Connections closed because their outgoing queue filled.", slow_readers_closed.load());
-  metric("parley_queue_depth", "gauge", "Events waiting in device queues (estimate).", queue_depth);
+  metric("parley_queue_depth", "gauge", "Events waiting in device queues (estimate).",
+         g.queue_depth);
+  metric("parley_store_writable", "gauge",
+         "1 while the store accepts writes, 0 while it refuses them (disk full, failed write).",
+         g.store_writable ? 1 : 0);
+  metric("parley_buffered_bytes", "gauge",
+         "Bytes all connections hold in their buffers (bounded by the memory budget).",
+         g.buffered_bytes);
+  metric("parley_open_connections", "gauge", "Open TCP connections (HTTP and WebSocket).",
+         g.open_connections);
+  metric("parley_max_connections", "gauge", "The connection limit.", g.max_connections);
+  metric("parley_connections_refused_total", "counter",
+         "Connections refused at accept because a connection limit was reached.",
+         connections_refused.load());
+  metric("parley_connections_shed_total", "counter",
+         "Connections dropped because all connections together exceeded the memory budget.",
+         connections_shed.load());
+  metric("parley_rate_limited_total", "counter", "Requests refused with RATE_LIMITED.",
+         rate_limited.load());
+  metric("parley_auth_failures_total", "counter", "Failed Authenticate requests.",
+         auth_failures.load());
   metric("parley_group_commits_total", "counter", "Synced store write groups.",
          group_commits.load());
   metric("parley_group_commit_requests_total", "counter", "Store writes in those groups.",

@@ -34,10 +34,21 @@ struct metrics {
   std::atomic<std::uint64_t> slow_readers_closed{0};
   std::atomic<std::uint64_t> group_commits{0};
   std::atomic<std::uint64_t> group_commit_requests{0};
+  std::atomic<std::uint64_t> connections_refused{0};  // over a connection limit
+  std::atomic<std::uint64_t> connections_shed{0};     // dropped by the memory budget
+  std::atomic<std::uint64_t> rate_limited{0};         // requests refused with RATE_LIMITED
+  std::atomic<std::uint64_t> auth_failures{0};
   latency_histogram store_write_latency;
 
-  // `queue_depth` is the store's estimate of queued events.
-  std::string render(std::uint64_t queue_depth) const;
+  // What the rest of the server knows at render time.
+  struct gauges {
+    std::uint64_t queue_depth = 0;  // the store's estimate of queued events
+    bool store_writable = true;
+    std::uint64_t buffered_bytes = 0;  // held by all connections (admission)
+    std::uint64_t open_connections = 0;  // TCP connections, HTTP and WebSocket
+    std::uint64_t max_connections = 0;
+  };
+  std::string render(const gauges& g) const;
 };
 
 }  // namespace parley::server

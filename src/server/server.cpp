@@ -3,6 +3,9 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -21,37 +24,106 @@ namespace parley::server {
 
 namespace asio = boost::asio;
 
+namespace {
+
+// Raises the soft open-file limit to the hard one and returns it.
+std::size_t open_file_limit() {
+  rlimit r{};
+  if (::getrlimit(RLIMIT_NOFILE, &r) != 0) return 1024;
+  if (r.rlim_cur < r.rlim_max) {
+    rlimit raised = r;
+    raised.rlim_cur = r.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) r = raised;
+  }
+  return r.rlim_cur == RLIM_INFINITY ? std::size_t{1} << 20 : static_cast<std::size_t>(r.rlim_cur);
+}
+
+// The connection limits: the configured ones, within what the open-file limit allows once
+// `reserved_fds` are set aside for the store (RocksDB keeps up to 256 tables open, plus its
+// logs) and the process.
+void derive_connection_limits(config& cfg) {
+  const std::size_t files = open_file_limit();
+  const std::size_t room = files > cfg.reserved_fds + 16 ? files - cfg.reserved_fds : files / 2;
+  if (cfg.max_connections == 0 || cfg.max_connections > room) {
+    if (cfg.max_connections > room) {
+      log_warn() << "connections.max_connections = " << cfg.max_connections
+                 << " exceeds what the open-file limit (" << files << ") leaves; using " << room;
+    }
+    cfg.max_connections = room;
+  }
+  if (cfg.max_unauthenticated == 0 || cfg.max_unauthenticated > cfg.max_connections) {
+    cfg.max_unauthenticated = std::max<std::size_t>(cfg.max_connections / 4, 1);
+  }
+  log_info() << "connections: at most " << cfg.max_connections << " (open-file limit " << files
+             << ", " << cfg.reserved_fds << " reserved), " << cfg.max_unauthenticated
+             << " of them unauthenticated; memory budget " << (cfg.memory_budget_bytes >> 20)
+             << " MiB; storage reserve " << (cfg.storage_reserve_bytes >> 20) << " MiB";
+}
+
+// The data directory holds everyone's ciphertext and account records: 0700, and every file
+// created by this process 0600 (umask 077). Files left by an older version are tightened.
+void secure_data_dir(const std::filesystem::path& dir) {
+  ::umask(077);
+  std::filesystem::create_directories(dir);
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace, ec);
+  for (auto it = fs::recursive_directory_iterator(dir, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    const auto perms = it->is_directory(ec) ? fs::perms::owner_all
+                                            : fs::perms::owner_read | fs::perms::owner_write;
+    fs::permissions(it->path(), perms, fs::perm_options::replace, ec);
+    ec.clear();
+  }
+}
+
+}  // namespace
+
 struct server::impl {
-  explicit impl(config c) : cfg(std::move(c)) {
+  explicit impl(config c)
+      : cfg(prepared(std::move(c))),
+        admit(cfg.max_connections, cfg.max_unauthenticated, cfg.memory_budget_bytes, connections,
+              stats),
+        limiters(cfg.rates) {
     if (cfg.threads == 0) cfg.threads = std::max(1u, std::thread::hardware_concurrency());
     store::rocksdb_options o;
     o.path = cfg.data_dir / "store";
     o.node_id = cfg.node_id;
     o.sync = cfg.fsync;
+    o.reserve_bytes = cfg.storage_reserve_bytes;
     o.on_commit = [this](std::chrono::nanoseconds d, std::size_t n) {
       stats.store_write_latency.observe(d);
       stats.group_commits.fetch_add(1, std::memory_order_relaxed);
       stats.group_commit_requests.fetch_add(n, std::memory_order_relaxed);
     };
     store = std::make_unique<store::rocksdb_store>(std::move(o));
-    state = std::make_unique<shared_state>(
-        shared_state{cfg, *store, presence, bus, stats, websocket_options(cfg)});
+    state = std::make_unique<shared_state>(shared_state{
+        cfg, *store, presence, bus, stats, websocket_options(cfg), admit, limiters});
     for (unsigned i = 0; i < cfg.threads; ++i) {
       contexts.push_back(std::make_unique<asio::io_context>(1));
       guards.emplace_back(contexts.back()->get_executor());
     }
   }
 
-  config cfg;
+  static config prepared(config c) {
+    secure_data_dir(c.data_dir);
+    derive_connection_limits(c);
+    return c;
+  }
+
   metrics stats;
+  connection_set connections;
+  config cfg;
+  admission admit;
+  request_limiters limiters;
   std::unique_ptr<store::rocksdb_store> store;
   presence::local_presence presence;
   bus::local_bus bus;
   std::unique_ptr<shared_state> state;
-  connection_set connections;
   std::vector<std::unique_ptr<asio::io_context>> contexts;
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   std::unique_ptr<listener> accept;
+  std::unique_ptr<listener> accept_metrics;  // only with a metrics address
   std::vector<std::thread> threads;
   std::unique_ptr<asio::signal_set> signals;
 
@@ -77,8 +149,18 @@ asio::ip::tcp::endpoint server::start() {
   auto& d = *impl_;
   const asio::ip::tcp::endpoint endpoint(asio::ip::make_address(d.cfg.listen_host),
                                          d.cfg.listen_port);
-  d.accept = std::make_unique<listener>(d.contexts, endpoint, *d.state, d.connections);
+  const bool own_metrics = !d.cfg.metrics_host.empty();
+  d.accept = std::make_unique<listener>(d.contexts, endpoint, *d.state, d.connections,
+                                        own_metrics ? http_role::main_no_metrics : http_role::main);
   d.accept->start();
+  if (own_metrics) {
+    const asio::ip::tcp::endpoint metrics_endpoint(asio::ip::make_address(d.cfg.metrics_host),
+                                                   d.cfg.metrics_port);
+    d.accept_metrics = std::make_unique<listener>(d.contexts, metrics_endpoint, *d.state,
+                                                  d.connections, http_role::metrics);
+    d.accept_metrics->start();
+    log_info() << "metrics on " << d.accept_metrics->local_endpoint();
+  }
   d.signals = std::make_unique<asio::signal_set>(*d.contexts[0], SIGINT, SIGTERM);
   d.signals->async_wait([this](const boost::system::error_code& ec, int) {
     if (!ec) stop();
@@ -88,6 +170,11 @@ asio::ip::tcp::endpoint server::start() {
     name_thread(d.threads.back(), "parley-io-" + std::to_string(i));
   }
   return d.accept->local_endpoint();
+}
+
+std::optional<asio::ip::tcp::endpoint> server::metrics_endpoint() const {
+  if (!impl_->accept_metrics) return std::nullopt;
+  return impl_->accept_metrics->local_endpoint();
 }
 
 void server::stop() {
@@ -105,6 +192,7 @@ void server::wait() {
   if (d.threads.empty()) return;
   log_info() << "shutting down: " << d.connections.size() << " connections open";
   if (d.accept) d.accept->stop();
+  if (d.accept_metrics) d.accept_metrics->stop();
   asio::post(*d.contexts[0], [&d] {
     boost::system::error_code ignored;
     if (d.signals) d.signals->cancel(ignored);

@@ -4,6 +4,7 @@
 
 #include <boost/asio/ip/tcp.hpp>
 #include <memory>
+#include <optional>
 
 #include "server/config.hpp"
 
@@ -17,6 +18,9 @@ class server {
 
   // Binds and starts serving. Returns the bound endpoint (useful with port 0).
   boost::asio::ip::tcp::endpoint start();
+
+  // The metrics address's bound endpoint once started; nullopt without one (config.hpp).
+  std::optional<boost::asio::ip::tcp::endpoint> metrics_endpoint() const;
 
   // Blocks until SIGINT/SIGTERM or stop(), then shuts down in order: stop accepting, close
   // every connection (2 s grace), finish the store's queued writes, stop the threads.

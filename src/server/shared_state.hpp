@@ -6,8 +6,10 @@
 
 #include "bus/bus.hpp"
 #include "presence/presence.hpp"
+#include "server/admission.hpp"
 #include "server/config.hpp"
 #include "server/metrics.hpp"
+#include "server/rate_limiter.hpp"
 #include "store/store.hpp"
 #include "ws/connection.hpp"
 
@@ -20,6 +22,8 @@ struct shared_state {
   bus::bus& bus;
   metrics& stats;
   ws::connection_options websocket;  // one copy for every connection (from cfg)
+  admission& admit;
+  request_limiters& limiters;
 };
 
 // The WebSocket options `cfg` implies.

@@ -16,29 +16,48 @@ using asio::awaitable;
 
 class websocket_session final : public ws::connection {
  public:
-  websocket_session(shared_state& state, connection_set& connections, socket_type socket)
+  websocket_session(shared_state& state, connection_set& connections, socket_type socket,
+                    admission::ticket ticket)
       : ws::connection(std::move(socket), state.websocket),
         state_(state),
-        connections_(connections) {}
+        connections_(connections),
+        ticket_(std::move(ticket)) {}
 
   // Creates the protocol session, registers the connection and starts reading.
   void attach(std::string initial) {
     std::weak_ptr<websocket_session> weak = self();
     const auto executor = this->executor();
+    boost::system::error_code ec;
+    const auto peer = socket().remote_endpoint(ec);
     session_ = std::make_shared<device_session>(
-        state_, executor,
+        state_, executor, ec ? std::string() : peer.address().to_string(),
         [weak](close_reason r) {
           if (auto s = weak.lock()) s->end(r);
         },
         [weak] {
-          if (auto s = weak.lock()) s->wake_writer();
+          if (auto s = weak.lock()) {
+            s->wake_writer();
+            s->on_buffers_changed();  // the outgoing queue grew
+          }
         });
-    connection_id_ = connections_.add([weak, executor] {
+    connection_set::entry entry;
+    entry.close = [weak, executor] {
       asio::post(executor, [weak] {
         if (auto s = weak.lock())
           s->close_gracefully(ws::close_code::going_away, "server shutting down");
       });
-    });
+    };
+    entry.shed = [weak, executor] {
+      asio::post(executor, [weak] {
+        if (auto s = weak.lock()) {
+          s->session_->finish();
+          s->abort();
+        }
+      });
+    };
+    entry.held = &held_;
+    connection_id_ = connections_.add(std::move(entry));
+    set_max_message_bytes(state_.cfg.limits.max_unauthenticated_frame_bytes);
     state_.stats.connections.fetch_add(1, std::memory_order_relaxed);
     state_.stats.connections_total.fetch_add(1, std::memory_order_relaxed);
     // Only until authentication: an authenticated idle connection holds no timer.
@@ -66,7 +85,23 @@ class websocket_session final : public ws::connection {
   static awaitable<void> after_auth_step(std::shared_ptr<websocket_session> self,
                                          awaitable<void> step) {
     co_await std::move(step);
-    if (self->auth_timer_ && self->session_->authenticated()) self->auth_timer_.reset();
+    if (self->auth_timer_ && self->session_->authenticated()) {
+      self->auth_timer_.reset();
+      self->ticket_.authenticated();
+      self->set_max_message_bytes(self->state_.cfg.limits.max_frame_bytes);
+    }
+  }
+
+  // Reports this connection's buffered bytes to the memory budget (admission), which may
+  // shed the largest holders when all together exceed it.
+  void on_buffers_changed() override {
+    if (gone_) return;
+    const std::size_t now = buffered_bytes() + session_->outgoing_bytes();
+    const std::size_t before = held_.exchange(now, std::memory_order_relaxed);
+    if (now != before) {
+      state_.admit.buffered(static_cast<std::ptrdiff_t>(now) -
+                            static_cast<std::ptrdiff_t>(before));
+    }
   }
 
   message next_outgoing() override { return session_->pop_outgoing(); }
@@ -77,9 +112,12 @@ class websocket_session final : public ws::connection {
   void on_close_received() override { session_->finish(); }
 
   void on_closed() override {
+    gone_ = true;
     auth_timer_.reset();
     session_->closed();
     connections_.remove(connection_id_);
+    state_.admit.buffered(-static_cast<std::ptrdiff_t>(held_.exchange(0)));
+    ticket_.release();
     state_.stats.connections.fetch_sub(1, std::memory_order_relaxed);
   }
 
@@ -116,13 +154,17 @@ class websocket_session final : public ws::connection {
   std::shared_ptr<device_session> session_;
   connection_set::id connection_id_ = 0;
   std::unique_ptr<asio::steady_timer> auth_timer_;
+  admission::ticket ticket_;
+  std::atomic<std::size_t> held_{0};  // last reported to the budget; read by shedding
+  bool gone_ = false;                 // on_closed() ran: nothing more to report
 };
 
 }  // namespace
 
 void start_websocket_session(shared_state& state, connection_set& connections,
-                             asio::ip::tcp::socket socket, std::string initial) {
-  std::make_shared<websocket_session>(state, connections, std::move(socket))
+                             asio::ip::tcp::socket socket, std::string initial,
+                             admission::ticket ticket) {
+  std::make_shared<websocket_session>(state, connections, std::move(socket), std::move(ticket))
       ->attach(std::move(initial));
 }
 

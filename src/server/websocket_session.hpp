@@ -5,15 +5,19 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <string>
 
+#include "server/admission.hpp"
 #include "server/connection_set.hpp"
 #include "server/shared_state.hpp"
 
 namespace parley::server {
 
 // Runs the connection on `socket`, whose opening handshake has been answered with 101.
-// `initial` holds bytes read past the handshake request. Returns at once; the connection lives
-// on the socket's executor until it closes.
+// `initial` holds bytes read past the handshake request; `ticket` is the connection's admission,
+// held until it closes. Returns at once; the connection lives on the socket's executor until
+// it closes. Until Authenticate succeeds, messages over
+// limits.max_unauthenticated_frame_bytes close it (1009).
 void start_websocket_session(shared_state& state, connection_set& connections,
-                             boost::asio::ip::tcp::socket socket, std::string initial);
+                             boost::asio::ip::tcp::socket socket, std::string initial,
+                             admission::ticket ticket);
 
 }  // namespace parley::server

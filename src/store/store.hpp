@@ -12,6 +12,9 @@
 //    completion runs, and their completions run in commit order. Effects of one write are
 //    visible to every read issued after its completion ran.
 //  - Expected failures (unknown user, duplicate username, ...) are values of store::errc.
+//  - A store that cannot write (disk full, a failed write it has not recovered from) refuses
+//    every write with errc::unavailable, applying nothing, and keeps serving reads; it
+//    resumes writing by itself once the cause is gone. health() says which state it is in.
 #pragma once
 
 #include <array>
@@ -55,6 +58,7 @@ struct device {
   std::string username;
   sha256_digest token_hash{};
   device_key_state keys;
+  bool hide_last_seen = false;  // the account's privacy setting
 };
 
 struct registration_request {
@@ -155,6 +159,12 @@ struct key_bundle {
   std::uint32_t remaining = 0;            // one-time prekeys the device has left after this
 };
 
+// Whether the store accepts writes now, and if not, why (for /healthz and the logs).
+struct store_health {
+  bool writable = true;
+  std::string reason;  // empty while writable
+};
+
 template <class T>
 using completion = std::function<void(result<T>)>;
 
@@ -172,7 +182,8 @@ class store {
   virtual void find_account(std::string username, completion<account> done) = 0;
 
   // Stores a 1:1 message once per (sender_device, client_msg_id) and queues it for every
-  // device of the recipient. errc::unknown_user if the recipient does not exist.
+  // device of the recipient. errc::unknown_user if the recipient does not exist,
+  // errc::self_message if it is the sender.
   virtual void send(send_request request, completion<send_outcome> done) = 0;
 
   // Removes acked events from the device's queue. Each acked message becomes delivered and
@@ -208,6 +219,18 @@ class store {
   // One bundle per device of the user that has keys, each taking (removing) the device's
   // oldest one-time prekey. errc::unknown_user, or errc::no_keys if no device has keys.
   virtual void take_key_bundles(std::string username, completion<std::vector<key_bundle>> done) = 0;
+
+  // For each of `usernames`, whether it and `requester` share a chat (a 1:1 chat holding at
+  // least one message). Unknown users are false. Presence and typing pass only between users
+  // who do.
+  virtual void shared_chats(user_id requester, std::vector<std::string> usernames,
+                            completion<std::vector<bool>> done) = 0;
+
+  // Stores the user's privacy setting (a write).
+  virtual void set_privacy(user_id user, bool hide_last_seen, completion<void> done) = 0;
+
+  // The store's state as of its last write or check. Thread-safe; never blocks on I/O.
+  virtual store_health health() = 0;
 
   // An estimate of the events waiting in all device queues (for metrics).
   virtual std::uint64_t queued_events_estimate() = 0;

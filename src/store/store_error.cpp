@@ -30,6 +30,10 @@ class category_impl final : public boost::system::error_category {
         return "a first upload or a new identity key needs a signed prekey";
       case errc::too_many_prekeys:
         return "too many one-time prekeys held";
+      case errc::self_message:
+        return "messages to yourself are not supported";
+      case errc::unavailable:
+        return "storage unavailable: writes are refused for now, retry later";
     }
     return "unknown store error";
   }

@@ -17,6 +17,11 @@ enum class errc {
   no_keys,        // the user has never uploaded keys
   missing_signed_prekey,
   too_many_prekeys,
+  // The store refuses writes for now (the disk is full, or a write failed and the store has
+  // not recovered yet); nothing of the request was applied. Reads still work. Retry later:
+  // the store resumes by itself once the cause is gone.
+  unavailable,
+  self_message,  // send: the recipient is the sender
 };
 
 const boost::system::error_category& store_category() noexcept;

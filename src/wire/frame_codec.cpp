@@ -126,6 +126,7 @@ std::optional<protocol_error> validate(const Frame& f, const limits& l) {
     case Frame::kTyping:
       return check_username(f.typing().peer(), "peer");
     case Frame::kPing:
+    case Frame::kSetPrivacy:
       return std::nullopt;
     case Frame::BODY_NOT_SET:
       return protocol_error{parley::v1::ERROR_CODE_BAD_FRAME, "frame has no body"};

@@ -7,6 +7,10 @@ namespace parley::wire {
 
 struct limits {
   std::size_t max_frame_bytes = 256 * 1024;  // larger WebSocket messages: close code 1009
+  // Before authentication (Register and Authenticate are tens of bytes): larger messages, or a
+  // frame header announcing one, close the connection with 1009. Keeps an unauthenticated
+  // socket from parking more than this much of a partial message on the server.
+  std::size_t max_unauthenticated_frame_bytes = 4 * 1024;
   std::size_t max_payload_bytes = 64 * 1024;
   std::size_t max_client_msg_id_bytes = 64;
   std::size_t max_ack_ids = 1024;

@@ -73,7 +73,7 @@ std::string close_payload(std::uint16_t code, std::string_view reason) {
 }  // namespace
 
 connection::connection(socket_type socket, const connection_options& options)
-    : socket_(std::move(socket)), options_(options) {}
+    : socket_(std::move(socket)), options_(options), max_message_bytes_(options.max_message_bytes) {}
 
 connection::~connection() {
   boost::system::error_code ignored;
@@ -131,6 +131,7 @@ void connection::wait_readable() {
 void connection::read_burst(bool kept_first) {
   try {
     read_until_blocked(kept_first);
+    on_buffers_changed();
   } catch (...) {  // from a hook: drop this connection only
     log_failure("websocket read failed", std::current_exception());
     abort();
@@ -194,7 +195,7 @@ bool connection::consume(char* data, std::size_t size, bool owned) {
   bool delivered = false;  // a whole message was handled: progress
   while (!done() && !close_received_ && !failing_) {
     const std::string_view rest(data + pos, size - pos);
-    const auto parsed = parse_client_header(rest, options_.max_message_bytes);
+    const auto parsed = parse_client_header(rest, max_message_bytes_);
     if (parsed.status == parse_status::need_more) break;
     if (parsed.status == parse_status::invalid) {
       fail(parsed.error, parsed.reason);
@@ -202,7 +203,7 @@ bool connection::consume(char* data, std::size_t size, bool owned) {
     }
     const frame_header& h = parsed.header;
     if (h.op == opcode::continuation && assembling_ &&
-        message_.size() + h.payload_size > options_.max_message_bytes) {
+        message_.size() + h.payload_size > max_message_bytes_) {
       fail(close_code::message_too_big, "message too big");
       break;
     }
@@ -462,6 +463,7 @@ void connection::flush() {
   thread_local write_batch spare;
   try {
     write_batches(spare);
+    on_buffers_changed();
   } catch (const std::exception&) {  // e.g. bad_alloc from a hook: drop this connection only
     log_failure("websocket write failed", std::current_exception());
     stop_writing(spare);

@@ -94,6 +94,10 @@ class connection : public std::enable_shared_from_this<connection> {
   // and introspection.
   std::size_t buffered_bytes() const;
 
+  // The largest message accepted from now on (larger ones, or a header announcing one, close
+  // the connection with 1009). Starts at connection_options::max_message_bytes.
+  void set_max_message_bytes(std::size_t n) { max_message_bytes_ = n; }
+
   socket_type::executor_type executor() { return socket_.get_executor(); }
   socket_type& socket() { return socket_; }  // for socket options and introspection only
 
@@ -110,6 +114,8 @@ class connection : public std::enable_shared_from_this<connection> {
   // The peer's close frame arrived (before ours): what next_outgoing() yields is still written
   // before the echo, so queue nothing more from now on. Called at most once.
   virtual void on_close_received() {}
+  // buffered_bytes() may have changed: called after each read burst and each writer run.
+  virtual void on_buffers_changed() {}
 
  private:
   static constexpr std::size_t max_batch_frames = 32;
@@ -158,6 +164,7 @@ class connection : public std::enable_shared_from_this<connection> {
 
   socket_type socket_;
   const connection_options& options_;
+  std::size_t max_message_bytes_;
   std::string in_;             // bytes kept between reads: empty (no allocation) while idle
   std::string message_;        // a fragmented message being assembled
   std::string pong_;           // payload of the ping to answer (only the latest is answered)

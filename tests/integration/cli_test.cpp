@@ -7,6 +7,8 @@
 #include <fstream>
 #include <regex>
 
+#include "client/local_store.hpp"
+#include "client/profile.hpp"
 #include "server_process.hpp"
 #include "temp_dir.hpp"
 
@@ -201,7 +203,10 @@ TEST_F(cli, a_contacts_reinstall_is_shown_as_a_warning) {
   for (const auto& e : fs::directory_iterator(root_.path() / "bob")) {
     if (e.path().filename().string().rfind("local.db", 0) == 0) fs::remove(e.path());
   }
-  ASSERT_EQ(parley("bob", {"sync"}).exit_code, 0);
+  auto reinstalled = parley("bob", {"sync"});
+  ASSERT_EQ(reinstalled.exit_code, 0) << reinstalled.err;
+  // Not silent for bob either.
+  EXPECT_NE(reinstalled.err.find("new identity"), std::string::npos) << reinstalled.err;
 
   auto sent = parley("alice", {"--json", "send", "bob", "after"});
   ASSERT_EQ(sent.exit_code, 0) << sent.err;
@@ -219,6 +224,143 @@ TEST_F(cli, a_contacts_reinstall_is_shown_as_a_warning) {
   EXPECT_EQ(again.out.find("changed"), std::string::npos) << again.out;
   EXPECT_NE(parley("alice", {"safety-number", "bob"}).out.find("changed 1 time"),
             std::string::npos);
+}
+
+// A local.db that is there but holds no identity (here: emptied to 0 bytes) is refused by every
+// command: a new identity would change alice's safety number for bob and lose her history.
+TEST_F(cli, an_empty_local_db_is_refused_not_replaced_by_a_new_identity) {
+  ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
+  ASSERT_EQ(parley("bob", {"register", "bob"}).exit_code, 0);
+  ASSERT_EQ(parley("alice", {"send", "bob", "before"}).exit_code, 0);
+  ASSERT_EQ(parley("bob", {"sync"}).exit_code, 0);
+  const auto before =
+      field(parley("bob", {"--json", "safety-number", "alice"}).out, "safety_number");
+  ASSERT_FALSE(before.empty());
+
+  const auto db = root_.path() / "alice" / "local.db";
+  fs::resize_file(db, 0);
+  for (const char* suffix : {"-wal", "-shm"}) fs::remove(db.string() + suffix);
+
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"sync"}, {"send", "bob", "after"}, {"history", "bob"}, {"read", "bob"}}) {
+    auto r = parley("alice", args);
+    EXPECT_EQ(r.exit_code, 1) << args[0] << ": " << r.out;
+    EXPECT_NE(r.err.find("local.db holds no identity"), std::string::npos) << args[0] << r.err;
+    EXPECT_NE(r.err.find("backup"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find((root_.path() / "alice").string()), std::string::npos) << r.err;
+  }
+  EXPECT_EQ(fs::file_size(db), 0u);  // left as it was, for whoever restores it
+
+  // Nothing reached bob: alice's identity on the server is the one he knows.
+  auto synced = parley("bob", {"--json", "sync"});
+  EXPECT_EQ(synced.out.find("identity_changed"), std::string::npos) << synced.out;
+  EXPECT_EQ(field(parley("bob", {"--json", "safety-number", "alice"}).out, "safety_number"),
+            before);
+}
+
+// The same for a local.db that is a valid database without an identity in it.
+TEST_F(cli, a_local_db_without_an_identity_is_refused) {
+  ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
+  const auto dir = root_.path() / "alice";
+  for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(dir.string() + "/local.db" + suffix);
+  { client::local_store tables_only(dir / "local.db"); }
+
+  for (int attempt = 0; attempt < 2; ++attempt) {  // the refusal did not create one either
+    auto r = parley("alice", {"sync"});
+    EXPECT_EQ(r.exit_code, 1) << r.out;
+    EXPECT_NE(r.err.find("local.db holds no identity"), std::string::npos) << r.err;
+  }
+}
+
+TEST_F(cli, a_malformed_credentials_file_is_named_with_what_was_expected) {
+  const auto dir = root_.path() / "alice";
+  fs::create_directories(dir);
+  std::ofstream(dir / "credentials")
+      << "server=" << server.url()
+      << "\nusername=alice\nuser_id=seven\ndevice_id=1\ntoken=" << std::string(64, 'a') << "\n";
+  for (const char* command : {"whoami", "sync"}) {
+    auto r = parley("alice", {command});
+    EXPECT_EQ(r.exit_code, 1) << command;
+    EXPECT_NE(r.err.find((dir / "credentials").string()), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("user_id must be a decimal number, got 'seven'"), std::string::npos)
+        << r.err;
+    EXPECT_EQ(r.err.find("stoull"), std::string::npos) << r.err;
+  }
+  // register does not write over it either.
+  EXPECT_EQ(parley("alice", {"register", "alice"}).exit_code, 1);
+}
+
+TEST(cli_profile, malformed_credentials_name_the_file_line_and_what_was_expected) {
+  test_support::temp_dir dir("parley_cli_profile_test_");
+  client::profile p(dir.path());
+  EXPECT_FALSE(p.load_credentials());  // no file: not registered
+
+  const std::string token = std::string(64, 'b');
+  auto error_for = [&](const std::string& text) -> std::string {
+    std::ofstream(dir.path() / "credentials", std::ios::trunc) << text;
+    try {
+      p.load_credentials();
+    } catch (const std::runtime_error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  const std::string file = (dir.path() / "credentials").string();
+  const std::string good = "server=ws://127.0.0.1:8080\nusername=alice\nuser_id=7\n";
+
+  auto not_a_number = error_for(good + "device_id=x1\ntoken=" + token + "\n");
+  EXPECT_NE(not_a_number.find("malformed credentials file " + file), std::string::npos)
+      << not_a_number;
+  EXPECT_NE(not_a_number.find("line 4: device_id must be a decimal number, got 'x1'"),
+            std::string::npos)
+      << not_a_number;
+  EXPECT_NE(not_a_number.find("device_id=NUMBER"), std::string::npos) << not_a_number;
+  // std::stoull took these as 18446744073709551615 and 12.
+  EXPECT_NE(error_for(good + "device_id=-1\ntoken=" + token + "\n").find("device_id"),
+            std::string::npos);
+  EXPECT_NE(error_for(good + "device_id=12x\ntoken=" + token + "\n").find("'12x'"),
+            std::string::npos);
+  EXPECT_NE(
+      error_for(good + "device_id=99999999999999999999\ntoken=" + token + "\n").find("device_id"),
+      std::string::npos);
+
+  // A token that is not 64 hex digits: named, and not echoed (it is a secret).
+  auto bad_token = error_for(good + "device_id=3\ntoken=" + token.substr(2) + "zz\n");
+  EXPECT_NE(bad_token.find("token must be 64 hex digits"), std::string::npos) << bad_token;
+  EXPECT_EQ(bad_token.find(token.substr(2)), std::string::npos) << bad_token;
+
+  auto missing = error_for(good);
+  EXPECT_NE(missing.find(file), std::string::npos) << missing;
+  EXPECT_NE(missing.find("device_id token"), std::string::npos) << missing;
+
+  // What save_credentials writes still loads.
+  p.save_credentials({"ws://127.0.0.1:8080", "alice", 7, 3, std::string(32, '\x11')});
+  auto loaded = p.load_credentials();
+  ASSERT_TRUE(loaded);
+  EXPECT_EQ(loaded->username, "alice");
+  EXPECT_EQ(loaded->user_id, 7u);
+  EXPECT_EQ(loaded->device_id, 3u);
+}
+
+// A port above 65535 used to wrap around (modulo 65536) in the resolver: with the server's port
+// plus 65536, register reached the server. Non-numeric and empty ports are refused too.
+TEST_F(cli, a_server_url_with_a_bad_port_is_refused) {
+  const std::string wrapped =
+      "ws://127.0.0.1:" + std::to_string(static_cast<unsigned>(server.port()) + 65536);
+  auto r = parley("alice", {"register", "alice"}, "", wrapped);
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_NE(r.err.find("--server '" + wrapped + "'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("the port must be a number from 1 to 65535"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(root_.path() / "alice" / "credentials"));
+
+  for (const std::string url : {"ws://127.0.0.1:http", "ws://127.0.0.1:", "ws://127.0.0.1:0",
+                                "ws://127.0.0.1:-80", "ws://127.0.0.1:99999999999999999999"}) {
+    auto bad = parley("alice", {"register", "alice"}, "", url);
+    EXPECT_EQ(bad.exit_code, 2) << url << ": " << bad.err;
+    EXPECT_NE(bad.err.find("port"), std::string::npos) << url << ": " << bad.err;
+  }
+  // The same URL with the server's own port works.
+  EXPECT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
 }
 
 }  // namespace

@@ -259,7 +259,9 @@ TEST(limits, slow_reader_is_disconnected_and_loses_nothing) {
 #endif
   // A small outgoing queue: 64 frames or 1 MiB. (With the bound lifted, the same run grows the
   // server by ~93 MiB and fails the RSS check below; with it, see the note printed.)
-  server_process server({}, "[limits]\nmax_outbound_frames = 64\nmax_outbound_bytes = 1048576\n",
+  server_process server({},
+                        "[limits]\nmax_outbound_frames = 64\nmax_outbound_bytes = 1048576\n"
+                        "[rate_limits]\nsend_per_device = 0\n",
                         env);
   test_client alice(io, server.url());
   alice.register_and_login("alice");

@@ -5,6 +5,7 @@
 
 #include <set>
 
+#include "common/clock.hpp"
 #include "test_client.hpp"
 
 namespace parley::test {
@@ -221,11 +222,25 @@ TEST_F(messaging, presence_and_typing) {
   test_client alice(io, server.url());
   alice.register_and_login("alice");
   alice.drain();
+  test_client carol(io, server.url());
+  carol.register_and_login("carol");
+  carol.drain();
 
+  // Strangers see nothing: no presence, and typing is refused.
+  ASSERT_TRUE(carol.run(carol.api().subscribe_presence({"alice", "nobody_at_all"})));
+  carol.api().typing("bob", true);
+  auto refused = carol.next();
+  ASSERT_TRUE(refused.has_error()) << refused.ShortDebugString();
+  EXPECT_EQ(refused.error().code(), v1::ERROR_CODE_NO_SHARED_CHAT);
+
+  // One message makes a chat: presence and typing pass between its members from then on.
+  alice.send("bob", "hello");
+  ASSERT_TRUE(bob.next().has_envelope());
   ASSERT_TRUE(bob.run(bob.api().subscribe_presence({"alice"})));
   auto now = bob.next();
   ASSERT_TRUE(now.has_presence());
   EXPECT_TRUE(now.presence().online());
+  EXPECT_EQ(now.presence().last_seen_ms(), 0u);  // online: no last seen
 
   alice.api().typing("bob", true);
   auto typing = bob.next();
@@ -238,6 +253,51 @@ TEST_F(messaging, presence_and_typing) {
   ASSERT_TRUE(gone.has_presence());
   EXPECT_FALSE(gone.presence().online());
   EXPECT_GT(gone.presence().last_seen_ms(), 0u);
+  EXPECT_EQ(gone.presence().last_seen_ms() % 60'000, 0u) << "last seen is rounded to the minute";
+  EXPECT_LE(gone.presence().last_seen_ms(), now_ms());
+  EXPECT_GT(gone.presence().last_seen_ms() + 60'000, now_ms() - 30'000);
+
+  // Carol never heard of alice's comings and goings.
+  auto nothing = carol.run(carol.api().next_push(std::chrono::milliseconds(300)));
+  EXPECT_FALSE(nothing) << nothing->ShortDebugString();
+}
+
+TEST_F(messaging, hidden_last_seen_is_shown_to_nobody) {
+  auto bob = user("bob");
+  bob.drain();
+  auto alice = user("alice");
+  alice.drain();
+  ASSERT_TRUE(alice.run(alice.api().set_privacy(true)));
+  alice.send("bob", "hi");
+  ASSERT_TRUE(bob.next().has_envelope());
+  ASSERT_TRUE(bob.run(bob.api().subscribe_presence({"alice"})));
+  ASSERT_TRUE(bob.next().has_presence());
+  alice.disconnect();
+  auto gone = bob.next();
+  ASSERT_TRUE(gone.has_presence());
+  EXPECT_FALSE(gone.presence().online());
+  EXPECT_EQ(gone.presence().last_seen_ms(), 0u);
+  EXPECT_TRUE(gone.presence().last_seen_hidden());
+
+  // The setting is stored: the next login reports it, and a restart keeps it.
+  server.restart();
+  test_client again(io, server.url());
+  again.device_id = alice.device_id;
+  again.token = alice.token;
+  again.reconnect();
+  EXPECT_TRUE(again.authenticated.hide_last_seen());
+}
+
+TEST_F(messaging, a_message_to_yourself_is_refused) {
+  auto alice = user("alice");
+  alice.drain();
+  auto r = alice.run(alice.api().send("alice", "self-1", "note to self"));
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, v1::ERROR_CODE_INVALID_ARGUMENT);
+  EXPECT_NE(r.error().message.find("yourself"), std::string::npos) << r.error().message;
+  // Nothing was queued: the next connection drains nothing.
+  alice.reconnect();
+  EXPECT_TRUE(alice.drain().empty());
 }
 
 TEST_F(messaging, a_second_connection_of_a_device_replaces_the_first) {

@@ -7,19 +7,36 @@ void local_presence::notify(const std::string& username, const state& s,
   for (auto& t : targets) (*t)(username, s);
 }
 
-void local_presence::connected(const std::string& username) {
+void local_presence::connected(const std::string& username, bool hide_last_seen) {
   std::vector<std::shared_ptr<listener>> targets;
   {
     std::lock_guard lock(mutex_);
     auto& u = users_[username];
+    u.last_seen_hidden = hide_last_seen;
     if (++u.connections != 1) return;  // already online: no change to report
     for (auto& [id, l] : u.watchers) targets.push_back(l);
   }
-  notify(username, state{true, 0}, std::move(targets));
+  notify(username, state{true, 0, hide_last_seen}, std::move(targets));
+}
+
+void local_presence::set_last_seen_hidden(const std::string& username, bool hidden) {
+  std::vector<std::shared_ptr<listener>> targets;
+  state now;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = users_.find(username);
+    if (it == users_.end() || it->second.last_seen_hidden == hidden) return;
+    auto& u = it->second;
+    u.last_seen_hidden = hidden;
+    now = state{u.connections > 0, u.connections > 0 ? 0 : u.last_seen_ms, hidden};
+    for (auto& [id, l] : u.watchers) targets.push_back(l);
+  }
+  notify(username, now, std::move(targets));
 }
 
 void local_presence::disconnected(const std::string& username, std::uint64_t at_ms) {
   std::vector<std::shared_ptr<listener>> targets;
+  bool hidden = false;
   {
     std::lock_guard lock(mutex_);
     auto it = users_.find(username);
@@ -28,15 +45,16 @@ void local_presence::disconnected(const std::string& username, std::uint64_t at_
     u.last_seen_ms = at_ms;
     if (--u.connections != 0) return;
     for (auto& [id, l] : u.watchers) targets.push_back(l);
+    hidden = u.last_seen_hidden;
   }
-  notify(username, state{false, at_ms}, std::move(targets));
+  notify(username, state{false, at_ms, hidden}, std::move(targets));
 }
 
 state local_presence::lookup(const std::string& username) const {
   std::lock_guard lock(mutex_);
   auto it = users_.find(username);
   if (it == users_.end()) return {};
-  return state{it->second.connections > 0, it->second.last_seen_ms};
+  return state{it->second.connections > 0, it->second.last_seen_ms, it->second.last_seen_hidden};
 }
 
 subscription_id local_presence::subscribe(const std::vector<std::string>& usernames,

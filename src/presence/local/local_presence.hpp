@@ -13,7 +13,8 @@ namespace parley::presence {
 
 class local_presence final : public presence {
  public:
-  void connected(const std::string& username) override;
+  void connected(const std::string& username, bool hide_last_seen) override;
+  void set_last_seen_hidden(const std::string& username, bool hidden) override;
   void disconnected(const std::string& username, std::uint64_t at_ms) override;
   state lookup(const std::string& username) const override;
   subscription_id subscribe(const std::vector<std::string>& usernames, listener on_change) override;
@@ -23,6 +24,7 @@ class local_presence final : public presence {
   struct user_entry {
     int connections = 0;
     std::uint64_t last_seen_ms = 0;
+    bool last_seen_hidden = false;
     std::map<subscription_id, std::shared_ptr<listener>> watchers;
   };
   void notify(const std::string& username, const state& s,

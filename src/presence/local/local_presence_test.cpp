@@ -10,8 +10,8 @@ TEST(local_presence, online_until_the_last_connection_closes) {
   std::vector<std::pair<std::string, state>> seen;
   auto id =
       p.subscribe({"bob"}, [&](const std::string& u, const state& s) { seen.emplace_back(u, s); });
-  p.connected("bob");
-  p.connected("bob");  // a second connection: no change
+  p.connected("bob", false);
+  p.connected("bob", false);  // a second connection: no change
   EXPECT_TRUE(p.lookup("bob").online);
   p.disconnected("bob", 1000);
   EXPECT_TRUE(p.lookup("bob").online);
@@ -23,7 +23,7 @@ TEST(local_presence, online_until_the_last_connection_closes) {
   EXPECT_FALSE(seen[1].second.online);
   EXPECT_EQ(seen[1].second.last_seen_ms, 2000u);
   p.unsubscribe(id);
-  p.connected("bob");
+  p.connected("bob", false);
   EXPECT_EQ(seen.size(), 2u);
 }
 
@@ -40,9 +40,27 @@ TEST(local_presence, only_subscribers_of_that_user_hear) {
   int alice_events = 0, bob_events = 0;
   p.subscribe({"alice"}, [&](const std::string&, const state&) { ++alice_events; });
   p.subscribe({"bob"}, [&](const std::string&, const state&) { ++bob_events; });
-  p.connected("alice");
+  p.connected("alice", false);
   EXPECT_EQ(alice_events, 1);
   EXPECT_EQ(bob_events, 0);
+}
+
+TEST(local_presence, hiding_last_seen_is_carried_and_announced) {
+  local_presence p;
+  std::vector<state> seen;
+  p.subscribe({"bob"}, [&](const std::string&, const state& s) { seen.push_back(s); });
+  p.connected("bob", true);
+  p.disconnected("bob", 60'500);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_TRUE(seen[0].last_seen_hidden);
+  EXPECT_TRUE(seen[1].last_seen_hidden);
+  EXPECT_TRUE(p.lookup("bob").last_seen_hidden);
+  p.set_last_seen_hidden("bob", false);  // a change is announced with the time
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_FALSE(seen[2].last_seen_hidden);
+  EXPECT_EQ(seen[2].last_seen_ms, 60'500u);
+  p.set_last_seen_hidden("bob", false);  // no change: nothing announced
+  EXPECT_EQ(seen.size(), 3u);
 }
 
 }  // namespace

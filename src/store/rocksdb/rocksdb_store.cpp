@@ -3,7 +3,9 @@
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/slice_transform.h>
+#include <rocksdb/sst_file_manager.h>
 #include <rocksdb/table.h>
+#include <sys/statvfs.h>
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -112,7 +114,9 @@ struct rocksdb_store::impl {
   }
 
   // Writer queue (any thread) and writer thread.
-  using command = std::function<void(group*)>;  // nullptr group: refused (shutting down)
+  // Called with the group to add to, or with nullptr and the reason it is refused
+  // (shutting_down, unavailable).
+  using command = std::function<void(group*, errc)>;
   std::mutex mutex;
   std::condition_variable wake;
   std::deque<command> pending;
@@ -130,6 +134,24 @@ struct rocksdb_store::impl {
   pending_queue unacked{1u << 16};
   snowflake ids{0};
   std::uint64_t last_id = 0;
+
+  // Whether writes are accepted (see rocksdb_options::reserve_bytes). The writer decides;
+  // health() reads it from any thread.
+  std::atomic<bool> writable{true};
+  std::mutex health_mutex;
+  std::string unavailable_reason;  // guarded by health_mutex
+  // Writer-thread state of the same: a write failed and DB::Resume() has not succeeded yet;
+  // when the free space was last checked, and how much was written since.
+  bool write_failed = false;
+  std::chrono::steady_clock::time_point last_resume_attempt{};
+  std::chrono::steady_clock::time_point last_space_check{};
+  std::uint64_t written_since_check = 0;
+  bool space_short = false;
+  std::shared_ptr<rocksdb::SstFileManager> sst_files;
+
+  void set_health(bool ok, std::string reason);
+  std::optional<std::string> space_shortage();
+  bool accepting_writes();
   std::uint64_t next_user = 1;
   std::uint64_t next_device = 1;
 
@@ -188,9 +210,10 @@ struct rocksdb_store::impl {
   // `done` runs once the group is durable, with apply's result or the commit's error.
   template <class T, class Apply>
   void write(completion<T> done, Apply apply) {
-    command c = [done = std::move(done), apply = std::move(apply)](group* g) mutable {
+    command c = [done = std::move(done), apply = std::move(apply)](group* g,
+                                                                  errc refusal) mutable {
       if (g == nullptr) {
-        done(errc::shutting_down);
+        done(refusal);
         return;
       }
       auto r = std::make_shared<result<T>>(apply(*g));
@@ -210,7 +233,7 @@ struct rocksdb_store::impl {
         return;
       }
     }
-    c(nullptr);
+    c(nullptr, errc::shutting_down);
   }
 
   template <class T, class Read>
@@ -349,12 +372,22 @@ void rocksdb_store::impl::open() {
   // A server may hold ~19,900 sockets under the 20,000 open-file limit: keep RocksDB's share small.
   db_options.max_open_files = 256;
   db_options.IncreaseParallelism(2);
+  // Headroom (rocksdb_options::reserve_bytes): a capped log is all that a restart replays,
+  // so recovery never needs more than the reserve. The SST file manager lets RocksDB's error
+  // handler recover by itself from a full disk once space returns, and keeps compactions
+  // from eating into the reserve after one.
+  db_options.max_total_wal_size = std::max<std::uint64_t>(options.reserve_bytes / 4, 1u << 20);
+  sst_files.reset(rocksdb::NewSstFileManager(rocksdb::Env::Default()));
+  sst_files->SetCompactionBufferSize(options.reserve_bytes / 2);
+  db_options.sst_file_manager = sst_files;
 
   // Most point lookups on the message path miss (a new client_msg_id, a message not yet
   // delivered): bloom filters in the tables answer those without a search. The memtable's
   // own bloom filter costs 1.3 MiB per column family up front, so only the families whose
   // lookups mostly miss get one.
   rocksdb::ColumnFamilyOptions cf_options;
+  cf_options.write_buffer_size = std::min<std::uint64_t>(cf_options.write_buffer_size,
+                                                         db_options.max_total_wal_size);
   rocksdb::BlockBasedTableOptions table;
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
   cf_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
@@ -397,6 +430,67 @@ void rocksdb_store::impl::open() {
   name_thread(writer, "store-writer");
 }
 
+void rocksdb_store::impl::set_health(bool ok, std::string reason) {
+  const bool was = writable.load();
+  if (ok && was) return;
+  {
+    std::lock_guard lock(health_mutex);
+    unavailable_reason = std::move(reason);
+  }
+  writable.store(ok);
+  // One line per change of state, not per refused group.
+  if (ok) {
+    log_warn() << "store: writes resumed";
+  } else if (was) {
+    std::lock_guard lock(health_mutex);
+    log_error() << "store: writes refused: " << unavailable_reason;
+  }
+}
+
+// The reason writes must wait for space, or nullopt if there is enough. One statvfs call;
+// the writer makes it at most every 100 ms while space is plentiful and nothing big was
+// written, and before every group while space is short.
+std::optional<std::string> rocksdb_store::impl::space_shortage() {
+  struct statvfs fs {};
+  if (::statvfs(options.path.c_str(), &fs) != 0) return std::nullopt;  // cannot tell: go on
+  const std::uint64_t free_bytes = static_cast<std::uint64_t>(fs.f_bavail) * fs.f_frsize;
+  if (free_bytes >= options.reserve_bytes) return std::nullopt;
+  return "disk full: " + std::to_string(free_bytes >> 20) + " MiB free on " +
+         options.path.string() + ", " + std::to_string(options.reserve_bytes >> 20) +
+         " MiB kept in reserve";
+}
+
+// Writer thread: whether the next group may be written. After a failed write it retries
+// DB::Resume() every resume_interval; it refuses while free space is below the reserve.
+bool rocksdb_store::impl::accepting_writes() {
+  const auto now = std::chrono::steady_clock::now();
+  const bool check_due = space_short || write_failed ||
+                         now - last_space_check >= std::chrono::milliseconds(100) ||
+                         written_since_check >= options.reserve_bytes / 8;
+  if (check_due) {
+    last_space_check = now;
+    written_since_check = 0;
+    if (auto shortage = space_shortage()) {
+      space_short = true;
+      set_health(false, std::move(*shortage));
+      return false;
+    }
+    space_short = false;
+  }
+  if (write_failed) {
+    if (now - last_resume_attempt < options.resume_interval) return false;
+    last_resume_attempt = now;
+    auto s = db->Resume();
+    if (!s.ok()) {
+      set_health(false, "write failed, recovery pending: " + s.ToString());
+      return false;
+    }
+    write_failed = false;
+  }
+  set_health(true, {});
+  return true;
+}
+
 void rocksdb_store::impl::run_writer() {
   std::vector<command> work;
   for (;;) {
@@ -409,8 +503,13 @@ void rocksdb_store::impl::run_writer() {
         pending.pop_front();
       }
     }
+    if (!accepting_writes()) {
+      for (auto& c : work) c(nullptr, errc::unavailable);
+      work.clear();
+      continue;
+    }
     group g;
-    for (auto& c : work) c(&g);
+    for (auto& c : work) c(&g, errc{});
     if (g.ids_issued) put(g, cf_default, keys::meta_snowflake, keys::be64(last_id));
 
     const auto start = std::chrono::steady_clock::now();
@@ -423,9 +522,18 @@ void rocksdb_store::impl::run_writer() {
     if (options.on_commit) options.on_commit(std::chrono::steady_clock::now() - start, work.size());
     error_code ec;
     if (!s.ok()) {
-      log_error() << "store: group commit failed: " << s.ToString();
-      ec = errc::io_error;
+      // RocksDB has recorded the error and refuses writes until DB::Resume() succeeds; no
+      // write is attempted until then (writing on after a failed log write aborts Debian's
+      // build of RocksDB, whose assertions are on).
+      log_error() << "store: group commit failed, writes refused until it recovers: "
+                  << s.ToString();
+      ec = errc::unavailable;
+      write_failed = true;
+      last_resume_attempt = std::chrono::steady_clock::now();
+      set_health(false, "write failed: " + s.ToString());
       clear_caches();  // they may hold what was just lost
+    } else {
+      written_since_check += g.batch.GetDataSize();
     }
     trim_caches();
     for (auto& f : g.on_durable) f(ec);
@@ -455,6 +563,54 @@ void rocksdb_store::stop() {
   if (impl_->writer.joinable()) impl_->writer.join();
   impl_->stopped = true;
   impl_->stop_readers();
+}
+
+void rocksdb_store::shared_chats(user_id requester, std::vector<std::string> usernames,
+                                 completion<std::vector<bool>> done) {
+  impl_->read<std::vector<bool>>(
+      std::move(done),
+      [this, requester, usernames = std::move(usernames)]() -> result<std::vector<bool>> {
+        auto& d = *impl_;
+        std::vector<bool> out;
+        out.reserve(usernames.size());
+        std::string v;
+        for (const auto& name : usernames) {
+          auto peer = d.user_of(name);
+          if (!peer) {
+            if (peer.error() != errc::unknown_user) return peer.error();
+            out.push_back(false);
+            continue;
+          }
+          // A chat's seq is written with its first message.
+          auto s = d.get(cf_chats, keys::direct_chat(requester, *peer), &v);
+          if (!s.ok() && !s.IsNotFound()) return errc::io_error;
+          out.push_back(s.ok() && *peer != requester);
+        }
+        return out;
+      });
+}
+
+void rocksdb_store::set_privacy(user_id user, bool hide_last_seen, completion<void> done) {
+  impl_->write<void>(std::move(done), [this, user, hide_last_seen](group& g) -> result<void> {
+    auto& d = *impl_;
+    std::string v;
+    // Only the writer changes user records, and a user exists before it can ask: the stored
+    // record is the current one (users skip the group's overlay).
+    auto s = d.get(cf_users, keys::be64(user), &v);
+    if (s.IsNotFound()) return errc::unknown_user;
+    if (!s.ok()) return errc::io_error;
+    pb::UserRecord record;
+    if (!parse(record, v)) return errc::corrupt;
+    record.set_hide_last_seen(hide_last_seen);
+    d.put(g, cf_users, keys::be64(user), record.SerializeAsString());
+    return {};
+  });
+}
+
+store_health rocksdb_store::health() {
+  if (impl_->writable.load()) return {};
+  std::lock_guard lock(impl_->health_mutex);
+  return {false, impl_->unavailable_reason};
 }
 
 std::uint64_t rocksdb_store::queued_events_estimate() {
@@ -507,7 +663,8 @@ void rocksdb_store::find_device(device_id id, completion<device> done) {
     if (!s.ok()) return s.IsNotFound() ? errc::corrupt : errc::io_error;
     pb::UserRecord user;
     if (!parse(user, v)) return errc::corrupt;
-    device d{record.device_id(), record.user_id(), user.username(), {}, {}};
+    device d{record.device_id(), record.user_id(), user.username(), {}, {},
+             user.hide_last_seen()};
     std::copy(record.token_sha256().begin(), record.token_sha256().end(), d.token_hash.begin());
     s = impl_->get(cf_device_keys, keys::be64(id), &v);
     auto k = impl::device_keys_of(s, v);
@@ -552,6 +709,7 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
 
         auto recipient_id = d.user_of(g, request.recipient_name);
         if (!recipient_id) return recipient_id.error();
+        if (*recipient_id == request.sender) return errc::self_message;
         auto recipient = d.user_record(*recipient_id);
         if (!recipient) return recipient.error();
         for (std::uint64_t device : (*recipient)->devices) {

@@ -27,6 +27,13 @@ struct rocksdb_options {
   // devices' registration ids) may hold; a cache past it is emptied after the group commit
   // and refills from the store. Bounds the writer's memory on a store with many chats.
   std::size_t max_cached = 1u << 18;
+  // Free space the store keeps on its file system. Below it, writes are refused with
+  // errc::unavailable (checked before each group commit), so that RocksDB itself never runs
+  // into a full disk, and a restart always has room to recover: the write-ahead log is capped
+  // at a quarter of it (max_total_wal_size), and replaying it writes at most that much.
+  std::uint64_t reserve_bytes = 256ull << 20;
+  // After a failed write, how often the writer tries DB::Resume() (on a write attempt).
+  std::chrono::milliseconds resume_interval{1'000};
   // Called on the writer thread after each group commit: its latency and request count.
   std::function<void(std::chrono::nanoseconds, std::size_t)> on_commit;
 };
@@ -56,6 +63,10 @@ class rocksdb_store final : public store {
                completion<std::vector<history_entry>> done) override;
   void upload_keys(key_upload upload, std::size_t max_held, completion<key_stock> done) override;
   void take_key_bundles(std::string username, completion<std::vector<key_bundle>> done) override;
+  void shared_chats(user_id requester, std::vector<std::string> usernames,
+                    completion<std::vector<bool>> done) override;
+  void set_privacy(user_id user, bool hide_last_seen, completion<void> done) override;
+  store_health health() override;
   std::uint64_t queued_events_estimate() override;
   void stop() override;
 

@@ -1,0 +1,133 @@
+// What the server admits: how many connections, how many of them unauthenticated, and how
+// many bytes all of them may hold in their buffers together.
+//
+// - Connections: at most `max_connections` open TCP connections (HTTP and WebSocket alike),
+//   of which at most `max_unauthenticated` not authenticated yet (HTTP keep-alive,
+//   WebSocket before Authenticate). The limits leave file descriptors for the store and the
+//   process (server.cpp derives them from RLIMIT_NOFILE), so a flood of idle sockets cannot
+//   starve RocksDB of the descriptor it needs for its next log file.
+// - Memory: every connection reports the bytes it holds (partial frames, outgoing queue,
+//   unwritten batch); past `memory_budget` in total, the connections holding the most are
+//   dropped until the total is under 90 % of the budget. Per connection, what it may hold is
+//   already bounded (max frame size, outgoing queue limits); the budget bounds the sum.
+//
+// Thread-safe: counters are atomics; shedding runs at most every 100 ms, on the thread whose
+// report crossed the budget, and only posts aborts to the victims' executors.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+
+#include "common/log.hpp"
+#include "server/connection_set.hpp"
+#include "server/metrics.hpp"
+
+namespace parley::server {
+
+class admission {
+ public:
+  admission(std::size_t max_connections, std::size_t max_unauthenticated,
+            std::size_t memory_budget, connection_set& connections, metrics& stats)
+      : max_connections_(max_connections),
+        max_unauthenticated_(max_unauthenticated),
+        memory_budget_(memory_budget),
+        connections_(connections),
+        stats_(stats) {}
+
+  // One admitted TCP connection: released (counted out) when destroyed. Movable.
+  class ticket {
+   public:
+    ticket() = default;
+    explicit ticket(admission* a) : admission_(a) {}
+    ticket(ticket&& o) noexcept
+        : admission_(std::exchange(o.admission_, nullptr)), authenticated_(o.authenticated_) {}
+    ticket& operator=(ticket&& o) noexcept {
+      if (this != &o) {
+        release();
+        admission_ = std::exchange(o.admission_, nullptr);
+        authenticated_ = o.authenticated_;
+      }
+      return *this;
+    }
+    ~ticket() { release(); }
+
+    // The connection authenticated: it no longer counts against max_unauthenticated.
+    void authenticated() {
+      if (!admission_ || authenticated_) return;
+      authenticated_ = true;
+      admission_->unauthenticated_.fetch_sub(1, std::memory_order_relaxed);
+    }
+    void release() {
+      if (!admission_) return;
+      if (!authenticated_) admission_->unauthenticated_.fetch_sub(1, std::memory_order_relaxed);
+      admission_->open_.fetch_sub(1, std::memory_order_relaxed);
+      admission_ = nullptr;
+    }
+    explicit operator bool() const { return admission_ != nullptr; }
+
+   private:
+    admission* admission_ = nullptr;
+    bool authenticated_ = false;
+  };
+
+  // A connection was accepted: its ticket, or an empty one if it must be refused.
+  ticket admit() {
+    if (open_.fetch_add(1, std::memory_order_relaxed) >= max_connections_) {
+      open_.fetch_sub(1, std::memory_order_relaxed);
+      return {};
+    }
+    if (unauthenticated_.fetch_add(1, std::memory_order_relaxed) >= max_unauthenticated_) {
+      unauthenticated_.fetch_sub(1, std::memory_order_relaxed);
+      open_.fetch_sub(1, std::memory_order_relaxed);
+      return {};
+    }
+    return ticket(this);
+  }
+
+  // A connection's buffered bytes changed by `delta`.
+  void buffered(std::ptrdiff_t delta) {
+    const auto total =
+        buffered_.fetch_add(delta, std::memory_order_relaxed) + delta;
+    if (delta > 0 && total > static_cast<std::ptrdiff_t>(memory_budget_)) shed(total);
+  }
+
+  std::size_t buffered_bytes() const {
+    return static_cast<std::size_t>(std::max<std::ptrdiff_t>(0, buffered_.load()));
+  }
+  std::size_t open() const { return open_.load(std::memory_order_relaxed); }
+  std::size_t unauthenticated() const { return unauthenticated_.load(std::memory_order_relaxed); }
+  std::size_t max_connections() const { return max_connections_; }
+  std::size_t max_unauthenticated() const { return max_unauthenticated_; }
+  std::size_t memory_budget() const { return memory_budget_; }
+
+ private:
+  void shed(std::ptrdiff_t total) {
+    const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+    auto last = last_shed_.load(std::memory_order_relaxed);
+    const auto interval = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                              std::chrono::milliseconds(100))
+                              .count();
+    if (now - last < interval) return;
+    if (!last_shed_.compare_exchange_strong(last, now)) return;  // another thread sheds
+    const auto target = static_cast<std::ptrdiff_t>(memory_budget_ / 10 * 9);
+    const std::size_t n = connections_.shed_largest(static_cast<std::size_t>(total - target));
+    stats_.connections_shed.fetch_add(n, std::memory_order_relaxed);
+    log_warn() << "memory budget exceeded: " << (total >> 20) << " MiB buffered, budget "
+               << (memory_budget_ >> 20) << " MiB; dropped the " << n
+               << " connections holding the most";
+  }
+
+  const std::size_t max_connections_;
+  const std::size_t max_unauthenticated_;
+  const std::size_t memory_budget_;
+  connection_set& connections_;
+  metrics& stats_;
+  std::atomic<std::size_t> open_{0};
+  std::atomic<std::size_t> unauthenticated_{0};
+  std::atomic<std::ptrdiff_t> buffered_{0};
+  std::atomic<std::chrono::steady_clock::rep> last_shed_{0};
+};
+
+}  // namespace parley::server
