@@ -12,7 +12,7 @@
 //   already bounded (max frame size, outgoing queue limits); the budget bounds the sum.
 //
 // Thread-safe: counters are atomics; shedding runs at most every 100 ms, on the thread whose
-// report crossed the budget, and only posts aborts to the victims' executors.
+// report crossed the budget (or in enforce()), and only posts aborts to the victims' executors.
 #pragma once
 
 #include <atomic>
@@ -91,6 +91,13 @@ class admission {
     const auto total =
         buffered_.fetch_add(delta, std::memory_order_relaxed) + delta;
     if (delta > 0 && total > static_cast<std::ptrdiff_t>(memory_budget_)) shed(total);
+  }
+
+  // Sheds if the total is over the budget. The server calls it every 100 ms, so that a budget
+  // crossed by the last report of a burst is enforced although no report follows.
+  void enforce() {
+    const auto total = buffered_.load(std::memory_order_relaxed);
+    if (total > static_cast<std::ptrdiff_t>(memory_budget_)) shed(total);
   }
 
   std::size_t buffered_bytes() const {

@@ -217,12 +217,16 @@ config load_config_file(const std::filesystem::path& file, config c) {
     throw std::runtime_error(
         "config: limits.max_frame_bytes must exceed max_payload_bytes by 1 KiB");
   }
-  if (c.max_outbound_bytes < c.limits.max_payload_bytes) {
+  // A pushed Envelope is its payload plus up to ~1 KiB of fields, and never more than a frame:
+  // a queue of max_frame_bytes always holds one (the drain would otherwise wait forever for
+  // room that never comes).
+  if (c.max_outbound_bytes < c.limits.max_frame_bytes) {
     throw std::runtime_error(
         "config: limits.max_outbound_bytes (" + std::to_string(c.max_outbound_bytes) +
-        ") must be at least limits.max_payload_bytes (" +
-        std::to_string(c.limits.max_payload_bytes) +
-        "): a connection's outgoing queue must hold one message of the largest size");
+        ") must be at least limits.max_frame_bytes (" +
+        std::to_string(c.limits.max_frame_bytes) +
+        "): a connection's outgoing queue must hold one message of the largest size, whose "
+        "payload is limits.max_payload_bytes");
   }
   return c;
 }

@@ -88,7 +88,7 @@ max_frame_bytes = 131072
 max_payload_bytes = 32768
 max_in_flight = 16
 max_outbound_frames = 128
-max_outbound_bytes = 32768
+max_outbound_bytes = 131072
 drain_page = 64
 auth_timeout_ms = 2500
 max_unauthenticated_frame_bytes = 2048
@@ -137,7 +137,7 @@ reserve_bytes = 8388608
   EXPECT_EQ(c.limits.max_payload_bytes, 32768u);
   EXPECT_EQ(c.max_in_flight, 16u);
   EXPECT_EQ(c.max_outbound_frames, 128u);
-  EXPECT_EQ(c.max_outbound_bytes, 32768u);  // exactly one maximal payload: allowed
+  EXPECT_EQ(c.max_outbound_bytes, 131072u);  // exactly one maximal frame: allowed
   EXPECT_EQ(c.drain_page, 64u);
   EXPECT_EQ(c.auth_timeout, std::chrono::milliseconds(2500));
   // An empty file changes nothing.
@@ -198,11 +198,11 @@ TEST(config, threads_in_the_file_must_be_1_to_256_as_the_flag) {
   EXPECT_EQ(load_config_file(write_temp("threads_256", "threads = 256\n"), config{}).threads, 256u);
 }
 
-TEST(config, outbound_queue_must_hold_one_maximal_payload) {
+TEST(config, outbound_queue_must_hold_one_maximal_frame) {
   // Below the default max_payload_bytes (64 KiB).
   const std::string small = load_error("outbound_small", "[limits]\nmax_outbound_bytes = 1000\n");
   EXPECT_NE(small.find("limits.max_outbound_bytes"), std::string::npos) << small;
-  EXPECT_NE(small.find("limits.max_payload_bytes"), std::string::npos) << small;
+  EXPECT_NE(small.find("limits.max_frame_bytes"), std::string::npos) << small;
   // Only the payload limit raised in the file: the default queue (8 MiB) is now too small.
   const std::string raised = load_error(
       "payload_raised", "[limits]\nmax_payload_bytes = 16777216\nmax_frame_bytes = 16778240\n");
@@ -211,8 +211,9 @@ TEST(config, outbound_queue_must_hold_one_maximal_payload) {
   config base;
   base.max_outbound_bytes = 100;
   EXPECT_NE(load_error("outbound_base", "", base).find("max_outbound_bytes"), std::string::npos);
-  // Equal is enough.
-  EXPECT_EQ(load_error("outbound_equal", "[limits]\nmax_outbound_bytes = 65536\n"), "");
+  // One maximal payload is not enough (its Envelope is larger); one frame is.
+  EXPECT_NE(load_error("outbound_payload", "[limits]\nmax_outbound_bytes = 65536\n"), "");
+  EXPECT_EQ(load_error("outbound_equal", "[limits]\nmax_outbound_bytes = 262144\n"), "");
 }
 
 TEST(config, limits_of_the_wrong_type_are_refused) {

@@ -360,7 +360,7 @@ awaitable<void> device_session::on_register(std::uint64_t request_id, v1::Regist
         state_.store.register_account(std::move(req), std::move(done));
       });
   if (!result) {
-    send(wire::make_error(request_id, to_protocol(result.error()), result.error().message()));
+    send(store_error(request_id, result.error()));
     co_return;
   }
   frame reply;

@@ -36,12 +36,13 @@ void refuse(Socket& socket) {
 
 listener::listener(std::vector<std::unique_ptr<asio::io_context>>& contexts,
                    const tcp::endpoint& endpoint, shared_state& state, connection_set& connections,
-                   http_role role)
+                   http_role role, admission& admit)
     : contexts_(contexts),
       acceptor_(*contexts[0]),
       state_(state),
       connections_(connections),
-      role_(role) {
+      role_(role),
+      admit_(admit) {
   acceptor_.open(endpoint.protocol());
   acceptor_.set_option(asio::socket_base::reuse_address(true));
   acceptor_.bind(endpoint);
@@ -71,7 +72,7 @@ asio::awaitable<void> listener::accept_loop() {
       continue;
     }
     boost::system::error_code ignored;
-    auto ticket = state_.admit.admit();
+    auto ticket = admit_.admit();
     if (!ticket) {
       refuse(socket);
       state_.stats.connections_refused.fetch_add(1, std::memory_order_relaxed);

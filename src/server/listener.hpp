@@ -17,11 +17,11 @@ class listener {
  public:
   // Binds at once (throws boost::system::system_error if it cannot). The acceptor lives on
   // contexts[0]; accepted sockets go to the contexts round-robin.
-  // Each accepted connection is admitted (state.admit) or refused at once: a refused one gets
+  // Each accepted connection is admitted (`admit`) or refused at once: a refused one gets
   // a fixed "503 Service Unavailable" written without waiting, and is closed.
   listener(std::vector<std::unique_ptr<boost::asio::io_context>>& contexts,
            const boost::asio::ip::tcp::endpoint& endpoint, shared_state& state,
-           connection_set& connections, http_role role);
+           connection_set& connections, http_role role, admission& admit);
 
   boost::asio::ip::tcp::endpoint local_endpoint() const { return acceptor_.local_endpoint(); }
 
@@ -38,6 +38,7 @@ class listener {
   connection_set& connections_;
   std::size_t next_ = 0;
   http_role role_;
+  admission& admit_;
 };
 
 }  // namespace parley::server

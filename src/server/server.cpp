@@ -3,6 +3,7 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <sys/resource.h>
 #include <sys/stat.h>
 
@@ -51,9 +52,10 @@ void derive_connection_limits(config& cfg) {
     }
     cfg.max_connections = room;
   }
-  if (cfg.max_unauthenticated == 0 || cfg.max_unauthenticated > cfg.max_connections) {
+  if (cfg.max_unauthenticated == 0) {
     cfg.max_unauthenticated = std::max<std::size_t>(cfg.max_connections / 4, 1);
   }
+  cfg.max_unauthenticated = std::min(cfg.max_unauthenticated, cfg.max_connections);
   log_info() << "connections: at most " << cfg.max_connections << " (open-file limit " << files
              << ", " << cfg.reserved_fds << " reserved), " << cfg.max_unauthenticated
              << " of them unauthenticated; memory budget " << (cfg.memory_budget_bytes >> 20)
@@ -115,6 +117,9 @@ struct server::impl {
   connection_set connections;
   config cfg;
   admission admit;
+  // The metrics address's own few connections: scrapes and health checks still get in while
+  // the main address is at its limits.
+  admission admit_metrics{64, 64, 1u << 20, connections, stats};
   request_limiters limiters;
   std::unique_ptr<store::rocksdb_store> store;
   presence::local_presence presence;
@@ -126,6 +131,16 @@ struct server::impl {
   std::unique_ptr<listener> accept_metrics;  // only with a metrics address
   std::vector<std::thread> threads;
   std::unique_ptr<asio::signal_set> signals;
+  std::unique_ptr<asio::steady_timer> budget_timer;  // admission::enforce every 100 ms
+
+  void enforce_budget() {
+    budget_timer->expires_after(std::chrono::milliseconds(100));
+    budget_timer->async_wait([this](const boost::system::error_code& ec) {
+      if (ec) return;
+      admit.enforce();
+      enforce_budget();
+    });
+  }
 
   std::mutex stop_mutex;
   std::condition_variable stop_cv;
@@ -151,16 +166,20 @@ asio::ip::tcp::endpoint server::start() {
                                          d.cfg.listen_port);
   const bool own_metrics = !d.cfg.metrics_host.empty();
   d.accept = std::make_unique<listener>(d.contexts, endpoint, *d.state, d.connections,
-                                        own_metrics ? http_role::main_no_metrics : http_role::main);
+                                        own_metrics ? http_role::main_no_metrics : http_role::main,
+                                        d.admit);
   d.accept->start();
   if (own_metrics) {
     const asio::ip::tcp::endpoint metrics_endpoint(asio::ip::make_address(d.cfg.metrics_host),
                                                    d.cfg.metrics_port);
-    d.accept_metrics = std::make_unique<listener>(d.contexts, metrics_endpoint, *d.state,
-                                                  d.connections, http_role::metrics);
+    d.accept_metrics =
+        std::make_unique<listener>(d.contexts, metrics_endpoint, *d.state, d.connections,
+                                   http_role::metrics, d.admit_metrics);
     d.accept_metrics->start();
     log_info() << "metrics on " << d.accept_metrics->local_endpoint();
   }
+  d.budget_timer = std::make_unique<asio::steady_timer>(*d.contexts[0]);
+  d.enforce_budget();
   d.signals = std::make_unique<asio::signal_set>(*d.contexts[0], SIGINT, SIGTERM);
   d.signals->async_wait([this](const boost::system::error_code& ec, int) {
     if (!ec) stop();
@@ -196,6 +215,7 @@ void server::wait() {
   asio::post(*d.contexts[0], [&d] {
     boost::system::error_code ignored;
     if (d.signals) d.signals->cancel(ignored);
+    if (d.budget_timer) d.budget_timer->cancel();
   });
   d.connections.close_all();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);

@@ -1,6 +1,8 @@
 #include "server_process.hpp"
 
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,8 +23,9 @@ namespace parley::test {
 namespace fs = std::filesystem;
 
 server_process::server_process(std::vector<std::string> extra_args, std::string config_toml,
-                               std::vector<std::string> extra_env)
-    : args_(std::move(extra_args)) {
+                               std::vector<std::string> extra_env,
+                               std::vector<std::string> command_prefix)
+    : args_(std::move(extra_args)), prefix_(std::move(command_prefix)) {
   for (char** e = environ; *e != nullptr; ++e) {
     const std::string entry = *e;
     const std::string name = entry.substr(0, entry.find('='));
@@ -57,6 +60,7 @@ void server_process::spawn() {
     argv_s.push_back(config_file_.string());
   }
   argv_s.insert(argv_s.end(), args_.begin(), args_.end());
+  argv_s.insert(argv_s.begin(), prefix_.begin(), prefix_.end());
   const auto p = test_support::spawn_listening(std::move(argv_s), env_);
   pid_ = p.pid;
   port_ = p.port;
@@ -121,6 +125,26 @@ std::string http_get(unsigned short port, const std::string& path) {
   } catch (const std::exception&) {
     return "";
   }
+}
+
+std::string http_exchange(unsigned short port, const std::string& request) {
+  namespace asio = boost::asio;
+  asio::io_context io;
+  asio::ip::tcp::socket s(io);
+  boost::system::error_code ec;
+  s.connect({asio::ip::make_address("127.0.0.1"), port}, ec);
+  if (ec) return "";
+  timeval timeout{10, 0};
+  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  asio::write(s, asio::buffer(request), ec);  // the server may answer before reading it all
+  std::string response;
+  char buf[4096];
+  for (;;) {
+    const std::size_t n = s.read_some(asio::buffer(buf), ec);
+    response.append(buf, n);
+    if (ec) break;
+  }
+  return response;
 }
 
 }  // namespace parley::test

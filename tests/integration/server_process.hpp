@@ -21,8 +21,10 @@ class server_process {
   // Starts parleyd with `extra_args`; `config_toml`, if not empty, is written to a file and
   // passed with --config. Waits (at most 20 s) for its "listening on" line.
   // `extra_env` entries ("NAME=value") are added to (or replace in) the inherited environment.
+  // `command_prefix`, if given, runs parleyd under it (e.g. {"/usr/bin/prlimit", "--nofile=N"}).
   explicit server_process(std::vector<std::string> extra_args = {}, std::string config_toml = {},
-                          std::vector<std::string> extra_env = {});
+                          std::vector<std::string> extra_env = {},
+                          std::vector<std::string> command_prefix = {});
   ~server_process();
 
   std::string url() const { return "ws://127.0.0.1:" + std::to_string(port_); }
@@ -40,6 +42,7 @@ class server_process {
 
   std::vector<std::string> args_;
   std::vector<std::string> env_;
+  std::vector<std::string> prefix_;
   std::filesystem::path data_dir_;
   std::filesystem::path config_file_;
   pid_t pid_ = -1;
@@ -48,6 +51,8 @@ class server_process {
 
 // GET path from the server; returns the body ("" on failure).
 std::string http_get(unsigned short port, const std::string& path);
+// Sends `request` as is and returns everything the server answers until it closes (or 10 s).
+std::string http_exchange(unsigned short port, const std::string& request);
 
 // Runs `a` on `io` until it completes (or `timeout` passes: throws).
 template <class T>

@@ -426,6 +426,7 @@ void rocksdb_store::impl::open() {
   ids = snowflake(options.node_id);
   ids.advance_past(load(keys::meta_snowflake, 0));
   start_readers();
+  accepting_writes();  // health from the start (a restart on a full disk)
   writer = std::thread([this] { run_writer(); });
   name_thread(writer, "store-writer");
 }
@@ -496,7 +497,14 @@ void rocksdb_store::impl::run_writer() {
   for (;;) {
     {
       std::unique_lock lock(mutex);
-      wake.wait(lock, [&] { return stopping || !pending.empty(); });
+      // Idle, the writer still checks the store's health every second, so that /healthz
+      // tells the truth when nobody writes (a restart on a full disk, space that returned).
+      if (!wake.wait_for(lock, std::chrono::seconds(1),
+                         [&] { return stopping || !pending.empty(); })) {
+        lock.unlock();
+        accepting_writes();
+        continue;
+      }
       if (pending.empty()) return;  // stopping, and everything queued is done
       while (!pending.empty() && work.size() < options.max_group) {
         work.push_back(std::move(pending.front()));
