@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Each installs what is missing first.
-.PHONY: setup build run test test-release test-asan bench clean
+.PHONY: setup build run test test-release test-asan test-tsan bench clean
 
 PRESET ?= release
 DATA ?= ./data
@@ -12,11 +12,16 @@ build: setup
 	@cmake --preset $(PRESET) >/dev/null
 	@cmake --build --preset $(PRESET)
 
+# TLS: make run TLS_CERT=cert.pem TLS_KEY=key.pem (docs/operations.md, "TLS").
+TLS_CERT ?=
+TLS_KEY ?=
 run: build
-	build/bin/parleyd --listen $(LISTEN) --data $(DATA)
+	build/bin/parleyd --listen $(LISTEN) --data $(DATA) \
+	  $(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY))
 
-# Every test, in the release build and again under AddressSanitizer + UBSan.
-test: test-release test-asan
+# Every test, in the release build, again under AddressSanitizer + UBSan, and again under
+# ThreadSanitizer (all but the benchmark's smoke run, whose timing TSan distorts).
+test: test-release test-asan test-tsan
 
 test-release: setup
 	@cmake --preset release >/dev/null
@@ -27,6 +32,11 @@ test-asan: setup
 	@cmake --preset asan >/dev/null
 	@cmake --build --preset asan
 	ctest --preset asan
+
+test-tsan: setup
+	@cmake --preset tsan >/dev/null
+	@cmake --build --preset tsan
+	ctest --preset tsan
 
 # A quick run of every parley-bench scenario; results (JSON, PNG) in bench/results/. Then
 # what end-to-end encryption costs a client (Google Benchmark, against the symmetric core).

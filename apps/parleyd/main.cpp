@@ -16,6 +16,7 @@ namespace {
 constexpr const char* usage =
     "usage: parleyd [--listen HOST:PORT] [--data DIR] [--threads N] [--config FILE]\n"
     "               [--no-fsync] [--log-level debug|info|warn|error] [--metrics-listen HOST:PORT]\n"
+    "               [--tls-cert FILE --tls-key FILE] [--allow-plaintext]\n"
     "  --listen   address to serve WebSocket (/v1/ws) and HTTP on (default 127.0.0.1:8080;\n"
     "             port 0 picks a free port, printed on start)\n"
     "  --data     data directory (default ./data)\n"
@@ -23,7 +24,11 @@ constexpr const char* usage =
     "  --config   TOML file (see docs/operations.md); flags override it\n"
     "  --no-fsync do not fsync writes (benchmarks only: a crash can lose acknowledged messages)\n"
     "  --metrics-listen  serve GET /metrics (and /healthz) on this address only, e.g. a\n"
-    "             loopback one, instead of on --listen\n";
+    "             loopback one, instead of on --listen\n"
+    "  --tls-cert FILE --tls-key FILE  serve wss:// and https:// (PEM certificate chain and\n"
+    "             key; reloaded on SIGHUP). Without them, plain ws:// is served on loopback\n"
+    "             addresses only\n"
+    "  --allow-plaintext  serve plain ws:// on any address (behind a TLS-terminating proxy)\n";
 
 }  // namespace
 
@@ -56,6 +61,12 @@ int main(int argc, char** argv) {
         if (v.empty() || ec != std::errc{} || end != v.data() + v.size() || n == 0 || n > 256)
           throw std::invalid_argument("--threads must be 1-256, got '" + v + "'");
         cfg.threads = n;
+      } else if (arg == "--tls-cert") {
+        cfg.tls_cert = value();
+      } else if (arg == "--tls-key") {
+        cfg.tls_key = value();
+      } else if (arg == "--allow-plaintext") {
+        cfg.allow_plaintext = true;
       } else if (arg == "--metrics-listen") {
         parley::server::parse_metrics_listen(value(), cfg);
       } else if (arg == "--config") {
@@ -82,6 +93,7 @@ int main(int argc, char** argv) {
       }
     }
 
+    parley::server::check_transport(cfg);
     parley::server::server server(cfg);
     const auto endpoint = server.start();
     // Tests and scripts read this line to learn the port.
@@ -90,8 +102,10 @@ int main(int argc, char** argv) {
     if (auto m = server.metrics_endpoint()) {
       metrics = "; metrics on " + m->address().to_string() + ":" + std::to_string(m->port());
     }
-    std::printf("parleyd listening on %s:%u (data %s%s)\n", endpoint.address().to_string().c_str(),
-                endpoint.port(), cfg.data_dir.string().c_str(), metrics.c_str());
+    std::printf("parleyd listening on %s:%u (%s, data %s%s)\n",
+                endpoint.address().to_string().c_str(), endpoint.port(),
+                cfg.tls_cert.empty() ? "ws://" : "wss://", cfg.data_dir.string().c_str(),
+                metrics.c_str());
     std::fflush(stdout);
     server.wait();
     return 0;

@@ -13,6 +13,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <cstdlib>
 #include <ctime>
+#include <fstream>
 #include <iostream>
 #include <optional>
 #include <stdexcept>
@@ -22,6 +23,7 @@
 #include "client/local_store.hpp"
 #include "client/messenger.hpp"
 #include "client/profile.hpp"
+#include "client/ws_connection.hpp"
 #include "common/clock.hpp"
 #include "e2ee/library_context.hpp"
 #include "wire/frame_codec.hpp"
@@ -36,7 +38,7 @@ using asio::awaitable;
 using client::client_error;
 
 constexpr const char* usage_text =
-    "usage: parley [--server URL] [--profile DIR] [--json] COMMAND\n"
+    "usage: parley [--server URL] [--ca FILE] [--profile DIR] [--json] COMMAND\n"
     "  register USERNAME     create the account and this device; credentials go in the profile\n"
     "  whoami\n"
     "  send USER TEXT        returns once the server has stored it (✓); prints the message id\n"
@@ -49,7 +51,10 @@ constexpr const char* usage_text =
     "  safety-number USER    the 60-digit number to compare with USER's: equal = no one between\n"
     "messages are end-to-end encrypted (Signal protocol); keys live in the profile's local.db\n"
     "defaults: --server ws://127.0.0.1:8080 (env PARLEY_SERVER), --profile ~/.parley\n"
-    "(env PARLEY_PROFILE)\n";
+    "(env PARLEY_PROFILE)\n"
+    "--server wss://HOST:PORT connects over TLS: the server's certificate must be valid for HOST\n"
+    "and signed by a CA the system trusts or, with --ca FILE (env PARLEY_CA), by one of the PEM\n"
+    "certificates in FILE only\n";
 
 // An error a person can act on; exit code 1 (2 for usage errors).
 struct failure {
@@ -59,6 +64,7 @@ struct failure {
 
 struct options {
   std::string server;
+  std::string ca_file;  // for wss://: trust only these CAs (empty: the system's)
   std::filesystem::path profile_dir;
   bool json = false;
   std::vector<std::string> args;  // command and its arguments
@@ -136,7 +142,9 @@ failure explain(const client_error& e, const std::string& subject = {}) {
 class session {
  public:
   session(asio::io_context& io, const options& opts)
-      : opts_(opts), profile_(opts.profile_dir), client_(io.get_executor()) {}
+      : opts_(opts), profile_(opts.profile_dir), client_(io.get_executor()) {
+    client_.set_ca_file(opts.ca_file);  // every connection of the command
+  }
 
   client::profile& profile() { return profile_; }
   client::client& api() { return client_; }
@@ -643,36 +651,24 @@ awaitable<void> cmd_chat(session& s, const options& o) {
   co_await s.api().close();
 }
 
-// Refuses a server URL that is not ws://HOST[:PORT][/PATH] with a decimal PORT of 1-65535
-// (80 if left out). `source` names where it came from. Without this, the resolver took a port
-// above 65535 modulo 65536 ("70000" connected to 4464) and a name ("ws://host:http") as a
-// service: a connection to another port than the one written.
+// Refuses a server URL that client::parse_ws_url refuses, saying why: above all a port that is
+// not a decimal 1-65535 (the resolver took "70000" modulo 65536, 4464, and "http" as a
+// service: a connection to another port than the one written). `source` names where it came
+// from.
 void check_server_url(const std::string& url, const std::string& source) {
-  auto bad = [&](const std::string& why) {
-    return failure{
-        source + " '" + url + "': " + why + " (expected ws://HOST:PORT, e.g. ws://127.0.0.1:8080)",
-        2};
-  };
-  const std::string scheme = "ws://";
-  if (url.rfind(scheme, 0) != 0) throw bad("the URL must start with " + scheme);
-  const std::string rest = url.substr(scheme.size());
-  const std::string authority = rest.substr(0, rest.find('/'));
-  // An IPv6 address is written in brackets, and then needs its port: ws://[::1]:8080.
-  const auto host_end = authority.rfind(']');
-  const auto colon = authority.rfind(':');
-  if (authority.empty() || colon == 0) throw bad("no host");
-  if (colon == std::string::npos) return;
-  if (authority.front() == '[' && (host_end == std::string::npos || host_end + 1 != colon)) {
-    throw bad("an IPv6 address needs a port after its ']'");
-  }
-  const std::string port = authority.substr(colon + 1);
-  unsigned long value = 0;
-  const bool digits = !port.empty() && port.size() <= 5 &&
-                      port.find_first_not_of("0123456789") == std::string::npos;
-  if (digits) value = std::stoul(port);
-  if (!digits || value == 0 || value > 65535) {
-    throw bad("the port must be a number from 1 to 65535, got '" + port + "'");
-  }
+  const std::string why = client::ws_url_problem(url);
+  if (why.empty()) return;
+  throw failure{source + " '" + url + "': " + why +
+                    " (expected ws://HOST:PORT or wss://HOST:PORT, e.g. ws://127.0.0.1:8080)",
+                2};
+}
+
+// Refuses a CA file that cannot be read, naming it and where it came from; whether it holds
+// certificates is found when a wss:// connection loads it ("TLS: cannot load the CA file").
+void check_ca_file(const std::string& path, const std::string& source) {
+  std::error_code ec;
+  if (std::filesystem::is_regular_file(path, ec) && std::ifstream(path)) return;
+  throw failure{source + " '" + path + "': cannot read the file (expected PEM CA certificates)", 2};
 }
 
 options parse(int argc, char** argv) {
@@ -680,6 +676,9 @@ options parse(int argc, char** argv) {
   const char* env_server = std::getenv("PARLEY_SERVER");
   o.server = env_server ? env_server : "ws://127.0.0.1:8080";
   std::string server_source = env_server ? "PARLEY_SERVER" : "the default server";
+  const char* env_ca = std::getenv("PARLEY_CA");
+  o.ca_file = env_ca ? env_ca : "";
+  std::string ca_source = "PARLEY_CA";
   if (const char* p = std::getenv("PARLEY_PROFILE")) {
     o.profile_dir = p;
   } else if (const char* home = std::getenv("HOME")) {
@@ -705,6 +704,9 @@ options parse(int argc, char** argv) {
     if (a == "--server") {
       o.server = value();
       server_source = "--server";
+    } else if (a == "--ca") {
+      o.ca_file = value();
+      ca_source = "--ca";
     } else if (a == "--profile") {
       o.profile_dir = value();
     } else if (a == "--json") {
@@ -723,6 +725,7 @@ options parse(int argc, char** argv) {
   }
   if (o.args.empty()) throw failure{usage_text, 2};
   check_server_url(o.server, server_source);
+  if (!o.ca_file.empty()) check_ca_file(o.ca_file, ca_source);
   return o;
 }
 

@@ -85,6 +85,7 @@ awaitable<result<void>> client::connect(std::string url) {
   inbox_->close("reconnecting");
   inbox_ = std::make_shared<shared_inbox>(executor_);
   ws_ = std::make_shared<ws_connection>(executor_);
+  ws_->set_ca_file(ca_file_);
   auto ec = co_await ws_->connect(url, std::chrono::seconds(5));
   if (ec) {
     co_return client_error{client_error::kind::unreachable, v1::ERROR_CODE_UNSPECIFIED,

@@ -57,7 +57,15 @@ class client {
   explicit client(boost::asio::any_io_executor executor);
   ~client();
 
+  // `url` is ws://HOST[:PORT][/PATH] or wss://... (see parse_ws_url). Fails as unreachable,
+  // with the reason in the message (for wss://, a certificate that fails verification says
+  // "TLS: certificate verify failed: " and OpenSSL's reason).
   boost::asio::awaitable<result<void>> connect(std::string url);
+
+  // For wss://: trust only the CA certificates in the PEM file at `path` instead of the
+  // system's store (see ws_connection::set_ca_file); empty for the system's store. Applies to
+  // every later connect().
+  void set_ca_file(std::string path) { ca_file_ = std::move(path); }
 
   boost::asio::awaitable<result<parley::v1::Registered>> register_account(std::string username);
   boost::asio::awaitable<result<parley::v1::Authenticated>> authenticate(std::uint64_t device_id,
@@ -111,6 +119,7 @@ class client {
   std::shared_ptr<ws_connection> ws_;
   std::shared_ptr<struct shared_inbox> inbox_;
   std::uint64_t next_request_id_ = 1;
+  std::string ca_file_;
   std::chrono::milliseconds request_timeout_{10'000};
 };
 

@@ -1,16 +1,28 @@
 #include "client/ws_connection.hpp"
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509_vfy.h>
+
 #include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/asio/ssl/verify_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
 #include <deque>
+#include <optional>
+#include <type_traits>
+#include <variant>
 
 namespace parley::client {
 
@@ -21,37 +33,234 @@ using asio::awaitable;
 using boost::system::error_code;
 constexpr auto as_tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 
-bool parse_ws_url(const std::string& url, std::string& host, std::string& port, std::string& path) {
-  const std::string scheme = "ws://";
-  if (url.rfind(scheme, 0) != 0) return false;
-  std::string rest = url.substr(scheme.size());
-  const auto slash = rest.find('/');
-  path = slash == std::string::npos ? "/v1/ws" : rest.substr(slash);
-  if (path == "/") path = "/v1/ws";
-  const std::string authority = rest.substr(0, slash);
-  const auto colon = authority.rfind(':');
-  if (colon == std::string::npos) {
-    host = authority;
-    port = "80";
+namespace {
+
+struct ws_url {
+  std::string host, port, path;
+  bool tls = false;
+};
+
+// Splits `url` into `out`; returns why it cannot (empty if it can).
+std::string split_ws_url(const std::string& url, ws_url& out) {
+  std::string rest;
+  if (url.rfind("wss://", 0) == 0) {
+    out.tls = true;
+    rest = url.substr(6);
+  } else if (url.rfind("ws://", 0) == 0) {
+    rest = url.substr(5);
   } else {
-    host = authority.substr(0, colon);
-    port = authority.substr(colon + 1);
+    return "the URL must start with ws:// or wss://";
   }
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
-  return !host.empty() && !port.empty();
+  const auto slash = rest.find('/');
+  const std::string authority = rest.substr(0, slash);
+  out.path = slash == std::string::npos ? "/" : rest.substr(slash);
+  if (out.path == "/") out.path = "/v1/ws";
+  std::string after_host;  // ":PORT" or nothing
+  if (!authority.empty() && authority.front() == '[') {
+    const auto close = authority.find(']');
+    if (close == std::string::npos) return "an IPv6 address needs its closing ']'";
+    out.host = authority.substr(1, close - 1);
+    after_host = authority.substr(close + 1);
+    if (!after_host.empty() && after_host.front() != ':') {
+      return "only :PORT may follow the ']' of an IPv6 address";
+    }
+  } else {
+    // Two colons are an IPv6 address without its brackets: which one starts the port?
+    const auto colon = authority.find(':');
+    if (colon != authority.rfind(':')) {
+      return "an IPv6 address is written in brackets, e.g. ws://[::1]:8080";
+    }
+    out.host = authority.substr(0, colon);
+    if (colon != std::string::npos) after_host = authority.substr(colon);
+  }
+  if (out.host.empty()) return "no host";
+  if (after_host.empty()) {
+    out.port = out.tls ? "443" : "80";
+    return {};
+  }
+  // Decimal only: the resolver takes a port above 65535 modulo 65536 ("70000" is 4464) and a
+  // name ("http") as a service, both a connection to another port than the one written.
+  out.port = after_host.substr(1);
+  const bool digits = !out.port.empty() && out.port.size() <= 5 &&
+                      out.port.find_first_not_of("0123456789") == std::string::npos;
+  const unsigned long value = digits ? std::stoul(out.port) : 0;
+  if (value == 0 || value > 65535) {
+    return "the port must be a number from 1 to 65535, got '" + out.port + "'";
+  }
+  return {};
+}
+
+// A failed step of a wss:// connection: its message is the step, then the reason the value
+// stands for in `reasons` (OpenSSL's error codes as asio's SSL category holds them, asio's SSL
+// stream errors, errno) or, if `reasons` is null, OpenSSL's certificate verdict (an
+// X509_V_ERR_* code).
+class tls_category final : public boost::system::error_category {
+ public:
+  tls_category(const char* name, const char* step, const boost::system::error_category* reasons)
+      : name_(name), step_(step), reasons_(reasons) {}
+  const char* name() const noexcept override { return name_; }
+  std::string message(int ev) const override {
+    if (!reasons_) return step_ + std::string(X509_verify_cert_error_string(ev));
+    return step_ + reasons_->message(ev);
+  }
+
+ private:
+  const char* name_;
+  const char* step_;
+  const boost::system::error_category* reasons_;
+};
+
+const tls_category& verify_failed() {
+  static const tls_category c("parley.tls.verify", "TLS: certificate verify failed: ", nullptr);
+  return c;
+}
+
+enum class tls_step { setup, ca_file, trust_store, handshake };
+
+// `ec` as a failure of `step`, with its reason: OpenSSL's errors, asio's SSL stream errors (the
+// peer's EOF in mid-handshake) and system errors (an unreadable file) get the step in front;
+// anything else (a timeout) stays as it is.
+error_code tls_error(const error_code& ec, tls_step step) {
+  static const boost::system::error_category* const sources[] = {
+      &asio::error::get_ssl_category(), &asio::ssl::error::get_stream_category(),
+      &boost::system::system_category()};
+  static const std::deque<tls_category> categories = [] {
+    const std::pair<const char*, const char*> steps[] = {
+        {"parley.tls.setup", "TLS: cannot set up the connection: "},
+        {"parley.tls.ca_file", "TLS: cannot load the CA file: "},
+        {"parley.tls.trust_store", "TLS: cannot load the system's trusted certificates: "},
+        {"parley.tls.handshake", "TLS handshake failed: "}};
+    std::deque<tls_category> all;  // in place: categories are neither copied nor moved
+    for (const auto& [name, text] : steps) {
+      for (const auto* source : sources) all.emplace_back(name, text, source);
+    }
+    return all;
+  }();
+  for (std::size_t i = 0; i < std::size(sources); ++i) {
+    if (ec.category() == *sources[i]) {
+      return {ec.value(), categories[static_cast<std::size_t>(step) * std::size(sources) + i]};
+    }
+  }
+  return ec;
+}
+
+// The oldest error OpenSSL queued, as a failure of `step` (never 0, which would be success).
+error_code openssl_error(tls_step step) {
+  const unsigned long e = ERR_get_error();
+  ERR_clear_error();
+  return tls_error(
+      {static_cast<int>(e != 0 ? e : ERR_R_INTERNAL_ERROR), asio::error::get_ssl_category()}, step);
+}
+
+using plain_ws = websocket::stream<beast::tcp_stream>;
+using tls_ws = websocket::stream<beast::ssl_stream<beast::tcp_stream>>;
+// Replacing the plain stream by a TLS one (a move into the variant) cannot throw and leave the
+// variant without a stream.
+static_assert(std::is_nothrow_move_constructible_v<tls_ws>);
+
+}  // namespace
+
+bool parse_ws_url(const std::string& url, std::string& host, std::string& port, std::string& path,
+                  bool& tls) {
+  ws_url parts;
+  if (!split_ws_url(url, parts).empty()) return false;
+  host = std::move(parts.host);
+  port = std::move(parts.port);
+  path = std::move(parts.path);
+  tls = parts.tls;
+  return true;
+}
+
+std::string ws_url_problem(const std::string& url) {
+  ws_url parts;
+  return split_ws_url(url, parts);
 }
 
 struct ws_connection::impl {
   explicit impl(asio::any_io_executor ex)
-      : ws(ex), wake(ex, asio::steady_timer::time_point::max()) {}
+      : executor(ex),
+        ws(std::in_place_type<plain_ws>, ex),
+        wake(ex, asio::steady_timer::time_point::max()) {}
 
-  websocket::stream<beast::tcp_stream> ws;
+  asio::any_io_executor executor;
+  std::string ca_file;                            // wss://: trust only these CAs
+  std::optional<asio::ssl::context> tls_context;  // wss:// only; made by connect()
+  std::variant<plain_ws, tls_ws> ws;              // plain until connect() finds wss://
   beast::flat_buffer buffer;
   std::deque<std::string> outgoing;
   asio::steady_timer wake;
   bool writing_done = false;  // write loop ended
   bool closed = false;
+
+  // Calls `f` with the WebSocket stream, plain or TLS: Beast's calls are written once, and the
+  // choice is one branch.
+  template <class F>
+  decltype(auto) with_ws(F&& f) {
+    if (auto* tls = std::get_if<tls_ws>(&ws)) return f(*tls);
+    return f(*std::get_if<plain_ws>(&ws));
+  }
+
+  beast::tcp_stream& tcp() {
+    return with_ws([](auto& s) -> beast::tcp_stream& { return beast::get_lowest_layer(s); });
+  }
+
+  // Replaces the plain stream by a TLS one that checks the certificate of `host`: TLS 1.2 or
+  // later, the peer verified against ca_file (or the system's store), host name checked, SNI
+  // set unless `host` is an IP address. Before anything is connected.
+  error_code make_tls_stream(const std::string& host) {
+    try {
+      auto& ctx = tls_context.emplace(asio::ssl::context::tls_client);
+      if (SSL_CTX_set_min_proto_version(ctx.native_handle(), TLS1_2_VERSION) != 1) {
+        return openssl_error(tls_step::setup);
+      }
+      error_code ec;
+      ctx.set_verify_mode(asio::ssl::verify_peer, ec);
+      if (ec) return tls_error(ec, tls_step::setup);
+      if (ca_file.empty()) {
+        ctx.set_default_verify_paths(ec);
+        if (ec) return tls_error(ec, tls_step::trust_store);
+      } else {
+        ctx.load_verify_file(ca_file, ec);
+        if (ec) return tls_error(ec, tls_step::ca_file);
+      }
+      tls_ws stream(executor, ctx);
+      auto& ssl = stream.next_layer();
+      error_code not_ip;
+      asio::ip::make_address(host, not_ip);
+      const bool is_ip = !not_ip;
+      if (!is_ip && SSL_set_tlsext_host_name(ssl.native_handle(), host.c_str()) != 1) {
+        return openssl_error(tls_step::setup);
+      }
+      ssl.set_verify_callback(
+          [check = asio::ssl::host_name_verification(host), is_ip](bool preverified,
+                                                                   asio::ssl::verify_context& v) {
+            if (check(preverified, v)) return true;
+            // asio's check leaves OpenSSL's verdict at "ok" when only the name is wrong: say so.
+            if (X509_STORE_CTX_get_error(v.native_handle()) == X509_V_OK) {
+              X509_STORE_CTX_set_error(v.native_handle(), is_ip ? X509_V_ERR_IP_ADDRESS_MISMATCH
+                                                                : X509_V_ERR_HOSTNAME_MISMATCH);
+            }
+            return false;
+          },
+          ec);
+      if (ec) return tls_error(ec, tls_step::setup);
+      ws.emplace<tls_ws>(std::move(stream));  // a move: cannot throw (see the static_assert)
+      return {};
+    } catch (const boost::system::system_error& e) {  // asio's SSL_CTX_new / SSL_new failed
+      return tls_error(e.code(), tls_step::setup);
+    }
+  }
+
+  // The TLS handshake's outcome `ec` as connect() reports it: a certificate that failed as
+  // verify_failed with OpenSSL's verdict; also a handshake that passed without a verified
+  // certificate (which verify_peer rules out), since that must never count as connected.
+  static error_code checked_handshake(SSL* ssl, const error_code& ec) {
+    const long verdict = SSL_get_verify_result(ssl);
+    if (verdict != X509_V_OK) return {static_cast<int>(verdict), verify_failed()};
+    if (ec) return tls_error(ec, tls_step::handshake);
+    if (SSL_get0_peer_certificate(ssl) == nullptr) return {X509_V_ERR_UNSPECIFIED, verify_failed()};
+    return {};
+  }
 
   static awaitable<void> write_loop(std::shared_ptr<impl> self) {
     while (!self->closed) {
@@ -62,7 +271,8 @@ struct ws_connection::impl {
       }
       std::string next = std::move(self->outgoing.front());
       self->outgoing.pop_front();
-      auto [ec, n] = co_await self->ws.async_write(asio::buffer(next), as_tuple_awaitable);
+      auto [ec, n] = co_await self->with_ws(
+          [&](auto& ws) { return ws.async_write(asio::buffer(next), as_tuple_awaitable); });
       if (ec) break;
     }
     self->writing_done = true;
@@ -77,18 +287,24 @@ ws_connection::~ws_connection() {
   impl_->closed = true;
   impl_->wake.cancel();
   beast::error_code ignored;
-  beast::get_lowest_layer(impl_->ws).socket().close(ignored);
+  impl_->tcp().socket().close(ignored);
 }
+
+void ws_connection::set_ca_file(std::string path) { impl_->ca_file = std::move(path); }
 
 awaitable<error_code> ws_connection::connect(std::string url, std::chrono::milliseconds timeout,
                                              std::string source_address) {
   std::string host, port, path;
-  if (!parse_ws_url(url, host, port, path)) co_return asio::error::invalid_argument;
-  asio::ip::tcp::resolver resolver(impl_->ws.get_executor());
+  bool tls = false;
+  if (!parse_ws_url(url, host, port, path, tls)) co_return asio::error::invalid_argument;
+  if (tls) {
+    if (auto ec = impl_->make_tls_stream(host)) co_return ec;
+  }
+  asio::ip::tcp::resolver resolver(impl_->executor);
   auto [rec, results] = co_await resolver.async_resolve(host, port, as_tuple_awaitable);
   if (rec) co_return rec;
-  auto& tcp = beast::get_lowest_layer(impl_->ws);
-  tcp.expires_after(timeout);
+  auto& tcp = impl_->tcp();
+  tcp.expires_after(timeout);  // connecting and the TLS handshake
   if (source_address.empty()) {
     auto [cec, ep] = co_await tcp.async_connect(results, as_tuple_awaitable);
     if (cec) co_return cec;
@@ -108,15 +324,24 @@ awaitable<error_code> ws_connection::connect(std::string url, std::chrono::milli
     if (cec) co_return cec;
   }
   tcp.socket().set_option(asio::ip::tcp::no_delay(true));
+  if (auto* secure = std::get_if<tls_ws>(&impl_->ws)) {
+    auto& ssl = secure->next_layer();
+    auto [tec] = co_await ssl.async_handshake(asio::ssl::stream_base::client, as_tuple_awaitable);
+    if (auto ec = impl::checked_handshake(ssl.native_handle(), tec)) co_return ec;
+  }
   tcp.expires_never();
   auto t = websocket::stream_base::timeout::suggested(beast::role_type::client);
   t.handshake_timeout = timeout;
-  impl_->ws.set_option(t);
-  impl_->ws.read_message_max(1024 * 1024);
-  impl_->ws.binary(true);
-  auto [hec] = co_await impl_->ws.async_handshake(host + ":" + port, path, as_tuple_awaitable);
+  const bool v6 = host.find(':') != std::string::npos;
+  const std::string host_header = (v6 ? "[" + host + "]" : host) + ":" + port;
+  auto [hec] = co_await impl_->with_ws([&](auto& ws) {
+    ws.set_option(t);
+    ws.read_message_max(1024 * 1024);
+    ws.binary(true);
+    return ws.async_handshake(host_header, path, as_tuple_awaitable);
+  });
   if (hec) co_return hec;
-  asio::co_spawn(impl_->ws.get_executor(), impl::write_loop(impl_), asio::detached);
+  asio::co_spawn(impl_->executor, impl::write_loop(impl_), asio::detached);
   co_return error_code{};
 }
 
@@ -129,7 +354,8 @@ void ws_connection::send(std::string bytes) {
 awaitable<std::pair<error_code, std::string>> ws_connection::read() {
   auto self = impl_;
   self->buffer.clear();
-  auto [ec, n] = co_await self->ws.async_read(self->buffer, as_tuple_awaitable);
+  auto [ec, n] = co_await self->with_ws(
+      [&](auto& ws) { return ws.async_read(self->buffer, as_tuple_awaitable); });
   if (ec) co_return std::pair{ec, std::string()};
   const auto data = self->buffer.cdata();
   co_return std::pair{error_code{},
@@ -140,7 +366,7 @@ awaitable<void> ws_connection::close(std::chrono::milliseconds timeout) {
   auto self = impl_;
   // Let the write loop flush what is queued (bounded by the timeout).
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  asio::steady_timer poll(self->ws.get_executor());
+  asio::steady_timer poll(self->executor);
   while (!self->outgoing.empty() && !self->writing_done &&
          std::chrono::steady_clock::now() < deadline) {
     poll.expires_after(std::chrono::milliseconds(2));
@@ -148,9 +374,10 @@ awaitable<void> ws_connection::close(std::chrono::milliseconds timeout) {
   }
   self->closed = true;
   self->wake.cancel();
-  if (self->ws.is_open()) {
-    beast::get_lowest_layer(self->ws).expires_after(timeout);
-    co_await self->ws.async_close(websocket::close_code::normal, as_tuple_awaitable);
+  if (self->with_ws([](auto& ws) { return ws.is_open(); })) {
+    self->tcp().expires_after(timeout);  // the close handshake and, for wss://, TLS's shutdown
+    co_await self->with_ws(
+        [](auto& ws) { return ws.async_close(websocket::close_code::normal, as_tuple_awaitable); });
   }
 }
 
@@ -158,7 +385,7 @@ void ws_connection::abort() {
   impl_->closed = true;
   impl_->wake.cancel();
   beast::error_code ignored;
-  beast::get_lowest_layer(impl_->ws).socket().close(ignored);
+  impl_->tcp().socket().close(ignored);
 }
 
 }  // namespace parley::client

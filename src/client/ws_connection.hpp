@@ -1,5 +1,12 @@
-// A client WebSocket connection (ws://HOST:PORT/PATH), binary messages only. Beast's client
-// templates are instantiated only in ws_connection.cpp.
+// A client WebSocket connection (ws://HOST:PORT/PATH, or wss:// over TLS), binary messages
+// only. Beast's client templates are instantiated only in ws_connection.cpp.
+//
+// wss:// checks the server's certificate (TLS 1.2 or later): it must chain to a trusted CA
+// (the system's store, or only those of set_ca_file()) and be valid for HOST (its DNS name or
+// IP address); HOST is sent as SNI unless it is an IP address. A certificate that fails makes
+// connect() fail, with an error whose message starts "TLS: certificate verify failed: " and
+// gives OpenSSL's reason. There is no fallback to plaintext or to an unchecked certificate.
+// ws:// is the plain stream as before: the TLS choice costs one branch per read and write.
 //
 // Single-threaded: use from one executor (one io_context thread). Writes are queued and sent
 // in order by an internal loop, so any coroutine may call send() at any time.
@@ -22,8 +29,15 @@ class ws_connection {
   ws_connection(const ws_connection&) = delete;
   ws_connection& operator=(const ws_connection&) = delete;
 
-  // Resolves, connects and completes the handshake within `timeout`.
-  // `url` is ws://HOST:PORT[/PATH]; PATH defaults to /v1/ws.
+  // For wss:// only, before connect(): trust only the CA certificates in the PEM file at
+  // `path` instead of the system's store. Empty (the default) means the system's store. The
+  // file is read by connect(), which fails ("TLS: cannot load the CA file: ...") if it holds
+  // no certificate or cannot be read.
+  void set_ca_file(std::string path);
+
+  // Resolves, connects and completes the TLS handshake (wss://) and the WebSocket handshake
+  // within `timeout`. `url` is as parse_ws_url() takes it; anything else fails with
+  // invalid_argument.
   // `source_address`, if not empty, is the local IP address to connect from (load generators
   // spread connections over 127.0.0.x to get past the ephemeral ports of one address).
   boost::asio::awaitable<boost::system::error_code> connect(std::string url,
@@ -48,7 +62,16 @@ class ws_connection {
   std::shared_ptr<impl> impl_;
 };
 
-// Splits ws://HOST:PORT/PATH. Returns false on anything else.
-bool parse_ws_url(const std::string& url, std::string& host, std::string& port, std::string& path);
+// Splits ws://HOST[:PORT][/PATH] or wss://HOST[:PORT][/PATH]; `tls` is set for wss://. PORT is
+// a decimal number from 1 to 65535, 80 (ws) or 443 (wss) if left out; PATH defaults to /v1/ws
+// (also for a bare "/"); an IPv6 HOST is written in brackets (ws://[::1]:8080) and returned
+// without them. Returns false on anything else (ws_url_problem() says why), leaving the out
+// parameters as they were.
+bool parse_ws_url(const std::string& url, std::string& host, std::string& port, std::string& path,
+                  bool& tls);
+
+// Why parse_ws_url() refuses `url`, in words a person can act on (e.g. "the port must be a
+// number from 1 to 65535, got '70000'"); empty if it accepts it.
+std::string ws_url_problem(const std::string& url);
 
 }  // namespace parley::client

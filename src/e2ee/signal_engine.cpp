@@ -27,9 +27,12 @@ constexpr std::string_view meta_next_signed_prekey_id = "next_signed_prekey_id";
 
 // libsignal's prekey ids live in 1..0xFFFFFE (Medium.MAX_VALUE - 1).
 constexpr std::uint32_t max_prekey_id = 0xFFFFFE;
-// Signal's fingerprint parameters: 5200 SHA-512 iterations, displayable version 1.
+// Signal's fingerprint parameters: 5200 SHA-512 iterations. The version passed to libsignal
+// (1) only selects the format of the scannable fingerprint, which parley does not use; the
+// displayed digits always come from libsignal's version-0 hash iteration (docs/security.md,
+// "Safety numbers").
 constexpr int fingerprint_iterations = 5200;
-constexpr int fingerprint_version = 1;
+constexpr int scannable_fingerprint_version = 1;
 
 // Owns one reference to a libsignal object.
 template <class T>
@@ -644,7 +647,7 @@ result<std::string> signal_engine::safety_number(const std::string& me, const st
       return errc::storage;
     }
     fingerprint_generator* generator = nullptr;
-    if (fingerprint_generator_create(&generator, fingerprint_iterations, fingerprint_version,
+    if (fingerprint_generator_create(&generator, fingerprint_iterations, scannable_fingerprint_version,
                                      d.library.get()) != 0) {
       return errc::library;
     }

@@ -95,8 +95,9 @@ class signal_engine {
   result<std::string> decrypt(const std::string& peer, std::int32_t device, message_type type,
                               const std::string& bytes);
 
-  // The 60-digit safety number of this user and `peer` (libsignal's displayable fingerprint,
-  // version 1, usernames as the stable identifiers): the same on both sides.
+  // The 60-digit safety number of this user and `peer` (libsignal's displayable fingerprint:
+  // 5,200 SHA-512 iterations of its version-0 hash, usernames as the stable identifiers;
+  // docs/security.md): the same on both sides.
   result<std::string> safety_number(const std::string& me, const std::string& peer);
 
   struct impl;

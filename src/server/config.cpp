@@ -2,6 +2,8 @@
 
 #include <toml++/toml.h>
 
+#include <boost/asio/ip/address.hpp>
+
 #include <algorithm>
 #include <map>
 #include <stdexcept>
@@ -33,6 +35,7 @@ const std::map<std::string, std::vector<std::string>, std::less<>>& known_keys()
       {"connections",
        {"max_connections", "max_unauthenticated", "reserved_fds", "memory_budget_bytes"}},
       {"storage", {"reserve_bytes"}},
+      {"tls", {"cert", "key", "allow_plaintext"}},
   };
   return keys;
 }
@@ -203,6 +206,14 @@ config load_config_file(const std::filesystem::path& file, config c) {
            c.memory_budget_bytes);
   positive("storage.reserve_bytes", t["storage"]["reserve_bytes"], c.storage_reserve_bytes);
 
+  auto tls = t["tls"];
+  check_type(tls["cert"], "tls.cert", tls["cert"].is_string());
+  if (auto v = tls["cert"].value<std::string>()) c.tls_cert = *v;
+  check_type(tls["key"], "tls.key", tls["key"].is_string());
+  if (auto v = tls["key"].value<std::string>()) c.tls_key = *v;
+  check_type(tls["allow_plaintext"], "tls.allow_plaintext", tls["allow_plaintext"].is_boolean());
+  if (auto v = tls["allow_plaintext"].value<bool>()) c.allow_plaintext = *v;
+
   // Rules between keys, on the values in force once the file is applied over `c`.
   if (c.limits.max_unauthenticated_frame_bytes > c.limits.max_frame_bytes) {
     throw std::runtime_error(
@@ -229,6 +240,20 @@ config load_config_file(const std::filesystem::path& file, config c) {
         "payload is limits.max_payload_bytes");
   }
   return c;
+}
+
+void check_transport(const config& c) {
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    throw std::invalid_argument("TLS needs both a certificate and a key (--tls-cert, --tls-key)");
+  }
+  if (!c.tls_cert.empty() || c.allow_plaintext) return;
+  boost::system::error_code ec;
+  const auto address = boost::asio::ip::make_address(c.listen_host, ec);
+  if (!ec && address.is_loopback()) return;
+  throw std::invalid_argument(
+      "refusing plain ws:// on " + c.listen_host +
+      ", which is not a loopback address: give a certificate (--tls-cert FILE --tls-key FILE) "
+      "or, behind a TLS-terminating proxy, --allow-plaintext");
 }
 
 }  // namespace parley::server

@@ -62,6 +62,13 @@ struct config {
   // below it (STORAGE_UNAVAILABLE) and resume by themselves above it.
   std::uint64_t storage_reserve_bytes = 256ull << 20;
 
+  // [tls]: with a certificate and key (PEM), the main address speaks TLS only (wss://,
+  // https://); SIGHUP reloads them. Without, it speaks plain ws:// — allowed only on a
+  // loopback address unless `allow_plaintext` (e.g. behind a TLS-terminating proxy).
+  std::filesystem::path tls_cert;
+  std::filesystem::path tls_key;
+  bool allow_plaintext = false;
+
   // An address of its own for GET /metrics and /healthz (e.g. 127.0.0.1:9090); when set, the
   // main address no longer serves /metrics.
   std::string metrics_host;
@@ -75,11 +82,15 @@ struct config {
 // max_outbound_bytes, drain_page, auth_timeout_ms, max_unauthenticated_frame_bytes;
 // [rate_limits] NAME and NAME_burst for each rate_limits member; [connections]
 // max_connections, max_unauthenticated, reserved_fds, memory_budget_bytes; [storage]
-// reserve_bytes.
+// reserve_bytes; [tls] cert, key, allow_plaintext.
 config load_config_file(const std::filesystem::path& file, config base);
 
 // "HOST:PORT" -> host, port. Throws std::invalid_argument.
 void parse_listen(const std::string& text, config& out);
+// Refuses (std::invalid_argument) a certificate without a key or the reverse, and plain ws://
+// on an address that is not a loopback one unless allow_plaintext is set.
+void check_transport(const config& c);
+
 // The same for the metrics address (metrics_host, metrics_port).
 void parse_metrics_listen(const std::string& text, config& out);
 

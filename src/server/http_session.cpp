@@ -9,6 +9,10 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket/rfc6455.hpp>
 
+#include <boost/asio/steady_timer.hpp>
+#include <sstream>
+
+#include "common/log.hpp"
 #include "server/websocket_session.hpp"
 #include "ws/handshake.hpp"
 
@@ -45,6 +49,48 @@ std::optional<http::status> status_for(const beast::error_code& ec) {
   return std::nullopt;
 }
 
+// Everything but the WebSocket upgrade: /healthz, /metrics (unless `role` excludes them),
+// 404 and 405.
+http::response<http::string_body> answer_request(shared_state& state,
+                                                 const http::request<http::string_body>& req,
+                                                 http_role role) {
+  http::response<http::string_body> res;
+  if (req.method() != http::verb::get) {
+    res = respond(req, http::status::method_not_allowed, "only GET here\n");
+  } else if (req.target() == "/healthz") {
+    // Unhealthy while the store refuses writes: a load balancer then sends new users
+    // elsewhere, and an operator sees why.
+    const auto health = state.store.health();
+    res = health.writable
+              ? respond(req, http::status::ok, "ok\n")
+              : respond(req, http::status::service_unavailable, "store: " + health.reason + "\n");
+  } else if (req.target() == "/metrics" && role != http_role::main_no_metrics) {
+    metrics::gauges g;
+    g.queue_depth = state.store.queued_events_estimate();
+    g.store_writable = state.store.health().writable;
+    g.buffered_bytes = state.admit.buffered_bytes();
+    g.open_connections = state.admit.open();
+    g.max_connections = state.admit.max_connections();
+    res = respond(req, http::status::ok, state.stats.render(g), "text/plain; version=0.0.4");
+  } else {
+    res = respond(req, http::status::not_found, "not found\n");
+  }
+  return res;
+}
+
+// The answer to a request that could not be read, or none when the peer just went away.
+std::optional<http::response<http::string_body>> answer_bad_request(const beast::error_code& ec) {
+  const auto status = status_for(ec);
+  if (!status) return std::nullopt;
+  http::response<http::string_body> res{*status, 11};
+  res.set(http::field::server, "parleyd");
+  res.set(http::field::content_type, "text/plain; charset=utf-8");
+  res.keep_alive(false);
+  res.body() = std::string(http::obsolete_reason(*status)) + ": " + ec.message() + "\n";
+  res.prepare_payload();
+  return res;
+}
+
 awaitable<void> serve(shared_state& state, connection_set& connections,
                       asio::ip::tcp::socket socket, admission::ticket ticket, http_role role) {
   beast::tcp_stream stream(std::move(socket));
@@ -56,15 +102,7 @@ awaitable<void> serve(shared_state& state, connection_set& connections,
     parser.body_limit(64 * 1024);
     auto [ec, n] = co_await http::async_read(stream, buffer, parser, as_tuple_awaitable);
     if (ec) {
-      if (auto status = status_for(ec)) {
-        http::response<http::string_body> res{*status, 11};
-        res.set(http::field::server, "parleyd");
-        res.set(http::field::content_type, "text/plain; charset=utf-8");
-        res.keep_alive(false);
-        res.body() = std::string(http::obsolete_reason(*status)) + ": " + ec.message() + "\n";
-        res.prepare_payload();
-        co_await http::async_write(stream, res, as_tuple_awaitable);
-      }
+      if (auto res = answer_bad_request(ec)) co_await http::async_write(stream, *res, as_tuple_awaitable);
       break;
     }
     auto req = parser.release();
@@ -81,31 +119,11 @@ awaitable<void> serve(shared_state& state, connection_set& connections,
       if (!initial) break;
       stream.expires_never();
       start_websocket_session(state, connections, stream.release_socket(), std::move(*initial),
-                              std::move(ticket));
+                              std::move(ticket), nullptr);
       co_return;
     }
 
-    http::response<http::string_body> res;
-    if (req.method() != http::verb::get) {
-      res = respond(req, http::status::method_not_allowed, "only GET here\n");
-    } else if (req.target() == "/healthz") {
-      // Unhealthy while the store refuses writes: a load balancer then sends new users
-      // elsewhere, and an operator sees why.
-      const auto health = state.store.health();
-      res = health.writable
-                ? respond(req, http::status::ok, "ok\n")
-                : respond(req, http::status::service_unavailable, "store: " + health.reason + "\n");
-    } else if (req.target() == "/metrics" && role != http_role::main_no_metrics) {
-      metrics::gauges g;
-      g.queue_depth = state.store.queued_events_estimate();
-      g.store_writable = state.store.health().writable;
-      g.buffered_bytes = state.admit.buffered_bytes();
-      g.open_connections = state.admit.open();
-      g.max_connections = state.admit.max_connections();
-      res = respond(req, http::status::ok, state.stats.render(g), "text/plain; version=0.0.4");
-    } else {
-      res = respond(req, http::status::not_found, "not found\n");
-    }
+    auto res = answer_request(state, req, role);
     const bool keep_alive = res.keep_alive();
     auto [wec, wn] = co_await http::async_write(stream, res, as_tuple_awaitable);
     if (wec || !keep_alive) break;
@@ -114,11 +132,150 @@ awaitable<void> serve(shared_state& state, connection_set& connections,
   stream.socket().shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
 }
 
+// --- HTTPS and wss:// -----------------------------------------------------------------------------
+//
+// The same requests over TLS. OpenSSL works on the socket's descriptor (ws::tls_channel), so
+// that after the upgrade the session moves to ws::connection as it is; Beast's parser is fed
+// the decrypted bytes by hand, and answers are serialized and written through the session.
+
+using tcp_socket = asio::ip::tcp::socket;
+
+// Waits until `socket` is ready for `what`; false if the wait failed or `deadline` cancelled it.
+awaitable<bool> ready(tcp_socket& socket, tcp_socket::wait_type what) {
+  auto [ec] = co_await socket.async_wait(what, as_tuple_awaitable);
+  co_return !ec;
+}
+
+awaitable<bool> wait_for(tcp_socket& socket, ws::tls_channel::status state) {
+  co_return co_await ready(socket, state == ws::tls_channel::status::want_write
+                                       ? tcp_socket::wait_write
+                                       : tcp_socket::wait_read);
+}
+
+awaitable<bool> tls_write_all(tcp_socket& socket, ws::tls_channel& tls, std::string bytes) {
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const auto r = tls.write(bytes.data() + done, bytes.size() - done);
+    if (r.state == ws::tls_channel::status::ok) {
+      done += r.bytes;
+    } else if (r.state == ws::tls_channel::status::want_read ||
+               r.state == ws::tls_channel::status::want_write) {
+      if (!co_await wait_for(socket, r.state)) co_return false;
+    } else {
+      co_return false;
+    }
+  }
+  co_return true;
+}
+
+template <class Message>
+std::string serialized(const Message& m) {
+  std::ostringstream out;
+  out << m;
+  return out.str();
+}
+
+awaitable<void> serve_tls(shared_state& state, connection_set& connections, tcp_socket socket,
+                          admission::ticket ticket, http_role role,
+                          std::unique_ptr<ws::tls_channel> tls) {
+  boost::system::error_code ignored;
+  socket.non_blocking(true, ignored);
+  // One deadline at a time (the handshake, then each request): it cancels the pending wait.
+  asio::steady_timer deadline(socket.get_executor());
+  auto arm = [&](std::chrono::seconds within) {
+    deadline.expires_after(within);
+    deadline.async_wait([&socket](const boost::system::error_code& ec) {
+      if (!ec) {
+        boost::system::error_code ignore;
+        socket.cancel(ignore);
+      }
+    });
+  };
+
+  arm(std::chrono::seconds(10));
+  for (;;) {
+    const auto r = tls->handshake();
+    if (r.state == ws::tls_channel::status::ok) break;
+    if (r.state == ws::tls_channel::status::failed) {
+      log_debug() << "TLS handshake failed: " << tls->error_text();
+      co_return;
+    }
+    if (!co_await wait_for(socket, r.state)) co_return;
+  }
+
+  std::string in;  // decrypted bytes not parsed yet
+  char buffer[16 * 1024];
+  for (bool open = true; open;) {
+    arm(std::chrono::seconds(30));
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(16 * 1024);
+    parser.body_limit(64 * 1024);
+    parser.eager(true);
+    beast::error_code ec;
+    while (!parser.is_done()) {
+      if (!in.empty()) {
+        const std::size_t used = parser.put(asio::buffer(in), ec);
+        in.erase(0, used);
+        if (ec == http::error::need_more) {
+          ec = {};
+        } else if (ec) {
+          break;
+        }
+        if (parser.is_done() || used > 0) continue;
+      }
+      const auto r = tls->read(buffer, sizeof buffer);
+      if (r.state == ws::tls_channel::status::ok) {
+        in.append(buffer, r.bytes);
+      } else if (r.state == ws::tls_channel::status::want_read ||
+                 r.state == ws::tls_channel::status::want_write) {
+        if (!co_await wait_for(socket, r.state)) co_return;
+      } else {
+        co_return;  // the peer went away
+      }
+    }
+    if (ec) {
+      if (auto res = answer_bad_request(ec)) co_await tls_write_all(socket, *tls, serialized(*res));
+      break;
+    }
+    auto req = parser.release();
+
+    if (beast::websocket::is_upgrade(req) && role != http_role::metrics) {
+      if (req.target() != "/v1/ws") {
+        auto res =
+            respond(req, http::status::not_found, "no WebSocket endpoint here; use /v1/ws\n");
+        res.keep_alive(false);
+        co_await tls_write_all(socket, *tls, serialized(res));
+        break;
+      }
+      auto reply = ws::answer_handshake(req, "parleyd");
+      if (!co_await tls_write_all(socket, *tls, serialized(reply.response)) || !reply.accepted)
+        break;
+      deadline.cancel();
+      start_websocket_session(state, connections, std::move(socket), std::move(in),
+                              std::move(ticket), std::move(tls));
+      co_return;
+    }
+    auto res = answer_request(state, req, role);
+    open = res.keep_alive();
+    if (!co_await tls_write_all(socket, *tls, serialized(res))) co_return;
+  }
+  tls->shutdown();
+  socket.shutdown(tcp_socket::shutdown_send, ignored);
+}
+
 }  // namespace
 
 void start_http_session(shared_state& state, connection_set& connections,
-                        asio::ip::tcp::socket socket, admission::ticket ticket, http_role role) {
+                        asio::ip::tcp::socket socket, admission::ticket ticket, http_role role,
+                        std::unique_ptr<ws::tls_channel> tls) {
   auto ex = socket.get_executor();
+  if (tls) {
+    asio::co_spawn(ex,
+                   serve_tls(state, connections, std::move(socket), std::move(ticket), role,
+                             std::move(tls)),
+                   asio::detached);
+    return;
+  }
   asio::co_spawn(ex, serve(state, connections, std::move(socket), std::move(ticket), role),
                  asio::detached);
 }

@@ -13,6 +13,7 @@
 #include "server/admission.hpp"
 #include "server/connection_set.hpp"
 #include "server/shared_state.hpp"
+#include "ws/tls_channel.hpp"
 
 namespace parley::server {
 
@@ -22,9 +23,11 @@ enum class http_role {
   metrics,       // /metrics and /healthz only (the metrics address)
 };
 
-// Serves `socket`, admitted with `ticket` (which the connection holds until it closes).
+// Serves `socket`, admitted with `ticket` (which the connection holds until it closes). With
+// `tls` (a session on the socket, handshake not started), everything goes through TLS: the
+// handshake must complete within 10 s, then HTTPS and wss:// as above.
 void start_http_session(shared_state& state, connection_set& connections,
                         boost::asio::ip::tcp::socket socket, admission::ticket ticket,
-                        http_role role);
+                        http_role role, std::unique_ptr<ws::tls_channel> tls);
 
 }  // namespace parley::server

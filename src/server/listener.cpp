@@ -79,7 +79,16 @@ asio::awaitable<void> listener::accept_loop() {
       continue;
     }
     socket.set_option(tcp::no_delay(true), ignored);
-    start_http_session(state_, connections_, std::move(socket), std::move(ticket), role_);
+    std::unique_ptr<ws::tls_channel> tls;
+    if (state_.tls && role_ != http_role::metrics) {
+      tls = state_.tls->new_session(socket.native_handle());
+      if (!tls) {
+        log_error() << "TLS: cannot create a session for a new connection";
+        continue;  // the socket closes as it goes out of scope
+      }
+    }
+    start_http_session(state_, connections_, std::move(socket), std::move(ticket), role_,
+                       std::move(tls));
   }
 }
 

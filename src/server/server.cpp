@@ -99,8 +99,9 @@ struct server::impl {
       stats.group_commit_requests.fetch_add(n, std::memory_order_relaxed);
     };
     store = std::make_unique<store::rocksdb_store>(std::move(o));
+    if (!cfg.tls_cert.empty()) tls = std::make_unique<tls_context>(cfg.tls_cert, cfg.tls_key);
     state = std::make_unique<shared_state>(shared_state{
-        cfg, *store, presence, bus, stats, websocket_options(cfg), admit, limiters});
+        cfg, *store, presence, bus, stats, websocket_options(cfg), admit, limiters, tls.get()});
     for (unsigned i = 0; i < cfg.threads; ++i) {
       contexts.push_back(std::make_unique<asio::io_context>(1));
       guards.emplace_back(contexts.back()->get_executor());
@@ -121,6 +122,7 @@ struct server::impl {
   // the main address is at its limits.
   admission admit_metrics{64, 64, 1u << 20, connections, stats};
   request_limiters limiters;
+  std::unique_ptr<tls_context> tls;
   std::unique_ptr<store::rocksdb_store> store;
   presence::local_presence presence;
   bus::local_bus bus;
@@ -131,7 +133,21 @@ struct server::impl {
   std::unique_ptr<listener> accept_metrics;  // only with a metrics address
   std::vector<std::thread> threads;
   std::unique_ptr<asio::signal_set> signals;
+  std::unique_ptr<asio::signal_set> reload_signal;  // SIGHUP: reload the TLS files
   std::unique_ptr<asio::steady_timer> budget_timer;  // admission::enforce every 100 ms
+
+  void wait_for_reload() {
+    reload_signal->async_wait([this](const boost::system::error_code& ec, int) {
+      if (ec) return;
+      if (auto error = tls->reload(); error.empty()) {
+        log_warn() << "TLS: certificate and key reloaded from " << cfg.tls_cert << " and "
+                   << cfg.tls_key;
+      } else {
+        log_error() << "TLS: reload failed, keeping the previous certificate: " << error;
+      }
+      wait_for_reload();
+    });
+  }
 
   void enforce_budget() {
     budget_timer->expires_after(std::chrono::milliseconds(100));
@@ -180,6 +196,10 @@ asio::ip::tcp::endpoint server::start() {
   }
   d.budget_timer = std::make_unique<asio::steady_timer>(*d.contexts[0]);
   d.enforce_budget();
+  if (d.tls) {
+    d.reload_signal = std::make_unique<asio::signal_set>(*d.contexts[0], SIGHUP);
+    d.wait_for_reload();
+  }
   d.signals = std::make_unique<asio::signal_set>(*d.contexts[0], SIGINT, SIGTERM);
   d.signals->async_wait([this](const boost::system::error_code& ec, int) {
     if (!ec) stop();
@@ -216,6 +236,7 @@ void server::wait() {
     boost::system::error_code ignored;
     if (d.signals) d.signals->cancel(ignored);
     if (d.budget_timer) d.budget_timer->cancel();
+    if (d.reload_signal) d.reload_signal->cancel(ignored);
   });
   d.connections.close_all();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);

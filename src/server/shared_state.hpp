@@ -10,6 +10,7 @@
 #include "server/config.hpp"
 #include "server/metrics.hpp"
 #include "server/rate_limiter.hpp"
+#include "server/tls_context.hpp"
 #include "store/store.hpp"
 #include "ws/connection.hpp"
 
@@ -24,6 +25,7 @@ struct shared_state {
   ws::connection_options websocket;  // one copy for every connection (from cfg)
   admission& admit;
   request_limiters& limiters;
+  tls_context* tls;  // nullptr: plain ws:// and http:// on the main address
 };
 
 // The WebSocket options `cfg` implies.

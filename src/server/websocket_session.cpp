@@ -24,7 +24,7 @@ class websocket_session final : public ws::connection {
         ticket_(std::move(ticket)) {}
 
   // Creates the protocol session, registers the connection and starts reading.
-  void attach(std::string initial) {
+  void attach(std::string initial, std::unique_ptr<ws::tls_channel> tls) {
     std::weak_ptr<websocket_session> weak = self();
     const auto executor = this->executor();
     boost::system::error_code ec;
@@ -67,7 +67,7 @@ class websocket_session final : public ws::connection {
       auto s = weak.lock();
       if (s && !s->session_->authenticated()) s->end(close_reason::auth_timeout);
     });
-    start(std::move(initial));
+    start(std::move(initial), std::move(tls));
   }
 
  private:
@@ -163,9 +163,9 @@ class websocket_session final : public ws::connection {
 
 void start_websocket_session(shared_state& state, connection_set& connections,
                              asio::ip::tcp::socket socket, std::string initial,
-                             admission::ticket ticket) {
+                             admission::ticket ticket, std::unique_ptr<ws::tls_channel> tls) {
   std::make_shared<websocket_session>(state, connections, std::move(socket), std::move(ticket))
-      ->attach(std::move(initial));
+      ->attach(std::move(initial), std::move(tls));
 }
 
 }  // namespace parley::server

@@ -16,8 +16,9 @@ namespace parley::server {
 // held until it closes. Returns at once; the connection lives on the socket's executor until
 // it closes. Until Authenticate succeeds, messages over
 // limits.max_unauthenticated_frame_bytes close it (1009).
+// `tls`: the connection's TLS session, handshake done (nullptr for plain TCP).
 void start_websocket_session(shared_state& state, connection_set& connections,
                              boost::asio::ip::tcp::socket socket, std::string initial,
-                             admission::ticket ticket);
+                             admission::ticket ticket, std::unique_ptr<ws::tls_channel> tls);
 
 }  // namespace parley::server

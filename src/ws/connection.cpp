@@ -80,9 +80,10 @@ connection::~connection() {
   socket_.close(ignored);
 }
 
-void connection::start(std::string initial) {
+void connection::start(std::string initial, std::unique_ptr<tls_channel> tls) {
   set_socket_options();
   in_ = std::move(initial);
+  tls_ = std::move(tls);
   // Read before waiting: a client sends its first frame as soon as it has the 101, so it is
   // often here already. (Waiting first would also work: Asio re-arms the descriptor with
   // EPOLL_CTL_MOD for every wait, and the kernel then reports data that is already there.)
@@ -149,13 +150,27 @@ void connection::read_until_blocked(bool kept_first) {
       return;
     }
     char* buffer = thread_buffer();
-    boost::system::error_code ec;
-    const std::size_t n = socket_.read_some(asio::buffer(buffer, thread_buffer_bytes), ec);
-    if (ec == asio::error::would_block || ec == asio::error::try_again) break;
-    if (ec) {  // end of stream without a close frame, or a reset
+    const auto got = read_some(buffer, thread_buffer_bytes);
+    if (got.would_block) {
+      if (got.wait == socket_type::wait_write) {  // TLS must write before it can read
+        socket_.async_wait(socket_type::wait_write,
+                           [self = shared_from_this()](const boost::system::error_code& ec) {
+                             if (self->done()) return;
+                             if (ec) {
+                               self->abort();
+                               return;
+                             }
+                             self->read_burst(false);
+                           });
+        return;
+      }
+      break;
+    }
+    if (got.ended) {  // end of stream without a close frame, or a reset
       abort();
       return;
     }
+    const std::size_t n = got.bytes;
     bool go_on = false;
     if (in_.empty()) {
       go_on = consume(buffer, n, false);
@@ -166,6 +181,30 @@ void connection::read_until_blocked(bool kept_first) {
     if (!go_on) return;
   }
   if (!done()) wait_readable();
+}
+
+connection::read_outcome connection::read_some(char* buffer, std::size_t size) {
+  if (tls_) {
+    const auto r = tls_->read(buffer, size);
+    switch (r.state) {
+      case tls_channel::status::ok:
+        return {r.bytes};
+      case tls_channel::status::want_read:
+        return {0, true, socket_type::wait_read};
+      case tls_channel::status::want_write:
+        return {0, true, socket_type::wait_write};
+      case tls_channel::status::failed:
+        log_debug() << "TLS read failed: " << tls_->error_text();
+        return {0, false, socket_type::wait_read, true};
+      case tls_channel::status::closed:
+        return {0, false, socket_type::wait_read, true};
+    }
+  }
+  boost::system::error_code ec;
+  const std::size_t n = socket_.read_some(asio::buffer(buffer, size), ec);
+  if (ec == asio::error::would_block || ec == asio::error::try_again) return {0, true};
+  if (ec) return {0, false, socket_type::wait_read, true};
+  return {n};
 }
 
 awaitable<void> connection::finish_message(std::shared_ptr<connection> self, awaitable<void> rest) {
@@ -484,20 +523,29 @@ void connection::write_batches(write_batch& spare) {
     write_batch& b = blocked_ ? *blocked_ : spare;
     if (!blocked_ && !fill(b)) break;
 
-    std::array<iovec, 2 * write_batch::max_frames> iov;
-    msghdr msg{};
-    msg.msg_iov = iov.data();
-    msg.msg_iovlen = b.gather(iov);
-    ssize_t n;
-    do {
-      n = ::sendmsg(socket_.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-      stop_writing(spare);
-      abort();
-      return;
+    auto wait = socket_type::wait_write;
+    if (tls_) {
+      if (!write_tls(b, wait)) {
+        stop_writing(spare);
+        abort();
+        return;
+      }
+    } else {
+      std::array<iovec, 2 * write_batch::max_frames> iov;
+      msghdr msg{};
+      msg.msg_iov = iov.data();
+      msg.msg_iovlen = b.gather(iov);
+      ssize_t n;
+      do {
+        n = ::sendmsg(socket_.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+      } while (n < 0 && errno == EINTR);
+      if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        stop_writing(spare);
+        abort();
+        return;
+      }
+      if (n > 0) b.written += static_cast<std::size_t>(n);
     }
-    if (n > 0) b.written += static_cast<std::size_t>(n);
 
     if (b.written < b.total) {
       // The socket is full: the rest waits on the heap until there is room.
@@ -505,11 +553,10 @@ void connection::write_batches(write_batch& spare) {
         blocked_ = std::make_unique<write_batch>(std::move(spare));
         spare.clear();
       }
-      socket_.async_wait(socket_type::wait_write,
-                         [self = shared_from_this()](const boost::system::error_code& ec) {
-                           if (ec && !self->done()) self->abort();
-                           self->flush();
-                         });
+      socket_.async_wait(wait, [self = shared_from_this()](const boost::system::error_code& ec) {
+        if (ec && !self->done()) self->abort();
+        self->flush();
+      });
       return;
     }
     const bool close_written = b.has_close;
@@ -527,10 +574,44 @@ void connection::write_batches(write_batch& spare) {
   writing_ = false;
 }
 
+bool connection::write_tls(write_batch& b, socket_type::wait_type& wait) {
+  // TLS encrypts contiguous bytes: the batch is copied into the thread's chunk, at most 64 KiB
+  // (four records) at a time. A write that must wait is repeated with the same bytes, which
+  // the batch still holds at the same offset, so the next chunk starts identical.
+  thread_local std::string chunk;
+  while (b.written < b.total) {
+    std::array<iovec, 2 * write_batch::max_frames> iov;
+    const std::size_t pieces = b.gather(iov);
+    chunk.clear();
+    for (std::size_t i = 0; i < pieces && chunk.size() < thread_buffer_bytes; ++i) {
+      const std::size_t take = std::min(iov[i].iov_len, thread_buffer_bytes - chunk.size());
+      chunk.append(static_cast<const char*>(iov[i].iov_base), take);
+    }
+    const auto r = tls_->write(chunk.data(), chunk.size());
+    switch (r.state) {
+      case tls_channel::status::ok:
+        b.written += r.bytes;
+        break;
+      case tls_channel::status::want_write:
+        wait = socket_type::wait_write;
+        return true;
+      case tls_channel::status::want_read:
+        wait = socket_type::wait_read;
+        return true;
+      case tls_channel::status::closed:
+      case tls_channel::status::failed:
+        log_debug() << "TLS write failed: " << tls_->error_text();
+        return false;
+    }
+  }
+  return true;
+}
+
 // --- closing -------------------------------------------------------------------------------------
 
 void connection::linger() {
   if (done()) return;
+  if (tls_) tls_->shutdown();  // close_notify, then our FIN
   boost::system::error_code ignored;
   socket_.shutdown(socket_type::shutdown_send, ignored);
   spawn(shared_from_this(), discard_until_end(shared_from_this()));

@@ -35,6 +35,7 @@
 #include <string_view>
 
 #include "ws/frame.hpp"
+#include "ws/tls_channel.hpp"
 
 namespace parley::ws {
 
@@ -71,7 +72,9 @@ class connection : public std::enable_shared_from_this<connection> {
   connection& operator=(const connection&) = delete;
 
   // Starts reading. `initial` holds bytes read past the handshake request (normally none).
-  void start(std::string initial = {});
+  // `tls`, if given, is the connection's TLS session (handshake done): every byte then goes
+  // through it.
+  void start(std::string initial = {}, std::unique_ptr<tls_channel> tls = nullptr);
 
   // The hooks have something to send: starts the writer if it is not running.
   void wake_writer();
@@ -162,9 +165,23 @@ class connection : public std::enable_shared_from_this<connection> {
   // Fails the connection if the held partial message is not complete `wait` from now.
   void watch_partial(std::chrono::steady_clock::duration wait);
 
+  // One read into `buffer` from the socket or through TLS: bytes, or would_block (wait for
+  // `wait`), or the end (error or end of stream).
+  struct read_outcome {
+    std::size_t bytes = 0;
+    bool would_block = false;
+    socket_type::wait_type wait = socket_type::wait_read;
+    bool ended = false;
+  };
+  read_outcome read_some(char* buffer, std::size_t size);
+  // Writes the unwritten rest of `b` through TLS; false if the connection failed. Leaves
+  // b.written short of b.total when TLS must wait (`wait` says for what).
+  bool write_tls(write_batch& b, socket_type::wait_type& wait);
+
   socket_type socket_;
   const connection_options& options_;
   std::size_t max_message_bytes_;
+  std::unique_ptr<tls_channel> tls_;  // nullptr: plain TCP
   std::string in_;             // bytes kept between reads: empty (no allocation) while idle
   std::string message_;        // a fragmented message being assembled
   std::string pong_;           // payload of the ping to answer (only the latest is answered)
