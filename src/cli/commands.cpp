@@ -49,6 +49,8 @@ constexpr const char* usage_text =
     "  history USER [--limit N]  this device's history of the chat (the server has ciphertext)\n"
     "  chat USER             interactive: type to send; messages, ticks, typing, presence live\n"
     "  safety-number USER    the 60-digit number to compare with USER's: equal = no one between\n"
+    "  privacy last-seen on|off  show your last-seen time to your contacts (on, the default) or\n"
+    "                        to nobody (off); rounded to the minute either way\n"
     "messages are end-to-end encrypted (Signal protocol); keys live in the profile's local.db\n"
     "defaults: --server ws://127.0.0.1:8080 (env PARLEY_SERVER), --profile ~/.parley\n"
     "(env PARLEY_PROFILE)\n"
@@ -132,6 +134,15 @@ failure explain(const client_error& e, const std::string& subject = {}) {
         return {(subject.empty() ? std::string("that user") : "'" + subject + "'") +
                 " has not set up encryption yet (no keys on the server): they need to run "
                 "parley once"};
+      case v1::ERROR_CODE_RATE_LIMITED:
+        return {"the server is limiting requests like this one: " + e.message + " (try again in " +
+                std::to_string((e.retry_after_ms + 999) / 1000) + " s)"};
+      case v1::ERROR_CODE_STORAGE_UNAVAILABLE:
+        return {"the server cannot store anything right now (" + e.message +
+                "); nothing was changed: try again later"};
+      case v1::ERROR_CODE_NO_SHARED_CHAT:
+        return {"you have no chat with " +
+                (subject.empty() ? std::string("that user") : "'" + subject + "'") + " yet"};
       default:
         break;
     }
@@ -318,6 +329,19 @@ awaitable<void> cmd_whoami(session& s, const options& o) {
             .field("device_id", std::to_string(me.device_id))
             .field("server", me.server));
   co_return;
+}
+
+awaitable<void> cmd_privacy(session& s, const options& o) {
+  if (o.args.size() != 3 || o.args[1] != "last-seen" || (o.args[2] != "on" && o.args[2] != "off"))
+    throw failure{"usage: parley privacy last-seen on|off", 2};
+  s.require_registered();
+  const bool hide = o.args[2] == "off";
+  co_await s.connect_and_authenticate();
+  auto r = co_await s.api().set_privacy(hide);
+  if (!r) throw explain(r.error(), "");
+  s.out(hide ? "last seen hidden from everybody" : "last seen shown to your contacts",
+        json_object().field("last_seen", hide ? "hidden" : "shown"));
+  co_await s.api().close();
 }
 
 awaitable<void> cmd_send(session& s, const options& o) {
@@ -757,6 +781,8 @@ int run(int argc, char** argv) {
       fn = cmd_chat;
     else if (command == "safety-number")
       fn = cmd_safety_number;
+    else if (command == "privacy")
+      fn = cmd_privacy;
     else
       throw failure{"unknown command '" + command + "'\n" + usage_text, 2};
 

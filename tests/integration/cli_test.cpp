@@ -7,6 +7,7 @@
 #include <fstream>
 #include <regex>
 
+#include "client/client.hpp"
 #include "client/local_store.hpp"
 #include "client/profile.hpp"
 #include "server_process.hpp"
@@ -100,6 +101,25 @@ TEST_F(cli, quick_start_chat_with_ticks) {
   // The human output shows the ticks.
   auto human = parley("alice", {"status", id});
   EXPECT_NE(human.out.find("read"), std::string::npos);
+}
+
+TEST_F(cli, privacy_hides_last_seen) {
+  ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
+  auto off = parley("alice", {"--json", "privacy", "last-seen", "off"});
+  ASSERT_EQ(off.exit_code, 0) << off.err;
+  EXPECT_EQ(field(off.out, "last_seen"), "hidden");
+  // The server has it: the next login reports the setting.
+  boost::asio::io_context io;
+  auto creds = client::profile(root_.path() / "alice").load_credentials();
+  ASSERT_TRUE(creds);
+  client::client c(io.get_executor());
+  ASSERT_TRUE(block_on(io, c.connect(server.url())));
+  auto a = block_on(io, c.authenticate(creds->device_id, creds->token));
+  ASSERT_TRUE(a);
+  EXPECT_TRUE(a->hide_last_seen());
+  auto on = parley("alice", {"--json", "privacy", "last-seen", "on"});
+  EXPECT_EQ(field(on.out, "last_seen"), "shown");
+  EXPECT_EQ(parley("alice", {"privacy", "last-seen", "maybe"}).exit_code, 2);
 }
 
 TEST_F(cli, chat_sends_each_line_and_marks_incoming_read) {
