@@ -647,8 +647,8 @@ result<std::string> signal_engine::safety_number(const std::string& me, const st
       return errc::storage;
     }
     fingerprint_generator* generator = nullptr;
-    if (fingerprint_generator_create(&generator, fingerprint_iterations, scannable_fingerprint_version,
-                                     d.library.get()) != 0) {
+    if (fingerprint_generator_create(&generator, fingerprint_iterations,
+                                     scannable_fingerprint_version, d.library.get()) != 0) {
       return errc::library;
     }
     ref<fingerprint> fp;

@@ -28,8 +28,8 @@ namespace parley::server {
 
 class admission {
  public:
-  admission(std::size_t max_connections, std::size_t max_unauthenticated,
-            std::size_t memory_budget, connection_set& connections, metrics& stats)
+  admission(std::size_t max_connections, std::size_t max_unauthenticated, std::size_t memory_budget,
+            connection_set& connections, metrics& stats)
       : max_connections_(max_connections),
         max_unauthenticated_(max_unauthenticated),
         memory_budget_(memory_budget),
@@ -88,8 +88,7 @@ class admission {
 
   // A connection's buffered bytes changed by `delta`.
   void buffered(std::ptrdiff_t delta) {
-    const auto total =
-        buffered_.fetch_add(delta, std::memory_order_relaxed) + delta;
+    const auto total = buffered_.fetch_add(delta, std::memory_order_relaxed) + delta;
     if (delta > 0 && total > static_cast<std::ptrdiff_t>(memory_budget_)) shed(total);
   }
 

@@ -2,9 +2,8 @@
 
 #include <toml++/toml.h>
 
-#include <boost/asio/ip/address.hpp>
-
 #include <algorithm>
+#include <boost/asio/ip/address.hpp>
 #include <map>
 #include <stdexcept>
 #include <vector>
@@ -25,8 +24,7 @@ const std::map<std::string, std::vector<std::string>, std::less<>>& known_keys()
       {"", {"listen", "data", "threads", "node_id", "fsync", "metrics_listen"}},
       {"limits",
        {"max_frame_bytes", "max_payload_bytes", "max_in_flight", "max_outbound_frames",
-        "max_outbound_bytes", "drain_page", "auth_timeout_ms",
-        "max_unauthenticated_frame_bytes"}},
+        "max_outbound_bytes", "drain_page", "auth_timeout_ms", "max_unauthenticated_frame_bytes"}},
       {"rate_limits",
        {"register_per_address", "register_per_address_burst", "register_global",
         "register_global_burst", "bad_login_per_address", "bad_login_per_address_burst",
@@ -199,11 +197,9 @@ config load_config_file(const std::filesystem::path& file, config c) {
 
   auto conn = t["connections"];
   positive("connections.max_connections", conn["max_connections"], c.max_connections);
-  positive("connections.max_unauthenticated", conn["max_unauthenticated"],
-           c.max_unauthenticated);
+  positive("connections.max_unauthenticated", conn["max_unauthenticated"], c.max_unauthenticated);
   positive("connections.reserved_fds", conn["reserved_fds"], c.reserved_fds);
-  positive("connections.memory_budget_bytes", conn["memory_budget_bytes"],
-           c.memory_budget_bytes);
+  positive("connections.memory_budget_bytes", conn["memory_budget_bytes"], c.memory_budget_bytes);
   positive("storage.reserve_bytes", t["storage"]["reserve_bytes"], c.storage_reserve_bytes);
 
   auto tls = t["tls"];
@@ -234,8 +230,7 @@ config load_config_file(const std::filesystem::path& file, config c) {
   if (c.max_outbound_bytes < c.limits.max_frame_bytes) {
     throw std::runtime_error(
         "config: limits.max_outbound_bytes (" + std::to_string(c.max_outbound_bytes) +
-        ") must be at least limits.max_frame_bytes (" +
-        std::to_string(c.limits.max_frame_bytes) +
+        ") must be at least limits.max_frame_bytes (" + std::to_string(c.limits.max_frame_bytes) +
         "): a connection's outgoing queue must hold one message of the largest size, whose "
         "payload is limits.max_payload_bytes");
   }

@@ -147,13 +147,14 @@ reserve_bytes = 8388608
 TEST(config, new_limits_are_checked) {
   EXPECT_NE(load_error("neg_rate", "[rate_limits]\nsend_per_device = -1\n").find("0 or more"),
             std::string::npos);
-  EXPECT_NE(load_error("zero_burst", "[rate_limits]\nsend_per_device_burst = 0\n")
-                .find("at least 1"),
-            std::string::npos);
+  EXPECT_NE(
+      load_error("zero_burst", "[rate_limits]\nsend_per_device_burst = 0\n").find("at least 1"),
+      std::string::npos);
   EXPECT_NE(load_error("tiny_reserve", "[storage]\nreserve_bytes = 1024\n").find("4 MiB"),
             std::string::npos);
-  EXPECT_NE(load_error("preauth_over_frame", "[limits]\nmax_unauthenticated_frame_bytes = "
-                                             "1000000\n")
+  EXPECT_NE(load_error("preauth_over_frame",
+                       "[limits]\nmax_unauthenticated_frame_bytes = "
+                       "1000000\n")
                 .find("max_unauthenticated_frame_bytes"),
             std::string::npos);
   EXPECT_NE(load_error("metrics_port", "metrics_listen = \"127.0.0.1:70000\"\n").find("port"),

@@ -181,9 +181,9 @@ void device_session::reject(std::uint64_t request_id, v1::ErrorCode code, std::s
 void device_session::refuse_rate(std::uint64_t request_id, std::chrono::milliseconds wait,
                                  const char* what) {
   state_.stats.rate_limited.fetch_add(1, std::memory_order_relaxed);
-  auto f = wire::make_error(request_id, v1::ERROR_CODE_RATE_LIMITED,
-                            std::string("too many ") + what + "; retry in " +
-                                std::to_string(wait.count()) + " ms");
+  auto f = wire::make_error(
+      request_id, v1::ERROR_CODE_RATE_LIMITED,
+      std::string("too many ") + what + "; retry in " + std::to_string(wait.count()) + " ms");
   f.mutable_error()->set_retry_after_ms(static_cast<std::uint32_t>(
       std::min<std::chrono::milliseconds::rep>(wait.count(), UINT32_MAX)));
   send(f);
@@ -691,8 +691,7 @@ awaitable<std::vector<bool>> device_session::shares_chat_with(std::vector<std::s
   co_return out;
 }
 
-awaitable<void> device_session::on_subscribe(std::uint64_t request_id,
-                                             v1::SubscribePresence s) {
+awaitable<void> device_session::on_subscribe(std::uint64_t request_id, v1::SubscribePresence s) {
   auto self = shared_from_this();
   std::vector<std::string> asked(s.usernames().begin(), s.usernames().end());
   // Presence is shown to contacts only: users this account shares no chat with are left out

@@ -3,13 +3,12 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket/rfc6455.hpp>
-
-#include <boost/asio/steady_timer.hpp>
 #include <sstream>
 
 #include "common/log.hpp"
@@ -78,6 +77,15 @@ http::response<http::string_body> answer_request(shared_state& state,
   return res;
 }
 
+// A 404 for an upgrade anywhere but /v1/ws, or none.
+std::optional<http::response<http::string_body>> wrong_websocket_path(
+    const http::request<http::string_body>& req) {
+  if (req.target() == "/v1/ws") return std::nullopt;
+  auto res = respond(req, http::status::not_found, "no WebSocket endpoint here; use /v1/ws\n");
+  res.keep_alive(false);
+  return res;
+}
+
 // The answer to a request that could not be read, or none when the peer just went away.
 std::optional<http::response<http::string_body>> answer_bad_request(const beast::error_code& ec) {
   const auto status = status_for(ec);
@@ -102,17 +110,15 @@ awaitable<void> serve(shared_state& state, connection_set& connections,
     parser.body_limit(64 * 1024);
     auto [ec, n] = co_await http::async_read(stream, buffer, parser, as_tuple_awaitable);
     if (ec) {
-      if (auto res = answer_bad_request(ec)) co_await http::async_write(stream, *res, as_tuple_awaitable);
+      if (auto res = answer_bad_request(ec))
+        co_await http::async_write(stream, *res, as_tuple_awaitable);
       break;
     }
     auto req = parser.release();
 
     if (beast::websocket::is_upgrade(req) && role != http_role::metrics) {
-      if (req.target() != "/v1/ws") {
-        auto res =
-            respond(req, http::status::not_found, "no WebSocket endpoint here; use /v1/ws\n");
-        res.keep_alive(false);
-        co_await http::async_write(stream, res, as_tuple_awaitable);
+      if (auto res = wrong_websocket_path(req)) {
+        co_await http::async_write(stream, *res, as_tuple_awaitable);
         break;
       }
       auto initial = co_await ws::answer_upgrade(stream, buffer, req, "parleyd");
@@ -132,7 +138,8 @@ awaitable<void> serve(shared_state& state, connection_set& connections,
   stream.socket().shutdown(asio::ip::tcp::socket::shutdown_send, ignored);
 }
 
-// --- HTTPS and wss:// -----------------------------------------------------------------------------
+// --- HTTPS and wss://
+// -----------------------------------------------------------------------------
 //
 // The same requests over TLS. OpenSSL works on the socket's descriptor (ws::tls_channel), so
 // that after the upgrade the session moves to ws::connection as it is; Beast's parser is fed
@@ -240,11 +247,8 @@ awaitable<void> serve_tls(shared_state& state, connection_set& connections, tcp_
     auto req = parser.release();
 
     if (beast::websocket::is_upgrade(req) && role != http_role::metrics) {
-      if (req.target() != "/v1/ws") {
-        auto res =
-            respond(req, http::status::not_found, "no WebSocket endpoint here; use /v1/ws\n");
-        res.keep_alive(false);
-        co_await tls_write_all(socket, *tls, serialized(res));
+      if (auto res = wrong_websocket_path(req)) {
+        co_await tls_write_all(socket, *tls, serialized(*res));
         break;
       }
       auto reply = ws::answer_handshake(req, "parleyd");
@@ -270,10 +274,10 @@ void start_http_session(shared_state& state, connection_set& connections,
                         std::unique_ptr<ws::tls_channel> tls) {
   auto ex = socket.get_executor();
   if (tls) {
-    asio::co_spawn(ex,
-                   serve_tls(state, connections, std::move(socket), std::move(ticket), role,
-                             std::move(tls)),
-                   asio::detached);
+    asio::co_spawn(
+        ex,
+        serve_tls(state, connections, std::move(socket), std::move(ticket), role, std::move(tls)),
+        asio::detached);
     return;
   }
   asio::co_spawn(ex, serve(state, connections, std::move(socket), std::move(ticket), role),

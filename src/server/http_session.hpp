@@ -18,9 +18,9 @@
 namespace parley::server {
 
 enum class http_role {
-  main,          // WebSocket, /healthz, and /metrics unless metrics have an address of their own
+  main,             // WebSocket, /healthz, and /metrics unless metrics have an address of their own
   main_no_metrics,  // the same without /metrics
-  metrics,       // /metrics and /healthz only (the metrics address)
+  metrics,          // /metrics and /healthz only (the metrics address)
 };
 
 // Serves `socket`, admitted with `ticket` (which the connection holds until it closes). With

@@ -44,7 +44,7 @@ struct metrics {
   struct gauges {
     std::uint64_t queue_depth = 0;  // the store's estimate of queued events
     bool store_writable = true;
-    std::uint64_t buffered_bytes = 0;  // held by all connections (admission)
+    std::uint64_t buffered_bytes = 0;    // held by all connections (admission)
     std::uint64_t open_connections = 0;  // TCP connections, HTTP and WebSocket
     std::uint64_t max_connections = 0;
   };

@@ -1,12 +1,12 @@
 #include "server/server.hpp"
 
+#include <sys/resource.h>
+#include <sys/stat.h>
+
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <sys/resource.h>
-#include <sys/stat.h>
-
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -133,7 +133,7 @@ struct server::impl {
   std::unique_ptr<listener> accept_metrics;  // only with a metrics address
   std::vector<std::thread> threads;
   std::unique_ptr<asio::signal_set> signals;
-  std::unique_ptr<asio::signal_set> reload_signal;  // SIGHUP: reload the TLS files
+  std::unique_ptr<asio::signal_set> reload_signal;   // SIGHUP: reload the TLS files
   std::unique_ptr<asio::steady_timer> budget_timer;  // admission::enforce every 100 ms
 
   void wait_for_reload() {
@@ -188,9 +188,8 @@ asio::ip::tcp::endpoint server::start() {
   if (own_metrics) {
     const asio::ip::tcp::endpoint metrics_endpoint(asio::ip::make_address(d.cfg.metrics_host),
                                                    d.cfg.metrics_port);
-    d.accept_metrics =
-        std::make_unique<listener>(d.contexts, metrics_endpoint, *d.state, d.connections,
-                                   http_role::metrics, d.admit_metrics);
+    d.accept_metrics = std::make_unique<listener>(
+        d.contexts, metrics_endpoint, *d.state, d.connections, http_role::metrics, d.admit_metrics);
     d.accept_metrics->start();
     log_info() << "metrics on " << d.accept_metrics->local_endpoint();
   }

@@ -99,8 +99,7 @@ class websocket_session final : public ws::connection {
     const std::size_t now = buffered_bytes() + session_->outgoing_bytes();
     const std::size_t before = held_.exchange(now, std::memory_order_relaxed);
     if (now != before) {
-      state_.admit.buffered(static_cast<std::ptrdiff_t>(now) -
-                            static_cast<std::ptrdiff_t>(before));
+      state_.admit.buffered(static_cast<std::ptrdiff_t>(now) - static_cast<std::ptrdiff_t>(before));
     }
   }
 

@@ -73,7 +73,9 @@ std::string close_payload(std::uint16_t code, std::string_view reason) {
 }  // namespace
 
 connection::connection(socket_type socket, const connection_options& options)
-    : socket_(std::move(socket)), options_(options), max_message_bytes_(options.max_message_bytes) {}
+    : socket_(std::move(socket)),
+      options_(options),
+      max_message_bytes_(options.max_message_bytes) {}
 
 connection::~connection() {
   boost::system::error_code ignored;

@@ -182,10 +182,10 @@ class connection : public std::enable_shared_from_this<connection> {
   const connection_options& options_;
   std::size_t max_message_bytes_;
   std::unique_ptr<tls_channel> tls_;  // nullptr: plain TCP
-  std::string in_;             // bytes kept between reads: empty (no allocation) while idle
-  std::string message_;        // a fragmented message being assembled
-  std::string pong_;           // payload of the ping to answer (only the latest is answered)
-  std::string close_payload_;  // the close frame to send, once closing
+  std::string in_;                    // bytes kept between reads: empty (no allocation) while idle
+  std::string message_;               // a fragmented message being assembled
+  std::string pong_;                  // payload of the ping to answer (only the latest is answered)
+  std::string close_payload_;         // the close frame to send, once closing
   std::unique_ptr<boost::asio::steady_timer> close_timer_;    // only while closing
   std::unique_ptr<boost::asio::steady_timer> partial_timer_;  // only while a message is held
   std::unique_ptr<write_batch> blocked_;  // only while the socket is full: the batch's rest

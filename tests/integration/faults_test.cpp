@@ -191,8 +191,9 @@ TEST(faults, a_full_disk_refuses_writes_keeps_serving_and_recovers_by_itself) {
   // Still serving: health says why, reads work, a second refusal is typed too.
   EXPECT_NE(http_get(server.port(), "/healthz").find("store: disk full"), std::string::npos)
       << http_exchange(server.port(), "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-  EXPECT_EQ(http_exchange(server.port(), "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: "
-                                         "close\r\n\r\n")
+  EXPECT_EQ(http_exchange(server.port(),
+                          "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: "
+                          "close\r\n\r\n")
                 .rfind("HTTP/1.1 503", 0),
             0u);
   auto again = alice.run(alice.api().send("bob", "full-again", "x"));
@@ -213,7 +214,7 @@ TEST(faults, a_full_disk_refuses_writes_keeps_serving_and_recovers_by_itself) {
   test_client bob2(io, server.url());
   bob2.device_id = bob.device_id;
   bob2.token = bob.token;
-  bob2.reconnect();  // authentication is a read: it works
+  bob2.reconnect();                     // authentication is a read: it works
   const auto pushed = bob2.drain(60s);  // pushes of what is stored: every acked message
   EXPECT_EQ(static_cast<int>(pushed.size()), acked);
   bob2.disconnect();
@@ -286,8 +287,8 @@ TEST(faults, idle_sockets_cannot_take_the_descriptors_the_store_needs) {
   std::vector<std::unique_ptr<raw_socket>> flood;
   for (int i = 0; i < 300; ++i) flood.push_back(std::make_unique<raw_socket>(server.port()));
   // Those over the limit were answered 503 and closed, at once.
-  EXPECT_TRUE(eventually(
-      [&] { return metric(m, "parley_connections_refused_total") >= 300 - 160 + 2; }));
+  EXPECT_TRUE(
+      eventually([&] { return metric(m, "parley_connections_refused_total") >= 300 - 160 + 2; }));
   int refused = 0;
   for (auto& s : flood) {
     char buf[64] = {};
@@ -343,13 +344,7 @@ TEST(faults, unauthenticated_connections_have_a_smaller_limit) {
 
 TEST(faults, thousands_of_hostile_sockets_keep_memory_bounded) {
   boost::asio::io_context io;
-  std::vector<std::string> env;
-#if defined(__SANITIZE_ADDRESS__)
-  // ASan's quarantine keeps freed memory resident on purpose (see the slow reader's test).
-  const char* asan = std::getenv("ASAN_OPTIONS");
-  env.push_back(std::string("ASAN_OPTIONS=") + (asan ? asan : "") +
-                ":quarantine_size_mb=0:thread_local_quarantine_size_kb=0");
-#endif
+  const auto env = env_for_rss_bounds();
   // 12 MiB for every connection's buffers together.
   constexpr long long budget = 12u << 20;
   server_process server({},
@@ -397,10 +392,10 @@ TEST(faults, thousands_of_hostile_sockets_keep_memory_bounded) {
     s->write(frame.substr(0, 240 * 1024));
     heavy.push_back(std::move(s));
   }
-  EXPECT_TRUE(eventually([&] { return metric(server.port(), "parley_connections_shed_total") > 0; }))
-      << "nothing was shed";
-  EXPECT_TRUE(eventually(
-      [&] { return metric(server.port(), "parley_buffered_bytes") <= budget; }));
+  EXPECT_TRUE(eventually([&] {
+    return metric(server.port(), "parley_connections_shed_total") > 0;
+  })) << "nothing was shed";
+  EXPECT_TRUE(eventually([&] { return metric(server.port(), "parley_buffered_bytes") <= budget; }));
   const long grown_kb = server.rss_kb() - rss_before;
   std::printf("server RSS grew %ld KiB with 2,000 hostile sockets and 40 heavy ones\n", grown_kb);
   // The budget (12 MiB), the sockets' own state (~2 KiB each: ~4 MiB) and allocator slack.
@@ -421,9 +416,10 @@ TEST(faults, thousands_of_hostile_sockets_keep_memory_bounded) {
 
 TEST(faults, registration_and_failed_logins_are_rate_limited_per_address) {
   boost::asio::io_context io;
-  server_process server({}, "[rate_limits]\nregister_per_address = 6\n"
-                            "register_per_address_burst = 3\nbad_login_per_address = 6\n"
-                            "bad_login_per_address_burst = 2\n");
+  server_process server({},
+                        "[rate_limits]\nregister_per_address = 6\n"
+                        "register_per_address_burst = 3\nbad_login_per_address = 6\n"
+                        "bad_login_per_address_burst = 2\n");
   test_client c(io, server.url());
   c.connect();
   for (int i = 0; i < 3; ++i) {
@@ -455,9 +451,10 @@ TEST(faults, registration_and_failed_logins_are_rate_limited_per_address) {
 
 TEST(faults, sends_key_fetches_and_typing_are_rate_limited_per_device) {
   boost::asio::io_context io;
-  server_process server({}, "[rate_limits]\nsend_per_device = 60\nsend_per_device_burst = 5\n"
-                            "key_fetch_per_device = 60\nkey_fetch_per_device_burst = 2\n"
-                            "typing_per_device = 60\ntyping_per_device_burst = 1\n");
+  server_process server({},
+                        "[rate_limits]\nsend_per_device = 60\nsend_per_device_burst = 5\n"
+                        "key_fetch_per_device = 60\nkey_fetch_per_device_burst = 2\n"
+                        "typing_per_device = 60\ntyping_per_device_burst = 1\n");
   test_client alice(io, server.url());
   alice.register_and_login("alice");
   alice.drain();

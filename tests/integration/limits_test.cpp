@@ -249,14 +249,7 @@ TEST(limits, too_many_requests_in_flight) {
 
 TEST(limits, slow_reader_is_disconnected_and_loses_nothing) {
   boost::asio::io_context io;
-  std::vector<std::string> env;
-#if defined(__SANITIZE_ADDRESS__)
-  // ASan's quarantine keeps freed memory resident on purpose, which would hide what this test
-  // measures; the release run checks the same bound without a sanitizer.
-  const char* asan = std::getenv("ASAN_OPTIONS");
-  env.push_back(std::string("ASAN_OPTIONS=") + (asan ? asan : "") +
-                ":quarantine_size_mb=0:thread_local_quarantine_size_kb=0");
-#endif
+  const auto env = env_for_rss_bounds();
   // A small outgoing queue: 64 frames or 1 MiB. (With the bound lifted, the same run grows the
   // server by ~93 MiB and fails the RSS check below; with it, see the note printed.)
   server_process server({},

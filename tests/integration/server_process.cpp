@@ -10,6 +10,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
+#include <cstdlib>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -125,6 +126,16 @@ std::string http_get(unsigned short port, const std::string& path) {
   } catch (const std::exception&) {
     return "";
   }
+}
+
+std::vector<std::string> env_for_rss_bounds() {
+  std::vector<std::string> env;
+#if defined(__SANITIZE_ADDRESS__)
+  const char* asan = std::getenv("ASAN_OPTIONS");
+  env.push_back(std::string("ASAN_OPTIONS=") + (asan ? asan : "") +
+                ":quarantine_size_mb=0:thread_local_quarantine_size_kb=0");
+#endif
+  return env;
 }
 
 std::string http_exchange(unsigned short port, const std::string& request) {

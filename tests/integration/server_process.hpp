@@ -49,6 +49,11 @@ class server_process {
   unsigned short port_ = 0;
 };
 
+// The environment entries a test that bounds the server's RSS passes to it: under ASan, a
+// quarantine of zero (ASan keeps freed memory resident on purpose, which would hide what such
+// a test measures; the release run checks the same bound without a sanitizer). Else none.
+std::vector<std::string> env_for_rss_bounds();
+
 // GET path from the server; returns the body ("" on failure).
 std::string http_get(unsigned short port, const std::string& path);
 // Sends `request` as is and returns everything the server answers until it closes (or 10 s).

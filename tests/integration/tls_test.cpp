@@ -24,8 +24,9 @@ using namespace std::chrono_literals;
 bool make_certificate(const fs::path& cert, const fs::path& key, const std::string& name) {
   const std::string cmd =
       "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2"
-      " -subj /CN=" + name + " -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout '" +
-      key.string() + "' -out '" + cert.string() + "' >/dev/null 2>&1";
+      " -subj /CN=" +
+      name + " -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout '" + key.string() +
+      "' -out '" + cert.string() + "' >/dev/null 2>&1";
   return std::system(cmd.c_str()) == 0;
 }
 

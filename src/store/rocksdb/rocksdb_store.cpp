@@ -210,8 +210,7 @@ struct rocksdb_store::impl {
   // `done` runs once the group is durable, with apply's result or the commit's error.
   template <class T, class Apply>
   void write(completion<T> done, Apply apply) {
-    command c = [done = std::move(done), apply = std::move(apply)](group* g,
-                                                                  errc refusal) mutable {
+    command c = [done = std::move(done), apply = std::move(apply)](group* g, errc refusal) mutable {
       if (g == nullptr) {
         done(refusal);
         return;
@@ -386,8 +385,8 @@ void rocksdb_store::impl::open() {
   // own bloom filter costs 1.3 MiB per column family up front, so only the families whose
   // lookups mostly miss get one.
   rocksdb::ColumnFamilyOptions cf_options;
-  cf_options.write_buffer_size = std::min<std::uint64_t>(cf_options.write_buffer_size,
-                                                         db_options.max_total_wal_size);
+  cf_options.write_buffer_size =
+      std::min<std::uint64_t>(cf_options.write_buffer_size, db_options.max_total_wal_size);
   rocksdb::BlockBasedTableOptions table;
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
   cf_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
@@ -671,8 +670,7 @@ void rocksdb_store::find_device(device_id id, completion<device> done) {
     if (!s.ok()) return s.IsNotFound() ? errc::corrupt : errc::io_error;
     pb::UserRecord user;
     if (!parse(user, v)) return errc::corrupt;
-    device d{record.device_id(), record.user_id(), user.username(), {}, {},
-             user.hide_last_seen()};
+    device d{record.device_id(), record.user_id(), user.username(), {}, {}, user.hide_last_seen()};
     std::copy(record.token_sha256().begin(), record.token_sha256().end(), d.token_hash.begin());
     s = impl_->get(cf_device_keys, keys::be64(id), &v);
     auto k = impl::device_keys_of(s, v);
