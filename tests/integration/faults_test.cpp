@@ -398,8 +398,10 @@ TEST(faults, thousands_of_hostile_sockets_keep_memory_bounded) {
   EXPECT_TRUE(eventually([&] { return metric(server.port(), "parley_buffered_bytes") <= budget; }));
   const long grown_kb = server.rss_kb() - rss_before;
   std::printf("server RSS grew %ld KiB with 2,000 hostile sockets and 40 heavy ones\n", grown_kb);
+#if !defined(__SANITIZE_THREAD__)  // TSan's shadow memory grows with every byte touched
   // The budget (12 MiB), the sockets' own state (~2 KiB each: ~4 MiB) and allocator slack.
   EXPECT_LT(grown_kb, 48 * 1024);
+#endif
 
   // Somebody else is still served.
   test_client alice(io, server.url());
