@@ -2,7 +2,7 @@
 // upgrade on /v1/ws, after which the connection belongs to a websocket_session.
 //
 // Malformed requests get a status line before the connection is closed: 431 for headers over
-// 16 KiB, 413 for a body over 64 KiB, 400 for anything else that does not parse (garbage, an
+// 8 KiB, 413 for a body over 1 KiB, 400 for anything else that does not parse (garbage, an
 // unknown HTTP version). A connection idle for 30 s between requests is closed.
 #pragma once
 

@@ -14,7 +14,7 @@ namespace {
 namespace asio = boost::asio;
 using asio::awaitable;
 
-class websocket_session final : public ws::connection {
+class websocket_session final : public ws::connection, public connection_set::member {
  public:
   websocket_session(shared_state& state, connection_set& connections, socket_type socket,
                     admission::ticket ticket)
@@ -40,23 +40,7 @@ class websocket_session final : public ws::connection {
             s->on_buffers_changed();  // the outgoing queue grew
           }
         });
-    connection_set::entry entry;
-    entry.close = [weak, executor] {
-      asio::post(executor, [weak] {
-        if (auto s = weak.lock())
-          s->close_gracefully(ws::close_code::going_away, "server shutting down");
-      });
-    };
-    entry.shed = [weak, executor] {
-      asio::post(executor, [weak] {
-        if (auto s = weak.lock()) {
-          s->session_->finish();
-          s->abort();
-        }
-      });
-    };
-    entry.held = &held_;
-    connection_id_ = connections_.add(std::move(entry));
+    connection_id_ = connections_.add(std::weak_ptr<connection_set::member>(self()));
     set_max_message_bytes(state_.cfg.limits.max_unauthenticated_frame_bytes);
     state_.stats.connections.fetch_add(1, std::memory_order_relaxed);
     state_.stats.connections_total.fetch_add(1, std::memory_order_relaxed);
@@ -69,6 +53,21 @@ class websocket_session final : public ws::connection {
     });
     start(std::move(initial), std::move(tls));
   }
+
+  // connection_set::member: called from any thread while the set holds a reference, so each
+  // posts to the connection's executor (which never changes after construction).
+  void close_for_shutdown() override {
+    asio::post(executor(), [s = self()] {
+      s->close_gracefully(ws::close_code::going_away, "server shutting down");
+    });
+  }
+  void shed() override {
+    asio::post(executor(), [s = self()] {
+      s->session_->finish();
+      s->abort();
+    });
+  }
+  std::size_t held() const override { return held_.load(std::memory_order_relaxed); }
 
  private:
   std::shared_ptr<websocket_session> self() {
