@@ -103,10 +103,7 @@ class admission {
     return static_cast<std::size_t>(std::max<std::ptrdiff_t>(0, buffered_.load()));
   }
   std::size_t open() const { return open_.load(std::memory_order_relaxed); }
-  std::size_t unauthenticated() const { return unauthenticated_.load(std::memory_order_relaxed); }
   std::size_t max_connections() const { return max_connections_; }
-  std::size_t max_unauthenticated() const { return max_unauthenticated_; }
-  std::size_t memory_budget() const { return memory_budget_; }
 
  private:
   void shed(std::ptrdiff_t total) {

@@ -5,7 +5,11 @@
 #include <algorithm>
 #include <boost/asio/ip/address.hpp>
 #include <map>
+#include <optional>
 #include <stdexcept>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace parley::server {
@@ -19,6 +23,25 @@ constexpr std::int64_t max_threads = 256;
 // Every key the file may hold, per table: "" is the top level, any other name a table one level
 // down ([limits]). Anything else in the file stops start-up, so that a misspelt key is not
 // silently ignored. A new key, or a new table, is added here and read in load_config_file.
+// The value at `n` as a T, nullopt when the key is absent; a value of another type stops
+// start-up naming `key`. A number may be written as an integer or a float; an integer may not.
+template <class T, class View>
+std::optional<T> typed(const View& n, std::string_view key) {
+  bool ok = false;
+  if constexpr (std::is_same_v<T, std::string>) {
+    ok = n.is_string();
+  } else if constexpr (std::is_same_v<T, bool>) {
+    ok = n.is_boolean();
+  } else if constexpr (std::is_same_v<T, double>) {
+    ok = n.is_number();
+  } else {
+    static_assert(std::is_same_v<T, std::int64_t>);
+    ok = n.is_integer();
+  }
+  if (n && !ok) throw std::runtime_error("config: " + std::string(key) + " has the wrong type");
+  return n.template value<T>();
+}
+
 const std::map<std::string, std::vector<std::string>, std::less<>>& known_keys() {
   static const std::map<std::string, std::vector<std::string>, std::less<>> keys{
       {"", {"listen", "data", "threads", "node_id", "fsync", "metrics_listen"}},
@@ -83,10 +106,14 @@ void refuse_unknown_keys(const toml::table& file) {
 
 }  // namespace
 
-void parse_listen(const std::string& text, config& out) {
+namespace {
+
+// "HOST:PORT" (HOST may be a bracketed IPv6 address) -> host, port. Throws
+// std::invalid_argument naming `what`.
+std::pair<std::string, std::uint16_t> host_port(const std::string& text, const char* what) {
   const auto colon = text.rfind(':');
   if (colon == std::string::npos || colon == 0) {
-    throw std::invalid_argument("listen address must be HOST:PORT, got '" + text + "'");
+    throw std::invalid_argument(std::string(what) + " must be HOST:PORT, got '" + text + "'");
   }
   std::string host = text.substr(0, colon);
   if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
@@ -101,17 +128,19 @@ void parse_listen(const std::string& text, config& out) {
     used = 0;
   }
   if (used != port.size() || port.empty() || value > 65535) {
-    throw std::invalid_argument("bad port in listen address '" + text + "'");
+    throw std::invalid_argument("bad port in " + std::string(what) + " '" + text + "'");
   }
-  out.listen_host = host;
-  out.listen_port = static_cast<std::uint16_t>(value);
+  return {std::move(host), static_cast<std::uint16_t>(value)};
+}
+
+}  // namespace
+
+void parse_listen(const std::string& text, config& out) {
+  std::tie(out.listen_host, out.listen_port) = host_port(text, "listen address");
 }
 
 void parse_metrics_listen(const std::string& text, config& out) {
-  config parsed;
-  parse_listen(text, parsed);
-  out.metrics_host = parsed.listen_host;
-  out.metrics_port = parsed.listen_port;
+  std::tie(out.metrics_host, out.metrics_port) = host_port(text, "metrics address");
 }
 
 config load_config_file(const std::filesystem::path& file, config c) {
@@ -122,36 +151,27 @@ config load_config_file(const std::filesystem::path& file, config c) {
     throw std::runtime_error("config " + file.string() + ": " + std::string(e.description()));
   }
   refuse_unknown_keys(t);
-  auto check_type = [&](const toml::node_view<toml::node>& n, std::string_view key, bool ok) {
-    if (n && !ok) throw std::runtime_error("config: " + std::string(key) + " has the wrong type");
-  };
   auto positive = [&](std::string_view key, const toml::node_view<toml::node>& n, auto& target) {
-    check_type(n, key, n.is_integer());
-    const auto v = n.value<std::int64_t>();
+    const auto v = typed<std::int64_t>(n, key);
     if (!v) return;
     if (*v <= 0) throw std::runtime_error("config: " + std::string(key) + " must be positive");
     target = static_cast<std::remove_reference_t<decltype(target)>>(*v);
   };
 
-  check_type(t["listen"], "listen", t["listen"].is_string());
-  if (auto v = t["listen"].value<std::string>()) parse_listen(*v, c);
-  check_type(t["data"], "data", t["data"].is_string());
-  if (auto v = t["data"].value<std::string>()) c.data_dir = *v;
-  check_type(t["threads"], "threads", t["threads"].is_integer());
-  if (auto v = t["threads"].value<std::int64_t>()) {
+  if (auto v = typed<std::string>(t["listen"], "listen")) parse_listen(*v, c);
+  if (auto v = typed<std::string>(t["data"], "data")) c.data_dir = *v;
+  if (auto v = typed<std::int64_t>(t["threads"], "threads")) {
     if (*v < min_threads || *v > max_threads) {
       throw std::runtime_error("config: threads must be " + std::to_string(min_threads) + "-" +
                                std::to_string(max_threads) + ", got " + std::to_string(*v));
     }
     c.threads = static_cast<unsigned>(*v);
   }
-  check_type(t["node_id"], "node_id", t["node_id"].is_integer());
-  if (auto v = t["node_id"].value<std::int64_t>()) {
+  if (auto v = typed<std::int64_t>(t["node_id"], "node_id")) {
     if (*v < 0 || *v > 1023) throw std::runtime_error("config: node_id must be 0-1023");
     c.node_id = static_cast<std::uint64_t>(*v);
   }
-  check_type(t["fsync"], "fsync", t["fsync"].is_boolean());
-  if (auto v = t["fsync"].value<bool>()) c.fsync = *v;
+  if (auto v = typed<bool>(t["fsync"], "fsync")) c.fsync = *v;
 
   auto l = t["limits"];
   positive("limits.max_frame_bytes", l["max_frame_bytes"], c.limits.max_frame_bytes);
@@ -167,23 +187,20 @@ config load_config_file(const std::filesystem::path& file, config c) {
   positive("limits.max_unauthenticated_frame_bytes", l["max_unauthenticated_frame_bytes"],
            c.limits.max_unauthenticated_frame_bytes);
 
-  check_type(t["metrics_listen"], "metrics_listen", t["metrics_listen"].is_string());
-  if (auto v = t["metrics_listen"].value<std::string>()) parse_metrics_listen(*v, c);
+  if (auto v = typed<std::string>(t["metrics_listen"], "metrics_listen")) {
+    parse_metrics_listen(*v, c);
+  }
 
   // [rate_limits]: NAME is requests per minute (0 turns the limit off), NAME_burst how many
   // may come at once.
   auto r = t["rate_limits"];
   auto rate = [&](const std::string& name, rate_limit& target) {
     const std::string key = "rate_limits." + name;
-    auto n = r[name];
-    check_type(n, key, n.is_number());
-    if (auto v = n.value<double>()) {
+    if (auto v = typed<double>(r[name], key)) {
       if (!(*v >= 0)) throw std::runtime_error("config: " + key + " must be 0 or more per minute");
       target.per_minute = *v;
     }
-    auto b = r[name + "_burst"];
-    check_type(b, key + "_burst", b.is_number());
-    if (auto v = b.value<double>()) {
+    if (auto v = typed<double>(r[name + "_burst"], key + "_burst")) {
       if (!(*v >= 1)) throw std::runtime_error("config: " + key + "_burst must be at least 1");
       target.burst = *v;
     }
@@ -203,12 +220,9 @@ config load_config_file(const std::filesystem::path& file, config c) {
   positive("storage.reserve_bytes", t["storage"]["reserve_bytes"], c.storage_reserve_bytes);
 
   auto tls = t["tls"];
-  check_type(tls["cert"], "tls.cert", tls["cert"].is_string());
-  if (auto v = tls["cert"].value<std::string>()) c.tls_cert = *v;
-  check_type(tls["key"], "tls.key", tls["key"].is_string());
-  if (auto v = tls["key"].value<std::string>()) c.tls_key = *v;
-  check_type(tls["allow_plaintext"], "tls.allow_plaintext", tls["allow_plaintext"].is_boolean());
-  if (auto v = tls["allow_plaintext"].value<bool>()) c.allow_plaintext = *v;
+  if (auto v = typed<std::string>(tls["cert"], "tls.cert")) c.tls_cert = *v;
+  if (auto v = typed<std::string>(tls["key"], "tls.key")) c.tls_key = *v;
+  if (auto v = typed<bool>(tls["allow_plaintext"], "tls.allow_plaintext")) c.allow_plaintext = *v;
 
   // Rules between keys, on the values in force once the file is applied over `c`.
   if (c.limits.max_unauthenticated_frame_bytes > c.limits.max_frame_bytes) {

@@ -399,10 +399,9 @@ awaitable<void> device_session::on_authenticate(std::uint64_t request_id, v1::Au
   device_ = found->id;
   user_ = found->user;
   username_ = found->username;
-  hide_last_seen_ = found->hide_last_seen;
   draining_ = true;  // before attach: pushes from now on are found by the drain
   state_.bus.attach(device_, username_, shared_from_this());
-  state_.presence.connected(username_, hide_last_seen_);
+  state_.presence.connected(username_, found->hide_last_seen);
 
   frame reply;
   reply.set_request_id(request_id);
@@ -412,7 +411,7 @@ awaitable<void> device_session::on_authenticate(std::uint64_t request_id, v1::Au
   out->set_has_keys(found->keys.has_keys);
   out->set_one_time_prekeys(found->keys.one_time_prekeys);
   out->set_registration_id(found->keys.registration_id);
-  out->set_hide_last_seen(hide_last_seen_);
+  out->set_hide_last_seen(found->hide_last_seen);
   send(reply);
   asio::co_spawn(executor_, drain(), log_failure);
 }
@@ -646,7 +645,6 @@ awaitable<void> device_session::run_request(frame request) {
         fail(r.error());
         break;
       }
-      hide_last_seen_ = hide;
       state_.presence.set_last_seen_hidden(username_, hide);
       reply.mutable_ok();
       send(reply);

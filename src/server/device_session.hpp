@@ -118,7 +118,6 @@ class device_session final : public bus::endpoint,
   std::size_t bad_frames_ = 0;  // consecutive
   std::size_t in_flight_ = 0;
   std::optional<std::uint64_t> presence_subscription_;
-  bool hide_last_seen_ = false;
   // Users this account shares a chat with, as learned (bounded: cleared past 1,024 names).
   std::vector<std::string> contacts_;
 

@@ -153,16 +153,13 @@ awaitable<void> serve(shared_state& state, connection_set& connections,
 
 using tcp_socket = asio::ip::tcp::socket;
 
-// Waits until `socket` is ready for `what`; false if the wait failed or `deadline` cancelled it.
-awaitable<bool> ready(tcp_socket& socket, tcp_socket::wait_type what) {
-  auto [ec] = co_await socket.async_wait(what, as_tuple_awaitable);
-  co_return !ec;
-}
-
+// Waits until `socket` is ready for what TLS wants (`state`: want_read or want_write); false
+// if the wait failed or the session's deadline cancelled it.
 awaitable<bool> wait_for(tcp_socket& socket, ws::tls_channel::status state) {
-  co_return co_await ready(socket, state == ws::tls_channel::status::want_write
-                                       ? tcp_socket::wait_write
-                                       : tcp_socket::wait_read);
+  auto [ec] = co_await socket.async_wait(
+      state == ws::tls_channel::status::want_write ? tcp_socket::wait_write : tcp_socket::wait_read,
+      as_tuple_awaitable);
+  co_return !ec;
 }
 
 awaitable<bool> tls_write_all(tcp_socket& socket, ws::tls_channel& tls, std::string bytes) {
@@ -216,7 +213,7 @@ awaitable<void> serve_tls(shared_state& state, connection_set& connections, tcp_
     if (!co_await wait_for(socket, r.state)) co_return;
   }
 
-  std::string in;  // decrypted bytes not parsed yet
+  std::string in;         // decrypted bytes not parsed yet
   char buffer[4 * 1024];  // in the coroutine frame while the request is read: kept small
   for (bool open = true; open;) {
     arm(std::chrono::seconds(30));

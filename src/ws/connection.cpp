@@ -119,16 +119,15 @@ std::size_t connection::buffered_bytes() const {
 
 // --- reading -------------------------------------------------------------------------------------
 
-void connection::wait_readable() {
-  socket_.async_wait(socket_type::wait_read,
-                     [self = shared_from_this()](const boost::system::error_code& ec) {
-                       if (self->done()) return;
-                       if (ec) {
-                         self->abort();
-                         return;
-                       }
-                       self->read_burst(false);
-                     });
+void connection::wait_to_read(socket_type::wait_type ready_for) {
+  socket_.async_wait(ready_for, [self = shared_from_this()](const boost::system::error_code& ec) {
+    if (self->done()) return;
+    if (ec) {
+      self->abort();
+      return;
+    }
+    self->read_burst(false);
+  });
 }
 
 void connection::read_burst(bool kept_first) {
@@ -146,6 +145,7 @@ void connection::read_until_blocked(bool kept_first) {
   // Read until the socket would block, so that one wake-up serves all that has arrived. A peer
   // that keeps sending never makes it block, so every few reads the burst yields to the other
   // connections of the thread (and to this one's writer).
+  auto ready_for = socket_type::wait_read;  // TLS may need to write before it can read on
   for (std::size_t reads = 1;; ++reads) {
     if (reads > std::max<std::size_t>(options_.reads_per_turn, 1)) {
       post_read(false);
@@ -154,18 +154,7 @@ void connection::read_until_blocked(bool kept_first) {
     char* buffer = thread_buffer();
     const auto got = read_some(buffer, thread_buffer_bytes);
     if (got.would_block) {
-      if (got.wait == socket_type::wait_write) {  // TLS must write before it can read
-        socket_.async_wait(socket_type::wait_write,
-                           [self = shared_from_this()](const boost::system::error_code& ec) {
-                             if (self->done()) return;
-                             if (ec) {
-                               self->abort();
-                               return;
-                             }
-                             self->read_burst(false);
-                           });
-        return;
-      }
+      ready_for = got.wait;
       break;
     }
     if (got.ended) {  // end of stream without a close frame, or a reset
@@ -182,7 +171,7 @@ void connection::read_until_blocked(bool kept_first) {
     }
     if (!go_on) return;
   }
-  if (!done()) wait_readable();
+  if (!done()) wait_to_read(ready_for);
 }
 
 connection::read_outcome connection::read_some(char* buffer, std::size_t size) {

@@ -125,7 +125,9 @@ class connection : public std::enable_shared_from_this<connection> {
   static constexpr std::size_t batches_per_turn = 4;
 
   void set_socket_options();
-  void wait_readable();
+  // Waits until the socket is ready for reading (or, for TLS, for writing the record it owes
+  // before it can read on), then reads a burst.
+  void wait_to_read(socket_type::wait_type ready_for);
   // Reads until the socket would block (first consuming in_ if `kept_first`), then waits for
   // readability again; yields the thread after `reads_per_turn` reads. Catches what a hook
   // throws and drops the connection.

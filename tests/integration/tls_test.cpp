@@ -43,6 +43,12 @@ class tls : public ::testing::Test {
     fs::copy_file(cert(), dir.path() / "ca1.pem");
   }
   fs::path cert() const { return dir.path() / "cert.pem"; }
+  // `c` trusts the first certificate's copy only, registers as `name` and drains.
+  void trust_and_join(test_client& c, const std::string& name) {
+    c.api().set_ca_file((dir.path() / "ca1.pem").string());
+    c.register_and_login(name);
+    c.drain();
+  }
   fs::path key() const { return dir.path() / "key.pem"; }
 
   test_support::temp_dir dir{"parley_tls_"};
@@ -53,13 +59,9 @@ TEST_F(tls, clients_verify_the_certificate_and_chat_over_wss) {
   server_process server({"--tls-cert", cert().string(), "--tls-key", key().string()});
   const std::string url = wss_url(server);
   test_client alice(io, url);
-  alice.api().set_ca_file((dir.path() / "ca1.pem").string());
-  alice.register_and_login("alice");
-  alice.drain();
+  trust_and_join(alice, "alice");
   test_client bob(io, url);
-  bob.api().set_ca_file((dir.path() / "ca1.pem").string());
-  bob.register_and_login("bob");
-  bob.drain();
+  trust_and_join(bob, "bob");
 
   // Large enough to span several TLS records, both ways.
   const std::string big(60 * 1024, 'w');
@@ -88,9 +90,7 @@ TEST_F(tls, a_reloaded_certificate_serves_new_connections_and_old_ones_go_on) {
   server_process server({"--tls-cert", cert().string(), "--tls-key", key().string()});
   const std::string url = wss_url(server);
   test_client alice(io, url);
-  alice.api().set_ca_file((dir.path() / "ca1.pem").string());
-  alice.register_and_login("alice");
-  alice.drain();
+  trust_and_join(alice, "alice");
 
   // A new certificate in place, then SIGHUP.
   ASSERT_TRUE(make_certificate(dir.path() / "cert2.pem", dir.path() / "key2.pem", "test-2"));
