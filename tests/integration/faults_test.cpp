@@ -187,6 +187,9 @@ TEST(faults, a_full_disk_refuses_writes_keeps_serving_and_recovers_by_itself) {
                        << volume.free_bytes() << " bytes free";
   EXPECT_GT(acked, 10);
   EXPECT_GE(volume.free_bytes(), 4u << 20) << "the reserve was eaten into";
+  // RocksDB may give space back meanwhile (a flush deletes an old log): keep the disk below
+  // the reserve, so that what follows runs on a full disk whatever RocksDB does.
+  volume.fill_leaving(volume.path() / "filler2", 6u << 20);
 
   // Still serving: health says why, reads work, a second refusal is typed too.
   EXPECT_NE(http_get(server.port(), "/healthz").find("store: disk full"), std::string::npos)
@@ -207,7 +210,7 @@ TEST(faults, a_full_disk_refuses_writes_keeps_serving_and_recovers_by_itself) {
   // the log's preallocated space: the disk is filled to below the reserve again.)
   server.kill9();
   server.restart();
-  volume.fill_leaving(volume.path() / "filler2", 6u << 20);
+  volume.fill_leaving(volume.path() / "filler3", 6u << 20);
   EXPECT_TRUE(eventually([&] {
     return http_get(server.port(), "/healthz").find("store: disk full") != std::string::npos;
   })) << "health is checked while nobody writes";
@@ -222,6 +225,7 @@ TEST(faults, a_full_disk_refuses_writes_keeps_serving_and_recovers_by_itself) {
   // Space returns: writes resume by themselves (the client retries after retry_after_ms).
   fs::remove(filler);
   fs::remove(volume.path() / "filler2");
+  fs::remove(volume.path() / "filler3");
   test_client alice2(io, server.url());
   alice2.device_id = alice.device_id;
   alice2.token = alice.token;
