@@ -7,10 +7,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "client/ws_connection.hpp"
-#include "parley/v1/frame.pb.h"
+#include "parley/v2/frame.pb.h"
 
 namespace parley::bench {
 
@@ -22,20 +23,31 @@ struct load_peer {
   std::string username;
   std::uint64_t device = 0;
   std::string token;
-  int in_flight = 0;                // requests sent, not answered
-  std::vector<std::uint64_t> acks;  // events received, not acked yet
+  int in_flight = 0;  // requests sent, not answered
+  // The highest seq received per chat since the last flush_acks(), as (chat_id, seq): the
+  // chats that had a message since then, so a few entries.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> acks;
   std::uint64_t next_request = 1;
+  // What the last set_up() received before QueueEmpty: envelopes its drain pushed, and
+  // Receipt entries (watermarks of the chats this account is in).
+  std::uint64_t drained = 0, receipts = 0;
 
-  void send(const parley::v1::Frame& f) { ws->send(f.SerializeAsString()); }
-  void flush_acks();  // one Ack (request_id 0) for everything received
+  void send(const parley::v2::Frame& f) { ws->send(f.SerializeAsString()); }
+  // Notes an envelope to ack. Messages of one chat arrive in seq order, so the latest seq of a
+  // chat covers every earlier one.
+  void received(std::uint64_t chat_id, std::uint64_t seq);
+  // Acks everything received with cumulative cursors, one per chat, in one Ack frame
+  // (request_id 0: no Ok comes back; more frames only past the server's 1,024 cursors per Ack).
+  void flush_acks();
 };
 
 // Sends `request` and reads frames until its answer; pushes read meanwhile are dropped.
 // Returns a Frame with no body on a broken connection.
-boost::asio::awaitable<parley::v1::Frame> round_trip(load_peer& p, parley::v1::Frame request);
+boost::asio::awaitable<parley::v2::Frame> round_trip(load_peer& p, parley::v2::Frame request);
 
 // Connects from `source` (127.0.0.x), optionally registers `p.username` first, authenticates,
-// and reads until QueueEmpty. False on any failure.
+// and reads until QueueEmpty (counting p.drained and p.receipts on the way). False on any
+// failure. The envelopes of the drain are not acked.
 boost::asio::awaitable<bool> set_up(load_peer& p, std::string url, std::string source,
                                     bool register_first);
 

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "client/ws_connection.hpp"
 #include "report.hpp"
 #include "scenarios.hpp"
 #include "spawned_server.hpp"
@@ -30,14 +31,22 @@ constexpr const char* usage =
     "usage: parley-bench [--quick | --smoke] [--procs N] [--server-threads N] [--out DIR]\n"
     "                    [--connections N] [--users N] [--rates R1,R2,...] [--step-secs S]\n"
     "                    [--drain-messages N] [--no-fsync] [--server URL --server-pid PID]\n"
-    "                    [SCENARIO...]\n"
-    "scenarios: baseline connect one-to-one drain (default: all four)\n"
+    "                    [--server-metrics HOST:PORT] [SCENARIO...]\n"
+    "scenarios: baseline connect one-to-one logins-after-load drain (default: all five)\n"
+    "  logins-after-load  the one-to-one users' logins/s on the fresh server and again after\n"
+    "            the one-to-one load (runs that load, and reports it, even if not asked for)\n"
     "  --quick   small sizes, a few seconds per step (what `make bench` runs)\n"
     "  --smoke   tiny sizes, ~20 s in all; exits 1 if anything was lost (run by `make test`)\n"
     "  --server  use a parleyd started elsewhere (its pid for the CPU/RSS samples) instead of\n"
     "            starting a fresh one per scenario; the baseline still starts its echo server\n"
+    "  --server-metrics  where that parleyd serves GET /metrics, if not on the --server address\n"
+    "            (the store's commit latencies per step come from there)\n"
     "  defaults (full): 19,000 connections; 1,000 users at 1k,2.5k,3.5k,4.5k,5k,7.5k,10k,20k,\n"
-    "  50k,100k msg/s, 20 s each; 10,000 queued messages; results in bench/results/\n";
+    "  50k,100k msg/s, 60 s each; 10,000 queued messages; results in bench/results/\n";
+
+constexpr double full_step_seconds = 60;
+// The echo baseline has no store to wait for: it runs at most this long.
+constexpr double baseline_seconds = 20;
 
 struct options {
   std::string mode = "full";
@@ -50,12 +59,15 @@ struct options {
   // issue's steps alone, a knee between two of them reads as the lower one.
   std::vector<double> rates = {1'000, 2'500,  3'500,  4'500,  5'000,
                                7'500, 10'000, 20'000, 50'000, 100'000};
-  double step_seconds = 20;
+  // A sustainable rate must be sustained: steps long enough that the store's memtable flushes
+  // and compactions happen inside them and count in their latencies.
+  double step_seconds = full_step_seconds;
   std::size_t drain_messages = 10'000;
   std::vector<std::string> scenarios;
   bool fsync = true;       // --no-fsync: diagnosis only (how much of a figure is the disk)
   std::string server_url;  // --server: drive a parleyd started elsewhere (e.g. under a profiler)
   pid_t server_pid = -1;   // --server-pid: its pid, for the /proc samples
+  std::string server_metrics;  // --server-metrics: its metrics address, if not the --server one
 };
 
 std::vector<double> parse_rates(const std::string& s) {
@@ -118,14 +130,18 @@ options parse(int argc, char** argv) {
       o.server_url = value();
     else if (a == "--server-pid")
       o.server_pid = std::stoi(value());
+    else if (a == "--server-metrics")
+      o.server_metrics = value();
     else if (a == "--help" || a == "-h")
       throw std::invalid_argument("");
-    else if (a == "baseline" || a == "connect" || a == "one-to-one" || a == "drain")
+    else if (a == "baseline" || a == "connect" || a == "one-to-one" || a == "logins-after-load" ||
+             a == "drain")
       o.scenarios.push_back(a);
     else
       throw std::invalid_argument("unknown argument " + a);
   }
-  if (o.scenarios.empty()) o.scenarios = {"baseline", "connect", "one-to-one", "drain"};
+  if (o.scenarios.empty())
+    o.scenarios = {"baseline", "connect", "one-to-one", "logins-after-load", "drain"};
   if (o.procs < 1 || o.procs > 64) throw std::invalid_argument("--procs must be 1-64");
   if (o.users < 2) throw std::invalid_argument("--users must be at least 2");
   return o;
@@ -190,10 +206,24 @@ std::unique_ptr<spawned_server> start_parleyd(const options& o, const fs::path& 
   return std::make_unique<spawned_server>(std::move(argv));
 }
 
+// Where a server given by its WebSocket URL serves GET /metrics when it has no metrics address
+// of its own: the same HOST:PORT. Empty for a URL that does not parse.
+std::string metrics_address_of(const std::string& url) {
+  std::string host, port, path;
+  bool tls = false;
+  if (!parley::client::parse_ws_url(url, host, port, path, tls)) return {};
+  return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + port;
+}
+
 parleyd_target parleyd_for(const options& o, const fs::path& data) {
-  if (!o.server_url.empty()) return {nullptr, {o.server_url, o.server_pid, o.procs}};
+  if (!o.server_url.empty()) {
+    const auto metrics =
+        o.server_metrics.empty() ? metrics_address_of(o.server_url) : o.server_metrics;
+    return {nullptr, {o.server_url, o.server_pid, o.procs, metrics}};
+  }
+  // Started without --metrics-listen: /metrics is served on the listen address.
   auto server = start_parleyd(o, data);
-  target t{server->url(), server->pid(), o.procs};
+  target t{server->url(), server->pid(), o.procs, "127.0.0.1:" + std::to_string(server->port())};
   return {std::move(server), t};
 }
 
@@ -211,6 +241,13 @@ int main(int argc, char** argv) {
     }
     std::cerr << "parley-bench: " << e.what() << '\n' << usage;
     return 2;
+  }
+  if (o.mode == "full" && o.step_seconds < full_step_seconds &&
+      (wants(o, "one-to-one") || wants(o, "logins-after-load"))) {
+    std::cerr << "parley-bench: steps of " << o.step_seconds << " s are shorter than the "
+              << full_step_seconds
+              << " s in which a rate counts as sustained (store flushes and compactions inside "
+                 "the steps)\n";
   }
   // The hard limit on open files (20,000 here) cannot be raised, but the soft one can: the
   // servers started below inherit it.
@@ -235,7 +272,8 @@ int main(int argc, char** argv) {
       spawned_server echo({sibling("parley-bench-echo").string(), "--listen", "127.0.0.1:0",
                            "--threads", std::to_string(o.server_threads)});
       const std::size_t conns = std::min<std::size_t>(o.users, 100);
-      report.baseline = run_baseline({echo.url(), echo.pid(), o.procs}, conns, 8, o.step_seconds);
+      report.baseline = run_baseline({echo.url(), echo.pid(), o.procs, {}}, conns, 8,
+                                     std::min(o.step_seconds, baseline_seconds));
     }
     if (wants(o, "connect")) {
       std::cerr << "parley-bench: connect (" << o.connections << " connections)...\n";
@@ -243,12 +281,16 @@ int main(int argc, char** argv) {
       report.connect = run_connect(server.t, o.connections, 3.0);
       ok = ok && report.connect->failed == 0;
     }
-    if (wants(o, "one-to-one")) {
+    // logins-after-load needs the one-to-one load: the two run as one.
+    const bool relogin = wants(o, "logins-after-load");
+    if (wants(o, "one-to-one") || relogin) {
       std::cerr << "parley-bench: one-to-one (" << o.users << " users, " << o.rates.size()
-                << " steps of " << o.step_seconds << " s)...\n";
+                << " steps of " << o.step_seconds << " s"
+                << (relogin ? ", their logins before and after" : "") << ")...\n";
       auto server = parleyd_for(o, data / "one-to-one");
-      report.one_to_one = run_one_to_one(server.t, o.users, o.rates, o.step_seconds);
+      report.one_to_one = run_one_to_one(server.t, o.users, o.rates, o.step_seconds, relogin);
       for (const auto& s : report.one_to_one->steps) ok = ok && s.lost == 0;
+      if (const auto& l = report.one_to_one->logins_after_load) ok = ok && l->failed == 0;
     }
     if (wants(o, "drain")) {
       std::cerr << "parley-bench: drain (" << o.drain_messages << " messages)...\n";

@@ -1,5 +1,6 @@
 #include "report.hpp"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -52,6 +53,68 @@ void render_cpu_per_message(std::ostringstream& o, const one_to_one_result& t) {
       << pad(fixed(s.cpu_us_per_message(s.generator_total_cores), 0), 11)
       << pad(fixed(s.server_cores + s.generator_total_cores, 2), 15) << "\n";
   }
+}
+
+// The store's group commits in each step (parley_store_write_seconds deltas).
+void render_store_commits(std::ostringstream& o, const one_to_one_result& t) {
+  bool any = false;
+  for (const auto& s : t.steps) any = any || s.store_commits.has_value();
+  if (!any) return;
+  o << "  store group commits (write + fsync) in each step, from parleyd's /metrics histogram\n"
+    << "  parley_store_write_seconds: percentiles interpolated within its buckets; max <= is the\n"
+    << "  upper bound of the highest bucket with a commit, not a measured maximum\n"
+    << pad("offered/s", 10) << pad("commits/s", 11) << pad("writes/commit", 15) << pad("mean ms", 9)
+    << pad("p50 ms", 9) << pad("p99 ms", 9) << pad("p99.9 ms", 10) << pad("max <= ms", 11) << "\n";
+  for (const auto& s : t.steps) {
+    o << pad(fixed(s.offered_rate, 0), 10);
+    if (!s.store_commits) {
+      o << "  (not scraped)\n";
+      continue;
+    }
+    const auto& c = *s.store_commits;
+    const double per_commit =
+        c.commits > 0 ? static_cast<double>(c.writes) / static_cast<double>(c.commits) : 0;
+    o << pad(fixed(s.seconds > 0 ? static_cast<double>(c.commits) / s.seconds : 0, 0), 11)
+      << pad(fixed(per_commit, 1), 15) << pad(fixed(c.mean_ms, 2), 9) << pad(fixed(c.p50_ms, 2), 9)
+      << pad(fixed(c.p99_ms, 2), 9) << pad(fixed(c.p999_ms, 2), 10)
+      << pad(std::isinf(c.max_le_ms) ? std::string("+Inf") : fixed(c.max_le_ms, 2), 11) << "\n";
+  }
+}
+
+std::string store_commits_json(const std::optional<store_commit_stats>& c, double seconds) {
+  if (!c) return "null";
+  std::ostringstream o;
+  o << "{\"commits\": " << c->commits << ", \"writes\": " << c->writes
+    << ", \"commits_per_second\": "
+    << fixed(seconds > 0 ? static_cast<double>(c->commits) / seconds : 0, 1)
+    << ", \"mean_ms\": " << fixed(c->mean_ms, 3) << ", \"p50_ms\": " << fixed(c->p50_ms, 3)
+    << ", \"p99_ms\": " << fixed(c->p99_ms, 3) << ", \"p999_ms\": " << fixed(c->p999_ms, 3)
+    // The +Inf bucket has no number: null.
+    << ", \"max_le_ms\": " << (std::isinf(c->max_le_ms) ? "null" : fixed(c->max_le_ms, 3)) << "}";
+  return o.str();
+}
+
+std::string login_json(const login_result& l) {
+  const double n = l.logged_in > 0 ? static_cast<double>(l.logged_in) : 1;
+  std::ostringstream o;
+  o << "{\"wanted\": " << l.wanted << ", \"logged_in\": " << l.logged_in
+    << ", \"failed\": " << l.failed << ", \"seconds\": " << fixed(l.seconds, 3)
+    << ", \"logins_per_second\": " << fixed(l.logins_per_second, 0)
+    << ", \"server_cpu_us_per_login\": " << fixed(l.server_cpu_seconds * 1e6 / n, 0)
+    << ", \"generator_cpu_us_per_login\": " << fixed(l.generator_cpu_seconds * 1e6 / n, 0)
+    << ", \"receipts\": " << l.receipts << ", \"drained\": " << l.drained << "}";
+  return o.str();
+}
+
+void render_login(std::ostringstream& o, const std::string& label, const login_result& l) {
+  const double n = l.logged_in > 0 ? static_cast<double>(l.logged_in) : 1;
+  o << label << fixed(l.logins_per_second, 0) << " logins/s (" << l.logged_in << " of " << l.wanted
+    << ", " << l.failed << " failed, in " << fixed(l.seconds, 2) << " s)\n"
+    << std::string(label.size(), ' ') << "per login: server CPU "
+    << fixed(l.server_cpu_seconds * 1e6 / n, 0) << " µs, generator CPU "
+    << fixed(l.generator_cpu_seconds * 1e6 / n, 0) << " µs, "
+    << fixed(static_cast<double>(l.receipts) / n, 1) << " receipt watermarks, "
+    << fixed(static_cast<double>(l.drained) / n, 1) << " drained envelopes\n";
 }
 
 }  // namespace
@@ -118,7 +181,17 @@ std::string render_table(const run_report& r) {
     }
     o << "\n";
     render_cpu_per_message(o, t);
+    render_store_commits(o, t);
     o << "\n";
+    if (t.logins_fresh && t.logins_after_load) {
+      o << "logins-after-load: the " << t.users
+        << " one-to-one users log in all at once (connect, authenticate, read to\n"
+        << "  QueueEmpty) on the fresh server just after registering, and again after the load\n"
+        << "  (every connection dropped at once, 2 s, then all back)\n";
+      render_login(o, "  fresh server:   ", *t.logins_fresh);
+      render_login(o, "  after the load: ", *t.logins_after_load);
+      o << "  after / fresh: " << fixed(t.login_ratio(), 3) << "\n\n";
+    }
   }
   if (r.drain) {
     const auto& d = *r.drain;
@@ -179,9 +252,16 @@ std::string render_json(const run_report& r) {
       o << "}, \"generator_cores\": " << fixed(s.generator_cores, 3)
         << ", \"generator_total_cores\": " << fixed(s.generator_total_cores, 3)
         << ", \"generator_bound\": " << (s.generator_bound ? "true" : "false")
-        << ", \"latency\": " << percentiles_json(s.latency) << "}";
+        << ", \"latency\": " << percentiles_json(s.latency)
+        << ", \"store_commits\": " << store_commits_json(s.store_commits, s.seconds) << "}";
     }
     o << "]}";
+    if (t.logins_fresh && t.logins_after_load) {
+      o << ",\n  \"logins_after_load\": {\"users\": " << t.users
+        << ", \"fresh\": " << login_json(*t.logins_fresh)
+        << ", \"after_load\": " << login_json(*t.logins_after_load)
+        << ", \"ratio_after_to_fresh\": " << fixed(t.login_ratio(), 4) << "}";
+    }
   }
   if (r.drain) {
     const auto& d = *r.drain;

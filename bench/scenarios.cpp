@@ -6,18 +6,27 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http.hpp>
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <random>
 #include <sstream>
 #include <stdexcept>
+#include <string_view>
 #include <thread>
+#include <utility>
 
 #include "bench_worker.hpp"
 #include "load_peer.hpp"
@@ -27,7 +36,7 @@ namespace parley::bench {
 namespace {
 
 namespace asio = boost::asio;
-namespace v1 = parley::v1;
+namespace v2 = parley::v2;
 using asio::awaitable;
 using clock = std::chrono::steady_clock;
 constexpr auto as_tuple_awaitable = asio::as_tuple(asio::use_awaitable);
@@ -123,7 +132,7 @@ awaitable<bool> register_range(std::vector<std::unique_ptr<load_peer>>& peers, s
   std::size_t sent = begin, answered = 0;
   while (answered < end - begin) {
     while (sent < end && sent - begin - answered < window) {
-      v1::Frame f;
+      v2::Frame f;
       f.set_request_id(sent + 1);
       f.mutable_register_()->set_username(peers[sent]->username);
       conn.send(f);
@@ -131,7 +140,7 @@ awaitable<bool> register_range(std::vector<std::unique_ptr<load_peer>>& peers, s
     }
     auto [ec, bytes] = co_await conn.ws->read();
     if (ec) co_return false;
-    v1::Frame f;
+    v2::Frame f;
     if (!f.ParseFromString(bytes) || f.request_id() == 0) continue;
     if (!f.has_registered() || f.request_id() <= begin || f.request_id() > end) co_return false;
     auto& p = *peers[f.request_id() - 1];
@@ -234,6 +243,157 @@ connect_result run_connect(const target& t, std::size_t connections, double hold
   return r;
 }
 
+// --- parleyd's store commit latencies, from GET /metrics --------------------------------------
+
+namespace {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+
+// The body of GET http://HOST:PORT/PATH, or none (no answer within 2 s, or not a 200).
+awaitable<std::optional<std::string>> http_get(std::string host, std::string port,
+                                               std::string path) {
+  auto ex = co_await asio::this_coro::executor;
+  asio::ip::tcp::resolver resolver(ex);
+  auto [rec, endpoints] = co_await resolver.async_resolve(host, port, as_tuple_awaitable);
+  if (rec) co_return std::nullopt;
+  beast::tcp_stream stream(ex);
+  stream.expires_after(std::chrono::seconds(2));  // connect, write and read together
+  auto [cec, ep] = co_await stream.async_connect(endpoints, as_tuple_awaitable);
+  if (cec) co_return std::nullopt;
+  http::request<http::empty_body> req{http::verb::get, path, 11};
+  req.set(http::field::host, host + ":" + port);
+  req.keep_alive(false);
+  auto [wec, wn] = co_await http::async_write(stream, req, as_tuple_awaitable);
+  if (wec) co_return std::nullopt;
+  beast::flat_buffer buffer;
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(4 << 20);
+  auto [ec, n] = co_await http::async_read(stream, buffer, parser, as_tuple_awaitable);
+  if (ec || parser.get().result() != http::status::ok) co_return std::nullopt;
+  co_return std::move(parser.get().body());
+}
+
+// What one scrape says about the store's group commits.
+struct commit_metrics {
+  // parley_store_write_seconds_bucket: (le in seconds, cumulative count), +Inf last.
+  std::vector<std::pair<double, std::uint64_t>> buckets;
+  double sum_seconds = 0;    // parley_store_write_seconds_sum
+  std::uint64_t count = 0;   // parley_store_write_seconds_count
+  std::uint64_t writes = 0;  // parley_group_commit_requests_total
+};
+
+// Reads the lines it needs from the Prometheus text format; none if the histogram is missing.
+std::optional<commit_metrics> parse_commit_metrics(const std::string& text) {
+  constexpr std::string_view bucket = "parley_store_write_seconds_bucket{le=\"";
+  constexpr std::string_view sum = "parley_store_write_seconds_sum ";
+  constexpr std::string_view count = "parley_store_write_seconds_count ";
+  constexpr std::string_view writes = "parley_group_commit_requests_total ";
+  commit_metrics m;
+  bool have_count = false;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.starts_with(bucket)) {
+      const auto close = line.find("\"}", bucket.size());
+      if (close == std::string::npos) return std::nullopt;
+      const std::string le = line.substr(bucket.size(), close - bucket.size());
+      const double bound =
+          le == "+Inf" ? std::numeric_limits<double>::infinity() : std::strtod(le.c_str(), nullptr);
+      m.buckets.emplace_back(bound, std::strtoull(line.c_str() + close + 2, nullptr, 10));
+    } else if (line.starts_with(sum)) {
+      m.sum_seconds = std::strtod(line.c_str() + sum.size(), nullptr);
+    } else if (line.starts_with(count)) {
+      m.count = std::strtoull(line.c_str() + count.size(), nullptr, 10);
+      have_count = true;
+    } else if (line.starts_with(writes)) {
+      m.writes = std::strtoull(line.c_str() + writes.size(), nullptr, 10);
+    }
+  }
+  if (!have_count || m.buckets.empty() || !std::isinf(m.buckets.back().first)) return std::nullopt;
+  return m;
+}
+
+// GET /metrics from `address` (HOST:PORT, an IPv6 host in brackets); none on any failure.
+std::optional<commit_metrics> scrape_commit_metrics(const std::string& address) {
+  const auto colon = address.rfind(':');
+  if (address.empty() || colon == std::string::npos) return std::nullopt;
+  std::string host = address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  try {
+    asio::io_context io(1);
+    const auto body = run_on(io, http_get(host, address.substr(colon + 1), "/metrics"));
+    return body ? parse_commit_metrics(*body) : std::nullopt;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+// The q-quantile of per-bucket counts (upper bound, count) holding `total` observations, as
+// Prometheus's histogram_quantile() computes it: linear within the bucket where the rank
+// falls, from the bucket below's bound (0 for the first); in the +Inf bucket, the last finite
+// bound.
+double bucket_quantile(const std::vector<std::pair<double, std::uint64_t>>& counts,
+                       std::uint64_t total, double q) {
+  const double rank = q * static_cast<double>(total);
+  double lower = 0;
+  std::uint64_t below = 0;
+  for (const auto& [upper, n] : counts) {
+    if (n > 0 && static_cast<double>(below + n) >= rank) {
+      if (std::isinf(upper)) return lower;
+      return lower + (upper - lower) * (rank - static_cast<double>(below)) / static_cast<double>(n);
+    }
+    below += n;
+    lower = upper;
+  }
+  return lower;
+}
+
+// The commits between two scrapes; none if either is missing or they do not fit together (a
+// different server, or one restarted in between).
+std::optional<store_commit_stats> commits_between(const std::optional<commit_metrics>& from,
+                                                  const std::optional<commit_metrics>& to) {
+  if (!from || !to || from->buckets.size() != to->buckets.size() || to->count < from->count ||
+      to->writes < from->writes)
+    return std::nullopt;
+  // Each bucket's own count only grows, so its delta is the commits that landed in it. The
+  // buckets and _count are read one after another while commits go on, so the buckets' sum
+  // (not _count) is the number of commits the percentiles are of.
+  std::vector<std::pair<double, std::uint64_t>> counts;
+  std::uint64_t previous_from = 0, previous_to = 0, total = 0;
+  for (std::size_t i = 0; i < to->buckets.size(); ++i) {
+    const auto [bound, cumulative_to] = to->buckets[i];
+    const auto cumulative_from = from->buckets[i].second;
+    if (from->buckets[i].first != bound || cumulative_to < previous_to ||
+        cumulative_from < previous_from)
+      return std::nullopt;
+    const auto in_to = cumulative_to - previous_to, in_from = cumulative_from - previous_from;
+    if (in_to < in_from) return std::nullopt;
+    counts.emplace_back(bound, in_to - in_from);
+    total += in_to - in_from;
+    previous_to = cumulative_to;
+    previous_from = cumulative_from;
+  }
+  store_commit_stats s;
+  s.commits = total;
+  s.writes = to->writes - from->writes;
+  const auto counted = to->count - from->count;
+  if (counted > 0)
+    s.mean_ms = (to->sum_seconds - from->sum_seconds) * 1e3 / static_cast<double>(counted);
+  if (total > 0) {
+    s.p50_ms = bucket_quantile(counts, total, 0.5) * 1e3;
+    s.p99_ms = bucket_quantile(counts, total, 0.99) * 1e3;
+    s.p999_ms = bucket_quantile(counts, total, 0.999) * 1e3;
+    for (const auto& [bound, n] : counts) {
+      if (n > 0) s.max_le_ms = bound * 1e3;
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
 // --- one-to-one ------------------------------------------------------------------------------
 
 namespace {
@@ -251,22 +411,27 @@ std::size_t current_step = 0;
 std::int64_t last_receive_ns = 0;
 constexpr int request_step_shift = 40;  // request_id = step << 40 | counter
 
+// Reads `p`'s frames until its connection ends; `reading` counts the loops still running.
 awaitable<void> read_loop(load_peer& p, std::vector<step_counters>& steps,
-                          std::vector<load_peer*>& dirty) {
+                          std::vector<load_peer*>& dirty, std::size_t& reading) {
+  struct count_down {
+    std::size_t& n;
+    ~count_down() { --n; }
+  } done{reading};
   for (;;) {
     auto [ec, bytes] = co_await p.ws->read();
     if (ec) co_return;
-    v1::Frame f;
+    v2::Frame f;
     if (!f.ParseFromString(bytes)) continue;
     const auto step = f.request_id() == 0
                           ? current_step
                           : static_cast<std::size_t>(f.request_id() >> request_step_shift);
     switch (f.body_case()) {
-      case v1::Frame::kSendResult:
+      case v2::Frame::kSendResult:
         --p.in_flight;
         if (step < steps.size()) ++steps[step].stored;
         break;
-      case v1::Frame::kError: {
+      case v2::Frame::kError: {
         if (f.request_id() != 0) --p.in_flight;
         if (step < steps.size()) ++steps[step].errors;
         static bool reported = false;  // the first error says what went wrong; once per worker
@@ -278,7 +443,7 @@ awaitable<void> read_loop(load_peer& p, std::vector<step_counters>& steps,
         }
         break;
       }
-      case v1::Frame::kEnvelope: {
+      case v2::Frame::kEnvelope: {
         const auto& payload = f.envelope().payload();
         last_receive_ns = now_ns();
         if (payload.size() >= 12) {
@@ -293,20 +458,19 @@ awaitable<void> read_loop(load_peer& p, std::vector<step_counters>& steps,
           }
         }
         if (p.acks.empty()) dirty.push_back(&p);
-        p.acks.push_back(f.envelope().event_id());
+        p.received(f.envelope().chat_id(), f.envelope().seq());
         break;
       }
-      case v1::Frame::kReceipt:
-        if (p.acks.empty()) dirty.push_back(&p);
-        p.acks.push_back(f.receipt().event_id());
-        break;
+      // Receipts (the recipients' delivered watermarks) need no ack, and the bench measures
+      // delivery at the recipient; they are read and dropped.
       default:
         break;
     }
   }
 }
 
-// One Ack frame per peer that received something since the last call.
+// One Ack frame per peer that received something since the last call: a cumulative cursor per
+// chat, so one frame however many messages the peer received in the meantime.
 void flush_acks(std::vector<load_peer*>& dirty) {
   for (auto* d : dirty) d->flush_acks();
   dirty.clear();
@@ -322,7 +486,7 @@ awaitable<void> pace(std::vector<std::unique_ptr<load_peer>>& peers, std::size_t
   std::uniform_int_distribution<std::size_t> pick_user(0, users - 1);
   auto ex = co_await asio::this_coro::executor;
   asio::steady_timer tick(ex);
-  v1::Frame frame;
+  v2::Frame frame;
   std::string payload(payload_bytes, 'x');
   std::uint64_t counter = 0;
   const auto step_ns = static_cast<std::int64_t>(step_seconds * 1e9);
@@ -361,7 +525,7 @@ awaitable<void> pace(std::vector<std::unique_ptr<load_peer>>& peers, std::size_t
         m->set_payload(payload);
         // The generator measures the server, which never looks inside a payload: its bytes are a
         // timestamp and filler, labelled as a SignalMessage as every real client payload is.
-        m->set_type(parley::v1::CIPHER_TYPE_SIGNAL_MESSAGE);
+        m->set_type(parley::v2::CIPHER_TYPE_SIGNAL_MESSAGE);
         p.send(frame);
         ++p.in_flight;
         ++s.sent;
@@ -386,21 +550,93 @@ awaitable<void> pace(std::vector<std::unique_ptr<load_peer>>& peers, std::size_t
   }
 }
 
+// Set-ups at a time per worker when logins are timed: as many as run_connect's.
+constexpr std::size_t login_parallel = 512;
+
+struct worker_logins {
+  std::size_t failed = 0;
+  std::string line;  // "logged_in failed seconds cpu_seconds drained receipts"
+};
+
+// Logs every peer in (connect, authenticate, read to QueueEmpty; no registration), all of them
+// at once, timed. Their connections are new ones.
+worker_logins timed_logins(asio::io_context& io, std::vector<std::unique_ptr<load_peer>>& peers,
+                           const std::string& url, int w) {
+  const auto start = clock::now();
+  const auto cpu_start = sample_process(::getpid());
+  const auto failed = run_on(
+      io, set_up_all(peers, url, static_cast<std::size_t>(w) * 7919, false, login_parallel));
+  const double secs = std::chrono::duration<double>(clock::now() - start).count();
+  const double cpu = sample_process(::getpid()).cpu_seconds - cpu_start.cpu_seconds;
+  std::uint64_t drained = 0, receipts = 0;
+  for (const auto& p : peers) {
+    drained += p->drained;
+    receipts += p->receipts;
+  }
+  std::ostringstream out;
+  out << peers.size() - failed << ' ' << failed << ' ' << secs << ' ' << cpu << ' ' << drained
+      << ' ' << receipts;
+  return {failed, out.str()};
+}
+
+// Tells the workers to log their users in and sums what they measured; parleyd's CPU time is
+// sampled around it.
+login_result run_logins(worker_pool& pool, const target& t, std::size_t users) {
+  login_result r;
+  r.wanted = users;
+  const auto before = sample_process(t.pid);
+  pool.broadcast("go");
+  for (const auto& line : pool.collect()) {
+    std::istringstream in(line);
+    std::size_t ok = 0, failed = 0;
+    double secs = 0, cpu = 0;
+    std::uint64_t drained = 0, receipts = 0;
+    in >> ok >> failed >> secs >> cpu >> drained >> receipts;
+    r.logged_in += ok;
+    r.failed += failed;
+    r.seconds = std::max(r.seconds, secs);
+    r.generator_cpu_seconds += cpu;
+    r.drained += drained;
+    r.receipts += receipts;
+  }
+  r.server_cpu_seconds = sample_process(t.pid).cpu_seconds - before.cpu_seconds;
+  r.logins_per_second = r.seconds > 0 ? static_cast<double>(r.logged_in) / r.seconds : 0;
+  return r;
+}
+
+awaitable<bool> wait_for_zero(const std::size_t& n, std::chrono::seconds limit) {
+  const auto deadline = clock::now() + limit;
+  while (n > 0 && clock::now() < deadline) co_await pause(std::chrono::milliseconds(10));
+  co_return n == 0;
+}
+
 }  // namespace
 
 one_to_one_result run_one_to_one(const target& t, std::size_t users,
-                                 const std::vector<double>& rates, double step_seconds) {
+                                 const std::vector<double>& rates, double step_seconds,
+                                 bool relogin) {
   const std::string run = tag();
   worker_pool pool(t.procs, [&](int w, worker_channel& ch) -> int {
+    // Read loops still running; declared before `io`, whose destruction ends those left
+    // suspended (each counts itself out).
+    std::size_t reading = 0;
     asio::io_context io(1);
     auto peers = worker_share(io, users, t.procs, w, "u" + run + "_");
-    const auto failed = run_on(io, set_up_all(peers, t.url, static_cast<std::size_t>(w), true, 64));
-    if (failed != 0) throw std::runtime_error(std::to_string(failed) + " users failed to connect");
-    ch.send("ready");
+    if (!run_on(io, register_all(peers, t.url))) throw std::runtime_error("registration failed");
+    ch.send("registered");
+    ch.receive();  // go
+    // The users' first logins, timed: the logins of a fresh server.
+    const auto fresh = timed_logins(io, peers, t.url, w);
+    if (fresh.failed != 0)
+      throw std::runtime_error(std::to_string(fresh.failed) + " users failed to connect");
+    ch.send(fresh.line);
     const std::int64_t start = std::stoll(ch.receive());
     std::vector<step_counters> steps(rates.size());
     std::vector<load_peer*> dirty;
-    for (auto& p : peers) asio::co_spawn(io, read_loop(*p, steps, dirty), asio::detached);
+    for (auto& p : peers) {
+      ++reading;
+      asio::co_spawn(io, read_loop(*p, steps, dirty, reading), asio::detached);
+    }
     run_on(io, pace(peers, users, run, rates, step_seconds, t.procs, start, steps, dirty));
     for (auto& s : steps) {
       std::ostringstream out;
@@ -409,21 +645,51 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
           << s.latency.serialize();
       ch.send(out.str());
     }
+    if (!relogin) return 0;
+    // Every user goes offline at once, its TCP connection dropped, then logs in again when
+    // told: the same logins as before the load, now with the chats, cursors and watermarks
+    // the load left behind. pace() acked everything received; what it did not receive (lost,
+    // or still arriving when it gave up) is drained at the login and counted as drained. The
+    // read loops must be gone before the peers get new connections, which set_up() reads
+    // alone.
+    for (auto& p : peers) p->ws->abort();
+    if (!run_on(io, wait_for_zero(reading, std::chrono::seconds(5))))
+      throw std::runtime_error("dropped connections still being read");
+    dirty.clear();
+    for (auto& p : peers) {
+      p->ws = std::make_shared<client::ws_connection>(io.get_executor());
+      p->in_flight = 0;
+      p->acks.clear();
+    }
+    ch.send("offline");
+    ch.receive();  // go
+    ch.send(timed_logins(io, peers, t.url, w).line);
+    ch.receive();  // stop: every worker holds its connections until all are measured
     return 0;
   });
-  pool.collect();  // ready
+  pool.collect();  // registered
 
   one_to_one_result r;
   r.users = users;
+  const auto fresh = run_logins(pool, t, users);
+  if (relogin) r.logins_fresh = fresh;
   const std::int64_t start = now_ns() + 300'000'000;
   pool.broadcast(std::to_string(start));
+  // At every step boundary: parleyd's /proc sample, then its /metrics (a scrape may take a few
+  // ms under load; the histogram deltas then cover the steps shifted by as much).
   const auto step_ns = static_cast<std::int64_t>(step_seconds * 1e9);
-  std::vector<std::pair<process_sample, process_sample>> server(rates.size());
-  for (std::size_t k = 0; k < rates.size(); ++k) {
+  std::vector<process_sample> server(rates.size() + 1);
+  std::vector<std::optional<commit_metrics>> commits(rates.size() + 1);
+  for (std::size_t k = 0; k <= rates.size(); ++k) {
     sleep_until_ns(start + static_cast<std::int64_t>(k) * step_ns);
-    server[k].first = sample_process(t.pid);
-    sleep_until_ns(start + static_cast<std::int64_t>(k + 1) * step_ns);
-    server[k].second = sample_process(t.pid);
+    server[k] = sample_process(t.pid);
+    commits[k] = scrape_commit_metrics(t.metrics_address);
+    if (k == 0 && !commits[k] && !t.metrics_address.empty()) {
+      std::fprintf(stderr,
+                   "parley-bench: no parley_store_write_seconds from http://%s/metrics; the "
+                   "store's commit latencies are left out\n",
+                   t.metrics_address.c_str());
+    }
   }
   for (std::size_t k = 0; k < rates.size(); ++k) {
     step_result s;
@@ -451,10 +717,18 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
         s.generator_bound = true;
     }
     s.lost = s.stored > s.received ? s.stored - s.received : 0;
-    s.server_cores = cores_used(server[k].first, server[k].second);
-    s.server_thread_cores = thread_cores_used(server[k].first, server[k].second);
-    s.server_rss = server[k].second.rss_bytes;
+    s.server_cores = cores_used(server[k], server[k + 1]);
+    s.server_thread_cores = thread_cores_used(server[k], server[k + 1]);
+    s.server_rss = server[k + 1].rss_bytes;
+    s.store_commits = commits_between(commits[k], commits[k + 1]);
     r.steps.push_back(std::move(s));
+  }
+  if (relogin) {
+    pool.collect();  // offline
+    // Let parleyd close every dropped session (presence, connection state) before the logins.
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    r.logins_after_load = run_logins(pool, t, users);
+    pool.broadcast("stop");
   }
   pool.join();
   for (const auto& s : r.steps) {
@@ -486,7 +760,7 @@ awaitable<drain_result> drain_once(std::string url, std::size_t messages) {
   std::string payload(payload_bytes, 'd');
   while (stored < messages) {
     while (sent < messages && sent - stored < 200) {
-      v1::Frame f;
+      v2::Frame f;
       f.set_request_id(++sent);
       auto* m = f.mutable_send_message();
       m->set_to(receiver.username);
@@ -494,12 +768,12 @@ awaitable<drain_result> drain_once(std::string url, std::size_t messages) {
       m->set_payload(payload);
       // The generator measures the server, which never looks inside a payload: its bytes are a
       // timestamp and filler, labelled as a SignalMessage as every real client payload is.
-      m->set_type(parley::v1::CIPHER_TYPE_SIGNAL_MESSAGE);
+      m->set_type(parley::v2::CIPHER_TYPE_SIGNAL_MESSAGE);
       sender.send(f);
     }
     auto [ec, bytes] = co_await sender.ws->read();
     if (ec) throw std::runtime_error("drain: sender connection lost");
-    v1::Frame f;
+    v2::Frame f;
     if (!f.ParseFromString(bytes)) continue;
     if (f.has_error()) throw std::runtime_error("drain: send failed: " + f.error().message());
     if (f.has_send_result()) ++stored;
@@ -513,7 +787,7 @@ awaitable<drain_result> drain_once(std::string url, std::size_t messages) {
   const auto start = clock::now();
   if (co_await again.ws->connect(url, std::chrono::seconds(10), source_address(2)))
     throw std::runtime_error("drain: reconnect failed");
-  v1::Frame auth;
+  v2::Frame auth;
   auth.set_request_id(1);
   auth.mutable_authenticate()->set_device_id(again.device);
   auth.mutable_authenticate()->set_token(again.token);
@@ -523,12 +797,12 @@ awaitable<drain_result> drain_once(std::string url, std::size_t messages) {
   while (r.received < messages) {
     auto [ec, bytes] = co_await again.ws->read();
     if (ec) break;
-    v1::Frame f;
+    v2::Frame f;
     if (!f.ParseFromString(bytes) || !f.has_envelope()) continue;
     if (f.envelope().seq() != last_seq + 1) r.in_order = false;
     last_seq = f.envelope().seq();
     ++r.received;
-    again.acks.push_back(f.envelope().event_id());
+    again.received(f.envelope().chat_id(), f.envelope().seq());
   }
   r.milliseconds = std::chrono::duration<double, std::milli>(clock::now() - start).count();
   again.flush_acks();

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,9 @@ struct target {
   std::string url;
   pid_t pid = -1;  // sampled from /proc during each step
   int procs = 2;   // worker processes of the generator
+  // HOST:PORT serving parleyd's GET /metrics (its listen address unless it has a metrics
+  // address of its own); empty: the store's commit latencies are not reported.
+  std::string metrics_address;
 };
 
 struct connect_result {
@@ -28,6 +32,21 @@ struct connect_result {
   double idle_server_cores = 0;   // while holding them all
   // CPU time spent during the ramp, by the server and by all generator workers together.
   double ramp_server_cpu_seconds = 0, ramp_generator_cpu_seconds = 0;
+};
+
+// The group commits of parleyd's store during one step: the deltas of the
+// parley_store_write_seconds histogram (one observation per commit: write + fsync) and of
+// parley_group_commit_requests_total, scraped from GET /metrics at the step's start and end.
+struct store_commit_stats {
+  std::uint64_t commits = 0;
+  std::uint64_t writes = 0;  // store writes those commits carried
+  double mean_ms = 0;        // from the histogram's _sum and _count
+  // Interpolated linearly within their bucket, as Prometheus's histogram_quantile() does; one
+  // that falls in the +Inf bucket reads as the last finite bound (2.5 s).
+  double p50_ms = 0, p99_ms = 0, p999_ms = 0;
+  // Not a measured maximum: the upper bound of the highest bucket that gained a commit (the
+  // slowest commit took at most this). Infinity when it is the +Inf bucket.
+  double max_le_ms = 0;
 };
 
 struct step_result {
@@ -42,6 +61,7 @@ struct step_result {
   double generator_cores = 0;        // busiest worker
   double generator_total_cores = 0;  // all workers together
   bool generator_bound = false;      // the generator fell behind its schedule
+  std::optional<store_commit_stats> store_commits;  // none when /metrics could not be read
   double delivered_rate() const {
     return seconds > 0 ? static_cast<double>(received) / seconds : 0;
   }
@@ -51,10 +71,31 @@ struct step_result {
   }
 };
 
+// Logins of the one-to-one scenario's users, all at once (each worker 512 at a time, as the
+// connect scenario): connect, WebSocket handshake, Authenticate, and everything the server
+// pushes up to QueueEmpty (the drain and the chats' current receipt watermarks).
+struct login_result {
+  std::size_t wanted = 0, logged_in = 0, failed = 0;
+  double seconds = 0;  // first connect to the last QueueEmpty
+  double logins_per_second = 0;
+  double server_cpu_seconds = 0, generator_cpu_seconds = 0;  // over the logins
+  std::uint64_t drained = 0;   // envelopes the drains pushed (messages not acked before)
+  std::uint64_t receipts = 0;  // Receipt entries pushed before QueueEmpty
+};
+
 struct one_to_one_result {
   std::size_t users = 0;
   std::vector<step_result> steps;
   double sustainable_rate = 0;  // highest offered rate with p99 < 100 ms, nothing lost
+  // With `relogin` (the logins-after-load scenario): the users' logins on the fresh server
+  // just after their registration, and again after the load (every connection dropped at
+  // once, then all of them re-authenticated).
+  std::optional<login_result> logins_fresh, logins_after_load;
+  double login_ratio() const {  // after the load / fresh, logins per second
+    return logins_fresh && logins_after_load && logins_fresh->logins_per_second > 0
+               ? logins_after_load->logins_per_second / logins_fresh->logins_per_second
+               : 0;
+  }
 };
 
 struct drain_result {
@@ -75,7 +116,8 @@ struct baseline_result {
 
 connect_result run_connect(const target& t, std::size_t connections, double hold_seconds);
 one_to_one_result run_one_to_one(const target& t, std::size_t users,
-                                 const std::vector<double>& rates, double step_seconds);
+                                 const std::vector<double>& rates, double step_seconds,
+                                 bool relogin = false);
 drain_result run_drain(const target& t, std::size_t messages);
 baseline_result run_baseline(const target& t, std::size_t connections, int window, double seconds);
 

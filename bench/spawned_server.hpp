@@ -19,7 +19,7 @@ class spawned_server {
 
   pid_t pid() const { return pid_; }
   unsigned short port() const { return port_; }
-  std::string url() const { return "ws://127.0.0.1:" + std::to_string(port_) + "/v1/ws"; }
+  std::string url() const { return "ws://127.0.0.1:" + std::to_string(port_) + "/v2/ws"; }
   void stop();  // SIGTERM, then SIGKILL after 5 s
 
  private:

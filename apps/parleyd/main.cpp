@@ -17,7 +17,7 @@ constexpr const char* usage =
     "usage: parleyd [--listen HOST:PORT] [--data DIR] [--threads N] [--config FILE]\n"
     "               [--no-fsync] [--log-level debug|info|warn|error] [--metrics-listen HOST:PORT]\n"
     "               [--tls-cert FILE --tls-key FILE] [--allow-plaintext]\n"
-    "  --listen   address to serve WebSocket (/v1/ws) and HTTP on (default 127.0.0.1:8080;\n"
+    "  --listen   address to serve WebSocket (/v2/ws) and HTTP on (default 127.0.0.1:8080;\n"
     "             port 0 picks a free port, printed on start)\n"
     "  --data     data directory (default ./data)\n"
     "  --threads  I/O threads, 1-256 (default: one per core)\n"

@@ -3,29 +3,51 @@
 // Embedded: bus/local/local_bus (every device is on this process). Cluster (later): a Redis
 // pub/sub channel per node, batched per node.
 //
-// Delivery through the bus is best-effort and at-most-once: queued events are already durable
-// in the device queue (the Store), so a device that misses a push gets the event on its next
-// drain. Ephemeral frames (typing, presence) are simply lost if the device is not connected.
+// Delivery through the bus is best-effort and at-most-once: messages are already durable in
+// the chat log (the Store), so a device that misses a push gets the message on its next drain
+// (its cursor has not moved), and a receipt it misses on its next authentication (the current
+// watermarks). Ephemeral frames (typing, presence) are simply lost if the device is not
+// connected.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
+#include "store/store.hpp"
 #include "wire/frame_codec.hpp"
 
 namespace parley::bus {
 
 using device_id = std::uint64_t;
-using event_id = std::uint64_t;
+
+// A chat-log entry on its way to devices: the stored entry, and its Envelope frame, encoded
+// once (by the first connection thread that sends it) and shared by every recipient.
+class envelope {
+ public:
+  explicit envelope(store::shared_message message) : message_(std::move(message)) {}
+  const store::chat_message& message() const { return *message_; }
+  // Thread-safe; encodes on first use.
+  const wire::encoded_frame& frame() const;
+
+ private:
+  store::shared_message message_;
+  mutable std::once_flag encoded_;
+  mutable wire::encoded_frame frame_;
+};
+using shared_envelope = std::shared_ptr<const envelope>;
 
 // A connected device. Methods may be called from any thread and must not block: an
-// implementation posts to its own executor.
+// implementation hands the work to its own executor.
 class endpoint {
  public:
   virtual ~endpoint() = default;
-  // An event of the device queue, committed; `event` orders it within that queue.
-  virtual void push_event(event_id event, wire::encoded_frame frame) = 0;
+  // A message appended to one of the device's chats (committed).
+  virtual void push_message(shared_envelope e) = 0;
+  // Watermarks of other members that moved (committed).
+  virtual void push_receipts(std::vector<store::watermark> marks) = 0;
   // A frame that is never stored (typing, presence).
   virtual void push_ephemeral(wire::encoded_frame frame) = 0;
   // Another connection authenticated as the same device: this one must close.
@@ -43,7 +65,11 @@ class bus {
   // Detaches `ep` if it is still the device's endpoint. Thread-safe.
   virtual void detach(device_id device, const endpoint* ep) = 0;
 
-  virtual void deliver(device_id device, event_id event, wire::encoded_frame frame) = 0;
+  // Pushes a committed message to those of `devices` that are connected. Call in commit order
+  // (from the store's completion), so that each device sees a chat's messages in seq order.
+  virtual void deliver_message(const std::vector<device_id>& devices, shared_envelope e) = 0;
+  // Pushes receipts: each device's share of `receipts` as one merged push per device.
+  virtual void deliver_receipts(const std::vector<store::receipt_delivery>& receipts) = 0;
   // An ephemeral frame to every connected device of `username`.
   virtual void deliver_ephemeral(const std::string& username, wire::encoded_frame frame) = 0;
 

@@ -33,7 +33,7 @@ namespace parley::cli {
 namespace {
 
 namespace asio = boost::asio;
-namespace v1 = parley::v1;
+namespace v2 = parley::v2;
 using asio::awaitable;
 using client::client_error;
 
@@ -42,10 +42,11 @@ constexpr const char* usage_text =
     "  register USERNAME     create the account and this device; credentials go in the profile\n"
     "  whoami\n"
     "  send USER TEXT        returns once the server has stored it (✓); prints the message id\n"
-    "  sync [--wait SECS]    receive everything queued, ack it, print messages and receipts;\n"
-    "                        exit after QueueEmpty (or keep listening for SECS)\n"
+    "                        and its place in the chat (chat id, seq)\n"
+    "  sync [--wait SECS]    receive everything queued, store and ack it, print messages and\n"
+    "                        receipts; exit after QueueEmpty (or keep listening for SECS)\n"
     "  read USER             mark everything received from USER as read\n"
-    "  status MESSAGE_ID     sent | delivered | read\n"
+    "  status MESSAGE_ID     sent | delivered | read, for a message sent from this device\n"
     "  history USER [--limit N]  this device's history of the chat (the server has ciphertext)\n"
     "  chat USER             interactive: type to send; messages, ticks, typing, presence live\n"
     "  safety-number USER    the 60-digit number to compare with USER's: equal = no one between\n"
@@ -74,31 +75,49 @@ struct options {
   std::optional<long> limit;
 };
 
-std::string status_name(v1::MessageStatus s) {
+std::string status_name(v2::MessageStatus s) {
   switch (s) {
-    case v1::MESSAGE_STATUS_SENT:
+    case v2::MESSAGE_STATUS_SENT:
       return "sent";
-    case v1::MESSAGE_STATUS_DELIVERED:
+    case v2::MESSAGE_STATUS_DELIVERED:
       return "delivered";
-    case v1::MESSAGE_STATUS_READ:
+    case v2::MESSAGE_STATUS_READ:
       return "read";
     default:
       return "unknown";
   }
 }
 
-std::string ticks(v1::MessageStatus s) {
+std::string ticks(v2::MessageStatus s) {
   switch (s) {
-    case v1::MESSAGE_STATUS_SENT:
+    case v2::MESSAGE_STATUS_SENT:
       return "✓";
-    case v1::MESSAGE_STATUS_DELIVERED:
+    case v2::MESSAGE_STATUS_DELIVERED:
       return "✓✓";
-    case v1::MESSAGE_STATUS_READ:
+    case v2::MESSAGE_STATUS_READ:
       return "\x1b[34m✓✓\x1b[0m";  // blue ticks
     default:
       return "?";
   }
 }
+
+// Statuses of the local history (derived from the peer's watermarks).
+v2::MessageStatus wire_status(client::message_status s) {
+  switch (s) {
+    case client::message_status::sent:
+      return v2::MESSAGE_STATUS_SENT;
+    case client::message_status::delivered:
+      return v2::MESSAGE_STATUS_DELIVERED;
+    case client::message_status::read:
+      return v2::MESSAGE_STATUS_READ;
+    default:
+      return v2::MESSAGE_STATUS_UNSPECIFIED;
+  }
+}
+
+// Chat and message ids are 64-bit: strings in JSON, like every other id (not all JSON readers
+// keep integers above 2^53 exact); seq numbers are numbers.
+std::string id_string(std::uint64_t id) { return std::to_string(id); }
 
 std::string clock_time(std::uint64_t ms) {
   const std::time_t t = static_cast<std::time_t>(ms / 1000);
@@ -120,27 +139,30 @@ std::string random_id() {
 failure explain(const client_error& e, const std::string& subject = {}) {
   if (e.what == client_error::kind::server) {
     switch (e.code) {
-      case v1::ERROR_CODE_UNKNOWN_USER:
+      case v2::ERROR_CODE_UNKNOWN_USER:
         return {"unknown user" + (subject.empty() ? "" : " '" + subject + "'")};
-      case v1::ERROR_CODE_USERNAME_TAKEN:
+      case v2::ERROR_CODE_USERNAME_TAKEN:
         return {"the username" + (subject.empty() ? "" : " '" + subject + "'") + " is taken"};
-      case v1::ERROR_CODE_AUTH_FAILED:
+      case v2::ERROR_CODE_AUTH_FAILED:
         return {
             "the server does not know this device (was its data reset?); register again with "
             "a new profile"};
-      case v1::ERROR_CODE_NOT_FOUND:
+      case v2::ERROR_CODE_NOT_FOUND:
         return {"no such message" + (subject.empty() ? "" : " " + subject) + " sent by you"};
-      case v1::ERROR_CODE_NO_KEYS:
+      case v2::ERROR_CODE_NO_KEYS:
         return {(subject.empty() ? std::string("that user") : "'" + subject + "'") +
                 " has not set up encryption yet (no keys on the server): they need to run "
                 "parley once"};
-      case v1::ERROR_CODE_RATE_LIMITED:
+      case v2::ERROR_CODE_RATE_LIMITED:
         return {"the server is limiting requests like this one: " + e.message + " (try again in " +
                 std::to_string((e.retry_after_ms + 999) / 1000) + " s)"};
-      case v1::ERROR_CODE_STORAGE_UNAVAILABLE:
+      case v2::ERROR_CODE_STORAGE_UNAVAILABLE:
         return {"the server cannot store anything right now (" + e.message +
                 "); nothing was changed: try again later"};
-      case v1::ERROR_CODE_NO_SHARED_CHAT:
+      case v2::ERROR_CODE_BUSY:
+        return {"the server is busy (" + e.message + "); nothing was changed: try again in " +
+                std::to_string((e.retry_after_ms + 999) / 1000) + " s"};
+      case v2::ERROR_CODE_NO_SHARED_CHAT:
         return {"you have no chat with " +
                 (subject.empty() ? std::string("that user") : "'" + subject + "'") + " yet"};
       default:
@@ -367,10 +389,13 @@ awaitable<void> cmd_send(session& s, const options& o) {
     auto r = co_await s.messenger().send(*sealed, client_msg_id);
     s.show_identity_changes();
     if (r) {
-      s.out("✓ sent " + std::to_string(r->message_id()),
+      s.out("✓ sent " + id_string(r->message_id()) + " (chat " + id_string(r->chat_id()) +
+                ", seq " + std::to_string(r->seq()) + ")",
             json_object()
-                .field("message_id", std::to_string(r->message_id()))
-                .field("status", "sent"));
+                .field("message_id", id_string(r->message_id()))
+                .field("status", "sent")
+                .field("chat_id", id_string(r->chat_id()))
+                .number("seq", r->seq()));
       co_await s.api().close();
       co_return;
     }
@@ -384,10 +409,43 @@ awaitable<void> cmd_send(session& s, const options& o) {
   throw explain(*last, to);
 }
 
-// Shows one pushed event (decrypting messages into the local history); returns the event id
-// to ack (0 for none: not an event, or not safely stored yet).
-awaitable<std::uint64_t> handle_push(session& s, const v1::Frame& f,
-                                     const std::string& chat_peer = {}) {
+// Shows one Receipt if it moved the peer's watermark in the local store (the server repeats the
+// current watermarks after every Authenticate: each is shown once). The message id is the
+// newest message of this device's history the watermark covers, if there is one.
+void show_receipt(session& s, const v2::Receipt& r) {
+  auto moved = s.messenger().apply_receipt(r);
+  if (!moved) {
+    std::cerr << "parley: warning: receipt not stored: " << describe(moved.error()) << '\n';
+  } else if (!*moved) {
+    return;
+  }
+  std::optional<client::local_message> covered;
+  try {
+    covered = s.store().last_sent_up_to(r.chat_id(), r.up_to_seq());
+  } catch (const std::exception&) {
+    // Only the message id is left out of what is shown.
+  }
+  const bool read = r.status() == v2::MESSAGE_STATUS_READ;
+  auto json = json_object()
+                  .field("type", "receipt")
+                  .field("chat_id", id_string(r.chat_id()))
+                  .field("user", r.user())
+                  .field("peer", r.user())
+                  .field("status", status_name(r.status()))
+                  .number("up_to_seq", r.up_to_seq())
+                  .number("at_ms", r.at_ms());
+  if (covered) json.field("message_id", id_string(covered->server_id));
+  s.out(ticks(r.status()) + " " + r.user() + (read ? " read" : " received") + " up to seq " +
+            std::to_string(r.up_to_seq()) + " in chat " + id_string(r.chat_id()) +
+            (covered ? " (message " + id_string(covered->server_id) + ")" : ""),
+        json);
+}
+
+// Shows one pushed frame: decrypts an Envelope into the local history and records its cursor
+// in `acks`; applies and shows Receipts. True if the frame was an Envelope now stored and to
+// be acked (so shown, or recorded as undecryptable, or already in the history).
+awaitable<bool> handle_push(session& s, const v2::Frame& f, client::ack_batch& acks,
+                            const std::string& chat_peer = {}) {
   if (f.has_envelope()) {
     const auto& e = f.envelope();
     const auto opened = s.messenger().open(e);
@@ -395,49 +453,46 @@ awaitable<std::uint64_t> handle_push(session& s, const v1::Frame& f,
     switch (opened.what) {
       case client::opened_message::kind::text:
         s.out("[" + clock_time(e.sent_at_ms()) + "] " + e.from() + ": " + printable(opened.text) +
-                  (chat_peer.empty() ? "  (" + std::to_string(e.message_id()) + ")" : ""),
+                  (chat_peer.empty() ? "  (" + id_string(e.message_id()) + ")" : ""),
               json_object()
                   .field("type", "message")
                   .field("from", e.from())
-                  .field("message_id", std::to_string(e.message_id()))
+                  .field("message_id", id_string(e.message_id()))
+                  .field("chat_id", id_string(e.chat_id()))
                   .number("seq", e.seq())
                   .number("sent_at_ms", e.sent_at_ms())
                   .field("text", opened.text));
         break;
       case client::opened_message::kind::undecryptable:
         s.out("⚠ [" + clock_time(e.sent_at_ms()) + "] a message from " + e.from() + " (" +
-                  std::to_string(e.message_id()) + ") could not be decrypted: " + opened.problem,
+                  id_string(e.message_id()) + ") could not be decrypted: " + opened.problem,
               json_object()
                   .field("type", "undecryptable")
                   .field("from", e.from())
-                  .field("message_id", std::to_string(e.message_id()))
+                  .field("message_id", id_string(e.message_id()))
+                  .field("chat_id", id_string(e.chat_id()))
+                  .number("seq", e.seq())
                   .field("problem", opened.problem));
         break;
       case client::opened_message::kind::duplicate:
         break;  // already in the history: only the ack was lost
       case client::opened_message::kind::not_stored:
+        // Not acked, nor anything after it in its chat (acks are cumulative): the server
+        // pushes it again after the next connection.
         std::cerr << "parley: " << opened.problem << '\n';
-        co_return 0;
+        break;
     }
-    co_return e.event_id();
+    co_return acks.add(e, opened);
   }
   if (f.has_prekeys_low()) {
     auto r = co_await s.messenger().top_up(f.prekeys_low().remaining());
     if (!r)
       std::cerr << "parley: warning: could not top up prekeys: " << describe(r.error()) << '\n';
-    co_return 0;
+    co_return false;
   }
-  if (f.has_receipt()) {
-    const auto& r = f.receipt();
-    const bool read = r.status() == v1::MESSAGE_STATUS_READ;
-    s.out(ticks(r.status()) + " " + r.peer() + (read ? " read up to " : " received ") +
-              std::to_string(r.message_id()),
-          json_object()
-              .field("type", "receipt")
-              .field("message_id", std::to_string(r.message_id()))
-              .field("status", status_name(r.status()))
-              .field("peer", r.peer()));
-    co_return r.event_id();
+  if (f.has_receipts()) {
+    for (const auto& r : f.receipts().receipts()) show_receipt(s, r);
+    co_return false;
   }
   if (f.has_presence()) {
     const auto& p = f.presence();
@@ -449,7 +504,7 @@ awaitable<std::uint64_t> handle_push(session& s, const v1::Frame& f,
                      .field("user", p.username())
                      .boolean("online", p.online())
                      .number("last_seen_ms", p.last_seen_ms()));
-    co_return 0;
+    co_return false;
   }
   if (f.has_typing_event()) {
     const auto& t = f.typing_event();
@@ -458,19 +513,20 @@ awaitable<std::uint64_t> handle_push(session& s, const v1::Frame& f,
               .field("type", "typing")
               .field("from", t.from())
               .boolean("typing", t.typing()));
-    co_return 0;
+    co_return false;
   }
   if (f.has_error()) {
     std::cerr << "parley: server error: " << f.error().message() << '\n';
   }
-  co_return 0;
+  co_return false;
 }
 
-awaitable<void> flush_acks(session& s, std::vector<std::uint64_t>& acks) {
-  if (acks.empty()) co_return;
-  auto r = co_await s.api().ack(acks);
-  if (!r) throw explain(r.error());
-  acks.clear();
+// Acks what `acks` holds: one Ack frame for up to 1,024 chats.
+awaitable<void> flush_acks(session& s, client::ack_batch& acks) {
+  while (!acks.empty()) {
+    auto r = co_await s.api().ack(acks.take());
+    if (!r) throw explain(r.error());
+  }
 }
 
 awaitable<void> cmd_sync(session& s, const options& o) {
@@ -478,7 +534,8 @@ awaitable<void> cmd_sync(session& s, const options& o) {
   co_await s.connect_and_authenticate();
   const auto wait = std::chrono::seconds(o.wait_secs.value_or(0));
   std::optional<std::chrono::steady_clock::time_point> deadline;
-  std::vector<std::uint64_t> acks;
+  client::ack_batch acks;
+  std::size_t unacked = 0;  // envelopes stored since the last Ack
   for (;;) {
     auto timeout = std::chrono::milliseconds(15'000);
     if (deadline) {
@@ -494,12 +551,18 @@ awaitable<void> cmd_sync(session& s, const options& o) {
     }
     if (f->has_queue_empty()) {
       co_await flush_acks(s, acks);
+      unacked = 0;
       if (wait.count() == 0) break;
       deadline = std::chrono::steady_clock::now() + wait;
       continue;
     }
-    if (auto event = co_await handle_push(s, *f)) acks.push_back(event);
-    if (acks.size() >= 256 || deadline) co_await flush_acks(s, acks);
+    if (co_await handle_push(s, *f, acks)) ++unacked;
+    // During the drain, one Ack per 256 messages (a cut-short sync then pushes again at most
+    // that many); while listening, at once.
+    if (unacked >= 256 || (deadline && unacked > 0)) {
+      co_await flush_acks(s, acks);
+      unacked = 0;
+    }
   }
   co_await flush_acks(s, acks);
   co_await s.api().close();
@@ -510,17 +573,33 @@ awaitable<void> cmd_read(session& s, const options& o) {
   const std::string& peer = o.args[1];
   require_user_arg(peer);
   s.require_registered();
-  const std::uint64_t up_to = s.store().last_received(peer);
-  if (up_to == 0) {
+  // The newest message received from the peer in this device's history: the chat is read up
+  // to its seq.
+  const auto last = s.store().last_received(peer);
+  if (!last) {
     s.out("nothing received from " + peer + " yet (run 'parley sync' first)",
-          json_object().field("peer", peer).field("read_up_to", "0"));
+          json_object()
+              .field("peer", peer)
+              .field("read_up_to", "0")
+              .field("chat_id", "0")
+              .number("up_to_seq", 0));
     co_return;
   }
   co_await s.connect_and_authenticate();
-  auto r = co_await s.api().mark_read(peer, up_to);
-  if (!r) throw explain(r.error(), peer);
-  s.out("read everything from " + peer + " up to " + std::to_string(up_to),
-        json_object().field("peer", peer).field("read_up_to", std::to_string(up_to)));
+  auto r = co_await s.api().mark_read(last->chat_id, last->seq);
+  if (!r) {
+    if (r.error().what == client_error::kind::server && r.error().code == v2::ERROR_CODE_NOT_FOUND)
+      throw failure{"the server has no chat " + id_string(last->chat_id) + " with '" + peer +
+                    "' for you (was its data reset?)"};
+    throw explain(r.error(), peer);
+  }
+  s.out("read everything from " + peer + " up to seq " + std::to_string(last->seq) + " in chat " +
+            id_string(last->chat_id) + " (message " + id_string(last->server_id) + ")",
+        json_object()
+            .field("peer", peer)
+            .field("read_up_to", id_string(last->server_id))
+            .field("chat_id", id_string(last->chat_id))
+            .number("up_to_seq", last->seq));
   co_await s.api().close();
 }
 
@@ -534,11 +613,25 @@ awaitable<void> cmd_status(session& s, const options& o) {
   } catch (const std::exception&) {
     throw failure{"'" + o.args[1] + "' is not a message id", 2};
   }
+  // The server names a message by its chat and seq: this device's history has them for what
+  // it sent.
+  s.require_registered();
+  const auto m = s.store().message(id);
+  if (!m || m->direction != client::message_direction::outgoing)
+    throw failure{"no such message " + o.args[1] + " sent by you (from this device)"};
+  if (m->chat_id == 0) {
+    throw failure{"message " + o.args[1] +
+                  " was sent by an older parley, before messages had a place in their chat: its "
+                  "status cannot be asked"};
+  }
   co_await s.connect_and_authenticate();
-  auto r = co_await s.api().status(id);
+  auto r = co_await s.api().status(m->chat_id, m->seq);
   if (!r) throw explain(r.error(), o.args[1]);
-  s.out(ticks(*r) + " " + status_name(*r),
-        json_object().field("message_id", std::to_string(id)).field("status", status_name(*r)));
+  s.out(ticks(*r) + " " + status_name(*r), json_object()
+                                               .field("message_id", id_string(id))
+                                               .field("status", status_name(*r))
+                                               .field("chat_id", id_string(m->chat_id))
+                                               .number("seq", m->seq));
   co_await s.api().close();
 }
 
@@ -549,6 +642,7 @@ awaitable<void> cmd_history(session& s, const options& o) {
   const long limit = o.limit.value_or(50);
   if (limit < 1 || limit > 100) throw failure{"--limit must be 1-100", 2};
   // From this device's store: the server holds only ciphertext, whose keys are gone once used.
+  // A sent message's ticks are what the receipts received so far say (sync updates them).
   s.require_registered();
   for (const auto& m : s.store().history(peer, static_cast<std::size_t>(limit))) {
     const bool mine = m.direction == client::message_direction::outgoing;
@@ -559,18 +653,27 @@ awaitable<void> cmd_history(session& s, const options& o) {
             json_object()
                 .field("type", "undecryptable")
                 .field("from", from)
-                .field("message_id", std::to_string(m.server_id))
+                .field("message_id", id_string(m.server_id))
+                .field("chat_id", id_string(m.chat_id))
+                .number("seq", m.seq)
                 .number("sent_at_ms", m.sent_at_ms)
                 .field("problem", m.problem));
       continue;
     }
-    s.out("[" + clock_time(m.sent_at_ms) + "] " + from + ": " + printable(m.text),
-          json_object()
-              .field("type", "message")
-              .field("from", from)
-              .field("message_id", std::to_string(m.server_id))
-              .number("sent_at_ms", m.sent_at_ms)
-              .field("text", m.text));
+    auto json = json_object()
+                    .field("type", "message")
+                    .field("from", from)
+                    .field("message_id", id_string(m.server_id))
+                    .field("chat_id", id_string(m.chat_id))
+                    .number("seq", m.seq)
+                    .number("sent_at_ms", m.sent_at_ms)
+                    .field("text", m.text);
+    std::string status;
+    if (mine) {
+      json.field("status", status_name(wire_status(m.status)));
+      if (m.status != client::message_status::unknown) status = "  " + ticks(wire_status(m.status));
+    }
+    s.out("[" + clock_time(m.sent_at_ms) + "] " + from + ": " + printable(m.text) + status, json);
   }
   co_return;
 }
@@ -629,9 +732,12 @@ awaitable<void> chat_input(session& s, std::string peer, bool& done) {
       std::cerr << "parley: not sent: " << explain(r.error(), peer).message << '\n';
       continue;
     }
-    s.out(
-        "✓ " + std::to_string(r->message_id()),
-        json_object().field("message_id", std::to_string(r->message_id())).field("status", "sent"));
+    s.out("✓ " + id_string(r->message_id()) + " (seq " + std::to_string(r->seq()) + ")",
+          json_object()
+              .field("message_id", id_string(r->message_id()))
+              .field("status", "sent")
+              .field("chat_id", id_string(r->chat_id()))
+              .number("seq", r->seq()));
   }
   done = true;
 }
@@ -652,7 +758,8 @@ awaitable<void> cmd_chat(session& s, const options& o) {
   // Input: each line is a message to the peer.
   asio::co_spawn(ex, chat_input(s, peer, input_done), [](std::exception_ptr) {});
 
-  std::vector<std::uint64_t> acks;
+  client::ack_batch acks;
+  std::uint64_t read_up_to = 0;  // the highest seq marked read in the chat with the peer
   while (!input_done) {
     auto f = co_await s.api().next_push(std::chrono::milliseconds(200));
     if (!f) {
@@ -660,16 +767,18 @@ awaitable<void> cmd_chat(session& s, const options& o) {
       throw explain(f.error());
     }
     if (f->has_queue_empty()) continue;
-    const auto event = co_await handle_push(s, *f, peer);
-    if (event != 0) {
-      acks.push_back(event);
-      s.api().ack_async(acks);
-      acks.clear();
-    }
-    // The chat is open: what the peer sends is read as soon as it is shown (blue ticks).
-    if (f->has_envelope() && f->envelope().from() == peer) {
-      auto r = co_await s.api().mark_read(peer, f->envelope().message_id());
-      if (!r) std::cerr << "parley: read receipt failed: " << explain(r.error()).message << '\n';
+    const bool stored = co_await handle_push(s, *f, acks, peer);
+    if (!acks.empty()) s.api().ack_async(acks.take());
+    // The chat is open: what the peer sends is read as soon as it is shown (blue ticks). Not
+    // past a message that could not be stored: it has not been shown.
+    if (stored && f->envelope().from() == peer && f->envelope().seq() > read_up_to) {
+      const auto& e = f->envelope();
+      auto r = co_await s.api().mark_read(e.chat_id(), e.seq());
+      if (r) {
+        read_up_to = e.seq();
+      } else {
+        std::cerr << "parley: read receipt failed: " << explain(r.error()).message << '\n';
+      }
     }
   }
   co_await s.api().close();

@@ -19,7 +19,7 @@ void throw_exception_from_error(const parley::client::client_error& e,
 namespace parley::client {
 
 namespace asio = boost::asio;
-namespace v1 = parley::v1;
+namespace v2 = parley::v2;
 using asio::awaitable;
 constexpr auto as_tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 
@@ -30,11 +30,11 @@ struct shared_inbox {
 
   struct slot {
     explicit slot(asio::any_io_executor ex) : ready(ex, asio::steady_timer::time_point::max()) {}
-    std::optional<v1::Frame> response;
+    std::optional<v2::Frame> response;
     asio::steady_timer ready;
   };
   std::map<std::uint64_t, std::shared_ptr<slot>> pending;
-  std::deque<v1::Frame> pushes;
+  std::deque<v2::Frame> pushes;
   asio::steady_timer push_ready;
   bool closed = false;
   std::string close_reason;
@@ -61,7 +61,7 @@ std::string describe(const client_error& e) {
     case client_error::kind::crypto:
       return "end-to-end encryption failed: " + e.message;
     case client_error::kind::server: {
-      std::string name = v1::ErrorCode_Name(e.code);
+      std::string name = v2::ErrorCode_Name(e.code);
       if (name.rfind("ERROR_CODE_", 0) == 0) name = name.substr(11);
       return e.message + " (" + name + ")";
     }
@@ -88,7 +88,7 @@ awaitable<result<void>> client::connect(std::string url) {
   ws_->set_ca_file(ca_file_);
   auto ec = co_await ws_->connect(url, std::chrono::seconds(5));
   if (ec) {
-    co_return client_error{client_error::kind::unreachable, v1::ERROR_CODE_UNSPECIFIED,
+    co_return client_error{client_error::kind::unreachable, v2::ERROR_CODE_UNSPECIFIED,
                            url + " (" + ec.message() + ")"};
   }
   asio::co_spawn(executor_, read_loop(ws_, inbox_), asio::detached);
@@ -103,7 +103,7 @@ awaitable<void> client::read_loop(std::shared_ptr<ws_connection> ws,
       inbox->close(ec.message());
       co_return;
     }
-    v1::Frame frame;
+    v2::Frame frame;
     if (auto err = wire::decode_push(bytes, frame)) continue;  // ignore what we cannot parse
     if (frame.request_id() != 0) {
       auto it = inbox->pending.find(frame.request_id());
@@ -119,9 +119,9 @@ awaitable<void> client::read_loop(std::shared_ptr<ws_connection> ws,
   }
 }
 
-awaitable<result<v1::Frame>> client::request(v1::Frame frame) {
+awaitable<result<v2::Frame>> client::request(v2::Frame frame) {
   if (!ws_ || inbox_->closed) {
-    co_return client_error{client_error::kind::closed, v1::ERROR_CODE_UNSPECIFIED,
+    co_return client_error{client_error::kind::closed, v2::ERROR_CODE_UNSPECIFIED,
                            inbox_->close_reason};
   }
   const std::uint64_t id = next_request_id_++;
@@ -135,10 +135,10 @@ awaitable<result<v1::Frame>> client::request(v1::Frame frame) {
   if (!s->response) {
     inbox->pending.erase(id);
     if (inbox->closed) {
-      co_return client_error{client_error::kind::closed, v1::ERROR_CODE_UNSPECIFIED,
+      co_return client_error{client_error::kind::closed, v2::ERROR_CODE_UNSPECIFIED,
                              inbox->close_reason};
     }
-    co_return client_error{client_error::kind::timeout, v1::ERROR_CODE_UNSPECIFIED, {}};
+    co_return client_error{client_error::kind::timeout, v2::ERROR_CODE_UNSPECIFIED, {}};
   }
   if (s->response->has_error()) {
     co_return client_error{client_error::kind::server, s->response->error().code(),
@@ -149,14 +149,14 @@ awaitable<result<v1::Frame>> client::request(v1::Frame frame) {
 }
 
 namespace {
-client_error unexpected(const v1::Frame& f) {
-  return {client_error::kind::protocol, v1::ERROR_CODE_UNSPECIFIED,
+client_error unexpected(const v2::Frame& f) {
+  return {client_error::kind::protocol, v2::ERROR_CODE_UNSPECIFIED,
           "response " + std::to_string(f.body_case())};
 }
 }  // namespace
 
-awaitable<result<v1::Registered>> client::register_account(std::string username) {
-  v1::Frame f;
+awaitable<result<v2::Registered>> client::register_account(std::string username) {
+  v2::Frame f;
   f.mutable_register_()->set_username(username);
   auto r = co_await request(std::move(f));
   if (!r) co_return r.error();
@@ -164,9 +164,9 @@ awaitable<result<v1::Registered>> client::register_account(std::string username)
   co_return r->registered();
 }
 
-awaitable<result<v1::Authenticated>> client::authenticate(std::uint64_t device_id,
+awaitable<result<v2::Authenticated>> client::authenticate(std::uint64_t device_id,
                                                           std::string token) {
-  v1::Frame f;
+  v2::Frame f;
   f.mutable_authenticate()->set_device_id(device_id);
   f.mutable_authenticate()->set_token(token);
   auto r = co_await request(std::move(f));
@@ -175,10 +175,10 @@ awaitable<result<v1::Authenticated>> client::authenticate(std::uint64_t device_i
   co_return r->authenticated();
 }
 
-awaitable<result<v1::SendResult>> client::send(std::string to, std::string client_msg_id,
-                                               std::string payload, v1::CipherType type,
+awaitable<result<v2::SendResult>> client::send(std::string to, std::string client_msg_id,
+                                               std::string payload, v2::CipherType type,
                                                std::uint32_t recipient_registration_id) {
-  v1::Frame f;
+  v2::Frame f;
   auto* m = f.mutable_send_message();
   m->set_to(to);
   m->set_client_msg_id(client_msg_id);
@@ -191,8 +191,8 @@ awaitable<result<v1::SendResult>> client::send(std::string to, std::string clien
   co_return r->send_result();
 }
 
-awaitable<result<v1::KeysStored>> client::upload_keys(v1::UploadKeys keys) {
-  v1::Frame f;
+awaitable<result<v2::KeysStored>> client::upload_keys(v2::UploadKeys keys) {
+  v2::Frame f;
   *f.mutable_upload_keys() = std::move(keys);
   auto r = co_await request(std::move(f));
   if (!r) co_return r.error();
@@ -200,8 +200,8 @@ awaitable<result<v1::KeysStored>> client::upload_keys(v1::UploadKeys keys) {
   co_return r->keys_stored();
 }
 
-awaitable<result<v1::KeyBundles>> client::fetch_keys(std::string username) {
-  v1::Frame f;
+awaitable<result<v2::KeyBundles>> client::fetch_keys(std::string username) {
+  v2::Frame f;
   f.mutable_fetch_keys()->set_username(username);
   auto r = co_await request(std::move(f));
   if (!r) co_return r.error();
@@ -209,46 +209,68 @@ awaitable<result<v1::KeyBundles>> client::fetch_keys(std::string username) {
   co_return r->key_bundles();
 }
 
-awaitable<result<void>> client::ack(std::vector<std::uint64_t> event_ids) {
-  v1::Frame f;
-  for (auto id : event_ids) f.mutable_ack()->add_event_ids(id);
+namespace {
+v2::Frame ack_frame(const std::vector<chat_cursor>& cursors) {
+  v2::Frame f;
+  for (const auto& c : cursors) {
+    auto* e = f.mutable_ack()->add_cursors();
+    e->set_chat_id(c.chat_id);
+    e->set_seq(c.seq);
+  }
+  return f;
+}
+}  // namespace
+
+awaitable<result<void>> client::ack(std::vector<chat_cursor> cursors) {
+  auto r = co_await request(ack_frame(cursors));
+  if (!r) co_return r.error();
+  if (!r->has_ok()) co_return unexpected(*r);
+  co_return result<void>{};
+}
+
+void client::ack_async(const std::vector<chat_cursor>& cursors) {
+  if (!ws_ || cursors.empty()) return;
+  ws_->send(ack_frame(cursors).SerializeAsString());
+}
+
+awaitable<result<void>> client::mark_read(std::uint64_t chat_id, std::uint64_t up_to_seq) {
+  v2::Frame f;
+  f.mutable_mark_read()->set_chat_id(chat_id);
+  f.mutable_mark_read()->set_up_to_seq(up_to_seq);
   auto r = co_await request(std::move(f));
   if (!r) co_return r.error();
   if (!r->has_ok()) co_return unexpected(*r);
   co_return result<void>{};
 }
 
-void client::ack_async(const std::vector<std::uint64_t>& event_ids) {
-  if (!ws_ || event_ids.empty()) return;
-  v1::Frame f;
-  for (auto id : event_ids) f.mutable_ack()->add_event_ids(id);
-  ws_->send(f.SerializeAsString());
-}
-
-awaitable<result<void>> client::mark_read(std::string peer, std::uint64_t up_to) {
-  v1::Frame f;
-  f.mutable_mark_read()->set_peer(peer);
-  f.mutable_mark_read()->set_up_to_message_id(up_to);
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_ok()) co_return unexpected(*r);
-  co_return result<void>{};
-}
-
-awaitable<result<v1::MessageStatus>> client::status(std::uint64_t message_id) {
-  v1::Frame f;
-  f.mutable_get_status()->set_message_id(message_id);
+awaitable<result<v2::MessageStatus>> client::status(std::uint64_t chat_id, std::uint64_t seq) {
+  v2::Frame f;
+  f.mutable_get_status()->set_chat_id(chat_id);
+  f.mutable_get_status()->set_seq(seq);
   auto r = co_await request(std::move(f));
   if (!r) co_return r.error();
   if (!r->has_status_result()) co_return unexpected(*r);
   co_return r->status_result().status();
 }
 
-awaitable<result<v1::History>> client::history(std::string peer, std::uint64_t before,
+awaitable<result<v2::History>> client::history(std::string peer, std::uint64_t before_seq,
                                                std::uint32_t limit) {
-  v1::Frame f;
+  v2::Frame f;
   f.mutable_get_history()->set_peer(peer);
-  f.mutable_get_history()->set_before_message_id(before);
+  f.mutable_get_history()->set_before_seq(before_seq);
+  f.mutable_get_history()->set_limit(limit);
+  auto r = co_await request(std::move(f));
+  if (!r) co_return r.error();
+  if (!r->has_history()) co_return unexpected(*r);
+  co_return r->history();
+}
+
+awaitable<result<v2::History>> client::history_of_chat(std::uint64_t chat_id,
+                                                       std::uint64_t before_seq,
+                                                       std::uint32_t limit) {
+  v2::Frame f;
+  f.mutable_get_history()->set_chat_id(chat_id);
+  f.mutable_get_history()->set_before_seq(before_seq);
   f.mutable_get_history()->set_limit(limit);
   auto r = co_await request(std::move(f));
   if (!r) co_return r.error();
@@ -257,7 +279,7 @@ awaitable<result<v1::History>> client::history(std::string peer, std::uint64_t b
 }
 
 awaitable<result<void>> client::subscribe_presence(std::vector<std::string> users) {
-  v1::Frame f;
+  v2::Frame f;
   for (const auto& u : users) f.mutable_subscribe_presence()->add_usernames(u);
   auto r = co_await request(std::move(f));
   if (!r) co_return r.error();
@@ -266,7 +288,7 @@ awaitable<result<void>> client::subscribe_presence(std::vector<std::string> user
 }
 
 awaitable<result<void>> client::set_privacy(bool hide_last_seen) {
-  v1::Frame f;
+  v2::Frame f;
   f.mutable_set_privacy()->set_hide_last_seen(hide_last_seen);
   auto r = co_await request(std::move(f));
   if (!r) co_return r.error();
@@ -276,28 +298,28 @@ awaitable<result<void>> client::set_privacy(bool hide_last_seen) {
 
 void client::typing(const std::string& peer, bool typing) {
   if (!ws_) return;
-  v1::Frame f;
+  v2::Frame f;
   f.mutable_typing()->set_peer(peer);
   f.mutable_typing()->set_typing(typing);
   ws_->send(f.SerializeAsString());
 }
 
-awaitable<result<v1::Frame>> client::next_push(std::chrono::milliseconds timeout) {
+awaitable<result<v2::Frame>> client::next_push(std::chrono::milliseconds timeout) {
   auto inbox = inbox_;
   if (inbox->pushes.empty() && !inbox->closed) {
     inbox->push_ready.expires_after(timeout);
     co_await inbox->push_ready.async_wait(as_tuple_awaitable);
   }
   if (!inbox->pushes.empty()) {
-    v1::Frame f = std::move(inbox->pushes.front());
+    v2::Frame f = std::move(inbox->pushes.front());
     inbox->pushes.pop_front();
     co_return f;
   }
   if (inbox->closed) {
-    co_return client_error{client_error::kind::closed, v1::ERROR_CODE_UNSPECIFIED,
+    co_return client_error{client_error::kind::closed, v2::ERROR_CODE_UNSPECIFIED,
                            inbox->close_reason};
   }
-  co_return client_error{client_error::kind::timeout, v1::ERROR_CODE_UNSPECIFIED, {}};
+  co_return client_error{client_error::kind::timeout, v2::ERROR_CODE_UNSPECIFIED, {}};
 }
 
 void client::send_raw(std::string bytes) {

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "client/ws_connection.hpp"
-#include "parley/v1/frame.pb.h"
+#include "parley/v2/frame.pb.h"
 
 namespace parley::client {
 
@@ -33,7 +33,7 @@ struct client_error {
     crypto,       // this device's Signal-protocol state or store failed (see message)
   };
   kind what = kind::closed;
-  parley::v1::ErrorCode code = parley::v1::ERROR_CODE_UNSPECIFIED;
+  parley::v2::ErrorCode code = parley::v2::ERROR_CODE_UNSPECIFIED;
   std::string message;
   // STORAGE_UNAVAILABLE and RATE_LIMITED: how long the server asks us to wait before retrying.
   std::uint32_t retry_after_ms = 0;
@@ -52,6 +52,12 @@ namespace parley::client {
 template <class T>
 using result = boost::system::result<T, client_error>;
 
+// An Ack entry: this device has chat `chat_id` up to `seq`.
+struct chat_cursor {
+  std::uint64_t chat_id = 0;
+  std::uint64_t seq = 0;
+};
+
 class client {
  public:
   explicit client(boost::asio::any_io_executor executor);
@@ -67,26 +73,34 @@ class client {
   // every later connect().
   void set_ca_file(std::string path) { ca_file_ = std::move(path); }
 
-  boost::asio::awaitable<result<parley::v1::Registered>> register_account(std::string username);
-  boost::asio::awaitable<result<parley::v1::Authenticated>> authenticate(std::uint64_t device_id,
+  boost::asio::awaitable<result<parley::v2::Registered>> register_account(std::string username);
+  boost::asio::awaitable<result<parley::v2::Authenticated>> authenticate(std::uint64_t device_id,
                                                                          std::string token);
   // `payload` is a serialized Signal-protocol message of `type` (the messenger makes them);
   // tests and the load generator send opaque bytes, which the server cannot tell apart.
-  boost::asio::awaitable<result<parley::v1::SendResult>> send(
+  boost::asio::awaitable<result<parley::v2::SendResult>> send(
       std::string to, std::string client_msg_id, std::string payload,
-      parley::v1::CipherType type = parley::v1::CIPHER_TYPE_SIGNAL_MESSAGE,
+      parley::v2::CipherType type = parley::v2::CIPHER_TYPE_SIGNAL_MESSAGE,
       std::uint32_t recipient_registration_id = 0);
-  boost::asio::awaitable<result<parley::v1::KeysStored>> upload_keys(parley::v1::UploadKeys keys);
-  boost::asio::awaitable<result<parley::v1::KeyBundles>> fetch_keys(std::string username);
-  // Acks with a response (waits for the server to have removed the events).
-  boost::asio::awaitable<result<void>> ack(std::vector<std::uint64_t> event_ids);
-  // Acks without waiting (request_id 0: the server sends no response).
-  void ack_async(const std::vector<std::uint64_t>& event_ids);
-  boost::asio::awaitable<result<void>> mark_read(std::string peer, std::uint64_t up_to);
-  boost::asio::awaitable<result<parley::v1::MessageStatus>> status(std::uint64_t message_id);
-  boost::asio::awaitable<result<parley::v1::History>> history(std::string peer,
-                                                              std::uint64_t before,
+  boost::asio::awaitable<result<parley::v2::KeysStored>> upload_keys(parley::v2::UploadKeys keys);
+  boost::asio::awaitable<result<parley::v2::KeyBundles>> fetch_keys(std::string username);
+  // Moves this device's delivery cursors ("I have chat C up to seq N"; cumulative), waiting
+  // for the server to have stored them.
+  boost::asio::awaitable<result<void>> ack(std::vector<chat_cursor> cursors);
+  // The same without waiting (request_id 0: the server sends no Ok; errors still come, as
+  // pushes with request_id 0).
+  void ack_async(const std::vector<chat_cursor>& cursors);
+  boost::asio::awaitable<result<void>> mark_read(std::uint64_t chat_id, std::uint64_t up_to_seq);
+  boost::asio::awaitable<result<parley::v2::MessageStatus>> status(std::uint64_t chat_id,
+                                                                   std::uint64_t seq);
+  // A page of a chat's history, newest first, with seq < before_seq (0: from the newest): the
+  // 1:1 chat with `peer`, or the chat `chat_id` (history_of_chat).
+  boost::asio::awaitable<result<parley::v2::History>> history(std::string peer,
+                                                              std::uint64_t before_seq,
                                                               std::uint32_t limit);
+  boost::asio::awaitable<result<parley::v2::History>> history_of_chat(std::uint64_t chat_id,
+                                                                      std::uint64_t before_seq,
+                                                                      std::uint32_t limit);
   // Presence of the users among `users` this account shares a chat with (others are left out
   // by the server).
   boost::asio::awaitable<result<void>> subscribe_presence(std::vector<std::string> users);
@@ -95,11 +109,11 @@ class client {
 
   // Any request frame; request_id is assigned here. Returns the response frame; an Error frame
   // becomes client_error{server, code, message}.
-  boost::asio::awaitable<result<parley::v1::Frame>> request(parley::v1::Frame frame);
+  boost::asio::awaitable<result<parley::v2::Frame>> request(parley::v2::Frame frame);
 
-  // The next pushed frame (Envelope, Receipt, QueueEmpty, PresenceEvent, TypingEvent, or an
-  // Error with request_id 0), waiting at most `timeout`.
-  boost::asio::awaitable<result<parley::v1::Frame>> next_push(std::chrono::milliseconds timeout);
+  // The next pushed frame (Envelope, Receipts, QueueEmpty, PresenceEvent, TypingEvent,
+  // PreKeysLow, or an Error with request_id 0), waiting at most `timeout`.
+  boost::asio::awaitable<result<parley::v2::Frame>> next_push(std::chrono::milliseconds timeout);
 
   // Sends raw bytes as one WebSocket message (tests of the server's input handling).
   void send_raw(std::string bytes);

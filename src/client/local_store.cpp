@@ -7,11 +7,14 @@
 
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace parley::client {
 
 namespace {
 
+// The tables, as a new database gets them (CREATE ... IF NOT EXISTS: also run on an older one
+// before it is migrated).
 constexpr const char* schema = R"sql(
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS prekeys (id INTEGER PRIMARY KEY, record BLOB NOT NULL);
@@ -28,11 +31,37 @@ CREATE TABLE IF NOT EXISTS identity_changes (
 CREATE TABLE IF NOT EXISTS messages (
   id INTEGER PRIMARY KEY AUTOINCREMENT, server_id INTEGER, peer TEXT NOT NULL,
   outgoing INTEGER NOT NULL, sent_at_ms INTEGER NOT NULL, text TEXT NOT NULL,
-  problem TEXT NOT NULL DEFAULT '');
+  problem TEXT NOT NULL DEFAULT '', chat_id INTEGER NOT NULL DEFAULT 0,
+  seq INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS chats (chat_id INTEGER PRIMARY KEY, peer TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS watermarks (
+  chat_id INTEGER NOT NULL, peer TEXT NOT NULL, delivered_seq INTEGER NOT NULL DEFAULT 0,
+  read_seq INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (chat_id, peer));
+)sql";
+
+// Indexes, made once the messages table has every column (after a migration).
+constexpr const char* indexes = R"sql(
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_server_id ON messages (server_id)
   WHERE server_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_by_peer ON messages (peer, id);
+CREATE INDEX IF NOT EXISTS messages_by_chat ON messages (chat_id, seq);
 )sql";
+
+// A query of message rows with their peer's watermarks, as read_message below reads them.
+std::string message_query(std::string_view where) {
+  return std::string(
+             "SELECT m.server_id, m.outgoing, m.sent_at_ms, m.text, m.problem, m.chat_id, m.seq, "
+             "m.peer, coalesce(w.delivered_seq, 0), coalesce(w.read_seq, 0) FROM messages m "
+             "LEFT JOIN watermarks w ON w.chat_id = m.chat_id AND w.peer = m.peer ") +
+         std::string(where);
+}
+
+message_status derived_status(bool outgoing, std::uint64_t seq, const watermarks& w) {
+  if (!outgoing || seq == 0) return message_status::unknown;
+  if (w.read_seq >= seq) return message_status::read;  // read implies delivered
+  if (w.delivered_seq >= seq) return message_status::delivered;
+  return message_status::sent;
+}
 
 }  // namespace
 
@@ -113,7 +142,46 @@ local_store::local_store(const std::filesystem::path& file) : file_(file) {
   sqlite3_busy_timeout(db_, 5000);  // another parley process on the same profile
   exec("PRAGMA journal_mode=WAL");
   exec("PRAGMA synchronous=FULL");
-  exec(schema);
+  migrate();
+}
+
+// Brings the database to schema_version in one transaction (another parley process opening
+// the same profile waits, then finds it done). Version 0 is a new file or one of the first
+// format, whose messages table lacks chat_id and seq: added, with 0 (unknown) in every old row.
+void local_store::migrate() {
+  exec("BEGIN IMMEDIATE");
+  try {
+    std::int64_t version = 0;
+    {
+      auto s = prepare("PRAGMA user_version");
+      if (s.step()) version = s.integer(0);
+    }
+    if (version > schema_version) {
+      throw std::runtime_error("local store " + file_.string() + " has format version " +
+                               std::to_string(version) + ", newer than this parley knows (" +
+                               std::to_string(schema_version) +
+                               "): use the parley that wrote it, or a newer one");
+    }
+    if (version < schema_version) {
+      exec(schema);
+      bool has_chat_id = false;
+      {
+        auto s = prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'chat_id'");
+        has_chat_id = s.step();
+      }
+      if (!has_chat_id) {
+        exec(
+            "ALTER TABLE messages ADD COLUMN chat_id INTEGER NOT NULL DEFAULT 0;"
+            "ALTER TABLE messages ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;");
+      }
+      exec(indexes);
+      exec(("PRAGMA user_version = " + std::to_string(schema_version)).c_str());
+    }
+    exec("COMMIT");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
 }
 
 local_store::~local_store() {
@@ -334,10 +402,30 @@ std::vector<e2ee::identity_change> local_store::identity_changes(std::string_vie
 
 // --- history ---------------------------------------------------------------------------------
 
+namespace {
+// A row of message_query().
+template <class Statement>
+local_message read_message(const Statement& s) {
+  local_message m;
+  m.server_id = static_cast<std::uint64_t>(s.integer(0));
+  m.direction = s.integer(1) ? message_direction::outgoing : message_direction::incoming;
+  m.sent_at_ms = static_cast<std::uint64_t>(s.integer(2));
+  m.text = s.blob(3);
+  m.problem = s.blob(4);
+  m.chat_id = static_cast<std::uint64_t>(s.integer(5));
+  m.seq = static_cast<std::uint64_t>(s.integer(6));
+  m.peer = s.blob(7);
+  const watermarks w{static_cast<std::uint64_t>(s.integer(8)),
+                     static_cast<std::uint64_t>(s.integer(9))};
+  m.status = derived_status(m.direction == message_direction::outgoing, m.seq, w);
+  return m;
+}
+}  // namespace
+
 bool local_store::add_message(const local_message& m) {
   auto s = prepare(
-      "INSERT OR IGNORE INTO messages (server_id, peer, outgoing, sent_at_ms, text, problem) "
-      "VALUES (?, ?, ?, ?, ?, ?)");
+      "INSERT OR IGNORE INTO messages (server_id, peer, outgoing, sent_at_ms, text, problem, "
+      "chat_id, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
   if (m.server_id != 0) {
     s.bind(1, static_cast<std::int64_t>(m.server_id));
   } else {
@@ -348,8 +436,12 @@ bool local_store::add_message(const local_message& m) {
       .bind(4, static_cast<std::int64_t>(m.sent_at_ms))
       .text(5, m.text)
       .text(6, m.problem)
+      .bind(7, static_cast<std::int64_t>(m.chat_id))
+      .bind(8, static_cast<std::int64_t>(m.seq))
       .run();
-  return s.changes() == 1;
+  const bool added = s.changes() == 1;
+  if (m.chat_id != 0) set_chat(m.peer, m.chat_id);
+  return added;
 }
 
 bool local_store::has_message(std::uint64_t server_id) {
@@ -358,30 +450,93 @@ bool local_store::has_message(std::uint64_t server_id) {
   return s.step();
 }
 
+std::optional<local_message> local_store::message(std::uint64_t server_id) {
+  static const std::string sql = message_query("WHERE m.server_id = ?");
+  auto s = prepare(sql.c_str());
+  s.bind(1, static_cast<std::int64_t>(server_id));
+  if (!s.step()) return std::nullopt;
+  return read_message(s);
+}
+
 std::vector<local_message> local_store::history(std::string_view peer, std::size_t limit) {
-  auto s = prepare(
-      "SELECT server_id, outgoing, sent_at_ms, text, problem FROM messages WHERE peer = ? "
-      "ORDER BY sent_at_ms DESC, id DESC LIMIT ?");
+  // By the server's time, then by the chat's order for messages of the same millisecond.
+  static const std::string sql =
+      message_query("WHERE m.peer = ? ORDER BY m.sent_at_ms DESC, m.seq DESC, m.id DESC LIMIT ?");
+  auto s = prepare(sql.c_str());
   s.text(1, peer).bind(2, static_cast<std::int64_t>(limit));
   std::vector<local_message> out;
-  while (s.step()) {
-    local_message m;
-    m.server_id = static_cast<std::uint64_t>(s.integer(0));
-    m.peer = std::string(peer);
-    m.direction = s.integer(1) ? message_direction::outgoing : message_direction::incoming;
-    m.sent_at_ms = static_cast<std::uint64_t>(s.integer(2));
-    m.text = s.blob(3);
-    m.problem = s.blob(4);
-    out.push_back(std::move(m));
-  }
+  while (s.step()) out.push_back(read_message(s));
   return {out.rbegin(), out.rend()};
 }
 
-std::uint64_t local_store::last_received(std::string_view peer) {
-  auto s = prepare("SELECT max(server_id) FROM messages WHERE peer = ? AND outgoing = 0");
+std::optional<local_message> local_store::last_received(std::string_view peer) {
+  static const std::string sql = message_query(
+      "WHERE m.chat_id = (SELECT chat_id FROM chats WHERE peer = ?1) AND m.peer = ?1 "
+      "AND m.outgoing = 0 ORDER BY m.seq DESC LIMIT 1");
+  auto s = prepare(sql.c_str());
   s.text(1, peer);
-  if (!s.step()) return 0;
+  if (!s.step()) return std::nullopt;
+  return read_message(s);
+}
+
+std::optional<local_message> local_store::last_sent_up_to(std::uint64_t chat_id,
+                                                          std::uint64_t up_to_seq) {
+  static const std::string sql = message_query(
+      "WHERE m.chat_id = ? AND m.outgoing = 1 AND m.seq <= ? ORDER BY m.seq DESC LIMIT 1");
+  auto s = prepare(sql.c_str());
+  s.bind(1, static_cast<std::int64_t>(chat_id)).bind(2, static_cast<std::int64_t>(up_to_seq));
+  if (!s.step()) return std::nullopt;
+  return read_message(s);
+}
+
+// --- chats and watermarks ----------------------------------------------------------------------
+
+void local_store::set_chat(std::string_view peer, std::uint64_t chat_id) {
+  if (chat_of(peer) == chat_id) return;  // the usual case: known, nothing written
+  // REPLACE drops a row conflicting on either the chat or the peer: one pairing each.
+  prepare("INSERT OR REPLACE INTO chats (chat_id, peer) VALUES (?, ?)")
+      .bind(1, static_cast<std::int64_t>(chat_id))
+      .text(2, peer)
+      .run();
+}
+
+std::optional<std::uint64_t> local_store::chat_of(std::string_view peer) {
+  auto s = prepare("SELECT chat_id FROM chats WHERE peer = ?");
+  s.text(1, peer);
+  if (!s.step()) return std::nullopt;
   return static_cast<std::uint64_t>(s.integer(0));
+}
+
+bool local_store::raise_watermark(std::uint64_t chat_id, std::string_view peer,
+                                  message_status status, std::uint64_t up_to_seq) {
+  if (up_to_seq == 0) return false;
+  std::uint64_t delivered = 0;
+  std::uint64_t read = 0;
+  if (status == message_status::delivered) {
+    delivered = up_to_seq;
+  } else if (status == message_status::read) {
+    read = up_to_seq;
+  } else {
+    return false;
+  }
+  // Updated only where it moves up: changes() then says whether it did.
+  auto s = prepare(
+      "INSERT INTO watermarks (chat_id, peer, delivered_seq, read_seq) VALUES (?1, ?2, ?3, ?4) "
+      "ON CONFLICT (chat_id, peer) DO UPDATE SET delivered_seq = max(delivered_seq, ?3), "
+      "read_seq = max(read_seq, ?4) WHERE ?3 > delivered_seq OR ?4 > read_seq");
+  s.bind(1, static_cast<std::int64_t>(chat_id))
+      .text(2, peer)
+      .bind(3, static_cast<std::int64_t>(delivered))
+      .bind(4, static_cast<std::int64_t>(read))
+      .run();
+  return s.changes() == 1;
+}
+
+watermarks local_store::watermarks_of(std::uint64_t chat_id, std::string_view peer) {
+  auto s = prepare("SELECT delivered_seq, read_seq FROM watermarks WHERE chat_id = ? AND peer = ?");
+  s.bind(1, static_cast<std::int64_t>(chat_id)).text(2, peer);
+  if (!s.step()) return {};
+  return {static_cast<std::uint64_t>(s.integer(0)), static_cast<std::uint64_t>(s.integer(1))};
 }
 
 }  // namespace parley::client

@@ -3,9 +3,20 @@
 // with their private keys, sessions, the identity keys of contacts and their changes) and the
 // local message history, which only this device can read: the server keeps ciphertext only.
 //
+// The history follows the chat log of protocol v2: every message carries its chat_id and its
+// per-chat seq (from its Envelope, or for a sent one from its SendResult); each peer maps to
+// the 1:1 chat with them; and the other member's delivered and read watermarks are kept per
+// (chat, peer), from which each sent message's status is derived.
+//
 // Durability: synchronous=FULL in WAL mode, so a committed transaction survives a crash; the
 // messenger commits a decrypted message and the ratchet state it advanced together, and acks
 // to the server only after that commit.
+//
+// Schema: PRAGMA user_version holds schema_version. A database of the first format (user_version
+// 0, from a parley of protocol v1) is migrated when opened: its messages keep chat_id 0 and seq
+// 0 (unknown: the old protocol had neither) and show as stored, status unknown; keys, sessions
+// and identities are kept as they are. A database with a newer version than this parley knows
+// is refused (std::runtime_error saying so), never written to.
 //
 // Failures of SQLite itself throw std::runtime_error (a broken disk is not a message-path
 // value); the engine turns them into e2ee::errc::storage.
@@ -27,13 +38,28 @@ namespace parley::client {
 
 enum class message_direction { incoming, outgoing };
 
+// A sent message's status, derived from the peer's watermarks (read implies delivered).
+// unknown: an incoming message, or one stored before chats had ids (no seq to compare).
+enum class message_status { unknown, sent, delivered, read };
+
 struct local_message {
   std::uint64_t server_id = 0;  // the server's message id (0: not yet sent)
+  std::uint64_t chat_id = 0;    // 0: unknown (stored by a parley of protocol v1)
+  std::uint64_t seq = 0;        // position in the chat's log; 0 with chat_id 0
   std::string peer;
   message_direction direction = message_direction::incoming;
   std::uint64_t sent_at_ms = 0;
   std::string text;     // empty when undecryptable
   std::string problem;  // why it could not be decrypted; empty for a readable message
+  // Filled when read back (history, message, last_sent_up_to); ignored by add_message.
+  message_status status = message_status::unknown;
+};
+
+// The other member's watermarks in a chat: every message of this account with seq <=
+// delivered_seq is delivered, with seq <= read_seq read.
+struct watermarks {
+  std::uint64_t delivered_seq = 0;
+  std::uint64_t read_seq = 0;
 };
 
 class local_store final : public e2ee::key_store {
@@ -81,14 +107,36 @@ class local_store final : public e2ee::key_store {
   std::size_t prekey_count();
 
   // History. A message with a server id is stored once: false if it was already there.
+  // A non-zero chat_id also records the peer's 1:1 chat (set_chat).
   bool add_message(const local_message& m);
   bool has_message(std::uint64_t server_id);
-  // The newest `limit` messages of the chat with `peer`, oldest first.
+  // The message with this server id, with its status; nullopt if it is not in the history.
+  std::optional<local_message> message(std::uint64_t server_id);
+  // The newest `limit` messages of the chat with `peer`, oldest first, with their statuses.
   std::vector<local_message> history(std::string_view peer, std::size_t limit);
-  // The newest message id received from `peer` (what `read` marks as read), 0 if none.
-  std::uint64_t last_received(std::string_view peer);
+  // The message with the highest seq received from `peer` in the chat with them (what `read`
+  // marks as read up to); nullopt if none.
+  std::optional<local_message> last_received(std::string_view peer);
+  // This account's message with the highest seq <= up_to_seq in `chat_id`; nullopt if none.
+  std::optional<local_message> last_sent_up_to(std::uint64_t chat_id, std::uint64_t up_to_seq);
+
+  // The 1:1 chat with each peer, as the server named it (SendResult, Envelope). A peer has one
+  // chat and a chat one peer: a new pairing replaces an old one.
+  void set_chat(std::string_view peer, std::uint64_t chat_id);
+  std::optional<std::uint64_t> chat_of(std::string_view peer);
+
+  // A Receipt: raises `peer`'s delivered (status delivered) or read (status read) watermark in
+  // `chat_id` to up_to_seq, as a maximum. True if it moved; false if it was already there (or
+  // `status` is neither).
+  bool raise_watermark(std::uint64_t chat_id, std::string_view peer, message_status status,
+                       std::uint64_t up_to_seq);
+  watermarks watermarks_of(std::uint64_t chat_id, std::string_view peer);
+
+  // The format this code writes, in PRAGMA user_version (see the top of this file).
+  static constexpr int schema_version = 2;
 
  private:
+  void migrate();
   class statement;
   statement prepare(const char* sql);
   void exec(const char* sql);

@@ -7,17 +7,17 @@
 
 namespace parley::client {
 namespace asio = boost::asio;
-namespace v1 = parley::v1;
+namespace v2 = parley::v2;
 using asio::awaitable;
 
 namespace {
 
 client_error crypto_error(const boost::system::error_code& ec) {
-  return {client_error::kind::crypto, v1::ERROR_CODE_UNSPECIFIED, ec.message()};
+  return {client_error::kind::crypto, v2::ERROR_CODE_UNSPECIFIED, ec.message()};
 }
 
 client_error crypto_error(const std::string& what) {
-  return {client_error::kind::crypto, v1::ERROR_CODE_UNSPECIFIED, what};
+  return {client_error::kind::crypto, v2::ERROR_CODE_UNSPECIFIED, what};
 }
 
 bool fits_device(std::uint64_t device) {
@@ -27,8 +27,8 @@ bool fits_device(std::uint64_t device) {
 
 }  // namespace
 
-v1::UploadKeys to_wire(const e2ee::key_upload& k) {
-  v1::UploadKeys out;
+v2::UploadKeys to_wire(const e2ee::key_upload& k) {
+  v2::UploadKeys out;
   out.set_identity_key(k.identity_key);
   out.set_registration_id(k.registration_id);
   if (k.signed_prekey) {
@@ -45,7 +45,7 @@ v1::UploadKeys to_wire(const e2ee::key_upload& k) {
   return out;
 }
 
-std::optional<e2ee::peer_bundle> from_wire(const v1::PreKeyBundle& b) {
+std::optional<e2ee::peer_bundle> from_wire(const v2::PreKeyBundle& b) {
   if (!fits_device(b.device_id())) return std::nullopt;
   e2ee::peer_bundle bundle;
   bundle.username = b.username();
@@ -69,7 +69,7 @@ messenger::messenger(client& api, local_store& store, e2ee::library_context& lib
 // co_return inside a try block of a coroutine (-Wmismatched-new-delete), and these are
 // synchronous anyway.
 
-result<std::optional<e2ee::key_upload>> messenger::keys_to_publish(const v1::Authenticated& auth) {
+result<std::optional<e2ee::key_upload>> messenger::keys_to_publish(const v2::Authenticated& auth) {
   const std::uint64_t now = now_ms();
   try {
     local_store::transaction tx(store_);
@@ -122,7 +122,7 @@ result<e2ee::key_upload> messenger::new_prekeys(std::uint32_t remaining) {
 }
 
 result<std::int32_t> messenger::start_session(const std::string& peer,
-                                              const v1::KeyBundles& bundles) {
+                                              const v2::KeyBundles& bundles) {
   if (bundles.bundles_size() == 0) return crypto_error("the server sent no key bundle");
   // One device per account today: the first bundle is the account's device.
   auto bundle = from_wire(bundles.bundles(0));
@@ -150,10 +150,20 @@ std::optional<std::int32_t> messenger::session_device(const std::string& peer) {
   return std::nullopt;
 }
 
-result<void> messenger::record_sent(const sealed_message& m, const v1::SendResult& r) {
+result<void> messenger::record_sent(const sealed_message& m, const v2::SendResult& r) {
   try {
-    store_.add_message(
-        {r.message_id(), m.peer, message_direction::outgoing, r.sent_at_ms(), m.text, {}});
+    // The message and the peer's chat together. A duplicate result (a retry) is the first
+    // one again: the message is there already.
+    local_store::transaction tx(store_);
+    store_.add_message({r.message_id(),
+                        r.chat_id(),
+                        r.seq(),
+                        m.peer,
+                        message_direction::outgoing,
+                        r.sent_at_ms(),
+                        m.text,
+                        {}});
+    tx.commit();
     return {};
   } catch (const std::exception& e) {
     return crypto_error(e.what());
@@ -166,7 +176,7 @@ awaitable<result<void>> messenger::upload(e2ee::key_upload keys) {
   co_return result<void>{};
 }
 
-awaitable<result<void>> messenger::publish_keys(v1::Authenticated auth) {
+awaitable<result<void>> messenger::publish_keys(v2::Authenticated auth) {
   auto keys = keys_to_publish(auth);
   if (!keys) co_return keys.error();
   if (!*keys) co_return result<void>{};
@@ -198,8 +208,8 @@ result<sealed_message> messenger::seal_with_session(const std::string& peer, std
     return sealed_message{peer,
                           device,
                           *registration,
-                          c->type == e2ee::message_type::prekey ? v1::CIPHER_TYPE_PREKEY_MESSAGE
-                                                                : v1::CIPHER_TYPE_SIGNAL_MESSAGE,
+                          c->type == e2ee::message_type::prekey ? v2::CIPHER_TYPE_PREKEY_MESSAGE
+                                                                : v2::CIPHER_TYPE_SIGNAL_MESSAGE,
                           std::move(c->bytes),
                           text};
   } catch (const std::exception& e) {
@@ -220,13 +230,13 @@ awaitable<result<sealed_message>> messenger::seal(std::string peer, std::string 
   co_return seal_with_session(peer, *device, text);
 }
 
-awaitable<result<v1::SendResult>> messenger::send(sealed_message m, std::string client_msg_id) {
+awaitable<result<v2::SendResult>> messenger::send(sealed_message m, std::string client_msg_id) {
   // A retry of a message that was re-encrypted for new keys sends the re-encrypted one: the
   // original was made for keys that no longer exist.
   if (auto it = resealed_.find(client_msg_id); it != resealed_.end()) m = it->second;
   auto r = co_await api_.send(m.peer, client_msg_id, m.payload, m.type, m.registration_id);
   if (!r && r.error().what == client_error::kind::server &&
-      r.error().code == v1::ERROR_CODE_STALE_KEYS) {
+      r.error().code == v2::ERROR_CODE_STALE_KEYS) {
     // The peer published new keys (a reinstall): nothing was stored; set up a new session on
     // them (recording the identity change) and send the same text again, once.
     auto device = co_await establish(m.peer);
@@ -244,14 +254,14 @@ awaitable<result<v1::SendResult>> messenger::send(sealed_message m, std::string 
   co_return *r;
 }
 
-opened_message messenger::open(const v1::Envelope& e) {
+opened_message messenger::open(const v2::Envelope& e) {
   try {
     if (store_.has_message(e.message_id())) return {opened_message::kind::duplicate, {}, {}};
     std::string problem;
     if (!fits_device(e.from_device())) {
       problem = "sender device id out of range";
-    } else if (e.type() != v1::CIPHER_TYPE_SIGNAL_MESSAGE &&
-               e.type() != v1::CIPHER_TYPE_PREKEY_MESSAGE) {
+    } else if (e.type() != v2::CIPHER_TYPE_SIGNAL_MESSAGE &&
+               e.type() != v2::CIPHER_TYPE_PREKEY_MESSAGE) {
       problem = "not a Signal-protocol message";
     } else {
       // The decryption and everything it changed (ratchet state, a used one-time prekey, the
@@ -262,7 +272,7 @@ opened_message messenger::open(const v1::Envelope& e) {
       local_store::transaction tx(store_);
       auto plain =
           engine_.decrypt(e.from(), device,
-                          e.type() == v1::CIPHER_TYPE_PREKEY_MESSAGE ? e2ee::message_type::prekey
+                          e.type() == v2::CIPHER_TYPE_PREKEY_MESSAGE ? e2ee::message_type::prekey
                                                                      : e2ee::message_type::signal,
                           e.payload());
       if (!plain && plain.error() == e2ee::errc::storage) {
@@ -270,8 +280,14 @@ opened_message messenger::open(const v1::Envelope& e) {
       }
       if (plain) {
         if (auto text = unpad(*plain)) {
-          store_.add_message(
-              {e.message_id(), e.from(), message_direction::incoming, e.sent_at_ms(), *text, {}});
+          store_.add_message({e.message_id(),
+                              e.chat_id(),
+                              e.seq(),
+                              e.from(),
+                              message_direction::incoming,
+                              e.sent_at_ms(),
+                              *text,
+                              {}});
           tx.commit();
           return {opened_message::kind::text, std::move(*text), {}};
         }
@@ -281,14 +297,54 @@ opened_message messenger::open(const v1::Envelope& e) {
       }
     }  // a failed decryption is rolled back here
     local_store::transaction tx(store_);
-    store_.add_message(
-        {e.message_id(), e.from(), message_direction::incoming, e.sent_at_ms(), {}, problem});
+    store_.add_message({e.message_id(),
+                        e.chat_id(),
+                        e.seq(),
+                        e.from(),
+                        message_direction::incoming,
+                        e.sent_at_ms(),
+                        {},
+                        problem});
     tx.commit();
     return {opened_message::kind::undecryptable, {}, std::move(problem)};
   } catch (const std::exception& ex) {
     // The local store failed: nothing was kept, so the envelope must not be acked.
     return {opened_message::kind::not_stored, {}, std::string("local store failed: ") + ex.what()};
   }
+}
+
+result<bool> messenger::apply_receipt(const v2::Receipt& r) {
+  message_status status = message_status::unknown;
+  if (r.status() == v2::MESSAGE_STATUS_DELIVERED) status = message_status::delivered;
+  if (r.status() == v2::MESSAGE_STATUS_READ) status = message_status::read;
+  if (status == message_status::unknown || r.chat_id() == 0) return false;
+  try {
+    return store_.raise_watermark(r.chat_id(), r.user(), status, r.up_to_seq());
+  } catch (const std::exception& e) {
+    return crypto_error(std::string("local store failed: ") + e.what());
+  }
+}
+
+bool ack_batch::add(const v2::Envelope& e, const opened_message& opened) {
+  if (e.chat_id() == 0 || e.seq() == 0) return false;  // not a chat's message: no cursor
+  if (opened.what == opened_message::kind::not_stored) {
+    blocked_.insert(e.chat_id());
+    return false;
+  }
+  if (blocked_.contains(e.chat_id())) return false;
+  auto& seq = pending_[e.chat_id()];
+  if (e.seq() > seq) seq = e.seq();
+  return true;
+}
+
+std::vector<chat_cursor> ack_batch::take(std::size_t max) {
+  std::vector<chat_cursor> out;
+  while (!pending_.empty() && out.size() < max) {
+    auto first = pending_.begin();
+    out.push_back({first->first, first->second});
+    pending_.erase(first);
+  }
+  return out;
 }
 
 std::vector<e2ee::identity_change> messenger::take_identity_changes() {

@@ -9,9 +9,12 @@
 //    there is none; send() sends it, and if the server says STALE_KEYS (the peer reinstalled)
 //    fetches the new keys, seals again and retries once. Either way a new identity key of the
 //    peer is recorded and returned by take_identity_changes(): never silently.
-//  - open() decrypts a pushed Envelope and stores it in the local history in one transaction,
-//    so the caller acks it only once it is safely on this device. A message that cannot be
-//    decrypted is recorded and reported as such, never shown as text.
+//  - open() decrypts a pushed Envelope and stores it in the local history (with its chat_id
+//    and seq) in one transaction, so the caller acks it only once it is safely on this device.
+//    A message that cannot be decrypted is recorded and reported as such, never shown as text.
+//    ack_batch gathers what to ack: per chat the highest seq stored, as one Ack's cursors.
+//  - apply_receipt() keeps the peers' delivered / read watermarks, from which the history
+//    derives each sent message's status.
 //
 // Single-threaded, like the client it uses.
 #pragma once
@@ -20,6 +23,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -33,7 +37,7 @@ struct sealed_message {
   std::string peer;
   std::int32_t device = 0;
   std::uint32_t registration_id = 0;
-  parley::v1::CipherType type = parley::v1::CIPHER_TYPE_UNSPECIFIED;
+  parley::v2::CipherType type = parley::v2::CIPHER_TYPE_UNSPECIFIED;
   std::string payload;  // the Signal message, as the library serialized it
   std::string text;     // kept to seal again if the peer's keys turn out stale
 };
@@ -47,11 +51,32 @@ struct opened_message {
   std::string problem;  // for undecryptable: why
 };
 
+// The cursors to ack after opening pushed Envelopes: per chat, the highest seq whose message
+// is stored on this device. An Ack is cumulative ("this device has the chat up to seq"), so
+// once a message of a chat could not be stored (opened_message::kind::not_stored) nothing of
+// that chat at or after it is acked by this batch: the server pushes it again after the next
+// reconnect. Use one batch per connection (Envelopes of a chat arrive in seq order on it).
+class ack_batch {
+ public:
+  // Records the outcome of open(e). True if e's seq is now to be acked (it is stored, and
+  // nothing before it in its chat failed): what the user has seen and may mark read.
+  bool add(const parley::v2::Envelope& e, const opened_message& opened);
+  // At most `max` cursors to send in one Ack (the protocol's limit is 1,024), removed from
+  // the batch.
+  std::vector<chat_cursor> take(std::size_t max = 1024);
+  bool empty() const { return pending_.empty(); }
+  std::size_t size() const { return pending_.size(); }
+
+ private:
+  std::map<std::uint64_t, std::uint64_t> pending_;  // chat_id -> highest stored seq
+  std::set<std::uint64_t> blocked_;                 // chats with a message not stored
+};
+
 // The wire's key messages to and from the engine's: what UploadKeys publishes, and the
 // session-starting keys of a PreKeyBundle (nullopt if its device id does not fit libsignal's
 // int32 device ids).
-parley::v1::UploadKeys to_wire(const e2ee::key_upload& keys);
-std::optional<e2ee::peer_bundle> from_wire(const parley::v1::PreKeyBundle& bundle);
+parley::v2::UploadKeys to_wire(const e2ee::key_upload& keys);
+std::optional<e2ee::peer_bundle> from_wire(const parley::v2::PreKeyBundle& bundle);
 
 class messenger {
  public:
@@ -67,14 +92,19 @@ class messenger {
   e2ee::signal_engine& engine() { return engine_; }
   local_store& store() { return store_; }
 
-  boost::asio::awaitable<result<void>> publish_keys(parley::v1::Authenticated auth);
+  boost::asio::awaitable<result<void>> publish_keys(parley::v2::Authenticated auth);
   // A PreKeysLow push: upload enough new one-time prekeys to hold prekeys_per_upload again.
   boost::asio::awaitable<result<void>> top_up(std::uint32_t remaining);
 
   boost::asio::awaitable<result<sealed_message>> seal(std::string peer, std::string text);
-  boost::asio::awaitable<result<parley::v1::SendResult>> send(sealed_message m,
+  boost::asio::awaitable<result<parley::v2::SendResult>> send(sealed_message m,
                                                               std::string client_msg_id);
-  opened_message open(const parley::v1::Envelope& e);
+  opened_message open(const parley::v2::Envelope& e);
+
+  // A Receipt: raises `r.user()`'s watermark in r.chat_id() in the local store (a maximum).
+  // True if it moved, false if it was known already (the server repeats the current
+  // watermarks after every Authenticate).
+  result<bool> apply_receipt(const parley::v2::Receipt& r);
 
   // Identity changes of contacts not yet shown to the user (each returned once).
   std::vector<e2ee::identity_change> take_identity_changes();
@@ -88,12 +118,12 @@ class messenger {
   result<sealed_message> seal_with_session(const std::string& peer, std::int32_t device,
                                            const std::string& text);
   boost::asio::awaitable<result<void>> upload(e2ee::key_upload keys);
-  result<std::optional<e2ee::key_upload>> keys_to_publish(const parley::v1::Authenticated& auth);
+  result<std::optional<e2ee::key_upload>> keys_to_publish(const parley::v2::Authenticated& auth);
   result<e2ee::key_upload> new_prekeys(std::uint32_t remaining);
   result<std::int32_t> start_session(const std::string& peer,
-                                     const parley::v1::KeyBundles& bundles);
+                                     const parley::v2::KeyBundles& bundles);
   std::optional<std::int32_t> session_device(const std::string& peer);
-  result<void> record_sent(const sealed_message& m, const parley::v1::SendResult& r);
+  result<void> record_sent(const sealed_message& m, const parley::v2::SendResult& r);
   bool knows_identity(const std::string& peer);
 
   client& api_;

@@ -54,7 +54,7 @@ std::string split_ws_url(const std::string& url, ws_url& out) {
   const auto slash = rest.find('/');
   const std::string authority = rest.substr(0, slash);
   out.path = slash == std::string::npos ? "/" : rest.substr(slash);
-  if (out.path == "/") out.path = "/v1/ws";
+  if (out.path == "/") out.path = "/v2/ws";
   std::string after_host;  // ":PORT" or nothing
   if (!authority.empty() && authority.front() == '[') {
     const auto close = authority.find(']');

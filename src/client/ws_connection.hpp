@@ -63,7 +63,7 @@ class ws_connection {
 };
 
 // Splits ws://HOST[:PORT][/PATH] or wss://HOST[:PORT][/PATH]; `tls` is set for wss://. PORT is
-// a decimal number from 1 to 65535, 80 (ws) or 443 (wss) if left out; PATH defaults to /v1/ws
+// a decimal number from 1 to 65535, 80 (ws) or 443 (wss) if left out; PATH defaults to /v2/ws
 // (also for a bare "/"); an IPv6 HOST is written in brackets (ws://[::1]:8080) and returned
 // without them. Returns false on anything else (ws_url_problem() says why), leaving the out
 // parameters as they were.

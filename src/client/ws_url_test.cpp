@@ -32,13 +32,13 @@ void expect_refused(const std::string& url, const std::string& about) {
 }
 
 TEST(ws_url, ws_splits_host_port_and_path) {
-  auto p = parse("ws://127.0.0.1:8080/v1/ws");
+  auto p = parse("ws://127.0.0.1:8080/v2/ws");
   ASSERT_TRUE(p.ok);
   EXPECT_EQ(p.host, "127.0.0.1");
   EXPECT_EQ(p.port, "8080");
-  EXPECT_EQ(p.path, "/v1/ws");
+  EXPECT_EQ(p.path, "/v2/ws");
   EXPECT_FALSE(p.tls);
-  EXPECT_EQ(ws_url_problem("ws://127.0.0.1:8080/v1/ws"), "");
+  EXPECT_EQ(ws_url_problem("ws://127.0.0.1:8080/v2/ws"), "");
 
   p = parse("ws://chat.example.org:9000/other/path?x=1");
   ASSERT_TRUE(p.ok);
@@ -48,12 +48,12 @@ TEST(ws_url, ws_splits_host_port_and_path) {
 }
 
 TEST(ws_url, wss_is_tls) {
-  auto p = parse("wss://localhost:8443/v1/ws");
+  auto p = parse("wss://localhost:8443/v2/ws");
   ASSERT_TRUE(p.ok);
   EXPECT_TRUE(p.tls);
   EXPECT_EQ(p.host, "localhost");
   EXPECT_EQ(p.port, "8443");
-  EXPECT_EQ(p.path, "/v1/ws");
+  EXPECT_EQ(p.path, "/v2/ws");
 
   // A tls left true by an earlier wss:// URL is reset by a ws:// one.
   std::string host, port, path;
@@ -62,22 +62,22 @@ TEST(ws_url, wss_is_tls) {
   EXPECT_FALSE(tls);
 }
 
-TEST(ws_url, the_path_defaults_to_v1_ws) {
+TEST(ws_url, the_path_defaults_to_v2_ws) {
   for (const std::string url : {"ws://h:1", "ws://h:1/", "wss://h:1", "wss://h:1/"}) {
     auto p = parse(url);
     ASSERT_TRUE(p.ok) << url;
-    EXPECT_EQ(p.path, "/v1/ws") << url;
+    EXPECT_EQ(p.path, "/v2/ws") << url;
   }
 }
 
 TEST(ws_url, the_port_defaults_to_80_for_ws_and_443_for_wss) {
-  auto ws = parse("ws://example.org/v1/ws");
+  auto ws = parse("ws://example.org/v2/ws");
   ASSERT_TRUE(ws.ok);
   EXPECT_EQ(ws.port, "80");
   auto wss = parse("wss://example.org");
   ASSERT_TRUE(wss.ok);
   EXPECT_EQ(wss.port, "443");
-  EXPECT_EQ(wss.path, "/v1/ws");
+  EXPECT_EQ(wss.path, "/v2/ws");
 }
 
 TEST(ws_url, ports_from_1_to_65535_are_taken_as_written) {
@@ -89,7 +89,7 @@ TEST(ws_url, ports_from_1_to_65535_are_taken_as_written) {
 }
 
 TEST(ws_url, ipv6_addresses_are_written_in_brackets) {
-  auto p = parse("ws://[::1]:8080/v1/ws");
+  auto p = parse("ws://[::1]:8080/v2/ws");
   ASSERT_TRUE(p.ok);
   EXPECT_EQ(p.host, "::1");
   EXPECT_EQ(p.port, "8080");
@@ -113,7 +113,7 @@ TEST(ws_url, other_schemes_are_refused) {
 }
 
 TEST(ws_url, a_url_without_a_host_is_refused) {
-  for (const std::string url : {"ws://", "wss://", "ws://:8080", "wss:///v1/ws", "ws://:"}) {
+  for (const std::string url : {"ws://", "wss://", "ws://:8080", "wss:///v2/ws", "ws://:"}) {
     expect_refused(url, "no host");
   }
 }
@@ -124,7 +124,7 @@ TEST(ws_url, ports_that_are_not_1_to_65535_are_refused) {
   for (const std::string port : {"", "0", "65536", "70000", "99999999999999999999", "-80", "+80",
                                  "http", "80a", " 80", "0x50", "8080 "}) {
     for (const std::string scheme : {"ws://", "wss://"}) {
-      expect_refused(scheme + "127.0.0.1:" + port + "/v1/ws",
+      expect_refused(scheme + "127.0.0.1:" + port + "/v2/ws",
                      "the port must be a number from 1 to 65535, got '" + port + "'");
     }
   }

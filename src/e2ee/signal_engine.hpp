@@ -25,7 +25,7 @@
 
 namespace parley::e2ee {
 
-// libsignal's message types (parley.v1.CipherType uses the same numbers).
+// libsignal's message types (parley.v2.CipherType uses the same numbers).
 enum class message_type : int { signal = 2, prekey = 3 };
 
 struct public_prekey {
@@ -34,7 +34,7 @@ struct public_prekey {
   std::string signature;   // signed prekeys: 64-byte XEdDSA signature by the identity key
 };
 
-// What this device publishes (parley.v1.UploadKeys).
+// What this device publishes (parley.v2.UploadKeys).
 struct key_upload {
   std::string identity_key;
   std::uint32_t registration_id = 0;
@@ -42,7 +42,7 @@ struct key_upload {
   std::vector<public_prekey> one_time_prekeys;
 };
 
-// Another device's published keys (parley.v1.PreKeyBundle).
+// Another device's published keys (parley.v2.PreKeyBundle).
 struct peer_bundle {
   std::string username;
   std::int32_t device = 0;

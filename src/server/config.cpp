@@ -55,7 +55,7 @@ const std::map<std::string, std::vector<std::string>, std::less<>>& known_keys()
         "send_per_device_burst", "typing_per_device", "typing_per_device_burst"}},
       {"connections",
        {"max_connections", "max_unauthenticated", "reserved_fds", "memory_budget_bytes"}},
-      {"storage", {"reserve_bytes"}},
+      {"storage", {"reserve_bytes", "dedupe_days", "max_pending_writes", "memtable_budget_bytes"}},
       {"tls", {"cert", "key", "allow_plaintext"}},
   };
   return keys;
@@ -217,7 +217,12 @@ config load_config_file(const std::filesystem::path& file, config c) {
   positive("connections.max_unauthenticated", conn["max_unauthenticated"], c.max_unauthenticated);
   positive("connections.reserved_fds", conn["reserved_fds"], c.reserved_fds);
   positive("connections.memory_budget_bytes", conn["memory_budget_bytes"], c.memory_budget_bytes);
-  positive("storage.reserve_bytes", t["storage"]["reserve_bytes"], c.storage_reserve_bytes);
+  auto storage = t["storage"];
+  positive("storage.reserve_bytes", storage["reserve_bytes"], c.storage_reserve_bytes);
+  positive("storage.dedupe_days", storage["dedupe_days"], c.dedupe_days);
+  positive("storage.max_pending_writes", storage["max_pending_writes"], c.max_pending_writes);
+  positive("storage.memtable_budget_bytes", storage["memtable_budget_bytes"],
+           c.memtable_budget_bytes);
 
   auto tls = t["tls"];
   if (auto v = typed<std::string>(tls["cert"], "tls.cert")) c.tls_cert = *v;

@@ -61,6 +61,12 @@ struct config {
   // [storage]: free space kept on the data directory's file system; writes are refused
   // below it (STORAGE_UNAVAILABLE) and resume by themselves above it.
   std::uint64_t storage_reserve_bytes = 256ull << 20;
+  // How long a retried send is recognised by its client_msg_id (days).
+  std::uint64_t dedupe_days = 7;
+  // Write requests that may wait for the store's writer; beyond it, BUSY.
+  std::size_t max_pending_writes = 65'536;
+  // All of the store's memtables together.
+  std::size_t memtable_budget_bytes = 64u << 20;
 
   // [tls]: with a certificate and key (PEM), the main address speaks TLS only (wss://,
   // https://); SIGHUP reloads them. Without, it speaks plain ws:// — allowed only on a
@@ -82,7 +88,8 @@ struct config {
 // max_outbound_bytes, drain_page, auth_timeout_ms, max_unauthenticated_frame_bytes;
 // [rate_limits] NAME and NAME_burst for each rate_limits member; [connections]
 // max_connections, max_unauthenticated, reserved_fds, memory_budget_bytes; [storage]
-// reserve_bytes; [tls] cert, key, allow_plaintext.
+// reserve_bytes, dedupe_days, max_pending_writes, memtable_budget_bytes; [tls] cert, key,
+// allow_plaintext.
 config load_config_file(const std::filesystem::path& file, config base);
 
 // "HOST:PORT" -> host, port. Throws std::invalid_argument.

@@ -14,12 +14,11 @@
 #include "common/clock.hpp"
 #include "common/log.hpp"
 #include "e2ee/key_check.hpp"
-#include "server/event_frames.hpp"
 #include "server/store_call.hpp"
 
 namespace parley::server {
 namespace asio = boost::asio;
-namespace v1 = parley::v1;
+namespace v2 = parley::v2;
 using asio::awaitable;
 using asio::use_awaitable;
 
@@ -31,51 +30,74 @@ store::sha256_digest sha256(std::string_view bytes) {
   return d;
 }
 
-v1::ErrorCode to_protocol(const boost::system::error_code& ec) {
+v2::ErrorCode to_protocol(const boost::system::error_code& ec) {
   if (ec.category() == store::store_category()) {
     switch (static_cast<store::errc>(ec.value())) {
       case store::errc::username_taken:
-        return v1::ERROR_CODE_USERNAME_TAKEN;
+        return v2::ERROR_CODE_USERNAME_TAKEN;
       case store::errc::unknown_user:
-        return v1::ERROR_CODE_UNKNOWN_USER;
+        return v2::ERROR_CODE_UNKNOWN_USER;
       case store::errc::not_found:
-        return v1::ERROR_CODE_NOT_FOUND;
+        return v2::ERROR_CODE_NOT_FOUND;
       case store::errc::shutting_down:
-        return v1::ERROR_CODE_SHUTTING_DOWN;
+        return v2::ERROR_CODE_SHUTTING_DOWN;
       case store::errc::stale_keys:
-        return v1::ERROR_CODE_STALE_KEYS;
+        return v2::ERROR_CODE_STALE_KEYS;
       case store::errc::no_keys:
-        return v1::ERROR_CODE_NO_KEYS;
+        return v2::ERROR_CODE_NO_KEYS;
       case store::errc::missing_signed_prekey:
-        return v1::ERROR_CODE_BAD_KEY;
+        return v2::ERROR_CODE_BAD_KEY;
       case store::errc::too_many_prekeys:
-        return v1::ERROR_CODE_TOO_MANY_PREKEYS;
+        return v2::ERROR_CODE_TOO_MANY_PREKEYS;
       case store::errc::unavailable:
-        return v1::ERROR_CODE_STORAGE_UNAVAILABLE;
+        return v2::ERROR_CODE_STORAGE_UNAVAILABLE;
       case store::errc::self_message:
-        return v1::ERROR_CODE_INVALID_ARGUMENT;
+      case store::errc::invalid_argument:
+        return v2::ERROR_CODE_INVALID_ARGUMENT;
+      case store::errc::busy:
+        return v2::ERROR_CODE_BUSY;
       case store::errc::io_error:
       case store::errc::corrupt:
-        return v1::ERROR_CODE_INTERNAL;
+        return v2::ERROR_CODE_INTERNAL;
     }
   }
-  return v1::ERROR_CODE_INTERNAL;
+  return v2::ERROR_CODE_INTERNAL;
 }
 
-// How long a client should wait before retrying a write the store refused.
+// How long a client should wait before retrying a write the store refused: a full disk
+// takes an operator, a full writer queue a moment.
 constexpr std::uint32_t storage_retry_after_ms = 1'000;
+constexpr std::uint32_t busy_retry_after_ms = 100;
 
-// The error for a store failure; STORAGE_UNAVAILABLE says when to retry.
-v1::Frame store_error(std::uint64_t request_id, const boost::system::error_code& ec) {
+// The error for a store failure; STORAGE_UNAVAILABLE and BUSY say when to retry.
+v2::Frame store_error(std::uint64_t request_id, const boost::system::error_code& ec) {
   auto f = wire::make_error(request_id, to_protocol(ec), ec.message());
   if (ec == store::errc::unavailable) f.mutable_error()->set_retry_after_ms(storage_retry_after_ms);
+  if (ec == store::errc::busy) f.mutable_error()->set_retry_after_ms(busy_retry_after_ms);
+  return f;
+}
+
+// Receipts frames of at most this many watermarks each.
+constexpr std::size_t receipts_per_frame = 256;
+
+v2::Frame receipts_frame(const store::watermark* first, const store::watermark* last) {
+  v2::Frame f;
+  auto* out = f.mutable_receipts();
+  for (const auto* m = first; m != last; ++m) {
+    auto* r = out->add_receipts();
+    r->set_chat_id(m->chat);
+    r->set_user(m->user);
+    r->set_status(static_cast<v2::MessageStatus>(m->status));
+    r->set_up_to_seq(m->up_to);
+    r->set_at_ms(m->at_ms);
+  }
   return f;
 }
 
 // What a contact may see: last seen rounded down to the minute, and none at all from a user
 // who hides it (docs/security.md, "Presence").
-v1::Frame presence_frame(const std::string& username, const presence::state& s) {
-  v1::Frame f;
+v2::Frame presence_frame(const std::string& username, const presence::state& s) {
+  v2::Frame f;
   auto* p = f.mutable_presence();
   p->set_username(username);
   p->set_online(s.online);
@@ -87,8 +109,8 @@ v1::Frame presence_frame(const std::string& username, const presence::state& s) 
   return f;
 }
 
-v1::Frame pong_for(std::uint64_t request_id) {
-  v1::Frame pong;
+v2::Frame pong_for(std::uint64_t request_id) {
+  v2::Frame pong;
   pong.set_request_id(request_id);
   pong.mutable_pong();
   return pong;
@@ -112,7 +134,8 @@ device_session::device_session(shared_state& state, asio::any_io_executor execut
       executor_(executor),
       peer_address_(std::move(peer_address)),
       close_(std::move(close)),
-      wake_writer_(std::move(wake_writer)) {}
+      wake_writer_(std::move(wake_writer)),
+      lane_(&state.lane_for(executor_)) {}
 
 // --- outgoing queue ----------------------------------------------------------------------------
 
@@ -141,8 +164,17 @@ bool device_session::send_encoded(wire::encoded_frame f) {
 
 bool device_session::send(const frame& f) { return send_encoded(wire::encode(f)); }
 
+bool device_session::below_drain_watermark(std::size_t bytes) const {
+  const std::size_t frames = outgoing_.size() - outgoing_head_;
+  // An empty queue takes any frame that fits the hard limit, so a frame larger than half of
+  // max_outbound_bytes can still be sent.
+  if (frames == 0) return has_room(bytes);
+  return frames < state_.cfg.max_outbound_frames / 2 &&
+         outgoing_bytes_ + bytes <= state_.cfg.max_outbound_bytes / 2;
+}
+
 awaitable<bool> device_session::send_paced(wire::encoded_frame f) {
-  while (!closed_ && !finishing_ && !has_room(f->size())) {
+  while (!closed_ && !finishing_ && !below_drain_watermark(f->size())) {
     // Created on first need: most sessions never fill their queue.
     if (!room_ready_) room_ready_ = std::make_unique<asio::steady_timer>(executor_);
     room_ready_->expires_at(asio::steady_timer::time_point::max());
@@ -172,7 +204,7 @@ wire::encoded_frame device_session::pop_outgoing() {
   return f;
 }
 
-void device_session::reject(std::uint64_t request_id, v1::ErrorCode code, std::string message) {
+void device_session::reject(std::uint64_t request_id, v2::ErrorCode code, std::string message) {
   state_.stats.bad_frames.fetch_add(1, std::memory_order_relaxed);
   send(wire::make_error(request_id, code, std::move(message)));
   if (++bad_frames_ >= state_.cfg.max_bad_frames) close(close_reason::protocol_violation);
@@ -182,7 +214,7 @@ void device_session::refuse_rate(std::uint64_t request_id, std::chrono::millisec
                                  const char* what) {
   state_.stats.rate_limited.fetch_add(1, std::memory_order_relaxed);
   auto f = wire::make_error(
-      request_id, v1::ERROR_CODE_RATE_LIMITED,
+      request_id, v2::ERROR_CODE_RATE_LIMITED,
       std::string("too many ") + what + "; retry in " + std::to_string(wait.count()) + " ms");
   f.mutable_error()->set_retry_after_ms(static_cast<std::uint32_t>(
       std::min<std::chrono::milliseconds::rep>(wait.count(), UINT32_MAX)));
@@ -243,10 +275,13 @@ void device_session::closed() {
 
 // --- pushes from the bus (any thread) ----------------------------------------------------------
 
-void device_session::push_event(bus::event_id event, wire::encoded_frame frame) {
-  asio::post(executor_, [self = shared_from_this(), event, frame = std::move(frame)]() mutable {
-    self->on_push(event, std::move(frame));
-  });
+void device_session::push_message(bus::shared_envelope e) {
+  lane_->post([self = shared_from_this(), e = std::move(e)] { self->on_message(e); });
+}
+
+void device_session::push_receipts(std::vector<store::watermark> marks) {
+  lane_->post(
+      [self = shared_from_this(), marks = std::move(marks)] { self->on_receipts(marks); });
 }
 
 void device_session::push_ephemeral(wire::encoded_frame frame) {
@@ -260,14 +295,39 @@ void device_session::replaced() {
   asio::post(executor_, [self = shared_from_this()] { self->close(close_reason::replaced); });
 }
 
-void device_session::on_push(bus::event_id event, wire::encoded_frame frame) {
+std::uint64_t device_session::pushed(std::uint64_t chat) const {
+  auto it = std::lower_bound(pushed_.begin(), pushed_.end(), std::make_pair(chat, std::uint64_t{0}));
+  return it != pushed_.end() && it->first == chat ? it->second : 0;
+}
+
+void device_session::set_pushed(std::uint64_t chat, std::uint64_t seq) {
+  auto it = std::lower_bound(pushed_.begin(), pushed_.end(), std::make_pair(chat, std::uint64_t{0}));
+  if (it != pushed_.end() && it->first == chat) {
+    it->second = seq;
+  } else {
+    pushed_.insert(it, {chat, seq});
+  }
+}
+
+void device_session::on_message(const bus::shared_envelope& e) {
   if (closed_) return;
   if (draining_) {
     dirty_ = true;  // the drain will read it from the store
     return;
   }
-  if (event <= last_event_) return;  // already sent by the drain
-  if (send_encoded(std::move(frame))) last_event_ = event;
+  const auto& m = e->message();
+  if (m.seq <= pushed(m.chat)) return;  // already sent by the drain
+  if (send_encoded(e->frame())) set_pushed(m.chat, m.seq);
+}
+
+void device_session::on_receipts(const std::vector<store::watermark>& marks) {
+  if (closed_ || marks.empty()) return;
+  // Receipts are not stored per device: one dropped for a full queue is sent again, as the
+  // current watermark, after the next authentication.
+  for (std::size_t i = 0; i < marks.size(); i += receipts_per_frame) {
+    const std::size_t n = std::min(receipts_per_frame, marks.size() - i);
+    send(receipts_frame(marks.data() + i, marks.data() + i + n));
+  }
 }
 
 // --- requests ------------------------------------------------------------------------------------
@@ -303,7 +363,7 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
         send(pong_for(id));
         return std::nullopt;
       default:
-        reject(id, v1::ERROR_CODE_UNAUTHENTICATED, "authenticate first");
+        reject(id, v2::ERROR_CODE_UNAUTHENTICATED, "authenticate first");
         return std::nullopt;
     }
   }
@@ -314,7 +374,7 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
   switch (request.body_case()) {
     case frame::kRegister:
     case frame::kAuthenticate:
-      reject(id, v1::ERROR_CODE_ALREADY_AUTHENTICATED, "this connection is authenticated");
+      reject(id, v2::ERROR_CODE_ALREADY_AUTHENTICATED, "this connection is authenticated");
       return std::nullopt;
     case frame::kPing:
       send(pong_for(id));
@@ -336,21 +396,31 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
   }
 
   if (in_flight_ >= state_.cfg.max_in_flight) {
-    reject(id, v1::ERROR_CODE_TOO_MANY_IN_FLIGHT,
+    reject(id, v2::ERROR_CODE_TOO_MANY_IN_FLIGHT,
            "more than " + std::to_string(state_.cfg.max_in_flight) + " requests in flight");
     return std::nullopt;
   }
   ++in_flight_;
+  switch (request.body_case()) {
+    case frame::kSendMessage:
+      on_send(id, std::move(*request.mutable_send_message()));
+      return std::nullopt;
+    case frame::kAck:
+      on_ack(id, request.ack());
+      return std::nullopt;
+    default:
+      break;
+  }
   // Spawned so that a connection can pipeline requests; each reaches the store in the order
   // received (store_call submits synchronously at its first co_await).
   asio::co_spawn(executor_, run_request(std::move(request)), log_failure);
   return std::nullopt;
 }
 
-awaitable<void> device_session::on_register(std::uint64_t request_id, v1::Register r) {
+awaitable<void> device_session::on_register(std::uint64_t request_id, v2::Register r) {
   std::string token(32, '\0');
   if (RAND_bytes(reinterpret_cast<unsigned char*>(token.data()), 32) != 1) {
-    send(wire::make_error(request_id, v1::ERROR_CODE_INTERNAL, "no randomness available"));
+    send(wire::make_error(request_id, v2::ERROR_CODE_INTERNAL, "no randomness available"));
     co_return;
   }
   store::registration_request req{r.username(), sha256(token)};
@@ -373,7 +443,7 @@ awaitable<void> device_session::on_register(std::uint64_t request_id, v1::Regist
   OPENSSL_cleanse(token.data(), token.size());
 }
 
-awaitable<void> device_session::on_authenticate(std::uint64_t request_id, v1::Authenticate a) {
+awaitable<void> device_session::on_authenticate(std::uint64_t request_id, v2::Authenticate a) {
   auto self = shared_from_this();
   const std::uint64_t device_id = a.device_id();
   const auto presented = sha256(a.token());
@@ -391,7 +461,7 @@ awaitable<void> device_session::on_authenticate(std::uint64_t request_id, v1::Au
     // Unknown device and wrong token look the same to the client.
     state_.limiters.bad_login_per_address.take(peer_address_);
     log_auth_failure(device_id);
-    reject(request_id, v1::ERROR_CODE_AUTH_FAILED, "unknown device or wrong token");
+    reject(request_id, v2::ERROR_CODE_AUTH_FAILED, "unknown device or wrong token");
     if (++auth_failures_ >= 3) close(close_reason::protocol_violation);
     co_return;
   }
@@ -419,29 +489,149 @@ awaitable<void> device_session::on_authenticate(std::uint64_t request_id, v1::Au
 awaitable<void> device_session::drain() {
   auto self = shared_from_this();
   std::uint64_t drained = 0;
+  std::vector<store::watermark> marks;
+  // Chats whose only entries above the cursor are this device's own: the drain moves the
+  // cursor past them itself, so that the next login does not read them again.
+  std::vector<store::cursor_update> own_tail;
   for (;;) {
     dirty_ = false;
-    auto page = co_await store_call<std::vector<store::device_event>>(
-        [&](store::completion<std::vector<store::device_event>> done) {
-          state_.store.read_queue(device_, last_event_, state_.cfg.drain_page, std::move(done));
+    auto backlog = co_await store_call<store::device_backlog>(
+        [&](store::completion<store::device_backlog> done) {
+          state_.store.backlog(device_, user_, std::move(done));
         });
     if (closed_) co_return;
-    if (!page) {
-      log_error() << "drain of device " << device_ << " failed: " << page.error().message();
+    if (!backlog) {
+      log_error() << "drain of device " << device_ << " failed: " << backlog.error().message();
       close(close_reason::internal);
       co_return;
     }
-    for (const auto& event : *page) {
-      if (!co_await send_paced(encode_event(event))) co_return;
-      last_event_ = event_id_of(event);
-      ++drained;
+    if (marks.empty()) marks = std::move(backlog->marks);
+    std::uint64_t sent_this_pass = 0;
+    for (auto p : backlog->behind) {
+      const std::uint64_t cursor = p.cursor;
+      p.cursor = std::max(cursor, pushed(p.chat));
+      if (p.head <= p.cursor) continue;
+      auto sent = co_await drain_chat(p);
+      if (!sent) co_return;
+      sent_this_pass += *sent;
+      // Nothing above the stored cursor was for this device: only its own messages.
+      if (*sent == 0 && p.cursor == cursor) own_tail.push_back({p.chat, p.head});
     }
-    if (page->size() < state_.cfg.drain_page && !dirty_) break;
+    drained += sent_this_pass;
+    if (!dirty_) break;
   }
   draining_ = false;
+  if (!own_tail.empty()) {
+    state_.store.ack(device_, user_, std::move(own_tail),
+                     [](const store::result<std::vector<store::receipt_delivery>>&) {});
+  }
+  for (std::size_t i = 0; i < marks.size(); i += receipts_per_frame) {
+    const std::size_t n = std::min(receipts_per_frame, marks.size() - i);
+    if (!co_await send_paced(wire::encode(receipts_frame(marks.data() + i, marks.data() + i + n))))
+      co_return;
+  }
   frame done;
   done.mutable_queue_empty()->set_drained(drained);
   co_await send_paced(wire::encode(done));
+}
+
+awaitable<std::optional<std::uint64_t>> device_session::drain_chat(store::chat_position p) {
+  std::uint64_t sent = 0;
+  std::uint64_t after = p.cursor;
+  while (after < p.head) {
+    auto page = co_await store_call<std::vector<store::shared_message>>(
+        [&](store::completion<std::vector<store::shared_message>> done) {
+          state_.store.read_log(p.chat, after, p.head, state_.cfg.drain_page,
+                                state_.cfg.limits.max_history_bytes, std::move(done));
+        });
+    if (closed_) co_return std::nullopt;
+    if (!page) {
+      log_error() << "drain of device " << device_ << " failed: " << page.error().message();
+      close(close_reason::internal);
+      co_return std::nullopt;
+    }
+    if (page->empty()) break;
+    for (auto& m : *page) {
+      after = m->seq;
+      // A device is never sent what it sent itself.
+      if (m->sender_device == device_) continue;
+      bus::envelope e(std::move(m));
+      if (!co_await send_paced(e.frame())) co_return std::nullopt;
+      set_pushed(p.chat, after);
+      ++sent;
+    }
+  }
+  co_return sent;
+}
+
+void device_session::request_done() { --in_flight_; }
+
+void device_session::on_send(std::uint64_t request_id, v2::SendMessage m) {
+  store::send_request req{user_,
+                          device_,
+                          username_,
+                          store::chat_ref{m.chat_id(), std::move(*m.mutable_to())},
+                          std::move(*m.mutable_client_msg_id()),
+                          std::move(*m.mutable_payload()),
+                          static_cast<std::uint32_t>(m.type()),
+                          m.recipient_registration_id()};
+  // The completion runs on the store's writer, in commit order: the recipients are handed the
+  // entry there (so each sees a chat's messages in seq order), and the answer goes to this
+  // connection's lane. No encoding here: the recipients' threads encode the envelope once.
+  state_.store.send(std::move(req), [self = shared_from_this(), request_id](
+                                        store::result<store::send_outcome> r) mutable {
+    if (r && !r->duplicate) {
+      self->state_.bus.deliver_message(r->recipients, std::make_shared<bus::envelope>(r->message));
+    }
+    auto* lane = self->lane_;
+    lane->post([self = std::move(self), request_id, r = std::move(r)] {
+      self->answer_send(request_id, r);
+    });
+  });
+}
+
+void device_session::answer_send(std::uint64_t request_id,
+                                 const store::result<store::send_outcome>& r) {
+  request_done();
+  if (!r) {
+    send(store_error(request_id, r.error()));
+    return;
+  }
+  if (!r->duplicate) state_.stats.messages_stored.fetch_add(1, std::memory_order_relaxed);
+  frame reply;
+  reply.set_request_id(request_id);
+  auto* out = reply.mutable_send_result();
+  out->set_message_id(r->id);
+  out->set_seq(r->seq);
+  out->set_sent_at_ms(r->sent_at_ms);
+  out->set_duplicate(r->duplicate);
+  out->set_chat_id(r->chat);
+  send(reply);
+}
+
+void device_session::on_ack(std::uint64_t request_id, const v2::Ack& a) {
+  std::vector<store::cursor_update> cursors;
+  cursors.reserve(static_cast<std::size_t>(a.cursors_size()));
+  for (const auto& c : a.cursors()) cursors.push_back({c.chat_id(), c.seq()});
+  state_.store.ack(device_, user_, std::move(cursors),
+                   [self = shared_from_this(),
+                    request_id](store::result<std::vector<store::receipt_delivery>> r) mutable {
+                     if (r) self->state_.bus.deliver_receipts(*r);
+                     std::optional<boost::system::error_code> error;
+                     if (!r) error = r.error();
+                     auto* lane = self->lane_;
+                     lane->post([self = std::move(self), request_id, error] {
+                       self->request_done();
+                       if (error) {
+                         self->send(store_error(request_id, *error));
+                       } else if (request_id != 0) {
+                         frame reply;
+                         reply.set_request_id(request_id);
+                         reply.mutable_ok();
+                         self->send(reply);
+                       }
+                     });
+                   });
 }
 
 awaitable<void> device_session::run_request(frame request) {
@@ -453,65 +643,14 @@ awaitable<void> device_session::run_request(frame request) {
   auto fail = [&](const boost::system::error_code& ec) { send(store_error(id, ec)); };
 
   switch (request.body_case()) {
-    case frame::kSendMessage: {
-      auto& m = *request.mutable_send_message();
-      store::send_request req{user_,
-                              device_,
-                              username_,
-                              std::move(*m.mutable_to()),
-                              std::move(*m.mutable_client_msg_id()),
-                              std::move(*m.mutable_payload()),
-                              static_cast<std::uint32_t>(m.type()),
-                              m.recipient_registration_id()};
-      auto r = co_await store_call<store::send_outcome>(
-          [&](store::completion<store::send_outcome> done) {
-            state_.store.send(std::move(req),
-                              [&bus, done = std::move(done)](store::result<store::send_outcome> r) {
-                                if (r && !r->duplicate) route_deliveries(bus, r->deliveries);
-                                done(std::move(r));
-                              });
-          });
-      if (!r) {
-        fail(r.error());
-        break;
-      }
-      if (!r->duplicate) state_.stats.messages_stored.fetch_add(1, std::memory_order_relaxed);
-      auto* out = reply.mutable_send_result();
-      out->set_message_id(r->id);
-      out->set_seq(r->seq);
-      out->set_sent_at_ms(r->sent_at_ms);
-      out->set_duplicate(r->duplicate);
-      send(reply);
-      break;
-    }
-    case frame::kAck: {
-      std::vector<store::event_id> events(request.ack().event_ids().begin(),
-                                          request.ack().event_ids().end());
-      auto r = co_await store_call<std::vector<store::delivery>>(
-          [&](store::completion<std::vector<store::delivery>> done) {
-            state_.store.ack(
-                device_, username_, std::move(events),
-                [&bus, done = std::move(done)](store::result<std::vector<store::delivery>> r) {
-                  if (r) route_deliveries(bus, *r);
-                  done(std::move(r));
-                });
-          });
-      if (!r) {
-        fail(r.error());
-      } else if (id != 0) {
-        reply.mutable_ok();
-        send(reply);
-      }
-      break;
-    }
     case frame::kMarkRead: {
       const auto& m = request.mark_read();
-      auto r = co_await store_call<std::vector<store::delivery>>(
-          [&](store::completion<std::vector<store::delivery>> done) {
+      auto r = co_await store_call<std::vector<store::receipt_delivery>>(
+          [&](store::completion<std::vector<store::receipt_delivery>> done) {
             state_.store.mark_read(
-                user_, username_, m.peer(), m.up_to_message_id(),
-                [&bus, done = std::move(done)](store::result<std::vector<store::delivery>> r) {
-                  if (r) route_deliveries(bus, *r);
+                user_, m.chat_id(), m.up_to_seq(),
+                [&bus, done = std::move(done)](store::result<std::vector<store::receipt_delivery>> r) {
+                  if (r) bus.deliver_receipts(*r);
                   done(std::move(r));
                 });
           });
@@ -524,42 +663,48 @@ awaitable<void> device_session::run_request(frame request) {
       break;
     }
     case frame::kGetStatus: {
-      const std::uint64_t message = request.get_status().message_id();
+      const auto& q = request.get_status();
       auto r = co_await store_call<store::message_status>(
           [&](store::completion<store::message_status> done) {
-            state_.store.status(user_, message, std::move(done));
+            state_.store.status(user_, q.chat_id(), q.seq(), std::move(done));
           });
       if (!r) {
         fail(r.error());
         break;
       }
-      reply.mutable_status_result()->set_message_id(message);
-      reply.mutable_status_result()->set_status(static_cast<v1::MessageStatus>(*r));
+      auto* out = reply.mutable_status_result();
+      out->set_chat_id(q.chat_id());
+      out->set_seq(q.seq());
+      out->set_status(static_cast<v2::MessageStatus>(*r));
       send(reply);
       break;
     }
     case frame::kGetHistory: {
-      const auto& h = request.get_history();
+      auto& h = *request.mutable_get_history();
       const std::size_t limit =
           h.limit() == 0 ? state_.cfg.limits.default_history_limit : h.limit();
-      auto r = co_await store_call<std::vector<store::history_entry>>(
-          [&](store::completion<std::vector<store::history_entry>> done) {
-            state_.store.history(user_, h.peer(), h.before_message_id(), limit, std::move(done));
+      store::chat_ref chat{h.chat_id(), std::move(*h.mutable_peer())};
+      auto r = co_await store_call<store::history_page>(
+          [&](store::completion<store::history_page> done) {
+            state_.store.history(user_, std::move(chat), h.before_seq(), limit,
+                                 state_.cfg.limits.max_history_bytes, std::move(done));
           });
       if (!r) {
         fail(r.error());
         break;
       }
       auto* out = reply.mutable_history();
-      for (auto& e : *r) {
+      out->set_chat_id(r->chat);
+      for (auto& e : r->messages) {
         auto* m = out->add_messages();
-        m->set_message_id(e.id);
+        m->set_chat_id(e.chat);
         m->set_seq(e.seq);
-        m->set_from(std::move(e.from));
+        m->set_message_id(e.id);
+        m->set_from(std::move(e.sender_name));
+        m->set_from_device(e.sender_device);
         m->set_sent_at_ms(e.sent_at_ms);
         m->set_payload(std::move(e.payload));
-        m->set_type(static_cast<v1::CipherType>(e.cipher_type));
-        m->set_from_device(e.from_device);
+        m->set_type(static_cast<v2::CipherType>(e.cipher_type));
       }
       send(reply);
       break;
@@ -569,7 +714,7 @@ awaitable<void> device_session::run_request(frame request) {
       if (u.has_signed_prekey() &&
           !e2ee::verify_signed_prekey(u.identity_key(), u.signed_prekey().public_key(),
                                       u.signed_prekey().signature())) {
-        reject(id, v1::ERROR_CODE_BAD_SIGNATURE,
+        reject(id, v2::ERROR_CODE_BAD_SIGNATURE,
                "signed_prekey.signature is not the identity key's signature of its public key");
         break;
       }
@@ -657,7 +802,7 @@ awaitable<void> device_session::run_request(frame request) {
       co_await on_typing(id, std::move(*request.mutable_typing()));
       break;
     default:
-      reject(id, v1::ERROR_CODE_UNSUPPORTED, "unsupported request");
+      reject(id, v2::ERROR_CODE_UNSUPPORTED, "unsupported request");
       break;
   }
   --in_flight_;
@@ -689,7 +834,7 @@ awaitable<std::vector<bool>> device_session::shares_chat_with(std::vector<std::s
   co_return out;
 }
 
-awaitable<void> device_session::on_subscribe(std::uint64_t request_id, v1::SubscribePresence s) {
+awaitable<void> device_session::on_subscribe(std::uint64_t request_id, v2::SubscribePresence s) {
   auto self = shared_from_this();
   std::vector<std::string> asked(s.usernames().begin(), s.usernames().end());
   // Presence is shown to contacts only: users this account shares no chat with are left out
@@ -719,13 +864,13 @@ awaitable<void> device_session::on_subscribe(std::uint64_t request_id, v1::Subsc
   }
 }
 
-awaitable<void> device_session::on_typing(std::uint64_t request_id, v1::Typing t) {
+awaitable<void> device_session::on_typing(std::uint64_t request_id, v2::Typing t) {
   auto self = shared_from_this();
   std::vector<std::string> peer(1, t.peer());  // GCC 12: no braced list in a co_await
   const auto shared = co_await shares_chat_with(std::move(peer));
   if (closed_) co_return;
   if (!shared[0]) {
-    send(wire::make_error(request_id, v1::ERROR_CODE_NO_SHARED_CHAT,
+    send(wire::make_error(request_id, v2::ERROR_CODE_NO_SHARED_CHAT,
                           "typing indicators go only to users you share a chat with"));
     co_return;
   }

@@ -1,5 +1,5 @@
-// The protocol state of one connection: authentication, request dispatch, the device-queue
-// drain, live pushes, and the bounded outgoing queue. No Beast here: websocket_session feeds
+// The protocol state of one connection: authentication, request dispatch, the drain of the
+// chat log above the device's cursors, live pushes, and the bounded outgoing queue. No Beast here: websocket_session feeds
 // frames in (handle_frame) and writes what pop_outgoing() yields.
 //
 // Threading: every member function except the bus::endpoint overrides runs on the
@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "bus/bus.hpp"
+#include "server/delivery_lane.hpp"
 #include "server/shared_state.hpp"
 #include "wire/frame_codec.hpp"
 
@@ -65,21 +66,31 @@ class device_session final : public bus::endpoint,
   bool authenticated() const { return device_ != 0; }
 
   // bus::endpoint
-  void push_event(bus::event_id event, wire::encoded_frame frame) override;
+  void push_message(bus::shared_envelope e) override;
+  void push_receipts(std::vector<store::watermark> marks) override;
   void push_ephemeral(wire::encoded_frame frame) override;
   void replaced() override;
 
  private:
-  using frame = parley::v1::Frame;
+  using frame = parley::v2::Frame;
 
-  boost::asio::awaitable<void> on_register(std::uint64_t request_id, parley::v1::Register r);
+  boost::asio::awaitable<void> on_register(std::uint64_t request_id, parley::v2::Register r);
   boost::asio::awaitable<void> on_authenticate(std::uint64_t request_id,
-                                               parley::v1::Authenticate a);
+                                               parley::v2::Authenticate a);
   boost::asio::awaitable<void> run_request(frame request);
+  // The message path without a coroutine: the store's completion hands the answer to this
+  // connection's delivery lane.
+  void on_send(std::uint64_t request_id, parley::v2::SendMessage m);
+  void on_ack(std::uint64_t request_id, const parley::v2::Ack& a);
+  void answer_send(std::uint64_t request_id, const store::result<store::send_outcome>& r);
+  void request_done();
   boost::asio::awaitable<void> drain();
+  // Sends the entries of one chat above `from` (up to `head`); the number sent, or nullopt if
+  // the connection closed or the store failed (the connection is then closed).
+  boost::asio::awaitable<std::optional<std::uint64_t>> drain_chat(store::chat_position p);
   boost::asio::awaitable<void> on_subscribe(std::uint64_t request_id,
-                                            parley::v1::SubscribePresence s);
-  boost::asio::awaitable<void> on_typing(std::uint64_t request_id, parley::v1::Typing t);
+                                            parley::v2::SubscribePresence s);
+  boost::asio::awaitable<void> on_typing(std::uint64_t request_id, parley::v2::Typing t);
   // Whether this account shares a chat with `username` (cached once true: a chat is never
   // deleted). False on a store error too: presence and typing fail closed.
   boost::asio::awaitable<std::vector<bool>> shares_chat_with(std::vector<std::string> names);
@@ -91,15 +102,21 @@ class device_session final : public bus::endpoint,
   void log_auth_failure(std::uint64_t device_id);
   std::string device_key() const;
 
-  void on_push(bus::event_id event, wire::encoded_frame frame);
+  void on_message(const bus::shared_envelope& e);
+  void on_receipts(const std::vector<store::watermark>& marks);
+  // The highest seq of `chat` pushed on this connection (0: none yet), and recording one.
+  std::uint64_t pushed(std::uint64_t chat) const;
+  void set_pushed(std::uint64_t chat, std::uint64_t seq);
 
   // Queues a frame; false (and the connection is closed as a slow reader) if the queue is full.
   bool send(const frame& f);
   bool send_encoded(wire::encoded_frame f);
-  // Waits for room in the queue (used by the drain, which paces itself); false if closed.
+  // Waits until the queue is below half its limits (the drain paces itself there, so that
+  // responses and pongs sent during a drain always find room); false if closed.
   boost::asio::awaitable<bool> send_paced(wire::encoded_frame f);
   bool has_room(std::size_t bytes) const;
-  void reject(std::uint64_t request_id, parley::v1::ErrorCode code, std::string message);
+  bool below_drain_watermark(std::size_t bytes) const;
+  void reject(std::uint64_t request_id, parley::v2::ErrorCode code, std::string message);
   void close(close_reason reason);
 
   shared_state& state_;
@@ -121,11 +138,14 @@ class device_session final : public bus::endpoint,
   // Users this account shares a chat with, as learned (bounded: cleared past 1,024 names).
   std::vector<std::string> contacts_;
 
-  // Queue delivery: during the drain, live pushes only mark `dirty_` (the drain reads them
-  // from the store); afterwards, events at or below last_event_ were already sent.
+  // Delivery: during the drain, live pushes only mark `dirty_` (the drain reads them from the
+  // store); afterwards, a push of a chat at or below pushed_[chat] was already sent. Filtered
+  // per chat by seq, never by comparing message ids (whose clocks may differ across nodes).
   bool draining_ = false;
   bool dirty_ = false;
-  std::uint64_t last_event_ = 0;
+  // (chat, seq) sorted by chat: a vector (24 bytes idle) rather than a hash map (56).
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> pushed_;
+  delivery_lane* lane_ = nullptr;
 
   // The outgoing queue: a vector read from outgoing_head_, so that an idle connection holds no
   // allocation (std::deque allocates a 512-byte block up front).

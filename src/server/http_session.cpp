@@ -71,7 +71,7 @@ http::response<http::string_body> answer_request(shared_state& state,
               : respond(req, http::status::service_unavailable, "store: " + health.reason + "\n");
   } else if (req.target() == "/metrics" && role != http_role::main_no_metrics) {
     metrics::gauges g;
-    g.queue_depth = state.store.queued_events_estimate();
+    g.pending_writes = state.store.pending_writes();
     g.store_writable = state.store.health().writable;
     g.buffered_bytes = state.admit.buffered_bytes();
     g.open_connections = state.admit.open();
@@ -83,11 +83,11 @@ http::response<http::string_body> answer_request(shared_state& state,
   return res;
 }
 
-// A 404 for an upgrade anywhere but /v1/ws, or none.
+// A 404 for an upgrade anywhere but /v2/ws, or none.
 std::optional<http::response<http::string_body>> wrong_websocket_path(
     const http::request<http::string_body>& req) {
-  if (req.target() == "/v1/ws") return std::nullopt;
-  auto res = respond(req, http::status::not_found, "no WebSocket endpoint here; use /v1/ws\n");
+  if (req.target() == "/v2/ws") return std::nullopt;
+  auto res = respond(req, http::status::not_found, "no WebSocket endpoint here; use /v2/ws (protocol v1 is retired)\n");
   res.keep_alive(false);
   return res;
 }

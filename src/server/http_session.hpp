@@ -1,5 +1,5 @@
 // One accepted TCP connection speaking HTTP/1.1: GET /healthz, GET /metrics, and the WebSocket
-// upgrade on /v1/ws, after which the connection belongs to a websocket_session.
+// upgrade on /v2/ws, after which the connection belongs to a websocket_session.
 //
 // Malformed requests get a status line before the connection is closed: 431 for headers over
 // 8 KiB, 413 for a body over 1 KiB, 400 for anything else that does not parse (garbage, an

@@ -62,8 +62,8 @@ std::string metrics::render(const gauges& g) const {
          messages_stored.load());
   metric("parley_slow_readers_closed_total", "counter",
          "Connections closed because their outgoing queue filled.", slow_readers_closed.load());
-  metric("parley_queue_depth", "gauge", "Events waiting in device queues (estimate).",
-         g.queue_depth);
+  metric("parley_store_pending_writes", "gauge", "Write requests waiting for the store's writer.",
+         g.pending_writes);
   metric("parley_store_writable", "gauge",
          "1 while the store accepts writes, 0 while it refuses them (disk full, failed write).",
          g.store_writable ? 1 : 0);

@@ -42,7 +42,7 @@ struct metrics {
 
   // What the rest of the server knows at render time.
   struct gauges {
-    std::uint64_t queue_depth = 0;  // the store's estimate of queued events
+    std::uint64_t pending_writes = 0;  // requests waiting for the store's writer
     bool store_writable = true;
     std::uint64_t buffered_bytes = 0;    // held by all connections (admission)
     std::uint64_t open_connections = 0;  // TCP connections, HTTP and WebSocket

@@ -11,15 +11,13 @@
 #include <mutex>
 #include <thread>
 
-#include "bus/local/local_bus.hpp"
 #include "common/log.hpp"
 #include "common/thread_name.hpp"
-#include "presence/local/local_presence.hpp"
+#include "server/backends.hpp"
 #include "server/connection_set.hpp"
 #include "server/listener.hpp"
 #include "server/metrics.hpp"
 #include "server/shared_state.hpp"
-#include "store/rocksdb/rocksdb_store.hpp"
 
 namespace parley::server {
 
@@ -88,24 +86,21 @@ struct server::impl {
               stats),
         limiters(cfg.rates) {
     if (cfg.threads == 0) cfg.threads = std::max(1u, std::thread::hardware_concurrency());
-    store::rocksdb_options o;
-    o.path = cfg.data_dir / "store";
-    o.node_id = cfg.node_id;
-    o.sync = cfg.fsync;
-    o.reserve_bytes = cfg.storage_reserve_bytes;
-    o.on_commit = [this](std::chrono::nanoseconds d, std::size_t n) {
+    backend = make_embedded_backends(cfg, [this](std::chrono::nanoseconds d, std::size_t n) {
       stats.store_write_latency.observe(d);
       stats.group_commits.fetch_add(1, std::memory_order_relaxed);
       stats.group_commit_requests.fetch_add(n, std::memory_order_relaxed);
-    };
-    store = std::make_unique<store::rocksdb_store>(std::move(o));
+    });
     if (!cfg.tls_cert.empty()) tls = std::make_unique<tls_context>(cfg.tls_cert, cfg.tls_key);
-    state = std::make_unique<shared_state>(shared_state{
-        cfg, *store, presence, bus, stats, websocket_options(cfg), admit, limiters, tls.get()});
     for (unsigned i = 0; i < cfg.threads; ++i) {
       contexts.push_back(std::make_unique<asio::io_context>(1));
       guards.emplace_back(contexts.back()->get_executor());
+      lanes.push_back(std::make_unique<delivery_lane>(contexts.back()->get_executor()));
     }
+    state = std::make_unique<shared_state>(shared_state{cfg, *backend.store, *backend.presence,
+                                                        *backend.bus, stats,
+                                                        websocket_options(cfg), admit, limiters,
+                                                        tls.get(), lanes});
   }
 
   static config prepared(config c) {
@@ -123,11 +118,10 @@ struct server::impl {
   admission admit_metrics{64, 64, 1u << 20, connections, stats};
   request_limiters limiters;
   std::unique_ptr<tls_context> tls;
-  std::unique_ptr<store::rocksdb_store> store;
-  presence::local_presence presence;
-  bus::local_bus bus;
+  backends backend;
   std::unique_ptr<shared_state> state;
   std::vector<std::unique_ptr<asio::io_context>> contexts;
+  std::vector<std::unique_ptr<delivery_lane>> lanes;  // one per context
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   std::unique_ptr<listener> accept;
   std::unique_ptr<listener> accept_metrics;  // only with a metrics address
@@ -242,7 +236,7 @@ void server::wait() {
   while (d.stats.connections.load() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  d.store->stop();  // commits what was queued; later calls fail with shutting_down
+  d.backend.store->stop();  // commits what was queued; later calls fail with shutting_down
   d.guards.clear();
   for (auto& c : d.contexts) c->stop();
   for (auto& t : d.threads) t.join();

@@ -3,11 +3,14 @@
 #pragma once
 
 #include <atomic>
+#include <memory>
+#include <vector>
 
 #include "bus/bus.hpp"
 #include "presence/presence.hpp"
 #include "server/admission.hpp"
 #include "server/config.hpp"
+#include "server/delivery_lane.hpp"
 #include "server/metrics.hpp"
 #include "server/rate_limiter.hpp"
 #include "server/tls_context.hpp"
@@ -26,6 +29,16 @@ struct shared_state {
   admission& admit;
   request_limiters& limiters;
   tls_context* tls;  // nullptr: plain ws:// and http:// on the main address
+  // One per I/O thread (server owns them): see delivery_lane.
+  std::vector<std::unique_ptr<delivery_lane>>& lanes;
+
+  // The lane of the I/O thread that runs `executor`.
+  delivery_lane& lane_for(const boost::asio::any_io_executor& executor) {
+    for (auto& l : lanes) {
+      if (l->executor() == executor) return *l;
+    }
+    return *lanes.front();  // not reached: every session runs on one of the I/O threads
+  }
 };
 
 // The WebSocket options `cfg` implies.

@@ -1,4 +1,4 @@
-// One WebSocket connection on /v1/ws: a ws::connection whose messages go to a device_session
+// One WebSocket connection on /v2/ws: a ws::connection whose messages go to a device_session
 // and whose outgoing queue is the device_session's.
 #pragma once
 

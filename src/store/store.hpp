@@ -1,28 +1,35 @@
-// The Store interface: accounts, devices, messages, device queues and receipts.
+// The Store interface: accounts, devices, keys, and the chat log with its cursors.
+//
+// The model (docs/architecture.md, "The chat log"): every conversation is a chat with a
+// chat_id; a message is appended once to its chat's log at (chat_id, seq). Each device has a
+// delivery cursor per chat ("has everything up to seq N"); each member a read mark. Delivered
+// and read are watermarks over those, never records per message.
 //
 // Implementations: store/rocksdb/rocksdb_store (embedded, the default). A PostgreSQL-protocol
-// implementation follows for the cluster mode; tests/store_contract_test.cpp runs against each.
+// implementation follows for the cluster mode; store_contract_test.cpp runs against each.
 //
 // Contract shared by every method:
 //  - Methods never block the caller: each queues its work and returns.
 //  - The completion runs exactly once, on a thread of the store's own (never the caller's), and
 //    must not block: post anything heavy to another executor.
-//  - Writes (register_account, send, ack, mark_read, upload_keys, take_key_bundles) are durable
-//  (fsync'd) before their
-//    completion runs, and their completions run in commit order. Effects of one write are
-//    visible to every read issued after its completion ran.
+//  - Writes (register_account, send, ack, mark_read, upload_keys, take_key_bundles,
+//    set_privacy) are durable (fsync'd) before their completion runs, and their completions
+//    run in commit order. Effects of one write are visible to every read issued after its
+//    completion ran.
+//  - Every write is all or nothing: a request that fails applied nothing.
 //  - Expected failures (unknown user, duplicate username, ...) are values of store::errc.
 //  - A store that cannot write (disk full, a failed write it has not recovered from) refuses
 //    every write with errc::unavailable, applying nothing, and keeps serving reads; it
 //    resumes writing by itself once the cause is gone. health() says which state it is in.
+//    One whose writer has too much waiting refuses new writes with errc::busy.
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
-#include <variant>
 #include <vector>
 
 #include "store/store_error.hpp"
@@ -32,12 +39,10 @@ namespace parley::store {
 using user_id = std::uint64_t;
 using device_id = std::uint64_t;
 using message_id = std::uint64_t;
-// Position in a device queue. A message's event id is its message id; a receipt gets its own.
-// Both come from one Snowflake sequence, so a device queue is ordered by time.
-using event_id = std::uint64_t;
+using chat_id = std::uint64_t;
 using sha256_digest = std::array<std::uint8_t, 32>;
 
-// Values match parley.v1.MessageStatus.
+// Values match parley.v2.MessageStatus.
 enum class message_status : std::uint8_t { sent = 1, delivered = 2, read = 3 };
 
 struct account {
@@ -71,62 +76,90 @@ struct registration {
   device_id device = 0;
 };
 
+// One entry of a chat log, as stored once and shared (read-only) by every push of it.
+struct chat_message {
+  chat_id chat = 0;
+  std::uint64_t seq = 0;
+  message_id id = 0;
+  user_id sender = 0;
+  device_id sender_device = 0;
+  std::string sender_name;
+  std::uint64_t sent_at_ms = 0;
+  std::string payload;
+  std::uint32_t cipher_type = 0;  // parley.v2.CipherType, stored and passed on as is
+};
+using shared_message = std::shared_ptr<const chat_message>;
+
+// A chat named by its id, or (1:1 only) by the other member's username.
+struct chat_ref {
+  chat_id chat = 0;  // if non-zero, this
+  std::string peer;  // else the 1:1 chat with this user
+};
+
 struct send_request {
   user_id sender = 0;
   device_id sender_device = 0;
   std::string sender_name;
-  std::string recipient_name;
+  // The 1:1 chat: by id, or by the peer's username (created by its first message).
+  chat_ref to;
   std::string client_msg_id;
   std::string payload;
-  std::uint32_t cipher_type = 0;  // parley.v1.CipherType, stored and passed on as is
+  std::uint32_t cipher_type = 0;
   // Must equal the registration id of every recipient device that has keys (else
   // errc::stale_keys); devices without keys accept anything.
   std::uint32_t recipient_registration_id = 0;
 };
 
-struct message_event {
-  event_id event = 0;  // == id
-  message_id id = 0;
+struct send_outcome {
+  chat_id chat = 0;
   std::uint64_t seq = 0;
-  std::string from;
-  device_id from_device = 0;
+  message_id id = 0;
   std::uint64_t sent_at_ms = 0;
-  std::string payload;
-  std::uint32_t cipher_type = 0;
+  bool duplicate = false;  // client_msg_id seen before: the first result, nothing appended
+  shared_message message;  // the appended entry (null for a duplicate)
+  // The devices to push it to: every device of the other members, and the sender's own
+  // other devices.
+  std::vector<device_id> recipients;
 };
 
-struct receipt_event {
-  event_id event = 0;
-  message_id id = 0;  // delivered: that message; read: every message up to it
-  std::string peer;   // who delivered or read
+// "This device has chat `chat` up to `seq`" (an Ack entry).
+struct cursor_update {
+  chat_id chat = 0;
+  std::uint64_t seq = 0;
+};
+
+// A member's watermark in a chat: `user` has it delivered or read up to `up_to`.
+struct watermark {
+  chat_id chat = 0;
+  std::string user;
   message_status status = message_status::delivered;
+  std::uint64_t up_to = 0;
   std::uint64_t at_ms = 0;
 };
 
-using device_event = std::variant<message_event, receipt_event>;
-
-// An event committed to a device's queue, to be pushed at once if the device is online.
-struct delivery {
+// A watermark that moved, for one device to be told (a Receipt push).
+struct receipt_delivery {
   device_id device = 0;
-  device_event event;
+  watermark mark;
 };
 
-struct send_outcome {
-  message_id id = 0;
-  std::uint64_t seq = 0;
-  std::uint64_t sent_at_ms = 0;
-  bool duplicate = false;            // client_msg_id seen before: the first result, no delivery
-  std::vector<delivery> deliveries;  // the recipient's devices
+// Where a device stands in one of its chats.
+struct chat_position {
+  chat_id chat = 0;
+  std::uint64_t cursor = 0;  // the device has everything up to here
+  std::uint64_t head = 0;    // the chat's last seq
 };
 
-struct history_entry {
-  message_id id = 0;
-  std::uint64_t seq = 0;
-  std::string from;
-  std::uint64_t sent_at_ms = 0;
-  std::string payload;
-  std::uint32_t cipher_type = 0;
-  device_id from_device = 0;
+// What a device must be sent after it authenticates: the chats whose head is above its
+// cursor, and the current watermarks of the other members of all its chats (those above 0).
+struct device_backlog {
+  std::vector<chat_position> behind;
+  std::vector<watermark> marks;
+};
+
+struct history_page {
+  chat_id chat = 0;
+  std::vector<chat_message> messages;  // newest first
 };
 
 // The prekey service. Keys arrive already checked by the caller (lengths, types, the signed
@@ -181,36 +214,47 @@ class store {
   // errc::not_found if there is no such user.
   virtual void find_account(std::string username, completion<account> done) = 0;
 
-  // Stores a 1:1 message once per (sender_device, client_msg_id) and queues it for every
-  // device of the recipient. errc::unknown_user if the recipient does not exist,
-  // errc::self_message if it is the sender.
+  // Appends a 1:1 message to the chat's log once per (sender_device, client_msg_id): a retry
+  // within the dedupe window returns the first result. errc::unknown_user if the peer does
+  // not exist, errc::self_message if it is the sender, errc::not_found for a chat id the
+  // sender is not a member of.
   virtual void send(send_request request, completion<send_outcome> done) = 0;
 
-  // Removes acked events from the device's queue. Each acked message becomes delivered and
-  // queues a delivered receipt for the sender's devices (returned as deliveries). Unknown
-  // event ids are ignored, so a repeated ack is harmless.
-  virtual void ack(device_id device, std::string device_username, std::vector<event_id> events,
-                   completion<std::vector<delivery>> done) = 0;
+  // Moves the device's delivery cursors (never back). All or nothing: errc::not_found if the
+  // user is not a member of one of the chats, errc::invalid_argument if a seq is above its
+  // chat's head. Returns a receipt for every device of the other members for each chat in
+  // which the user's delivered watermark (the highest cursor of the user's devices) moved.
+  virtual void ack(device_id device, user_id user, std::vector<cursor_update> cursors,
+                   completion<std::vector<receipt_delivery>> done) = 0;
 
-  // Marks every message from `peer` to `reader` up to `up_to` as read and queues one read
-  // receipt for the peer's devices. errc::unknown_user, errc::not_found if `up_to` is not a
-  // message of that chat. A mark at or below the current one changes nothing.
-  virtual void mark_read(user_id reader, std::string reader_name, std::string peer,
-                         message_id up_to, completion<std::vector<delivery>> done) = 0;
+  // Moves the reader's read mark in the chat to up_to (never back). errc::not_found if the
+  // reader is not a member, errc::invalid_argument if up_to is above the head. Returns READ
+  // receipts for every device of the other members if it moved.
+  virtual void mark_read(user_id reader, chat_id chat, std::uint64_t up_to,
+                         completion<std::vector<receipt_delivery>> done) = 0;
 
-  // Up to `limit` queued events of the device with event id > after, oldest first.
-  virtual void read_queue(device_id device, event_id after, std::size_t limit,
-                          completion<std::vector<device_event>> done) = 0;
+  // The device's chats whose head is above its cursor, and the watermarks of the other
+  // members of all the user's chats.
+  virtual void backlog(device_id device, user_id user, completion<device_backlog> done) = 0;
 
-  // Status of a message sent by `requester`; errc::not_found for any other message.
-  virtual void status(user_id requester, message_id id, completion<message_status> done) = 0;
+  // Up to `limit` entries of the chat's log with after < seq <= up_to, oldest first, and at
+  // most `max_bytes` of payload (at least one entry).
+  virtual void read_log(chat_id chat, std::uint64_t after, std::uint64_t up_to, std::size_t limit,
+                        std::size_t max_bytes, completion<std::vector<shared_message>> done) = 0;
 
-  // Messages of the 1:1 chat between requester and peer with id < before (0: no bound),
-  // newest first.
-  virtual void history(user_id requester, std::string peer, message_id before, std::size_t limit,
-                       completion<std::vector<history_entry>> done) = 0;
+  // Status of the message at (chat, seq), which `requester` must have sent; errc::not_found
+  // for any other. Read if every other member's read mark is at or above it, delivered if
+  // every other member's delivered watermark is.
+  virtual void status(user_id requester, chat_id chat, std::uint64_t seq,
+                      completion<message_status> done) = 0;
 
-  // Stores a device's public keys (see parley.v1.UploadKeys for the rules). Fails with
+  // The chat's entries with seq < before (0: no bound), newest first, at most `limit` of them
+  // and at most `max_bytes` of payload (at least one). errc::not_found if the requester is not
+  // a member; a 1:1 chat named by a peer that has no message yet is an empty page.
+  virtual void history(user_id requester, chat_ref chat, std::uint64_t before, std::size_t limit,
+                       std::size_t max_bytes, completion<history_page> done) = 0;
+
+  // Stores a device's public keys (see parley.v2.UploadKeys for the rules). Fails with
   // errc::missing_signed_prekey if the first upload or a new identity comes without a signed
   // prekey, errc::too_many_prekeys if the device would hold more than `max_held` one-time
   // prekeys; nothing is stored then. One-time prekeys with an id already held replace it.
@@ -220,8 +264,8 @@ class store {
   // oldest one-time prekey. errc::unknown_user, or errc::no_keys if no device has keys.
   virtual void take_key_bundles(std::string username, completion<std::vector<key_bundle>> done) = 0;
 
-  // For each of `usernames`, whether it and `requester` share a chat (a 1:1 chat holding at
-  // least one message). Unknown users are false. Presence and typing pass only between users
+  // For each of `usernames`, whether it and `requester` share a chat (a 1:1 chat, created by
+  // its first message). Unknown users are false. Presence and typing pass only between users
   // who do.
   virtual void shared_chats(user_id requester, std::vector<std::string> usernames,
                             completion<std::vector<bool>> done) = 0;
@@ -232,8 +276,8 @@ class store {
   // The store's state as of its last write or check. Thread-safe; never blocks on I/O.
   virtual store_health health() = 0;
 
-  // An estimate of the events waiting in all device queues (for metrics).
-  virtual std::uint64_t queued_events_estimate() = 0;
+  // Requests waiting for the writer (for metrics).
+  virtual std::uint64_t pending_writes() = 0;
 
   // Finishes queued work, then refuses new work with errc::shutting_down. Idempotent.
   virtual void stop() = 0;

@@ -32,6 +32,10 @@ class category_impl final : public boost::system::error_category {
         return "too many one-time prekeys held";
       case errc::self_message:
         return "messages to yourself are not supported";
+      case errc::busy:
+        return "storage busy: too many writes waiting, retry shortly";
+      case errc::invalid_argument:
+        return "invalid argument";
       case errc::unavailable:
         return "storage unavailable: writes are refused for now, retry later";
     }

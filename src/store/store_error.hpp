@@ -22,6 +22,12 @@ enum class errc {
   // the store resumes by itself once the cause is gone.
   unavailable,
   self_message,  // send: the recipient is the sender
+  // The writer's queue is full (more requests waiting than rocksdb_options::max_pending):
+  // nothing of the request was applied; retry shortly.
+  busy,
+  // A value breaks a rule only the store can check (an ack above the chat's last seq);
+  // nothing of the request was applied.
+  invalid_argument,
 };
 
 const boost::system::error_category& store_category() noexcept;

@@ -7,10 +7,10 @@
 namespace parley::wire {
 namespace {
 
-using parley::v1::Frame;
+using parley::v2::Frame;
 
 protocol_error invalid(std::string message) {
-  return {parley::v1::ERROR_CODE_INVALID_ARGUMENT, std::move(message)};
+  return {parley::v2::ERROR_CODE_INVALID_ARGUMENT, std::move(message)};
 }
 
 std::optional<protocol_error> check_username(const std::string& name, const char* field) {
@@ -24,10 +24,10 @@ std::optional<protocol_error> check_username(const std::string& name, const char
 bool is_public_key(const std::string& key) { return key.size() == 33 && key[0] == '\x05'; }
 
 protocol_error bad_key(std::string message) {
-  return {parley::v1::ERROR_CODE_BAD_KEY, std::move(message)};
+  return {parley::v2::ERROR_CODE_BAD_KEY, std::move(message)};
 }
 
-std::optional<protocol_error> check_upload(const parley::v1::UploadKeys& u, const limits& l) {
+std::optional<protocol_error> check_upload(const parley::v2::UploadKeys& u, const limits& l) {
   if (!is_public_key(u.identity_key())) {
     return bad_key("identity_key must be 33 bytes: 0x05 and a Curve25519 key");
   }
@@ -37,13 +37,13 @@ std::optional<protocol_error> check_upload(const parley::v1::UploadKeys& u, cons
       return bad_key("signed_prekey.public_key must be 33 bytes: 0x05 and a Curve25519 key");
     }
     if (u.signed_prekey().signature().size() != 64) {
-      return protocol_error{parley::v1::ERROR_CODE_BAD_SIGNATURE,
+      return protocol_error{parley::v2::ERROR_CODE_BAD_SIGNATURE,
                             "signed_prekey.signature must be 64 bytes"};
     }
   }
   if (static_cast<std::size_t>(u.one_time_prekeys_size()) > l.max_prekeys_per_upload) {
     return protocol_error{
-        parley::v1::ERROR_CODE_TOO_MANY_PREKEYS,
+        parley::v2::ERROR_CODE_TOO_MANY_PREKEYS,
         "at most " + std::to_string(l.max_prekeys_per_upload) + " one-time prekeys per upload"};
   }
   for (int i = 0; i < u.one_time_prekeys_size(); ++i) {
@@ -61,11 +61,22 @@ std::optional<protocol_error> check_upload(const parley::v1::UploadKeys& u, cons
   return std::nullopt;
 }
 
+// A chat named by exactly one of its id and (1:1) the peer's username.
+std::optional<protocol_error> check_chat(std::uint64_t chat_id, const std::string& peer,
+                                         const char* field) {
+  if (chat_id != 0 && !peer.empty()) {
+    return invalid(std::string("give chat_id or ") + field + ", not both");
+  }
+  if (chat_id != 0) return std::nullopt;
+  if (peer.empty()) return invalid(std::string("chat_id or ") + field + " is required");
+  return check_username(peer, field);
+}
+
 std::optional<protocol_error> validate(const Frame& f, const limits& l) {
   switch (f.body_case()) {
     case Frame::kRegister:
       if (!is_valid_username(f.register_().username())) {
-        return protocol_error{parley::v1::ERROR_CODE_INVALID_USERNAME,
+        return protocol_error{parley::v2::ERROR_CODE_INVALID_USERNAME,
                               "username must be 3-32 characters of [a-z0-9_.]"};
       }
       return std::nullopt;
@@ -74,17 +85,17 @@ std::optional<protocol_error> validate(const Frame& f, const limits& l) {
       return std::nullopt;
     case Frame::kSendMessage: {
       const auto& m = f.send_message();
-      if (auto e = check_username(m.to(), "to")) return e;
+      if (auto e = check_chat(m.chat_id(), m.to(), "to")) return e;
       if (m.client_msg_id().empty() || m.client_msg_id().size() > l.max_client_msg_id_bytes) {
         return invalid("client_msg_id must be 1-64 bytes");
       }
       if (m.payload().size() > l.max_payload_bytes) {
-        return protocol_error{parley::v1::ERROR_CODE_PAYLOAD_TOO_LARGE,
+        return protocol_error{parley::v2::ERROR_CODE_PAYLOAD_TOO_LARGE,
                               "payload is " + std::to_string(m.payload().size()) +
                                   " bytes; the limit is " + std::to_string(l.max_payload_bytes)};
       }
-      if (m.type() != parley::v1::CIPHER_TYPE_SIGNAL_MESSAGE &&
-          m.type() != parley::v1::CIPHER_TYPE_PREKEY_MESSAGE) {
+      if (m.type() != parley::v2::CIPHER_TYPE_SIGNAL_MESSAGE &&
+          m.type() != parley::v2::CIPHER_TYPE_PREKEY_MESSAGE) {
         return invalid("type must be CIPHER_TYPE_SIGNAL_MESSAGE or CIPHER_TYPE_PREKEY_MESSAGE");
       }
       return std::nullopt;
@@ -94,20 +105,24 @@ std::optional<protocol_error> validate(const Frame& f, const limits& l) {
     case Frame::kFetchKeys:
       return check_username(f.fetch_keys().username(), "username");
     case Frame::kAck:
-      if (f.ack().event_ids_size() == 0 ||
-          static_cast<std::size_t>(f.ack().event_ids_size()) > l.max_ack_ids) {
-        return invalid("ack must carry 1-" + std::to_string(l.max_ack_ids) + " event ids");
+      if (f.ack().cursors_size() == 0 ||
+          static_cast<std::size_t>(f.ack().cursors_size()) > l.max_ack_cursors) {
+        return invalid("ack must carry 1-" + std::to_string(l.max_ack_cursors) + " cursors");
+      }
+      for (const auto& c : f.ack().cursors()) {
+        if (c.chat_id() == 0 || c.seq() == 0) return invalid("cursors need chat_id and seq");
       }
       return std::nullopt;
     case Frame::kMarkRead:
-      if (auto e = check_username(f.mark_read().peer(), "peer")) return e;
-      if (f.mark_read().up_to_message_id() == 0) return invalid("up_to_message_id is required");
+      if (f.mark_read().chat_id() == 0) return invalid("chat_id is required");
+      if (f.mark_read().up_to_seq() == 0) return invalid("up_to_seq is required");
       return std::nullopt;
     case Frame::kGetStatus:
-      if (f.get_status().message_id() == 0) return invalid("message_id is required");
+      if (f.get_status().chat_id() == 0) return invalid("chat_id is required");
+      if (f.get_status().seq() == 0) return invalid("seq is required");
       return std::nullopt;
     case Frame::kGetHistory:
-      if (auto e = check_username(f.get_history().peer(), "peer")) return e;
+      if (auto e = check_chat(f.get_history().chat_id(), f.get_history().peer(), "peer")) return e;
       if (f.get_history().limit() > l.max_history_limit) {
         return invalid("limit must be at most " + std::to_string(l.max_history_limit));
       }
@@ -129,9 +144,9 @@ std::optional<protocol_error> validate(const Frame& f, const limits& l) {
     case Frame::kSetPrivacy:
       return std::nullopt;
     case Frame::BODY_NOT_SET:
-      return protocol_error{parley::v1::ERROR_CODE_BAD_FRAME, "frame has no body"};
+      return protocol_error{parley::v2::ERROR_CODE_BAD_FRAME, "frame has no body"};
     default:
-      return protocol_error{parley::v1::ERROR_CODE_UNSUPPORTED,
+      return protocol_error{parley::v2::ERROR_CODE_UNSUPPORTED,
                             "that frame type is sent by servers, not clients"};
   }
 }
@@ -141,21 +156,21 @@ std::optional<protocol_error> validate(const Frame& f, const limits& l) {
 std::optional<protocol_error> decode_request(std::string_view bytes, const limits& l, Frame& out) {
   if (bytes.size() > l.max_frame_bytes) {
     out.Clear();
-    return protocol_error{parley::v1::ERROR_CODE_BAD_FRAME, "frame too large"};
+    return protocol_error{parley::v2::ERROR_CODE_BAD_FRAME, "frame too large"};
   }
   if (!out.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
     out.Clear();  // a half-parsed request_id means nothing: the error goes out with id 0
-    return protocol_error{parley::v1::ERROR_CODE_BAD_FRAME, "not a parley.v1.Frame"};
+    return protocol_error{parley::v2::ERROR_CODE_BAD_FRAME, "not a parley.v2.Frame"};
   }
   return validate(out, l);
 }
 
 std::optional<protocol_error> decode_push(std::string_view bytes, Frame& out) {
   if (!out.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
-    return protocol_error{parley::v1::ERROR_CODE_BAD_FRAME, "not a parley.v1.Frame"};
+    return protocol_error{parley::v2::ERROR_CODE_BAD_FRAME, "not a parley.v2.Frame"};
   }
   if (out.body_case() == Frame::BODY_NOT_SET) {
-    return protocol_error{parley::v1::ERROR_CODE_BAD_FRAME, "frame has no body"};
+    return protocol_error{parley::v2::ERROR_CODE_BAD_FRAME, "frame has no body"};
   }
   return std::nullopt;
 }
@@ -166,7 +181,7 @@ encoded_frame encode(const Frame& frame) {
   return std::make_shared<const std::string>(frame.SerializeAsString());
 }
 
-Frame make_error(std::uint64_t request_id, parley::v1::ErrorCode code, std::string message) {
+Frame make_error(std::uint64_t request_id, parley::v2::ErrorCode code, std::string message) {
   Frame f;
   f.set_request_id(request_id);
   auto* e = f.mutable_error();

@@ -7,7 +7,7 @@
 namespace parley::wire {
 namespace {
 
-using parley::v1::Frame;
+using parley::v2::Frame;
 
 std::optional<protocol_error> decode(const Frame& f, const limits& l = {}) {
   Frame out;
@@ -21,7 +21,7 @@ Frame valid_send() {
   m->set_to("bob");
   m->set_client_msg_id("c1");
   m->set_payload("hello");
-  m->set_type(parley::v1::CIPHER_TYPE_SIGNAL_MESSAGE);
+  m->set_type(parley::v2::CIPHER_TYPE_SIGNAL_MESSAGE);
   return f;
 }
 
@@ -50,11 +50,11 @@ Frame valid_upload(int one_time = 3) {
 
 TEST(frame_codec, a_send_must_say_which_signal_message_it_carries) {
   Frame f = valid_send();
-  f.mutable_send_message()->set_type(parley::v1::CIPHER_TYPE_UNSPECIFIED);
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
-  f.mutable_send_message()->set_type(static_cast<parley::v1::CipherType>(7));
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
-  f.mutable_send_message()->set_type(parley::v1::CIPHER_TYPE_PREKEY_MESSAGE);
+  f.mutable_send_message()->set_type(parley::v2::CIPHER_TYPE_UNSPECIFIED);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  f.mutable_send_message()->set_type(static_cast<parley::v2::CipherType>(7));
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  f.mutable_send_message()->set_type(parley::v2::CIPHER_TYPE_PREKEY_MESSAGE);
   EXPECT_FALSE(decode(f));
 }
 
@@ -63,25 +63,25 @@ TEST(frame_codec, key_uploads_are_checked_for_shape) {
 
   Frame f = valid_upload();
   f.mutable_upload_keys()->set_identity_key(std::string(32, 'x'));  // no type byte
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_BAD_KEY);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_BAD_KEY);
   f = valid_upload();
   f.mutable_upload_keys()->set_identity_key("\x06" + std::string(32, 'x'));  // wrong type
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_BAD_KEY);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_BAD_KEY);
   f = valid_upload();
   f.mutable_upload_keys()->mutable_signed_prekey()->set_public_key(public_key('s') + "x");
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_BAD_KEY);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_BAD_KEY);
   f = valid_upload();
   f.mutable_upload_keys()->mutable_signed_prekey()->set_signature(std::string(63, 'g'));
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_BAD_SIGNATURE);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_BAD_SIGNATURE);
   f = valid_upload();
   f.mutable_upload_keys()->mutable_one_time_prekeys(1)->set_public_key("short");
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_BAD_KEY);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_BAD_KEY);
   f = valid_upload();
   f.mutable_upload_keys()->mutable_one_time_prekeys(2)->set_id(1);  // twice
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
   f = valid_upload();
   f.mutable_upload_keys()->set_registration_id(0);
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
 }
 
 TEST(frame_codec, one_upload_holds_at_most_100_one_time_prekeys) {
@@ -89,7 +89,7 @@ TEST(frame_codec, one_upload_holds_at_most_100_one_time_prekeys) {
   EXPECT_FALSE(decode(valid_upload(static_cast<int>(l.max_prekeys_per_upload)), l));
   auto e = decode(valid_upload(static_cast<int>(l.max_prekeys_per_upload) + 1), l);
   ASSERT_TRUE(e);
-  EXPECT_EQ(e->code, parley::v1::ERROR_CODE_TOO_MANY_PREKEYS);
+  EXPECT_EQ(e->code, parley::v2::ERROR_CODE_TOO_MANY_PREKEYS);
 }
 
 TEST(frame_codec, accepts_a_valid_send) {
@@ -102,7 +102,7 @@ TEST(frame_codec, garbage_is_a_bad_frame) {
   Frame out;
   auto e = decode_request("\xff\xff\xff\xff garbage", {}, out);
   ASSERT_TRUE(e);
-  EXPECT_EQ(e->code, parley::v1::ERROR_CODE_BAD_FRAME);
+  EXPECT_EQ(e->code, parley::v2::ERROR_CODE_BAD_FRAME);
 }
 
 TEST(frame_codec, a_frame_without_body_is_a_bad_frame) {
@@ -110,7 +110,7 @@ TEST(frame_codec, a_frame_without_body_is_a_bad_frame) {
   f.set_request_id(3);
   auto e = decode(f);
   ASSERT_TRUE(e);
-  EXPECT_EQ(e->code, parley::v1::ERROR_CODE_BAD_FRAME);
+  EXPECT_EQ(e->code, parley::v2::ERROR_CODE_BAD_FRAME);
 }
 
 TEST(frame_codec, payload_limit_is_enforced_at_the_boundary) {
@@ -121,7 +121,7 @@ TEST(frame_codec, payload_limit_is_enforced_at_the_boundary) {
   f.mutable_send_message()->set_payload(std::string(l.max_payload_bytes + 1, 'x'));
   auto e = decode(f, l);
   ASSERT_TRUE(e);
-  EXPECT_EQ(e->code, parley::v1::ERROR_CODE_PAYLOAD_TOO_LARGE);
+  EXPECT_EQ(e->code, parley::v2::ERROR_CODE_PAYLOAD_TOO_LARGE);
 }
 
 TEST(frame_codec, frame_limit_is_enforced) {
@@ -131,15 +131,15 @@ TEST(frame_codec, frame_limit_is_enforced) {
   f.mutable_send_message()->set_payload(std::string(200, 'x'));
   auto e = decode(f, l);
   ASSERT_TRUE(e);
-  EXPECT_EQ(e->code, parley::v1::ERROR_CODE_BAD_FRAME);
+  EXPECT_EQ(e->code, parley::v2::ERROR_CODE_BAD_FRAME);
 }
 
 TEST(frame_codec, client_msg_id_must_be_1_to_64_bytes) {
   Frame f = valid_send();
   f.mutable_send_message()->set_client_msg_id("");
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
   f.mutable_send_message()->set_client_msg_id(std::string(65, 'a'));
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
   f.mutable_send_message()->set_client_msg_id(std::string(64, 'a'));
   EXPECT_FALSE(decode(f));
 }
@@ -147,30 +147,103 @@ TEST(frame_codec, client_msg_id_must_be_1_to_64_bytes) {
 TEST(frame_codec, server_frames_from_a_client_are_unsupported) {
   Frame f;
   f.mutable_envelope()->set_payload("spoof");
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_UNSUPPORTED);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_UNSUPPORTED);
 }
 
-TEST(frame_codec, ack_must_carry_1_to_1024_ids) {
+TEST(frame_codec, ack_must_carry_1_to_1024_cursors) {
   Frame f;
   f.mutable_ack();
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
-  for (int i = 0; i < 1024; ++i) f.mutable_ack()->add_event_ids(i + 1);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  for (int i = 0; i < 1024; ++i) {
+    auto* c = f.mutable_ack()->add_cursors();
+    c->set_chat_id(static_cast<std::uint64_t>(i + 1));
+    c->set_seq(7);
+  }
   EXPECT_FALSE(decode(f));
-  f.mutable_ack()->add_event_ids(5000);
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
+  auto* c = f.mutable_ack()->add_cursors();
+  c->set_chat_id(5000);
+  c->set_seq(1);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+}
+
+TEST(frame_codec, ack_cursors_need_a_chat_and_a_seq) {
+  Frame f;
+  auto* c = f.mutable_ack()->add_cursors();
+  c->set_chat_id(3);
+  c->set_seq(9);
+  EXPECT_FALSE(decode(f));
+  c->set_seq(0);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  c->set_seq(9);
+  c->set_chat_id(0);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+}
+
+TEST(frame_codec, a_send_names_its_chat_exactly_once) {
+  Frame f = valid_send();
+  f.mutable_send_message()->set_chat_id(42);  // and `to`
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  f.mutable_send_message()->clear_to();
+  EXPECT_FALSE(decode(f));
+  f.mutable_send_message()->set_chat_id(0);  // neither
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  f.mutable_send_message()->set_to("Not A Name");
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+}
+
+TEST(frame_codec, mark_read_and_get_status_need_a_chat_and_a_seq) {
+  Frame f;
+  f.mutable_mark_read()->set_chat_id(3);
+  f.mutable_mark_read()->set_up_to_seq(1);
+  EXPECT_FALSE(decode(f));
+  f.mutable_mark_read()->set_up_to_seq(0);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  f.mutable_mark_read()->set_up_to_seq(1);
+  f.mutable_mark_read()->set_chat_id(0);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+
+  Frame s;
+  s.mutable_get_status()->set_chat_id(3);
+  s.mutable_get_status()->set_seq(2);
+  EXPECT_FALSE(decode(s));
+  s.mutable_get_status()->set_seq(0);
+  EXPECT_EQ(decode(s)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  s.mutable_get_status()->set_seq(2);
+  s.mutable_get_status()->set_chat_id(0);
+  EXPECT_EQ(decode(s)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+}
+
+TEST(frame_codec, history_names_its_chat_once_and_pages_at_most_100) {
+  const limits l;
+  Frame f;
+  f.mutable_get_history()->set_peer("bob");
+  f.mutable_get_history()->set_limit(static_cast<std::uint32_t>(l.max_history_limit));
+  EXPECT_FALSE(decode(f, l));
+  f.mutable_get_history()->set_limit(0);  // the default
+  f.mutable_get_history()->set_before_seq(12);
+  EXPECT_FALSE(decode(f, l));
+  f.mutable_get_history()->set_limit(static_cast<std::uint32_t>(l.max_history_limit) + 1);
+  EXPECT_EQ(decode(f, l)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  f.mutable_get_history()->set_limit(10);
+  f.mutable_get_history()->set_chat_id(7);  // and peer
+  EXPECT_EQ(decode(f, l)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  f.mutable_get_history()->clear_peer();
+  EXPECT_FALSE(decode(f, l));
+  f.mutable_get_history()->set_chat_id(0);  // neither
+  EXPECT_EQ(decode(f, l)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
 }
 
 TEST(frame_codec, register_checks_the_username) {
   Frame f;
   f.mutable_register_()->set_username("Alice!");
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_USERNAME);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_USERNAME);
 }
 
 TEST(frame_codec, authenticate_needs_a_32_byte_token) {
   Frame f;
   f.mutable_authenticate()->set_device_id(1);
   f.mutable_authenticate()->set_token("short");
-  EXPECT_EQ(decode(f)->code, parley::v1::ERROR_CODE_INVALID_ARGUMENT);
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
 }
 
 TEST(username, rules) {

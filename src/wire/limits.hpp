@@ -13,10 +13,13 @@ struct limits {
   std::size_t max_unauthenticated_frame_bytes = 4 * 1024;
   std::size_t max_payload_bytes = 64 * 1024;
   std::size_t max_client_msg_id_bytes = 64;
-  std::size_t max_ack_ids = 1024;
+  std::size_t max_ack_cursors = 1024;
   std::size_t max_presence_usernames = 256;
   std::size_t max_history_limit = 100;
   std::size_t default_history_limit = 50;
+  // Payload bytes of one History page (and of one drain read): 100 × 64 KiB would not fit a
+  // client's 1 MiB frame limit. A page always holds at least one message.
+  std::size_t max_history_bytes = 512 * 1024;
   std::size_t max_username_bytes = 32;
   std::size_t max_prekeys_per_upload = 100;
   std::size_t max_prekeys_held = 500;

@@ -2,13 +2,13 @@
 
 #include <string>
 
-#include "parley/v1/frame.pb.h"
+#include "parley/v2/frame.pb.h"
 
 namespace parley::wire {
 
 // A typed error to send back to a client: a stable code and text for people.
 struct protocol_error {
-  parley::v1::ErrorCode code = parley::v1::ERROR_CODE_UNSPECIFIED;
+  parley::v2::ErrorCode code = parley::v2::ERROR_CODE_UNSPECIFIED;
   std::string message;
 };
 

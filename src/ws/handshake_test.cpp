@@ -8,7 +8,7 @@ namespace {
 namespace http = boost::beast::http;
 
 http::request<http::string_body> upgrade_request() {
-  http::request<http::string_body> req{http::verb::get, "/v1/ws", 11};
+  http::request<http::string_body> req{http::verb::get, "/v2/ws", 11};
   req.set(http::field::host, "localhost");
   req.set(http::field::upgrade, "websocket");
   req.set(http::field::connection, "keep-alive, Upgrade");

@@ -24,7 +24,8 @@ void parse_ws_frames(std::string bytes) {
   constexpr std::uint64_t max_payload = 64 * 1024;
   std::size_t pos = 0;
   while (pos < bytes.size()) {
-    const auto r = parley::ws::parse_client_header(std::string_view(bytes).substr(pos), max_payload);
+    const auto r =
+        parley::ws::parse_client_header(std::string_view(bytes).substr(pos), max_payload);
     if (r.status != parley::ws::parse_status::complete) return;
     const auto& h = r.header;
     if (h.payload_size > max_payload) std::abort();  // the limit must hold
@@ -47,16 +48,29 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);
   parse_ws_frames(std::string(bytes));
   parley::wire::limits limits;
-  parley::v1::Frame request;
+  parley::v2::Frame request;
   if (!parley::wire::decode_request(bytes, limits, request)) {
-    // Whatever decodes must re-encode, and a SendMessage payload must be within the limit.
-    if (request.has_send_message() &&
-        request.send_message().payload().size() > limits.max_payload_bytes) {
-      std::abort();
+    // Whatever decodes must re-encode, and keep the limits the server relies on: a
+    // SendMessage payload within the limit, naming its chat exactly once; an Ack of 1-1,024
+    // cursors, each with a chat and a seq.
+    if (request.has_send_message()) {
+      const auto& m = request.send_message();
+      if (m.payload().size() > limits.max_payload_bytes) std::abort();
+      if ((m.chat_id() != 0) == !m.to().empty()) std::abort();
+    }
+    if (request.has_ack()) {
+      const auto& a = request.ack();
+      if (a.cursors_size() == 0 ||
+          static_cast<std::size_t>(a.cursors_size()) > limits.max_ack_cursors) {
+        std::abort();
+      }
+      for (const auto& c : a.cursors()) {
+        if (c.chat_id() == 0 || c.seq() == 0) std::abort();
+      }
     }
     (void)parley::wire::encode(request);
   }
-  parley::v1::Frame push;
+  parley::v2::Frame push;
   (void)parley::wire::decode_push(bytes, push);
   (void)parley::cli::json_string(bytes);
   (void)parley::cli::printable(bytes);
@@ -68,13 +82,13 @@ namespace {
 
 std::vector<std::string> seeds() {
   std::vector<std::string> out;
-  parley::v1::Frame f;
+  parley::v2::Frame f;
   f.set_request_id(7);
   auto* m = f.mutable_send_message();
   m->set_to("bob");
   m->set_client_msg_id("c1");
   m->set_payload("hello \xc3\xa9 \xff");
-  m->set_type(parley::v1::CIPHER_TYPE_PREKEY_MESSAGE);
+  m->set_type(parley::v2::CIPHER_TYPE_PREKEY_MESSAGE);
   m->set_recipient_registration_id(1234);
   out.push_back(f.SerializeAsString());
   f.Clear();
@@ -94,7 +108,31 @@ std::vector<std::string> seeds() {
   f.mutable_fetch_keys()->set_username("bob");
   out.push_back(f.SerializeAsString());
   f.Clear();
-  for (int i = 0; i < 5; ++i) f.mutable_ack()->add_event_ids(1000 + i);
+  for (std::uint64_t i = 0; i < 5; ++i) {
+    auto* c = f.mutable_ack()->add_cursors();
+    c->set_chat_id(1000 + i);
+    c->set_seq(7 * i + 1);
+  }
+  out.push_back(f.SerializeAsString());
+  f.Clear();
+  f.mutable_mark_read()->set_chat_id(1001);
+  f.mutable_mark_read()->set_up_to_seq(40);
+  out.push_back(f.SerializeAsString());
+  f.Clear();
+  f.mutable_get_status()->set_chat_id(1002);
+  f.mutable_get_status()->set_seq(3);
+  out.push_back(f.SerializeAsString());
+  f.Clear();
+  f.mutable_get_history()->set_chat_id(1003);
+  f.mutable_get_history()->set_before_seq(90);
+  f.mutable_get_history()->set_limit(100);
+  out.push_back(f.SerializeAsString());
+  f.Clear();
+  m = f.mutable_send_message();  // by chat id
+  m->set_chat_id(1004);
+  m->set_client_msg_id("c2");
+  m->set_payload("by chat");
+  m->set_type(parley::v2::CIPHER_TYPE_SIGNAL_MESSAGE);
   out.push_back(f.SerializeAsString());
   f.Clear();
   f.mutable_authenticate()->set_device_id(3);
@@ -106,6 +144,15 @@ std::vector<std::string> seeds() {
   out.push_back(f.SerializeAsString());
   f.Clear();
   f.mutable_envelope()->set_payload("from the server");
+  f.mutable_envelope()->set_chat_id(1005);
+  f.mutable_envelope()->set_seq(2);
+  out.push_back(f.SerializeAsString());
+  f.Clear();
+  auto* r = f.mutable_receipts()->add_receipts();
+  r->set_chat_id(1005);
+  r->set_user("bob");
+  r->set_status(parley::v2::MESSAGE_STATUS_READ);
+  r->set_up_to_seq(2);
   out.push_back(f.SerializeAsString());
   // WebSocket frames: a fragmented message with a ping between, and a close.
   using parley::test_support::ws_client_frame;

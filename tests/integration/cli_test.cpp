@@ -3,9 +3,12 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <sqlite3.h>
+
 #include <cstdio>
 #include <fstream>
 #include <regex>
+#include <sstream>
 
 #include "client/client.hpp"
 #include "client/local_store.hpp"
@@ -60,6 +63,21 @@ class cli : public ::testing::Test {
     std::regex re("\"" + key + "\": \"([^\"]*)\"");
     return std::regex_search(json, m, re) ? m[1].str() : "";
   }
+  // A number field's digits ("" if there is none).
+  static std::string number(const std::string& json, const std::string& key) {
+    std::smatch m;
+    std::regex re("\"" + key + "\": ([0-9]+)");
+    return std::regex_search(json, m, re) ? m[1].str() : "";
+  }
+  // The lines of `out` that hold `needle`.
+  static std::vector<std::string> lines_with(const std::string& out, const std::string& needle) {
+    std::vector<std::string> found;
+    std::istringstream in(out);
+    for (std::string line; std::getline(in, line);) {
+      if (line.find(needle) != std::string::npos) found.push_back(line);
+    }
+    return found;
+  }
 
   server_process server;
   test_support::temp_dir root_{"parley_cli_test_"};
@@ -76,31 +94,65 @@ TEST_F(cli, quick_start_chat_with_ticks) {
   const std::string id = field(sent.out, "message_id");
   ASSERT_FALSE(id.empty()) << sent.out;
   EXPECT_EQ(field(sent.out, "status"), "sent");
-  EXPECT_EQ(field(parley("alice", {"--json", "status", id}).out, "status"), "sent");
+  // The first message makes the chat: its place in the log is seq 1.
+  const std::string chat = field(sent.out, "chat_id");
+  ASSERT_FALSE(chat.empty()) << sent.out;
+  EXPECT_NE(chat, "0");
+  EXPECT_EQ(number(sent.out, "seq"), "1") << sent.out;
+  auto status = parley("alice", {"--json", "status", id});
+  EXPECT_EQ(field(status.out, "status"), "sent") << status.err;
+  EXPECT_EQ(field(status.out, "chat_id"), chat);
+  EXPECT_EQ(number(status.out, "seq"), "1");
 
   auto synced = parley("bob", {"--json", "sync"});
   ASSERT_EQ(synced.exit_code, 0) << synced.err;
   EXPECT_EQ(field(synced.out, "type"), "message");
   EXPECT_EQ(field(synced.out, "from"), "alice");
   EXPECT_EQ(field(synced.out, "message_id"), id);
+  EXPECT_EQ(field(synced.out, "chat_id"), chat);
+  EXPECT_EQ(number(synced.out, "seq"), "1");
   EXPECT_EQ(field(synced.out, "text"), "hi bob — ünïcode ✓");
   EXPECT_EQ(field(parley("alice", {"--json", "status", id}).out, "status"), "delivered");
 
   // Synced and acked: a second sync has nothing.
   EXPECT_EQ(parley("bob", {"--json", "sync"}).out, "");
 
-  ASSERT_EQ(parley("bob", {"read", "alice"}).exit_code, 0);
+  auto read = parley("bob", {"--json", "read", "alice"});
+  ASSERT_EQ(read.exit_code, 0) << read.err;
+  EXPECT_EQ(field(read.out, "chat_id"), chat);
+  EXPECT_EQ(number(read.out, "up_to_seq"), "1");
+  EXPECT_EQ(field(read.out, "read_up_to"), id);
   EXPECT_EQ(field(parley("alice", {"--json", "status", id}).out, "status"), "read");
 
+  // The receipts reach alice as watermarks of chat `chat`: bob has it delivered and read up to
+  // seq 1, which covers her message.
   auto receipts = parley("alice", {"--json", "sync"});
-  EXPECT_NE(receipts.out.find("\"status\": \"delivered\""), std::string::npos) << receipts.out;
-  EXPECT_NE(receipts.out.find("\"status\": \"read\""), std::string::npos) << receipts.out;
+  ASSERT_EQ(receipts.exit_code, 0) << receipts.err;
+  const auto delivered = lines_with(receipts.out, "\"status\": \"delivered\"");
+  const auto read_receipt = lines_with(receipts.out, "\"status\": \"read\"");
+  ASSERT_EQ(delivered.size(), 1u) << receipts.out;
+  ASSERT_EQ(read_receipt.size(), 1u) << receipts.out;
+  for (const auto& line : {delivered[0], read_receipt[0]}) {
+    EXPECT_EQ(field(line, "type"), "receipt") << line;
+    EXPECT_EQ(field(line, "chat_id"), chat) << line;
+    EXPECT_EQ(field(line, "user"), "bob") << line;
+    EXPECT_EQ(number(line, "up_to_seq"), "1") << line;
+    EXPECT_EQ(field(line, "message_id"), id) << line;
+  }
+  // Each watermark is shown once: the server repeats them at every connection, unchanged.
+  EXPECT_EQ(parley("alice", {"--json", "sync"}).out, "");
 
   auto history = parley("bob", {"history", "alice"});
   EXPECT_NE(history.out.find("alice: hi bob"), std::string::npos) << history.out;
+  // Alice's copy of the chat has her message read, from the receipts.
+  auto mine = parley("alice", {"--json", "history", "bob"});
+  EXPECT_EQ(field(mine.out, "status"), "read") << mine.out;
+  EXPECT_EQ(number(mine.out, "seq"), "1") << mine.out;
   // The human output shows the ticks.
   auto human = parley("alice", {"status", id});
   EXPECT_NE(human.out.find("read"), std::string::npos);
+  auto human_receipts = parley("alice", {"sync"});
+  EXPECT_EQ(human_receipts.out, "");
 }
 
 TEST_F(cli, privacy_hides_last_seen) {
@@ -132,9 +184,23 @@ TEST_F(cli, chat_sends_each_line_and_marks_incoming_read) {
   ASSERT_EQ(chat.exit_code, 0) << chat.err;
   EXPECT_EQ(std::count(chat.out.begin(), chat.out.end(), '\n') >= 2, true) << chat.out;
 
+  // Each line sent has its place in the chat: seq 2 and 3 after bob's first message.
+  const auto sent = lines_with(chat.out, "\"status\": \"sent\"");
+  ASSERT_EQ(sent.size(), 2u) << chat.out;
+  EXPECT_EQ(number(sent[0], "seq"), "2") << sent[0];
+  EXPECT_EQ(number(sent[1], "seq"), "3") << sent[1];
+  EXPECT_EQ(field(sent[0], "chat_id"), field(before.out, "chat_id"));
+
   auto synced = parley("bob", {"--json", "sync"});
   EXPECT_NE(synced.out.find("\"text\": \"yes!\""), std::string::npos) << synced.out;
   EXPECT_NE(synced.out.find("\"text\": \"second line\""), std::string::npos) << synced.out;
+  // The chat showed bob's message and marked it read: bob sees his message read, and the
+  // watermark that says so.
+  EXPECT_EQ(field(parley("bob", {"--json", "status", id}).out, "status"), "read");
+  const auto read = lines_with(synced.out, "\"status\": \"read\"");
+  ASSERT_EQ(read.size(), 1u) << synced.out;
+  EXPECT_EQ(field(read[0], "user"), "alice");
+  EXPECT_EQ(number(read[0], "up_to_seq"), "1");
 }
 
 TEST_F(cli, errors_a_person_understands) {
@@ -290,6 +356,61 @@ TEST_F(cli, a_local_db_without_an_identity_is_refused) {
     EXPECT_EQ(r.exit_code, 1) << r.out;
     EXPECT_NE(r.err.find("local.db holds no identity"), std::string::npos) << r.err;
   }
+}
+
+// Runs `sql` on the SQLite database `db`; false (with the reason printed) if it fails.
+bool run_sql(const fs::path& db, const std::string& sql) {
+  sqlite3* handle = nullptr;
+  bool ok = sqlite3_open(db.c_str(), &handle) == SQLITE_OK;
+  char* error = nullptr;
+  if (ok && sqlite3_exec(handle, sql.c_str(), nullptr, nullptr, &error) != SQLITE_OK) {
+    ADD_FAILURE() << sql << ": " << (error ? error : "?");
+    ok = false;
+  }
+  sqlite3_free(error);
+  sqlite3_close(handle);
+  return ok;
+}
+
+// A local.db of the first format (protocol v1: messages without chat_id and seq, no chats or
+// watermarks) is migrated when opened: keys and history are kept; its old messages have no
+// place in a chat, so their status cannot be asked. A local.db of a newer format is refused.
+TEST_F(cli, an_old_local_db_is_migrated_and_a_newer_one_refused) {
+  ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
+  ASSERT_EQ(parley("bob", {"register", "bob"}).exit_code, 0);
+  auto before = parley("alice", {"--json", "send", "bob", "before"});
+  ASSERT_EQ(before.exit_code, 0) << before.err;
+  const std::string old_id = field(before.out, "message_id");
+  const auto db = root_.path() / "alice" / "local.db";
+  ASSERT_TRUE(run_sql(db,
+                      "DROP INDEX messages_by_chat; ALTER TABLE messages DROP COLUMN chat_id; "
+                      "ALTER TABLE messages DROP COLUMN seq; DROP TABLE chats; "
+                      "DROP TABLE watermarks; PRAGMA user_version = 0;"));
+
+  auto history = parley("alice", {"history", "bob"});
+  ASSERT_EQ(history.exit_code, 0) << history.err;
+  EXPECT_NE(history.out.find("alice: before"), std::string::npos) << history.out;
+  auto old_status = parley("alice", {"status", old_id});
+  EXPECT_EQ(old_status.exit_code, 1);
+  EXPECT_NE(old_status.err.find("older parley"), std::string::npos) << old_status.err;
+  // The same identity and session go on: bob reads both messages; the new one has its seq.
+  auto after = parley("alice", {"--json", "send", "bob", "after"});
+  ASSERT_EQ(after.exit_code, 0) << after.err;
+  EXPECT_EQ(number(after.out, "seq"), "2") << after.out;
+  EXPECT_EQ(
+      field(parley("alice", {"--json", "status", field(after.out, "message_id")}).out, "status"),
+      "sent");
+  auto synced = parley("bob", {"--json", "sync"});
+  EXPECT_NE(synced.out.find("\"text\": \"before\""), std::string::npos) << synced.out;
+  EXPECT_NE(synced.out.find("\"text\": \"after\""), std::string::npos) << synced.out;
+  EXPECT_EQ(synced.out.find("identity_changed"), std::string::npos) << synced.out;
+
+  ASSERT_TRUE(run_sql(db, "PRAGMA user_version = 99;"));
+  auto newer = parley("alice", {"sync"});
+  EXPECT_EQ(newer.exit_code, 1);
+  EXPECT_NE(newer.err.find(db.string() + " has format version 99, newer than this parley"),
+            std::string::npos)
+      << newer.err;
 }
 
 TEST_F(cli, a_malformed_credentials_file_is_named_with_what_was_expected) {

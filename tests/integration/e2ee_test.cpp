@@ -8,6 +8,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_future.hpp>
 #include <fstream>
+#include <map>
 #include <set>
 
 #include "client/local_store.hpp"
@@ -47,18 +48,20 @@ struct secure_user {
     EXPECT_TRUE(r) << client::describe(r.error());
     return r ? *r : client::sealed_message{};
   }
-  v1::SendResult send(client::sealed_message m, const std::string& client_id = {}) {
+  v2::SendResult send(client::sealed_message m, const std::string& client_id = {}) {
     auto r = conn.run(messenger->send(std::move(m), client_id.empty() ? next_id() : client_id));
     EXPECT_TRUE(r) << client::describe(r.error());
-    return r ? *r : v1::SendResult{};
+    return r ? *r : v2::SendResult{};
   }
   void say(const std::string& peer, const std::string& text) { send(seal(peer, text)); }
   // Waits for `expected` messages (at most 10 s), then 200 ms more for any extra one; opens
-  // and acks them. The texts in arrival order (undecryptable ones as "!" + the problem).
+  // them, then acks them per chat (one Ack, each chat up to its highest stored seq). The texts
+  // in arrival order (undecryptable ones as "!" + the problem). Other pushes (Receipts...) are
+  // dropped.
   std::vector<std::string> receive(std::size_t expected) {
     std::vector<std::string> out;
-    std::vector<std::uint64_t> acks;
-    std::vector<v1::Frame> frames;
+    client::ack_batch acks;
+    std::vector<v2::Frame> frames;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     std::size_t envelopes = 0;
     for (;;) {
@@ -75,11 +78,31 @@ struct secure_user {
       if (opened.what == client::opened_message::kind::text) out.push_back(opened.text);
       if (opened.what == client::opened_message::kind::undecryptable)
         out.push_back("!" + opened.problem);
-      if (opened.what != client::opened_message::kind::not_stored)
-        acks.push_back(f.envelope().event_id());
+      EXPECT_NE(opened.what, client::opened_message::kind::not_stored) << opened.problem;
+      acks.add(f.envelope(), opened);
     }
-    if (!acks.empty()) conn.ack(acks);
+    while (!acks.empty()) {
+      auto r = conn.run(conn.api().ack(acks.take()));
+      EXPECT_TRUE(r) << client::describe(r.error());
+    }
     return out;
+  }
+  // Applies the Receipts pushed (to this account's messenger) until one says `status` up to
+  // at least `up_to_seq` (true), or 10 s pass (false).
+  bool await_receipt(v2::MessageStatus status, std::uint64_t up_to_seq) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto f = conn.run(conn.api().next_push(std::chrono::milliseconds(500)));
+      if (!f || !f->has_receipts()) continue;
+      bool reached = false;
+      for (const auto& r : f->receipts().receipts()) {
+        auto applied = messenger->apply_receipt(r);
+        EXPECT_TRUE(applied) << client::describe(applied.error());
+        if (r.status() == status && r.up_to_seq() >= up_to_seq) reached = true;
+      }
+      if (reached) return true;
+    }
+    return false;
   }
   std::string next_id() { return "e" + std::to_string(++ids_); }
 
@@ -157,9 +180,30 @@ TEST_F(e2ee_test, sessions_from_the_prekey_service_carry_messages_both_ways) {
   }
   EXPECT_EQ(bob->receive(5).size(), 5u);
   EXPECT_EQ(alice->receive(5).size(), 5u);
-  // Both keep the chat in their own history; the safety numbers agree.
-  EXPECT_EQ(alice->store->history("bob", 100).size(), 13u);  // 7 sent, 6 received
-  EXPECT_EQ(bob->store->history("alice", 100).size(), 13u);
+  // Both keep the chat in their own history, each message at its place in the one chat's log
+  // (seq 1-13, the same on both sides); the safety numbers agree.
+  const auto at_alice = alice->store->history("bob", 100);
+  const auto at_bob = bob->store->history("alice", 100);
+  EXPECT_EQ(at_alice.size(), 13u);  // 7 sent, 6 received
+  EXPECT_EQ(at_bob.size(), 13u);
+  const auto chat = alice->store->chat_of("bob");
+  ASSERT_TRUE(chat);
+  EXPECT_NE(*chat, 0u);
+  EXPECT_EQ(bob->store->chat_of("alice"), chat);
+  std::map<std::uint64_t, std::uint64_t> seq_of;  // message id -> seq, at alice
+  for (const auto& m : at_alice) {
+    EXPECT_EQ(m.chat_id, *chat);
+    seq_of[m.server_id] = m.seq;
+  }
+  std::set<std::uint64_t> seqs;
+  for (const auto& m : at_bob) {
+    EXPECT_EQ(m.chat_id, *chat);
+    EXPECT_EQ(seq_of[m.server_id], m.seq) << m.text;
+    seqs.insert(m.seq);
+  }
+  EXPECT_EQ(seqs.size(), 13u);
+  EXPECT_EQ(*seqs.begin(), 1u);
+  EXPECT_EQ(*seqs.rbegin(), 13u);
   auto a = alice->conn.run(alice->messenger->safety_number("bob"));
   auto b = bob->conn.run(bob->messenger->safety_number("alice"));
   ASSERT_TRUE(a && b);
@@ -172,8 +216,8 @@ TEST_F(e2ee_test, first_messages_that_cross_each_other_both_arrive) {
   // Both set up a session from the other's bundle before anything arrived.
   auto from_alice = alice->seal("bob", "alice speaks first");
   auto from_bob = bob->seal("alice", "no, bob does");
-  EXPECT_EQ(from_alice.type, v1::CIPHER_TYPE_PREKEY_MESSAGE);
-  EXPECT_EQ(from_bob.type, v1::CIPHER_TYPE_PREKEY_MESSAGE);
+  EXPECT_EQ(from_alice.type, v2::CIPHER_TYPE_PREKEY_MESSAGE);
+  EXPECT_EQ(from_bob.type, v2::CIPHER_TYPE_PREKEY_MESSAGE);
   alice->send(from_alice);
   bob->send(from_bob);
   EXPECT_EQ(bob->receive(1), std::vector<std::string>{"alice speaks first"});
@@ -220,18 +264,20 @@ TEST_F(e2ee_test, undecryptable_messages_are_reported_and_acked_never_shown) {
   ASSERT_TRUE(keys);
   auto sent =
       raw.run(raw.api().send("bob", "m1", "plain bytes pretending to be a SignalMessage",
-                             v1::CIPHER_TYPE_SIGNAL_MESSAGE, keys->bundles(0).registration_id()));
+                             v2::CIPHER_TYPE_SIGNAL_MESSAGE, keys->bundles(0).registration_id()));
   ASSERT_TRUE(sent) << client::describe(sent.error());
   // Without naming them, the server refuses: its keys would not match.
   auto blind = raw.run(raw.api().send("bob", "m2", "x"));
   ASSERT_FALSE(blind);
-  EXPECT_EQ(blind.error().code, v1::ERROR_CODE_STALE_KEYS);
+  EXPECT_EQ(blind.error().code, v2::ERROR_CODE_STALE_KEYS);
   auto got = bob->receive(2);
   ASSERT_EQ(got.size(), 2u);
   EXPECT_EQ(got[0], "real one");
   EXPECT_EQ(got[1].front(), '!') << got[1];
   EXPECT_EQ(got[1].find("plain bytes"), std::string::npos);
-  EXPECT_TRUE(bob->receive(0).empty());  // acked: not pushed again
+  // Acked (both chats, in one Ack): not pushed again, not even after a reconnect.
+  bob->conn.reconnect();
+  EXPECT_TRUE(bob->receive(0).empty());
   auto history = bob->store->history("mallory", 10);
   ASSERT_EQ(history.size(), 1u);
   EXPECT_TRUE(history[0].text.empty());
@@ -260,12 +306,11 @@ TEST_F(e2ee_test, a_forged_first_message_leaves_no_trace_but_a_real_new_key_is_s
   auto forged = eve.encrypt("bob", bundle->device, client::pad("pwned"));
   ASSERT_TRUE(forged);
   ASSERT_EQ(forged->type, e2ee::message_type::prekey);
-  v1::Envelope envelope;
-  envelope.set_event_id(1);
+  v2::Envelope envelope;
   envelope.set_message_id(1);
   envelope.set_from("alice");
   envelope.set_from_device(alice->conn.device_id);
-  envelope.set_type(v1::CIPHER_TYPE_PREKEY_MESSAGE);
+  envelope.set_type(v2::CIPHER_TYPE_PREKEY_MESSAGE);
 
   // With a broken MAC: reported, and nothing of it is kept: not the key, not a warning.
   const auto mac_end = end_of_inner_message(forged->bytes);
@@ -291,6 +336,58 @@ TEST_F(e2ee_test, a_forged_first_message_leaves_no_trace_but_a_real_new_key_is_s
   auto changed = bob->conn.run(bob->messenger->safety_number("alice"));
   ASSERT_TRUE(changed);
   EXPECT_NE(*changed, *number);
+}
+
+// Receipts are watermarks: the sender's messenger keeps them, and each sent message of its
+// history has the status they give it (read implies delivered).
+TEST_F(e2ee_test, watermark_receipts_give_each_sent_message_its_status) {
+  auto alice = user("alice");
+  auto bob = user("bob");
+  const auto first = alice->send(alice->seal("bob", "one"));
+  const auto second = alice->send(alice->seal("bob", "two"));
+  ASSERT_NE(first.chat_id(), 0u);
+  EXPECT_EQ(second.chat_id(), first.chat_id());
+  EXPECT_EQ(second.seq(), first.seq() + 1);
+  auto status_at_alice = [&](const v2::SendResult& r) {
+    auto m = alice->store->message(r.message_id());
+    EXPECT_TRUE(m);
+    EXPECT_EQ(m ? m->seq : 0, r.seq());
+    return m ? m->status : client::message_status::unknown;
+  };
+  EXPECT_EQ(status_at_alice(first), client::message_status::sent);
+
+  EXPECT_EQ(bob->receive(2), (std::vector<std::string>{"one", "two"}));  // acked up to seq 2
+  ASSERT_TRUE(alice->await_receipt(v2::MESSAGE_STATUS_DELIVERED, second.seq()));
+  EXPECT_EQ(status_at_alice(first), client::message_status::delivered);
+  EXPECT_EQ(status_at_alice(second), client::message_status::delivered);
+
+  // Bob reads the first only: one message read, the other still delivered.
+  ASSERT_TRUE(bob->conn.run(bob->conn.api().mark_read(first.chat_id(), first.seq())));
+  ASSERT_TRUE(alice->await_receipt(v2::MESSAGE_STATUS_READ, first.seq()));
+  EXPECT_EQ(status_at_alice(first), client::message_status::read);
+  EXPECT_EQ(status_at_alice(second), client::message_status::delivered);
+  const auto marks = alice->store->watermarks_of(first.chat_id(), "bob");
+  EXPECT_EQ(marks.delivered_seq, second.seq());
+  EXPECT_EQ(marks.read_seq, first.seq());
+  // The server says the same.
+  auto on_server = alice->conn.run(alice->conn.api().status(second.chat_id(), second.seq()));
+  ASSERT_TRUE(on_server) << client::describe(on_server.error());
+  EXPECT_EQ(*on_server, v2::MESSAGE_STATUS_DELIVERED);
+
+  // After a reconnect the server repeats the current watermarks: nothing moves again.
+  alice->conn.reconnect();
+  bool repeated = false;
+  for (const auto& f : alice->conn.drain()) {
+    if (!f.has_receipts()) continue;
+    for (const auto& r : f.receipts().receipts()) {
+      repeated = true;
+      auto moved = alice->messenger->apply_receipt(r);
+      ASSERT_TRUE(moved);
+      EXPECT_FALSE(*moved);
+    }
+  }
+  EXPECT_TRUE(repeated);
+  EXPECT_EQ(status_at_alice(first), client::message_status::read);
 }
 
 TEST_F(e2ee_test, a_reinstall_is_detected_recorded_and_messages_still_arrive) {
@@ -335,7 +432,7 @@ TEST_F(e2ee_test, concurrent_fetches_share_no_prekey_and_exhaustion_still_works)
     fetchers.back()->register_and_login("fetcher" + std::to_string(i));
   }
   // All requests in flight at once, on separate connections.
-  std::vector<std::future<client::result<v1::KeyBundles>>> pending;
+  std::vector<std::future<client::result<v2::KeyBundles>>> pending;
   for (int i = 0; i < fetches; ++i) {
     for (auto& f : fetchers) {
       pending.push_back(
@@ -394,20 +491,20 @@ TEST_F(e2ee_test, the_server_refuses_bad_keys_with_typed_errors) {
   auto upload = [&](const e2ee::key_upload& k) {
     return bob->conn.run(bob->conn.api().upload_keys(client::to_wire(k)));
   };
-  auto code = [](const auto& r) { return r ? v1::ERROR_CODE_UNSPECIFIED : r.error().code; };
+  auto code = [](const auto& r) { return r ? v2::ERROR_CODE_UNSPECIFIED : r.error().code; };
 
   auto forged = *good;
   forged.signed_prekey->signature[5] ^= 0x20;
-  EXPECT_EQ(code(upload(forged)), v1::ERROR_CODE_BAD_SIGNATURE);
+  EXPECT_EQ(code(upload(forged)), v2::ERROR_CODE_BAD_SIGNATURE);
   auto short_key = *good;
   short_key.identity_key.pop_back();
-  EXPECT_EQ(code(upload(short_key)), v1::ERROR_CODE_BAD_KEY);
+  EXPECT_EQ(code(upload(short_key)), v2::ERROR_CODE_BAD_KEY);
   auto other_identity = *good;  // a new identity with no signed prekey
   other_identity.identity_key = user("carol")->messenger->engine().identity_key().value();
   other_identity.signed_prekey.reset();
-  EXPECT_EQ(code(upload(other_identity)), v1::ERROR_CODE_BAD_KEY);
+  EXPECT_EQ(code(upload(other_identity)), v2::ERROR_CODE_BAD_KEY);
   auto too_many = *bob->messenger->engine().top_up(101);
-  EXPECT_EQ(code(upload(too_many)), v1::ERROR_CODE_TOO_MANY_PREKEYS);
+  EXPECT_EQ(code(upload(too_many)), v2::ERROR_CODE_TOO_MANY_PREKEYS);
   EXPECT_TRUE(upload(*good));
   // 500 held at most: 100 were published at registration, 3 above; 4 x 100 more is over.
   int refused_at = 0;
@@ -426,12 +523,12 @@ TEST_F(e2ee_test, the_server_refuses_bad_keys_with_typed_errors) {
   plain.register_and_login("plain");
   auto none = plain.run(plain.api().fetch_keys("plain"));
   ASSERT_FALSE(none);
-  EXPECT_EQ(none.error().code, v1::ERROR_CODE_NO_KEYS);
+  EXPECT_EQ(none.error().code, v2::ERROR_CODE_NO_KEYS);
   test_client anonymous(io, server.url());
   anonymous.connect();
   auto early = anonymous.run(anonymous.api().fetch_keys("bob"));
   ASSERT_FALSE(early);
-  EXPECT_EQ(early.error().code, v1::ERROR_CODE_UNAUTHENTICATED);
+  EXPECT_EQ(early.error().code, v2::ERROR_CODE_UNAUTHENTICATED);
 }
 
 TEST_F(e2ee_test, no_plaintext_on_the_servers_disk_or_on_the_wire) {

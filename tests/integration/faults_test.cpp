@@ -63,7 +63,7 @@ class raw_socket {
   // The WebSocket opening handshake; true on 101.
   bool upgrade() {
     write(
-        "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "GET /v2/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
     return read("\r\n\r\n").rfind("HTTP/1.1 101", 0) == 0;
   }
@@ -179,7 +179,7 @@ TEST(faults, a_full_disk_refuses_writes_keeps_serving_and_recovers_by_itself) {
       ++acked;
       continue;
     }
-    ASSERT_EQ(r.error().code, v1::ERROR_CODE_STORAGE_UNAVAILABLE) << client::describe(r.error());
+    ASSERT_EQ(r.error().code, v2::ERROR_CODE_STORAGE_UNAVAILABLE) << client::describe(r.error());
     EXPECT_GT(r.error().retry_after_ms, 0u);
     refused = true;
   }
@@ -205,7 +205,7 @@ TEST(faults, a_full_disk_refuses_writes_keeps_serving_and_recovers_by_itself) {
             0u);
   auto again = alice.run(alice.api().send("bob", "full-again", "x"));
   ASSERT_FALSE(again);
-  EXPECT_EQ(again.error().code, v1::ERROR_CODE_STORAGE_UNAVAILABLE);
+  EXPECT_EQ(again.error().code, v2::ERROR_CODE_STORAGE_UNAVAILABLE);
   auto history = alice.run(alice.api().history("bob", 0, 5));
   ASSERT_TRUE(history) << client::describe(history.error());
   EXPECT_EQ(history->messages_size(), 5);
@@ -222,9 +222,11 @@ TEST(faults, a_full_disk_refuses_writes_keeps_serving_and_recovers_by_itself) {
   test_client bob2(io, server.url());
   bob2.device_id = bob.device_id;
   bob2.token = bob.token;
-  bob2.reconnect();                     // authentication is a read: it works
-  const auto pushed = bob2.drain(60s);  // pushes of what is stored: every acked message
+  bob2.reconnect();  // authentication is a read: it works
+  // Pushes of what is stored: every acked message, in the chat's order.
+  const auto pushed = test_client::envelopes_in(bob2.drain(60s));
   EXPECT_EQ(static_cast<int>(pushed.size()), acked);
+  for (std::size_t i = 0; i < pushed.size(); ++i) EXPECT_EQ(pushed[i].seq(), i + 1);
   bob2.disconnect();
 
   // Space returns: writes resume by themselves (the client retries after retry_after_ms).
@@ -241,7 +243,7 @@ TEST(faults, a_full_disk_refuses_writes_keeps_serving_and_recovers_by_itself) {
       resumed = true;
       break;
     }
-    ASSERT_EQ(r.error().code, v1::ERROR_CODE_STORAGE_UNAVAILABLE);
+    ASSERT_EQ(r.error().code, v2::ERROR_CODE_STORAGE_UNAVAILABLE);
     std::this_thread::sleep_for(std::chrono::milliseconds(r.error().retry_after_ms));
   }
   EXPECT_TRUE(resumed);
@@ -390,7 +392,7 @@ TEST(faults, thousands_of_hostile_sockets_keep_memory_bounded) {
     c.disconnect();
     auto s = std::make_unique<raw_socket>(server.port());
     ASSERT_TRUE(s->upgrade());
-    v1::Frame auth;
+    v2::Frame auth;
     auth.set_request_id(1);
     auth.mutable_authenticate()->set_device_id(c.device_id);
     auth.mutable_authenticate()->set_token(c.token);
@@ -437,7 +439,7 @@ TEST(faults, registration_and_failed_logins_are_rate_limited_per_address) {
   }
   auto fourth = c.run(c.api().register_account("reg3"));
   ASSERT_FALSE(fourth);
-  EXPECT_EQ(fourth.error().code, v1::ERROR_CODE_RATE_LIMITED);
+  EXPECT_EQ(fourth.error().code, v2::ERROR_CODE_RATE_LIMITED);
   EXPECT_GT(fourth.error().retry_after_ms, 1000u);  // 6 a minute: one every 10 s
   EXPECT_LE(fourth.error().retry_after_ms, 10'000u);
 
@@ -449,11 +451,11 @@ TEST(faults, registration_and_failed_logins_are_rate_limited_per_address) {
   for (int i = 0; i < 2; ++i) {
     auto bad = owner.run(owner.api().authenticate(1, std::string(32, 'w')));
     ASSERT_FALSE(bad);
-    EXPECT_EQ(bad.error().code, v1::ERROR_CODE_AUTH_FAILED);
+    EXPECT_EQ(bad.error().code, v2::ERROR_CODE_AUTH_FAILED);
   }
   auto limited = owner.run(owner.api().authenticate(1, std::string(32, 'w')));
   ASSERT_FALSE(limited);
-  EXPECT_EQ(limited.error().code, v1::ERROR_CODE_RATE_LIMITED);
+  EXPECT_EQ(limited.error().code, v2::ERROR_CODE_RATE_LIMITED);
   EXPECT_GT(limited.error().retry_after_ms, 0u);
   EXPECT_EQ(metric(server.port(), "parley_auth_failures_total"), 2);
   EXPECT_GE(metric(server.port(), "parley_rate_limited_total"), 3);
@@ -474,7 +476,7 @@ TEST(faults, sends_key_fetches_and_typing_are_rate_limited_per_device) {
   for (int i = 0; i < 5; ++i) alice.send("bob", "m" + std::to_string(i));
   auto sixth = alice.run(alice.api().send("bob", "m5", "over"));
   ASSERT_FALSE(sixth);
-  EXPECT_EQ(sixth.error().code, v1::ERROR_CODE_RATE_LIMITED);
+  EXPECT_EQ(sixth.error().code, v2::ERROR_CODE_RATE_LIMITED);
   EXPECT_GT(sixth.error().retry_after_ms, 0u);
   // Bob's own budget is untouched.
   bob.send("alice", "mine");
@@ -482,19 +484,19 @@ TEST(faults, sends_key_fetches_and_typing_are_rate_limited_per_device) {
   for (int i = 0; i < 2; ++i) {
     auto f = alice.run(alice.api().fetch_keys("bob"));
     ASSERT_FALSE(f);
-    EXPECT_EQ(f.error().code, v1::ERROR_CODE_NO_KEYS);  // allowed through, bob has no keys
+    EXPECT_EQ(f.error().code, v2::ERROR_CODE_NO_KEYS);  // allowed through, bob has no keys
   }
   auto third = alice.run(alice.api().fetch_keys("bob"));
   ASSERT_FALSE(third);
-  EXPECT_EQ(third.error().code, v1::ERROR_CODE_RATE_LIMITED);
+  EXPECT_EQ(third.error().code, v2::ERROR_CODE_RATE_LIMITED);
 
-  v1::Frame typing;
+  v2::Frame typing;
   typing.mutable_typing()->set_peer("bob");
   typing.mutable_typing()->set_typing(true);
   ASSERT_TRUE(alice.run(alice.api().request(typing)));
   auto over = alice.run(alice.api().request(typing));
   ASSERT_FALSE(over);
-  EXPECT_EQ(over.error().code, v1::ERROR_CODE_RATE_LIMITED);
+  EXPECT_EQ(over.error().code, v2::ERROR_CODE_RATE_LIMITED);
 }
 
 // --- HTTP and the metrics address --------------------------------------------------------------
@@ -536,7 +538,7 @@ TEST(faults, uploads_with_bad_signatures_count_as_bad_frames) {
   test_client alice(io, server.url());
   alice.register_and_login("alice");
   alice.drain();
-  v1::Frame upload;
+  v2::Frame upload;
   auto* u = upload.mutable_upload_keys();
   u->set_identity_key(std::string("\x05", 1) + std::string(32, 'i'));
   u->set_registration_id(7);
@@ -551,7 +553,7 @@ TEST(faults, uploads_with_bad_signatures_count_as_bad_frames) {
       closed = true;
       break;
     }
-    EXPECT_EQ(r.error().code, v1::ERROR_CODE_BAD_SIGNATURE);
+    EXPECT_EQ(r.error().code, v2::ERROR_CODE_BAD_SIGNATURE);
   }
   EXPECT_TRUE(closed) << "bad signatures never closed the connection";
 }

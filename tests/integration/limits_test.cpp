@@ -4,6 +4,8 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <set>
+#include <thread>
 
 #include "client/ws_connection.hpp"
 #include "test_client.hpp"
@@ -13,7 +15,17 @@ namespace {
 
 using namespace std::chrono_literals;
 
-v1::Frame expect_error(test_client& c, v1::ErrorCode code) {
+// Runs `io` until `f` is ready; returns its value.
+template <class T>
+T await_future(boost::asio::io_context& io, std::future<T>& f) {
+  while (f.wait_for(0s) != std::future_status::ready) {
+    io.restart();
+    io.run_one_for(50ms);
+  }
+  return f.get();
+}
+
+v2::Frame expect_error(test_client& c, v2::ErrorCode code) {
   auto f = c.next(5s);
   EXPECT_TRUE(f.has_error()) << f.ShortDebugString();
   EXPECT_EQ(f.error().code(), code) << f.error().message();
@@ -33,45 +45,67 @@ TEST(limits, bad_frames_get_typed_errors_and_others_are_served) {
 
   // Not a protobuf at all.
   alice.api().send_raw("\xff\xff\xff\xff\x0f definitely not a frame");
-  expect_error(alice, v1::ERROR_CODE_BAD_FRAME);
+  expect_error(alice, v2::ERROR_CODE_BAD_FRAME);
 
   // A string field that is not UTF-8 does not parse as a Frame (proto3).
-  v1::Frame not_utf8;
+  v2::Frame not_utf8;
   not_utf8.set_request_id(99);
   not_utf8.mutable_send_message()->set_to("bo\xff\xfe");
   not_utf8.mutable_send_message()->set_client_msg_id("x");
   alice.api().send_raw(not_utf8.SerializeAsString());
-  expect_error(alice, v1::ERROR_CODE_BAD_FRAME);
+  expect_error(alice, v2::ERROR_CODE_BAD_FRAME);
 
   // Payload over 64 KiB (the frame itself is under the 256 KiB frame limit).
   auto big = alice.run(alice.api().send("bob", "big", std::string(64 * 1024 + 1, 'x')));
   ASSERT_FALSE(big);
-  EXPECT_EQ(big.error().code, v1::ERROR_CODE_PAYLOAD_TOO_LARGE);
+  EXPECT_EQ(big.error().code, v2::ERROR_CODE_PAYLOAD_TOO_LARGE);
   // Exactly 64 KiB is fine.
   auto max = alice.run(alice.api().send("bob", "max", std::string(64 * 1024, 'x')));
   ASSERT_TRUE(max);
 
   auto unknown = alice.run(alice.api().send("nobody_here", "u1", "hi"));
   ASSERT_FALSE(unknown);
-  EXPECT_EQ(unknown.error().code, v1::ERROR_CODE_UNKNOWN_USER);
+  EXPECT_EQ(unknown.error().code, v2::ERROR_CODE_UNKNOWN_USER);
 
   auto bad_name = alice.run(alice.api().send("NOT VALID", "u2", "hi"));
   ASSERT_FALSE(bad_name);
-  EXPECT_EQ(bad_name.error().code, v1::ERROR_CODE_INVALID_ARGUMENT);
+  EXPECT_EQ(bad_name.error().code, v2::ERROR_CODE_INVALID_ARGUMENT);
 
-  v1::Frame spoof;
+  v2::Frame spoof;
   spoof.mutable_envelope()->set_payload("pretend to be the server");
   auto spoofed = alice.run(alice.api().request(spoof));
   ASSERT_FALSE(spoofed);
-  EXPECT_EQ(spoofed.error().code, v1::ERROR_CODE_UNSUPPORTED);
+  EXPECT_EQ(spoofed.error().code, v2::ERROR_CODE_UNSUPPORTED);
 
-  auto not_mine = alice.run(alice.api().status(123456789));
+  auto not_mine = alice.run(alice.api().status(123456789, 1));
   ASSERT_FALSE(not_mine);
-  EXPECT_EQ(not_mine.error().code, v1::ERROR_CODE_NOT_FOUND);
+  EXPECT_EQ(not_mine.error().code, v2::ERROR_CODE_NOT_FOUND);
+
+  // Shapes the codec refuses: a SendMessage naming its chat twice, an empty Ack, an Ack
+  // entry without a seq, a history page over 100.
+  v2::Frame both;
+  both.mutable_send_message()->set_to("bob");
+  both.mutable_send_message()->set_chat_id(max->chat_id());
+  both.mutable_send_message()->set_client_msg_id("both");
+  both.mutable_send_message()->set_type(v2::CIPHER_TYPE_SIGNAL_MESSAGE);
+  auto twice = alice.run(alice.api().request(both));
+  ASSERT_FALSE(twice);
+  EXPECT_EQ(twice.error().code, v2::ERROR_CODE_INVALID_ARGUMENT);
+  v2::Frame no_cursors;
+  no_cursors.mutable_ack();
+  auto empty_ack = alice.run(alice.api().request(no_cursors));
+  ASSERT_FALSE(empty_ack);
+  EXPECT_EQ(empty_ack.error().code, v2::ERROR_CODE_INVALID_ARGUMENT);
+  auto no_seq = alice.run(alice.api().ack({{max->chat_id(), 0}}));
+  ASSERT_FALSE(no_seq);
+  EXPECT_EQ(no_seq.error().code, v2::ERROR_CODE_INVALID_ARGUMENT);
+  auto big_page = alice.run(alice.api().history_of_chat(max->chat_id(), 0, 101));
+  ASSERT_FALSE(big_page);
+  EXPECT_EQ(big_page.error().code, v2::ERROR_CODE_INVALID_ARGUMENT);
 
   auto again = alice.run(alice.api().register_account("alice2"));
   ASSERT_FALSE(again);
-  EXPECT_EQ(again.error().code, v1::ERROR_CODE_ALREADY_AUTHENTICATED);
+  EXPECT_EQ(again.error().code, v2::ERROR_CODE_ALREADY_AUTHENTICATED);
 
   // Bob was served all along and still is; the oversized message never reached him.
   auto f = bob.next();
@@ -91,21 +125,21 @@ TEST(limits, requests_before_authentication_and_bad_tokens) {
   anon.connect();
   auto early = anon.run(anon.api().send("owner", "x", "hi"));
   ASSERT_FALSE(early);
-  EXPECT_EQ(early.error().code, v1::ERROR_CODE_UNAUTHENTICATED);
+  EXPECT_EQ(early.error().code, v2::ERROR_CODE_UNAUTHENTICATED);
 
   auto wrong = anon.run(anon.api().authenticate(owner.device_id, std::string(32, 'x')));
   ASSERT_FALSE(wrong);
-  EXPECT_EQ(wrong.error().code, v1::ERROR_CODE_AUTH_FAILED);
+  EXPECT_EQ(wrong.error().code, v2::ERROR_CODE_AUTH_FAILED);
   auto no_device = anon.run(anon.api().authenticate(999999, std::string(32, 'x')));
   ASSERT_FALSE(no_device);
-  EXPECT_EQ(no_device.error().code, v1::ERROR_CODE_AUTH_FAILED);
+  EXPECT_EQ(no_device.error().code, v2::ERROR_CODE_AUTH_FAILED);
 
   auto taken = anon.run(anon.api().register_account("owner"));
   ASSERT_FALSE(taken);
-  EXPECT_EQ(taken.error().code, v1::ERROR_CODE_USERNAME_TAKEN);
+  EXPECT_EQ(taken.error().code, v2::ERROR_CODE_USERNAME_TAKEN);
   auto invalid = anon.run(anon.api().register_account("No Such Name"));
   ASSERT_FALSE(invalid);
-  EXPECT_EQ(invalid.error().code, v1::ERROR_CODE_INVALID_USERNAME);
+  EXPECT_EQ(invalid.error().code, v2::ERROR_CODE_INVALID_USERNAME);
 
   // A third failed authentication closes the connection.
   auto third = anon.run(anon.api().authenticate(owner.device_id, std::string(32, 'y')));
@@ -127,23 +161,24 @@ TEST(limits, requests_pipelined_behind_authenticate_are_served_as_authenticated)
 
   test_client again(io, server.url());
   again.connect();
-  v1::Frame auth;  // request id 0: the answers arrive as pushes, in the order sent
+  v2::Frame auth;  // request id 0: the answers arrive as pushes, in the order sent
   auth.mutable_authenticate()->set_device_id(owner.device_id);
   auth.mutable_authenticate()->set_token(owner.token);
-  v1::Frame status;
-  status.mutable_get_status()->set_message_id(123456789);
+  v2::Frame status;
+  status.mutable_get_status()->set_chat_id(123456789);
+  status.mutable_get_status()->set_seq(1);
   again.api().send_raw(auth.SerializeAsString());
   again.api().send_raw(status.SerializeAsString());
   auto first = again.next();
   ASSERT_TRUE(first.has_authenticated()) << first.ShortDebugString();
-  // GetStatus's answer (NOT_FOUND, not UNAUTHENTICATED: the id is no message of this account's)
+  // GetStatus's answer (NOT_FOUND, not UNAUTHENTICATED: that is no message of this account's)
   // and the drain's QueueEmpty, in either order.
   int not_found = 0, queue_empty = 0;
   for (int i = 0; i < 2; ++i) {
     auto f = again.next();
     if (f.has_queue_empty()) {
       ++queue_empty;
-    } else if (f.has_error() && f.error().code() == v1::ERROR_CODE_NOT_FOUND) {
+    } else if (f.has_error() && f.error().code() == v2::ERROR_CODE_NOT_FOUND) {
       ++not_found;
     } else {
       ADD_FAILURE() << f.ShortDebugString();
@@ -215,22 +250,18 @@ TEST(limits, too_many_requests_in_flight) {
 
   // 200 sends written back to back: each waits for an fsync, so most arrive while another is
   // in flight. Every request still gets exactly one answer.
-  std::vector<std::future<client::result<v1::SendResult>>> sends;
+  std::vector<std::future<client::result<v2::SendResult>>> sends;
   for (int i = 0; i < 200; ++i) {
     sends.push_back(boost::asio::co_spawn(io, alice.api().send("bob", "p" + std::to_string(i), "x"),
                                           boost::asio::use_future));
   }
   int ok = 0, refused = 0;
   for (auto& s : sends) {
-    while (s.wait_for(0s) != std::future_status::ready) {
-      io.restart();
-      io.run_one_for(50ms);
-    }
-    auto r = s.get();
+    auto r = await_future(io, s);
     if (r) {
       ++ok;
     } else {
-      ASSERT_EQ(r.error().code, v1::ERROR_CODE_TOO_MANY_IN_FLIGHT) << client::describe(r.error());
+      ASSERT_EQ(r.error().code, v2::ERROR_CODE_TOO_MANY_IN_FLIGHT) << client::describe(r.error());
       ++refused;
     }
   }
@@ -267,7 +298,7 @@ TEST(limits, slow_reader_is_disconnected_and_loses_nothing) {
   // Bob's slow device: authenticates, then never reads.
   client::ws_connection slow(io.get_executor());
   ASSERT_FALSE(block_on(io, slow.connect(server.url(), 5s)));
-  v1::Frame auth;
+  v2::Frame auth;
   auth.set_request_id(1);
   auth.mutable_authenticate()->set_device_id(bob.device_id);
   auth.mutable_authenticate()->set_token(bob.token);
@@ -301,13 +332,121 @@ TEST(limits, slow_reader_is_disconnected_and_loses_nothing) {
   }
   EXPECT_TRUE(ended);
 
-  // Everything is still queued for bob.
+  // Everything is still there for bob: his cursor never moved.
   test_client bob2(io, server.url());
-  bob2.device_id = bob.device_id;
-  bob2.token = bob.token;
-  bob2.reconnect();
-  auto got = bob2.drain(60s);
-  EXPECT_EQ(got.size(), static_cast<std::size_t>(n));
+  bob2.login_as(bob);
+  const auto got = test_client::envelopes_in(bob2.drain(60s));
+  ASSERT_EQ(got.size(), static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) EXPECT_EQ(got[i].seq(), static_cast<std::uint64_t>(i + 1));
+}
+
+// A backlog many times the outgoing queue: the drain waits for room in the queue instead of
+// overflowing it, so a device that reads slowly while it catches up is not taken for a slow
+// reader, and its requests are answered while the drain goes on.
+TEST(limits, a_large_drain_is_paced_and_requests_are_answered_meanwhile) {
+  boost::asio::io_context io;
+  // 64 frames or 1 MiB queued per connection (16 of the messages below); the backlog is
+  // 3,000 of them, 176 MiB: many times the queue and the sockets' buffers together.
+  server_process server({},
+                        "[limits]\nmax_outbound_frames = 64\nmax_outbound_bytes = 1048576\n"
+                        "[rate_limits]\nsend_per_device = 0\n");
+  test_client alice(io, server.url());
+  alice.register_and_login("alice");
+  alice.drain();
+  test_client bob(io, server.url());
+  bob.register_and_login("bob");
+  bob.drain();
+  bob.disconnect();
+
+  const int n = 3000;
+  const std::string payload(60 * 1024, 'q');
+  for (int done = 0; done < n;) {
+    // Pipelined, 32 at a time: alice's answers share the small outgoing queue (64 frames).
+    std::vector<std::future<client::result<v2::SendResult>>> batch;
+    for (int i = done; i < n && i < done + 32; ++i) {
+      batch.push_back(boost::asio::co_spawn(
+          io, alice.api().send("bob", "backlog-" + std::to_string(i), payload),
+          boost::asio::use_future));
+    }
+    for (auto& s : batch) {
+      auto r = await_future(io, s);
+      ASSERT_TRUE(r) << client::describe(r.error());
+    }
+    done += static_cast<int>(batch.size());
+  }
+
+  // Bob's device catches up on a connection the test reads one frame at a time.
+  client::ws_connection conn(io.get_executor());
+  ASSERT_FALSE(block_on(io, conn.connect(server.url(), 5s)));
+  v2::Frame auth;
+  auth.set_request_id(1);
+  auth.mutable_authenticate()->set_device_id(bob.device_id);
+  auth.mutable_authenticate()->set_token(bob.token);
+  conn.send(auth.SerializeAsString());
+
+  std::uint64_t next_seq = 1;  // the drain pushes the chat in seq order
+  bool queue_empty = false;
+  std::uint64_t drained = 0;
+  std::set<std::uint64_t> pongs;  // request ids answered
+  // Reads the next frame; false, and a failure, if the connection ended.
+  const auto read_one = [&]() -> bool {
+    auto [ec, bytes] = block_on(io, conn.read(), 20s);
+    if (ec) {
+      ADD_FAILURE() << "the connection ended after seq " << next_seq - 1 << ": " << ec.message();
+      return false;
+    }
+    v2::Frame f;
+    if (!f.ParseFromString(bytes)) {
+      ADD_FAILURE() << "not a frame";
+      return false;
+    }
+    if (f.has_envelope()) {
+      EXPECT_EQ(f.envelope().seq(), next_seq);
+      next_seq = f.envelope().seq() + 1;
+    } else if (f.has_queue_empty()) {
+      queue_empty = true;
+      drained = f.queue_empty().drained();
+    } else if (f.has_pong()) {
+      pongs.insert(f.request_id());
+    } else if (!f.has_authenticated() && !f.has_receipts()) {
+      ADD_FAILURE() << f.ShortDebugString();
+    }
+    return true;
+  };
+
+  // Reads slowly: a few frames, then nothing for a while, so that the socket's buffers and
+  // then the server's queue fill up; then a Ping, which finds the queue full and must still
+  // be answered.
+  int pongs_while_draining = 0;
+  for (std::uint64_t round = 1; round <= 6; ++round) {
+    for (int i = 0; i < 4; ++i) {
+      ASSERT_TRUE(read_one());
+      std::this_thread::sleep_for(20ms);
+    }
+    std::this_thread::sleep_for(250ms);
+    v2::Frame ping;
+    ping.set_request_id(100 + round);
+    ping.mutable_ping();
+    conn.send(ping.SerializeAsString());
+    while (pongs.count(100 + round) == 0) {
+      ASSERT_TRUE(read_one()) << "waiting for the Pong of round " << round;
+    }
+    if (!queue_empty) ++pongs_while_draining;
+  }
+  // Then reads as fast as it can.
+  while (!queue_empty) ASSERT_TRUE(read_one());
+  EXPECT_EQ(next_seq - 1, static_cast<std::uint64_t>(n));
+  EXPECT_EQ(drained, static_cast<std::uint64_t>(n));
+  EXPECT_GE(pongs_while_draining, 3) << "the drain ended before the test could read slowly";
+  const auto metrics = http_get(server.port(), "/metrics");
+  EXPECT_NE(metrics.find("parley_slow_readers_closed_total 0\n"), std::string::npos) << metrics;
+  // Still the same connection.
+  v2::Frame ping;
+  ping.set_request_id(200);
+  ping.mutable_ping();
+  conn.send(ping.SerializeAsString());
+  while (pongs.count(200) == 0) ASSERT_TRUE(read_one());
+  conn.abort();
 }
 
 }  // namespace

@@ -3,7 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -12,7 +14,7 @@
 
 namespace parley::test {
 
-namespace v1 = parley::v1;
+namespace v2 = parley::v2;
 
 class test_client {
  public:
@@ -54,25 +56,37 @@ class test_client {
     login_on_this_connection();
   }
 
+  // Connects and authenticates as `other`'s device: a second connection of the same device,
+  // or the same device after a server restart. Client message ids continue from `other`'s, so
+  // that send() is not taken for a retry of an earlier message.
+  void login_as(const test_client& other) {
+    username = other.username;
+    device_id = other.device_id;
+    token = other.token;
+    next_client_id_ = std::max(next_client_id_, other.next_client_id_);
+    reconnect();
+  }
+
   void disconnect() { run(api_.close()); }
 
-  v1::SendResult send(const std::string& to, const std::string& text, std::string client_id = {}) {
+  v2::SendResult send(const std::string& to, const std::string& text, std::string client_id = {}) {
     if (client_id.empty()) client_id = "c" + std::to_string(next_client_id_++);
     auto r = run(api_.send(to, client_id, text));
     EXPECT_TRUE(r) << client::describe(r.error());
-    return r ? *r : v1::SendResult{};
+    return r ? *r : v2::SendResult{};
   }
 
   // The next push, or a failed expectation after `timeout`.
-  v1::Frame next(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  v2::Frame next(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
     auto f = run(api_.next_push(timeout));
     EXPECT_TRUE(f) << "no push: " << client::describe(f.error());
-    return f ? *f : v1::Frame{};
+    return f ? *f : v2::Frame{};
   }
 
-  // Pushes until QueueEmpty (exclusive).
-  std::vector<v1::Frame> drain(std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
-    std::vector<v1::Frame> out;
+  // Pushes until QueueEmpty (exclusive): after an Authenticate, the drain's Envelopes, then
+  // any Receipts. QueueEmpty's count of drained envelopes is kept in `drained`.
+  std::vector<v2::Frame> drain(std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
+    std::vector<v2::Frame> out;
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (std::chrono::steady_clock::now() < deadline) {
       auto f = run(api_.next_push(std::chrono::seconds(10)));
@@ -80,22 +94,65 @@ class test_client {
         ADD_FAILURE() << "drain: " << client::describe(f.error());
         break;
       }
-      if (f->has_queue_empty()) return out;
+      if (f->has_queue_empty()) {
+        drained = f->queue_empty().drained();
+        return out;
+      }
       out.push_back(std::move(*f));
     }
     ADD_FAILURE() << "no QueueEmpty";
     return out;
   }
 
-  void ack(const std::vector<std::uint64_t>& ids) {
-    auto r = run(api_.ack(ids));
+  // Moves this device's cursors (waits for the server's Ok).
+  void ack(const std::vector<client::chat_cursor>& cursors) {
+    auto r = run(api_.ack(cursors));
     ASSERT_TRUE(r) << client::describe(r.error());
+  }
+  // Acks every Envelope among `frames` (one cursor per chat, at its highest seq); other frames
+  // are skipped. Nothing is sent if there is no Envelope.
+  void ack_all(const std::vector<v2::Frame>& frames) {
+    const auto cursors = cursors_of(frames);
+    if (!cursors.empty()) ack(cursors);
+  }
+
+  // The cursor that acks `e` (and everything before it in its chat).
+  static client::chat_cursor cursor_of(const v2::Envelope& e) { return {e.chat_id(), e.seq()}; }
+  // One cursor per chat among the Envelopes of `frames`, at its highest seq, ordered by chat.
+  static std::vector<client::chat_cursor> cursors_of(const std::vector<v2::Frame>& frames) {
+    std::map<std::uint64_t, std::uint64_t> highest;
+    for (const auto& f : frames) {
+      if (!f.has_envelope()) continue;
+      auto& seq = highest[f.envelope().chat_id()];
+      seq = std::max(seq, f.envelope().seq());
+    }
+    std::vector<client::chat_cursor> out;
+    for (const auto& [chat, seq] : highest) out.push_back({chat, seq});
+    return out;
+  }
+  // The Envelopes among `frames`, in order.
+  static std::vector<v2::Envelope> envelopes_in(const std::vector<v2::Frame>& frames) {
+    std::vector<v2::Envelope> out;
+    for (const auto& f : frames) {
+      if (f.has_envelope()) out.push_back(f.envelope());
+    }
+    return out;
+  }
+  // Every Receipt of the Receipts frames among `frames`, in order.
+  static std::vector<v2::Receipt> receipts_in(const std::vector<v2::Frame>& frames) {
+    std::vector<v2::Receipt> out;
+    for (const auto& f : frames) {
+      if (f.has_receipts())
+        out.insert(out.end(), f.receipts().receipts().begin(), f.receipts().receipts().end());
+    }
+    return out;
   }
 
   std::string username;
   std::uint64_t device_id = 0;
   std::string token;
-  v1::Authenticated authenticated;  // the last Authenticate's answer
+  v2::Authenticated authenticated;  // the last Authenticate's answer
+  std::uint64_t drained = 0;        // the last QueueEmpty's count, as drain() saw it
 
  private:
   boost::asio::io_context& io_;

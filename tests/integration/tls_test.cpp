@@ -69,8 +69,12 @@ TEST_F(tls, clients_verify_the_certificate_and_chat_over_wss) {
   auto f = bob.next();
   ASSERT_TRUE(f.has_envelope());
   EXPECT_EQ(f.envelope().payload(), big);
-  bob.ack({f.envelope().event_id()});
-  EXPECT_TRUE(alice.next().has_receipt());  // ✓✓, over TLS too
+  bob.ack({test_client::cursor_of(f.envelope())});
+  const auto receipt = alice.next();  // ✓✓, over TLS too
+  ASSERT_TRUE(receipt.has_receipts()) << receipt.ShortDebugString();
+  ASSERT_EQ(receipt.receipts().receipts_size(), 1);
+  EXPECT_EQ(receipt.receipts().receipts(0).status(), v2::MESSAGE_STATUS_DELIVERED);
+  EXPECT_EQ(receipt.receipts().receipts(0).up_to_seq(), f.envelope().seq());
   bob.send("alice", "back over TLS");
   EXPECT_TRUE(alice.next().has_envelope());
 

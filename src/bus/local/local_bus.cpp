@@ -1,5 +1,6 @@
 #include "bus/local/local_bus.hpp"
 
+#include <algorithm>
 #include <vector>
 
 namespace parley::bus {
@@ -32,15 +33,33 @@ void local_bus::detach(device_id device, const endpoint* ep) {
   devices_.erase(it);
 }
 
-void local_bus::deliver(device_id device, event_id event, wire::encoded_frame frame) {
-  std::shared_ptr<endpoint> ep;
-  {
-    std::lock_guard lock(mutex_);
-    auto it = devices_.find(device);
-    if (it == devices_.end()) return;
-    ep = it->second.ep.lock();
+std::shared_ptr<endpoint> local_bus::find(device_id device) const {
+  std::lock_guard lock(mutex_);
+  auto it = devices_.find(device);
+  return it == devices_.end() ? nullptr : it->second.ep.lock();
+}
+
+void local_bus::deliver_message(const std::vector<device_id>& devices, shared_envelope e) {
+  for (device_id d : devices) {
+    if (auto ep = find(d)) ep->push_message(e);
   }
-  if (ep) ep->push_event(event, std::move(frame));
+}
+
+void local_bus::deliver_receipts(const std::vector<store::receipt_delivery>& receipts) {
+  // One push per device, carrying every watermark bound there, in the order given.
+  std::vector<std::pair<device_id, std::vector<store::watermark>>> by_device;
+  for (const auto& r : receipts) {
+    auto it = std::find_if(by_device.begin(), by_device.end(),
+                           [&](const auto& p) { return p.first == r.device; });
+    if (it == by_device.end()) {
+      by_device.emplace_back(r.device, std::vector<store::watermark>{});
+      it = std::prev(by_device.end());
+    }
+    it->second.push_back(r.mark);
+  }
+  for (auto& [device, marks] : by_device) {
+    if (auto ep = find(device)) ep->push_receipts(std::move(marks));
+  }
 }
 
 void local_bus::deliver_ephemeral(const std::string& username, wire::encoded_frame frame) {

@@ -14,7 +14,8 @@ class local_bus final : public bus {
  public:
   void attach(device_id device, const std::string& username, std::shared_ptr<endpoint> ep) override;
   void detach(device_id device, const endpoint* ep) override;
-  void deliver(device_id device, event_id event, wire::encoded_frame frame) override;
+  void deliver_message(const std::vector<device_id>& devices, shared_envelope e) override;
+  void deliver_receipts(const std::vector<store::receipt_delivery>& receipts) override;
   void deliver_ephemeral(const std::string& username, wire::encoded_frame frame) override;
   std::size_t connected_devices() const override;
 
@@ -26,6 +27,8 @@ class local_bus final : public bus {
   mutable std::mutex mutex_;
   std::unordered_map<device_id, entry> devices_;
   std::unordered_map<std::string, std::unordered_set<device_id>> by_user_;
+
+  std::shared_ptr<endpoint> find(device_id device) const;
 };
 
 }  // namespace parley::bus

@@ -1,79 +1,80 @@
-// Key layout of the embedded store. Every integer is big-endian so that RocksDB's byte-wise
-// order is numeric order and prefix scans are range scans.
+// Key layout of the embedded store: the chat log (docs/architecture.md, "The chat log"). Every
+// integer is big-endian so that RocksDB's byte-wise order is numeric order and prefix scans are
+// range scans.
 //
 //   column family   key                                  value
 //   default         "meta/..."                           counters, Snowflake high-water mark
 //   accounts        username                             be64 user_id
 //   users           be64 user_id                         UserRecord
 //   devices         be64 device_id                       DeviceRecord
-//   chats           chat                                 be64 last sequence number
-//   messages        chat | be64 ~message_id              StoredMessage (newest first in a scan)
-//   message_index   be64 message_id                      chat
-//   queue           be64 device_id | be64 event_id       QueueItem
-//   dedupe          be64 device_id | client_msg_id       DedupeRecord
-//   delivered       be64 message_id                      empty
-//   read_marks      chat | be64 reader user_id           be64 up_to message_id
+//   chats           be64 chat_id                         ChatRecord (kind, members)
+//   direct_chats    be64 smaller user | be64 larger      be64 chat_id (the pair's 1:1 chat)
+//   user_chats      be64 user_id | be64 chat_id          empty (the user's chats)
+//   messages        be64 chat_id | be64 seq              StoredMessage (the chat log)
+//   cursors         be64 chat | be64 user | be64 device  be64 seq: the device has the chat up to it
+//   read_marks      be64 chat | be64 user                be64 seq: the user has read up to it
+//   dedupe          be64 device_id | client_msg_id       DedupeRecord (expires: dedupe_window)
 //   device_keys     be64 device_id                       DeviceKeys (public keys, prekeys)
 //
-// A 1:1 chat is 0x01 | be64 smaller user_id | be64 larger user_id (17 bytes); groups will use
-// another first byte.
+// A chat's head (its last seq) is not stored: it is the last key of its log.
+// Keys are built on the stack (stack_key): no heap string per key on the message path.
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 
-#include "common/big_endian.hpp"
-
 namespace parley::store::keys {
 
-inline std::string be64(std::uint64_t v) {
-  std::string s;
-  append_be64(s, v);
-  return s;
+// A key of up to 80 bytes (the longest is a dedupe key: 8 + 64), built in place.
+class stack_key {
+ public:
+  stack_key& be64(std::uint64_t v) {
+    for (int i = 7; i >= 0; --i) {
+      bytes_[size_ + static_cast<std::size_t>(i)] = static_cast<char>(v & 0xff);
+      v >>= 8;
+    }
+    size_ += 8;
+    return *this;
+  }
+  // The caller guarantees the total stays within capacity (client_msg_id is at most 64 bytes).
+  stack_key& bytes(std::string_view s) {
+    const std::size_t n = std::min(s.size(), bytes_.size() - size_);
+    std::memcpy(bytes_.data() + size_, s.data(), n);
+    size_ += n;
+    return *this;
+  }
+  std::string_view view() const { return {bytes_.data(), size_}; }
+  operator std::string_view() const { return view(); }  // NOLINT(google-explicit-constructor)
+  std::size_t size() const { return size_; }
+
+ private:
+  std::array<char, 80> bytes_{};
+  std::size_t size_ = 0;
+};
+
+inline stack_key be64(std::uint64_t v) { return stack_key().be64(v); }
+
+inline stack_key direct_chat(std::uint64_t a, std::uint64_t b) {
+  return stack_key().be64(std::min(a, b)).be64(std::max(a, b));
 }
-
-inline std::string direct_chat(std::uint64_t a, std::uint64_t b) {
-  std::string s(1, '\x01');
-  append_be64(s, std::min(a, b));
-  append_be64(s, std::max(a, b));
-  return s;
+inline stack_key user_chat(std::uint64_t user, std::uint64_t chat) {
+  return stack_key().be64(user).be64(chat);
 }
-
-inline bool is_direct_chat(std::string_view chat) { return chat.size() == 17 && chat[0] == '\x01'; }
-
-// The other participant of a direct chat.
-inline std::uint64_t direct_peer(std::string_view chat, std::uint64_t me) {
-  const std::uint64_t a = read_be64(chat, 1);
-  const std::uint64_t b = read_be64(chat, 9);
-  return a == me ? b : a;
+inline stack_key message(std::uint64_t chat, std::uint64_t seq) {
+  return stack_key().be64(chat).be64(seq);
 }
-
-inline std::string message(std::string_view chat, std::uint64_t id) {
-  std::string s(chat);
-  append_be64(s, ~id);
-  return s;
+inline stack_key cursor(std::uint64_t chat, std::uint64_t user, std::uint64_t device) {
+  return stack_key().be64(chat).be64(user).be64(device);
 }
-
-inline std::string queue(std::uint64_t device, std::uint64_t event) {
-  std::string s;
-  append_be64(s, device);
-  append_be64(s, event);
-  return s;
+inline stack_key read_mark(std::uint64_t chat, std::uint64_t user) {
+  return stack_key().be64(chat).be64(user);
 }
-
-inline std::string dedupe(std::uint64_t device, std::string_view client_msg_id) {
-  std::string s;
-  append_be64(s, device);
-  s.append(client_msg_id);
-  return s;
-}
-
-inline std::string read_mark(std::string_view chat, std::uint64_t reader) {
-  std::string s(chat);
-  append_be64(s, reader);
-  return s;
+inline stack_key dedupe(std::uint64_t device, std::string_view client_msg_id) {
+  return stack_key().be64(device).bytes(client_msg_id);
 }
 
 inline constexpr std::string_view meta_next_user = "meta/next_user_id";

@@ -1,7 +1,9 @@
 #include "store/rocksdb/rocksdb_store.hpp"
 
+#include <rocksdb/compaction_filter.h>
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
+#include <rocksdb/perf_context.h>
 #include <rocksdb/slice_transform.h>
 #include <rocksdb/sst_file_manager.h>
 #include <rocksdb/table.h>
@@ -19,13 +21,13 @@
 #include <thread>
 #include <unordered_map>
 
+#include "common/big_endian.hpp"
 #include "common/clock.hpp"
 #include "common/log.hpp"
 #include "common/snowflake.hpp"
 #include "common/thread_name.hpp"
 #include "parley/store/v1/records.pb.h"
 #include "store/rocksdb/keys.hpp"
-#include "store/rocksdb/pending_queue.hpp"
 
 namespace parley::store {
 namespace {
@@ -39,30 +41,32 @@ enum cf : std::size_t {
   cf_users,
   cf_devices,
   cf_chats,
+  cf_direct_chats,
+  cf_user_chats,
   cf_messages,
-  cf_message_index,
-  cf_queue,
-  cf_dedupe,
-  cf_delivered,
+  cf_cursors,
   cf_read_marks,
+  cf_dedupe,
   cf_device_keys,
   cf_count
 };
 
 constexpr const char* cf_names[cf_count] = {
-    "default",       "accounts", "users",  "devices",   "chats",      "messages",
-    "message_index", "queue",    "dedupe", "delivered", "read_marks", "device_keys",
+    "default",  "accounts",   "users",      "devices", "chats",  "direct_chats",
+    "user_chats", "messages", "cursors", "read_marks", "dedupe", "device_keys",
 };
 
 rocksdb::Slice slice(std::string_view s) { return {s.data(), s.size()}; }
 
 // The requests of one group commit: their writes, what later requests of the same group must
 // see of them (the overlay: column family byte + key -> value, nullopt for a delete), and
-// what to run once the group is durable.
+// what to run once the group is durable. `undo` holds, for the request being applied, how to
+// take back what it changed outside the batch (overlay, caches): run in reverse if it fails.
 struct group {
   rocksdb::WriteBatch batch;
   std::unordered_map<std::string, std::optional<std::string>> overlay;
   std::vector<std::function<void(error_code)>> on_durable;
+  std::vector<std::function<void()>> undo;
   bool ids_issued = false;
 };
 
@@ -78,9 +82,75 @@ struct cached_user {
   std::vector<std::uint64_t> devices;
 };
 
+// A chat as the writer needs it: its members and its head (last seq), which the writer alone
+// moves. Cached; the head is recovered from the log's last key.
+struct cached_chat {
+  std::vector<std::uint64_t> members;
+  std::uint64_t head = 0;
+};
+
 template <class Record>
-bool parse(Record& record, const std::string& bytes) {
-  return record.ParseFromString(bytes);
+bool parse(Record& record, std::string_view bytes) {
+  return record.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()));
+}
+
+struct pair_hash {
+  std::size_t operator()(const std::pair<std::uint64_t, std::uint64_t>& k) const noexcept {
+    std::uint64_t h = k.first * 0x9E3779B97F4A7C15ull ^ k.second;
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9ull;
+    return static_cast<std::size_t>(h ^ (h >> 32));
+  }
+};
+
+// Drops dedupe records older than the window as compaction meets them. Reads ignore expired
+// records too, so what a retry gets does not depend on when compaction ran.
+class dedupe_expiry final : public rocksdb::CompactionFilter {
+ public:
+  explicit dedupe_expiry(std::chrono::milliseconds window) : window_(window) {}
+  bool Filter(int, const rocksdb::Slice&, const rocksdb::Slice& value, std::string*,
+              bool*) const override {
+    pb::DedupeRecord record;
+    if (!record.ParseFromArray(value.data(), static_cast<int>(value.size()))) return false;
+    return expired(record.sent_at_ms(), window_);
+  }
+  const char* Name() const override { return "parley.dedupe_expiry"; }
+
+  static bool expired(std::uint64_t sent_at_ms, std::chrono::milliseconds window) {
+    const std::uint64_t now = now_ms();
+    return now > sent_at_ms && now - sent_at_ms > static_cast<std::uint64_t>(window.count());
+  }
+
+ private:
+  std::chrono::milliseconds window_;
+};
+
+// Read options for a range scan over [lower, upper): the bounds let RocksDB stop at the range's
+// end instead of stepping over whatever (deleted) keys follow it.
+struct bounded_read {
+  bounded_read(std::string_view lower, std::string_view upper)
+      : lower_key(lower), upper_key(upper), lo(lower_key), hi(upper_key) {
+    options.iterate_lower_bound = &lo;
+    options.iterate_upper_bound = &hi;
+  }
+  bounded_read(const bounded_read&) = delete;
+  bounded_read& operator=(const bounded_read&) = delete;
+  std::string lower_key, upper_key;
+  rocksdb::Slice lo, hi;
+  rocksdb::ReadOptions options;
+};
+
+// [prefix, prefix + 1): every key starting with a be64 prefix of `n` integers.
+std::string after_prefix(std::string_view prefix) {
+  std::string s(prefix);
+  for (std::size_t i = s.size(); i-- > 0;) {
+    if (static_cast<unsigned char>(s[i]) != 0xff) {
+      s[i] = static_cast<char>(static_cast<unsigned char>(s[i]) + 1);
+      s.resize(i + 1);
+      return s;
+    }
+  }
+  return std::string(s.size() + 1, '\xff');
 }
 
 }  // namespace
@@ -92,6 +162,7 @@ struct rocksdb_store::impl {
   rocksdb_options options;
   std::unique_ptr<rocksdb::DB> db;
   std::vector<rocksdb::ColumnFamilyHandle*> cfs;
+  std::unique_ptr<dedupe_expiry> dedupe_filter;
   std::atomic<bool> stopped{false};
 
   // Reads run on `reader_threads` named threads ("store-reader-N") serving one io_context.
@@ -120,18 +191,22 @@ struct rocksdb_store::impl {
   std::mutex mutex;
   std::condition_variable wake;
   std::deque<command> pending;
+  std::atomic<std::uint64_t> pending_count{0};
   bool stopping = false;
   std::thread writer;
 
-  // Writer-thread state. The caches hold committed state only: a failed commit clears them.
+  // Writer-thread state. The caches hold committed state and the running group's changes
+  // (each undone if its request fails); a failed commit clears them.
   std::unordered_map<std::string, std::uint64_t> user_ids;            // username -> user id
   std::unordered_map<std::uint64_t, cached_user> users;               // user id -> user
-  std::unordered_map<std::string, std::uint64_t> chat_seqs;           // chat -> last seq
+  std::unordered_map<std::uint64_t, cached_chat> chats;               // chat id -> chat
+  std::unordered_map<std::pair<std::uint64_t, std::uint64_t>, std::uint64_t, pair_hash>
+      direct_chats;                                                   // (lo, hi) -> chat id
+  std::unordered_map<std::pair<std::uint64_t, std::uint64_t>, std::uint64_t, pair_hash>
+      cursors;                                                        // (chat, device) -> seq
+  std::unordered_map<std::pair<std::uint64_t, std::uint64_t>, std::uint64_t, pair_hash>
+      read_marks;                                                     // (chat, user) -> seq
   std::unordered_map<std::uint64_t, std::uint32_t> registration_ids;  // device -> 0 if no keys
-  // Queue entries written and not yet acked: an ack of one needs no lookup. Sized for the
-  // entries of a few seconds at the write rates the writer sustains (~80 B each with the
-  // map's node and the order entry: ~5 MiB when full).
-  pending_queue unacked{1u << 16};
   snowflake ids{0};
   std::uint64_t last_id = 0;
 
@@ -172,32 +247,35 @@ struct rocksdb_store::impl {
     return db->Get(rocksdb::ReadOptions(), cfs[family], slice(key), value);
   }
   // Families that writer code reads back through the overlay within a group. The others are
-  // never read there (messages, meta) or are served from the writer's caches (users, chat
-  // seqs), so their writes skip the overlay: no copy of the payload, no hash insert.
+  // never read there (messages, meta) or are served from the writer's caches (users, chats,
+  // cursors, read marks), so their writes skip the overlay: no copy of the value, no hash
+  // insert.
   static constexpr bool read_in_group(cf family) {
-    return family != cf_default && family != cf_users && family != cf_devices &&
-           family != cf_chats && family != cf_messages;
+    return family == cf_accounts || family == cf_dedupe || family == cf_device_keys;
   }
   void put(group& g, cf family, std::string_view key, std::string_view value) {
-    assert(family != cf_queue);  // queue entries go through put_queue_entry
     g.batch.Put(cfs[family], slice(key), slice(value));
-    if (read_in_group(family)) g.overlay[overlay_key(family, key)] = std::string(value);
+    if (!read_in_group(family)) return;
+    auto k = overlay_key(family, key);
+    auto it = g.overlay.find(k);
+    if (it == g.overlay.end()) {
+      g.overlay.emplace(k, std::string(value));
+      g.undo.push_back([&g, k] { g.overlay.erase(k); });
+    } else {
+      g.undo.push_back([&g, k, before = std::move(it->second)] { g.overlay[k] = before; });
+      it->second = std::string(value);
+    }
   }
-  // A device-queue entry: to the batch and to `unacked`, which is where an ack finds it (not
-  // the overlay: no copy of the key and value per entry). `sender` is the queued message's
-  // sender, 0 for a receipt.
-  void put_queue_entry(group& g, std::uint64_t device, event_id event, std::string_view item,
-                       std::uint64_t sender) {
-    g.batch.Put(cfs[cf_queue], slice(keys::queue(device, event)), slice(item));
-    unacked.add(device, event, sender);
-  }
-  // Removes an acked entry. SingleDelete, because a queue key is written exactly once: a put
-  // and its single delete that meet in a flush or compaction both vanish, where a plain
-  // delete's tombstone would be carried down the levels. The overlay records the removal,
-  // so a repeated ack in the same group finds the entry gone.
-  void remove_queue_entry(group& g, const std::string& key) {
-    g.batch.SingleDelete(cfs[cf_queue], slice(key));
-    g.overlay[overlay_key(cf_queue, key)] = std::nullopt;
+  // Sets a cached value, remembering how to take it back if the request fails.
+  template <class Map, class Key>
+  void set_cached(group& g, Map& map, const Key& key, std::uint64_t value) {
+    auto [it, inserted] = map.try_emplace(key, value);
+    if (inserted) {
+      g.undo.push_back([&map, key] { map.erase(key); });
+    } else {
+      g.undo.push_back([&map, key, before = it->second] { map[key] = before; });
+      it->second = value;
+    }
   }
   std::uint64_t next_id(group& g, std::uint64_t now) {
     g.ids_issued = true;
@@ -205,9 +283,10 @@ struct rocksdb_store::impl {
     return last_id;
   }
 
-  // Queues `apply` for the writer. `apply(group&)` runs on the writer thread and returns the
-  // request's result; it must validate before it writes, so that an error leaves no writes.
-  // `done` runs once the group is durable, with apply's result or the commit's error.
+  // Queues `apply` for the writer. `apply(group&)` runs on the writer thread inside a savepoint
+  // of the batch and returns the request's result; if that is an error, its writes and cache
+  // changes are taken back, so a failed request leaves nothing. `done` runs once the group is
+  // durable, with apply's result or the commit's error. A full queue refuses at once (busy).
   template <class T, class Apply>
   void write(completion<T> done, Apply apply) {
     command c = [done = std::move(done), apply = std::move(apply)](group* g, errc refusal) mutable {
@@ -215,7 +294,19 @@ struct rocksdb_store::impl {
         done(refusal);
         return;
       }
+      g->batch.SetSavePoint();
+      g->undo.clear();
       auto r = std::make_shared<result<T>>(apply(*g));
+      if (r->has_value()) {
+        g->batch.PopSavePoint();
+      } else {
+        g->batch.RollbackToSavePoint();
+        while (!g->undo.empty()) {  // newest first
+          g->undo.back()();
+          g->undo.pop_back();
+        }
+      }
+      g->undo.clear();
       g->on_durable.push_back([done = std::move(done), r](error_code ec) {
         if (ec && r->has_value()) {
           done(ec);
@@ -224,15 +315,23 @@ struct rocksdb_store::impl {
         }
       });
     };
+    errc refusal = errc::shutting_down;
     {
       std::lock_guard lock(mutex);
-      if (!stopping) {
+      if (!stopping && pending.size() < options.max_pending) {
         pending.push_back(std::move(c));
+        pending_count.store(pending.size(), std::memory_order_relaxed);
         wake.notify_one();
         return;
       }
+      if (!stopping) refusal = errc::busy;
     }
-    c(nullptr, errc::shutting_down);
+    if (refusal == errc::busy) {
+      // A completion never runs on the caller's thread: the refusal goes through a reader.
+      boost::asio::post(readers, [c = std::move(c)]() mutable { c(nullptr, errc::busy); });
+      return;
+    }
+    c(nullptr, refusal);
   }
 
   template <class T, class Read>
@@ -248,7 +347,7 @@ struct rocksdb_store::impl {
   result<const cached_user*> user_record(std::uint64_t user) {
     if (auto it = users.find(user); it != users.end()) return &it->second;
     std::string v;
-    auto s = get(cf_users, keys::be64(user), &v);
+    auto s = get(cf_users, keys::be64(user).view(), &v);
     if (s.IsNotFound()) return errc::unknown_user;
     if (!s.ok()) return errc::io_error;
     pb::UserRecord record;
@@ -271,42 +370,131 @@ struct rocksdb_store::impl {
     return id;
   }
 
-  // The last sequence number of a chat (writer thread, cached).
-  result<std::uint64_t*> chat_seq(std::string_view chat) {
-    std::string key(chat);
-    if (auto it = chat_seqs.find(key); it != chat_seqs.end()) return &it->second;
+  // The last seq of a chat's log: its last key (any thread).
+  result<std::uint64_t> log_head(std::uint64_t chat) {
+    const auto lower = keys::message(chat, 0);
+    const auto upper = keys::message(chat + 1, 0);
+    bounded_read r(lower.view(), upper.view());
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(r.options, cfs[cf_messages]));
+    it->SeekToLast();
+    if (!it->status().ok()) return errc::io_error;
+    if (!it->Valid() || it->key().size() != 16) return std::uint64_t{0};
+    return read_be64(std::string_view(it->key().data(), 16), 8);
+  }
+
+  // A chat's record (any thread): nullopt if there is no such chat.
+  result<std::optional<pb::ChatRecord>> chat_record(std::uint64_t chat) {
     std::string v;
-    auto s = get(cf_chats, chat, &v);
-    std::uint64_t last = 0;
+    auto s = get(cf_chats, keys::be64(chat).view(), &v);
+    if (s.IsNotFound()) return std::optional<pb::ChatRecord>();
+    if (!s.ok()) return errc::io_error;
+    pb::ChatRecord record;
+    if (!parse(record, v)) return errc::corrupt;
+    return std::optional<pb::ChatRecord>(std::move(record));
+  }
+
+  // A chat as the writer knows it (writer thread, cached); nullptr if there is no such chat.
+  result<cached_chat*> chat_of(std::uint64_t chat) {
+    if (auto it = chats.find(chat); it != chats.end()) return &it->second;
+    auto record = chat_record(chat);
+    if (!record) return record.error();
+    if (!*record) return static_cast<cached_chat*>(nullptr);
+    auto head = log_head(chat);
+    if (!head) return head.error();
+    auto& c = chats[chat];
+    c.members.assign((*record)->members().begin(), (*record)->members().end());
+    c.head = *head;
+    return &c;
+  }
+
+  // The 1:1 chat of two users (writer thread, cached); 0 if they have none yet.
+  result<std::uint64_t> direct_chat_of(std::uint64_t a, std::uint64_t b) {
+    const auto pair = std::minmax(a, b);
+    if (auto it = direct_chats.find(pair); it != direct_chats.end()) return it->second;
+    std::string v;
+    auto s = get(cf_direct_chats, keys::direct_chat(a, b).view(), &v);
+    if (s.IsNotFound()) return std::uint64_t{0};
+    if (!s.ok() || v.size() != 8) return errc::io_error;
+    const std::uint64_t chat = read_be64(v);
+    direct_chats.emplace(pair, chat);
+    return chat;
+  }
+
+  // A device's cursor in a chat (writer thread, cached).
+  result<std::uint64_t> cursor_of(std::uint64_t chat, std::uint64_t user, std::uint64_t device) {
+    if (auto it = cursors.find({chat, device}); it != cursors.end()) return it->second;
+    std::string v;
+    auto s = get(cf_cursors, keys::cursor(chat, user, device).view(), &v);
+    std::uint64_t seq = 0;
     if (s.ok() && v.size() == 8) {
-      last = read_be64(v);
+      seq = read_be64(v);
     } else if (!s.IsNotFound()) {
       return errc::io_error;
     }
-    return &chat_seqs.emplace(std::move(key), last).first->second;
+    cursors.emplace(std::make_pair(chat, device), seq);
+    return seq;
   }
 
-  // Calls fn on each of the maps above (not `unacked`, which bounds itself).
+  // A user's delivered watermark in a chat: the highest cursor of its devices.
+  result<std::uint64_t> delivered_of(std::uint64_t chat, std::uint64_t user) {
+    auto owner = user_record(user);
+    if (!owner) return owner.error();
+    std::uint64_t best = 0;
+    for (std::uint64_t device : (*owner)->devices) {
+      auto c = cursor_of(chat, user, device);
+      if (!c) return c.error();
+      best = std::max(best, *c);
+    }
+    return best;
+  }
+
+  result<std::uint64_t> read_mark_of(std::uint64_t chat, std::uint64_t user) {
+    if (auto it = read_marks.find({chat, user}); it != read_marks.end()) return it->second;
+    std::string v;
+    auto s = get(cf_read_marks, keys::read_mark(chat, user).view(), &v);
+    std::uint64_t seq = 0;
+    if (s.ok() && v.size() == 8) {
+      seq = read_be64(v);
+    } else if (!s.IsNotFound()) {
+      return errc::io_error;
+    }
+    read_marks.emplace(std::make_pair(chat, user), seq);
+    return seq;
+  }
+
+  // A receipt for every device of the chat's members other than `user`.
+  result<void> receipts_to_others(const cached_chat& chat, std::uint64_t user, const watermark& mark,
+                                  std::vector<receipt_delivery>& out) {
+    for (std::uint64_t member : chat.members) {
+      if (member == user) continue;
+      auto owner = user_record(member);
+      if (!owner) return owner.error();
+      for (std::uint64_t device : (*owner)->devices) out.push_back({device, mark});
+    }
+    return {};
+  }
+
+  // Calls fn on each cache.
   template <class Fn>
   void each_cache(Fn fn) {
     fn(user_ids);
     fn(users);
-    fn(chat_seqs);
+    fn(chats);
+    fn(direct_chats);
+    fn(cursors);
+    fn(read_marks);
     fn(registration_ids);
   }
-  // Empties each cache that grew past options.max_cached, and lets `unacked` forget its
-  // oldest. Only between groups: during one, the caches hold the group's own uncommitted
-  // changes (a chat's next seq, a new user, the entries it queued).
+  // Empties each cache that grew past options.max_cached. Only between groups: during one,
+  // the caches hold the group's own uncommitted changes (a chat's head, a new user).
   void trim_caches() {
     each_cache([&](auto& cache) {
       using map = std::remove_reference_t<decltype(cache)>;
       if (cache.size() > options.max_cached) map().swap(cache);  // frees the buckets too
     });
-    unacked.trim();
   }
   void clear_caches() {
     each_cache([](auto& cache) { cache.clear(); });
-    unacked.clear();
   }
 
   // A device's keys record from the outcome of its lookup; nullopt if it has none.
@@ -321,7 +509,7 @@ struct rocksdb_store::impl {
   // The same through the group's overlay (writer thread).
   result<std::optional<pb::DeviceKeys>> device_keys(group& g, std::uint64_t device) {
     std::string v;
-    auto s = get(g, cf_device_keys, keys::be64(device), &v);
+    auto s = get(g, cf_device_keys, keys::be64(device).view(), &v);
     return device_keys_of(s, v);
   }
 
@@ -343,28 +531,93 @@ struct rocksdb_store::impl {
     return read_be64(v);
   }
 
-  // Queues a receipt for every device of `user`.
-  result<void> queue_receipt(group& g, std::uint64_t user, message_id id, const std::string& peer,
-                             message_status status, std::uint64_t now, std::vector<delivery>& out) {
-    auto owner = user_record(user);
-    if (!owner) return owner.error();
-    for (std::uint64_t device : (*owner)->devices) {
-      const event_id event = next_id(g, now);
-      pb::QueueItem item;
-      auto* receipt = item.mutable_receipt();
-      receipt->set_message_id(id);
-      receipt->set_peer(peer);
-      receipt->set_status(static_cast<std::uint32_t>(status));
-      receipt->set_at_ms(now);
-      put_queue_entry(g, device, event, item.SerializeAsString(), 0);
-      out.push_back({device, receipt_event{event, id, peer, status, now}});
-    }
-    return {};
+  // Reader-side lookups (any thread; no caches).
+  result<std::string> username_of(std::uint64_t user) {
+    std::string v;
+    auto s = get(cf_users, keys::be64(user).view(), &v);
+    if (!s.ok()) return s.IsNotFound() ? errc::corrupt : errc::io_error;
+    pb::UserRecord record;
+    if (!parse(record, v)) return errc::corrupt;
+    return record.username();
   }
-};
+  // Every member's delivered watermark (highest device cursor) and read mark in a chat.
+  struct member_marks {
+    std::uint64_t delivered = 0;
+    std::uint64_t read = 0;
+  };
+  result<std::unordered_map<std::uint64_t, member_marks>> marks_of(std::uint64_t chat) {
+    std::unordered_map<std::uint64_t, member_marks> out;
+    const auto lower = keys::be64(chat);
+    const std::string upper = after_prefix(lower.view());
+    for (cf family : {cf_cursors, cf_read_marks}) {
+      bounded_read r(lower.view(), upper);
+      std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(r.options, cfs[family]));
+      for (it->SeekToFirst(); it->Valid(); it->Next()) {
+        const std::string_view key(it->key().data(), it->key().size());
+        if (key.size() < 16 || it->value().size() != 8) return errc::corrupt;
+        const std::uint64_t seq = read_be64(std::string_view(it->value().data(), 8));
+        auto& m = out[read_be64(key, 8)];
+        if (family == cf_cursors) {
+          m.delivered = std::max(m.delivered, seq);
+        } else {
+          m.read = std::max(m.read, seq);
+        }
+      }
+      if (!it->status().ok()) return errc::io_error;
+    }
+    return out;
+  }
+  result<chat_message> stored_message(std::uint64_t chat, std::uint64_t seq,
+                                      std::string_view bytes) {
+    pb::StoredMessage m;
+    if (!parse(m, bytes)) return errc::corrupt;
+    return chat_message{chat,
+                        seq,
+                        m.message_id(),
+                        m.sender_user(),
+                        m.sender_device(),
+                        std::move(*m.mutable_sender_name()),
+                        m.sent_at_ms(),
+                        std::move(*m.mutable_payload()),
+                        m.cipher_type()};
+  }
+  // The chat a request names, checked for membership (reader side): 0 for a 1:1 chat named by
+  // a peer that has none yet.
+  result<std::uint64_t> resolve_for_read(std::uint64_t requester, const chat_ref& ref) {
+    if (ref.chat == 0) {
+      auto peer = user_of(ref.peer);
+      if (!peer) return peer.error();
+      std::string v;
+      auto s = get(cf_direct_chats, keys::direct_chat(requester, *peer).view(), &v);
+      if (s.IsNotFound() || *peer == requester) return std::uint64_t{0};
+      if (!s.ok() || v.size() != 8) return errc::io_error;
+      return read_be64(v);
+    }
+    auto record = chat_record(ref.chat);
+    if (!record) return record.error();
+    if (!*record) return errc::not_found;
+    const auto& members = (*record)->members();
+    if (std::find(members.begin(), members.end(), requester) == members.end()) {
+      return errc::not_found;
+    }
+    return ref.chat;
+  }
 
+  result<device_backlog> compute_backlog(std::uint64_t device, std::uint64_t user);
+};
 void rocksdb_store::impl::open() {
   std::filesystem::create_directories(options.path);
+  // A data directory of the first format (device queues) is not opened: there is no
+  // migration to the chat log (pre-1.0; docs/operations.md).
+  std::vector<std::string> existing;
+  if (rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), options.path.string(), &existing)
+          .ok() &&
+      std::find(existing.begin(), existing.end(), "queue") != existing.end()) {
+    throw std::runtime_error("the store at " + options.path.string() +
+                             " holds the old device-queue format (parleyd before protocol v2); "
+                             "this parleyd keeps the chat log and cannot read it: move the "
+                             "directory aside (there is no migration)");
+  }
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
@@ -379,11 +632,14 @@ void rocksdb_store::impl::open() {
   sst_files.reset(rocksdb::NewSstFileManager(rocksdb::Env::Default()));
   sst_files->SetCompactionBufferSize(options.reserve_bytes / 2);
   db_options.sst_file_manager = sst_files;
+  // One cap over every family's memtables (a write buffer manager): twelve families would
+  // otherwise each get their own write_buffer_size with no overall bound.
+  db_options.db_write_buffer_size = options.memtable_budget_bytes;
 
-  // Most point lookups on the message path miss (a new client_msg_id, a message not yet
-  // delivered): bloom filters in the tables answer those without a search. The memtable's
-  // own bloom filter costs 1.3 MiB per column family up front, so only the families whose
-  // lookups mostly miss get one.
+  // Most point lookups on the message path miss (a new client_msg_id): bloom filters in the
+  // tables answer those without a search. The memtable's own bloom filter costs 1.3 MiB per
+  // column family up front, so only the family whose lookups mostly miss gets one.
+  dedupe_filter = std::make_unique<dedupe_expiry>(options.dedupe_window);
   rocksdb::ColumnFamilyOptions cf_options;
   cf_options.write_buffer_size =
       std::min<std::uint64_t>(cf_options.write_buffer_size, db_options.max_total_wal_size);
@@ -393,15 +649,15 @@ void rocksdb_store::impl::open() {
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
   for (std::size_t i = 0; i < cf_count; ++i) {
     rocksdb::ColumnFamilyOptions o = cf_options;
-    if (i == cf_dedupe || i == cf_delivered || i == cf_queue) {
+    if (i == cf_dedupe) {
       o.memtable_whole_key_filtering = true;
       o.memtable_prefix_bloom_size_ratio = 0.02;
+      o.compaction_filter = dedupe_filter.get();
     }
-    // Both families' keys start with the be64 device id, and a device's queue entries come in
-    // event-id order: the memtable remembers, per device, where it last inserted and starts the
-    // next insert there instead of at the skip list's top (docs/performance.md: 6-7 % less
-    // writer CPU per message). The hints (~250 bytes per device) live in the memtable's arena.
-    if (i == cf_queue || i == cf_dedupe)
+    // A chat's log is appended in seq order and its keys start with the be64 chat id: the
+    // memtable remembers, per chat, where it last inserted and starts the next insert there
+    // instead of at the skip list's top. The hints live in the memtable's arena.
+    if (i == cf_messages || i == cf_dedupe)
       o.memtable_insert_with_hint_prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(8));
     descriptors.emplace_back(cf_names[i], o);
   }
@@ -509,6 +765,7 @@ void rocksdb_store::impl::run_writer() {
         work.push_back(std::move(pending.front()));
         pending.pop_front();
       }
+      pending_count.store(pending.size(), std::memory_order_relaxed);
     }
     if (!accepting_writes()) {
       for (auto& c : work) c(nullptr, errc::unavailable);
@@ -588,8 +845,8 @@ void rocksdb_store::shared_chats(user_id requester, std::vector<std::string> use
             out.push_back(false);
             continue;
           }
-          // A chat's seq is written with its first message.
-          auto s = d.get(cf_chats, keys::direct_chat(requester, *peer), &v);
+          // A 1:1 chat is created with its first message.
+          auto s = d.get(cf_direct_chats, keys::direct_chat(requester, *peer).view(), &v);
           if (!s.ok() && !s.IsNotFound()) return errc::io_error;
           out.push_back(s.ok() && *peer != requester);
         }
@@ -603,13 +860,13 @@ void rocksdb_store::set_privacy(user_id user, bool hide_last_seen, completion<vo
     std::string v;
     // Only the writer changes user records, and a user exists before it can ask: the stored
     // record is the current one (users skip the group's overlay).
-    auto s = d.get(cf_users, keys::be64(user), &v);
+    auto s = d.get(cf_users, keys::be64(user).view(), &v);
     if (s.IsNotFound()) return errc::unknown_user;
     if (!s.ok()) return errc::io_error;
     pb::UserRecord record;
     if (!parse(record, v)) return errc::corrupt;
     record.set_hide_last_seen(hide_last_seen);
-    d.put(g, cf_users, keys::be64(user), record.SerializeAsString());
+    d.put(g, cf_users, keys::be64(user).view(), record.SerializeAsString());
     return {};
   });
 }
@@ -620,10 +877,8 @@ store_health rocksdb_store::health() {
   return {false, impl_->unavailable_reason};
 }
 
-std::uint64_t rocksdb_store::queued_events_estimate() {
-  std::uint64_t n = 0;
-  if (!impl_->db->GetIntProperty(impl_->cfs[cf_queue], "rocksdb.estimate-num-keys", &n)) return 0;
-  return n;
+std::uint64_t rocksdb_store::pending_writes() {
+  return impl_->pending_count.load(std::memory_order_relaxed);
 }
 
 void rocksdb_store::register_account(registration_request request, completion<registration> done) {
@@ -696,151 +951,6 @@ void rocksdb_store::find_account(std::string username, completion<account> done)
         return account{record.user_id(),
                        record.username(),
                        {record.devices().begin(), record.devices().end()}};
-      });
-}
-
-void rocksdb_store::send(send_request request, completion<send_outcome> done) {
-  impl_->write<send_outcome>(
-      std::move(done), [this, request = std::move(request)](group& g) -> result<send_outcome> {
-        auto& d = *impl_;
-        std::string v;
-        const std::string dedupe_key = keys::dedupe(request.sender_device, request.client_msg_id);
-        auto s = d.get(g, cf_dedupe, dedupe_key, &v);
-        if (s.ok()) {
-          pb::DedupeRecord first;
-          if (!parse(first, v)) return errc::corrupt;
-          return send_outcome{first.message_id(), first.seq(), first.sent_at_ms(), true, {}};
-        }
-        if (!s.IsNotFound()) return errc::io_error;
-
-        auto recipient_id = d.user_of(g, request.recipient_name);
-        if (!recipient_id) return recipient_id.error();
-        if (*recipient_id == request.sender) return errc::self_message;
-        auto recipient = d.user_record(*recipient_id);
-        if (!recipient) return recipient.error();
-        for (std::uint64_t device : (*recipient)->devices) {
-          auto registration = d.registration_of(g, device);
-          if (!registration) return registration.error();
-          if (*registration != 0 && *registration != request.recipient_registration_id) {
-            return errc::stale_keys;
-          }
-        }
-
-        const std::string chat = keys::direct_chat(request.sender, *recipient_id);
-        auto seq = d.chat_seq(chat);
-        if (!seq) return seq.error();
-        const std::uint64_t last_seq = **seq;
-
-        const std::uint64_t now = now_ms();
-        send_outcome out;
-        out.id = d.next_id(g, now);
-        out.seq = last_seq + 1;
-        out.sent_at_ms = now;
-
-        pb::StoredMessage message;
-        message.set_message_id(out.id);
-        message.set_seq(out.seq);
-        message.set_chat(chat);
-        message.set_sender_user(request.sender);
-        message.set_sender_device(request.sender_device);
-        message.set_sender_name(request.sender_name);
-        message.set_recipient_user(*recipient_id);
-        message.set_sent_at_ms(now);
-        message.set_payload(request.payload);
-        message.set_cipher_type(request.cipher_type);
-        pb::DedupeRecord dedupe;
-        dedupe.set_message_id(out.id);
-        dedupe.set_seq(out.seq);
-        dedupe.set_sent_at_ms(now);
-        pb::QueueItem item;
-        auto* ref = item.mutable_message();
-        ref->set_chat(chat);
-        ref->set_message_id(out.id);
-        ref->set_sender_user(request.sender);
-
-        d.put(g, cf_messages, keys::message(chat, out.id), message.SerializeAsString());
-        d.put(g, cf_message_index, keys::be64(out.id), chat);
-        d.put(g, cf_chats, chat, keys::be64(out.seq));
-        **seq = out.seq;
-        d.put(g, cf_dedupe, dedupe_key, dedupe.SerializeAsString());
-        const std::string queued = item.SerializeAsString();
-        for (std::uint64_t device : (*recipient)->devices) {
-          d.put_queue_entry(g, device, out.id, queued, request.sender);
-          out.deliveries.push_back(
-              {device,
-               message_event{out.id, out.id, out.seq, request.sender_name, request.sender_device,
-                             now, request.payload, request.cipher_type}});
-        }
-        return out;
-      });
-}
-
-void rocksdb_store::ack(device_id device, std::string device_username, std::vector<event_id> events,
-                        completion<std::vector<delivery>> done) {
-  impl_->write<std::vector<delivery>>(
-      std::move(done),
-      [this, device, name = std::move(device_username),
-       events = std::move(events)](group& g) -> result<std::vector<delivery>> {
-        auto& d = *impl_;
-        std::vector<delivery> out;
-        const std::uint64_t now = now_ms();
-        std::string v;
-        for (event_id event : events) {
-          const std::string key = keys::queue(device, event);
-          // The entry's sender (0: a receipt), from what the writer remembers, else the store.
-          std::uint64_t sender = 0;
-          if (auto known = d.unacked.take(device, event)) {
-            sender = *known;
-          } else {
-            auto s = d.get(g, cf_queue, key, &v);
-            if (s.IsNotFound()) continue;  // acked before: harmless
-            if (!s.ok()) return errc::io_error;
-            pb::QueueItem item;
-            if (!parse(item, v)) return errc::corrupt;
-            if (item.has_message()) sender = item.message().sender_user();
-          }
-          d.remove_queue_entry(g, key);
-          if (sender == 0) continue;  // a receipt: nothing follows from its ack
-
-          const message_id id = event;  // a message's event id is its id
-          const std::string delivered_key = keys::be64(id);
-          auto s = d.get(g, cf_delivered, delivered_key, &v);
-          if (s.ok()) continue;  // another device of this account delivered it first
-          if (!s.IsNotFound()) return errc::io_error;
-          d.put(g, cf_delivered, delivered_key, {});
-          auto r = d.queue_receipt(g, sender, id, name, message_status::delivered, now, out);
-          if (!r && r.error() != errc::unknown_user) return r.error();
-        }
-        return out;
-      });
-}
-
-void rocksdb_store::mark_read(user_id reader, std::string reader_name, std::string peer,
-                              message_id up_to, completion<std::vector<delivery>> done) {
-  impl_->write<std::vector<delivery>>(
-      std::move(done),
-      [this, reader, reader_name = std::move(reader_name), peer = std::move(peer),
-       up_to](group& g) -> result<std::vector<delivery>> {
-        auto& d = *impl_;
-        auto peer_id = d.user_of(g, peer);
-        if (!peer_id) return peer_id.error();
-        const std::string chat = keys::direct_chat(reader, *peer_id);
-        std::string v;
-        auto s = d.get(g, cf_message_index, keys::be64(up_to), &v);
-        if (s.IsNotFound() || (s.ok() && v != chat)) return errc::not_found;
-        if (!s.ok()) return errc::io_error;
-
-        const std::string mark_key = keys::read_mark(chat, reader);
-        s = d.get(g, cf_read_marks, mark_key, &v);
-        if (s.ok() && v.size() == 8 && read_be64(v) >= up_to) return std::vector<delivery>{};
-        if (!s.ok() && !s.IsNotFound()) return errc::io_error;
-        d.put(g, cf_read_marks, mark_key, keys::be64(up_to));
-
-        std::vector<delivery> out;
-        auto r =
-            d.queue_receipt(g, *peer_id, up_to, reader_name, message_status::read, now_ms(), out);
-        if (!r) return r.error();
-        return out;
       });
 }
 
@@ -927,97 +1037,360 @@ void rocksdb_store::take_key_bundles(std::string username,
       });
 }
 
-void rocksdb_store::read_queue(device_id device, event_id after, std::size_t limit,
-                               completion<std::vector<device_event>> done) {
-  impl_->read<std::vector<device_event>>(
-      std::move(done), [this, device, after, limit]() -> result<std::vector<device_event>> {
+void rocksdb_store::send(send_request request, completion<send_outcome> done) {
+  impl_->write<send_outcome>(
+      std::move(done),
+      [this, request = std::move(request)](group& g) mutable -> result<send_outcome> {
         auto& d = *impl_;
-        std::vector<device_event> out;
-        const std::string prefix = keys::be64(device);
-        std::unique_ptr<rocksdb::Iterator> it(
-            d.db->NewIterator(rocksdb::ReadOptions(), d.cfs[cf_queue]));
         std::string v;
-        for (it->Seek(slice(keys::queue(device, after + 1))); it->Valid() && out.size() < limit;
-             it->Next()) {
-          const auto key = it->key();
-          if (key.size() != 16 || !key.starts_with(slice(prefix))) break;
-          const event_id event = read_be64(std::string_view(key.data(), key.size()), 8);
-          pb::QueueItem item;
-          if (!item.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-            return errc::corrupt;
+        const auto dedupe_key = keys::dedupe(request.sender_device, request.client_msg_id);
+        auto s = d.get(g, cf_dedupe, dedupe_key, &v);
+        if (s.ok()) {
+          pb::DedupeRecord first;
+          if (!parse(first, v)) return errc::corrupt;
+          if (!dedupe_expiry::expired(first.sent_at_ms(), d.options.dedupe_window)) {
+            send_outcome out;
+            out.chat = first.chat_id();
+            out.seq = first.seq();
+            out.id = first.message_id();
+            out.sent_at_ms = first.sent_at_ms();
+            out.duplicate = true;
+            return out;
           }
-          if (item.has_receipt()) {
-            const auto& r = item.receipt();
-            out.push_back(receipt_event{event, r.message_id(), r.peer(),
-                                        static_cast<message_status>(r.status()), r.at_ms()});
-            continue;
-          }
-          auto s = d.get(cf_messages,
-                         keys::message(item.message().chat(), item.message().message_id()), &v);
-          if (!s.ok()) return s.IsNotFound() ? errc::corrupt : errc::io_error;
-          pb::StoredMessage m;
-          if (!parse(m, v)) return errc::corrupt;
-          out.push_back(message_event{event, m.message_id(), m.seq(), m.sender_name(),
-                                      m.sender_device(), m.sent_at_ms(), m.payload(),
-                                      m.cipher_type()});
+        } else if (!s.IsNotFound()) {
+          return errc::io_error;
         }
-        if (!it->status().ok()) return errc::io_error;
+
+        // The chat and the other member.
+        std::uint64_t chat = request.to.chat;
+        std::uint64_t peer = 0;
+        cached_chat* known = nullptr;
+        if (chat == 0) {
+          auto peer_id = d.user_of(g, request.to.peer);
+          if (!peer_id) return peer_id.error();
+          if (*peer_id == request.sender) return errc::self_message;
+          peer = *peer_id;
+          auto existing = d.direct_chat_of(request.sender, peer);
+          if (!existing) return existing.error();
+          chat = *existing;
+        }
+        if (chat != 0) {
+          auto c = d.chat_of(chat);
+          if (!c) return c.error();
+          known = *c;
+          if (known == nullptr ||
+              std::find(known->members.begin(), known->members.end(), request.sender) ==
+                  known->members.end()) {
+            return errc::not_found;
+          }
+          for (std::uint64_t member : known->members) {
+            if (member != request.sender) peer = member;
+          }
+        }
+        auto recipient = d.user_record(peer);
+        if (!recipient) return recipient.error();
+        for (std::uint64_t device : (*recipient)->devices) {
+          auto registration = d.registration_of(g, device);
+          if (!registration) return registration.error();
+          if (*registration != 0 && *registration != request.recipient_registration_id) {
+            return errc::stale_keys;
+          }
+        }
+        auto sender = d.user_record(request.sender);
+        if (!sender) return sender.error();
+
+        const std::uint64_t now = now_ms();
+        send_outcome out;
+        if (known == nullptr) {
+          // The pair's first message creates their chat: its record, the pair's index entry,
+          // and an entry in each member's list of chats.
+          chat = d.next_id(g, now);
+          pb::ChatRecord record;
+          record.set_kind(pb::ChatRecord::KIND_DIRECT);
+          record.add_members(std::min(request.sender, peer));
+          record.add_members(std::max(request.sender, peer));
+          record.set_created_ms(now);
+          d.put(g, cf_chats, keys::be64(chat), record.SerializeAsString());
+          d.put(g, cf_direct_chats, keys::direct_chat(request.sender, peer), keys::be64(chat));
+          d.put(g, cf_user_chats, keys::user_chat(request.sender, chat), {});
+          d.put(g, cf_user_chats, keys::user_chat(peer, chat), {});
+          const auto pair = std::minmax(request.sender, peer);
+          d.set_cached(g, d.direct_chats, std::make_pair(pair.first, pair.second), chat);
+          d.chats[chat] = cached_chat{{pair.first, pair.second}, 0};
+          g.undo.push_back([&d, chat] { d.chats.erase(chat); });
+          known = &d.chats[chat];
+        }
+        out.chat = chat;
+        out.seq = known->head + 1;
+        out.id = d.next_id(g, now);
+        out.sent_at_ms = now;
+
+        pb::StoredMessage stored;
+        stored.set_message_id(out.id);
+        stored.set_sender_user(request.sender);
+        stored.set_sender_device(request.sender_device);
+        stored.set_sender_name(request.sender_name);
+        stored.set_sent_at_ms(now);
+        stored.set_payload(request.payload);
+        stored.set_cipher_type(request.cipher_type);
+        pb::DedupeRecord dedupe;
+        dedupe.set_chat_id(chat);
+        dedupe.set_seq(out.seq);
+        dedupe.set_message_id(out.id);
+        dedupe.set_sent_at_ms(now);
+        d.put(g, cf_messages, keys::message(chat, out.seq), stored.SerializeAsString());
+        d.put(g, cf_dedupe, dedupe_key, dedupe.SerializeAsString());
+        const std::uint64_t before = known->head;
+        known->head = out.seq;
+        g.undo.push_back([&d, chat, before] {
+          if (auto it = d.chats.find(chat); it != d.chats.end()) it->second.head = before;
+        });
+
+        out.message = std::make_shared<const chat_message>(chat_message{
+            chat, out.seq, out.id, request.sender, request.sender_device,
+            std::move(request.sender_name), now, std::move(request.payload), request.cipher_type});
+        out.recipients = (*recipient)->devices;
+        for (std::uint64_t device : (*sender)->devices) {
+          if (device != request.sender_device) out.recipients.push_back(device);
+        }
         return out;
       });
 }
 
-void rocksdb_store::status(user_id requester, message_id id, completion<message_status> done) {
-  impl_->read<message_status>(std::move(done), [this, requester, id]() -> result<message_status> {
-    auto& d = *impl_;
-    std::string chat;
-    auto s = d.get(cf_message_index, keys::be64(id), &chat);
-    if (s.IsNotFound()) return errc::not_found;
-    if (!s.ok()) return errc::io_error;
-    std::string v;
-    s = d.get(cf_messages, keys::message(chat, id), &v);
-    if (!s.ok()) return s.IsNotFound() ? errc::not_found : errc::io_error;
-    pb::StoredMessage m;
-    if (!parse(m, v)) return errc::corrupt;
-    if (m.sender_user() != requester) return errc::not_found;
+void rocksdb_store::ack(device_id device, user_id user, std::vector<cursor_update> cursors,
+                        completion<std::vector<receipt_delivery>> done) {
+  impl_->write<std::vector<receipt_delivery>>(
+      std::move(done),
+      [this, device, user,
+       cursors = std::move(cursors)](group& g) mutable -> result<std::vector<receipt_delivery>> {
+        auto& d = *impl_;
+        // A chat named twice counts at its highest seq.
+        std::sort(cursors.begin(), cursors.end(), [](const cursor_update& a, const cursor_update& b) {
+          return a.chat != b.chat ? a.chat < b.chat : a.seq > b.seq;
+        });
+        cursors.erase(std::unique(cursors.begin(), cursors.end(),
+                                  [](const cursor_update& a, const cursor_update& b) {
+                                    return a.chat == b.chat;
+                                  }),
+                      cursors.end());
+        auto me = d.user_record(user);
+        if (!me) return me.error();
+        const std::string my_name = (*me)->username;
+        const std::uint64_t now = now_ms();
+        std::vector<receipt_delivery> out;
+        for (const auto& c : cursors) {
+          auto chat = d.chat_of(c.chat);
+          if (!chat) return chat.error();
+          if (*chat == nullptr || std::find((*chat)->members.begin(), (*chat)->members.end(),
+                                            user) == (*chat)->members.end()) {
+            return errc::not_found;
+          }
+          if (c.seq > (*chat)->head) return errc::invalid_argument;
+          auto current = d.cursor_of(c.chat, user, device);
+          if (!current) return current.error();
+          if (c.seq <= *current) continue;  // cursors never move back
+          auto delivered = d.delivered_of(c.chat, user);
+          if (!delivered) return delivered.error();
+          d.put(g, cf_cursors, keys::cursor(c.chat, user, device), keys::be64(c.seq));
+          d.set_cached(g, d.cursors, std::make_pair(c.chat, device), c.seq);
+          if (c.seq <= *delivered) continue;  // another device of the user had it already
+          auto r = d.receipts_to_others(
+              **chat, user, watermark{c.chat, my_name, message_status::delivered, c.seq, now}, out);
+          if (!r) return r.error();
+        }
+        return out;
+      });
+}
 
-    s = d.get(cf_read_marks, keys::read_mark(chat, m.recipient_user()), &v);
-    if (s.ok() && v.size() == 8 && read_be64(v) >= id) return message_status::read;
-    if (!s.ok() && !s.IsNotFound()) return errc::io_error;
-    s = d.get(cf_delivered, keys::be64(id), &v);
-    if (s.ok()) return message_status::delivered;
-    if (!s.IsNotFound()) return errc::io_error;
-    return message_status::sent;
+void rocksdb_store::mark_read(user_id reader, chat_id chat, std::uint64_t up_to,
+                              completion<std::vector<receipt_delivery>> done) {
+  impl_->write<std::vector<receipt_delivery>>(
+      std::move(done), [this, reader, chat, up_to](group& g) -> result<std::vector<receipt_delivery>> {
+        auto& d = *impl_;
+        auto c = d.chat_of(chat);
+        if (!c) return c.error();
+        if (*c == nullptr ||
+            std::find((*c)->members.begin(), (*c)->members.end(), reader) == (*c)->members.end()) {
+          return errc::not_found;
+        }
+        if (up_to > (*c)->head) return errc::invalid_argument;
+        auto current = d.read_mark_of(chat, reader);
+        if (!current) return current.error();
+        std::vector<receipt_delivery> out;
+        if (up_to <= *current) return out;
+        auto me = d.user_record(reader);
+        if (!me) return me.error();
+        const std::string my_name = (*me)->username;
+        d.put(g, cf_read_marks, keys::read_mark(chat, reader), keys::be64(up_to));
+        d.set_cached(g, d.read_marks, std::make_pair(chat, reader), up_to);
+        auto r = d.receipts_to_others(
+            **c, reader, watermark{chat, my_name, message_status::read, up_to, now_ms()}, out);
+        if (!r) return r.error();
+        return out;
+      });
+}
+
+result<device_backlog> rocksdb_store::impl::compute_backlog(std::uint64_t device,
+                                                            std::uint64_t user) {
+  device_backlog out;
+  std::vector<std::uint64_t> chat_ids;
+  {
+    const auto lower = keys::be64(user);
+    const std::string upper = after_prefix(lower.view());
+    bounded_read r(lower.view(), upper);
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(r.options, cfs[cf_user_chats]));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      if (it->key().size() != 16) return errc::corrupt;
+      chat_ids.push_back(read_be64(std::string_view(it->key().data(), 16), 8));
+    }
+    if (!it->status().ok()) return errc::io_error;
+  }
+  std::string v;
+  for (std::uint64_t chat : chat_ids) {
+    auto head = log_head(chat);
+    if (!head) return head.error();
+    auto s = get(cf_cursors, keys::cursor(chat, user, device), &v);
+    std::uint64_t cursor = 0;
+    if (s.ok() && v.size() == 8) {
+      cursor = read_be64(v);
+    } else if (!s.IsNotFound()) {
+      return errc::io_error;
+    }
+    if (*head > cursor) out.behind.push_back({chat, cursor, *head});
+    auto marks = marks_of(chat);
+    if (!marks) return marks.error();
+    for (const auto& [member, m] : *marks) {
+      if (member == user) continue;
+      auto name = username_of(member);
+      if (!name) return name.error();
+      if (m.delivered > 0)
+        out.marks.push_back({chat, *name, message_status::delivered, m.delivered, 0});
+      if (m.read > 0) out.marks.push_back({chat, *name, message_status::read, m.read, 0});
+    }
+  }
+  return out;
+}
+
+void rocksdb_store::backlog(device_id device, user_id user, completion<device_backlog> done) {
+  impl_->read<device_backlog>(std::move(done), [this, device, user]() {
+    return impl_->compute_backlog(device, user);
   });
 }
 
-void rocksdb_store::history(user_id requester, std::string peer, message_id before,
-                            std::size_t limit, completion<std::vector<history_entry>> done) {
-  impl_->read<std::vector<history_entry>>(
+void rocksdb_store::read_log(chat_id chat, std::uint64_t after, std::uint64_t up_to,
+                             std::size_t limit, std::size_t max_bytes,
+                             completion<std::vector<shared_message>> done) {
+  impl_->read<std::vector<shared_message>>(
       std::move(done),
-      [this, requester, peer = std::move(peer), before,
-       limit]() -> result<std::vector<history_entry>> {
+      [this, chat, after, up_to, limit, max_bytes]() -> result<std::vector<shared_message>> {
         auto& d = *impl_;
-        auto peer_id = d.user_of(peer);
-        if (!peer_id) return peer_id.error();
-        const std::string chat = keys::direct_chat(requester, *peer_id);
-        std::vector<history_entry> out;
-        std::unique_ptr<rocksdb::Iterator> it(
-            d.db->NewIterator(rocksdb::ReadOptions(), d.cfs[cf_messages]));
-        const std::string start = before == 0 ? chat : keys::message(chat, before);
-        for (it->Seek(slice(start)); it->Valid() && out.size() < limit; it->Next()) {
-          const auto key = it->key();
-          if (key.size() != chat.size() + 8 || !key.starts_with(slice(chat))) break;
-          pb::StoredMessage m;
-          if (!m.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-            return errc::corrupt;
-          }
-          if (before != 0 && m.message_id() >= before) continue;
-          out.push_back({m.message_id(), m.seq(), m.sender_name(), m.sent_at_ms(), m.payload(),
-                         m.cipher_type(), m.sender_device()});
+        std::vector<shared_message> out;
+        if (up_to <= after || limit == 0) return out;
+        const auto lower = keys::message(chat, after + 1);
+        const std::string upper = up_to == UINT64_MAX ? after_prefix(keys::be64(chat).view())
+                                                      : std::string(keys::message(chat, up_to + 1));
+        bounded_read r(lower.view(), upper);
+        std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(r.options, d.cfs[cf_messages]));
+        std::size_t bytes = 0;
+        for (it->SeekToFirst(); it->Valid() && out.size() < limit; it->Next()) {
+          if (it->key().size() != 16) return errc::corrupt;
+          const std::uint64_t seq = read_be64(std::string_view(it->key().data(), 16), 8);
+          auto m = d.stored_message(chat, seq,
+                                    std::string_view(it->value().data(), it->value().size()));
+          if (!m) return m.error();
+          bytes += m->payload.size();
+          if (!out.empty() && bytes > max_bytes) break;
+          out.push_back(std::make_shared<const chat_message>(std::move(*m)));
         }
         if (!it->status().ok()) return errc::io_error;
         return out;
       });
+}
+
+void rocksdb_store::status(user_id requester, chat_id chat, std::uint64_t seq,
+                           completion<message_status> done) {
+  impl_->read<message_status>(
+      std::move(done), [this, requester, chat, seq]() -> result<message_status> {
+        auto& d = *impl_;
+        std::string v;
+        auto s = d.get(cf_messages, keys::message(chat, seq), &v);
+        if (s.IsNotFound()) return errc::not_found;
+        if (!s.ok()) return errc::io_error;
+        pb::StoredMessage m;
+        if (!parse(m, v)) return errc::corrupt;
+        if (m.sender_user() != requester) return errc::not_found;
+        auto record = d.chat_record(chat);
+        if (!record) return record.error();
+        if (!*record) return errc::corrupt;
+        auto marks = d.marks_of(chat);
+        if (!marks) return marks.error();
+        bool all_read = true;
+        bool all_delivered = true;
+        for (std::uint64_t member : (*record)->members()) {
+          if (member == requester) continue;
+          const auto it = marks->find(member);
+          const impl::member_marks mm = it == marks->end() ? impl::member_marks{} : it->second;
+          all_read = all_read && mm.read >= seq;
+          all_delivered = all_delivered && std::max(mm.delivered, mm.read) >= seq;
+        }
+        if (all_read) return message_status::read;
+        if (all_delivered) return message_status::delivered;
+        return message_status::sent;
+      });
+}
+
+void rocksdb_store::history(user_id requester, chat_ref chat, std::uint64_t before,
+                            std::size_t limit, std::size_t max_bytes,
+                            completion<history_page> done) {
+  impl_->read<history_page>(
+      std::move(done),
+      [this, requester, chat = std::move(chat), before, limit,
+       max_bytes]() -> result<history_page> {
+        auto& d = *impl_;
+        auto id = d.resolve_for_read(requester, chat);
+        if (!id) return id.error();
+        history_page out;
+        out.chat = *id;
+        if (*id == 0 || limit == 0) return out;
+        const auto lower = keys::message(*id, 1);
+        const std::string upper = before == 0 ? after_prefix(keys::be64(*id).view())
+                                              : std::string(keys::message(*id, before));
+        bounded_read r(lower.view(), upper);
+        std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(r.options, d.cfs[cf_messages]));
+        std::size_t bytes = 0;
+        for (it->SeekToLast(); it->Valid() && out.messages.size() < limit; it->Prev()) {
+          if (it->key().size() != 16) return errc::corrupt;
+          const std::uint64_t seq = read_be64(std::string_view(it->key().data(), 16), 8);
+          auto m = d.stored_message(*id, seq,
+                                    std::string_view(it->value().data(), it->value().size()));
+          if (!m) return m.error();
+          bytes += m->payload.size();
+          if (!out.messages.empty() && bytes > max_bytes) break;
+          out.messages.push_back(std::move(*m));
+        }
+        if (!it->status().ok()) return errc::io_error;
+        return out;
+      });
+}
+
+std::uint64_t rocksdb_store::backlog_keys_skipped_for_tests(device_id device, user_id user) {
+  rocksdb::SetPerfLevel(rocksdb::PerfLevel::kEnableCount);
+  rocksdb::get_perf_context()->Reset();
+  auto r = impl_->compute_backlog(device, user);
+  const auto* p = rocksdb::get_perf_context();
+  const std::uint64_t skipped = p->internal_key_skipped_count + p->internal_delete_skipped_count;
+  rocksdb::SetPerfLevel(rocksdb::PerfLevel::kDisable);
+  return r ? skipped : UINT64_MAX;
+}
+
+std::uint64_t rocksdb_store::compact_and_count_dedupe_for_tests() {
+  auto& d = *impl_;
+  d.db->Flush(rocksdb::FlushOptions(), d.cfs[cf_dedupe]);
+  d.db->CompactRange(rocksdb::CompactRangeOptions(), d.cfs[cf_dedupe], nullptr, nullptr);
+  std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(rocksdb::ReadOptions(), d.cfs[cf_dedupe]));
+  std::uint64_t n = 0;
+  for (it->SeekToFirst(); it->Valid(); it->Next()) ++n;
+  return n;
 }
 
 }  // namespace parley::store

@@ -2,8 +2,9 @@
 //
 // Writes from every session go to one writer thread, which applies them in arrival order to a
 // WriteBatch (with an overlay map, so that later requests see earlier ones of the same group)
-// and commits the whole group with one synced write: group commit. Reads run on a small
-// thread pool.
+// and commits the whole group with one synced write: group commit. Each request runs inside a
+// savepoint of the batch, so one that fails leaves nothing behind. Reads run on a small
+// thread pool. Key layout: keys.hpp.
 #pragma once
 
 #include <chrono>
@@ -22,6 +23,15 @@ struct rocksdb_options {
   std::uint64_t node_id = 0;  // Snowflake node id
   bool sync = true;           // fsync every group commit; false only for tests and benchmarks
   std::size_t max_group = 4096;
+  // Write requests that may wait for the writer; more are refused with errc::busy at once, so
+  // that a writer slower than the load bounds the memory it holds instead of queueing
+  // without end (about 1 KiB each with a message's payload: 64 MiB when full).
+  std::size_t max_pending = 65'536;
+  // How long a (sender device, client_msg_id) is remembered: a retry within it returns the
+  // first result; older dedupe records are dropped by compaction (and ignored before).
+  std::chrono::milliseconds dedupe_window{std::chrono::hours(24 * 7)};
+  // All memtables together (RocksDB's write buffer manager): a cap over every column family.
+  std::size_t memtable_budget_bytes = 64u << 20;
   std::size_t reader_threads = 2;
   // Entries each of the writer's caches (users by name and by id, chats' sequence numbers,
   // devices' registration ids) may hold; a cache past it is emptied after the group commit
@@ -52,23 +62,33 @@ class rocksdb_store final : public store {
   void find_device(device_id id, completion<device> done) override;
   void find_account(std::string username, completion<account> done) override;
   void send(send_request request, completion<send_outcome> done) override;
-  void ack(device_id device, std::string device_username, std::vector<event_id> events,
-           completion<std::vector<delivery>> done) override;
-  void mark_read(user_id reader, std::string reader_name, std::string peer, message_id up_to,
-                 completion<std::vector<delivery>> done) override;
-  void read_queue(device_id device, event_id after, std::size_t limit,
-                  completion<std::vector<device_event>> done) override;
-  void status(user_id requester, message_id id, completion<message_status> done) override;
-  void history(user_id requester, std::string peer, message_id before, std::size_t limit,
-               completion<std::vector<history_entry>> done) override;
+  void ack(device_id device, user_id user, std::vector<cursor_update> cursors,
+           completion<std::vector<receipt_delivery>> done) override;
+  void mark_read(user_id reader, chat_id chat, std::uint64_t up_to,
+                 completion<std::vector<receipt_delivery>> done) override;
+  void backlog(device_id device, user_id user, completion<device_backlog> done) override;
+  void read_log(chat_id chat, std::uint64_t after, std::uint64_t up_to, std::size_t limit,
+                std::size_t max_bytes, completion<std::vector<shared_message>> done) override;
+  void status(user_id requester, chat_id chat, std::uint64_t seq,
+              completion<message_status> done) override;
+  void history(user_id requester, chat_ref chat, std::uint64_t before, std::size_t limit,
+               std::size_t max_bytes, completion<history_page> done) override;
   void upload_keys(key_upload upload, std::size_t max_held, completion<key_stock> done) override;
   void take_key_bundles(std::string username, completion<std::vector<key_bundle>> done) override;
   void shared_chats(user_id requester, std::vector<std::string> usernames,
                     completion<std::vector<bool>> done) override;
   void set_privacy(user_id user, bool hide_last_seen, completion<void> done) override;
   store_health health() override;
-  std::uint64_t queued_events_estimate() override;
+  std::uint64_t pending_writes() override;
   void stop() override;
+
+  // Tests only: RocksDB's count of internal keys (deleted or superseded versions included)
+  // that the reads of backlog() for this device stepped over, so that a test can show that a
+  // login's cost does not grow with the traffic the store has carried.
+  std::uint64_t backlog_keys_skipped_for_tests(device_id device, user_id user);
+  // Tests only: compacts every column family (runs the dedupe expiry) and counts the dedupe
+  // records left.
+  std::uint64_t compact_and_count_dedupe_for_tests();
 
   struct impl;
 

@@ -1,0 +1,30 @@
+// The three backends a parleyd runs on, behind their interfaces: the store, presence and the
+// bus. The server sees only the interfaces; which implementations are built is decided here.
+// Embedded (today's only kind): RocksDB under the data directory, presence and routing in
+// this process. The cluster kind (PostgreSQL-protocol store, Redis) is another factory.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+
+#include "bus/bus.hpp"
+#include "presence/presence.hpp"
+#include "server/config.hpp"
+#include "store/store.hpp"
+
+namespace parley::server {
+
+struct backends {
+  std::unique_ptr<store::store> store;
+  std::unique_ptr<presence::presence> presence;
+  std::unique_ptr<bus::bus> bus;
+};
+
+// Called on the store's writer after each group commit: its latency and request count.
+using commit_observer = std::function<void(std::chrono::nanoseconds, std::size_t)>;
+
+// The embedded backends for `cfg`. Throws std::runtime_error if the store cannot be opened.
+backends make_embedded_backends(const config& cfg, commit_observer on_commit);
+
+}  // namespace parley::server

@@ -1,0 +1,50 @@
+// Work bound for one I/O thread, coalesced: everything handed to a lane while a flush is
+// pending runs in that one flush, so that a group commit that completes requests and pushes
+// for many connections costs one post per I/O thread, not one per frame. FIFO: tasks run in
+// the order they were added, so commit order is kept on every connection.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/post.hpp>
+#include <functional>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+namespace parley::server {
+
+class delivery_lane {
+ public:
+  explicit delivery_lane(boost::asio::any_io_executor executor) : executor_(std::move(executor)) {}
+
+  const boost::asio::any_io_executor& executor() const { return executor_; }
+
+  // Any thread. `task` runs on the lane's executor.
+  void post(std::function<void()> task) {
+    {
+      std::lock_guard lock(mutex_);
+      pending_.push_back(std::move(task));
+      if (posted_) return;
+      posted_ = true;
+    }
+    boost::asio::post(executor_, [this] { flush(); });
+  }
+
+ private:
+  void flush() {
+    std::vector<std::function<void()>> tasks;
+    {
+      std::lock_guard lock(mutex_);
+      tasks.swap(pending_);
+      posted_ = false;
+    }
+    for (auto& t : tasks) t();
+  }
+
+  boost::asio::any_io_executor executor_;
+  std::mutex mutex_;
+  std::vector<std::function<void()>> pending_;
+  bool posted_ = false;
+};
+
+}  // namespace parley::server
