@@ -410,8 +410,9 @@ awaitable<void> cmd_send(session& s, const options& o) {
 }
 
 // Shows one Receipt if it moved the peer's watermark in the local store (the server repeats the
-// current watermarks after every Authenticate: each is shown once). The message id is the
-// newest message of this device's history the watermark covers, if there is one.
+// current watermarks after every Authenticate: each is shown once) and covers a message this
+// device sent (a watermark also moves over the peer's own messages: nothing to show then). The
+// message id is the newest message of this device's history the watermark covers.
 void show_receipt(session& s, const v2::Receipt& r) {
   auto moved = s.messenger().apply_receipt(r);
   if (!moved) {
@@ -422,6 +423,7 @@ void show_receipt(session& s, const v2::Receipt& r) {
   std::optional<client::local_message> covered;
   try {
     covered = s.store().last_sent_up_to(r.chat_id(), r.up_to_seq());
+    if (!covered) return;
   } catch (const std::exception&) {
     // Only the message id is left out of what is shown.
   }

@@ -220,6 +220,7 @@ config load_config_file(const std::filesystem::path& file, config c) {
   auto storage = t["storage"];
   positive("storage.reserve_bytes", storage["reserve_bytes"], c.storage_reserve_bytes);
   positive("storage.dedupe_days", storage["dedupe_days"], c.dedupe_days);
+  if (c.dedupe_days > 3650) throw std::runtime_error("config: storage.dedupe_days must be at most 3650");
   positive("storage.max_pending_writes", storage["max_pending_writes"], c.max_pending_writes);
   positive("storage.memtable_budget_bytes", storage["memtable_budget_bytes"],
            c.memtable_budget_bytes);

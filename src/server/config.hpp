@@ -40,7 +40,7 @@ struct config {
   std::size_t max_in_flight = 256;         // requests awaiting a response, per connection
   std::size_t max_outbound_frames = 4096;  // bounded outgoing queue, per connection
   std::size_t max_outbound_bytes = 8 * 1024 * 1024;
-  std::size_t drain_page = 256;     // queue events read per page on reconnect
+  std::size_t drain_page = 256;     // chat-log entries read per page by the drain
   std::size_t max_bad_frames = 16;  // consecutive bad frames before closing
   std::chrono::milliseconds auth_timeout{10'000};
 
