@@ -407,7 +407,7 @@ TEST_F(cli, an_old_local_db_is_migrated_and_a_newer_one_refused) {
 
   ASSERT_TRUE(run_sql(db, "PRAGMA user_version = 99;"));
   auto newer = parley("alice", {"sync"});
-  EXPECT_EQ(newer.exit_code, 1);
+  EXPECT_EQ(newer.exit_code, 1) << newer.err;
   EXPECT_NE(newer.err.find(db.string() + " has format version 99, newer than this parley"),
             std::string::npos)
       << newer.err;
