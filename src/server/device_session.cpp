@@ -134,8 +134,7 @@ device_session::device_session(shared_state& state, asio::any_io_executor execut
       executor_(executor),
       peer_address_(std::move(peer_address)),
       close_(std::move(close)),
-      wake_writer_(std::move(wake_writer)),
-      lane_(&state.lane_for(executor_)) {}
+      wake_writer_(std::move(wake_writer)) {}
 
 // --- outgoing queue ----------------------------------------------------------------------------
 
@@ -276,11 +275,11 @@ void device_session::closed() {
 // --- pushes from the bus (any thread) ----------------------------------------------------------
 
 void device_session::push_message(bus::shared_envelope e) {
-  lane_->post([self = shared_from_this(), e = std::move(e)] { self->on_message(e); });
+  lane().post([self = shared_from_this(), e = std::move(e)] { self->on_message(e); });
 }
 
 void device_session::push_receipts(std::vector<store::watermark> marks) {
-  lane_->post(
+  lane().post(
       [self = shared_from_this(), marks = std::move(marks)] { self->on_receipts(marks); });
 }
 
@@ -296,16 +295,18 @@ void device_session::replaced() {
 }
 
 std::uint64_t device_session::pushed(std::uint64_t chat) const {
-  auto it = std::lower_bound(pushed_.begin(), pushed_.end(), std::make_pair(chat, std::uint64_t{0}));
-  return it != pushed_.end() && it->first == chat ? it->second : 0;
+  if (!pushed_) return 0;
+  auto it = std::lower_bound(pushed_->begin(), pushed_->end(), std::make_pair(chat, std::uint64_t{0}));
+  return it != pushed_->end() && it->first == chat ? it->second : 0;
 }
 
 void device_session::set_pushed(std::uint64_t chat, std::uint64_t seq) {
-  auto it = std::lower_bound(pushed_.begin(), pushed_.end(), std::make_pair(chat, std::uint64_t{0}));
-  if (it != pushed_.end() && it->first == chat) {
+  if (!pushed_) pushed_ = std::make_unique<std::vector<std::pair<std::uint64_t, std::uint64_t>>>();
+  auto it = std::lower_bound(pushed_->begin(), pushed_->end(), std::make_pair(chat, std::uint64_t{0}));
+  if (it != pushed_->end() && it->first == chat) {
     it->second = seq;
   } else {
-    pushed_.insert(it, {chat, seq});
+    pushed_->insert(it, {chat, seq});
   }
 }
 
@@ -583,8 +584,8 @@ void device_session::on_send(std::uint64_t request_id, v2::SendMessage m) {
     if (r && !r->duplicate) {
       self->state_.bus.deliver_message(r->recipients, std::make_shared<bus::envelope>(r->message));
     }
-    auto* lane = self->lane_;
-    lane->post([self = std::move(self), request_id, r = std::move(r)] {
+    auto& lane = self->lane();
+    lane.post([self = std::move(self), request_id, r = std::move(r)] {
       self->answer_send(request_id, r);
     });
   });
@@ -619,8 +620,8 @@ void device_session::on_ack(std::uint64_t request_id, const v2::Ack& a) {
                      if (r) self->state_.bus.deliver_receipts(*r);
                      std::optional<boost::system::error_code> error;
                      if (!r) error = r.error();
-                     auto* lane = self->lane_;
-                     lane->post([self = std::move(self), request_id, error] {
+                     auto& lane = self->lane();
+                     lane.post([self = std::move(self), request_id, error] {
                        self->request_done();
                        if (error) {
                          self->send(store_error(request_id, *error));

@@ -107,6 +107,9 @@ class device_session final : public bus::endpoint,
   // The highest seq of `chat` pushed on this connection (0: none yet), and recording one.
   std::uint64_t pushed(std::uint64_t chat) const;
   void set_pushed(std::uint64_t chat, std::uint64_t seq);
+  // This connection's I/O thread's lane (looked up, not stored: one pointer less per
+  // connection; there are as many lanes as I/O threads).
+  delivery_lane& lane() const { return state_.lane_for(executor_); }
 
   // Queues a frame; false (and the connection is closed as a slow reader) if the queue is full.
   bool send(const frame& f);
@@ -143,9 +146,9 @@ class device_session final : public bus::endpoint,
   // per chat by seq, never by comparing message ids (whose clocks may differ across nodes).
   bool draining_ = false;
   bool dirty_ = false;
-  // (chat, seq) sorted by chat: a vector (24 bytes idle) rather than a hash map (56).
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> pushed_;
-  delivery_lane* lane_ = nullptr;
+  // (chat, seq) sorted by chat, allocated on the first push: an idle connection holds one
+  // pointer (8 bytes), not an empty vector (24) or hash map (56).
+  std::unique_ptr<std::vector<std::pair<std::uint64_t, std::uint64_t>>> pushed_;
 
   // The outgoing queue: a vector read from outgoing_head_, so that an idle connection holds no
   // allocation (std::deque allocates a 512-byte block up front).
