@@ -345,10 +345,12 @@ TEST(limits, slow_reader_is_disconnected_and_loses_nothing) {
 // reader, and its requests are answered while the drain goes on.
 TEST(limits, a_large_drain_is_paced_and_requests_are_answered_meanwhile) {
   boost::asio::io_context io;
-  // 64 frames or 1 MiB queued per connection (16 of the messages below); the backlog is
-  // 3,000 of them, 176 MiB: many times the queue and the sockets' buffers together.
+  // 8 frames or 1 MiB queued per connection: the frame count binds first (8 of the messages
+  // below are 0.5 MiB), so a drain that filled the queue to its limit would leave no room
+  // for a Pong, however small. The backlog is 3,000 of them, 176 MiB: many times the queue
+  // and the sockets' buffers together.
   server_process server({},
-                        "[limits]\nmax_outbound_frames = 64\nmax_outbound_bytes = 1048576\n"
+                        "[limits]\nmax_outbound_frames = 8\nmax_outbound_bytes = 1048576\n"
                         "[rate_limits]\nsend_per_device = 0\n");
   test_client alice(io, server.url());
   alice.register_and_login("alice");
@@ -361,9 +363,9 @@ TEST(limits, a_large_drain_is_paced_and_requests_are_answered_meanwhile) {
   const int n = 3000;
   const std::string payload(60 * 1024, 'q');
   for (int done = 0; done < n;) {
-    // Pipelined, 32 at a time: alice's answers share the small outgoing queue (64 frames).
+    // Pipelined, 4 at a time: alice's answers share the small outgoing queue (8 frames).
     std::vector<std::future<client::result<v2::SendResult>>> batch;
-    for (int i = done; i < n && i < done + 32; ++i) {
+    for (int i = done; i < n && i < done + 4; ++i) {
       batch.push_back(boost::asio::co_spawn(
           io, alice.api().send("bob", "backlog-" + std::to_string(i), payload),
           boost::asio::use_future));
