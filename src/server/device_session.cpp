@@ -80,18 +80,24 @@ v2::Frame store_error(std::uint64_t request_id, const boost::system::error_code&
 // Receipts frames of at most this many watermarks each.
 constexpr std::size_t receipts_per_frame = 256;
 
-v2::Frame receipts_frame(const store::watermark* first, const store::watermark* last) {
-  v2::Frame f;
-  auto* out = f.mutable_receipts();
-  for (const auto* m = first; m != last; ++m) {
-    auto* r = out->add_receipts();
-    r->set_chat_id(m->chat);
-    r->set_user(m->user);
-    r->set_status(static_cast<v2::MessageStatus>(m->status));
-    r->set_up_to_seq(m->up_to);
-    r->set_at_ms(m->at_ms);
+// `marks` as Receipts frames of at most receipts_per_frame watermarks each.
+std::vector<wire::encoded_frame> receipts_frames(const std::vector<store::watermark>& marks) {
+  std::vector<wire::encoded_frame> out;
+  for (std::size_t i = 0; i < marks.size(); i += receipts_per_frame) {
+    v2::Frame f;
+    auto* receipts = f.mutable_receipts();
+    for (std::size_t j = i; j < std::min(marks.size(), i + receipts_per_frame); ++j) {
+      const auto& m = marks[j];
+      auto* r = receipts->add_receipts();
+      r->set_chat_id(m.chat);
+      r->set_user(m.user);
+      r->set_status(static_cast<v2::MessageStatus>(m.status));
+      r->set_up_to_seq(m.up_to);
+      r->set_at_ms(m.at_ms);
+    }
+    out.push_back(wire::encode(f));
   }
-  return f;
+  return out;
 }
 
 // What a contact may see: last seen rounded down to the minute, and none at all from a user
@@ -323,12 +329,9 @@ void device_session::on_message(const bus::shared_envelope& e) {
 
 void device_session::on_receipts(const std::vector<store::watermark>& marks) {
   if (closed_ || marks.empty()) return;
-  // Receipts are not stored per device: one dropped for a full queue is sent again, as the
-  // current watermark, after the next authentication.
-  for (std::size_t i = 0; i < marks.size(); i += receipts_per_frame) {
-    const std::size_t n = std::min(receipts_per_frame, marks.size() - i);
-    send(receipts_frame(marks.data() + i, marks.data() + i + n));
-  }
+  // Receipts are not stored per device: if a full queue closes the connection, they are sent
+  // again, as current watermarks, after the next authentication.
+  for (auto& f : receipts_frames(marks)) send_encoded(std::move(f));
 }
 
 // --- requests ------------------------------------------------------------------------------------
@@ -526,10 +529,8 @@ awaitable<void> device_session::drain() {
     state_.store.ack(device_, user_, std::move(own_tail),
                      [](const store::result<std::vector<store::receipt_delivery>>&) {});
   }
-  for (std::size_t i = 0; i < marks.size(); i += receipts_per_frame) {
-    const std::size_t n = std::min(receipts_per_frame, marks.size() - i);
-    if (!co_await send_paced(wire::encode(receipts_frame(marks.data() + i, marks.data() + i + n))))
-      co_return;
+  for (auto& f : receipts_frames(marks)) {
+    if (!co_await send_paced(std::move(f))) co_return;
   }
   frame done;
   done.mutable_queue_empty()->set_drained(drained);

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "store/rocksdb/rocksdb_store.hpp"
+#include "store/store_test_calls.hpp"
 #include "temp_dir.hpp"
 
 namespace parley::store {
@@ -30,89 +31,9 @@ constexpr auto read = message_status::read;
 constexpr auto no_bound = std::numeric_limits<std::uint64_t>::max();
 constexpr auto no_byte_limit = std::numeric_limits<std::size_t>::max();
 
-// How long a test waits for a completion before it gives up (a lost completion must fail the
-// test, not hang the suite).
-constexpr auto completion_deadline = 60s;
-
-// Runs one store call and waits for its completion. The promise is shared with the completion,
-// so that one arriving after the deadline touches nothing freed.
-template <class T, class Call>
-result<T> wait_for(Call call) {
-  auto p = std::make_shared<std::promise<result<T>>>();
-  auto f = p->get_future();
-  call([p](result<T> r) { p->set_value(std::move(r)); });
-  if (f.wait_for(completion_deadline) != std::future_status::ready)
-    throw std::runtime_error("a store call did not complete within 60 s");
-  return f.get();
-}
-
-// Many calls in flight at once: slot() is the completion of the next call; the results come
-// back in the order the calls were made, completion_order() in the order their completions ran.
-// Each completion must run exactly once, on a thread that is not the test's.
-template <class T>
-class in_flight {
- public:
-  completion<T> slot() {
-    std::lock_guard lock(s_->m);
-    const std::size_t i = s_->results.size();
-    s_->results.emplace_back();
-    return [s = s_, i](result<T> r) {
-      std::lock_guard lock(s->m);
-      if (s->results[i]) {
-        ADD_FAILURE() << "the completion of call " << i << " ran twice";
-        return;
-      }
-      s->results[i].emplace(std::move(r));
-      s->order.push_back(i);
-      if (std::this_thread::get_id() == s->caller)
-        ADD_FAILURE() << "the completion of call " << i << " ran on the caller's thread";
-      s->cv.notify_all();
-    };
-  }
-
-  // Waits until `n` completions ran; false at the deadline.
-  bool wait_until_completed(std::size_t n, std::chrono::seconds deadline = completion_deadline) {
-    std::unique_lock lock(s_->m);
-    return s_->cv.wait_for(lock, deadline, [&] { return s_->order.size() >= n; });
-  }
-
-  // Every result, in call order, once all completions ran.
-  std::vector<result<T>> all() {
-    std::size_t n = 0;
-    {
-      std::lock_guard lock(s_->m);
-      n = s_->results.size();
-    }
-    if (!wait_until_completed(n))
-      throw std::runtime_error("store calls did not complete within 60 s");
-    std::lock_guard lock(s_->m);
-    std::vector<result<T>> out;
-    out.reserve(n);
-    for (auto& r : s_->results) out.push_back(*r);
-    return out;
-  }
-
-  std::vector<std::size_t> completion_order() {
-    std::lock_guard lock(s_->m);
-    return s_->order;
-  }
-
-  // The results of the calls completed so far (nullopt for the others), in call order.
-  std::vector<std::optional<result<T>>> so_far() {
-    std::lock_guard lock(s_->m);
-    return s_->results;
-  }
-
- private:
-  struct state {
-    std::mutex m;
-    std::condition_variable cv;
-    std::vector<std::optional<result<T>>> results;
-    std::vector<std::size_t> order;
-    std::thread::id caller = std::this_thread::get_id();
-  };
-  std::shared_ptr<state> s_ = std::make_shared<state>();
-};
+using test_calls::completion_deadline;
+using test_calls::in_flight;
+using test_calls::wait_for;
 
 // Receipts, watermarks and positions as text, sorted, so that a failed comparison shows both
 // sides whole and order does not matter (the contract gives none). at_ms is left out: it is

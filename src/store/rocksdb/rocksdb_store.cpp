@@ -568,26 +568,48 @@ struct rocksdb_store::impl {
     std::uint64_t delivered = 0;
     std::uint64_t read = 0;
   };
-  result<std::unordered_map<std::uint64_t, member_marks>> marks_of(std::uint64_t chat) {
-    std::unordered_map<std::uint64_t, member_marks> out;
-    const auto lower = keys::be64(chat);
-    const std::string upper = after_prefix(lower.view());
-    for (cf family : {cf_cursors, cf_read_marks}) {
-      bounded_read r(lower.view(), upper);
-      std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(r.options, cfs[family]));
-      for (it->SeekToFirst(); it->Valid(); it->Next()) {
+  using chat_marks = std::unordered_map<std::uint64_t, member_marks>;
+  // Fills `out` with the chat's members' marks, with one Seek on each of two iterators over
+  // cursors and read_marks (reusable across chats: neither family has deletes, so a scan from
+  // a Seek steps over no tombstones). If `device_cursor` is given, it gets the cursor of
+  // (user, device), 0 if there is none.
+  result<void> scan_marks(std::uint64_t chat, rocksdb::Iterator& cursors_it,
+                          rocksdb::Iterator& marks_it, chat_marks& out, std::uint64_t user = 0,
+                          std::uint64_t device = 0, std::uint64_t* device_cursor = nullptr) {
+    out.clear();
+    if (device_cursor != nullptr) *device_cursor = 0;
+    const auto prefix = keys::be64(chat);
+    for (auto* it : {&cursors_it, &marks_it}) {
+      for (it->Seek(slice(prefix)); it->Valid() && it->key().starts_with(slice(prefix));
+           it->Next()) {
         const std::string_view key(it->key().data(), it->key().size());
         if (key.size() < 16 || it->value().size() != 8) return errc::corrupt;
         const std::uint64_t seq = read_be64(std::string_view(it->value().data(), 8));
-        auto& m = out[read_be64(key, 8)];
-        if (family == cf_cursors) {
-          m.delivered = std::max(m.delivered, seq);
-        } else {
+        const std::uint64_t member = read_be64(key, 8);
+        auto& m = out[member];
+        if (it == &marks_it) {
           m.read = std::max(m.read, seq);
+          continue;
+        }
+        m.delivered = std::max(m.delivered, seq);
+        if (device_cursor != nullptr && member == user && key.size() == 24 &&
+            read_be64(key, 16) == device) {
+          *device_cursor = seq;
         }
       }
       if (!it->status().ok()) return errc::io_error;
     }
+    return {};
+  }
+  // The same for one chat, on iterators of its own.
+  result<chat_marks> marks_of(std::uint64_t chat) {
+    std::unique_ptr<rocksdb::Iterator> cursors_it(
+        db->NewIterator(rocksdb::ReadOptions(), cfs[cf_cursors]));
+    std::unique_ptr<rocksdb::Iterator> marks_it(
+        db->NewIterator(rocksdb::ReadOptions(), cfs[cf_read_marks]));
+    chat_marks out;
+    auto r = scan_marks(chat, *cursors_it, *marks_it, out);
+    if (!r) return r.error();
     return out;
   }
   result<chat_message> stored_message(std::uint64_t chat, std::uint64_t seq,
@@ -1285,15 +1307,14 @@ result<device_backlog> rocksdb_store::impl::compute_backlog(std::uint64_t device
     if (!it->status().ok()) return errc::io_error;
   }
   // Per chat: its head (from the heads the writer published, else the log's last key), and
-  // one Seek each into the cursors and read marks, on two iterators reused for every chat
-  // (creating iterators per chat cost ~250 µs a chat: 200 ms for a login with 800 chats).
-  // Neither family has deletes, so a scan from a Seek steps over no tombstones.
+  // its cursors and read marks on two iterators reused for every chat (creating iterators per
+  // chat cost ~250 µs a chat: 200 ms for a login with 800 chats).
   std::unique_ptr<rocksdb::Iterator> cursors_it(
       db->NewIterator(rocksdb::ReadOptions(), cfs[cf_cursors]));
   std::unique_ptr<rocksdb::Iterator> marks_it(
       db->NewIterator(rocksdb::ReadOptions(), cfs[cf_read_marks]));
   std::unordered_map<std::uint64_t, std::string> names;
-  std::unordered_map<std::uint64_t, member_marks> members;
+  chat_marks members;
   for (std::uint64_t chat : chat_ids) {
     std::uint64_t head = heads.get(chat);
     if (head == 0) {
@@ -1302,26 +1323,9 @@ result<device_backlog> rocksdb_store::impl::compute_backlog(std::uint64_t device
       head = *h;
       heads.raise(chat, head);
     }
-    members.clear();
     std::uint64_t cursor = 0;
-    const auto prefix = keys::be64(chat);
-    for (auto* it : {cursors_it.get(), marks_it.get()}) {
-      for (it->Seek(slice(prefix)); it->Valid() && it->key().starts_with(slice(prefix));
-           it->Next()) {
-        const std::string_view key(it->key().data(), it->key().size());
-        if (key.size() < 16 || it->value().size() != 8) return errc::corrupt;
-        const std::uint64_t seq = read_be64(std::string_view(it->value().data(), 8));
-        const std::uint64_t member = read_be64(key, 8);
-        auto& m = members[member];
-        if (it == marks_it.get()) {
-          m.read = std::max(m.read, seq);
-          continue;
-        }
-        m.delivered = std::max(m.delivered, seq);
-        if (member == user && key.size() == 24 && read_be64(key, 16) == device) cursor = seq;
-      }
-      if (!it->status().ok()) return errc::io_error;
-    }
+    auto scanned = scan_marks(chat, *cursors_it, *marks_it, members, user, device, &cursor);
+    if (!scanned) return scanned.error();
     if (head > cursor) out.behind.push_back({chat, cursor, head});
     for (const auto& [member, m] : members) {
       if (member == user) continue;

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "store/store_test_calls.hpp"
 #include "temp_dir.hpp"
 
 namespace parley::store {
@@ -27,57 +28,8 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-constexpr auto completion_deadline = 60s;
-
-// Runs one store call and waits for its completion (shared state: a completion arriving after
-// the deadline touches nothing freed).
-template <class T, class Call>
-result<T> wait_for(Call call) {
-  auto p = std::make_shared<std::promise<result<T>>>();
-  auto f = p->get_future();
-  call([p](result<T> r) { p->set_value(std::move(r)); });
-  if (f.wait_for(completion_deadline) != std::future_status::ready)
-    throw std::runtime_error("a store call did not complete within 60 s");
-  return f.get();
-}
-
-// Many calls in flight at once: slot() is the completion of the next call; all() waits for
-// every one and returns the results in call order.
-template <class T>
-class in_flight {
- public:
-  completion<T> slot() {
-    std::lock_guard lock(s_->m);
-    const std::size_t i = s_->results.size();
-    s_->results.emplace_back();
-    return [s = s_, i](result<T> r) {
-      std::lock_guard lock(s->m);
-      s->results[i].emplace(std::move(r));
-      ++s->completed;
-      s->cv.notify_all();
-    };
-  }
-
-  std::vector<result<T>> all() {
-    std::unique_lock lock(s_->m);
-    if (!s_->cv.wait_for(lock, completion_deadline,
-                         [&] { return s_->completed == s_->results.size(); }))
-      throw std::runtime_error("store calls did not complete within 60 s");
-    std::vector<result<T>> out;
-    out.reserve(s_->results.size());
-    for (auto& r : s_->results) out.push_back(*r);
-    return out;
-  }
-
- private:
-  struct state {
-    std::mutex m;
-    std::condition_variable cv;
-    std::vector<std::optional<result<T>>> results;
-    std::size_t completed = 0;
-  };
-  std::shared_ptr<state> s_ = std::make_shared<state>();
-};
+using test_calls::in_flight;
+using test_calls::wait_for;
 
 registration register_user(store& db, const std::string& name) {
   auto r = wait_for<registration>([&](auto done) { db.register_account({name, {}}, done); });
