@@ -16,6 +16,10 @@ void load_peer::received(std::uint64_t chat_id, std::uint64_t seq) {
   acks.emplace_back(chat_id, seq);
 }
 
+void load_peer::keep_receipts_stamp(std::uint64_t stamp) {
+  receipts_stamp = std::max(receipts_stamp, stamp);
+}
+
 void load_peer::flush_acks() {
   constexpr std::size_t max_cursors = 1'024;  // the server's limit per Ack
   for (std::size_t begin = 0; begin < acks.size(); begin += max_cursors) {
@@ -58,16 +62,22 @@ boost::asio::awaitable<bool> set_up(load_peer& p, std::string url, std::string s
   v2::Frame auth;
   auth.mutable_authenticate()->set_device_id(p.device);
   auth.mutable_authenticate()->set_token(p.token);
+  auth.mutable_authenticate()->set_receipts_since(p.receipts_stamp);
   auto a = co_await round_trip(p, auth);
   if (!a.has_authenticated()) co_return false;
+  std::uint64_t highest = 0;  // the highest Receipts.stamp of this session before QueueEmpty
   for (;;) {
     auto [ec, bytes] = co_await p.ws->read();
     if (ec) co_return false;
     v2::Frame f;
     if (!f.ParseFromString(bytes)) continue;
-    if (f.has_receipts()) p.receipts += static_cast<std::uint64_t>(f.receipts().receipts_size());
+    if (f.has_receipts()) {
+      p.receipts += static_cast<std::uint64_t>(f.receipts().receipts_size());
+      highest = std::max(highest, f.receipts().stamp());
+    }
     if (f.has_queue_empty()) {
       p.drained = f.queue_empty().drained();
+      p.keep_receipts_stamp(std::max(highest, f.queue_empty().receipts_stamp()));
       co_return true;
     }
   }

@@ -29,10 +29,20 @@ struct load_peer {
   std::vector<std::pair<std::uint64_t, std::uint64_t>> acks;
   std::uint64_t next_request = 1;
   // What the last set_up() received before QueueEmpty: envelopes its drain pushed, and
-  // Receipt entries (watermarks of the chats this account is in).
+  // Receipt entries (the watermarks that moved after the receipts stamp it presented; all of
+  // the account's chats' with none).
   std::uint64_t drained = 0, receipts = 0;
+  // The receipts stamp this device keeps across its sessions and presents as
+  // Authenticate.receipts_since (0: none yet), as a real client does (frame.proto, QueueEmpty):
+  // set_up() raises it at QueueEmpty to the highest of QueueEmpty.receipts_stamp and the
+  // stamps of the Receipts before it; after QueueEmpty, each Receipts read raises it to its
+  // stamp (keep_receipts_stamp). Never lowered.
+  std::uint64_t receipts_stamp = 0;
 
   void send(const parley::v2::Frame& f) { ws->send(f.SerializeAsString()); }
+  // Keeps `stamp` as receipts_stamp if higher: at QueueEmpty, or the stamp of a Receipts read
+  // after it (0 on all but the last frame of a split change, so those keep nothing).
+  void keep_receipts_stamp(std::uint64_t stamp);
   // Notes an envelope to ack. Messages of one chat arrive in seq order, so the latest seq of a
   // chat covers every earlier one.
   void received(std::uint64_t chat_id, std::uint64_t seq);
@@ -45,9 +55,10 @@ struct load_peer {
 // Returns a Frame with no body on a broken connection.
 boost::asio::awaitable<parley::v2::Frame> round_trip(load_peer& p, parley::v2::Frame request);
 
-// Connects from `source` (127.0.0.x), optionally registers `p.username` first, authenticates,
-// and reads until QueueEmpty (counting p.drained and p.receipts on the way). False on any
-// failure. The envelopes of the drain are not acked.
+// Connects from `source` (127.0.0.x), optionally registers `p.username` first, authenticates
+// presenting p.receipts_stamp, and reads until QueueEmpty (counting p.drained and p.receipts
+// on the way, then keeping the session's receipts stamp). False on any failure. The envelopes
+// of the drain are not acked.
 boost::asio::awaitable<bool> set_up(load_peer& p, std::string url, std::string source,
                                     bool register_first);
 

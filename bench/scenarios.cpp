@@ -462,7 +462,11 @@ awaitable<void> read_loop(load_peer& p, std::vector<step_counters>& steps,
         break;
       }
       // Receipts (the recipients' delivered watermarks) need no ack, and the bench measures
-      // delivery at the recipient; they are read and dropped.
+      // delivery at the recipient; only their stamp is kept (this session is past QueueEmpty),
+      // to be presented at the next login.
+      case v2::Frame::kReceipts:
+        p.keep_receipts_stamp(f.receipts().stamp());
+        break;
       default:
         break;
     }
@@ -555,13 +559,15 @@ constexpr std::size_t login_parallel = 512;
 
 struct worker_logins {
   std::size_t failed = 0;
-  std::string line;  // "logged_in failed seconds cpu_seconds drained receipts"
+  std::string line;  // "logged_in failed seconds cpu_seconds drained receipts with_stamp"
 };
 
-// Logs every peer in (connect, authenticate, read to QueueEmpty; no registration), all of them
-// at once, timed. Their connections are new ones.
+// Logs every peer in (connect, authenticate with the receipts stamp it kept, read to
+// QueueEmpty; no registration), all of them at once, timed. Their connections are new ones.
 worker_logins timed_logins(asio::io_context& io, std::vector<std::unique_ptr<load_peer>>& peers,
                            const std::string& url, int w) {
+  const auto with_stamp = static_cast<std::size_t>(std::count_if(
+      peers.begin(), peers.end(), [](const auto& p) { return p->receipts_stamp != 0; }));
   const auto start = clock::now();
   const auto cpu_start = sample_process(::getpid());
   const auto failed = run_on(
@@ -575,7 +581,7 @@ worker_logins timed_logins(asio::io_context& io, std::vector<std::unique_ptr<loa
   }
   std::ostringstream out;
   out << peers.size() - failed << ' ' << failed << ' ' << secs << ' ' << cpu << ' ' << drained
-      << ' ' << receipts;
+      << ' ' << receipts << ' ' << with_stamp;
   return {failed, out.str()};
 }
 
@@ -588,16 +594,17 @@ login_result run_logins(worker_pool& pool, const target& t, std::size_t users) {
   pool.broadcast("go");
   for (const auto& line : pool.collect()) {
     std::istringstream in(line);
-    std::size_t ok = 0, failed = 0;
+    std::size_t ok = 0, failed = 0, with_stamp = 0;
     double secs = 0, cpu = 0;
     std::uint64_t drained = 0, receipts = 0;
-    in >> ok >> failed >> secs >> cpu >> drained >> receipts;
+    in >> ok >> failed >> secs >> cpu >> drained >> receipts >> with_stamp;
     r.logged_in += ok;
     r.failed += failed;
     r.seconds = std::max(r.seconds, secs);
     r.generator_cpu_seconds += cpu;
     r.drained += drained;
     r.receipts += receipts;
+    r.with_stamp += with_stamp;
   }
   r.server_cpu_seconds = sample_process(t.pid).cpu_seconds - before.cpu_seconds;
   r.logins_per_second = r.seconds > 0 ? static_cast<double>(r.logged_in) / r.seconds : 0;
@@ -648,10 +655,11 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
     if (!relogin) return 0;
     // Every user goes offline at once, its TCP connection dropped, then logs in again when
     // told: the same logins as before the load, now with the chats, cursors and watermarks
-    // the load left behind. pace() acked everything received; what it did not receive (lost,
-    // or still arriving when it gave up) is drained at the login and counted as drained. The
-    // read loops must be gone before the peers get new connections, which set_up() reads
-    // alone.
+    // the load left behind, each presenting the receipts stamp its device kept through its
+    // login and the load's Receipts (the peers keep receipts_stamp across the new connections).
+    // pace() acked everything received; what it did not receive (lost, or still arriving when
+    // it gave up) is drained at the login and counted as drained. The read loops must be gone
+    // before the peers get new connections, which set_up() reads alone.
     for (auto& p : peers) p->ws->abort();
     if (!run_on(io, wait_for_zero(reading, std::chrono::seconds(5))))
       throw std::runtime_error("dropped connections still being read");
@@ -784,6 +792,7 @@ awaitable<drain_result> drain_once(std::string url, std::size_t messages) {
   load_peer again(ex);
   again.device = receiver.device;
   again.token = receiver.token;
+  again.receipts_stamp = receiver.receipts_stamp;
   const auto start = clock::now();
   if (co_await again.ws->connect(url, std::chrono::seconds(10), source_address(2)))
     throw std::runtime_error("drain: reconnect failed");
@@ -791,6 +800,7 @@ awaitable<drain_result> drain_once(std::string url, std::size_t messages) {
   auth.set_request_id(1);
   auth.mutable_authenticate()->set_device_id(again.device);
   auth.mutable_authenticate()->set_token(again.token);
+  auth.mutable_authenticate()->set_receipts_since(again.receipts_stamp);
   again.send(auth);
   std::uint64_t last_seq = 0;
   r.in_order = true;

@@ -72,8 +72,10 @@ struct step_result {
 };
 
 // Logins of the one-to-one scenario's users, all at once (each worker 512 at a time, as the
-// connect scenario): connect, WebSocket handshake, Authenticate, and everything the server
-// pushes up to QueueEmpty (the drain and the chats' current receipt watermarks).
+// connect scenario): connect, WebSocket handshake, Authenticate (with the receipts stamp the
+// device kept from its last session, if any), and everything the server pushes up to
+// QueueEmpty (the drain and the receipt watermarks that moved after that stamp; all the
+// chats' current ones without a stamp).
 struct login_result {
   std::size_t wanted = 0, logged_in = 0, failed = 0;
   double seconds = 0;  // first connect to the last QueueEmpty
@@ -81,6 +83,7 @@ struct login_result {
   double server_cpu_seconds = 0, generator_cpu_seconds = 0;  // over the logins
   std::uint64_t drained = 0;   // envelopes the drains pushed (messages not acked before)
   std::uint64_t receipts = 0;  // Receipt entries pushed before QueueEmpty
+  std::size_t with_stamp = 0;  // logins presenting a receipts stamp (receipts_since != 0)
 };
 
 struct one_to_one_result {

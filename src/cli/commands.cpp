@@ -211,10 +211,19 @@ class session {
     co_await authenticate();
   }
 
-  // Authenticates the open connection and publishes this device's keys if the server lacks
-  // them (first run, reinstall) or runs low.
+  // Authenticates the open connection, presenting the receipts stamp this device kept (so the
+  // server sends only the watermarks that moved since), and publishes this device's keys if
+  // the server lacks them (first run, reinstall) or runs low.
   awaitable<void> authenticate() {
-    auto a = co_await client_.authenticate(me_->device_id, me_->token);
+    std::uint64_t kept = 0;
+    try {
+      kept = store_->receipts_stamp(me_->device_id);
+    } catch (const std::exception& e) {
+      // Presenting 0 costs only every watermark again.
+      std::cerr << "parley: warning: cannot read the receipts stamp: " << e.what() << '\n';
+    }
+    stamps_ = client::receipts_stamp_tracker(kept);  // a new session
+    auto a = co_await client_.authenticate(me_->device_id, me_->token, kept);
     if (!a) throw explain(a.error());
     auto k = co_await messenger_->publish_keys(*a);
     // Sending still works without published keys; receiving new sessions does not: say so,
@@ -239,6 +248,20 @@ class session {
 
   void out(const std::string& human, const json_object& json) {
     std::cout << (opts_.json ? json.str() : human) << '\n' << std::flush;
+  }
+
+  // Feeds a QueueEmpty, or a Receipts frame once its receipts are applied to the local
+  // watermarks (`applied` false: one or more could not be stored), to this session's receipts
+  // stamp tracker, and keeps the stamp in the local store when it moves.
+  void keep_receipts_stamp(const v2::Frame& f, bool applied = true) {
+    if (!applied) stamps_.unapplied();
+    if (!stamps_.on_frame(f)) return;
+    try {
+      store_->raise_receipts_stamp(me_->device_id, stamps_.token());
+    } catch (const std::exception& e) {
+      // The kept stamp stays lower: the next session gets some watermarks again, no harm.
+      std::cerr << "parley: warning: cannot keep the receipts stamp: " << e.what() << '\n';
+    }
   }
 
  private:
@@ -308,6 +331,7 @@ class session {
   std::unique_ptr<client::local_store> store_;
   std::unique_ptr<e2ee::library_context> library_;
   std::unique_ptr<client::messenger> messenger_;
+  client::receipts_stamp_tracker stamps_;  // of the current session (authenticate())
 };
 
 void require_user_arg(const std::string& name) {
@@ -409,17 +433,10 @@ awaitable<void> cmd_send(session& s, const options& o) {
   throw explain(*last, to);
 }
 
-// Shows one Receipt if it moved the peer's watermark in the local store (the server repeats the
-// current watermarks after every Authenticate: each is shown once) and covers a message this
-// device sent (a watermark also moves over the peer's own messages: nothing to show then). The
-// message id is the newest message of this device's history the watermark covers.
-void show_receipt(session& s, const v2::Receipt& r) {
-  auto moved = s.messenger().apply_receipt(r);
-  if (!moved) {
-    std::cerr << "parley: warning: receipt not stored: " << describe(moved.error()) << '\n';
-  } else if (!*moved) {
-    return;
-  }
+// Shows a Receipt that moved the peer's watermark, if it covers a message this device sent (a
+// watermark also moves over the peer's own messages: nothing to show then). The message id is
+// the newest message of this device's history the watermark covers.
+void print_receipt(session& s, const v2::Receipt& r) {
   std::optional<client::local_message> covered;
   try {
     covered = s.store().last_sent_up_to(r.chat_id(), r.up_to_seq());
@@ -443,9 +460,22 @@ void show_receipt(session& s, const v2::Receipt& r) {
         json);
 }
 
+// Applies one Receipt to the local store and shows it if it moved the peer's watermark there
+// (the server may send watermarks this device has already after an Authenticate: each is
+// shown once), or if it could not be stored. False in that last case.
+bool show_receipt(session& s, const v2::Receipt& r) {
+  const auto moved = s.messenger().apply_receipt(r);
+  if (!moved) {
+    std::cerr << "parley: warning: receipt not stored: " << describe(moved.error()) << '\n';
+  }
+  if (!moved || *moved) print_receipt(s, r);
+  return moved.has_value();
+}
+
 // Shows one pushed frame: decrypts an Envelope into the local history and records its cursor
-// in `acks`; applies and shows Receipts. True if the frame was an Envelope now stored and to
-// be acked (so shown, or recorded as undecryptable, or already in the history).
+// in `acks`; applies and shows Receipts, then keeps their stamp (session::keep_receipts_stamp;
+// the caller passes QueueEmpty there). True if the frame was an Envelope now stored and to be
+// acked (so shown, or recorded as undecryptable, or already in the history).
 awaitable<bool> handle_push(session& s, const v2::Frame& f, client::ack_batch& acks,
                             const std::string& chat_peer = {}) {
   if (f.has_envelope()) {
@@ -493,7 +523,9 @@ awaitable<bool> handle_push(session& s, const v2::Frame& f, client::ack_batch& a
     co_return false;
   }
   if (f.has_receipts()) {
-    for (const auto& r : f.receipts().receipts()) show_receipt(s, r);
+    bool applied = true;
+    for (const auto& r : f.receipts().receipts()) applied = show_receipt(s, r) && applied;
+    s.keep_receipts_stamp(f, applied);
     co_return false;
   }
   if (f.has_presence()) {
@@ -552,6 +584,7 @@ awaitable<void> cmd_sync(session& s, const options& o) {
       throw explain(f.error());
     }
     if (f->has_queue_empty()) {
+      s.keep_receipts_stamp(*f);
       co_await flush_acks(s, acks);
       unacked = 0;
       if (wait.count() == 0) break;
@@ -768,7 +801,10 @@ awaitable<void> cmd_chat(session& s, const options& o) {
       if (f.error().what == client_error::kind::timeout) continue;
       throw explain(f.error());
     }
-    if (f->has_queue_empty()) continue;
+    if (f->has_queue_empty()) {
+      s.keep_receipts_stamp(*f);
+      continue;
+    }
     const bool stored = co_await handle_push(s, *f, acks, peer);
     if (!acks.empty()) s.api().ack_async(acks.take());
     // The chat is open: what the peer sends is read as soon as it is shown (blue ticks). Not

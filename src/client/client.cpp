@@ -1,5 +1,6 @@
 #include "client/client.hpp"
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -165,14 +166,32 @@ awaitable<result<v2::Registered>> client::register_account(std::string username)
 }
 
 awaitable<result<v2::Authenticated>> client::authenticate(std::uint64_t device_id,
-                                                          std::string token) {
+                                                          std::string token,
+                                                          std::uint64_t receipts_since) {
   v2::Frame f;
   f.mutable_authenticate()->set_device_id(device_id);
   f.mutable_authenticate()->set_token(token);
+  f.mutable_authenticate()->set_receipts_since(receipts_since);
   auto r = co_await request(std::move(f));
   if (!r) co_return r.error();
   if (!r->has_authenticated()) co_return unexpected(*r);
   co_return r->authenticated();
+}
+
+bool receipts_stamp_tracker::on_frame(const v2::Frame& f) {
+  std::uint64_t to = token_;
+  if (f.has_receipts()) {
+    highest_ = std::max(highest_, f.receipts().stamp());
+    if (drained_) to = std::max(to, f.receipts().stamp());
+  } else if (f.has_queue_empty()) {
+    drained_ = true;
+    to = std::max({to, highest_, f.queue_empty().receipts_stamp()});
+  } else {
+    return false;
+  }
+  if (stuck_ || to == token_) return false;
+  token_ = to;
+  return true;
 }
 
 awaitable<result<v2::SendResult>> client::send(std::string to, std::string client_msg_id,

@@ -58,6 +58,37 @@ struct chat_cursor {
   std::uint64_t seq = 0;
 };
 
+// The receipts stamp a device keeps between sessions and presents as
+// Authenticate.receipts_since, so that the server sends after authentication only the
+// watermarks that moved since (docs/protocol.md, "Receipts stamps"). One tracker per session,
+// started from the kept stamp (0 if none); feed it every QueueEmpty, and every Receipts frame
+// once its receipts are in the local store:
+//  - before QueueEmpty it only remembers the highest Receipts.stamp seen;
+//  - QueueEmpty raises the token to the highest of it, those stamps and its receipts_stamp;
+//  - after QueueEmpty, a Receipts frame with a stamp raises the token to it.
+// The token never goes down, and never moves before QueueEmpty (until then, what this
+// session was sent may not cover the stamps seen). on_frame() says when it moved: persist
+// token() then.
+class receipts_stamp_tracker {
+ public:
+  explicit receipts_stamp_tracker(std::uint64_t kept = 0) : token_(kept) {}
+
+  // True if token() moved: persist it. Other frames change nothing.
+  bool on_frame(const parley::v2::Frame& f);
+  // A Receipts frame of this session could not be applied (the local store failed): the token
+  // stays where it is for the rest of the session, since QueueEmpty's stamp and later ones
+  // would cover the watermarks lost. The next session, from the kept token, gets them again.
+  void unapplied() { stuck_ = true; }
+
+  std::uint64_t token() const { return token_; }
+
+ private:
+  std::uint64_t token_;
+  std::uint64_t highest_ = 0;  // the highest Receipts.stamp of this session
+  bool drained_ = false;       // QueueEmpty came
+  bool stuck_ = false;         // see unapplied()
+};
+
 class client {
  public:
   explicit client(boost::asio::any_io_executor executor);
@@ -74,8 +105,11 @@ class client {
   void set_ca_file(std::string path) { ca_file_ = std::move(path); }
 
   boost::asio::awaitable<result<parley::v2::Registered>> register_account(std::string username);
-  boost::asio::awaitable<result<parley::v2::Authenticated>> authenticate(std::uint64_t device_id,
-                                                                         std::string token);
+  // `receipts_since`: the receipts stamp this device kept from its last session
+  // (receipts_stamp_tracker::token()), 0 if none: the Receipts after authentication then carry
+  // only the watermarks that moved after it (with 0, or a stamp the server cannot use, all).
+  boost::asio::awaitable<result<parley::v2::Authenticated>> authenticate(
+      std::uint64_t device_id, std::string token, std::uint64_t receipts_since = 0);
   // `payload` is a serialized Signal-protocol message of `type` (the messenger makes them);
   // tests and the load generator send opaque bytes, which the server cannot tell apart.
   boost::asio::awaitable<result<parley::v2::SendResult>> send(

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS chats (chat_id INTEGER PRIMARY KEY, peer TEXT NOT NUL
 CREATE TABLE IF NOT EXISTS watermarks (
   chat_id INTEGER NOT NULL, peer TEXT NOT NULL, delivered_seq INTEGER NOT NULL DEFAULT 0,
   read_seq INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (chat_id, peer));
+CREATE TABLE IF NOT EXISTS receipts_stamps (device_id INTEGER PRIMARY KEY, stamp INTEGER NOT NULL);
 )sql";
 
 // Indexes, made once the messages table has every column (after a migration).
@@ -158,6 +159,7 @@ local_store::local_store(const std::filesystem::path& file) : file_(file) {
 // Brings the database to schema_version in one transaction (another parley process opening
 // the same profile waits, then finds it done). Version 0 is a new file or one of the first
 // format, whose messages table lacks chat_id and seq: added, with 0 (unknown) in every old row.
+// Version 2 lacks receipts_stamps, which `schema` creates (empty: no stamp kept yet).
 void local_store::migrate() {
   exec("BEGIN IMMEDIATE");
   try {
@@ -547,6 +549,28 @@ watermarks local_store::watermarks_of(std::uint64_t chat_id, std::string_view pe
   s.bind(1, static_cast<std::int64_t>(chat_id)).text(2, peer);
   if (!s.step()) return {};
   return {static_cast<std::uint64_t>(s.integer(0)), static_cast<std::uint64_t>(s.integer(1))};
+}
+
+// --- receipts stamp ----------------------------------------------------------------------------
+
+std::uint64_t local_store::receipts_stamp(std::uint64_t device_id) {
+  auto s = prepare("SELECT stamp FROM receipts_stamps WHERE device_id = ?");
+  s.bind(1, static_cast<std::int64_t>(device_id));
+  if (!s.step()) return 0;
+  return static_cast<std::uint64_t>(s.integer(0));
+}
+
+bool local_store::raise_receipts_stamp(std::uint64_t device_id, std::uint64_t stamp) {
+  if (stamp == 0) return false;
+  // SQLite's integers are signed: a stamp is stored as its 64 bits, and ?2 > stamp is decided
+  // as unsigned (a negative value is one of 2^63 and above). Updated only where it moves up:
+  // changes() then says whether it did.
+  auto s = prepare(
+      "INSERT INTO receipts_stamps (device_id, stamp) VALUES (?1, ?2) "
+      "ON CONFLICT (device_id) DO UPDATE SET stamp = ?2 "
+      "WHERE CASE WHEN (?2 < 0) = (stamp < 0) THEN ?2 > stamp ELSE ?2 < 0 END");
+  s.bind(1, static_cast<std::int64_t>(device_id)).bind(2, static_cast<std::int64_t>(stamp)).run();
+  return s.changes() == 1;
 }
 
 }  // namespace parley::client

@@ -6,17 +6,21 @@
 // The history follows the chat log of protocol v2: every message carries its chat_id and its
 // per-chat seq (from its Envelope, or for a sent one from its SendResult); each peer maps to
 // the 1:1 chat with them; and the other member's delivered and read watermarks are kept per
-// (chat, peer), from which each sent message's status is derived.
+// (chat, peer), from which each sent message's status is derived. With them, the receipts
+// stamp the device kept from its last session (client::receipts_stamp_tracker), presented as
+// Authenticate.receipts_since so that the server sends only the watermarks that moved since.
 //
 // Durability: synchronous=FULL in WAL mode, so a committed transaction survives a crash; the
 // messenger commits a decrypted message and the ratchet state it advanced together, and acks
 // to the server only after that commit.
 //
-// Schema: PRAGMA user_version holds schema_version. A database of the first format (user_version
-// 0, from a parley of protocol v1) is migrated when opened: its messages keep chat_id 0 and seq
-// 0 (unknown: the old protocol had neither) and show as stored, status unknown; keys, sessions
-// and identities are kept as they are. A database with a newer version than this parley knows
-// is refused (std::runtime_error saying so), never written to.
+// Schema: PRAGMA user_version holds schema_version. An older database is migrated in place when
+// opened, in one transaction. One of the first format (user_version 0, from a parley of
+// protocol v1): its messages keep chat_id 0 and seq 0 (unknown: the old protocol had neither)
+// and show as stored, status unknown; keys, sessions and identities are kept as they are. One
+// of version 2 (before receipts stamps) gets the receipts_stamps table, empty: its next session
+// presents 0 and gets every current watermark, as before. A database with a newer version than
+// this parley knows is refused (std::runtime_error saying so), never written to.
 //
 // Failures of SQLite itself throw std::runtime_error (a broken disk is not a message-path
 // value); the engine turns them into e2ee::errc::storage.
@@ -132,8 +136,17 @@ class local_store final : public e2ee::key_store {
                        std::uint64_t up_to_seq);
   watermarks watermarks_of(std::uint64_t chat_id, std::string_view peer);
 
+  // The receipts stamp device `device_id` kept from its last session, 0 if none: what its next
+  // Authenticate presents as receipts_since. Kept per device id, so that a local.db later used
+  // with other credentials presents nothing of another device's.
+  std::uint64_t receipts_stamp(std::uint64_t device_id);
+  // Raises that stamp to `stamp` (as unsigned 64-bit numbers); never lowers it, since another
+  // parley process on the same profile may have kept a higher one. True if it moved. Call only
+  // once the receipts it covers are in this store (receipts_stamp_tracker says when).
+  bool raise_receipts_stamp(std::uint64_t device_id, std::uint64_t stamp);
+
   // The format this code writes, in PRAGMA user_version (see the top of this file).
-  static constexpr int schema_version = 2;
+  static constexpr int schema_version = 3;
 
  private:
   void migrate();

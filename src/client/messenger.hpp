@@ -102,8 +102,8 @@ class messenger {
   opened_message open(const parley::v2::Envelope& e);
 
   // A Receipt: raises `r.user()`'s watermark in r.chat_id() in the local store (a maximum).
-  // True if it moved, false if it was known already (the server repeats the current
-  // watermarks after every Authenticate).
+  // True if it moved, false if it was known already (the Receipts after an Authenticate carry
+  // current watermarks, some of which this device may have).
   result<bool> apply_receipt(const parley::v2::Receipt& r);
 
   // Identity changes of contacts not yet shown to the user (each returned once).

@@ -81,12 +81,17 @@ v2::Frame store_error(std::uint64_t request_id, const boost::system::error_code&
 constexpr std::size_t receipts_per_frame = 256;
 
 // `marks` as Receipts frames of at most receipts_per_frame watermarks each.
+// The highest stamp of the marks goes on the last frame only: a client that keeps it has
+// had every frame of the change (docs/protocol.md, "Receipts stamps").
 std::vector<wire::encoded_frame> receipts_frames(const std::vector<store::watermark>& marks) {
   std::vector<wire::encoded_frame> out;
+  std::uint64_t stamp = 0;
+  for (const auto& m : marks) stamp = std::max(stamp, m.stamp);
   for (std::size_t i = 0; i < marks.size(); i += receipts_per_frame) {
     v2::Frame f;
     auto* receipts = f.mutable_receipts();
-    for (std::size_t j = i; j < std::min(marks.size(), i + receipts_per_frame); ++j) {
+    const std::size_t end = std::min(marks.size(), i + receipts_per_frame);
+    for (std::size_t j = i; j < end; ++j) {
       const auto& m = marks[j];
       auto* r = receipts->add_receipts();
       r->set_chat_id(m.chat);
@@ -95,6 +100,7 @@ std::vector<wire::encoded_frame> receipts_frames(const std::vector<store::waterm
       r->set_up_to_seq(m.up_to);
       r->set_at_ms(m.at_ms);
     }
+    if (end == marks.size()) receipts->set_stamp(stamp);
     out.push_back(wire::encode(f));
   }
   return out;
@@ -487,13 +493,16 @@ awaitable<void> device_session::on_authenticate(std::uint64_t request_id, v2::Au
   out->set_registration_id(found->keys.registration_id);
   out->set_hide_last_seen(found->hide_last_seen);
   send(reply);
-  asio::co_spawn(executor_, drain(), log_failure);
+  asio::co_spawn(executor_, drain(a.receipts_since()), log_failure);
 }
 
-awaitable<void> device_session::drain() {
+awaitable<void> device_session::drain(std::uint64_t receipts_since) {
   auto self = shared_from_this();
   std::uint64_t drained = 0;
+  // The watermarks and stamp of the first pass (later passes only pick up messages that
+  // arrived meanwhile; receipts that moved meanwhile were pushed live).
   std::vector<store::watermark> marks;
+  std::optional<std::uint64_t> receipts_stamp;
   // Chats whose only entries above the cursor are this device's own: the drain moves the
   // cursor past them itself, so that the next login does not read them again.
   std::vector<store::cursor_update> own_tail;
@@ -501,7 +510,7 @@ awaitable<void> device_session::drain() {
     dirty_ = false;
     auto backlog = co_await store_call<store::device_backlog>(
         [&](store::completion<store::device_backlog> done) {
-          state_.store.backlog(device_, user_, std::move(done));
+          state_.store.backlog(device_, user_, receipts_since, std::move(done));
         });
     if (closed_) co_return;
     if (!backlog) {
@@ -509,7 +518,10 @@ awaitable<void> device_session::drain() {
       close(close_reason::internal);
       co_return;
     }
-    if (marks.empty()) marks = std::move(backlog->marks);
+    if (!receipts_stamp) {
+      receipts_stamp = backlog->stamp;
+      marks = std::move(backlog->marks);
+    }
     std::uint64_t sent_this_pass = 0;
     for (auto p : backlog->behind) {
       const std::uint64_t cursor = p.cursor;
@@ -534,6 +546,7 @@ awaitable<void> device_session::drain() {
   }
   frame done;
   done.mutable_queue_empty()->set_drained(drained);
+  done.mutable_queue_empty()->set_receipts_stamp(receipts_stamp.value_or(0));
   co_await send_paced(wire::encode(done));
 }
 

@@ -84,7 +84,9 @@ class device_session final : public bus::endpoint,
   void on_ack(std::uint64_t request_id, const parley::v2::Ack& a);
   void answer_send(std::uint64_t request_id, const store::result<store::send_outcome>& r);
   void request_done();
-  boost::asio::awaitable<void> drain();
+  // After authentication: the chats behind, the watermarks that moved after `receipts_since`
+  // (the client's receipts stamp), then QueueEmpty with the new stamp.
+  boost::asio::awaitable<void> drain(std::uint64_t receipts_since);
   // Sends the entries of one chat above `from` (up to `head`); the number sent, or nullopt if
   // the connection closed or the store failed (the connection is then closed).
   boost::asio::awaitable<std::optional<std::uint64_t>> drain_chat(store::chat_position p);

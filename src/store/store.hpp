@@ -135,6 +135,9 @@ struct watermark {
   message_status status = message_status::delivered;
   std::uint64_t up_to = 0;
   std::uint64_t at_ms = 0;
+  // The receipts stamp of the commit that moved it (parley.v2.Receipts.stamp): set on what
+  // ack and mark_read return, 0 in a backlog.
+  std::uint64_t stamp = 0;
 };
 
 // A watermark that moved, for one device to be told (a Receipt push).
@@ -150,11 +153,19 @@ struct chat_position {
   std::uint64_t head = 0;    // the chat's last seq
 };
 
-// What a device must be sent after it authenticates: the chats whose head is above its
-// cursor, and the current watermarks of the other members of all its chats (those above 0).
+// What a device must be sent after it authenticates.
+//  - behind: every chat with a message from another device above this device's cursor; it
+//    may also list chats with nothing above the cursor but the device's own messages, or
+//    nothing at all (the caller skips those).
+//  - marks: the current watermarks (those above 0) of the other members in every chat where
+//    one moved after `receipts_since`; in all the user's chats if that is 0 or a stamp the
+//    store cannot answer for (it may list more than moved, never fewer).
+//  - stamp: every watermark that moved up to here is in `marks` or reaches the device as a
+//    receipt of ack() or mark_read() after this call (parley.v2.QueueEmpty.receipts_stamp).
 struct device_backlog {
   std::vector<chat_position> behind;
   std::vector<watermark> marks;
+  std::uint64_t stamp = 0;
 };
 
 struct history_page {
@@ -233,9 +244,12 @@ class store {
   virtual void mark_read(user_id reader, chat_id chat, std::uint64_t up_to,
                          completion<std::vector<receipt_delivery>> done) = 0;
 
-  // The device's chats whose head is above its cursor, and the watermarks of the other
-  // members of all the user's chats.
-  virtual void backlog(device_id device, user_id user, completion<device_backlog> done) = 0;
+  // What the device must be sent after it authenticates (see device_backlog), given the
+  // receipts stamp its client kept (parley.v2.Authenticate.receipts_since; 0 for none).
+  // Stamps grow with every write that returns receipts; ack() and mark_read() set each
+  // receipt's watermark.stamp.
+  virtual void backlog(device_id device, user_id user, std::uint64_t receipts_since,
+                       completion<device_backlog> done) = 0;
 
   // Up to `limit` entries of the chat's log with after < seq <= up_to, oldest first, and at
   // most `max_bytes` of payload (at least one entry).

@@ -181,8 +181,9 @@ class store_contract : public ::testing::TestWithParam<backend> {
         [&](auto done) { db_->mark_read(p.user, chat, up_to, done); });
   }
 
-  device_backlog backlog_of(const person& p) {
-    auto r = wait_for<device_backlog>([&](auto done) { db_->backlog(p.device, p.user, done); });
+  device_backlog backlog_of(const person& p, std::uint64_t receipts_since = 0) {
+    auto r = wait_for<device_backlog>(
+        [&](auto done) { db_->backlog(p.device, p.user, receipts_since, done); });
     EXPECT_TRUE(r) << p.name;
     return r ? *r : device_backlog{};
   }
@@ -854,6 +855,55 @@ TEST_P(store_contract, backlog_lists_the_chats_behind_and_the_other_members_wate
   // A new message puts the chat behind again, from the cursor.
   ASSERT_TRUE(send(alice, by_id(ab), "late"));
   EXPECT_EQ(described(backlog_of(bob).behind), std::vector<std::string>{position(ab, 3, 4)});
+}
+
+// A client presents the receipts stamp it kept (QueueEmpty's, or a later receipt's): the
+// backlog must list the watermarks that moved after it, with their current values, and may
+// list more (the contract allows a store to answer with everything); a stamp the store never
+// gave out gets everything.
+TEST_P(store_contract, backlog_after_a_receipts_stamp_lists_what_moved_since) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto carol = register_user("carol");
+  const chat_id ab = send_n(alice, by_peer("bob"), 2, "a");
+  const chat_id ac = send_n(alice, by_peer("carol"), 2, "c");
+  ASSERT_TRUE(ack(bob, {{ab, 1}}));
+  ASSERT_TRUE(ack(carol, {{ac, 2}}));
+  const auto first = backlog_of(alice);
+  EXPECT_EQ(described(first.marks),
+            sorted({mark(ab, "bob", delivered, 1), mark(ac, "carol", delivered, 2)}));
+  EXPECT_GT(first.stamp, 0u);
+
+  // Moves after the stamp carry higher stamps, and the next backlog lists them.
+  auto moved = ack(bob, {{ab, 2}});
+  ASSERT_TRUE(moved);
+  ASSERT_EQ(moved->size(), 1u);
+  EXPECT_GT(moved->front().mark.stamp, first.stamp);
+  auto read_one = mark_read(bob, ab, 1);
+  ASSERT_TRUE(read_one);
+  ASSERT_EQ(read_one->size(), 1u);
+  EXPECT_GT(read_one->front().mark.stamp, moved->front().mark.stamp);
+
+  const auto second = backlog_of(alice, first.stamp);
+  const auto listed = described(second.marks);
+  for (const auto& want : {mark(ab, "bob", delivered, 2), mark(ab, "bob", read, 1)}) {
+    EXPECT_NE(std::find(listed.begin(), listed.end(), want), listed.end()) << want;
+  }
+  for (const auto& stale : {mark(ab, "bob", delivered, 1)}) {
+    EXPECT_EQ(std::find(listed.begin(), listed.end(), stale), listed.end()) << stale;
+  }
+  EXPECT_GE(second.stamp, read_one->front().mark.stamp);
+
+  // A stamp from elsewhere (above any this store made) is not trusted: everything.
+  EXPECT_EQ(described(backlog_of(alice, second.stamp + 1'000'000).marks),
+            sorted({mark(ab, "bob", delivered, 2), mark(ab, "bob", read, 1),
+                    mark(ac, "carol", delivered, 2)}));
+  // After a restart, an old stamp still gets at least what moved after it.
+  ASSERT_TRUE(mark_read(carol, ac, 2));
+  reopen();
+  const auto after_restart = described(backlog_of(alice, second.stamp).marks);
+  const auto want = mark(ac, "carol", read, 2);
+  EXPECT_NE(std::find(after_restart.begin(), after_restart.end(), want), after_restart.end());
 }
 
 // --- read_log ------------------------------------------------------------------------------

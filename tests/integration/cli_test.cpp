@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <regex>
 #include <sstream>
 
@@ -14,6 +15,7 @@
 #include "client/local_store.hpp"
 #include "client/profile.hpp"
 #include "server_process.hpp"
+#include "sqlite_file.hpp"
 #include "temp_dir.hpp"
 
 namespace parley::test {
@@ -139,7 +141,8 @@ TEST_F(cli, quick_start_chat_with_ticks) {
     EXPECT_EQ(number(line, "up_to_seq"), "1") << line;
     EXPECT_EQ(field(line, "message_id"), id) << line;
   }
-  // Each watermark is shown once: the server repeats them at every connection, unchanged.
+  // Each watermark is shown once (the server sends them again only to a device that presents
+  // no receipts stamp, unchanged).
   EXPECT_EQ(parley("alice", {"--json", "sync"}).out, "");
 
   auto history = parley("bob", {"history", "alice"});
@@ -358,23 +361,14 @@ TEST_F(cli, a_local_db_without_an_identity_is_refused) {
   }
 }
 
-// Runs `sql` on the SQLite database `db`; false (with the reason printed) if it fails.
-bool run_sql(const fs::path& db, const std::string& sql) {
-  sqlite3* handle = nullptr;
-  bool ok = sqlite3_open(db.c_str(), &handle) == SQLITE_OK;
-  char* error = nullptr;
-  if (ok && sqlite3_exec(handle, sql.c_str(), nullptr, nullptr, &error) != SQLITE_OK) {
-    ADD_FAILURE() << sql << ": " << (error ? error : "?");
-    ok = false;
-  }
-  sqlite3_free(error);
-  sqlite3_close(handle);
-  return ok;
-}
+using test_support::query_int;
+using test_support::run_sql;
 
-// A local.db of the first format (protocol v1: messages without chat_id and seq, no chats or
-// watermarks) is migrated when opened: keys and history are kept; its old messages have no
-// place in a chat, so their status cannot be asked. A local.db of a newer format is refused.
+// A local.db of the first format (protocol v1: messages without chat_id and seq, no chats,
+// watermarks or receipts stamps) is migrated when opened: keys and history are kept; its old
+// messages have no place in a chat, so their status cannot be asked. One of schema 2 (no
+// receipts stamps) is migrated too, and keeps one from its next sync. A local.db of a newer
+// format is refused.
 TEST_F(cli, an_old_local_db_is_migrated_and_a_newer_one_refused) {
   ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
   ASSERT_EQ(parley("bob", {"register", "bob"}).exit_code, 0);
@@ -385,7 +379,8 @@ TEST_F(cli, an_old_local_db_is_migrated_and_a_newer_one_refused) {
   ASSERT_TRUE(run_sql(db,
                       "DROP INDEX messages_by_chat; ALTER TABLE messages DROP COLUMN chat_id; "
                       "ALTER TABLE messages DROP COLUMN seq; DROP TABLE chats; "
-                      "DROP TABLE watermarks; PRAGMA user_version = 0;"));
+                      "DROP TABLE watermarks; DROP TABLE receipts_stamps; "
+                      "PRAGMA user_version = 0;"));
 
   auto history = parley("alice", {"history", "bob"});
   ASSERT_EQ(history.exit_code, 0) << history.err;
@@ -404,6 +399,23 @@ TEST_F(cli, an_old_local_db_is_migrated_and_a_newer_one_refused) {
   EXPECT_NE(synced.out.find("\"text\": \"before\""), std::string::npos) << synced.out;
   EXPECT_NE(synced.out.find("\"text\": \"after\""), std::string::npos) << synced.out;
   EXPECT_EQ(synced.out.find("identity_changed"), std::string::npos) << synced.out;
+  EXPECT_EQ(query_int(db, "PRAGMA user_version"), client::local_store::schema_version);
+
+  // Schema 2: migrated by the next command, whose sync keeps the receipts stamp of its
+  // QueueEmpty (bob's delivered watermark moved meanwhile).
+  ASSERT_TRUE(run_sql(db, "DROP TABLE receipts_stamps; PRAGMA user_version = 2;"));
+  const std::string device = field(parley("alice", {"--json", "whoami"}).out, "device_id");
+  ASSERT_FALSE(device.empty());
+  auto receipts = parley("alice", {"--json", "sync"});
+  ASSERT_EQ(receipts.exit_code, 0) << receipts.err;
+  EXPECT_EQ(lines_with(receipts.out, "\"status\": \"delivered\"").size(), 1u) << receipts.out;
+  EXPECT_EQ(query_int(db, "PRAGMA user_version"), client::local_store::schema_version);
+  const auto stamp = query_int(db, "SELECT stamp FROM receipts_stamps WHERE device_id = " + device);
+  ASSERT_TRUE(stamp);
+  EXPECT_GT(*stamp, 0);
+  auto history_after = parley("alice", {"history", "bob"});
+  EXPECT_NE(history_after.out.find("alice: before"), std::string::npos) << history_after.out;
+  EXPECT_NE(history_after.out.find("alice: after"), std::string::npos) << history_after.out;
 
   ASSERT_TRUE(run_sql(db, "PRAGMA user_version = 99;"));
   auto newer = parley("alice", {"sync"});
@@ -411,6 +423,47 @@ TEST_F(cli, an_old_local_db_is_migrated_and_a_newer_one_refused) {
   EXPECT_NE(newer.err.find(db.string() + " has format version 99, newer than this parley"),
             std::string::npos)
       << newer.err;
+}
+
+// sync keeps the receipts stamp of its session in local.db and every later connection presents
+// it: the server then sends only the watermarks that moved after it. Seen here by emptying
+// alice's local watermarks: with her stamp, a sync gets nothing back (nothing moved); without
+// it (the stamp removed), the server sends every watermark again and she sees the receipt.
+TEST_F(cli, sync_keeps_the_receipts_stamp_and_presents_it) {
+  ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
+  ASSERT_EQ(parley("bob", {"register", "bob"}).exit_code, 0);
+  const auto db = root_.path() / "alice" / "local.db";
+  const std::string device = field(parley("alice", {"--json", "whoami"}).out, "device_id");
+  ASSERT_FALSE(device.empty());
+  const std::string stamp_sql = "SELECT stamp FROM receipts_stamps WHERE device_id = " + device;
+  auto sent = parley("alice", {"--json", "send", "bob", "hello"});
+  ASSERT_EQ(sent.exit_code, 0) << sent.err;
+  EXPECT_FALSE(query_int(db, stamp_sql)) << "only a sync keeps a stamp";
+  ASSERT_EQ(parley("bob", {"sync"}).exit_code, 0);  // acks: bob's delivered watermark moves
+
+  auto first = parley("alice", {"--json", "sync"});
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  ASSERT_EQ(lines_with(first.out, "\"type\": \"receipt\"").size(), 1u) << first.out;
+  const auto kept = query_int(db, stamp_sql);
+  ASSERT_TRUE(kept);
+  EXPECT_GT(*kept, 0);
+
+  ASSERT_TRUE(run_sql(db, "DELETE FROM watermarks;"));
+  auto with_stamp = parley("alice", {"--json", "sync"});
+  ASSERT_EQ(with_stamp.exit_code, 0) << with_stamp.err;
+  EXPECT_EQ(with_stamp.out, "") << "the server resent a watermark that did not move";
+  const auto still = query_int(db, stamp_sql);
+  ASSERT_TRUE(still);
+  EXPECT_GE(*still, *kept);  // never lowered
+
+  ASSERT_TRUE(run_sql(db, "DELETE FROM receipts_stamps;"));
+  auto without = parley("alice", {"--json", "sync"});
+  ASSERT_EQ(without.exit_code, 0) << without.err;
+  const auto again = lines_with(without.out, "\"type\": \"receipt\"");
+  ASSERT_EQ(again.size(), 1u) << without.out;
+  EXPECT_EQ(field(again[0], "status"), "delivered") << again[0];
+  EXPECT_EQ(field(again[0], "message_id"), field(sent.out, "message_id")) << again[0];
+  EXPECT_TRUE(query_int(db, stamp_sql));
 }
 
 TEST_F(cli, a_malformed_credentials_file_is_named_with_what_was_expected) {

@@ -330,6 +330,56 @@ TEST_F(messaging, a_returning_sender_gets_current_watermarks_not_a_backlog) {
   }
 }
 
+// A device that presents the receipts stamp it kept (the last QueueEmpty's, raised by the live
+// Receipts after it) is sent after login only the watermarks that moved after it, with their
+// current values; without a stamp, all of them.
+TEST_F(messaging, a_login_with_its_receipts_stamp_gets_only_what_moved) {
+  auto alice = user("alice");
+  auto bob = user("bob");
+  auto carol = user("carol");
+  alice.drain();
+  bob.drain();
+  carol.drain();
+  EXPECT_GT(alice.receipts_stamp, 0u);
+  const auto with_bob = alice.send("bob", "hi bob").chat_id();
+  const auto with_carol = alice.send("carol", "hi carol").chat_id();
+  ASSERT_TRUE(bob.next().has_envelope());
+  ASSERT_TRUE(carol.next().has_envelope());
+  bob.ack({{with_bob, 1}});
+  const auto from_bob = alice.next();
+  EXPECT_EQ(single_receipt(from_bob).chat_id(), with_bob);
+  EXPECT_GT(from_bob.receipts().stamp(), alice.receipts_stamp) << "live receipts carry stamps";
+  carol.ack({{with_carol, 1}});
+  const auto from_carol = alice.next();
+  EXPECT_EQ(single_receipt(from_carol).chat_id(), with_carol);
+  EXPECT_GT(from_carol.receipts().stamp(), from_bob.receipts().stamp());
+  alice.disconnect();
+
+  // While alice is away, bob reads: her next login lists bob's chat only, current values.
+  ASSERT_TRUE(bob.run(bob.api().mark_read(with_bob, 1)));
+  alice.receipts_since = from_carol.receipts().stamp();
+  alice.reconnect();
+  std::set<std::tuple<std::uint64_t, std::string, int, std::uint64_t>> got;
+  for (const auto& r : test_client::receipts_in(alice.drain()))
+    got.emplace(r.chat_id(), r.user(), r.status(), r.up_to_seq());
+  EXPECT_EQ(got, (std::set<std::tuple<std::uint64_t, std::string, int, std::uint64_t>>{
+                     {with_bob, "bob", v2::MESSAGE_STATUS_DELIVERED, 1},
+                     {with_bob, "bob", v2::MESSAGE_STATUS_READ, 1}}));
+  EXPECT_GE(alice.receipts_stamp, alice.receipts_since);
+  alice.disconnect();
+
+  // With the stamp of that login: nothing moved.
+  alice.receipts_since = alice.receipts_stamp;
+  alice.reconnect();
+  EXPECT_TRUE(test_client::receipts_in(alice.drain()).empty());
+  alice.disconnect();
+
+  // Without a stamp: everything.
+  alice.receipts_since = 0;
+  alice.reconnect();
+  EXPECT_EQ(test_client::receipts_in(alice.drain()).size(), 3u);
+}
+
 TEST_F(messaging, one_ack_moves_the_cursors_of_several_chats) {
   auto bob = user("bob");
   bob.drain();

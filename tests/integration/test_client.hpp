@@ -45,7 +45,7 @@ class test_client {
   }
 
   void login_on_this_connection() {
-    auto a = run(api_.authenticate(device_id, token));
+    auto a = run(api_.authenticate(device_id, token, receipts_since));
     ASSERT_TRUE(a) << client::describe(a.error());
     authenticated = *a;
   }
@@ -96,6 +96,7 @@ class test_client {
       }
       if (f->has_queue_empty()) {
         drained = f->queue_empty().drained();
+        receipts_stamp = f->queue_empty().receipts_stamp();
         return out;
       }
       out.push_back(std::move(*f));
@@ -153,6 +154,8 @@ class test_client {
   std::string token;
   v2::Authenticated authenticated;  // the last Authenticate's answer
   std::uint64_t drained = 0;        // the last QueueEmpty's count, as drain() saw it
+  std::uint64_t receipts_stamp = 0;  // the last QueueEmpty's receipts stamp, as drain() saw it
+  std::uint64_t receipts_since = 0;  // presented at each login (Authenticate.receipts_since)
 
  private:
   boost::asio::io_context& io_;

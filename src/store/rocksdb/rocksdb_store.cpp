@@ -28,6 +28,7 @@
 #include "common/thread_name.hpp"
 #include "parley/store/v1/records.pb.h"
 #include "store/rocksdb/keys.hpp"
+#include "store/rocksdb/login_index.hpp"
 
 namespace parley::store {
 namespace {
@@ -68,8 +69,18 @@ struct group {
   std::vector<std::function<void(error_code)>> on_durable;
   std::vector<std::function<void()>> undo;
   std::vector<std::uint64_t> appended;  // chats whose head moved in this group
+  std::vector<login_index::change> logins;  // for the login index, once durable
   bool ids_issued = false;
 };
+
+// Receipts returned by a write carry the stamp of the commit that made them durable; other
+// results have none.
+template <class T>
+void stamp_receipts(result<T>&, std::uint64_t) {}
+void stamp_receipts(result<std::vector<receipt_delivery>>& r, std::uint64_t stamp) {
+  if (!r) return;
+  for (auto& d : *r) d.mark.stamp = stamp;
+}
 
 std::string overlay_key(std::size_t family, std::string_view key) {
   std::string k(1, static_cast<char>(family));
@@ -232,6 +243,10 @@ struct rocksdb_store::impl {
     }
   } heads;
   std::uint64_t last_id = 0;
+  // Kept by the writer after each commit (login_index.hpp); read by logins.
+  login_index logins{options.login_max_moved};
+  // The last commit's sequence number (writer thread): the stamp of its receipts.
+  std::uint64_t last_stamp = 0;
 
   // Whether writes are accepted (see rocksdb_options::reserve_bytes). The writer decides;
   // health() reads it from any thread.
@@ -312,30 +327,34 @@ struct rocksdb_store::impl {
   // durable, with apply's result or the commit's error. A full queue refuses at once (busy).
   template <class T, class Apply>
   void write(completion<T> done, Apply apply) {
-    command c = [done = std::move(done), apply = std::move(apply)](group* g, errc refusal) mutable {
+    command c = [this, done = std::move(done), apply = std::move(apply)](group* g,
+                                                                  errc refusal) mutable {
       if (g == nullptr) {
         done(refusal);
         return;
       }
       g->batch.SetSavePoint();
       g->undo.clear();
+      const std::size_t logins_before = g->logins.size();
       auto r = std::make_shared<result<T>>(apply(*g));
       if (r->has_value()) {
         g->batch.PopSavePoint();
       } else {
         g->batch.RollbackToSavePoint();
+        g->logins.resize(logins_before);
         while (!g->undo.empty()) {  // newest first
           g->undo.back()();
           g->undo.pop_back();
         }
       }
       g->undo.clear();
-      g->on_durable.push_back([done = std::move(done), r](error_code ec) {
+      g->on_durable.push_back([this, done = std::move(done), r](error_code ec) {
         if (ec && r->has_value()) {
           done(ec);
-        } else {
-          done(std::move(*r));
+          return;
         }
+        stamp_receipts(*r, last_stamp);
+        done(std::move(*r));
       });
     };
     errc refusal = errc::shutting_down;
@@ -443,19 +462,23 @@ struct rocksdb_store::impl {
     return chat;
   }
 
-  // A device's cursor in a chat (writer thread, cached).
-  result<std::uint64_t> cursor_of(std::uint64_t chat, std::uint64_t user, std::uint64_t device) {
-    if (auto it = cursors.find({chat, device}); it != cursors.end()) return it->second;
+  // A device's cursor in a chat as stored, 0 if it has none (any thread).
+  result<std::uint64_t> stored_cursor(std::uint64_t chat, std::uint64_t user,
+                                      std::uint64_t device) {
     std::string v;
     auto s = get(cf_cursors, keys::cursor(chat, user, device).view(), &v);
-    std::uint64_t seq = 0;
-    if (s.ok() && v.size() == 8) {
-      seq = read_be64(v);
-    } else if (!s.IsNotFound()) {
-      return errc::io_error;
-    }
-    cursors.emplace(std::make_pair(chat, device), seq);
-    return seq;
+    if (s.IsNotFound()) return std::uint64_t{0};
+    if (!s.ok()) return errc::io_error;
+    if (v.size() != 8) return errc::corrupt;
+    return read_be64(v);
+  }
+  // The same, cached (writer thread).
+  result<std::uint64_t> cursor_of(std::uint64_t chat, std::uint64_t user, std::uint64_t device) {
+    if (auto it = cursors.find({chat, device}); it != cursors.end()) return it->second;
+    auto seq = stored_cursor(chat, user, device);
+    if (!seq) return seq.error();
+    cursors.emplace(std::make_pair(chat, device), *seq);
+    return *seq;
   }
 
   // A user's delivered watermark in a chat: the highest cursor of its devices.
@@ -485,14 +508,18 @@ struct rocksdb_store::impl {
     return seq;
   }
 
-  // A receipt for every device of the chat's members other than `user`.
-  result<void> receipts_to_others(const cached_chat& chat, std::uint64_t user, const watermark& mark,
-                                  std::vector<receipt_delivery>& out) {
+  // A receipt for every device of the chat's members other than `user`, each noted in the
+  // login index as moved for that device.
+  result<void> receipts_to_others(group& g, const cached_chat& chat, std::uint64_t user,
+                                  const watermark& mark, std::vector<receipt_delivery>& out) {
     for (std::uint64_t member : chat.members) {
       if (member == user) continue;
       auto owner = user_record(member);
       if (!owner) return owner.error();
-      for (std::uint64_t device : (*owner)->devices) out.push_back({device, mark});
+      for (std::uint64_t device : (*owner)->devices) {
+        out.push_back({device, mark});
+        g.logins.push_back({login_index::change::kind::moved, device, mark.chat, 0});
+      }
     }
     return {};
   }
@@ -648,7 +675,18 @@ struct rocksdb_store::impl {
     return ref.chat;
   }
 
-  result<device_backlog> compute_backlog(std::uint64_t device, std::uint64_t user);
+  result<device_backlog> compute_backlog(std::uint64_t device, std::uint64_t user,
+                                         std::uint64_t since);
+  // Every chat of the user: the watermarks, and if `with_behind`, the chats whose head is
+  // above the device's cursor.
+  result<void> scan_all_chats(std::uint64_t device, std::uint64_t user, bool with_behind,
+                              device_backlog& out);
+  // A chat's head as committed (any thread).
+  result<std::uint64_t> head_of(std::uint64_t chat);
+  // Appends the watermarks above 0 of the members other than `user`.
+  result<void> list_marks(std::uint64_t chat, const chat_marks& members, std::uint64_t user,
+                          std::unordered_map<std::uint64_t, std::string>& names,
+                          std::vector<watermark>& out);
 };
 void rocksdb_store::impl::open() {
   std::filesystem::create_directories(options.path);
@@ -857,6 +895,10 @@ void rocksdb_store::impl::run_writer() {
       for (std::uint64_t chat : g.appended) {
         if (auto it = chats.find(chat); it != chats.end()) heads.raise(chat, it->second.head);
       }
+      // Like the heads: before any completion runs, so before any push of what was committed
+      // (a login that misses a change in the index gets it as a live push instead).
+      last_stamp = db->GetLatestSequenceNumber();
+      logins.apply(g.logins, last_stamp);
     }
     trim_caches();
     for (auto& f : g.on_durable) f(ec);
@@ -1214,6 +1256,8 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
         for (std::uint64_t device : (*sender)->devices) {
           if (device != request.sender_device) out.recipients.push_back(device);
         }
+        for (std::uint64_t device : out.recipients)
+          g.logins.push_back({login_index::change::kind::message, device, chat, out.seq});
         return out;
       });
 }
@@ -1254,9 +1298,11 @@ void rocksdb_store::ack(device_id device, user_id user, std::vector<cursor_updat
           if (!delivered) return delivered.error();
           d.put(g, cf_cursors, keys::cursor(c.chat, user, device), keys::be64(c.seq));
           d.set_cached(g, d.cursors, std::make_pair(c.chat, device), c.seq);
+          g.logins.push_back({login_index::change::kind::cursor, device, c.chat, c.seq});
           if (c.seq <= *delivered) continue;  // another device of the user had it already
           auto r = d.receipts_to_others(
-              **chat, user, watermark{c.chat, my_name, message_status::delivered, c.seq, now}, out);
+              g, **chat, user, watermark{c.chat, my_name, message_status::delivered, c.seq, now},
+              out);
           if (!r) return r.error();
         }
         return out;
@@ -1285,15 +1331,97 @@ void rocksdb_store::mark_read(user_id reader, chat_id chat, std::uint64_t up_to,
         d.put(g, cf_read_marks, keys::read_mark(chat, reader), keys::be64(up_to));
         d.set_cached(g, d.read_marks, std::make_pair(chat, reader), up_to);
         auto r = d.receipts_to_others(
-            **c, reader, watermark{chat, my_name, message_status::read, up_to, now_ms()}, out);
+            g, **c, reader, watermark{chat, my_name, message_status::read, up_to, now_ms()}, out);
         if (!r) return r.error();
         return out;
       });
 }
 
+// A login: from the login index where it can answer (what changed since the device's last
+// session), else by reading every chat of the account (the first login after a start, or a
+// client without a usable receipts stamp).
 result<device_backlog> rocksdb_store::impl::compute_backlog(std::uint64_t device,
-                                                            std::uint64_t user) {
+                                                            std::uint64_t user,
+                                                            std::uint64_t since) {
   device_backlog out;
+  // Before the lookup: a change committed after this is in the index or pushed live (the
+  // caller is attached to the bus before it asks), never only in what this reads.
+  out.stamp = db->GetLatestSequenceNumber();
+  auto known = logins.lookup(device, since, out.stamp);
+  if (!known.behind_known) {
+    auto r = scan_all_chats(device, user, true, out);
+    if (!r) {
+      logins.fill_failed(device);
+      return r.error();
+    }
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> found;
+    found.reserve(out.behind.size());
+    for (const auto& p : out.behind) found.emplace_back(p.chat, p.head);
+    logins.filled(device, found);
+    return out;
+  }
+  for (const auto& [chat, highest] : known.behind) {
+    auto cursor = stored_cursor(chat, user, device);
+    if (!cursor) return cursor.error();
+    if (highest <= *cursor) {
+      logins.settle(device, chat, *cursor);
+      continue;
+    }
+    auto head = head_of(chat);
+    if (!head) return head.error();
+    out.behind.push_back({chat, *cursor, std::max(*head, highest)});
+  }
+  if (!known.moved_known) {
+    auto r = scan_all_chats(device, user, false, out);
+    if (!r) return r.error();
+    return out;
+  }
+  if (known.moved.empty()) return out;
+  std::unique_ptr<rocksdb::Iterator> cursors_it(
+      db->NewIterator(rocksdb::ReadOptions(), cfs[cf_cursors]));
+  std::unique_ptr<rocksdb::Iterator> marks_it(
+      db->NewIterator(rocksdb::ReadOptions(), cfs[cf_read_marks]));
+  std::unordered_map<std::uint64_t, std::string> names;
+  chat_marks members;
+  for (std::uint64_t chat : known.moved) {
+    auto scanned = scan_marks(chat, *cursors_it, *marks_it, members);
+    if (!scanned) return scanned.error();
+    auto listed = list_marks(chat, members, user, names, out.marks);
+    if (!listed) return listed.error();
+  }
+  return out;
+}
+
+result<std::uint64_t> rocksdb_store::impl::head_of(std::uint64_t chat) {
+  std::uint64_t head = heads.get(chat);
+  if (head != 0) return head;
+  auto h = log_head(chat);
+  if (!h) return h.error();
+  heads.raise(chat, *h);
+  return *h;
+}
+
+result<void> rocksdb_store::impl::list_marks(std::uint64_t chat, const chat_marks& members,
+                                              std::uint64_t user,
+                                              std::unordered_map<std::uint64_t, std::string>& names,
+                                              std::vector<watermark>& out) {
+  for (const auto& [member, m] : members) {
+    if (member == user) continue;
+    auto name = names.find(member);
+    if (name == names.end()) {
+      auto n = username_of(member);
+      if (!n) return n.error();
+      name = names.emplace(member, std::move(*n)).first;
+    }
+    if (m.delivered > 0)
+      out.push_back({chat, name->second, message_status::delivered, m.delivered, 0});
+    if (m.read > 0) out.push_back({chat, name->second, message_status::read, m.read, 0});
+  }
+  return {};
+}
+
+result<void> rocksdb_store::impl::scan_all_chats(std::uint64_t device, std::uint64_t user,
+                                                 bool with_behind, device_backlog& out) {
   std::vector<std::uint64_t> chat_ids;
   {
     const auto lower = keys::be64(user);
@@ -1316,36 +1444,24 @@ result<device_backlog> rocksdb_store::impl::compute_backlog(std::uint64_t device
   std::unordered_map<std::uint64_t, std::string> names;
   chat_marks members;
   for (std::uint64_t chat : chat_ids) {
-    std::uint64_t head = heads.get(chat);
-    if (head == 0) {
-      auto h = log_head(chat);
-      if (!h) return h.error();
-      head = *h;
-      heads.raise(chat, head);
-    }
     std::uint64_t cursor = 0;
     auto scanned = scan_marks(chat, *cursors_it, *marks_it, members, user, device, &cursor);
     if (!scanned) return scanned.error();
-    if (head > cursor) out.behind.push_back({chat, cursor, head});
-    for (const auto& [member, m] : members) {
-      if (member == user) continue;
-      auto name = names.find(member);
-      if (name == names.end()) {
-        auto n = username_of(member);
-        if (!n) return n.error();
-        name = names.emplace(member, std::move(*n)).first;
-      }
-      if (m.delivered > 0)
-        out.marks.push_back({chat, name->second, message_status::delivered, m.delivered, 0});
-      if (m.read > 0) out.marks.push_back({chat, name->second, message_status::read, m.read, 0});
+    if (with_behind) {
+      auto head = head_of(chat);
+      if (!head) return head.error();
+      if (*head > cursor) out.behind.push_back({chat, cursor, *head});
     }
+    auto listed = list_marks(chat, members, user, names, out.marks);
+    if (!listed) return listed.error();
   }
-  return out;
+  return {};
 }
 
-void rocksdb_store::backlog(device_id device, user_id user, completion<device_backlog> done) {
-  impl_->read<device_backlog>(std::move(done), [this, device, user]() {
-    return impl_->compute_backlog(device, user);
+void rocksdb_store::backlog(device_id device, user_id user, std::uint64_t receipts_since,
+                            completion<device_backlog> done) {
+  impl_->read<device_backlog>(std::move(done), [this, device, user, receipts_since]() {
+    return impl_->compute_backlog(device, user, receipts_since);
   });
 }
 
@@ -1445,14 +1561,22 @@ void rocksdb_store::history(user_id requester, chat_ref chat, std::uint64_t befo
       });
 }
 
-std::uint64_t rocksdb_store::backlog_keys_skipped_for_tests(device_id device, user_id user) {
+rocksdb_store::read_cost rocksdb_store::backlog_cost_for_tests(device_id device, user_id user,
+                                                               std::uint64_t receipts_since,
+                                                               device_backlog* out) {
   rocksdb::SetPerfLevel(rocksdb::PerfLevel::kEnableCount);
   rocksdb::get_perf_context()->Reset();
-  auto r = impl_->compute_backlog(device, user);
+  auto r = impl_->compute_backlog(device, user, receipts_since);
   const auto* p = rocksdb::get_perf_context();
-  const std::uint64_t skipped = p->internal_key_skipped_count + p->internal_delete_skipped_count;
+  read_cost cost;
+  cost.keys_skipped = p->internal_key_skipped_count + p->internal_delete_skipped_count;
+  cost.memtable_reads =
+      p->get_from_memtable_count + p->seek_on_memtable_count + p->next_on_memtable_count;
+  cost.key_comparisons = p->user_key_comparison_count;
   rocksdb::SetPerfLevel(rocksdb::PerfLevel::kDisable);
-  return r ? skipped : UINT64_MAX;
+  if (!r) throw std::runtime_error("backlog failed: " + r.error().message());
+  if (out != nullptr) *out = std::move(*r);
+  return cost;
 }
 
 std::uint64_t rocksdb_store::compact_and_count_dedupe_for_tests() {

@@ -1,0 +1,100 @@
+#include "store/rocksdb/login_index.hpp"
+
+#include <algorithm>
+
+namespace parley::store {
+
+void login_index::apply(const std::vector<change>& changes, std::uint64_t stamp) {
+  if (changes.empty()) return;
+  std::lock_guard lock(mutex_);
+  for (const auto& c : changes) {
+    auto it = devices_.find(c.device);
+    if (it == devices_.end()) continue;  // no login since the start: its first one scans
+    auto& e = it->second;
+    switch (c.what) {
+      case change::kind::message: {
+        auto& highest = e.behind[c.chat];
+        highest = std::max(highest, c.seq);
+        break;
+      }
+      case change::kind::cursor:
+        if (auto b = e.behind.find(c.chat); b != e.behind.end() && b->second <= c.seq) {
+          e.behind.erase(b);
+        }
+        break;
+      case change::kind::moved:
+        e.moved[c.chat] = stamp;
+        if (e.moved.size() > max_moved_) {
+          // Forget; a client whose stamp is older than this commit gets every watermark.
+          decltype(e.moved)().swap(e.moved);
+          e.floor = stamp;
+        }
+        break;
+    }
+  }
+}
+
+login_index::lookup_result login_index::lookup(std::uint64_t device, std::uint64_t since,
+                                               std::uint64_t now) {
+  lookup_result out;
+  std::lock_guard lock(mutex_);
+  auto [it, created] = devices_.try_emplace(device);
+  auto& e = it->second;
+  if (created) e.floor = now;
+  if (created || e.fillers > 0) {
+    ++e.fillers;
+    return out;
+  }
+  out.behind_known = true;
+  out.behind.assign(e.behind.begin(), e.behind.end());
+  std::sort(out.behind.begin(), out.behind.end());
+  // A stamp above `now` was not made by this store (another server's): not usable.
+  if (since != 0 && since >= e.floor && since <= now) {
+    out.moved_known = true;
+    for (auto m = e.moved.begin(); m != e.moved.end();) {
+      if (m->second > since) {
+        out.moved.push_back(m->first);
+        ++m;
+      } else {
+        m = e.moved.erase(m);
+      }
+    }
+    std::sort(out.moved.begin(), out.moved.end());
+  }
+  return out;
+}
+
+void login_index::filled(std::uint64_t device,
+                         const std::vector<std::pair<std::uint64_t, std::uint64_t>>& behind) {
+  std::lock_guard lock(mutex_);
+  auto it = devices_.find(device);
+  if (it == devices_.end()) return;  // a concurrent scan failed and dropped it
+  auto& e = it->second;
+  for (const auto& [chat, head] : behind) {
+    auto& highest = e.behind[chat];
+    highest = std::max(highest, head);
+  }
+  if (e.fillers > 0) --e.fillers;
+}
+
+void login_index::fill_failed(std::uint64_t device) {
+  std::lock_guard lock(mutex_);
+  devices_.erase(device);
+}
+
+void login_index::settle(std::uint64_t device, std::uint64_t chat, std::uint64_t cursor) {
+  std::lock_guard lock(mutex_);
+  auto it = devices_.find(device);
+  if (it == devices_.end()) return;
+  auto& behind = it->second.behind;
+  if (auto b = behind.find(chat); b != behind.end() && b->second <= cursor) behind.erase(b);
+}
+
+std::pair<std::size_t, std::size_t> login_index::size() const {
+  std::lock_guard lock(mutex_);
+  std::size_t entries = 0;
+  for (const auto& [device, e] : devices_) entries += e.behind.size() + e.moved.size();
+  return {devices_.size(), entries};
+}
+
+}  // namespace parley::store

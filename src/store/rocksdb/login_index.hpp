@@ -1,0 +1,94 @@
+// What changed for each device since it last logged in, so that a login reads that and not
+// every chat of the account (docs/architecture.md, "Logins").
+//
+// Per device, in memory:
+//  - `behind`: chat -> the highest seq the device was sent from another device. A chat whose
+//    entry is above the device's cursor has something to drain; an ack at or above the entry
+//    removes it. A device's own messages never add one (it is never sent them).
+//  - `moved`: chat -> the stamp of the last change that moved a watermark the device is told
+//    of (a Receipt). A login that presents a receipts stamp the index can answer for gets the
+//    chats moved after it, and the entries at or below it are forgotten (the client has them).
+//
+// A stamp is the store's sequence number after a commit: it grows across restarts, so a
+// client's stamp from before a restart is older than any index built after it.
+//
+// The index is built lazily: a device has none until its first login after a start, which
+// scans all the account's chats (fill) while the writer already adds to the new entry; from
+// then on the writer keeps it after every commit. The entry answers for `moved` from its
+// `floor` on (the stamp when it was created, or when `moved` outgrew its bound and was
+// emptied). Entries may over-report (a chat listed that is not behind, or whose watermarks
+// did not move): readers check against the store. They never under-report.
+//
+// Thread-safe: the writer applies, readers look up, under one mutex.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace parley::store {
+
+class login_index {
+ public:
+  // A change the writer records while applying a request, and applies once it is durable.
+  struct change {
+    enum class kind : std::uint8_t {
+      message,  // `device` was sent `seq` of `chat` (a live push or its next drain)
+      cursor,   // `device`'s cursor in `chat` moved to `seq`
+      moved,    // a watermark in `chat` that `device` is told of moved (seq unused)
+    };
+    kind what = kind::message;
+    std::uint64_t device = 0;
+    std::uint64_t chat = 0;
+    std::uint64_t seq = 0;
+  };
+
+  // `max_moved`: the bound of one device's `moved`; past it the entry forgets what moved so
+  // far (its floor rises), and older stamps get the full answer again.
+  explicit login_index(std::size_t max_moved) : max_moved_(max_moved) {}
+
+  // Writer: the changes of a commit whose last sequence number is `stamp`.
+  void apply(const std::vector<change>& changes, std::uint64_t stamp);
+
+  struct lookup_result {
+    // false: the device had no index (or one still being filled); the caller scans every chat
+    // and then calls filled() or fill_failed() exactly once.
+    bool behind_known = false;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> behind;  // chat -> highest seq, sorted
+    // false: `since` is 0 or outside what the entry answers for; the caller reads every chat's
+    // watermarks.
+    bool moved_known = false;
+    std::vector<std::uint64_t> moved;  // chats moved after `since`, sorted
+  };
+  // Reader, at a login that presents `since`; `now` is the store's latest sequence number,
+  // read before this call. Forgets the moved entries at or below a usable `since`.
+  lookup_result lookup(std::uint64_t device, std::uint64_t since, std::uint64_t now);
+
+  // Reader, after its scan of every chat: the chats it found behind, with their heads.
+  void filled(std::uint64_t device, const std::vector<std::pair<std::uint64_t, std::uint64_t>>& behind);
+  // Reader: its scan failed; the entry is dropped, and the next login scans again.
+  void fill_failed(std::uint64_t device);
+
+  // Reader: the device's cursor in `chat` was found at `cursor`; forgets the chat's behind
+  // entry if that covers it (and no newer message raised the entry meanwhile).
+  void settle(std::uint64_t device, std::uint64_t chat, std::uint64_t cursor);
+
+  // Devices with an entry, and the total entries (behind + moved), for tests and metrics.
+  std::pair<std::size_t, std::size_t> size() const;
+
+ private:
+  struct entry {
+    std::unordered_map<std::uint64_t, std::uint64_t> behind;
+    std::unordered_map<std::uint64_t, std::uint64_t> moved;
+    std::uint64_t floor = 0;
+    int fillers = 0;  // scans under way; the entry is usable when none is
+  };
+  const std::size_t max_moved_;
+  mutable std::mutex mutex_;
+  std::unordered_map<std::uint64_t, entry> devices_;
+};
+
+}  // namespace parley::store
