@@ -69,8 +69,11 @@ v2::ErrorCode to_protocol(const boost::system::error_code& ec) {
 constexpr std::uint32_t storage_retry_after_ms = 1'000;
 constexpr std::uint32_t busy_retry_after_ms = 100;
 
-// The error for a store failure; STORAGE_UNAVAILABLE and BUSY say when to retry.
-v2::Frame store_error(std::uint64_t request_id, const boost::system::error_code& ec) {
+// The error for a store failure; STORAGE_UNAVAILABLE and BUSY say when to retry. BUSY
+// refusals are counted (parley_store_busy_total).
+v2::Frame store_error(std::uint64_t request_id, const boost::system::error_code& ec,
+                      metrics& stats) {
+  if (ec == store::errc::busy) stats.store_busy.fetch_add(1, std::memory_order_relaxed);
   auto f = wire::make_error(request_id, to_protocol(ec), ec.message());
   if (ec == store::errc::unavailable) f.mutable_error()->set_retry_after_ms(storage_retry_after_ms);
   if (ec == store::errc::busy) f.mutable_error()->set_retry_after_ms(busy_retry_after_ms);
@@ -440,7 +443,7 @@ awaitable<void> device_session::on_register(std::uint64_t request_id, v2::Regist
         state_.store.register_account(std::move(req), std::move(done));
       });
   if (!result) {
-    send(store_error(request_id, result.error()));
+    send(store_error(request_id, result.error(), state_.stats));
     co_return;
   }
   frame reply;
@@ -609,7 +612,7 @@ void device_session::answer_send(std::uint64_t request_id,
                                  const store::result<store::send_outcome>& r) {
   request_done();
   if (!r) {
-    send(store_error(request_id, r.error()));
+    send(store_error(request_id, r.error(), state_.stats));
     return;
   }
   if (!r->duplicate) state_.stats.messages_stored.fetch_add(1, std::memory_order_relaxed);
@@ -638,7 +641,7 @@ void device_session::on_ack(std::uint64_t request_id, const v2::Ack& a) {
                      lane.post([self = std::move(self), request_id, error] {
                        self->request_done();
                        if (error) {
-                         self->send(store_error(request_id, *error));
+                         self->send(store_error(request_id, *error, self->state_.stats));
                        } else if (request_id != 0) {
                          frame reply;
                          reply.set_request_id(request_id);
@@ -655,7 +658,7 @@ awaitable<void> device_session::run_request(frame request) {
   frame reply;
   reply.set_request_id(id);
   bus::bus& bus = state_.bus;
-  auto fail = [&](const boost::system::error_code& ec) { send(store_error(id, ec)); };
+  auto fail = [&](const boost::system::error_code& ec) { send(store_error(id, ec, state_.stats)); };
 
   switch (request.body_case()) {
     case frame::kMarkRead: {

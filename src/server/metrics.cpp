@@ -81,6 +81,8 @@ std::string metrics::render(const gauges& g) const {
          connections_shed.load());
   metric("parley_rate_limited_total", "counter", "Requests refused with RATE_LIMITED.",
          rate_limited.load());
+  metric("parley_store_busy_total", "counter",
+         "Writes refused with BUSY because the store's writer queue was full.", store_busy.load());
   metric("parley_auth_failures_total", "counter", "Failed Authenticate requests.",
          auth_failures.load());
   metric("parley_group_commits_total", "counter", "Synced store write groups.",

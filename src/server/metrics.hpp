@@ -37,6 +37,7 @@ struct metrics {
   std::atomic<std::uint64_t> connections_refused{0};  // over a connection limit
   std::atomic<std::uint64_t> connections_shed{0};     // dropped by the memory budget
   std::atomic<std::uint64_t> rate_limited{0};         // requests refused with RATE_LIMITED
+  std::atomic<std::uint64_t> store_busy{0};           // writes refused with BUSY
   std::atomic<std::uint64_t> auth_failures{0};
   latency_histogram store_write_latency;
 

@@ -158,10 +158,13 @@ struct chat_position {
 //    may also list chats with nothing above the cursor but the device's own messages, or
 //    nothing at all (the caller skips those).
 //  - marks: the current watermarks (those above 0) of the other members in every chat where
-//    one moved after `receipts_since`; in all the user's chats if that is 0 or a stamp the
-//    store cannot answer for (it may list more than moved, never fewer).
-//  - stamp: every watermark that moved up to here is in `marks` or reaches the device as a
-//    receipt of ack() or mark_read() after this call (parley.v2.QueueEmpty.receipts_stamp).
+//    one moved after `receipts_since`; in all the user's chats if that is 0 or a stamp
+//    the store cannot answer for (it may list more than moved, never fewer).
+//  - stamp: every watermark that moved after `receipts_since` and up to it is in `marks`;
+//    later moves reach the device as receipts of ack() or mark_read() completed after this
+//    call began (parley.v2.QueueEmpty.receipts_stamp). A stamp is a write's sequence number:
+//    each request that returns receipts has its own (watermark.stamp), increasing in commit
+//    order.
 struct device_backlog {
   std::vector<chat_position> behind;
   std::vector<watermark> marks;

@@ -156,12 +156,8 @@ TEST(faults, a_full_disk_refuses_writes_keeps_serving_and_recovers_by_itself) {
   // 8 MiB reserve: the store's log is capped at 2 MiB.
   server_process server({"--data", data.string()},
                         std::string(no_rate_limits) + "[storage]\nreserve_bytes = 8388608\n");
-  test_client alice(io, server.url());
-  alice.register_and_login("alice");
-  alice.drain();
-  test_client bob(io, server.url());
-  bob.register_and_login("bob");
-  bob.drain();
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
   bob.disconnect();
 
   // Leave 14 MiB free: 6 MiB above the reserve, then send until the server refuses.
@@ -287,12 +283,8 @@ TEST(faults, idle_sockets_cannot_take_the_descriptors_the_store_needs) {
                             "96\nmax_unauthenticated = 200\n",
                         {}, {"/usr/bin/prlimit", "--nofile=256:256"});
   const auto m = static_cast<unsigned short>(metrics_port);
-  test_client alice(io, server.url());
-  alice.register_and_login("alice");
-  alice.drain();
-  test_client bob(io, server.url());
-  bob.register_and_login("bob");
-  bob.drain();
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
 
   std::vector<std::unique_ptr<raw_socket>> flood;
   for (int i = 0; i < 300; ++i) flood.push_back(std::make_unique<raw_socket>(server.port()));
@@ -414,12 +406,8 @@ TEST(faults, thousands_of_hostile_sockets_keep_memory_bounded) {
 #endif
 
   // Somebody else is still served.
-  test_client alice(io, server.url());
-  alice.register_and_login("alice");
-  alice.drain();
-  test_client bob(io, server.url());
-  bob.register_and_login("bob");
-  bob.drain();
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
   alice.send("bob", "still served");
   EXPECT_TRUE(bob.next().has_envelope());
 }
@@ -467,12 +455,8 @@ TEST(faults, sends_key_fetches_and_typing_are_rate_limited_per_device) {
                         "[rate_limits]\nsend_per_device = 60\nsend_per_device_burst = 5\n"
                         "key_fetch_per_device = 60\nkey_fetch_per_device_burst = 2\n"
                         "typing_per_device = 60\ntyping_per_device_burst = 1\n");
-  test_client alice(io, server.url());
-  alice.register_and_login("alice");
-  alice.drain();
-  test_client bob(io, server.url());
-  bob.register_and_login("bob");
-  bob.drain();
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
   for (int i = 0; i < 5; ++i) alice.send("bob", "m" + std::to_string(i));
   auto sixth = alice.run(alice.api().send("bob", "m5", "over"));
   ASSERT_FALSE(sixth);
@@ -497,6 +481,48 @@ TEST(faults, sends_key_fetches_and_typing_are_rate_limited_per_device) {
   auto over = alice.run(alice.api().request(typing));
   ASSERT_FALSE(over);
   EXPECT_EQ(over.error().code, v2::ERROR_CODE_RATE_LIMITED);
+}
+
+// A writer queue of one: sends that find it taken get BUSY with a retry time, the metric
+// counts each, and nothing is lost: exactly the accepted sends are delivered, and the refused
+// ones go through when retried.
+TEST(faults, a_full_writer_queue_answers_busy_and_loses_nothing) {
+  boost::asio::io_context io;
+  server_process server({}, "[storage]\nmax_pending_writes = 1\n");
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
+
+  // 200 sends back to back: each commit waits for an fsync, and the queue holds one request.
+  const auto results = alice.send_pipelined("bob", 200, "b");
+  std::vector<int> refused;
+  int ok = 0;
+  for (int i = 0; i < 200; ++i) {
+    const auto& r = results[i];
+    if (r) {
+      ++ok;
+      continue;
+    }
+    ASSERT_EQ(r.error().code, v2::ERROR_CODE_BUSY) << client::describe(r.error());
+    EXPECT_EQ(r.error().retry_after_ms, 100u);
+    refused.push_back(i);
+  }
+  ASSERT_FALSE(refused.empty()) << "the queue never filled";
+  EXPECT_GT(ok, 0);
+  EXPECT_EQ(metric(server.port(), "parley_store_busy_total"),
+            static_cast<long long>(refused.size()));
+  // Retried one at a time (the same client_msg_id), each is stored once.
+  for (int i : refused) alice.send("bob", "x", "b" + std::to_string(i));
+  std::set<std::uint64_t> seqs;
+  for (;;) {
+    auto f = bob.run(bob.api().next_push(1s));
+    if (!f) break;
+    if (f->has_envelope()) {
+      EXPECT_TRUE(seqs.insert(f->envelope().seq()).second);
+    }
+  }
+  EXPECT_EQ(seqs.size(), 200u);
+  ASSERT_FALSE(seqs.empty());
+  EXPECT_EQ(*seqs.rbegin(), 200u) << "a seq for each message, no gaps";
 }
 
 // --- HTTP and the metrics address --------------------------------------------------------------
@@ -535,9 +561,7 @@ TEST(faults, metrics_can_have_an_address_of_their_own) {
 TEST(faults, uploads_with_bad_signatures_count_as_bad_frames) {
   boost::asio::io_context io;
   server_process server;
-  test_client alice(io, server.url());
-  alice.register_and_login("alice");
-  alice.drain();
+  auto alice = online(io, server.url(), "alice");
   v2::Frame upload;
   auto* u = upload.mutable_upload_keys();
   u->set_identity_key(std::string("\x05", 1) + std::string(32, 'i'));

@@ -36,12 +36,8 @@ v2::Frame expect_error(test_client& c, v2::ErrorCode code) {
 TEST(limits, bad_frames_get_typed_errors_and_others_are_served) {
   boost::asio::io_context io;
   server_process server;
-  test_client alice(io, server.url());
-  alice.register_and_login("alice");
-  alice.drain();
-  test_client bob(io, server.url());
-  bob.register_and_login("bob");
-  bob.drain();
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
 
   // Not a protobuf at all.
   alice.api().send_raw("\xff\xff\xff\xff\x0f definitely not a frame");
@@ -191,12 +187,8 @@ TEST(limits, requests_pipelined_behind_authenticate_are_served_as_authenticated)
 TEST(limits, oversized_frame_closes_only_that_connection) {
   boost::asio::io_context io;
   server_process server;
-  test_client alice(io, server.url());
-  alice.register_and_login("alice");
-  alice.drain();
-  test_client bob(io, server.url());
-  bob.register_and_login("bob");
-  bob.drain();
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
 
   alice.api().send_raw(std::string(256 * 1024 + 1, 'z'));  // over the frame limit
   auto f = alice.run(alice.api().next_push(5s));
@@ -241,23 +233,13 @@ TEST(limits, unauthenticated_connection_times_out) {
 TEST(limits, too_many_requests_in_flight) {
   boost::asio::io_context io;
   server_process server({}, "[limits]\nmax_in_flight = 1\n");
-  test_client alice(io, server.url());
-  alice.register_and_login("alice");
-  alice.drain();
-  test_client bob(io, server.url());
-  bob.register_and_login("bob");
-  bob.drain();
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
 
   // 200 sends written back to back: each waits for an fsync, so most arrive while another is
   // in flight. Every request still gets exactly one answer.
-  std::vector<std::future<client::result<v2::SendResult>>> sends;
-  for (int i = 0; i < 200; ++i) {
-    sends.push_back(boost::asio::co_spawn(io, alice.api().send("bob", "p" + std::to_string(i), "x"),
-                                          boost::asio::use_future));
-  }
   int ok = 0, refused = 0;
-  for (auto& s : sends) {
-    auto r = await_future(io, s);
+  for (const auto& r : alice.send_pipelined("bob", 200, "p")) {
     if (r) {
       ++ok;
     } else {
@@ -287,12 +269,8 @@ TEST(limits, slow_reader_is_disconnected_and_loses_nothing) {
                         "[limits]\nmax_outbound_frames = 64\nmax_outbound_bytes = 1048576\n"
                         "[rate_limits]\nsend_per_device = 0\n",
                         env);
-  test_client alice(io, server.url());
-  alice.register_and_login("alice");
-  alice.drain();
-  test_client bob(io, server.url());
-  bob.register_and_login("bob");
-  bob.drain();
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
   bob.disconnect();
 
   // Bob's slow device: authenticates, then never reads.
@@ -352,12 +330,8 @@ TEST(limits, a_large_drain_is_paced_and_requests_are_answered_meanwhile) {
   server_process server({},
                         "[limits]\nmax_outbound_frames = 8\nmax_outbound_bytes = 1048576\n"
                         "[rate_limits]\nsend_per_device = 0\n");
-  test_client alice(io, server.url());
-  alice.register_and_login("alice");
-  alice.drain();
-  test_client bob(io, server.url());
-  bob.register_and_login("bob");
-  bob.drain();
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
   bob.disconnect();
 
   const int n = 3000;

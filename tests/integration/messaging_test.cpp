@@ -739,12 +739,8 @@ TEST_F(messaging, history_pages_are_bounded_by_bytes) {
 TEST_F(messaging, presence_and_typing) {
   auto bob = user("bob");
   bob.drain();
-  test_client alice(io, server.url());
-  alice.register_and_login("alice");
-  alice.drain();
-  test_client carol(io, server.url());
-  carol.register_and_login("carol");
-  carol.drain();
+  auto alice = online(io, server.url(), "alice");
+  auto carol = online(io, server.url(), "carol");
 
   // Strangers see nothing: no presence, and typing is refused.
   ASSERT_TRUE(carol.run(carol.api().subscribe_presence({"alice", "nobody_at_all"})));

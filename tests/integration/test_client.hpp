@@ -4,7 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/use_future.hpp>
+#include <future>
 #include <map>
 #include <string>
 #include <vector>
@@ -74,6 +77,26 @@ class test_client {
     auto r = run(api_.send(to, client_id, text));
     EXPECT_TRUE(r) << client::describe(r.error());
     return r ? *r : v2::SendResult{};
+  }
+
+  // `n` sends to `to` written back to back without waiting for answers (client_msg_ids
+  // prefix0, prefix1, ...), and their results in that order.
+  std::vector<client::result<v2::SendResult>> send_pipelined(const std::string& to, int n,
+                                                             const std::string& prefix) {
+    std::vector<std::future<client::result<v2::SendResult>>> sends;
+    for (int i = 0; i < n; ++i) {
+      sends.push_back(boost::asio::co_spawn(io_, api_.send(to, prefix + std::to_string(i), "x"),
+                                            boost::asio::use_future));
+    }
+    std::vector<client::result<v2::SendResult>> out;
+    for (auto& s : sends) {
+      while (s.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+        io_.restart();
+        io_.run_one_for(std::chrono::milliseconds(50));
+      }
+      out.push_back(s.get());
+    }
+    return out;
   }
 
   // The next push, or a failed expectation after `timeout`.
@@ -163,5 +186,15 @@ class test_client {
   client::client api_;
   int next_client_id_ = 1;
 };
+
+// A user online with nothing pending: registered as `name`, authenticated, and drained to
+// QueueEmpty (the set-up most tests start from).
+inline test_client online(boost::asio::io_context& io, const std::string& url,
+                          const std::string& name) {
+  test_client c(io, url);
+  c.register_and_login(name);
+  c.drain();
+  return c;
+}
 
 }  // namespace parley::test

@@ -4,9 +4,10 @@
 
 namespace parley::store {
 
-void login_index::apply(const std::vector<change>& changes, std::uint64_t stamp) {
-  if (changes.empty()) return;
+void login_index::apply(const std::vector<change>& changes, std::uint64_t first,
+                        std::uint64_t last) {
   std::lock_guard lock(mutex_);
+  applied_ = std::max(applied_, last);
   for (const auto& c : changes) {
     auto it = devices_.find(c.device);
     if (it == devices_.end()) continue;  // no login since the start: its first one scans
@@ -22,25 +23,27 @@ void login_index::apply(const std::vector<change>& changes, std::uint64_t stamp)
           e.behind.erase(b);
         }
         break;
-      case change::kind::moved:
+      case change::kind::moved: {
+        const std::uint64_t stamp = first + c.seq - 1;
         e.moved[c.chat] = stamp;
         if (e.moved.size() > max_moved_) {
-          // Forget; a client whose stamp is older than this commit gets every watermark.
+          // Forget; a client whose stamp is older than this one gets every watermark.
           decltype(e.moved)().swap(e.moved);
           e.floor = stamp;
         }
         break;
+      }
     }
   }
 }
 
-login_index::lookup_result login_index::lookup(std::uint64_t device, std::uint64_t since,
-                                               std::uint64_t now) {
+login_index::lookup_result login_index::lookup(std::uint64_t device, std::uint64_t since) {
   lookup_result out;
   std::lock_guard lock(mutex_);
+  out.stamp = applied_;
   auto [it, created] = devices_.try_emplace(device);
   auto& e = it->second;
-  if (created) e.floor = now;
+  if (created) e.floor = applied_;
   if (created || e.fillers > 0) {
     ++e.fillers;
     return out;
@@ -48,8 +51,8 @@ login_index::lookup_result login_index::lookup(std::uint64_t device, std::uint64
   out.behind_known = true;
   out.behind.assign(e.behind.begin(), e.behind.end());
   std::sort(out.behind.begin(), out.behind.end());
-  // A stamp above `now` was not made by this store (another server's): not usable.
-  if (since != 0 && since >= e.floor && since <= now) {
+  // A stamp above the last applied was not made by this store (another server's): not usable.
+  if (since != 0 && since >= e.floor && since <= applied_) {
     out.moved_known = true;
     for (auto m = e.moved.begin(); m != e.moved.end();) {
       if (m->second > since) {
@@ -59,6 +62,7 @@ login_index::lookup_result login_index::lookup(std::uint64_t device, std::uint64
         m = e.moved.erase(m);
       }
     }
+    e.floor = since;  // what was at or below it is forgotten
     std::sort(out.moved.begin(), out.moved.end());
   }
   return out;

@@ -9,14 +9,20 @@
 //    of (a Receipt). A login that presents a receipts stamp the index can answer for gets the
 //    chats moved after it, and the entries at or below it are forgotten (the client has them).
 //
-// A stamp is the store's sequence number after a commit: it grows across restarts, so a
-// client's stamp from before a restart is older than any index built after it.
+// A request's stamp is the store's sequence number of its last write: it grows across
+// restarts, so a client's stamp from before a restart is older than any index built after
+// it, and each request of a group commit has its own (a client that kept the stamp of one
+// request's receipts has had every earlier request's: pushes run in commit order). The stamp
+// a login hands out is the last one applied here (not the store's latest sequence number),
+// so that every change it covers is in the index when the login looks.
 //
 // The index is built lazily: a device has none until its first login after a start, which
 // scans all the account's chats (fill) while the writer already adds to the new entry; from
 // then on the writer keeps it after every commit. The entry answers for `moved` from its
-// `floor` on (the stamp when it was created, or when `moved` outgrew its bound and was
-// emptied). Entries may over-report (a chat listed that is not behind, or whose watermarks
+// `floor` on: the stamp when it was created, raised to each stamp a login presents (the
+// entries at or below it are forgotten then, so an older stamp presented later, say from a
+// restored client, gets everything), and to the last stamp forgotten when `moved` outgrew
+// its bound and was emptied. Entries may over-report (a chat listed that is not behind, or whose watermarks
 // did not move): readers check against the store. They never under-report.
 //
 // Thread-safe: the writer applies, readers look up, under one mutex.
@@ -43,15 +49,20 @@ class login_index {
     kind what = kind::message;
     std::uint64_t device = 0;
     std::uint64_t chat = 0;
+    // message, cursor: the chat's seq. moved: the request's last write's position in the
+    // group's batch (1-based), made a stamp by apply().
     std::uint64_t seq = 0;
   };
 
   // `max_moved`: the bound of one device's `moved`; past it the entry forgets what moved so
   // far (its floor rises), and older stamps get the full answer again.
-  explicit login_index(std::size_t max_moved) : max_moved_(max_moved) {}
+  // `start`: the store's sequence number when it opened (nothing is pending then).
+  login_index(std::size_t max_moved, std::uint64_t start)
+      : max_moved_(max_moved), applied_(start) {}
 
-  // Writer: the changes of a commit whose last sequence number is `stamp`.
-  void apply(const std::vector<change>& changes, std::uint64_t stamp);
+  // Writer: the changes of a commit whose writes have sequence numbers first..last, in commit
+  // order.
+  void apply(const std::vector<change>& changes, std::uint64_t first, std::uint64_t last);
 
   struct lookup_result {
     // false: the device had no index (or one still being filled); the caller scans every chat
@@ -62,10 +73,13 @@ class login_index {
     // watermarks.
     bool moved_known = false;
     std::vector<std::uint64_t> moved;  // chats moved after `since`, sorted
+    // The last stamp applied: every change up to it is in the index (or was pushed before
+    // the caller's reads began); the login's QueueEmpty.receipts_stamp.
+    std::uint64_t stamp = 0;
   };
-  // Reader, at a login that presents `since`; `now` is the store's latest sequence number,
-  // read before this call. Forgets the moved entries at or below a usable `since`.
-  lookup_result lookup(std::uint64_t device, std::uint64_t since, std::uint64_t now);
+  // Reader, at a login that presents `since`. Forgets the moved entries at or below a usable
+  // `since`.
+  lookup_result lookup(std::uint64_t device, std::uint64_t since);
 
   // Reader, after its scan of every chat: the chats it found behind, with their heads.
   void filled(std::uint64_t device, const std::vector<std::pair<std::uint64_t, std::uint64_t>>& behind);
@@ -88,6 +102,7 @@ class login_index {
   };
   const std::size_t max_moved_;
   mutable std::mutex mutex_;
+  std::uint64_t applied_;  // the last stamp applied
   std::unordered_map<std::uint64_t, entry> devices_;
 };
 

@@ -17,39 +17,41 @@ using behind_list = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
 using chat_list = std::vector<std::uint64_t>;
 
 TEST(login_index, a_device_has_none_until_its_first_login_fills_it) {
-  login_index index(100);
-  index.apply({{kind::message, 1, 10, 5}}, 100);  // no entry yet: nothing kept
-  auto first = index.lookup(1, 0, 100);
+  login_index index(100, 100);
+  index.apply({{kind::message, 1, 10, 5}}, 101, 101);  // no entry yet: nothing kept
+  auto first = index.lookup(1, 0);
   EXPECT_FALSE(first.behind_known);
   EXPECT_FALSE(first.moved_known);
+  EXPECT_EQ(first.stamp, 101u) << "the last stamp applied";
   // The writer keeps the new entry while the scan runs...
-  index.apply({{kind::message, 1, 20, 3}}, 101);
+  index.apply({{kind::message, 1, 20, 3}}, 102, 102);
   // ...and a second login meanwhile scans too: the entry is not usable yet.
-  EXPECT_FALSE(index.lookup(1, 0, 101).behind_known);
+  EXPECT_FALSE(index.lookup(1, 0).behind_known);
   index.filled(1, {{10, 5}});
-  EXPECT_FALSE(index.lookup(1, 0, 101).behind_known) << "the second scan has not reported";
+  EXPECT_FALSE(index.lookup(1, 0).behind_known) << "the second scan has not reported";
   // (that lookup became a third scan)
   index.filled(1, {});
   index.filled(1, {});
-  auto ready = index.lookup(1, 0, 102);
+  auto ready = index.lookup(1, 0);
   ASSERT_TRUE(ready.behind_known);
   EXPECT_EQ(ready.behind, (behind_list{{10, 5}, {20, 3}}));
   EXPECT_FALSE(ready.moved_known) << "no stamp presented";
+  EXPECT_EQ(ready.stamp, 102u);
 }
 
 TEST(login_index, a_failed_scan_drops_the_entry) {
-  login_index index(100);
-  EXPECT_FALSE(index.lookup(1, 0, 100).behind_known);
-  index.apply({{kind::message, 1, 10, 5}}, 101);
+  login_index index(100, 100);
+  EXPECT_FALSE(index.lookup(1, 0).behind_known);
+  index.apply({{kind::message, 1, 10, 5}}, 101, 101);
   index.fill_failed(1);
   EXPECT_EQ(index.size().first, 0u);
-  EXPECT_FALSE(index.lookup(1, 0, 102).behind_known) << "the next login scans again";
+  EXPECT_FALSE(index.lookup(1, 0).behind_known) << "the next login scans again";
 }
 
 // An index (bound: 3 moved chats per device) in which `device` logged in at stamp `at`.
 std::unique_ptr<login_index> ready_index(std::uint64_t device, std::uint64_t at) {
-  auto index = std::make_unique<login_index>(3);
-  index->lookup(device, 0, at);
+  auto index = std::make_unique<login_index>(3, at);
+  index->lookup(device, 0);
   index->filled(device, {});
   return index;
 }
@@ -57,59 +59,75 @@ std::unique_ptr<login_index> ready_index(std::uint64_t device, std::uint64_t at)
 TEST(login_index, messages_raise_and_acks_at_or_above_remove) {
   auto ready = ready_index(1, 100);
   auto& index = *ready;
-  index.apply({{kind::message, 1, 10, 5}, {kind::message, 1, 10, 7}, {kind::message, 2, 10, 7}},
-              101);
-  index.apply({{kind::cursor, 1, 10, 6}}, 102);
-  EXPECT_EQ(index.lookup(1, 0, 102).behind, (behind_list{{10, 7}})) << "6 does not cover 7";
-  index.apply({{kind::cursor, 1, 10, 7}}, 103);
-  EXPECT_TRUE(index.lookup(1, 0, 103).behind.empty());
+  index.apply(
+      {{kind::message, 1, 10, 5}, {kind::message, 1, 10, 7}, {kind::message, 2, 10, 7}}, 101,
+      101);
+  index.apply({{kind::cursor, 1, 10, 6}}, 102, 102);
+  EXPECT_EQ(index.lookup(1, 0).behind, (behind_list{{10, 7}})) << "6 does not cover 7";
+  index.apply({{kind::cursor, 1, 10, 7}}, 103, 103);
+  EXPECT_TRUE(index.lookup(1, 0).behind.empty());
 }
 
 TEST(login_index, settle_keeps_an_entry_a_newer_message_raised) {
   auto ready = ready_index(1, 100);
   auto& index = *ready;
-  index.apply({{kind::message, 1, 10, 5}}, 101);
+  index.apply({{kind::message, 1, 10, 5}}, 101, 101);
   // A reader found the cursor at 5, but a message at 6 was committed before it settled.
-  index.apply({{kind::message, 1, 10, 6}}, 102);
+  index.apply({{kind::message, 1, 10, 6}}, 102, 102);
   index.settle(1, 10, 5);
-  EXPECT_EQ(index.lookup(1, 0, 102).behind, (behind_list{{10, 6}}));
+  EXPECT_EQ(index.lookup(1, 0).behind, (behind_list{{10, 6}}));
   index.settle(1, 10, 6);
-  EXPECT_TRUE(index.lookup(1, 0, 102).behind.empty());
+  EXPECT_TRUE(index.lookup(1, 0).behind.empty());
 }
 
+// A request's stamp is its last write's sequence number: requests of one commit have their
+// own (the position of the request's last write in the batch, from the commit's first).
 TEST(login_index, moved_lists_after_the_stamp_and_forgets_what_the_client_has) {
   auto ready = ready_index(1, 100);
   auto& index = *ready;
-  index.apply({{kind::moved, 1, 10, 0}}, 110);
-  index.apply({{kind::moved, 1, 20, 0}, {kind::moved, 1, 30, 0}}, 120);
-  auto r = index.lookup(1, 110, 130);
+  index.apply({{kind::moved, 1, 10, 1}}, 110, 110);
+  // One commit of writes 120..125: the request moving chat 20 ended at its 2nd write, the
+  // one moving chat 30 at its 5th.
+  index.apply({{kind::moved, 1, 20, 2}, {kind::moved, 1, 30, 5}}, 120, 125);
+  auto r = index.lookup(1, 110);
   ASSERT_TRUE(r.moved_known);
   EXPECT_EQ(r.moved, (chat_list{20, 30}));
-  // Chat 10 (at 110) was forgotten: the client had it.
-  EXPECT_EQ(index.lookup(1, 100, 130).moved, (chat_list{20, 30}));
+  EXPECT_EQ(r.stamp, 125u) << "the last write applied";
+  // A client that kept the stamp of chat 20's push (121) has not had chat 30's (124).
+  r = index.lookup(1, 121);
+  ASSERT_TRUE(r.moved_known);
+  EXPECT_EQ(r.moved, (chat_list{30}));
+  // What was at or below 121 is forgotten, and an older stamp is now below what the entry
+  // answers for (a restored client, say): it gets everything, not too little.
+  EXPECT_FALSE(index.lookup(1, 110).moved_known);
   // A chat that moves again gets the newer stamp.
-  index.apply({{kind::moved, 1, 20, 0}}, 140);
-  EXPECT_EQ(index.lookup(1, 120, 140).moved, (chat_list{20}));
+  index.apply({{kind::moved, 1, 20, 1}}, 140, 140);
+  EXPECT_EQ(index.lookup(1, 124).moved, (chat_list{20}));
+  EXPECT_TRUE(index.lookup(1, 140).moved.empty());
 }
 
 TEST(login_index, stamps_it_cannot_answer_for_get_everything) {
   auto ready = ready_index(1, 100);
   auto& index = *ready;
-  index.apply({{kind::moved, 1, 10, 0}}, 110);
-  EXPECT_FALSE(index.lookup(1, 0, 120).moved_known) << "no stamp";
-  EXPECT_FALSE(index.lookup(1, 99, 120).moved_known) << "older than the entry";
-  EXPECT_FALSE(index.lookup(1, 121, 120).moved_known) << "newer than the store: not ours";
-  EXPECT_TRUE(index.lookup(1, 100, 120).moved_known);
+  index.apply({{kind::moved, 1, 10, 1}}, 110, 110);
+  index.apply({}, 120, 120);
+  EXPECT_FALSE(index.lookup(1, 0).moved_known) << "no stamp";
+  EXPECT_FALSE(index.lookup(1, 99).moved_known) << "older than the entry";
+  EXPECT_FALSE(index.lookup(1, 121).moved_known) << "newer than any applied: not this store's";
+  auto r = index.lookup(1, 100);
+  ASSERT_TRUE(r.moved_known);
+  EXPECT_EQ(r.moved, (chat_list{10}));
 }
 
 TEST(login_index, past_its_bound_moved_forgets_and_its_floor_rises) {
   auto ready = ready_index(1, 100);  // bound: 3 chats
   auto& index = *ready;
-  index.apply({{kind::moved, 1, 10, 0}, {kind::moved, 1, 20, 0}, {kind::moved, 1, 30, 0}}, 110);
-  index.apply({{kind::moved, 1, 40, 0}}, 120);  // the fourth: forgotten, floor 120
-  EXPECT_FALSE(index.lookup(1, 105, 130).moved_known);
-  index.apply({{kind::moved, 1, 50, 0}}, 130);
-  auto r = index.lookup(1, 120, 130);
+  index.apply({{kind::moved, 1, 10, 1}, {kind::moved, 1, 20, 2}, {kind::moved, 1, 30, 3}}, 110,
+              112);
+  index.apply({{kind::moved, 1, 40, 1}}, 120, 120);  // the fourth: all forgotten, floor 120
+  EXPECT_FALSE(index.lookup(1, 112).moved_known);
+  index.apply({{kind::moved, 1, 50, 1}}, 130, 130);
+  auto r = index.lookup(1, 120);
   ASSERT_TRUE(r.moved_known);
   EXPECT_EQ(r.moved, (chat_list{50}));
 }

@@ -244,9 +244,10 @@ struct rocksdb_store::impl {
   } heads;
   std::uint64_t last_id = 0;
   // Kept by the writer after each commit (login_index.hpp); read by logins.
-  login_index logins{options.login_max_moved};
-  // The last commit's sequence number (writer thread): the stamp of its receipts.
-  std::uint64_t last_stamp = 0;
+  std::optional<login_index> logins;  // from open()
+  // The sequence number of the last commit's first write (writer thread): a request whose
+  // last write is at batch position p (1-based) has stamp group_base + p - 1.
+  std::uint64_t group_base = 0;
 
   // Whether writes are accepted (see rocksdb_options::reserve_bytes). The writer decides;
   // health() reads it from any thread.
@@ -337,8 +338,14 @@ struct rocksdb_store::impl {
       g->undo.clear();
       const std::size_t logins_before = g->logins.size();
       auto r = std::make_shared<result<T>>(apply(*g));
+      // The request's stamp is the sequence number of its last write: its position in the
+      // batch now, made a sequence number once the batch is committed.
+      const std::uint32_t position = g->batch.Count();
       if (r->has_value()) {
         g->batch.PopSavePoint();
+        for (std::size_t i = logins_before; i < g->logins.size(); ++i) {
+          if (g->logins[i].what == login_index::change::kind::moved) g->logins[i].seq = position;
+        }
       } else {
         g->batch.RollbackToSavePoint();
         g->logins.resize(logins_before);
@@ -348,12 +355,12 @@ struct rocksdb_store::impl {
         }
       }
       g->undo.clear();
-      g->on_durable.push_back([this, done = std::move(done), r](error_code ec) {
+      g->on_durable.push_back([this, done = std::move(done), r, position](error_code ec) {
         if (ec && r->has_value()) {
           done(ec);
           return;
         }
-        stamp_receipts(*r, last_stamp);
+        stamp_receipts(*r, group_base + position - 1);
         done(std::move(*r));
       });
     };
@@ -770,6 +777,7 @@ void rocksdb_store::impl::open() {
     return read_be64(v);
   };
   heads.max = options.max_cached;
+  logins.emplace(options.login_max_moved, db->GetLatestSequenceNumber());
   next_user = load(keys::meta_next_user, 1);
   next_device = load(keys::meta_next_device, 1);
   ids = snowflake(options.node_id);
@@ -897,8 +905,9 @@ void rocksdb_store::impl::run_writer() {
       }
       // Like the heads: before any completion runs, so before any push of what was committed
       // (a login that misses a change in the index gets it as a live push instead).
-      last_stamp = db->GetLatestSequenceNumber();
-      logins.apply(g.logins, last_stamp);
+      const std::uint64_t last = db->GetLatestSequenceNumber();
+      group_base = last + 1 - g.batch.Count();
+      logins->apply(g.logins, group_base, last);
     }
     trim_caches();
     for (auto& f : g.on_durable) f(ec);
@@ -1344,27 +1353,27 @@ result<device_backlog> rocksdb_store::impl::compute_backlog(std::uint64_t device
                                                             std::uint64_t user,
                                                             std::uint64_t since) {
   device_backlog out;
-  // Before the lookup: a change committed after this is in the index or pushed live (the
-  // caller is attached to the bus before it asks), never only in what this reads.
-  out.stamp = db->GetLatestSequenceNumber();
-  auto known = logins.lookup(device, since, out.stamp);
+  // The stamp is the index's: every change up to it is in the index (or was pushed to the
+  // caller, attached to the bus before it asks), and what this reads is at least as new.
+  auto known = logins->lookup(device, since);
+  out.stamp = known.stamp;
   if (!known.behind_known) {
     auto r = scan_all_chats(device, user, true, out);
     if (!r) {
-      logins.fill_failed(device);
+      logins->fill_failed(device);
       return r.error();
     }
     std::vector<std::pair<std::uint64_t, std::uint64_t>> found;
     found.reserve(out.behind.size());
     for (const auto& p : out.behind) found.emplace_back(p.chat, p.head);
-    logins.filled(device, found);
+    logins->filled(device, found);
     return out;
   }
   for (const auto& [chat, highest] : known.behind) {
     auto cursor = stored_cursor(chat, user, device);
     if (!cursor) return cursor.error();
     if (highest <= *cursor) {
-      logins.settle(device, chat, *cursor);
+      logins->settle(device, chat, *cursor);
       continue;
     }
     auto head = head_of(chat);
@@ -1577,6 +1586,16 @@ rocksdb_store::read_cost rocksdb_store::backlog_cost_for_tests(device_id device,
   if (!r) throw std::runtime_error("backlog failed: " + r.error().message());
   if (out != nullptr) *out = std::move(*r);
   return cost;
+}
+
+std::uint64_t rocksdb_store::memtable_bytes_for_tests() {
+  std::uint64_t total = 0;
+  for (auto* family : impl_->cfs) {
+    std::uint64_t bytes = 0;
+    if (impl_->db->GetIntProperty(family, rocksdb::DB::Properties::kCurSizeAllMemTables, &bytes))
+      total += bytes;
+  }
+  return total;
 }
 
 std::uint64_t rocksdb_store::compact_and_count_dedupe_for_tests() {

@@ -96,6 +96,8 @@ class rocksdb_store final : public store {
   };
   read_cost backlog_cost_for_tests(device_id device, user_id user, std::uint64_t receipts_since,
                                    device_backlog* out = nullptr);
+  // Tests only: bytes in all memtables, flushed or not (rocksdb.cur-size-all-mem-tables).
+  std::uint64_t memtable_bytes_for_tests();
   // Tests only: compacts every column family (runs the dedupe expiry) and counts the dedupe
   // records left.
   std::uint64_t compact_and_count_dedupe_for_tests();

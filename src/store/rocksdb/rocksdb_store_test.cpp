@@ -2,6 +2,8 @@
 // threads, its bounded caches, the cost of a login, and the expiry of dedupe records.
 #include "store/rocksdb/rocksdb_store.hpp"
 
+#include <rocksdb/db.h>
+
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -274,6 +276,79 @@ TEST(rocksdb_store, a_login_reads_what_changed_not_every_chat) {
   ASSERT_EQ(after.behind.size(), 1u);
   EXPECT_EQ(after.behind[0].chat, chats[11]);
   EXPECT_LT(after_cost.memtable_reads, full_cost.memtable_reads / 10);
+}
+
+// A data directory of the first format (per-device queues, a "queue" column family) is
+// refused at start with a message that says what to do, and is left as it was.
+TEST(rocksdb_store, refuses_a_directory_of_the_device_queue_format_and_leaves_it) {
+  test_support::temp_dir dir("parley_store_old_format_");
+  {
+    rocksdb::Options o;
+    o.create_if_missing = true;
+    rocksdb::DB* raw = nullptr;
+    ASSERT_TRUE(rocksdb::DB::Open(o, dir.path().string(), &raw).ok());
+    std::unique_ptr<rocksdb::DB> db(raw);
+    rocksdb::ColumnFamilyHandle* queue = nullptr;
+    ASSERT_TRUE(db->CreateColumnFamily(rocksdb::ColumnFamilyOptions(), "queue", &queue).ok());
+    ASSERT_TRUE(db->Put(rocksdb::WriteOptions(), queue, "k", "an old queue entry").ok());
+    ASSERT_TRUE(db->DestroyColumnFamilyHandle(queue).ok());
+  }
+  rocksdb_options o;
+  o.path = dir.path();
+  try {
+    rocksdb_store db(o);
+    ADD_FAILURE() << "opened";
+  } catch (const std::runtime_error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("old device-queue format"), std::string::npos) << what;
+    EXPECT_NE(what.find("move the directory aside"), std::string::npos) << what;
+  }
+  std::vector<std::string> families;
+  ASSERT_TRUE(
+      rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(), dir.path().string(), &families).ok());
+  EXPECT_EQ(families, (std::vector<std::string>{"default", "queue"})) << "nothing added";
+}
+
+// All memtables together stay within memtable_budget_bytes (RocksDB's write buffer manager):
+// 24 MiB of messages leave at most the budget in memory once flushes have run, against far
+// more with a budget that does not bind.
+TEST(rocksdb_store, memtables_stay_within_their_budget) {
+  auto memtables_after_traffic = [](std::size_t budget) {
+    test_support::temp_dir dir("parley_store_memtables_");
+    rocksdb_options o;
+    o.path = dir.path();
+    o.sync = false;
+    o.memtable_budget_bytes = budget;
+    rocksdb_store db(o);
+    auto alice = register_user(db, "alice");
+    register_user(db, "bob");
+    const std::string payload(2048, 'p');
+    for (int round = 0; round < 12; ++round) {
+      in_flight<send_outcome> sends;
+      for (int i = 0; i < 1024; ++i) {
+        auto r = request(alice, "alice", "bob", "m" + std::to_string(round * 1024 + i));
+        r.payload = payload;
+        db.send(std::move(r), sends.slot());
+      }
+      for (auto& r : sends.all()) EXPECT_TRUE(r);
+    }
+    // RocksDB checks the budget as writes arrive and flushes in the background: with the
+    // traffic going on (a small message every 20 ms), the total must settle under the budget
+    // (waiting at most 10 s).
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    std::uint64_t bytes = db.memtable_bytes_for_tests();
+    for (int n = 0; bytes > budget && std::chrono::steady_clock::now() < deadline; ++n) {
+      EXPECT_TRUE(wait_for<send_outcome>([&](auto done) {
+        db.send(request(alice, "alice", "bob", "late" + std::to_string(n)), done);
+      }));
+      std::this_thread::sleep_for(20ms);
+      bytes = db.memtable_bytes_for_tests();
+    }
+    return bytes;
+  };
+  constexpr std::size_t budget = 4u << 20;
+  EXPECT_LE(memtables_after_traffic(budget), budget);
+  EXPECT_GT(memtables_after_traffic(256u << 20), 16u << 20) << "the traffic fills memtables";
 }
 
 // Dedupe records older than the window are dropped by compaction; younger ones are kept.
