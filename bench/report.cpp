@@ -118,6 +118,12 @@ void render_login(std::ostringstream& o, const std::string& label, const login_r
     << fixed(static_cast<double>(l.drained) / n, 1) << " drained envelopes\n"
     << std::string(label.size(), ' ') << l.receipts << " receipt watermarks in all; "
     << l.with_stamp << " of " << l.wanted << " logins presented a receipts stamp\n";
+  if (!l.server_thread_cpu_seconds.empty()) {
+    o << std::string(label.size(), ' ') << "server CPU per login by thread, µs:";
+    for (const auto& [name, seconds] : l.server_thread_cpu_seconds)
+      o << " " << name << " " << fixed(seconds * 1e6 / n, 0);
+    o << "\n";
+  }
 }
 
 }  // namespace

@@ -606,7 +606,20 @@ login_result run_logins(worker_pool& pool, const target& t, std::size_t users) {
     r.receipts += receipts;
     r.with_stamp += with_stamp;
   }
-  r.server_cpu_seconds = sample_process(t.pid).cpu_seconds - before.cpu_seconds;
+  const auto after = sample_process(t.pid);
+  r.server_cpu_seconds = after.cpu_seconds - before.cpu_seconds;
+  for (const auto& [name, seconds] : after.thread_cpu_seconds) {
+    const auto was = before.thread_cpu_seconds.find(name);
+    const double used = seconds - (was == before.thread_cpu_seconds.end() ? 0 : was->second);
+    // "parley-io-1" -> "parley-io"; names without a number stay as they are.
+    std::string kind = name;
+    const auto dash = kind.find_last_of('-');
+    if (dash != std::string::npos && dash + 1 < kind.size() &&
+        kind.find_first_not_of("0123456789", dash + 1) == std::string::npos) {
+      kind.resize(dash);
+    }
+    if (used > 0) r.server_thread_cpu_seconds[kind] += used;
+  }
   r.logins_per_second = r.seconds > 0 ? static_cast<double>(r.logged_in) / r.seconds : 0;
   return r;
 }

@@ -84,6 +84,10 @@ struct login_result {
   std::uint64_t drained = 0;   // envelopes the drains pushed (messages not acked before)
   std::uint64_t receipts = 0;  // Receipt entries pushed before QueueEmpty
   std::size_t with_stamp = 0;  // logins presenting a receipts stamp (receipts_since != 0)
+  // parleyd's CPU over the logins by thread name, with the numbered threads of a kind summed
+  // ("parley-io-0" and "parley-io-1" as "parley-io"): where a login's cost goes, and what
+  // else (RocksDB's flushes and compactions) ran meanwhile.
+  std::map<std::string, double> server_thread_cpu_seconds;
 };
 
 struct one_to_one_result {

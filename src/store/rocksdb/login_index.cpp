@@ -1,6 +1,8 @@
 #include "store/rocksdb/login_index.hpp"
 
 #include <algorithm>
+#include <cstdint>
+#include <unordered_set>
 
 namespace parley::store {
 
@@ -23,16 +25,10 @@ void login_index::apply(const std::vector<change>& changes, std::uint64_t first,
           e.behind.erase(b);
         }
         break;
-      case change::kind::moved: {
-        const std::uint64_t stamp = first + c.seq - 1;
-        e.moved[c.chat] = stamp;
-        if (e.moved.size() > max_moved_) {
-          // Forget; a client whose stamp is older than this one gets every watermark.
-          decltype(e.moved)().swap(e.moved);
-          e.floor = stamp;
-        }
+      case change::kind::moved:
+        e.moved.emplace_back(first + c.seq - 1, c.chat);
+        if (e.moved.size() > max_moved_) compact_moved(e);
         break;
-      }
     }
   }
 }
@@ -54,18 +50,31 @@ login_index::lookup_result login_index::lookup(std::uint64_t device, std::uint64
   // A stamp above the last applied was not made by this store (another server's): not usable.
   if (since != 0 && since >= e.floor && since <= applied_) {
     out.moved_known = true;
-    for (auto m = e.moved.begin(); m != e.moved.end();) {
-      if (m->second > since) {
-        out.moved.push_back(m->first);
-        ++m;
-      } else {
-        m = e.moved.erase(m);
-      }
-    }
+    const auto after = std::upper_bound(e.moved.begin(), e.moved.end(),
+                                        std::make_pair(since, UINT64_MAX));
+    for (auto m = after; m != e.moved.end(); ++m) out.moved.push_back(m->second);
+    e.moved.erase(e.moved.begin(), after);
     e.floor = since;  // what was at or below it is forgotten
     std::sort(out.moved.begin(), out.moved.end());
+    out.moved.erase(std::unique(out.moved.begin(), out.moved.end()), out.moved.end());
   }
   return out;
+}
+
+void login_index::compact_moved(entry& e) const {
+  std::unordered_set<std::uint64_t> seen;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> latest;
+  for (std::size_t i = e.moved.size(); i-- > 0;) {  // newest first
+    if (seen.insert(e.moved[i].second).second) latest.push_back(e.moved[i]);
+  }
+  if (latest.size() > max_moved_ / 2) {
+    // Forget; a client whose stamp is older than the last gets every watermark.
+    e.floor = e.moved.back().first;
+    decltype(e.moved)().swap(e.moved);
+    return;
+  }
+  std::reverse(latest.begin(), latest.end());
+  e.moved = std::move(latest);
 }
 
 void login_index::filled(std::uint64_t device,

@@ -54,8 +54,10 @@ class login_index {
     std::uint64_t seq = 0;
   };
 
-  // `max_moved`: the bound of one device's `moved`; past it the entry forgets what moved so
-  // far (its floor rises), and older stamps get the full answer again.
+  // `max_moved`: the bound of one device's `moved` (moves, a chat that moved again counted
+  // again); past it the entry keeps each chat's latest move, and if those are still more than
+  // half the bound it forgets them all (its floor rises), and older stamps get the full
+  // answer again.
   // `start`: the store's sequence number when it opened (nothing is pending then).
   login_index(std::size_t max_moved, std::uint64_t start)
       : max_moved_(max_moved), applied_(start) {}
@@ -96,10 +98,17 @@ class login_index {
  private:
   struct entry {
     std::unordered_map<std::uint64_t, std::uint64_t> behind;
-    std::unordered_map<std::uint64_t, std::uint64_t> moved;
+    // (stamp, chat) in stamp order (apply() sees stamps in increasing order), a chat that
+    // moved again listed again: appending is all a move costs, and a login takes the tail
+    // above its stamp and drops the head (a hash map's erase of the head cost ~250 ns an
+    // entry, most of a login after a busy session: docs/performance.md, "Logins").
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> moved;
     std::uint64_t floor = 0;
     int fillers = 0;  // scans under way; the entry is usable when none is
   };
+  // Keeps the latest stamp of each chat in `moved`; if that is still more than half the
+  // bound, forgets them all (the floor rises to the last).
+  void compact_moved(entry& e) const;
   const std::size_t max_moved_;
   mutable std::mutex mutex_;
   std::uint64_t applied_;  // the last stamp applied

@@ -132,5 +132,18 @@ TEST(login_index, past_its_bound_moved_forgets_and_its_floor_rises) {
   EXPECT_EQ(r.moved, (chat_list{50}));
 }
 
+// Moves are appended; past the bound, a chat that moved many times keeps only its latest
+// move, and nothing a client has not had is lost.
+TEST(login_index, past_its_bound_moved_keeps_each_chats_latest_move) {
+  auto ready = ready_index(1, 100);  // bound: 3 moves
+  auto& index = *ready;
+  for (std::uint64_t stamp = 110; stamp <= 113; ++stamp)
+    index.apply({{kind::moved, 1, 10, 1}}, stamp, stamp);
+  auto r = index.lookup(1, 112);
+  ASSERT_TRUE(r.moved_known) << "compacted, not forgotten";
+  EXPECT_EQ(r.moved, (chat_list{10}));
+  EXPECT_TRUE(index.lookup(1, 113).moved.empty());
+}
+
 }  // namespace
 }  // namespace parley::store

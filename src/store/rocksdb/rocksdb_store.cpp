@@ -15,6 +15,7 @@
 #include <cassert>
 #include <condition_variable>
 #include <deque>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -72,6 +73,20 @@ struct group {
   std::vector<login_index::change> logins;  // for the login index, once durable
   bool ids_issued = false;
 };
+
+// Drops every second entry of a cache that outgrew its bound. The order of an unordered map
+// has nothing to do with use, so this forgets a random half: a working set larger than the
+// bound keeps about half its hits, where emptying the cache (what this replaced) left none
+// until it refilled, and on a store with more chats than the bound the writer spent its time
+// refilling (docs/performance.md, "Caches").
+template <class Map>
+void evict_half(Map& map) {
+  bool drop = false;
+  for (auto it = map.begin(); it != map.end();) {
+    it = drop ? map.erase(it) : std::next(it);
+    drop = !drop;
+  }
+}
 
 // Receipts returned by a write carry the stamp of the commit that made them durable; other
 // results have none.
@@ -225,7 +240,7 @@ struct rocksdb_store::impl {
   // writer raises them after each commit, before any completion runs (so before any push of
   // what it committed); a reader that finds none reads the log's last key and raises it.
   // Heads only grow, so raising (a maximum) makes the order of the two harmless. Bounded:
-  // past max_cached entries it is emptied and refills.
+  // past max_cached entries, half of it is forgotten (evict_half).
   struct published_heads {
     std::mutex mutex;
     std::unordered_map<std::uint64_t, std::uint64_t> heads;
@@ -237,7 +252,7 @@ struct rocksdb_store::impl {
     }
     void raise(std::uint64_t chat, std::uint64_t head) {
       std::lock_guard lock(mutex);
-      if (heads.size() > max) heads.clear();
+      if (heads.size() > max) evict_half(heads);
       auto& h = heads[chat];
       h = std::max(h, head);
     }
@@ -542,12 +557,11 @@ struct rocksdb_store::impl {
     fn(read_marks);
     fn(registration_ids);
   }
-  // Empties each cache that grew past options.max_cached. Only between groups: during one,
+  // Halves each cache that grew past options.max_cached. Only between groups: during one,
   // the caches hold the group's own uncommitted changes (a chat's head, a new user).
   void trim_caches() {
     each_cache([&](auto& cache) {
-      using map = std::remove_reference_t<decltype(cache)>;
-      if (cache.size() > options.max_cached) map().swap(cache);  // frees the buckets too
+      if (cache.size() > options.max_cached) evict_half(cache);
     });
   }
   void clear_caches() {

@@ -33,10 +33,12 @@ struct rocksdb_options {
   // All memtables together (RocksDB's write buffer manager): a cap over every column family.
   std::size_t memtable_budget_bytes = 64u << 20;
   std::size_t reader_threads = 2;
-  // Entries each of the writer's caches (users by name and by id, chats' sequence numbers,
-  // devices' registration ids) may hold; a cache past it is emptied after the group commit
-  // and refills from the store. Bounds the writer's memory on a store with many chats.
-  std::size_t max_cached = 1u << 18;
+  // Entries each of the writer's caches (users by name and by id, chats, cursors, read
+  // marks, devices' registration ids) and the published chat heads may hold; past it, half of
+  // the cache is forgotten after the group commit (and refills from the store). Bounds the
+  // writer's memory on a store with many chats: about 100 bytes an entry, so up to ~100 MiB
+  // for a cache at the bound. A store whose active chats exceed it pays a read per miss.
+  std::size_t max_cached = 1u << 20;
   // Chats whose watermarks moved that the login index (login_index.hpp) remembers per device;
   // past it, that device's next login with an older stamp reads every chat's watermarks.
   std::size_t login_max_moved = 4096;
