@@ -16,18 +16,20 @@ void login_index::apply(const std::vector<change>& changes, std::uint64_t first,
     auto& e = it->second;
     switch (c.what) {
       case change::kind::message: {
-        auto& highest = e.behind[c.chat];
+        auto& highest = e.open().behind[c.chat];
         highest = std::max(highest, c.seq);
         break;
       }
       case change::kind::cursor:
-        if (auto b = e.behind.find(c.chat); b != e.behind.end() && b->second <= c.seq) {
-          e.behind.erase(b);
+        if (!e.p) break;
+        if (auto b = e.p->behind.find(c.chat); b != e.p->behind.end() && b->second <= c.seq) {
+          e.p->behind.erase(b);
+          e.release_if_empty();
         }
         break;
       case change::kind::moved:
-        e.moved.emplace_back(first + c.seq - 1, c.chat);
-        if (e.moved.size() > max_moved_) compact_moved(e);
+        e.open().moved.emplace_back(first + c.seq - 1, c.chat);
+        if (e.p->moved.size() > max_moved_) compact_moved(e);
         break;
     }
   }
@@ -45,15 +47,21 @@ login_index::lookup_result login_index::lookup(std::uint64_t device, std::uint64
     return out;
   }
   out.behind_known = true;
-  out.behind.assign(e.behind.begin(), e.behind.end());
-  std::sort(out.behind.begin(), out.behind.end());
+  if (e.p) {
+    out.behind.assign(e.p->behind.begin(), e.p->behind.end());
+    std::sort(out.behind.begin(), out.behind.end());
+  }
   // A stamp above the last applied was not made by this store (another server's): not usable.
   if (since != 0 && since >= e.floor && since <= applied_) {
     out.moved_known = true;
-    const auto after = std::upper_bound(e.moved.begin(), e.moved.end(),
-                                        std::make_pair(since, UINT64_MAX));
-    for (auto m = after; m != e.moved.end(); ++m) out.moved.push_back(m->second);
-    e.moved.erase(e.moved.begin(), after);
+    if (e.p) {
+      auto& moved = e.p->moved;
+      const auto after =
+          std::upper_bound(moved.begin(), moved.end(), std::make_pair(since, UINT64_MAX));
+      for (auto m = after; m != moved.end(); ++m) out.moved.push_back(m->second);
+      moved.erase(moved.begin(), after);
+      e.release_if_empty();
+    }
     e.floor = since;  // what was at or below it is forgotten
     std::sort(out.moved.begin(), out.moved.end());
     out.moved.erase(std::unique(out.moved.begin(), out.moved.end()), out.moved.end());
@@ -62,19 +70,21 @@ login_index::lookup_result login_index::lookup(std::uint64_t device, std::uint64
 }
 
 void login_index::compact_moved(entry& e) const {
+  auto& moved = e.p->moved;
   std::unordered_set<std::uint64_t> seen;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> latest;
-  for (std::size_t i = e.moved.size(); i-- > 0;) {  // newest first
-    if (seen.insert(e.moved[i].second).second) latest.push_back(e.moved[i]);
+  for (std::size_t i = moved.size(); i-- > 0;) {  // newest first
+    if (seen.insert(moved[i].second).second) latest.push_back(moved[i]);
   }
   if (latest.size() > max_moved_ / 2) {
     // Forget; a client whose stamp is older than the last gets every watermark.
-    e.floor = e.moved.back().first;
-    decltype(e.moved)().swap(e.moved);
+    e.floor = moved.back().first;
+    decltype(e.p->moved)().swap(moved);
+    e.release_if_empty();
     return;
   }
   std::reverse(latest.begin(), latest.end());
-  e.moved = std::move(latest);
+  moved = std::move(latest);
 }
 
 void login_index::filled(std::uint64_t device,
@@ -84,7 +94,7 @@ void login_index::filled(std::uint64_t device,
   if (it == devices_.end()) return;  // a concurrent scan failed and dropped it
   auto& e = it->second;
   for (const auto& [chat, head] : behind) {
-    auto& highest = e.behind[chat];
+    auto& highest = e.open().behind[chat];
     highest = std::max(highest, head);
   }
   if (e.fillers > 0) --e.fillers;
@@ -99,14 +109,21 @@ void login_index::settle(std::uint64_t device, std::uint64_t chat, std::uint64_t
   std::lock_guard lock(mutex_);
   auto it = devices_.find(device);
   if (it == devices_.end()) return;
-  auto& behind = it->second.behind;
-  if (auto b = behind.find(chat); b != behind.end() && b->second <= cursor) behind.erase(b);
+  auto& e = it->second;
+  if (!e.p) return;
+  auto& behind = e.p->behind;
+  if (auto b = behind.find(chat); b != behind.end() && b->second <= cursor) {
+    behind.erase(b);
+    e.release_if_empty();
+  }
 }
 
 std::pair<std::size_t, std::size_t> login_index::size() const {
   std::lock_guard lock(mutex_);
   std::size_t entries = 0;
-  for (const auto& [device, e] : devices_) entries += e.behind.size() + e.moved.size();
+  for (const auto& [device, e] : devices_) {
+    if (e.p) entries += e.p->behind.size() + e.p->moved.size();
+  }
   return {devices_.size(), entries};
 }
 

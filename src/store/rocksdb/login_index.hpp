@@ -30,6 +30,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
 #include <utility>
@@ -96,15 +97,27 @@ class login_index {
   std::pair<std::size_t, std::size_t> size() const;
 
  private:
-  struct entry {
+  // What a device has pending; allocated only while it has any, so that the entry of a
+  // device with nothing pending (most connected ones) is 24 bytes.
+  struct pending {
     std::unordered_map<std::uint64_t, std::uint64_t> behind;
     // (stamp, chat) in stamp order (apply() sees stamps in increasing order), a chat that
     // moved again listed again: appending is all a move costs, and a login takes the tail
     // above its stamp and drops the head (a hash map's erase of the head cost ~250 ns an
     // entry, most of a login after a busy session: docs/performance.md, "Logins").
     std::vector<std::pair<std::uint64_t, std::uint64_t>> moved;
+  };
+  struct entry {
+    std::unique_ptr<pending> p;  // null: nothing pending
     std::uint64_t floor = 0;
     int fillers = 0;  // scans under way; the entry is usable when none is
+    pending& open() {
+      if (!p) p = std::make_unique<pending>();
+      return *p;
+    }
+    void release_if_empty() {
+      if (p && p->behind.empty() && p->moved.empty()) p.reset();
+    }
   };
   // Keeps the latest stamp of each chat in `moved`; if that is still more than half the
   // bound, forgets them all (the floor rises to the last).
