@@ -104,7 +104,8 @@ class login_index {
     // (stamp, chat) in stamp order (apply() sees stamps in increasing order), a chat that
     // moved again listed again: appending is all a move costs, and a login takes the tail
     // above its stamp and drops the head (a hash map's erase of the head cost ~250 ns an
-    // entry, most of a login after a busy session: docs/performance.md, "Logins").
+    // entry, most of a login after a busy session: docs/performance.md, issue 13's "Second
+    // session").
     std::vector<std::pair<std::uint64_t, std::uint64_t>> moved;
   };
   struct entry {

@@ -76,9 +76,10 @@ struct group {
 
 // Drops every second entry of a cache that outgrew its bound. The order of an unordered map
 // has nothing to do with use, so this forgets a random half: a working set larger than the
-// bound keeps about half its hits, where emptying the cache (what this replaced) left none
-// until it refilled, and on a store with more chats than the bound the writer spent its time
-// refilling (docs/performance.md, "Caches").
+// bound keeps hitting in proportion to the share of it held, where emptying the cache (what
+// this replaced) left no hit until it refilled, and on a store with more chats than the
+// bound the writer spent its time refilling (docs/performance.md, issue 13's "Second
+// session").
 template <class Map>
 void evict_half(Map& map) {
   bool drop = false;
@@ -88,8 +89,8 @@ void evict_half(Map& map) {
   }
 }
 
-// Receipts returned by a write carry the stamp of the commit that made them durable; other
-// results have none.
+// Receipts returned by a write carry their request's stamp (the sequence number of its last
+// write); other results have none.
 template <class T>
 void stamp_receipts(result<T>&, std::uint64_t) {}
 void stamp_receipts(result<std::vector<receipt_delivery>>& r, std::uint64_t stamp) {

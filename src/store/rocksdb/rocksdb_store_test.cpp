@@ -313,6 +313,12 @@ TEST(rocksdb_store, refuses_a_directory_of_the_device_queue_format_and_leaves_it
 // 24 MiB of messages leave at most the budget in memory once flushes have run, against far
 // more with a budget that does not bind.
 TEST(rocksdb_store, memtables_stay_within_their_budget) {
+#if defined(__SANITIZE_THREAD__)
+  // The flushes and compactions this forces read blocks the writer's lookups loaded, inside
+  // Debian's uninstrumented librocksdb: TSan reports its block handover as a race with no
+  // frame of ours to suppress it by (tests/tsan.supp). The release and ASan runs check this.
+  GTEST_SKIP() << "RocksDB's flushes and compactions under TSan: see the comment";
+#endif
   auto memtables_after_traffic = [](std::size_t budget) {
     test_support::temp_dir dir("parley_store_memtables_");
     rocksdb_options o;
