@@ -118,6 +118,12 @@ void render_login(std::ostringstream& o, const std::string& label, const login_r
     << fixed(static_cast<double>(l.drained) / n, 1) << " drained envelopes\n"
     << std::string(label.size(), ' ') << l.receipts << " receipt watermarks in all; "
     << l.with_stamp << " of " << l.wanted << " logins presented a receipts stamp\n";
+  if (l.round_rates.size() > 1) {
+    o << std::string(label.size(), ' ') << "the median of " << l.round_rates.size()
+      << " rounds; logins/s of each, in order:";
+    for (double rate : l.round_rates) o << " " << fixed(rate, 0);
+    o << "\n";
+  }
   if (!l.server_thread_cpu_seconds.empty()) {
     o << std::string(label.size(), ' ') << "server CPU per login by thread, µs:";
     for (const auto& [name, seconds] : l.server_thread_cpu_seconds)
@@ -197,7 +203,8 @@ std::string render_table(const run_report& r) {
         << " one-to-one users log in all at once (connect, authenticate, read to\n"
         << "  QueueEmpty) on the fresh server just after registering, and again after the load\n"
         << "  (every connection dropped at once, 2 s, then all back, each presenting the receipts\n"
-        << "  stamp its device kept: only the watermarks that moved after it are due)\n";
+        << "  stamp its device kept: only the watermarks that moved after it are due); each set\n"
+        << "  in 5 rounds of all users dropped and back, reported by its median round\n";
       render_login(o, "  fresh server:   ", *t.logins_fresh);
       render_login(o, "  after the load: ", *t.logins_after_load);
       o << "  after / fresh: " << fixed(t.login_ratio(), 3) << "\n\n";

@@ -88,6 +88,9 @@ struct login_result {
   // ("parley-io-0" and "parley-io-1" as "parley-io"): where a login's cost goes, and what
   // else (RocksDB's flushes and compactions) ran meanwhile.
   std::map<std::string, double> server_thread_cpu_seconds;
+  // With several rounds: this is the median round, and these are every round's logins/s in
+  // the order they ran.
+  std::vector<double> round_rates;
 };
 
 struct one_to_one_result {
