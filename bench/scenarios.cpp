@@ -629,6 +629,7 @@ constexpr std::size_t login_rounds_per_set = 5;
 // The round with the median logins/s, with every round's rate kept beside it.
 login_result median_round(std::vector<login_result> rounds) {
   std::vector<double> rates;
+  rates.reserve(rounds.size());
   for (const auto& r : rounds) rates.push_back(r.logins_per_second);
   std::sort(rounds.begin(), rounds.end(), [](const login_result& a, const login_result& b) {
     return a.logins_per_second < b.logins_per_second;
