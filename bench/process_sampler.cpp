@@ -73,16 +73,23 @@ double cores_used(const process_sample& from, const process_sample& to) {
   return wall > 0 ? (to.cpu_seconds - from.cpu_seconds) / wall : 0;
 }
 
-std::map<std::string, double> thread_cores_used(const process_sample& from,
-                                                const process_sample& to) {
+std::map<std::string, double> thread_seconds_used(const process_sample& from,
+                                                  const process_sample& to) {
   std::map<std::string, double> out;
-  const double wall = std::chrono::duration<double>(to.at - from.at).count();
-  if (wall <= 0) return out;
   for (const auto& [name, seconds] : to.thread_cpu_seconds) {
     const auto before = from.thread_cpu_seconds.find(name);
     const double start = before == from.thread_cpu_seconds.end() ? 0 : before->second;
-    out[name] = std::max(0.0, seconds - start) / wall;
+    out[name] = std::max(0.0, seconds - start);
   }
+  return out;
+}
+
+std::map<std::string, double> thread_cores_used(const process_sample& from,
+                                                const process_sample& to) {
+  const double wall = std::chrono::duration<double>(to.at - from.at).count();
+  if (wall <= 0) return {};
+  auto out = thread_seconds_used(from, to);
+  for (auto& [name, used] : out) used /= wall;
   return out;
 }
 

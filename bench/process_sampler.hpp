@@ -25,8 +25,12 @@ process_sample sample_process(pid_t pid);
 // CPU use between two samples, in cores (1.0 = one core busy all the time).
 double cores_used(const process_sample& from, const process_sample& to);
 
-// The same per thread name (see process_sample). A thread that exited between the samples is
-// missing here but counted by cores_used.
+// CPU seconds used between two samples per thread name (see process_sample). A thread that
+// exited between the samples is missing here but counted in cpu_seconds.
+std::map<std::string, double> thread_seconds_used(const process_sample& from,
+                                                  const process_sample& to);
+
+// The same in cores (per second of the time between the samples).
 std::map<std::string, double> thread_cores_used(const process_sample& from,
                                                 const process_sample& to);
 

@@ -608,18 +608,8 @@ login_result run_logins(worker_pool& pool, const target& t, std::size_t users) {
   }
   const auto after = sample_process(t.pid);
   r.server_cpu_seconds = after.cpu_seconds - before.cpu_seconds;
-  for (const auto& [name, seconds] : after.thread_cpu_seconds) {
-    const auto was = before.thread_cpu_seconds.find(name);
-    const double used = seconds - (was == before.thread_cpu_seconds.end() ? 0 : was->second);
-    // "parley-io-1" -> "parley-io"; names without a number stay as they are.
-    std::string kind = name;
-    const auto dash = kind.find_last_of('-');
-    if (dash != std::string::npos && dash + 1 < kind.size() &&
-        kind.find_first_not_of("0123456789", dash + 1) == std::string::npos) {
-      kind.resize(dash);
-    }
-    if (used > 0) r.server_thread_cpu_seconds[kind] += used;
-  }
+  r.server_thread_cpu_seconds = thread_seconds_used(before, after);
+  std::erase_if(r.server_thread_cpu_seconds, [](const auto& t) { return t.second <= 0; });
   r.logins_per_second = r.seconds > 0 ? static_cast<double>(r.logged_in) / r.seconds : 0;
   return r;
 }
@@ -660,11 +650,10 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
     if (!run_on(io, register_all(peers, t.url))) throw std::runtime_error("registration failed");
     ch.send("registered");
     ch.receive();  // go
-    // Every user's connection dropped at once, then all log in again when told, each
-    // presenting the receipts stamp its device kept (the peers keep receipts_stamp across
-    // their connections). No read loop may be running.
-    auto drop_and_log_in_again = [&] {
-      for (auto& p : peers) p->ws->abort();
+    // With every user's connection dropped and no read loop running: new connections, and all
+    // log in again when told, each presenting the receipts stamp its device kept (the peers
+    // keep receipts_stamp across their connections).
+    auto log_in_again = [&] {
       for (auto& p : peers) {
         p->ws = std::make_shared<client::ws_connection>(io.get_executor());
         p->in_flight = 0;
@@ -673,6 +662,10 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
       ch.send("offline");
       ch.receive();  // go
       ch.send(timed_logins(io, peers, t.url, w).line);
+    };
+    auto drop_and_log_in_again = [&] {
+      for (auto& p : peers) p->ws->abort();
+      log_in_again();
     };
     // The users' first logins, timed: the logins of a fresh server; then, with
     // logins-after-load, more rounds of them ("again"), for a median.
@@ -709,7 +702,7 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
     if (!run_on(io, wait_for_zero(reading, std::chrono::seconds(5))))
       throw std::runtime_error("dropped connections still being read");
     dirty.clear();
-    drop_and_log_in_again();
+    log_in_again();
     // More rounds ("again"), then stop: every worker holds its connections until all are
     // measured.
     while (ch.receive() == "again") drop_and_log_in_again();

@@ -278,12 +278,9 @@ TEST_F(messaging, receipts_reach_an_offline_sender) {
 // sender gets one Receipt per chat, member and status, and again at every login (they need no
 // ack).
 TEST_F(messaging, a_returning_sender_gets_current_watermarks_not_a_backlog) {
-  auto alice = user("alice");
-  auto bob = user("bob");
-  auto carol = user("carol");
-  alice.drain();
-  bob.drain();
-  carol.drain();
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
+  auto carol = online(io, server.url(), "carol");
   std::uint64_t with_bob = 0, with_carol = 0;
   for (int i = 0; i < 50; ++i) with_bob = alice.send("bob", "b" + std::to_string(i)).chat_id();
   for (int i = 0; i < 3; ++i) with_carol = alice.send("carol", "c" + std::to_string(i)).chat_id();
@@ -334,12 +331,9 @@ TEST_F(messaging, a_returning_sender_gets_current_watermarks_not_a_backlog) {
 // Receipts after it) is sent after login only the watermarks that moved after it, with their
 // current values; without a stamp, all of them.
 TEST_F(messaging, a_login_with_its_receipts_stamp_gets_only_what_moved) {
-  auto alice = user("alice");
-  auto bob = user("bob");
-  auto carol = user("carol");
-  alice.drain();
-  bob.drain();
-  carol.drain();
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
+  auto carol = online(io, server.url(), "carol");
   EXPECT_GT(alice.receipts_stamp, 0u);
   const auto with_bob = alice.send("bob", "hi bob").chat_id();
   const auto with_carol = alice.send("carol", "hi carol").chat_id();
@@ -445,12 +439,9 @@ TEST_F(messaging, one_ack_moves_the_cursors_of_several_chats) {
 // Ack is all or nothing: one bad entry refuses the whole frame, and the chats of the good
 // entries are pushed again after a reconnect.
 TEST_F(messaging, an_ack_with_one_bad_entry_applies_nothing) {
-  auto alice = user("alice");
-  auto bob = user("bob");
-  auto carol = user("carol");
-  alice.drain();
-  bob.drain();
-  carol.drain();
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
+  auto carol = online(io, server.url(), "carol");
   std::uint64_t with_alice = 0, with_carol = 0;
   for (int i = 0; i < 3; ++i) with_alice = alice.send("bob", "a" + std::to_string(i)).chat_id();
   for (int i = 0; i < 2; ++i) with_carol = carol.send("bob", "c" + std::to_string(i)).chat_id();
