@@ -48,7 +48,7 @@ boost::asio::awaitable<v2::Frame> round_trip(load_peer& p, v2::Frame request) {
 }
 
 boost::asio::awaitable<bool> set_up(load_peer& p, std::string url, std::string source,
-                                    bool register_first) {
+                                    bool register_first, bool note_drain) {
   p.drained = p.receipts = 0;
   if (co_await p.ws->connect(url, std::chrono::seconds(20), source)) co_return false;
   if (register_first) {
@@ -71,6 +71,7 @@ boost::asio::awaitable<bool> set_up(load_peer& p, std::string url, std::string s
     if (ec) co_return false;
     v2::Frame f;
     if (!f.ParseFromString(bytes)) continue;
+    if (note_drain && f.has_envelope()) p.received(f.envelope().chat_id(), f.envelope().seq());
     if (f.has_receipts()) {
       p.receipts += static_cast<std::uint64_t>(f.receipts().receipts_size());
       highest = std::max(highest, f.receipts().stamp());

@@ -58,9 +58,10 @@ boost::asio::awaitable<parley::v2::Frame> round_trip(load_peer& p, parley::v2::F
 // Connects from `source` (127.0.0.x), optionally registers `p.username` first, authenticates
 // presenting p.receipts_stamp, and reads until QueueEmpty (counting p.drained and p.receipts
 // on the way, then keeping the session's receipts stamp). False on any failure. The envelopes
-// of the drain are not acked.
+// of the drain are not acked; with `note_drain` each is noted (received()), so that the caller
+// can see which chats it brought (p.acks) and ack them with flush_acks().
 boost::asio::awaitable<bool> set_up(load_peer& p, std::string url, std::string source,
-                                    bool register_first);
+                                    bool register_first, bool note_drain = false);
 
 // The n-th source address: 127.0.0.2 .. 127.0.0.254.
 std::string source_address(std::size_t n);

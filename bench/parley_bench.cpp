@@ -31,11 +31,16 @@ constexpr const char* usage =
     "usage: parley-bench [--quick | --smoke] [--procs N] [--server-threads N] [--out DIR]\n"
     "                    [--connections N] [--users N] [--rates R1,R2,...] [--step-secs S]\n"
     "                    [--drain-messages N] [--no-fsync] [--server URL --server-pid PID]\n"
-    "                    [--server-metrics HOST:PORT] [SCENARIO...]\n"
-    "scenarios: baseline connect one-to-one logins-after-load drain (default: all five)\n"
+    "                    [--server-metrics HOST:PORT] [--group-size N]\n"
+    "                    [--group-rates R1,R2,...] [--grace-secs S] [SCENARIO...]\n"
+    "scenarios: baseline connect one-to-one logins-after-load drain fanout (default: all six)\n"
     "  logins-after-load  the one-to-one users' logins/s on the fresh server and again after\n"
     "            the one-to-one load (runs that load, and reports it, even if not asked for),\n"
     "            each login presenting the receipts stamp its device kept (none at the first)\n"
+    "  fanout    one group of --group-size members (2-1,024), all online, acking what they\n"
+    "            get; one member sends to it at each of --group-rates group messages/s (steps of\n"
+    "            --step-secs): the time until the last member has each message, deliveries/s,\n"
+    "            losses (a member without a message at the end of its step + --grace-secs)\n"
     "  --quick   small sizes, a few seconds per step (what `make bench` runs)\n"
     "  --smoke   tiny sizes, ~20 s in all; exits 1 if anything was lost (run by `make test`)\n"
     "  --server  use a parleyd started elsewhere (its pid for the CPU/RSS samples) instead of\n"
@@ -43,7 +48,8 @@ constexpr const char* usage =
     "  --server-metrics  where that parleyd serves GET /metrics, if not on the --server address\n"
     "            (the store's commit latencies per step come from there)\n"
     "  defaults (full): 19,000 connections; 1,000 users at 1k,2.5k,3.5k,4.5k,5k,7.5k,10k,20k,\n"
-    "  50k,100k msg/s, 60 s each; 10,000 queued messages; results in bench/results/\n";
+    "  50k,100k msg/s, 60 s each; 10,000 queued messages; a group of 1,024 at 10,50,100,200,\n"
+    "  400 group msg/s, 60 s each, 5 s grace; results in bench/results/\n";
 
 constexpr double full_step_seconds = 60;
 // The echo baseline has no store to wait for: it runs at most this long.
@@ -64,6 +70,12 @@ struct options {
   // and compactions happen inside them and count in their latencies.
   double step_seconds = full_step_seconds;
   std::size_t drain_messages = 10'000;
+  // fanout: the group (the sender included; the protocol allows 1,024), its steps in group
+  // messages per second (each one delivery per other member), and how long after the end of
+  // its step a message may still reach a member before it counts as lost.
+  std::size_t group_size = 1'024;
+  std::vector<double> group_rates = {10, 50, 100, 200, 400};
+  double grace_seconds = 5;
   std::vector<std::string> scenarios;
   bool fsync = true;       // --no-fsync: diagnosis only (how much of a figure is the disk)
   std::string server_url;  // --server: drive a parleyd started elsewhere (e.g. under a profiler)
@@ -91,6 +103,7 @@ options parse(int argc, char** argv) {
       o.users = 500;
       o.rates = {1'000, 2'500, 5'000, 7'500, 10'000, 20'000};
       o.step_seconds = 4;
+      o.group_rates = {10, 100, 400};  // the full group: its size is what the scenario is about
     } else if (a == "--smoke") {
       o.mode = "smoke";
       o.procs = 2;
@@ -99,6 +112,9 @@ options parse(int argc, char** argv) {
       o.rates = {200, 1'000};
       o.step_seconds = 1.5;
       o.drain_messages = 1'000;
+      o.group_size = 32;
+      o.group_rates = {10, 50};
+      o.grace_seconds = 2;
       o.out = fs::temp_directory_path() / "parley-bench-smoke";
     }
   }
@@ -133,18 +149,29 @@ options parse(int argc, char** argv) {
       o.server_pid = std::stoi(value());
     else if (a == "--server-metrics")
       o.server_metrics = value();
+    else if (a == "--group-size")
+      o.group_size = std::stoul(value());
+    else if (a == "--group-rates")
+      o.group_rates = parse_rates(value());
+    else if (a == "--grace-secs")
+      o.grace_seconds = std::stod(value());
     else if (a == "--help" || a == "-h")
       throw std::invalid_argument("");
     else if (a == "baseline" || a == "connect" || a == "one-to-one" || a == "logins-after-load" ||
-             a == "drain")
+             a == "drain" || a == "fanout")
       o.scenarios.push_back(a);
     else
       throw std::invalid_argument("unknown argument " + a);
   }
   if (o.scenarios.empty())
-    o.scenarios = {"baseline", "connect", "one-to-one", "logins-after-load", "drain"};
+    o.scenarios = {"baseline", "connect", "one-to-one", "logins-after-load", "drain", "fanout"};
   if (o.procs < 1 || o.procs > 64) throw std::invalid_argument("--procs must be 1-64");
   if (o.users < 2) throw std::invalid_argument("--users must be at least 2");
+  // The protocol's limit (CreateGroup: GROUP_FULL past 1,024 members, the creator included).
+  if (o.group_size < 2 || o.group_size > 1'024)
+    throw std::invalid_argument("--group-size must be 2-1,024");
+  if (o.group_rates.empty()) throw std::invalid_argument("--group-rates needs a rate");
+  if (o.grace_seconds < 0) throw std::invalid_argument("--grace-secs must not be negative");
   return o;
 }
 
@@ -244,7 +271,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (o.mode == "full" && o.step_seconds < full_step_seconds &&
-      (wants(o, "one-to-one") || wants(o, "logins-after-load"))) {
+      (wants(o, "one-to-one") || wants(o, "logins-after-load") || wants(o, "fanout"))) {
     std::cerr << "parley-bench: steps of " << o.step_seconds << " s are shorter than the "
               << full_step_seconds
               << " s in which a rate counts as sustained (store flushes and compactions inside "
@@ -299,6 +326,21 @@ int main(int argc, char** argv) {
       report.drain = run_drain(server.t, o.drain_messages);
       ok = ok && report.drain->in_order && report.drain->received == report.drain->queued;
     }
+    if (wants(o, "fanout")) {
+      std::cerr << "parley-bench: fanout (a group of " << o.group_size << ", "
+                << o.group_rates.size() << " steps of " << o.step_seconds << " s)...\n";
+      auto server = parleyd_for(o, data / "fanout");
+      report.fanout =
+          run_fanout(server.t, o.group_size, o.group_rates, o.step_seconds, o.grace_seconds);
+      // Nothing lost, repeated or cut off, and something stored: a server that refuses every
+      // group message loses none.
+      std::uint64_t stored = 0;
+      for (const auto& s : report.fanout->steps) {
+        ok = ok && s.load.lost == 0 && s.duplicates == 0;
+        stored += s.load.stored;
+      }
+      ok = ok && report.fanout->disconnected == 0 && stored > 0;
+    }
   } catch (const std::exception& e) {
     std::cerr << "parley-bench: " << e.what() << '\n';
     fs::remove_all(data);
@@ -307,6 +349,9 @@ int main(int argc, char** argv) {
   fs::remove_all(data);
   std::cout << render_table(report) << std::flush;
   std::cerr << write_results(report, o.out);
-  if (!ok) std::cerr << "parley-bench: messages were lost, reordered or not connected\n";
+  if (!ok) {
+    std::cerr << "parley-bench: messages were lost, reordered, repeated or not stored, or "
+                 "connections failed\n";
+  }
   return ok ? 0 : 1;
 }

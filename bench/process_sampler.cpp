@@ -53,19 +53,22 @@ process_sample sample_process(pid_t pid) {
     if (!std::getline(comm, name)) continue;  // the thread just exited
     s.thread_cpu_seconds[thread_group(name)] += stat_cpu_seconds((task.path() / "stat").string());
   }
-  std::string line;
-  std::ifstream status(dir + "/status");
-  std::string key;
+  s.rss_bytes = resident_bytes(pid);
+  return s;
+}
+
+std::uint64_t resident_bytes(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string key, line;
   while (status >> key) {
     if (key == "VmRSS:") {
       std::uint64_t kb = 0;
       status >> kb;
-      s.rss_bytes = kb * 1024;
-      break;
+      return kb * 1024;
     }
     std::getline(status, line);
   }
-  return s;
+  return 0;
 }
 
 double cores_used(const process_sample& from, const process_sample& to) {

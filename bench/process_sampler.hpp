@@ -22,6 +22,10 @@ struct process_sample {
 // Throws nothing: a sample of a process that is gone is all zeros.
 process_sample sample_process(pid_t pid);
 
+// Its resident memory alone (VmRSS, bytes; 0 for a process that is gone): one small read,
+// cheap enough to poll a few times a second for a peak.
+std::uint64_t resident_bytes(pid_t pid);
+
 // CPU use between two samples, in cores (1.0 = one core busy all the time).
 double cores_used(const process_sample& from, const process_sample& to);
 

@@ -56,16 +56,17 @@ void render_cpu_per_message(std::ostringstream& o, const one_to_one_result& t) {
 }
 
 // The store's group commits in each step (parley_store_write_seconds deltas).
-void render_store_commits(std::ostringstream& o, const one_to_one_result& t) {
+void render_store_commits(std::ostringstream& o, const std::vector<const step_result*>& steps) {
   bool any = false;
-  for (const auto& s : t.steps) any = any || s.store_commits.has_value();
+  for (const auto* s : steps) any = any || s->store_commits.has_value();
   if (!any) return;
   o << "  store group commits (write + fsync) in each step, from parleyd's /metrics histogram\n"
     << "  parley_store_write_seconds: percentiles interpolated within its buckets; max <= is the\n"
     << "  upper bound of the highest bucket with a commit, not a measured maximum\n"
     << pad("offered/s", 10) << pad("commits/s", 11) << pad("writes/commit", 15) << pad("mean ms", 9)
     << pad("p50 ms", 9) << pad("p99 ms", 9) << pad("p99.9 ms", 10) << pad("max <= ms", 11) << "\n";
-  for (const auto& s : t.steps) {
+  for (const auto* step : steps) {
+    const auto& s = *step;
     o << pad(fixed(s.offered_rate, 0), 10);
     if (!s.store_commits) {
       o << "  (not scraped)\n";
@@ -91,6 +92,19 @@ std::string store_commits_json(const std::optional<store_commit_stats>& c, doubl
     << ", \"p99_ms\": " << fixed(c->p99_ms, 3) << ", \"p999_ms\": " << fixed(c->p999_ms, 3)
     // The +Inf bucket has no number: null.
     << ", \"max_le_ms\": " << (std::isinf(c->max_le_ms) ? "null" : fixed(c->max_le_ms, 3)) << "}";
+  return o.str();
+}
+
+// parleyd's CPU by thread name, in cores: {"parley-io": 0.512, ...}.
+std::string thread_cores_json(const std::map<std::string, double>& cores) {
+  std::ostringstream o;
+  o << '{';
+  bool first = true;
+  for (const auto& [name, c] : cores) {
+    o << (first ? "" : ", ") << '"' << name << "\": " << fixed(c, 3);
+    first = false;
+  }
+  o << '}';
   return o.str();
 }
 
@@ -130,6 +144,82 @@ void render_login(std::ostringstream& o, const std::string& label, const login_r
       o << " " << name << " " << fixed(seconds * 1e6 / n, 0);
     o << "\n";
   }
+}
+
+// The fanout scenario: what the last recipient of each message saw, the delivery rate, losses,
+// and what parleyd spent on it.
+void render_fanout(std::ostringstream& o, const fanout_result& f) {
+  o << "fanout: one group of " << f.group_size << " members, all online; one of them sends\n"
+    << "  100-byte messages to it (" << f.recipients << " recipients each)\n"
+    << "  last = per message, the receive time of the last recipient to get it - its send time;\n"
+    << "  each = every delivery's; lost = stored (✓) but missing at a recipient at the end of\n"
+    << "  its step + " << fixed(f.grace_seconds, 1)
+    << " s (late: deliveries after that); deliveries/s: received within the step\n"
+    << "  CreateGroup " << fixed(f.create_ms, 2) << " ms; the other " << f.recipients
+    << " members logged in and had\n  its creation event in " << fixed(f.join_seconds, 2)
+    << " s; server RSS " << mib(static_cast<double>(f.server_rss_before))
+    << " MiB before the load\n"
+    << pad("offered/s", 10) << pad("deliveries/s", 14) << pad("last p50", 10) << pad("last p99", 10)
+    << pad("last p99.9", 12) << pad("last max", 10) << pad("each p50", 10) << pad("each p99", 10)
+    << pad("lost", 6) << pad("late", 8) << pad("errors", 7) << pad("skipped", 8) << "\n";
+  std::uint64_t duplicates = 0;
+  const fanout_step_result* lowest = nullptr;  // the lowest rate's step
+  const fanout_step_result* peak = nullptr;    // the step with the highest RSS
+  for (const auto& s : f.steps) {
+    const auto& l = s.load;
+    o << pad(fixed(l.offered_rate, 0), 10) << pad(fixed(s.deliveries_per_second(), 0), 14)
+      << pad(ms(s.last_member.percentile(0.5)), 10) << pad(ms(s.last_member.percentile(0.99)), 10)
+      << pad(ms(s.last_member.percentile(0.999)), 12) << pad(ms(s.last_member.max()), 10)
+      << pad(ms(l.latency.percentile(0.5)), 10) << pad(ms(l.latency.percentile(0.99)), 10)
+      << pad(std::to_string(l.lost), 6) << pad(std::to_string(s.late), 8)
+      << pad(std::to_string(l.errors), 7) << pad(std::to_string(l.skipped), 8) << "\n";
+    duplicates += s.duplicates;
+    if (!lowest || l.offered_rate < lowest->load.offered_rate) lowest = &s;
+    if (!peak || s.server_rss_peak > peak->server_rss_peak) peak = &s;
+  }
+  if (lowest) {
+    o << "  last member p99 at " << fixed(lowest->load.offered_rate, 0)
+      << " msg/s: " << ms(lowest->last_member.percentile(0.99)) << " ms (issue 14: <= 20 ms)\n";
+  }
+  o << "  sustainable (last member p99 < 100 ms, nothing lost, refused or skipped): "
+    << fixed(f.sustainable_rate, 0)
+    << " msg/s\n    = " << fixed(f.sustained_deliveries_per_second, 0)
+    << " recipient deliveries/s in that step (issue 14: >= 200,000)\n";
+  if (peak) {
+    o << "  server RSS peak " << mib(static_cast<double>(peak->server_rss_peak)) << " MiB (at "
+      << fixed(peak->load.offered_rate, 0) << " msg/s), "
+      << mib(static_cast<double>(f.server_rss_before)) << " MiB before the load\n";
+  }
+  if (f.disconnected > 0) {
+    o << "  DISCONNECTED: " << f.disconnected
+      << " members' connections ended during the run (their later messages count as lost)\n";
+  }
+  if (duplicates > 0) {
+    o << "  DUPLICATES: " << duplicates
+      << " envelopes at or below a seq their recipient already had (not counted as received)\n";
+  }
+  o << "  parleyd's CPU by thread (cores); CPU time per delivery received in the step, µs, of\n"
+    << "  parleyd (srv/dlv) and the generator (gen/dlv); parleyd's RSS at the step's end and its\n"
+    << "  peak over the step (read every 100 ms)\n"
+    << pad("offered/s", 10) << pad("server", 8) << pad("writer", 8) << pad("io", 8)
+    << pad("other", 8) << pad("srv/dlv", 10) << pad("gen/dlv", 10) << pad("srv MiB", 9)
+    << pad("peak MiB", 10) << "  generator\n";
+  for (const auto& s : f.steps) {
+    const auto& l = s.load;
+    const double writer = thread_cores(l, "store-writer");
+    const double io = thread_cores(l, "parley-io");
+    o << pad(fixed(l.offered_rate, 0), 10) << pad(fixed(l.server_cores, 2), 8)
+      << pad(fixed(writer, 2), 8) << pad(fixed(io, 2), 8)
+      << pad(fixed(std::max(0.0, l.server_cores - writer - io), 2), 8)
+      << pad(fixed(s.cpu_us_per_delivery(l.server_cores), 2), 10)
+      << pad(fixed(s.cpu_us_per_delivery(l.generator_total_cores), 2), 10)
+      << pad(mib(static_cast<double>(l.server_rss)), 9)
+      << pad(mib(static_cast<double>(s.server_rss_peak)), 10) << "  "
+      << (l.generator_bound ? "BOUND" : "ok") << " (" << fixed(l.generator_cores, 2) << ")\n";
+  }
+  std::vector<const step_result*> loads;
+  for (const auto& s : f.steps) loads.push_back(&s.load);
+  render_store_commits(o, loads);
 }
 
 }  // namespace
@@ -196,7 +286,9 @@ std::string render_table(const run_report& r) {
     }
     o << "\n";
     render_cpu_per_message(o, t);
-    render_store_commits(o, t);
+    std::vector<const step_result*> steps;
+    for (const auto& s : t.steps) steps.push_back(&s);
+    render_store_commits(o, steps);
     o << "\n";
     if (t.logins_fresh && t.logins_after_load) {
       o << "logins-after-load: the " << t.users
@@ -215,6 +307,10 @@ std::string render_table(const run_report& r) {
     o << "drain: " << d.received << " of " << d.queued << " queued messages delivered in "
       << fixed(d.milliseconds, 1) << " ms after connect, "
       << (d.in_order ? "in order" : "OUT OF ORDER") << "\n";
+  }
+  if (r.fanout) {
+    o << "\n";
+    render_fanout(o, *r.fanout);
   }
   return o.str();
 }
@@ -260,13 +356,8 @@ std::string render_json(const run_report& r) {
         << ", \"errors\": " << s.errors << ", \"skipped\": " << s.skipped
         << ", \"server_cores\": " << fixed(s.server_cores, 3)
         << ", \"server_rss\": " << s.server_rss
-        << ", \"server_thread_cores\": {";
-      bool first = true;
-      for (const auto& [name, cores] : s.server_thread_cores) {
-        o << (first ? "" : ", ") << '"' << name << "\": " << fixed(cores, 3);
-        first = false;
-      }
-      o << "}, \"generator_cores\": " << fixed(s.generator_cores, 3)
+        << ", \"server_thread_cores\": " << thread_cores_json(s.server_thread_cores)
+        << ", \"generator_cores\": " << fixed(s.generator_cores, 3)
         << ", \"generator_total_cores\": " << fixed(s.generator_total_cores, 3)
         << ", \"generator_bound\": " << (s.generator_bound ? "true" : "false")
         << ", \"latency\": " << percentiles_json(s.latency)
@@ -285,6 +376,41 @@ std::string render_json(const run_report& r) {
     o << ",\n  \"drain\": {\"queued\": " << d.queued << ", \"received\": " << d.received
       << ", \"in_order\": " << (d.in_order ? "true" : "false")
       << ", \"milliseconds\": " << fixed(d.milliseconds, 2) << "}";
+  }
+  if (r.fanout) {
+    const auto& f = *r.fanout;
+    o << ",\n  \"fanout\": {\"group_size\": " << f.group_size
+      << ", \"recipients\": " << f.recipients << ", \"grace_seconds\": " << f.grace_seconds
+      << ", \"create_ms\": " << fixed(f.create_ms, 3)
+      << ", \"join_seconds\": " << fixed(f.join_seconds, 3)
+      << ", \"server_rss_before\": " << f.server_rss_before
+      << ", \"disconnected\": " << f.disconnected
+      << ", \"sustainable_rate\": " << fixed(f.sustainable_rate, 0)
+      << ", \"sustained_deliveries_per_second\": " << fixed(f.sustained_deliveries_per_second, 0)
+      << ", \"steps\": [";
+    for (std::size_t i = 0; i < f.steps.size(); ++i) {
+      const auto& s = f.steps[i];
+      const auto& l = s.load;
+      // lost is in messages; received and late are in deliveries (one per recipient).
+      o << (i ? ",\n" : "\n") << "    {\"offered_rate\": " << fixed(l.offered_rate, 0)
+        << ", \"seconds\": " << l.seconds << ", \"sent\": " << l.sent
+        << ", \"stored\": " << l.stored << ", \"lost\": " << l.lost << ", \"errors\": " << l.errors
+        << ", \"skipped\": " << l.skipped << ", \"received\": " << l.received
+        << ", \"late\": " << s.late << ", \"duplicates\": " << s.duplicates
+        << ", \"deliveries_in_window\": " << s.deliveries_in_window
+        << ", \"deliveries_per_second\": " << fixed(s.deliveries_per_second(), 0)
+        << ", \"last_member_latency\": " << percentiles_json(s.last_member)
+        << ", \"recipient_latency\": " << percentiles_json(l.latency)
+        << ", \"server_cores\": " << fixed(l.server_cores, 3)
+        << ", \"server_thread_cores\": " << thread_cores_json(l.server_thread_cores)
+        << ", \"server_cpu_us_per_delivery\": " << fixed(s.cpu_us_per_delivery(l.server_cores), 3)
+        << ", \"server_rss\": " << l.server_rss << ", \"server_rss_peak\": " << s.server_rss_peak
+        << ", \"generator_cores\": " << fixed(l.generator_cores, 3)
+        << ", \"generator_total_cores\": " << fixed(l.generator_total_cores, 3)
+        << ", \"generator_bound\": " << (l.generator_bound ? "true" : "false")
+        << ", \"store_commits\": " << store_commits_json(l.store_commits, l.seconds) << "}";
+    }
+    o << "]}";
   }
   o << "\n}\n";
   return o.str();

@@ -19,6 +19,7 @@ struct run_report {
   std::optional<one_to_one_result> one_to_one;
   std::optional<drain_result> drain;
   std::optional<baseline_result> baseline;
+  std::optional<fanout_result> fanout;
 };
 
 std::string render_table(const run_report& r);

@@ -874,6 +874,482 @@ drain_result run_drain(const target& t, std::size_t messages) {
   return run_on(io, drain_once(t.url, messages));
 }
 
+// --- fanout: one group, one sender, every member online ----------------------------------------
+
+namespace {
+
+// A group message's payload starts with its send time (ns), the step it was sent in and its
+// index (the sender's count of messages sent before it), then filler up to payload_bytes.
+constexpr std::size_t fanout_header_bytes = 16;
+
+struct fanout_step_counters {
+  // Group messages (the sender's worker only): sent, stored (✓), refused, skipped.
+  std::uint64_t sent = 0, stored = 0, errors = 0, skipped = 0, late_ticks = 0;
+  std::uint64_t first_index = 0;  // the index of the step's first message
+  // Deliveries to this worker's members: of this step's messages by their deadline and after
+  // it, repeated ones, and those of any step's messages that arrived within this step.
+  std::uint64_t received = 0, late = 0, duplicates = 0, in_window = 0;
+  latency_histogram latency;  // per delivery of this step's messages, µs
+  process_sample cpu_start, cpu_end;
+};
+
+// What one worker's members did with one group message by its deadline.
+struct message_tally {
+  std::uint32_t members = 0;  // how many had it
+  std::uint64_t last_us = 0;  // the latest of their receive times minus its send time
+};
+
+// One worker's side of the fanout scenario, shared by its read loops and its pacer (all on the
+// worker's one thread).
+struct fanout_worker {
+  std::uint64_t chat_id = 0;
+  std::int64_t start_ns = 0, step_ns = 0, grace_ns = 0;
+  std::vector<fanout_step_counters> steps;
+  std::size_t current_step = 0;  // the pacer's; errors without a request id count there
+  // By message index, as many as the rates can send: what this worker's members received by
+  // each message's deadline, and (the sender's worker only) whether it was stored.
+  std::vector<message_tally> tallies;
+  std::vector<char> stored;
+  std::uint64_t next_index = 0;   // the sender's next message
+  std::vector<load_peer*> dirty;  // members that received something since the last ack tick
+  std::int64_t last_receive_ns = 0;
+
+  // A message of step k must have reached every recipient by then, or it counts as lost.
+  std::int64_t deadline_ns(std::size_t k) const {
+    return start_ns + static_cast<std::int64_t>(k + 1) * step_ns + grace_ns;
+  }
+  // The step whose window holds `ns`; steps.size() outside them all.
+  std::size_t window_of(std::int64_t ns) const {
+    if (ns < start_ns) return steps.size();
+    return std::min(steps.size(), static_cast<std::size_t>((ns - start_ns) / step_ns));
+  }
+};
+
+// The creator (already registered) logs in and creates the group of users prefix0 ..
+// prefix<size - 1>, itself being prefix0; returns the GroupInfo and the CreateGroup round trip
+// in ms. Throws if the server refuses or answers otherwise.
+awaitable<std::pair<v2::GroupInfo, double>> create_group(load_peer& creator, std::string url,
+                                                         std::string prefix, std::size_t size) {
+  if (!co_await set_up(creator, url, source_address(0), false))
+    throw std::runtime_error("fanout: the creator's login failed");
+  v2::Frame f;
+  auto* g = f.mutable_create_group();
+  g->set_name("fanout " + prefix);
+  for (std::size_t i = 1; i < size; ++i) g->add_members(prefix + std::to_string(i));
+  const auto start = clock::now();
+  const auto r = co_await round_trip(creator, std::move(f));
+  const double ms = std::chrono::duration<double, std::milli>(clock::now() - start).count();
+  if (r.has_error()) {
+    throw std::runtime_error("fanout: CreateGroup refused (error " +
+                             std::to_string(static_cast<int>(r.error().code())) +
+                             "): " + r.error().message());
+  }
+  if (!r.has_group_info()) throw std::runtime_error("fanout: CreateGroup got no GroupInfo");
+  if (static_cast<std::size_t>(r.group_info().members_size()) != size) {
+    throw std::runtime_error("fanout: the group has " +
+                             std::to_string(r.group_info().members_size()) + " members, not " +
+                             std::to_string(size));
+  }
+  co_return std::pair{r.group_info(), ms};
+}
+
+// Logs in peers [first, end) `login_parallel` at a time, each reading its drain to QueueEmpty
+// and acking it. The drain of a member that joined the group before logging in must bring the
+// group's creation event (create_seq): a member without it counts as `missing`. Returns
+// (failed logins, missing).
+awaitable<std::pair<std::size_t, std::size_t>> join_group(
+    std::vector<std::unique_ptr<load_peer>>& peers, std::size_t first, std::string url,
+    std::size_t first_source, std::uint64_t chat_id, std::uint64_t create_seq) {
+  std::size_t failed = 0, missing = 0;
+  co_await run_bounded(peers.size() - first, login_parallel, [&](std::size_t i) -> awaitable<bool> {
+    auto& p = *peers[first + i];
+    if (!co_await set_up(p, url, source_address(first_source + first + i), false, true)) {
+      ++failed;
+      co_return true;
+    }
+    const bool has_event = std::any_of(p.acks.begin(), p.acks.end(), [&](const auto& a) {
+      return a.first == chat_id && a.second >= create_seq;
+    });
+    if (!has_event) ++missing;
+    p.flush_acks();
+    co_return true;
+  });
+  co_return std::pair{failed, missing};
+}
+
+// Reads a member's frames until its connection ends. `highest_seq` is the highest seq of the
+// group's messages it has had; `reading` counts the loops still running.
+awaitable<void> fanout_read_loop(load_peer& p, std::uint64_t& highest_seq, fanout_worker& w,
+                                 std::size_t& reading) {
+  struct count_down {
+    std::size_t& n;
+    ~count_down() { --n; }
+  } done{reading};
+  constexpr std::uint64_t counter_mask = (std::uint64_t{1} << request_step_shift) - 1;
+  for (;;) {
+    auto [ec, bytes] = co_await p.ws->read();
+    if (ec) co_return;
+    v2::Frame f;
+    if (!f.ParseFromString(bytes)) continue;
+    const auto step = f.request_id() == 0
+                          ? w.current_step
+                          : static_cast<std::size_t>(f.request_id() >> request_step_shift);
+    switch (f.body_case()) {
+      case v2::Frame::kSendResult: {
+        --p.in_flight;
+        if (step < w.steps.size()) ++w.steps[step].stored;
+        const std::uint64_t index = (f.request_id() & counter_mask) - 1;
+        if (index < w.stored.size()) w.stored[index] = 1;
+        break;
+      }
+      case v2::Frame::kError: {
+        if (f.request_id() != 0) --p.in_flight;
+        if (step < w.steps.size()) ++w.steps[step].errors;
+        static bool reported = false;  // the first error says what went wrong; once per worker
+        if (!reported) {
+          reported = true;
+          std::fprintf(stderr, "parley-bench: fanout: server error (request %llu): %s\n",
+                       static_cast<unsigned long long>(f.request_id()),
+                       f.error().message().c_str());
+        }
+        break;
+      }
+      case v2::Frame::kEnvelope: {
+        const auto& e = f.envelope();
+        // Every envelope is acked, the group's creation event too, as a real client does.
+        if (p.acks.empty()) w.dirty.push_back(&p);
+        p.received(e.chat_id(), e.seq());
+        // Only the sender's group messages count: not the group's events (system messages),
+        // nor a member's own message should the server push it back.
+        if (e.chat_id() != w.chat_id || e.has_event() || e.from() == p.username ||
+            e.payload().size() < fanout_header_bytes)
+          break;
+        const std::int64_t now = now_ns();
+        w.last_receive_ns = now;
+        std::int64_t sent_ns;
+        std::uint32_t sent_step, index;
+        std::memcpy(&sent_ns, e.payload().data(), 8);
+        std::memcpy(&sent_step, e.payload().data() + 8, 4);
+        std::memcpy(&index, e.payload().data() + 12, 4);
+        if (sent_step >= w.steps.size() || index >= w.tallies.size()) break;
+        auto& s = w.steps[sent_step];
+        // A group's messages reach a member in seq order: one at or below what it has is a
+        // repeat (or out of order), and must not make up for a member that missed it.
+        if (e.seq() <= highest_seq) {
+          ++s.duplicates;
+          break;
+        }
+        highest_seq = e.seq();
+        const auto us = static_cast<std::uint64_t>(std::max<std::int64_t>(0, now - sent_ns) / 1000);
+        s.latency.record(us);
+        if (now <= w.deadline_ns(sent_step)) {
+          ++s.received;
+          auto& t = w.tallies[index];
+          ++t.members;
+          t.last_us = std::max(t.last_us, us);
+        } else {
+          ++s.late;
+        }
+        if (const auto k = w.window_of(now); k < w.steps.size()) ++w.steps[k].in_window;
+        break;
+      }
+      // Receipts (in a group, the lowest delivered watermark of the other members) need no
+      // ack; only their stamp is kept, as one-to-one does.
+      case v2::Frame::kReceipts:
+        p.keep_receipts_stamp(f.receipts().stamp());
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+// A worker's side of the steps. On a 1 ms schedule the sender (in worker 0; null in the
+// others) sends its step's rate to the group, and every member that received something since
+// the last tick acks it: one cumulative Ack per member, as one-to-one's recipients do, so that
+// parleyd sees a group's real ack load. After the last step, keeps receiving and acking until
+// the last deadline has passed and nothing has arrived for 2 s (at most 60 s after it), so
+// that late deliveries are told from missing ones.
+awaitable<void> fanout_pace(load_peer* sender, const std::vector<double>& rates, fanout_worker& w) {
+  auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer tick(ex);
+  v2::Frame frame;
+  std::string payload(payload_bytes, 'g');
+  for (std::size_t k = 0; k < rates.size(); ++k) {
+    const std::int64_t begin = w.start_ns + static_cast<std::int64_t>(k) * w.step_ns;
+    const std::int64_t end = begin + w.step_ns;
+    auto& s = w.steps[k];
+    w.current_step = k;
+    sleep_until_ns(begin);  // nothing else to do between steps
+    s.cpu_start = sample_process(::getpid());
+    s.first_index = w.next_index;
+    std::int64_t expected = begin;
+    for (std::int64_t now = now_ns(); now < end; now = now_ns()) {
+      if (now - expected > 20'000'000) ++s.late_ticks;  // the loop itself is 20 ms behind
+      const auto due =
+          sender ? static_cast<std::uint64_t>(rates[k] * static_cast<double>(now - begin) / 1e9)
+                 : 0;
+      while (s.sent + s.skipped < due) {
+        // The server allows 256 requests in flight per connection.
+        if (sender->in_flight >= 200 || w.next_index >= w.stored.size()) {
+          ++s.skipped;
+          continue;
+        }
+        const std::uint64_t index = w.next_index++;
+        const std::int64_t t = now_ns();
+        const auto step32 = static_cast<std::uint32_t>(k);
+        const auto index32 = static_cast<std::uint32_t>(index);
+        std::memcpy(payload.data(), &t, 8);
+        std::memcpy(payload.data() + 8, &step32, 4);
+        std::memcpy(payload.data() + 12, &index32, 4);
+        frame.Clear();
+        frame.set_request_id((static_cast<std::uint64_t>(k) << request_step_shift) | (index + 1));
+        auto* m = frame.mutable_send_message();
+        m->set_chat_id(w.chat_id);
+        m->set_client_msg_id(std::to_string(index + 1));
+        m->set_payload(payload);
+        // The server never looks inside a payload: a group message is labelled as a
+        // SenderKeyMessage, with no recipient registration id, as a real client's is.
+        m->set_type(v2::CIPHER_TYPE_SENDER_KEY_MESSAGE);
+        sender->send(frame);
+        ++sender->in_flight;
+        ++s.sent;
+      }
+      flush_acks(w.dirty);
+      expected = now + 1'000'000;
+      tick.expires_at(from_ns(expected));
+      co_await tick.async_wait(as_tuple_awaitable);
+    }
+    s.cpu_end = sample_process(::getpid());
+  }
+  const std::int64_t last_deadline = w.deadline_ns(rates.size() - 1);
+  for (;;) {
+    const std::int64_t now = now_ns();
+    if (now > last_deadline + 60'000'000'000) break;
+    if (now >= last_deadline && now > w.last_receive_ns + 2'000'000'000) break;
+    flush_acks(w.dirty);
+    co_await pause(std::chrono::milliseconds(5));
+  }
+  flush_acks(w.dirty);
+}
+
+}  // namespace
+
+fanout_result run_fanout(const target& t, std::size_t group_size, const std::vector<double>& rates,
+                         double step_seconds, double grace_seconds) {
+  if (rates.empty() || group_size < 2) throw std::invalid_argument("fanout: no steps or no group");
+  const std::string prefix = "g" + tag() + "_";
+  const auto step_ns = static_cast<std::int64_t>(step_seconds * 1e9);
+  const auto grace_ns = static_cast<std::int64_t>(grace_seconds * 1e9);
+  // What the sender can send at most: its schedule's due count stays below rate x step length.
+  std::size_t max_messages = 0;
+  for (double rate : rates)
+    max_messages += static_cast<std::size_t>(std::ceil(rate * step_seconds));
+  worker_pool pool(t.procs, [&](int w, worker_channel& ch) -> int {
+    // Declared before `io`, whose destruction ends the read loops left suspended (each counts
+    // itself out and refers to these).
+    fanout_worker state;
+    std::vector<std::uint64_t> highest_seq;
+    std::size_t reading = 0;
+    asio::io_context io(1);
+    // User i is worker (i mod procs)'s: user 0, the creator and sender, is worker 0's first.
+    auto peers = worker_share(io, group_size, t.procs, w, prefix);
+    highest_seq.assign(peers.size(), 0);
+    if (!run_on(io, register_all(peers, t.url))) throw std::runtime_error("registration failed");
+    ch.send("registered");
+    ch.receive();  // create
+    load_peer* sender = nullptr;
+    std::size_t first_member = 0;  // the first peer of this worker still to log in
+    if (w == 0) {
+      sender = peers[0].get();
+      first_member = 1;
+      const auto [info, ms] = run_on(io, create_group(*sender, t.url, prefix, group_size));
+      // The creation event is the group's first entry: the creator acks it like the others.
+      const std::uint64_t create_seq = info.seq() != 0 ? info.seq() : 1;
+      sender->received(info.chat_id(), create_seq);
+      sender->flush_acks();
+      ch.send(std::to_string(info.chat_id()) + ' ' + std::to_string(create_seq) + ' ' +
+              std::to_string(ms));
+    } else {
+      ch.send("0 0 0");
+    }
+    std::uint64_t create_seq = 0;
+    std::istringstream(ch.receive()) >> state.chat_id >> create_seq;
+    // Every other member logs in: its drain brings the creation event, which it acks.
+    const auto join_start = clock::now();
+    const auto [failed, missing] =
+        run_on(io, join_group(peers, first_member, t.url, static_cast<std::size_t>(w) * 7919,
+                              state.chat_id, create_seq));
+    if (failed != 0) throw std::runtime_error(std::to_string(failed) + " members failed to log in");
+    if (missing != 0) {
+      throw std::runtime_error(std::to_string(missing) +
+                               " members had no creation event of the group before QueueEmpty");
+    }
+    ch.send(std::to_string(std::chrono::duration<double>(clock::now() - join_start).count()));
+
+    state.start_ns = std::stoll(ch.receive());
+    state.step_ns = step_ns;
+    state.grace_ns = grace_ns;
+    state.steps.resize(rates.size());
+    state.tallies.resize(max_messages);
+    if (sender) state.stored.assign(max_messages, 0);
+    for (std::size_t i = 0; i < peers.size(); ++i) {
+      ++reading;
+      asio::co_spawn(io, fanout_read_loop(*peers[i], highest_seq[i], state, reading),
+                     asio::detached);
+    }
+    run_on(io, fanout_pace(sender, rates, state));
+    for (const auto& s : state.steps) {
+      std::ostringstream out;
+      out << s.sent << ' ' << s.stored << ' ' << s.errors << ' ' << s.skipped << ' ' << s.late_ticks
+          << ' ' << s.first_index << ' ' << s.received << ' ' << s.late << ' ' << s.duplicates
+          << ' ' << s.in_window << ' ' << cores_used(s.cpu_start, s.cpu_end) << ' '
+          << s.latency.serialize();
+      ch.send(out.str());
+    }
+    // The members whose connection ended, then the tallies up to the last one with a delivery:
+    // "closed n members0 last_us0 members1 ...".
+    std::size_t n = state.tallies.size();
+    while (n > 0 && state.tallies[n - 1].members == 0) --n;
+    std::ostringstream tallies;
+    tallies << peers.size() - reading << ' ' << n;
+    for (std::size_t i = 0; i < n; ++i)
+      tallies << ' ' << state.tallies[i].members << ' ' << state.tallies[i].last_us;
+    ch.send(tallies.str());
+    // The sender's stored flags, one character per message sent ('1': ✓), after an "s".
+    std::string stored = "s";
+    for (std::uint64_t i = 0; i < state.next_index; ++i) stored += state.stored[i] ? '1' : '0';
+    ch.send(stored);
+    return 0;
+  });
+  pool.collect();  // registered
+
+  fanout_result r;
+  r.group_size = group_size;
+  r.recipients = group_size - 1;
+  r.grace_seconds = grace_seconds;
+  pool.broadcast("create");
+  const std::string created = pool.collect().front();  // worker 0's: "chat_id seq ms"
+  {
+    std::istringstream in(created);
+    std::uint64_t chat_id = 0, seq = 0;
+    in >> chat_id >> seq >> r.create_ms;
+    pool.broadcast(std::to_string(chat_id) + ' ' + std::to_string(seq));
+  }
+  for (const auto& line : pool.collect())
+    r.join_seconds = std::max(r.join_seconds, std::stod(line));
+  r.server_rss_before = resident_bytes(t.pid);
+
+  const std::int64_t start = now_ns() + 300'000'000;
+  pool.broadcast(std::to_string(start));
+  // At every step boundary parleyd's /proc sample and /metrics, as in one-to-one; in between,
+  // its RSS every 100 ms for the step's peak.
+  std::vector<process_sample> server(rates.size() + 1);
+  std::vector<std::optional<commit_metrics>> commits(rates.size() + 1);
+  std::vector<std::uint64_t> rss_peak(rates.size(), 0);
+  for (std::size_t k = 0; k <= rates.size(); ++k) {
+    const std::int64_t boundary = start + static_cast<std::int64_t>(k) * step_ns;
+    if (k > 0) {
+      for (std::int64_t at = now_ns() + 100'000'000; at < boundary; at += 100'000'000) {
+        sleep_until_ns(at);
+        rss_peak[k - 1] = std::max(rss_peak[k - 1], resident_bytes(t.pid));
+      }
+    }
+    sleep_until_ns(boundary);
+    server[k] = sample_process(t.pid);
+    commits[k] = scrape_commit_metrics(t.metrics_address);
+    if (k > 0) rss_peak[k - 1] = std::max(rss_peak[k - 1], server[k].rss_bytes);
+    if (k == 0 && !commits[k] && !t.metrics_address.empty()) {
+      std::fprintf(stderr,
+                   "parley-bench: no parley_store_write_seconds from http://%s/metrics; the "
+                   "store's commit latencies are left out\n",
+                   t.metrics_address.c_str());
+    }
+  }
+
+  // The workers' counters by step; the sender's (worker 0's) say which messages each step sent.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> sent_range(rates.size());  // first, count
+  for (std::size_t k = 0; k < rates.size(); ++k) {
+    fanout_step_result f;
+    auto& s = f.load;
+    s.offered_rate = rates[k];
+    s.seconds = step_seconds;
+    const auto lines = pool.collect();
+    for (std::size_t w = 0; w < lines.size(); ++w) {
+      std::istringstream in(lines[w]);
+      std::uint64_t sent, stored, errors, skipped, late_ticks, first_index, received, late,
+          duplicates, in_window;
+      double cores;
+      in >> sent >> stored >> errors >> skipped >> late_ticks >> first_index >> received >> late >>
+          duplicates >> in_window >> cores;
+      std::string rest;
+      std::getline(in, rest);
+      latency_histogram h;
+      if (!in || !h.parse(rest)) throw std::runtime_error("bad step counters from a worker");
+      if (w == 0) sent_range[k] = {first_index, sent};
+      s.sent += sent;
+      s.stored += stored;
+      s.errors += errors;
+      s.skipped += skipped;
+      s.received += received;
+      f.late += late;
+      f.duplicates += duplicates;
+      f.deliveries_in_window += in_window;
+      s.latency.merge(h);
+      s.generator_cores = std::max(s.generator_cores, cores);
+      s.generator_total_cores += cores;
+      // Behind schedule for more than 5 % of the step, or a worker saturating its core.
+      if (static_cast<double>(late_ticks) > step_seconds * 1000 * 0.05 || cores > 0.95)
+        s.generator_bound = true;
+    }
+    s.server_cores = cores_used(server[k], server[k + 1]);
+    s.server_thread_cores = thread_cores_used(server[k], server[k + 1]);
+    s.server_rss = server[k + 1].rss_bytes;
+    s.store_commits = commits_between(commits[k], commits[k + 1]);
+    f.server_rss_peak = rss_peak[k];
+    r.steps.push_back(std::move(f));
+  }
+  // Per message, the workers' tallies merged: how many recipients had it by its deadline, and
+  // the latest of them.
+  std::vector<message_tally> tallies(max_messages);
+  for (const auto& line : pool.collect()) {
+    std::istringstream in(line);
+    std::size_t closed = 0, n = 0;
+    in >> closed >> n;
+    r.disconnected += closed;
+    for (std::size_t i = 0; i < n && i < tallies.size(); ++i) {
+      std::uint32_t members = 0;
+      std::uint64_t last_us = 0;
+      in >> members >> last_us;
+      tallies[i].members += members;
+      tallies[i].last_us = std::max(tallies[i].last_us, last_us);
+    }
+    if (!in) throw std::runtime_error("bad tallies from a worker");
+  }
+  const std::string stored = pool.collect().front().substr(1);  // the sender's flags
+  pool.join();
+  for (std::size_t k = 0; k < rates.size(); ++k) {
+    auto& f = r.steps[k];
+    const auto [first, count] = sent_range[k];
+    for (std::uint64_t i = first; i < first + count && i < stored.size(); ++i) {
+      if (stored[i] != '1') continue;  // refused or never answered: an error, not a loss
+      if (tallies[i].members >= r.recipients)
+        f.last_member.record(tallies[i].last_us);
+      else
+        ++f.load.lost;
+    }
+  }
+  for (const auto& f : r.steps) {
+    const bool ok = f.load.lost == 0 && f.load.errors == 0 && f.load.skipped == 0 &&
+                    f.last_member.count() > 0 && f.last_member.percentile(0.99) < 100'000;
+    if (ok && f.load.offered_rate > r.sustainable_rate) {
+      r.sustainable_rate = f.load.offered_rate;
+      r.sustained_deliveries_per_second = f.deliveries_per_second();
+    }
+  }
+  return r;
+}
+
 // --- baseline: the raw echo ----------------------------------------------------------------------
 
 baseline_result run_baseline(const target& t, std::size_t connections, int window, double seconds) {

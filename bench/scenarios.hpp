@@ -108,6 +108,58 @@ struct one_to_one_result {
   }
 };
 
+// One step of the fanout scenario: one sender sends `load.offered_rate` group messages a
+// second to a group whose other members (the recipients) are all online and ack what they get.
+// A message's deadline is the end of the step it was sent in plus the grace period. In `load`:
+// sent, stored (✓), errors and skipped count group messages; received counts recipient
+// deliveries of this step's messages by their deadline; lost counts messages stored but not
+// received by every recipient by their deadline; latency is the per-recipient receive - send
+// time of every delivery of this step's messages (late ones too), µs; server_rss is parleyd's
+// at the step's end. The CPU, generator and store-commit fields are as in one-to-one.
+struct fanout_step_result {
+  step_result load;
+  // Per message stored and received by every recipient by its deadline: the receive time of
+  // the last recipient to get it minus its send time, µs (one value per message).
+  latency_histogram last_member;
+  std::uint64_t late = 0;  // deliveries of this step's messages after their deadline
+  // Envelopes a recipient got at or below a seq it already had (pushed again, or out of
+  // order); not counted as received. None expected: nobody reconnects during the steps.
+  std::uint64_t duplicates = 0;
+  // Deliveries of group messages received within this step's window, whichever step sent
+  // them: the delivery throughput of the window (a backlog counts where it arrives).
+  std::uint64_t deliveries_in_window = 0;
+  // The highest of parleyd's RSS, read every 100 ms over the step: its memory while the
+  // step's messages are in flight.
+  std::uint64_t server_rss_peak = 0;
+  double deliveries_per_second() const {
+    return load.seconds > 0 ? static_cast<double>(deliveries_in_window) / load.seconds : 0;
+  }
+  // Microseconds of CPU time per delivery in the step's window, for `cores` busy over it.
+  double cpu_us_per_delivery(double cores) const {
+    return deliveries_in_window > 0
+               ? cores * load.seconds * 1e6 / static_cast<double>(deliveries_in_window)
+               : 0;
+  }
+};
+
+struct fanout_result {
+  std::size_t group_size = 0;  // members, the sender (the creator) included
+  std::size_t recipients = 0;  // group_size - 1: every member but the sender
+  double grace_seconds = 0;
+  double create_ms = 0;                 // the creator's CreateGroup round trip (GroupInfo back)
+  double join_seconds = 0;              // every other member's login, each read to its QueueEmpty
+  std::uint64_t server_rss_before = 0;  // every member online, before the first step
+  // Members whose connection ended during the steps or their stragglers: parleyd closes one
+  // whose outgoing queue overflows ([limits] max_outbound_frames / _bytes), a member that
+  // reads too slowly. Their messages from then on count as lost.
+  std::size_t disconnected = 0;
+  std::vector<fanout_step_result> steps;
+  // The highest offered rate whose step lost nothing, had no errors or skipped sends, and had
+  // a last-member p99 under 100 ms; and that step's deliveries per second.
+  double sustainable_rate = 0;
+  double sustained_deliveries_per_second = 0;
+};
+
 struct drain_result {
   std::size_t queued = 0, received = 0;
   bool in_order = false;
@@ -129,6 +181,9 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
                                  const std::vector<double>& rates, double step_seconds,
                                  bool relogin = false);
 drain_result run_drain(const target& t, std::size_t messages);
+// One group of `group_size` members (2-1,024); `rates` in group messages per second.
+fanout_result run_fanout(const target& t, std::size_t group_size, const std::vector<double>& rates,
+                         double step_seconds, double grace_seconds);
 baseline_result run_baseline(const target& t, std::size_t connections, int window, double seconds);
 
 }  // namespace parley::bench

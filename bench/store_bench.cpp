@@ -80,10 +80,10 @@ void BM_store_message_cycle(benchmark::State& state) {
         }
         cursors.push_back({outcome->chat, outcome->seq});
       }
-      std::vector<std::promise<result<std::vector<receipt_delivery>>>> acked(batch);
+      std::vector<std::promise<result<watermark_moves>>> acked(batch);
       for (int i = 0; i < batch; ++i) {
         store.ack(bob.device, bob.user, {cursors[static_cast<std::size_t>(i)]},
-                  [&acked, i](result<std::vector<receipt_delivery>> r) {
+                  [&acked, i](result<watermark_moves> r) {
                     acked[i].set_value(std::move(r));
                   });
       }

@@ -39,6 +39,9 @@ class envelope {
 };
 using shared_envelope = std::shared_ptr<const envelope>;
 
+// A chat-log entry as the wire's Envelope (pushes, drains and History pages alike).
+void to_wire(const store::chat_message& m, parley::v2::Envelope& e);
+
 // A connected device. Methods may be called from any thread and must not block: an
 // implementation hands the work to its own executor.
 class endpoint {

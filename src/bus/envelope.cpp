@@ -2,19 +2,28 @@
 
 namespace parley::bus {
 
+void to_wire(const store::chat_message& m, parley::v2::Envelope& e) {
+  e.set_chat_id(m.chat);
+  e.set_seq(m.seq);
+  e.set_message_id(m.id);
+  e.set_from(m.sender_name);
+  e.set_from_device(m.sender_device);
+  e.set_sent_at_ms(m.sent_at_ms);
+  e.set_payload(m.payload);
+  e.set_type(static_cast<parley::v2::CipherType>(m.cipher_type));
+  if (m.event) {
+    auto* g = e.mutable_event();
+    g->set_change(static_cast<parley::v2::GroupChange>(m.event->change));
+    g->set_user(m.event->user);
+    g->set_name(m.event->name);
+    for (const auto& member : m.event->members) g->add_members(member);
+  }
+}
+
 const wire::encoded_frame& envelope::frame() const {
   std::call_once(encoded_, [this] {
-    const auto& m = *message_;
     parley::v2::Frame f;
-    auto* e = f.mutable_envelope();
-    e->set_chat_id(m.chat);
-    e->set_seq(m.seq);
-    e->set_message_id(m.id);
-    e->set_from(m.sender_name);
-    e->set_from_device(m.sender_device);
-    e->set_sent_at_ms(m.sent_at_ms);
-    e->set_payload(m.payload);
-    e->set_type(static_cast<parley::v2::CipherType>(m.cipher_type));
+    to_wire(*message_, *f.mutable_envelope());
     frame_ = wire::encode(f);
   });
   return frame_;

@@ -41,18 +41,27 @@ constexpr const char* usage_text =
     "usage: parley [--server URL] [--ca FILE] [--profile DIR] [--json] COMMAND\n"
     "  register USERNAME     create the account and this device; credentials go in the profile\n"
     "  whoami\n"
-    "  send USER TEXT        returns once the server has stored it (✓); prints the message id\n"
+    "  send CHAT TEXT        returns once the server has stored it (✓); prints the message id\n"
     "                        and its place in the chat (chat id, seq)\n"
-    "  sync [--wait SECS]    receive everything queued, store and ack it, print messages and\n"
-    "                        receipts; exit after QueueEmpty (or keep listening for SECS)\n"
-    "  read USER             mark everything received from USER as read\n"
-    "  status MESSAGE_ID     sent | delivered | read, for a message sent from this device\n"
-    "  history USER [--limit N]  this device's history of the chat (the server has ciphertext)\n"
-    "  chat USER             interactive: type to send; messages, ticks, typing, presence live\n"
+    "  sync [--wait SECS]    receive everything queued, store and ack it, print messages, group\n"
+    "                        changes and receipts; exit after QueueEmpty (or listen for SECS)\n"
+    "  read CHAT             mark everything received in the chat as read\n"
+    "  status MESSAGE_ID [--who]  sent | delivered | read, for a message sent from this device;\n"
+    "                        in a group: delivered to N of M, read by K (--who: their names)\n"
+    "  history CHAT [--limit N]  this device's history of the chat (the server has ciphertext)\n"
+    "  chat CHAT             interactive: type to send; messages, ticks, typing, presence live\n"
     "  safety-number USER    the 60-digit number to compare with USER's: equal = no one between\n"
     "  privacy last-seen on|off  show your last-seen time to your contacts (on, the default) or\n"
     "                        to nobody (off); rounded to the minute either way\n"
-    "messages are end-to-end encrypted (Signal protocol); keys live in the profile's local.db\n"
+    "  group create NAME USER...  a group with you as admin; prints its chat id\n"
+    "  group add|remove|promote|demote GROUP USER   (admins only)\n"
+    "  group rename GROUP NAME   (admins only)\n"
+    "  group leave GROUP\n"
+    "  group info GROUP      its name, members and admins\n"
+    "CHAT is a USER (the 1:1 chat with them) or a GROUP: a group's chat id, or its name as this\n"
+    "device knows it (from 'group create', 'group info' or 'sync')\n"
+    "messages are end-to-end encrypted (Signal protocol; in groups with sender keys, renewed\n"
+    "whenever a member leaves); keys live in the profile's local.db\n"
     "defaults: --server ws://127.0.0.1:8080 (env PARLEY_SERVER), --profile ~/.parley\n"
     "(env PARLEY_PROFILE)\n"
     "--server wss://HOST:PORT connects over TLS: the server's certificate must be valid for HOST\n"
@@ -73,6 +82,7 @@ struct options {
   std::vector<std::string> args;  // command and its arguments
   std::optional<long> wait_secs;
   std::optional<long> limit;
+  bool who = false;  // status: name who has a group message and who read it
 };
 
 std::string status_name(v2::MessageStatus s) {
@@ -162,6 +172,16 @@ failure explain(const client_error& e, const std::string& subject = {}) {
       case v2::ERROR_CODE_BUSY:
         return {"the server is busy (" + e.message + "); nothing was changed: try again in " +
                 std::to_string((e.retry_after_ms + 999) / 1000) + " s"};
+      case v2::ERROR_CODE_NOT_ADMIN:
+        return {"only the group's admins can do that"};
+      case v2::ERROR_CODE_GROUP_FULL:
+        return {"the group is full (1,024 members at most)"};
+      case v2::ERROR_CODE_NOT_MEMBER:
+        return {(subject.empty() ? std::string("that user") : "'" + subject + "'") +
+                " is not a member of the group"};
+      case v2::ERROR_CODE_ALREADY_MEMBER:
+        return {(subject.empty() ? std::string("that user") : "'" + subject + "'") +
+                " is a member of the group already"};
       case v2::ERROR_CODE_NO_SHARED_CHAT:
         return {"you have no chat with " +
                 (subject.empty() ? std::string("that user") : "'" + subject + "'") + " yet"};
@@ -246,6 +266,8 @@ class session {
     }
   }
 
+  bool json() const { return opts_.json; }
+
   void out(const std::string& human, const json_object& json) {
     std::cout << (opts_.json ? json.str() : human) << '\n' << std::flush;
   }
@@ -287,7 +309,10 @@ class session {
     } catch (const std::exception& e) {
       throw failure{std::string("cannot open the local store: ") + e.what()};
     }
-    messenger_ = std::make_unique<client::messenger>(client_, *store_, *library_, username);
+    // Before `register` has an answer there is no device id yet: the messenger then only makes
+    // the identity (it sends nothing to a group in that run).
+    messenger_ = std::make_unique<client::messenger>(client_, *store_, *library_, username,
+                                                     me_ ? me_->device_id : 1);
     if (messenger_->engine().has_identity()) return;
     if (existed && !registering) throw no_identity(path);
     try {
@@ -340,6 +365,81 @@ void require_user_arg(const std::string& name) {
   }
 }
 
+// What a CHAT argument names: the 1:1 chat with a user, or a group.
+struct target {
+  bool group = false;
+  std::string peer;           // a user
+  std::uint64_t chat_id = 0;  // a group
+  std::string name;           // the group's name as this device knows it ("" if not yet)
+
+  std::string label() const {
+    if (!group) return peer;
+    return "group " + (name.empty() ? std::string() : "'" + name + "' ") + "(chat " +
+           std::to_string(chat_id) + ")";
+  }
+};
+
+[[gnu::noinline]] std::optional<std::uint64_t> parse_id(const std::string& s) {
+  if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  try {
+    return std::stoull(s);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+// A group named by its chat id or by its local name; nullopt if `arg` names no group this
+// device knows. Several groups of that name: refused, naming their chat ids.
+std::optional<client::local_group> find_group(client::local_store& store, const std::string& arg) {
+  if (auto id = parse_id(arg)) {
+    if (auto g = store.group(*id)) return g;
+  }
+  const auto named = store.groups_named(arg);
+  if (named.empty()) return std::nullopt;
+  if (named.size() > 1) {
+    std::string ids;
+    for (const auto& g : named) ids += (ids.empty() ? "" : ", ") + std::to_string(g.chat_id);
+    throw failure{
+        "several groups are named '" + arg + "' (chats " + ids + "): name the group by its chat id",
+        2};
+  }
+  return named.front();
+}
+
+// A CHAT argument (see the usage text). A known group's chat id or name comes first, except
+// that a name which is also a contact of this device (a user it has a chat or keys with) is
+// refused as ambiguous: a group's name is chosen by whoever named it, and must not capture
+// what is meant for a contact. Call after require_registered().
+target resolve_chat(session& s, const std::string& arg) {
+  auto& store = s.store();
+  if (auto g = find_group(store, arg)) {
+    const bool named_by_id = parse_id(arg) && *parse_id(arg) == g->chat_id;
+    if (!named_by_id && (store.chat_of(arg) || store.identity(arg))) {
+      throw failure{"'" + arg + "' is both a contact and a group's name: name the group by its " +
+                        "chat id (" + std::to_string(g->chat_id) + ")",
+                    2};
+    }
+    return {true, {}, g->chat_id, g->name};
+  }
+  if (!wire::is_valid_username(arg)) {
+    throw failure{"'" + arg +
+                      "' is neither a username (3-32 characters of a-z 0-9 _ .) nor a group "
+                      "this device knows (run 'parley sync' to learn of new ones)",
+                  2};
+  }
+  return {false, arg, 0, {}};
+}
+
+// A GROUP argument of `parley group ...`: must be a group this device knows. Call after
+// require_registered().
+client::local_group resolve_group(session& s, const std::string& arg) {
+  if (auto g = find_group(s.store(), arg)) return *g;
+  throw failure{"no group '" + arg +
+                    "' on this device: name it by its chat id or its name (run 'parley sync' to "
+                    "learn of groups you were added to)",
+                2};
+}
+
 awaitable<void> cmd_register(session& s, const options& o) {
   if (o.args.size() != 2) throw failure{"usage: parley register USERNAME", 2};
   const std::string& name = o.args[1];
@@ -390,15 +490,37 @@ awaitable<void> cmd_privacy(session& s, const options& o) {
   co_await s.api().close();
 }
 
+// Prints what a group send could not do: members who could not be given this device's sender
+// key (they have never set up encryption) cannot read the message.
+void warn_not_reached(const client::group_sent& sent) {
+  if (sent.not_reached.empty()) return;
+  std::string names;
+  for (const auto& n : sent.not_reached) names += (names.empty() ? "" : ", ") + n;
+  std::cerr << "parley: warning: " << names << (sent.not_reached.size() == 1 ? " has" : " have")
+            << " not set up encryption yet (no keys on the server) and cannot read it\n";
+}
+
+// GCC 12 warns -Wmismatched-new-delete on this coroutine's frame, wrongly (GCC bug 109224):
+// it sees Asio's awaitable_frame_base::operator delete free memory that operator new got from
+// ::operator new inside Asio's recycling allocator, which is the pair Asio means. Only here.
+#pragma GCC diagnostic push
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
 awaitable<void> cmd_send(session& s, const options& o) {
-  if (o.args.size() != 3) throw failure{"usage: parley send USER TEXT", 2};
-  const std::string& to = o.args[1];
-  require_user_arg(to);
+  if (o.args.size() != 3) throw failure{"usage: parley send CHAT TEXT", 2};
+  s.require_registered();
+  const target to = resolve_chat(s, o.args[1]);
   co_await s.connect_and_authenticate();
   // Encrypted once: a retry after a lost answer sends the same ciphertext with the same
-  // client_msg_id, so the server stores it once.
-  auto sealed = co_await s.messenger().seal(to, o.args[2]);
-  if (!sealed) throw explain(sealed.error(), to);
+  // client_msg_id, so the server stores it once (for a group, the messenger keeps the
+  // ciphertext by client_msg_id until it is sent).
+  std::optional<client::sealed_message> sealed;
+  if (!to.group) {
+    auto r = co_await s.messenger().seal(to.peer, o.args[2]);
+    if (!r) throw explain(r.error(), to.peer);
+    sealed = std::move(*r);
+  }
   const std::string client_msg_id = random_id();
   std::optional<client_error> last;
   for (int attempt = 0; attempt < 3; ++attempt) {
@@ -410,33 +532,60 @@ awaitable<void> cmd_send(session& s, const options& o) {
       co_await s.connect();
       co_await s.authenticate();
     }
-    auto r = co_await s.messenger().send(*sealed, client_msg_id);
+    std::optional<v2::SendResult> sent;
+    std::optional<client_error> error;
+    std::vector<std::string> not_reached;
+    if (to.group) {
+      auto r = co_await s.messenger().send_group(to.chat_id, o.args[2], client_msg_id);
+      if (r) {
+        warn_not_reached(*r);
+        not_reached = r->not_reached;
+        sent = r->result;
+      } else {
+        error = r.error();
+      }
+    } else {
+      auto r = co_await s.messenger().send(*sealed, client_msg_id);
+      if (r) {
+        sent = *r;
+      } else {
+        error = r.error();
+      }
+    }
     s.show_identity_changes();
-    if (r) {
-      s.out("✓ sent " + id_string(r->message_id()) + " (chat " + id_string(r->chat_id()) +
-                ", seq " + std::to_string(r->seq()) + ")",
-            json_object()
-                .field("message_id", id_string(r->message_id()))
-                .field("status", "sent")
-                .field("chat_id", id_string(r->chat_id()))
-                .number("seq", r->seq()));
+    if (sent) {
+      auto json = json_object()
+                      .field("message_id", id_string(sent->message_id()))
+                      .field("status", "sent")
+                      .field("chat_id", id_string(sent->chat_id()))
+                      .number("seq", sent->seq());
+      if (to.group) json.field("group", to.name).strings("not_reached", not_reached);
+      s.out(
+          "✓ sent " + id_string(sent->message_id()) + " (" +
+              (to.group ? to.label() + ", seq " : "chat " + id_string(sent->chat_id()) + ", seq ") +
+              std::to_string(sent->seq()) + ")",
+          json);
       co_await s.api().close();
       co_return;
     }
-    if (r.error().what != client_error::kind::closed &&
-        r.error().what != client_error::kind::timeout &&
-        r.error().what != client_error::kind::unreachable) {
-      throw explain(r.error(), to);
+    if (error->what != client_error::kind::closed && error->what != client_error::kind::timeout &&
+        error->what != client_error::kind::unreachable) {
+      if (to.group && error->what == client_error::kind::server &&
+          error->code == v2::ERROR_CODE_NOT_FOUND) {
+        throw failure{"you are no longer a member of " + to.label()};
+      }
+      throw explain(*error, to.group ? to.label() : to.peer);
     }
-    last = r.error();
+    last = error;
   }
-  throw explain(*last, to);
+  throw explain(*last, to.group ? to.label() : to.peer);
 }
+#pragma GCC diagnostic pop
 
 // Shows a Receipt that moved the peer's watermark, if it covers a message this device sent (a
 // watermark also moves over the peer's own messages: nothing to show then). The message id is
 // the newest message of this device's history the watermark covers.
-void print_receipt(session& s, const v2::Receipt& r) {
+[[gnu::noinline]] void print_receipt(session& s, const v2::Receipt& r) {
   std::optional<client::local_message> covered;
   try {
     covered = s.store().last_sent_up_to(r.chat_id(), r.up_to_seq());
@@ -454,8 +603,22 @@ void print_receipt(session& s, const v2::Receipt& r) {
                   .number("up_to_seq", r.up_to_seq())
                   .number("at_ms", r.at_ms());
   if (covered) json.field("message_id", id_string(covered->server_id));
-  s.out(ticks(r.status()) + " " + r.user() + (read ? " read" : " received") + " up to seq " +
-            std::to_string(r.up_to_seq()) + " in chat " + id_string(r.chat_id()) +
+  // A group's receipt has no user: every other member has the chat up to that seq.
+  std::string who = r.user();
+  std::string where = "chat " + id_string(r.chat_id());
+  if (r.user().empty()) {
+    std::optional<client::local_group> g;
+    try {
+      g = s.store().group(r.chat_id());
+    } catch (const std::exception&) {
+      // Shown without the group's name.
+    }
+    who = "every member";
+    where = target{true, {}, r.chat_id(), g ? g->name : std::string()}.label();
+    json.field("group", g ? g->name : std::string());
+  }
+  s.out(ticks(r.status()) + " " + who + (read ? " read" : " received") + " up to seq " +
+            std::to_string(r.up_to_seq()) + " in " + where +
             (covered ? " (message " + id_string(covered->server_id) + ")" : ""),
         json);
 }
@@ -472,6 +635,89 @@ bool show_receipt(session& s, const v2::Receipt& r) {
   return moved.has_value();
 }
 
+// The name a group message is shown with: "alice in 'friends'".
+[[gnu::noinline]] std::string group_place(session& s, std::uint64_t chat_id) {
+  std::optional<client::local_group> g;
+  try {
+    g = s.store().group(chat_id);
+  } catch (const std::exception&) {
+    // Shown by its chat id.
+  }
+  return target{true, {}, chat_id, g ? g->name : std::string()}.label();
+}
+
+// Shows a received message (readable, or `problem` when it could not be decrypted); a group's
+// messages with the group's name. `with_id`: the message id follows the text.
+[[gnu::noinline]] void show_message(session& s, const std::string& from, std::uint64_t message_id,
+                                    std::uint64_t chat_id, std::uint64_t seq,
+                                    std::uint64_t sent_at_ms, const std::string& text,
+                                    const std::string& problem, bool in_group, bool with_id) {
+  const std::string where = in_group ? " in " + group_place(s, chat_id) : std::string();
+  auto json = json_object()
+                  .field("type", problem.empty() ? "message" : "undecryptable")
+                  .field("from", from)
+                  .field("message_id", id_string(message_id))
+                  .field("chat_id", id_string(chat_id))
+                  .number("seq", seq)
+                  .number("sent_at_ms", sent_at_ms);
+  if (in_group) {
+    std::optional<client::local_group> g;
+    try {
+      g = s.store().group(chat_id);
+    } catch (const std::exception&) {
+    }
+    json.field("group", g ? g->name : std::string());
+  }
+  if (!problem.empty()) {
+    s.out("⚠ [" + clock_time(sent_at_ms) + "] a message from " + from + where + " (" +
+              id_string(message_id) + ") could not be decrypted: " + problem,
+          json.field("problem", problem));
+    return;
+  }
+  s.out("[" + clock_time(sent_at_ms) + "] " + from + where + ": " + printable(text) +
+            (with_id ? "  (" + id_string(message_id) + ")" : ""),
+        json.field("text", text));
+}
+
+std::string change_name(v2::GroupChange c) {
+  switch (c) {
+    case v2::GROUP_CHANGE_CREATE:
+      return "create";
+    case v2::GROUP_CHANGE_ADD:
+      return "add";
+    case v2::GROUP_CHANGE_REMOVE:
+      return "remove";
+    case v2::GROUP_CHANGE_PROMOTE:
+      return "promote";
+    case v2::GROUP_CHANGE_DEMOTE:
+      return "demote";
+    case v2::GROUP_CHANGE_RENAME:
+      return "rename";
+    case v2::GROUP_CHANGE_LEAVE:
+      return "leave";
+    default:
+      return "unknown";
+  }
+}
+
+// Shows a group's system message (a change of the group).
+void show_event(session& s, const v2::Envelope& e, const std::string& description) {
+  s.out("[" + clock_time(e.sent_at_ms()) + "] * " + printable(description) + " (" +
+            group_place(s, e.chat_id()) + ")",
+        json_object()
+            .field("type", "event")
+            .field("change", change_name(e.event().change()))
+            .field("from", e.from())
+            .field("user", e.event().user())
+            .field("name", e.event().name())
+            .strings("members", {e.event().members().begin(), e.event().members().end()})
+            .field("text", description)
+            .field("message_id", id_string(e.message_id()))
+            .field("chat_id", id_string(e.chat_id()))
+            .number("seq", e.seq())
+            .number("sent_at_ms", e.sent_at_ms()));
+}
+
 // Shows one pushed frame: decrypts an Envelope into the local history and records its cursor
 // in `acks`; applies and shows Receipts, then keeps their stamp (session::keep_receipts_stamp;
 // the caller passes QueueEmpty there). True if the frame was an Envelope now stored and to be
@@ -482,37 +728,51 @@ awaitable<bool> handle_push(session& s, const v2::Frame& f, client::ack_batch& a
     const auto& e = f.envelope();
     const auto opened = s.messenger().open(e);
     s.show_identity_changes();
+    const bool in_group = e.has_event() || e.type() == v2::CIPHER_TYPE_SENDER_KEY_MESSAGE;
     switch (opened.what) {
       case client::opened_message::kind::text:
-        s.out("[" + clock_time(e.sent_at_ms()) + "] " + e.from() + ": " + printable(opened.text) +
-                  (chat_peer.empty() ? "  (" + id_string(e.message_id()) + ")" : ""),
-              json_object()
-                  .field("type", "message")
-                  .field("from", e.from())
-                  .field("message_id", id_string(e.message_id()))
-                  .field("chat_id", id_string(e.chat_id()))
-                  .number("seq", e.seq())
-                  .number("sent_at_ms", e.sent_at_ms())
-                  .field("text", opened.text));
+        show_message(s, e.from(), e.message_id(), e.chat_id(), e.seq(), e.sent_at_ms(), opened.text,
+                     {}, in_group, chat_peer.empty());
         break;
       case client::opened_message::kind::undecryptable:
-        s.out("⚠ [" + clock_time(e.sent_at_ms()) + "] a message from " + e.from() + " (" +
-                  id_string(e.message_id()) + ") could not be decrypted: " + opened.problem,
-              json_object()
-                  .field("type", "undecryptable")
-                  .field("from", e.from())
-                  .field("message_id", id_string(e.message_id()))
-                  .field("chat_id", id_string(e.chat_id()))
-                  .number("seq", e.seq())
-                  .field("problem", opened.problem));
+        show_message(s, e.from(), e.message_id(), e.chat_id(), e.seq(), e.sent_at_ms(), {},
+                     opened.problem, in_group, true);
         break;
-      case client::opened_message::kind::duplicate:
-        break;  // already in the history: only the ack was lost
+      case client::opened_message::kind::event:
+        show_event(s, e, opened.text);
+        // Added to a group this device did not know the name of: ask for it.
+        if (e.event().change() == v2::GROUP_CHANGE_ADD && e.event().user() == s.me().username) {
+          const auto g = s.store().group(e.chat_id());
+          if (g && g->name.empty()) {
+            auto info = co_await s.messenger().get_group(e.chat_id());
+            if (!info)
+              std::cerr << "parley: warning: cannot get the group's name: "
+                        << describe(info.error()) << '\n';
+          }
+        }
+        break;
+      case client::opened_message::kind::pending:
+        // Shown when its sender key arrives (below, as a released message); scripts are told.
+        if (s.json())
+          s.out({}, json_object()
+                        .field("type", "pending")
+                        .field("from", e.from())
+                        .field("message_id", id_string(e.message_id()))
+                        .field("chat_id", id_string(e.chat_id()))
+                        .number("seq", e.seq()));
+        break;
+      case client::opened_message::kind::sender_key:  // a member's key: nothing to show
+      case client::opened_message::kind::duplicate:   // in the history: only the ack was lost
+        break;
       case client::opened_message::kind::not_stored:
         // Not acked, nor anything after it in its chat (acks are cumulative): the server
         // pushes it again after the next connection.
         std::cerr << "parley: " << opened.problem << '\n';
         break;
+    }
+    for (const auto& m : s.messenger().take_released()) {
+      show_message(s, m.peer, m.server_id, m.chat_id, m.seq, m.sent_at_ms, m.text, m.problem, true,
+                   chat_peer.empty());
     }
     co_return acks.add(e, opened);
   }
@@ -604,42 +864,54 @@ awaitable<void> cmd_sync(session& s, const options& o) {
 }
 
 awaitable<void> cmd_read(session& s, const options& o) {
-  if (o.args.size() != 2) throw failure{"usage: parley read USER", 2};
-  const std::string& peer = o.args[1];
-  require_user_arg(peer);
+  if (o.args.size() != 2) throw failure{"usage: parley read CHAT", 2};
   s.require_registered();
-  // The newest message received from the peer in this device's history: the chat is read up
-  // to its seq.
-  const auto last = s.store().last_received(peer);
+  const target chat = resolve_chat(s, o.args[1]);
+  // The newest message received in the chat in this device's history: the chat is read up to
+  // its seq (in a group, a message or a change of the group).
+  const auto last =
+      chat.group ? s.store().last_received_in(chat.chat_id) : s.store().last_received(chat.peer);
+  auto json = [&](const std::string& read_up_to, std::uint64_t chat_id, std::uint64_t seq) {
+    auto j = json_object();
+    if (chat.group) {
+      j.field("group", chat.name);
+    } else {
+      j.field("peer", chat.peer);
+    }
+    return j.field("read_up_to", read_up_to)
+        .field("chat_id", id_string(chat_id))
+        .number("up_to_seq", seq);
+  };
   if (!last) {
-    s.out("nothing received from " + peer + " yet (run 'parley sync' first)",
-          json_object()
-              .field("peer", peer)
-              .field("read_up_to", "0")
-              .field("chat_id", "0")
-              .number("up_to_seq", 0));
+    s.out("nothing received " + (chat.group ? "in " + chat.label() : "from " + chat.peer) +
+              " yet (run 'parley sync' first)",
+          json("0", chat.chat_id, 0));
     co_return;
   }
   co_await s.connect_and_authenticate();
   auto r = co_await s.api().mark_read(last->chat_id, last->seq);
   if (!r) {
     if (r.error().what == client_error::kind::server && r.error().code == v2::ERROR_CODE_NOT_FOUND)
-      throw failure{"the server has no chat " + id_string(last->chat_id) + " with '" + peer +
-                    "' for you (was its data reset?)"};
-    throw explain(r.error(), peer);
+      throw failure{chat.group ? "you are no longer a member of " + chat.label()
+                               : "the server has no chat " + id_string(last->chat_id) + " with '" +
+                                     chat.peer + "' for you (was its data reset?)"};
+    throw explain(r.error(), chat.group ? chat.label() : chat.peer);
   }
-  s.out("read everything from " + peer + " up to seq " + std::to_string(last->seq) + " in chat " +
-            id_string(last->chat_id) + " (message " + id_string(last->server_id) + ")",
-        json_object()
-            .field("peer", peer)
-            .field("read_up_to", id_string(last->server_id))
-            .field("chat_id", id_string(last->chat_id))
-            .number("up_to_seq", last->seq));
+  s.out("read everything " + (chat.group ? "in " + chat.label() : "from " + chat.peer) +
+            " up to seq " + std::to_string(last->seq) + " in chat " + id_string(last->chat_id) +
+            " (message " + id_string(last->server_id) + ")",
+        json(id_string(last->server_id), last->chat_id, last->seq));
   co_await s.api().close();
 }
 
+std::string names(const google::protobuf::RepeatedPtrField<std::string>& list) {
+  std::string out;
+  for (const auto& n : list) out += (out.empty() ? "" : ", ") + n;
+  return out.empty() ? "nobody" : out;
+}
+
 awaitable<void> cmd_status(session& s, const options& o) {
-  if (o.args.size() != 2) throw failure{"usage: parley status MESSAGE_ID", 2};
+  if (o.args.size() != 2) throw failure{"usage: parley status MESSAGE_ID [--who]", 2};
   std::uint64_t id = 0;
   try {
     std::size_t used = 0;
@@ -652,36 +924,70 @@ awaitable<void> cmd_status(session& s, const options& o) {
   // it sent.
   s.require_registered();
   const auto m = s.store().message(id);
-  if (!m || m->direction != client::message_direction::outgoing)
+  if (!m || m->direction != client::message_direction::outgoing ||
+      m->kind != client::message_kind::text)
     throw failure{"no such message " + o.args[1] + " sent by you (from this device)"};
   if (m->chat_id == 0) {
     throw failure{"message " + o.args[1] +
                   " was sent by an older parley, before messages had a place in their chat: its "
                   "status cannot be asked"};
   }
+  const bool group = s.store().is_group(m->chat_id);
   co_await s.connect_and_authenticate();
-  auto r = co_await s.api().status(m->chat_id, m->seq);
+  auto r = co_await s.api().status_result(m->chat_id, m->seq, o.who);
   if (!r) throw explain(r.error(), o.args[1]);
-  s.out(ticks(*r) + " " + status_name(*r), json_object()
-                                               .field("message_id", id_string(id))
-                                               .field("status", status_name(*r))
-                                               .field("chat_id", id_string(m->chat_id))
-                                               .number("seq", m->seq));
+  auto json = json_object()
+                  .field("message_id", id_string(id))
+                  .field("status", status_name(r->status()))
+                  .field("chat_id", id_string(m->chat_id))
+                  .number("seq", m->seq)
+                  .number("recipients", r->recipients())
+                  .number("delivered", r->delivered())
+                  .number("read", r->read());
+  if (o.who) {
+    json.strings("delivered_to", {r->delivered_to().begin(), r->delivered_to().end()})
+        .strings("read_by", {r->read_by().begin(), r->read_by().end()});
+  }
+  std::string human = ticks(r->status()) + " " + status_name(r->status());
+  if (group) {
+    // In a group: of the other members who were members when it was sent (and still are).
+    human += ": delivered to " + std::to_string(r->delivered()) + " of " +
+             std::to_string(r->recipients()) + ", read by " + std::to_string(r->read());
+  }
+  if (o.who) {
+    human += "\ndelivered to: " + names(r->delivered_to()) + "\nread by: " + names(r->read_by());
+  }
+  s.out(human, json);
   co_await s.api().close();
 }
 
 awaitable<void> cmd_history(session& s, const options& o) {
-  if (o.args.size() != 2) throw failure{"usage: parley history USER [--limit N]", 2};
-  const std::string& peer = o.args[1];
-  require_user_arg(peer);
+  if (o.args.size() != 2) throw failure{"usage: parley history CHAT [--limit N]", 2};
   const long limit = o.limit.value_or(50);
   if (limit < 1 || limit > 100) throw failure{"--limit must be 1-100", 2};
   // From this device's store: the server holds only ciphertext, whose keys are gone once used.
-  // A sent message's ticks are what the receipts received so far say (sync updates them).
+  // A sent message's ticks are what the receipts received so far say (sync updates them); in a
+  // group, what all the other members have.
   s.require_registered();
-  for (const auto& m : s.store().history(peer, static_cast<std::size_t>(limit))) {
+  const target chat = resolve_chat(s, o.args[1]);
+  const auto entries = chat.group
+                           ? s.store().chat_history(chat.chat_id, static_cast<std::size_t>(limit))
+                           : s.store().history(chat.peer, static_cast<std::size_t>(limit));
+  for (const auto& m : entries) {
     const bool mine = m.direction == client::message_direction::outgoing;
-    const std::string from = mine ? s.me().username : peer;
+    const std::string from = mine ? s.me().username : m.peer;
+    if (m.kind == client::message_kind::event) {
+      s.out("[" + clock_time(m.sent_at_ms) + "] * " + printable(m.text),
+            json_object()
+                .field("type", "event")
+                .field("from", m.peer)
+                .field("message_id", id_string(m.server_id))
+                .field("chat_id", id_string(m.chat_id))
+                .number("seq", m.seq)
+                .number("sent_at_ms", m.sent_at_ms)
+                .field("text", m.text));
+      continue;
+    }
     if (!m.problem.empty()) {
       s.out("⚠ [" + clock_time(m.sent_at_ms) + "] " + from +
                 ": (could not be decrypted: " + m.problem + ")",
@@ -709,6 +1015,20 @@ awaitable<void> cmd_history(session& s, const options& o) {
       if (m.status != client::message_status::unknown) status = "  " + ticks(wire_status(m.status));
     }
     s.out("[" + clock_time(m.sent_at_ms) + "] " + from + ": " + printable(m.text) + status, json);
+  }
+  if (chat.group) {
+    // Received, but their senders' keys have not arrived (yet): shown once they do.
+    for (const auto& p : s.store().pending_in(chat.chat_id)) {
+      s.out("⌛ [" + clock_time(p.sent_at_ms) + "] " + p.sender + ": (waiting for " + p.sender +
+                "'s key)",
+            json_object()
+                .field("type", "pending")
+                .field("from", p.sender)
+                .field("message_id", id_string(p.server_id))
+                .field("chat_id", id_string(p.chat_id))
+                .number("seq", p.seq)
+                .number("sent_at_ms", p.sent_at_ms));
+    }
   }
   co_return;
 }
@@ -742,8 +1062,8 @@ awaitable<void> cmd_safety_number(session& s, const options& o) {
   co_await s.api().close();
 }
 
-// Reads stdin line by line and sends each line to `peer`; sets `done` at end of input.
-awaitable<void> chat_input(session& s, std::string peer, bool& done) {
+// Reads stdin line by line and sends each line to the chat; sets `done` at end of input.
+awaitable<void> chat_input(session& s, target chat, bool& done) {
   auto ex = co_await asio::this_coro::executor;
   asio::posix::stream_descriptor in(ex, ::dup(STDIN_FILENO));
   asio::streambuf buf(64 * 1024);
@@ -756,16 +1076,29 @@ awaitable<void> chat_input(session& s, std::string peer, bool& done) {
     buf.consume(n);
     while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
     if (line.empty()) continue;
-    auto sealed = co_await s.messenger().seal(peer, line);
-    if (!sealed) {
-      std::cerr << "parley: not sent: " << explain(sealed.error(), peer).message << '\n';
-      continue;
-    }
-    auto r = co_await s.messenger().send(std::move(*sealed), random_id());
-    s.show_identity_changes();
-    if (!r) {
-      std::cerr << "parley: not sent: " << explain(r.error(), peer).message << '\n';
-      continue;
+    std::optional<v2::SendResult> r;
+    if (chat.group) {
+      auto sent = co_await s.messenger().send_group(chat.chat_id, line, random_id());
+      s.show_identity_changes();
+      if (!sent) {
+        std::cerr << "parley: not sent: " << explain(sent.error(), chat.label()).message << '\n';
+        continue;
+      }
+      warn_not_reached(*sent);
+      r = sent->result;
+    } else {
+      auto sealed = co_await s.messenger().seal(chat.peer, line);
+      if (!sealed) {
+        std::cerr << "parley: not sent: " << explain(sealed.error(), chat.peer).message << '\n';
+        continue;
+      }
+      auto sent = co_await s.messenger().send(std::move(*sealed), random_id());
+      s.show_identity_changes();
+      if (!sent) {
+        std::cerr << "parley: not sent: " << explain(sent.error(), chat.peer).message << '\n';
+        continue;
+      }
+      r = *sent;
     }
     s.out("✓ " + id_string(r->message_id()) + " (seq " + std::to_string(r->seq()) + ")",
           json_object()
@@ -778,23 +1111,41 @@ awaitable<void> chat_input(session& s, std::string peer, bool& done) {
 }
 
 awaitable<void> cmd_chat(session& s, const options& o) {
-  if (o.args.size() != 2) throw failure{"usage: parley chat USER", 2};
-  const std::string peer = o.args[1];
-  require_user_arg(peer);
+  if (o.args.size() != 2) throw failure{"usage: parley chat CHAT", 2};
+  s.require_registered();
+  const target chat = resolve_chat(s, o.args[1]);
   co_await s.connect_and_authenticate();
-  const std::vector<std::string> watched{peer};
-  auto sub = co_await s.api().subscribe_presence(watched);
-  if (!sub) throw explain(sub.error(), peer);
+  // Presence of the peer, or of the group's members (the server shows it only to those who
+  // share a chat).
+  std::vector<std::string> watched{chat.peer};
+  if (chat.group) {
+    auto info = co_await s.messenger().get_group(chat.chat_id);
+    if (!info) {
+      if (info.error().what == client_error::kind::server &&
+          info.error().code == v2::ERROR_CODE_NOT_FOUND)
+        throw failure{"you are no longer a member of " + chat.label()};
+      throw explain(info.error(), chat.label());
+    }
+    watched.clear();
+    for (const auto& m : info->members()) {
+      if (m.user() != s.me().username) watched.push_back(m.user());
+    }
+  }
+  if (!watched.empty()) {
+    auto sub = co_await s.api().subscribe_presence(watched);
+    if (!sub) throw explain(sub.error(), chat.peer);
+  }
   if (!o.json)
-    std::cout << "chatting with " << peer << " — type a line and Enter to send; Ctrl-D to quit\n";
+    std::cout << "chatting " << (chat.group ? "in " : "with ") << chat.label()
+              << " — type a line and Enter to send; Ctrl-D to quit\n";
 
   auto ex = co_await asio::this_coro::executor;
   bool input_done = false;
-  // Input: each line is a message to the peer.
-  asio::co_spawn(ex, chat_input(s, peer, input_done), [](std::exception_ptr) {});
+  // Input: each line is a message to the chat.
+  asio::co_spawn(ex, chat_input(s, chat, input_done), [](std::exception_ptr) {});
 
   client::ack_batch acks;
-  std::uint64_t read_up_to = 0;  // the highest seq marked read in the chat with the peer
+  std::uint64_t read_up_to = 0;  // the highest seq marked read in the chat
   while (!input_done) {
     auto f = co_await s.api().next_push(std::chrono::milliseconds(200));
     if (!f) {
@@ -805,12 +1156,17 @@ awaitable<void> cmd_chat(session& s, const options& o) {
       s.keep_receipts_stamp(*f);
       continue;
     }
-    const bool stored = co_await handle_push(s, *f, acks, peer);
+    // Named first: GCC 12 mis-destroys a conditional's temporary inside a co_await.
+    const std::string place = chat.group ? chat.label() : chat.peer;
+    const bool stored = co_await handle_push(s, *f, acks, place);
     if (!acks.empty()) s.api().ack_async(acks.take());
-    // The chat is open: what the peer sends is read as soon as it is shown (blue ticks). Not
+    // The chat is open: what arrives in it is read as soon as it is shown (blue ticks). Not
     // past a message that could not be stored: it has not been shown.
-    if (stored && f->envelope().from() == peer && f->envelope().seq() > read_up_to) {
-      const auto& e = f->envelope();
+    const auto& e = f->envelope();
+    const bool in_chat = chat.group ? e.chat_id() == chat.chat_id
+                                    : e.from() == chat.peer && !e.has_event() &&
+                                          e.type() != v2::CIPHER_TYPE_SENDER_KEY_MESSAGE;
+    if (stored && in_chat && e.seq() > read_up_to) {
       auto r = co_await s.api().mark_read(e.chat_id(), e.seq());
       if (r) {
         read_up_to = e.seq();
@@ -818,6 +1174,113 @@ awaitable<void> cmd_chat(session& s, const options& o) {
         std::cerr << "parley: read receipt failed: " << explain(r.error()).message << '\n';
       }
     }
+  }
+  co_await s.api().close();
+}
+
+// Shows a group's name, members and admins (`what`: what happened, for the first line).
+void show_group(session& s, const std::string& what, const v2::GroupInfo& info) {
+  std::string members;
+  std::string admins;
+  std::vector<json_object> list;
+  std::vector<std::string> admin_names;
+  for (const auto& m : info.members()) {
+    members += (members.empty() ? "" : ", ") + m.user();
+    if (m.admin()) {
+      admins += (admins.empty() ? "" : ", ") + m.user();
+      admin_names.push_back(m.user());
+    }
+    list.push_back(json_object()
+                       .field("user", m.user())
+                       .boolean("admin", m.admin())
+                       .number("joined_seq", m.joined_seq()));
+  }
+  s.out(what + "group '" + printable(info.name()) + "' (chat " + id_string(info.chat_id()) +
+            ")\nmembers: " + members + "\nadmins: " + (admins.empty() ? "none" : admins),
+        json_object()
+            .field("chat_id", id_string(info.chat_id()))
+            .field("name", info.name())
+            .objects("members", list)
+            .strings("admins", admin_names)
+            .number("seq", info.seq()));
+}
+
+awaitable<void> cmd_group(session& s, const options& o) {
+  constexpr const char* usage =
+      "usage: parley group create NAME USER... | add|remove|promote|demote GROUP USER | "
+      "rename GROUP NAME | leave GROUP | info GROUP";
+  if (o.args.size() < 3) throw failure{usage, 2};
+  const std::string& sub = o.args[1];
+  s.require_registered();
+  if (sub == "create") {
+    const std::string& name = o.args[2];
+    std::vector<std::string> members(o.args.begin() + 3, o.args.end());
+    for (const auto& m : members) require_user_arg(m);
+    co_await s.connect_and_authenticate();
+    auto info = co_await s.messenger().create_group(name, members);
+    if (!info) throw explain(info.error());
+    s.out("created group '" + printable(info->name()) + "': chat " + id_string(info->chat_id()) +
+              " (" + std::to_string(info->members_size()) + " members)",
+          json_object()
+              .field("chat_id", id_string(info->chat_id()))
+              .field("name", info->name())
+              .strings("members", [&] {
+                std::vector<std::string> out;
+                for (const auto& m : info->members()) out.push_back(m.user());
+                return out;
+              }()));
+    co_await s.api().close();
+    co_return;
+  }
+  const auto group = resolve_group(s, o.args[2]);
+  const target place{true, {}, group.chat_id, group.name};
+  v2::GroupChange change = v2::GROUP_CHANGE_UNSPECIFIED;
+  std::string user;
+  std::string name;
+  std::string done;
+  if (sub == "add" || sub == "remove" || sub == "promote" || sub == "demote") {
+    if (o.args.size() != 4) throw failure{usage, 2};
+    user = o.args[3];
+    require_user_arg(user);
+    change = sub == "add"       ? v2::GROUP_CHANGE_ADD
+             : sub == "remove"  ? v2::GROUP_CHANGE_REMOVE
+             : sub == "promote" ? v2::GROUP_CHANGE_PROMOTE
+                                : v2::GROUP_CHANGE_DEMOTE;
+    done = sub == "add"       ? "added " + user + " to "
+           : sub == "remove"  ? "removed " + user + " from "
+           : sub == "promote" ? "made " + user + " an admin of "
+                              : user + " is no longer an admin of ";
+  } else if (sub == "rename") {
+    if (o.args.size() != 4) throw failure{usage, 2};
+    change = v2::GROUP_CHANGE_RENAME;
+    name = o.args[3];
+    done = "renamed ";
+  } else if (sub == "leave") {
+    if (o.args.size() != 3) throw failure{usage, 2};
+    change = v2::GROUP_CHANGE_LEAVE;
+  } else if (sub != "info" || o.args.size() != 3) {
+    throw failure{usage, 2};
+  }
+  co_await s.connect_and_authenticate();
+  client::result<v2::GroupInfo> info = client_error{};
+  if (change == v2::GROUP_CHANGE_UNSPECIFIED) {
+    info = co_await s.messenger().get_group(group.chat_id);
+  } else {
+    info = co_await s.messenger().update_group(group.chat_id, change, user, name);
+  }
+  if (!info) {
+    if (info.error().what == client_error::kind::server &&
+        info.error().code == v2::ERROR_CODE_NOT_FOUND)
+      throw failure{"you are not a member of " + place.label()};
+    throw explain(info.error(), user);
+  }
+  if (change == v2::GROUP_CHANGE_LEAVE) {
+    s.out("you left " + place.label(), json_object()
+                                           .field("chat_id", id_string(group.chat_id))
+                                           .field("name", group.name)
+                                           .boolean("left", true));
+  } else {
+    show_group(s, done.empty() ? "" : done, *info);
   }
   co_await s.api().close();
 }
@@ -842,7 +1305,7 @@ void check_ca_file(const std::string& path, const std::string& source) {
   throw failure{source + " '" + path + "': cannot read the file (expected PEM CA certificates)", 2};
 }
 
-options parse(int argc, char** argv) {
+[[gnu::noinline]] options parse(int argc, char** argv) {
   options o;
   const char* env_server = std::getenv("PARLEY_SERVER");
   o.server = env_server ? env_server : "ws://127.0.0.1:8080";
@@ -886,6 +1349,8 @@ options parse(int argc, char** argv) {
       o.wait_secs = number(a, value());
     } else if (a == "--limit") {
       o.limit = number(a, value());
+    } else if (a == "--who") {
+      o.who = true;
     } else if (a == "--help" || a == "-h") {
       throw failure{usage_text, 0};
     } else if (a.size() > 2 && a.rfind("--", 0) == 0) {
@@ -902,7 +1367,7 @@ options parse(int argc, char** argv) {
 
 }  // namespace
 
-int run(int argc, char** argv) {
+[[gnu::noinline]] int run(int argc, char** argv) {
   wire::silence_protobuf_logging();
   try {
     options o = parse(argc, argv);
@@ -930,6 +1395,8 @@ int run(int argc, char** argv) {
       fn = cmd_safety_number;
     else if (command == "privacy")
       fn = cmd_privacy;
+    else if (command == "group")
+      fn = cmd_group;
     else
       throw failure{"unknown command '" + command + "'\n" + usage_text, 2};
 

@@ -125,4 +125,26 @@ json_object& json_object::boolean(std::string_view k, bool value) {
   return *this;
 }
 
+json_object& json_object::strings(std::string_view k, const std::vector<std::string>& values) {
+  key(k);
+  body_ += "[";
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (i > 0) body_ += ", ";
+    body_ += json_string(values[i]);
+  }
+  body_ += "]";
+  return *this;
+}
+
+json_object& json_object::objects(std::string_view k, const std::vector<json_object>& values) {
+  key(k);
+  body_ += "[";
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (i > 0) body_ += ", ";
+    body_ += values[i].str();
+  }
+  body_ += "]";
+  return *this;
+}
+
 }  // namespace parley::cli

@@ -23,6 +23,10 @@ class json_object {
   }
   json_object& number(std::string_view key, std::uint64_t value);
   json_object& boolean(std::string_view key, bool value);
+  // An array of strings.
+  json_object& strings(std::string_view key, const std::vector<std::string>& values);
+  // An array of objects.
+  json_object& objects(std::string_view key, const std::vector<json_object>& values);
   std::string str() const { return "{" + body_ + "}"; }
 
  private:

@@ -272,6 +272,70 @@ awaitable<result<v2::MessageStatus>> client::status(std::uint64_t chat_id, std::
   co_return r->status_result().status();
 }
 
+awaitable<result<v2::StatusResult>> client::status_result(std::uint64_t chat_id, std::uint64_t seq,
+                                                          bool detail) {
+  v2::Frame f;
+  f.mutable_get_status()->set_chat_id(chat_id);
+  f.mutable_get_status()->set_seq(seq);
+  f.mutable_get_status()->set_detail(detail);
+  auto r = co_await request(std::move(f));
+  if (!r) co_return r.error();
+  if (!r->has_status_result()) co_return unexpected(*r);
+  co_return std::move(*r->mutable_status_result());
+}
+
+awaitable<result<v2::SendResult>> client::send_to_chat(std::uint64_t chat_id,
+                                                       std::string client_msg_id,
+                                                       std::string payload, v2::CipherType type,
+                                                       std::uint32_t recipient_registration_id) {
+  v2::Frame f;
+  auto* m = f.mutable_send_message();
+  m->set_chat_id(chat_id);
+  m->set_client_msg_id(std::move(client_msg_id));
+  m->set_payload(std::move(payload));
+  m->set_type(type);
+  m->set_recipient_registration_id(recipient_registration_id);
+  auto r = co_await request(std::move(f));
+  if (!r) co_return r.error();
+  if (!r->has_send_result()) co_return unexpected(*r);
+  co_return r->send_result();
+}
+
+awaitable<result<v2::GroupInfo>> client::create_group(std::string name,
+                                                      std::vector<std::string> members) {
+  v2::Frame f;
+  auto* c = f.mutable_create_group();
+  c->set_name(std::move(name));
+  for (auto& m : members) c->add_members(std::move(m));
+  auto r = co_await request(std::move(f));
+  if (!r) co_return r.error();
+  if (!r->has_group_info()) co_return unexpected(*r);
+  co_return std::move(*r->mutable_group_info());
+}
+
+awaitable<result<v2::GroupInfo>> client::update_group(std::uint64_t chat_id, v2::GroupChange change,
+                                                      std::string user, std::string name) {
+  v2::Frame f;
+  auto* u = f.mutable_update_group();
+  u->set_chat_id(chat_id);
+  u->set_change(change);
+  u->set_user(std::move(user));
+  u->set_name(std::move(name));
+  auto r = co_await request(std::move(f));
+  if (!r) co_return r.error();
+  if (!r->has_group_info()) co_return unexpected(*r);
+  co_return std::move(*r->mutable_group_info());
+}
+
+awaitable<result<v2::GroupInfo>> client::get_group(std::uint64_t chat_id) {
+  v2::Frame f;
+  f.mutable_get_group()->set_chat_id(chat_id);
+  auto r = co_await request(std::move(f));
+  if (!r) co_return r.error();
+  if (!r->has_group_info()) co_return unexpected(*r);
+  co_return std::move(*r->mutable_group_info());
+}
+
 awaitable<result<v2::History>> client::history(std::string peer, std::uint64_t before_seq,
                                                std::uint32_t limit) {
   v2::Frame f;

@@ -127,6 +127,25 @@ class client {
   boost::asio::awaitable<result<void>> mark_read(std::uint64_t chat_id, std::uint64_t up_to_seq);
   boost::asio::awaitable<result<parley::v2::MessageStatus>> status(std::uint64_t chat_id,
                                                                    std::uint64_t seq);
+  // The whole StatusResult: the counts, and with `detail` who has it and who read it.
+  boost::asio::awaitable<result<parley::v2::StatusResult>> status_result(std::uint64_t chat_id,
+                                                                         std::uint64_t seq,
+                                                                         bool detail);
+  // Groups (docs/protocol.md, "Groups"): each answers with the GroupInfo after the change.
+  boost::asio::awaitable<result<parley::v2::GroupInfo>> create_group(
+      std::string name, std::vector<std::string> members);
+  // `user` for ADD, REMOVE, PROMOTE, DEMOTE; `name` for RENAME; neither for LEAVE.
+  boost::asio::awaitable<result<parley::v2::GroupInfo>> update_group(std::uint64_t chat_id,
+                                                                     parley::v2::GroupChange change,
+                                                                     std::string user,
+                                                                     std::string name = {});
+  boost::asio::awaitable<result<parley::v2::GroupInfo>> get_group(std::uint64_t chat_id);
+  // A message to a chat named by its id (a group, or a 1:1 chat): for a group, `payload` is a
+  // SenderKeyMessage (type SENDER_KEY_MESSAGE).
+  boost::asio::awaitable<result<parley::v2::SendResult>> send_to_chat(
+      std::uint64_t chat_id, std::string client_msg_id, std::string payload,
+      parley::v2::CipherType type = parley::v2::CIPHER_TYPE_SENDER_KEY_MESSAGE,
+      std::uint32_t recipient_registration_id = 0);
   // A page of a chat's history, newest first, with seq < before_seq (0: from the newest): the
   // 1:1 chat with `peer`, or the chat `chat_id` (history_of_chat).
   boost::asio::awaitable<result<parley::v2::History>> history(std::string peer,

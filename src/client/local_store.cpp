@@ -32,12 +32,24 @@ CREATE TABLE IF NOT EXISTS messages (
   id INTEGER PRIMARY KEY AUTOINCREMENT, server_id INTEGER, peer TEXT NOT NULL,
   outgoing INTEGER NOT NULL, sent_at_ms INTEGER NOT NULL, text TEXT NOT NULL,
   problem TEXT NOT NULL DEFAULT '', chat_id INTEGER NOT NULL DEFAULT 0,
-  seq INTEGER NOT NULL DEFAULT 0);
+  seq INTEGER NOT NULL DEFAULT 0, kind INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS chats (chat_id INTEGER PRIMARY KEY, peer TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS watermarks (
   chat_id INTEGER NOT NULL, peer TEXT NOT NULL, delivered_seq INTEGER NOT NULL DEFAULT 0,
   read_seq INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (chat_id, peer));
 CREATE TABLE IF NOT EXISTS receipts_stamps (device_id INTEGER PRIMARY KEY, stamp INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sender_keys (
+  group_id TEXT NOT NULL, sender TEXT NOT NULL, device INTEGER NOT NULL, record BLOB NOT NULL,
+  PRIMARY KEY (group_id, sender, device));
+CREATE TABLE IF NOT EXISTS chat_groups (
+  chat_id INTEGER PRIMARY KEY, name TEXT NOT NULL DEFAULT '', member INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS sender_key_holders (
+  chat_id INTEGER NOT NULL, member TEXT NOT NULL, key_id INTEGER NOT NULL,
+  joined_seq INTEGER NOT NULL, delivered INTEGER NOT NULL, PRIMARY KEY (chat_id, member));
+CREATE TABLE IF NOT EXISTS pending_group_messages (
+  server_id INTEGER PRIMARY KEY, chat_id INTEGER NOT NULL, seq INTEGER NOT NULL,
+  sender TEXT NOT NULL, device INTEGER NOT NULL, sent_at_ms INTEGER NOT NULL,
+  payload BLOB NOT NULL);
 )sql";
 
 // Indexes, made once the messages table has every column (after a migration).
@@ -46,14 +58,19 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_by_server_id ON messages (server_id)
   WHERE server_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_by_peer ON messages (peer, id);
 CREATE INDEX IF NOT EXISTS messages_by_chat ON messages (chat_id, seq);
+CREATE INDEX IF NOT EXISTS pending_by_sender ON pending_group_messages (chat_id, sender, device, seq);
 )sql";
 
-// A query of message rows with their peer's watermarks, as read_message below reads them.
+// A query of message rows with the watermarks their status derives from, as read_message
+// below reads them: in a 1:1 chat the peer's, in a group those of all the other members
+// (peer "").
 std::string message_query(std::string_view where) {
   return std::string(
              "SELECT m.server_id, m.outgoing, m.sent_at_ms, m.text, m.problem, m.chat_id, m.seq, "
-             "m.peer, coalesce(w.delivered_seq, 0), coalesce(w.read_seq, 0) FROM messages m "
-             "LEFT JOIN watermarks w ON w.chat_id = m.chat_id AND w.peer = m.peer ") +
+             "m.peer, coalesce(w.delivered_seq, 0), coalesce(w.read_seq, 0), m.kind "
+             "FROM messages m LEFT JOIN chat_groups g ON g.chat_id = m.chat_id "
+             "LEFT JOIN watermarks w ON w.chat_id = m.chat_id "
+             "AND w.peer = CASE WHEN g.chat_id IS NULL THEN m.peer ELSE '' END ") +
          std::string(where);
 }
 
@@ -80,11 +97,14 @@ class local_store::statement {
   statement(statement&& o) noexcept : db_(o.db_), stmt_(o.stmt_) { o.stmt_ = nullptr; }
 
   statement& bind(int i, std::string_view v) {
-    check(sqlite3_bind_blob(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+    // SQLite binds a null pointer as NULL: an empty value is bound as "" (an empty blob).
+    check(sqlite3_bind_blob(stmt_, i, v.empty() ? "" : v.data(), static_cast<int>(v.size()),
+                            SQLITE_TRANSIENT));
     return *this;
   }
   statement& text(int i, std::string_view v) {
-    check(sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+    check(sqlite3_bind_text(stmt_, i, v.empty() ? "" : v.data(), static_cast<int>(v.size()),
+                            SQLITE_TRANSIENT));
     return *this;
   }
   statement& bind(int i, std::int64_t v) {
@@ -159,7 +179,9 @@ local_store::local_store(const std::filesystem::path& file) : file_(file) {
 // Brings the database to schema_version in one transaction (another parley process opening
 // the same profile waits, then finds it done). Version 0 is a new file or one of the first
 // format, whose messages table lacks chat_id and seq: added, with 0 (unknown) in every old row.
-// Version 2 lacks receipts_stamps, which `schema` creates (empty: no stamp kept yet).
+// Version 2 lacks receipts_stamps, which `schema` creates (empty: no stamp kept yet). Versions
+// 2 and 3 lack the group tables (created empty by `schema`) and messages.kind (added: 0, text,
+// in every old row).
 void local_store::migrate() {
   exec("BEGIN IMMEDIATE");
   try {
@@ -186,6 +208,12 @@ void local_store::migrate() {
             "ALTER TABLE messages ADD COLUMN chat_id INTEGER NOT NULL DEFAULT 0;"
             "ALTER TABLE messages ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;");
       }
+      bool has_kind = false;
+      {
+        auto s = prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'kind'");
+        has_kind = s.step();
+      }
+      if (!has_kind) exec("ALTER TABLE messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;");
       exec(indexes);
       exec(("PRAGMA user_version = " + std::to_string(schema_version)).c_str());
     }
@@ -412,6 +440,40 @@ std::vector<e2ee::identity_change> local_store::identity_changes(std::string_vie
   return read_changes(s);
 }
 
+std::optional<std::string> local_store::sender_key(std::string_view group,
+                                                   std::string_view sender, std::int32_t device) {
+  auto s = prepare("SELECT record FROM sender_keys WHERE group_id = ? AND sender = ? AND device = ?");
+  s.text(1, group).text(2, sender).bind(3, std::int64_t{device});
+  if (!s.step()) return std::nullopt;
+  return s.blob(0);
+}
+
+void local_store::put_sender_key(std::string_view group, std::string_view sender,
+                                 std::int32_t device, std::string_view record) {
+  prepare(
+      "INSERT OR REPLACE INTO sender_keys (group_id, sender, device, record) VALUES (?, ?, ?, ?)")
+      .text(1, group)
+      .text(2, sender)
+      .bind(3, std::int64_t{device})
+      .bind(4, record)
+      .run();
+}
+
+void local_store::remove_sender_key(std::string_view group, std::string_view sender,
+                                    std::int32_t device) {
+  prepare("DELETE FROM sender_keys WHERE group_id = ? AND sender = ? AND device = ?")
+      .text(1, group)
+      .text(2, sender)
+      .bind(3, std::int64_t{device})
+      .run();
+}
+
+std::size_t local_store::remove_sender_keys(std::string_view group) {
+  auto s = prepare("DELETE FROM sender_keys WHERE group_id = ?");
+  s.text(1, group).run();
+  return static_cast<std::size_t>(s.changes());
+}
+
 // --- history ---------------------------------------------------------------------------------
 
 namespace {
@@ -429,7 +491,9 @@ local_message read_message(const Statement& s) {
   m.peer = s.blob(7);
   const watermarks w{static_cast<std::uint64_t>(s.integer(8)),
                      static_cast<std::uint64_t>(s.integer(9))};
-  m.status = derived_status(m.direction == message_direction::outgoing, m.seq, w);
+  m.kind = static_cast<message_kind>(s.integer(10));
+  m.status = derived_status(
+      m.direction == message_direction::outgoing && m.kind == message_kind::text, m.seq, w);
   return m;
 }
 }  // namespace
@@ -437,7 +501,7 @@ local_message read_message(const Statement& s) {
 bool local_store::add_message(const local_message& m) {
   auto s = prepare(
       "INSERT OR IGNORE INTO messages (server_id, peer, outgoing, sent_at_ms, text, problem, "
-      "chat_id, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+      "chat_id, seq, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
   if (m.server_id != 0) {
     s.bind(1, static_cast<std::int64_t>(m.server_id));
   } else {
@@ -450,9 +514,10 @@ bool local_store::add_message(const local_message& m) {
       .text(6, m.problem)
       .bind(7, static_cast<std::int64_t>(m.chat_id))
       .bind(8, static_cast<std::int64_t>(m.seq))
+      .bind(9, static_cast<std::int64_t>(m.kind))
       .run();
   const bool added = s.changes() == 1;
-  if (m.chat_id != 0) set_chat(m.peer, m.chat_id);
+  if (m.chat_id != 0 && !is_group(m.chat_id)) set_chat(m.peer, m.chat_id);
   return added;
 }
 
@@ -472,8 +537,9 @@ std::optional<local_message> local_store::message(std::uint64_t server_id) {
 
 std::vector<local_message> local_store::history(std::string_view peer, std::size_t limit) {
   // By the server's time, then by the chat's order for messages of the same millisecond.
-  static const std::string sql =
-      message_query("WHERE m.peer = ? ORDER BY m.sent_at_ms DESC, m.seq DESC, m.id DESC LIMIT ?");
+  static const std::string sql = message_query(
+      "WHERE m.peer = ? AND m.kind = 0 AND g.chat_id IS NULL "
+      "ORDER BY m.sent_at_ms DESC, m.seq DESC, m.id DESC LIMIT ?");
   auto s = prepare(sql.c_str());
   s.text(1, peer).bind(2, static_cast<std::int64_t>(limit));
   std::vector<local_message> out;
@@ -481,10 +547,30 @@ std::vector<local_message> local_store::history(std::string_view peer, std::size
   return {out.rbegin(), out.rend()};
 }
 
+std::vector<local_message> local_store::chat_history(std::uint64_t chat_id, std::size_t limit) {
+  // Every entry of a chat has its seq (from its Envelope or SendResult): the chat's order.
+  static const std::string sql = message_query(
+      "WHERE m.chat_id = ? AND m.kind != 2 ORDER BY m.seq DESC, m.id DESC LIMIT ?");
+  auto s = prepare(sql.c_str());
+  s.bind(1, static_cast<std::int64_t>(chat_id)).bind(2, static_cast<std::int64_t>(limit));
+  std::vector<local_message> out;
+  while (s.step()) out.push_back(read_message(s));
+  return {out.rbegin(), out.rend()};
+}
+
+std::optional<local_message> local_store::last_received_in(std::uint64_t chat_id) {
+  static const std::string sql = message_query(
+      "WHERE m.chat_id = ? AND m.outgoing = 0 AND m.kind != 2 ORDER BY m.seq DESC LIMIT 1");
+  auto s = prepare(sql.c_str());
+  s.bind(1, static_cast<std::int64_t>(chat_id));
+  if (!s.step()) return std::nullopt;
+  return read_message(s);
+}
+
 std::optional<local_message> local_store::last_received(std::string_view peer) {
   static const std::string sql = message_query(
       "WHERE m.chat_id = (SELECT chat_id FROM chats WHERE peer = ?1) AND m.peer = ?1 "
-      "AND m.outgoing = 0 ORDER BY m.seq DESC LIMIT 1");
+      "AND m.outgoing = 0 AND m.kind = 0 ORDER BY m.seq DESC LIMIT 1");
   auto s = prepare(sql.c_str());
   s.text(1, peer);
   if (!s.step()) return std::nullopt;
@@ -494,7 +580,8 @@ std::optional<local_message> local_store::last_received(std::string_view peer) {
 std::optional<local_message> local_store::last_sent_up_to(std::uint64_t chat_id,
                                                           std::uint64_t up_to_seq) {
   static const std::string sql = message_query(
-      "WHERE m.chat_id = ? AND m.outgoing = 1 AND m.seq <= ? ORDER BY m.seq DESC LIMIT 1");
+      "WHERE m.chat_id = ? AND m.outgoing = 1 AND m.kind = 0 AND m.seq <= ? "
+      "ORDER BY m.seq DESC LIMIT 1");
   auto s = prepare(sql.c_str());
   s.bind(1, static_cast<std::int64_t>(chat_id)).bind(2, static_cast<std::int64_t>(up_to_seq));
   if (!s.step()) return std::nullopt;
@@ -549,6 +636,152 @@ watermarks local_store::watermarks_of(std::uint64_t chat_id, std::string_view pe
   s.bind(1, static_cast<std::int64_t>(chat_id)).text(2, peer);
   if (!s.step()) return {};
   return {static_cast<std::uint64_t>(s.integer(0)), static_cast<std::uint64_t>(s.integer(1))};
+}
+
+// --- groups ------------------------------------------------------------------------------------
+
+void local_store::set_group(std::uint64_t chat_id, std::string_view name) {
+  prepare(
+      "INSERT INTO chat_groups (chat_id, name) VALUES (?1, ?2) "
+      "ON CONFLICT (chat_id) DO UPDATE SET name = ?2 WHERE ?2 != '' AND ?2 != name")
+      .bind(1, static_cast<std::int64_t>(chat_id))
+      .text(2, name)
+      .run();
+}
+
+void local_store::set_group_member(std::uint64_t chat_id, bool member) {
+  prepare(
+      "INSERT INTO chat_groups (chat_id, member) VALUES (?1, ?2) "
+      "ON CONFLICT (chat_id) DO UPDATE SET member = ?2")
+      .bind(1, static_cast<std::int64_t>(chat_id))
+      .bind(2, std::int64_t{member ? 1 : 0})
+      .run();
+}
+
+namespace {
+template <class Statement>
+local_group read_group(const Statement& s) {
+  return {static_cast<std::uint64_t>(s.integer(0)), s.blob(1), s.integer(2) != 0};
+}
+}  // namespace
+
+std::optional<local_group> local_store::group(std::uint64_t chat_id) {
+  auto s = prepare("SELECT chat_id, name, member FROM chat_groups WHERE chat_id = ?");
+  s.bind(1, static_cast<std::int64_t>(chat_id));
+  if (!s.step()) return std::nullopt;
+  return read_group(s);
+}
+
+bool local_store::is_group(std::uint64_t chat_id) {
+  auto s = prepare("SELECT 1 FROM chat_groups WHERE chat_id = ?");
+  s.bind(1, static_cast<std::int64_t>(chat_id));
+  return s.step();
+}
+
+std::vector<local_group> local_store::groups_named(std::string_view name) {
+  auto s = prepare("SELECT chat_id, name, member FROM chat_groups WHERE name = ? ORDER BY chat_id");
+  s.text(1, name);
+  std::vector<local_group> out;
+  while (s.step()) out.push_back(read_group(s));
+  return out;
+}
+
+std::vector<local_group> local_store::groups() {
+  auto s = prepare("SELECT chat_id, name, member FROM chat_groups ORDER BY chat_id");
+  std::vector<local_group> out;
+  while (s.step()) out.push_back(read_group(s));
+  return out;
+}
+
+std::map<std::string, key_holder> local_store::sender_key_holders(std::uint64_t chat_id) {
+  auto s = prepare(
+      "SELECT member, key_id, joined_seq, delivered FROM sender_key_holders WHERE chat_id = ?");
+  s.bind(1, static_cast<std::int64_t>(chat_id));
+  std::map<std::string, key_holder> out;
+  while (s.step()) {
+    out[s.blob(0)] = {static_cast<std::uint32_t>(s.integer(1)),
+                      static_cast<std::uint64_t>(s.integer(2)), s.integer(3) != 0};
+  }
+  return out;
+}
+
+void local_store::add_sender_key_holder(std::uint64_t chat_id, std::string_view member,
+                                        const key_holder& holder) {
+  prepare(
+      "INSERT OR REPLACE INTO sender_key_holders (chat_id, member, key_id, joined_seq, "
+      "delivered) VALUES (?, ?, ?, ?, ?)")
+      .bind(1, static_cast<std::int64_t>(chat_id))
+      .text(2, member)
+      .bind(3, static_cast<std::int64_t>(holder.key_id))
+      .bind(4, static_cast<std::int64_t>(holder.joined_seq))
+      .bind(5, std::int64_t{holder.delivered ? 1 : 0})
+      .run();
+}
+
+void local_store::forget_sender_key_holders(std::uint64_t chat_id) {
+  prepare("DELETE FROM sender_key_holders WHERE chat_id = ?")
+      .bind(1, static_cast<std::int64_t>(chat_id))
+      .run();
+}
+
+bool local_store::add_pending(const pending_group_message& m) {
+  auto s = prepare(
+      "INSERT OR IGNORE INTO pending_group_messages (server_id, chat_id, seq, sender, device, "
+      "sent_at_ms, payload) VALUES (?, ?, ?, ?, ?, ?, ?)");
+  s.bind(1, static_cast<std::int64_t>(m.server_id))
+      .bind(2, static_cast<std::int64_t>(m.chat_id))
+      .bind(3, static_cast<std::int64_t>(m.seq))
+      .text(4, m.sender)
+      .bind(5, std::int64_t{m.device})
+      .bind(6, static_cast<std::int64_t>(m.sent_at_ms))
+      .bind(7, m.payload)
+      .run();
+  return s.changes() == 1;
+}
+
+bool local_store::has_pending(std::uint64_t server_id) {
+  auto s = prepare("SELECT 1 FROM pending_group_messages WHERE server_id = ?");
+  s.bind(1, static_cast<std::int64_t>(server_id));
+  return s.step();
+}
+
+namespace {
+template <class Statement>
+std::vector<pending_group_message> read_pending(Statement& s) {
+  std::vector<pending_group_message> out;
+  while (s.step()) {
+    out.push_back({static_cast<std::uint64_t>(s.integer(0)),
+                   static_cast<std::uint64_t>(s.integer(1)),
+                   static_cast<std::uint64_t>(s.integer(2)), s.blob(3),
+                   static_cast<std::int32_t>(s.integer(4)),
+                   static_cast<std::uint64_t>(s.integer(5)), s.blob(6)});
+  }
+  return out;
+}
+}  // namespace
+
+std::vector<pending_group_message> local_store::pending_from(std::uint64_t chat_id,
+                                                             std::string_view sender,
+                                                             std::int32_t device) {
+  auto s = prepare(
+      "SELECT server_id, chat_id, seq, sender, device, sent_at_ms, payload "
+      "FROM pending_group_messages WHERE chat_id = ? AND sender = ? AND device = ? ORDER BY seq");
+  s.bind(1, static_cast<std::int64_t>(chat_id)).text(2, sender).bind(3, std::int64_t{device});
+  return read_pending(s);
+}
+
+std::vector<pending_group_message> local_store::pending_in(std::uint64_t chat_id) {
+  auto s = prepare(
+      "SELECT server_id, chat_id, seq, sender, device, sent_at_ms, payload "
+      "FROM pending_group_messages WHERE chat_id = ? ORDER BY seq");
+  s.bind(1, static_cast<std::int64_t>(chat_id));
+  return read_pending(s);
+}
+
+void local_store::remove_pending(std::uint64_t server_id) {
+  prepare("DELETE FROM pending_group_messages WHERE server_id = ?")
+      .bind(1, static_cast<std::int64_t>(server_id))
+      .run();
 }
 
 // --- receipts stamp ----------------------------------------------------------------------------

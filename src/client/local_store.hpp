@@ -10,6 +10,15 @@
 // stamp the device kept from its last session (client::receipts_stamp_tracker), presented as
 // Authenticate.receipts_since so that the server sends only the watermarks that moved since.
 //
+// Groups (schema 4): a group is a chat too, and its messages are in the same history, each with
+// its sender as peer (this account for its own) and the group's system messages (events) among
+// them. A group's receipts carry no user: they are the lowest watermark of all the other
+// members, kept under the peer "" of the chat, from which a sent group message's status is
+// derived. Besides, for groups: the sender keys (e2ee::key_store), which members hold this
+// device's current sender key, the groups this device knows of (chat_id, name, whether it is
+// still a member), and the group messages whose sender key has not arrived yet (kept as
+// ciphertext until it does).
+//
 // Durability: synchronous=FULL in WAL mode, so a committed transaction survives a crash; the
 // messenger commits a decrypted message and the ratchet state it advanced together, and acks
 // to the server only after that commit.
@@ -19,7 +28,8 @@
 // protocol v1): its messages keep chat_id 0 and seq 0 (unknown: the old protocol had neither)
 // and show as stored, status unknown; keys, sessions and identities are kept as they are. One
 // of version 2 (before receipts stamps) gets the receipts_stamps table, empty: its next session
-// presents 0 and gets every current watermark, as before. A database with a newer version than
+// presents 0 and gets every current watermark, as before. One of version 2 or 3 (before groups)
+// gets the group tables, empty, and every message it holds stays a 1:1 text message. A database with a newer version than
 // this parley knows is refused (std::runtime_error saying so), never written to.
 //
 // Failures of SQLite itself throw std::runtime_error (a broken disk is not a message-path
@@ -28,6 +38,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -46,15 +57,24 @@ enum class message_direction { incoming, outgoing };
 // unknown: an incoming message, or one stored before chats had ids (no seq to compare).
 enum class message_status { unknown, sent, delivered, read };
 
+// What a history entry is. text: a message someone wrote (readable, or undecryptable with its
+// problem). event: a group's system message (a change of the group); `text` describes it and
+// `peer` is who made it ("" for the server). control: a message that carries nothing to show
+// (a sender key sent in a 1:1 chat), kept only so that a repeated push of it is known; never
+// listed by the history.
+enum class message_kind { text = 0, event = 1, control = 2 };
+
 struct local_message {
   std::uint64_t server_id = 0;  // the server's message id (0: not yet sent)
   std::uint64_t chat_id = 0;    // 0: unknown (stored by a parley of protocol v1)
   std::uint64_t seq = 0;        // position in the chat's log; 0 with chat_id 0
+  // The 1:1 chat's other member; in a group, the sender (this account for its own messages).
   std::string peer;
   message_direction direction = message_direction::incoming;
   std::uint64_t sent_at_ms = 0;
   std::string text;     // empty when undecryptable
   std::string problem;  // why it could not be decrypted; empty for a readable message
+  message_kind kind = message_kind::text;
   // Filled when read back (history, message, last_sent_up_to); ignored by add_message.
   message_status status = message_status::unknown;
 };
@@ -64,6 +84,36 @@ struct local_message {
 struct watermarks {
   std::uint64_t delivered_seq = 0;
   std::uint64_t read_seq = 0;
+};
+
+// A group this device knows of. `name` is "" until an event or a GroupInfo names it.
+struct local_group {
+  std::uint64_t chat_id = 0;
+  std::string name;
+  bool member = true;  // false once this account was removed from it or left it
+};
+
+// Who has (or may have) this device's sender key for a group: the key's id when it was sent to
+// the member, and the seq at which the member had joined then (a member removed and added
+// again has another: it gets the key again, after a rotation). A holder is recorded before the
+// key is sent (delivered false) and confirmed once the server has stored it (delivered true):
+// a send cut short leaves an unconfirmed holder, which still counts as having the key when a
+// removal decides whether to rotate, and is sent the key again before the next message.
+struct key_holder {
+  std::uint32_t key_id = 0;
+  std::uint64_t joined_seq = 0;
+  bool delivered = false;
+};
+
+// A group message kept until its sender key arrives (its SenderKeyMessage, as pushed).
+struct pending_group_message {
+  std::uint64_t server_id = 0;
+  std::uint64_t chat_id = 0;
+  std::uint64_t seq = 0;
+  std::string sender;
+  std::int32_t device = 0;
+  std::uint64_t sent_at_ms = 0;
+  std::string payload;
 };
 
 class local_store final : public e2ee::key_store {
@@ -105,24 +155,69 @@ class local_store final : public e2ee::key_store {
   std::optional<std::string> identity(std::string_view peer) override;
   void put_identity(std::string_view peer, std::string_view key, std::uint64_t now_ms) override;
   std::vector<e2ee::identity_change> take_unseen_identity_changes() override;
+  std::optional<std::string> sender_key(std::string_view group, std::string_view sender,
+                                        std::int32_t device) override;
+  void put_sender_key(std::string_view group, std::string_view sender, std::int32_t device,
+                      std::string_view record) override;
+  void remove_sender_key(std::string_view group, std::string_view sender,
+                         std::int32_t device) override;
+  std::size_t remove_sender_keys(std::string_view group) override;
 
   // Every identity change recorded for `peer`, oldest first (shown or not).
   std::vector<e2ee::identity_change> identity_changes(std::string_view peer);
   std::size_t prekey_count();
 
   // History. A message with a server id is stored once: false if it was already there.
-  // A non-zero chat_id also records the peer's 1:1 chat (set_chat).
+  // A non-zero chat_id that is not a known group also records the peer's 1:1 chat (set_chat):
+  // record a group (set_group) before its first message.
   bool add_message(const local_message& m);
   bool has_message(std::uint64_t server_id);
   // The message with this server id, with its status; nullopt if it is not in the history.
   std::optional<local_message> message(std::uint64_t server_id);
-  // The newest `limit` messages of the chat with `peer`, oldest first, with their statuses.
+  // The newest `limit` messages of the 1:1 chat with `peer`, oldest first, with their statuses
+  // (no group messages, no control messages).
   std::vector<local_message> history(std::string_view peer, std::size_t limit);
-  // The message with the highest seq received from `peer` in the chat with them (what `read`
-  // marks as read up to); nullopt if none.
+  // The newest `limit` entries of chat `chat_id` (a group: messages and events), oldest first,
+  // in the chat's order, with their statuses; no control messages.
+  std::vector<local_message> chat_history(std::uint64_t chat_id, std::size_t limit);
+  // The text message with the highest seq received from `peer` in the chat with them (what
+  // `read` marks as read up to); nullopt if none.
   std::optional<local_message> last_received(std::string_view peer);
-  // This account's message with the highest seq <= up_to_seq in `chat_id`; nullopt if none.
+  // The entry with the highest seq received in chat `chat_id` (a message or an event, not a
+  // control message): what `read GROUP` marks as read up to; nullopt if none.
+  std::optional<local_message> last_received_in(std::uint64_t chat_id);
+  // This account's text message with the highest seq <= up_to_seq in `chat_id`; nullopt if
+  // none.
   std::optional<local_message> last_sent_up_to(std::uint64_t chat_id, std::uint64_t up_to_seq);
+
+  // Groups. set_group records a group (a member of it); a non-empty name replaces the known
+  // one, an empty one keeps it. set_group_member records that this account is (again) or no
+  // longer a member.
+  void set_group(std::uint64_t chat_id, std::string_view name);
+  void set_group_member(std::uint64_t chat_id, bool member);
+  std::optional<local_group> group(std::uint64_t chat_id);
+  bool is_group(std::uint64_t chat_id);
+  // The groups of that name (names are not unique), oldest chat first; all with "".
+  std::vector<local_group> groups_named(std::string_view name);
+  std::vector<local_group> groups();
+
+  // Who holds this device's current sender key of a group (see key_holder).
+  std::map<std::string, key_holder> sender_key_holders(std::uint64_t chat_id);
+  void add_sender_key_holder(std::uint64_t chat_id, std::string_view member,
+                             const key_holder& holder);
+  // After a rotation (or leaving): nobody holds the new key yet.
+  void forget_sender_key_holders(std::uint64_t chat_id);
+
+  // Group messages waiting for their sender key. Stored once per server id: false if it was
+  // there already.
+  bool add_pending(const pending_group_message& m);
+  bool has_pending(std::uint64_t server_id);
+  // Those of one sender's device in a group, in the chat's order.
+  std::vector<pending_group_message> pending_from(std::uint64_t chat_id, std::string_view sender,
+                                                  std::int32_t device);
+  // All of a group, in the chat's order.
+  std::vector<pending_group_message> pending_in(std::uint64_t chat_id);
+  void remove_pending(std::uint64_t server_id);
 
   // The 1:1 chat with each peer, as the server named it (SendResult, Envelope). A peer has one
   // chat and a chat one peer: a new pairing replaces an old one.
@@ -146,7 +241,7 @@ class local_store final : public e2ee::key_store {
   bool raise_receipts_stamp(std::uint64_t device_id, std::uint64_t stamp);
 
   // The format this code writes, in PRAGMA user_version (see the top of this file).
-  static constexpr int schema_version = 3;
+  static constexpr int schema_version = 4;
 
  private:
   void migrate();

@@ -1,6 +1,8 @@
 // End-to-end encrypted messaging on top of the client connection: what the CLI (and any app)
 // uses instead of sending payloads itself. Every message is a Signal-protocol message made by
-// e2ee::signal_engine; the server only ever sees ciphertext, padded to 160-byte steps.
+// e2ee::signal_engine; the server only ever sees ciphertext, padded to 160-byte steps. What is
+// encrypted is always a serialized parley.content.v1.Content (proto/parley/content/v1), padded:
+// a text, or (1:1 only) this device's sender key for a group.
 //
 //  - publish_keys() after Authenticate creates this device's identity on first use (or after a
 //    reinstall, when the local store is new) and publishes what the server lacks: the first
@@ -16,6 +18,24 @@
 //  - apply_receipt() keeps the peers' delivered / read watermarks, from which the history
 //    derives each sent message's status.
 //
+// Groups (sender keys, as Signal and WhatsApp do them):
+//  - send_group() encrypts a text once with this device's sender key for the group and sends
+//    it to the group's chat (SENDER_KEY_MESSAGE). Before that, each current member who does not
+//    hold the current key gets it (Content{sender_key}) in the 1:1 chat, over the pairwise
+//    session (set up from a fetched bundle as seal() does). So a member added later gets the
+//    key at its current step: it reads what is sent from then on, never what came before.
+//  - Rotation: a key that a member no longer in the group holds (removed, left, or removed
+//    and added again) is dropped: the next send_group makes a new one and gives it to the
+//    current members only. Decided when the REMOVE / LEAVE event is opened, when this device
+//    makes the change (update_group), and again from the member list at every send_group.
+//    When this account itself is removed or leaves, every sender key of the group is
+//    forgotten (its own and the other members').
+//  - open() decrypts a group message with the sender's key; one whose key has not arrived yet
+//    (the 1:1 chat that carries it may drain after the group's) is kept as ciphertext (kind
+//    pending, acked: it is on this device) and decrypted into the history when the key comes;
+//    take_released() then returns it. System messages (GroupEvent) are recorded in the
+//    history with a one-line description (kind event).
+//
 // Single-threaded, like the client it uses.
 #pragma once
 
@@ -30,6 +50,7 @@
 #include "client/client.hpp"
 #include "client/local_store.hpp"
 #include "e2ee/signal_engine.hpp"
+#include "parley/content/v1/content.pb.h"
 
 namespace parley::client {
 
@@ -39,16 +60,33 @@ struct sealed_message {
   std::uint32_t registration_id = 0;
   parley::v2::CipherType type = parley::v2::CIPHER_TYPE_UNSPECIFIED;
   std::string payload;  // the Signal message, as the library serialized it
-  std::string text;     // kept to seal again if the peer's keys turn out stale
+  std::string text;     // what the history records once it is sent
+  // The serialized Content that was padded and encrypted: kept to seal again if the peer's
+  // keys turn out stale.
+  std::string content;
+  // A message that shows nothing (a sender key): not recorded in the history.
+  bool control = false;
 };
 
 struct opened_message {
   // text: show it. undecryptable: recorded; say so (never show bytes). duplicate: already in
   // the history. not_stored: the local store failed; do not ack, the server pushes it again.
-  enum class kind { text, undecryptable, duplicate, not_stored };
+  // event: a group's system message, recorded; `text` describes it. sender_key: a member's
+  // sender key for a group, kept; nothing to show (messages it released: take_released()).
+  // pending: a group message whose sender key has not arrived yet, kept until it does.
+  // Everything but not_stored is on this device: ack it.
+  enum class kind { text, undecryptable, duplicate, not_stored, event, sender_key, pending };
   kind what = kind::text;
   std::string text;
-  std::string problem;  // for undecryptable: why
+  std::string problem;  // for undecryptable: why; for pending: what it waits for
+};
+
+// The result of send_group.
+struct group_sent {
+  parley::v2::SendResult result;
+  // Members this device could not give its sender key to (they have never published keys:
+  // NO_KEYS): they cannot read this message. Tried again at the next send_group.
+  std::vector<std::string> not_reached;
 };
 
 // The cursors to ack after opening pushed Envelopes: per chat, the highest seq whose message
@@ -87,7 +125,10 @@ class messenger {
   static constexpr std::uint64_t signed_prekey_max_age_ms = 7ull * 24 * 3600 * 1000;
   static constexpr std::uint64_t signed_prekey_keep_ms = 30ull * 24 * 3600 * 1000;
 
-  messenger(client& api, local_store& store, e2ee::library_context& library, std::string me);
+  // `me`: this account's username; `device_id`: this device's id (as Register gave it), under
+  // which its own sender keys are kept.
+  messenger(client& api, local_store& store, e2ee::library_context& library, std::string me,
+            std::uint64_t device_id = 1);
 
   e2ee::signal_engine& engine() { return engine_; }
   local_store& store() { return store_; }
@@ -101,10 +142,35 @@ class messenger {
                                                               std::string client_msg_id);
   opened_message open(const parley::v2::Envelope& e);
 
-  // A Receipt: raises `r.user()`'s watermark in r.chat_id() in the local store (a maximum).
-  // True if it moved, false if it was known already (the Receipts after an Authenticate carry
-  // current watermarks, some of which this device may have).
+  // A Receipt: raises `r.user()`'s watermark in r.chat_id() in the local store (a maximum);
+  // in a group (user empty) the watermark of all the other members, from which the status of
+  // this account's group messages derives. True if it moved, false if it was known already
+  // (the Receipts after an Authenticate carry current watermarks, some of which this device
+  // may have).
   result<bool> apply_receipt(const parley::v2::Receipt& r);
+
+  // Groups: the server's requests, with what they change on this device (the group's name and
+  // membership; after a REMOVE or LEAVE, the sender keys as described at the top).
+  boost::asio::awaitable<result<parley::v2::GroupInfo>> create_group(
+      std::string name, std::vector<std::string> members);
+  // `user` for ADD, REMOVE, PROMOTE, DEMOTE; `name` for RENAME; neither for LEAVE.
+  boost::asio::awaitable<result<parley::v2::GroupInfo>> update_group(
+      std::uint64_t chat_id, parley::v2::GroupChange change, std::string user,
+      std::string name = {});
+  // NOT_FOUND for a group this device knows: this account is no longer a member (recorded,
+  // and the group's sender keys forgotten, as its REMOVE event would).
+  boost::asio::awaitable<result<parley::v2::GroupInfo>> get_group(std::uint64_t chat_id);
+  // Sends `text` to the group (see the top). `client_msg_id` as for send(): a retry with the
+  // same id sends the same ciphertext. The message is recorded in the history, from this
+  // account.
+  boost::asio::awaitable<result<group_sent>> send_group(std::uint64_t chat_id, std::string text,
+                                                        std::string client_msg_id);
+  // Group messages decrypted since the last call because their sender key arrived (in the
+  // history already, as readable or undecryptable messages), in the order they were released.
+  std::vector<local_message> take_released();
+
+  // The one-line description of a group's system message ("alice added bob").
+  static std::string describe_event(const parley::v2::Envelope& e);
 
   // Identity changes of contacts not yet shown to the user (each returned once).
   std::vector<e2ee::identity_change> take_identity_changes();
@@ -116,7 +182,44 @@ class messenger {
   // Fetches the peer's bundle and builds a new session; returns the peer's device.
   boost::asio::awaitable<result<std::int32_t>> establish(std::string peer);
   result<sealed_message> seal_with_session(const std::string& peer, std::int32_t device,
-                                           const std::string& text);
+                                           const std::string& content, const std::string& text,
+                                           bool control);
+  boost::asio::awaitable<result<sealed_message>> seal_content(std::string peer,
+                                                              std::string content,
+                                                              std::string text, bool control);
+  opened_message open_pairwise(const parley::v2::Envelope& e);
+  opened_message open_group(const parley::v2::Envelope& e);
+  opened_message open_event(const parley::v2::Envelope& e);
+  // Keeps a member's sender key (from a 1:1 message) and decrypts the group messages that
+  // waited for it, into `released`. Empty, or why the key was refused. Inside the caller's
+  // transaction; throws if the store fails.
+  std::string take_sender_key(const std::string& from, std::int32_t device,
+                              const parley::content::v1::SenderKeyDistribution& key,
+                              std::vector<local_message>& released);
+  // What a group's system message changes on this device (its name, membership, sender keys).
+  // Inside the caller's transaction.
+  void apply_event(const parley::v2::Envelope& e);
+  e2ee::group_sender own_key_of(std::uint64_t chat_id) const;
+  // Drops this device's sender key of the group if `user` has (or may have) it.
+  void rotate_if_held(std::uint64_t chat_id, const std::string& user);
+  // This account is no longer a member: forgets every sender key of the group.
+  void forget_group_locally(std::uint64_t chat_id);
+  result<void> remember_group(const parley::v2::GroupInfo& info);
+  result<void> after_update(std::uint64_t chat_id, parley::v2::GroupChange change,
+                            const std::string& user, const parley::v2::GroupInfo& info);
+  result<void> after_not_found(std::uint64_t chat_id);
+  struct group_send_plan;
+  result<group_send_plan> plan_group_send(const parley::v2::GroupInfo& info);
+  result<void> mark_holder(std::uint64_t chat_id, const std::string& member,
+                           const key_holder& holder);
+  boost::asio::awaitable<result<void>> give_sender_key(std::uint64_t chat_id,
+                                                       parley::v2::GroupMember member,
+                                                       e2ee::sender_key_distribution key,
+                                                       std::string client_msg_id);
+  result<std::string> seal_group(std::uint64_t chat_id, const std::string& text,
+                                 const std::string& client_msg_id);
+  result<void> record_group_sent(std::uint64_t chat_id, const std::string& text,
+                                 const parley::v2::SendResult& r);
   boost::asio::awaitable<result<void>> upload(e2ee::key_upload keys);
   result<std::optional<e2ee::key_upload>> keys_to_publish(const parley::v2::Authenticated& auth);
   result<e2ee::key_upload> new_prekeys(std::uint32_t remaining);
@@ -130,8 +233,13 @@ class messenger {
   local_store& store_;
   e2ee::signal_engine engine_;
   std::string me_;
+  std::int32_t device_;
   // client_msg_id -> the message as re-encrypted after STALE_KEYS, until it is sent.
   std::map<std::string, sealed_message> resealed_;
+  // client_msg_id -> a group message's SenderKeyMessage, until it is sent: a retry sends the
+  // same bytes.
+  std::map<std::string, std::string> group_sealed_;
+  std::vector<local_message> released_;
 };
 
 }  // namespace parley::client

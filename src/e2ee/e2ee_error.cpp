@@ -30,6 +30,8 @@ class category_impl final : public boost::system::error_category {
         return "the local key store failed";
       case errc::library:
         return "the Signal protocol library failed";
+      case errc::no_sender_key:
+        return "no sender key of that member for this group (not received yet, or replaced)";
     }
     return "unknown e2ee error";
   }

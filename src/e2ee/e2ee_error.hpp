@@ -17,6 +17,9 @@ enum class errc {
   malformed_content,  // decrypted, but not a parley message (bad padding)
   storage,            // the local store failed; nothing of the operation was kept
   library,            // any other failure inside libsignal-protocol-c
+  // A group message whose sender key this device does not hold (yet): the sender's
+  // distribution message may still be on its way. Keep the message and try again later.
+  no_sender_key,
 };
 
 const boost::system::error_category& e2ee_category() noexcept;

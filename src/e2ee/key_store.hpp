@@ -1,6 +1,7 @@
 // What the Signal protocol needs to keep on the device: this device's identity and prekeys
-// (private keys included), the sessions with other devices, and the identity keys of other
-// users as first seen. Records are opaque bytes in libsignal's own serialization.
+// (private keys included), the sessions with other devices, the identity keys of other users
+// as first seen, and the sender keys of groups (this device's own and those other members
+// distributed to it). Records are opaque bytes in libsignal's own serialization.
 //
 // Implementation: client/local_store (SQLite, in the profile, 0600). Methods throw
 // std::runtime_error when the storage itself fails; signal_engine turns that into an error of
@@ -54,6 +55,18 @@ class key_store {
   virtual void put_identity(std::string_view peer, std::string_view key, std::uint64_t now_ms) = 0;
   // Changes not yet shown to the user; marked shown by the call.
   virtual std::vector<identity_change> take_unseen_identity_changes() = 0;
+
+  // Sender keys (libsignal's SenderKeyRecord): one per group, sender and device. parley names
+  // a group by its chat_id in decimal. This device's own key for a group is the record under
+  // its own username and device.
+  virtual std::optional<std::string> sender_key(std::string_view group, std::string_view sender,
+                                                std::int32_t device) = 0;
+  virtual void put_sender_key(std::string_view group, std::string_view sender,
+                              std::int32_t device, std::string_view record) = 0;
+  virtual void remove_sender_key(std::string_view group, std::string_view sender,
+                                 std::int32_t device) = 0;
+  // Every sender key of the group, this device's own included; how many there were.
+  virtual std::size_t remove_sender_keys(std::string_view group) = 0;
 };
 
 }  // namespace parley::e2ee

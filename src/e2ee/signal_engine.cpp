@@ -2,9 +2,13 @@
 
 #include <signal/curve.h>
 #include <signal/fingerprint.h>
+#include <signal/group_cipher.h>
+#include <signal/group_session_builder.h>
 #include <signal/key_helper.h>
 #include <signal/protocol.h>
 #include <signal/ratchet.h>
+#include <signal/sender_key_record.h>
+#include <signal/sender_key_state.h>
 #include <signal/session_builder.h>
 #include <signal/session_cipher.h>
 #include <signal/session_pre_key.h>
@@ -85,6 +89,16 @@ std::uint32_t parse_u32(const std::optional<std::string>& v) {
 
 signal_protocol_address address_of(const std::string& peer, std::int32_t device) {
   return {peer.c_str(), peer.size(), device};
+}
+
+// libsignal's name of a sender key; points into `who`, which must outlive it.
+signal_protocol_sender_key_name key_name_of(const group_sender& who) {
+  return {who.group.c_str(), who.group.size(), address_of(who.sender, who.device)};
+}
+
+std::string serialized(const ciphertext_message* m) {
+  const signal_buffer* b = ciphertext_message_get_serialized(m);
+  return {reinterpret_cast<const char*>(signal_buffer_const_data(b)), signal_buffer_len(b)};
 }
 
 // What a signed prekey publishes: id, public key and signature.
@@ -267,6 +281,33 @@ int save_identity(const signal_protocol_address* a, uint8_t* key, size_t len, vo
   });
 }
 
+std::string_view group_name(const signal_protocol_sender_key_name* n) {
+  return {n->group_id, n->group_id_len};
+}
+
+std::string_view sender_name(const signal_protocol_sender_key_name* n) {
+  return {n->sender.name, n->sender.name_len};
+}
+
+int store_sender_key(const signal_protocol_sender_key_name* n, uint8_t* record, size_t len,
+                     uint8_t*, size_t, void* ud) {
+  return guarded(ud, [&] {
+    store_of(ud).put_sender_key(group_name(n), sender_name(n), n->sender.device_id,
+                                {reinterpret_cast<const char*>(record), len});
+    return 0;
+  });
+}
+
+int load_sender_key(signal_buffer** record, signal_buffer**, const signal_protocol_sender_key_name* n,
+                    void* ud) {
+  return guarded(ud, [&] {
+    auto r = store_of(ud).sender_key(group_name(n), sender_name(n), n->sender.device_id);
+    if (!r) return 0;
+    *record = to_buffer(*r);
+    return 1;
+  });
+}
+
 // Trust on first use, and a changed key is accepted but recorded (by save_identity, which the
 // library calls right after with the new key), so the user is told instead of blocked.
 int is_trusted_identity(const signal_protocol_address*, uint8_t*, size_t, void*) { return 1; }
@@ -313,6 +354,11 @@ struct signal_engine::impl {
     signal_protocol_store_context_set_pre_key_store(context, &prekeys);
     signal_protocol_store_context_set_signed_pre_key_store(context, &signed_prekeys);
     signal_protocol_store_context_set_identity_key_store(context, &identities);
+    signal_protocol_sender_key_store sender_keys{};
+    sender_keys.store_sender_key = store_sender_key;
+    sender_keys.load_sender_key = load_sender_key;
+    sender_keys.user_data = &callbacks;
+    signal_protocol_store_context_set_sender_key_store(context, &sender_keys);
   }
   ~impl() { signal_protocol_store_context_destroy(context); }
 
@@ -387,6 +433,23 @@ struct signal_engine::impl {
     if (!r) return r.error();
     store.set_meta(meta_next_prekey_id, std::to_string((start - 1 + count) % max_prekey_id + 1));
     return out;
+  }
+
+  // The sender key record of `who` (an empty record if there is none), as libsignal loads it.
+  result<ref<sender_key_record>> sender_key_record_of(const signal_protocol_sender_key_name& who) {
+    ref<sender_key_record> record;
+    if (signal_protocol_sender_key_load_key(context, record.out(), &who) != 0 || !record) {
+      return errc::storage;
+    }
+    return record;
+  }
+
+  // Whether `record` holds the state of key `key_id` (the state stays the record's).
+  static bool holds_key(sender_key_record* record, std::uint32_t key_id) {
+    sender_key_state* state = nullptr;
+    return !sender_key_record_is_empty(record) &&
+           sender_key_record_get_sender_key_state_by_id(record, &state, key_id) == 0 &&
+           state != nullptr;
   }
 
   result<key_upload> base_upload() {
@@ -631,6 +694,154 @@ result<std::string> signal_engine::decrypt(const std::string& peer, std::int32_t
     session_cipher_free(cipher);
     if (rc != 0) return from_library(rc);
     return plain.str();
+  });
+}
+
+// --- groups ------------------------------------------------------------------------------------
+
+result<sender_key_distribution> signal_engine::own_sender_key(const group_sender& self) {
+  return storage_guard<sender_key_distribution>(
+      impl_->callbacks, [&]() -> result<sender_key_distribution> {
+        auto& d = *impl_;
+        const auto name = key_name_of(self);
+        group_session_builder* builder = nullptr;
+        if (group_session_builder_create(&builder, d.context, d.library.get()) != 0) {
+          return errc::library;
+        }
+        // Creates the key (random id, chain key and signing key pair) if the record is empty,
+        // then describes it at the chain's current step.
+        ref<sender_key_distribution_message> message;
+        const int rc = group_session_builder_create_session(builder, message.out(), &name);
+        group_session_builder_free(builder);
+        if (rc != 0 || !message) return from_library(rc);
+        return sender_key_distribution{
+            sender_key_distribution_message_get_id(message.get()),
+            serialized(reinterpret_cast<const ciphertext_message*>(message.get()))};
+      });
+}
+
+result<std::optional<std::uint32_t>> signal_engine::own_sender_key_id(const group_sender& self) {
+  return storage_guard<std::optional<std::uint32_t>>(
+      impl_->callbacks, [&]() -> result<std::optional<std::uint32_t>> {
+        const auto name = key_name_of(self);
+        auto record = impl_->sender_key_record_of(name);
+        if (!record) return record.error();
+        if (sender_key_record_is_empty(record->get())) return std::optional<std::uint32_t>{};
+        sender_key_state* state = nullptr;  // the newest: the one encrypt uses
+        if (sender_key_record_get_sender_key_state(record->get(), &state) != 0 || !state) {
+          return errc::storage;
+        }
+        return std::optional<std::uint32_t>(sender_key_state_get_key_id(state));
+      });
+}
+
+result<void> signal_engine::process_sender_key(const group_sender& from,
+                                               const std::string& distribution) {
+  return storage_guard<void>(impl_->callbacks, [&]() -> result<void> {
+    auto& d = *impl_;
+    ref<sender_key_distribution_message> message;
+    if (sender_key_distribution_message_deserialize(message.out(), bytes(distribution),
+                                                    distribution.size(), d.library.get()) != 0) {
+      return errc::invalid_message;
+    }
+    const auto name = key_name_of(from);
+    auto record = d.sender_key_record_of(name);
+    if (!record) return record.error();
+    if (impl::holds_key(record->get(), sender_key_distribution_message_get_id(message.get()))) {
+      return {};  // held already, maybe further along its chain: keep that
+    }
+    group_session_builder* builder = nullptr;
+    if (group_session_builder_create(&builder, d.context, d.library.get()) != 0) {
+      return errc::library;
+    }
+    const int rc = group_session_builder_process_session(builder, &name, message.get());
+    group_session_builder_free(builder);
+    if (rc != 0) return from_library(rc);
+    return {};
+  });
+}
+
+bool signal_engine::has_sender_key_for(const group_sender& from, const std::string& data) {
+  auto held = storage_guard<bool>(impl_->callbacks, [&]() -> result<bool> {
+    auto& d = *impl_;
+    ref<sender_key_message> message;
+    if (sender_key_message_deserialize(message.out(), bytes(data), data.size(), d.library.get()) !=
+        0) {
+      return false;
+    }
+    const auto name = key_name_of(from);
+    auto record = d.sender_key_record_of(name);
+    if (!record) return result<bool>(boost::system::in_place_error, record.error());
+    return impl::holds_key(record->get(), sender_key_message_get_key_id(message.get()));
+  });
+  return held && *held;
+}
+
+result<ciphertext> signal_engine::group_encrypt(const group_sender& self,
+                                                const std::string& plaintext) {
+  return storage_guard<ciphertext>(impl_->callbacks, [&]() -> result<ciphertext> {
+    auto& d = *impl_;
+    const auto name = key_name_of(self);
+    {
+      auto record = d.sender_key_record_of(name);
+      if (!record) return record.error();
+      if (sender_key_record_is_empty(record->get())) return errc::no_sender_key;
+    }
+    group_cipher* cipher = nullptr;
+    if (group_cipher_create(&cipher, d.context, &name, d.library.get()) != 0) {
+      return errc::library;
+    }
+    ref<ciphertext_message> message;
+    const int rc = group_cipher_encrypt(cipher, bytes(plaintext), plaintext.size(), message.out());
+    group_cipher_free(cipher);
+    if (rc == SG_ERR_NO_SESSION) return errc::no_sender_key;  // a key received, not our own
+    if (rc != 0 || !message) return from_library(rc);
+    return ciphertext{message_type::sender_key, serialized(message.get())};
+  });
+}
+
+result<std::string> signal_engine::group_decrypt(const group_sender& from,
+                                                 const std::string& data) {
+  return storage_guard<std::string>(impl_->callbacks, [&]() -> result<std::string> {
+    auto& d = *impl_;
+    ref<sender_key_message> message;
+    if (sender_key_message_deserialize(message.out(), bytes(data), data.size(), d.library.get()) !=
+        0) {
+      return errc::invalid_message;
+    }
+    const auto name = key_name_of(from);
+    {
+      // The library reports an unknown key id as an invalid message: told apart here, since
+      // a message whose key is still on its way is kept for later, not dropped.
+      auto record = d.sender_key_record_of(name);
+      if (!record) return record.error();
+      if (!impl::holds_key(record->get(), sender_key_message_get_key_id(message.get()))) {
+        return errc::no_sender_key;
+      }
+    }
+    group_cipher* cipher = nullptr;
+    if (group_cipher_create(&cipher, d.context, &name, d.library.get()) != 0) {
+      return errc::library;
+    }
+    buffer plain;
+    const int rc = group_cipher_decrypt(cipher, message.get(), nullptr, plain.out());
+    group_cipher_free(cipher);
+    if (rc == SG_ERR_NO_SESSION) return errc::no_sender_key;
+    if (rc != 0) return from_library(rc);
+    return plain.str();
+  });
+}
+
+result<void> signal_engine::forget_sender_key(const group_sender& whose) {
+  return storage_guard<void>(impl_->callbacks, [&]() -> result<void> {
+    impl_->store.remove_sender_key(whose.group, whose.sender, whose.device);
+    return {};
+  });
+}
+
+result<std::size_t> signal_engine::forget_group(const std::string& group) {
+  return storage_guard<std::size_t>(impl_->callbacks, [&]() -> result<std::size_t> {
+    return impl_->store.remove_sender_keys(group);
   });
 }
 

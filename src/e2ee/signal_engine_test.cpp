@@ -1,6 +1,7 @@
-// The Signal-protocol layer between two devices, each with its own real SQLite store in a
-// temporary folder: X3DH from a bundle, the ratchet both ways, crossing first messages,
-// out-of-order and lost messages, tampering, identity changes, safety numbers.
+// The Signal-protocol layer between two devices (three for groups), each with its own real
+// SQLite store in a temporary folder: X3DH from a bundle, the ratchet both ways, crossing first
+// messages, out-of-order and lost messages, tampering, identity changes, safety numbers, and
+// sender keys: distribution, group messages, rotation, late joiners.
 #include "e2ee/signal_engine.hpp"
 
 #include <gtest/gtest.h>
@@ -323,6 +324,187 @@ TEST_F(signal_engine_test, a_device_back_after_months_keeps_the_key_it_replaces)
   ASSERT_TRUE(rotated);
   EXPECT_TRUE(bob_->store->signed_prekey(first));
   EXPECT_EQ(open(*bob_, *alice_, queued).value(), "sent while bob was away");
+}
+
+// --- groups: sender keys ------------------------------------------------------------------------
+
+const std::string group = group_of(42);
+
+group_sender self(const device& d) { return {group, d.name, d.id}; }
+
+// `from`'s current sender key for the group, as `at` keeps it after the distribution message.
+void give_key(device& from, device& at) {
+  auto skdm = from.engine->own_sender_key(self(from));
+  ASSERT_TRUE(skdm) << skdm.error().message();
+  ASSERT_TRUE(at.engine->process_sender_key(self(from), skdm->message));
+}
+
+ciphertext group_seal(device& from, const std::string& text) {
+  auto c = from.engine->group_encrypt(self(from), text);
+  EXPECT_TRUE(c) << c.error().message();
+  return c ? *c : ciphertext{};
+}
+
+result<std::string> group_open(device& at, device& from, const ciphertext& c) {
+  return at.engine->group_decrypt(self(from), c.bytes);
+}
+
+TEST_F(signal_engine_test, group_members_exchange_sender_keys_and_messages) {
+  device carol(lib_, "carol", 3, dir_.path() / "carol" / "local.db");
+  // No key yet: nothing to encrypt with, nothing to decrypt with.
+  auto none = alice_->engine->group_encrypt(self(*alice_), "too early");
+  ASSERT_FALSE(none);
+  EXPECT_EQ(none.error(), errc::no_sender_key);
+  EXPECT_FALSE(alice_->engine->own_sender_key_id(self(*alice_)).value());
+
+  give_key(*alice_, *bob_);
+  give_key(*alice_, carol);
+  const auto key = alice_->engine->own_sender_key_id(self(*alice_)).value();
+  ASSERT_TRUE(key);
+  EXPECT_EQ(alice_->engine->own_sender_key(self(*alice_)).value().key_id, *key);  // the same key
+
+  const auto m1 = group_seal(*alice_, "hello group");
+  EXPECT_EQ(m1.type, message_type::sender_key);
+  EXPECT_EQ(m1.bytes.find("hello group"), std::string::npos);
+  EXPECT_TRUE(bob_->engine->has_sender_key_for(self(*alice_), m1.bytes));
+  EXPECT_EQ(group_open(*bob_, *alice_, m1).value(), "hello group");
+  EXPECT_EQ(group_open(carol, *alice_, m1).value(), "hello group");  // one ciphertext for all
+
+  // Bob and carol answer with their own keys.
+  give_key(*bob_, *alice_);
+  give_key(*bob_, carol);
+  give_key(carol, *alice_);
+  give_key(carol, *bob_);
+  const auto m2 = group_seal(*bob_, "bob here");
+  const auto m3 = group_seal(carol, "carol here");
+  EXPECT_EQ(group_open(*alice_, *bob_, m2).value(), "bob here");
+  EXPECT_EQ(group_open(carol, *bob_, m2).value(), "bob here");
+  EXPECT_EQ(group_open(*alice_, carol, m3).value(), "carol here");
+  EXPECT_EQ(group_open(*bob_, carol, m3).value(), "carol here");
+
+  // Out of order within a sender's chain, then a replay.
+  std::vector<ciphertext> m;
+  for (int i = 0; i < 4; ++i) m.push_back(group_seal(*alice_, "m" + std::to_string(i)));
+  EXPECT_EQ(group_open(*bob_, *alice_, m[3]).value(), "m3");
+  EXPECT_EQ(group_open(*bob_, *alice_, m[0]).value(), "m0");
+  EXPECT_EQ(group_open(*bob_, *alice_, m[2]).value(), "m2");
+  auto replay = group_open(*bob_, *alice_, m[2]);
+  ASSERT_FALSE(replay);
+  EXPECT_EQ(replay.error(), errc::duplicate_message);
+
+  // Tampered bytes, or a message claimed by another sender: errors, never text.
+  auto flipped = m[1];
+  flipped.bytes[flipped.bytes.size() / 2] ^= 0x04;
+  auto bad = group_open(*bob_, *alice_, flipped);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error(), errc::invalid_message);
+  auto garbage = bob_->engine->group_decrypt(self(*alice_), "not a sender key message");
+  ASSERT_FALSE(garbage);
+  EXPECT_EQ(garbage.error(), errc::invalid_message);
+  auto as_carol = bob_->engine->group_decrypt(self(carol), m[1].bytes);  // carol's key id differs
+  ASSERT_FALSE(as_carol);
+  EXPECT_EQ(as_carol.error(), errc::no_sender_key);
+  EXPECT_EQ(group_open(*bob_, *alice_, m[1]).value(), "m1");  // the genuine one still opens
+
+  // Another group is another key: alice's key of group 42 does not open group 43.
+  auto elsewhere = bob_->engine->group_decrypt({group_of(43), "alice", 1}, m[0].bytes);
+  ASSERT_FALSE(elsewhere);
+  EXPECT_EQ(elsewhere.error(), errc::no_sender_key);
+}
+
+TEST_F(signal_engine_test, a_message_before_its_key_is_told_apart_and_opens_once_the_key_arrives) {
+  auto skdm = alice_->engine->own_sender_key(self(*alice_)).value();
+  const auto early = group_seal(*alice_, "sent before bob has the key");
+  EXPECT_FALSE(bob_->engine->has_sender_key_for(self(*alice_), early.bytes));
+  auto r = group_open(*bob_, *alice_, early);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::no_sender_key);  // keep it: the key may be on its way
+  ASSERT_TRUE(bob_->engine->process_sender_key(self(*alice_), skdm.message));
+  EXPECT_EQ(group_open(*bob_, *alice_, early).value(), "sent before bob has the key");
+  // The same distribution again does not rewind the chain: the message stays used.
+  ASSERT_TRUE(bob_->engine->process_sender_key(self(*alice_), skdm.message));
+  auto again = group_open(*bob_, *alice_, early);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error(), errc::duplicate_message);
+  // Not a distribution message.
+  auto junk = bob_->engine->process_sender_key(self(*alice_), "junk");
+  ASSERT_FALSE(junk);
+  EXPECT_EQ(junk.error(), errc::invalid_message);
+}
+
+TEST_F(signal_engine_test, after_a_rotation_old_and_new_keys_read_only_their_own_messages) {
+  device carol(lib_, "carol", 3, dir_.path() / "carol" / "local.db");
+  device dave(lib_, "dave", 4, dir_.path() / "dave" / "local.db");
+  give_key(*alice_, *bob_);
+  give_key(*alice_, carol);
+  const auto old_key = alice_->engine->own_sender_key_id(self(*alice_)).value();
+  const auto before = group_seal(*alice_, "before bob was removed");
+  EXPECT_EQ(group_open(*bob_, *alice_, before).value(), "before bob was removed");
+
+  // Bob is removed: alice drops her key; the next one goes to carol (and dave, new) only.
+  ASSERT_TRUE(alice_->engine->forget_sender_key(self(*alice_)));
+  EXPECT_FALSE(alice_->engine->own_sender_key_id(self(*alice_)).value());
+  give_key(*alice_, carol);
+  give_key(*alice_, dave);
+  const auto new_key = alice_->engine->own_sender_key_id(self(*alice_)).value();
+  ASSERT_TRUE(new_key);
+  EXPECT_NE(*new_key, *old_key);
+  const auto after = group_seal(*alice_, "after bob was removed");
+
+  // Bob, with only the old key, cannot read the new message; carol, with both, reads both.
+  auto at_bob = group_open(*bob_, *alice_, after);
+  ASSERT_FALSE(at_bob);
+  EXPECT_EQ(at_bob.error(), errc::no_sender_key);
+  EXPECT_EQ(group_open(carol, *alice_, before).value(), "before bob was removed");
+  EXPECT_EQ(group_open(carol, *alice_, after).value(), "after bob was removed");
+  // Dave, with only the new key, cannot read the old message.
+  auto at_dave = group_open(dave, *alice_, before);
+  ASSERT_FALSE(at_dave);
+  EXPECT_EQ(at_dave.error(), errc::no_sender_key);
+  EXPECT_EQ(group_open(dave, *alice_, after).value(), "after bob was removed");
+  // Alice's own old messages cannot be made any more: encrypting uses the new key only.
+  EXPECT_EQ(group_open(dave, *alice_, group_seal(*alice_, "still new")).value(), "still new");
+}
+
+TEST_F(signal_engine_test, a_late_joiner_reads_from_the_key_step_it_got_on) {
+  give_key(*alice_, *bob_);
+  const auto first = group_seal(*alice_, "first");
+  const auto second = group_seal(*alice_, "second");
+  // Carol joins now and gets the key at its current step.
+  device carol(lib_, "carol", 3, dir_.path() / "carol" / "local.db");
+  give_key(*alice_, carol);
+  const auto third = group_seal(*alice_, "third");
+  EXPECT_EQ(group_open(carol, *alice_, third).value(), "third");
+  // The chain only runs forward: the earlier message keys cannot be derived from the copy
+  // (libsignal reports a step before the key's as an already used one).
+  for (const auto* c : {&first, &second}) {
+    auto r = group_open(carol, *alice_, *c);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error(), errc::duplicate_message);
+  }
+  // Bob, who had the key from the start, reads all three.
+  EXPECT_EQ(group_open(*bob_, *alice_, first).value(), "first");
+  EXPECT_EQ(group_open(*bob_, *alice_, second).value(), "second");
+  EXPECT_EQ(group_open(*bob_, *alice_, third).value(), "third");
+}
+
+TEST_F(signal_engine_test, sender_keys_survive_a_restart_and_leaving_forgets_them_all) {
+  give_key(*alice_, *bob_);
+  give_key(*bob_, *alice_);
+  const auto pending = group_seal(*alice_, "across a restart");
+  alice_->open(lib_);
+  bob_->open(lib_);
+  EXPECT_EQ(group_open(*bob_, *alice_, pending).value(), "across a restart");
+  EXPECT_EQ(group_open(*alice_, *bob_, group_seal(*bob_, "and back")).value(), "and back");
+
+  // Bob leaves: his own key and alice's copy go.
+  const auto later = group_seal(*alice_, "after bob left");
+  EXPECT_EQ(bob_->engine->forget_group(group).value(), 2u);
+  EXPECT_FALSE(bob_->engine->own_sender_key_id(self(*bob_)).value());
+  auto r = group_open(*bob_, *alice_, later);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::no_sender_key);
+  EXPECT_FALSE(bob_->store->sender_key(group, "alice", 1));
 }
 
 TEST_F(signal_engine_test, the_local_store_is_readable_by_its_user_only) {

@@ -47,12 +47,14 @@ const std::map<std::string, std::vector<std::string>, std::less<>>& known_keys()
       {"", {"listen", "data", "threads", "node_id", "fsync", "metrics_listen"}},
       {"limits",
        {"max_frame_bytes", "max_payload_bytes", "max_in_flight", "max_outbound_frames",
-        "max_outbound_bytes", "drain_page", "auth_timeout_ms", "max_unauthenticated_frame_bytes"}},
+        "max_outbound_bytes", "drain_page", "auth_timeout_ms", "max_unauthenticated_frame_bytes",
+        "max_group_members", "group_receipts_ms"}},
       {"rate_limits",
        {"register_per_address", "register_per_address_burst", "register_global",
         "register_global_burst", "bad_login_per_address", "bad_login_per_address_burst",
         "key_fetch_per_device", "key_fetch_per_device_burst", "send_per_device",
-        "send_per_device_burst", "typing_per_device", "typing_per_device_burst"}},
+        "send_per_device_burst", "typing_per_device", "typing_per_device_burst",
+        "group_change_per_device", "group_change_per_device_burst"}},
       {"connections",
        {"max_connections", "max_unauthenticated", "reserved_fds", "memory_budget_bytes"}},
       {"storage", {"reserve_bytes", "dedupe_days", "max_pending_writes", "memtable_budget_bytes"}},
@@ -186,6 +188,15 @@ config load_config_file(const std::filesystem::path& file, config c) {
 
   positive("limits.max_unauthenticated_frame_bytes", l["max_unauthenticated_frame_bytes"],
            c.limits.max_unauthenticated_frame_bytes);
+  positive("limits.max_group_members", l["max_group_members"], c.limits.max_group_members);
+  if (c.limits.max_group_members > 1024) {
+    // A CreateGroup event and a GroupInfo list every member in one frame; the protocol's
+    // frame and SDK limits are sized for at most 1,024.
+    throw std::runtime_error("config: limits.max_group_members must be at most 1024");
+  }
+  std::int64_t group_receipts_ms = 0;
+  positive("limits.group_receipts_ms", l["group_receipts_ms"], group_receipts_ms);
+  if (group_receipts_ms > 0) c.group_receipts_interval = std::chrono::milliseconds(group_receipts_ms);
 
   if (auto v = typed<std::string>(t["metrics_listen"], "metrics_listen")) {
     parse_metrics_listen(*v, c);
@@ -211,6 +222,7 @@ config load_config_file(const std::filesystem::path& file, config c) {
   rate("key_fetch_per_device", c.rates.key_fetch_per_device);
   rate("send_per_device", c.rates.send_per_device);
   rate("typing_per_device", c.rates.typing_per_device);
+  rate("group_change_per_device", c.rates.group_change_per_device);
 
   auto conn = t["connections"];
   positive("connections.max_connections", conn["max_connections"], c.max_connections);

@@ -23,9 +23,13 @@ struct rate_limits {
   rate_limit register_per_address{10, 20};
   rate_limit register_global{600, 200};
   rate_limit bad_login_per_address{30, 10};  // failed Authenticates; at 0 tokens, all refused
-  rate_limit key_fetch_per_device{60, 60};   // FetchKeys: each takes a one-time prekey
+  // FetchKeys: each takes a one-time prekey. The burst is a whole group's worth: the first
+  // message to a group of 1,024 sets up a session with each member (security.md, "Groups").
+  rate_limit key_fetch_per_device{60, 1'024};
   rate_limit send_per_device{6'000, 1'000};  // SendMessage: 100/s sustained
   rate_limit typing_per_device{120, 30};     // Typing
+  // CreateGroup and UpdateGroup: each pushes an event to up to 1,024 members' devices.
+  rate_limit group_change_per_device{60, 30};
 };
 
 struct config {
@@ -43,6 +47,8 @@ struct config {
   std::size_t drain_page = 256;     // chat-log entries read per page by the drain
   std::size_t max_bad_frames = 16;  // consecutive bad frames before closing
   std::chrono::milliseconds auth_timeout{10'000};
+  // A group's merged receipts are pushed at most this often (server/group_receipts.hpp).
+  std::chrono::milliseconds group_receipts_interval{100};
 
   rate_limits rates;
 
@@ -85,7 +91,8 @@ struct config {
 // unknown key or table, or values that contradict each other. Keys (docs/operations.md):
 // listen = "HOST:PORT", data = "DIR", threads, node_id, fsync, metrics_listen = "HOST:PORT";
 // [limits] max_frame_bytes, max_payload_bytes, max_in_flight, max_outbound_frames,
-// max_outbound_bytes, drain_page, auth_timeout_ms, max_unauthenticated_frame_bytes;
+// max_outbound_bytes, drain_page, auth_timeout_ms, max_unauthenticated_frame_bytes,
+// max_group_members, group_receipts_ms;
 // [rate_limits] NAME and NAME_burst for each rate_limits member; [connections]
 // max_connections, max_unauthenticated, reserved_fds, memory_budget_bytes; [storage]
 // reserve_bytes, dedupe_days, max_pending_writes, memtable_budget_bytes; [tls] cert, key,

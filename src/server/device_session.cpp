@@ -56,6 +56,14 @@ v2::ErrorCode to_protocol(const boost::system::error_code& ec) {
         return v2::ERROR_CODE_INVALID_ARGUMENT;
       case store::errc::busy:
         return v2::ERROR_CODE_BUSY;
+      case store::errc::not_admin:
+        return v2::ERROR_CODE_NOT_ADMIN;
+      case store::errc::group_full:
+        return v2::ERROR_CODE_GROUP_FULL;
+      case store::errc::not_member:
+        return v2::ERROR_CODE_NOT_MEMBER;
+      case store::errc::already_member:
+        return v2::ERROR_CODE_ALREADY_MEMBER;
       case store::errc::io_error:
       case store::errc::corrupt:
         return v2::ERROR_CODE_INTERNAL;
@@ -122,6 +130,17 @@ v2::Frame presence_frame(const std::string& username, const presence::state& s) 
     p->set_last_seen_ms(s.last_seen_ms / 60'000 * 60'000);
   }
   return f;
+}
+
+void to_wire(const store::group_info& g, v2::GroupInfo& out) {
+  out.set_chat_id(g.chat);
+  out.set_name(g.name);
+  for (const auto& m : g.members) {
+    auto* member = out.add_members();
+    member->set_user(m.username);
+    member->set_admin(m.admin);
+    member->set_joined_seq(m.joined_seq);
+  }
 }
 
 v2::Frame pong_for(std::uint64_t request_id) {
@@ -404,6 +423,12 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
       if (!within_rate(state_.limiters.key_fetch_per_device, device_key(), id, "key fetches"))
         return std::nullopt;
       break;
+    case frame::kCreateGroup:
+    case frame::kUpdateGroup:
+      if (!within_rate(state_.limiters.group_change_per_device, device_key(), id,
+                       "group changes"))
+        return std::nullopt;
+      break;
     default:
       break;
   }
@@ -542,7 +567,7 @@ awaitable<void> device_session::drain(std::uint64_t receipts_since) {
   draining_ = false;
   if (!own_tail.empty()) {
     state_.store.ack(device_, user_, std::move(own_tail),
-                     [](const store::result<std::vector<store::receipt_delivery>>&) {});
+                     [](const store::result<store::watermark_moves>&) {});
   }
   for (auto& f : receipts_frames(marks)) {
     if (!co_await send_paced(std::move(f))) co_return;
@@ -633,8 +658,11 @@ void device_session::on_ack(std::uint64_t request_id, const v2::Ack& a) {
   for (const auto& c : a.cursors()) cursors.push_back({c.chat_id(), c.seq()});
   state_.store.ack(device_, user_, std::move(cursors),
                    [self = shared_from_this(),
-                    request_id](store::result<std::vector<store::receipt_delivery>> r) mutable {
-                     if (r) self->state_.bus.deliver_receipts(*r);
+                    request_id](store::result<store::watermark_moves> r) mutable {
+                     if (r) {
+                       self->state_.bus.deliver_receipts(r->receipts);
+                       self->state_.groups.moved(r->groups);
+                     }
                      std::optional<boost::system::error_code> error;
                      if (!r) error = r.error();
                      auto& lane = self->lane();
@@ -663,12 +691,16 @@ awaitable<void> device_session::run_request(frame request) {
   switch (request.body_case()) {
     case frame::kMarkRead: {
       const auto& m = request.mark_read();
-      auto r = co_await store_call<std::vector<store::receipt_delivery>>(
-          [&](store::completion<std::vector<store::receipt_delivery>> done) {
+      auto& groups = state_.groups;
+      auto r = co_await store_call<store::watermark_moves>(
+          [&](store::completion<store::watermark_moves> done) {
             state_.store.mark_read(
                 user_, m.chat_id(), m.up_to_seq(),
-                [&bus, done = std::move(done)](store::result<std::vector<store::receipt_delivery>> r) {
-                  if (r) bus.deliver_receipts(*r);
+                [&bus, &groups, done = std::move(done)](store::result<store::watermark_moves> r) {
+                  if (r) {
+                    bus.deliver_receipts(r->receipts);
+                    groups.moved(r->groups);
+                  }
                   done(std::move(r));
                 });
           });
@@ -682,9 +714,9 @@ awaitable<void> device_session::run_request(frame request) {
     }
     case frame::kGetStatus: {
       const auto& q = request.get_status();
-      auto r = co_await store_call<store::message_status>(
-          [&](store::completion<store::message_status> done) {
-            state_.store.status(user_, q.chat_id(), q.seq(), std::move(done));
+      auto r = co_await store_call<store::status_report>(
+          [&](store::completion<store::status_report> done) {
+            state_.store.status(user_, q.chat_id(), q.seq(), q.detail(), std::move(done));
           });
       if (!r) {
         fail(r.error());
@@ -693,7 +725,84 @@ awaitable<void> device_session::run_request(frame request) {
       auto* out = reply.mutable_status_result();
       out->set_chat_id(q.chat_id());
       out->set_seq(q.seq());
-      out->set_status(static_cast<v2::MessageStatus>(*r));
+      out->set_status(static_cast<v2::MessageStatus>(r->status));
+      out->set_recipients(r->recipients);
+      out->set_delivered(r->delivered);
+      out->set_read(r->read);
+      for (auto& n : r->delivered_to) out->add_delivered_to(std::move(n));
+      for (auto& n : r->read_by) out->add_read_by(std::move(n));
+      send(reply);
+      break;
+    }
+    case frame::kCreateGroup:
+    case frame::kUpdateGroup: {
+      // The events are handed to the members' devices in the store's completion, in commit
+      // order with the group's messages.
+      auto deliver = [&bus](store::completion<store::group_outcome> done) {
+        return [&bus, done = std::move(done)](store::result<store::group_outcome> r) {
+          if (r) {
+            for (const auto& p : r->pushes)
+              bus.deliver_message(p.recipients, std::make_shared<bus::envelope>(p.message));
+          }
+          done(std::move(r));
+        };
+      };
+      auto r = co_await store_call<store::group_outcome>(
+          [&](store::completion<store::group_outcome> done) {
+            if (request.has_create_group()) {
+              auto& c = *request.mutable_create_group();
+              store::create_group_request req{user_,
+                                              device_,
+                                              username_,
+                                              std::move(*c.mutable_name()),
+                                              {c.members().begin(), c.members().end()},
+                                              state_.cfg.limits.max_group_members};
+              state_.store.create_group(std::move(req), deliver(std::move(done)));
+              return;
+            }
+            auto& u = *request.mutable_update_group();
+            store::group_change_request req{user_,
+                                            device_,
+                                            username_,
+                                            u.chat_id(),
+                                            static_cast<store::group_change>(u.change()),
+                                            std::move(*u.mutable_user()),
+                                            std::move(*u.mutable_name()),
+                                            state_.cfg.limits.max_group_members};
+            state_.store.change_group(std::move(req), deliver(std::move(done)));
+          });
+      if (!r) {
+        fail(r.error());
+        break;
+      }
+      auto* out = reply.mutable_group_info();
+      to_wire(r->info, *out);
+      // The last event this account may ack: after its own LEAVE, the server's PROMOTE that
+      // may follow is not its to ack.
+      if (!r->pushes.empty()) {
+        const bool left = request.has_update_group() &&
+                          request.update_group().change() == v2::GROUP_CHANGE_LEAVE;
+        out->set_seq((left ? r->pushes.front() : r->pushes.back()).message->seq);
+      }
+      // A member gone may have held the lowest watermark: the others' merged marks may rise.
+      if (request.has_update_group() &&
+          (request.update_group().change() == v2::GROUP_CHANGE_REMOVE ||
+           request.update_group().change() == v2::GROUP_CHANGE_LEAVE)) {
+        state_.groups.moved(std::vector<store::chat_id>(1, r->info.chat));
+      }
+      send(reply);
+      break;
+    }
+    case frame::kGetGroup: {
+      const std::uint64_t chat = request.get_group().chat_id();
+      auto r = co_await store_call<store::group_info>([&](store::completion<store::group_info> done) {
+        state_.store.get_group(user_, chat, std::move(done));
+      });
+      if (!r) {
+        fail(r.error());
+        break;
+      }
+      to_wire(*r, *reply.mutable_group_info());
       send(reply);
       break;
     }
@@ -713,17 +822,7 @@ awaitable<void> device_session::run_request(frame request) {
       }
       auto* out = reply.mutable_history();
       out->set_chat_id(r->chat);
-      for (auto& e : r->messages) {
-        auto* m = out->add_messages();
-        m->set_chat_id(e.chat);
-        m->set_seq(e.seq);
-        m->set_message_id(e.id);
-        m->set_from(std::move(e.sender_name));
-        m->set_from_device(e.sender_device);
-        m->set_sent_at_ms(e.sent_at_ms);
-        m->set_payload(std::move(e.payload));
-        m->set_type(static_cast<v2::CipherType>(e.cipher_type));
-      }
+      for (const auto& e : r->messages) bus::to_wire(e, *out->add_messages());
       send(reply);
       break;
     }

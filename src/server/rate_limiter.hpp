@@ -68,7 +68,8 @@ struct request_limiters {
         bad_login_per_address(r.bad_login_per_address),
         key_fetch_per_device(r.key_fetch_per_device),
         send_per_device(r.send_per_device),
-        typing_per_device(r.typing_per_device) {}
+        typing_per_device(r.typing_per_device),
+        group_change_per_device(r.group_change_per_device) {}
 
   rate_limiter register_per_address;
   rate_limiter register_global;
@@ -76,6 +77,7 @@ struct request_limiters {
   rate_limiter key_fetch_per_device;
   rate_limiter send_per_device;
   rate_limiter typing_per_device;
+  rate_limiter group_change_per_device;
 };
 
 }  // namespace parley::server

@@ -97,10 +97,12 @@ struct server::impl {
       guards.emplace_back(contexts.back()->get_executor());
       lanes.push_back(std::make_unique<delivery_lane>(contexts.back()->get_executor()));
     }
+    merger = std::make_shared<group_receipts>(contexts.front()->get_executor(), *backend.store,
+                                              *backend.bus, cfg.group_receipts_interval);
     state = std::make_unique<shared_state>(shared_state{cfg, *backend.store, *backend.presence,
                                                         *backend.bus, stats,
                                                         websocket_options(cfg), admit, limiters,
-                                                        tls.get(), lanes});
+                                                        tls.get(), lanes, *merger});
   }
 
   static config prepared(config c) {
@@ -122,6 +124,7 @@ struct server::impl {
   std::unique_ptr<shared_state> state;
   std::vector<std::unique_ptr<asio::io_context>> contexts;
   std::vector<std::unique_ptr<delivery_lane>> lanes;  // one per context
+  std::shared_ptr<group_receipts> merger;  // its timer runs on contexts[0]: destroyed first
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   std::unique_ptr<listener> accept;
   std::unique_ptr<listener> accept_metrics;  // only with a metrics address

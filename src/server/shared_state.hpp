@@ -11,6 +11,7 @@
 #include "server/admission.hpp"
 #include "server/config.hpp"
 #include "server/delivery_lane.hpp"
+#include "server/group_receipts.hpp"
 #include "server/metrics.hpp"
 #include "server/rate_limiter.hpp"
 #include "server/tls_context.hpp"
@@ -31,6 +32,8 @@ struct shared_state {
   tls_context* tls;  // nullptr: plain ws:// and http:// on the main address
   // One per I/O thread (server owns them): see delivery_lane.
   std::vector<std::unique_ptr<delivery_lane>>& lanes;
+  // Merges groups' receipts (server owns it).
+  group_receipts& groups;
 
   // The lane of the I/O thread that runs `executor`.
   delivery_lane& lane_for(const boost::asio::any_io_executor& executor) {

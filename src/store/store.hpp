@@ -76,6 +76,19 @@ struct registration {
   device_id device = 0;
 };
 
+// parley.v2.GroupChange.
+enum class group_change : std::uint8_t {
+  create = 1, add = 2, remove = 3, promote = 4, demote = 5, rename = 6, leave = 7
+};
+
+// A group's system message (parley.v2.GroupEvent).
+struct group_event {
+  group_change change = group_change::create;
+  std::string user;                  // whom it is about (add .. leave)
+  std::string name;                  // create, rename
+  std::vector<std::string> members;  // create
+};
+
 // One entry of a chat log, as stored once and shared (read-only) by every push of it.
 struct chat_message {
   chat_id chat = 0;
@@ -87,6 +100,8 @@ struct chat_message {
   std::uint64_t sent_at_ms = 0;
   std::string payload;
   std::uint32_t cipher_type = 0;  // parley.v2.CipherType, stored and passed on as is
+  // Set on a group's system message (payload empty, cipher_type 0; sender 0 for the server).
+  std::shared_ptr<const group_event> event;
 };
 using shared_message = std::shared_ptr<const chat_message>;
 
@@ -100,7 +115,8 @@ struct send_request {
   user_id sender = 0;
   device_id sender_device = 0;
   std::string sender_name;
-  // The 1:1 chat: by id, or by the peer's username (created by its first message).
+  // A group or a 1:1 chat by id, or the 1:1 chat by the peer's username (created by its first
+  // message). A group takes cipher_type 4 (SENDER_KEY_MESSAGE) only, a 1:1 chat anything else.
   chat_ref to;
   std::string client_msg_id;
   std::string payload;
@@ -140,10 +156,76 @@ struct watermark {
   std::uint64_t stamp = 0;
 };
 
-// A watermark that moved, for one device to be told (a Receipt push).
+// A watermark that moved, for one device to be told (a Receipt push). In a group, mark.user
+// is empty: the lowest watermark of every other current member (see group_receipts).
 struct receipt_delivery {
   device_id device = 0;
   watermark mark;
+};
+
+// What ack() and mark_read() moved: receipts for 1:1 chats, to push now; the groups in which
+// the user's watermark moved, whose receipts are merged (store::group_receipts, at most once
+// per group per interval) instead of one push per member per ack.
+struct watermark_moves {
+  std::vector<receipt_delivery> receipts;
+  std::vector<chat_id> groups;
+};
+
+// A group as its members see it (parley.v2.GroupInfo).
+struct group_member {
+  user_id user = 0;
+  std::string username;
+  bool admin = false;
+  std::uint64_t joined_seq = 0;
+};
+struct group_info {
+  chat_id chat = 0;
+  std::string name;
+  std::vector<group_member> members;  // in order of joining
+};
+
+// A system message a group change appended, and the devices to push it to.
+struct group_push {
+  shared_message message;
+  std::vector<device_id> recipients;
+};
+
+struct create_group_request {
+  user_id creator = 0;
+  device_id creator_device = 0;
+  std::string creator_name;
+  std::string name;                  // already validated by the caller (1-64 bytes)
+  std::vector<std::string> members;  // usernames; the creator may be among them
+  std::size_t max_members = 1024;
+};
+
+struct group_change_request {
+  user_id actor = 0;
+  device_id actor_device = 0;
+  std::string actor_name;
+  chat_id chat = 0;
+  group_change change = group_change::add;  // add .. leave
+  std::string user;                         // add, remove, promote, demote
+  std::string name;                         // rename: already validated
+  std::size_t max_members = 1024;
+};
+
+// The outcome of a group's creation or change: the group after it, and what it appended
+// (nothing for a change that changed nothing: promoting an admin, demoting a non-admin).
+struct group_outcome {
+  group_info info;
+  std::vector<group_push> pushes;  // in seq order
+};
+
+// GetStatus: the status and the counts over the other current members who were members when
+// the message was sent; with detail, their names.
+struct status_report {
+  message_status status = message_status::sent;
+  std::uint32_t recipients = 0;
+  std::uint32_t delivered = 0;  // read included
+  std::uint32_t read = 0;
+  std::vector<std::string> delivered_to;  // detail only
+  std::vector<std::string> read_by;       // detail only
 };
 
 // Where a device stands in one of its chats.
@@ -228,24 +310,42 @@ class store {
   // errc::not_found if there is no such user.
   virtual void find_account(std::string username, completion<account> done) = 0;
 
-  // Appends a 1:1 message to the chat's log once per (sender_device, client_msg_id): a retry
+  // Appends a message to the chat's log once per (sender_device, client_msg_id): a retry
   // within the dedupe window returns the first result. errc::unknown_user if the peer does
   // not exist, errc::self_message if it is the sender, errc::not_found for a chat id the
-  // sender is not a member of.
+  // sender is not a member of, errc::invalid_argument for a cipher type the chat does not
+  // take (see send_request::to).
   virtual void send(send_request request, completion<send_outcome> done) = 0;
 
   // Moves the device's delivery cursors (never back). All or nothing: errc::not_found if the
-  // user is not a member of one of the chats, errc::invalid_argument if a seq is above its
-  // chat's head. Returns a receipt for every device of the other members for each chat in
-  // which the user's delivered watermark (the highest cursor of the user's devices) moved.
+  // user is not a member of one of the chats (a former group member may ack up to the event
+  // that removed it), errc::invalid_argument if a seq is above its chat's head. For each 1:1
+  // chat in which the user's delivered watermark (the highest cursor of the user's devices)
+  // moved, a receipt for every device of the other member; each such group in `groups`.
   virtual void ack(device_id device, user_id user, std::vector<cursor_update> cursors,
-                   completion<std::vector<receipt_delivery>> done) = 0;
+                   completion<watermark_moves> done) = 0;
 
   // Moves the reader's read mark in the chat to up_to (never back). errc::not_found if the
-  // reader is not a member, errc::invalid_argument if up_to is above the head. Returns READ
-  // receipts for every device of the other members if it moved.
+  // reader is not a member, errc::invalid_argument if up_to is above the head. If it moved:
+  // READ receipts for every device of the other member (1:1), or the group in `groups`.
   virtual void mark_read(user_id reader, chat_id chat, std::uint64_t up_to,
-                         completion<std::vector<receipt_delivery>> done) = 0;
+                         completion<watermark_moves> done) = 0;
+
+  // A group's merged receipts (a write, for its stamp): for each member whose view of the
+  // group's watermarks moved since the last call for it, a receipt per device, mark.user
+  // empty: the lowest delivered (read counts as delivered) and the lowest read watermark of
+  // every other current member. Nothing if none moved or it is no group.
+  virtual void group_receipts(chat_id chat, completion<std::vector<receipt_delivery>> done) = 0;
+
+  // Groups. create_group: errc::unknown_user for a member that does not exist,
+  // errc::group_full past max_members. change_group: errc::not_found if the actor is not a
+  // member (or the chat is no group), errc::not_admin, errc::not_member,
+  // errc::already_member, errc::group_full, errc::unknown_user, errc::invalid_argument
+  // (removing oneself: leave instead; demoting the last admin). All or nothing.
+  virtual void create_group(create_group_request request, completion<group_outcome> done) = 0;
+  virtual void change_group(group_change_request request, completion<group_outcome> done) = 0;
+  // errc::not_found unless `requester` is a member of the group.
+  virtual void get_group(user_id requester, chat_id chat, completion<group_info> done) = 0;
 
   // What the device must be sent after it authenticates (see device_backlog), given the
   // receipts stamp its client kept (parley.v2.Authenticate.receipts_since; 0 for none).
@@ -261,9 +361,9 @@ class store {
 
   // Status of the message at (chat, seq), which `requester` must have sent; errc::not_found
   // for any other. Read if every other member's read mark is at or above it, delivered if
-  // every other member's delivered watermark is.
-  virtual void status(user_id requester, chat_id chat, std::uint64_t seq,
-                      completion<message_status> done) = 0;
+  // every other member's delivered watermark is (over the members counted: status_report).
+  virtual void status(user_id requester, chat_id chat, std::uint64_t seq, bool detail,
+                      completion<status_report> done) = 0;
 
   // The chat's entries with seq < before (0: no bound), newest first, at most `limit` of them
   // and at most `max_bytes` of payload (at least one). errc::not_found if the requester is not

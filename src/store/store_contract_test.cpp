@@ -170,15 +170,23 @@ class store_contract : public ::testing::TestWithParam<backend> {
     return chat;
   }
 
-  result<std::vector<receipt_delivery>> ack(const person& p, std::vector<cursor_update> cursors) {
-    return wait_for<std::vector<receipt_delivery>>(
-        [&](auto done) { db_->ack(p.device, p.user, cursors, done); });
+  result<watermark_moves> ack_moves(const person& p, std::vector<cursor_update> cursors) {
+    return wait_for<watermark_moves>([&](auto done) { db_->ack(p.device, p.user, cursors, done); });
   }
-
+  result<watermark_moves> read_moves(const person& p, chat_id chat, std::uint64_t up_to) {
+    return wait_for<watermark_moves>([&](auto done) { db_->mark_read(p.user, chat, up_to, done); });
+  }
+  // The 1:1 receipts of an ack or a read (groups' are merged: group_receipts).
+  static result<std::vector<receipt_delivery>> receipts_of(result<watermark_moves> r) {
+    if (!r) return r.error();
+    return std::move(r->receipts);
+  }
+  result<std::vector<receipt_delivery>> ack(const person& p, std::vector<cursor_update> cursors) {
+    return receipts_of(ack_moves(p, std::move(cursors)));
+  }
   result<std::vector<receipt_delivery>> mark_read(const person& p, chat_id chat,
                                                   std::uint64_t up_to) {
-    return wait_for<std::vector<receipt_delivery>>(
-        [&](auto done) { db_->mark_read(p.user, chat, up_to, done); });
+    return receipts_of(read_moves(p, chat, up_to));
   }
 
   device_backlog backlog_of(const person& p, std::uint64_t receipts_since = 0) {
@@ -215,8 +223,15 @@ class store_contract : public ::testing::TestWithParam<backend> {
         [&](auto done) { db_->history(p.user, chat, before, limit, max_bytes, done); });
   }
 
+  result<status_report> report_of(const person& p, chat_id chat, std::uint64_t seq,
+                                  bool detail = false) {
+    return wait_for<status_report>(
+        [&](auto done) { db_->status(p.user, chat, seq, detail, done); });
+  }
   result<message_status> status_of(const person& p, chat_id chat, std::uint64_t seq) {
-    return wait_for<message_status>([&](auto done) { db_->status(p.user, chat, seq, done); });
+    auto r = report_of(p, chat, seq);
+    if (!r) return r.error();
+    return r->status;
   }
 
   result<std::vector<bool>> shared(const person& p, std::vector<std::string> names) {
@@ -1208,6 +1223,350 @@ TEST_P(store_contract, stopped_store_refuses_work) {
   auto d = wait_for<device>([&](auto done) { db_->find_device(alice.device, done); });
   EXPECT_EQ(d.error(), errc::shutting_down);
 }
+
+// --- groups ------------------------------------------------------------------------------------
+
+class store_groups : public store_contract {
+ protected:
+  result<group_outcome> create(const person& creator, std::vector<std::string> members,
+                               std::size_t max_members = 1024, const std::string& name = "g") {
+    create_group_request r{creator.user, creator.device, creator.name, name, std::move(members),
+                           max_members};
+    return wait_for<group_outcome>([&](auto done) { db_->create_group(r, done); });
+  }
+  result<group_outcome> change(const person& actor, chat_id chat, group_change what,
+                               const std::string& user = {}, const std::string& name = {},
+                               std::size_t max_members = 1024) {
+    group_change_request r{actor.user, actor.device, actor.name, chat, what, user, name,
+                           max_members};
+    return wait_for<group_outcome>([&](auto done) { db_->change_group(r, done); });
+  }
+  result<group_info> info(const person& p, chat_id chat) {
+    return wait_for<group_info>([&](auto done) { db_->get_group(p.user, chat, done); });
+  }
+  result<send_outcome> say(const person& from, chat_id chat, const std::string& id) {
+    return send(from, by_id(chat), id, "sk-" + id, 4);
+  }
+  std::vector<receipt_delivery> merged(chat_id chat) {
+    auto r = wait_for<std::vector<receipt_delivery>>(
+        [&](auto done) { db_->group_receipts(chat, done); });
+    EXPECT_TRUE(r);
+    return r ? *r : std::vector<receipt_delivery>{};
+  }
+  static std::vector<std::string> names(const group_info& g) {
+    std::vector<std::string> out;
+    for (const auto& m : g.members) out.push_back(m.username + (m.admin ? "*" : ""));
+    return out;
+  }
+  static std::vector<device_id> sorted_devices(std::vector<device_id> v) {
+    std::sort(v.begin(), v.end());
+    return v;
+  }
+};
+
+TEST_P(store_groups, creation_appends_one_event_and_pushes_it_to_every_other_member) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto carol = register_user("carol");
+  auto g = create(alice, {"bob", "carol", "bob", "alice"});  // repeats count once
+  ASSERT_TRUE(g);
+  EXPECT_EQ(names(g->info), (std::vector<std::string>{"alice*", "bob", "carol"}));
+  ASSERT_EQ(g->pushes.size(), 1u);
+  const auto& e = *g->pushes[0].message;
+  EXPECT_EQ(e.seq, 1u);
+  ASSERT_TRUE(e.event);
+  EXPECT_EQ(e.event->change, group_change::create);
+  EXPECT_EQ(e.event->members, (std::vector<std::string>{"alice", "bob", "carol"}));
+  EXPECT_EQ(e.sender_name, "alice");
+  EXPECT_EQ(sorted_devices(g->pushes[0].recipients),
+            sorted_devices({bob.device, carol.device}));
+  // Stored as it was pushed: the log holds the event, with its fields.
+  auto log = log_of(g->info.chat);
+  ASSERT_EQ(log.size(), 1u);
+  ASSERT_TRUE(log[0]->event);
+  EXPECT_EQ(log[0]->event->members, e.event->members);
+  // Everyone but the creator has it to fetch; the creator's device sent it.
+  EXPECT_EQ(described(backlog_of(bob).behind),
+            std::vector<std::string>{position(g->info.chat, 0, 1)});
+  EXPECT_EQ(create(alice, {"nobody"}).error(), errc::unknown_user);
+}
+
+TEST_P(store_groups, only_members_send_read_and_see_the_group) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto dave = register_user("dave");
+  auto g = create(alice, {"bob"});
+  ASSERT_TRUE(g);
+  const chat_id chat = g->info.chat;
+  auto m = say(bob, chat, "b1");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->seq, 2u);
+  EXPECT_EQ(m->recipients, std::vector<device_id>{alice.device});
+  EXPECT_EQ(say(dave, chat, "d1").error(), errc::not_found);
+  EXPECT_EQ(history(dave, by_id(chat)).error(), errc::not_found);
+  EXPECT_EQ(info(dave, chat).error(), errc::not_found);
+  EXPECT_EQ(change(dave, chat, group_change::leave).error(), errc::not_found);
+  EXPECT_EQ(ack(dave, {{chat, 1}}).error(), errc::not_found);
+  // A group takes sender-key messages only.
+  EXPECT_EQ(send(bob, by_id(chat), "b2", "x", 2).error(), errc::invalid_argument);
+  ASSERT_TRUE(info(bob, chat));
+  EXPECT_EQ(history(bob, by_id(chat))->messages.size(), 2u);
+}
+
+TEST_P(store_groups, admin_rules_hold_and_a_refused_change_applies_nothing) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto carol = register_user("carol");
+  register_user("dave");
+  auto g = create(alice, {"bob", "carol"});
+  ASSERT_TRUE(g);
+  const chat_id chat = g->info.chat;
+  EXPECT_EQ(change(bob, chat, group_change::add, "dave").error(), errc::not_admin);
+  EXPECT_EQ(change(bob, chat, group_change::remove, "carol").error(), errc::not_admin);
+  EXPECT_EQ(change(bob, chat, group_change::promote, "bob").error(), errc::not_admin);
+  EXPECT_EQ(change(bob, chat, group_change::rename, {}, "x").error(), errc::not_admin);
+  EXPECT_EQ(change(alice, chat, group_change::add, "bob").error(), errc::already_member);
+  EXPECT_EQ(change(alice, chat, group_change::remove, "dave").error(), errc::not_member);
+  EXPECT_EQ(change(alice, chat, group_change::add, "nobody").error(), errc::unknown_user);
+  EXPECT_EQ(change(alice, chat, group_change::remove, "alice").error(), errc::invalid_argument);
+  EXPECT_EQ(change(alice, chat, group_change::demote, "alice").error(), errc::invalid_argument)
+      << "the last admin cannot step down while members remain";
+  EXPECT_EQ(log_of(chat).size(), 1u) << "refusals append nothing";
+
+  auto promoted = change(alice, chat, group_change::promote, "bob");
+  ASSERT_TRUE(promoted);
+  EXPECT_EQ(names(promoted->info), (std::vector<std::string>{"alice*", "bob*", "carol"}));
+  EXPECT_EQ(change(alice, chat, group_change::promote, "bob")->pushes.size(), 0u)
+      << "promoting an admin changes nothing";
+  auto renamed = change(bob, chat, group_change::rename, {}, "new name");
+  ASSERT_TRUE(renamed);
+  EXPECT_EQ(renamed->info.name, "new name");
+  EXPECT_EQ(change(bob, chat, group_change::rename, {}, "new name")->pushes.size(), 0u)
+      << "the same name changes nothing";
+  auto demoted = change(bob, chat, group_change::demote, "alice");
+  ASSERT_TRUE(demoted);
+  EXPECT_EQ(names(demoted->info), (std::vector<std::string>{"alice", "bob*", "carol"}));
+  auto log = log_of(chat);
+  ASSERT_EQ(log.size(), 4u);
+  EXPECT_EQ(log[1]->event->change, group_change::promote);
+  EXPECT_EQ(log[2]->event->change, group_change::rename);
+  EXPECT_EQ(log[2]->event->name, "new name");
+  EXPECT_EQ(log[3]->event->change, group_change::demote);
+  EXPECT_EQ(log[3]->event->user, "alice");
+  EXPECT_EQ(names(*info(carol, chat)), names(demoted->info));
+}
+
+TEST_P(store_groups, the_member_limit_holds_and_a_full_group_refuses_the_next_add) {
+  auto alice = register_user("alice");
+  for (const char* n : {"bob", "carol", "dave", "erin"}) register_user(n);
+  EXPECT_EQ(create(alice, {"bob", "carol", "dave", "erin"}, 4).error(), errc::group_full);
+  auto g = create(alice, {"bob", "carol", "dave"}, 4);
+  ASSERT_TRUE(g);
+  const chat_id chat = g->info.chat;
+  EXPECT_EQ(change(alice, chat, group_change::add, "erin", {}, 4).error(), errc::group_full);
+  EXPECT_EQ(info(alice, chat)->members.size(), 4u);
+  EXPECT_EQ(log_of(chat).size(), 1u);
+  EXPECT_EQ(backlog_of(register_user("frank")).behind.size(), 0u);
+  ASSERT_TRUE(change(alice, chat, group_change::remove, "dave", {}, 4));
+  EXPECT_TRUE(change(alice, chat, group_change::add, "erin", {}, 4)) << "room again";
+}
+
+TEST_P(store_groups, the_last_admin_leaving_promotes_the_oldest_member) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto carol = register_user("carol");
+  auto g = create(alice, {"bob", "carol"});
+  ASSERT_TRUE(g);
+  const chat_id chat = g->info.chat;
+  auto left = change(alice, chat, group_change::leave);
+  ASSERT_TRUE(left);
+  EXPECT_EQ(names(left->info), (std::vector<std::string>{"bob*", "carol"}));
+  ASSERT_EQ(left->pushes.size(), 2u);
+  EXPECT_EQ(left->pushes[0].message->event->change, group_change::leave);
+  EXPECT_EQ(left->pushes[0].message->event->user, "alice");
+  EXPECT_EQ(sorted_devices(left->pushes[0].recipients),
+            sorted_devices({bob.device, carol.device}))
+      << "the leaver's own device sent it";
+  EXPECT_EQ(left->pushes[1].message->event->change, group_change::promote);
+  EXPECT_EQ(left->pushes[1].message->event->user, "bob");
+  EXPECT_EQ(left->pushes[1].message->sender, 0u) << "by the server";
+  EXPECT_EQ(sorted_devices(left->pushes[1].recipients),
+            sorted_devices({bob.device, carol.device}));
+  EXPECT_EQ(info(alice, chat).error(), errc::not_found);
+  // A group of one: the last member leaves and the group is empty.
+  auto solo = create(carol, {});
+  ASSERT_TRUE(solo);
+  auto own = say(carol, solo->info.chat, "alone");
+  ASSERT_TRUE(own);
+  EXPECT_TRUE(own->recipients.empty());
+  auto alone = report_of(carol, solo->info.chat, own->seq);
+  ASSERT_TRUE(alone);
+  EXPECT_EQ(alone->recipients, 0u);
+  EXPECT_EQ(alone->status, message_status::sent) << "nobody else has it";
+  auto gone = change(carol, solo->info.chat, group_change::leave);
+  ASSERT_TRUE(gone);
+  EXPECT_TRUE(gone->info.members.empty());
+  EXPECT_EQ(gone->pushes.size(), 1u);
+}
+
+TEST_P(store_groups, a_removed_member_gets_its_removal_and_nothing_after_it) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto carol = register_user("carol");
+  auto g = create(alice, {"bob", "carol"});
+  ASSERT_TRUE(g);
+  const chat_id chat = g->info.chat;
+  ASSERT_TRUE(say(alice, chat, "a1"));  // 2
+  auto removed = change(alice, chat, group_change::remove, "bob");  // 3
+  ASSERT_TRUE(removed);
+  EXPECT_EQ(sorted_devices(removed->pushes[0].recipients),
+            sorted_devices({bob.device, carol.device}))
+      << "the removed member is told";
+  auto after = say(alice, chat, "a2");  // 4
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->recipients, std::vector<device_id>{carol.device});
+  EXPECT_EQ(described(backlog_of(bob).behind),
+            std::vector<std::string>{position(chat, 0, 3)})
+      << "its drain stops at the removal";
+  EXPECT_TRUE(ack(bob, {{chat, 3}})) << "it may ack what it was sent";
+  EXPECT_EQ(ack(bob, {{chat, 4}}).error(), errc::not_found);
+  EXPECT_TRUE(backlog_of(bob).behind.empty());
+  EXPECT_TRUE(backlog_of(bob, backlog_of(bob).stamp).behind.empty());
+  EXPECT_EQ(history(bob, by_id(chat)).error(), errc::not_found);
+  EXPECT_EQ(say(bob, chat, "b1").error(), errc::not_found);
+  // Added again: from the add on, nothing of what was sent while it was out.
+  auto back = change(alice, chat, group_change::add, "bob");  // 5
+  ASSERT_TRUE(back);
+  EXPECT_EQ(described(backlog_of(bob).behind), std::vector<std::string>{position(chat, 4, 5)});
+}
+
+TEST_P(store_groups, a_late_joiner_starts_at_its_add_and_is_not_counted_for_older_messages) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto carol = register_user("carol");
+  auto g = create(alice, {"bob"});
+  ASSERT_TRUE(g);
+  const chat_id chat = g->info.chat;
+  auto old = say(alice, chat, "a1");  // 2
+  ASSERT_TRUE(old);
+  auto added = change(alice, chat, group_change::add, "carol");  // 3
+  ASSERT_TRUE(added);
+  EXPECT_EQ(added->info.members.back().joined_seq, 3u);
+  EXPECT_EQ(described(backlog_of(carol).behind), std::vector<std::string>{position(chat, 2, 3)});
+  auto r = report_of(alice, chat, old->seq);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->recipients, 1u) << "carol was not a member when it was sent";
+  auto fresh = say(alice, chat, "a2");  // 4
+  ASSERT_TRUE(fresh);
+  EXPECT_EQ(report_of(alice, chat, fresh->seq)->recipients, 2u);
+  // Its history starts at its add too: nothing from before it joined.
+  auto page = history(carol, by_id(chat));
+  ASSERT_TRUE(page);
+  EXPECT_EQ(seqs(*page), (std::vector<std::uint64_t>{4, 3}));
+  EXPECT_TRUE(history(carol, by_id(chat), 3)->messages.empty());
+  EXPECT_EQ(seqs(*history(bob, by_id(chat))), (std::vector<std::uint64_t>{4, 3, 2, 1}));
+}
+
+TEST_P(store_groups, status_counts_and_names_who_has_a_message_and_who_read_it) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto carol = register_user("carol");
+  auto dave = register_user("dave");
+  auto g = create(alice, {"bob", "carol", "dave"});
+  ASSERT_TRUE(g);
+  const chat_id chat = g->info.chat;
+  auto m = say(alice, chat, "a1");  // 2
+  ASSERT_TRUE(m);
+  auto r = report_of(alice, chat, 2, true);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, message_status::sent);
+  EXPECT_EQ(r->recipients, 3u);
+  EXPECT_EQ(r->delivered, 0u);
+  ASSERT_TRUE(ack(bob, {{chat, 2}}));
+  ASSERT_TRUE(ack(carol, {{chat, 2}}));
+  ASSERT_TRUE(read_moves(carol, chat, 2));
+  r = report_of(alice, chat, 2, true);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, message_status::sent);
+  EXPECT_EQ(r->delivered, 2u);
+  EXPECT_EQ(r->read, 1u);
+  EXPECT_EQ(sorted(r->delivered_to), (std::vector<std::string>{"bob", "carol"}));
+  EXPECT_EQ(r->read_by, std::vector<std::string>{"carol"});
+  EXPECT_TRUE(report_of(alice, chat, 2, false)->delivered_to.empty()) << "names on request";
+  ASSERT_TRUE(ack(dave, {{chat, 2}}));
+  EXPECT_EQ(status_of(alice, chat, 2).value(), message_status::delivered);
+  EXPECT_EQ(report_of(bob, chat, 2).error(), errc::not_found) << "only its sender asks";
+  EXPECT_EQ(report_of(alice, chat, 1).error(), errc::not_found) << "events have no status";
+}
+
+TEST_P(store_groups, receipts_are_merged_per_group_as_the_lowest_of_the_other_members) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto carol = register_user("carol");
+  auto g = create(alice, {"bob", "carol"});
+  ASSERT_TRUE(g);
+  const chat_id chat = g->info.chat;
+  ASSERT_TRUE(say(alice, chat, "a1"));  // 2
+  ASSERT_TRUE(say(alice, chat, "a2"));  // 3
+  auto moved = ack_moves(bob, {{chat, 3}});
+  ASSERT_TRUE(moved);
+  EXPECT_TRUE(moved->receipts.empty()) << "no receipt per member per ack";
+  EXPECT_EQ(moved->groups, std::vector<chat_id>{chat});
+  // Carol has nothing: alice and bob see 0 (nothing pushed); carol sees min(alice 0, bob 3).
+  auto first = merged(chat);
+  EXPECT_EQ(described(first), std::vector<std::string>{}) << "nobody's view moved above 0";
+  ASSERT_TRUE(ack(carol, {{chat, 2}}));
+  ASSERT_TRUE(ack(alice, {{chat, 3}}));
+  auto second = merged(chat);
+  // alice: min(bob 3, carol 2) = 2; bob: min(alice 3, carol 2) = 2; carol: min(3, 3) = 3.
+  EXPECT_EQ(described(second),
+            (std::vector<std::string>{receipt(alice.device, chat, "", message_status::delivered, 2),
+                                      receipt(bob.device, chat, "", message_status::delivered, 2),
+                                      receipt(carol.device, chat, "", message_status::delivered,
+                                              3)}));
+  for (const auto& d : second) EXPECT_GT(d.mark.stamp, 0u);
+  EXPECT_TRUE(merged(chat).empty()) << "unchanged: nothing again";
+  // A login sees the same merged marks.
+  EXPECT_EQ(described(backlog_of(alice).marks),
+            std::vector<std::string>{mark(chat, "", message_status::delivered, 2)});
+  auto since = backlog_of(alice).stamp;
+  ASSERT_TRUE(ack(carol, {{chat, 3}}));
+  ASSERT_TRUE(read_moves(bob, chat, 3));
+  ASSERT_TRUE(read_moves(carol, chat, 3));
+  auto third = merged(chat);
+  EXPECT_EQ(described(backlog_of(alice, since).marks),
+            (std::vector<std::string>{mark(chat, "", message_status::delivered, 3),
+                                      mark(chat, "", message_status::read, 3)}))
+      << "a login with a stamp gets the groups whose merged marks moved after it";
+}
+
+TEST_P(store_groups, system_messages_and_messages_share_one_order) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  register_user("carol");
+  auto g = create(alice, {"bob"});
+  ASSERT_TRUE(g);
+  const chat_id chat = g->info.chat;
+  ASSERT_TRUE(say(bob, chat, "b1"));
+  ASSERT_TRUE(change(alice, chat, group_change::add, "carol"));
+  ASSERT_TRUE(say(alice, chat, "a1"));
+  ASSERT_TRUE(change(alice, chat, group_change::rename, {}, "renamed"));
+  auto log = log_of(chat);
+  ASSERT_EQ(seqs(log), (std::vector<std::uint64_t>{1, 2, 3, 4, 5}));
+  std::vector<std::string> kinds;
+  for (const auto& m : log) kinds.push_back(m->event ? "event" : m->payload);
+  EXPECT_EQ(kinds, (std::vector<std::string>{"event", "sk-b1", "event", "sk-a1", "event"}));
+  // The order survives a restart.
+  reopen();
+  auto again = log_of(chat);
+  ASSERT_EQ(again.size(), 5u);
+  EXPECT_EQ(again[2]->event->user, "carol");
+  EXPECT_EQ(again[4]->event->name, "renamed");
+  EXPECT_EQ(names(*info(alice, chat)), (std::vector<std::string>{"alice*", "bob", "carol"}));
+}
+
+INSTANTIATE_TEST_SUITE_P(backends, store_groups, ::testing::ValuesIn(backends()),
+                         [](const auto& info) { return std::string(info.param.name); });
 
 INSTANTIATE_TEST_SUITE_P(backends, store_contract, ::testing::ValuesIn(backends()),
                          [](const auto& info) { return std::string(info.param.name); });

@@ -38,6 +38,14 @@ class category_impl final : public boost::system::error_category {
         return "invalid argument";
       case errc::unavailable:
         return "storage unavailable: writes are refused for now, retry later";
+      case errc::not_admin:
+        return "only the group's admins may do that";
+      case errc::group_full:
+        return "the group has the most members allowed";
+      case errc::not_member:
+        return "that user is not a member of the group";
+      case errc::already_member:
+        return "that user is a member of the group already";
     }
     return "unknown store error";
   }

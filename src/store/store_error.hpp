@@ -28,6 +28,12 @@ enum class errc {
   // A value breaks a rule only the store can check (an ack above the chat's last seq);
   // nothing of the request was applied.
   invalid_argument,
+  // Groups: a change only admins may make; a group that would exceed its member limit; a
+  // change about a user who is not (or already is) a member.
+  not_admin,
+  group_full,
+  not_member,
+  already_member,
 };
 
 const boost::system::error_category& store_category() noexcept;

@@ -61,6 +61,15 @@ std::optional<protocol_error> check_upload(const parley::v2::UploadKeys& u, cons
   return std::nullopt;
 }
 
+// A group's name: 1 to max_group_name_bytes bytes of UTF-8 (protobuf checks the UTF-8 of
+// string fields as it parses).
+std::optional<protocol_error> check_group_name(const std::string& name, const limits& l) {
+  if (name.empty() || name.size() > l.max_group_name_bytes) {
+    return invalid("name must be 1-" + std::to_string(l.max_group_name_bytes) + " bytes");
+  }
+  return std::nullopt;
+}
+
 // A chat named by exactly one of its id and (1:1) the peer's username.
 std::optional<protocol_error> check_chat(std::uint64_t chat_id, const std::string& peer,
                                          const char* field) {
@@ -94,12 +103,55 @@ std::optional<protocol_error> validate(const Frame& f, const limits& l) {
                               "payload is " + std::to_string(m.payload().size()) +
                                   " bytes; the limit is " + std::to_string(l.max_payload_bytes)};
       }
+      // Which of them the chat takes (1:1: SIGNAL / PREKEY; group: SENDER_KEY) is the
+      // store's check.
       if (m.type() != parley::v2::CIPHER_TYPE_SIGNAL_MESSAGE &&
-          m.type() != parley::v2::CIPHER_TYPE_PREKEY_MESSAGE) {
-        return invalid("type must be CIPHER_TYPE_SIGNAL_MESSAGE or CIPHER_TYPE_PREKEY_MESSAGE");
+          m.type() != parley::v2::CIPHER_TYPE_PREKEY_MESSAGE &&
+          m.type() != parley::v2::CIPHER_TYPE_SENDER_KEY_MESSAGE) {
+        return invalid(
+            "type must be CIPHER_TYPE_SIGNAL_MESSAGE, CIPHER_TYPE_PREKEY_MESSAGE or "
+            "CIPHER_TYPE_SENDER_KEY_MESSAGE");
+      }
+      if (!m.to().empty() && m.type() == parley::v2::CIPHER_TYPE_SENDER_KEY_MESSAGE) {
+        return invalid("a message to a user (`to`) cannot be CIPHER_TYPE_SENDER_KEY_MESSAGE");
       }
       return std::nullopt;
     }
+    case Frame::kCreateGroup: {
+      const auto& c = f.create_group();
+      if (auto e = check_group_name(c.name(), l)) return e;
+      // The creator may be listed, and names may repeat: the store counts the distinct
+      // members exactly; this only bounds the frame.
+      if (static_cast<std::size_t>(c.members_size()) > l.max_group_members) {
+        return protocol_error{parley::v2::ERROR_CODE_GROUP_FULL,
+                              "a group has at most " + std::to_string(l.max_group_members) +
+                                  " members, the creator included"};
+      }
+      for (const auto& m : c.members()) {
+        if (auto e = check_username(m, "members")) return e;
+      }
+      return std::nullopt;
+    }
+    case Frame::kUpdateGroup: {
+      const auto& u = f.update_group();
+      if (u.chat_id() == 0) return invalid("chat_id is required");
+      switch (u.change()) {
+        case parley::v2::GROUP_CHANGE_ADD:
+        case parley::v2::GROUP_CHANGE_REMOVE:
+        case parley::v2::GROUP_CHANGE_PROMOTE:
+        case parley::v2::GROUP_CHANGE_DEMOTE:
+          return check_username(u.user(), "user");
+        case parley::v2::GROUP_CHANGE_RENAME:
+          return check_group_name(u.name(), l);
+        case parley::v2::GROUP_CHANGE_LEAVE:
+          return std::nullopt;
+        default:
+          return invalid("change must be one of ADD, REMOVE, PROMOTE, DEMOTE, RENAME, LEAVE");
+      }
+    }
+    case Frame::kGetGroup:
+      if (f.get_group().chat_id() == 0) return invalid("chat_id is required");
+      return std::nullopt;
     case Frame::kUploadKeys:
       return check_upload(f.upload_keys(), l);
     case Frame::kFetchKeys:

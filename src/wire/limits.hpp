@@ -24,6 +24,8 @@ struct limits {
   std::size_t max_prekeys_per_upload = 100;
   std::size_t max_prekeys_held = 500;
   std::size_t prekeys_low_watermark = 20;  // below this after a fetch: PreKeysLow
+  std::size_t max_group_members = 1024;    // the creator included
+  std::size_t max_group_name_bytes = 64;
 };
 
 }  // namespace parley::wire

@@ -60,10 +60,18 @@ class cli : public ::testing::Test {
     return r;
   }
 
+  // A string field's value, its JSON escapes (\" and \\) undone ("" if there is none).
   static std::string field(const std::string& json, const std::string& key) {
     std::smatch m;
-    std::regex re("\"" + key + "\": \"([^\"]*)\"");
-    return std::regex_search(json, m, re) ? m[1].str() : "";
+    std::regex re("\"" + key + "\": \"((?:[^\"\\\\]|\\\\.)*)\"");
+    if (!std::regex_search(json, m, re)) return "";
+    std::string out;
+    const std::string raw = m[1].str();
+    for (std::size_t i = 0; i < raw.size(); ++i) {
+      if (raw[i] == '\\' && i + 1 < raw.size()) ++i;
+      out.push_back(raw[i]);
+    }
+    return out;
   }
   // A number field's digits ("" if there is none).
   static std::string number(const std::string& json, const std::string& key) {
@@ -222,7 +230,7 @@ TEST_F(cli, errors_a_person_understands) {
 
   auto usage = parley("alice", {"send", "bob"});
   EXPECT_EQ(usage.exit_code, 2);
-  EXPECT_NE(usage.err.find("usage: parley send USER TEXT"), std::string::npos) << usage.err;
+  EXPECT_NE(usage.err.find("usage: parley send CHAT TEXT"), std::string::npos) << usage.err;
 
   auto bad_name = parley("alice", {"send", "Bob!", "hi"});
   EXPECT_EQ(bad_name.exit_code, 2);
@@ -555,6 +563,93 @@ TEST_F(cli, a_server_url_with_a_bad_port_is_refused) {
   }
   // The same URL with the server's own port works.
   EXPECT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
+}
+
+// A group as its members use it: created with a name, then named by that name or its chat id
+// in send, sync, history, status, read and group info; a removed member is told and gets
+// nothing after it; only admins change the group.
+TEST_F(cli, a_group_by_name_or_id_from_create_to_removal) {
+  for (const std::string name : {"alice", "bob", "carol"})
+    ASSERT_EQ(parley(name, {"register", name}).exit_code, 0);
+  auto created = parley("alice", {"--json", "group", "create", "trio", "bob", "carol"});
+  ASSERT_EQ(created.exit_code, 0) << created.err;
+  const std::string chat = field(created.out, "chat_id");
+  ASSERT_FALSE(chat.empty()) << created.out;
+  EXPECT_EQ(field(created.out, "name"), "trio");
+  EXPECT_NE(created.out.find("\"members\": [\"alice\", \"bob\", \"carol\"]"), std::string::npos)
+      << created.out;
+
+  auto sent = parley("alice", {"--json", "send", "trio", "hello trio"});  // by its name
+  ASSERT_EQ(sent.exit_code, 0) << sent.err;
+  const std::string id = field(sent.out, "message_id");
+  EXPECT_EQ(field(sent.out, "chat_id"), chat);
+  EXPECT_EQ(field(sent.out, "group"), "trio");
+
+  for (const std::string member : {"bob", "carol"}) {
+    auto synced = parley(member, {"--json", "sync"});
+    ASSERT_EQ(synced.exit_code, 0) << synced.err;
+    const auto events = lines_with(synced.out, "\"type\": \"event\"");
+    ASSERT_EQ(events.size(), 1u) << synced.out;
+    EXPECT_EQ(field(events[0], "change"), "create");
+    EXPECT_EQ(field(events[0], "text"), "alice created the group \"trio\" with bob, carol");
+    const auto messages = lines_with(synced.out, "\"text\": \"hello trio\"");
+    ASSERT_EQ(messages.size(), 1u) << synced.out;
+    EXPECT_EQ(field(messages[0], "from"), "alice");
+    EXPECT_EQ(field(messages[0], "group"), "trio");
+    EXPECT_EQ(field(messages[0], "chat_id"), chat);
+    EXPECT_EQ(field(messages[0], "message_id"), id);
+  }
+  // Delivered to both; read by one.
+  ASSERT_EQ(parley("bob", {"read", "trio"}).exit_code, 0);
+  auto status = parley("alice", {"--json", "status", id, "--who"});
+  ASSERT_EQ(status.exit_code, 0) << status.err;
+  EXPECT_EQ(number(status.out, "recipients"), "2") << status.out;
+  EXPECT_EQ(number(status.out, "delivered"), "2") << status.out;
+  EXPECT_EQ(number(status.out, "read"), "1") << status.out;
+  EXPECT_NE(status.out.find("\"read_by\": [\"bob\"]"), std::string::npos) << status.out;
+  auto human = parley("alice", {"status", id});
+  EXPECT_NE(human.out.find("delivered to 2 of 2, read by 1"), std::string::npos) << human.out;
+
+  // Bob answers, by the chat id.
+  auto reply = parley("bob", {"--json", "send", chat, "hi from bob"});
+  ASSERT_EQ(reply.exit_code, 0) << reply.err;
+  auto at_alice = parley("alice", {"--json", "sync"});
+  EXPECT_EQ(lines_with(at_alice.out, "\"text\": \"hi from bob\"").size(), 1u) << at_alice.out;
+  auto history = parley("bob", {"history", "trio"});
+  EXPECT_NE(history.out.find("* alice created the group \"trio\""), std::string::npos)
+      << history.out;
+  EXPECT_NE(history.out.find("alice: hello trio"), std::string::npos) << history.out;
+  EXPECT_NE(history.out.find("bob: hi from bob"), std::string::npos) << history.out;
+  EXPECT_EQ(parley("bob", {"history", "alice"}).out, "");  // no group message in the 1:1 chat
+
+  auto info = parley("carol", {"--json", "group", "info", "trio"});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_EQ(field(info.out, "name"), "trio");
+  EXPECT_NE(info.out.find("\"admins\": [\"alice\"]"), std::string::npos) << info.out;
+
+  // Only admins change the group.
+  auto refused = parley("bob", {"group", "remove", "trio", "carol"});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("admins"), std::string::npos) << refused.err;
+
+  // Carol is removed: she is told, and what follows does not reach her.
+  ASSERT_EQ(parley("alice", {"group", "remove", "trio", "carol"}).exit_code, 0);
+  ASSERT_EQ(parley("alice", {"send", "trio", "after carol"}).exit_code, 0);
+  auto at_carol = parley("carol", {"--json", "sync"});
+  ASSERT_EQ(at_carol.exit_code, 0) << at_carol.err;
+  const auto removal = lines_with(at_carol.out, "\"type\": \"event\"");
+  ASSERT_EQ(removal.size(), 1u) << at_carol.out;
+  EXPECT_EQ(field(removal[0], "change"), "remove");
+  EXPECT_EQ(field(removal[0], "user"), "carol");
+  EXPECT_EQ(at_carol.out.find("after carol"), std::string::npos) << at_carol.out;
+  auto at_bob = parley("bob", {"--json", "sync"});
+  EXPECT_EQ(lines_with(at_bob.out, "\"text\": \"after carol\"").size(), 1u) << at_bob.out;
+  auto outside = parley("carol", {"send", "trio", "let me back"});
+  EXPECT_EQ(outside.exit_code, 1);
+  EXPECT_NE(outside.err.find("no longer a member"), std::string::npos) << outside.err;
+
+  // A name that is no group and no username is refused before anything is sent.
+  EXPECT_EQ(parley("alice", {"send", "No Such Group", "x"}).exit_code, 2);
 }
 
 }  // namespace

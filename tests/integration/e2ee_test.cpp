@@ -1,7 +1,7 @@
 // End-to-end encryption through a real parleyd: sessions set up from the prekey service,
 // messages both ways (crossing first messages, out-of-order and lost ones), reinstalls, prekey
-// exhaustion and concurrent fetches, the server's key checks, and no plaintext on the server's
-// disk or on the wire.
+// exhaustion and concurrent fetches, the server's key checks, groups with sender keys and their
+// rotation when a member is removed, and no plaintext on the server's disk or on the wire.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -16,6 +16,7 @@
 #include "client/padding.hpp"
 #include "e2ee/library_context.hpp"
 #include "e2ee/signal_engine.hpp"
+#include "parley/content/v1/content.pb.h"
 #include "recording_relay.hpp"
 #include "temp_dir.hpp"
 #include "test_client.hpp"
@@ -24,6 +25,7 @@ namespace parley::test {
 namespace {
 
 namespace fs = std::filesystem;
+namespace content = parley::content;
 
 // An SDK user with its own local store (a real SQLite file) and messenger.
 struct secure_user {
@@ -37,7 +39,8 @@ struct secure_user {
   void open_store() {
     messenger.reset();
     store = std::make_unique<client::local_store>(file);
-    messenger = std::make_unique<client::messenger>(conn.api(), *store, lib_, conn.username);
+    messenger = std::make_unique<client::messenger>(conn.api(), *store, lib_, conn.username,
+                                                    conn.device_id);
   }
   void publish() {
     auto r = conn.run(messenger->publish_keys(conn.authenticated));
@@ -87,6 +90,44 @@ struct secure_user {
     }
     return out;
   }
+  // Opens pushes as they come (as a device does: each chat's Envelopes in order, the chats
+  // interleaved) and acks each, until `texts` entries were gathered (at most 10 s), then until
+  // 200 ms pass without a push. Entries: readable texts, "* " + an event's description, "!" +
+  // a problem; a group message kept for its key comes when the key does (take_released).
+  // Sender keys and pending messages add no entry. Every Envelope is kept in `seen`.
+  std::vector<std::string> collect(std::size_t texts) {
+    std::vector<std::string> out;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (;;) {
+      const bool waiting = out.size() < texts && std::chrono::steady_clock::now() < deadline;
+      auto f = conn.run(conn.api().next_push(waiting ? std::chrono::milliseconds(10'000)
+                                                     : std::chrono::milliseconds(200)));
+      if (!f) break;
+      if (!f->has_envelope()) continue;
+      const auto& e = f->envelope();
+      seen.push_back(e);
+      auto opened = messenger->open(e);
+      EXPECT_NE(opened.what, client::opened_message::kind::not_stored) << opened.problem;
+      if (opened.what == client::opened_message::kind::text) out.push_back(opened.text);
+      if (opened.what == client::opened_message::kind::event) out.push_back("* " + opened.text);
+      if (opened.what == client::opened_message::kind::undecryptable)
+        out.push_back("!" + opened.problem);
+      for (const auto& m : messenger->take_released())
+        out.push_back(m.problem.empty() ? m.text : "!" + m.problem);
+      client::ack_batch acks;
+      acks.add(e, opened);
+      while (!acks.empty()) {
+        auto r = conn.run(conn.api().ack(acks.take()));
+        EXPECT_TRUE(r) << client::describe(r.error());
+      }
+    }
+    return out;
+  }
+  client::group_sent say_to_group(std::uint64_t chat_id, const std::string& text) {
+    auto r = conn.run(messenger->send_group(chat_id, text, next_id()));
+    EXPECT_TRUE(r) << client::describe(r.error());
+    return r ? *r : client::group_sent{};
+  }
   // Applies the Receipts pushed (to this account's messenger) until one says `status` up to
   // at least `up_to_seq` (true), or 10 s pass (false).
   bool await_receipt(v2::MessageStatus status, std::uint64_t up_to_seq) {
@@ -111,8 +152,13 @@ struct secure_user {
   fs::path file;
   std::unique_ptr<client::local_store> store;
   std::unique_ptr<client::messenger> messenger;
+  std::vector<v2::Envelope> seen;  // every Envelope collect() opened
   int ids_ = 0;
 };
+
+bool has(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
 
 class e2ee_test : public ::testing::Test {
  protected:
@@ -303,7 +349,9 @@ TEST_F(e2ee_test, a_forged_first_message_leaves_no_trace_but_a_real_new_key_is_s
   auto bundle = client::from_wire(keys->bundles(0));
   ASSERT_TRUE(bundle && bundle->one_time_prekey);
   ASSERT_TRUE(eve.process_bundle(*bundle));
-  auto forged = eve.encrypt("bob", bundle->device, client::pad("pwned"));
+  content::v1::Content pwned;
+  pwned.set_text("pwned");
+  auto forged = eve.encrypt("bob", bundle->device, client::pad(pwned.SerializeAsString()));
   ASSERT_TRUE(forged);
   ASSERT_EQ(forged->type, e2ee::message_type::prekey);
   v2::Envelope envelope;
@@ -529,6 +577,124 @@ TEST_F(e2ee_test, the_server_refuses_bad_keys_with_typed_errors) {
   auto early = anonymous.run(anonymous.api().fetch_keys("bob"));
   ASSERT_FALSE(early);
   EXPECT_EQ(early.error().code, v2::ERROR_CODE_UNAUTHENTICATED);
+}
+
+// Three users in a group: each message is encrypted once with its sender's key, which the
+// others got in their 1:1 chats. After the admin removes carol, the next message is made with
+// a new key that only bob gets: carol's own real key store cannot open it, not even with the
+// key she held before (restored), while bob reads it.
+TEST_F(e2ee_test, group_messages_use_sender_keys_and_a_removal_rotates_them) {
+  auto alice = user("alice");
+  auto bob = user("bob");
+  auto carol = user("carol");
+  auto created =
+      alice->conn.run(alice->messenger->create_group("trio", {"bob", "carol"}));
+  ASSERT_TRUE(created) << client::describe(created.error());
+  const std::uint64_t chat = created->chat_id();
+  ASSERT_NE(chat, 0u);
+  EXPECT_EQ(created->members_size(), 3);
+  ASSERT_TRUE(alice->store->group(chat));
+  EXPECT_EQ(alice->store->group(chat)->name, "trio");
+
+  const auto first = alice->say_to_group(chat, "hello trio");
+  EXPECT_TRUE(first.not_reached.empty());
+  EXPECT_EQ(first.result.chat_id(), chat);
+  const std::string created_line = "* alice created the group \"trio\" with bob, carol";
+  for (auto* member : {bob.get(), carol.get()}) {
+    const auto got = member->collect(2);
+    EXPECT_TRUE(has(got, created_line)) << member->conn.username;
+    EXPECT_TRUE(has(got, "hello trio")) << member->conn.username;
+    ASSERT_TRUE(member->store->group(chat));
+    EXPECT_EQ(member->store->group(chat)->name, "trio");
+    EXPECT_TRUE(member->store->pending_in(chat).empty());
+  }
+  // One ciphertext for the group, the same at bob's and carol's: a SenderKeyMessage.
+  auto group_payload = [&](secure_user& u, std::uint64_t message_id) {
+    for (const auto& e : u.seen) {
+      if (e.message_id() == message_id) {
+        EXPECT_EQ(e.type(), v2::CIPHER_TYPE_SENDER_KEY_MESSAGE);
+        EXPECT_EQ(e.chat_id(), chat);
+        return e.payload();
+      }
+    }
+    ADD_FAILURE() << u.conn.username << " was not pushed message " << message_id;
+    return std::string();
+  };
+  EXPECT_EQ(group_payload(*bob, first.result.message_id()),
+            group_payload(*carol, first.result.message_id()));
+
+  // Everybody speaks; everybody reads the others.
+  bob->say_to_group(chat, "bob here");
+  carol->say_to_group(chat, "carol here");
+  auto at_alice = alice->collect(3);  // her own CREATE event, bob's and carol's messages
+  EXPECT_TRUE(has(at_alice, "bob here"));
+  EXPECT_TRUE(has(at_alice, "carol here"));
+  EXPECT_TRUE(has(bob->collect(1), "carol here"));
+  EXPECT_TRUE(has(carol->collect(1), "bob here"));
+  // The history of the group, at bob's: every message with its sender, in the chat's order.
+  const auto history = bob->store->chat_history(chat, 20);
+  std::vector<std::string> lines;
+  for (const auto& m : history) lines.push_back(m.peer + ": " + m.text);
+  EXPECT_EQ(lines, (std::vector<std::string>{
+                       "alice: alice created the group \"trio\" with bob, carol",
+                       "alice: hello trio", "bob: bob here", "carol: carol here"}));
+
+  // What carol holds of alice's current key, before she is removed.
+  const auto group = e2ee::group_of(chat);
+  const auto alice_device = static_cast<std::int32_t>(alice->conn.device_id);
+  const auto carol_copy = carol->store->sender_key(group, "alice", alice_device);
+  ASSERT_TRUE(carol_copy);
+
+  auto removed = alice->conn.run(
+      alice->messenger->update_group(chat, v2::GROUP_CHANGE_REMOVE, "carol"));
+  ASSERT_TRUE(removed) << client::describe(removed.error());
+  EXPECT_EQ(removed->members_size(), 2);
+  const auto after = alice->say_to_group(chat, "carol cannot read this");
+
+  // Bob reads it (the removal, then the new key in his 1:1 chat with alice, then the message).
+  const auto at_bob = bob->collect(2);
+  EXPECT_TRUE(has(at_bob, "* alice removed carol"));
+  EXPECT_TRUE(has(at_bob, "carol cannot read this"));
+  // Carol gets the event about herself and nothing after it; her device forgets the group's
+  // keys.
+  const auto at_carol = carol->collect(1);
+  EXPECT_EQ(at_carol, std::vector<std::string>{"* alice removed carol"});
+  EXPECT_FALSE(carol->store->group(chat)->member);
+  EXPECT_FALSE(carol->store->sender_key(group, "alice", alice_device));
+
+  // The ciphertext as bob was pushed it, fed to carol's engine: not with her store as it is,
+  // and not with alice's old key put back either: it was made with a new one.
+  const auto payload = group_payload(*bob, after.result.message_id());
+  ASSERT_FALSE(payload.empty());
+  const e2ee::group_sender from_alice{group, "alice", alice_device};
+  auto opened = carol->messenger->engine().group_decrypt(from_alice, payload);
+  ASSERT_FALSE(opened);
+  EXPECT_EQ(opened.error(), e2ee::errc::no_sender_key);
+  carol->store->put_sender_key(group, "alice", alice_device, *carol_copy);
+  opened = carol->messenger->engine().group_decrypt(from_alice, payload);
+  ASSERT_FALSE(opened);
+  EXPECT_EQ(opened.error(), e2ee::errc::no_sender_key);
+  // While the key she had still opens what was sent before (the first message, which her
+  // device already used: a duplicate, proving it is the key of that message).
+  opened = carol->messenger->engine().group_decrypt(
+      from_alice, group_payload(*carol, first.result.message_id()));
+  ASSERT_FALSE(opened);
+  EXPECT_EQ(opened.error(), e2ee::errc::duplicate_message);
+
+  // The server refuses carol's messages to the group now (she is no longer a member).
+  auto refused = carol->conn.run(carol->messenger->send_group(chat, "let me in", "x1"));
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code, v2::ERROR_CODE_NOT_FOUND);
+
+  // The status of alice's first message counts the current members who were members when it
+  // was sent: bob, who has it (collect acked it).
+  auto status = alice->conn.run(
+      alice->conn.api().status_result(chat, first.result.seq(), /*detail=*/true));
+  ASSERT_TRUE(status) << client::describe(status.error());
+  EXPECT_EQ(status->recipients(), 1u);
+  EXPECT_EQ(status->delivered(), 1u);
+  ASSERT_EQ(status->delivered_to_size(), 1);
+  EXPECT_EQ(status->delivered_to(0), "bob");
 }
 
 TEST_F(e2ee_test, no_plaintext_on_the_servers_disk_or_on_the_wire) {

@@ -1,6 +1,7 @@
 #include "bus/local/local_bus.hpp"
 
 #include <algorithm>
+#include <unordered_map>
 #include <vector>
 
 namespace parley::bus {
@@ -40,22 +41,29 @@ std::shared_ptr<endpoint> local_bus::find(device_id device) const {
 }
 
 void local_bus::deliver_message(const std::vector<device_id>& devices, shared_envelope e) {
-  for (device_id d : devices) {
-    if (auto ep = find(d)) ep->push_message(e);
+  // One lock for the whole list (a group's fan-out names up to 1,024 members' devices), and
+  // the pushes outside it.
+  std::vector<std::shared_ptr<endpoint>> targets;
+  targets.reserve(devices.size());
+  {
+    std::lock_guard lock(mutex_);
+    for (device_id d : devices) {
+      auto it = devices_.find(d);
+      if (it == devices_.end()) continue;
+      if (auto ep = it->second.ep.lock()) targets.push_back(std::move(ep));
+    }
   }
+  for (auto& ep : targets) ep->push_message(e);
 }
 
 void local_bus::deliver_receipts(const std::vector<store::receipt_delivery>& receipts) {
   // One push per device, carrying every watermark bound there, in the order given.
   std::vector<std::pair<device_id, std::vector<store::watermark>>> by_device;
+  std::unordered_map<device_id, std::size_t> index;  // device -> its place in by_device
   for (const auto& r : receipts) {
-    auto it = std::find_if(by_device.begin(), by_device.end(),
-                           [&](const auto& p) { return p.first == r.device; });
-    if (it == by_device.end()) {
-      by_device.emplace_back(r.device, std::vector<store::watermark>{});
-      it = std::prev(by_device.end());
-    }
-    it->second.push_back(r.mark);
+    auto [it, added] = index.try_emplace(r.device, by_device.size());
+    if (added) by_device.emplace_back(r.device, std::vector<store::watermark>{});
+    by_device[it->second].second.push_back(r.mark);
   }
   for (auto& [device, marks] : by_device) {
     if (auto ep = find(device)) ep->push_receipts(std::move(marks));

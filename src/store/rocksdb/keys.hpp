@@ -4,12 +4,15 @@
 //
 //   column family   key                                  value
 //   default         "meta/..."                           counters, Snowflake high-water mark
+//   default         "group_marks/" | be64 chat_id        a group's last merged watermarks
 //   accounts        username                             be64 user_id
 //   users           be64 user_id                         UserRecord
 //   devices         be64 device_id                       DeviceRecord
 //   chats           be64 chat_id                         ChatRecord (kind, members)
 //   direct_chats    be64 smaller user | be64 larger      be64 chat_id (the pair's 1:1 chat)
-//   user_chats      be64 user_id | be64 chat_id          empty (the user's chats)
+//   user_chats      be64 user_id | be64 chat_id          the user's chats: "" a 1:1 chat, "g" a
+//                                                        group, "g" | be64 seq a group the user
+//                                                        left or was removed from at that seq
 //   messages        be64 chat_id | be64 seq              StoredMessage (the chat log)
 //   cursors         be64 chat | be64 user | be64 device  be64 seq: the device has the chat up to it
 //   read_marks      be64 chat | be64 user                be64 seq: the user has read up to it
@@ -75,6 +78,10 @@ inline stack_key read_mark(std::uint64_t chat, std::uint64_t user) {
 }
 inline stack_key dedupe(std::uint64_t device, std::string_view client_msg_id) {
   return stack_key().be64(device).bytes(client_msg_id);
+}
+
+inline stack_key group_marks(std::uint64_t chat) {
+  return stack_key().bytes("group_marks/").be64(chat);
 }
 
 inline constexpr std::string_view meta_next_user = "meta/next_user_id";

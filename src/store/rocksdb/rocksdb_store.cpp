@@ -60,6 +60,9 @@ constexpr const char* cf_names[cf_count] = {
 
 rocksdb::Slice slice(std::string_view s) { return {s.data(), s.size()}; }
 
+// parley.v2.CIPHER_TYPE_SENDER_KEY_MESSAGE: what a group takes.
+constexpr std::uint32_t sender_key_cipher_type = 4;
+
 // The requests of one group commit: their writes, what later requests of the same group must
 // see of them (the overlay: column family byte + key -> value, nullopt for a delete), and
 // what to run once the group is durable. `undo` holds, for the request being applied, how to
@@ -97,6 +100,10 @@ void stamp_receipts(result<std::vector<receipt_delivery>>& r, std::uint64_t stam
   if (!r) return;
   for (auto& d : *r) d.mark.stamp = stamp;
 }
+void stamp_receipts(result<watermark_moves>& r, std::uint64_t stamp) {
+  if (!r) return;
+  for (auto& d : r->receipts) d.mark.stamp = stamp;
+}
 
 std::string overlay_key(std::size_t family, std::string_view key) {
   std::string k(1, static_cast<char>(family));
@@ -111,10 +118,81 @@ struct cached_user {
 };
 
 // A chat as the writer needs it: its members and its head (last seq), which the writer alone
-// moves. Cached; the head is recovered from the log's last key.
+// moves. Cached; the head is recovered from the log's last key. A group also keeps what its
+// record holds (name, admins, when each member joined).
 struct cached_chat {
   std::vector<std::uint64_t> members;
   std::uint64_t head = 0;
+  bool group = false;
+  std::string name;
+  std::vector<std::uint64_t> admins;
+  std::vector<std::uint64_t> joined;  // per member: the seq of the event that added it
+  std::uint64_t created_ms = 0;
+  bool is_member(std::uint64_t user) const {
+    return std::find(members.begin(), members.end(), user) != members.end();
+  }
+  bool is_admin(std::uint64_t user) const {
+    return std::find(admins.begin(), admins.end(), user) != admins.end();
+  }
+};
+
+// A group's merged watermarks as last pushed (group_receipts): the lowest delivered and read
+// watermark of its members, who holds it, and the lowest of the others (what that member sees).
+struct group_marks {
+  std::uint64_t delivered = 0, delivered_holder = 0, delivered_next = 0;
+  std::uint64_t read = 0, read_holder = 0, read_next = 0;
+  bool operator==(const group_marks&) const = default;
+  // What `user` sees: the lowest of every member but itself.
+  std::uint64_t delivered_for(std::uint64_t user) const {
+    return user == delivered_holder ? delivered_next : delivered;
+  }
+  std::uint64_t read_for(std::uint64_t user) const {
+    return user == read_holder ? read_next : read;
+  }
+};
+
+// The lowest of `values` (per member, parallel to `members`), who holds it, and the lowest of
+// the rest; UINT64_MAX where there is none.
+void lowest_two(const std::vector<std::uint64_t>& members, const std::vector<std::uint64_t>& values,
+                std::uint64_t& low, std::uint64_t& holder, std::uint64_t& next) {
+  low = UINT64_MAX;
+  holder = 0;
+  next = UINT64_MAX;
+  for (std::size_t i = 0; i < members.size(); ++i) {
+    if (values[i] < low) {
+      next = low;
+      low = values[i];
+      holder = members[i];
+    } else if (values[i] < next) {
+      next = values[i];
+    }
+  }
+}
+
+// A user's entry in user_chats: whether the chat is a group, and for a group the user left
+// or was removed from, the seq of that event (the last the user may get).
+struct membership {
+  bool group = false;
+  std::uint64_t until = 0;  // 0: a member now
+};
+std::string membership_value(const membership& m) {
+  if (!m.group) return {};
+  std::string v = "g";
+  if (m.until != 0) v.append(keys::be64(m.until).view());
+  return v;
+}
+std::optional<membership> parse_membership(std::string_view v) {
+  if (v.empty()) return membership{};
+  if (v[0] != 'g') return std::nullopt;
+  if (v.size() == 1) return membership{true, 0};
+  if (v.size() != 9) return std::nullopt;
+  return membership{true, read_be64(v, 1)};
+}
+
+// A user's chat as a login reads it.
+struct user_chat {
+  std::uint64_t chat = 0;
+  membership member;
 };
 
 template <class Record>
@@ -306,7 +384,8 @@ struct rocksdb_store::impl {
   // cursors, read marks), so their writes skip the overlay: no copy of the value, no hash
   // insert.
   static constexpr bool read_in_group(cf family) {
-    return family == cf_accounts || family == cf_dedupe || family == cf_device_keys;
+    return family == cf_accounts || family == cf_dedupe || family == cf_device_keys ||
+           family == cf_user_chats;
   }
   void put(group& g, cf family, std::string_view key, std::string_view value) {
     g.batch.Put(cfs[family], slice(key), slice(value));
@@ -469,6 +548,14 @@ struct rocksdb_store::impl {
     auto& c = chats[chat];
     c.members.assign((*record)->members().begin(), (*record)->members().end());
     c.head = *head;
+    c.created_ms = (*record)->created_ms();
+    if ((*record)->kind() == pb::ChatRecord::KIND_GROUP) {
+      c.group = true;
+      c.name = (*record)->name();
+      c.admins.assign((*record)->admins().begin(), (*record)->admins().end());
+      c.joined.assign((*record)->joined_seq().begin(), (*record)->joined_seq().end());
+      c.joined.resize(c.members.size(), 1);
+    }
     return &c;
   }
 
@@ -547,12 +634,133 @@ struct rocksdb_store::impl {
     return {};
   }
 
+  // --- groups (writer thread) ---
+
+  // The user's entry for a chat in user_chats (through the overlay): nullopt if the user never
+  // was in it.
+  result<std::optional<membership>> membership_in(group& g, std::uint64_t user,
+                                                  std::uint64_t chat) {
+    std::string v;
+    auto s = get(g, cf_user_chats, keys::user_chat(user, chat).view(), &v);
+    if (s.IsNotFound()) return std::optional<membership>();
+    if (!s.ok()) return errc::io_error;
+    auto m = parse_membership(v);
+    if (!m) return errc::corrupt;
+    return m;
+  }
+
+  // Writes a group's record from its cached state.
+  void put_group_record(group& g, std::uint64_t chat, const cached_chat& c) {
+    pb::ChatRecord record;
+    record.set_kind(pb::ChatRecord::KIND_GROUP);
+    for (auto m : c.members) record.add_members(m);
+    for (auto a : c.admins) record.add_admins(a);
+    for (auto j : c.joined) record.add_joined_seq(j);
+    record.set_name(c.name);
+    record.set_created_ms(c.created_ms);
+    put(g, cf_chats, keys::be64(chat).view(), record.SerializeAsString());
+  }
+
+  // Appends a group's system message at the chat's next seq.
+  shared_message append_event(group& g, std::uint64_t chat, cached_chat& c, std::uint64_t sender,
+                              std::uint64_t sender_device, const std::string& sender_name,
+                              group_event event, std::uint64_t now) {
+    const std::uint64_t seq = c.head + 1;
+    const std::uint64_t id = next_id(g, now);
+    pb::StoredMessage stored;
+    stored.set_message_id(id);
+    stored.set_sender_user(sender);
+    stored.set_sender_device(sender_device);
+    stored.set_sender_name(sender_name);
+    stored.set_sent_at_ms(now);
+    auto* e = stored.mutable_event();
+    e->set_change(static_cast<std::uint32_t>(event.change));
+    e->set_user(event.user);
+    e->set_name(event.name);
+    for (const auto& m : event.members) e->add_members(m);
+    put(g, cf_messages, keys::message(chat, seq), stored.SerializeAsString());
+    const std::uint64_t before = c.head;
+    c.head = seq;
+    g.appended.push_back(chat);
+    g.undo.push_back([this, &g, chat, before] {
+      if (auto it = chats.find(chat); it != chats.end()) it->second.head = before;
+      g.appended.pop_back();
+    });
+    auto m = std::make_shared<chat_message>();
+    m->chat = chat;
+    m->seq = seq;
+    m->id = id;
+    m->sender = sender;
+    m->sender_device = sender_device;
+    m->sender_name = sender_name;
+    m->sent_at_ms = now;
+    m->event = std::make_shared<const group_event>(std::move(event));
+    return m;
+  }
+
+  // Every device of the chat's members but `except` (the sending device), each noted in the
+  // login index as having the message at `seq`.
+  result<std::vector<std::uint64_t>> member_devices(group& g, const cached_chat& c,
+                                                    std::uint64_t chat, std::uint64_t seq,
+                                                    std::uint64_t except) {
+    std::vector<std::uint64_t> out;
+    out.reserve(c.members.size());
+    for (std::uint64_t member : c.members) {
+      auto owner = user_record(member);
+      if (!owner) return owner.error();
+      for (std::uint64_t device : (*owner)->devices) {
+        if (device == except) continue;
+        out.push_back(device);
+        g.logins.push_back({login_index::change::kind::message, device, chat, seq});
+      }
+    }
+    return out;
+  }
+
+  result<group_info> info_of(std::uint64_t chat, const cached_chat& c) {
+    group_info info;
+    info.chat = chat;
+    info.name = c.name;
+    info.members.reserve(c.members.size());
+    for (std::size_t i = 0; i < c.members.size(); ++i) {
+      auto u = user_record(c.members[i]);
+      if (!u) return u.error();
+      info.members.push_back(
+          {c.members[i], (*u)->username, c.is_admin(c.members[i]), c.joined[i]});
+    }
+    return info;
+  }
+
+  // The writer's view of a group's watermarks now: delivered (read counts as delivered) and
+  // read, lowest and next lowest over its current members.
+  result<group_marks> current_group_marks(std::uint64_t chat, const cached_chat& c) {
+    std::vector<std::uint64_t> delivered, read;
+    delivered.reserve(c.members.size());
+    read.reserve(c.members.size());
+    for (std::uint64_t member : c.members) {
+      auto d = delivered_of(chat, member);
+      if (!d) return d.error();
+      auto r = read_mark_of(chat, member);
+      if (!r) return r.error();
+      delivered.push_back(std::max(*d, *r));
+      read.push_back(*r);
+    }
+    group_marks m;
+    lowest_two(c.members, delivered, m.delivered, m.delivered_holder, m.delivered_next);
+    lowest_two(c.members, read, m.read, m.read_holder, m.read_next);
+    return m;
+  }
+  // Groups' merged watermarks as last pushed (group_receipts); forgotten with the caches (the
+  // next call pushes them again, which receivers apply as a maximum).
+  std::unordered_map<std::uint64_t, group_marks> pushed_group_marks;
+
   // Calls fn on each cache.
   template <class Fn>
   void each_cache(Fn fn) {
     fn(user_ids);
     fn(users);
     fn(chats);
+    fn(pushed_group_marks);
     fn(direct_chats);
     fn(cursors);
     fn(read_marks);
@@ -665,6 +873,14 @@ struct rocksdb_store::impl {
                                       std::string_view bytes) {
     pb::StoredMessage m;
     if (!parse(m, bytes)) return errc::corrupt;
+    std::shared_ptr<const group_event> event;
+    if (m.has_event()) {
+      const auto& e = m.event();
+      if (e.change() < 1 || e.change() > 7) return errc::corrupt;
+      event = std::make_shared<const group_event>(
+          group_event{static_cast<group_change>(e.change()), e.user(), e.name(),
+                      {e.members().begin(), e.members().end()}});
+    }
     return chat_message{chat,
                         seq,
                         m.message_id(),
@@ -673,11 +889,15 @@ struct rocksdb_store::impl {
                         std::move(*m.mutable_sender_name()),
                         m.sent_at_ms(),
                         std::move(*m.mutable_payload()),
-                        m.cipher_type()};
+                        m.cipher_type(),
+                        std::move(event)};
   }
   // The chat a request names, checked for membership (reader side): 0 for a 1:1 chat named by
-  // a peer that has none yet.
-  result<std::uint64_t> resolve_for_read(std::uint64_t requester, const chat_ref& ref) {
+  // a peer that has none yet. `first_seq`, if given, gets the first seq the requester may
+  // read: in a group, the event that added it (nothing from before it joined); else 1.
+  result<std::uint64_t> resolve_for_read(std::uint64_t requester, const chat_ref& ref,
+                                         std::uint64_t* first_seq = nullptr) {
+    if (first_seq != nullptr) *first_seq = 1;
     if (ref.chat == 0) {
       auto peer = user_of(ref.peer);
       if (!peer) return peer.error();
@@ -691,20 +911,31 @@ struct rocksdb_store::impl {
     if (!record) return record.error();
     if (!*record) return errc::not_found;
     const auto& members = (*record)->members();
-    if (std::find(members.begin(), members.end(), requester) == members.end()) {
-      return errc::not_found;
-    }
+    const auto at = std::find(members.begin(), members.end(), requester);
+    if (at == members.end()) return errc::not_found;
+    const auto index = at - members.begin();
+    if (first_seq != nullptr && index < (*record)->joined_seq_size())
+      *first_seq = std::max<std::uint64_t>(1, (*record)->joined_seq(static_cast<int>(index)));
     return ref.chat;
   }
 
   result<device_backlog> compute_backlog(std::uint64_t device, std::uint64_t user,
                                          std::uint64_t since);
   // The user's chats (one range scan of user_chats).
-  result<std::vector<std::uint64_t>> chats_of(std::uint64_t user);
-  // Of each of `chat_ids`: the other members' watermarks into out.marks, and if
-  // `with_behind`, the chat into out.behind if its head is above the device's cursor.
-  result<void> read_chats(const std::vector<std::uint64_t>& chat_ids, std::uint64_t device,
+  result<std::vector<user_chat>> chats_of(std::uint64_t user);
+  // The user's entry for each of `chat_ids` (a point read each; chats it never was in are
+  // left out).
+  result<std::vector<user_chat>> memberships(std::uint64_t user,
+                                             const std::vector<std::uint64_t>& chat_ids);
+  // Of each of `chats`: the other members' watermarks into out.marks (a group's merged), and if
+  // `with_behind`, the chat into out.behind if its head (for a former group member: the event
+  // that removed it) is above the device's cursor.
+  result<void> read_chats(const std::vector<user_chat>& chats, std::uint64_t device,
                           std::uint64_t user, bool with_behind, device_backlog& out);
+  // A group's merged watermarks for `user` (the lowest of every other current member) into
+  // out, from the marks of its members.
+  result<void> group_marks_for(std::uint64_t chat, const chat_marks& members, std::uint64_t user,
+                               std::vector<watermark>& out);
   // A chat's head as committed (any thread).
   result<std::uint64_t> head_of(std::uint64_t chat);
   // Appends the watermarks above 0 of the members other than `user`.
@@ -1205,22 +1436,27 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
           auto c = d.chat_of(chat);
           if (!c) return c.error();
           known = *c;
-          if (known == nullptr ||
-              std::find(known->members.begin(), known->members.end(), request.sender) ==
-                  known->members.end()) {
-            return errc::not_found;
-          }
+          if (known == nullptr || !known->is_member(request.sender)) return errc::not_found;
           for (std::uint64_t member : known->members) {
             if (member != request.sender) peer = member;
           }
         }
-        auto recipient = d.user_record(peer);
-        if (!recipient) return recipient.error();
-        for (std::uint64_t device : (*recipient)->devices) {
-          auto registration = d.registration_of(g, device);
-          if (!registration) return registration.error();
-          if (*registration != 0 && *registration != request.recipient_registration_id) {
-            return errc::stale_keys;
+        // A group takes sender-key messages only, a 1:1 chat only pairwise ones.
+        const bool group_chat = known != nullptr && known->group;
+        if (group_chat != (request.cipher_type == sender_key_cipher_type)) {
+          return errc::invalid_argument;
+        }
+        const cached_user* recipient = nullptr;
+        if (!group_chat) {
+          auto r = d.user_record(peer);
+          if (!r) return r.error();
+          recipient = *r;
+          for (std::uint64_t device : recipient->devices) {
+            auto registration = d.registration_of(g, device);
+            if (!registration) return registration.error();
+            if (*registration != 0 && *registration != request.recipient_registration_id) {
+              return errc::stale_keys;
+            }
           }
         }
         auto sender = d.user_record(request.sender);
@@ -1243,7 +1479,10 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
           d.put(g, cf_user_chats, keys::user_chat(peer, chat), {});
           const auto pair = std::minmax(request.sender, peer);
           d.set_cached(g, d.direct_chats, std::make_pair(pair.first, pair.second), chat);
-          d.chats[chat] = cached_chat{{pair.first, pair.second}, 0};
+          cached_chat direct;
+          direct.members = {pair.first, pair.second};
+          direct.created_ms = now;
+          d.chats[chat] = std::move(direct);
           g.undo.push_back([&d, chat] { d.chats.erase(chat); });
           known = &d.chats[chat];
         }
@@ -1275,10 +1514,18 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
           g.appended.pop_back();
         });
 
-        out.message = std::make_shared<const chat_message>(chat_message{
-            chat, out.seq, out.id, request.sender, request.sender_device,
-            std::move(request.sender_name), now, std::move(request.payload), request.cipher_type});
-        out.recipients = (*recipient)->devices;
+        out.message = std::make_shared<const chat_message>(
+            chat_message{chat, out.seq, out.id, request.sender, request.sender_device,
+                         std::move(request.sender_name), now, std::move(request.payload),
+                         request.cipher_type, nullptr});
+        if (group_chat) {
+          // Every member's devices (the sender's other ones too): one log entry, one list.
+          auto devices = d.member_devices(g, *known, chat, out.seq, request.sender_device);
+          if (!devices) return devices.error();
+          out.recipients = std::move(*devices);
+          return out;
+        }
+        out.recipients = recipient->devices;
         for (std::uint64_t device : (*sender)->devices) {
           if (device != request.sender_device) out.recipients.push_back(device);
         }
@@ -1289,11 +1536,11 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
 }
 
 void rocksdb_store::ack(device_id device, user_id user, std::vector<cursor_update> cursors,
-                        completion<std::vector<receipt_delivery>> done) {
-  impl_->write<std::vector<receipt_delivery>>(
+                        completion<watermark_moves> done) {
+  impl_->write<watermark_moves>(
       std::move(done),
       [this, device, user,
-       cursors = std::move(cursors)](group& g) mutable -> result<std::vector<receipt_delivery>> {
+       cursors = std::move(cursors)](group& g) mutable -> result<watermark_moves> {
         auto& d = *impl_;
         // A chat named twice counts at its highest seq.
         std::sort(cursors.begin(), cursors.end(), [](const cursor_update& a, const cursor_update& b) {
@@ -1308,12 +1555,18 @@ void rocksdb_store::ack(device_id device, user_id user, std::vector<cursor_updat
         if (!me) return me.error();
         const std::string my_name = (*me)->username;
         const std::uint64_t now = now_ms();
-        std::vector<receipt_delivery> out;
+        watermark_moves out;
         for (const auto& c : cursors) {
           auto chat = d.chat_of(c.chat);
           if (!chat) return chat.error();
-          if (*chat == nullptr || std::find((*chat)->members.begin(), (*chat)->members.end(),
-                                            user) == (*chat)->members.end()) {
+          if (*chat == nullptr) return errc::not_found;
+          bool member = (*chat)->is_member(user);
+          if (!member && (*chat)->group) {
+            // A former member acks up to the event that removed it (which it was sent).
+            auto was = d.membership_in(g, user, c.chat);
+            if (!was) return was.error();
+            if (!*was || (*was)->until == 0 || c.seq > (*was)->until) return errc::not_found;
+          } else if (!member) {
             return errc::not_found;
           }
           if (c.seq > (*chat)->head) return errc::invalid_argument;
@@ -1325,10 +1578,14 @@ void rocksdb_store::ack(device_id device, user_id user, std::vector<cursor_updat
           d.put(g, cf_cursors, keys::cursor(c.chat, user, device), keys::be64(c.seq));
           d.set_cached(g, d.cursors, std::make_pair(c.chat, device), c.seq);
           g.logins.push_back({login_index::change::kind::cursor, device, c.chat, c.seq});
-          if (c.seq <= *delivered) continue;  // another device of the user had it already
+          if (c.seq <= *delivered || !member) continue;  // another device of the user had it
+          if ((*chat)->group) {
+            out.groups.push_back(c.chat);  // merged: group_receipts
+            continue;
+          }
           auto r = d.receipts_to_others(
               g, **chat, user, watermark{c.chat, my_name, message_status::delivered, c.seq, now},
-              out);
+              out.receipts);
           if (!r) return r.error();
         }
         return out;
@@ -1336,9 +1593,9 @@ void rocksdb_store::ack(device_id device, user_id user, std::vector<cursor_updat
 }
 
 void rocksdb_store::mark_read(user_id reader, chat_id chat, std::uint64_t up_to,
-                              completion<std::vector<receipt_delivery>> done) {
-  impl_->write<std::vector<receipt_delivery>>(
-      std::move(done), [this, reader, chat, up_to](group& g) -> result<std::vector<receipt_delivery>> {
+                              completion<watermark_moves> done) {
+  impl_->write<watermark_moves>(
+      std::move(done), [this, reader, chat, up_to](group& g) -> result<watermark_moves> {
         auto& d = *impl_;
         auto c = d.chat_of(chat);
         if (!c) return c.error();
@@ -1349,18 +1606,299 @@ void rocksdb_store::mark_read(user_id reader, chat_id chat, std::uint64_t up_to,
         if (up_to > (*c)->head) return errc::invalid_argument;
         auto current = d.read_mark_of(chat, reader);
         if (!current) return current.error();
-        std::vector<receipt_delivery> out;
+        watermark_moves out;
         if (up_to <= *current) return out;
         auto me = d.user_record(reader);
         if (!me) return me.error();
         const std::string my_name = (*me)->username;
         d.put(g, cf_read_marks, keys::read_mark(chat, reader), keys::be64(up_to));
         d.set_cached(g, d.read_marks, std::make_pair(chat, reader), up_to);
+        if ((*c)->group) {
+          out.groups.push_back(chat);  // merged: group_receipts
+          return out;
+        }
         auto r = d.receipts_to_others(
-            g, **c, reader, watermark{chat, my_name, message_status::read, up_to, now_ms()}, out);
+            g, **c, reader, watermark{chat, my_name, message_status::read, up_to, now_ms()},
+            out.receipts);
         if (!r) return r.error();
         return out;
       });
+}
+
+void rocksdb_store::group_receipts(chat_id chat, completion<std::vector<receipt_delivery>> done) {
+  impl_->write<std::vector<receipt_delivery>>(
+      std::move(done), [this, chat](group& g) -> result<std::vector<receipt_delivery>> {
+        auto& d = *impl_;
+        std::vector<receipt_delivery> out;
+        auto c = d.chat_of(chat);
+        if (!c) return c.error();
+        if (*c == nullptr || !(*c)->group || (*c)->members.size() < 2) return out;
+        auto now_marks = d.current_group_marks(chat, **c);
+        if (!now_marks) return now_marks.error();
+        const auto last = d.pushed_group_marks.find(chat);
+        const group_marks before =
+            last == d.pushed_group_marks.end() ? group_marks{} : last->second;
+        if (last != d.pushed_group_marks.end() && before == *now_marks) return out;
+        const std::uint64_t now = now_ms();
+        for (std::uint64_t member : (*c)->members) {
+          const std::uint64_t delivered = now_marks->delivered_for(member);
+          const std::uint64_t read = now_marks->read_for(member);
+          const bool delivered_moved = delivered > before.delivered_for(member) && delivered > 0;
+          const bool read_moved = read > before.read_for(member) && read > 0;
+          if (!delivered_moved && !read_moved) continue;
+          auto owner = d.user_record(member);
+          if (!owner) return owner.error();
+          for (std::uint64_t device : (*owner)->devices) {
+            if (delivered_moved)
+              out.push_back({device, {chat, {}, message_status::delivered, delivered, now}});
+            if (read_moved) out.push_back({device, {chat, {}, message_status::read, read, now}});
+            g.logins.push_back({login_index::change::kind::moved, device, chat, 0});
+          }
+        }
+        // One small write, so that the receipts have a stamp of their own (a request that
+        // wrote nothing would share the previous write's). The value is not read back: after
+        // a restart the first call pushes every member's view again.
+        std::string value;
+        for (std::uint64_t v : {now_marks->delivered, now_marks->delivered_holder,
+                                now_marks->delivered_next, now_marks->read,
+                                now_marks->read_holder, now_marks->read_next}) {
+          value.append(keys::be64(v).view());
+        }
+        d.put(g, cf_default, keys::group_marks(chat).view(), value);
+        const bool had = last != d.pushed_group_marks.end();
+        d.pushed_group_marks[chat] = *now_marks;
+        g.undo.push_back([&d, chat, had, before] {
+          if (had) {
+            d.pushed_group_marks[chat] = before;
+          } else {
+            d.pushed_group_marks.erase(chat);
+          }
+        });
+        return out;
+      });
+}
+
+void rocksdb_store::create_group(create_group_request request, completion<group_outcome> done) {
+  impl_->write<group_outcome>(
+      std::move(done), [this, request = std::move(request)](group& g) -> result<group_outcome> {
+        auto& d = *impl_;
+        // The creator first, then the others in the order given, each once.
+        std::vector<std::uint64_t> members{request.creator};
+        std::vector<std::string> names{request.creator_name};
+        for (const auto& name : request.members) {
+          auto id = d.user_of(g, name);
+          if (!id) return id.error();
+          if (std::find(members.begin(), members.end(), *id) != members.end()) continue;
+          members.push_back(*id);
+          names.push_back(name);
+        }
+        if (members.size() > request.max_members) return errc::group_full;
+
+        const std::uint64_t now = now_ms();
+        const std::uint64_t chat = d.next_id(g, now);
+        cached_chat c;
+        c.group = true;
+        c.members = members;
+        c.admins = {request.creator};
+        c.joined.assign(members.size(), 1);  // the creation event
+        c.name = request.name;
+        c.created_ms = now;
+        d.put_group_record(g, chat, c);
+        for (std::uint64_t m : members) {
+          d.put(g, cf_user_chats, keys::user_chat(m, chat), membership_value({true, 0}));
+        }
+        d.chats[chat] = std::move(c);
+        g.undo.push_back([&d, chat] { d.chats.erase(chat); });
+        auto& cached = d.chats[chat];
+        group_event event{group_change::create, {}, request.name, std::move(names)};
+        group_outcome out;
+        auto message = d.append_event(g, chat, cached, request.creator, request.creator_device,
+                                      request.creator_name, std::move(event), now);
+        auto devices = d.member_devices(g, cached, chat, message->seq, request.creator_device);
+        if (!devices) return devices.error();
+        out.pushes.push_back({std::move(message), std::move(*devices)});
+        auto info = d.info_of(chat, cached);
+        if (!info) return info.error();
+        out.info = std::move(*info);
+        return out;
+      });
+}
+
+void rocksdb_store::change_group(group_change_request request, completion<group_outcome> done) {
+  impl_->write<group_outcome>(
+      std::move(done), [this, request = std::move(request)](group& g) -> result<group_outcome> {
+        auto& d = *impl_;
+        auto found = d.chat_of(request.chat);
+        if (!found) return found.error();
+        cached_chat* c = *found;
+        if (c == nullptr || !c->group || !c->is_member(request.actor)) return errc::not_found;
+        const bool needs_admin = request.change != group_change::leave;
+        if (needs_admin && !c->is_admin(request.actor)) return errc::not_admin;
+        std::uint64_t target = 0;
+        const bool about_user = request.change == group_change::add ||
+                                request.change == group_change::remove ||
+                                request.change == group_change::promote ||
+                                request.change == group_change::demote;
+        if (about_user) {
+          auto id = d.user_of(g, request.user);
+          if (!id) return id.error();
+          target = *id;
+          if (request.change == group_change::add) {
+            if (c->is_member(target)) return errc::already_member;
+            if (c->members.size() + 1 > request.max_members) return errc::group_full;
+          } else if (!c->is_member(target)) {
+            return errc::not_member;
+          }
+        }
+        if (request.change == group_change::remove && target == request.actor) {
+          return errc::invalid_argument;  // leave instead
+        }
+        if (request.change == group_change::demote && c->is_admin(target) &&
+            c->admins.size() == 1) {
+          return errc::invalid_argument;  // a group never lacks an admin
+        }
+
+        // Everything is checked: from here on, only writes. The cached group is restored as a
+        // whole if a later step fails.
+        g.undo.push_back([&d, chat = request.chat, before = *c] {
+          auto head = d.chats[chat].head;  // the appends undo their own head moves
+          d.chats[chat] = before;
+          d.chats[chat].head = head;
+        });
+        const std::uint64_t now = now_ms();
+        group_outcome out;
+        auto append = [&](std::uint64_t sender, std::uint64_t sender_device,
+                          const std::string& sender_name, group_event event,
+                          std::uint64_t except) -> result<std::uint64_t> {
+          auto message =
+              d.append_event(g, request.chat, *c, sender, sender_device, sender_name,
+                             std::move(event), now);
+          auto devices = d.member_devices(g, *c, request.chat, message->seq, except);
+          if (!devices) return devices.error();
+          const std::uint64_t seq = message->seq;
+          out.pushes.push_back({std::move(message), std::move(*devices)});
+          return seq;
+        };
+        auto drop_member = [&](std::uint64_t user, std::uint64_t until) {
+          const auto at = std::find(c->members.begin(), c->members.end(), user) - c->members.begin();
+          c->members.erase(c->members.begin() + at);
+          c->joined.erase(c->joined.begin() + at);
+          c->admins.erase(std::remove(c->admins.begin(), c->admins.end(), user), c->admins.end());
+          d.put(g, cf_user_chats, keys::user_chat(user, request.chat),
+                membership_value({true, until}));
+        };
+        const std::string& actor = request.actor_name;
+        switch (request.change) {
+          case group_change::add: {
+            // The new member is in the list before the event is appended: it gets the event,
+            // and its cursors start just before it (nothing older is sent to it).
+            c->members.push_back(target);
+            c->joined.push_back(c->head + 1);
+            auto seq = append(request.actor, request.actor_device, actor,
+                              {group_change::add, request.user, {}, {}}, request.actor_device);
+            if (!seq) return seq.error();
+            d.put(g, cf_user_chats, keys::user_chat(target, request.chat),
+                  membership_value({true, 0}));
+            auto owner = d.user_record(target);
+            if (!owner) return owner.error();
+            for (std::uint64_t device : (*owner)->devices) {
+              auto cursor = d.cursor_of(request.chat, target, device);
+              if (!cursor) return cursor.error();
+              if (*cursor >= *seq - 1) continue;
+              d.put(g, cf_cursors, keys::cursor(request.chat, target, device),
+                    keys::be64(*seq - 1));
+              d.set_cached(g, d.cursors, std::make_pair(request.chat, device), *seq - 1);
+            }
+            auto read = d.read_mark_of(request.chat, target);
+            if (!read) return read.error();
+            if (*read < *seq - 1) {
+              d.put(g, cf_read_marks, keys::read_mark(request.chat, target),
+                    keys::be64(*seq - 1));
+              d.set_cached(g, d.read_marks, std::make_pair(request.chat, target), *seq - 1);
+            }
+            break;
+          }
+          case group_change::remove:
+          case group_change::leave: {
+            // The member gets the event about itself, and nothing after it.
+            const std::uint64_t who =
+                request.change == group_change::leave ? request.actor : target;
+            const std::string& who_name =
+                request.change == group_change::leave ? request.actor_name : request.user;
+            auto seq = append(request.actor, request.actor_device, actor,
+                              {request.change, who_name, {}, {}}, request.actor_device);
+            if (!seq) return seq.error();
+            drop_member(who, *seq);
+            if (c->admins.empty() && !c->members.empty()) {
+              // The last admin left: the oldest member becomes one, by the server.
+              const std::uint64_t oldest = c->members.front();
+              c->admins.push_back(oldest);
+              auto owner = d.user_record(oldest);
+              if (!owner) return owner.error();
+              auto promoted = append(0, 0, {}, {group_change::promote, (*owner)->username, {}, {}}, 0);
+              if (!promoted) return promoted.error();
+            }
+            break;
+          }
+          case group_change::promote: {
+            if (c->is_admin(target)) break;  // nothing to change
+            c->admins.push_back(target);
+            auto seq = append(request.actor, request.actor_device, actor,
+                              {group_change::promote, request.user, {}, {}}, request.actor_device);
+            if (!seq) return seq.error();
+            break;
+          }
+          case group_change::demote: {
+            if (!c->is_admin(target)) break;  // nothing to change
+            c->admins.erase(std::remove(c->admins.begin(), c->admins.end(), target),
+                            c->admins.end());
+            auto seq = append(request.actor, request.actor_device, actor,
+                              {group_change::demote, request.user, {}, {}}, request.actor_device);
+            if (!seq) return seq.error();
+            break;
+          }
+          case group_change::rename: {
+            if (c->name == request.name) break;  // nothing to change
+            c->name = request.name;
+            auto seq = append(request.actor, request.actor_device, actor,
+                              {group_change::rename, {}, request.name, {}}, request.actor_device);
+            if (!seq) return seq.error();
+            break;
+          }
+          case group_change::create:
+            return errc::invalid_argument;
+        }
+        if (!out.pushes.empty()) d.put_group_record(g, request.chat, *c);
+        auto info = d.info_of(request.chat, *c);
+        if (!info) return info.error();
+        out.info = std::move(*info);
+        return out;
+      });
+}
+
+void rocksdb_store::get_group(user_id requester, chat_id chat, completion<group_info> done) {
+  impl_->read<group_info>(std::move(done), [this, requester, chat]() -> result<group_info> {
+    auto& d = *impl_;
+    auto record = d.chat_record(chat);
+    if (!record) return record.error();
+    if (!*record || (*record)->kind() != pb::ChatRecord::KIND_GROUP) return errc::not_found;
+    const auto& r = **record;
+    if (std::find(r.members().begin(), r.members().end(), requester) == r.members().end()) {
+      return errc::not_found;
+    }
+    group_info info;
+    info.chat = chat;
+    info.name = r.name();
+    for (int i = 0; i < r.members_size(); ++i) {
+      auto name = d.username_of(r.members(i));
+      if (!name) return name.error();
+      const bool admin =
+          std::find(r.admins().begin(), r.admins().end(), r.members(i)) != r.admins().end();
+      info.members.push_back(
+          {r.members(i), std::move(*name), admin, i < r.joined_seq_size() ? r.joined_seq(i) : 1});
+    }
+    return info;
+  });
 }
 
 // A login: from the login index where it can answer (what changed since the device's last
@@ -1397,11 +1935,19 @@ result<device_backlog> rocksdb_store::impl::compute_backlog(std::uint64_t device
     }
     auto head = head_of(chat);
     if (!head) return head.error();
-    out.behind.push_back({chat, *cursor, std::max(*head, highest)});
+    std::uint64_t last = std::max(*head, highest);
+    std::string v;
+    auto s = get(cf_user_chats, keys::user_chat(user, chat).view(), &v);
+    if (!s.ok() && !s.IsNotFound()) return errc::io_error;
+    if (s.ok()) {
+      auto m = parse_membership(v);
+      if (!m) return errc::corrupt;
+      if (m->until != 0) last = std::min(last, m->until);  // nothing after the removal
+    }
+    if (last > *cursor) out.behind.push_back({chat, *cursor, last});
   }
   // The watermarks: of the chats that moved after the client's stamp, or of every chat.
-  auto chats = known.moved_known ? result<std::vector<std::uint64_t>>(std::move(known.moved))
-                                 : chats_of(user);
+  auto chats = known.moved_known ? memberships(user, known.moved) : chats_of(user);
   if (!chats) return chats.error();
   auto r = read_chats(*chats, device, user, false, out);
   if (!r) return r.error();
@@ -1436,24 +1982,63 @@ result<void> rocksdb_store::impl::list_marks(std::uint64_t chat, const chat_mark
   return {};
 }
 
-result<std::vector<std::uint64_t>> rocksdb_store::impl::chats_of(std::uint64_t user) {
-  std::vector<std::uint64_t> chat_ids;
+result<std::vector<user_chat>> rocksdb_store::impl::chats_of(std::uint64_t user) {
+  std::vector<user_chat> chats;
   const auto lower = keys::be64(user);
   const std::string upper = after_prefix(lower.view());
   bounded_read r(lower.view(), upper);
   std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(r.options, cfs[cf_user_chats]));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     if (it->key().size() != 16) return errc::corrupt;
-    chat_ids.push_back(read_be64(std::string_view(it->key().data(), 16), 8));
+    auto m = parse_membership(std::string_view(it->value().data(), it->value().size()));
+    if (!m) return errc::corrupt;
+    chats.push_back({read_be64(std::string_view(it->key().data(), 16), 8), *m});
   }
   if (!it->status().ok()) return errc::io_error;
-  return chat_ids;
+  return chats;
 }
 
-result<void> rocksdb_store::impl::read_chats(const std::vector<std::uint64_t>& chat_ids,
+result<std::vector<user_chat>> rocksdb_store::impl::memberships(
+    std::uint64_t user, const std::vector<std::uint64_t>& chat_ids) {
+  std::vector<user_chat> chats;
+  chats.reserve(chat_ids.size());
+  std::string v;
+  for (std::uint64_t chat : chat_ids) {
+    auto s = get(cf_user_chats, keys::user_chat(user, chat).view(), &v);
+    if (s.IsNotFound()) continue;
+    if (!s.ok()) return errc::io_error;
+    auto m = parse_membership(v);
+    if (!m) return errc::corrupt;
+    chats.push_back({chat, *m});
+  }
+  return chats;
+}
+
+result<void> rocksdb_store::impl::group_marks_for(std::uint64_t chat, const chat_marks& members,
+                                                  std::uint64_t user,
+                                                  std::vector<watermark>& out) {
+  auto record = chat_record(chat);
+  if (!record) return record.error();
+  if (!*record) return errc::corrupt;
+  std::uint64_t delivered = UINT64_MAX;
+  std::uint64_t read = UINT64_MAX;
+  for (std::uint64_t member : (*record)->members()) {
+    if (member == user) continue;
+    const auto it = members.find(member);
+    const member_marks m = it == members.end() ? member_marks{} : it->second;
+    delivered = std::min(delivered, std::max(m.delivered, m.read));
+    read = std::min(read, m.read);
+  }
+  if (delivered != UINT64_MAX && delivered > 0)
+    out.push_back({chat, {}, message_status::delivered, delivered, 0});
+  if (read != UINT64_MAX && read > 0) out.push_back({chat, {}, message_status::read, read, 0});
+  return {};
+}
+
+result<void> rocksdb_store::impl::read_chats(const std::vector<user_chat>& chats,
                                              std::uint64_t device, std::uint64_t user,
                                              bool with_behind, device_backlog& out) {
-  if (chat_ids.empty()) return {};
+  if (chats.empty()) return {};
   // Per chat: its head (from the heads the writer published, else the log's last key), and
   // its cursors and read marks on two iterators reused for every chat (creating iterators per
   // chat cost ~250 µs a chat: 200 ms for a login with 800 chats).
@@ -1463,16 +2048,20 @@ result<void> rocksdb_store::impl::read_chats(const std::vector<std::uint64_t>& c
       db->NewIterator(rocksdb::ReadOptions(), cfs[cf_read_marks]));
   std::unordered_map<std::uint64_t, std::string> names;
   chat_marks members;
-  for (std::uint64_t chat : chat_ids) {
+  for (const auto& [chat, member] : chats) {
     std::uint64_t cursor = 0;
     auto scanned = scan_marks(chat, *cursors_it, *marks_it, members, user, device, &cursor);
     if (!scanned) return scanned.error();
     if (with_behind) {
       auto head = head_of(chat);
       if (!head) return head.error();
-      if (*head > cursor) out.behind.push_back({chat, cursor, *head});
+      // A former member gets up to the event that removed it.
+      const std::uint64_t last = member.until != 0 ? std::min(*head, member.until) : *head;
+      if (last > cursor) out.behind.push_back({chat, cursor, last});
     }
-    auto listed = list_marks(chat, members, user, names, out.marks);
+    if (member.until != 0) continue;  // no watermarks of a group one is not in
+    auto listed = member.group ? group_marks_for(chat, members, user, out.marks)
+                               : list_marks(chat, members, user, names, out.marks);
     if (!listed) return listed.error();
   }
   return {};
@@ -1515,10 +2104,10 @@ void rocksdb_store::read_log(chat_id chat, std::uint64_t after, std::uint64_t up
       });
 }
 
-void rocksdb_store::status(user_id requester, chat_id chat, std::uint64_t seq,
-                           completion<message_status> done) {
-  impl_->read<message_status>(
-      std::move(done), [this, requester, chat, seq]() -> result<message_status> {
+void rocksdb_store::status(user_id requester, chat_id chat, std::uint64_t seq, bool detail,
+                           completion<status_report> done) {
+  impl_->read<status_report>(
+      std::move(done), [this, requester, chat, seq, detail]() -> result<status_report> {
         auto& d = *impl_;
         std::string v;
         auto s = d.get(cf_messages, keys::message(chat, seq), &v);
@@ -1526,24 +2115,43 @@ void rocksdb_store::status(user_id requester, chat_id chat, std::uint64_t seq,
         if (!s.ok()) return errc::io_error;
         pb::StoredMessage m;
         if (!parse(m, v)) return errc::corrupt;
-        if (m.sender_user() != requester) return errc::not_found;
+        if (m.sender_user() != requester || m.has_event()) return errc::not_found;
         auto record = d.chat_record(chat);
         if (!record) return record.error();
         if (!*record) return errc::corrupt;
+        const auto& r = **record;
+        // Only a current member asks (a former one sent it, but may not see who has it).
+        if (std::find(r.members().begin(), r.members().end(), requester) == r.members().end())
+          return errc::not_found;
         auto marks = d.marks_of(chat);
         if (!marks) return marks.error();
-        bool all_read = true;
-        bool all_delivered = true;
-        for (std::uint64_t member : (*record)->members()) {
+        status_report out;
+        for (int i = 0; i < r.members_size(); ++i) {
+          const std::uint64_t member = r.members(i);
           if (member == requester) continue;
+          // A member who joined after the message is not counted: it was never sent to it.
+          if (i < r.joined_seq_size() && r.joined_seq(i) > seq) continue;
           const auto it = marks->find(member);
           const impl::member_marks mm = it == marks->end() ? impl::member_marks{} : it->second;
-          all_read = all_read && mm.read >= seq;
-          all_delivered = all_delivered && std::max(mm.delivered, mm.read) >= seq;
+          ++out.recipients;
+          const bool read = mm.read >= seq;
+          const bool delivered = read || mm.delivered >= seq;
+          out.read += read ? 1 : 0;
+          out.delivered += delivered ? 1 : 0;
+          if (!detail || !delivered) continue;
+          auto name = d.username_of(member);
+          if (!name) return name.error();
+          if (read) out.read_by.push_back(*name);
+          out.delivered_to.push_back(std::move(*name));
         }
-        if (all_read) return message_status::read;
-        if (all_delivered) return message_status::delivered;
-        return message_status::sent;
+        if (out.recipients == 0) {
+          out.status = message_status::sent;  // nobody else to have it (a group of one)
+        } else if (out.read == out.recipients) {
+          out.status = message_status::read;
+        } else if (out.delivered == out.recipients) {
+          out.status = message_status::delivered;
+        }
+        return out;
       });
 }
 
@@ -1555,12 +2163,13 @@ void rocksdb_store::history(user_id requester, chat_ref chat, std::uint64_t befo
       [this, requester, chat = std::move(chat), before, limit,
        max_bytes]() -> result<history_page> {
         auto& d = *impl_;
-        auto id = d.resolve_for_read(requester, chat);
+        std::uint64_t first = 1;
+        auto id = d.resolve_for_read(requester, chat, &first);
         if (!id) return id.error();
         history_page out;
         out.chat = *id;
-        if (*id == 0 || limit == 0) return out;
-        const auto lower = keys::message(*id, 1);
+        if (*id == 0 || limit == 0 || (before != 0 && before <= first)) return out;
+        const auto lower = keys::message(*id, first);
         const std::string upper = before == 0 ? after_prefix(keys::be64(*id).view())
                                               : std::string(keys::message(*id, before));
         bounded_read r(lower.view(), upper);
@@ -1597,6 +2206,10 @@ rocksdb_store::read_cost rocksdb_store::backlog_cost_for_tests(device_id device,
   if (!r) throw std::runtime_error("backlog failed: " + r.error().message());
   if (out != nullptr) *out = std::move(*r);
   return cost;
+}
+
+std::uint64_t rocksdb_store::latest_sequence_for_tests() {
+  return impl_->db->GetLatestSequenceNumber();
 }
 
 std::uint64_t rocksdb_store::memtable_bytes_for_tests() {

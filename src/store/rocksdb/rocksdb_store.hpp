@@ -68,15 +68,19 @@ class rocksdb_store final : public store {
   void find_account(std::string username, completion<account> done) override;
   void send(send_request request, completion<send_outcome> done) override;
   void ack(device_id device, user_id user, std::vector<cursor_update> cursors,
-           completion<std::vector<receipt_delivery>> done) override;
+           completion<watermark_moves> done) override;
   void mark_read(user_id reader, chat_id chat, std::uint64_t up_to,
-                 completion<std::vector<receipt_delivery>> done) override;
+                 completion<watermark_moves> done) override;
+  void group_receipts(chat_id chat, completion<std::vector<receipt_delivery>> done) override;
+  void create_group(create_group_request request, completion<group_outcome> done) override;
+  void change_group(group_change_request request, completion<group_outcome> done) override;
+  void get_group(user_id requester, chat_id chat, completion<group_info> done) override;
   void backlog(device_id device, user_id user, std::uint64_t receipts_since,
                completion<device_backlog> done) override;
   void read_log(chat_id chat, std::uint64_t after, std::uint64_t up_to, std::size_t limit,
                 std::size_t max_bytes, completion<std::vector<shared_message>> done) override;
-  void status(user_id requester, chat_id chat, std::uint64_t seq,
-              completion<message_status> done) override;
+  void status(user_id requester, chat_id chat, std::uint64_t seq, bool detail,
+              completion<status_report> done) override;
   void history(user_id requester, chat_ref chat, std::uint64_t before, std::size_t limit,
                std::size_t max_bytes, completion<history_page> done) override;
   void upload_keys(key_upload upload, std::size_t max_held, completion<key_stock> done) override;
@@ -98,6 +102,9 @@ class rocksdb_store final : public store {
   };
   read_cost backlog_cost_for_tests(device_id device, user_id user, std::uint64_t receipts_since,
                                    device_backlog* out = nullptr);
+  // Tests only: RocksDB's latest sequence number, which every key written moves by one: the
+  // difference over a request is the number of keys it wrote.
+  std::uint64_t latest_sequence_for_tests();
   // Tests only: bytes in all memtables, flushed or not (rocksdb.cur-size-all-mem-tables).
   std::uint64_t memtable_bytes_for_tests();
   // Tests only: compacts every column family (runs the dedupe expiry) and counts the dedupe

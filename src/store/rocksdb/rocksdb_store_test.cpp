@@ -146,7 +146,7 @@ TEST(rocksdb_store, logins_do_not_slow_with_traffic) {
       ASSERT_TRUE(r);
       chat = r->chat;
     }
-    in_flight<std::vector<receipt_delivery>> acks;
+    in_flight<watermark_moves> acks;
     for (std::uint64_t up_to = sent + ack_every; up_to <= sent + batch; up_to += ack_every)
       db.ack(bob.device, bob.user, {{chat, up_to}}, acks.slot());
     for (auto& r : acks.all()) ASSERT_TRUE(r);
@@ -201,9 +201,9 @@ TEST(rocksdb_store, a_login_reads_what_changed_not_every_chat) {
     auto out = wait_for<send_outcome>(
         [&](auto done) { db->send(request(alice, "alice", name, "out" + name), done); });
     ASSERT_TRUE(out);
-    ASSERT_TRUE(wait_for<std::vector<receipt_delivery>>(
+    ASSERT_TRUE(wait_for<watermark_moves>(
         [&](auto done) { db->ack(others[i].device, others[i].user, {{in->chat, 2}}, done); }));
-    ASSERT_TRUE(wait_for<std::vector<receipt_delivery>>(
+    ASSERT_TRUE(wait_for<watermark_moves>(
         [&](auto done) { db->ack(alice.device, alice.user, {{in->chat, 1}}, done); }));
   }
   // Without a stamp: every chat is read, and every peer's watermark listed.
@@ -223,7 +223,7 @@ TEST(rocksdb_store, a_login_reads_what_changed_not_every_chat) {
   // One peer sends again, another reads alice's reply: exactly those two chats.
   ASSERT_TRUE(wait_for<send_outcome>(
       [&](auto done) { db->send(request(others[7], "p7", "alice", "again"), done); }));
-  ASSERT_TRUE(wait_for<std::vector<receipt_delivery>>(
+  ASSERT_TRUE(wait_for<watermark_moves>(
       [&](auto done) { db->mark_read(others[9].user, chats[9], 2, done); }));
   device_backlog changed;
   const auto changed_cost =
@@ -238,7 +238,7 @@ TEST(rocksdb_store, a_login_reads_what_changed_not_every_chat) {
   EXPECT_LT(changed_cost.memtable_reads, full_cost.memtable_reads / 10);
 
   // Her ack settles it; the next login with the new stamp is quiet again.
-  ASSERT_TRUE(wait_for<std::vector<receipt_delivery>>(
+  ASSERT_TRUE(wait_for<watermark_moves>(
       [&](auto done) { db->ack(alice.device, alice.user, {{chats[7], 3}}, done); }));
   device_backlog settled;
   db->backlog_cost_for_tests(alice.device, alice.user, changed.stamp, &settled);
@@ -267,7 +267,7 @@ TEST(rocksdb_store, a_login_reads_what_changed_not_every_chat) {
       own_tails.push_back({p.chat, p.head});
     }
   }
-  ASSERT_TRUE(wait_for<std::vector<receipt_delivery>>(
+  ASSERT_TRUE(wait_for<watermark_moves>(
       [&](auto done) { db->ack(alice.device, alice.user, own_tails, done); }));
   device_backlog after;
   const auto after_cost =
@@ -276,6 +276,65 @@ TEST(rocksdb_store, a_login_reads_what_changed_not_every_chat) {
   ASSERT_EQ(after.behind.size(), 1u);
   EXPECT_EQ(after.behind[0].chat, chats[11]);
   EXPECT_LT(after_cost.memtable_reads, full_cost.memtable_reads / 10);
+}
+
+// A group message is one log entry and one dedupe record, whatever the group's size: the keys a
+// send writes (RocksDB sequence numbers) are counted for a group of 2 and one of 512, and so
+// are the keys of an ack in each (one cursor; the group's receipts are merged later).
+TEST(rocksdb_store, a_group_message_writes_the_same_keys_whatever_the_group_size) {
+  test_support::temp_dir dir("parley_store_group_writes_");
+  rocksdb_options o;
+  o.path = dir.path();
+  o.sync = false;
+  rocksdb_store db(o);
+  std::vector<std::string> names;
+  std::vector<registration> users;
+  for (int i = 0; i < 512; ++i) {
+    names.push_back("u" + std::to_string(i));
+    users.push_back(register_user(db, names.back()));
+  }
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  auto make = [&](std::size_t size) {
+    create_group_request r{users[0].user, users[0].device, names[0], "g",
+                           {names.begin() + 1, names.begin() + static_cast<std::ptrdiff_t>(size)},
+                           1024};
+    auto g = wait_for<group_outcome>([&](auto done) { db.create_group(r, done); });
+    EXPECT_TRUE(g);
+    return g ? g->info.chat : chat_id{0};
+  };
+  struct cost {
+    std::uint64_t send = 0, ack = 0;
+    std::size_t recipients = 0;
+  };
+  auto measure = [&](chat_id chat, int n) {
+    cost c;
+    const std::uint64_t before = db.latest_sequence_for_tests();
+    send_request m{users[0].user, users[0].device, names[0], {chat, {}},
+                   "m" + std::to_string(chat) + "-" + std::to_string(n), std::string(100, 'x'), 4, 0};
+    auto sent = wait_for<send_outcome>([&](auto done) { db.send(m, done); });
+    EXPECT_TRUE(sent);
+    c.send = db.latest_sequence_for_tests() - before;
+    c.recipients = sent ? sent->recipients.size() : 0;
+    const std::uint64_t before_ack = db.latest_sequence_for_tests();
+    EXPECT_TRUE(wait_for<watermark_moves>([&](auto done) {
+      db.ack(users[1].device, users[1].user, {{chat, sent->seq}}, done);
+    }));
+    c.ack = db.latest_sequence_for_tests() - before_ack;
+    return c;
+  };
+  const chat_id small = make(2);
+  const chat_id large = make(512);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  for (int i = 0; i < 3; ++i) {
+    const cost a = measure(small, i);
+    const cost b = measure(large, i);
+    EXPECT_EQ(a.recipients, 1u);
+    EXPECT_EQ(b.recipients, 511u);
+    EXPECT_EQ(a.send, 3u) << "the entry, its dedupe record, the Snowflake high-water mark";
+    EXPECT_EQ(b.send, a.send) << "independent of the member count";
+    EXPECT_EQ(a.ack, 1u) << "one cursor";
+    EXPECT_EQ(b.ack, a.ack);
+  }
 }
 
 // A data directory of the first format (per-device queues, a "queue" column family) is
