@@ -211,6 +211,7 @@ bad_login_per_address = 0
 key_fetch_per_device = 0
 send_per_device = 0
 typing_per_device = 0
+group_change_per_device = 0
 )";
 
 // A fresh parleyd with fsync on, as users run it (rate limits aside).
