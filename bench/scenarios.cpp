@@ -392,6 +392,47 @@ std::optional<store_commit_stats> commits_between(const std::optional<commit_met
   return s;
 }
 
+// parleyd as sampled at the boundaries 0 .. steps of a scenario's steps: its /proc sample and
+// its store's commit metrics at each.
+struct server_trace {
+  std::vector<process_sample> process;
+  std::vector<std::optional<commit_metrics>> commits;
+
+  explicit server_trace(std::size_t steps) : process(steps + 1), commits(steps + 1) {}
+
+  // Samples boundary k now; at the first, says on stderr when /metrics has no commit histogram.
+  void sample(const target& t, std::size_t k) {
+    process[k] = sample_process(t.pid);
+    commits[k] = scrape_commit_metrics(t.metrics_address);
+    if (k == 0 && !commits[k] && !t.metrics_address.empty()) {
+      std::fprintf(stderr,
+                   "parley-bench: no parley_store_write_seconds from http://%s/metrics; the "
+                   "store's commit latencies are left out\n",
+                   t.metrics_address.c_str());
+    }
+  }
+
+  // Fills the server's figures of step k (boundary k to k + 1) in `s`.
+  void fill(std::size_t k, step_result& s) const {
+    s.server_cores = cores_used(process[k], process[k + 1]);
+    s.server_thread_cores = thread_cores_used(process[k], process[k + 1]);
+    s.server_rss = process[k + 1].rss_bytes;
+    s.store_commits = commits_between(commits[k], commits[k + 1]);
+  }
+};
+
+// Adds one worker's load-generator figures for a step to `s` (its `seconds` set): its
+// latencies, its cores, and whether it was generator-bound (behind its 1 ms schedule for more
+// than 5 % of the step, or its core saturated).
+void add_generator(step_result& s, const latency_histogram& h, double cores,
+                   std::uint64_t late_ticks) {
+  s.latency.merge(h);
+  s.generator_cores = std::max(s.generator_cores, cores);
+  s.generator_total_cores += cores;
+  if (static_cast<double>(late_ticks) > s.seconds * 1000 * 0.05 || cores > 0.95)
+    s.generator_bound = true;
+}
+
 }  // namespace
 
 // --- one-to-one ------------------------------------------------------------------------------
@@ -411,38 +452,56 @@ std::size_t current_step = 0;
 std::int64_t last_receive_ns = 0;
 constexpr int request_step_shift = 40;  // request_id = step << 40 | counter
 
+// Counts a read loop out of `n` (its worker's loops still running) when the loop ends.
+struct count_down {
+  std::size_t& n;
+  ~count_down() { --n; }
+};
+
+// The step a frame read by a worker belongs to: the one its request id names, or `current`
+// for a frame without one (a failed ack's Error).
+std::size_t step_of(const v2::Frame& f, std::size_t current) {
+  return f.request_id() == 0 ? current
+                             : static_cast<std::size_t>(f.request_id() >> request_step_shift);
+}
+
+// Records that `p` received `e`, to be acked at the next flush_acks: `p` joins `dirty` with the
+// first envelope since its last Ack.
+void note_received(load_peer& p, const v2::Envelope& e, std::vector<load_peer*>& dirty) {
+  if (p.acks.empty()) dirty.push_back(&p);
+  p.received(e.chat_id(), e.seq());
+}
+
+// A server Error frame read on `p`'s connection: one request fewer in flight if it answers one,
+// and the worker's first such error on stderr, its message after "parley-bench: " + `scenario`.
+void server_error(load_peer& p, const v2::Frame& f, const char* scenario) {
+  if (f.request_id() != 0) --p.in_flight;
+  static bool reported = false;  // the first error says what went wrong; once per worker
+  if (reported) return;
+  reported = true;
+  std::fprintf(stderr, "parley-bench: %sserver error (request %llu): %s\n", scenario,
+               static_cast<unsigned long long>(f.request_id()), f.error().message().c_str());
+}
+
 // Reads `p`'s frames until its connection ends; `reading` counts the loops still running.
 awaitable<void> read_loop(load_peer& p, std::vector<step_counters>& steps,
                           std::vector<load_peer*>& dirty, std::size_t& reading) {
-  struct count_down {
-    std::size_t& n;
-    ~count_down() { --n; }
-  } done{reading};
+  const count_down done{reading};
   for (;;) {
     auto [ec, bytes] = co_await p.ws->read();
     if (ec) co_return;
     v2::Frame f;
     if (!f.ParseFromString(bytes)) continue;
-    const auto step = f.request_id() == 0
-                          ? current_step
-                          : static_cast<std::size_t>(f.request_id() >> request_step_shift);
+    const auto step = step_of(f, current_step);
     switch (f.body_case()) {
       case v2::Frame::kSendResult:
         --p.in_flight;
         if (step < steps.size()) ++steps[step].stored;
         break;
-      case v2::Frame::kError: {
-        if (f.request_id() != 0) --p.in_flight;
+      case v2::Frame::kError:
+        server_error(p, f, "");
         if (step < steps.size()) ++steps[step].errors;
-        static bool reported = false;  // the first error says what went wrong; once per worker
-        if (!reported) {
-          reported = true;
-          std::fprintf(stderr, "parley-bench: server error (request %llu): %s\n",
-                       static_cast<unsigned long long>(f.request_id()),
-                       f.error().message().c_str());
-        }
         break;
-      }
       case v2::Frame::kEnvelope: {
         const auto& payload = f.envelope().payload();
         last_receive_ns = now_ns();
@@ -457,8 +516,7 @@ awaitable<void> read_loop(load_peer& p, std::vector<step_counters>& steps,
                 static_cast<std::uint64_t>(std::max<std::int64_t>(0, now_ns() - sent_ns) / 1000));
           }
         }
-        if (p.acks.empty()) dirty.push_back(&p);
-        p.received(f.envelope().chat_id(), f.envelope().seq());
+        note_received(p, f.envelope(), dirty);
         break;
       }
       // Receipts (the recipients' delivered watermarks) need no ack, and the bench measures
@@ -732,18 +790,10 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
   // At every step boundary: parleyd's /proc sample, then its /metrics (a scrape may take a few
   // ms under load; the histogram deltas then cover the steps shifted by as much).
   const auto step_ns = static_cast<std::int64_t>(step_seconds * 1e9);
-  std::vector<process_sample> server(rates.size() + 1);
-  std::vector<std::optional<commit_metrics>> commits(rates.size() + 1);
+  server_trace server(rates.size());
   for (std::size_t k = 0; k <= rates.size(); ++k) {
     sleep_until_ns(start + static_cast<std::int64_t>(k) * step_ns);
-    server[k] = sample_process(t.pid);
-    commits[k] = scrape_commit_metrics(t.metrics_address);
-    if (k == 0 && !commits[k] && !t.metrics_address.empty()) {
-      std::fprintf(stderr,
-                   "parley-bench: no parley_store_write_seconds from http://%s/metrics; the "
-                   "store's commit latencies are left out\n",
-                   t.metrics_address.c_str());
-    }
+    server.sample(t, k);
   }
   for (std::size_t k = 0; k < rates.size(); ++k) {
     step_result s;
@@ -763,18 +813,10 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
       s.received += received;
       s.errors += errors;
       s.skipped += skipped;
-      s.latency.merge(h);
-      s.generator_cores = std::max(s.generator_cores, cores);
-      s.generator_total_cores += cores;
-      // Behind schedule for more than 5 % of the step, or a worker saturating its core.
-      if (static_cast<double>(late) > step_seconds * 1000 * 0.05 || cores > 0.95)
-        s.generator_bound = true;
+      add_generator(s, h, cores, late);
     }
     s.lost = s.stored > s.received ? s.stored - s.received : 0;
-    s.server_cores = cores_used(server[k], server[k + 1]);
-    s.server_thread_cores = thread_cores_used(server[k], server[k + 1]);
-    s.server_rss = server[k + 1].rss_bytes;
-    s.store_commits = commits_between(commits[k], commits[k + 1]);
+    server.fill(k, s);
     r.steps.push_back(std::move(s));
   }
   if (relogin) {
@@ -981,19 +1023,14 @@ awaitable<std::pair<std::size_t, std::size_t>> join_group(
 // group's messages it has had; `reading` counts the loops still running.
 awaitable<void> fanout_read_loop(load_peer& p, std::uint64_t& highest_seq, fanout_worker& w,
                                  std::size_t& reading) {
-  struct count_down {
-    std::size_t& n;
-    ~count_down() { --n; }
-  } done{reading};
+  const count_down done{reading};
   constexpr std::uint64_t counter_mask = (std::uint64_t{1} << request_step_shift) - 1;
   for (;;) {
     auto [ec, bytes] = co_await p.ws->read();
     if (ec) co_return;
     v2::Frame f;
     if (!f.ParseFromString(bytes)) continue;
-    const auto step = f.request_id() == 0
-                          ? w.current_step
-                          : static_cast<std::size_t>(f.request_id() >> request_step_shift);
+    const auto step = step_of(f, w.current_step);
     switch (f.body_case()) {
       case v2::Frame::kSendResult: {
         --p.in_flight;
@@ -1002,23 +1039,14 @@ awaitable<void> fanout_read_loop(load_peer& p, std::uint64_t& highest_seq, fanou
         if (index < w.stored.size()) w.stored[index] = 1;
         break;
       }
-      case v2::Frame::kError: {
-        if (f.request_id() != 0) --p.in_flight;
+      case v2::Frame::kError:
+        server_error(p, f, "fanout: ");
         if (step < w.steps.size()) ++w.steps[step].errors;
-        static bool reported = false;  // the first error says what went wrong; once per worker
-        if (!reported) {
-          reported = true;
-          std::fprintf(stderr, "parley-bench: fanout: server error (request %llu): %s\n",
-                       static_cast<unsigned long long>(f.request_id()),
-                       f.error().message().c_str());
-        }
         break;
-      }
       case v2::Frame::kEnvelope: {
         const auto& e = f.envelope();
         // Every envelope is acked, the group's creation event too, as a real client does.
-        if (p.acks.empty()) w.dirty.push_back(&p);
-        p.received(e.chat_id(), e.seq());
+        note_received(p, e, w.dirty);
         // Only the sender's group messages count: not the group's events (system messages),
         // nor a member's own message should the server push it back.
         if (e.chat_id() != w.chat_id || e.has_event() || e.from() == p.username ||
@@ -1244,8 +1272,7 @@ fanout_result run_fanout(const target& t, std::size_t group_size, const std::vec
   pool.broadcast(std::to_string(start));
   // At every step boundary parleyd's /proc sample and /metrics, as in one-to-one; in between,
   // its RSS every 100 ms for the step's peak.
-  std::vector<process_sample> server(rates.size() + 1);
-  std::vector<std::optional<commit_metrics>> commits(rates.size() + 1);
+  server_trace server(rates.size());
   std::vector<std::uint64_t> rss_peak(rates.size(), 0);
   for (std::size_t k = 0; k <= rates.size(); ++k) {
     const std::int64_t boundary = start + static_cast<std::int64_t>(k) * step_ns;
@@ -1256,15 +1283,8 @@ fanout_result run_fanout(const target& t, std::size_t group_size, const std::vec
       }
     }
     sleep_until_ns(boundary);
-    server[k] = sample_process(t.pid);
-    commits[k] = scrape_commit_metrics(t.metrics_address);
-    if (k > 0) rss_peak[k - 1] = std::max(rss_peak[k - 1], server[k].rss_bytes);
-    if (k == 0 && !commits[k] && !t.metrics_address.empty()) {
-      std::fprintf(stderr,
-                   "parley-bench: no parley_store_write_seconds from http://%s/metrics; the "
-                   "store's commit latencies are left out\n",
-                   t.metrics_address.c_str());
-    }
+    server.sample(t, k);
+    if (k > 0) rss_peak[k - 1] = std::max(rss_peak[k - 1], server.process[k].rss_bytes);
   }
 
   // The workers' counters by step; the sender's (worker 0's) say which messages each step sent.
@@ -1295,17 +1315,9 @@ fanout_result run_fanout(const target& t, std::size_t group_size, const std::vec
       f.late += late;
       f.duplicates += duplicates;
       f.deliveries_in_window += in_window;
-      s.latency.merge(h);
-      s.generator_cores = std::max(s.generator_cores, cores);
-      s.generator_total_cores += cores;
-      // Behind schedule for more than 5 % of the step, or a worker saturating its core.
-      if (static_cast<double>(late_ticks) > step_seconds * 1000 * 0.05 || cores > 0.95)
-        s.generator_bound = true;
+      add_generator(s, h, cores, late_ticks);
     }
-    s.server_cores = cores_used(server[k], server[k + 1]);
-    s.server_thread_cores = thread_cores_used(server[k], server[k + 1]);
-    s.server_rss = server[k + 1].rss_bytes;
-    s.store_commits = commits_between(commits[k], commits[k + 1]);
+    server.fill(k, s);
     f.server_rss_peak = rss_peak[k];
     r.steps.push_back(std::move(f));
   }

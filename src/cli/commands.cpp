@@ -374,7 +374,8 @@ struct target {
 
   std::string label() const {
     if (!group) return peer;
-    return "group " + (name.empty() ? std::string() : "'" + name + "' ") + "(chat " +
+    // The name is anyone's choice (any admin renames): shown only as printable text.
+    return "group " + (name.empty() ? std::string() : "'" + printable(name) + "' ") + "(chat " +
            std::to_string(chat_id) + ")";
   }
 };

@@ -94,7 +94,20 @@ std::string printable(std::string_view s) {
       out += (c < 0x20 && c != '\t') || c == 0x7f ? '?' : static_cast<char>(c);
       ++i;
     } else {
-      out.append(s.substr(i, n));
+      // C1 controls (U+0080-U+009F) and the bidirectional overrides and isolates (U+202A-
+      // U+202E, U+2066-U+2069) can rewrite what a terminal shows: replaced too.
+      const auto b0 = static_cast<unsigned char>(s[i]);
+      const auto b1 = static_cast<unsigned char>(s[i + 1]);
+      const auto b2 = n == 3 ? static_cast<unsigned char>(s[i + 2]) : 0;
+      const bool c1 = n == 2 && b0 == 0xC2 && b1 >= 0x80 && b1 <= 0x9F;
+      const bool bidi = n == 3 && b0 == 0xE2 &&
+                        ((b1 == 0x80 && b2 >= 0xAA && b2 <= 0xAE) ||
+                         (b1 == 0x81 && b2 >= 0xA6 && b2 <= 0xA9));
+      if (c1 || bidi) {
+        out += '?';
+      } else {
+        out.append(s.substr(i, n));
+      }
       i += n;
     }
   }

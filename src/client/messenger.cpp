@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <functional>
 #include <limits>
 #include <stdexcept>
 
@@ -65,6 +66,46 @@ std::optional<std::string> key_message_id(const std::string& client_msg_id,
 
 bool is_server_error(const client_error& e, v2::ErrorCode code) {
   return e.what == client_error::kind::server && e.code == code;
+}
+
+// A failure of the local store (what it threw), as a client_error.
+client_error store_error(const std::exception& e) {
+  return crypto_error(std::string("local store failed: ") + e.what());
+}
+
+// What open() returns when the local store threw: nothing was kept, so the envelope must not be
+// acked.
+opened_message not_stored(const std::exception& e) {
+  return {opened_message::kind::not_stored, {}, std::string("local store failed: ") + e.what()};
+}
+
+// The history's record of the pushed Envelope `e`, as this device received it.
+local_message incoming_record(const v2::Envelope& e, std::string text, std::string problem = {},
+                              message_kind kind = message_kind::text) {
+  return {e.message_id(),
+          e.chat_id(),
+          e.seq(),
+          e.from(),
+          message_direction::incoming,
+          e.sent_at_ms(),
+          std::move(text),
+          std::move(problem),
+          kind};
+}
+
+// The history's record of a message this account sent (`r`) in chat `chat_id`; `peer` as
+// local_message has it (in a group: this account).
+local_message outgoing_record(const v2::SendResult& r, std::uint64_t chat_id,
+                              const std::string& peer, const std::string& text) {
+  return {r.message_id(), chat_id, r.seq(), peer, message_direction::outgoing,
+          r.sent_at_ms(), text,    {}};
+}
+
+// Why a decrypted group message shows nothing: `c` is its Content (nullopt: not a padded
+// Content), one without a text.
+std::string group_problem(const std::optional<content::Content>& c) {
+  if (!c) return make_error_code(e2ee::errc::malformed_content).message();
+  return c->has_sender_key() ? "a sender key sent in the group itself" : unknown_content;
 }
 
 }  // namespace
@@ -204,14 +245,7 @@ messenger::messenger(client& api, local_store& store, e2ee::library_context& lib
     // one again: the message is there already.
     if (m.control) return {};  // a sender key: nothing to show
     local_store::transaction tx(store_);
-    store_.add_message({r.message_id(),
-                        r.chat_id(),
-                        r.seq(),
-                        m.peer,
-                        message_direction::outgoing,
-                        r.sent_at_ms(),
-                        m.text,
-                        {}});
+    store_.add_message(outgoing_record(r, r.chat_id(), m.peer, m.text));
     tx.commit();
     return {};
   } catch (const std::exception& e) {
@@ -322,6 +356,22 @@ awaitable<result<v2::SendResult>> messenger::send(sealed_message m, std::string 
 }
 #pragma GCC diagnostic pop
 
+opened_message messenger::record_undecryptable(const v2::Envelope& e, std::string problem,
+                                               bool group) {
+  local_store::transaction tx(store_);
+  if (group) store_.set_group(e.chat_id(), {});
+  store_.add_message(incoming_record(e, {}, problem));
+  tx.commit();
+  return {opened_message::kind::undecryptable, {}, std::move(problem)};
+}
+
+opened_message messenger::record_text(local_store::transaction& tx, const v2::Envelope& e,
+                                      const std::string& text) {
+  store_.add_message(incoming_record(e, text));
+  tx.commit();
+  return {opened_message::kind::text, text, {}};
+}
+
 opened_message messenger::open(const v2::Envelope& e) {
   if (e.has_event()) return open_event(e);
   if (e.type() == v2::CIPHER_TYPE_SENDER_KEY_MESSAGE) return open_group(e);
@@ -357,31 +407,14 @@ opened_message messenger::open(const v2::Envelope& e) {
         if (!c) {
           problem = make_error_code(e2ee::errc::malformed_content).message();
         } else if (c->has_text()) {
-          store_.add_message({e.message_id(),
-                              e.chat_id(),
-                              e.seq(),
-                              e.from(),
-                              message_direction::incoming,
-                              e.sent_at_ms(),
-                              c->text(),
-                              {}});
-          tx.commit();
-          return {opened_message::kind::text, c->text(), {}};
+          return record_text(tx, e, c->text());
         } else if (c->has_sender_key()) {
           std::vector<local_message> released;
           problem = take_sender_key(e.from(), device, c->sender_key(), released);
           if (problem.empty()) {
             // Kept (hidden) so that a repeated push of it is known as a duplicate: its message
             // key is used, a second decryption would fail.
-            store_.add_message({e.message_id(),
-                                e.chat_id(),
-                                e.seq(),
-                                e.from(),
-                                message_direction::incoming,
-                                e.sent_at_ms(),
-                                {},
-                                {},
-                                message_kind::control});
+            store_.add_message(incoming_record(e, {}, {}, message_kind::control));
             tx.commit();
             released_.insert(released_.end(), released.begin(), released.end());
             return {opened_message::kind::sender_key, {}, {}};
@@ -393,20 +426,9 @@ opened_message messenger::open(const v2::Envelope& e) {
         problem = plain.error().message();
       }
     }  // a failed decryption is rolled back here
-    local_store::transaction tx(store_);
-    store_.add_message({e.message_id(),
-                        e.chat_id(),
-                        e.seq(),
-                        e.from(),
-                        message_direction::incoming,
-                        e.sent_at_ms(),
-                        {},
-                        problem});
-    tx.commit();
-    return {opened_message::kind::undecryptable, {}, std::move(problem)};
+    return record_undecryptable(e, std::move(problem), false);
   } catch (const std::exception& ex) {
-    // The local store failed: nothing was kept, so the envelope must not be acked.
-    return {opened_message::kind::not_stored, {}, std::string("local store failed: ") + ex.what()};
+    return not_stored(ex);
   }
 }
 
@@ -431,12 +453,10 @@ std::string messenger::take_sender_key(const std::string& from, std::int32_t dev
                     p.sent_at_ms, {},        {}};
     if (!plain) {
       m.problem = plain.error().message();
-    } else if (auto c = parse_content(*plain); !c) {
-      m.problem = make_error_code(e2ee::errc::malformed_content).message();
-    } else if (!c->has_text()) {
-      m.problem = c->has_sender_key() ? "a sender key sent in the group itself" : unknown_content;
-    } else {
+    } else if (auto c = parse_content(*plain); c && c->has_text()) {
       m.text = c->text();
+    } else {
+      m.problem = group_problem(c);
     }
     store_.add_message(m);
     store_.remove_pending(p.server_id);
@@ -482,39 +502,15 @@ std::string messenger::take_sender_key(const std::string& from, std::int32_t dev
       }
       if (plain) {
         auto c = parse_content(*plain);
-        if (c && c->has_text()) {
-          store_.add_message({e.message_id(),
-                              e.chat_id(),
-                              e.seq(),
-                              e.from(),
-                              message_direction::incoming,
-                              e.sent_at_ms(),
-                              c->text(),
-                              {}});
-          tx.commit();
-          return {opened_message::kind::text, c->text(), {}};
-        }
-        problem =
-            !c ? make_error_code(e2ee::errc::malformed_content).message()
-               : (c->has_sender_key() ? "a sender key sent in the group itself" : unknown_content);
+        if (c && c->has_text()) return record_text(tx, e, c->text());
+        problem = group_problem(c);
       } else {
         problem = plain.error().message();
       }
     }  // a failed decryption is rolled back here
-    local_store::transaction tx(store_);
-    store_.set_group(e.chat_id(), {});
-    store_.add_message({e.message_id(),
-                        e.chat_id(),
-                        e.seq(),
-                        e.from(),
-                        message_direction::incoming,
-                        e.sent_at_ms(),
-                        {},
-                        problem});
-    tx.commit();
-    return {opened_message::kind::undecryptable, {}, std::move(problem)};
+    return record_undecryptable(e, std::move(problem), true);
   } catch (const std::exception& ex) {
-    return {opened_message::kind::not_stored, {}, std::string("local store failed: ") + ex.what()};
+    return not_stored(ex);
   }
 }
 
@@ -526,19 +522,11 @@ std::string messenger::take_sender_key(const std::string& from, std::int32_t dev
     // but the key it retires still in use, or the other way round.
     local_store::transaction tx(store_);
     apply_event(e);
-    store_.add_message({e.message_id(),
-                        e.chat_id(),
-                        e.seq(),
-                        e.from(),
-                        message_direction::incoming,
-                        e.sent_at_ms(),
-                        text,
-                        {},
-                        message_kind::event});
+    store_.add_message(incoming_record(e, text, {}, message_kind::event));
     tx.commit();
     return {opened_message::kind::event, std::move(text), {}};
   } catch (const std::exception& ex) {
-    return {opened_message::kind::not_stored, {}, std::string("local store failed: ") + ex.what()};
+    return not_stored(ex);
   }
 }
 
@@ -642,15 +630,25 @@ std::vector<local_message> messenger::take_released() {
     // peer "" of the chat (local_store derives a group message's status from it).
     return store_.raise_watermark(r.chat_id(), r.user(), status, r.up_to_seq());
   } catch (const std::exception& e) {
-    return crypto_error(std::string("local store failed: ") + e.what());
+    return store_error(e);
   }
 }
 
 // --- groups ------------------------------------------------------------------------------------
 
-[[gnu::noinline]] result<void> messenger::remember_group(const v2::GroupInfo& info) {
+[[gnu::noinline]] result<void> messenger::in_transaction(const std::function<void()>& change) {
   try {
     local_store::transaction tx(store_);
+    change();
+    tx.commit();
+    return {};
+  } catch (const std::exception& e) {
+    return store_error(e);
+  }
+}
+
+result<void> messenger::remember_group(const v2::GroupInfo& info) {
+  return in_transaction([&] {
     store_.set_group(info.chat_id(), info.name());
     const bool member = std::any_of(info.members().begin(), info.members().end(),
                                     [&](const v2::GroupMember& m) { return m.user() == me_; });
@@ -659,45 +657,32 @@ std::vector<local_message> messenger::take_released() {
     } else if (store_.group(info.chat_id())->member) {
       forget_group_locally(info.chat_id());
     }
-    tx.commit();
-    return {};
-  } catch (const std::exception& e) {
-    return crypto_error(std::string("local store failed: ") + e.what());
-  }
+  });
 }
 
-[[gnu::noinline]] result<void> messenger::after_update(std::uint64_t chat_id,
-                                                       v2::GroupChange change,
-                                                       const std::string& user,
-                                                       const v2::GroupInfo& info) {
+result<void> messenger::after_update(std::uint64_t chat_id, v2::GroupChange change,
+                                     const std::string& user, const v2::GroupInfo& info) {
   // What the change's event will do when it is pushed back, done now: a message sent before
   // that event is opened must not use a key the removed member has. (The event then finds the
   // key retired and changes nothing more.)
-  try {
-    local_store::transaction tx(store_);
-    if (change == v2::GROUP_CHANGE_LEAVE || (change == v2::GROUP_CHANGE_REMOVE && user == me_)) {
+  const bool gone =
+      change == v2::GROUP_CHANGE_LEAVE || (change == v2::GROUP_CHANGE_REMOVE && user == me_);
+  auto changed = in_transaction([&] {
+    if (gone) {
       store_.set_group(chat_id, info.name());
       forget_group_locally(chat_id);
-      tx.commit();
-      return {};
+    } else if (change == v2::GROUP_CHANGE_REMOVE) {
+      rotate_if_held(chat_id, user);
     }
-    if (change == v2::GROUP_CHANGE_REMOVE) rotate_if_held(chat_id, user);
-    tx.commit();
-  } catch (const std::exception& e) {
-    return crypto_error(std::string("local store failed: ") + e.what());
-  }
+  });
+  if (!changed || gone) return changed;
   return remember_group(info);
 }
 
-[[gnu::noinline]] result<void> messenger::after_not_found(std::uint64_t chat_id) {
-  try {
-    local_store::transaction tx(store_);
+result<void> messenger::after_not_found(std::uint64_t chat_id) {
+  return in_transaction([&] {
     if (auto g = store_.group(chat_id); g && g->member) forget_group_locally(chat_id);
-    tx.commit();
-    return {};
-  } catch (const std::exception& e) {
-    return crypto_error(std::string("local store failed: ") + e.what());
-  }
+  });
 }
 
 awaitable<result<v2::GroupInfo>> messenger::create_group(std::string name,
@@ -789,21 +774,13 @@ struct messenger::group_send_plan {
     tx.commit();
     return plan;
   } catch (const std::exception& e) {
-    return crypto_error(std::string("local store failed: ") + e.what());
+    return store_error(e);
   }
 }
 
-[[gnu::noinline]] result<void> messenger::mark_holder(std::uint64_t chat_id,
-                                                      const std::string& member,
-                                                      const key_holder& holder) {
-  try {
-    local_store::transaction tx(store_);
-    store_.add_sender_key_holder(chat_id, member, holder);
-    tx.commit();
-    return {};
-  } catch (const std::exception& e) {
-    return crypto_error(std::string("local store failed: ") + e.what());
-  }
+result<void> messenger::mark_holder(std::uint64_t chat_id, const std::string& member,
+                                    const key_holder& holder) {
+  return in_transaction([&] { store_.add_sender_key_holder(chat_id, member, holder); });
 }
 
 awaitable<result<void>> messenger::give_sender_key(std::uint64_t chat_id, v2::GroupMember member,
@@ -849,14 +826,7 @@ awaitable<result<void>> messenger::give_sender_key(std::uint64_t chat_id, v2::Gr
   try {
     local_store::transaction tx(store_);
     store_.set_group(chat_id, {});
-    store_.add_message({r.message_id(),
-                        chat_id,
-                        r.seq(),
-                        me_,
-                        message_direction::outgoing,
-                        r.sent_at_ms(),
-                        text,
-                        {}});
+    store_.add_message(outgoing_record(r, chat_id, me_, text));
     tx.commit();
     return {};
   } catch (const std::exception& e) {

@@ -41,6 +41,7 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -190,6 +191,14 @@ class messenger {
   opened_message open_pairwise(const parley::v2::Envelope& e);
   opened_message open_group(const parley::v2::Envelope& e);
   opened_message open_event(const parley::v2::Envelope& e);
+  // Records e in the history as undecryptable for `problem` (with `group`, its chat as a
+  // group's), in a transaction of its own; what open() returns then. Throws if the store fails.
+  opened_message record_undecryptable(const parley::v2::Envelope& e, std::string problem,
+                                      bool group);
+  // Records e in the history with its `text` and commits the caller's `tx`; what open()
+  // returns then. Throws if the store fails.
+  opened_message record_text(local_store::transaction& tx, const parley::v2::Envelope& e,
+                             const std::string& text);
   // Keeps a member's sender key (from a 1:1 message) and decrypts the group messages that
   // waited for it, into `released`. Empty, or why the key was refused. Inside the caller's
   // transaction; throws if the store fails.
@@ -204,6 +213,9 @@ class messenger {
   void rotate_if_held(std::uint64_t chat_id, const std::string& user);
   // This account is no longer a member: forgets every sender key of the group.
   void forget_group_locally(std::uint64_t chat_id);
+  // Runs `change` in one local-store transaction, committed if it returns; what it throws
+  // (the store failed) as a client_error, with nothing of it kept.
+  result<void> in_transaction(const std::function<void()>& change);
   result<void> remember_group(const parley::v2::GroupInfo& info);
   result<void> after_update(std::uint64_t chat_id, parley::v2::GroupChange change,
                             const std::string& user, const parley::v2::GroupInfo& info);

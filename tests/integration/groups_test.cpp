@@ -18,15 +18,6 @@ using namespace std::chrono_literals;
 constexpr const char* no_rate_limits =
     "[rate_limits]\nregister_per_address = 0\nregister_global = 0\nsend_per_device = 0\n";
 
-// The error code of a failed request (UNSPECIFIED, and a failure, if it succeeded).
-template <class T>
-v2::ErrorCode code_of(const client::result<T>& r) {
-  EXPECT_FALSE(r) << "the server accepted it";
-  if (r) return v2::ERROR_CODE_UNSPECIFIED;
-  EXPECT_EQ(r.error().what, client::client_error::kind::server) << client::describe(r.error());
-  return r.error().code;
-}
-
 std::vector<std::string> member_names(const v2::GroupInfo& g) {
   std::vector<std::string> out;
   for (const auto& m : g.members()) out.push_back(m.user() + (m.admin() ? "*" : ""));

@@ -38,15 +38,6 @@ v2::MessageStatus status_of(test_client& c, std::uint64_t chat, std::uint64_t se
   return r ? *r : v2::MESSAGE_STATUS_UNSPECIFIED;
 }
 
-// The error code of a failed request (UNSPECIFIED, and a failure, if it succeeded).
-template <class T>
-v2::ErrorCode code_of(const client::result<T>& r) {
-  EXPECT_FALSE(r) << "the server accepted it";
-  if (r) return v2::ERROR_CODE_UNSPECIFIED;
-  EXPECT_EQ(r.error().what, client::client_error::kind::server) << client::describe(r.error());
-  return r.error().code;
-}
-
 // Nothing is pushed to `c` for `quiet` (and its connection is still open).
 void expect_quiet(test_client& c, std::chrono::milliseconds quiet = 300ms) {
   auto f = c.run(c.api().next_push(quiet));

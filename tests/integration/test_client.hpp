@@ -187,6 +187,15 @@ class test_client {
   int next_client_id_ = 1;
 };
 
+// The error code of a failed request (UNSPECIFIED, and a failure, if it succeeded).
+template <class T>
+inline v2::ErrorCode code_of(const client::result<T>& r) {
+  EXPECT_FALSE(r) << "the server accepted it";
+  if (r) return v2::ERROR_CODE_UNSPECIFIED;
+  EXPECT_EQ(r.error().what, client::client_error::kind::server) << client::describe(r.error());
+  return r.error().code;
+}
+
 // A user online with nothing pending: registered as `name`, authenticated, and drained to
 // QueueEmpty (the set-up most tests start from).
 inline test_client online(boost::asio::io_context& io, const std::string& url,
