@@ -46,11 +46,13 @@ void group_receipts::flush() {
         return;
       }
       if (r.error() == store::errc::shutting_down) return;
-      // The store remembered nothing of it: marked again, for the next interval. A full disk
-      // or a busy writer is reported by the store itself (once, not per group and interval).
+      // A full disk or a busy writer passes: the group is marked again, for the next
+      // interval (the store remembered nothing of this pass). Anything else (a corrupt
+      // record) would fail again: logged and left to the next move in the group, or each
+      // member's next login, which reads the marks from the store.
       if (r.error() != store::errc::unavailable && r.error() != store::errc::busy) {
-        log_warn() << "group " << chat << ": merged receipts failed, retrying: "
-                   << r.error().message();
+        log_warn() << "group " << chat << ": merged receipts failed: " << r.error().message();
+        return;
       }
       if (auto self = weak.lock()) self->moved(std::vector<store::chat_id>(1, chat));
     });

@@ -1540,6 +1540,70 @@ TEST_P(store_groups, receipts_are_merged_per_group_as_the_lowest_of_the_other_me
       << "a login with a stamp gets the groups whose merged marks moved after it";
 }
 
+// A removed member's ack of its removal and its re-add in one group commit: the re-add's
+// cursor (just before the new ADD) is what is stored, not the ack's older one, which a
+// write made later in the same batch would otherwise restore (then its next login would be
+// drained what was sent while it was out). The writer is held after a commit while the two
+// requests queue, so that they share the next one.
+TEST_P(store_groups, a_re_add_in_the_same_commit_as_the_removal_ack_keeps_the_new_cursor) {
+  struct gate_state {
+    std::mutex m;
+    std::condition_variable cv;
+    bool armed = false, blocked = false, open = false;
+  };
+  auto gate = std::make_shared<gate_state>();
+  tuning_.after_commit = [gate] {
+    std::unique_lock lock(gate->m);
+    if (!gate->armed || gate->blocked) return;
+    gate->blocked = true;
+    gate->cv.notify_all();
+    gate->cv.wait(lock, [&] { return gate->open; });
+  };
+  reopen();
+  auto release = [gate] {
+    std::lock_guard lock(gate->m);
+    gate->open = true;
+    gate->cv.notify_all();
+  };
+  struct release_on_exit {
+    std::function<void()> release;
+    ~release_on_exit() { release(); }
+  } guard{release};
+
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto g = create(alice, {"bob"});
+  ASSERT_TRUE(g);
+  const chat_id chat = g->info.chat;
+  ASSERT_TRUE(say(alice, chat, "a1"));                                  // 2
+  ASSERT_TRUE(change(alice, chat, group_change::remove, "bob"));        // 3: bob's last
+  ASSERT_TRUE(say(alice, chat, "a2"));                                  // 4: not bob's
+  {
+    std::lock_guard lock(gate->m);
+    gate->armed = true;
+  }
+  in_flight<send_outcome> first;
+  db_->send(request(alice, by_id(chat), "a3", "sk", 4), first.slot());  // 5, then held
+  {
+    std::unique_lock lock(gate->m);
+    ASSERT_TRUE(gate->cv.wait_for(lock, completion_deadline, [&] { return gate->blocked; }));
+  }
+  in_flight<watermark_moves> acked;
+  db_->ack(bob.device, bob.user, {{chat, 3}}, acked.slot());
+  in_flight<group_outcome> added;
+  group_change_request add{alice.user, alice.device, alice.name, chat, group_change::add,
+                           "bob", {}, 1024};
+  db_->change_group(add, added.slot());
+  release();
+  ASSERT_TRUE(first.all()[0]);
+  ASSERT_TRUE(acked.all()[0]);
+  auto re_added = added.all()[0];
+  ASSERT_TRUE(re_added);
+  EXPECT_EQ(re_added->pushes.back().message->seq, 6u);
+  EXPECT_EQ(described(backlog_of(bob).behind), std::vector<std::string>{position(chat, 5, 6)})
+      << "only the new ADD, nothing of what was sent while bob was out";
+}
+
 TEST_P(store_groups, system_messages_and_messages_share_one_order) {
   auto alice = register_user("alice");
   auto bob = register_user("bob");

@@ -1834,17 +1834,14 @@ void rocksdb_store::change_group(group_change_request request, completion<group_
               auto cursor = d.cursor_of(request.chat, target, device);
               if (!cursor) return cursor.error();
               if (*cursor >= *seq - 1) continue;
-              d.put(g, cf_cursors, keys::cursor(request.chat, target, device),
-                    keys::be64(*seq - 1));
+              // Deferred like an ack's: a group cursor is written only at commit time, so
+              // that a former member's ack of its removal earlier in this commit (deferred
+              // too) cannot land after this and take the cursor back.
+              d.defer_group_cursor(g, request.chat, target, device, *seq - 1);
               d.set_cached(g, d.cursors, std::make_pair(request.chat, device), *seq - 1);
             }
-            auto read = d.read_mark_of(request.chat, target);
-            if (!read) return read.error();
-            if (*read < *seq - 1) {
-              d.put(g, cf_read_marks, keys::read_mark(request.chat, target),
-                    keys::be64(*seq - 1));
-              d.set_cached(g, d.read_marks, std::make_pair(request.chat, target), *seq - 1);
-            }
+            // The read mark is not raised: the merged "read by all" must not claim a message
+            // nobody read (a joiner's raised mark would count for what it never saw).
             break;
           }
           case group_change::remove:
