@@ -1061,54 +1061,65 @@ TEST_P(store_contract, dedupe_forgets_a_client_msg_id_after_its_window) {
   EXPECT_EQ(log_of(first->chat).size(), head + 1);
 }
 
+// Holds the store's writer in its first commit after arm(), until open(): requests made
+// meanwhile queue, and share the next commit. Install hook() as tuning::after_commit before
+// opening the store. The destructor opens it, so the writer is let go before the store is
+// destroyed, whatever the test did.
+class writer_gate {
+ public:
+  writer_gate() = default;
+  writer_gate(const writer_gate&) = delete;
+  writer_gate& operator=(const writer_gate&) = delete;
+  ~writer_gate() { open(); }
+
+  std::function<void()> hook() {
+    return [s = s_] {
+      std::unique_lock lock(s->m);
+      if (!s->armed || s->blocked) return;
+      s->blocked = true;
+      s->cv.notify_all();
+      s->cv.wait(lock, [&] { return s->open; });
+    };
+  }
+  void arm() {
+    std::lock_guard lock(s_->m);
+    s_->armed = true;
+  }
+  // Whether the writer is held (false if it did not commit within the deadline).
+  bool wait_until_held() {
+    std::unique_lock lock(s_->m);
+    return s_->cv.wait_for(lock, test_calls::completion_deadline, [&] { return s_->blocked; });
+  }
+  void open() {
+    std::lock_guard lock(s_->m);
+    s_->open = true;
+    s_->cv.notify_all();
+  }
+
+ private:
+  struct state {
+    std::mutex m;
+    std::condition_variable cv;
+    bool armed = false, blocked = false, open = false;
+  };
+  std::shared_ptr<state> s_ = std::make_shared<state>();
+};
+
 // Writes beyond max_pending waiting for the writer are refused at once with busy, applying
 // nothing; the ones that fit wait, and succeed once the writer moves on.
 TEST_P(store_contract, writes_beyond_max_pending_are_refused_busy) {
-  // The writer blocks in its first commit after `armed`, until the test opens the gate.
-  struct gate_state {
-    std::mutex m;
-    std::condition_variable cv;
-    bool armed = false;
-    bool fired = false;
-    bool blocked = false;
-    bool open = false;
-  };
-  auto gate = std::make_shared<gate_state>();
+  writer_gate gate;
   constexpr std::size_t max_pending = 4;
   tuning_.max_pending = max_pending;
-  tuning_.after_commit = [gate] {
-    std::unique_lock lock(gate->m);
-    if (!gate->armed || gate->fired) return;
-    gate->fired = true;
-    gate->blocked = true;
-    gate->cv.notify_all();
-    gate->cv.wait(lock, [&] { return gate->open; });
-  };
+  tuning_.after_commit = gate.hook();
   reopen();
-  auto open_gate = [gate] {
-    std::lock_guard lock(gate->m);
-    gate->open = true;
-    gate->cv.notify_all();
-  };
-  // Whatever happens below, the writer is let go before the store is destroyed.
-  struct release_on_exit {
-    std::function<void()> release;
-    ~release_on_exit() { release(); }
-  } guard{open_gate};
 
   auto alice = register_user("alice");
   register_user("bob");
-  {
-    std::lock_guard lock(gate->m);
-    gate->armed = true;
-  }
+  gate.arm();
   in_flight<send_outcome> first;
   db_->send(request(alice, by_peer("bob"), "w0"), first.slot());
-  {
-    std::unique_lock lock(gate->m);
-    ASSERT_TRUE(gate->cv.wait_for(lock, completion_deadline, [&] { return gate->blocked; }))
-        << "the writer never committed";
-  }
+  ASSERT_TRUE(gate.wait_until_held()) << "the writer never committed";
 
   // The writer is stuck: max_pending requests may wait, the rest are refused.
   in_flight<send_outcome> sends;
@@ -1137,7 +1148,7 @@ TEST_P(store_contract, writes_beyond_max_pending_are_refused_busy) {
   }
   EXPECT_EQ(db_->pending_writes(), max_pending);
 
-  open_gate();
+  gate.open();
   auto w0 = first.all();
   ASSERT_TRUE(w0[0]);
   EXPECT_EQ(w0[0]->seq, 1u);
@@ -1546,29 +1557,9 @@ TEST_P(store_groups, receipts_are_merged_per_group_as_the_lowest_of_the_other_me
 // drained what was sent while it was out). The writer is held after a commit while the two
 // requests queue, so that they share the next one.
 TEST_P(store_groups, a_re_add_in_the_same_commit_as_the_removal_ack_keeps_the_new_cursor) {
-  struct gate_state {
-    std::mutex m;
-    std::condition_variable cv;
-    bool armed = false, blocked = false, open = false;
-  };
-  auto gate = std::make_shared<gate_state>();
-  tuning_.after_commit = [gate] {
-    std::unique_lock lock(gate->m);
-    if (!gate->armed || gate->blocked) return;
-    gate->blocked = true;
-    gate->cv.notify_all();
-    gate->cv.wait(lock, [&] { return gate->open; });
-  };
+  writer_gate gate;
+  tuning_.after_commit = gate.hook();
   reopen();
-  auto release = [gate] {
-    std::lock_guard lock(gate->m);
-    gate->open = true;
-    gate->cv.notify_all();
-  };
-  struct release_on_exit {
-    std::function<void()> release;
-    ~release_on_exit() { release(); }
-  } guard{release};
 
   auto alice = register_user("alice");
   auto bob = register_user("bob");
@@ -1578,23 +1569,17 @@ TEST_P(store_groups, a_re_add_in_the_same_commit_as_the_removal_ack_keeps_the_ne
   ASSERT_TRUE(say(alice, chat, "a1"));                                  // 2
   ASSERT_TRUE(change(alice, chat, group_change::remove, "bob"));        // 3: bob's last
   ASSERT_TRUE(say(alice, chat, "a2"));                                  // 4: not bob's
-  {
-    std::lock_guard lock(gate->m);
-    gate->armed = true;
-  }
+  gate.arm();
   in_flight<send_outcome> first;
   db_->send(request(alice, by_id(chat), "a3", "sk", 4), first.slot());  // 5, then held
-  {
-    std::unique_lock lock(gate->m);
-    ASSERT_TRUE(gate->cv.wait_for(lock, completion_deadline, [&] { return gate->blocked; }));
-  }
+  ASSERT_TRUE(gate.wait_until_held());
   in_flight<watermark_moves> acked;
   db_->ack(bob.device, bob.user, {{chat, 3}}, acked.slot());
   in_flight<group_outcome> added;
   group_change_request add{alice.user, alice.device, alice.name, chat, group_change::add,
                            "bob", {}, 1024};
   db_->change_group(add, added.slot());
-  release();
+  gate.open();
   ASSERT_TRUE(first.all()[0]);
   ASSERT_TRUE(acked.all()[0]);
   auto re_added = added.all()[0];

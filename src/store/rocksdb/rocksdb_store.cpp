@@ -566,17 +566,24 @@ struct rocksdb_store::impl {
     auto head = log_head(chat);
     if (!head) return head.error();
     auto& c = chats[chat];
-    c.members.assign((*record)->members().begin(), (*record)->members().end());
+    c = cached_chat_of(**record);
     c.head = *head;
-    c.created_ms = (*record)->created_ms();
-    if ((*record)->kind() == pb::ChatRecord::KIND_GROUP) {
+    return &c;
+  }
+
+  // A chat's record as the writer keeps it (head 0: it is not in the record).
+  static cached_chat cached_chat_of(const pb::ChatRecord& record) {
+    cached_chat c;
+    c.members.assign(record.members().begin(), record.members().end());
+    c.created_ms = record.created_ms();
+    if (record.kind() == pb::ChatRecord::KIND_GROUP) {
       c.group = true;
-      c.name = (*record)->name();
-      c.admins.assign((*record)->admins().begin(), (*record)->admins().end());
-      c.joined.assign((*record)->joined_seq().begin(), (*record)->joined_seq().end());
+      c.name = record.name();
+      c.admins.assign(record.admins().begin(), record.admins().end());
+      c.joined.assign(record.joined_seq().begin(), record.joined_seq().end());
       c.joined.resize(c.members.size(), 1);
     }
-    return &c;
+    return c;
   }
 
   // The 1:1 chat of two users (writer thread, cached); 0 if they have none yet.
@@ -656,17 +663,28 @@ struct rocksdb_store::impl {
 
   // --- groups (writer thread) ---
 
-  // The user's entry for a chat in user_chats (through the overlay): nullopt if the user never
-  // was in it.
+  // A user's entry for a chat in user_chats from its lookup: nullopt if the user never was in
+  // it.
+  static result<std::optional<membership>> membership_of(const rocksdb::Status& s,
+                                                         std::string_view value) {
+    if (s.IsNotFound()) return std::optional<membership>();
+    if (!s.ok()) return errc::io_error;
+    auto m = parse_membership(value);
+    if (!m) return errc::corrupt;
+    return m;
+  }
+  // The same through the group's overlay (writer thread).
   result<std::optional<membership>> membership_in(group& g, std::uint64_t user,
                                                   std::uint64_t chat) {
     std::string v;
     auto s = get(g, cf_user_chats, keys::user_chat(user, chat).view(), &v);
-    if (s.IsNotFound()) return std::optional<membership>();
-    if (!s.ok()) return errc::io_error;
-    auto m = parse_membership(v);
-    if (!m) return errc::corrupt;
-    return m;
+    return membership_of(s, v);
+  }
+  // The same as committed (any thread).
+  result<std::optional<membership>> stored_membership(std::uint64_t user, std::uint64_t chat) {
+    std::string v;
+    auto s = get(cf_user_chats, keys::user_chat(user, chat).view(), &v);
+    return membership_of(s, v);
   }
 
   // Writes a group's record from its cached state.
@@ -737,18 +755,29 @@ struct rocksdb_store::impl {
     return out;
   }
 
-  result<group_info> info_of(std::uint64_t chat, const cached_chat& c) {
+  // A group as its members see it, naming each member with `name_of(user) ->
+  // result<std::string>` (the writer's cache, or a reader's lookup).
+  template <class NameOf>
+  static result<group_info> info_of(std::uint64_t chat, const cached_chat& c, NameOf name_of) {
     group_info info;
     info.chat = chat;
     info.name = c.name;
     info.members.reserve(c.members.size());
     for (std::size_t i = 0; i < c.members.size(); ++i) {
-      auto u = user_record(c.members[i]);
-      if (!u) return u.error();
+      result<std::string> name = name_of(c.members[i]);
+      if (!name) return name.error();
       info.members.push_back(
-          {c.members[i], (*u)->username, c.is_admin(c.members[i]), c.joined[i]});
+          {c.members[i], std::move(*name), c.is_admin(c.members[i]), c.joined[i]});
     }
     return info;
+  }
+  // The same on the writer thread (names from its user cache).
+  result<group_info> info_of(std::uint64_t chat, const cached_chat& c) {
+    return info_of(chat, c, [this](std::uint64_t user) -> result<std::string> {
+      auto u = user_record(user);
+      if (!u) return u.error();
+      return (*u)->username;
+    });
   }
 
   // The writer's view of a group's watermarks now: delivered (read counts as delivered) and
@@ -1908,22 +1937,9 @@ void rocksdb_store::get_group(user_id requester, chat_id chat, completion<group_
     auto record = d.chat_record(chat);
     if (!record) return record.error();
     if (!*record || (*record)->kind() != pb::ChatRecord::KIND_GROUP) return errc::not_found;
-    const auto& r = **record;
-    if (std::find(r.members().begin(), r.members().end(), requester) == r.members().end()) {
-      return errc::not_found;
-    }
-    group_info info;
-    info.chat = chat;
-    info.name = r.name();
-    for (int i = 0; i < r.members_size(); ++i) {
-      auto name = d.username_of(r.members(i));
-      if (!name) return name.error();
-      const bool admin =
-          std::find(r.admins().begin(), r.admins().end(), r.members(i)) != r.admins().end();
-      info.members.push_back(
-          {r.members(i), std::move(*name), admin, i < r.joined_seq_size() ? r.joined_seq(i) : 1});
-    }
-    return info;
+    const cached_chat c = impl::cached_chat_of(**record);
+    if (!c.is_member(requester)) return errc::not_found;
+    return impl::info_of(chat, c, [&d](std::uint64_t user) { return d.username_of(user); });
   });
 }
 
@@ -1962,14 +1978,9 @@ result<device_backlog> rocksdb_store::impl::compute_backlog(std::uint64_t device
     auto head = head_of(chat);
     if (!head) return head.error();
     std::uint64_t last = std::max(*head, highest);
-    std::string v;
-    auto s = get(cf_user_chats, keys::user_chat(user, chat).view(), &v);
-    if (!s.ok() && !s.IsNotFound()) return errc::io_error;
-    if (s.ok()) {
-      auto m = parse_membership(v);
-      if (!m) return errc::corrupt;
-      if (m->until != 0) last = std::min(last, m->until);  // nothing after the removal
-    }
+    auto m = stored_membership(user, chat);
+    if (!m) return m.error();
+    if (*m && (*m)->until != 0) last = std::min(last, (*m)->until);  // nothing after removal
     if (last > *cursor) out.behind.push_back({chat, *cursor, last});
   }
   // The watermarks: of the chats that moved after the client's stamp, or of every chat.
@@ -2028,14 +2039,10 @@ result<std::vector<user_chat>> rocksdb_store::impl::memberships(
     std::uint64_t user, const std::vector<std::uint64_t>& chat_ids) {
   std::vector<user_chat> chats;
   chats.reserve(chat_ids.size());
-  std::string v;
   for (std::uint64_t chat : chat_ids) {
-    auto s = get(cf_user_chats, keys::user_chat(user, chat).view(), &v);
-    if (s.IsNotFound()) continue;
-    if (!s.ok()) return errc::io_error;
-    auto m = parse_membership(v);
-    if (!m) return errc::corrupt;
-    chats.push_back({chat, *m});
+    auto m = stored_membership(user, chat);
+    if (!m) return m.error();
+    if (*m) chats.push_back({chat, **m});
   }
   return chats;
 }
