@@ -17,6 +17,7 @@ constexpr const char* usage =
     "usage: parleyd [--listen HOST:PORT] [--data DIR] [--threads N] [--config FILE]\n"
     "               [--no-fsync] [--log-level debug|info|warn|error] [--metrics-listen HOST:PORT]\n"
     "               [--tls-cert FILE --tls-key FILE] [--allow-plaintext]\n"
+    "               [--media-listen HOST:PORT] [--media-url URL]\n"
     "  --listen   address to serve WebSocket (/v2/ws) and HTTP on (default 127.0.0.1:8080;\n"
     "             port 0 picks a free port, printed on start)\n"
     "  --data     data directory (default ./data)\n"
@@ -28,7 +29,10 @@ constexpr const char* usage =
     "  --tls-cert FILE --tls-key FILE  serve wss:// and https:// (PEM certificate chain and\n"
     "             key; reloaded on SIGHUP). Without them, plain ws:// is served on loopback\n"
     "             addresses only\n"
-    "  --allow-plaintext  serve plain ws:// on any address (behind a TLS-terminating proxy)\n";
+    "  --allow-plaintext  serve plain ws:// on any address (behind a TLS-terminating proxy)\n"
+    "  --media-listen  the blob server's address (default: the --listen host, its port + 1;\n"
+    "             port 0 picks a free port)\n"
+    "  --media-url  the base URL clients reach the blob server at (default http://ADDRESS)\n";
 
 }  // namespace
 
@@ -69,6 +73,10 @@ int main(int argc, char** argv) {
         cfg.allow_plaintext = true;
       } else if (arg == "--metrics-listen") {
         parley::server::parse_metrics_listen(value(), cfg);
+      } else if (arg == "--media-listen") {
+        parley::server::parse_media_listen(value(), cfg);
+      } else if (arg == "--media-url") {
+        cfg.media.public_url = value();
       } else if (arg == "--config") {
         value();  // applied above
       } else if (arg == "--no-fsync") {
@@ -101,6 +109,9 @@ int main(int argc, char** argv) {
     std::string metrics;
     if (auto m = server.metrics_endpoint()) {
       metrics = "; metrics on " + m->address().to_string() + ":" + std::to_string(m->port());
+    }
+    if (auto m = server.media_endpoint()) {
+      metrics += "; media on " + m->address().to_string() + ":" + std::to_string(m->port());
     }
     std::printf("parleyd listening on %s:%u (%s, data %s%s)\n",
                 endpoint.address().to_string().c_str(), endpoint.port(),

@@ -196,7 +196,8 @@ bool receipts_stamp_tracker::on_frame(const v2::Frame& f) {
 
 awaitable<result<v2::SendResult>> client::send(std::string to, std::string client_msg_id,
                                                std::string payload, v2::CipherType type,
-                                               std::uint32_t recipient_registration_id) {
+                                               std::uint32_t recipient_registration_id,
+                                               std::string media_id) {
   v2::Frame f;
   auto* m = f.mutable_send_message();
   m->set_to(to);
@@ -204,6 +205,7 @@ awaitable<result<v2::SendResult>> client::send(std::string to, std::string clien
   m->set_payload(payload);
   m->set_type(type);
   m->set_recipient_registration_id(recipient_registration_id);
+  m->set_media_id(std::move(media_id));
   auto r = co_await request(std::move(f));
   if (!r) co_return r.error();
   if (!r->has_send_result()) co_return unexpected(*r);
@@ -287,7 +289,8 @@ awaitable<result<v2::StatusResult>> client::status_result(std::uint64_t chat_id,
 awaitable<result<v2::SendResult>> client::send_to_chat(std::uint64_t chat_id,
                                                        std::string client_msg_id,
                                                        std::string payload, v2::CipherType type,
-                                                       std::uint32_t recipient_registration_id) {
+                                                       std::uint32_t recipient_registration_id,
+                                                       std::string media_id) {
   v2::Frame f;
   auto* m = f.mutable_send_message();
   m->set_chat_id(chat_id);
@@ -295,10 +298,32 @@ awaitable<result<v2::SendResult>> client::send_to_chat(std::uint64_t chat_id,
   m->set_payload(std::move(payload));
   m->set_type(type);
   m->set_recipient_registration_id(recipient_registration_id);
+  m->set_media_id(std::move(media_id));
   auto r = co_await request(std::move(f));
   if (!r) co_return r.error();
   if (!r->has_send_result()) co_return unexpected(*r);
   co_return r->send_result();
+}
+
+awaitable<result<v2::UploadSlot>> client::request_upload(std::uint64_t size, std::string sha256) {
+  v2::Frame f;
+  f.mutable_request_upload()->set_size(size);
+  f.mutable_request_upload()->set_sha256(std::move(sha256));
+  auto r = co_await request(std::move(f));
+  if (!r) co_return r.error();
+  if (!r->has_upload_slot()) co_return unexpected(*r);
+  co_return std::move(*r->mutable_upload_slot());
+}
+
+awaitable<result<v2::DownloadSlot>> client::request_download(std::uint64_t chat_id,
+                                                             std::uint64_t seq) {
+  v2::Frame f;
+  f.mutable_request_download()->set_chat_id(chat_id);
+  f.mutable_request_download()->set_seq(seq);
+  auto r = co_await request(std::move(f));
+  if (!r) co_return r.error();
+  if (!r->has_download_slot()) co_return unexpected(*r);
+  co_return std::move(*r->mutable_download_slot());
 }
 
 awaitable<result<v2::GroupInfo>> client::create_group(std::string name,

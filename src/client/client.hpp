@@ -115,7 +115,7 @@ class client {
   boost::asio::awaitable<result<parley::v2::SendResult>> send(
       std::string to, std::string client_msg_id, std::string payload,
       parley::v2::CipherType type = parley::v2::CIPHER_TYPE_SIGNAL_MESSAGE,
-      std::uint32_t recipient_registration_id = 0);
+      std::uint32_t recipient_registration_id = 0, std::string media_id = {});
   boost::asio::awaitable<result<parley::v2::KeysStored>> upload_keys(parley::v2::UploadKeys keys);
   boost::asio::awaitable<result<parley::v2::KeyBundles>> fetch_keys(std::string username);
   // Moves this device's delivery cursors ("I have chat C up to seq N"; cumulative), waiting
@@ -145,7 +145,13 @@ class client {
   boost::asio::awaitable<result<parley::v2::SendResult>> send_to_chat(
       std::uint64_t chat_id, std::string client_msg_id, std::string payload,
       parley::v2::CipherType type = parley::v2::CIPHER_TYPE_SENDER_KEY_MESSAGE,
-      std::uint32_t recipient_registration_id = 0);
+      std::uint32_t recipient_registration_id = 0, std::string media_id = {});
+  // Media (docs/protocol.md, "Media"): a slot to upload `size` bytes of ciphertext with this
+  // SHA-256 (32 bytes), and a URL to download the file of the message at (chat_id, seq).
+  boost::asio::awaitable<result<parley::v2::UploadSlot>> request_upload(std::uint64_t size,
+                                                                        std::string sha256);
+  boost::asio::awaitable<result<parley::v2::DownloadSlot>> request_download(std::uint64_t chat_id,
+                                                                            std::uint64_t seq);
   // A page of a chat's history, newest first, with seq < before_seq (0: from the newest): the
   // 1:1 chat with `peer`, or the chat `chat_id` (history_of_chat).
   boost::asio::awaitable<result<parley::v2::History>> history(std::string peer,

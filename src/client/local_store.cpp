@@ -46,6 +46,11 @@ CREATE TABLE IF NOT EXISTS chat_groups (
 CREATE TABLE IF NOT EXISTS sender_key_holders (
   chat_id INTEGER NOT NULL, member TEXT NOT NULL, key_id INTEGER NOT NULL,
   joined_seq INTEGER NOT NULL, delivered INTEGER NOT NULL, PRIMARY KEY (chat_id, member));
+CREATE TABLE IF NOT EXISTS media (
+  server_id INTEGER PRIMARY KEY, chat_id INTEGER NOT NULL, seq INTEGER NOT NULL,
+  content BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS uploads (
+  source TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS pending_group_messages (
   server_id INTEGER PRIMARY KEY, chat_id INTEGER NOT NULL, seq INTEGER NOT NULL,
   sender TEXT NOT NULL, device INTEGER NOT NULL, sent_at_ms INTEGER NOT NULL,
@@ -181,7 +186,7 @@ local_store::local_store(const std::filesystem::path& file) : file_(file) {
 // format, whose messages table lacks chat_id and seq: added, with 0 (unknown) in every old row.
 // Version 2 lacks receipts_stamps, which `schema` creates (empty: no stamp kept yet). Versions
 // 2 and 3 lack the group tables (created empty by `schema`) and messages.kind (added: 0, text,
-// in every old row).
+// in every old row). Versions 2 to 4 lack the media and uploads tables (created empty).
 void local_store::migrate() {
   exec("BEGIN IMMEDIATE");
   try {
@@ -519,6 +524,46 @@ bool local_store::add_message(const local_message& m) {
   const bool added = s.changes() == 1;
   if (m.chat_id != 0 && !is_group(m.chat_id)) set_chat(m.peer, m.chat_id);
   return added;
+}
+
+void local_store::put_media(std::uint64_t server_id, std::uint64_t chat_id, std::uint64_t seq,
+                            std::string_view content) {
+  prepare("INSERT OR REPLACE INTO media (server_id, chat_id, seq, content) VALUES (?, ?, ?, ?)")
+      .bind(1, static_cast<std::int64_t>(server_id))
+      .bind(2, static_cast<std::int64_t>(chat_id))
+      .bind(3, static_cast<std::int64_t>(seq))
+      .bind(4, content)
+      .run();
+}
+
+std::optional<local_media> local_store::media(std::uint64_t server_id) {
+  auto s = prepare("SELECT chat_id, seq, content FROM media WHERE server_id = ?");
+  s.bind(1, static_cast<std::int64_t>(server_id));
+  if (!s.step()) return std::nullopt;
+  return local_media{server_id, static_cast<std::uint64_t>(s.integer(0)),
+                     static_cast<std::uint64_t>(s.integer(1)), s.blob(2)};
+}
+
+void local_store::put_upload(const std::string& source, std::uint64_t size,
+                             std::int64_t mtime_ns, std::string_view state) {
+  prepare("INSERT OR REPLACE INTO uploads (source, size, mtime_ns, state) VALUES (?, ?, ?, ?)")
+      .text(1, source)
+      .bind(2, static_cast<std::int64_t>(size))
+      .bind(3, mtime_ns)
+      .bind(4, state)
+      .run();
+}
+
+std::optional<std::string> local_store::upload(const std::string& source, std::uint64_t size,
+                                               std::int64_t mtime_ns) {
+  auto s = prepare("SELECT state FROM uploads WHERE source = ? AND size = ? AND mtime_ns = ?");
+  s.text(1, source).bind(2, static_cast<std::int64_t>(size)).bind(3, mtime_ns);
+  if (!s.step()) return std::nullopt;
+  return s.blob(0);
+}
+
+void local_store::forget_upload(const std::string& source) {
+  prepare("DELETE FROM uploads WHERE source = ?").text(1, source).run();
 }
 
 bool local_store::has_message(std::uint64_t server_id) {

@@ -79,6 +79,14 @@ struct local_message {
   message_status status = message_status::unknown;
 };
 
+// A message's file (parley.content.v1.Media, serialized): what `parley download` needs.
+struct local_media {
+  std::uint64_t server_id = 0;
+  std::uint64_t chat_id = 0;
+  std::uint64_t seq = 0;
+  std::string content;
+};
+
 // The other member's watermarks in a chat: every message of this account with seq <=
 // delivered_seq is delivered, with seq <= read_seq read.
 struct watermarks {
@@ -172,6 +180,18 @@ class local_store final : public e2ee::key_store {
   // record a group (set_group) before its first message.
   bool add_message(const local_message& m);
   bool has_message(std::uint64_t server_id);
+
+  // Media: the file a message carries (kept with the message, in the same transaction), and
+  // the state of an upload in progress, by the source file's path, size and modification time
+  // (a file changed since is a new upload).
+  void put_media(std::uint64_t server_id, std::uint64_t chat_id, std::uint64_t seq,
+                 std::string_view content);
+  std::optional<local_media> media(std::uint64_t server_id);
+  void put_upload(const std::string& source, std::uint64_t size, std::int64_t mtime_ns,
+                  std::string_view state);
+  std::optional<std::string> upload(const std::string& source, std::uint64_t size,
+                                    std::int64_t mtime_ns);
+  void forget_upload(const std::string& source);
   // The message with this server id, with its status; nullopt if it is not in the history.
   std::optional<local_message> message(std::uint64_t server_id);
   // The newest `limit` messages of the 1:1 chat with `peer`, oldest first, with their statuses
@@ -241,7 +261,7 @@ class local_store final : public e2ee::key_store {
   bool raise_receipts_stamp(std::uint64_t device_id, std::uint64_t stamp);
 
   // The format this code writes, in PRAGMA user_version (see the top of this file).
-  static constexpr int schema_version = 4;
+  static constexpr int schema_version = 5;
 
  private:
   void migrate();

@@ -7,6 +7,7 @@
 #include <limits>
 #include <stdexcept>
 
+#include "client/media_files.hpp"
 #include "client/padding.hpp"
 #include "client/profile.hpp"
 #include "common/clock.hpp"
@@ -246,6 +247,7 @@ messenger::messenger(client& api, local_store& store, e2ee::library_context& lib
     if (m.control) return {};  // a sender key: nothing to show
     local_store::transaction tx(store_);
     store_.add_message(outgoing_record(r, r.chat_id(), m.peer, m.text));
+    if (!m.media.empty()) store_.put_media(r.message_id(), r.chat_id(), r.seq(), m.media);
     tx.commit();
     return {};
   } catch (const std::exception& e) {
@@ -299,7 +301,9 @@ awaitable<result<std::int32_t>> messenger::establish(std::string peer) {
                           std::move(c->bytes),
                           text,
                           content,
-                          control};
+                          control,
+                          {},
+                          {}};
   } catch (const std::exception& e) {
     return crypto_error(e.what());
   }
@@ -335,7 +339,8 @@ awaitable<result<v2::SendResult>> messenger::send(sealed_message m, std::string 
   // A retry of a message that was re-encrypted for new keys sends the re-encrypted one: the
   // original was made for keys that no longer exist.
   if (auto it = resealed_.find(client_msg_id); it != resealed_.end()) m = it->second;
-  auto r = co_await api_.send(m.peer, client_msg_id, m.payload, m.type, m.registration_id);
+  auto r = co_await api_.send(m.peer, client_msg_id, m.payload, m.type, m.registration_id,
+                              m.media_id);
   if (!r && r.error().what == client_error::kind::server &&
       r.error().code == v2::ERROR_CODE_STALE_KEYS) {
     // The peer published new keys (a reinstall): nothing was stored; set up a new session on
@@ -344,9 +349,12 @@ awaitable<result<v2::SendResult>> messenger::send(sealed_message m, std::string 
     if (!device) co_return device.error();
     auto again = seal_with_session(m.peer, *device, m.content, m.text, m.control);
     if (!again) co_return again.error();
+    again->media_id = std::move(m.media_id);
+    again->media = std::move(m.media);
     m = std::move(*again);
     resealed_[client_msg_id] = m;
-    r = co_await api_.send(m.peer, client_msg_id, m.payload, m.type, m.registration_id);
+    r = co_await api_.send(m.peer, client_msg_id, m.payload, m.type, m.registration_id,
+                           m.media_id);
   }
   if (!r) co_return r.error();
   resealed_.erase(client_msg_id);
@@ -363,6 +371,15 @@ opened_message messenger::record_undecryptable(const v2::Envelope& e, std::strin
   store_.add_message(incoming_record(e, {}, problem));
   tx.commit();
   return {opened_message::kind::undecryptable, {}, std::move(problem)};
+}
+
+opened_message messenger::record_media(local_store::transaction& tx, const v2::Envelope& e,
+                                       const content::Media& m) {
+  auto text = describe_media(m);
+  store_.add_message(incoming_record(e, text));
+  store_.put_media(e.message_id(), e.chat_id(), e.seq(), m.SerializeAsString());
+  tx.commit();
+  return {opened_message::kind::text, std::move(text), {}};
 }
 
 opened_message messenger::record_text(local_store::transaction& tx, const v2::Envelope& e,
@@ -408,6 +425,10 @@ opened_message messenger::open(const v2::Envelope& e) {
           problem = make_error_code(e2ee::errc::malformed_content).message();
         } else if (c->has_text()) {
           return record_text(tx, e, c->text());
+        } else if (c->has_media()) {
+          auto bad = media_problem(c->media());
+          if (!bad) return record_media(tx, e, c->media());
+          problem = *bad;
         } else if (c->has_sender_key()) {
           std::vector<local_message> released;
           problem = take_sender_key(e.from(), device, c->sender_key(), released);
@@ -455,6 +476,11 @@ std::string messenger::take_sender_key(const std::string& from, std::int32_t dev
       m.problem = plain.error().message();
     } else if (auto c = parse_content(*plain); c && c->has_text()) {
       m.text = c->text();
+    } else if (c && c->has_media() && !media_problem(c->media())) {
+      m.text = describe_media(c->media());
+      store_.put_media(p.server_id, p.chat_id, p.seq, c->media().SerializeAsString());
+    } else if (c && c->has_media()) {
+      m.problem = *media_problem(c->media());
     } else {
       m.problem = group_problem(c);
     }
@@ -503,7 +529,13 @@ std::string messenger::take_sender_key(const std::string& from, std::int32_t dev
       if (plain) {
         auto c = parse_content(*plain);
         if (c && c->has_text()) return record_text(tx, e, c->text());
-        problem = group_problem(c);
+        if (c && c->has_media()) {
+          auto bad = media_problem(c->media());
+          if (!bad) return record_media(tx, e, c->media());
+          problem = *bad;
+        } else {
+          problem = group_problem(c);
+        }
       } else {
         problem = plain.error().message();
       }
@@ -783,6 +815,12 @@ result<void> messenger::mark_holder(std::uint64_t chat_id, const std::string& me
   return in_transaction([&] { store_.add_sender_key_holder(chat_id, member, holder); });
 }
 
+// GCC 12's -Wmismatched-new-delete on these coroutines' frames is wrong (GCC bug 109224; see
+// messenger::send above).
+#pragma GCC diagnostic push
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
 awaitable<result<void>> messenger::give_sender_key(std::uint64_t chat_id, v2::GroupMember member,
                                                    e2ee::sender_key_distribution key,
                                                    std::string client_msg_id) {
@@ -805,12 +843,12 @@ awaitable<result<void>> messenger::give_sender_key(std::uint64_t chat_id, v2::Gr
 }
 
 [[gnu::noinline]] result<std::string> messenger::seal_group(std::uint64_t chat_id,
-                                                            const std::string& text,
+                                                            const std::string& content,
                                                             const std::string& client_msg_id) {
   if (auto it = group_sealed_.find(client_msg_id); it != group_sealed_.end()) return it->second;
   try {
     local_store::transaction tx(store_);
-    auto c = engine_.group_encrypt(own_key_of(chat_id), pad(text_content(text)));
+    auto c = engine_.group_encrypt(own_key_of(chat_id), pad(content));
     if (!c) return crypto_error(c.error());
     tx.commit();
     group_sealed_[client_msg_id] = c->bytes;
@@ -822,11 +860,13 @@ awaitable<result<void>> messenger::give_sender_key(std::uint64_t chat_id, v2::Gr
 
 [[gnu::noinline]] result<void> messenger::record_group_sent(std::uint64_t chat_id,
                                                             const std::string& text,
+                                                            const std::string& media,
                                                             const v2::SendResult& r) {
   try {
     local_store::transaction tx(store_);
     store_.set_group(chat_id, {});
     store_.add_message(outgoing_record(r, chat_id, me_, text));
+    if (!media.empty()) store_.put_media(r.message_id(), chat_id, r.seq(), media);
     tx.commit();
     return {};
   } catch (const std::exception& e) {
@@ -836,6 +876,39 @@ awaitable<result<void>> messenger::give_sender_key(std::uint64_t chat_id, v2::Gr
 
 awaitable<result<group_sent>> messenger::send_group(std::uint64_t chat_id, std::string text,
                                                     std::string client_msg_id) {
+  auto content = text_content(text);
+  co_return co_await send_group_content(chat_id, std::move(content), std::move(text),
+                                        std::move(client_msg_id), {}, {});
+}
+
+awaitable<result<group_sent>> messenger::send_group_media(std::uint64_t chat_id, content::Media m,
+                                                          std::string client_msg_id) {
+  content::Content c;
+  *c.mutable_media() = m;
+  auto shown = describe_media(m);
+  auto media_id = m.media_id();
+  co_return co_await send_group_content(chat_id, c.SerializeAsString(), std::move(shown),
+                                        std::move(client_msg_id), std::move(media_id),
+                                        m.SerializeAsString());
+}
+
+awaitable<result<sealed_message>> messenger::seal_media(std::string peer, content::Media m) {
+  content::Content c;
+  *c.mutable_media() = m;
+  auto sealed = co_await seal_content(std::move(peer), c.SerializeAsString(), describe_media(m),
+                                      false);
+  if (!sealed) co_return sealed.error();
+  sealed->media_id = m.media_id();
+  sealed->media = m.SerializeAsString();
+  co_return sealed;
+}
+
+awaitable<result<group_sent>> messenger::send_group_content(std::uint64_t chat_id,
+                                                            std::string content,
+                                                            std::string shown,
+                                                            std::string client_msg_id,
+                                                            std::string media_id,
+                                                            std::string media) {
   // The current members, as the server has them (NOT_FOUND: no longer one of them).
   auto info = co_await get_group(chat_id);
   if (!info) co_return info.error();
@@ -855,17 +928,19 @@ awaitable<result<group_sent>> messenger::send_group(std::uint64_t chat_id, std::
       co_return given.error();
     }
   }
-  auto payload = seal_group(chat_id, text, client_msg_id);
+  auto payload = seal_group(chat_id, content, client_msg_id);
   if (!payload) co_return payload.error();
   auto r = co_await api_.send_to_chat(chat_id, client_msg_id, *payload,
-                                      v2::CIPHER_TYPE_SENDER_KEY_MESSAGE, 0);
+                                      v2::CIPHER_TYPE_SENDER_KEY_MESSAGE, 0, media_id);
   if (!r) co_return r.error();
   group_sealed_.erase(client_msg_id);
-  auto recorded = record_group_sent(chat_id, text, *r);
+  auto recorded = record_group_sent(chat_id, shown, media, *r);
   if (!recorded) co_return recorded.error();
   out.result = *r;
   co_return out;
 }
+
+#pragma GCC diagnostic pop
 
 bool ack_batch::add(const v2::Envelope& e, const opened_message& opened) {
   if (e.chat_id() == 0 || e.seq() == 0) return false;  // not a chat's message: no cursor

@@ -67,6 +67,10 @@ struct sealed_message {
   std::string content;
   // A message that shows nothing (a sender key): not recorded in the history.
   bool control = false;
+  // A file message: the blob it references (SendMessage.media_id) and its Media, serialized,
+  // recorded with the message once it is sent (what `parley download` reads).
+  std::string media_id;
+  std::string media;
 };
 
 struct opened_message {
@@ -166,6 +170,15 @@ class messenger {
   // account.
   boost::asio::awaitable<result<group_sent>> send_group(std::uint64_t chat_id, std::string text,
                                                         std::string client_msg_id);
+  // Files (client/media_files uploads them first): a Content{media} sealed for `peer` (then
+  // send() it) or sent to a group, as send_group does for a text. `m` must be complete (its
+  // media_id from an UploadSlot, key, hash, sizes).
+  boost::asio::awaitable<result<sealed_message>> seal_media(std::string peer,
+                                                            parley::content::v1::Media m);
+  boost::asio::awaitable<result<group_sent>> send_group_media(std::uint64_t chat_id,
+                                                              parley::content::v1::Media m,
+                                                              std::string client_msg_id);
+
   // Group messages decrypted since the last call because their sender key arrived (in the
   // history already, as readable or undecryptable messages), in the order they were released.
   std::vector<local_message> take_released();
@@ -228,9 +241,21 @@ class messenger {
                                                        parley::v2::GroupMember member,
                                                        e2ee::sender_key_distribution key,
                                                        std::string client_msg_id);
-  result<std::string> seal_group(std::uint64_t chat_id, const std::string& text,
+  // Sends a serialized Content to the group (send_group and send_group_media); `shown` is what
+  // the history records, `media` the serialized Media of a file message.
+  boost::asio::awaitable<result<group_sent>> send_group_content(std::uint64_t chat_id,
+                                                                std::string content,
+                                                                std::string shown,
+                                                                std::string client_msg_id,
+                                                                std::string media_id,
+                                                                std::string media);
+  // What open() records for a file message (its Media kept for download).
+  opened_message record_media(local_store::transaction& tx, const parley::v2::Envelope& e,
+                              const parley::content::v1::Media& m);
+  result<std::string> seal_group(std::uint64_t chat_id, const std::string& content,
                                  const std::string& client_msg_id);
   result<void> record_group_sent(std::uint64_t chat_id, const std::string& text,
+                                 const std::string& media,
                                  const parley::v2::SendResult& r);
   boost::asio::awaitable<result<void>> upload(e2ee::key_upload keys);
   result<std::optional<e2ee::key_upload>> keys_to_publish(const parley::v2::Authenticated& auth);

@@ -54,11 +54,15 @@ const std::map<std::string, std::vector<std::string>, std::less<>>& known_keys()
         "register_global_burst", "bad_login_per_address", "bad_login_per_address_burst",
         "key_fetch_per_device", "key_fetch_per_device_burst", "send_per_device",
         "send_per_device_burst", "typing_per_device", "typing_per_device_burst",
-        "group_change_per_device", "group_change_per_device_burst"}},
+        "group_change_per_device", "group_change_per_device_burst", "media_per_device",
+        "media_per_device_burst"}},
       {"connections",
        {"max_connections", "max_unauthenticated", "reserved_fds", "memory_budget_bytes"}},
       {"storage", {"reserve_bytes", "dedupe_days", "max_pending_writes", "memtable_budget_bytes"}},
       {"tls", {"cert", "key", "allow_plaintext"}},
+      {"media",
+       {"listen", "public_url", "quota_bytes", "upload_url_ttl_s", "download_url_ttl_s",
+        "unreferenced_retention_s", "sweep_interval_s", "max_transfers"}},
   };
   return keys;
 }
@@ -145,6 +149,11 @@ void parse_metrics_listen(const std::string& text, config& out) {
   std::tie(out.metrics_host, out.metrics_port) = host_port(text, "metrics address");
 }
 
+void parse_media_listen(const std::string& text, config& out) {
+  std::tie(out.media.listen_host, out.media.listen_port) = host_port(text, "media address");
+  out.media.listen_set = true;
+}
+
 config load_config_file(const std::filesystem::path& file, config c) {
   toml::table t;
   try {
@@ -223,6 +232,38 @@ config load_config_file(const std::filesystem::path& file, config c) {
   rate("send_per_device", c.rates.send_per_device);
   rate("typing_per_device", c.rates.typing_per_device);
   rate("group_change_per_device", c.rates.group_change_per_device);
+  rate("media_per_device", c.rates.media_per_device);
+
+  auto media = t["media"];
+  if (auto v = typed<std::string>(media["listen"], "media.listen")) parse_media_listen(*v, c);
+  if (auto v = typed<std::string>(media["public_url"], "media.public_url")) {
+    if (v->rfind("http://", 0) != 0 && v->rfind("https://", 0) != 0) {
+      throw std::runtime_error("config: media.public_url must start with http:// or https://");
+    }
+    while (!v->empty() && v->back() == '/') v->pop_back();
+    c.media.public_url = *v;
+  }
+  if (auto v = typed<std::int64_t>(media["quota_bytes"], "media.quota_bytes")) {
+    if (*v < 0) throw std::runtime_error("config: media.quota_bytes must be 0 (none) or more");
+    c.media.quota_bytes = static_cast<std::uint64_t>(*v);
+  }
+  auto seconds = [&](std::string_view key, const char* name, std::chrono::seconds& target) {
+    std::int64_t v = 0;
+    positive(key, media[name], v);
+    if (v > 0) target = std::chrono::seconds(v);
+  };
+  seconds("media.upload_url_ttl_s", "upload_url_ttl_s", c.media.upload_url_ttl);
+  seconds("media.download_url_ttl_s", "download_url_ttl_s", c.media.download_url_ttl);
+  seconds("media.unreferenced_retention_s", "unreferenced_retention_s",
+          c.media.unreferenced_retention);
+  seconds("media.sweep_interval_s", "sweep_interval_s", c.media.sweep_interval);
+  positive("media.max_transfers", media["max_transfers"], c.media.max_transfers);
+  if (c.media.unreferenced_retention < c.media.upload_url_ttl) {
+    // An upload may still be running until its URL expires: sweeping it earlier would delete
+    // a blob a client is about to send.
+    throw std::runtime_error(
+        "config: media.unreferenced_retention_s must be at least media.upload_url_ttl_s");
+  }
 
   auto conn = t["connections"];
   positive("connections.max_connections", conn["max_connections"], c.max_connections);

@@ -30,6 +30,27 @@ struct rate_limits {
   rate_limit typing_per_device{120, 30};     // Typing
   // CreateGroup and UpdateGroup: each pushes an event to up to 1,024 members' devices.
   rate_limit group_change_per_device{60, 30};
+  // RequestUpload and RequestDownload together: each signs a URL (and an upload records a
+  // blob that counts against the quota until it is swept).
+  rate_limit media_per_device{120, 60};
+};
+
+// [media]: files (docs/operations.md, "Media"). The embedded blob store keeps them under
+// <data>/media and serves them on an address of its own (HTTP; URLs signed with a key kept
+// there); clients reach it at public_url.
+struct media_config {
+  std::string listen_host;      // empty: the main address's host
+  std::uint16_t listen_port = 0;  // 0 with an empty host: the main port + 1 (0 if that is 0)
+  bool listen_set = false;        // listen was given (then port 0 means any free port)
+  std::string public_url;       // empty: http://HOST:PORT of the bound address
+  std::uint64_t quota_bytes = 2ull << 30;  // per account; 0: none
+  std::chrono::seconds upload_url_ttl{900};
+  std::chrono::seconds download_url_ttl{900};
+  // An uploaded blob that no message references is deleted this long after its slot was
+  // granted (an upload abandoned, or a file never sent); partial uploads likewise.
+  std::chrono::seconds unreferenced_retention{24 * 3600};
+  std::chrono::seconds sweep_interval{600};
+  std::size_t max_transfers = 256;  // concurrent connections to the blob server
 };
 
 struct config {
@@ -51,6 +72,7 @@ struct config {
   std::chrono::milliseconds group_receipts_interval{100};
 
   rate_limits rates;
+  media_config media;
 
   // [connections]. 0: derived at start from the open-file limit (RLIMIT_NOFILE, raised to
   // its hard limit), less `reserved_fds` for the store and the process; accepts beyond it are
@@ -96,7 +118,8 @@ struct config {
 // [rate_limits] NAME and NAME_burst for each rate_limits member; [connections]
 // max_connections, max_unauthenticated, reserved_fds, memory_budget_bytes; [storage]
 // reserve_bytes, dedupe_days, max_pending_writes, memtable_budget_bytes; [tls] cert, key,
-// allow_plaintext.
+// allow_plaintext; [media] listen, public_url, quota_bytes, upload_url_ttl_s,
+// download_url_ttl_s, unreferenced_retention_s, sweep_interval_s, max_transfers.
 config load_config_file(const std::filesystem::path& file, config base);
 
 // "HOST:PORT" -> host, port. Throws std::invalid_argument.
@@ -107,5 +130,7 @@ void check_transport(const config& c);
 
 // The same for the metrics address (metrics_host, metrics_port).
 void parse_metrics_listen(const std::string& text, config& out);
+// The same for the blob server's address (media.listen_host, media.listen_port).
+void parse_media_listen(const std::string& text, config& out);
 
 }  // namespace parley::server

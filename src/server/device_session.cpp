@@ -14,6 +14,7 @@
 #include "common/clock.hpp"
 #include "common/log.hpp"
 #include "e2ee/key_check.hpp"
+#include "media/blob_store.hpp"
 #include "server/store_call.hpp"
 
 namespace parley::server {
@@ -64,6 +65,10 @@ v2::ErrorCode to_protocol(const boost::system::error_code& ec) {
         return v2::ERROR_CODE_NOT_MEMBER;
       case store::errc::already_member:
         return v2::ERROR_CODE_ALREADY_MEMBER;
+      case store::errc::quota_exceeded:
+        return v2::ERROR_CODE_QUOTA_EXCEEDED;
+      case store::errc::media_not_found:
+        return v2::ERROR_CODE_MEDIA_NOT_FOUND;
       case store::errc::io_error:
       case store::errc::corrupt:
         return v2::ERROR_CODE_INTERNAL;
@@ -429,6 +434,11 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
                        "group changes"))
         return std::nullopt;
       break;
+    case frame::kRequestUpload:
+    case frame::kRequestDownload:
+      if (!within_rate(state_.limiters.media_per_device, device_key(), id, "media requests"))
+        return std::nullopt;
+      break;
     default:
       break;
   }
@@ -617,7 +627,8 @@ void device_session::on_send(std::uint64_t request_id, v2::SendMessage m) {
                           std::move(*m.mutable_client_msg_id()),
                           std::move(*m.mutable_payload()),
                           static_cast<std::uint32_t>(m.type()),
-                          m.recipient_registration_id()};
+                          m.recipient_registration_id(),
+                          std::move(*m.mutable_media_id())};
   // The completion runs on the store's writer, in commit order: the recipients are handed the
   // entry there (so each sees a chat's messages in seq order), and the answer goes to this
   // connection's lane. No encoding here: the recipients' threads encode the envelope once.
@@ -803,6 +814,50 @@ awaitable<void> device_session::run_request(frame request) {
         break;
       }
       to_wire(*r, *reply.mutable_group_info());
+      send(reply);
+      break;
+    }
+    case frame::kRequestUpload: {
+      // The record first (the quota is checked and the bytes counted there), then the URL: a
+      // slot handed out always has a record, so the sweep finds whatever it leaves behind.
+      const auto& u = request.request_upload();
+      media::upload_grant grant;
+      grant.id = media::new_blob_id();
+      grant.owner = user_;
+      grant.size = u.size();
+      grant.sha256_hex = media::to_hex(u.sha256());
+      grant.expires = media::wall_clock::now() + state_.cfg.media.upload_url_ttl;
+      store::media_request req{user_, grant.id, grant.size, state_.cfg.media.quota_bytes};
+      auto r = co_await store_call<std::uint64_t>([&](store::completion<std::uint64_t> done) {
+        state_.store.create_media(std::move(req), std::move(done));
+      });
+      if (!r) {
+        fail(r.error());
+        break;
+      }
+      auto* out = reply.mutable_upload_slot();
+      out->set_media_id(grant.id);
+      out->set_url(state_.media.upload_url(grant));
+      out->set_expires_at_ms(media::unix_ms(grant.expires));
+      send(reply);
+      break;
+    }
+    case frame::kRequestDownload: {
+      const auto& q = request.request_download();
+      auto r = co_await store_call<store::media_record>(
+          [&](store::completion<store::media_record> done) {
+            state_.store.media_of(user_, q.chat_id(), q.seq(), std::move(done));
+          });
+      if (!r) {
+        fail(r.error());
+        break;
+      }
+      const auto expires = media::wall_clock::now() + state_.cfg.media.download_url_ttl;
+      auto* out = reply.mutable_download_slot();
+      out->set_media_id(r->media);
+      out->set_url(state_.media.download_url(r->media, user_, expires));
+      out->set_expires_at_ms(media::unix_ms(expires));
+      out->set_size(r->size);
       send(reply);
       break;
     }

@@ -69,7 +69,8 @@ struct request_limiters {
         key_fetch_per_device(r.key_fetch_per_device),
         send_per_device(r.send_per_device),
         typing_per_device(r.typing_per_device),
-        group_change_per_device(r.group_change_per_device) {}
+        group_change_per_device(r.group_change_per_device),
+        media_per_device(r.media_per_device) {}
 
   rate_limiter register_per_address;
   rate_limiter register_global;
@@ -78,6 +79,7 @@ struct request_limiters {
   rate_limiter send_per_device;
   rate_limiter typing_per_device;
   rate_limiter group_change_per_device;
+  rate_limiter media_per_device;
 };
 
 }  // namespace parley::server

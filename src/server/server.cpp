@@ -99,10 +99,11 @@ struct server::impl {
     }
     merger = std::make_shared<group_receipts>(contexts.front()->get_executor(), *backend.store,
                                               *backend.bus, cfg.group_receipts_interval);
+    media = std::make_unique<media_service>(cfg, *backend.store);
     state = std::make_unique<shared_state>(shared_state{cfg, *backend.store, *backend.presence,
                                                         *backend.bus, stats,
                                                         websocket_options(cfg), admit, limiters,
-                                                        tls.get(), lanes, *merger});
+                                                        tls.get(), lanes, *merger, *media});
   }
 
   static config prepared(config c) {
@@ -121,6 +122,8 @@ struct server::impl {
   request_limiters limiters;
   std::unique_ptr<tls_context> tls;
   backends backend;
+  std::unique_ptr<media_service> media;  // after the store: its sweeper calls the store
+  std::optional<asio::ip::tcp::endpoint> media_endpoint;
   std::unique_ptr<shared_state> state;
   std::vector<std::unique_ptr<asio::io_context>> contexts;
   std::vector<std::unique_ptr<delivery_lane>> lanes;  // one per context
@@ -182,6 +185,7 @@ asio::ip::tcp::endpoint server::start() {
                                         own_metrics ? http_role::main_no_metrics : http_role::main,
                                         d.admit);
   d.accept->start();
+  d.media_endpoint = d.media->start(d.accept->local_endpoint());
   if (own_metrics) {
     const asio::ip::tcp::endpoint metrics_endpoint(asio::ip::make_address(d.cfg.metrics_host),
                                                    d.cfg.metrics_port);
@@ -205,6 +209,10 @@ asio::ip::tcp::endpoint server::start() {
     name_thread(d.threads.back(), "parley-io-" + std::to_string(i));
   }
   return d.accept->local_endpoint();
+}
+
+std::optional<asio::ip::tcp::endpoint> server::media_endpoint() const {
+  return impl_->media_endpoint;
 }
 
 std::optional<asio::ip::tcp::endpoint> server::metrics_endpoint() const {
@@ -239,6 +247,7 @@ void server::wait() {
   while (d.stats.connections.load() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  d.media->stop();          // the sweeper and the blob server, before the store they call
   d.backend.store->stop();  // commits what was queued; later calls fail with shutting_down
   d.guards.clear();
   for (auto& c : d.contexts) c->stop();

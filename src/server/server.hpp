@@ -21,6 +21,8 @@ class server {
 
   // The metrics address's bound endpoint once started; nullopt without one (config.hpp).
   std::optional<boost::asio::ip::tcp::endpoint> metrics_endpoint() const;
+  // The blob server's bound endpoint once started (media_config).
+  std::optional<boost::asio::ip::tcp::endpoint> media_endpoint() const;
 
   // Blocks until SIGINT/SIGTERM or stop(), then shuts down in order: stop accepting, close
   // every connection (2 s grace), finish the store's queued writes, stop the threads.

@@ -12,6 +12,7 @@
 #include "server/config.hpp"
 #include "server/delivery_lane.hpp"
 #include "server/group_receipts.hpp"
+#include "server/media_service.hpp"
 #include "server/metrics.hpp"
 #include "server/rate_limiter.hpp"
 #include "server/tls_context.hpp"
@@ -34,6 +35,8 @@ struct shared_state {
   std::vector<std::unique_ptr<delivery_lane>>& lanes;
   // Merges groups' receipts (server owns it).
   group_receipts& groups;
+  // Signs media URLs (server owns it).
+  media_service& media;
 
   // The lane of the I/O thread that runs `executor`.
   delivery_lane& lane_for(const boost::asio::any_io_executor& executor) {

@@ -102,6 +102,8 @@ struct chat_message {
   std::uint32_t cipher_type = 0;  // parley.v2.CipherType, stored and passed on as is
   // Set on a group's system message (payload empty, cipher_type 0; sender 0 for the server).
   std::shared_ptr<const group_event> event;
+  // The blob this message references (send_request::media), or empty.
+  std::string media;
 };
 using shared_message = std::shared_ptr<const chat_message>;
 
@@ -124,6 +126,10 @@ struct send_request {
   // Must equal the registration id of every recipient device that has keys (else
   // errc::stale_keys); devices without keys accept anything.
   std::uint32_t recipient_registration_id = 0;
+  // A media id (media::valid_blob_id, checked by the caller) of a record this sender created
+  // with create_media, or empty. errc::media_not_found otherwise. The record counts one more
+  // reference (the sweep keeps it) and the entry names it (media_of).
+  std::string media;
 };
 
 struct send_outcome {
@@ -288,6 +294,22 @@ struct key_bundle {
   std::uint32_t remaining = 0;            // one-time prekeys the device has left after this
 };
 
+// Media records (one per blob an upload slot was granted for; docs/architecture.md, "Media").
+struct media_request {
+  user_id owner = 0;
+  std::string media;          // a fresh media::new_blob_id()
+  std::uint64_t size = 0;     // ciphertext bytes declared
+  std::uint64_t quota = 0;    // the most bytes one account may hold; 0: no quota
+};
+
+struct media_record {
+  std::string media;
+  user_id owner = 0;
+  std::uint64_t size = 0;
+  std::uint64_t created_ms = 0;
+  std::uint64_t references = 0;
+};
+
 // Whether the store accepts writes now, and if not, why (for /healthz and the logs).
 struct store_health {
   bool writable = true;
@@ -386,6 +408,27 @@ class store {
   // who do.
   virtual void shared_chats(user_id requester, std::vector<std::string> usernames,
                             completion<std::vector<bool>> done) = 0;
+
+  // Media. create_media records a blob before its upload slot is handed out; its size counts
+  // against the owner's quota from then on: errc::quota_exceeded (nothing recorded) if the
+  // owner would hold more than request.quota bytes. Answers the bytes the owner holds after it.
+  virtual void create_media(media_request request, completion<std::uint64_t> done) = 0;
+  // The record of the blob the log entry (chat, seq) references, for `requester`: a current
+  // member of the chat that joined at or before seq. errc::not_found otherwise, and for an
+  // entry without media.
+  virtual void media_of(user_id requester, chat_id chat, std::uint64_t seq,
+                        completion<media_record> done) = 0;
+  // Up to `limit` records with no reference created before `created_before_ms` (the sweep's
+  // candidates), oldest first.
+  virtual void unreferenced_media(std::uint64_t created_before_ms, std::size_t limit,
+                                  completion<std::vector<media_record>> done) = 0;
+  // Deletes the records among `media` that still have no reference and were created before
+  // `created_before_ms` (a send may have referenced one since it was listed), and gives their
+  // bytes back to their owners' quotas. Answers the ids deleted: only their blobs may go.
+  virtual void delete_media(std::vector<std::string> media, std::uint64_t created_before_ms,
+                            completion<std::vector<std::string>> done) = 0;
+  // For each id, whether a record exists (the orphan sweep: a blob without one is removed).
+  virtual void media_exists(std::vector<std::string> media, completion<std::vector<bool>> done) = 0;
 
   // Stores the user's privacy setting (a write).
   virtual void set_privacy(user_id user, bool hide_last_seen, completion<void> done) = 0;

@@ -149,7 +149,7 @@ class store_contract : public ::testing::TestWithParam<backend> {
                        const std::string& payload = "hi", std::uint32_t cipher_type = 1,
                        std::uint32_t registration_id = 0) {
     return {from.user, from.device, from.name,   std::move(to),
-            client_id, payload,     cipher_type, registration_id};
+            client_id, payload,     cipher_type, registration_id, {}};
   }
 
   result<send_outcome> send(const person& from, chat_ref to, const std::string& client_id,
@@ -1615,6 +1615,184 @@ TEST_P(store_groups, system_messages_and_messages_share_one_order) {
 }
 
 INSTANTIATE_TEST_SUITE_P(backends, store_groups, ::testing::ValuesIn(backends()),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+
+// --- media ------------------------------------------------------------------------------------
+
+class store_media : public store_groups {
+ protected:
+  static std::string media_id(int n) {
+    std::string id = "0123456789abcdef0123456789abcdef";
+    id[31] = "0123456789abcdef"[n % 16];
+    id[30] = "0123456789abcdef"[(n / 16) % 16];
+    return id;
+  }
+  result<std::uint64_t> create_media(const person& owner, const std::string& id,
+                                     std::uint64_t size, std::uint64_t quota = 0) {
+    return wait_for<std::uint64_t>(
+        [&](auto done) { db_->create_media({owner.user, id, size, quota}, done); });
+  }
+  result<send_outcome> send_file(const person& from, chat_ref to, const std::string& client_id,
+                                 const std::string& media, std::uint32_t cipher_type = 1) {
+    auto r = request(from, std::move(to), client_id, "file", cipher_type);
+    r.media = media;
+    return wait_for<send_outcome>([&](auto done) { db_->send(r, done); });
+  }
+  result<media_record> media_of(const person& p, chat_id chat, std::uint64_t seq) {
+    return wait_for<media_record>([&](auto done) { db_->media_of(p.user, chat, seq, done); });
+  }
+  std::vector<std::string> unreferenced(std::uint64_t before_ms) {
+    auto r = wait_for<std::vector<media_record>>(
+        [&](auto done) { db_->unreferenced_media(before_ms, 100, done); });
+    EXPECT_TRUE(r);
+    std::vector<std::string> out;
+    if (r) {
+      for (const auto& m : *r) out.push_back(m.media);
+    }
+    return out;
+  }
+  result<std::vector<std::string>> delete_media(std::vector<std::string> ids,
+                                                std::uint64_t before_ms) {
+    return wait_for<std::vector<std::string>>(
+        [&](auto done) { db_->delete_media(std::move(ids), before_ms, done); });
+  }
+  static constexpr std::uint64_t far_future_ms = UINT64_MAX;
+};
+
+TEST_P(store_media, a_quota_counts_every_slot_until_its_record_is_deleted) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto first = create_media(alice, media_id(1), 600, 1000);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(*first, 600u);
+  auto over = create_media(alice, media_id(2), 401, 1000);
+  ASSERT_FALSE(over);
+  EXPECT_EQ(over.error(), errc::quota_exceeded);
+  auto exact = create_media(alice, media_id(3), 400, 1000);
+  ASSERT_TRUE(exact) << "up to the quota exactly";
+  EXPECT_EQ(*exact, 1000u);
+  // Another account has its own.
+  EXPECT_TRUE(create_media(bob, media_id(4), 1000, 1000));
+  // The refused slot left nothing behind; the sweep frees the bytes of what it deletes.
+  EXPECT_EQ(sorted(unreferenced(far_future_ms)),
+            sorted({media_id(1), media_id(3), media_id(4)}));
+  auto gone = delete_media({media_id(1)}, far_future_ms);
+  ASSERT_TRUE(gone);
+  EXPECT_EQ(*gone, std::vector<std::string>{media_id(1)});
+  auto again = create_media(alice, media_id(5), 600, 1000);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(*again, 1000u);
+}
+
+TEST_P(store_media, a_message_references_its_senders_blob_and_only_its_senders) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  ASSERT_TRUE(create_media(alice, media_id(1), 100));
+  auto stolen = send_file(bob, by_peer("alice"), "b1", media_id(1));
+  ASSERT_FALSE(stolen);
+  EXPECT_EQ(stolen.error(), errc::media_not_found) << "another account's blob";
+  auto unknown = send_file(alice, by_peer("bob"), "a0", media_id(9));
+  ASSERT_FALSE(unknown);
+  EXPECT_EQ(unknown.error(), errc::media_not_found);
+
+  auto sent = send_file(alice, by_peer("bob"), "a1", media_id(1));
+  ASSERT_TRUE(sent);
+  EXPECT_EQ(sent->message->media, media_id(1));
+  EXPECT_EQ(log_of(sent->chat).at(0)->media, media_id(1)) << "stored with the entry";
+  EXPECT_EQ(log_of(sent->chat).size(), 1u) << "the refused sends appended nothing";
+  // Referenced: no longer a sweep candidate, and a delete leaves it.
+  EXPECT_TRUE(unreferenced(far_future_ms).empty());
+  auto kept = delete_media({media_id(1)}, far_future_ms);
+  ASSERT_TRUE(kept);
+  EXPECT_TRUE(kept->empty());
+
+  // Both members may fetch it; nobody else, and no other entry names it.
+  for (const auto* p : {&alice, &bob}) {
+    auto m = media_of(*p, sent->chat, sent->seq);
+    ASSERT_TRUE(m) << p->name;
+    EXPECT_EQ(m->media, media_id(1));
+    EXPECT_EQ(m->size, 100u);
+    EXPECT_EQ(m->owner, alice.user);
+    EXPECT_EQ(m->references, 1u);
+  }
+  auto carol = register_user("carol");
+  auto outsider = media_of(carol, sent->chat, sent->seq);
+  ASSERT_FALSE(outsider);
+  EXPECT_EQ(outsider.error(), errc::not_found);
+  ASSERT_TRUE(send(bob, by_id(sent->chat), "b2"));
+  auto text = media_of(alice, sent->chat, sent->seq + 1);
+  ASSERT_FALSE(text);
+  EXPECT_EQ(text.error(), errc::not_found) << "a message without media";
+  auto beyond = media_of(alice, sent->chat, sent->seq + 5);
+  ASSERT_FALSE(beyond);
+  EXPECT_EQ(beyond.error(), errc::not_found);
+  // The same blob may be forwarded in another chat by its owner: two references.
+  auto again = send_file(alice, by_peer("carol"), "a2", media_id(1));
+  ASSERT_TRUE(again);
+  auto twice = media_of(carol, again->chat, again->seq);
+  ASSERT_TRUE(twice);
+  EXPECT_EQ(twice->references, 2u);
+}
+
+TEST_P(store_media, in_a_group_only_members_who_saw_the_message_may_fetch_its_file) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto carol = register_user("carol");
+  auto g = create(alice, {"bob"});
+  ASSERT_TRUE(g);
+  const chat_id chat = g->info.chat;
+  ASSERT_TRUE(create_media(alice, media_id(1), 100));
+  auto sent = send_file(alice, by_id(chat), "a1", media_id(1), 4);
+  ASSERT_TRUE(sent);
+  EXPECT_TRUE(media_of(bob, chat, sent->seq));
+  ASSERT_TRUE(change(alice, chat, group_change::add, "carol"));
+  auto late = media_of(carol, chat, sent->seq);
+  ASSERT_FALSE(late) << "carol joined after the message";
+  EXPECT_EQ(late.error(), errc::not_found);
+  ASSERT_TRUE(change(alice, chat, group_change::remove, "bob"));
+  auto removed = media_of(bob, chat, sent->seq);
+  ASSERT_FALSE(removed) << "a former member";
+  EXPECT_EQ(removed.error(), errc::not_found);
+}
+
+TEST_P(store_media, the_sweep_takes_only_unreferenced_records_older_than_its_cutoff) {
+  auto alice = register_user("alice");
+  ASSERT_TRUE(create_media(alice, media_id(1), 10));
+  auto old = unreferenced(far_future_ms);
+  ASSERT_EQ(old, std::vector<std::string>{media_id(1)});
+  EXPECT_TRUE(unreferenced(1).empty()) << "created after the cutoff";
+  auto young = delete_media({media_id(1)}, 1);
+  ASSERT_TRUE(young);
+  EXPECT_TRUE(young->empty()) << "not older than the cutoff: kept";
+  // A send that references it between the listing and the delete keeps it.
+  auto bob = register_user("bob");
+  ASSERT_TRUE(send_file(alice, by_peer("bob"), "a1", media_id(1)));
+  auto raced = delete_media(old, far_future_ms);
+  ASSERT_TRUE(raced);
+  EXPECT_TRUE(raced->empty());
+  auto exists = wait_for<std::vector<bool>>(
+      [&](auto done) { db_->media_exists({media_id(1), media_id(2)}, done); });
+  ASSERT_TRUE(exists);
+  EXPECT_EQ(*exists, (std::vector<bool>{true, false}));
+}
+
+TEST_P(store_media, records_survive_a_reopen) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  ASSERT_TRUE(create_media(alice, media_id(1), 700, 1000));
+  auto sent = send_file(alice, by_peer("bob"), "a1", media_id(1));
+  ASSERT_TRUE(sent);
+  reopen();
+  auto m = media_of(bob, sent->chat, sent->seq);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->size, 700u);
+  auto over = create_media(alice, media_id(2), 301, 1000);
+  ASSERT_FALSE(over) << "the bytes held survive too";
+  EXPECT_EQ(over.error(), errc::quota_exceeded);
+}
+
+INSTANTIATE_TEST_SUITE_P(backends, store_media, ::testing::ValuesIn(backends()),
                          [](const auto& info) { return std::string(info.param.name); });
 
 INSTANTIATE_TEST_SUITE_P(backends, store_contract, ::testing::ValuesIn(backends()),

@@ -46,6 +46,10 @@ class category_impl final : public boost::system::error_category {
         return "that user is not a member of the group";
       case errc::already_member:
         return "that user is a member of the group already";
+      case errc::quota_exceeded:
+        return "the account's media storage quota would be exceeded";
+      case errc::media_not_found:
+        return "no such media, or not this account's";
     }
     return "unknown store error";
   }

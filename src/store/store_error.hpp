@@ -34,6 +34,10 @@ enum class errc {
   group_full,
   not_member,
   already_member,
+  // Media: an upload slot that would take the account past its storage quota; a send naming
+  // a blob that does not exist (or was swept) or is not the sender's.
+  quota_exceeded,
+  media_not_found,
 };
 
 const boost::system::error_category& store_category() noexcept;

@@ -1,5 +1,7 @@
 #include "wire/frame_codec.hpp"
 
+#include <algorithm>
+
 #include <google/protobuf/stubs/logging.h>
 
 #include "wire/username.hpp"
@@ -81,6 +83,14 @@ std::optional<protocol_error> check_chat(std::uint64_t chat_id, const std::strin
   return check_username(peer, field);
 }
 
+// A media id: 32 lowercase hex digits (media::valid_blob_id; the wire layer does not link
+// the media module).
+bool is_media_id(const std::string& id) {
+  return id.size() == 32 && std::all_of(id.begin(), id.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
 std::optional<protocol_error> validate(const Frame& f, const limits& l) {
   switch (f.body_case()) {
     case Frame::kRegister:
@@ -115,8 +125,27 @@ std::optional<protocol_error> validate(const Frame& f, const limits& l) {
       if (!m.to().empty() && m.type() == parley::v2::CIPHER_TYPE_SENDER_KEY_MESSAGE) {
         return invalid("a message to a user (`to`) cannot be CIPHER_TYPE_SENDER_KEY_MESSAGE");
       }
+      if (!m.media_id().empty() && !is_media_id(m.media_id())) {
+        return invalid("media_id must be 32 lowercase hex digits");
+      }
       return std::nullopt;
     }
+    case Frame::kRequestUpload: {
+      const auto& u = f.request_upload();
+      if (u.size() == 0) return invalid("size is required");
+      if (u.size() > l.max_media_bytes) {
+        return protocol_error{parley::v2::ERROR_CODE_MEDIA_TOO_LARGE,
+                              "size is " + std::to_string(u.size()) + " bytes; the limit is " +
+                                  std::to_string(l.max_media_bytes) +
+                                  " (100,000,000 bytes of file, encrypted)"};
+      }
+      if (u.sha256().size() != 32) return invalid("sha256 must be 32 bytes");
+      return std::nullopt;
+    }
+    case Frame::kRequestDownload:
+      if (f.request_download().chat_id() == 0) return invalid("chat_id is required");
+      if (f.request_download().seq() == 0) return invalid("seq is required");
+      return std::nullopt;
     case Frame::kCreateGroup: {
       const auto& c = f.create_group();
       if (auto e = check_group_name(c.name(), l)) return e;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace parley::wire {
 
@@ -26,6 +27,9 @@ struct limits {
   std::size_t prekeys_low_watermark = 20;  // below this after a fetch: PreKeysLow
   std::size_t max_group_members = 1024;    // the creator included
   std::size_t max_group_name_bytes = 64;
+  // RequestUpload.size: the ciphertext of the largest file, 100,000,000 bytes sealed in 64 KiB
+  // chunks with a 16-byte tag each (1,526 chunks; media::ciphertext_size, checked by a test).
+  std::uint64_t max_media_bytes = 100'024'416;
 };
 
 }  // namespace parley::wire

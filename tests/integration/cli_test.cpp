@@ -568,6 +568,126 @@ TEST_F(cli, a_server_url_with_a_bad_port_is_refused) {
 // A group as its members use it: created with a name, then named by that name or its chat id
 // in send, sync, history, status, read and group info; a removed member is told and gets
 // nothing after it; only admins change the group.
+
+// --- files -----------------------------------------------------------------------------------
+
+// A file of `size` bytes: a recognisable text, then bytes of every value.
+void write_test_file(const fs::path& p, std::size_t size) {
+  std::string data = "a quarterly report nobody else may read";
+  while (data.size() < size) data.push_back(static_cast<char>(data.size() * 7));
+  data.resize(size);
+  std::ofstream(p, std::ios::binary) << data;
+}
+
+std::string file_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+TEST_F(cli, a_file_is_sent_synced_downloaded_and_verified) {
+  for (const std::string name : {"alice", "bob", "carol"})
+    ASSERT_EQ(parley(name, {"register", name}).exit_code, 0);
+  const auto report = root_.path() / "report.pdf";
+  write_test_file(report, 300'000);
+
+  auto sent = parley("alice", {"--json", "send-file", "bob", report.string(), "--caption",
+                               "q3 numbers"});
+  ASSERT_EQ(sent.exit_code, 0) << sent.err;
+  const std::string id = field(sent.out, "message_id");
+  ASSERT_FALSE(id.empty()) << sent.out;
+  EXPECT_EQ(field(sent.out, "media_id").size(), 32u) << sent.out;
+  EXPECT_EQ(number(sent.out, "size"), "300000");
+  EXPECT_TRUE(sent.err.empty()) << "no progress bar off a terminal: " << sent.err;
+  // Nothing is left of the upload once it is sent: no encrypted copy, no resume state.
+  EXPECT_TRUE(fs::is_empty(root_.path() / "alice" / "media"));
+  EXPECT_EQ(test_support::query_int(root_.path() / "alice" / "local.db",
+                                    "SELECT count(*) FROM uploads"),
+            0);
+
+  auto synced = parley("bob", {"--json", "sync"});
+  ASSERT_EQ(synced.exit_code, 0) << synced.err;
+  const auto files = lines_with(synced.out, "[file] report.pdf (300.0 kB): q3 numbers");
+  ASSERT_EQ(files.size(), 1u) << synced.out;
+  EXPECT_EQ(field(files[0], "message_id"), id);
+
+  const auto out = root_.path() / "bob-report.pdf";
+  auto got = parley("bob", {"--json", "download", id, "--out", out.string()});
+  ASSERT_EQ(got.exit_code, 0) << got.err;
+  EXPECT_EQ(number(got.out, "size"), "300000");
+  EXPECT_EQ(field(got.out, "mime_type"), "application/pdf");
+  EXPECT_EQ(file_bytes(out), file_bytes(report));
+  // Never overwritten; a message id this device has no file for is named as such.
+  auto again = parley("bob", {"download", id, "--out", out.string()});
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_NE(again.err.find("exists"), std::string::npos) << again.err;
+  auto none = parley("carol", {"download", id});
+  EXPECT_EQ(none.exit_code, 1);
+  EXPECT_NE(none.err.find("carries no file"), std::string::npos) << none.err;
+  // The sender downloads its own file too.
+  const auto back = root_.path() / "alice-copy.pdf";
+  ASSERT_EQ(parley("alice", {"download", id, "--out", back.string()}).exit_code, 0);
+  EXPECT_EQ(file_bytes(back), file_bytes(report));
+  // The server holds the file only as ciphertext.
+  EXPECT_EQ(file_bytes(report).find("a quarterly report"), 0u);
+  for (const auto& e : fs::recursive_directory_iterator(server.data_dir())) {
+    if (!e.is_regular_file()) continue;
+    EXPECT_EQ(file_bytes(e.path()).find("a quarterly report"), std::string::npos) << e.path();
+  }
+
+  // A voice note is shown as one.
+  const auto voice = root_.path() / "note.ogg";
+  write_test_file(voice, 5'000);
+  ASSERT_EQ(parley("alice", {"send-file", "bob", voice.string(), "--voice"}).exit_code, 0);
+  auto heard = parley("bob", {"--json", "sync"});
+  EXPECT_EQ(lines_with(heard.out, "[voice note]").size(), 1u) << heard.out;
+}
+
+TEST_F(cli, a_file_to_a_group_reaches_its_members_and_an_upload_is_resumed_not_redone) {
+  for (const std::string name : {"alice", "bob", "carol"})
+    ASSERT_EQ(parley(name, {"register", name}).exit_code, 0);
+  ASSERT_EQ(parley("alice", {"group", "create", "team", "bob", "carol"}).exit_code, 0);
+  const auto photo = root_.path() / "photo.jpg";
+  write_test_file(photo, 150'000);
+  auto sent = parley("alice", {"--json", "send-file", "team", photo.string()});
+  ASSERT_EQ(sent.exit_code, 0) << sent.err;
+  const std::string id = field(sent.out, "message_id");
+  EXPECT_EQ(field(sent.out, "group"), "team");
+  for (const std::string member : {"bob", "carol"}) {
+    ASSERT_EQ(parley(member, {"sync"}).exit_code, 0);
+    const auto out = root_.path() / (member + ".jpg");
+    auto got = parley(member, {"download", id, "--out", out.string()});
+    ASSERT_EQ(got.exit_code, 0) << member << ": " << got.err;
+    EXPECT_EQ(file_bytes(out), file_bytes(photo)) << member;
+  }
+
+  // An upload whose message could not be sent (to a user who does not exist yet) is kept, and
+  // the next run sends it without uploading again: one blob more on the server, not two.
+  auto blobs_on_server = [&] {
+    std::size_t n = 0;
+    for (const auto& e : fs::recursive_directory_iterator(server.data_dir() / "data" / "media" /
+                                                         "blobs")) {
+      if (e.is_regular_file()) ++n;
+    }
+    return n;
+  };
+  const std::size_t before = blobs_on_server();
+  const auto doc = root_.path() / "doc.txt";
+  write_test_file(doc, 70'000);
+  auto failed = parley("alice", {"send-file", "dave", doc.string()});
+  EXPECT_EQ(failed.exit_code, 1) << failed.out;
+  EXPECT_EQ(test_support::query_int(root_.path() / "alice" / "local.db",
+                                    "SELECT count(*) FROM uploads"),
+            1);
+  ASSERT_EQ(parley("dave", {"register", "dave"}).exit_code, 0);
+  auto retried = parley("alice", {"send-file", "dave", doc.string()});
+  ASSERT_EQ(retried.exit_code, 0) << retried.err;
+  EXPECT_EQ(blobs_on_server(), before + 1);
+  EXPECT_EQ(test_support::query_int(root_.path() / "alice" / "local.db",
+                                    "SELECT count(*) FROM uploads"),
+            0);
+  ASSERT_EQ(parley("dave", {"sync"}).exit_code, 0);
+}
+
 TEST_F(cli, a_group_by_name_or_id_from_create_to_removal) {
   for (const std::string name : {"alice", "bob", "carol"})
     ASSERT_EQ(parley(name, {"register", name}).exit_code, 0);

@@ -18,6 +18,10 @@
 //   read_marks      be64 chat | be64 user                be64 seq: the user has read up to it
 //   dedupe          be64 device_id | client_msg_id       DedupeRecord (expires: dedupe_window)
 //   device_keys     be64 device_id                       DeviceKeys (public keys, prekeys)
+//   media           "b" | media id (32 hex digits)       MediaRecord
+//   media           "c" | be64 created_ms | media id     "": the record has no reference yet
+//                                                        (the sweep's index)
+//   media           "u" | be64 user_id                   be64: bytes the user's media hold
 //
 // A chat's head (its last seq) is not stored: it is the last key of its log.
 // Keys are built on the stack (stack_key): no heap string per key on the message path.
@@ -79,6 +83,12 @@ inline stack_key read_mark(std::uint64_t chat, std::uint64_t user) {
 inline stack_key dedupe(std::uint64_t device, std::string_view client_msg_id) {
   return stack_key().be64(device).bytes(client_msg_id);
 }
+
+inline stack_key media_record(std::string_view media) { return stack_key().bytes("b").bytes(media); }
+inline stack_key media_unreferenced(std::uint64_t created_ms, std::string_view media) {
+  return stack_key().bytes("c").be64(created_ms).bytes(media);
+}
+inline stack_key media_usage(std::uint64_t user) { return stack_key().bytes("u").be64(user); }
 
 inline stack_key group_marks(std::uint64_t chat) {
   return stack_key().bytes("group_marks/").be64(chat);

@@ -52,12 +52,13 @@ enum cf : std::size_t {
   cf_read_marks,
   cf_dedupe,
   cf_device_keys,
+  cf_media,
   cf_count
 };
 
 constexpr const char* cf_names[cf_count] = {
     "default",  "accounts",   "users",      "devices", "chats",  "direct_chats",
-    "user_chats", "messages", "cursors", "read_marks", "dedupe", "device_keys",
+    "user_chats", "messages", "cursors", "read_marks", "dedupe", "device_keys", "media",
 };
 
 rocksdb::Slice slice(std::string_view s) { return {s.data(), s.size()}; }
@@ -393,7 +394,32 @@ struct rocksdb_store::impl {
   // insert.
   static constexpr bool read_in_group(cf family) {
     return family == cf_accounts || family == cf_dedupe || family == cf_device_keys ||
-           family == cf_user_chats;
+           family == cf_user_chats || family == cf_media;
+  }
+  void del(group& g, cf family, std::string_view key) {
+    assert(read_in_group(family));
+    g.batch.Delete(cfs[family], slice(key));
+    auto k = overlay_key(family, key);
+    auto it = g.overlay.find(k);
+    if (it == g.overlay.end()) {
+      g.overlay.emplace(k, std::nullopt);
+      g.undo.push_back([&g, k] { g.overlay.erase(k); });
+    } else {
+      g.undo.push_back([&g, k, before = std::move(it->second)] { g.overlay[k] = before; });
+      it->second = std::nullopt;
+    }
+  }
+  // The bytes a user's media hold (keys::media_usage), through the group's overlay.
+  result<std::uint64_t> media_usage(group& g, std::uint64_t user) {
+    std::string v;
+    auto s = get(g, cf_media, keys::media_usage(user), &v);
+    if (s.IsNotFound()) return std::uint64_t{0};
+    if (!s.ok()) return errc::io_error;
+    if (v.size() != 8) return errc::corrupt;
+    return read_be64(v);
+  }
+  void set_media_usage(group& g, std::uint64_t user, std::uint64_t bytes) {
+    put(g, cf_media, keys::media_usage(user), keys::be64(bytes));
   }
   void put(group& g, cf family, std::string_view key, std::string_view value) {
     g.batch.Put(cfs[family], slice(key), slice(value));
@@ -939,7 +965,8 @@ struct rocksdb_store::impl {
                         m.sent_at_ms(),
                         std::move(*m.mutable_payload()),
                         m.cipher_type(),
-                        std::move(event)};
+                        std::move(event),
+                        std::move(*m.mutable_media_id())};
   }
   // The chat a request names, checked for membership (reader side): 0 for a 1:1 chat named by
   // a peer that has none yet. `first_seq`, if given, gets the first seq the requester may
@@ -1283,6 +1310,137 @@ void rocksdb_store::set_privacy(user_id user, bool hide_last_seen, completion<vo
   });
 }
 
+namespace {
+
+media_record to_media_record(std::string media, const pb::MediaRecord& r) {
+  return media_record{std::move(media), r.owner(), r.size(), r.created_ms(), r.references()};
+}
+
+}  // namespace
+
+void rocksdb_store::create_media(media_request request, completion<std::uint64_t> done) {
+  impl_->write<std::uint64_t>(
+      std::move(done), [this, request = std::move(request)](group& g) -> result<std::uint64_t> {
+        auto& d = *impl_;
+        auto used = d.media_usage(g, request.owner);
+        if (!used) return used.error();
+        if (request.quota != 0 &&
+            (request.size > request.quota || *used > request.quota - request.size)) {
+          return errc::quota_exceeded;
+        }
+        std::string v;
+        const auto key = keys::media_record(request.media);
+        auto s = d.get(g, cf_media, key, &v);
+        if (s.ok()) return errc::invalid_argument;  // 128 random bits: never, but never twice
+        if (!s.IsNotFound()) return errc::io_error;
+        const std::uint64_t now = now_ms();
+        pb::MediaRecord record;
+        record.set_owner(request.owner);
+        record.set_size(request.size);
+        record.set_created_ms(now);
+        d.put(g, cf_media, key, record.SerializeAsString());
+        d.put(g, cf_media, keys::media_unreferenced(now, request.media), {});
+        d.set_media_usage(g, request.owner, *used + request.size);
+        return *used + request.size;
+      });
+}
+
+void rocksdb_store::media_of(user_id requester, chat_id chat, std::uint64_t seq,
+                             completion<media_record> done) {
+  impl_->read<media_record>(
+      std::move(done), [this, requester, chat, seq]() -> result<media_record> {
+        auto& d = *impl_;
+        std::uint64_t first = 1;
+        auto id = d.resolve_for_read(requester, chat_ref{chat, {}}, &first);
+        if (!id) return id.error();
+        if (seq < first || seq == 0) return errc::not_found;
+        std::string v;
+        auto s = d.get(cf_messages, keys::message(chat, seq), &v);
+        if (s.IsNotFound()) return errc::not_found;
+        if (!s.ok()) return errc::io_error;
+        pb::StoredMessage m;
+        if (!parse(m, v)) return errc::corrupt;
+        if (m.media_id().empty()) return errc::not_found;
+        s = d.get(cf_media, keys::media_record(m.media_id()), &v);
+        if (s.IsNotFound()) return errc::not_found;
+        if (!s.ok()) return errc::io_error;
+        pb::MediaRecord record;
+        if (!parse(record, v)) return errc::corrupt;
+        return to_media_record(std::move(*m.mutable_media_id()), record);
+      });
+}
+
+void rocksdb_store::unreferenced_media(std::uint64_t created_before_ms, std::size_t limit,
+                                       completion<std::vector<media_record>> done) {
+  impl_->read<std::vector<media_record>>(
+      std::move(done),
+      [this, created_before_ms, limit]() -> result<std::vector<media_record>> {
+        auto& d = *impl_;
+        std::vector<media_record> out;
+        const auto lower = keys::media_unreferenced(0, {});
+        const auto upper = keys::media_unreferenced(created_before_ms, {});
+        bounded_read r(lower.view(), std::string(upper.view()));
+        std::unique_ptr<rocksdb::Iterator> it(d.db->NewIterator(r.options, d.cfs[cf_media]));
+        std::string v;
+        for (it->SeekToFirst(); it->Valid() && out.size() < limit; it->Next()) {
+          if (it->key().size() != 1 + 8 + 32) return errc::corrupt;
+          std::string media(it->key().data() + 9, 32);
+          auto s = d.get(cf_media, keys::media_record(media), &v);
+          if (s.IsNotFound()) continue;  // deleted since the iterator's snapshot
+          if (!s.ok()) return errc::io_error;
+          pb::MediaRecord record;
+          if (!parse(record, v)) return errc::corrupt;
+          out.push_back(to_media_record(std::move(media), record));
+        }
+        if (!it->status().ok()) return errc::io_error;
+        return out;
+      });
+}
+
+void rocksdb_store::delete_media(std::vector<std::string> media, std::uint64_t created_before_ms,
+                                 completion<std::vector<std::string>> done) {
+  impl_->write<std::vector<std::string>>(
+      std::move(done), [this, media = std::move(media),
+                        created_before_ms](group& g) -> result<std::vector<std::string>> {
+        auto& d = *impl_;
+        std::vector<std::string> deleted;
+        std::string v;
+        for (const auto& id : media) {
+          const auto key = keys::media_record(id);
+          auto s = d.get(g, cf_media, key, &v);
+          if (s.IsNotFound()) continue;
+          if (!s.ok()) return errc::io_error;
+          pb::MediaRecord record;
+          if (!parse(record, v)) return errc::corrupt;
+          if (record.references() != 0 || record.created_ms() >= created_before_ms) continue;
+          auto used = d.media_usage(g, record.owner());
+          if (!used) return used.error();
+          d.del(g, cf_media, key);
+          d.del(g, cf_media, keys::media_unreferenced(record.created_ms(), id));
+          d.set_media_usage(g, record.owner(), *used - std::min(*used, record.size()));
+          deleted.push_back(id);
+        }
+        return deleted;
+      });
+}
+
+void rocksdb_store::media_exists(std::vector<std::string> media,
+                                 completion<std::vector<bool>> done) {
+  impl_->read<std::vector<bool>>(
+      std::move(done), [this, media = std::move(media)]() -> result<std::vector<bool>> {
+        auto& d = *impl_;
+        std::vector<bool> out;
+        out.reserve(media.size());
+        std::string v;
+        for (const auto& id : media) {
+          auto s = d.get(cf_media, keys::media_record(id), &v);
+          if (!s.ok() && !s.IsNotFound()) return errc::io_error;
+          out.push_back(s.ok());
+        }
+        return out;
+      });
+}
+
 store_health rocksdb_store::health() {
   if (impl_->writable.load()) return {};
   std::lock_guard lock(impl_->health_mutex);
@@ -1516,6 +1674,21 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
         auto sender = d.user_record(request.sender);
         if (!sender) return sender.error();
 
+        // A file: the sender's own blob, one more reference to it (the sweep keeps it now).
+        if (!request.media.empty()) {
+          const auto key = keys::media_record(request.media);
+          s = d.get(g, cf_media, key, &v);
+          if (s.IsNotFound()) return errc::media_not_found;
+          if (!s.ok()) return errc::io_error;
+          pb::MediaRecord record;
+          if (!parse(record, v)) return errc::corrupt;
+          if (record.owner() != request.sender) return errc::media_not_found;
+          if (record.references() == 0)
+            d.del(g, cf_media, keys::media_unreferenced(record.created_ms(), request.media));
+          record.set_references(record.references() + 1);
+          d.put(g, cf_media, key, record.SerializeAsString());
+        }
+
         const std::uint64_t now = now_ms();
         send_outcome out;
         if (known == nullptr) {
@@ -1553,6 +1726,7 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
         stored.set_sent_at_ms(now);
         stored.set_payload(request.payload);
         stored.set_cipher_type(request.cipher_type);
+        if (!request.media.empty()) stored.set_media_id(request.media);
         pb::DedupeRecord dedupe;
         dedupe.set_chat_id(chat);
         dedupe.set_seq(out.seq);
@@ -1571,7 +1745,7 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
         out.message = std::make_shared<const chat_message>(
             chat_message{chat, out.seq, out.id, request.sender, request.sender_device,
                          std::move(request.sender_name), now, std::move(request.payload),
-                         request.cipher_type, nullptr});
+                         request.cipher_type, nullptr, std::move(request.media)});
         if (group_chat) {
           // Every member's devices (the sender's other ones too): one log entry, one list.
           auto devices = d.member_devices(g, *known, chat, out.seq, request.sender_device);

@@ -87,6 +87,14 @@ class rocksdb_store final : public store {
   void take_key_bundles(std::string username, completion<std::vector<key_bundle>> done) override;
   void shared_chats(user_id requester, std::vector<std::string> usernames,
                     completion<std::vector<bool>> done) override;
+  void create_media(media_request request, completion<std::uint64_t> done) override;
+  void media_of(user_id requester, chat_id chat, std::uint64_t seq,
+                completion<media_record> done) override;
+  void unreferenced_media(std::uint64_t created_before_ms, std::size_t limit,
+                          completion<std::vector<media_record>> done) override;
+  void delete_media(std::vector<std::string> media, std::uint64_t created_before_ms,
+                    completion<std::vector<std::string>> done) override;
+  void media_exists(std::vector<std::string> media, completion<std::vector<bool>> done) override;
   void set_privacy(user_id user, bool hide_last_seen, completion<void> done) override;
   store_health health() override;
   std::uint64_t pending_writes() override;

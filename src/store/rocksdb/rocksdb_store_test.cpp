@@ -41,7 +41,7 @@ registration register_user(store& db, const std::string& name) {
 
 send_request request(const registration& from, const std::string& from_name, const std::string& to,
                      const std::string& client_id) {
-  return {from.user, from.device, from_name, chat_ref{0, to}, client_id, "hi", 1, 0};
+  return {from.user, from.device, from_name, chat_ref{0, to}, client_id, "hi", 1, 0, {}};
 }
 
 // The names the operator sees in `top -H` and parley-bench's CPU split reads; stop() joins them.
@@ -310,7 +310,7 @@ TEST(rocksdb_store, a_group_message_writes_the_same_keys_whatever_the_group_size
     cost c;
     const std::uint64_t before = db.latest_sequence_for_tests();
     send_request m{users[0].user, users[0].device, names[0], {chat, {}},
-                   "m" + std::to_string(chat) + "-" + std::to_string(n), std::string(100, 'x'), 4, 0};
+                   "m" + std::to_string(chat) + "-" + std::to_string(n), std::string(100, 'x'), 4, 0, {}};
     auto sent = wait_for<send_outcome>([&](auto done) { db.send(m, done); });
     EXPECT_TRUE(sent);
     c.send = db.latest_sequence_for_tests() - before;

@@ -1,0 +1,548 @@
+#include "client/blob_transfer.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http.hpp>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string_view>
+#include <utility>
+
+#include "common/posix_file.hpp"
+
+namespace boost::system {
+void throw_exception_from_error(const parley::client::transfer_error& e,
+                                const boost::source_location&) {
+  throw std::runtime_error(parley::client::describe(e));
+}
+}  // namespace boost::system
+
+namespace parley::client {
+namespace {
+
+using posix::fd_guard;
+using posix::pread_all;
+using posix::pwrite_all;
+using posix::errno_text;
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using asio::awaitable;
+using tcp = asio::ip::tcp;
+using errc = transfer_error::errc;
+constexpr auto as_tuple_awaitable = asio::as_tuple(asio::use_awaitable);
+
+constexpr std::chrono::seconds connect_timeout{10};
+constexpr std::chrono::seconds io_timeout{30};
+constexpr std::size_t piece_bytes = 256 * 1024;
+constexpr std::uint64_t max_text_bytes = 64 * 1024;  // of an error answer's body
+constexpr std::size_t max_message_chars = 1024;
+constexpr std::chrono::milliseconds progress_interval{100};
+constexpr std::string_view offset_field = "Parley-Upload-Offset";
+
+transfer_error failure(errc code, std::string message) {
+  transfer_error e;
+  e.code = code;
+  e.message = std::move(message);
+  return e;
+}
+
+
+
+
+
+std::string_view view(beast::string_view v) { return {v.data(), v.size()}; }
+
+std::optional<std::uint64_t> parse_decimal(std::string_view s) {
+  if (s.empty() || s.size() > 20 || s.front() == '+' || s.front() == '-') return std::nullopt;
+  std::uint64_t v = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc{} || end != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+// --- URLs ------------------------------------------------------------------------------------
+
+struct http_url {
+  std::string host;         // without the brackets of an IPv6 address
+  std::string port;         // "80" when the URL gives none
+  std::string host_header;  // HOST[:PORT] as the URL writes it
+  std::string target;       // /PATH?QUERY as the URL writes it
+};
+
+transfer_result<http_url> parse_http_url(const std::string& url) {
+  constexpr std::string_view scheme = "http://";
+  if (url.starts_with("https://")) {
+    return failure(errc::bad_url,
+                   "https:// is not supported yet (TLS to the blob store comes "
+                   "later); got '" +
+                       url + "'");
+  }
+  if (!url.starts_with(scheme)) {
+    return failure(errc::bad_url, "the URL must start with http://, got '" + url + "'");
+  }
+  const std::string_view rest = std::string_view(url).substr(scheme.size());
+  const auto path_at = rest.find_first_of("/?#");
+  const std::string_view authority = rest.substr(0, path_at);
+  http_url out;
+  out.host_header = std::string(authority);
+  std::string_view after_host;
+  if (authority.starts_with('[')) {
+    const auto close = authority.find(']');
+    if (close == std::string_view::npos) return failure(errc::bad_url, "an IPv6 address needs ']'");
+    out.host = std::string(authority.substr(1, close - 1));
+    after_host = authority.substr(close + 1);
+  } else {
+    const auto colon = authority.find(':');
+    out.host = std::string(authority.substr(0, colon));
+    if (colon != std::string_view::npos) after_host = authority.substr(colon);
+  }
+  if (out.host.empty()) return failure(errc::bad_url, "no host in '" + url + "'");
+  if (after_host.empty()) {
+    out.port = "80";
+  } else {
+    const auto port = after_host.starts_with(':') ? parse_decimal(after_host.substr(1))
+                                                  : std::optional<std::uint64_t>{};
+    if (!port || *port == 0 || *port > 65535) {
+      return failure(errc::bad_url, "the port must be a number from 1 to 65535 in '" + url + "'");
+    }
+    out.port = std::to_string(*port);
+  }
+  std::string_view target =
+      path_at == std::string_view::npos ? std::string_view{} : rest.substr(path_at);
+  target = target.substr(0, target.find('#'));  // a fragment is never sent
+  out.target = target.starts_with('/') ? std::string(target) : "/" + std::string(target);
+  return out;
+}
+
+// --- progress --------------------------------------------------------------------------------
+
+class progress_meter {
+ public:
+  explicit progress_meter(progress_fn fn) : fn_(std::move(fn)) {}
+
+  // At most every progress_interval (the first call always reports).
+  void update(std::uint64_t done, std::uint64_t total) {
+    if (!fn_) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (reported_ && now - last_ < progress_interval) return;
+    reported_ = true;
+    last_ = now;
+    fn_(done, total);
+  }
+  void finish(std::uint64_t total) {
+    if (fn_) fn_(total, total);
+  }
+
+ private:
+  progress_fn fn_;
+  bool reported_ = false;
+  std::chrono::steady_clock::time_point last_;
+};
+
+// --- HTTP ------------------------------------------------------------------------------------
+
+transfer_error stream_failure(const beast::error_code& ec, std::string_view during) {
+  if (ec == beast::error::timeout) {
+    return failure(errc::timeout, std::string(during) + ": no progress for " +
+                                      std::to_string(io_timeout.count()) + " s");
+  }
+  return failure(errc::connection, std::string(during) + ": " + ec.message());
+}
+
+// Resolves and connects within connect_timeout.
+awaitable<transfer_result<void>> connect(beast::tcp_stream& stream, const http_url& u) {
+  const auto executor = co_await asio::this_coro::executor;
+  tcp::resolver resolver(executor);
+  // The resolver has no deadline of its own: a timer cancels it. (Its handler cannot outlive
+  // the resolver: the connect below suspends this coroutine first.)
+  asio::steady_timer deadline(executor, connect_timeout);
+  deadline.async_wait([&resolver](const boost::system::error_code& ec) {
+    if (!ec) resolver.cancel();
+  });
+  auto [rec, endpoints] = co_await resolver.async_resolve(u.host, u.port, as_tuple_awaitable);
+  deadline.cancel();
+  if (rec) {
+    co_return failure(errc::connect,
+                      "cannot resolve " + u.host + ": " +
+                          (rec == asio::error::operation_aborted ? "timed out" : rec.message()));
+  }
+  stream.expires_after(connect_timeout);
+  auto [cec, endpoint] = co_await stream.async_connect(endpoints, as_tuple_awaitable);
+  if (cec) {
+    co_return failure(errc::connect,
+                      "cannot connect to " + u.host_header + ": " +
+                          (cec == beast::error::timeout ? "timed out" : cec.message()));
+  }
+  boost::system::error_code ignored;
+  stream.socket().set_option(tcp::no_delay(true), ignored);
+  co_return transfer_result<void>();
+}
+
+// A response with (the first 64 KiB of) its text.
+struct answer {
+  unsigned status = 0;
+  std::string text;
+  std::optional<std::uint64_t> offset;  // Parley-Upload-Offset
+  bool keep_alive = false;
+};
+
+std::string trimmed(std::string text) {
+  if (text.size() > max_message_chars) text.resize(max_message_chars);
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' '))
+    text.pop_back();
+  return text;
+}
+
+transfer_error status_failure(const answer& a) {
+  transfer_error e;
+  e.code = errc::http_status;
+  e.status = a.status;
+  e.message = a.text;
+  return e;
+}
+
+// Reads one whole response; `head`: the response to a HEAD (no body whatever it says).
+awaitable<transfer_result<answer>> read_answer(beast::tcp_stream& stream,
+                                               beast::flat_buffer& buffer, bool head) {
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(max_text_bytes);
+  if (head) parser.skip(true);
+  stream.expires_after(io_timeout);
+  auto [ec, n] = co_await http::async_read(stream, buffer, parser, as_tuple_awaitable);
+  if (ec) co_return stream_failure(ec, "reading the answer");
+  const auto& res = parser.get();
+  answer a;
+  a.status = res.result_int();
+  a.text = trimmed(res.body());
+  a.keep_alive = res.keep_alive();
+  if (const auto it = res.find(offset_field); it != res.end()) {
+    a.offset = parse_decimal(view(it->value()));
+    if (!a.offset) {
+      co_return failure(errc::protocol, "malformed " + std::string(offset_field) + ": '" +
+                                            std::string(view(it->value())) + "'");
+    }
+  }
+  co_return a;
+}
+
+// --- upload ----------------------------------------------------------------------------------
+
+transfer_result<void> upload_outcome(const answer& a, std::uint64_t size, progress_meter& meter) {
+  if (a.status == 201 || a.status == 200) {
+    meter.finish(size);
+    return {};
+  }
+  if (a.status == 204) {
+    return failure(errc::protocol, "the store kept " +
+                                       (a.offset ? std::to_string(*a.offset) : std::string("?")) +
+                                       " of " + std::to_string(size) + " bytes sent");
+  }
+  if (a.status < 300) {
+    return failure(errc::protocol, "unexpected status " + std::to_string(a.status));
+  }
+  return status_failure(a);
+}
+
+awaitable<transfer_result<void>> run_upload(std::string url, std::filesystem::path file,
+                                            progress_fn progress) {
+  const auto u = parse_http_url(url);
+  if (!u) co_return u.error();
+  fd_guard fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid())
+    co_return failure(errc::io, "cannot open " + file.string() + ": " + errno_text());
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    co_return failure(errc::io, "cannot read " + file.string());
+  }
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  progress_meter meter(std::move(progress));
+
+  const auto executor = co_await asio::this_coro::executor;
+  std::optional<beast::tcp_stream> stream(std::in_place, executor);
+  beast::flat_buffer buffer;
+  auto connected = co_await connect(*stream, *u);
+  if (!connected) co_return connected.error();
+
+  // How much of it does the store hold already?
+  http::request<http::empty_body> head{http::verb::head, u->target, 11};
+  head.set(http::field::host, u->host_header);
+  head.set(http::field::user_agent, "parley");
+  stream->expires_after(io_timeout);
+  auto [hec, hn] = co_await http::async_write(*stream, head, as_tuple_awaitable);
+  if (hec) co_return stream_failure(hec, "asking for the upload offset");
+  auto probe = co_await read_answer(*stream, buffer, true);
+  if (!probe) co_return probe.error();
+  std::uint64_t offset = 0;
+  if (probe->status == 200 && probe->offset) {
+    if (*probe->offset == size) {
+      meter.finish(size);
+      co_return transfer_result<void>();
+    }
+    if (*probe->offset > size) {
+      co_return failure(errc::verification, "the store holds " + std::to_string(*probe->offset) +
+                                                " bytes of this blob, more than the file's " +
+                                                std::to_string(size));
+    }
+    offset = *probe->offset;
+  }
+  if (!probe->keep_alive) {
+    stream.emplace(executor);
+    buffer.clear();
+    auto again = co_await connect(*stream, *u);
+    if (!again) co_return again.error();
+  }
+
+  // The rest of the file. 100-continue: a refusal comes before the body, not after it.
+  http::request<http::buffer_body> put{http::verb::put, u->target, 11};
+  put.set(http::field::host, u->host_header);
+  put.set(http::field::user_agent, "parley");
+  put.set(http::field::content_type, "application/octet-stream");
+  if (offset > 0) {
+    put.set(http::field::content_range, "bytes " + std::to_string(offset) + "-" +
+                                            std::to_string(size - 1) + "/" + std::to_string(size));
+  }
+  put.set(http::field::expect, "100-continue");
+  put.content_length(size - offset);
+  put.body().data = nullptr;
+  put.body().more = true;
+  http::request_serializer<http::buffer_body> sr{put};
+  stream->expires_after(io_timeout);
+  auto [pec, pn] = co_await http::async_write_header(*stream, sr, as_tuple_awaitable);
+  if (pec) co_return stream_failure(pec, "sending the upload");
+  auto interim = co_await read_answer(*stream, buffer, false);
+  if (!interim) co_return interim.error();
+  if (interim->status != 100) co_return upload_outcome(*interim, size, meter);
+
+  // The file, read 256 KiB at a time as the connection takes it; the timeout is per write, so
+  // a slow uplink is fine as long as it moves.
+  auto piece = std::make_unique_for_overwrite<char[]>(piece_bytes);
+  std::uint64_t handed = offset;  // bytes of the file given to the serializer so far
+  std::uint64_t sent = offset;    // of which written to the connection
+  bool need_piece = true;
+  meter.update(sent, size);
+  while (!sr.is_done()) {
+    if (need_piece) {
+      const auto want =
+          static_cast<std::size_t>(std::min<std::uint64_t>(piece_bytes, size - handed));
+      if (want > 0 && !pread_all(fd.get(), piece.get(), want, handed)) {
+        co_return failure(errc::io, "cannot read " + file.string() + " (did it change?)");
+      }
+      put.body().data = want > 0 ? piece.get() : nullptr;
+      put.body().size = want;
+      put.body().more = handed + want < size;
+      handed += want;
+      need_piece = false;
+    }
+    stream->expires_after(io_timeout);
+    auto [ec, n] = co_await http::async_write_some(*stream, sr, as_tuple_awaitable);
+    if (ec == http::error::need_buffer) {
+      need_piece = true;
+      continue;
+    }
+    if (ec) {
+      // The store may have answered (and closed) before taking all of it: prefer its words.
+      auto early = co_await read_answer(*stream, buffer, false);
+      if (early && early->status >= 300) co_return status_failure(*early);
+      co_return stream_failure(ec, "sending the upload");
+    }
+    sent = std::min(sent + n, size);
+    meter.update(sent, size);
+  }
+  auto last = co_await read_answer(*stream, buffer, false);
+  if (!last) co_return last.error();
+  co_return upload_outcome(*last, size, meter);
+}
+
+// --- download --------------------------------------------------------------------------------
+
+// Content-Range of a 206: "bytes FIRST-LAST/TOTAL".
+bool range_is(std::string_view v, std::uint64_t first, std::uint64_t last, std::uint64_t total) {
+  return v == "bytes " + std::to_string(first) + "-" + std::to_string(last) + "/" +
+                  std::to_string(total);
+}
+
+awaitable<transfer_result<void>> run_download(std::string url, std::filesystem::path file,
+                                              std::uint64_t expected, progress_fn progress) {
+  const auto u = parse_http_url(url);
+  if (!u) co_return u.error();
+  progress_meter meter(std::move(progress));
+  std::uint64_t have = 0;
+  struct stat st {};
+  if (::stat(file.c_str(), &st) == 0) {
+    have = static_cast<std::uint64_t>(st.st_size);
+  } else if (errno != ENOENT) {
+    co_return failure(errc::io, "cannot stat " + file.string() + ": " + errno_text());
+  }
+  if (have == expected) {
+    if (expected == 0) {  // nothing to fetch, but the file must be there
+      fd_guard fd(::open(file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+      if (!fd.valid())
+        co_return failure(errc::io, "cannot create " + file.string() + ": " + errno_text());
+    }
+    meter.finish(expected);
+    co_return transfer_result<void>();
+  }
+  if (have > expected) have = 0;  // not a prefix of this blob: start over
+
+  const auto executor = co_await asio::this_coro::executor;
+  beast::tcp_stream stream(executor);
+  beast::flat_buffer buffer;
+  auto connected = co_await connect(stream, *u);
+  if (!connected) co_return connected.error();
+
+  http::request<http::empty_body> get{http::verb::get, u->target, 11};
+  get.set(http::field::host, u->host_header);
+  get.set(http::field::user_agent, "parley");
+  if (have > 0) get.set(http::field::range, "bytes=" + std::to_string(have) + "-");
+  stream.expires_after(io_timeout);
+  auto [wec, wn] = co_await http::async_write(stream, get, as_tuple_awaitable);
+  if (wec) co_return stream_failure(wec, "sending the request");
+
+  http::response_parser<http::empty_body> header;
+  header.body_limit(boost::none);  // counted against `expected` below
+  stream.expires_after(io_timeout);
+  auto [hec, hn] = co_await http::async_read_header(stream, buffer, header, as_tuple_awaitable);
+  if (hec) co_return stream_failure(hec, "reading the answer");
+  const unsigned status = header.get().result_int();
+  if (status == 206 && have > 0) {
+    const auto range = header.get()[http::field::content_range];
+    if (!range_is(view(range), have, expected - 1, expected)) {
+      co_return failure(errc::verification, "asked for bytes " + std::to_string(have) + "-" +
+                                                std::to_string(expected - 1) + "/" +
+                                                std::to_string(expected) + ", got '" +
+                                                std::string(view(range)) + "'");
+    }
+  } else if (status == 200) {
+    have = 0;  // the whole blob: the file starts over
+    const auto length = header.content_length();
+    if (length && *length != expected) {
+      co_return failure(errc::verification, "the store has " + std::to_string(*length) +
+                                                " bytes, expected " + std::to_string(expected));
+    }
+  } else if (status == 206) {
+    co_return failure(errc::protocol, "a partial answer (206) to a request for everything");
+  } else {
+    http::response_parser<http::string_body> text(std::move(header));
+    text.body_limit(max_text_bytes);
+    stream.expires_after(io_timeout);
+    co_await http::async_read(stream, buffer, text, as_tuple_awaitable);  // best effort
+    answer a;
+    a.status = status;
+    a.text = trimmed(text.get().body());
+    co_return status_failure(a);
+  }
+
+  fd_guard fd(have > 0 ? ::open(file.c_str(), O_WRONLY | O_CLOEXEC)
+                       : ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd.valid())
+    co_return failure(errc::io, "cannot open " + file.string() + ": " + errno_text());
+  // The blob as it arrives, collected into pieces of up to 256 KiB, each written when full (or
+  // when the body or the connection ends); the timeout is per read.
+  http::response_parser<http::buffer_body> body(std::move(header));
+  body.body_limit(boost::none);
+  auto piece = std::make_unique_for_overwrite<char[]>(piece_bytes);
+  auto& slot = body.get().body();
+  slot.data = piece.get();
+  slot.size = piece_bytes;
+  std::uint64_t done = have;
+  meter.update(done, expected);
+  while (!body.is_done()) {
+    stream.expires_after(io_timeout);
+    auto [ec, n] = co_await http::async_read_some(stream, buffer, body, as_tuple_awaitable);
+    if (ec == http::error::need_buffer) ec = {};
+    const std::size_t got = piece_bytes - slot.size;
+    if (got > expected - done) {
+      co_return failure(errc::verification, "the store sent more than the expected " +
+                                                std::to_string(expected) + " bytes");
+    }
+    if (got > 0 && (got == piece_bytes || body.is_done() || ec)) {
+      if (!pwrite_all(fd.get(), piece.get(), got, done)) {
+        co_return failure(errc::io, "cannot write " + file.string() + ": " + errno_text());
+      }
+      done += got;
+      slot.data = piece.get();
+      slot.size = piece_bytes;
+      meter.update(done, expected);
+    }
+    if (ec) co_return stream_failure(ec, "receiving the blob");
+  }
+  if (done != expected) {
+    co_return failure(errc::verification, "the store sent " + std::to_string(done) + " of " +
+                                              std::to_string(expected) + " bytes");
+  }
+  if (!fd.close())
+    co_return failure(errc::io, "cannot write " + file.string() + ": " + errno_text());
+  meter.finish(expected);
+  co_return transfer_result<void>();
+}
+
+// Runs `work` to its end on a private io_context on this thread.
+transfer_result<void> run_here(awaitable<transfer_result<void>> work) {
+  asio::io_context io(1);
+  transfer_result<void> out = failure(errc::io, "the transfer did not finish");
+  std::exception_ptr thrown;
+  asio::co_spawn(io, std::move(work), [&](std::exception_ptr e, transfer_result<void> r) {
+    thrown = std::move(e);
+    out = std::move(r);
+  });
+  io.run();
+  if (thrown) std::rethrow_exception(thrown);
+  return out;
+}
+
+}  // namespace
+
+std::string describe(const transfer_error& e) {
+  switch (e.code) {
+    case errc::bad_url:
+      return "bad blob URL: " + e.message;
+    case errc::connect:
+      return "cannot reach the blob store: " + e.message;
+    case errc::timeout:
+      return "the blob store stopped responding: " + e.message;
+    case errc::connection:
+      return "connection to the blob store lost: " + e.message;
+    case errc::http_status:
+      return "the blob store answered " + std::to_string(e.status) +
+             (e.message.empty() ? "" : ": " + e.message);
+    case errc::protocol:
+      return "unexpected answer from the blob store: " + e.message;
+    case errc::verification:
+      return "the blob does not add up: " + e.message;
+    case errc::io:
+      return "local file: " + e.message;
+  }
+  return "blob transfer failed: " + e.message;
+}
+
+transfer_result<void> upload(const std::string& url, const std::filesystem::path& ciphertext_file,
+                             const progress_fn& progress) {
+  return run_here(run_upload(url, ciphertext_file, progress));
+}
+
+transfer_result<void> download(const std::string& url, const std::filesystem::path& partial_file,
+                               std::uint64_t expected_size, const progress_fn& progress) {
+  return run_here(run_download(url, partial_file, expected_size, progress));
+}
+
+}  // namespace parley::client

@@ -1,0 +1,160 @@
+#include "server/media_service.hpp"
+
+#include <future>
+
+#include "common/clock.hpp"
+#include "common/log.hpp"
+#include "common/thread_name.hpp"
+#include "media/local/blob_http_server.hpp"
+#include "media/local/local_blob_store.hpp"
+
+namespace parley::server {
+
+namespace asio = boost::asio;
+
+namespace {
+
+// Waits for a store call's completion (the sweeper's own thread may block).
+template <class T, class Call>
+store::result<T> wait_for(Call call) {
+  std::promise<store::result<T>> promise;
+  auto future = promise.get_future();
+  call([&promise](store::result<T> r) { promise.set_value(std::move(r)); });
+  return future.get();
+}
+
+// Records (and blobs) handled per round trip to the store.
+constexpr std::size_t sweep_page = 512;
+
+}  // namespace
+
+media_service::media_service(const config& cfg, store::store& store) : cfg_(cfg), store_(store) {}
+
+media_service::~media_service() { stop(); }
+
+asio::ip::tcp::endpoint media_service::start(const asio::ip::tcp::endpoint& main) {
+  const auto& m = cfg_.media;
+  std::string host = m.listen_host.empty() ? main.address().to_string() : m.listen_host;
+  std::uint16_t port = m.listen_port;
+  if (!m.listen_set) port = cfg_.listen_port == 0 ? 0 : static_cast<std::uint16_t>(main.port() + 1);
+  const asio::ip::tcp::endpoint wanted(asio::ip::make_address(host), port);
+
+  // The URLs' base is known once the port is bound: set before any URL is made.
+  auto local = std::make_unique<media::local_blob_store>(cfg_.data_dir / "media");
+  http_ = std::make_unique<media::blob_http_server>(*local, m.max_transfers);
+  auto bound = http_->start(wanted);
+  std::string base = m.public_url;
+  if (base.empty()) {
+    const auto address = bound.address();
+    const std::string h = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
+    base = "http://" + h + ":" + std::to_string(bound.port());
+  }
+  local->set_public_url(base);
+  served_ = std::move(local);
+  log_info() << "media: blobs under " << (cfg_.data_dir / "media").string() << ", served on "
+             << bound << " as " << base;
+
+  sweeper_ = std::thread([this] { run_sweeper(); });
+  name_thread(sweeper_, "media-sweeper");
+  return bound;
+}
+
+void media_service::stop() {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (sweeper_.joinable()) sweeper_.join();
+  if (http_) http_->stop();
+}
+
+std::string media_service::upload_url(const media::upload_grant& grant) {
+  return served_->upload_url(grant);
+}
+
+std::string media_service::download_url(const media::blob_id& id, std::uint64_t user,
+                                        media::wall_clock::time_point expires) {
+  return served_->download_url(id, user, expires);
+}
+
+void media_service::run_sweeper() {
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    if (wake_.wait_for(lock, cfg_.media.sweep_interval, [this] { return stopping_; })) return;
+    lock.unlock();
+    const auto report = sweep_once();
+    if (report.records_deleted + report.orphans_removed > 0 || report.failed) {
+      log_info() << "media sweep: " << report.records_deleted << " unreferenced blobs and "
+                 << report.orphans_removed << " orphans deleted"
+                 << (report.failed ? " (incomplete: retried next time)" : "");
+    }
+    lock.lock();
+  }
+}
+
+sweep_report media_service::sweep_once() {
+  sweep_report report;
+  if (!served_) return report;
+  const auto retention = cfg_.media.unreferenced_retention;
+  const std::uint64_t cutoff_ms = now_ms() - static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(retention).count());
+
+  // 1. Unreferenced records past the retention: the record goes first (a send racing with the
+  // sweep either referenced it before, and delete_media keeps it, or gets MEDIA_NOT_FOUND),
+  // then the blob.
+  for (;;) {
+    auto page = wait_for<std::vector<store::media_record>>([&](auto done) {
+      store_.unreferenced_media(cutoff_ms, sweep_page, std::move(done));
+    });
+    if (!page) {
+      report.failed = true;
+      break;
+    }
+    if (page->empty()) break;
+    std::vector<std::string> ids;
+    ids.reserve(page->size());
+    for (auto& r : *page) ids.push_back(std::move(r.media));
+    auto deleted = wait_for<std::vector<std::string>>([&](auto done) {
+      store_.delete_media(ids, cutoff_ms, std::move(done));
+    });
+    if (!deleted) {
+      report.failed = true;
+      break;
+    }
+    for (const auto& id : *deleted) {
+      if (!served_->remove(id)) report.failed = true;  // the orphan pass retries it
+    }
+    report.records_deleted += deleted->size();
+    if (page->size() < sweep_page || deleted->empty()) break;
+  }
+
+  // 2. Blobs past the retention without a record: uploads whose record was swept while they
+  // were written, or whose blob outlived a crash between the two deletes.
+  const auto before = media::wall_clock::now() - retention;
+  auto old = served_->written_before(before);
+  for (std::size_t at = 0; at < old.size(); at += sweep_page) {
+    std::vector<std::string> ids(old.begin() + static_cast<std::ptrdiff_t>(at),
+                                 old.begin() + static_cast<std::ptrdiff_t>(
+                                                   std::min(old.size(), at + sweep_page)));
+    auto exists = wait_for<std::vector<bool>>([&](auto done) {
+      store_.media_exists(ids, std::move(done));
+    });
+    if (!exists) {
+      report.failed = true;
+      break;
+    }
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      if ((*exists)[i]) continue;
+      if (served_->remove(ids[i])) {
+        ++report.orphans_removed;
+      } else {
+        report.failed = true;
+      }
+    }
+  }
+  return report;
+}
+
+}  // namespace parley::server

@@ -1,0 +1,293 @@
+// Media against a real parleyd and its blob server: a file encrypted on the sender's device,
+// uploaded through a presigned URL, referenced by a message, downloaded by the recipient and
+// verified; the limits, the typed errors, who may fetch what, signed URLs, and the sweeper.
+// The CLI's send-file and download are in cli_test.cpp.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <utime.h>
+
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "client/blob_transfer.hpp"
+#include "media/chunked_cipher.hpp"
+#include "server_process.hpp"
+#include "temp_dir.hpp"
+#include "test_client.hpp"
+
+namespace parley::test {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+// Bytes no encryption would leave in place: a marker repeated through the file.
+constexpr std::string_view marker = "PARLEY-PLAINTEXT-MARKER-7f3a9c";
+
+void write_file(const fs::path& p, std::uint64_t size, std::uint32_t seed) {
+  std::ofstream out(p, std::ios::binary);
+  std::mt19937 rng(seed);
+  std::string block(64 * 1024, '\0');
+  for (std::uint64_t done = 0; done < size;) {
+    for (std::size_t i = 0; i < block.size(); i += 4) {
+      const std::uint32_t v = rng();
+      std::memcpy(block.data() + i, &v, 4);
+    }
+    block.replace(0, marker.size(), marker);
+    const auto n = static_cast<std::streamsize>(std::min<std::uint64_t>(block.size(), size - done));
+    out.write(block.data(), n);
+    done += static_cast<std::uint64_t>(n);
+  }
+}
+
+bool same_files(const fs::path& a, const fs::path& b) {
+  std::ifstream x(a, std::ios::binary), y(b, std::ios::binary);
+  std::istreambuf_iterator<char> end;
+  return fs::file_size(a) == fs::file_size(b) &&
+         std::equal(std::istreambuf_iterator<char>(x), end, std::istreambuf_iterator<char>(y));
+}
+
+// Whether any file under `dir` holds `needle`.
+bool found_under(const fs::path& dir, std::string_view needle) {
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    std::string data((std::istreambuf_iterator<char>(in)), {});
+    if (data.find(needle) != std::string::npos) return true;
+  }
+  return false;
+}
+
+std::string bytes_of(std::span<const std::uint8_t> s) {
+  return {reinterpret_cast<const char*>(s.data()), s.size()};
+}
+
+// A file encrypted for upload: its ciphertext on disk, key and hash.
+struct sealed {
+  fs::path cipher;
+  media::media_key key{};
+  media::sealed_file file;
+};
+
+sealed seal(const fs::path& plain, const fs::path& cipher) {
+  sealed out;
+  out.cipher = cipher;
+  out.key = media::new_media_key();
+  auto r = media::encrypt_file(plain, cipher, out.key);
+  EXPECT_TRUE(r) << r.error().message();
+  if (r) out.file = *r;
+  return out;
+}
+
+class media_flow : public ::testing::Test {
+ protected:
+  explicit media_flow(std::string config = {}) : server({}, std::move(config)) {}
+
+  // Uploads `s` as `who`; returns the UploadSlot.
+  v2::UploadSlot upload(test_client& who, const sealed& s) {
+    auto slot = who.run(who.api().request_upload(s.file.size, bytes_of(s.file.sha256)));
+    EXPECT_TRUE(slot) << client::describe(slot.error());
+    if (!slot) return {};
+    auto put = client::upload(slot->url(), s.cipher, {});
+    EXPECT_TRUE(put) << client::describe(put.error());
+    return *slot;
+  }
+
+  server_process server;
+  test_support::temp_dir dir{"parley_media_test_"};
+  boost::asio::io_context io;
+};
+
+TEST_F(media_flow, a_file_goes_encrypted_through_the_blob_store_and_only_members_fetch_it) {
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
+  auto carol = online(io, server.url(), "carol");
+  write_file(dir.path() / "photo.jpg", 3'000'000 + 17, 1);
+  auto s = seal(dir.path() / "photo.jpg", dir.path() / "photo.enc");
+  const auto slot = upload(alice, s);
+  ASSERT_EQ(slot.media_id().size(), 32u);
+
+  auto sent = alice.run(alice.api().send("bob", "m1", "sealed-content",
+                                         v2::CIPHER_TYPE_SIGNAL_MESSAGE, 0, slot.media_id()));
+  ASSERT_TRUE(sent) << client::describe(sent.error());
+  auto pushed = bob.next();
+  ASSERT_TRUE(pushed.has_envelope());
+  EXPECT_EQ(pushed.envelope().seq(), sent->seq());
+
+  auto where = bob.run(bob.api().request_download(sent->chat_id(), sent->seq()));
+  ASSERT_TRUE(where) << client::describe(where.error());
+  EXPECT_EQ(where->media_id(), slot.media_id());
+  EXPECT_EQ(where->size(), s.file.size);
+  const auto partial = dir.path() / "bob.part";
+  ASSERT_TRUE(client::download(where->url(), partial, where->size(), {}));
+  auto opened = media::decrypt_file(partial, dir.path() / "bob.jpg", s.key, s.file.size,
+                                    s.file.sha256);
+  ASSERT_TRUE(opened) << opened.error().message();
+  EXPECT_TRUE(same_files(dir.path() / "photo.jpg", dir.path() / "bob.jpg"));
+
+  // The sender may fetch it too; someone outside the chat may not.
+  EXPECT_TRUE(alice.run(alice.api().request_download(sent->chat_id(), sent->seq())));
+  EXPECT_EQ(code_of(carol.run(carol.api().request_download(sent->chat_id(), sent->seq()))),
+            v2::ERROR_CODE_NOT_FOUND);
+  // Neither the plaintext nor the key is anywhere under the server's data directory.
+  EXPECT_FALSE(found_under(server.data_dir(), marker));
+  EXPECT_FALSE(found_under(server.data_dir(), bytes_of(s.key)));
+  EXPECT_TRUE(found_under(dir.path(), marker)) << "the search itself finds the marker";
+}
+
+TEST_F(media_flow, slots_and_sends_are_checked_with_typed_errors) {
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
+  const std::string hash(32, 'h');
+  const std::uint64_t largest = media::ciphertext_size(media::max_media_plain_bytes);
+  EXPECT_EQ(largest, 100'024'416u) << "wire::limits::max_media_bytes";
+  EXPECT_EQ(code_of(alice.run(alice.api().request_upload(largest + 1, hash))),
+            v2::ERROR_CODE_MEDIA_TOO_LARGE);
+  EXPECT_EQ(code_of(alice.run(alice.api().request_upload(0, hash))),
+            v2::ERROR_CODE_INVALID_ARGUMENT);
+  EXPECT_EQ(code_of(alice.run(alice.api().request_upload(100, "short"))),
+            v2::ERROR_CODE_INVALID_ARGUMENT);
+  auto slot = alice.run(alice.api().request_upload(largest, hash));
+  ASSERT_TRUE(slot) << "the largest file's ciphertext is allowed";
+
+  // A media id that is not one, one that does not exist, and another account's.
+  EXPECT_EQ(code_of(alice.run(alice.api().send("bob", "m1", "x", v2::CIPHER_TYPE_SIGNAL_MESSAGE,
+                                               0, "not-hex"))),
+            v2::ERROR_CODE_INVALID_ARGUMENT);
+  EXPECT_EQ(code_of(alice.run(alice.api().send("bob", "m2", "x", v2::CIPHER_TYPE_SIGNAL_MESSAGE,
+                                               0, std::string(32, 'a')))),
+            v2::ERROR_CODE_MEDIA_NOT_FOUND);
+  EXPECT_EQ(code_of(bob.run(bob.api().send("alice", "m3", "x", v2::CIPHER_TYPE_SIGNAL_MESSAGE, 0,
+                                           slot->media_id()))),
+            v2::ERROR_CODE_MEDIA_NOT_FOUND);
+  // Nothing was appended by the refusals: the first message of the chat is seq 1.
+  auto text = alice.run(alice.api().send("bob", "m4", "x"));
+  ASSERT_TRUE(text);
+  EXPECT_EQ(text->seq(), 1u);
+  EXPECT_EQ(code_of(bob.run(bob.api().request_download(text->chat_id(), text->seq()))),
+            v2::ERROR_CODE_NOT_FOUND)
+      << "a message without a file";
+}
+
+TEST_F(media_flow, signed_urls_refuse_tampering_other_blobs_and_wrong_sizes) {
+  auto alice = online(io, server.url(), "alice");
+  write_file(dir.path() / "a.bin", 200'000, 2);
+  auto a = seal(dir.path() / "a.bin", dir.path() / "a.enc");
+  auto slot = alice.run(alice.api().request_upload(a.file.size, bytes_of(a.file.sha256)));
+  ASSERT_TRUE(slot);
+  auto other = alice.run(alice.api().request_upload(a.file.size, bytes_of(a.file.sha256)));
+  ASSERT_TRUE(other);
+
+  auto status_of = [](const client::transfer_result<void>& r) {
+    return r ? 0u : r.error().status;
+  };
+  // One character of the signature changed.
+  std::string tampered = slot->url();
+  tampered.back() = tampered.back() == '0' ? '1' : '0';
+  EXPECT_EQ(status_of(client::upload(tampered, a.cipher, {})), 403u);
+  // The URL of one blob used for another.
+  std::string swapped = slot->url();
+  swapped.replace(swapped.find(slot->media_id()), 32, other->media_id());
+  EXPECT_EQ(status_of(client::upload(swapped, a.cipher, {})), 403u);
+  // The declared size changed in the URL.
+  std::string resized = slot->url();
+  const auto at = resized.find("size=") + 5;
+  resized.replace(at, resized.find('&', at) - at, std::to_string(a.file.size + 1));
+  EXPECT_EQ(status_of(client::upload(resized, a.cipher, {})), 403u);
+  // A body that is not the declared ciphertext: refused on its hash, nothing kept.
+  write_file(dir.path() / "b.bin", 200'000, 3);
+  auto b = seal(dir.path() / "b.bin", dir.path() / "b.enc");
+  ASSERT_EQ(b.file.size, a.file.size);
+  EXPECT_EQ(status_of(client::upload(slot->url(), b.cipher, {})), 400u);
+  // The real one goes through afterwards.
+  EXPECT_EQ(status_of(client::upload(slot->url(), a.cipher, {})), 0u);
+}
+
+class media_sweep : public media_flow {
+ protected:
+  media_sweep()
+      : media_flow(
+            "[media]\nquota_bytes = 1000000\nupload_url_ttl_s = 1\nunreferenced_retention_s = 2\n"
+            "sweep_interval_s = 1\n") {}
+};
+
+TEST_F(media_sweep, unreferenced_uploads_and_orphans_are_deleted_and_the_quota_freed) {
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
+  write_file(dir.path() / "a.bin", 600'000, 4);
+  auto a = seal(dir.path() / "a.bin", dir.path() / "a.enc");
+  const auto kept = upload(alice, a);  // sent: referenced, kept
+  auto sent = alice.run(alice.api().send("bob", "m1", "x", v2::CIPHER_TYPE_SIGNAL_MESSAGE, 0,
+                                         kept.media_id()));
+  ASSERT_TRUE(sent);
+  write_file(dir.path() / "b.bin", 300'000, 5);
+  auto b = seal(dir.path() / "b.bin", dir.path() / "b.enc");
+  const auto abandoned = upload(alice, b);  // never sent
+  // The quota holds both (600 kB + 300 kB of 1 MB): one more 300 kB slot is refused.
+  EXPECT_EQ(code_of(alice.run(alice.api().request_upload(b.file.size, bytes_of(b.file.sha256)))),
+            v2::ERROR_CODE_QUOTA_EXCEEDED);
+  // An orphan: a blob file the store has no record of, written long ago.
+  const auto orphan_id = std::string(32, 'e');
+  const auto blobs = server.data_dir() / "data" / "media" / "blobs";  // --data is data_dir/data
+  const auto orphan = blobs / "ee" / orphan_id;
+  fs::create_directories(orphan.parent_path());
+  std::ofstream(orphan) << "left over";
+  struct utimbuf old {100, 100};
+  ASSERT_EQ(::utime(orphan.c_str(), &old), 0);
+
+  auto blob_path = [&](const std::string& id) {
+    return blobs / id.substr(0, 2) / id;
+  };
+  ASSERT_TRUE(fs::exists(blob_path(abandoned.media_id())));
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while ((fs::exists(blob_path(abandoned.media_id())) || fs::exists(orphan)) &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_FALSE(fs::exists(blob_path(abandoned.media_id()))) << "the abandoned upload";
+  EXPECT_FALSE(fs::exists(orphan)) << "the orphan";
+  EXPECT_TRUE(fs::exists(blob_path(kept.media_id()))) << "a referenced blob stays";
+  EXPECT_TRUE(bob.run(bob.api().request_download(sent->chat_id(), sent->seq())));
+  // The abandoned upload's bytes are back in the quota.
+  EXPECT_TRUE(alice.run(alice.api().request_upload(b.file.size, bytes_of(b.file.sha256))));
+}
+
+TEST_F(media_flow, a_100_mb_file_round_trips_and_one_byte_more_is_refused) {
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
+  write_file(dir.path() / "big.bin", media::max_media_plain_bytes, 6);
+  auto s = seal(dir.path() / "big.bin", dir.path() / "big.enc");
+  ASSERT_EQ(s.file.size, 100'024'416u);
+  const auto slot = upload(alice, s);
+  auto sent = alice.run(alice.api().send("bob", "m1", "x", v2::CIPHER_TYPE_SIGNAL_MESSAGE, 0,
+                                         slot.media_id()));
+  ASSERT_TRUE(sent);
+  auto where = bob.run(bob.api().request_download(sent->chat_id(), sent->seq()));
+  ASSERT_TRUE(where);
+  const auto partial = dir.path() / "big.part";
+  auto got = client::download(where->url(), partial, where->size(), {});
+  ASSERT_TRUE(got) << client::describe(got.error());
+  fs::remove(dir.path() / "big.enc");  // room on /tmp before the plaintext copy
+  ASSERT_TRUE(media::decrypt_file(partial, dir.path() / "big.out", s.key, s.file.size,
+                                  s.file.sha256));
+  fs::remove(partial);
+  EXPECT_TRUE(same_files(dir.path() / "big.bin", dir.path() / "big.out"));
+  fs::remove(dir.path() / "big.out");
+
+  // One byte more: the SDK refuses to encrypt it, and the server refuses its slot.
+  {
+    std::ofstream grow(dir.path() / "big.bin", std::ios::app | std::ios::binary);
+    grow.put('x');
+  }
+  auto key = media::new_media_key();
+  auto refused = media::encrypt_file(dir.path() / "big.bin", dir.path() / "big2.enc", key);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error(), media::errc::too_large);
+  EXPECT_EQ(code_of(alice.run(alice.api().request_upload(
+                media::ciphertext_size(media::max_media_plain_bytes + 1), std::string(32, 'h')))),
+            v2::ERROR_CODE_MEDIA_TOO_LARGE);
+}
+
+}  // namespace
+}  // namespace parley::test
