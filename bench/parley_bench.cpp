@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -32,8 +33,11 @@ constexpr const char* usage =
     "                    [--connections N] [--users N] [--rates R1,R2,...] [--step-secs S]\n"
     "                    [--drain-messages N] [--no-fsync] [--server URL --server-pid PID]\n"
     "                    [--server-metrics HOST:PORT] [--group-size N]\n"
-    "                    [--group-rates R1,R2,...] [--grace-secs S] [SCENARIO...]\n"
-    "scenarios: baseline connect one-to-one logins-after-load drain fanout (default: all six)\n"
+    "                    [--group-rates R1,R2,...] [--grace-secs S] [--media-bytes N]\n"
+    "                    [--media-small-bytes N] [--media-uploads N] [--media-rate R]\n"
+    "                    [--media-s3 http://HOST:PORT/BUCKET] [SCENARIO...]\n"
+    "scenarios: baseline connect one-to-one logins-after-load drain fanout media\n"
+    "           (default: all seven)\n"
     "  logins-after-load  the one-to-one users' logins/s on the fresh server and again after\n"
     "            the one-to-one load (runs that load, and reports it, even if not asked for),\n"
     "            each login presenting the receipts stamp its device kept (none at the first)\n"
@@ -41,6 +45,14 @@ constexpr const char* usage =
     "            get; one member sends to it at each of --group-rates group messages/s (steps of\n"
     "            --step-secs): the time until the last member has each message, deliveries/s,\n"
     "            losses (a member without a message at the end of its step + --grace-secs)\n"
+    "  media     files through parleyd's blob store on loopback: one file of --media-bytes\n"
+    "            (100,000,000) encrypted, uploaded and downloaded alone (MB/s, parleyd's RSS\n"
+    "            growth); --media-uploads (20) uploads of --media-small-bytes (10,000,000) at\n"
+    "            once; one-to-one at --media-rate msg/s (1,000) for --step-secs without\n"
+    "            transfers, then again with uploads and downloads running in a loop (p99 ratio)\n"
+    "  --media-s3  also the big file through a parleyd whose blob store is this S3-compatible\n"
+    "            one (bucket already there; keys from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,\n"
+    "            AWS_REGION, else s3rver's S3RVER / S3RVER / us-east-1)\n"
     "  --quick   small sizes, a few seconds per step (what `make bench` runs)\n"
     "  --smoke   tiny sizes, ~20 s in all; exits 1 if anything was lost (run by `make test`)\n"
     "  --server  use a parleyd started elsewhere (its pid for the CPU/RSS samples) instead of\n"
@@ -49,7 +61,7 @@ constexpr const char* usage =
     "            (the store's commit latencies per step come from there)\n"
     "  defaults (full): 19,000 connections; 1,000 users at 1k,2.5k,3.5k,4.5k,5k,7.5k,10k,20k,\n"
     "  50k,100k msg/s, 60 s each; 10,000 queued messages; a group of 1,024 at 10,50,100,200,\n"
-    "  400 group msg/s, 60 s each, 5 s grace; results in bench/results/\n";
+    "  400 group msg/s, 60 s each, 5 s grace; media as above; results in bench/results/\n";
 
 constexpr double full_step_seconds = 60;
 // The echo baseline has no store to wait for: it runs at most this long.
@@ -76,6 +88,14 @@ struct options {
   std::size_t group_size = 1'024;
   std::vector<double> group_rates = {10, 50, 100, 200, 400};
   double grace_seconds = 5;
+  // media: the file uploaded and downloaded alone and the file of each concurrent upload
+  // (plaintext bytes), how many of those at once, the one-to-one rate of its two steps, and an
+  // S3-compatible store to measure the big file through too (http://HOST:PORT/BUCKET).
+  std::uint64_t media_bytes = 100'000'000;
+  std::uint64_t media_small_bytes = 10'000'000;
+  std::size_t media_uploads = 20;
+  double media_rate = 1'000;
+  std::string media_s3;
   std::vector<std::string> scenarios;
   bool fsync = true;       // --no-fsync: diagnosis only (how much of a figure is the disk)
   std::string server_url;  // --server: drive a parleyd started elsewhere (e.g. under a profiler)
@@ -115,6 +135,10 @@ options parse(int argc, char** argv) {
       o.group_size = 32;
       o.group_rates = {10, 50};
       o.grace_seconds = 2;
+      o.media_bytes = 2'000'000;
+      o.media_small_bytes = 1'000'000;
+      o.media_uploads = 3;
+      o.media_rate = 200;
       o.out = fs::temp_directory_path() / "parley-bench-smoke";
     }
   }
@@ -155,16 +179,27 @@ options parse(int argc, char** argv) {
       o.group_rates = parse_rates(value());
     else if (a == "--grace-secs")
       o.grace_seconds = std::stod(value());
+    else if (a == "--media-bytes")
+      o.media_bytes = std::stoull(value());
+    else if (a == "--media-small-bytes")
+      o.media_small_bytes = std::stoull(value());
+    else if (a == "--media-uploads")
+      o.media_uploads = std::stoul(value());
+    else if (a == "--media-rate")
+      o.media_rate = std::stod(value());
+    else if (a == "--media-s3")
+      o.media_s3 = value();
     else if (a == "--help" || a == "-h")
       throw std::invalid_argument("");
     else if (a == "baseline" || a == "connect" || a == "one-to-one" || a == "logins-after-load" ||
-             a == "drain" || a == "fanout")
+             a == "drain" || a == "fanout" || a == "media")
       o.scenarios.push_back(a);
     else
       throw std::invalid_argument("unknown argument " + a);
   }
   if (o.scenarios.empty())
-    o.scenarios = {"baseline", "connect", "one-to-one", "logins-after-load", "drain", "fanout"};
+    o.scenarios = {"baseline", "connect", "one-to-one", "logins-after-load",
+                   "drain",    "fanout",  "media"};
   if (o.procs < 1 || o.procs > 64) throw std::invalid_argument("--procs must be 1-64");
   if (o.users < 2) throw std::invalid_argument("--users must be at least 2");
   // The protocol's limit (CreateGroup: GROUP_FULL past 1,024 members, the creator included).
@@ -172,6 +207,21 @@ options parse(int argc, char** argv) {
     throw std::invalid_argument("--group-size must be 2-1,024");
   if (o.group_rates.empty()) throw std::invalid_argument("--group-rates needs a rate");
   if (o.grace_seconds < 0) throw std::invalid_argument("--grace-secs must not be negative");
+  // media::max_media_plain_bytes: the largest file a client may send.
+  if (o.media_bytes < 1 || o.media_bytes > 100'000'000 || o.media_small_bytes < 1 ||
+      o.media_small_bytes > 100'000'000)
+    throw std::invalid_argument("--media-bytes and --media-small-bytes must be 1-100,000,000");
+  // The blob server takes 256 connections at a time ([media] max_transfers).
+  if (o.media_uploads < 1 || o.media_uploads > 200)
+    throw std::invalid_argument("--media-uploads must be 1-200");
+  if (!(o.media_rate > 0)) throw std::invalid_argument("--media-rate must be positive");
+  if (!o.media_s3.empty()) {
+    // One '/' after the host: the bucket's, and a bucket after it.
+    const auto slash = o.media_s3.find('/', 7);
+    if (o.media_s3.rfind("http://", 0) != 0 || slash == std::string::npos || slash == 7 ||
+        slash + 1 == o.media_s3.size() || o.media_s3.find('/', slash + 1) != std::string::npos)
+      throw std::invalid_argument("--media-s3 must be http://HOST:PORT/BUCKET");
+  }
   return o;
 }
 
@@ -203,7 +253,9 @@ struct parleyd_target {
 parleyd_target parleyd_for(const options& o, const fs::path& data);
 
 // The abuse limits are off for the load: a few source addresses register thousands of users
-// and each sends as fast as the scenario asks. Everything else is as users run it.
+// and each sends as fast as the scenario asks; so is the media quota (the media scenario
+// uploads gigabytes from one account). Everything else is as users run it. [media] comes last:
+// start_parleyd appends more of its keys.
 constexpr const char* bench_config = R"([rate_limits]
 register_per_address = 0
 register_global = 0
@@ -212,14 +264,46 @@ key_fetch_per_device = 0
 send_per_device = 0
 typing_per_device = 0
 group_change_per_device = 0
+media_per_device = 0
+
+[media]
+quota_bytes = 0
 )";
 
-// A fresh parleyd with fsync on, as users run it (rate limits aside).
-std::unique_ptr<spawned_server> start_parleyd(const options& o, const fs::path& data) {
+// A TOML basic string.
+std::string toml_string(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + '"';
+}
+
+// The [media] keys of a parleyd whose blob store is the S3-compatible one at `endpoint_bucket`
+// (http://HOST:PORT/BUCKET, checked by parse()), with the keys of the environment's
+// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION, or else s3rver's.
+std::string s3_media_config(const std::string& endpoint_bucket) {
+  const auto slash = endpoint_bucket.rfind('/');
+  auto env = [](const char* name, const char* otherwise) {
+    const char* v = std::getenv(name);
+    return std::string(v && *v ? v : otherwise);
+  };
+  return "store = \"s3\"\ns3_endpoint = " + toml_string(endpoint_bucket.substr(0, slash)) +
+         "\ns3_bucket = " + toml_string(endpoint_bucket.substr(slash + 1)) +
+         "\ns3_region = " + toml_string(env("AWS_REGION", "us-east-1")) +
+         "\ns3_access_key = " + toml_string(env("AWS_ACCESS_KEY_ID", "S3RVER")) +
+         "\ns3_secret_key = " + toml_string(env("AWS_SECRET_ACCESS_KEY", "S3RVER")) + "\n";
+}
+
+// A fresh parleyd with fsync on, as users run it (rate limits aside); `media_config`: more
+// keys of its [media] table.
+std::unique_ptr<spawned_server> start_parleyd(const options& o, const fs::path& data,
+                                              const std::string& media_config = {}) {
   fs::remove_all(data);
   fs::create_directories(data);
   const fs::path config = data / "bench.toml";
-  std::ofstream(config) << bench_config;
+  std::ofstream(config) << bench_config << media_config;
   std::vector<std::string> argv{sibling("parleyd").string(),
                                 "--listen",
                                 "127.0.0.1:0",
@@ -272,7 +356,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (o.mode == "full" && o.step_seconds < full_step_seconds &&
-      (wants(o, "one-to-one") || wants(o, "logins-after-load") || wants(o, "fanout"))) {
+      (wants(o, "one-to-one") || wants(o, "logins-after-load") || wants(o, "fanout") ||
+       wants(o, "media"))) {
     std::cerr << "parley-bench: steps of " << o.step_seconds << " s are shorter than the "
               << full_step_seconds
               << " s in which a rate counts as sustained (store flushes and compactions inside "
@@ -342,6 +427,36 @@ int main(int argc, char** argv) {
       }
       ok = ok && report.fanout->disconnected == 0 && stored > 0;
     }
+    if (wants(o, "media")) {
+      std::cerr << "parley-bench: media (a file of " << o.media_bytes << " bytes up and down, "
+                << o.media_uploads << " of " << o.media_small_bytes
+                << " bytes at once, one-to-one at " << o.media_rate << " msg/s for 2 steps of "
+                << o.step_seconds << " s, without and with transfers"
+                << (o.media_s3.empty() ? "" : ", and the big file through " + o.media_s3)
+                << ")...\n";
+      auto server = parleyd_for(o, data / "media");
+      media_options m;
+      m.file_bytes = o.media_bytes;
+      m.small_bytes = o.media_small_bytes;
+      m.concurrent_uploads = o.media_uploads;
+      m.users = o.users;
+      m.rate = o.media_rate;
+      m.step_seconds = o.step_seconds;
+      m.work_dir = data / "media-files";
+      // Started only when the scenario gets to it, and stopped at the end of this block.
+      std::unique_ptr<spawned_server> s3_parleyd;
+      if (!o.media_s3.empty()) {
+        m.s3_store = o.media_s3;
+        m.s3_server = [&] {
+          s3_parleyd = start_parleyd(o, data / "media-s3", s3_media_config(o.media_s3));
+          return target{s3_parleyd->url(), s3_parleyd->pid(), o.procs,
+                        "127.0.0.1:" + std::to_string(s3_parleyd->port())};
+        };
+      }
+      report.media = run_media(server.t, m);
+      // Errors only: a lost or cut file, a failed upload or download, a lost message.
+      ok = ok && report.media->nothing_failed();
+    }
   } catch (const std::exception& e) {
     std::cerr << "parley-bench: " << e.what() << '\n';
     fs::remove_all(data);
@@ -352,7 +467,7 @@ int main(int argc, char** argv) {
   std::cerr << write_results(report, o.out);
   if (!ok) {
     std::cerr << "parley-bench: messages were lost, reordered, repeated or not stored, or "
-                 "connections failed\n";
+                 "connections or file transfers failed\n";
   }
   return ok ? 0 : 1;
 }

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 namespace parley::bench {
 namespace {
@@ -92,6 +93,26 @@ std::string store_commits_json(const std::optional<store_commit_stats>& c, doubl
     << ", \"p99_ms\": " << fixed(c->p99_ms, 3) << ", \"p999_ms\": " << fixed(c->p999_ms, 3)
     // The +Inf bucket has no number: null.
     << ", \"max_le_ms\": " << (std::isinf(c->max_le_ms) ? "null" : fixed(c->max_le_ms, 3)) << "}";
+  return o.str();
+}
+
+// parleyd's CPU by thread name, in cores: {"parley-io": 0.512, ...}.
+std::string thread_cores_json(const std::map<std::string, double>& cores);
+
+// One step of one-to-one (and of media's one-to-one steps).
+std::string one_to_one_step_json(const step_result& s) {
+  std::ostringstream o;
+  o << "{\"offered_rate\": " << fixed(s.offered_rate, 0) << ", \"seconds\": " << s.seconds
+    << ", \"sent\": " << s.sent << ", \"stored\": " << s.stored << ", \"received\": " << s.received
+    << ", \"delivered_rate\": " << fixed(s.delivered_rate(), 0) << ", \"lost\": " << s.lost
+    << ", \"errors\": " << s.errors << ", \"skipped\": " << s.skipped
+    << ", \"server_cores\": " << fixed(s.server_cores, 3) << ", \"server_rss\": " << s.server_rss
+    << ", \"server_thread_cores\": " << thread_cores_json(s.server_thread_cores)
+    << ", \"generator_cores\": " << fixed(s.generator_cores, 3)
+    << ", \"generator_total_cores\": " << fixed(s.generator_total_cores, 3)
+    << ", \"generator_bound\": " << (s.generator_bound ? "true" : "false")
+    << ", \"latency\": " << percentiles_json(s.latency)
+    << ", \"store_commits\": " << store_commits_json(s.store_commits, s.seconds) << "}";
   return o.str();
 }
 
@@ -222,6 +243,253 @@ void render_fanout(std::ostringstream& o, const fanout_result& f) {
   render_store_commits(o, loads);
 }
 
+// --- media ------------------------------------------------------------------------------------
+
+// MB as the media targets state them: 10^6 bytes.
+std::string mb(double bytes, int decimals = 1) { return fixed(bytes / 1e6, decimals); }
+
+// A JSON string: quotes, backslashes and control characters escaped.
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  return out + '"';
+}
+
+// One of issue 15's targets next to what the media scenario measured.
+struct media_target {
+  std::string what, target, measured;
+  std::string verdict;  // "met", "missed", "figure only" or "not run"
+};
+
+std::string verdict(bool ran, bool met) { return !ran ? "not run" : met ? "met" : "missed"; }
+
+std::vector<media_target> media_targets(const media_result& m) {
+  std::vector<media_target> out;
+  const std::string big = mb(static_cast<double>(m.file_bytes), 0) + " MB";
+  auto rate = [&](const std::string& what, const media_transfer& t, bool judged) {
+    const std::string measured = !t.ran ? "-" : t.ok ? fixed(t.mb_per_second(), 1) + " MB/s"
+                                                     : "failed";
+    out.push_back({what, judged ? ">= 300 MB/s" : "-", measured,
+                   judged ? verdict(t.ran, t.ok && t.mb_per_second() >= 300)
+                   : !t.ran ? "not run"
+                   : t.ok   ? "figure only"
+                            : "failed"});
+  };
+  rate("upload of " + big + " through the local store", m.upload, true);
+  rate("download of " + big + " through the local store", m.download, true);
+  if (m.s3_store.empty()) {
+    out.push_back({"upload and download of " + big + " through S3", "figure only",
+                   "not measured (no --media-s3)", "not run"});
+  } else {
+    rate("upload of " + big + " through S3 (" + m.s3_store + ")", m.s3_upload, false);
+    rate("download of " + big + " through S3", m.s3_download, false);
+  }
+  auto rss = [&](const std::string& what, const media_transfer& t) {
+    out.push_back({"parleyd RSS growth during the " + what + " of " + big, "<= 32 MB",
+                   t.ran ? mb(t.rss_growth()) + " MB" : "-",
+                   verdict(t.ran, t.rss_growth() <= 32e6)});
+  };
+  rss("upload", m.upload);
+  rss("download", m.download);
+  const auto& c = m.concurrent;
+  out.push_back({std::to_string(c.uploads) + " concurrent uploads of " +
+                     mb(static_cast<double>(m.small_bytes), 0) + " MB: failed",
+                 "0", std::to_string(c.failed()), verdict(c.uploads > 0, c.failed() == 0)});
+  const auto& steps = m.one_to_one.steps;
+  const bool both = steps.size() == 2 && m.p99_ratio() > 0;
+  out.push_back({"1:1 p99 at " + fixed(m.rate, 0) + " msg/s with transfers / without", "<= 2",
+                 both ? fixed(m.p99_ratio(), 2) + " (" + ms(steps[1].latency.percentile(0.99)) +
+                            " / " + ms(steps[0].latency.percentile(0.99)) + " ms)"
+                      : "-",
+                 verdict(both, m.p99_ratio() <= 2)});
+  return out;
+}
+
+void render_media_transfer(std::ostringstream& o, const std::string& label,
+                           const media_transfer& t) {
+  o << "  " << label << std::string(label.size() < 18 ? 18 - label.size() : 1, ' ');
+  if (!t.ran) {
+    o << "not run\n";
+    return;
+  }
+  o << pad(t.ok ? fixed(t.mb_per_second(), 1) : std::string("-"), 8) << pad(fixed(t.seconds, 3), 9)
+    << pad(mib(static_cast<double>(t.server_rss_before)), 13) << pad(mb(t.rss_growth()), 11)
+    << pad(fixed(t.server_cores, 2), 9) << pad(fixed(t.blob_io_cores, 2), 9) << "  "
+    << (t.ok ? "ok" : "FAILED: " + t.error) << "\n";
+}
+
+// A one-to-one step of the media scenario, as a row of the one-to-one table.
+void render_media_step(std::ostringstream& o, const std::string& label, const step_result& s) {
+  const auto blob = s.server_thread_cores.find("blob-io");
+  o << pad(label, 10) << pad(fixed(s.delivered_rate(), 0), 12) << pad(ms(s.latency.percentile(0.5)), 9)
+    << pad(ms(s.latency.percentile(0.9)), 9) << pad(ms(s.latency.percentile(0.99)), 9)
+    << pad(ms(s.latency.percentile(0.999)), 10) << pad(ms(s.latency.max()), 9)
+    << pad(std::to_string(s.lost), 6) << pad(std::to_string(s.errors), 7)
+    << pad(std::to_string(s.skipped), 8) << pad(fixed(s.server_cores, 2), 8)
+    << pad(fixed(blob == s.server_thread_cores.end() ? 0 : blob->second, 2), 8)
+    << pad(mib(static_cast<double>(s.server_rss)), 8) << "  "
+    << (s.generator_bound ? "BOUND" : "ok") << " (" << fixed(s.generator_cores, 2) << ")\n";
+}
+
+void render_media(std::ostringstream& o, const media_result& m) {
+  const double plain = static_cast<double>(m.file_bytes);
+  o << "media: files through parleyd's blob store (its local disk, its own port) on loopback;\n"
+    << "  MB = 10^6 bytes; what moves is the ciphertext of random bytes (chunked AES-256-GCM)\n"
+    << "  files: " << m.file_bytes << " B (ciphertext " << m.file_cipher_bytes << " B) and "
+    << m.small_bytes << " B (ciphertext " << m.small_cipher_bytes << " B)\n"
+    << "  client, one thread of this process (MB of plaintext/s, writing and fsyncing the output\n"
+    << "  included): encrypt "
+    << fixed(m.encrypt_seconds > 0 ? plain / m.encrypt_seconds / 1e6 : 0, 1)
+    << " MB/s, decrypt and verify the download "
+    << (m.decrypt_seconds > 0 ? fixed(plain / m.decrypt_seconds / 1e6, 1) + " MB/s" : "-")
+    << "; the download decrypted to the original: " << (m.decrypted_matches ? "yes" : "NO")
+    << "\n"
+    << "  parleyd's RSS just before each transfer, its growth (peak, read every 100 ms, minus\n"
+    << "  that), its CPU over the transfer, all threads and its blob server's (blob-io), cores\n"
+    << "  transfer" << std::string(10, ' ') << pad("MB/s", 8) << pad("seconds", 9)
+    << pad("srv RSS MiB", 13) << pad("growth MB", 11) << pad("srv CPU", 9) << pad("blob-io", 9)
+    << "\n";
+  const std::string big = mb(plain, 0) + " MB";
+  render_media_transfer(o, "upload " + big, m.upload);
+  render_media_transfer(o, "download " + big, m.download);
+  if (!m.s3_store.empty()) {
+    o << "  through a parleyd whose blob store is S3-compatible, " << m.s3_store << ":\n";
+    render_media_transfer(o, "S3 upload", m.s3_upload);
+    render_media_transfer(o, "S3 download", m.s3_download);
+  }
+  const auto& c = m.concurrent;
+  o << "  " << c.uploads << " concurrent uploads of " << mb(static_cast<double>(m.small_bytes), 0)
+    << " MB, each to its own slot: " << c.stored << " stored, " << c.failed() << " failed; "
+    << fixed(c.mb_per_second(), 1) << " MB/s in all ("
+    << mb(static_cast<double>(c.stored * c.bytes_each)) << " MB in " << fixed(c.seconds, 3)
+    << " s)\n    per upload p50 " << fixed(c.p50_seconds, 3) << " s, max "
+    << fixed(c.max_seconds, 3) << " s; parleyd RSS growth "
+    << mb(c.server_rss_peak > c.server_rss_before
+              ? static_cast<double>(c.server_rss_peak - c.server_rss_before)
+              : 0)
+    << " MB, CPU " << fixed(c.server_cores, 2) << " cores\n";
+  for (const auto& e : c.errors) o << "    FAILED: " << e << "\n";
+  const auto& steps = m.one_to_one.steps;
+  o << "  one-to-one at " << fixed(m.rate, 0) << " msg/s, " << m.one_to_one.users
+    << " online users, 100-byte messages to random users: a step without transfers, then one\n"
+    << "  with uploads and downloads running in a loop (below)\n"
+    << pad("transfers", 10) << pad("delivered/s", 12) << pad("p50 ms", 9) << pad("p90 ms", 9)
+    << pad("p99 ms", 9) << pad("p99.9 ms", 10) << pad("max ms", 9) << pad("lost", 6)
+    << pad("errors", 7) << pad("skipped", 8) << pad("srv CPU", 8) << pad("blob-io", 8)
+    << pad("srv MiB", 8) << "  generator\n";
+  if (steps.size() > 0) render_media_step(o, "none", steps[0]);
+  if (steps.size() > 1) render_media_step(o, "running", steps[1]);
+  const auto& b = m.background;
+  o << "  during the second step: " << b.uploads << " uploads of "
+    << mb(static_cast<double>(m.small_bytes), 0) << " MB (of " << b.upload_slots
+    << " slots granted before), " << b.small_downloads << " downloads of "
+    << mb(static_cast<double>(m.small_bytes), 0) << " MB, " << b.big_downloads
+    << " downloads of " << big << ";\n    " << mb(static_cast<double>(b.bytes)) << " MB in "
+    << fixed(b.seconds, 2) << " s = " << fixed(b.mb_per_second(), 1) << " MB/s, " << b.failed
+    << " failed; parleyd RSS " << mib(static_cast<double>(b.server_rss_before)) << " MiB at the start, peak "
+    << mib(static_cast<double>(b.server_rss_peak)) << " MiB\n";
+  for (const auto& e : b.errors) o << "    FAILED: " << e << "\n";
+  for (const auto& e : m.errors) o << "  ERROR: " << e << "\n";
+  o << "  issue 15 targets\n";
+  for (const auto& t : media_targets(m)) {
+    o << "    " << t.what << ": " << t.measured << " (target " << t.target << "): " << t.verdict
+      << "\n";
+  }
+}
+
+std::string media_transfer_json(const media_transfer& t) {
+  std::ostringstream o;
+  o << "{\"ran\": " << (t.ran ? "true" : "false") << ", \"ok\": " << (t.ok ? "true" : "false")
+    << ", \"error\": " << json_string(t.error) << ", \"bytes\": " << t.bytes
+    << ", \"seconds\": " << fixed(t.seconds, 4)
+    << ", \"mb_per_second\": " << fixed(t.mb_per_second(), 1)
+    << ", \"server_rss_before\": " << t.server_rss_before
+    << ", \"server_rss_peak\": " << t.server_rss_peak
+    << ", \"server_rss_growth_mb\": " << mb(t.rss_growth(), 2)
+    << ", \"server_cores\": " << fixed(t.server_cores, 3)
+    << ", \"blob_io_cores\": " << fixed(t.blob_io_cores, 3) << "}";
+  return o.str();
+}
+
+std::string strings_json(const std::vector<std::string>& v) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + json_string(v[i]);
+  return out + "]";
+}
+
+std::string media_json(const media_result& m) {
+  const double plain = static_cast<double>(m.file_bytes);
+  const auto& c = m.concurrent;
+  const auto& b = m.background;
+  std::ostringstream o;
+  o << "{\"file_bytes\": " << m.file_bytes << ", \"file_cipher_bytes\": " << m.file_cipher_bytes
+    << ", \"small_bytes\": " << m.small_bytes
+    << ", \"small_cipher_bytes\": " << m.small_cipher_bytes
+    << ",\n    \"client\": {\"encrypt_seconds\": " << fixed(m.encrypt_seconds, 4)
+    << ", \"encrypt_mb_per_second\": "
+    << fixed(m.encrypt_seconds > 0 ? plain / m.encrypt_seconds / 1e6 : 0, 1)
+    << ", \"decrypt_seconds\": " << fixed(m.decrypt_seconds, 4) << ", \"decrypt_mb_per_second\": "
+    << fixed(m.decrypt_seconds > 0 ? plain / m.decrypt_seconds / 1e6 : 0, 1)
+    << ", \"decrypted_matches\": " << (m.decrypted_matches ? "true" : "false") << "}"
+    << ",\n    \"upload\": " << media_transfer_json(m.upload)
+    << ",\n    \"download\": " << media_transfer_json(m.download)
+    << ",\n    \"concurrent\": {\"uploads\": " << c.uploads << ", \"stored\": " << c.stored
+    << ", \"failed\": " << c.failed() << ", \"bytes_each\": " << c.bytes_each
+    << ", \"seconds\": " << fixed(c.seconds, 4)
+    << ", \"mb_per_second\": " << fixed(c.mb_per_second(), 1)
+    << ", \"p50_seconds\": " << fixed(c.p50_seconds, 4)
+    << ", \"max_seconds\": " << fixed(c.max_seconds, 4)
+    << ", \"server_rss_before\": " << c.server_rss_before
+    << ", \"server_rss_peak\": " << c.server_rss_peak
+    << ", \"server_cores\": " << fixed(c.server_cores, 3)
+    << ", \"errors\": " << strings_json(c.errors) << "}"
+    << ",\n    \"one_to_one\": {\"rate\": " << fixed(m.rate, 0)
+    << ", \"users\": " << m.one_to_one.users << ", \"without_transfers\": "
+    << (m.one_to_one.steps.size() > 0 ? one_to_one_step_json(m.one_to_one.steps[0]) : "null")
+    << ",\n      \"with_transfers\": "
+    << (m.one_to_one.steps.size() > 1 ? one_to_one_step_json(m.one_to_one.steps[1]) : "null")
+    << ",\n      \"p99_ratio\": " << fixed(m.p99_ratio(), 3) << "}"
+    << ",\n    \"background\": {\"upload_slots\": " << b.upload_slots
+    << ", \"uploads\": " << b.uploads << ", \"small_downloads\": " << b.small_downloads
+    << ", \"big_downloads\": " << b.big_downloads << ", \"failed\": " << b.failed
+    << ", \"bytes\": " << b.bytes << ", \"seconds\": " << fixed(b.seconds, 3)
+    << ", \"mb_per_second\": " << fixed(b.mb_per_second(), 1)
+    << ", \"server_rss_before\": " << b.server_rss_before
+    << ", \"server_rss_peak\": " << b.server_rss_peak
+    << ", \"errors\": " << strings_json(b.errors) << "}"
+    << ",\n    \"s3\": ";
+  if (m.s3_store.empty()) {
+    o << "null";
+  } else {
+    o << "{\"store\": " << json_string(m.s3_store)
+      << ", \"upload\": " << media_transfer_json(m.s3_upload)
+      << ", \"download\": " << media_transfer_json(m.s3_download) << "}";
+  }
+  o << ",\n    \"errors\": " << strings_json(m.errors)
+    << ", \"nothing_failed\": " << (m.nothing_failed() ? "true" : "false")
+    << ",\n    \"targets\": [";
+  const auto targets = media_targets(m);
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    const auto& t = targets[i];
+    o << (i ? ",\n" : "\n") << "      {\"what\": " << json_string(t.what)
+      << ", \"target\": " << json_string(t.target) << ", \"measured\": " << json_string(t.measured)
+      << ", \"verdict\": " << json_string(t.verdict) << "}";
+  }
+  o << "]}";
+  return o.str();
+}
+
 }  // namespace
 
 std::string render_table(const run_report& r) {
@@ -312,6 +580,10 @@ std::string render_table(const run_report& r) {
     o << "\n";
     render_fanout(o, *r.fanout);
   }
+  if (r.media) {
+    o << "\n";
+    render_media(o, *r.media);
+  }
   return o.str();
 }
 
@@ -347,22 +619,8 @@ std::string render_json(const run_report& r) {
       o << ", \"ratio_to_echo\": " << fixed(t.sustainable_rate / r.baseline->rate, 4);
     }
     o << ", \"steps\": [";
-    for (std::size_t i = 0; i < t.steps.size(); ++i) {
-      const auto& s = t.steps[i];
-      o << (i ? ",\n" : "\n") << "    {\"offered_rate\": " << fixed(s.offered_rate, 0)
-        << ", \"seconds\": " << s.seconds << ", \"sent\": " << s.sent
-        << ", \"stored\": " << s.stored << ", \"received\": " << s.received
-        << ", \"delivered_rate\": " << fixed(s.delivered_rate(), 0) << ", \"lost\": " << s.lost
-        << ", \"errors\": " << s.errors << ", \"skipped\": " << s.skipped
-        << ", \"server_cores\": " << fixed(s.server_cores, 3)
-        << ", \"server_rss\": " << s.server_rss
-        << ", \"server_thread_cores\": " << thread_cores_json(s.server_thread_cores)
-        << ", \"generator_cores\": " << fixed(s.generator_cores, 3)
-        << ", \"generator_total_cores\": " << fixed(s.generator_total_cores, 3)
-        << ", \"generator_bound\": " << (s.generator_bound ? "true" : "false")
-        << ", \"latency\": " << percentiles_json(s.latency)
-        << ", \"store_commits\": " << store_commits_json(s.store_commits, s.seconds) << "}";
-    }
+    for (std::size_t i = 0; i < t.steps.size(); ++i)
+      o << (i ? ",\n" : "\n") << "    " << one_to_one_step_json(t.steps[i]);
     o << "]}";
     if (t.logins_fresh && t.logins_after_load) {
       o << ",\n  \"logins_after_load\": {\"users\": " << t.users
@@ -412,6 +670,7 @@ std::string render_json(const run_report& r) {
     }
     o << "]}";
   }
+  if (r.media) o << ",\n  \"media\": " << media_json(*r.media);
   o << "\n}\n";
   return o.str();
 }

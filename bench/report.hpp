@@ -20,6 +20,7 @@ struct run_report {
   std::optional<drain_result> drain;
   std::optional<baseline_result> baseline;
   std::optional<fanout_result> fanout;
+  std::optional<media_result> media;
 };
 
 std::string render_table(const run_report& r);

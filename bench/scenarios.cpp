@@ -697,7 +697,8 @@ awaitable<bool> wait_for_zero(const std::size_t& n, std::chrono::seconds limit) 
 
 one_to_one_result run_one_to_one(const target& t, std::size_t users,
                                  const std::vector<double>& rates, double step_seconds,
-                                 bool relogin) {
+                                 bool relogin,
+                                 const std::function<void(std::size_t)>& at_boundary) {
   const std::string run = tag();
   worker_pool pool(t.procs, [&](int w, worker_channel& ch) -> int {
     // Read loops still running; declared before `io`, whose destruction ends those left
@@ -794,6 +795,7 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
   for (std::size_t k = 0; k <= rates.size(); ++k) {
     sleep_until_ns(start + static_cast<std::int64_t>(k) * step_ns);
     server.sample(t, k);
+    if (at_boundary) at_boundary(k);
   }
   for (std::size_t k = 0; k < rates.size(); ++k) {
     step_result s;

@@ -5,6 +5,8 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -176,10 +178,120 @@ struct baseline_result {
   double generator_cores = 0;  // all workers together
 };
 
+// Files through parleyd's blob store (docs/protocol.md, "Media"). MB here is 10^6 bytes, as in
+// the targets; what moves is always a file's ciphertext.
+
+// One timed transfer of a whole file (client::upload or client::download, which stream it in
+// 256-KiB pieces), and what parleyd did meanwhile.
+struct media_transfer {
+  bool ran = false;  // tried at all (a download needs its upload first)
+  bool ok = false;
+  std::string error;        // what failed, for a person, when ran && !ok
+  std::uint64_t bytes = 0;  // ciphertext bytes of the file
+  double seconds = 0;       // the call, wall time (HEAD + PUT, or GET)
+  // parleyd's VmRSS just before, and its highest read every 100 ms during it and at its end.
+  std::uint64_t server_rss_before = 0, server_rss_peak = 0;
+  double server_cores = 0;   // parleyd's CPU over the transfer, all threads
+  double blob_io_cores = 0;  // of which its blob server's thread ("blob-io")
+  double mb_per_second() const {
+    return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e6 : 0;
+  }
+  double rss_growth() const {  // bytes; 0 if it shrank
+    return server_rss_peak > server_rss_before
+               ? static_cast<double>(server_rss_peak - server_rss_before)
+               : 0;
+  }
+};
+
+// The same file uploaded by `uploads` threads at once, each to a slot of its own.
+struct media_concurrent {
+  std::size_t uploads = 0, stored = 0;  // stored: the store answered 201 (size and hash checked)
+  std::uint64_t bytes_each = 0;         // ciphertext
+  double seconds = 0;                   // the first upload's start to the last one's end
+  double p50_seconds = 0, max_seconds = 0;  // per upload
+  std::uint64_t server_rss_before = 0, server_rss_peak = 0;
+  double server_cores = 0;
+  std::vector<std::string> errors;  // the first few failures, for a person
+  std::size_t failed() const { return uploads - stored; }
+  double mb_per_second() const {  // what was stored, over `seconds`
+    return seconds > 0 ? static_cast<double>(stored * bytes_each) / seconds / 1e6 : 0;
+  }
+};
+
+// The transfers that ran in a loop during the second one-to-one step: one thread uploading
+// the small file (to slots granted before the steps, as many as upload_slots; then it
+// downloads the small file instead) and one downloading the big file, each again as soon as
+// the last ended, from the step's start until its end (the transfer under way then finishes).
+struct media_background {
+  std::size_t upload_slots = 0;
+  std::uint64_t uploads = 0, small_downloads = 0, big_downloads = 0, failed = 0;
+  std::uint64_t bytes = 0;  // ciphertext moved by the transfers that completed
+  double seconds = 0;       // from the step's start to the end of the last transfer
+  std::uint64_t server_rss_before = 0, server_rss_peak = 0;  // over the same time, every 100 ms
+  std::vector<std::string> errors;  // the first few failures
+  double mb_per_second() const {
+    return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e6 : 0;
+  }
+};
+
+struct media_result {
+  // The big file (uploaded and downloaded alone) and the small one (the concurrent uploads):
+  // random plaintext, and its ciphertext (media::encrypt_file), in bytes.
+  std::uint64_t file_bytes = 0, file_cipher_bytes = 0;
+  std::uint64_t small_bytes = 0, small_cipher_bytes = 0;
+  // The client's side, in this process, one thread: media::encrypt_file of the big file and
+  // media::decrypt_file of its download (each reads, writes and fsyncs its output), and
+  // whether that download decrypted to the original, byte for byte.
+  double encrypt_seconds = 0, decrypt_seconds = 0;
+  bool decrypted_matches = false;
+  media_transfer upload, download;  // the big file, through parleyd's own (local) blob store
+  media_concurrent concurrent;
+  // One-to-one at `rate` msg/s in two steps of the same length: steps[0] without transfers,
+  // steps[1] with `background` running.
+  double rate = 0;
+  one_to_one_result one_to_one;
+  media_background background;
+  // The big file again through a parleyd whose blob store is an S3-compatible one
+  // (--media-s3): empty s3_store when not asked for. The download is checked by decrypting it.
+  std::string s3_store;  // ENDPOINT/BUCKET
+  media_transfer s3_upload, s3_download;
+  std::vector<std::string> errors;  // what failed besides the transfers themselves
+
+  // p99 of the step with transfers / the step without; 0 if either is missing.
+  double p99_ratio() const;
+  // Every transfer ran and completed, every file arrived whole, nothing of the one-to-one
+  // steps was lost. Timings never count.
+  bool nothing_failed() const;
+};
+
+struct media_options {
+  std::uint64_t file_bytes = 100'000'000;  // the big file's plaintext (at most 100,000,000)
+  std::uint64_t small_bytes = 10'000'000;  // each concurrent upload's plaintext
+  std::size_t concurrent_uploads = 20;
+  std::size_t users = 1'000;  // of the one-to-one steps
+  double rate = 1'000;        // msg/s of both one-to-one steps
+  double step_seconds = 60;
+  // Where the files go (created, and removed with everything in it at the end).
+  std::filesystem::path work_dir;
+  // With --media-s3: starts a parleyd whose blob store is the S3-compatible one and returns
+  // it as a target (the caller keeps it running until run_media returns), and names that store.
+  std::function<target()> s3_server;
+  std::string s3_store;
+};
+
 connect_result run_connect(const target& t, std::size_t connections, double hold_seconds);
+// `at_boundary(k)` (optional) is called in this process at each step boundary k = 0 .. steps,
+// right after parleyd was sampled there: k is the start of step k, and the end of step k - 1.
 one_to_one_result run_one_to_one(const target& t, std::size_t users,
                                  const std::vector<double>& rates, double step_seconds,
-                                 bool relogin = false);
+                                 bool relogin = false,
+                                 const std::function<void(std::size_t)>& at_boundary = {});
+// The media scenario (bench/media_scenario.cpp): the big file uploaded and downloaded alone,
+// the small one uploaded `concurrent_uploads` times at once, one-to-one without and with
+// transfers running, and the big file through S3 if asked for. Throws if a user cannot be set
+// up or a request it needs (RequestUpload, SendMessage, RequestDownload) is refused; failed
+// transfers are reported, not thrown.
+media_result run_media(const target& t, const media_options& o);
 drain_result run_drain(const target& t, std::size_t messages);
 // One group of `group_size` members (2-1,024); `rates` in group messages per second.
 fanout_result run_fanout(const target& t, std::size_t group_size, const std::vector<double>& rates,

@@ -77,6 +77,9 @@ int main(int argc, char** argv) {
         parley::server::parse_media_listen(value(), cfg);
       } else if (arg == "--media-url") {
         cfg.media.public_url = value();
+        if (cfg.media.public_url.rfind("http://", 0) != 0 &&
+            cfg.media.public_url.rfind("https://", 0) != 0)
+          throw std::invalid_argument("--media-url must start with http:// or https://");
       } else if (arg == "--config") {
         value();  // applied above
       } else if (arg == "--no-fsync") {

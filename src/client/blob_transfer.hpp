@@ -3,8 +3,9 @@
 // uploads (HEAD for the offset stored, then PUT with Content-Range) and resumable downloads
 // (GET with Range). Files are streamed in pieces of 256 KiB, never held whole in memory.
 //
-// Only http:// URLs for now: an https:// URL fails with bad_url ("not supported yet"). TLS
-// (and with it S3 stores) comes later.
+// Only http:// URLs for now: an https:// URL fails with bad_url ("not supported yet"), so an
+// S3-compatible store must be reached over http:// (TLS comes later). Against S3 the HEAD
+// gets no Parley-Upload-Offset, and an upload starts over from byte 0.
 //
 // Synchronous: each call runs a private io_context on the calling thread and returns when the
 // transfer is over. Timeouts: 10 s to resolve and connect, 30 s for every read and write to

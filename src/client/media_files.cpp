@@ -122,7 +122,8 @@ std::optional<std::string> media_problem(const content::Media& m) {
 std::string describe_media(const content::Media& m) {
   std::string out;
   if (m.voice()) {
-    out = "[voice note] " + std::to_string(m.duration_ms() / 1000) + " s";
+    out = "[voice note]";
+    if (m.duration_ms() > 0) out += " " + std::to_string(m.duration_ms() / 1000) + " s";
   } else {
     out = "[file] " + shown_name(m.file_name().empty() ? "unnamed" : m.file_name()) + " (" +
           human_size(m.plain_size()) + ")";

@@ -62,7 +62,8 @@ const std::map<std::string, std::vector<std::string>, std::less<>>& known_keys()
       {"tls", {"cert", "key", "allow_plaintext"}},
       {"media",
        {"listen", "public_url", "quota_bytes", "upload_url_ttl_s", "download_url_ttl_s",
-        "unreferenced_retention_s", "sweep_interval_s", "max_transfers"}},
+        "unreferenced_retention_s", "sweep_interval_s", "max_transfers", "store", "s3_endpoint",
+        "s3_bucket", "s3_region", "s3_access_key", "s3_secret_key"}},
   };
   return keys;
 }
@@ -258,6 +259,25 @@ config load_config_file(const std::filesystem::path& file, config c) {
           c.media.unreferenced_retention);
   seconds("media.sweep_interval_s", "sweep_interval_s", c.media.sweep_interval);
   positive("media.max_transfers", media["max_transfers"], c.media.max_transfers);
+  if (auto v = typed<std::string>(media["store"], "media.store")) {
+    if (*v != "local" && *v != "s3")
+      throw std::runtime_error(R"(config: media.store must be "local" or "s3")");
+    c.media.s3 = *v == "s3";
+  }
+  auto text = [&](const char* name, std::string& target) {
+    if (auto v = typed<std::string>(media[name], std::string("media.") + name)) target = *v;
+  };
+  text("s3_endpoint", c.media.s3_endpoint);
+  text("s3_bucket", c.media.s3_bucket);
+  text("s3_region", c.media.s3_region);
+  text("s3_access_key", c.media.s3_access_key);
+  text("s3_secret_key", c.media.s3_secret_key);
+  if (c.media.s3 && (c.media.s3_endpoint.empty() || c.media.s3_bucket.empty() ||
+                     c.media.s3_access_key.empty() || c.media.s3_secret_key.empty())) {
+    throw std::runtime_error(
+        "config: media.store = \"s3\" needs s3_endpoint, s3_bucket, s3_access_key and "
+        "s3_secret_key");
+  }
   if (c.media.unreferenced_retention < c.media.upload_url_ttl) {
     // An upload may still be running until its URL expires: sweeping it earlier would delete
     // a blob a client is about to send.
@@ -314,8 +334,22 @@ void check_transport(const config& c) {
   if (c.tls_cert.empty() != c.tls_key.empty()) {
     throw std::invalid_argument("TLS needs both a certificate and a key (--tls-cert, --tls-key)");
   }
-  if (!c.tls_cert.empty() || c.allow_plaintext) return;
+  if (c.allow_plaintext) return;
   boost::system::error_code ec;
+  // The blob server speaks plain HTTP whatever the main address does (no TLS there yet):
+  // off loopback only when allowed, as plain ws:// is.
+  if (!c.media.s3) {
+    const std::string host = c.media.listen_host.empty() ? c.listen_host : c.media.listen_host;
+    const auto media = boost::asio::ip::make_address(host, ec);
+    if (ec || !media.is_loopback()) {
+      throw std::invalid_argument(
+          "refusing plain http:// for media on " + host +
+          ", which is not a loopback address: the blob server has no TLS yet; put it on a "
+          "loopback address behind a TLS-terminating proxy ([media] listen, public_url) or give "
+          "--allow-plaintext");
+    }
+  }
+  if (!c.tls_cert.empty()) return;
   const auto address = boost::asio::ip::make_address(c.listen_host, ec);
   if (!ec && address.is_loopback()) return;
   throw std::invalid_argument(

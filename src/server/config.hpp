@@ -51,6 +51,14 @@ struct media_config {
   std::chrono::seconds unreferenced_retention{24 * 3600};
   std::chrono::seconds sweep_interval{600};
   std::size_t max_transfers = 256;  // concurrent connections to the blob server
+  // store = "s3": an S3-compatible object store instead (media/s3/s3_blob_store); clients
+  // then upload and download there directly, and the blob server is not started.
+  bool s3 = false;
+  std::string s3_endpoint;  // "http://HOST:PORT"
+  std::string s3_bucket;
+  std::string s3_region = "us-east-1";
+  std::string s3_access_key;
+  std::string s3_secret_key;
 };
 
 struct config {
@@ -119,7 +127,8 @@ struct config {
 // max_connections, max_unauthenticated, reserved_fds, memory_budget_bytes; [storage]
 // reserve_bytes, dedupe_days, max_pending_writes, memtable_budget_bytes; [tls] cert, key,
 // allow_plaintext; [media] listen, public_url, quota_bytes, upload_url_ttl_s,
-// download_url_ttl_s, unreferenced_retention_s, sweep_interval_s, max_transfers.
+// download_url_ttl_s, unreferenced_retention_s, sweep_interval_s, max_transfers, store
+// ("local" or "s3"), s3_endpoint, s3_bucket, s3_region, s3_access_key, s3_secret_key.
 config load_config_file(const std::filesystem::path& file, config base);
 
 // "HOST:PORT" -> host, port. Throws std::invalid_argument.

@@ -76,6 +76,75 @@ TEST(config, bad_values_are_rejected_with_the_key_named) {
   EXPECT_THROW(load_config_file(frame_too_small, config{}), std::runtime_error);
 }
 
+TEST(config, the_media_table_is_read_and_checked) {
+  const auto p = write_temp("media", R"([media]
+listen = "127.0.0.1:9001"
+public_url = "https://media.example.org/"
+quota_bytes = 0
+upload_url_ttl_s = 60
+download_url_ttl_s = 120
+unreferenced_retention_s = 3600
+sweep_interval_s = 30
+max_transfers = 16
+store = "s3"
+s3_endpoint = "http://127.0.0.1:9000"
+s3_bucket = "files"
+s3_region = "eu-west-1"
+s3_access_key = "AK"
+s3_secret_key = "SK"
+[rate_limits]
+media_per_device = 10
+media_per_device_burst = 5
+)");
+  const auto c = load_config_file(p, config{});
+  EXPECT_EQ(c.media.listen_host, "127.0.0.1");
+  EXPECT_EQ(c.media.listen_port, 9001);
+  EXPECT_TRUE(c.media.listen_set);
+  EXPECT_EQ(c.media.public_url, "https://media.example.org") << "trailing slash dropped";
+  EXPECT_EQ(c.media.quota_bytes, 0u);
+  EXPECT_EQ(c.media.upload_url_ttl, std::chrono::seconds(60));
+  EXPECT_EQ(c.media.download_url_ttl, std::chrono::seconds(120));
+  EXPECT_EQ(c.media.unreferenced_retention, std::chrono::seconds(3600));
+  EXPECT_EQ(c.media.sweep_interval, std::chrono::seconds(30));
+  EXPECT_EQ(c.media.max_transfers, 16u);
+  EXPECT_TRUE(c.media.s3);
+  EXPECT_EQ(c.media.s3_endpoint, "http://127.0.0.1:9000");
+  EXPECT_EQ(c.media.s3_bucket, "files");
+  EXPECT_EQ(c.media.s3_region, "eu-west-1");
+  EXPECT_EQ(c.rates.media_per_device.per_minute, 10);
+  EXPECT_EQ(c.rates.media_per_device.burst, 5);
+
+  EXPECT_NE(load_error("media_store", "[media]\nstore = \"ftp\"\n").find("media.store"),
+            std::string::npos);
+  EXPECT_NE(load_error("media_s3", "[media]\nstore = \"s3\"\ns3_bucket = \"b\"\n")
+                .find("s3_endpoint"),
+            std::string::npos);
+  EXPECT_NE(load_error("media_url", "[media]\npublic_url = \"ftp://x\"\n").find("public_url"),
+            std::string::npos);
+  EXPECT_NE(load_error("media_ttl",
+                       "[media]\nupload_url_ttl_s = 600\nunreferenced_retention_s = 60\n")
+                .find("unreferenced_retention_s"),
+            std::string::npos);
+  EXPECT_NE(load_error("media_key", "[media]\nbucket = \"x\"\n").find("media.bucket"),
+            std::string::npos);
+}
+
+TEST(config, the_blob_server_stays_on_loopback_unless_plaintext_is_allowed) {
+  config c;
+  c.listen_host = "0.0.0.0";
+  c.tls_cert = "cert.pem";
+  c.tls_key = "key.pem";
+  EXPECT_THROW(check_transport(c), std::invalid_argument) << "media defaults to the main host";
+  c.media.listen_host = "127.0.0.1";
+  EXPECT_NO_THROW(check_transport(c));
+  c.media.listen_host = "10.0.0.1";
+  c.allow_plaintext = true;
+  EXPECT_NO_THROW(check_transport(c));
+  c.allow_plaintext = false;
+  c.media.s3 = true;  // no blob server then
+  EXPECT_NO_THROW(check_transport(c));
+}
+
 TEST(config, a_file_with_every_known_key_loads) {
   auto p = write_temp("every_key", R"(
 listen = "0.0.0.0:9200"

@@ -7,6 +7,7 @@
 #include "common/thread_name.hpp"
 #include "media/local/blob_http_server.hpp"
 #include "media/local/local_blob_store.hpp"
+#include "media/s3/s3_blob_store.hpp"
 
 namespace parley::server {
 
@@ -32,11 +33,27 @@ media_service::media_service(const config& cfg, store::store& store) : cfg_(cfg)
 
 media_service::~media_service() { stop(); }
 
-asio::ip::tcp::endpoint media_service::start(const asio::ip::tcp::endpoint& main) {
+std::optional<asio::ip::tcp::endpoint> media_service::start(const asio::ip::tcp::endpoint& main) {
   const auto& m = cfg_.media;
+  if (m.s3) {
+    media::s3_options o;
+    o.endpoint = m.s3_endpoint;
+    o.bucket = m.s3_bucket;
+    o.credentials.access_key_id = m.s3_access_key;
+    o.credentials.secret_access_key = m.s3_secret_key;
+    o.credentials.region = m.s3_region;
+    blobs_ = std::make_unique<media::s3_blob_store>(std::move(o));
+    log_info() << "media: S3 bucket " << m.s3_bucket << " at " << m.s3_endpoint;
+    sweeper_ = std::thread([this] { run_sweeper(); });
+    name_thread(sweeper_, "media-sweeper");
+    return std::nullopt;
+  }
   std::string host = m.listen_host.empty() ? main.address().to_string() : m.listen_host;
   std::uint16_t port = m.listen_port;
-  if (!m.listen_set) port = cfg_.listen_port == 0 ? 0 : static_cast<std::uint16_t>(main.port() + 1);
+  if (!m.listen_set) {
+    port = cfg_.listen_port == 0 || main.port() == 65535 ? 0
+                                                         : static_cast<std::uint16_t>(main.port() + 1);
+  }
   const asio::ip::tcp::endpoint wanted(asio::ip::make_address(host), port);
 
   // The URLs' base is known once the port is bound: set before any URL is made.
@@ -49,8 +66,13 @@ asio::ip::tcp::endpoint media_service::start(const asio::ip::tcp::endpoint& main
     const std::string h = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
     base = "http://" + h + ":" + std::to_string(bound.port());
   }
+  if (m.public_url.empty() && bound.address().is_unspecified()) {
+    log_warn() << "media: the blob server listens on " << bound
+               << ", which is no address a client can reach: set [media] public_url (or "
+                  "--media-url) to the address clients use";
+  }
   local->set_public_url(base);
-  served_ = std::move(local);
+  blobs_ = std::move(local);
   log_info() << "media: blobs under " << (cfg_.data_dir / "media").string() << ", served on "
              << bound << " as " << base;
 
@@ -71,12 +93,12 @@ void media_service::stop() {
 }
 
 std::string media_service::upload_url(const media::upload_grant& grant) {
-  return served_->upload_url(grant);
+  return blobs_->upload_url(grant);
 }
 
 std::string media_service::download_url(const media::blob_id& id, std::uint64_t user,
                                         media::wall_clock::time_point expires) {
-  return served_->download_url(id, user, expires);
+  return blobs_->download_url(id, user, expires);
 }
 
 void media_service::run_sweeper() {
@@ -88,7 +110,7 @@ void media_service::run_sweeper() {
     if (report.records_deleted + report.orphans_removed > 0 || report.failed) {
       log_info() << "media sweep: " << report.records_deleted << " unreferenced blobs and "
                  << report.orphans_removed << " orphans deleted"
-                 << (report.failed ? " (incomplete: retried next time)" : "");
+                 << (report.failed ? " (some failed: see the warnings above)" : "");
     }
     lock.lock();
   }
@@ -96,7 +118,7 @@ void media_service::run_sweeper() {
 
 sweep_report media_service::sweep_once() {
   sweep_report report;
-  if (!served_) return report;
+  if (!blobs_) return report;
   const auto retention = cfg_.media.unreferenced_retention;
   const std::uint64_t cutoff_ms = now_ms() - static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(retention).count());
@@ -124,7 +146,9 @@ sweep_report media_service::sweep_once() {
       break;
     }
     for (const auto& id : *deleted) {
-      if (!served_->remove(id)) report.failed = true;  // the orphan pass retries it
+      // The local store's orphan pass retries a failed delete; S3 lists nothing to it, and
+      // the object is left to the bucket's lifecycle rules (logged by the store).
+      if (!blobs_->remove(id)) report.failed = true;
     }
     report.records_deleted += deleted->size();
     if (page->size() < sweep_page || deleted->empty()) break;
@@ -133,7 +157,7 @@ sweep_report media_service::sweep_once() {
   // 2. Blobs past the retention without a record: uploads whose record was swept while they
   // were written, or whose blob outlived a crash between the two deletes.
   const auto before = media::wall_clock::now() - retention;
-  auto old = served_->written_before(before);
+  auto old = blobs_->written_before(before);
   for (std::size_t at = 0; at < old.size(); at += sweep_page) {
     std::vector<std::string> ids(old.begin() + static_cast<std::ptrdiff_t>(at),
                                  old.begin() + static_cast<std::ptrdiff_t>(
@@ -147,7 +171,7 @@ sweep_report media_service::sweep_once() {
     }
     for (std::size_t i = 0; i < ids.size(); ++i) {
       if ((*exists)[i]) continue;
-      if (served_->remove(ids[i])) {
+      if (blobs_->remove(ids[i])) {
         ++report.orphans_removed;
       } else {
         report.failed = true;

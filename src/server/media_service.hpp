@@ -3,7 +3,8 @@
 //
 // Embedded (the default): media::local_blob_store under <data>/media, served by
 // media::blob_http_server on the media address, on a thread of its own so that transfers
-// never hold up the message threads.
+// never hold up the message threads. With [media] store = "s3": media::s3_blob_store, and no
+// blob server (clients talk to the object store).
 //
 // The sweeper (a thread of its own: the blob store's deletes are blocking I/O) runs every
 // media.sweep_interval: it deletes the records with no reference created more than
@@ -41,16 +42,17 @@ struct sweep_report {
 
 class media_service {
  public:
-  // Opens the blob store (creates <data>/media, its URL key). Throws std::runtime_error if it
-  // cannot.
+  // Nothing is opened here: start() opens the blob store (creating <data>/media and its URL
+  // key, or checking the S3 settings).
   media_service(const config& cfg, store::store& store);
   ~media_service();
   media_service(const media_service&) = delete;
   media_service& operator=(const media_service&) = delete;
 
   // Binds the blob server's address (see media_config; `main` is the main address's bound
-  // endpoint) and starts it and the sweeper. Returns the address bound. Throws on failure.
-  boost::asio::ip::tcp::endpoint start(const boost::asio::ip::tcp::endpoint& main);
+  // endpoint) and starts it and the sweeper. Returns the address bound (none with S3). Throws
+  // on failure.
+  std::optional<boost::asio::ip::tcp::endpoint> start(const boost::asio::ip::tcp::endpoint& main);
   // Stops the sweeper and the blob server (transfers in progress are cut: they resume).
   void stop();
 
@@ -67,9 +69,8 @@ class media_service {
 
   config cfg_;
   store::store& store_;
-  // The embedded blob store (the only kind yet): signs URLs, deletes blobs, and is what the
-  // blob server serves.
-  std::unique_ptr<media::local_blob_store> served_;
+  // Signs URLs and deletes blobs: the local store (which the blob server serves) or S3.
+  std::unique_ptr<media::blob_store> blobs_;
   std::unique_ptr<media::blob_http_server> http_;
   std::thread sweeper_;
   std::mutex mutex_;

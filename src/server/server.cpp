@@ -185,7 +185,7 @@ asio::ip::tcp::endpoint server::start() {
                                         own_metrics ? http_role::main_no_metrics : http_role::main,
                                         d.admit);
   d.accept->start();
-  d.media_endpoint = d.media->start(d.accept->local_endpoint());
+  d.media_endpoint = d.media->start(d.accept->local_endpoint());  // none with S3
   if (own_metrics) {
     const asio::ip::tcp::endpoint metrics_endpoint(asio::ip::make_address(d.cfg.metrics_host),
                                                    d.cfg.metrics_port);

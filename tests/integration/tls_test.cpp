@@ -136,6 +136,16 @@ TEST_F(tls, the_cli_talks_wss_with_a_ca_file) {
   EXPECT_NE(WEXITSTATUS(std::system(refused.c_str())), 0);
 }
 
+TEST_F(tls, the_blob_server_is_kept_on_loopback_while_it_has_no_tls) {
+  // TLS on a public address: the blob server (plain HTTP) would default to it too.
+  EXPECT_THROW(server_process({"--listen", "0.0.0.0:0", "--tls-cert", cert().string(),
+                               "--tls-key", key().string()}),
+               std::runtime_error);
+  server_process ok({"--listen", "0.0.0.0:0", "--tls-cert", cert().string(), "--tls-key",
+                     key().string(), "--media-listen", "127.0.0.1:0"});
+  EXPECT_GT(ok.port(), 0);
+}
+
 TEST(tls_policy, plain_ws_is_refused_off_loopback) {
   EXPECT_THROW(server_process({"--listen", "0.0.0.0:0"}), std::runtime_error);
   // Allowed when asked for (behind a TLS-terminating proxy).

@@ -1,0 +1,142 @@
+#include "media/s3/s3_blob_store.hpp"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http.hpp>
+#include <stdexcept>
+
+#include "common/log.hpp"
+
+namespace parley::media {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+
+// A URL stays valid at least a second (SigV4's minimum) and at most 7 days (S3's maximum).
+std::chrono::seconds lifetime_until(wall_clock::time_point expires) {
+  const auto left = std::chrono::ceil<std::chrono::seconds>(expires - wall_clock::now());
+  return std::clamp(left, std::chrono::seconds(1), s3::max_presign_expiry);
+}
+
+constexpr auto remove_deadline = std::chrono::seconds(10);
+
+}  // namespace
+
+s3_blob_store::s3_blob_store(s3_options options) : options_(std::move(options)) {
+  const auto& e = options_.endpoint;
+  const auto sep = e.find("://");
+  if (sep == std::string::npos) throw std::invalid_argument("S3 endpoint must be http(s)://HOST[:PORT]");
+  scheme_ = e.substr(0, sep);
+  if (scheme_ != "http" && scheme_ != "https")
+    throw std::invalid_argument("S3 endpoint must be http(s)://HOST[:PORT], got " + e);
+  host_ = e.substr(sep + 3);
+  while (!host_.empty() && host_.back() == '/') host_.pop_back();
+  if (host_.empty() || host_.find('/') != std::string::npos)
+    throw std::invalid_argument("S3 endpoint must be http(s)://HOST[:PORT] (no path), got " + e);
+  const auto colon = host_.rfind(':');
+  const bool has_port = colon != std::string::npos && host_.find(']', colon) == std::string::npos;
+  name_ = has_port ? host_.substr(0, colon) : host_;
+  port_ = has_port ? host_.substr(colon + 1) : (scheme_ == "https" ? "443" : "80");
+  if (options_.bucket.empty()) throw std::invalid_argument("S3 bucket is empty");
+  if (options_.credentials.access_key_id.empty() || options_.credentials.secret_access_key.empty())
+    throw std::invalid_argument("S3 access key and secret key are required");
+  if (options_.credentials.region.empty()) options_.credentials.region = "us-east-1";
+}
+
+std::string s3_blob_store::presigned(const std::string& method, const blob_id& id,
+                                     s3::name_values headers,
+                                     wall_clock::time_point expires) const {
+  s3::request r;
+  r.method = method;
+  r.host = host_;
+  r.path = "/" + options_.bucket + "/" + id;
+  r.headers = std::move(headers);
+  const auto query =
+      s3::presign_query(options_.credentials, r, wall_clock::now(), lifetime_until(expires));
+  return scheme_ + "://" + host_ + s3::canonical_uri(r.path) + "?" + query;
+}
+
+std::string s3_blob_store::upload_url(const upload_grant& grant) {
+  if (!valid_blob_id(grant.id)) return {};
+  // The length is signed: the object store refuses a body of any other size.
+  return presigned("PUT", grant.id, {{"content-length", std::to_string(grant.size)}},
+                   grant.expires);
+}
+
+std::string s3_blob_store::download_url(const blob_id& id, std::uint64_t /*user*/,
+                                        wall_clock::time_point expires) {
+  if (!valid_blob_id(id)) return {};
+  return presigned("GET", id, {}, expires);
+}
+
+bool s3_blob_store::remove(const blob_id& id) {
+  if (!valid_blob_id(id)) return false;
+  if (scheme_ != "http") {
+    log_warn() << "media: S3 delete over " << scheme_ << " is not supported yet; " << id
+               << " is left to the bucket's lifecycle rules";
+    return false;
+  }
+  s3::request r;
+  r.method = "DELETE";
+  r.host = host_;
+  r.path = "/" + options_.bucket + "/" + id;
+  r.payload_sha256_hex = std::string(s3::empty_payload_sha256);
+  const auto auth = s3::sign_headers(options_.credentials, r, wall_clock::now());
+
+  http::request<http::empty_body> req{http::verb::delete_, s3::canonical_uri(r.path), 11};
+  req.set(http::field::host, host_);
+  req.set("x-amz-date", auth.amz_date);
+  if (!auth.content_sha256.empty()) req.set("x-amz-content-sha256", auth.content_sha256);
+  req.set(http::field::authorization, auth.authorization);
+  req.keep_alive(false);
+
+  asio::io_context io(1);
+  beast::tcp_stream stream(io);
+  beast::flat_buffer buffer;
+  http::response<http::string_body> res;
+  boost::system::error_code failure;
+  asio::ip::tcp::resolver resolver(io);
+  stream.expires_after(remove_deadline);
+  resolver.async_resolve(name_, port_, [&](auto ec, auto results) {
+    if (ec) {
+      failure = ec;
+      return;
+    }
+    stream.async_connect(results, [&](auto ec2, auto) {
+      if (ec2) {
+        failure = ec2;
+        return;
+      }
+      http::async_write(stream, req, [&](auto ec3, std::size_t) {
+        if (ec3) {
+          failure = ec3;
+          return;
+        }
+        http::async_read(stream, buffer, res, [&](auto ec4, std::size_t) { failure = ec4; });
+      });
+    });
+  });
+  io.run_for(remove_deadline + std::chrono::seconds(1));
+  if (failure || res.result_int() == 0) {
+    log_warn() << "media: S3 delete of " << id << " failed: "
+               << (failure ? failure.message() : std::string("no answer"));
+    return false;
+  }
+  // 204 (deleted) and 404 (not there) both leave no object behind.
+  const unsigned status = res.result_int();
+  if (status == 204 || status == 200 || status == 404) return true;
+  log_warn() << "media: S3 delete of " << id << " answered " << status << ": "
+             << res.body().substr(0, 200);
+  return false;
+}
+
+std::vector<blob_id> s3_blob_store::written_before(wall_clock::time_point /*before*/) {
+  return {};
+}
+
+}  // namespace parley::media

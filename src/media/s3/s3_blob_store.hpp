@@ -1,0 +1,54 @@
+// blob_store on an S3-compatible object store (MinIO, Ceph RGW, Garage, AWS S3): parleyd only
+// presigns (AWS Signature V4, query-string auth, path-style URLs) and clients move the bytes
+// to and from the object store directly, so media never pass through a message node.
+//
+//   upload URL:   PUT  <endpoint>/<bucket>/<id>  signed headers: host, content-length (the
+//                 declared size: the store refuses another length); expires as granted
+//   download URL: GET  <endpoint>/<bucket>/<id>  (Range supported by every S3 store)
+//   remove:       DELETE with header auth, from the sweeper's thread (10 s deadline)
+//
+// What the local store does and this one does not: the SHA-256 is not checked by the object
+// store (the recipient's client checks it, and the chunk tags, before it decrypts anything);
+// an interrupted upload starts over (no multipart upload yet); written_before() lists nothing
+// (an object store's own lifecycle rules remove what the sweeper cannot see).
+//
+// Thread safety: immutable after construction; remove() blocks (network I/O).
+#pragma once
+
+#include <string>
+
+#include "media/blob_store.hpp"
+#include "media/s3/sigv4.hpp"
+
+namespace parley::media {
+
+struct s3_options {
+  std::string endpoint;  // "http://HOST[:PORT]" (https:// URLs are signed the same way)
+  std::string bucket;
+  s3::credentials credentials;
+};
+
+class s3_blob_store final : public blob_store {
+ public:
+  // Throws std::invalid_argument for an endpoint that is not http(s)://HOST[:PORT] or an
+  // empty bucket or key.
+  explicit s3_blob_store(s3_options options);
+
+  [[nodiscard]] std::string upload_url(const upload_grant& grant) override;
+  [[nodiscard]] std::string download_url(const blob_id& id, std::uint64_t user,
+                                         wall_clock::time_point expires) override;
+  bool remove(const blob_id& id) override;
+  [[nodiscard]] std::vector<blob_id> written_before(wall_clock::time_point before) override;
+
+ private:
+  std::string presigned(const std::string& method, const blob_id& id,
+                        s3::name_values headers, wall_clock::time_point expires) const;
+
+  s3_options options_;
+  std::string scheme_;  // "http" or "https"
+  std::string host_;    // HOST[:PORT], as sent in the Host header
+  std::string port_;    // for connecting
+  std::string name_;    // HOST alone
+};
+
+}  // namespace parley::media

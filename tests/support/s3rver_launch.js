@@ -1,0 +1,26 @@
+// Starts s3rver (an S3-compatible server, from npm; scripts/setup installs it) for the media
+// tests: on 127.0.0.1, a free port, data under argv[2], with the bucket "parley", silent.
+// Prints "s3rver listening on HOST:PORT" once it accepts connections (what
+// test_support::spawn_listening reads). Stopped with SIGTERM.
+'use strict';
+const S3rver = require('s3rver');
+
+const directory = process.argv[2];
+if (!directory) {
+  console.error('usage: node s3rver_launch.js DATA_DIR');
+  process.exit(2);
+}
+new S3rver({
+  address: '127.0.0.1',
+  port: 0,
+  silent: true,
+  directory,
+  configureBuckets: [{ name: 'parley' }],
+})
+  .run()
+  .then((a) => console.log(`s3rver listening on ${a.address}:${a.port}`))
+  .catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
+process.on('SIGTERM', () => process.exit(0));
