@@ -50,6 +50,7 @@ class stack_key {
   // The caller guarantees the total stays within capacity (client_msg_id is at most 64 bytes).
   stack_key& bytes(std::string_view s) {
     const std::size_t n = std::min(s.size(), bytes_.size() - size_);
+    if (n == 0) return *this;  // an empty view may have no data pointer at all (memcpy's UB)
     std::memcpy(bytes_.data() + size_, s.data(), n);
     size_ += n;
     return *this;
