@@ -30,6 +30,7 @@
 #include "client/client.hpp"
 #include "media/chunked_cipher.hpp"
 #include "process_sampler.hpp"
+#include "run_on.hpp"
 #include "scenarios.hpp"
 
 namespace parley::bench {
@@ -60,34 +61,6 @@ std::string tag() {
   std::ostringstream s;
   s << std::hex << (rd() & 0xffffff);
   return s.str();
-}
-
-// Runs `a` on `io` to completion (other coroutines on `io`, such as a client's read loop, keep
-// running meanwhile), as scenarios.cpp does.
-template <class T>
-T run_on(asio::io_context& io, awaitable<T> a) {
-  std::optional<T> out;
-  std::exception_ptr error;
-  asio::co_spawn(io, std::move(a), [&](std::exception_ptr e, T v) {
-    error = e;
-    out = std::move(v);
-    io.stop();
-  });
-  io.restart();
-  io.run();
-  if (error) std::rethrow_exception(error);
-  return std::move(*out);
-}
-
-void run_on(asio::io_context& io, awaitable<void> a) {
-  std::exception_ptr error;
-  asio::co_spawn(io, std::move(a), [&](std::exception_ptr e) {
-    error = e;
-    io.stop();
-  });
-  io.restart();
-  io.run();
-  if (error) std::rethrow_exception(error);
 }
 
 // The value of a request that must succeed for the scenario to go on.

@@ -31,6 +31,7 @@
 #include "bench_worker.hpp"
 #include "load_peer.hpp"
 #include "process_sampler.hpp"
+#include "run_on.hpp"
 
 namespace parley::bench {
 namespace {
@@ -52,33 +53,6 @@ clock::time_point from_ns(std::int64_t ns) {
 }
 
 void sleep_until_ns(std::int64_t ns) { std::this_thread::sleep_until(from_ns(ns)); }
-
-// Runs `a` on `io` to completion (other coroutines on `io` keep running meanwhile).
-template <class T>
-T run_on(asio::io_context& io, awaitable<T> a) {
-  std::optional<T> out;
-  std::exception_ptr error;
-  asio::co_spawn(io, std::move(a), [&](std::exception_ptr e, T v) {
-    error = e;
-    out = std::move(v);
-    io.stop();
-  });
-  io.restart();
-  io.run();
-  if (error) std::rethrow_exception(error);
-  return std::move(*out);
-}
-
-void run_on(asio::io_context& io, awaitable<void> a) {
-  std::exception_ptr error;
-  asio::co_spawn(io, std::move(a), [&](std::exception_ptr e) {
-    error = e;
-    io.stop();
-  });
-  io.restart();
-  io.run();
-  if (error) std::rethrow_exception(error);
-}
 
 awaitable<void> pause(std::chrono::nanoseconds d) {
   asio::steady_timer t(co_await asio::this_coro::executor, d);

@@ -920,16 +920,21 @@ std::string names(const google::protobuf::RepeatedPtrField<std::string>& list) {
   return out.empty() ? "nobody" : out;
 }
 
-awaitable<void> cmd_status(session& s, const options& o) {
-  if (o.args.size() != 2) throw failure{"usage: parley status MESSAGE_ID [--who]", 2};
-  std::uint64_t id = 0;
+// A MESSAGE_ID argument (digits only); a usage error otherwise.
+std::uint64_t parse_message_id(const std::string& arg) {
   try {
     std::size_t used = 0;
-    id = std::stoull(o.args[1], &used);
-    if (used != o.args[1].size()) throw std::invalid_argument("trailing");
+    const std::uint64_t id = std::stoull(arg, &used);
+    if (used != arg.size()) throw std::invalid_argument("trailing");
+    return id;
   } catch (const std::exception&) {
-    throw failure{"'" + o.args[1] + "' is not a message id", 2};
+    throw failure{"'" + arg + "' is not a message id", 2};
   }
+}
+
+awaitable<void> cmd_status(session& s, const options& o) {
+  if (o.args.size() != 2) throw failure{"usage: parley status MESSAGE_ID [--who]", 2};
+  const std::uint64_t id = parse_message_id(o.args[1]);
   // The server names a message by its chat and seq: this device's history has them for what
   // it sent.
   s.require_registered();
@@ -1320,14 +1325,7 @@ std::filesystem::path default_download_path(const std::string& sender_name, std:
 
 awaitable<void> cmd_download(session& s, const options& o) {
   if (o.args.size() != 2) throw failure{"usage: parley download MESSAGE_ID [--out PATH]", 2};
-  std::uint64_t id = 0;
-  try {
-    std::size_t used = 0;
-    id = std::stoull(o.args[1], &used);
-    if (used != o.args[1].size()) throw std::invalid_argument("trailing");
-  } catch (const std::exception&) {
-    throw failure{"'" + o.args[1] + "' is not a message id", 2};
-  }
+  const std::uint64_t id = parse_message_id(o.args[1]);
   s.require_registered();
   const auto row = s.store().media(id);
   if (!row) throw failure{"message " + o.args[1] + " carries no file this device knows of"};

@@ -9,18 +9,11 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "media/blob_store.hpp"
+
 namespace parley::client {
 
-std::string to_hex(const std::string& bytes) {
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (unsigned char c : bytes) {
-    out += digits[c >> 4];
-    out += digits[c & 15];
-  }
-  return out;
-}
+std::string to_hex(const std::string& bytes) { return media::to_hex(bytes); }
 
 std::optional<std::string> from_hex(const std::string& hex) {
   if (hex.size() % 2 != 0) return std::nullopt;

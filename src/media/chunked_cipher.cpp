@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/posix_file.hpp"
+#include "media/blob_store.hpp"
 
 namespace parley::media {
 namespace {
@@ -174,7 +175,6 @@ std::optional<bool> at_end(int fd) noexcept {
   return n == 0;
 }
 
-char hex_digit(unsigned v) noexcept { return "0123456789abcdef"[v & 0xf]; }
 
 int hex_value(char c) noexcept {
   if (c >= '0' && c <= '9') return c - '0';
@@ -215,13 +215,7 @@ std::optional<std::uint64_t> plaintext_size(std::uint64_t ciphertext_size) noexc
 // ---- hex, keys ----
 
 std::string sha256_hex(std::span<const std::uint8_t, media_sha256_bytes> digest) {
-  std::string out;
-  out.reserve(2 * digest.size());
-  for (const auto b : digest) {
-    out.push_back(hex_digit(b >> 4));
-    out.push_back(hex_digit(b));
-  }
-  return out;
+  return to_hex(std::string_view(reinterpret_cast<const char*>(digest.data()), digest.size()));
 }
 
 std::optional<media_sha256> sha256_from_hex(std::string_view hex) noexcept {
