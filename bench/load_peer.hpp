@@ -60,6 +60,20 @@ boost::asio::awaitable<parley::v2::Frame> round_trip(load_peer& p, parley::v2::F
 // on the way, then keeping the session's receipts stamp). False on any failure. The envelopes
 // of the drain are not acked; with `note_drain` each is noted (received()), so that the caller
 // can see which chats it brought (p.acks) and ack them with flush_acks().
+// A server address among several: `urls` may list the nodes of a cluster separated by spaces;
+// connection `index` goes to node index % count (spreading a scenario's connections evenly).
+inline std::string pick_url(const std::string& urls, std::size_t index) {
+  std::vector<std::string> all;
+  std::size_t start = 0;
+  while (start < urls.size()) {
+    const auto end = urls.find(' ', start);
+    const auto stop = end == std::string::npos ? urls.size() : end;
+    if (stop > start) all.push_back(urls.substr(start, stop - start));
+    start = stop + 1;
+  }
+  return all.empty() ? urls : all[index % all.size()];
+}
+
 boost::asio::awaitable<bool> set_up(load_peer& p, std::string url, std::string source,
                                     bool register_first, bool note_drain = false);
 

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <string>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "client/ws_connection.hpp"
+#include "redis_server.hpp"
 #include "report.hpp"
 #include "scenarios.hpp"
 #include "spawned_server.hpp"
@@ -35,9 +37,10 @@ constexpr const char* usage =
     "                    [--server-metrics HOST:PORT] [--group-size N]\n"
     "                    [--group-rates R1,R2,...] [--grace-secs S] [--media-bytes N]\n"
     "                    [--media-small-bytes N] [--media-uploads N] [--media-rate R]\n"
-    "                    [--media-s3 http://HOST:PORT/BUCKET] [SCENARIO...]\n"
-    "scenarios: baseline connect one-to-one logins-after-load drain fanout media\n"
-    "           (default: all seven)\n"
+    "                    [--media-s3 http://HOST:PORT/BUCKET] [--nodes N1,N2,...]\n"
+    "                    [SCENARIO...]\n"
+    "scenarios: baseline connect one-to-one logins-after-load drain fanout media cluster\n"
+    "           (default: all eight)\n"
     "  logins-after-load  the one-to-one users' logins/s on the fresh server and again after\n"
     "            the one-to-one load (runs that load, and reports it, even if not asked for),\n"
     "            each login presenting the receipts stamp its device kept (none at the first)\n"
@@ -53,6 +56,10 @@ constexpr const char* usage =
     "  --media-s3  also the big file through a parleyd whose blob store is this S3-compatible\n"
     "            one (bucket already there; keys from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,\n"
     "            AWS_REGION, else s3rver's S3RVER / S3RVER / us-east-1)\n"
+    "  cluster   for each of --nodes node counts (1,2,4): PostgreSQL, Redis and that many\n"
+    "            parleyd nodes (--store, --presence) on this machine; connect (--connections\n"
+    "            per node), one-to-one and fanout with connections spread evenly over the\n"
+    "            nodes; the store's commits and rows written per second (pg_stat_database)\n"
     "  --quick   small sizes, a few seconds per step (what `make bench` runs)\n"
     "  --smoke   tiny sizes, ~20 s in all; exits 1 if anything was lost (run by `make test`)\n"
     "  --server  use a parleyd started elsewhere (its pid for the CPU/RSS samples) instead of\n"
@@ -96,6 +103,8 @@ struct options {
   std::size_t media_uploads = 20;
   double media_rate = 1'000;
   std::string media_s3;
+  // cluster: the node counts to measure, one after another.
+  std::vector<int> cluster_nodes = {1, 2, 4};
   std::vector<std::string> scenarios;
   bool fsync = true;       // --no-fsync: diagnosis only (how much of a figure is the disk)
   std::string server_url;  // --server: drive a parleyd started elsewhere (e.g. under a profiler)
@@ -139,6 +148,7 @@ options parse(int argc, char** argv) {
       o.media_small_bytes = 1'000'000;
       o.media_uploads = 3;
       o.media_rate = 200;
+      o.cluster_nodes = {1, 2};
       o.out = fs::temp_directory_path() / "parley-bench-smoke";
     }
   }
@@ -189,17 +199,21 @@ options parse(int argc, char** argv) {
       o.media_rate = std::stod(value());
     else if (a == "--media-s3")
       o.media_s3 = value();
+    else if (a == "--nodes") {
+      o.cluster_nodes.clear();
+      for (double n : parse_rates(value())) o.cluster_nodes.push_back(static_cast<int>(n));
+    }
     else if (a == "--help" || a == "-h")
       throw std::invalid_argument("");
     else if (a == "baseline" || a == "connect" || a == "one-to-one" || a == "logins-after-load" ||
-             a == "drain" || a == "fanout" || a == "media")
+             a == "drain" || a == "fanout" || a == "media" || a == "cluster")
       o.scenarios.push_back(a);
     else
       throw std::invalid_argument("unknown argument " + a);
   }
   if (o.scenarios.empty())
     o.scenarios = {"baseline", "connect", "one-to-one", "logins-after-load",
-                   "drain",    "fanout",  "media"};
+                   "drain",    "fanout",  "media",      "cluster"};
   if (o.procs < 1 || o.procs > 64) throw std::invalid_argument("--procs must be 1-64");
   if (o.users < 2) throw std::invalid_argument("--users must be at least 2");
   // The protocol's limit (CreateGroup: GROUP_FULL past 1,024 members, the creator included).
@@ -215,6 +229,10 @@ options parse(int argc, char** argv) {
   if (o.media_uploads < 1 || o.media_uploads > 200)
     throw std::invalid_argument("--media-uploads must be 1-200");
   if (!(o.media_rate > 0)) throw std::invalid_argument("--media-rate must be positive");
+  for (int n : o.cluster_nodes) {
+    if (n < 1 || n > 16) throw std::invalid_argument("--nodes takes node counts of 1-16");
+  }
+  if (o.cluster_nodes.empty()) throw std::invalid_argument("--nodes needs a node count");
   if (!o.media_s3.empty()) {
     // One '/' after the host: the bucket's, and a bucket after it.
     const auto slash = o.media_s3.find('/', 7);
@@ -332,12 +350,100 @@ parleyd_target parleyd_for(const options& o, const fs::path& data) {
   if (!o.server_url.empty()) {
     const auto metrics =
         o.server_metrics.empty() ? metrics_address_of(o.server_url) : o.server_metrics;
-    return {nullptr, {o.server_url, o.server_pid, o.procs, metrics}};
+    return {nullptr, {o.server_url, o.server_pid, o.procs, metrics, {}}};
   }
   // Started without --metrics-listen: /metrics is served on the listen address.
   auto server = start_parleyd(o, data);
-  target t{server->url(), server->pid(), o.procs, "127.0.0.1:" + std::to_string(server->port())};
+  target t{server->url(), server->pid(), o.procs, "127.0.0.1:" + std::to_string(server->port()),
+           {}};
   return {std::move(server), t};
+}
+
+// PostgreSQL's own count of the work done on the store's database: transactions committed,
+// and rows inserted, updated or deleted (the statistics are flushed within a second or so).
+std::pair<double, double> store_counters(const std::string& conninfo) {
+  const std::string cmd = "psql '" + conninfo +
+                          " dbname=postgres' -Atc \"SELECT xact_commit, tup_inserted + "
+                          "tup_updated + tup_deleted FROM pg_stat_database WHERE datname = "
+                          "'postgres'\" 2>/dev/null";
+  std::pair<double, double> out{0, 0};
+  if (FILE* p = ::popen(cmd.c_str(), "r")) {
+    char line[256] = {};
+    if (std::fgets(line, sizeof line, p) != nullptr) std::sscanf(line, "%lf|%lf", &out.first, &out.second);
+    ::pclose(p);
+  }
+  return out;
+}
+
+// One point of the cluster scenario: PostgreSQL (durable unless --no-fsync), Redis and `nodes`
+// parleyd nodes, started here and stopped at the end.
+cluster_point run_cluster(const options& o, const fs::path& data, int nodes) {
+  fs::remove_all(data);
+  fs::create_directories(data);
+  const std::string script = std::string(PARLEY_SOURCE_DIR) + "/tests/support/postgres_server";
+  const std::string pg_dir = "/tmp/parley-bench-pg-" + data.filename().string() + "-" +
+                             std::to_string(::getpid());
+  const std::string durable = o.fsync ? "PARLEY_PG_DURABLE=1 " : "";
+  if (std::system((durable + script + " start " + pg_dir + " >/dev/null").c_str()) != 0)
+    throw std::runtime_error("cluster: PostgreSQL did not start (" + script + ")");
+  struct pg_guard {
+    std::string stop;
+    ~pg_guard() { [[maybe_unused]] int rc = std::system(stop.c_str()); }
+  } pg{script + " stop " + pg_dir + " >/dev/null 2>&1"};
+  std::string conninfo;
+  {
+    std::ifstream in(pg_dir + "/conninfo");
+    std::getline(in, conninfo);
+  }
+  const auto port_at = conninfo.find("port=") + 5;
+  const std::string store = "postgresql://postgres@127.0.0.1:" +
+                            conninfo.substr(port_at, conninfo.find(' ', port_at) - port_at) +
+                            "/postgres";
+  parley::test_support::redis_server redis;
+
+  const fs::path config = data / "bench.toml";
+  std::ofstream(config) << bench_config;
+  std::vector<std::unique_ptr<spawned_server>> servers;
+  for (int i = 1; i <= nodes; ++i) {
+    std::vector<std::string> argv{sibling("parleyd").string(),
+                                  "--listen", "127.0.0.1:0",
+                                  "--data", (data / ("node-" + std::to_string(i))).string(),
+                                  "--config", config.string(),
+                                  "--threads", std::to_string(o.server_threads),
+                                  "--log-level", "warn",
+                                  "--node-id", std::to_string(i),
+                                  "--store", store,
+                                  "--presence", redis.url()};
+    if (!o.fsync) argv.push_back("--no-fsync");
+    servers.push_back(std::make_unique<spawned_server>(std::move(argv)));
+  }
+  target t;
+  for (const auto& s : servers) t.url += (t.url.empty() ? "" : " ") + s->url();
+  t.pid = servers.front()->pid();
+  for (std::size_t i = 1; i < servers.size(); ++i) t.more_pids.push_back(servers[i]->pid());
+  t.procs = o.procs;
+  t.metrics_address = "127.0.0.1:" + std::to_string(servers.front()->port());
+
+  cluster_point p;
+  p.nodes = nodes;
+  {
+    target c = t;
+    // A worker process holds its share of the connections under the 20,000 open files.
+    const std::size_t total = o.connections * static_cast<std::size_t>(nodes);
+    c.procs = std::max<int>(o.procs, static_cast<int>((total + 17'999) / 18'000));
+    p.connect = run_connect(c, total, 3.0);
+  }
+  const auto before = store_counters(conninfo);
+  p.one_to_one = run_one_to_one(t, o.users, o.rates, o.step_seconds, false);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // statistics flushed
+  const auto after = store_counters(conninfo);
+  for (const auto& s : p.one_to_one->steps) p.store_seconds += s.seconds;
+  if (p.store_seconds > 0) {
+    p.store_commits_per_second = (after.first - before.first) / p.store_seconds;
+    p.store_rows_per_second = (after.second - before.second) / p.store_seconds;
+  }
+  p.fanout = run_fanout(t, o.group_size, o.group_rates, o.step_seconds, o.grace_seconds);
+  return p;
 }
 
 }  // namespace
@@ -386,7 +492,7 @@ int main(int argc, char** argv) {
       spawned_server echo({sibling("parley-bench-echo").string(), "--listen", "127.0.0.1:0",
                            "--threads", std::to_string(o.server_threads)});
       const std::size_t conns = std::min<std::size_t>(o.users, 100);
-      report.baseline = run_baseline({echo.url(), echo.pid(), o.procs, {}}, conns, 8,
+      report.baseline = run_baseline({echo.url(), echo.pid(), o.procs, {}, {}}, conns, 8,
                                      std::min(o.step_seconds, baseline_seconds));
     }
     if (wants(o, "connect")) {
@@ -450,12 +556,30 @@ int main(int argc, char** argv) {
         m.s3_server = [&] {
           s3_parleyd = start_parleyd(o, data / "media-s3", s3_media_config(o.media_s3));
           return target{s3_parleyd->url(), s3_parleyd->pid(), o.procs,
-                        "127.0.0.1:" + std::to_string(s3_parleyd->port())};
+                        "127.0.0.1:" + std::to_string(s3_parleyd->port()), {}};
         };
       }
       report.media = run_media(server.t, m);
       // Errors only: a lost or cut file, a failed upload or download, a lost message.
       ok = ok && report.media->nothing_failed();
+    }
+    if (wants(o, "cluster")) {
+      report.cluster = cluster_result{};
+      for (int n : o.cluster_nodes) {
+        std::cerr << "parley-bench: cluster of " << n << " node" << (n == 1 ? "" : "s")
+                  << " (PostgreSQL, Redis; connect " << o.connections << " per node, one-to-one, "
+                  << "fanout)...\n";
+        report.cluster->points.push_back(run_cluster(o, data / ("cluster-" + std::to_string(n)), n));
+        const auto& p = report.cluster->points.back();
+        if (p.connect) ok = ok && p.connect->failed == 0;
+        if (p.one_to_one) {
+          for (const auto& s : p.one_to_one->steps) ok = ok && s.lost == 0;
+        }
+        if (p.fanout) {
+          for (const auto& s : p.fanout->steps) ok = ok && s.load.lost == 0 && s.duplicates == 0;
+          ok = ok && p.fanout->disconnected == 0;
+        }
+      }
     }
   } catch (const std::exception& e) {
     std::cerr << "parley-bench: " << e.what() << '\n';

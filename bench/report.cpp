@@ -492,6 +492,87 @@ std::string media_json(const media_result& m) {
 
 }  // namespace
 
+namespace {
+
+// Per node count: connections held, the one-to-one ladder's sustainable rate and p99 per
+// step, the fanout's, and the store's work.
+void render_cluster(std::ostringstream& o, const cluster_result& c) {
+  o << "cluster: PostgreSQL + Redis + N parleyd nodes on this machine, connections and users "
+       "spread evenly over the nodes\n";
+  for (const auto& p : c.points) {
+    o << "  " << p.nodes << (p.nodes == 1 ? " node" : " nodes") << ":\n";
+    if (p.connect) {
+      const auto& k = *p.connect;
+      o << "    connect: " << k.connected << " of " << k.wanted << " held (" << k.failed
+        << " failed), " << fixed(k.connects_per_second, 0) << " connects/s, RSS of all nodes "
+        << mib(static_cast<double>(k.rss_after)) << " MiB = "
+        << fixed(k.rss_per_connection / 1024.0, 2) << " KiB per connection\n";
+    }
+    if (p.one_to_one) {
+      const auto& t = *p.one_to_one;
+      o << "    one-to-one (" << t.users << " users): sustainable " << fixed(t.sustainable_rate, 0)
+        << " msg/s; per step offered/delivered p99/p99.9/max ms, lost, nodes' CPU:\n";
+      for (const auto& s : t.steps) {
+        o << "      " << pad(fixed(s.offered_rate, 0), 8) << pad(fixed(s.delivered_rate(), 0), 8)
+          << pad(ms(s.latency.percentile(0.99)), 9) << pad(ms(s.latency.percentile(0.999)), 9)
+          << pad(ms(s.latency.max()), 9) << pad(std::to_string(s.lost), 6) << " "
+          << fixed(s.server_cores, 2) << " cores" << (s.generator_bound ? " (generator BOUND)" : "")
+          << "\n";
+      }
+      o << "    store (pg_stat_database over those steps): "
+        << fixed(p.store_commits_per_second, 0) << " commits/s, "
+        << fixed(p.store_rows_per_second, 0) << " rows written/s\n";
+    }
+    if (p.fanout) {
+      const auto& f = *p.fanout;
+      o << "    fanout (" << f.group_size << " members): sustainable " << fixed(f.sustainable_rate, 0)
+        << " group msg/s, " << fixed(f.sustained_deliveries_per_second, 0)
+        << " deliveries/s; last member p99 per step:";
+      for (const auto& s : f.steps)
+        o << " " << fixed(s.load.offered_rate, 0) << "/s " << ms(s.last_member.percentile(0.99))
+          << " ms";
+      o << "\n";
+    }
+  }
+}
+
+std::string cluster_json(const cluster_result& c) {
+  std::ostringstream o;
+  o << "[";
+  for (std::size_t i = 0; i < c.points.size(); ++i) {
+    const auto& p = c.points[i];
+    o << (i ? ",\n" : "\n") << "    {\"nodes\": " << p.nodes;
+    if (p.connect) {
+      o << ", \"connections_wanted\": " << p.connect->wanted
+        << ", \"connections_held\": " << p.connect->connected
+        << ", \"connects_per_second\": " << fixed(p.connect->connects_per_second, 0)
+        << ", \"rss_bytes_per_connection\": " << fixed(p.connect->rss_per_connection, 0);
+    }
+    if (p.one_to_one) {
+      o << ", \"one_to_one_sustainable_rate\": " << fixed(p.one_to_one->sustainable_rate, 0)
+        << ", \"one_to_one_steps\": [";
+      for (std::size_t k = 0; k < p.one_to_one->steps.size(); ++k)
+        o << (k ? ", " : "") << one_to_one_step_json(p.one_to_one->steps[k]);
+      o << "], \"store_seconds\": " << fixed(p.store_seconds, 1)
+        << ", \"store_commits_per_second\": " << fixed(p.store_commits_per_second, 0)
+        << ", \"store_rows_per_second\": " << fixed(p.store_rows_per_second, 0);
+    }
+    if (p.fanout) {
+      o << ", \"fanout_sustainable_rate\": " << fixed(p.fanout->sustainable_rate, 0)
+        << ", \"fanout_deliveries_per_second\": "
+        << fixed(p.fanout->sustained_deliveries_per_second, 0) << ", \"fanout_last_member_p99_ms\": [";
+      for (std::size_t k = 0; k < p.fanout->steps.size(); ++k)
+        o << (k ? ", " : "") << ms(p.fanout->steps[k].last_member.percentile(0.99));
+      o << "]";
+    }
+    o << "}";
+  }
+  o << "]";
+  return o.str();
+}
+
+}  // namespace
+
 std::string render_table(const run_report& r) {
   std::ostringstream o;
   o << "parley-bench " << r.mode << " run, " << r.started_at << ", " << r.procs
@@ -584,6 +665,10 @@ std::string render_table(const run_report& r) {
     o << "\n";
     render_media(o, *r.media);
   }
+  if (r.cluster) {
+    o << "\n";
+    render_cluster(o, *r.cluster);
+  }
   return o.str();
 }
 
@@ -671,6 +756,7 @@ std::string render_json(const run_report& r) {
     o << "]}";
   }
   if (r.media) o << ",\n  \"media\": " << media_json(*r.media);
+  if (r.cluster) o << ",\n  \"cluster\": " << cluster_json(*r.cluster);
   o << "\n}\n";
   return o.str();
 }

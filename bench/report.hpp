@@ -21,6 +21,7 @@ struct run_report {
   std::optional<baseline_result> baseline;
   std::optional<fanout_result> fanout;
   std::optional<media_result> media;
+  std::optional<cluster_result> cluster;
 };
 
 std::string render_table(const run_report& r);

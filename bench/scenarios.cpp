@@ -89,7 +89,8 @@ awaitable<std::size_t> set_up_all(std::vector<std::unique_ptr<load_peer>>& peers
                                   std::size_t parallel) {
   std::size_t failed = 0;
   co_await run_bounded(peers.size(), parallel, [&](std::size_t i) -> awaitable<bool> {
-    if (!co_await set_up(*peers[i], url, source_address(first_source + i), register_first))
+    if (!co_await set_up(*peers[i], pick_url(url, first_source + i),
+                         source_address(first_source + i), register_first))
       ++failed;
     co_return true;
   });
@@ -101,7 +102,7 @@ awaitable<std::size_t> set_up_all(std::vector<std::unique_ptr<load_peer>>& peers
 awaitable<bool> register_range(std::vector<std::unique_ptr<load_peer>>& peers, std::size_t begin,
                                std::size_t end, std::string url) {
   load_peer conn(co_await asio::this_coro::executor);
-  if (co_await conn.ws->connect(url, std::chrono::seconds(20))) co_return false;
+  if (co_await conn.ws->connect(pick_url(url, 0), std::chrono::seconds(20))) co_return false;
   const std::size_t window = 128;
   std::size_t sent = begin, answered = 0;
   while (answered < end - begin) {
@@ -128,10 +129,12 @@ awaitable<bool> register_range(std::vector<std::unique_ptr<load_peer>>& peers, s
 
 // Registers every peer. The server handles one connection's Registers one after another (each
 // is a synced write) and closes an unauthenticated connection after 10 s, so the peers are
-// registered in chunks, each on a connection of its own, several chunks at a time.
+// registered in chunks, each on a connection of its own, several chunks at a time. 64 a chunk:
+// on a PostgreSQL store (the cluster scenario), where a commit costs a few ms, 256 in a row
+// could take longer than those 10 s.
 awaitable<bool> register_all(std::vector<std::unique_ptr<load_peer>>& peers, std::string url) {
-  constexpr std::size_t chunk = 256;
-  constexpr std::size_t parallel = 8;
+  constexpr std::size_t chunk = 64;
+  constexpr std::size_t parallel = 32;
   bool ok = true;
   co_await run_bounded((peers.size() + chunk - 1) / chunk, parallel,
                        [&](std::size_t c) -> awaitable<bool> {
@@ -164,6 +167,23 @@ std::string tag() {
 
 }  // namespace
 
+process_sample sample_server(const target& t) {
+  process_sample total = sample_process(t.pid);
+  for (pid_t p : t.more_pids) {
+    const auto s = sample_process(p);
+    total.cpu_seconds += s.cpu_seconds;
+    total.rss_bytes += s.rss_bytes;
+    for (const auto& [name, cpu] : s.thread_cpu_seconds) total.thread_cpu_seconds[name] += cpu;
+  }
+  return total;
+}
+
+std::uint64_t server_rss(const target& t) {
+  std::uint64_t total = resident_bytes(t.pid);
+  for (pid_t p : t.more_pids) total += resident_bytes(p);
+  return total;
+}
+
 // --- connect ---------------------------------------------------------------------------------
 
 connect_result run_connect(const target& t, std::size_t connections, double hold_seconds) {
@@ -188,7 +208,7 @@ connect_result run_connect(const target& t, std::size_t connections, double hold
   pool.collect();
   connect_result r;
   r.wanted = connections;
-  const auto before = sample_process(t.pid);
+  const auto before = sample_server(t);
   r.rss_before = before.rss_bytes;
   pool.broadcast("go");
   for (const auto& line : pool.collect()) {
@@ -202,10 +222,10 @@ connect_result run_connect(const target& t, std::size_t connections, double hold
     r.ramp_generator_cpu_seconds += cpu;
   }
   r.connects_per_second = r.seconds > 0 ? static_cast<double>(r.connected) / r.seconds : 0;
-  const auto held = sample_process(t.pid);
+  const auto held = sample_server(t);
   r.ramp_server_cpu_seconds = held.cpu_seconds - before.cpu_seconds;
   std::this_thread::sleep_for(std::chrono::duration<double>(hold_seconds));
-  const auto after = sample_process(t.pid);
+  const auto after = sample_server(t);
   r.rss_after = after.rss_bytes;
   r.idle_server_cores = cores_used(held, after);
   if (r.connected > 0) {
@@ -376,7 +396,7 @@ struct server_trace {
 
   // Samples boundary k now; at the first, says on stderr when /metrics has no commit histogram.
   void sample(const target& t, std::size_t k) {
-    process[k] = sample_process(t.pid);
+    process[k] = sample_server(t);
     commits[k] = scrape_commit_metrics(t.metrics_address);
     if (k == 0 && !commits[k] && !t.metrics_address.empty()) {
       std::fprintf(stderr,
@@ -622,7 +642,7 @@ worker_logins timed_logins(asio::io_context& io, std::vector<std::unique_ptr<loa
 login_result run_logins(worker_pool& pool, const target& t, std::size_t users) {
   login_result r;
   r.wanted = users;
-  const auto before = sample_process(t.pid);
+  const auto before = sample_server(t);
   pool.broadcast("go");
   for (const auto& line : pool.collect()) {
     std::istringstream in(line);
@@ -638,7 +658,7 @@ login_result run_logins(worker_pool& pool, const target& t, std::size_t users) {
     r.receipts += receipts;
     r.with_stamp += with_stamp;
   }
-  const auto after = sample_process(t.pid);
+  const auto after = sample_server(t);
   r.server_cpu_seconds = after.cpu_seconds - before.cpu_seconds;
   r.server_thread_cpu_seconds = thread_seconds_used(before, after);
   std::erase_if(r.server_thread_cpu_seconds, [](const auto& t) { return t.second <= 0; });
@@ -821,9 +841,9 @@ awaitable<drain_result> drain_once(std::string url, std::size_t messages) {
   load_peer sender(ex), receiver(ex);
   sender.username = "ds" + run;
   receiver.username = "dr" + run;
-  if (!co_await set_up(sender, url, source_address(0), true))
+  if (!co_await set_up(sender, pick_url(url, 0), source_address(0), true))
     throw std::runtime_error("drain: sender set-up failed");
-  if (!co_await set_up(receiver, url, source_address(1), true))
+  if (!co_await set_up(receiver, pick_url(url, 1), source_address(1), true))
     throw std::runtime_error("drain: receiver set-up failed");
   co_await receiver.ws->close(std::chrono::seconds(2));
 
@@ -858,7 +878,7 @@ awaitable<drain_result> drain_once(std::string url, std::size_t messages) {
   again.token = receiver.token;
   again.receipts_stamp = receiver.receipts_stamp;
   const auto start = clock::now();
-  if (co_await again.ws->connect(url, std::chrono::seconds(10), source_address(2)))
+  if (co_await again.ws->connect(pick_url(url, 0), std::chrono::seconds(10), source_address(2)))
     throw std::runtime_error("drain: reconnect failed");
   v2::Frame auth;
   auth.set_request_id(1);
@@ -948,7 +968,7 @@ struct fanout_worker {
 // in ms. Throws if the server refuses or answers otherwise.
 awaitable<std::pair<v2::GroupInfo, double>> create_group(load_peer& creator, std::string url,
                                                          std::string prefix, std::size_t size) {
-  if (!co_await set_up(creator, url, source_address(0), false))
+  if (!co_await set_up(creator, pick_url(url, 0), source_address(0), false))
     throw std::runtime_error("fanout: the creator's login failed");
   v2::Frame f;
   auto* g = f.mutable_create_group();
@@ -981,7 +1001,8 @@ awaitable<std::pair<std::size_t, std::size_t>> join_group(
   std::size_t failed = 0, missing = 0;
   co_await run_bounded(peers.size() - first, login_parallel, [&](std::size_t i) -> awaitable<bool> {
     auto& p = *peers[first + i];
-    if (!co_await set_up(p, url, source_address(first_source + first + i), false, true)) {
+    if (!co_await set_up(p, pick_url(url, first_source + first + i),
+                         source_address(first_source + first + i), false, true)) {
       ++failed;
       co_return true;
     }
@@ -1242,7 +1263,7 @@ fanout_result run_fanout(const target& t, std::size_t group_size, const std::vec
   }
   for (const auto& line : pool.collect())
     r.join_seconds = std::max(r.join_seconds, std::stod(line));
-  r.server_rss_before = resident_bytes(t.pid);
+  r.server_rss_before = server_rss(t);
 
   const std::int64_t start = now_ns() + 300'000'000;
   pool.broadcast(std::to_string(start));
@@ -1255,7 +1276,7 @@ fanout_result run_fanout(const target& t, std::size_t group_size, const std::vec
     if (k > 0) {
       for (std::int64_t at = now_ns() + 100'000'000; at < boundary; at += 100'000'000) {
         sleep_until_ns(at);
-        rss_peak[k - 1] = std::max(rss_peak[k - 1], resident_bytes(t.pid));
+        rss_peak[k - 1] = std::max(rss_peak[k - 1], server_rss(t));
       }
     }
     sleep_until_ns(boundary);
@@ -1347,7 +1368,7 @@ baseline_result run_baseline(const target& t, std::size_t connections, int windo
     for (std::size_t i = static_cast<std::size_t>(w); i < connections;
          i += static_cast<std::size_t>(t.procs)) {
       conns.push_back(std::make_shared<client::ws_connection>(io.get_executor()));
-      if (run_on(io, conns.back()->connect(t.url, std::chrono::seconds(10), source_address(i)))) {
+      if (run_on(io, conns.back()->connect(pick_url(t.url, i), std::chrono::seconds(10), source_address(i)))) {
         throw std::runtime_error("echo connect failed");
       }
     }
@@ -1403,9 +1424,9 @@ baseline_result run_baseline(const target& t, std::size_t connections, int windo
   const std::int64_t start = now_ns() + 300'000'000;
   pool.broadcast(std::to_string(start));
   sleep_until_ns(start);
-  const auto s0 = sample_process(t.pid);
+  const auto s0 = sample_server(t);
   sleep_until_ns(start + static_cast<std::int64_t>(seconds * 1e9));
-  const auto s1 = sample_process(t.pid);
+  const auto s1 = sample_server(t);
   baseline_result r;
   r.connections = connections;
   r.seconds = seconds;

@@ -13,16 +13,21 @@
 #include <vector>
 
 #include "latency_histogram.hpp"
+#include "process_sampler.hpp"
 
 namespace parley::bench {
 
 struct target {
+  // The server's WebSocket URL; for a cluster, every node's, separated by spaces
+  // (connections are spread over them: pick_url).
   std::string url;
   pid_t pid = -1;  // sampled from /proc during each step
   int procs = 2;   // worker processes of the generator
   // HOST:PORT serving parleyd's GET /metrics (its listen address unless it has a metrics
   // address of its own); empty: the store's commit latencies are not reported.
   std::string metrics_address;
+  // A cluster's other nodes, sampled with `pid` and summed (CPU, RSS, threads).
+  std::vector<pid_t> more_pids;
 };
 
 struct connect_result {
@@ -162,6 +167,25 @@ struct fanout_result {
   double sustained_deliveries_per_second = 0;
 };
 
+// The cluster scenario: for each node count, PostgreSQL, Redis and that many parleyd nodes on
+// this machine, the connections and users spread evenly over the nodes (pick_url), and the
+// connect, one-to-one and fanout scenarios run against them. The store's work as PostgreSQL
+// counts it (pg_stat_database: transactions committed, rows inserted, updated or deleted)
+// over the one-to-one steps.
+struct cluster_point {
+  int nodes = 0;
+  std::optional<connect_result> connect;
+  std::optional<one_to_one_result> one_to_one;
+  std::optional<fanout_result> fanout;
+  double store_seconds = 0;  // the one-to-one steps' time the store figures cover
+  double store_commits_per_second = 0;
+  double store_rows_per_second = 0;
+};
+
+struct cluster_result {
+  std::vector<cluster_point> points;
+};
+
 struct drain_result {
   std::size_t queued = 0, received = 0;
   bool in_order = false;
@@ -278,6 +302,10 @@ struct media_options {
   std::function<target()> s3_server;
   std::string s3_store;
 };
+
+// The server's CPU, RSS and threads now: `pid`'s, plus every one of `more_pids` (summed).
+process_sample sample_server(const target& t);
+std::uint64_t server_rss(const target& t);
 
 connect_result run_connect(const target& t, std::size_t connections, double hold_seconds);
 // `at_boundary(k)` (optional) is called in this process at each step boundary k = 0 .. steps,

@@ -18,6 +18,7 @@ constexpr const char* usage =
     "               [--no-fsync] [--log-level debug|info|warn|error] [--metrics-listen HOST:PORT]\n"
     "               [--tls-cert FILE --tls-key FILE] [--allow-plaintext]\n"
     "               [--media-listen HOST:PORT] [--media-url URL]\n"
+    "               [--node-id N] [--store postgresql://...] [--presence redis://...]\n"
     "  --listen   address to serve WebSocket (/v2/ws) and HTTP on (default 127.0.0.1:8080;\n"
     "             port 0 picks a free port, printed on start)\n"
     "  --data     data directory (default ./data)\n"
@@ -32,7 +33,11 @@ constexpr const char* usage =
     "  --allow-plaintext  serve plain ws:// on any address (behind a TLS-terminating proxy)\n"
     "  --media-listen  the blob server's address (default: the --listen host, its port + 1;\n"
     "             port 0 picks a free port)\n"
-    "  --media-url  the base URL clients reach the blob server at (default http://ADDRESS)\n";
+    "  --media-url  the base URL clients reach the blob server at (default http://ADDRESS)\n"
+    "  --node-id  this node's id in a cluster, 0-1023, unique per node (default 0)\n"
+    "  --store    the cluster's shared store, a PostgreSQL URI (default: RocksDB under --data)\n"
+    "  --presence the cluster's presence map and node bus, a Redis URI (default: this\n"
+    "             process only; needs --store)\n";
 
 }  // namespace
 
@@ -80,6 +85,17 @@ int main(int argc, char** argv) {
         if (cfg.media.public_url.rfind("http://", 0) != 0 &&
             cfg.media.public_url.rfind("https://", 0) != 0)
           throw std::invalid_argument("--media-url must start with http:// or https://");
+      } else if (arg == "--node-id") {
+        const std::string v = value();
+        unsigned n = 0;
+        const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+        if (v.empty() || ec != std::errc{} || end != v.data() + v.size() || n > 1023)
+          throw std::invalid_argument("--node-id must be 0-1023, got '" + v + "'");
+        cfg.node_id = n;
+      } else if (arg == "--store") {
+        cfg.store_url = value();
+      } else if (arg == "--presence") {
+        cfg.presence_url = value();
       } else if (arg == "--config") {
         value();  // applied above
       } else if (arg == "--no-fsync") {
@@ -104,6 +120,7 @@ int main(int argc, char** argv) {
       }
     }
 
+    parley::server::check_backends(cfg);
     parley::server::check_transport(cfg);
     parley::server::server server(cfg);
     const auto endpoint = server.start();

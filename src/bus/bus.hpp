@@ -1,7 +1,7 @@
 // The Bus: hands frames to the connection of a device, wherever it is connected.
 //
-// Embedded: bus/local/local_bus (every device is on this process). Cluster (later): a Redis
-// pub/sub channel per node, batched per node.
+// Embedded: bus/local/local_bus (every device is on this process). Cluster: bus/redis/redis_bus
+// (a Redis pub/sub channel per node, one message per target node per fan-out).
 //
 // Delivery through the bus is best-effort and at-most-once: messages are already durable in
 // the chat log (the Store), so a device that misses a push gets the message on its next drain
@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "store/store.hpp"
@@ -42,6 +43,11 @@ using shared_envelope = std::shared_ptr<const envelope>;
 // A chat-log entry as the wire's Envelope (pushes, drains and History pages alike).
 void to_wire(const store::chat_message& m, parley::v2::Envelope& e);
 
+// Each device's share of `receipts`, devices in order of first appearance, marks in the order
+// given: one push per device.
+std::vector<std::pair<std::uint64_t, std::vector<store::watermark>>> receipts_by_device(
+    const std::vector<store::receipt_delivery>& receipts);
+
 // A connected device. Methods may be called from any thread and must not block: an
 // implementation hands the work to its own executor.
 class endpoint {
@@ -55,6 +61,9 @@ class endpoint {
   virtual void push_ephemeral(wire::encoded_frame frame) = 0;
   // Another connection authenticated as the same device: this one must close.
   virtual void replaced() = 0;
+  // Pushes to this device may have been lost (the cluster's bus was unreachable): read the
+  // chat log above what it was sent again.
+  virtual void resync() = 0;
 };
 
 class bus {

@@ -1,5 +1,7 @@
 #include "bus/bus.hpp"
 
+#include <unordered_map>
+
 namespace parley::bus {
 
 void to_wire(const store::chat_message& m, parley::v2::Envelope& e) {
@@ -27,6 +29,18 @@ const wire::encoded_frame& envelope::frame() const {
     frame_ = wire::encode(f);
   });
   return frame_;
+}
+
+std::vector<std::pair<std::uint64_t, std::vector<store::watermark>>> receipts_by_device(
+    const std::vector<store::receipt_delivery>& receipts) {
+  std::vector<std::pair<std::uint64_t, std::vector<store::watermark>>> by_device;
+  std::unordered_map<std::uint64_t, std::size_t> index;  // device -> its place in by_device
+  for (const auto& r : receipts) {
+    auto [it, added] = index.try_emplace(r.device, by_device.size());
+    if (added) by_device.emplace_back(r.device, std::vector<store::watermark>{});
+    by_device[it->second].second.push_back(r.mark);
+  }
+  return by_device;
 }
 
 }  // namespace parley::bus

@@ -1,7 +1,8 @@
 // The three backends a parleyd runs on, behind their interfaces: the store, presence and the
 // bus. The server sees only the interfaces; which implementations are built is decided here.
-// Embedded (today's only kind): RocksDB under the data directory, presence and routing in
-// this process. The cluster kind (PostgreSQL-protocol store, Redis) is another factory.
+// Embedded (the default): RocksDB under the data directory, presence and routing in this
+// process. Cluster: the store on PostgreSQL (config::store_url); presence and routing in Redis
+// (config::presence_url) when given, else in this process (one node on a shared store).
 #pragma once
 
 #include <chrono>
@@ -24,7 +25,7 @@ struct backends {
 // Called on the store's writer after each group commit: its latency and request count.
 using commit_observer = std::function<void(std::chrono::nanoseconds, std::size_t)>;
 
-// The embedded backends for `cfg`. Throws std::runtime_error if the store cannot be opened.
-backends make_embedded_backends(const config& cfg, commit_observer on_commit);
+// The backends `cfg` names. Throws std::runtime_error if the store cannot be opened.
+backends make_backends(const config& cfg, commit_observer on_commit);
 
 }  // namespace parley::server

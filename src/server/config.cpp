@@ -1,5 +1,7 @@
 #include "server/config.hpp"
 
+#include "redis/redis_client.hpp"
+
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -44,7 +46,8 @@ std::optional<T> typed(const View& n, std::string_view key) {
 
 const std::map<std::string, std::vector<std::string>, std::less<>>& known_keys() {
   static const std::map<std::string, std::vector<std::string>, std::less<>> keys{
-      {"", {"listen", "data", "threads", "node_id", "fsync", "metrics_listen"}},
+      {"", {"listen", "data", "threads", "node_id", "fsync", "metrics_listen", "store", "presence",
+             "presence_ttl_s"}},
       {"limits",
        {"max_frame_bytes", "max_payload_bytes", "max_in_flight", "max_outbound_frames",
         "max_outbound_bytes", "drain_page", "auth_timeout_ms", "max_unauthenticated_frame_bytes",
@@ -184,6 +187,12 @@ config load_config_file(const std::filesystem::path& file, config c) {
     c.node_id = static_cast<std::uint64_t>(*v);
   }
   if (auto v = typed<bool>(t["fsync"], "fsync")) c.fsync = *v;
+  if (auto v = typed<std::string>(t["store"], "store")) c.store_url = *v;
+  if (auto v = typed<std::string>(t["presence"], "presence")) c.presence_url = *v;
+  if (auto v = typed<std::int64_t>(t["presence_ttl_s"], "presence_ttl_s")) {
+    if (*v < 3 || *v > 3600) throw std::runtime_error("config: presence_ttl_s must be 3-3600");
+    c.presence_ttl = std::chrono::seconds(*v);
+  }
 
   auto l = t["limits"];
   positive("limits.max_frame_bytes", l["max_frame_bytes"], c.limits.max_frame_bytes);
@@ -328,6 +337,20 @@ config load_config_file(const std::filesystem::path& file, config c) {
         "payload is limits.max_payload_bytes");
   }
   return c;
+}
+
+void check_backends(const config& c) {
+  auto starts = [](const std::string& s, std::string_view prefix) { return s.rfind(prefix, 0) == 0; };
+  if (!c.store_url.empty() && !starts(c.store_url, "postgresql://") &&
+      !starts(c.store_url, "postgres://")) {
+    throw std::invalid_argument("store must be a postgresql:// URI (or empty for the embedded "
+                                "store), got '" + c.store_url + "'");
+  }
+  if (!c.presence_url.empty()) redis::parse_url(c.presence_url);  // throws invalid_argument
+  if (!c.presence_url.empty() && c.store_url.empty()) {
+    throw std::invalid_argument("presence in Redis needs a shared store (--store "
+                                "postgresql://...): nodes route to each other over one chat log");
+  }
 }
 
 void check_transport(const config& c) {

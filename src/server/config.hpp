@@ -68,6 +68,14 @@ struct config {
   unsigned threads = 0;  // 0: one per core
   std::uint64_t node_id = 0;
   bool fsync = true;
+  // The cluster kind (docs/scaling.md): `store` a postgresql:// URI (or libpq conninfo) of
+  // the shared store instead of RocksDB under data_dir; `presence` a redis:// URI of the
+  // presence map and the node bus instead of this process. Empty: the embedded backends.
+  std::string store_url;
+  std::string presence_url;
+  // How long a device's routing entry and a node's presence announcement live in Redis
+  // without a refresh (every third of it): how long a dead node's users look connected.
+  std::chrono::seconds presence_ttl{30};
 
   wire::limits limits;
   std::size_t max_in_flight = 256;         // requests awaiting a response, per connection
@@ -119,7 +127,8 @@ struct config {
 
 // Reads a TOML file over `base`. Throws std::runtime_error naming the key on a bad value, an
 // unknown key or table, or values that contradict each other. Keys (docs/operations.md):
-// listen = "HOST:PORT", data = "DIR", threads, node_id, fsync, metrics_listen = "HOST:PORT";
+// listen = "HOST:PORT", data = "DIR", threads, node_id, fsync, metrics_listen = "HOST:PORT",
+// store = "postgresql://...", presence = "redis://...";
 // [limits] max_frame_bytes, max_payload_bytes, max_in_flight, max_outbound_frames,
 // max_outbound_bytes, drain_page, auth_timeout_ms, max_unauthenticated_frame_bytes,
 // max_group_members, group_receipts_ms;
@@ -133,6 +142,10 @@ config load_config_file(const std::filesystem::path& file, config base);
 
 // "HOST:PORT" -> host, port. Throws std::invalid_argument.
 void parse_listen(const std::string& text, config& out);
+// Refuses (std::invalid_argument) a store or presence URL of another scheme, and a Redis
+// presence without a shared store (nodes that do not share the chat log cannot route to
+// each other).
+void check_backends(const config& c);
 // Refuses (std::invalid_argument) a certificate without a key or the reverse, and plain ws://
 // on an address that is not a loopback one unless allow_plaintext is set.
 void check_transport(const config& c);

@@ -297,3 +297,44 @@ TEST(config, limits_of_the_wrong_type_are_refused) {
 
 }  // namespace
 }  // namespace parley::server
+
+namespace parley::server {
+namespace {
+
+TEST(config, the_cluster_backends_are_read_and_checked) {
+  auto p = write_temp("cluster", R"(
+node_id = 7
+store = "postgresql://parley@db.internal:5432/parley"
+presence = "redis://10.0.0.5:6379?cluster=1"
+presence_ttl_s = 12
+)");
+  const config c = load_config_file(p, {});
+  EXPECT_EQ(c.node_id, 7u);
+  EXPECT_EQ(c.store_url, "postgresql://parley@db.internal:5432/parley");
+  EXPECT_EQ(c.presence_url, "redis://10.0.0.5:6379?cluster=1");
+  EXPECT_EQ(c.presence_ttl, std::chrono::seconds(12));
+  EXPECT_NO_THROW(check_backends(c));
+
+  EXPECT_NE(load_error("ttl", "presence_ttl_s = 1\n").find("presence_ttl_s"), std::string::npos);
+  config bad = c;
+  bad.store_url = "mysql://x";
+  EXPECT_THROW(check_backends(bad), std::invalid_argument);
+  bad = c;
+  bad.presence_url = "redis://host:99999";
+  EXPECT_THROW(check_backends(bad), std::invalid_argument);
+  bad = c;
+  bad.presence_url = "memcached://host";
+  EXPECT_THROW(check_backends(bad), std::invalid_argument);
+  // Routing between nodes needs the chat log they share.
+  bad = c;
+  bad.store_url.clear();
+  EXPECT_THROW(check_backends(bad), std::invalid_argument);
+  // The embedded default, and one node on a shared store, are fine.
+  EXPECT_NO_THROW(check_backends(config{}));
+  bad = c;
+  bad.presence_url.clear();
+  EXPECT_NO_THROW(check_backends(bad));
+}
+
+}  // namespace
+}  // namespace parley::server

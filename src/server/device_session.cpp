@@ -333,6 +333,20 @@ void device_session::replaced() {
   asio::post(executor_, [self = shared_from_this()] { self->close(close_reason::replaced); });
 }
 
+void device_session::resync() {
+  lane().post([self = shared_from_this()] {
+    if (self->closed_ || !self->authenticated()) return;
+    if (self->draining_) {
+      self->dirty_ = true;  // the running drain reads again
+      return;
+    }
+    // A drain like the one after authentication: what is above the device's cursor (and not
+    // pushed since), the current watermarks, then QueueEmpty again.
+    self->draining_ = true;
+    asio::co_spawn(self->executor_, self->drain(0), log_failure);
+  });
+}
+
 std::uint64_t device_session::pushed(std::uint64_t chat) const {
   if (!pushed_) return 0;
   auto it = std::lower_bound(pushed_->begin(), pushed_->end(), std::make_pair(chat, std::uint64_t{0}));

@@ -70,6 +70,7 @@ class device_session final : public bus::endpoint,
   void push_receipts(std::vector<store::watermark> marks) override;
   void push_ephemeral(wire::encoded_frame frame) override;
   void replaced() override;
+  void resync() override;
 
  private:
   using frame = parley::v2::Frame;

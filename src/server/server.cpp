@@ -86,7 +86,7 @@ struct server::impl {
               stats),
         limiters(cfg.rates) {
     if (cfg.threads == 0) cfg.threads = std::max(1u, std::thread::hardware_concurrency());
-    backend = make_embedded_backends(cfg, [this](std::chrono::nanoseconds d, std::size_t n) {
+    backend = make_backends(cfg, [this](std::chrono::nanoseconds d, std::size_t n) {
       stats.store_write_latency.observe(d);
       stats.group_commits.fetch_add(1, std::memory_order_relaxed);
       stats.group_commit_requests.fetch_add(n, std::memory_order_relaxed);

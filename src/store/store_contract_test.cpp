@@ -1,6 +1,7 @@
-// The Store contract, run against every backend (today: RocksDB; the PostgreSQL-protocol
-// backend joins this list when it lands). What only the RocksDB store promises (its threads,
-// caches, compaction, the cost of a login) is in rocksdb/rocksdb_store_test.cpp.
+// The Store contract, run against every backend: RocksDB (embedded) and PostgreSQL (cluster;
+// the server the CTest fixture postgres_start runs, named by PARLEY_TEST_POSTGRES_DIR, one
+// database per test). What only the RocksDB store promises (its threads, caches, compaction,
+// the cost of a login) is in rocksdb/rocksdb_store_test.cpp.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,7 +17,9 @@
 #include <stdexcept>
 #include <thread>
 
+#include "store/postgresql/postgresql_store.hpp"
 #include "store/rocksdb/rocksdb_store.hpp"
+#include "postgres_test_server.hpp"
 #include "store/store_test_calls.hpp"
 #include "temp_dir.hpp"
 
@@ -115,6 +118,17 @@ std::vector<backend> backends() {
              if (t.after_commit)
                o.on_commit = [f = t.after_commit](std::chrono::nanoseconds, std::size_t) { f(); };
              return std::make_unique<rocksdb_store>(o);
+           }},
+          {"postgresql", [](const fs::path& dir, const tuning& t) {
+             postgresql_options o;
+             // A database per test directory: a reopen finds the same one.
+             o.conninfo = test_support::postgres_database(dir.filename().string());
+             o.sync = true;
+             if (t.max_pending != 0) o.max_pending = t.max_pending;
+             if (t.dedupe_window != 0ms) o.dedupe_window = t.dedupe_window;
+             if (t.after_commit)
+               o.on_commit = [f = t.after_commit](std::chrono::nanoseconds, std::size_t) { f(); };
+             return std::make_unique<postgresql_store>(o);
            }}};
 }
 

@@ -1,5 +1,6 @@
 // Starts s3rver (an S3-compatible server, from npm; scripts/setup installs it) for the media
-// tests: on 127.0.0.1, a free port, data under argv[2], with the bucket "parley", silent.
+// tests: on 127.0.0.1, a free port (or argv[3]), data under argv[2], with the bucket "parley",
+// silent.
 // Prints "s3rver listening on HOST:PORT" once it accepts connections (what
 // test_support::spawn_listening reads). Stopped with SIGTERM.
 'use strict';
@@ -7,12 +8,12 @@ const S3rver = require('s3rver');
 
 const directory = process.argv[2];
 if (!directory) {
-  console.error('usage: node s3rver_launch.js DATA_DIR');
+  console.error('usage: node s3rver_launch.js DATA_DIR [PORT]');
   process.exit(2);
 }
 new S3rver({
   address: '127.0.0.1',
-  port: 0,
+  port: Number(process.argv[3] || 0),
   silent: true,
   directory,
   configureBuckets: [{ name: 'parley' }],

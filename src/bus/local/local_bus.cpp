@@ -57,15 +57,7 @@ void local_bus::deliver_message(const std::vector<device_id>& devices, shared_en
 }
 
 void local_bus::deliver_receipts(const std::vector<store::receipt_delivery>& receipts) {
-  // One push per device, carrying every watermark bound there, in the order given.
-  std::vector<std::pair<device_id, std::vector<store::watermark>>> by_device;
-  std::unordered_map<device_id, std::size_t> index;  // device -> its place in by_device
-  for (const auto& r : receipts) {
-    auto [it, added] = index.try_emplace(r.device, by_device.size());
-    if (added) by_device.emplace_back(r.device, std::vector<store::watermark>{});
-    by_device[it->second].second.push_back(r.mark);
-  }
-  for (auto& [device, marks] : by_device) {
+  for (auto& [device, marks] : receipts_by_device(receipts)) {
     if (auto ep = find(device)) ep->push_receipts(std::move(marks));
   }
 }

@@ -32,6 +32,7 @@
 #include "parley/store/v1/records.pb.h"
 #include "store/rocksdb/keys.hpp"
 #include "store/rocksdb/login_index.hpp"
+#include "store/watermarks.hpp"
 
 namespace parley::store {
 namespace {
@@ -145,38 +146,6 @@ struct cached_chat {
   }
 };
 
-// A group's merged watermarks as last pushed (group_receipts): the lowest delivered and read
-// watermark of its members, who holds it, and the lowest of the others (what that member sees).
-struct group_marks {
-  std::uint64_t delivered = 0, delivered_holder = 0, delivered_next = 0;
-  std::uint64_t read = 0, read_holder = 0, read_next = 0;
-  bool operator==(const group_marks&) const = default;
-  // What `user` sees: the lowest of every member but itself.
-  std::uint64_t delivered_for(std::uint64_t user) const {
-    return user == delivered_holder ? delivered_next : delivered;
-  }
-  std::uint64_t read_for(std::uint64_t user) const {
-    return user == read_holder ? read_next : read;
-  }
-};
-
-// The lowest of `values` (per member, parallel to `members`), who holds it, and the lowest of
-// the rest; UINT64_MAX where there is none.
-void lowest_two(const std::vector<std::uint64_t>& members, const std::vector<std::uint64_t>& values,
-                std::uint64_t& low, std::uint64_t& holder, std::uint64_t& next) {
-  low = UINT64_MAX;
-  holder = 0;
-  next = UINT64_MAX;
-  for (std::size_t i = 0; i < members.size(); ++i) {
-    if (values[i] < low) {
-      next = low;
-      low = values[i];
-      holder = members[i];
-    } else if (values[i] < next) {
-      next = values[i];
-    }
-  }
-}
 
 // A user's entry in user_chats: whether the chat is a group, and for a group the user left
 // or was removed from, the seq of that event (the last the user may get).
@@ -820,10 +789,7 @@ struct rocksdb_store::impl {
       delivered.push_back(std::max(*d, *r));
       read.push_back(*r);
     }
-    group_marks m;
-    lowest_two(c.members, delivered, m.delivered, m.delivered_holder, m.delivered_next);
-    lowest_two(c.members, read, m.read, m.read_holder, m.read_next);
-    return m;
+    return merge_marks(c.members, delivered, read);
   }
   // Groups' merged watermarks as last pushed (group_receipts); forgotten with the caches (the
   // next call pushes them again, which receivers apply as a maximum).
@@ -1770,15 +1736,7 @@ void rocksdb_store::ack(device_id device, user_id user, std::vector<cursor_updat
       [this, device, user,
        cursors = std::move(cursors)](group& g) mutable -> result<watermark_moves> {
         auto& d = *impl_;
-        // A chat named twice counts at its highest seq.
-        std::sort(cursors.begin(), cursors.end(), [](const cursor_update& a, const cursor_update& b) {
-          return a.chat != b.chat ? a.chat < b.chat : a.seq > b.seq;
-        });
-        cursors.erase(std::unique(cursors.begin(), cursors.end(),
-                                  [](const cursor_update& a, const cursor_update& b) {
-                                    return a.chat == b.chat;
-                                  }),
-                      cursors.end());
+        one_cursor_per_chat(cursors);
         auto me = d.user_record(user);
         if (!me) return me.error();
         const std::string my_name = (*me)->username;
@@ -2351,13 +2309,7 @@ void rocksdb_store::status(user_id requester, chat_id chat, std::uint64_t seq, b
           if (read) out.read_by.push_back(*name);
           out.delivered_to.push_back(std::move(*name));
         }
-        if (out.recipients == 0) {
-          out.status = message_status::sent;  // nobody else to have it (a group of one)
-        } else if (out.read == out.recipients) {
-          out.status = message_status::read;
-        } else if (out.delivered == out.recipients) {
-          out.status = message_status::delivered;
-        }
+        settle_status(out);
         return out;
       });
 }

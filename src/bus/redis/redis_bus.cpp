@@ -1,0 +1,441 @@
+#include "bus/redis/redis_bus.hpp"
+
+#include <boost/asio/steady_timer.hpp>
+
+#include "common/clock.hpp"
+#include "common/log.hpp"
+#include "parley/bus/v1/bus.pb.h"
+
+namespace parley::bus {
+
+namespace pb = parley::bus::v1;
+
+namespace {
+
+// Sets the key if it is missing or names this node (a device that moved to another node is
+// that node's to refresh).
+constexpr const char* refresh_script =
+    "local v = redis.call('GET', KEYS[1]) "
+    "if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) "
+    "return 1 end return 0";
+// Deletes the key only if it still names this node.
+constexpr const char* detach_script =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
+    "return 0";
+
+std::uint64_t parse_node(const std::optional<redis::reply>& r) {
+  if (!r || r->type != redis::reply::kind::string) return 0;
+  std::uint64_t v = 0;
+  for (char c : r->str) {
+    if (c < '0' || c > '9') return 0;
+    v = v * 10 + static_cast<std::uint64_t>(c - '0');
+  }
+  return v + 1;  // stored as node id; 0 here means "none": callers subtract one
+}
+
+void to_record(const store::chat_message& m, pb::LogEntry& e) {
+  e.set_chat_id(m.chat);
+  e.set_seq(m.seq);
+  auto* s = e.mutable_message();
+  s->set_message_id(m.id);
+  s->set_sender_user(m.sender);
+  s->set_sender_device(m.sender_device);
+  s->set_sender_name(m.sender_name);
+  s->set_sent_at_ms(m.sent_at_ms);
+  s->set_payload(m.payload);
+  s->set_cipher_type(m.cipher_type);
+  if (!m.media.empty()) s->set_media_id(m.media);
+  if (m.event) {
+    auto* ev = s->mutable_event();
+    ev->set_change(static_cast<std::uint32_t>(m.event->change));
+    ev->set_user(m.event->user);
+    ev->set_name(m.event->name);
+    for (const auto& member : m.event->members) ev->add_members(member);
+  }
+}
+
+store::shared_message from_record(const pb::LogEntry& e) {
+  const auto& s = e.message();
+  auto m = std::make_shared<store::chat_message>();
+  m->chat = e.chat_id();
+  m->seq = e.seq();
+  m->id = s.message_id();
+  m->sender = s.sender_user();
+  m->sender_device = s.sender_device();
+  m->sender_name = s.sender_name();
+  m->sent_at_ms = s.sent_at_ms();
+  m->payload = s.payload();
+  m->cipher_type = s.cipher_type();
+  m->media = s.media_id();
+  if (s.has_event() && s.event().change() >= 1 && s.event().change() <= 7) {
+    const auto& ev = s.event();
+    m->event = std::make_shared<const store::group_event>(
+        store::group_event{static_cast<store::group_change>(ev.change()), ev.user(), ev.name(),
+                           {ev.members().begin(), ev.members().end()}});
+  }
+  return m;
+}
+
+void to_record(const store::watermark& w, pb::Watermark& out) {
+  out.set_chat_id(w.chat);
+  out.set_user(w.user);
+  out.set_status(static_cast<std::uint32_t>(w.status));
+  out.set_up_to(w.up_to);
+  out.set_at_ms(w.at_ms);
+  out.set_stamp(w.stamp);
+}
+
+store::watermark from_record(const pb::Watermark& w) {
+  const auto status = w.status() >= 1 && w.status() <= 3
+                          ? static_cast<store::message_status>(w.status())
+                          : store::message_status::delivered;
+  return {w.chat_id(), w.user(), status, w.up_to(), w.at_ms(), w.stamp()};
+}
+
+}  // namespace
+
+std::string device_key(device_id device) {
+  return "parley:conn:{d" + std::to_string(device) + "}";
+}
+
+std::string node_channel(std::uint64_t node) {
+  return "parley:node:{" + std::to_string(node) + "}";
+}
+
+// What the Redis thread's timer and the reconnection logic share.
+struct redis_bus::state {
+  explicit state(const boost::asio::any_io_executor& ex) : timer(ex) {}
+  boost::asio::steady_timer timer;
+  bool was_down = false;  // Redis thread
+  bool stopped = false;   // Redis thread
+};
+
+redis_bus::redis_bus(std::shared_ptr<redis::client> client, redis_bus_options options)
+    : client_(std::move(client)),
+      options_(options),
+      state_(std::make_shared<state>(client_->executor())) {
+  client_->subscribe(
+      node_channel(options_.node_id), [this](std::string_view p) { on_message(p); },
+      [this] { resync_all("the node channel's subscription came back"); });
+  client_->subscribe(
+      all_channel, [this](std::string_view p) { on_message(p); }, [] {});
+  client_->on_state([this](bool up) {
+    if (!up) {
+      state_->was_down = true;
+      return;
+    }
+    if (!state_->was_down) {
+      refresh();  // the first connection: register what is connected already
+      return;
+    }
+    state_->was_down = false;
+    refresh();
+    resync_all("Redis is reachable again");
+  });
+}
+
+redis_bus::~redis_bus() {
+  stop();
+  client_->stop();  // joins its threads: no handler runs into this object after it
+}
+
+void redis_bus::set_presence(presence_handler on_presence,
+                             std::function<std::vector<pb::PresenceState>()> presence_snapshot,
+                             std::function<void(std::chrono::steady_clock::time_point)> on_refresh) {
+  on_presence_ = std::move(on_presence);
+  presence_snapshot_ = std::move(presence_snapshot);
+  on_refresh_ = std::move(on_refresh);
+}
+
+void redis_bus::start() {
+  client_->post([this] { arm_refresh(); });
+}
+
+// Redis thread: the next refresh in ttl / 3.
+void redis_bus::arm_refresh() {
+  if (state_->stopped) return;
+  state_->timer.expires_after(std::chrono::duration_cast<std::chrono::milliseconds>(options_.ttl) /
+                              3);
+  state_->timer.async_wait([this](boost::system::error_code ec) {
+    if (ec || state_->stopped) return;
+    refresh();
+    arm_refresh();
+  });
+}
+
+void redis_bus::stop() {
+  // Before the client stops: a pending timer would keep its thread from finishing.
+  client_->post([s = state_] {
+    s->stopped = true;
+    s->timer.cancel();
+  });
+}
+
+void redis_bus::attach(device_id device, const std::string& username,
+                       std::shared_ptr<endpoint> ep) {
+  std::shared_ptr<endpoint> previous;
+  const std::uint64_t now = now_ms();
+  {
+    std::lock_guard lock(mutex_);
+    auto& e = devices_[device];
+    previous = e.ep.lock();
+    e.username = username;
+    e.ep = ep;
+    e.attached_ms = now;
+    by_user_[username].insert(device);
+  }
+  if (previous && previous != ep) previous->replaced();
+  const std::string key = device_key(device);
+  const std::string me = std::to_string(options_.node_id);
+  client_->command(key,
+                   {"SET", key, me, "EX", std::to_string(options_.ttl.count()), "GET"},
+                   [this, device, now](std::optional<redis::reply> r) {
+                     const std::uint64_t was = parse_node(r);
+                     if (was == 0 || was - 1 == options_.node_id) return;
+                     // The device was connected to another node: that connection must go.
+                     pb::NodeMessage m;
+                     m.set_from_node(options_.node_id);
+                     m.set_replaced_device(device);
+                     m.set_replaced_at_ms(now);
+                     publish_to(was - 1, m);
+                   });
+}
+
+void redis_bus::detach(device_id device, const endpoint* ep) {
+  {
+    std::lock_guard lock(mutex_);
+    auto it = devices_.find(device);
+    if (it == devices_.end()) return;
+    auto current = it->second.ep.lock();
+    if (current && current.get() != ep) return;  // a newer connection owns the device now
+    auto user = by_user_.find(it->second.username);
+    if (user != by_user_.end()) {
+      user->second.erase(device);
+      if (user->second.empty()) by_user_.erase(user);
+    }
+    devices_.erase(it);
+  }
+  const std::string key = device_key(device);
+  client_->command(key, {"EVAL", detach_script, "1", key, std::to_string(options_.node_id)});
+}
+
+std::shared_ptr<endpoint> redis_bus::find(device_id device) const {
+  std::lock_guard lock(mutex_);
+  auto it = devices_.find(device);
+  return it == devices_.end() ? nullptr : it->second.ep.lock();
+}
+
+std::vector<std::shared_ptr<endpoint>> redis_bus::endpoints_of(const std::string& username) const {
+  std::vector<std::shared_ptr<endpoint>> out;
+  std::lock_guard lock(mutex_);
+  auto user = by_user_.find(username);
+  if (user == by_user_.end()) return out;
+  for (device_id d : user->second) {
+    auto it = devices_.find(d);
+    if (it == devices_.end()) continue;
+    if (auto ep = it->second.ep.lock()) out.push_back(std::move(ep));
+  }
+  return out;
+}
+
+std::vector<std::shared_ptr<endpoint>> redis_bus::all_endpoints() const {
+  std::vector<std::shared_ptr<endpoint>> out;
+  std::lock_guard lock(mutex_);
+  out.reserve(devices_.size());
+  for (const auto& [_, e] : devices_) {
+    if (auto ep = e.ep.lock()) out.push_back(std::move(ep));
+  }
+  return out;
+}
+
+std::size_t redis_bus::connected_devices() const {
+  std::lock_guard lock(mutex_);
+  return devices_.size();
+}
+
+void redis_bus::lookup(
+    std::vector<device_id> devices,
+    std::function<void(std::vector<std::pair<device_id, std::uint64_t>>)> done) {
+  struct gather {
+    std::vector<std::pair<device_id, std::uint64_t>> found;
+    std::size_t waiting = 0;
+    std::function<void(std::vector<std::pair<device_id, std::uint64_t>>)> done;
+  };
+  auto g = std::make_shared<gather>();
+  g->found.reserve(devices.size());
+  for (auto d : devices) g->found.emplace_back(d, 0);
+  g->waiting = devices.size();
+  g->done = std::move(done);
+  // Issued back to back: hiredis pipelines them; the replies come in one burst per node.
+  for (std::size_t i = 0; i < devices.size(); ++i) {
+    const std::string key = device_key(devices[i]);
+    client_->command(key, {"GET", key}, [g, i](std::optional<redis::reply> r) {
+      g->found[i].second = parse_node(r);  // node + 1, or 0
+      if (--g->waiting == 0) g->done(std::move(g->found));
+    });
+  }
+}
+
+void redis_bus::publish_to(std::uint64_t node, const pb::NodeMessage& m) {
+  client_->publish(node_channel(node), m.SerializeAsString());
+}
+
+void redis_bus::deliver_message(const std::vector<device_id>& devices, shared_envelope e) {
+  std::vector<std::shared_ptr<endpoint>> local;
+  std::vector<device_id> remote;
+  {
+    std::lock_guard lock(mutex_);
+    for (device_id d : devices) {
+      auto it = devices_.find(d);
+      auto ep = it == devices_.end() ? nullptr : it->second.ep.lock();
+      if (ep) {
+        local.push_back(std::move(ep));
+      } else {
+        remote.push_back(d);
+      }
+    }
+  }
+  for (auto& ep : local) ep->push_message(e);
+  if (remote.empty() || !client_->connected()) return;
+  lookup(std::move(remote), [this, e = std::move(e)](auto found) {
+    std::unordered_map<std::uint64_t, pb::NodeMessage> by_node;
+    for (const auto& [device, node_plus_one] : found) {
+      if (node_plus_one == 0 || node_plus_one - 1 == options_.node_id) continue;
+      by_node[node_plus_one - 1].add_devices(device);
+    }
+    if (by_node.empty()) return;
+    // The entry is serialized once and copied into each node's message.
+    pb::LogEntry entry;
+    to_record(e->message(), entry);
+    for (auto& [node, m] : by_node) {
+      m.set_from_node(options_.node_id);
+      *m.mutable_entry() = entry;
+      publish_to(node, m);
+    }
+  });
+}
+
+void redis_bus::deliver_receipts(const std::vector<store::receipt_delivery>& receipts) {
+  // One push per device, carrying every watermark bound there, in the order given.
+  auto by_device = receipts_by_device(receipts);
+  auto remote = std::make_shared<std::vector<std::pair<device_id, std::vector<store::watermark>>>>();
+  for (auto& [device, marks] : by_device) {
+    if (auto ep = find(device)) {
+      ep->push_receipts(std::move(marks));
+    } else {
+      remote->emplace_back(device, std::move(marks));
+    }
+  }
+  if (remote->empty() || !client_->connected()) return;
+  std::vector<device_id> ids;
+  ids.reserve(remote->size());
+  for (const auto& [device, _] : *remote) ids.push_back(device);
+  lookup(std::move(ids), [this, remote](auto found) {
+    std::unordered_map<std::uint64_t, pb::NodeMessage> by_node;
+    for (std::size_t i = 0; i < found.size(); ++i) {
+      const std::uint64_t node_plus_one = found[i].second;
+      if (node_plus_one == 0 || node_plus_one - 1 == options_.node_id) continue;
+      auto* r = by_node[node_plus_one - 1].add_receipts();
+      r->set_device(found[i].first);
+      for (const auto& w : (*remote)[i].second) to_record(w, *r->add_marks());
+    }
+    for (auto& [node, m] : by_node) {
+      m.set_from_node(options_.node_id);
+      publish_to(node, m);
+    }
+  });
+}
+
+void redis_bus::deliver_ephemeral(const std::string& username, wire::encoded_frame frame) {
+  for (auto& ep : endpoints_of(username)) ep->push_ephemeral(frame);
+  if (!client_->connected()) return;
+  // The user may have devices on other nodes too: every node gets it and keeps its share.
+  pb::NodeMessage m;
+  m.set_from_node(options_.node_id);
+  m.set_ephemeral_user(username);
+  m.set_ephemeral_frame(*frame);
+  client_->publish(all_channel, m.SerializeAsString());
+}
+
+void redis_bus::publish_presence(std::vector<pb::PresenceState> states) {
+  if (states.empty() || !client_->connected()) return;
+  pb::NodeMessage m;
+  m.set_from_node(options_.node_id);
+  for (auto& s : states) *m.add_presence() = std::move(s);
+  client_->publish(all_channel, m.SerializeAsString());
+}
+
+void redis_bus::on_message(std::string_view payload) {
+  pb::NodeMessage m;
+  if (!m.ParseFromArray(payload.data(), static_cast<int>(payload.size()))) {
+    log_warn() << "bus: a message on Redis that is no NodeMessage (" << payload.size()
+               << " bytes), ignored";
+    return;
+  }
+  if (m.from_node() == options_.node_id) return;  // our own, on "parley:all"
+  if (m.has_entry() && m.devices_size() > 0) {
+    auto e = std::make_shared<const envelope>(from_record(m.entry()));
+    for (auto device : m.devices()) {
+      if (auto ep = find(device)) ep->push_message(e);
+    }
+  }
+  for (const auto& r : m.receipts()) {
+    auto ep = find(r.device());
+    if (!ep) continue;
+    std::vector<store::watermark> marks;
+    marks.reserve(static_cast<std::size_t>(r.marks_size()));
+    for (const auto& w : r.marks()) marks.push_back(from_record(w));
+    ep->push_receipts(std::move(marks));
+  }
+  if (m.replaced_device() != 0) {
+    std::shared_ptr<endpoint> old;
+    {
+      std::lock_guard lock(mutex_);
+      auto it = devices_.find(m.replaced_device());
+      // A connection made here after the other node's is the newer one: it stays.
+      if (it != devices_.end() && it->second.attached_ms <= m.replaced_at_ms())
+        old = it->second.ep.lock();
+    }
+    if (old) old->replaced();
+  }
+  if (!m.ephemeral_user().empty()) {
+    auto frame = std::make_shared<const std::string>(m.ephemeral_frame());
+    for (auto& ep : endpoints_of(m.ephemeral_user())) ep->push_ephemeral(frame);
+  }
+  if ((m.presence_size() > 0 || m.full_presence()) && on_presence_) {
+    on_presence_(m.from_node(), m.full_presence(), {m.presence().begin(), m.presence().end()});
+  }
+}
+
+void redis_bus::refresh() {
+  std::vector<device_id> ids;
+  {
+    std::lock_guard lock(mutex_);
+    ids.reserve(devices_.size());
+    for (const auto& [d, _] : devices_) ids.push_back(d);
+  }
+  const std::string me = std::to_string(options_.node_id);
+  const std::string ttl = std::to_string(options_.ttl.count());
+  for (auto d : ids) {
+    const std::string key = device_key(d);
+    client_->command(key, {"EVAL", refresh_script, "1", key, me, ttl});
+  }
+  if (on_refresh_) on_refresh_(std::chrono::steady_clock::now());
+  if (presence_snapshot_ && client_->connected()) {
+    pb::NodeMessage m;
+    m.set_from_node(options_.node_id);
+    m.set_full_presence(true);
+    for (auto& s : presence_snapshot_()) *m.add_presence() = std::move(s);
+    client_->publish(all_channel, m.SerializeAsString());
+  }
+}
+
+void redis_bus::resync_all(const char* why) {
+  auto endpoints = all_endpoints();
+  if (endpoints.empty()) return;
+  log_warn() << "bus: " << why << ": " << endpoints.size()
+             << " connected devices read the log again (pushes may have been lost)";
+  for (auto& ep : endpoints) ep->resync();
+}
+
+}  // namespace parley::bus

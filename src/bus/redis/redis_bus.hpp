@@ -1,0 +1,123 @@
+// The cluster's Bus: frames for devices connected to other parleyd nodes go over Redis.
+//
+// Routing map: "parley:conn:{d<device>}" -> the node id holding the device's connection, set
+// (SET ... EX ttl GET) when the device authenticates here, refreshed every ttl / 3 for every
+// device connected here (only while the key is missing or still names this node), and
+// deleted when the connection closes (only if it still names this node). A node that dies
+// stops refreshing, so its entries expire after the TTL. The key's {hash tag} keeps each
+// device's key on one slot of a Redis Cluster.
+//
+// Delivery: devices connected here are pushed at once, without Redis. For the others, their
+// keys are read in one pipelined burst (a GET each, back to back on the connection: a
+// group's fan-out costs one round trip per Redis node, not one per member), grouped by node,
+// and each node gets one NodeMessage (bus.proto) on its channel "parley:node:{N}" carrying
+// every recipient there. Best-effort, like the bus contract: the chat log holds the message
+// and the recipient's cursor has not moved, so a push lost here (Redis down, a node that
+// just lost the device) reaches the device on its next drain. When this node's Redis
+// connection or subscription comes back after a loss, every device connected here is told
+// to resync (endpoint::resync: read the log above its cursor again), so messages sent
+// meanwhile flow without a reconnect.
+//
+// A device that authenticates here while its routing key names another node: that node is
+// told (replaced_device), and closes the older connection with 4001, as one node does.
+//
+// Everything that every node must see (presence, ephemeral frames for a user) goes on
+// "parley:all".
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "bus/bus.hpp"
+#include "redis/redis_client.hpp"
+
+namespace parley::bus::v1 {
+class NodeMessage;
+class PresenceState;
+}  // namespace parley::bus::v1
+
+namespace parley::bus {
+
+struct redis_bus_options {
+  std::uint64_t node_id = 0;
+  // How long a routing entry (and a presence announcement) lives without a refresh: a node
+  // that dies is forgotten after it. Refreshed every ttl / 3.
+  std::chrono::seconds ttl{30};
+};
+
+class redis_bus final : public bus {
+ public:
+  // Subscribes on `client` (before it starts: call start() on the client afterwards).
+  redis_bus(std::shared_ptr<redis::client> client, redis_bus_options options);
+  ~redis_bus() override;
+
+  void attach(device_id device, const std::string& username, std::shared_ptr<endpoint> ep) override;
+  void detach(device_id device, const endpoint* ep) override;
+  void deliver_message(const std::vector<device_id>& devices, shared_envelope e) override;
+  void deliver_receipts(const std::vector<store::receipt_delivery>& receipts) override;
+  void deliver_ephemeral(const std::string& username, wire::encoded_frame frame) override;
+  std::size_t connected_devices() const override;
+
+  // Presence rides on "parley:all" (presence/redis/redis_presence). `on_presence` gets every
+  // other node's announcements (on the subscription's thread); `presence_snapshot` is asked
+  // for this node's full list at every refresh. Set both before the client starts.
+  using presence_handler = std::function<void(std::uint64_t from_node, bool full,
+                                              const std::vector<v1::PresenceState>& states)>;
+  void set_presence(presence_handler on_presence,
+                    std::function<std::vector<v1::PresenceState>()> presence_snapshot,
+                    std::function<void(std::chrono::steady_clock::time_point)> on_refresh);
+  // Announces this node's presence changes to every node.
+  void publish_presence(std::vector<v1::PresenceState> states);
+
+  // Starts the refresh timer (after the client started). stop() ends it; the destructor
+  // stops the client too.
+  void start();
+  void stop();
+
+  std::uint64_t node_id() const { return options_.node_id; }
+
+ private:
+  struct entry {
+    std::string username;
+    std::weak_ptr<endpoint> ep;
+    std::uint64_t attached_ms = 0;
+  };
+  struct state;
+
+  std::shared_ptr<endpoint> find(device_id device) const;
+  std::vector<std::shared_ptr<endpoint>> all_endpoints() const;
+  // The endpoints of `username`'s devices connected here.
+  std::vector<std::shared_ptr<endpoint>> endpoints_of(const std::string& username) const;
+  void on_message(std::string_view payload);
+  void publish_to(std::uint64_t node, const v1::NodeMessage& m);
+  void refresh();
+  void arm_refresh();
+  void resync_all(const char* why);
+  // Reads the routing keys of `devices` (pipelined); calls `done` on the Redis thread with
+  // each device's node (0 where none is known).
+  void lookup(std::vector<device_id> devices,
+              std::function<void(std::vector<std::pair<device_id, std::uint64_t>>)> done);
+
+  std::shared_ptr<redis::client> client_;
+  redis_bus_options options_;
+  std::shared_ptr<state> state_;
+  mutable std::mutex mutex_;
+  std::unordered_map<device_id, entry> devices_;
+  std::unordered_map<std::string, std::unordered_set<device_id>> by_user_;
+  presence_handler on_presence_;
+  std::function<std::vector<v1::PresenceState>()> presence_snapshot_;
+  std::function<void(std::chrono::steady_clock::time_point)> on_refresh_;
+};
+
+// The routing key of a device, and a node's channel.
+std::string device_key(device_id device);
+std::string node_channel(std::uint64_t node);
+inline constexpr const char* all_channel = "parley:all";
+
+}  // namespace parley::bus

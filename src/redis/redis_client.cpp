@@ -1,0 +1,575 @@
+#include "redis/redis_client.hpp"
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <array>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <charconv>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <unordered_map>
+
+#include "common/log.hpp"
+#include "common/thread_name.hpp"
+
+namespace parley::redis {
+
+namespace asio = boost::asio;
+
+// --- URLs and slots ------------------------------------------------------------------------
+
+url parse_url(const std::string& text) {
+  constexpr std::string_view scheme = "redis://";
+  if (text.rfind(scheme, 0) != 0)
+    throw std::invalid_argument("a Redis URL starts with redis://, got '" + text + "'");
+  std::string rest = text.substr(scheme.size());
+  url out;
+  if (auto q = rest.find('?'); q != std::string::npos) {
+    const std::string query = rest.substr(q + 1);
+    rest.resize(q);
+    if (query == "cluster=1" || query == "cluster=true") {
+      out.cluster = true;
+    } else if (!query.empty() && query != "cluster=0" && query != "cluster=false") {
+      throw std::invalid_argument("unknown Redis URL option '" + query +
+                                  "' (only cluster=1 is known)");
+    }
+  }
+  if (!rest.empty() && rest.back() == '/') rest.pop_back();
+  if (rest.find('@') != std::string::npos || rest.find('/') != std::string::npos)
+    throw std::invalid_argument("a Redis URL here is redis://HOST[:PORT][?cluster=1], got '" +
+                                text + "'");
+  const auto colon = rest.rfind(':');
+  out.seed.host = colon == std::string::npos ? rest : rest.substr(0, colon);
+  if (colon != std::string::npos) {
+    const std::string port = rest.substr(colon + 1);
+    unsigned p = 0;
+    const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+    if (port.empty() || ec != std::errc{} || end != port.data() + port.size() || p == 0 ||
+        p > 65535)
+      throw std::invalid_argument("bad port in Redis URL '" + text + "'");
+    out.seed.port = static_cast<std::uint16_t>(p);
+  }
+  if (out.seed.host.empty()) throw std::invalid_argument("no host in Redis URL '" + text + "'");
+  return out;
+}
+
+namespace {
+
+std::uint16_t crc16(std::string_view s) {
+  std::uint16_t crc = 0;
+  for (unsigned char b : s) {
+    crc ^= static_cast<std::uint16_t>(b << 8);
+    for (int i = 0; i < 8; ++i)
+      crc = (crc & 0x8000) ? static_cast<std::uint16_t>((crc << 1) ^ 0x1021)
+                           : static_cast<std::uint16_t>(crc << 1);
+  }
+  return crc;
+}
+
+// Recursive over nested arrays: Redis is trusted infrastructure, and the replies used here
+// nest at most three deep (CLUSTER SLOTS).
+reply convert(const redisReply* r) {  // NOLINT(misc-no-recursion)
+  reply out;
+  switch (r->type) {
+    case REDIS_REPLY_STATUS:
+      out.type = reply::kind::status;
+      out.str.assign(r->str, r->len);
+      break;
+    case REDIS_REPLY_ERROR:
+      out.type = reply::kind::error;
+      out.str.assign(r->str, r->len);
+      break;
+    case REDIS_REPLY_INTEGER:
+      out.type = reply::kind::integer;
+      out.integer = r->integer;
+      break;
+    case REDIS_REPLY_STRING:
+      out.type = reply::kind::string;
+      out.str.assign(r->str, r->len);
+      break;
+    case REDIS_REPLY_ARRAY:
+      out.type = reply::kind::array;
+      out.elements.reserve(r->elements);
+      for (std::size_t i = 0; i < r->elements; ++i) out.elements.push_back(convert(r->element[i]));
+      break;
+    default:
+      out.type = reply::kind::nil;
+  }
+  return out;
+}
+
+// "MOVED 3999 127.0.0.1:6381" / "ASK ..." -> slot, address.
+bool parse_redirect(const std::string& error, std::string_view word, std::uint16_t& slot,
+                    address& to) {
+  if (error.rfind(word, 0) != 0) return false;
+  const auto a = error.find(' ');
+  const auto b = error.find(' ', a + 1);
+  if (a == std::string::npos || b == std::string::npos) return false;
+  const std::string target = error.substr(b + 1);
+  const auto colon = target.rfind(':');
+  if (colon == std::string::npos) return false;
+  unsigned s = 0, p = 0;
+  std::from_chars(error.data() + a + 1, error.data() + b, s);
+  std::from_chars(target.data() + colon + 1, target.data() + target.size(), p);
+  if (s >= 16384 || p == 0 || p > 65535) return false;
+  slot = static_cast<std::uint16_t>(s);
+  to.host = target.substr(0, colon);
+  if (to.host.empty()) return false;
+  to.port = static_cast<std::uint16_t>(p);
+  return true;
+}
+
+}  // namespace
+
+std::uint16_t key_slot(std::string_view key) {
+  if (const auto open = key.find('{'); open != std::string_view::npos) {
+    const auto close = key.find('}', open + 1);
+    if (close != std::string_view::npos && close > open + 1)
+      key = key.substr(open + 1, close - open - 1);
+  }
+  return crc16(key) % 16384;
+}
+
+// --- the client ----------------------------------------------------------------------------
+
+struct client::impl : std::enable_shared_from_this<client::impl> {
+  explicit impl(client_options o) : options(std::move(o)), work(io.get_executor()) {}
+
+  client_options options;
+  asio::io_context io{1};
+  asio::executor_work_guard<asio::io_context::executor_type> work;
+  std::thread thread;
+  std::atomic<bool> stopping{false};
+  std::atomic<bool> seed_up{false};
+  std::function<void(bool)> state_listener;
+
+  // One asynchronous connection to one Redis node (I/O thread only).
+  struct node : std::enable_shared_from_this<node> {
+    node(impl& o, address a) : owner(o), addr(std::move(a)), fd(o.io), retry(o.io) {}
+    impl& owner;
+    address addr;
+    redisAsyncContext* ac = nullptr;
+    asio::posix::stream_descriptor fd;
+    asio::steady_timer retry;
+    bool up = false;
+    bool retry_pending = false;
+    bool want_read = false, want_write = false, reading = false, writing = false;
+
+    void connect();
+    void schedule_retry();
+    void wait_read();
+    void wait_write();
+    void send(const std::vector<std::string>& args, reply_handler done);
+    void close();
+  };
+  std::unordered_map<std::string, std::shared_ptr<node>> nodes;  // by address text
+  std::shared_ptr<node> seed;
+  // The cluster's slot map: the address of each slot's master ("" unknown: the seed).
+  std::vector<std::string> slot_owner = std::vector<std::string>(16384);
+  std::chrono::steady_clock::time_point last_refresh{};
+
+  // Subscriptions (a thread each).
+  struct subscription {
+    std::string channel;
+    message_handler on_message;
+    std::function<void()> on_resubscribed;
+    std::thread thread;
+  };
+  std::vector<std::unique_ptr<subscription>> subscriptions;
+  int stop_fd = -1;
+
+  std::shared_ptr<node> node_for(const address& a) {
+    auto& n = nodes[a.text()];
+    if (!n) {
+      n = std::make_shared<node>(*this, a);
+      n->connect();
+    }
+    return n;
+  }
+  std::shared_ptr<node> node_for_slot(std::uint16_t slot) {
+    if (!options.cluster || slot_owner[slot].empty()) return seed;
+    auto it = nodes.find(slot_owner[slot]);
+    if (it != nodes.end()) return it->second;
+    const auto& text = slot_owner[slot];
+    const auto colon = text.rfind(':');
+    address a{text.substr(0, colon),
+              static_cast<std::uint16_t>(std::stoi(text.substr(colon + 1)))};
+    return node_for(a);
+  }
+
+  // Sends on the node of `slot`, following MOVED and ASK (at most 5 redirections).
+  void routed(std::uint16_t slot, std::vector<std::string> args, reply_handler done,
+              int redirects, std::shared_ptr<node> target = nullptr, bool asking = false) {
+    if (!target) target = node_for_slot(slot);
+    if (asking) target->send({"ASKING"}, {});
+    auto self = shared_from_this();
+    auto args_copy = options.cluster ? args : std::vector<std::string>{};
+    target->send(args, [self, slot, args = std::move(args_copy), done = std::move(done),
+                        redirects](std::optional<reply> r) mutable {
+      if (r && r->is_error() && self->options.cluster && redirects < 5) {
+        std::uint16_t s = 0;
+        address to;
+        if (parse_redirect(r->str, "MOVED ", s, to)) {
+          self->slot_owner[s] = to.text();
+          self->refresh_slots();
+          self->routed(slot, std::move(args), std::move(done), redirects + 1);
+          return;
+        }
+        if (parse_redirect(r->str, "ASK ", s, to)) {
+          self->routed(slot, std::move(args), std::move(done), redirects + 1, self->node_for(to),
+                       true);
+          return;
+        }
+      }
+      if (done) done(std::move(r));
+    });
+  }
+
+  // Reads the slot map (CLUSTER SLOTS) from the seed, at most once a second.
+  void refresh_slots() {
+    if (!options.cluster) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_refresh < std::chrono::seconds(1)) return;
+    last_refresh = now;
+    auto self = shared_from_this();
+    seed->send({"CLUSTER", "SLOTS"}, [self](std::optional<reply> r) {
+      if (!r || r->type != reply::kind::array) return;
+      for (const auto& range : r->elements) {
+        if (range.elements.size() < 3 || range.elements[2].elements.size() < 2) continue;
+        const auto& master = range.elements[2];
+        address a{master.elements[0].str, static_cast<std::uint16_t>(master.elements[1].integer)};
+        if (a.host.empty()) a.host = self->options.seed.host;
+        const auto from = range.elements[0].integer;
+        const auto to = range.elements[1].integer;
+        for (auto s = from; s <= to && s < 16384; ++s)
+          self->slot_owner[static_cast<std::size_t>(s)] = a.text();
+      }
+    });
+  }
+
+  void node_state(node& n, bool up) {
+    if (&n != seed.get()) return;
+    seed_up.store(up);
+    if (up) refresh_slots();
+    if (state_listener) state_listener(up);
+  }
+
+  void run_subscription(subscription& s);
+};
+
+namespace {
+
+client::impl::node* node_of(const redisAsyncContext* ac) {
+  return static_cast<client::impl::node*>(ac->data);
+}
+
+}  // namespace
+
+void client::impl::node::connect() {
+  if (ac != nullptr || owner.stopping.load()) return;
+  ac = redisAsyncConnect(addr.host.c_str(), addr.port);
+  if (ac == nullptr || ac->err) {
+    if (ac != nullptr) redisAsyncFree(ac);
+    ac = nullptr;
+    schedule_retry();
+    return;
+  }
+  ac->data = this;
+  boost::system::error_code ec;
+  fd.assign(ac->c.fd, ec);
+  ac->ev.data = this;
+  ac->ev.addRead = [](void* p) {
+    auto* n = static_cast<node*>(p);
+    n->want_read = true;
+    if (!n->reading) n->wait_read();
+  };
+  ac->ev.delRead = [](void* p) { static_cast<node*>(p)->want_read = false; };
+  ac->ev.addWrite = [](void* p) {
+    auto* n = static_cast<node*>(p);
+    n->want_write = true;
+    if (!n->writing) n->wait_write();
+  };
+  ac->ev.delWrite = [](void* p) { static_cast<node*>(p)->want_write = false; };
+  ac->ev.cleanup = [](void* p) {
+    // hiredis frees the context (and closes the socket) after this: drop our view of it.
+    auto* n = static_cast<node*>(p);
+    n->want_read = n->want_write = false;
+    boost::system::error_code ignored;
+    n->fd.cancel(ignored);
+    n->fd.release();
+    n->ac = nullptr;
+  };
+  redisAsyncSetConnectCallback(ac, [](const redisAsyncContext* c, int status) {
+    auto* n = node_of(c);
+    if (status != REDIS_OK) {
+      log_warn() << "redis: cannot connect to " << n->addr.text() << ": "
+                 << (c->errstr != nullptr ? c->errstr : "unknown error");
+      n->schedule_retry();
+      return;
+    }
+    n->up = true;
+    log_info() << "redis: connected to " << n->addr.text();
+    n->owner.node_state(*n, true);
+  });
+  redisAsyncSetDisconnectCallback(ac, [](const redisAsyncContext* c, int status) {
+    auto* n = node_of(c);
+    const bool was_up = n->up;
+    n->up = false;
+    if (n->owner.stopping.load()) return;
+    if (was_up) {
+      log_warn() << "redis: lost " << n->addr.text() << ": "
+                 << (c->errstr != nullptr && status != REDIS_OK ? c->errstr : "closed");
+      n->owner.node_state(*n, false);
+    }
+    n->schedule_retry();
+  });
+}
+
+void client::impl::node::schedule_retry() {
+  if (retry_pending || owner.stopping.load()) return;
+  retry_pending = true;
+  retry.expires_after(owner.options.reconnect_interval);
+  retry.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+    self->retry_pending = false;
+    if (ec) return;
+    self->connect();
+  });
+}
+
+void client::impl::node::wait_read() {
+  reading = true;
+  fd.async_wait(asio::posix::descriptor_base::wait_read,
+                [self = shared_from_this()](boost::system::error_code ec) {
+                  self->reading = false;
+                  if (ec || self->ac == nullptr || !self->want_read) return;
+                  redisAsyncHandleRead(self->ac);  // may free the context (cleanup above)
+                  if (self->ac != nullptr && self->want_read && !self->reading) self->wait_read();
+                });
+}
+
+void client::impl::node::wait_write() {
+  writing = true;
+  fd.async_wait(asio::posix::descriptor_base::wait_write,
+                [self = shared_from_this()](boost::system::error_code ec) {
+                  self->writing = false;
+                  if (ec || self->ac == nullptr || !self->want_write) return;
+                  redisAsyncHandleWrite(self->ac);
+                  if (self->ac != nullptr && self->want_write && !self->writing)
+                    self->wait_write();
+                });
+}
+
+void client::impl::node::send(const std::vector<std::string>& args, reply_handler done) {
+  if (ac == nullptr) {
+    connect();
+    if (done) done(std::nullopt);
+    return;
+  }
+  std::vector<const char*> argv;
+  std::vector<std::size_t> lengths;
+  argv.reserve(args.size());
+  lengths.reserve(args.size());
+  for (const auto& a : args) {
+    argv.push_back(a.data());
+    lengths.push_back(a.size());
+  }
+  auto* handler = new reply_handler(std::move(done));
+  const int rc = redisAsyncCommandArgv(
+      ac,
+      [](redisAsyncContext*, void* r, void* privdata) {
+        std::unique_ptr<reply_handler> h(static_cast<reply_handler*>(privdata));
+        if (!*h) return;
+        if (r == nullptr) {
+          (*h)(std::nullopt);
+        } else {
+          (*h)(convert(static_cast<redisReply*>(r)));
+        }
+      },
+      handler, static_cast<int>(argv.size()), argv.data(), lengths.data());
+  if (rc != REDIS_OK) {
+    std::unique_ptr<reply_handler> h(handler);
+    if (*h) (*h)(std::nullopt);
+  }
+}
+
+void client::impl::node::close() {
+  retry.cancel();
+  // At once, not after pending replies (a Redis that is down would never send them): pending
+  // handlers get nullopt, and the cleanup hook cancels the descriptor's waits.
+  if (ac != nullptr) redisAsyncFree(ac);
+}
+
+// A subscription's thread: connect, (S)SUBSCRIBE (following MOVED to the channel's master in a
+// cluster), then read pushes until the connection drops or the client stops.
+void client::impl::run_subscription(subscription& s) {
+  address target = options.seed;
+  bool subscribed_before = false;
+  auto pause = [&] {
+    pollfd p{stop_fd, POLLIN, 0};
+    ::poll(&p, 1, static_cast<int>(options.reconnect_interval.count()));
+  };
+  const char* verb = options.cluster ? "SSUBSCRIBE" : "SUBSCRIBE";
+  while (!stopping.load()) {
+    timeval timeout{1, 0};
+    redisContext* c = redisConnectWithTimeout(target.host.c_str(), target.port, timeout);
+    if (c == nullptr || c->err) {
+      if (c != nullptr) redisFree(c);
+      target = options.seed;
+      pause();
+      continue;
+    }
+    auto* first = static_cast<redisReply*>(
+        redisCommand(c, "%s %b", verb, s.channel.data(), s.channel.size()));
+    if (first == nullptr) {
+      redisFree(c);
+      pause();
+      continue;
+    }
+    const reply confirmation = convert(first);
+    freeReplyObject(first);
+    if (confirmation.is_error()) {
+      std::uint16_t slot = 0;
+      address to;
+      if (parse_redirect(confirmation.str, "MOVED ", slot, to)) {
+        target = to;  // the channel's master
+      } else {
+        log_warn() << "redis: " << verb << " " << s.channel << ": " << confirmation.str;
+        target = options.seed;
+        pause();
+      }
+      redisFree(c);
+      continue;
+    }
+    if (subscribed_before && s.on_resubscribed) s.on_resubscribed();
+    subscribed_before = true;
+    bool lost = false;
+    bool read_more = false;  // the reader may hold pushes that came with the confirmation
+    while (!stopping.load() && !lost) {
+      if (read_more) {
+        pollfd fds[2] = {{c->fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
+        if (::poll(fds, 2, -1) < 0) continue;
+        if ((fds[1].revents & POLLIN) != 0) break;
+        if (redisBufferRead(c) != REDIS_OK) {
+          lost = true;
+          break;
+        }
+      }
+      read_more = true;
+      void* raw = nullptr;
+      while (redisGetReplyFromReader(c, &raw) == REDIS_OK && raw != nullptr) {
+        const reply r = convert(static_cast<redisReply*>(raw));
+        freeReplyObject(raw);
+        raw = nullptr;
+        if (r.type != reply::kind::array || r.elements.empty()) continue;
+        const std::string& kind = r.elements[0].str;
+        if ((kind == "message" || kind == "smessage") && r.elements.size() >= 3) {
+          s.on_message(r.elements[2].str);
+        } else if (kind == "sunsubscribe" || kind == "unsubscribe") {
+          lost = true;  // the slot moved: subscribe again where it is now
+          target = options.seed;
+        }
+      }
+    }
+    redisFree(c);
+    if (lost && !stopping.load()) {
+      log_warn() << "redis: subscription to " << s.channel << " lost, subscribing again";
+      pause();
+    }
+  }
+}
+
+client::client(client_options options) : impl_(std::make_shared<impl>(std::move(options))) {}
+
+client::~client() { stop(); }
+
+void client::start() {
+  auto& d = *impl_;
+  d.stop_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (d.stop_fd < 0) throw std::runtime_error("redis: eventfd failed");
+  asio::post(d.io, [&d] {
+    d.seed = std::make_shared<impl::node>(d, d.options.seed);
+    d.nodes[d.options.seed.text()] = d.seed;
+    d.seed->connect();
+  });
+  d.thread = std::thread([&d] { d.io.run(); });
+  name_thread(d.thread, "redis-io");
+  for (auto& s : d.subscriptions) {
+    s->thread = std::thread([&d, sub = s.get()] { d.run_subscription(*sub); });
+    name_thread(s->thread, "redis-sub");
+  }
+}
+
+void client::stop() {
+  auto& d = *impl_;
+  if (d.stopping.exchange(true)) return;
+  if (d.stop_fd >= 0) {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(d.stop_fd, &one, sizeof one);
+  }
+  for (auto& s : d.subscriptions) {
+    if (s->thread.joinable()) s->thread.join();
+  }
+  if (d.thread.joinable()) {
+    asio::post(d.io, [&d] {
+      for (auto& [_, n] : d.nodes) n->close();
+      d.work.reset();
+    });
+    d.thread.join();
+  }
+  d.nodes.clear();
+  d.seed.reset();
+  if (d.stop_fd >= 0) ::close(d.stop_fd);
+  d.stop_fd = -1;
+}
+
+void client::command(std::string_view key, std::vector<std::string> args, reply_handler done) {
+  auto d = impl_;
+  if (d->stopping.load()) {
+    if (done) asio::post(d->io, [done = std::move(done)] { done(std::nullopt); });
+    return;
+  }
+  const std::uint16_t slot = d->options.cluster ? key_slot(key) : 0;
+  asio::post(d->io, [d, slot, args = std::move(args), done = std::move(done)]() mutable {
+    if (!d->seed) {
+      if (done) done(std::nullopt);
+      return;
+    }
+    d->routed(slot, std::move(args), std::move(done), 0);
+  });
+}
+
+void client::publish(const std::string& channel, std::string payload, reply_handler done) {
+  command(channel,
+          {impl_->options.cluster ? "SPUBLISH" : "PUBLISH", channel, std::move(payload)},
+          std::move(done));
+}
+
+void client::subscribe(std::string channel, message_handler on_message,
+                       std::function<void()> on_resubscribed) {
+  auto s = std::make_unique<impl::subscription>();
+  s->channel = std::move(channel);
+  s->on_message = std::move(on_message);
+  s->on_resubscribed = std::move(on_resubscribed);
+  impl_->subscriptions.push_back(std::move(s));
+}
+
+void client::post(std::function<void()> fn) { asio::post(impl_->io, std::move(fn)); }
+
+boost::asio::any_io_executor client::executor() { return impl_->io.get_executor(); }
+
+void client::on_state(std::function<void(bool up)> fn) { impl_->state_listener = std::move(fn); }
+
+bool client::connected() const { return impl_->seed_up.load(); }
+
+bool client::cluster() const { return impl_->options.cluster; }
+
+}  // namespace parley::redis

@@ -1,0 +1,217 @@
+// The Redis client: slots and URLs as Redis defines them, and the client against a real
+// redis-server the test starts (commands, pipelined bursts, pub/sub, a server restart).
+#include "redis/redis_client.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "redis_server.hpp"
+
+namespace parley::redis {
+namespace {
+
+using namespace std::chrono_literals;
+
+TEST(redis_slots, key_slot_matches_redis_cluster) {
+  // Redis Cluster specification: CRC16-XMODEM("123456789") = 0x31C3; CLUSTER KEYSLOT foo is
+  // 12182 (redis-cli on a cluster node answers the same).
+  EXPECT_EQ(key_slot("123456789"), 0x31C3 % 16384);
+  EXPECT_EQ(key_slot("foo"), 12182);
+  // A {hash tag}: only what is between the first { and the next } counts.
+  EXPECT_EQ(key_slot("{user1000}.following"), key_slot("{user1000}.followers"));
+  EXPECT_EQ(key_slot("{user1000}.following"), key_slot("user1000"));
+  EXPECT_NE(key_slot("foo{}{bar}"), key_slot("bar"));  // an empty tag: the whole key
+  EXPECT_EQ(key_slot("foo{{bar}}zap"), key_slot("{bar"));
+  EXPECT_EQ(key_slot("foo{bar}{zap}"), key_slot("bar"));
+}
+
+TEST(redis_slots, key_slot_agrees_with_a_real_server) {
+  test_support::redis_server server({"--cluster-enabled", "yes"});
+  for (const std::string key : {"parley:conn:{d1}", "parley:conn:{d2}", "parley:node:{3}", "a"}) {
+    EXPECT_EQ(server.cli({"CLUSTER", "KEYSLOT", key}), std::to_string(key_slot(key))) << key;
+  }
+}
+
+TEST(redis_url, parse) {
+  auto u = parse_url("redis://127.0.0.1:6380");
+  EXPECT_EQ(u.seed.host, "127.0.0.1");
+  EXPECT_EQ(u.seed.port, 6380);
+  EXPECT_FALSE(u.cluster);
+  u = parse_url("redis://cache.internal?cluster=1");
+  EXPECT_EQ(u.seed.host, "cache.internal");
+  EXPECT_EQ(u.seed.port, 6379);
+  EXPECT_TRUE(u.cluster);
+  EXPECT_THROW(parse_url("http://x"), std::invalid_argument);
+  EXPECT_THROW(parse_url("redis://"), std::invalid_argument);
+  EXPECT_THROW(parse_url("redis://h:0"), std::invalid_argument);
+  EXPECT_THROW(parse_url("redis://h:x"), std::invalid_argument);
+  EXPECT_THROW(parse_url("redis://user:pw@h:1"), std::invalid_argument);  // no AUTH support yet
+  EXPECT_THROW(parse_url("redis://h:1?tls=1"), std::invalid_argument);
+}
+
+// Waits for `n` values pushed from other threads.
+template <class T>
+struct inbox {
+  std::mutex m;
+  std::condition_variable cv;
+  std::vector<T> items;
+  void push(T v) {
+    std::lock_guard lock(m);
+    items.push_back(std::move(v));
+    cv.notify_all();
+  }
+  bool wait(std::size_t n, std::chrono::milliseconds t = 10s) {
+    std::unique_lock lock(m);
+    return cv.wait_for(lock, t, [&] { return items.size() >= n; });
+  }
+  bool has(const T& v) {
+    std::lock_guard lock(m);
+    return std::find(items.begin(), items.end(), v) != items.end();
+  }
+};
+
+std::optional<reply> call(client& c, std::string key, std::vector<std::string> args) {
+  std::promise<std::optional<reply>> p;
+  auto f = p.get_future();
+  c.command(key, std::move(args), [&p](std::optional<reply> r) { p.set_value(std::move(r)); });
+  if (f.wait_for(10s) != std::future_status::ready) return std::nullopt;
+  return f.get();
+}
+
+// A command succeeds once the client is connected (it connects in the background).
+std::optional<reply> call_when_up(client& c, std::string key, std::vector<std::string> args) {
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto r = call(c, key, args);
+    if (r) return r;
+    std::this_thread::sleep_for(50ms);
+  }
+  return std::nullopt;
+}
+
+TEST(redis_client, commands_pipelined_bursts_and_pub_sub) {
+  test_support::redis_server server;
+  client c({{"127.0.0.1", server.port()}, false, 100ms});
+  inbox<std::string> got;
+  c.subscribe("chan", [&](std::string_view p) { got.push(std::string(p)); });
+  c.start();
+
+  auto set = call_when_up(c, "k", {"SET", "k", std::string("v\0x", 3)});
+  ASSERT_TRUE(set);
+  EXPECT_EQ(set->str, "OK");
+  auto get = call(c, "k", {"GET", "k"});
+  ASSERT_TRUE(get);
+  EXPECT_EQ(get->str, std::string("v\0x", 3)) << "binary-safe arguments and replies";
+  auto missing = call(c, "nope", {"GET", "nope"});
+  ASSERT_TRUE(missing);
+  EXPECT_TRUE(missing->is_nil());
+  auto error = call(c, "k", {"INCR", "k"});
+  ASSERT_TRUE(error);
+  EXPECT_TRUE(error->is_error());
+
+  // 1,000 commands issued at once all come back, in order.
+  inbox<long long> counts;
+  for (int i = 0; i < 1000; ++i)
+    c.command("n", {"INCR", "n"}, [&](std::optional<reply> r) { counts.push(r ? r->integer : -1); });
+  ASSERT_TRUE(counts.wait(1000));
+  for (int i = 0; i < 1000; ++i) EXPECT_EQ(counts.items[i], i + 1);
+
+  // Pub/sub (the subscription may take a moment to be in place: publish until heard).
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!got.has("hello") && std::chrono::steady_clock::now() < deadline) {
+    c.publish("chan", "hello");
+    got.wait(1'000'000, 100ms);
+  }
+  EXPECT_TRUE(got.has("hello"));
+  c.stop();
+}
+
+TEST(redis_client, a_restarted_server_is_found_again_and_the_subscription_comes_back) {
+  test_support::redis_server server;
+  client c({{"127.0.0.1", server.port()}, false, 100ms});
+  inbox<std::string> got;
+  inbox<int> resubscribed;
+  inbox<bool> states;
+  c.subscribe(
+      "chan", [&](std::string_view p) { got.push(std::string(p)); },
+      [&] { resubscribed.push(1); });
+  c.on_state([&](bool up) { states.push(up); });
+  c.start();
+  ASSERT_TRUE(call_when_up(c, "k", {"PING"}));
+  // Subscribed before the server goes (else the subscription after the restart is the first,
+  // not a resubscription): publish until it is heard.
+  const auto subscribed_by = std::chrono::steady_clock::now() + 10s;
+  while (!got.has("before") && std::chrono::steady_clock::now() < subscribed_by) {
+    c.publish("chan", "before");
+    got.wait(1, 100ms);
+  }
+  ASSERT_TRUE(got.has("before"));
+
+  server.kill9();
+  // While it is down, commands fail at once (nullopt), never hang.
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_FALSE(call(c, "k", {"PING"}));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+  // The pending handlers run before hiredis reports the disconnection: wait for it.
+  const auto down_by = std::chrono::steady_clock::now() + 5s;
+  while (c.connected() && std::chrono::steady_clock::now() < down_by)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_FALSE(c.connected());
+
+  server.start();
+  ASSERT_TRUE(call_when_up(c, "k", {"PING"}));
+  EXPECT_TRUE(resubscribed.wait(1)) << "the subscription was not made again";
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!got.has("after") && std::chrono::steady_clock::now() < deadline) {
+    c.publish("chan", "after");
+    got.wait(1'000'000, 100ms);
+  }
+  EXPECT_TRUE(got.has("after"));
+  ASSERT_TRUE(states.wait(3));  // up, down, up
+  EXPECT_EQ(states.items[0], true);
+  EXPECT_EQ(states.items[1], false);
+  EXPECT_EQ(states.items[2], true);
+  c.stop();
+}
+
+TEST(redis_client, a_cluster_routes_by_slot_and_follows_moved) {
+  test_support::redis_cluster cluster;
+  client c({{"127.0.0.1", cluster.node(0).port()}, true, 100ms});
+  inbox<std::string> got;
+  c.subscribe("parley:node:{7}", [&](std::string_view p) { got.push(std::string(p)); });
+  c.start();
+  ASSERT_TRUE(call_when_up(c, "x", {"PING"}));
+  // Keys on every master: each lands where Redis says its slot lives, read back through the
+  // client (a wrong node would answer MOVED, which the client follows).
+  for (int i = 0; i < 60; ++i) {
+    const std::string key = "parley:conn:{d" + std::to_string(i) + "}";
+    auto r = call(c, key, {"SET", key, std::to_string(i)});
+    ASSERT_TRUE(r) << key;
+    ASSERT_FALSE(r->is_error()) << key << ": " << r->str;
+  }
+  int masters_with_keys = 0;
+  for (std::size_t n = 0; n < 3; ++n) masters_with_keys += cluster.node(n).cli({"DBSIZE"}) != "0";
+  EXPECT_EQ(masters_with_keys, 3);
+  for (int i = 0; i < 60; ++i) {
+    const std::string key = "parley:conn:{d" + std::to_string(i) + "}";
+    auto r = call(c, key, {"GET", key});
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->str, std::to_string(i));
+  }
+  // Sharded pub/sub on the channel's master.
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!got.has("sharded") && std::chrono::steady_clock::now() < deadline) {
+    c.publish("parley:node:{7}", "sharded");
+    got.wait(1'000'000, 100ms);
+  }
+  EXPECT_TRUE(got.has("sharded"));
+  c.stop();
+}
+
+}  // namespace
+}  // namespace parley::redis

@@ -1,0 +1,15 @@
+// The PostgreSQL schema of the chat log (docs/scaling.md has the table-by-table plan for Citus
+// and YugabyteDB). Every table is keyed so that a chat's rows share its chat_id (the
+// distribution column for Citus) and nothing needs a trigger, a foreign key across tables or
+// a server-side function: plain tables, secondary indexes, sequences, ON CONFLICT, RETURNING.
+#pragma once
+
+namespace parley::store::pg {
+
+// The version this build writes; a database with another is refused at open.
+inline constexpr int schema_version = 1;
+
+// Idempotent DDL (CREATE ... IF NOT EXISTS), run under an advisory lock by the opening node.
+extern const char* const schema_sql;
+
+}  // namespace parley::store::pg

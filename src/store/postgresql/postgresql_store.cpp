@@ -1,0 +1,1740 @@
+#include "store/postgresql/postgresql_store.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "common/big_endian.hpp"
+#include "common/clock.hpp"
+#include "common/log.hpp"
+#include "common/snowflake.hpp"
+#include "common/thread_name.hpp"
+#include "parley/store/v1/records.pb.h"
+#include "store/postgresql/pg_connection.hpp"
+#include "store/postgresql/pg_schema.hpp"
+#include "store/watermarks.hpp"
+
+namespace parley::store {
+namespace {
+
+namespace pb = parley::store::v1;
+using pg::connection;
+using pg::params;
+using pg::rows;
+
+// parley.v2.CIPHER_TYPE_SENDER_KEY_MESSAGE: what a group takes.
+constexpr std::uint32_t sender_key_cipher_type = 4;
+
+// Every BIGINT column holds at most 2^63 - 1: an unbounded seq (UINT64_MAX) is clamped to it.
+std::uint64_t clamp63(std::uint64_t v) {
+  return std::min<std::uint64_t>(v, std::numeric_limits<std::int64_t>::max());
+}
+
+// A TEXT[] or BIGINT[] parameter in the array's text form ({"a","b"} / {1,2}).
+std::string text_array(const std::vector<std::string>& values) {
+  std::string out = "{";
+  for (const auto& v : values) {
+    if (out.size() > 1) out.push_back(',');
+    out.push_back('"');
+    for (char c : v) {
+      if (c == '"' || c == '\\') out.push_back('\\');
+      out.push_back(c);
+    }
+    out.push_back('"');
+  }
+  out.push_back('}');
+  return out;
+}
+std::string bigint_array(const std::vector<std::uint64_t>& values) {
+  std::string out = "{";
+  for (auto v : values) {
+    if (out.size() > 1) out.push_back(',');
+    out.append(std::to_string(v));
+  }
+  out.push_back('}');
+  return out;
+}
+
+// A group's merged marks as stored in chats.pushed_marks: six be64.
+std::string marks_bytes(const group_marks& m) {
+  std::string out;
+  for (std::uint64_t v : {m.delivered, m.delivered_holder, m.delivered_next, m.read,
+                          m.read_holder, m.read_next})
+    append_be64(out, v);
+  return out;
+}
+std::optional<group_marks> parse_marks(std::string_view b) {
+  if (b.size() != 48) return std::nullopt;
+  group_marks m;
+  std::uint64_t* fields[] = {&m.delivered, &m.delivered_holder, &m.delivered_next,
+                             &m.read,      &m.read_holder,      &m.read_next};
+  for (std::size_t i = 0; i < 6; ++i) *fields[i] = read_be64(b, i * 8);
+  return m;
+}
+
+// Receipts returned by a write carry their request's stamp.
+void stamp_all(std::vector<receipt_delivery>& receipts, std::uint64_t stamp) {
+  for (auto& r : receipts) r.mark.stamp = stamp;
+}
+
+// Keys of PostgreSQL advisory locks (63 bits: BIGINT), one per thing two nodes may write at
+// once. A chat by its id (Snowflake ids have 63 bits); a 1:1 chat named by its members'
+// names, a user, a name being registered: FNV-1a of a tag and the text. Two things that share
+// a key only wait for each other.
+std::uint64_t fnv1a(std::string_view tag, std::string_view a, std::string_view b = {}) {
+  std::uint64_t h = 14695981039346656037ull;
+  for (auto part : {tag, std::string_view("\0", 1), a, std::string_view("\0", 1), b}) {
+    for (unsigned char c : part) {
+      h ^= c;
+      h *= 1099511628211ull;
+    }
+  }
+  return h & 0x7fffffffffffffffull;
+}
+std::uint64_t chat_lock(std::uint64_t chat) { return chat & 0x7fffffffffffffffull; }
+std::uint64_t pair_lock(const std::string& a, const std::string& b) {
+  return fnv1a("pair", std::min(a, b), std::max(a, b));
+}
+std::uint64_t user_lock(std::uint64_t user) { return fnv1a("user", std::to_string(user)); }
+std::uint64_t name_lock(const std::string& name) { return fnv1a("name", name); }
+
+// --- statements ------------------------------------------------------------------------------
+
+constexpr const char* message_columns =
+    "seq, message_id, sender_user, sender_device, sender_name, sent_at_ms, payload, cipher_type, "
+    "event, media_id";
+
+// A log entry from a row of `message_columns` starting at column 0.
+result<chat_message> message_of(std::uint64_t chat, const rows& r, int i) {
+  chat_message m;
+  m.chat = chat;
+  m.seq = r.u64(i, 0);
+  m.id = r.u64(i, 1);
+  m.sender = r.u64(i, 2);
+  m.sender_device = r.u64(i, 3);
+  m.sender_name = std::string(r.text(i, 4));
+  m.sent_at_ms = r.u64(i, 5);
+  m.payload = r.bytes(i, 6);
+  m.cipher_type = static_cast<std::uint32_t>(r.u64(i, 7));
+  if (!r.is_null(i, 8)) {
+    pb::GroupEventRecord e;
+    const std::string b = r.bytes(i, 8);
+    if (!e.ParseFromString(b) || e.change() < 1 || e.change() > 7) return errc::corrupt;
+    m.event = std::make_shared<const group_event>(
+        group_event{static_cast<group_change>(e.change()), e.user(), e.name(),
+                    {e.members().begin(), e.members().end()}});
+  }
+  if (!r.is_null(i, 9)) m.media = std::string(r.text(i, 9));
+  return m;
+}
+
+}  // namespace
+
+struct postgresql_store::impl {
+  explicit impl(postgresql_options o) : options(std::move(o)), ids(options.node_id) {}
+
+  postgresql_options options;
+
+  // --- the writer --------------------------------------------------------------------------
+  // A queued write: `apply` runs the request inside the group's transaction (and savepoint)
+  // and returns whether it succeeded and how to complete it once the group's fate is known
+  // (errc{} when committed). `apply` may run more than once: a group that meets a deadlock
+  // with another node is rolled back and applied again.
+  struct finisher {
+    bool ok = false;
+    std::function<void(errc)> finish;
+  };
+  struct command {
+    std::function<finisher(connection&)> apply;
+    std::function<void(errc)> refuse;
+    std::vector<std::uint64_t> locks;  // lock_key()s of what it writes that others write too
+  };
+  std::mutex mutex;
+  std::condition_variable wake;
+  std::deque<command> pending;
+  std::atomic<std::uint64_t> pending_count{0};
+  bool stopping = false;
+  std::thread writer;
+  connection writer_db;
+  snowflake ids;
+  std::uint64_t last_id = 0;
+  bool ids_issued = false;
+  std::string last_failure;  // why the last group failed (writer thread)
+  // Usernames by user id (writer thread): they never change, so a cache needs no
+  // invalidation; cleared when it passes max_cached_names.
+  std::unordered_map<std::uint64_t, std::string> names;
+  static constexpr std::size_t max_cached_names = 1u << 18;
+  result<std::string> cached_username(connection& db, std::uint64_t user) {
+    if (auto it = names.find(user); it != names.end()) return it->second;
+    auto name = username_of(db, user);
+    if (!name) return name;
+    if (names.size() >= max_cached_names) names.clear();
+    names.emplace(user, *name);
+    return name;
+  }
+  std::chrono::steady_clock::time_point last_connect_attempt{};
+  std::chrono::steady_clock::time_point last_dedupe_purge = std::chrono::steady_clock::now();
+
+  // --- readers -----------------------------------------------------------------------------
+  using read_task = std::function<void(connection&)>;
+  std::mutex read_mutex;
+  std::condition_variable read_wake;
+  std::deque<read_task> reads;
+  bool readers_stopping = false;
+  std::vector<std::thread> reader_threads;
+  std::atomic<bool> stopped{false};
+
+  // --- health ------------------------------------------------------------------------------
+  std::atomic<bool> writable{true};
+  std::mutex health_mutex;
+  std::string unavailable_reason;
+
+  void set_health(bool ok, std::string reason) {
+    const bool was = writable.load();
+    if (ok && was) return;
+    {
+      std::lock_guard lock(health_mutex);
+      unavailable_reason = std::move(reason);
+    }
+    writable.store(ok);
+    if (ok) {
+      log_warn() << "store: database reachable again, writes resumed";
+    } else if (was) {
+      std::lock_guard lock(health_mutex);
+      log_error() << "store: writes refused: " << unavailable_reason;
+    }
+  }
+
+  // Opens `db` with the session settings the store needs. False if it cannot.
+  bool connect(connection& db, bool writer_session, std::string& error) {
+    if (!db.open(options.conninfo, error)) return false;
+    // Statements that wait on a lock held by a stalled node give up (and the group is
+    // retried) instead of stalling this node's writer for good.
+    // Notices (CREATE ... IF NOT EXISTS's "already exists, skipping") would go to stderr.
+    std::string settings =
+        "SET lock_timeout = '10s'; SET statement_timeout = '30s'; "
+        "SET client_min_messages = warning";
+    // Durable before a completion runs, whatever the server's default says (off only when
+    // the node runs with --no-fsync).
+    if (writer_session)
+      settings += options.sync ? "; SET synchronous_commit = on" : "; SET synchronous_commit = off";
+    if (!db.run(settings)) {
+      error = db.error_message();
+      db.close();
+      return false;
+    }
+    return true;
+  }
+
+  // Writer thread: whether the writer has a connection, opening one at most every
+  // reconnect_interval.
+  bool writer_connected() {
+    if (writer_db.ok()) return true;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_connect_attempt < options.reconnect_interval && !writable.load()) return false;
+    last_connect_attempt = now;
+    std::string error;
+    if (!connect(writer_db, true, error)) {
+      set_health(false, "database unreachable: " + error);
+      return false;
+    }
+    set_health(true, {});
+    return true;
+  }
+
+  std::uint64_t next_id() {
+    ids_issued = true;
+    last_id = ids.next(now_ms());
+    return last_id;
+  }
+
+  // `locks`: the lock_key()s of the rows the request writes that another node's requests may
+  // write too (a chat's row and its members', a user's row, a pair's first chat): the group
+  // takes them all, sorted, before it applies anything (commit_group).
+  template <class T, class Apply>
+  void write(completion<T> done, Apply apply, std::vector<std::uint64_t> locks = {}) {
+    auto shared_done = std::make_shared<completion<T>>(std::move(done));
+    command c;
+    c.locks = std::move(locks);
+    c.apply = [shared_done, apply = std::move(apply)](connection& db) mutable -> finisher {
+      auto r = std::make_shared<result<T>>(apply(db));
+      const bool ok = r->has_value();
+      return {ok, [shared_done, r](errc commit) {
+                if (commit != errc{} && r->has_value()) {
+                  (*shared_done)(commit);
+                  return;
+                }
+                (*shared_done)(std::move(*r));
+              }};
+    };
+    c.refuse = [shared_done](errc e) { (*shared_done)(e); };
+    errc refusal = errc::shutting_down;
+    {
+      std::lock_guard lock(mutex);
+      if (!stopping && pending.size() < options.max_pending) {
+        pending.push_back(std::move(c));
+        pending_count.store(pending.size(), std::memory_order_relaxed);
+        wake.notify_one();
+        return;
+      }
+      if (!stopping) refusal = errc::busy;
+    }
+    if (refusal == errc::busy) {
+      // A completion never runs on the caller's thread: the refusal goes through a reader.
+      post_read([refuse = std::move(c.refuse)](connection&) { refuse(errc::busy); });
+      return;
+    }
+    c.refuse(refusal);
+  }
+
+  template <class T, class Read>
+  void read(completion<T> done, Read fn) {
+    if (stopped.load()) {
+      done(errc::shutting_down);
+      return;
+    }
+    post_read([this, done = std::move(done), fn = std::move(fn)](connection& db) mutable {
+      if (!db.ok()) {
+        std::string error;
+        if (!connect(db, false, error)) {
+          done(errc::unavailable);
+          return;
+        }
+      }
+      done(fn(db));
+    });
+  }
+
+  void post_read(read_task task) {
+    {
+      std::lock_guard lock(read_mutex);
+      reads.push_back(std::move(task));
+    }
+    read_wake.notify_one();
+  }
+
+  void run_reader() {
+    connection db;
+    for (;;) {
+      read_task task;
+      {
+        std::unique_lock lock(read_mutex);
+        read_wake.wait(lock, [&] { return readers_stopping || !reads.empty(); });
+        if (reads.empty()) return;  // stopping, and everything posted is done
+        task = std::move(reads.front());
+        reads.pop_front();
+      }
+      task(db);
+    }
+  }
+
+  void open();
+  void run_writer();
+  // Applies and commits one group. errc{} if committed; errc::unavailable / io_error if it
+  // failed (nothing committed, or for a lost COMMIT: unknown); `retry` set if it met a
+  // deadlock or serialization failure and may be applied again.
+  errc commit_group(std::vector<command>& work, std::vector<finisher>& finishers, bool& retry);
+  void purge_dedupe();
+
+  // --- request helpers (on the connection of the calling thread) -----------------------------
+
+  static result<std::optional<std::uint64_t>> user_by_name(connection& db,
+                                                           const std::string& name) {
+    auto r = db.exec("SELECT user_id FROM users WHERE username = $1", params().text(name));
+    if (!r) return r.error();
+    if (r->empty()) return std::optional<std::uint64_t>();
+    return std::optional<std::uint64_t>(r->u64(0, 0));
+  }
+
+  static result<std::string> username_of(connection& db, std::uint64_t user) {
+    auto r = db.exec("SELECT username FROM users WHERE user_id = $1", params().add(user));
+    if (!r) return r.error();
+    if (r->empty()) return errc::unknown_user;
+    return std::string(r->text(0, 0));
+  }
+
+  static result<std::uint64_t> direct_chat(connection& db, std::uint64_t a, std::uint64_t b) {
+    auto r = db.exec("SELECT chat_id FROM direct_chats WHERE user_lo = $1 AND user_hi = $2",
+                     params().add(std::min(a, b)).add(std::max(a, b)));
+    if (!r) return r.error();
+    return r->empty() ? 0 : r->u64(0, 0);
+  }
+
+  // Every device of the chat's current members but `except`.
+  static result<std::vector<std::uint64_t>> member_devices(connection& db, std::uint64_t chat,
+                                                           std::uint64_t except) {
+    auto r = db.exec(
+        "SELECT d.device_id FROM chat_members m JOIN devices d ON d.user_id = m.user_id "
+        "WHERE m.chat_id = $1 AND m.until_seq = 0 AND d.device_id <> $2 "
+        "ORDER BY m.position, d.device_id",
+        params().add(chat).add(except));
+    if (!r) return r.error();
+    std::vector<std::uint64_t> out;
+    out.reserve(static_cast<std::size_t>(r->size()));
+    for (int i = 0; i < r->size(); ++i) out.push_back(r->u64(i, 0));
+    return out;
+  }
+
+  // A receipt of `mark` for every device of the chat's current members other than `user`.
+  static result<void> receipts_to_others(connection& db, std::uint64_t chat, std::uint64_t user,
+                                         const watermark& mark,
+                                         std::vector<receipt_delivery>& out) {
+    auto r = db.exec(
+        "SELECT d.device_id FROM chat_members m JOIN devices d ON d.user_id = m.user_id "
+        "WHERE m.chat_id = $1 AND m.user_id <> $2 AND m.until_seq = 0",
+        params().add(chat).add(user));
+    if (!r) return r.error();
+    for (int i = 0; i < r->size(); ++i) out.push_back({r->u64(i, 0), mark});
+    return {};
+  }
+
+  static result<std::uint64_t> next_stamp(connection& db) {
+    auto r = db.exec("SELECT nextval('parley_receipt_stamps')");
+    if (!r) return r.error();
+    return r->u64(0, 0);
+  }
+
+  // Appends a group's system message at the chat's next seq (the chat row is locked by it).
+  result<shared_message> append_event(connection& db, std::uint64_t chat, std::uint64_t sender,
+                                      std::uint64_t sender_device, const std::string& sender_name,
+                                      group_event event, std::uint64_t now) {
+    auto head = db.exec("UPDATE chats SET head = head + 1 WHERE chat_id = $1 RETURNING head",
+                        params().add(chat));
+    if (!head) return head.error();
+    if (head->empty()) return errc::not_found;
+    const std::uint64_t seq = head->u64(0, 0);
+    const std::uint64_t id = next_id();
+    pb::GroupEventRecord e;
+    e.set_change(static_cast<std::uint32_t>(event.change));
+    e.set_user(event.user);
+    e.set_name(event.name);
+    for (const auto& m : event.members) e.add_members(m);
+    auto ins = db.exec(
+        "INSERT INTO messages (chat_id, seq, message_id, sender_user, sender_device, "
+        "sender_name, sent_at_ms, payload, cipher_type, event) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, ''::bytea, 0, $8)",
+        params()
+            .add(chat)
+            .add(seq)
+            .add(id)
+            .add(sender)
+            .add(sender_device)
+            .text(sender_name)
+            .add(now)
+            .bytes(e.SerializeAsString()));
+    if (!ins) return ins.error();
+    auto m = std::make_shared<chat_message>();
+    m->chat = chat;
+    m->seq = seq;
+    m->id = id;
+    m->sender = sender;
+    m->sender_device = sender_device;
+    m->sender_name = sender_name;
+    m->sent_at_ms = now;
+    m->event = std::make_shared<const group_event>(std::move(event));
+    return shared_message(std::move(m));
+  }
+
+  // A group as its members see it.
+  static result<group_info> info_of(connection& db, std::uint64_t chat) {
+    auto c = db.exec("SELECT name FROM chats WHERE chat_id = $1", params().add(chat));
+    if (!c) return c.error();
+    if (c->empty()) return errc::not_found;
+    auto m = db.exec(
+        "SELECT m.user_id, u.username, m.admin, m.joined_seq FROM chat_members m "
+        "JOIN users u ON u.user_id = m.user_id WHERE m.chat_id = $1 AND m.until_seq = 0 "
+        "ORDER BY m.position",
+        params().add(chat));
+    if (!m) return m.error();
+    group_info info;
+    info.chat = chat;
+    info.name = std::string(c->text(0, 0));
+    for (int i = 0; i < m->size(); ++i) {
+      info.members.push_back(
+          {m->u64(i, 0), std::string(m->text(i, 1)), m->boolean(i, 2), m->u64(i, 3)});
+    }
+    return info;
+  }
+
+  // The chat a read names, checked for membership: 0 for a 1:1 chat named by a peer that has
+  // none yet. `first_seq` gets the first seq the requester may read (a group: the event that
+  // added it).
+  static result<std::uint64_t> resolve_for_read(connection& db, std::uint64_t requester,
+                                                 const chat_ref& ref, std::uint64_t& first_seq) {
+    first_seq = 1;
+    if (ref.chat == 0) {
+      auto peer = user_by_name(db, ref.peer);
+      if (!peer) return peer.error();
+      if (!*peer) return errc::unknown_user;
+      if (**peer == requester) return std::uint64_t{0};
+      return direct_chat(db, requester, **peer);
+    }
+    auto r = db.exec(
+        "SELECT joined_seq FROM chat_members WHERE chat_id = $1 AND user_id = $2 AND "
+        "until_seq = 0",
+        params().add(ref.chat).add(requester));
+    if (!r) return r.error();
+    if (r->empty()) return errc::not_found;
+    first_seq = std::max<std::uint64_t>(1, r->u64(0, 0));
+    return ref.chat;
+  }
+};
+
+// --- opening, the writer ---------------------------------------------------------------------
+
+void postgresql_store::impl::open() {
+  std::string error;
+  if (!connect(writer_db, true, error))
+    throw std::runtime_error("cannot connect to the store's database: " + error);
+  // One node creates the schema at a time (CREATE ... IF NOT EXISTS races with itself).
+  auto fail = [&](const std::string& what) {
+    throw std::runtime_error("store: " + what + ": " + writer_db.error_message());
+  };
+  if (!writer_db.run("SELECT pg_advisory_lock(7336284)")) fail("cannot take the schema lock");
+  if (!writer_db.run(pg::schema_sql)) fail("cannot create the schema");
+  auto version = writer_db.exec("SELECT value FROM parley_meta WHERE key = 'schema_version'");
+  if (!version) fail("cannot read the schema version");
+  if (version->empty()) {
+    if (!writer_db.exec("INSERT INTO parley_meta (key, value) VALUES ('schema_version', $1)",
+                        params().add(static_cast<std::uint64_t>(pg::schema_version))))
+      fail("cannot write the schema version");
+  } else if (version->u64(0, 0) != static_cast<std::uint64_t>(pg::schema_version)) {
+    throw std::runtime_error("store: the database has schema version " +
+                             std::string(version->text(0, 0)) + ", this parleyd writes " +
+                             std::to_string(pg::schema_version) + " (there is no migration)");
+  }
+  if (!writer_db.run("SELECT pg_advisory_unlock(7336284)")) fail("cannot release the schema lock");
+  auto high = writer_db.exec("SELECT last_id FROM node_ids WHERE node_id = $1",
+                             params().add(options.node_id));
+  if (!high) fail("cannot read the node's id high-water mark");
+  if (!high->empty()) ids.advance_past(high->u64(0, 0));
+
+  for (std::size_t i = 0; i < options.reader_threads; ++i) {
+    reader_threads.emplace_back([this] { run_reader(); });
+    name_thread(reader_threads.back(), "store-reader-" + std::to_string(i));
+  }
+  writer = std::thread([this] { run_writer(); });
+  name_thread(writer, "store-writer");
+}
+
+void postgresql_store::impl::purge_dedupe() {
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_dedupe_purge < std::chrono::minutes(10)) return;
+  last_dedupe_purge = now;
+  const std::uint64_t window = static_cast<std::uint64_t>(options.dedupe_window.count());
+  const std::uint64_t t = now_ms();
+  if (t <= window) return;
+  // Expired records are ignored by reads already; this only gives the space back.
+  if (!writer_db.exec("DELETE FROM dedupe WHERE sent_at_ms < $1", params().add(t - window)))
+    log_warn() << "store: dedupe purge failed: " << writer_db.error_message();
+}
+
+errc postgresql_store::impl::commit_group(std::vector<command>& work,
+                                          std::vector<finisher>& finishers, bool& retry) {
+  retry = false;
+  finishers.clear();
+  // The transaction's failure: roll back what is left of it and say why.
+  auto abort = [&](errc fallback) {
+    const bool lost = !writer_db.ok();
+    const std::string state = writer_db.sqlstate();  // ROLLBACK below clears it
+    last_failure = (state.empty() ? "" : "SQLSTATE " + state + ": ") + writer_db.error_message();
+    retry = !lost && writer_db.must_retry();
+    if (!lost) writer_db.run("ROLLBACK");
+    if (lost) {
+      set_health(false, "database connection lost: " + writer_db.error_message());
+      return errc::unavailable;
+    }
+    // A lock held too long by another node (lock_timeout) or a statement past
+    // statement_timeout: nothing was applied, and a retry shortly may well pass.
+    if (state == pg::lock_not_available || state == pg::query_canceled) return errc::busy;
+    return fallback;
+  };
+
+  if (!writer_db.run("BEGIN")) return abort(errc::io_error);
+  // Every lock the group's requests need, in one order for every node: two nodes' groups then
+  // never wait for each other in a cycle (a deadlock, which would cost both a rollback).
+  std::vector<std::uint64_t> locks;
+  for (const auto& c : work) locks.insert(locks.end(), c.locks.begin(), c.locks.end());
+  if (!locks.empty()) {
+    std::sort(locks.begin(), locks.end());
+    locks.erase(std::unique(locks.begin(), locks.end()), locks.end());
+    std::string array = "{";
+    for (auto k : locks) array += (array.size() > 1 ? "," : "") + std::to_string(k);
+    array += "}";
+    // unnest yields the array's order, and the function runs per row in that order.
+    if (!writer_db.exec("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k",
+                        params().text(array)))
+      return abort(errc::io_error);
+  }
+  if (!writer_db.run("SAVEPOINT r")) return abort(errc::io_error);
+  ids_issued = false;
+  for (auto& c : work) {
+    finisher f = c.apply(writer_db);
+    if (!writer_db.ok() || writer_db.must_retry()) return abort(errc::io_error);
+    if (f.ok) {
+      if (!writer_db.run("RELEASE SAVEPOINT r; SAVEPOINT r")) return abort(errc::io_error);
+    } else {
+      if (!writer_db.run("ROLLBACK TO SAVEPOINT r")) return abort(errc::io_error);
+    }
+    finishers.push_back(std::move(f));
+  }
+  if (ids_issued &&
+      !writer_db.exec("INSERT INTO node_ids (node_id, last_id) VALUES ($1, $2) "
+                      "ON CONFLICT (node_id) DO UPDATE SET last_id = "
+                      "GREATEST(node_ids.last_id, EXCLUDED.last_id)",
+                      params().add(options.node_id).add(last_id))) {
+    return abort(errc::io_error);
+  }
+  if (!writer_db.run("COMMIT")) return abort(errc::io_error);
+  return errc{};
+}
+
+void postgresql_store::impl::run_writer() {
+  std::vector<command> work;
+  std::vector<finisher> finishers;
+  for (;;) {
+    {
+      std::unique_lock lock(mutex);
+      // Idle, the writer still reconnects, so that /healthz tells the truth when nobody
+      // writes.
+      if (!wake.wait_for(lock, options.reconnect_interval,
+                         [&] { return stopping || !pending.empty(); })) {
+        lock.unlock();
+        writer_connected();
+        continue;
+      }
+      if (pending.empty()) return;  // stopping, and everything queued is done
+      while (!pending.empty() && work.size() < options.max_group) {
+        work.push_back(std::move(pending.front()));
+        pending.pop_front();
+      }
+      pending_count.store(pending.size(), std::memory_order_relaxed);
+    }
+    if (!writer_connected()) {
+      for (auto& c : work) c.refuse(errc::unavailable);
+      work.clear();
+      continue;
+    }
+    const auto start = std::chrono::steady_clock::now();
+    errc outcome{};
+    for (int attempt = 0;; ++attempt) {
+      bool retry = false;
+      outcome = commit_group(work, finishers, retry);
+      if (outcome == errc{} || !retry || attempt == 4) break;
+      log_warn() << "store: group of " << work.size() << " met another node's lock ("
+                 << last_failure << "), applying it again";
+    }
+    if (options.on_commit)
+      options.on_commit(std::chrono::steady_clock::now() - start, work.size());
+    if (outcome == errc{}) {
+      for (auto& f : finishers) f.finish(errc{});
+    } else {
+      if (writer_db.ok()) log_error() << "store: group commit failed: " << last_failure;
+      for (auto& c : work) c.refuse(outcome);
+    }
+    finishers.clear();
+    work.clear();
+    if (writer_db.ok()) purge_dedupe();
+  }
+}
+
+postgresql_store::postgresql_store(postgresql_options options)
+    : impl_(std::make_unique<impl>(std::move(options))) {
+  impl_->open();
+}
+
+postgresql_store::~postgresql_store() { stop(); }
+
+void postgresql_store::stop() {
+  {
+    std::lock_guard lock(impl_->mutex);
+    if (impl_->stopping) return;
+    impl_->stopping = true;
+  }
+  impl_->wake.notify_all();
+  if (impl_->writer.joinable()) impl_->writer.join();
+  impl_->stopped = true;
+  {
+    std::lock_guard lock(impl_->read_mutex);
+    impl_->readers_stopping = true;
+  }
+  impl_->read_wake.notify_all();
+  for (auto& t : impl_->reader_threads) {
+    if (t.joinable()) t.join();
+  }
+  impl_->writer_db.close();
+}
+
+store_health postgresql_store::health() {
+  if (impl_->writable.load()) return {};
+  std::lock_guard lock(impl_->health_mutex);
+  return {false, impl_->unavailable_reason};
+}
+
+std::uint64_t postgresql_store::pending_writes() {
+  return impl_->pending_count.load(std::memory_order_relaxed);
+}
+
+// --- accounts, devices, keys -----------------------------------------------------------------
+
+void postgresql_store::register_account(registration_request request,
+                                        completion<registration> done) {
+  std::vector<std::uint64_t> locks{name_lock(request.username)};
+  impl_->write<registration>(
+      std::move(done), [request = std::move(request)](connection& db) -> result<registration> {
+        auto ids = db.exec("SELECT nextval('parley_user_ids'), nextval('parley_device_ids')");
+        if (!ids) return ids.error();
+        registration r{ids->u64(0, 0), ids->u64(0, 1)};
+        const std::uint64_t now = now_ms();
+        // Another node registering the same name at once waits here for it, then finds it.
+        auto user = db.exec(
+            "INSERT INTO users (user_id, username, created_ms) VALUES ($1, $2, $3) "
+            "ON CONFLICT (username) DO NOTHING",
+            params().add(r.user).text(request.username).add(now));
+        if (!user) return user.error();
+        if (user->affected() == 0) return errc::username_taken;
+        const std::string_view token(reinterpret_cast<const char*>(request.token_hash.data()),
+                                     request.token_hash.size());
+        auto device = db.exec(
+            "INSERT INTO devices (device_id, user_id, token_sha256, created_ms) "
+            "VALUES ($1, $2, $3, $4)",
+            params().add(r.device).add(r.user).bytes(token).add(now));
+        if (!device) return device.error();
+        return r;
+      }, std::move(locks));
+}
+
+void postgresql_store::find_device(device_id id, completion<device> done) {
+  impl_->read<device>(std::move(done), [id](connection& db) -> result<device> {
+    auto r = db.exec(
+        "SELECT d.user_id, d.token_sha256, u.username, u.hide_last_seen, "
+        "k.device_id IS NOT NULL, k.registration_id, "
+        "(SELECT count(*) FROM one_time_prekeys o WHERE o.device_id = d.device_id) "
+        "FROM devices d JOIN users u ON u.user_id = d.user_id "
+        "LEFT JOIN device_keys k ON k.device_id = d.device_id WHERE d.device_id = $1",
+        params().add(id));
+    if (!r) return r.error();
+    if (r->empty()) return errc::not_found;
+    const std::string token = r->bytes(0, 1);
+    if (token.size() != 32) return errc::corrupt;
+    device d{id, r->u64(0, 0), std::string(r->text(0, 2)), {}, {}, r->boolean(0, 3)};
+    std::copy(token.begin(), token.end(), d.token_hash.begin());
+    if (r->boolean(0, 4)) {
+      d.keys = {true, static_cast<std::uint32_t>(r->u64(0, 6)),
+                static_cast<std::uint32_t>(r->u64(0, 5))};
+    }
+    return d;
+  });
+}
+
+void postgresql_store::find_account(std::string username, completion<account> done) {
+  impl_->read<account>(std::move(done),
+                       [username = std::move(username)](connection& db) -> result<account> {
+                         auto user = impl::user_by_name(db, username);
+                         if (!user) return user.error();
+                         if (!*user) return errc::not_found;
+                         auto r = db.exec(
+                             "SELECT device_id FROM devices WHERE user_id = $1 "
+                             "ORDER BY device_id",
+                             params().add(**user));
+                         if (!r) return r.error();
+                         account a{**user, username, {}};
+                         for (int i = 0; i < r->size(); ++i) a.devices.push_back(r->u64(i, 0));
+                         return a;
+                       });
+}
+
+void postgresql_store::set_privacy(user_id user, bool hide_last_seen, completion<void> done) {
+  std::vector<std::uint64_t> locks{user_lock(user)};
+  impl_->write<void>(std::move(done), [user, hide_last_seen](connection& db) -> result<void> {
+    auto r = db.exec("UPDATE users SET hide_last_seen = $2 WHERE user_id = $1",
+                     params().add(user).add(hide_last_seen));
+    if (!r) return r.error();
+    if (r->affected() == 0) return errc::unknown_user;
+    return {};
+  }, std::move(locks));
+}
+
+void postgresql_store::upload_keys(key_upload upload, std::size_t max_held,
+                                   completion<key_stock> done) {
+  impl_->write<key_stock>(
+      std::move(done),
+      [upload = std::move(upload), max_held](connection& db) -> result<key_stock> {
+        auto existing = db.exec(
+            "SELECT identity_key FROM device_keys WHERE device_id = $1 FOR UPDATE",
+            params().add(upload.device));
+        if (!existing) return existing.error();
+        const bool had = !existing->empty();
+        const bool replaced = had && existing->bytes(0, 0) != upload.identity_key;
+        if ((!had || replaced) && !upload.signed_prekey) return errc::missing_signed_prekey;
+        const std::uint64_t now = now_ms();
+        if (!had || replaced) {
+          // A new identity drops every old key.
+          const auto& spk = *upload.signed_prekey;
+          auto w = db.exec(
+              "INSERT INTO device_keys (device_id, identity_key, registration_id, "
+              "identity_since_ms, updated_ms, signed_prekey_id, signed_prekey, "
+              "signed_prekey_signature) VALUES ($1, $2, $3, $4, $4, $5, $6, $7) "
+              "ON CONFLICT (device_id) DO UPDATE SET identity_key = EXCLUDED.identity_key, "
+              "registration_id = EXCLUDED.registration_id, "
+              "identity_since_ms = EXCLUDED.identity_since_ms, updated_ms = EXCLUDED.updated_ms, "
+              "signed_prekey_id = EXCLUDED.signed_prekey_id, "
+              "signed_prekey = EXCLUDED.signed_prekey, "
+              "signed_prekey_signature = EXCLUDED.signed_prekey_signature",
+              params()
+                  .add(upload.device)
+                  .bytes(upload.identity_key)
+                  .add(static_cast<std::uint64_t>(upload.registration_id))
+                  .add(now)
+                  .add(static_cast<std::uint64_t>(spk.id))
+                  .bytes(spk.public_key)
+                  .bytes(spk.signature));
+          if (!w) return w.error();
+          if (replaced) {
+            auto d = db.exec("DELETE FROM one_time_prekeys WHERE device_id = $1",
+                             params().add(upload.device));
+            if (!d) return d.error();
+          }
+        } else {
+          auto w = db.exec(
+              "UPDATE device_keys SET registration_id = $2, updated_ms = $3 WHERE device_id = $1",
+              params()
+                  .add(upload.device)
+                  .add(static_cast<std::uint64_t>(upload.registration_id))
+                  .add(now));
+          if (!w) return w.error();
+          if (upload.signed_prekey) {
+            const auto& spk = *upload.signed_prekey;
+            auto s = db.exec(
+                "UPDATE device_keys SET signed_prekey_id = $2, signed_prekey = $3, "
+                "signed_prekey_signature = $4 WHERE device_id = $1",
+                params()
+                    .add(upload.device)
+                    .add(static_cast<std::uint64_t>(spk.id))
+                    .bytes(spk.public_key)
+                    .bytes(spk.signature));
+            if (!s) return s.error();
+          }
+        }
+        // Ids already held keep their place in line (the oldest is taken first).
+        for (const auto& k : upload.one_time_prekeys) {
+          auto w = db.exec(
+              "INSERT INTO one_time_prekeys (device_id, key_id, public_key, position) "
+              "VALUES ($1, $2, $3, nextval('parley_prekey_positions')) "
+              "ON CONFLICT (device_id, key_id) DO UPDATE SET public_key = EXCLUDED.public_key",
+              params().add(upload.device).add(static_cast<std::uint64_t>(k.id)).bytes(k.public_key));
+          if (!w) return w.error();
+        }
+        auto held = db.exec("SELECT count(*) FROM one_time_prekeys WHERE device_id = $1",
+                            params().add(upload.device));
+        if (!held) return held.error();
+        const std::uint64_t count = held->u64(0, 0);
+        if (count > max_held) return errc::too_many_prekeys;
+        return key_stock{static_cast<std::uint32_t>(count), replaced};
+      });
+}
+
+void postgresql_store::take_key_bundles(std::string username,
+                                        completion<std::vector<key_bundle>> done) {
+  impl_->write<std::vector<key_bundle>>(
+      std::move(done),
+      [username = std::move(username)](connection& db) -> result<std::vector<key_bundle>> {
+        auto user = impl::user_by_name(db, username);
+        if (!user) return user.error();
+        if (!*user) return errc::unknown_user;
+        auto k = db.exec(
+            "SELECT d.device_id, k.registration_id, k.identity_key, k.signed_prekey_id, "
+            "k.signed_prekey, k.signed_prekey_signature FROM devices d "
+            "JOIN device_keys k ON k.device_id = d.device_id WHERE d.user_id = $1 "
+            "ORDER BY d.device_id",
+            params().add(**user));
+        if (!k) return k.error();
+        std::vector<key_bundle> out;
+        for (int i = 0; i < k->size(); ++i) {
+          key_bundle b;
+          b.device = k->u64(i, 0);
+          b.registration_id = static_cast<std::uint32_t>(k->u64(i, 1));
+          b.identity_key = k->bytes(i, 2);
+          b.signed_prekey = {static_cast<std::uint32_t>(k->u64(i, 3)), k->bytes(i, 4),
+                             k->bytes(i, 5)};
+          // The oldest one-time prekey; one that another node's fetch holds is skipped, so
+          // that two fetches never hand out the same key.
+          auto taken = db.exec(
+              "DELETE FROM one_time_prekeys WHERE (device_id, key_id) IN ("
+              "SELECT device_id, key_id FROM one_time_prekeys WHERE device_id = $1 "
+              "ORDER BY position LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING key_id, public_key",
+              params().add(b.device));
+          if (!taken) return taken.error();
+          if (!taken->empty()) {
+            b.one_time_prekey =
+                prekey{static_cast<std::uint32_t>(taken->u64(0, 0)), taken->bytes(0, 1), {}};
+          }
+          auto left = db.exec("SELECT count(*) FROM one_time_prekeys WHERE device_id = $1",
+                              params().add(b.device));
+          if (!left) return left.error();
+          b.remaining = static_cast<std::uint32_t>(left->u64(0, 0));
+          out.push_back(std::move(b));
+        }
+        if (out.empty()) return errc::no_keys;
+        return out;
+      });
+}
+
+void postgresql_store::shared_chats(user_id requester, std::vector<std::string> usernames,
+                                    completion<std::vector<bool>> done) {
+  impl_->read<std::vector<bool>>(
+      std::move(done), [requester, usernames = std::move(usernames)](
+                           connection& db) -> result<std::vector<bool>> {
+        std::vector<bool> out;
+        out.reserve(usernames.size());
+        for (const auto& name : usernames) {
+          auto peer = impl::user_by_name(db, name);
+          if (!peer) return peer.error();
+          if (!*peer || **peer == requester) {
+            out.push_back(false);
+            continue;
+          }
+          auto chat = impl::direct_chat(db, requester, **peer);
+          if (!chat) return chat.error();
+          out.push_back(*chat != 0);
+        }
+        return out;
+      });
+}
+
+// --- the chat log ----------------------------------------------------------------------------
+
+void postgresql_store::send(send_request request, completion<send_outcome> done) {
+  std::vector<std::uint64_t> locks{request.to.chat != 0 ? chat_lock(request.to.chat)
+                                               : pair_lock(request.sender_name, request.to.peer)};
+  // Three statements for a message to an existing chat (one round trip each): the lookups,
+  // the seq with who is in the chat, and the appends.
+  impl_->write<send_outcome>(
+      std::move(done), [this, request = std::move(request)](connection& db) -> result<send_outcome> {
+        auto& d = *impl_;
+        const std::uint64_t window = static_cast<std::uint64_t>(d.options.dedupe_window.count());
+        const std::uint64_t now = now_ms();
+        const std::uint64_t fresh_after = now > window ? now - window : 0;
+        // A retry's first result, the peer named, and the pair's chat.
+        auto found = db.exec(
+            "SELECT d.chat_id, d.seq, d.message_id, d.sent_at_ms, d.seq IS NOT NULL, p.user_id, "
+            "p.user_id IS NOT NULL, dc.chat_id FROM (SELECT 1) AS one "
+            "LEFT JOIN dedupe d ON d.sender_device = $1 AND d.client_msg_id = $2 "
+            "AND d.sent_at_ms >= $3 "
+            "LEFT JOIN users p ON p.username = $4 "
+            "LEFT JOIN direct_chats dc ON dc.user_lo = LEAST($5::bigint, p.user_id) "
+            "AND dc.user_hi = GREATEST($5::bigint, p.user_id)",
+            params()
+                .add(request.sender_device)
+                .bytes(request.client_msg_id)
+                .add(fresh_after)
+                .text(request.to.chat == 0 ? request.to.peer : std::string())
+                .add(request.sender));
+        if (!found) return found.error();
+        if (found->boolean(0, 4)) {
+          send_outcome out;
+          out.chat = found->u64(0, 0);
+          out.seq = found->u64(0, 1);
+          out.id = found->u64(0, 2);
+          out.sent_at_ms = found->u64(0, 3);
+          out.duplicate = true;
+          return out;
+        }
+
+        // The chat: by id, or the pair's 1:1 chat (created by its first message).
+        std::uint64_t chat = request.to.chat;
+        if (chat == 0) {
+          if (!found->boolean(0, 6)) return errc::unknown_user;
+          const std::uint64_t peer = found->u64(0, 5);
+          if (peer == request.sender) return errc::self_message;
+          chat = found->u64(0, 7);
+          if (chat == 0) {
+            const auto [lo, hi] = std::minmax(request.sender, peer);
+            const std::uint64_t fresh = d.next_id();
+            // Another node creating the same pair's chat at once waits for this one (the
+            // pair's lock), then finds it.
+            auto created = db.exec(
+                "INSERT INTO direct_chats (user_lo, user_hi, chat_id) VALUES ($1, $2, $3) "
+                "ON CONFLICT (user_lo, user_hi) DO NOTHING RETURNING chat_id",
+                params().add(lo).add(hi).add(fresh));
+            if (!created) return created.error();
+            if (created->empty()) {
+              auto theirs = impl::direct_chat(db, lo, hi);
+              if (!theirs) return theirs.error();
+              chat = *theirs;
+            } else {
+              chat = fresh;
+              auto c = db.exec(
+                  "WITH c AS (INSERT INTO chats (chat_id, is_group, created_ms) "
+                  "VALUES ($1, FALSE, $2)) "
+                  "INSERT INTO chat_members (chat_id, user_id, position) "
+                  "VALUES ($1, $3, 1), ($1, $4, 2)",
+                  params().add(chat).add(now).add(lo).add(hi));
+              if (!c) return c.error();
+            }
+          }
+        }
+
+        // The seq, under the chat's row lock (held until the group commits: appends to one
+        // chat from several nodes queue here), with the chat's current members, a 1:1
+        // chat's recipients' registration ids, and the devices to push to.
+        auto head = db.exec(
+            "UPDATE chats SET head = head + 1 WHERE chat_id = $1 RETURNING head, is_group, "
+            "ARRAY(SELECT user_id FROM chat_members WHERE chat_id = $1 AND until_seq = 0), "
+            "CASE WHEN is_group THEN NULL ELSE ARRAY(SELECT k.registration_id "
+            "FROM chat_members m JOIN devices d ON d.user_id = m.user_id "
+            "JOIN device_keys k ON k.device_id = d.device_id "
+            "WHERE m.chat_id = $1 AND m.until_seq = 0 AND m.user_id <> $2) END, "
+            "ARRAY(SELECT d.device_id FROM chat_members m JOIN devices d ON d.user_id = m.user_id "
+            "WHERE m.chat_id = $1 AND m.until_seq = 0 AND d.device_id <> $3 "
+            "ORDER BY m.position, d.device_id)",
+            params().add(chat).add(request.sender).add(request.sender_device));
+        if (!head) return head.error();
+        if (head->empty()) return errc::not_found;
+        const std::uint64_t seq = head->u64(0, 0);
+        const bool group_chat = head->boolean(0, 1);
+        const auto members = head->bigints(0, 2);
+        if (std::find(members.begin(), members.end(), request.sender) == members.end())
+          return errc::not_found;
+        // A group takes sender-key messages only, a 1:1 chat only pairwise ones.
+        if (group_chat != (request.cipher_type == sender_key_cipher_type))
+          return errc::invalid_argument;
+        for (std::uint64_t registration : head->bigints(0, 3)) {
+          if (registration != 0 && registration != request.recipient_registration_id)
+            return errc::stale_keys;
+        }
+        // A file: the sender's own blob, one more reference to it (the sweep keeps it now).
+        if (!request.media.empty()) {
+          auto ref = db.exec(
+              "UPDATE media SET refs = refs + 1 WHERE media_id = $1 AND owner = $2 RETURNING refs",
+              params().text(request.media).add(request.sender));
+          if (!ref) return ref.error();
+          if (ref->empty()) return errc::media_not_found;
+        }
+
+        send_outcome out;
+        out.chat = chat;
+        out.seq = seq;
+        out.id = d.next_id();
+        out.sent_at_ms = now;
+        params appended;
+        appended.add(chat)
+            .add(seq)
+            .add(out.id)
+            .add(request.sender)
+            .add(request.sender_device)
+            .text(request.sender_name)
+            .add(now)
+            .bytes(request.payload)
+            .add(static_cast<std::uint64_t>(request.cipher_type));
+        if (request.media.empty()) {
+          appended.null();
+        } else {
+          appended.text(request.media);
+        }
+        appended.bytes(request.client_msg_id).add(fresh_after);
+        // The entry and its dedupe record. An expired record of the same id is replaced; a
+        // live one (the same device sending the same id through another node at this moment)
+        // is a conflict to retry.
+        auto ins = db.exec(
+            "WITH m AS (INSERT INTO messages (chat_id, seq, message_id, sender_user, "
+            "sender_device, sender_name, sent_at_ms, payload, cipher_type, media_id) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)) "
+            "INSERT INTO dedupe (sender_device, client_msg_id, chat_id, seq, message_id, "
+            "sent_at_ms) VALUES ($5, $11, $1, $2, $3, $7) "
+            "ON CONFLICT (sender_device, client_msg_id) DO UPDATE SET chat_id = EXCLUDED.chat_id, "
+            "seq = EXCLUDED.seq, message_id = EXCLUDED.message_id, "
+            "sent_at_ms = EXCLUDED.sent_at_ms WHERE dedupe.sent_at_ms < $12 RETURNING seq",
+            appended);
+        if (!ins) return ins.error();
+        if (ins->empty()) return errc::busy;
+
+        out.recipients = head->bigints(0, 4);
+        out.message = std::make_shared<const chat_message>(
+            chat_message{chat, seq, out.id, request.sender, request.sender_device,
+                         request.sender_name, now, request.payload, request.cipher_type, nullptr,
+                         request.media});
+        return out;
+      }, std::move(locks));
+}
+
+void postgresql_store::ack(device_id device, user_id user, std::vector<cursor_update> cursors,
+                           completion<watermark_moves> done) {
+  impl_->write<watermark_moves>(
+      std::move(done),
+      [this, device, user, cursors = std::move(cursors)](connection& db) mutable
+      -> result<watermark_moves> {
+        one_cursor_per_chat(cursors);
+        auto me = impl_->cached_username(db, user);
+        if (!me) return me.error();
+        const std::uint64_t now = now_ms();
+        watermark_moves out;
+        for (const auto& c : cursors) {
+          // The chat, the user's place in it, this device's cursor and the user's delivered
+          // watermark (its highest cursor), and a 1:1 chat's other member's devices: one read.
+          auto chat = db.exec(
+              "SELECT c.is_group, c.head, m.until_seq, "
+              "COALESCE((SELECT seq FROM cursors WHERE chat_id = $1 AND user_id = $2 "
+              "AND device_id = $3), 0), "
+              "COALESCE((SELECT MAX(seq) FROM cursors WHERE chat_id = $1 AND user_id = $2), 0), "
+              "CASE WHEN c.is_group THEN NULL ELSE ARRAY(SELECT d.device_id FROM chat_members o "
+              "JOIN devices d ON d.user_id = o.user_id WHERE o.chat_id = $1 AND o.user_id <> $2 "
+              "AND o.until_seq = 0) END "
+              "FROM chats c JOIN chat_members m ON m.chat_id = c.chat_id AND m.user_id = $2 "
+              "WHERE c.chat_id = $1",
+              params().add(c.chat).add(user).add(device));
+          if (!chat) return chat.error();
+          if (chat->empty()) return errc::not_found;
+          const bool group = chat->boolean(0, 0);
+          const std::uint64_t head = chat->u64(0, 1);
+          const std::uint64_t until = chat->u64(0, 2);
+          const bool member = until == 0;
+          // A former member acks up to the event that removed it (which it was sent).
+          if (!member && (!group || c.seq > until)) return errc::not_found;
+          if (c.seq > head) return errc::invalid_argument;
+          if (c.seq <= chat->u64(0, 3)) continue;  // cursors never move back
+          const std::uint64_t delivered = chat->u64(0, 4);
+          auto w = db.exec(
+              "INSERT INTO cursors (chat_id, user_id, device_id, seq) VALUES ($1, $2, $3, $4) "
+              "ON CONFLICT (chat_id, user_id, device_id) DO UPDATE SET seq = "
+              "GREATEST(cursors.seq, EXCLUDED.seq)",
+              params().add(c.chat).add(user).add(device).add(c.seq));
+          if (!w) return w.error();
+          if (c.seq <= delivered || !member) continue;  // another device of the user had it
+          if (group) {
+            out.groups.push_back(c.chat);  // merged: group_receipts
+            continue;
+          }
+          const watermark mark{c.chat, *me, message_status::delivered, c.seq, now, 0};
+          for (std::uint64_t to : chat->bigints(0, 5)) out.receipts.push_back({to, mark});
+        }
+        if (!out.receipts.empty()) {
+          auto stamp = impl::next_stamp(db);
+          if (!stamp) return stamp.error();
+          stamp_all(out.receipts, *stamp);
+        }
+        return out;
+      });
+}
+
+void postgresql_store::mark_read(user_id reader, chat_id chat, std::uint64_t up_to,
+                                 completion<watermark_moves> done) {
+  std::vector<std::uint64_t> locks{chat_lock(chat)};
+  impl_->write<watermark_moves>(
+      std::move(done), [reader, chat, up_to](connection& db) -> result<watermark_moves> {
+        auto c = db.exec(
+            "SELECT c.is_group, c.head, m.read_seq FROM chats c JOIN chat_members m "
+            "ON m.chat_id = c.chat_id AND m.user_id = $2 AND m.until_seq = 0 "
+            "WHERE c.chat_id = $1",
+            params().add(chat).add(reader));
+        if (!c) return c.error();
+        if (c->empty()) return errc::not_found;
+        if (up_to > c->u64(0, 1)) return errc::invalid_argument;
+        watermark_moves out;
+        if (up_to <= c->u64(0, 2)) return out;
+        auto w = db.exec(
+            "UPDATE chat_members SET read_seq = GREATEST(read_seq, $3) "
+            "WHERE chat_id = $1 AND user_id = $2",
+            params().add(chat).add(reader).add(up_to));
+        if (!w) return w.error();
+        if (c->boolean(0, 0)) {
+          out.groups.push_back(chat);  // merged: group_receipts
+          return out;
+        }
+        auto me = impl::username_of(db, reader);
+        if (!me) return me.error();
+        auto r = impl::receipts_to_others(
+            db, chat, reader, watermark{chat, *me, message_status::read, up_to, now_ms(), 0},
+            out.receipts);
+        if (!r) return r.error();
+        if (!out.receipts.empty()) {
+          auto stamp = impl::next_stamp(db);
+          if (!stamp) return stamp.error();
+          stamp_all(out.receipts, *stamp);
+        }
+        return out;
+      }, std::move(locks));
+}
+
+void postgresql_store::group_receipts(chat_id chat,
+                                      completion<std::vector<receipt_delivery>> done) {
+  std::vector<std::uint64_t> locks{chat_lock(chat)};
+  impl_->write<std::vector<receipt_delivery>>(
+      std::move(done), [chat](connection& db) -> result<std::vector<receipt_delivery>> {
+        std::vector<receipt_delivery> out;
+        // The row lock orders this with other nodes' calls for the same group.
+        auto c = db.exec("SELECT is_group, pushed_marks FROM chats WHERE chat_id = $1 FOR UPDATE",
+                         params().add(chat));
+        if (!c) return c.error();
+        if (c->empty() || !c->boolean(0, 0)) return out;
+        auto members = db.exec(
+            "SELECT m.user_id, m.read_seq, COALESCE(cu.seq, 0) FROM chat_members m "
+            "LEFT JOIN LATERAL (SELECT MAX(x.seq) AS seq FROM cursors x "
+            "WHERE x.chat_id = m.chat_id AND x.user_id = m.user_id) cu ON TRUE "
+            "WHERE m.chat_id = $1 AND m.until_seq = 0 ORDER BY m.position",
+            params().add(chat));
+        if (!members) return members.error();
+        if (members->size() < 2) return out;
+        std::vector<std::uint64_t> ids, delivered, read;
+        for (int i = 0; i < members->size(); ++i) {
+          ids.push_back(members->u64(i, 0));
+          read.push_back(members->u64(i, 1));
+          delivered.push_back(std::max(members->u64(i, 2), members->u64(i, 1)));
+        }
+        const group_marks now_marks = merge_marks(ids, delivered, read);
+        const bool had = !c->is_null(0, 1);
+        group_marks before;
+        if (had) {
+          auto parsed = parse_marks(c->bytes(0, 1));
+          if (!parsed) return errc::corrupt;
+          before = *parsed;
+        }
+        if (had && before == now_marks) return out;
+        auto devices = db.exec(
+            "SELECT d.user_id, d.device_id FROM chat_members m JOIN devices d "
+            "ON d.user_id = m.user_id WHERE m.chat_id = $1 AND m.until_seq = 0",
+            params().add(chat));
+        if (!devices) return devices.error();
+        std::unordered_map<std::uint64_t, std::vector<std::uint64_t>> by_user;
+        for (int i = 0; i < devices->size(); ++i)
+          by_user[devices->u64(i, 0)].push_back(devices->u64(i, 1));
+        const std::uint64_t now = now_ms();
+        for (std::uint64_t member : ids) {
+          const std::uint64_t d = now_marks.delivered_for(member);
+          const std::uint64_t r = now_marks.read_for(member);
+          const bool delivered_moved = d > before.delivered_for(member) && d > 0;
+          const bool read_moved = r > before.read_for(member) && r > 0;
+          if (!delivered_moved && !read_moved) continue;
+          for (std::uint64_t device : by_user[member]) {
+            if (delivered_moved)
+              out.push_back({device, {chat, {}, message_status::delivered, d, now, 0}});
+            if (read_moved) out.push_back({device, {chat, {}, message_status::read, r, now, 0}});
+          }
+        }
+        auto w = db.exec("UPDATE chats SET pushed_marks = $2 WHERE chat_id = $1",
+                         params().add(chat).bytes(marks_bytes(now_marks)));
+        if (!w) return w.error();
+        if (!out.empty()) {
+          auto stamp = impl::next_stamp(db);
+          if (!stamp) return stamp.error();
+          stamp_all(out, *stamp);
+        }
+        return out;
+      }, std::move(locks));
+}
+
+// --- groups ----------------------------------------------------------------------------------
+
+void postgresql_store::create_group(create_group_request request,
+                                    completion<group_outcome> done) {
+  impl_->write<group_outcome>(
+      std::move(done), [this, request = std::move(request)](connection& db) -> result<group_outcome> {
+        auto& d = *impl_;
+        // The creator first, then the others in the order given, each once.
+        auto found = db.exec("SELECT username, user_id FROM users WHERE username = ANY($1::text[])",
+                             params().text(text_array(request.members)));
+        if (!found) return found.error();
+        std::unordered_map<std::string, std::uint64_t> by_name;
+        for (int i = 0; i < found->size(); ++i)
+          by_name.emplace(std::string(found->text(i, 0)), found->u64(i, 1));
+        std::vector<std::uint64_t> members{request.creator};
+        std::vector<std::string> names{request.creator_name};
+        for (const auto& name : request.members) {
+          auto it = by_name.find(name);
+          if (it == by_name.end()) return errc::unknown_user;
+          if (std::find(members.begin(), members.end(), it->second) != members.end()) continue;
+          members.push_back(it->second);
+          names.push_back(name);
+        }
+        if (members.size() > request.max_members) return errc::group_full;
+
+        const std::uint64_t now = now_ms();
+        const std::uint64_t chat = d.next_id();
+        auto c = db.exec(
+            "INSERT INTO chats (chat_id, is_group, name, created_ms) VALUES ($1, TRUE, $2, $3)",
+            params().add(chat).text(request.name).add(now));
+        if (!c) return c.error();
+        auto m = db.exec(
+            "INSERT INTO chat_members (chat_id, user_id, position, admin) "
+            "SELECT $1, t.u, t.o, t.u = $3 FROM unnest($2::bigint[]) WITH ORDINALITY AS t(u, o)",
+            params().add(chat).text(bigint_array(members)).add(request.creator));
+        if (!m) return m.error();
+        group_event event{group_change::create, {}, request.name, std::move(names)};
+        auto message = d.append_event(db, chat, request.creator, request.creator_device,
+                                      request.creator_name, std::move(event), now);
+        if (!message) return message.error();
+        auto devices = impl::member_devices(db, chat, request.creator_device);
+        if (!devices) return devices.error();
+        group_outcome out;
+        out.pushes.push_back({std::move(*message), std::move(*devices)});
+        auto info = impl::info_of(db, chat);
+        if (!info) return info.error();
+        out.info = std::move(*info);
+        return out;
+      });
+}
+
+void postgresql_store::change_group(group_change_request request,
+                                    completion<group_outcome> done) {
+  std::vector<std::uint64_t> locks{chat_lock(request.chat)};
+  impl_->write<group_outcome>(
+      std::move(done), [this, request = std::move(request)](connection& db) -> result<group_outcome> {
+        auto& d = *impl_;
+        // The chat's row lock orders this with every append and change of the group.
+        auto c = db.exec("SELECT is_group, head, name FROM chats WHERE chat_id = $1 FOR UPDATE",
+                         params().add(request.chat));
+        if (!c) return c.error();
+        if (c->empty() || !c->boolean(0, 0)) return errc::not_found;
+        const std::uint64_t head = c->u64(0, 1);
+        const std::string current_name(c->text(0, 2));
+        auto listed = db.exec(
+            "SELECT user_id, admin FROM chat_members WHERE chat_id = $1 AND until_seq = 0 "
+            "ORDER BY position",
+            params().add(request.chat));
+        if (!listed) return listed.error();
+        std::vector<std::uint64_t> members, admins;
+        for (int i = 0; i < listed->size(); ++i) {
+          members.push_back(listed->u64(i, 0));
+          if (listed->boolean(i, 1)) admins.push_back(listed->u64(i, 0));
+        }
+        auto is_member = [&](std::uint64_t u) {
+          return std::find(members.begin(), members.end(), u) != members.end();
+        };
+        auto is_admin = [&](std::uint64_t u) {
+          return std::find(admins.begin(), admins.end(), u) != admins.end();
+        };
+        if (!is_member(request.actor)) return errc::not_found;
+        if (request.change != group_change::leave && !is_admin(request.actor))
+          return errc::not_admin;
+        std::uint64_t target = 0;
+        const bool about_user = request.change == group_change::add ||
+                                request.change == group_change::remove ||
+                                request.change == group_change::promote ||
+                                request.change == group_change::demote;
+        if (about_user) {
+          auto id = impl::user_by_name(db, request.user);
+          if (!id) return id.error();
+          if (!*id) return errc::unknown_user;
+          target = **id;
+          if (request.change == group_change::add) {
+            if (is_member(target)) return errc::already_member;
+            if (members.size() + 1 > request.max_members) return errc::group_full;
+          } else if (!is_member(target)) {
+            return errc::not_member;
+          }
+        }
+        if (request.change == group_change::remove && target == request.actor)
+          return errc::invalid_argument;  // leave instead
+        if (request.change == group_change::demote && is_admin(target) && admins.size() == 1)
+          return errc::invalid_argument;  // a group never lacks an admin
+
+        const std::uint64_t now = now_ms();
+        group_outcome out;
+        auto append = [&](std::uint64_t sender, std::uint64_t sender_device,
+                          const std::string& sender_name, group_event event,
+                          std::uint64_t except) -> result<std::uint64_t> {
+          auto message =
+              d.append_event(db, request.chat, sender, sender_device, sender_name,
+                             std::move(event), now);
+          if (!message) return message.error();
+          auto devices = impl::member_devices(db, request.chat, except);
+          if (!devices) return devices.error();
+          const std::uint64_t seq = (*message)->seq;
+          out.pushes.push_back({std::move(*message), std::move(*devices)});
+          return seq;
+        };
+        auto set_admin = [&](std::uint64_t user, bool admin) -> result<void> {
+          auto w = db.exec("UPDATE chat_members SET admin = $3 WHERE chat_id = $1 AND user_id = $2",
+                           params().add(request.chat).add(user).add(admin));
+          if (!w) return w.error();
+          return {};
+        };
+        const std::string& actor = request.actor_name;
+        switch (request.change) {
+          case group_change::add: {
+            // The new member is in the list before the event is appended: it gets the event,
+            // and its cursors start just before it (nothing older is sent to it). A former
+            // member comes back at the end of the list; its read mark stays where it was.
+            const std::uint64_t seq = head + 1;
+            auto w = db.exec(
+                "INSERT INTO chat_members (chat_id, user_id, position, joined_seq) "
+                "VALUES ($1, $2, (SELECT COALESCE(MAX(position), 0) + 1 FROM chat_members "
+                "WHERE chat_id = $1), $3) ON CONFLICT (chat_id, user_id) DO UPDATE SET "
+                "position = EXCLUDED.position, admin = FALSE, joined_seq = EXCLUDED.joined_seq, "
+                "until_seq = 0",
+                params().add(request.chat).add(target).add(seq));
+            if (!w) return w.error();
+            auto appended = append(request.actor, request.actor_device, actor,
+                                   {group_change::add, request.user, {}, {}}, request.actor_device);
+            if (!appended) return appended.error();
+            auto cursors = db.exec(
+                "INSERT INTO cursors (chat_id, user_id, device_id, seq) "
+                "SELECT $1, $2, device_id, $3 FROM devices WHERE user_id = $2 "
+                "ON CONFLICT (chat_id, user_id, device_id) DO UPDATE SET seq = "
+                "GREATEST(cursors.seq, EXCLUDED.seq)",
+                params().add(request.chat).add(target).add(*appended - 1));
+            if (!cursors) return cursors.error();
+            break;
+          }
+          case group_change::remove:
+          case group_change::leave: {
+            // The member gets the event about itself, and nothing after it.
+            const std::uint64_t who = request.change == group_change::leave ? request.actor : target;
+            const std::string& who_name =
+                request.change == group_change::leave ? request.actor_name : request.user;
+            auto seq = append(request.actor, request.actor_device, actor,
+                              {request.change, who_name, {}, {}}, request.actor_device);
+            if (!seq) return seq.error();
+            auto w = db.exec(
+                "UPDATE chat_members SET until_seq = $3, admin = FALSE "
+                "WHERE chat_id = $1 AND user_id = $2",
+                params().add(request.chat).add(who).add(*seq));
+            if (!w) return w.error();
+            members.erase(std::remove(members.begin(), members.end(), who), members.end());
+            admins.erase(std::remove(admins.begin(), admins.end(), who), admins.end());
+            if (admins.empty() && !members.empty()) {
+              // The last admin left: the oldest member becomes one, by the server.
+              const std::uint64_t oldest = members.front();
+              auto promoted = set_admin(oldest, true);
+              if (!promoted) return promoted.error();
+              auto name = impl::username_of(db, oldest);
+              if (!name) return name.error();
+              auto p = append(0, 0, {}, {group_change::promote, *name, {}, {}}, 0);
+              if (!p) return p.error();
+            }
+            break;
+          }
+          case group_change::promote:
+          case group_change::demote: {
+            const bool promote = request.change == group_change::promote;
+            if (is_admin(target) == promote) break;  // nothing to change
+            auto w = set_admin(target, promote);
+            if (!w) return w.error();
+            auto seq = append(request.actor, request.actor_device, actor,
+                              {request.change, request.user, {}, {}}, request.actor_device);
+            if (!seq) return seq.error();
+            break;
+          }
+          case group_change::rename: {
+            if (current_name == request.name) break;  // nothing to change
+            auto w = db.exec("UPDATE chats SET name = $2 WHERE chat_id = $1",
+                             params().add(request.chat).text(request.name));
+            if (!w) return w.error();
+            auto seq = append(request.actor, request.actor_device, actor,
+                              {group_change::rename, {}, request.name, {}}, request.actor_device);
+            if (!seq) return seq.error();
+            break;
+          }
+          case group_change::create:
+            return errc::invalid_argument;
+        }
+        auto info = impl::info_of(db, request.chat);
+        if (!info) return info.error();
+        out.info = std::move(*info);
+        return out;
+      }, std::move(locks));
+}
+
+void postgresql_store::get_group(user_id requester, chat_id chat, completion<group_info> done) {
+  impl_->read<group_info>(std::move(done), [requester, chat](connection& db) -> result<group_info> {
+    auto c = db.exec(
+        "SELECT 1 FROM chats c JOIN chat_members m ON m.chat_id = c.chat_id "
+        "WHERE c.chat_id = $1 AND c.is_group AND m.user_id = $2 AND m.until_seq = 0",
+        params().add(chat).add(requester));
+    if (!c) return c.error();
+    if (c->empty()) return errc::not_found;
+    return impl::info_of(db, chat);
+  });
+}
+
+// --- reads of the log ------------------------------------------------------------------------
+
+void postgresql_store::backlog(device_id device, user_id user, std::uint64_t,
+                               completion<device_backlog> done) {
+  impl_->read<device_backlog>(
+      std::move(done), [device, user](connection& db) -> result<device_backlog> {
+        device_backlog out;
+        // The stamp first: every watermark read below is at least as new as it.
+        auto stamp = db.exec("SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
+                             "FROM parley_receipt_stamps");
+        if (!stamp) return stamp.error();
+        out.stamp = stamp->u64(0, 0);
+        // Every chat of the user whose head (for a former member: the event that removed it)
+        // is above this device's cursor.
+        auto behind = db.exec(
+            "SELECT m.chat_id, COALESCE(cu.seq, 0), CASE WHEN m.until_seq = 0 THEN c.head "
+            "ELSE LEAST(c.head, m.until_seq) END AS last FROM chat_members m "
+            "JOIN chats c ON c.chat_id = m.chat_id "
+            "LEFT JOIN cursors cu ON cu.chat_id = m.chat_id AND cu.user_id = m.user_id "
+            "AND cu.device_id = $2 WHERE m.user_id = $1",
+            params().add(user).add(device));
+        if (!behind) return behind.error();
+        for (int i = 0; i < behind->size(); ++i) {
+          const std::uint64_t cursor = behind->u64(i, 1);
+          const std::uint64_t last = behind->u64(i, 2);
+          if (last > cursor) out.behind.push_back({behind->u64(i, 0), cursor, last});
+        }
+        // The other member's watermarks in each 1:1 chat.
+        auto direct = db.exec(
+            "SELECT o.chat_id, u.username, o.read_seq, COALESCE(cu.seq, 0) FROM chat_members me "
+            "JOIN chats c ON c.chat_id = me.chat_id AND NOT c.is_group "
+            "JOIN chat_members o ON o.chat_id = me.chat_id AND o.user_id <> me.user_id "
+            "JOIN users u ON u.user_id = o.user_id "
+            "LEFT JOIN LATERAL (SELECT MAX(x.seq) AS seq FROM cursors x "
+            "WHERE x.chat_id = o.chat_id AND x.user_id = o.user_id) cu ON TRUE "
+            "WHERE me.user_id = $1",
+            params().add(user));
+        if (!direct) return direct.error();
+        for (int i = 0; i < direct->size(); ++i) {
+          const std::uint64_t chat = direct->u64(i, 0);
+          const std::string name(direct->text(i, 1));
+          const std::uint64_t read = direct->u64(i, 2);
+          const std::uint64_t delivered = direct->u64(i, 3);
+          if (delivered > 0) out.marks.push_back({chat, name, message_status::delivered, delivered, 0, 0});
+          if (read > 0) out.marks.push_back({chat, name, message_status::read, read, 0, 0});
+        }
+        // Each current group's merged watermarks: the lowest of every other current member.
+        auto groups = db.exec(
+            "SELECT me.chat_id, MIN(GREATEST(COALESCE(cu.seq, 0), o.read_seq)), MIN(o.read_seq) "
+            "FROM chat_members me JOIN chats c ON c.chat_id = me.chat_id AND c.is_group "
+            "JOIN chat_members o ON o.chat_id = me.chat_id AND o.user_id <> me.user_id "
+            "AND o.until_seq = 0 "
+            "LEFT JOIN LATERAL (SELECT MAX(x.seq) AS seq FROM cursors x "
+            "WHERE x.chat_id = o.chat_id AND x.user_id = o.user_id) cu ON TRUE "
+            "WHERE me.user_id = $1 AND me.until_seq = 0 GROUP BY me.chat_id",
+            params().add(user));
+        if (!groups) return groups.error();
+        for (int i = 0; i < groups->size(); ++i) {
+          const std::uint64_t chat = groups->u64(i, 0);
+          const std::uint64_t delivered = groups->u64(i, 1);
+          const std::uint64_t read = groups->u64(i, 2);
+          if (delivered > 0) out.marks.push_back({chat, {}, message_status::delivered, delivered, 0, 0});
+          if (read > 0) out.marks.push_back({chat, {}, message_status::read, read, 0, 0});
+        }
+        return out;
+      });
+}
+
+void postgresql_store::read_log(chat_id chat, std::uint64_t after, std::uint64_t up_to,
+                                std::size_t limit, std::size_t max_bytes,
+                                completion<std::vector<shared_message>> done) {
+  impl_->read<std::vector<shared_message>>(
+      std::move(done), [chat, after, up_to, limit,
+                        max_bytes](connection& db) -> result<std::vector<shared_message>> {
+        std::vector<shared_message> out;
+        if (up_to <= after || limit == 0) return out;
+        auto r = db.exec(std::string("SELECT ") + message_columns +
+                             " FROM messages WHERE chat_id = $1 AND seq > $2 AND seq <= $3 "
+                             "ORDER BY seq LIMIT $4",
+                         params()
+                             .add(chat)
+                             .add(clamp63(after))
+                             .add(clamp63(up_to))
+                             .add(clamp63(limit)));
+        if (!r) return r.error();
+        std::size_t bytes = 0;
+        for (int i = 0; i < r->size(); ++i) {
+          auto m = message_of(chat, *r, i);
+          if (!m) return m.error();
+          bytes += m->payload.size();
+          if (!out.empty() && bytes > max_bytes) break;
+          out.push_back(std::make_shared<const chat_message>(std::move(*m)));
+        }
+        return out;
+      });
+}
+
+void postgresql_store::status(user_id requester, chat_id chat, std::uint64_t seq, bool detail,
+                              completion<status_report> done) {
+  impl_->read<status_report>(
+      std::move(done), [requester, chat, seq, detail](connection& db) -> result<status_report> {
+        auto m = db.exec(
+            "SELECT sender_user, event IS NOT NULL FROM messages WHERE chat_id = $1 AND seq = $2",
+            params().add(chat).add(clamp63(seq)));
+        if (!m) return m.error();
+        if (m->empty() || m->u64(0, 0) != requester || m->boolean(0, 1)) return errc::not_found;
+        auto members = db.exec(
+            "SELECT m.user_id, u.username, m.joined_seq, m.read_seq, COALESCE(cu.seq, 0) "
+            "FROM chat_members m JOIN users u ON u.user_id = m.user_id "
+            "LEFT JOIN LATERAL (SELECT MAX(x.seq) AS seq FROM cursors x "
+            "WHERE x.chat_id = m.chat_id AND x.user_id = m.user_id) cu ON TRUE "
+            "WHERE m.chat_id = $1 AND m.until_seq = 0 ORDER BY m.position",
+            params().add(chat));
+        if (!members) return members.error();
+        status_report out;
+        bool asker_member = false;
+        for (int i = 0; i < members->size(); ++i) {
+          const std::uint64_t member = members->u64(i, 0);
+          if (member == requester) {
+            asker_member = true;
+            continue;
+          }
+          // A member who joined after the message is not counted: it was never sent to it.
+          if (members->u64(i, 2) > seq) continue;
+          ++out.recipients;
+          const bool read = members->u64(i, 3) >= seq;
+          const bool delivered = read || members->u64(i, 4) >= seq;
+          out.read += read ? 1 : 0;
+          out.delivered += delivered ? 1 : 0;
+          if (!detail || !delivered) continue;
+          std::string name(members->text(i, 1));
+          if (read) out.read_by.push_back(name);
+          out.delivered_to.push_back(std::move(name));
+        }
+        // Only a current member asks (a former one sent it, but may not see who has it).
+        if (!asker_member) return errc::not_found;
+        settle_status(out);
+        return out;
+      });
+}
+
+void postgresql_store::history(user_id requester, chat_ref chat, std::uint64_t before,
+                               std::size_t limit, std::size_t max_bytes,
+                               completion<history_page> done) {
+  impl_->read<history_page>(
+      std::move(done), [requester, chat = std::move(chat), before, limit,
+                        max_bytes](connection& db) -> result<history_page> {
+        std::uint64_t first = 1;
+        auto id = impl::resolve_for_read(db, requester, chat, first);
+        if (!id) return id.error();
+        history_page out;
+        out.chat = *id;
+        if (*id == 0 || limit == 0 || (before != 0 && before <= first)) return out;
+        auto r = db.exec(std::string("SELECT ") + message_columns +
+                             " FROM messages WHERE chat_id = $1 AND seq >= $2 AND seq < $3 "
+                             "ORDER BY seq DESC LIMIT $4",
+                         params()
+                             .add(*id)
+                             .add(first)
+                             .add(before == 0 ? clamp63(UINT64_MAX) : clamp63(before))
+                             .add(clamp63(limit)));
+        if (!r) return r.error();
+        std::size_t bytes = 0;
+        for (int i = 0; i < r->size(); ++i) {
+          auto m = message_of(*id, *r, i);
+          if (!m) return m.error();
+          bytes += m->payload.size();
+          if (!out.messages.empty() && bytes > max_bytes) break;
+          out.messages.push_back(std::move(*m));
+        }
+        return out;
+      });
+}
+
+// --- media -----------------------------------------------------------------------------------
+
+void postgresql_store::create_media(media_request request, completion<std::uint64_t> done) {
+  std::vector<std::uint64_t> locks{user_lock(request.owner)};
+  impl_->write<std::uint64_t>(
+      std::move(done), [request = std::move(request)](connection& db) -> result<std::uint64_t> {
+        // The user's row lock orders quota checks of one account across nodes.
+        auto used = db.exec("SELECT media_bytes FROM users WHERE user_id = $1 FOR UPDATE",
+                            params().add(request.owner));
+        if (!used) return used.error();
+        const std::uint64_t bytes = used->empty() ? 0 : used->u64(0, 0);
+        if (request.quota != 0 &&
+            (request.size > request.quota || bytes > request.quota - request.size)) {
+          return errc::quota_exceeded;
+        }
+        auto w = db.exec(
+            "INSERT INTO media (media_id, owner, size, created_ms) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (media_id) DO NOTHING",
+            params().text(request.media).add(request.owner).add(request.size).add(now_ms()));
+        if (!w) return w.error();
+        if (w->affected() == 0) return errc::invalid_argument;  // 128 random bits: never
+        auto u = db.exec("UPDATE users SET media_bytes = media_bytes + $2 WHERE user_id = $1",
+                         params().add(request.owner).add(request.size));
+        if (!u) return u.error();
+        return bytes + request.size;
+      }, std::move(locks));
+}
+
+void postgresql_store::media_of(user_id requester, chat_id chat, std::uint64_t seq,
+                                completion<media_record> done) {
+  impl_->read<media_record>(
+      std::move(done), [requester, chat, seq](connection& db) -> result<media_record> {
+        std::uint64_t first = 1;
+        auto id = impl::resolve_for_read(db, requester, chat_ref{chat, {}}, first);
+        if (!id) return id.error();
+        if (seq < first || seq == 0) return errc::not_found;
+        auto r = db.exec(
+            "SELECT b.media_id, b.owner, b.size, b.created_ms, b.refs FROM messages m "
+            "JOIN media b ON b.media_id = m.media_id WHERE m.chat_id = $1 AND m.seq = $2",
+            params().add(chat).add(clamp63(seq)));
+        if (!r) return r.error();
+        if (r->empty()) return errc::not_found;
+        return media_record{std::string(r->text(0, 0)), r->u64(0, 1), r->u64(0, 2), r->u64(0, 3),
+                            r->u64(0, 4)};
+      });
+}
+
+void postgresql_store::unreferenced_media(std::uint64_t created_before_ms, std::size_t limit,
+                                          completion<std::vector<media_record>> done) {
+  impl_->read<std::vector<media_record>>(
+      std::move(done),
+      [created_before_ms, limit](connection& db) -> result<std::vector<media_record>> {
+        auto r = db.exec(
+            "SELECT media_id, owner, size, created_ms, refs FROM media WHERE refs = 0 AND "
+            "created_ms < $1 ORDER BY created_ms, media_id LIMIT $2",
+            params().add(clamp63(created_before_ms)).add(clamp63(limit)));
+        if (!r) return r.error();
+        std::vector<media_record> out;
+        out.reserve(static_cast<std::size_t>(r->size()));
+        for (int i = 0; i < r->size(); ++i) {
+          out.push_back({std::string(r->text(i, 0)), r->u64(i, 1), r->u64(i, 2), r->u64(i, 3),
+                         r->u64(i, 4)});
+        }
+        return out;
+      });
+}
+
+void postgresql_store::delete_media(std::vector<std::string> media,
+                                    std::uint64_t created_before_ms,
+                                    completion<std::vector<std::string>> done) {
+  impl_->write<std::vector<std::string>>(
+      std::move(done), [media = std::move(media), created_before_ms](
+                           connection& db) -> result<std::vector<std::string>> {
+        std::vector<std::string> deleted;
+        for (const auto& id : media) {
+          // Only if it still has no reference: a send may have named it since it was listed.
+          auto r = db.exec(
+              "DELETE FROM media WHERE media_id = $1 AND refs = 0 AND created_ms < $2 "
+              "RETURNING owner, size",
+              params().text(id).add(clamp63(created_before_ms)));
+          if (!r) return r.error();
+          if (r->empty()) continue;
+          auto u = db.exec(
+              "UPDATE users SET media_bytes = GREATEST(media_bytes - $2, 0) WHERE user_id = $1",
+              params().add(r->u64(0, 0)).add(r->u64(0, 1)));
+          if (!u) return u.error();
+          deleted.push_back(id);
+        }
+        return deleted;
+      });
+}
+
+void postgresql_store::media_exists(std::vector<std::string> media,
+                                    completion<std::vector<bool>> done) {
+  impl_->read<std::vector<bool>>(
+      std::move(done), [media = std::move(media)](connection& db) -> result<std::vector<bool>> {
+        auto r = db.exec("SELECT media_id FROM media WHERE media_id = ANY($1::text[])",
+                         params().text(text_array(media)));
+        if (!r) return r.error();
+        std::unordered_set<std::string> found;
+        for (int i = 0; i < r->size(); ++i) found.emplace(r->text(i, 0));
+        std::vector<bool> out;
+        out.reserve(media.size());
+        for (const auto& id : media) out.push_back(found.contains(id));
+        return out;
+      });
+}
+
+}  // namespace parley::store

@@ -1,0 +1,421 @@
+// The cluster mode end to end: several real parleyd nodes on one PostgreSQL store (the server
+// of the ctest fixture postgres_start, a schema per test) and a real redis-server (or a Redis
+// Cluster of three masters) that each test starts itself. Users on different nodes chat 1:1
+// and in a group spread over every node; an offline queue filled through one node drains
+// through another; a device that moves closes its old connection; Redis restarted and
+// PostgreSQL stopped mid-run; a node kill -9'd under load.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "postgres_test_server.hpp"
+#include "redis_server.hpp"
+#include "server_process.hpp"
+#include "temp_dir.hpp"
+#include "test_client.hpp"
+
+namespace parley::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr const char* no_rate_limits =
+    "[rate_limits]\nregister_per_address = 0\nregister_global = 0\nsend_per_device = 0\n";
+
+// A schema name of its own for each test (and each run of it against the same server).
+std::string unique_schema() {
+  std::random_device rd;
+  return std::to_string(rd()) + "_" +
+         ::testing::UnitTest::GetInstance()->current_test_info()->name();
+}
+
+class cluster : public ::testing::Test {
+ protected:
+  boost::asio::io_context io;
+  std::string store_url = test_support::postgres_url(unique_schema());
+
+  std::unique_ptr<server_process> node(int id, const std::string& presence,
+                                       const std::string& store = {}) {
+    std::vector<std::string> args{"--node-id", std::to_string(id), "--store",
+                                  store.empty() ? store_url : store};
+    if (!presence.empty()) {
+      args.push_back("--presence");
+      args.push_back(presence);
+    }
+    return std::make_unique<server_process>(args,
+                                            std::string("presence_ttl_s = 6\n") + no_rate_limits);
+  }
+
+  std::unique_ptr<test_client> online(const std::string& name, const server_process& at) {
+    auto c = std::make_unique<test_client>(io, at.url());
+    c->register_and_login(name);
+    c->drain();
+    return c;
+  }
+
+  // Pushes to `c` until an Envelope comes (other pushes are skipped); a failure after `wait`.
+  v2::Envelope next_envelope(test_client& c, std::chrono::milliseconds wait = 10s) {
+    const auto deadline = std::chrono::steady_clock::now() + wait;
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto f = c.run(c.api().next_push(std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now())));
+      if (!f) break;
+      if (f->has_envelope()) return f->envelope();
+    }
+    ADD_FAILURE() << c.username << " got no envelope within " << wait.count() << " ms";
+    return {};
+  }
+
+  // Pushes to `c` until a Receipt of `status` up to at least `seq` comes.
+  void expect_receipt(test_client& c, v2::MessageStatus status, std::uint64_t seq,
+                      std::chrono::milliseconds wait = 10s) {
+    const auto deadline = std::chrono::steady_clock::now() + wait;
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto f = c.run(c.api().next_push(std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now())));
+      if (!f) break;
+      if (!f->has_receipts()) continue;
+      for (const auto& r : f->receipts().receipts()) {
+        if (r.status() == status && r.up_to_seq() >= seq) return;
+      }
+    }
+    ADD_FAILURE() << c.username << " got no receipt " << status << " up to " << seq;
+  }
+
+  // Nothing is pushed to `c` for `quiet`.
+  void expect_quiet(test_client& c, std::chrono::milliseconds quiet = 500ms) {
+    auto f = c.run(c.api().next_push(quiet));
+    EXPECT_FALSE(f) << c.username << " was pushed " << (f ? f->ShortDebugString() : "");
+  }
+};
+
+// The Redis URLs a test runs against: one server, or a cluster of three masters.
+class cluster_on_one_redis : public cluster {
+ protected:
+  test_support::redis_server redis;
+};
+
+TEST_F(cluster_on_one_redis, users_on_different_nodes_chat_with_receipts) {
+  auto n1 = node(1, redis.url());
+  auto n2 = node(2, redis.url());
+  auto alice = online("alice", *n1);
+  auto bob = online("bob", *n2);
+
+  const auto sent = alice->send("bob", "across nodes");
+  ASSERT_NE(sent.seq(), 0u);
+  const auto e = next_envelope(*bob);
+  EXPECT_EQ(e.payload(), "across nodes");
+  EXPECT_EQ(e.from(), "alice");
+  EXPECT_EQ(e.seq(), sent.seq());
+  EXPECT_EQ(e.chat_id(), sent.chat_id());
+
+  // Receipts flow back across the bus.
+  bob->ack({test_client::cursor_of(e)});
+  expect_receipt(*alice, v2::MESSAGE_STATUS_DELIVERED, sent.seq());
+  ASSERT_TRUE(bob->run(bob->api().mark_read(sent.chat_id(), sent.seq())));
+  expect_receipt(*alice, v2::MESSAGE_STATUS_READ, sent.seq());
+  auto status = alice->run(alice->api().status(sent.chat_id(), sent.seq()));
+  ASSERT_TRUE(status);
+  EXPECT_EQ(*status, v2::MESSAGE_STATUS_READ);
+
+  // And the other way, several in a row, in order.
+  for (int i = 0; i < 5; ++i) bob->send("alice", "reply " + std::to_string(i));
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(next_envelope(*alice).payload(), "reply " + std::to_string(i));
+}
+
+TEST_F(cluster_on_one_redis, a_group_spread_over_three_nodes) {
+  auto n1 = node(1, redis.url());
+  auto n2 = node(2, redis.url());
+  auto n3 = node(3, redis.url());
+  auto alice = online("alice", *n1);
+  auto bob = online("bob", *n2);
+  auto carol = online("carol", *n3);
+  auto dave = online("dave", *n3);
+
+  auto g = alice->run(alice->api().create_group("spread", {"bob", "carol", "dave"}));
+  ASSERT_TRUE(g) << client::describe(g.error());
+  const auto chat = g->chat_id();
+  // The creation event reaches every member on every node.
+  for (auto* m : {bob.get(), carol.get(), dave.get()}) {
+    const auto created = next_envelope(*m);
+    EXPECT_EQ(created.chat_id(), chat) << m->username;
+    EXPECT_TRUE(created.has_event()) << m->username;
+  }
+  std::uint64_t last = 0;
+  for (int i = 0; i < 3; ++i) {
+    auto r = alice->run(alice->api().send_to_chat(chat, "g" + std::to_string(i), "sk" + std::to_string(i)));
+    ASSERT_TRUE(r) << client::describe(r.error());
+    last = r->seq();
+  }
+  for (auto* m : {bob.get(), carol.get(), dave.get()}) {
+    for (int i = 0; i < 3; ++i) {
+      const auto e = next_envelope(*m);
+      EXPECT_EQ(e.payload(), "sk" + std::to_string(i)) << m->username;
+      EXPECT_EQ(e.chat_id(), chat);
+    }
+    m->ack({{chat, last}});
+  }
+  // "Delivered to 3 of 3", counted from the shared store; the merged receipt crosses nodes.
+  expect_receipt(*alice, v2::MESSAGE_STATUS_DELIVERED, last);
+  auto status = alice->run(alice->api().status_result(chat, last, true));
+  ASSERT_TRUE(status) << client::describe(status.error());
+  EXPECT_EQ(status->recipients(), 3u);
+  EXPECT_EQ(status->delivered(), 3u);
+}
+
+TEST_F(cluster_on_one_redis, an_offline_queue_filled_through_one_node_drains_through_another) {
+  auto n1 = node(1, redis.url());
+  auto n2 = node(2, redis.url());
+  auto n3 = node(3, redis.url());
+  auto bob = online("bob", *n2);
+  bob->disconnect();
+  auto alice = online("alice", *n1);
+  std::vector<v2::SendResult> sent;
+  for (int i = 0; i < 40; ++i) sent.push_back(alice->send("bob", "queued " + std::to_string(i)));
+
+  test_client bob3(io, n3->url());
+  bob3.login_as(*bob);
+  const auto got = test_client::envelopes_in(bob3.drain());
+  ASSERT_EQ(got.size(), sent.size());
+  for (std::size_t i = 0; i < sent.size(); ++i) {
+    EXPECT_EQ(got[i].seq(), sent[i].seq());
+    EXPECT_EQ(got[i].payload(), "queued " + std::to_string(i));
+  }
+}
+
+TEST_F(cluster_on_one_redis, a_device_that_connects_to_another_node_closes_its_old_connection) {
+  auto n1 = node(1, redis.url());
+  auto n2 = node(2, redis.url());
+  auto alice = online("alice", *n1);
+  auto bob = online("bob", *n1);
+
+  test_client alice2(io, n2->url());
+  alice2.login_as(*alice);
+  alice2.drain();
+  // The old connection on node 1 is closed (4001), told by node 2 over the bus.
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  bool closed = false;
+  while (!closed && std::chrono::steady_clock::now() < deadline) {
+    auto f = alice->run(alice->api().next_push(1s));
+    closed = !f && f.error().what == client::client_error::kind::closed;
+  }
+  EXPECT_TRUE(closed) << "alice's connection on node 1 stayed open";
+  // Messages now reach the device where it is.
+  bob->send("alice", "where are you");
+  EXPECT_EQ(next_envelope(alice2).payload(), "where are you");
+}
+
+TEST_F(cluster_on_one_redis, redis_restarted_mid_run) {
+  auto n1 = node(1, redis.url());
+  auto n2 = node(2, redis.url());
+  auto alice = online("alice", *n1);
+  auto carol = online("carol", *n1);
+  auto bob = online("bob", *n2);
+  alice->send("bob", "before");
+  EXPECT_EQ(next_envelope(*bob).payload(), "before");
+
+  redis.kill9();
+  std::this_thread::sleep_for(300ms);
+  // A node keeps serving its own users; sends to users elsewhere are stored (✓ is true: the
+  // log has them) and wait for Redis.
+  alice->send("carol", "same node");
+  EXPECT_EQ(next_envelope(*carol).payload(), "same node");
+  const auto stored = alice->send("bob", "while redis is down");
+  EXPECT_NE(stored.seq(), 0u);
+
+  redis.start();
+  // Bob's node resyncs its devices once Redis is back: no reconnect needed.
+  const auto late = next_envelope(*bob, 20s);
+  EXPECT_EQ(late.payload(), "while redis is down");
+  EXPECT_EQ(late.seq(), stored.seq());
+  // And live routing works again.
+  alice->send("bob", "after");
+  EXPECT_EQ(next_envelope(*bob, 20s).payload(), "after");
+}
+
+TEST_F(cluster_on_one_redis, a_node_killed_under_load_loses_and_duplicates_nothing) {
+  auto n1 = node(1, redis.url());
+  auto n2 = node(2, redis.url());
+  auto n3 = node(3, redis.url());
+  auto alice = online("alice", *n1);
+  auto bob = online("bob", *n2);
+
+  // Bob's application: every seq it is handed, on each connection, and its acked cursor.
+  std::map<std::uint64_t, int> seen;
+  std::uint64_t acked = 0;
+  std::uint64_t chat = 0;
+  auto take = [&](const std::vector<v2::Envelope>& envs, test_client& c) {
+    for (const auto& e : envs) {
+      EXPECT_GT(e.seq(), acked) << "seq " << e.seq() << " came again after it was acked";
+      ++seen[e.seq()];
+      chat = e.chat_id();
+    }
+    if (!envs.empty() && c.run(c.api().ack({{chat, envs.back().seq()}}))) acked = envs.back().seq();
+  };
+
+  std::set<std::uint64_t> confirmed;  // seqs of every ✓ alice got
+  auto send_batch = [&](test_client& c, int batch) {
+    for (const auto& r : c.send_pipelined("bob", 20, "b" + std::to_string(batch) + "-")) {
+      if (r) confirmed.insert(r->seq());
+    }
+  };
+  for (int b = 0; b < 5; ++b) {
+    send_batch(*alice, b);
+    std::vector<v2::Envelope> got;
+    while (got.size() < 20) {
+      auto f = bob->run(bob->api().next_push(10s));
+      if (!f) break;
+      if (f->has_envelope()) got.push_back(f->envelope());
+    }
+    take(got, *bob);
+  }
+  // Bob's node dies while alice keeps sending; bob reconnects to node 3.
+  n2->kill9();
+  for (int b = 5; b < 10; ++b) send_batch(*alice, b);
+  test_client bob3(io, n3->url());
+  bob3.login_as(*bob);
+  take(test_client::envelopes_in(bob3.drain()), bob3);
+
+  // Then alice's node dies in the middle of a batch: she retries the unconfirmed ones through
+  // node 3 with the same client ids (a send that committed answers its first result).
+  std::vector<std::future<client::result<v2::SendResult>>> inflight;
+  for (int i = 0; i < 20; ++i) {
+    inflight.push_back(boost::asio::co_spawn(
+        io, alice->api().send("bob", "k-" + std::to_string(i), "x"), boost::asio::use_future));
+  }
+  n1->kill9();
+  std::vector<int> retry;
+  for (int i = 0; i < 20; ++i) {
+    while (inflight[i].wait_for(0s) != std::future_status::ready) {
+      io.restart();
+      io.run_one_for(50ms);
+    }
+    auto r = inflight[i].get();
+    if (r) {
+      confirmed.insert(r->seq());
+    } else {
+      retry.push_back(i);
+    }
+  }
+  test_client alice3(io, n3->url());
+  alice3.login_as(*alice);
+  alice3.drain();
+  for (int i : retry) {
+    auto r = alice3.run(alice3.api().send("bob", "k-" + std::to_string(i), "x"));
+    ASSERT_TRUE(r) << client::describe(r.error());
+    confirmed.insert(r->seq());
+  }
+  // Bob gets the rest live on node 3 (or in a fresh drain if they were committed before he
+  // logged in there and after his drain read).
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    bool missing = false;
+    for (auto s : confirmed) missing = missing || seen.count(s) == 0;
+    if (!missing) break;
+    auto f = bob3.run(bob3.api().next_push(2s));
+    if (!f) continue;
+    if (f->has_envelope()) take({f->envelope()}, bob3);
+  }
+  EXPECT_EQ(confirmed.size(), 220u) << "every send was confirmed once, retries included";
+  for (auto s : confirmed) EXPECT_EQ(seen.count(s), 1u) << "confirmed seq " << s << " never reached bob";
+  for (const auto& [s, n] : seen) {
+    EXPECT_TRUE(confirmed.count(s) != 0) << "bob got seq " << s << " that nobody confirmed";
+  }
+}
+
+// PostgreSQL stopped under a running node: writes fail with a typed, retryable error (never a
+// false ✓) and the node resumes by itself when the database is back. A server of its own, so
+// that stopping it touches no other test.
+TEST_F(cluster, postgresql_stopped_and_started_mid_run) {
+  test_support::temp_dir dir("parley_pg_own_");
+  const std::string script = POSTGRES_SERVER_SCRIPT;
+  const std::string pg_dir = "/tmp/parley-pg-own-" + dir.path().filename().string();
+  ASSERT_EQ(std::system((script + " start " + pg_dir + " >/dev/null").c_str()), 0);
+  struct stop_at_exit {  // whatever the test's outcome
+    std::string command;
+    ~stop_at_exit() { [[maybe_unused]] int rc = std::system(command.c_str()); }
+  } stop{script + " stop " + pg_dir + " >/dev/null 2>&1"};
+  std::string conninfo;
+  {
+    std::ifstream in(pg_dir + "/conninfo");
+    std::getline(in, conninfo);
+  }
+  auto field = [&](const std::string& key) {
+    const auto at = conninfo.find(key + "=") + key.size() + 1;
+    return conninfo.substr(at, conninfo.find(' ', at) - at);
+  };
+  const std::string url =
+      "postgresql://postgres@127.0.0.1:" + field("port") + "/postgres";
+  {
+    auto n1 = node(1, {}, url);
+    auto alice = online("alice", *n1);
+    auto bob = online("bob", *n1);
+    alice->send("bob", "before");
+    EXPECT_EQ(next_envelope(*bob).payload(), "before");
+
+    ASSERT_EQ(std::system((script + " halt " + pg_dir).c_str()), 0);
+    auto refused = alice->run(alice->api().send("bob", "during", "x"));
+    ASSERT_FALSE(refused) << "a send was confirmed while the store was down";
+    EXPECT_EQ(refused.error().code, v2::ERROR_CODE_STORAGE_UNAVAILABLE)
+        << client::describe(refused.error());
+    EXPECT_GT(refused.error().retry_after_ms, 0u);
+    expect_quiet(*bob);
+
+    ASSERT_EQ(std::system((script + " resume " + pg_dir).c_str()), 0);
+    // The retry (same client id) goes through once the writer has reconnected.
+    client::result<v2::SendResult> again = refused.error();
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (!again && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(200ms);
+      again = alice->run(alice->api().send("bob", "during", "x"));
+    }
+    ASSERT_TRUE(again) << client::describe(again.error());
+    EXPECT_FALSE(again->duplicate());
+    EXPECT_EQ(next_envelope(*bob).payload(), "x");  // send(to, client_msg_id, payload)
+  }
+}
+
+class cluster_on_redis_cluster : public cluster {
+ protected:
+  test_support::redis_cluster redis;
+};
+
+TEST_F(cluster_on_redis_cluster, presence_and_routing_over_three_redis_masters) {
+  auto n1 = node(1, redis.url());
+  auto n2 = node(2, redis.url());
+  auto n3 = node(3, redis.url());
+  auto alice = online("alice", *n1);
+  auto bob = online("bob", *n2);
+  auto carol = online("carol", *n3);
+
+  const auto sent = alice->send("bob", "over a cluster");
+  EXPECT_EQ(next_envelope(*bob).payload(), "over a cluster");
+  bob->ack({{sent.chat_id(), sent.seq()}});
+  expect_receipt(*alice, v2::MESSAGE_STATUS_DELIVERED, sent.seq());
+
+  auto g = alice->run(alice->api().create_group("sharded", {"bob", "carol"}));
+  ASSERT_TRUE(g) << client::describe(g.error());
+  EXPECT_TRUE(next_envelope(*bob).has_event());
+  EXPECT_TRUE(next_envelope(*carol).has_event());
+  auto r = alice->run(alice->api().send_to_chat(g->chat_id(), "g0", "to all"));
+  ASSERT_TRUE(r) << client::describe(r.error());
+  EXPECT_EQ(next_envelope(*bob).payload(), "to all");
+  EXPECT_EQ(next_envelope(*carol).payload(), "to all");
+
+  // The routing keys are spread over the masters (hash-tagged per device).
+  int masters_with_keys = 0;
+  for (std::size_t i = 0; i < 3; ++i) {
+    if (redis.node(i).cli({"DBSIZE"}) != "0") ++masters_with_keys;
+  }
+  EXPECT_GE(masters_with_keys, 2);
+}
+
+}  // namespace
+}  // namespace parley::test
