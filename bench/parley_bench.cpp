@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "client/ws_connection.hpp"
+#include "postgres_test_server.hpp"
 #include "redis_server.hpp"
 #include "report.hpp"
 #include "scenarios.hpp"
@@ -395,10 +396,8 @@ cluster_point run_cluster(const options& o, const fs::path& data, int nodes) {
     std::ifstream in(pg_dir + "/conninfo");
     std::getline(in, conninfo);
   }
-  const auto port_at = conninfo.find("port=") + 5;
   const std::string store = "postgresql://postgres@127.0.0.1:" +
-                            conninfo.substr(port_at, conninfo.find(' ', port_at) - port_at) +
-                            "/postgres";
+                            parley::test_support::conninfo_field(conninfo, "port") + "/postgres";
   parley::test_support::redis_server redis;
 
   const fs::path config = data / "bench.toml";

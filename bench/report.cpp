@@ -530,8 +530,9 @@ void render_cluster(std::ostringstream& o, const cluster_result& c) {
         << " deliveries/s; last member p99 per step:";
       for (const auto& s : f.steps)
         o << " " << fixed(s.load.offered_rate, 0) << "/s " << ms(s.last_member.percentile(0.99))
-          << " ms";
-      o << "\n";
+          << " ms (lost " << s.load.lost << ", late " << s.late << ", repeated " << s.duplicates
+          << ")";
+      o << "; members disconnected " << f.disconnected << "\n";
     }
   }
 }
@@ -563,7 +564,13 @@ std::string cluster_json(const cluster_result& c) {
         << fixed(p.fanout->sustained_deliveries_per_second, 0) << ", \"fanout_last_member_p99_ms\": [";
       for (std::size_t k = 0; k < p.fanout->steps.size(); ++k)
         o << (k ? ", " : "") << ms(p.fanout->steps[k].last_member.percentile(0.99));
-      o << "]";
+      o << "], \"fanout_lost\": [";
+      for (std::size_t k = 0; k < p.fanout->steps.size(); ++k)
+        o << (k ? ", " : "") << p.fanout->steps[k].load.lost;
+      o << "], \"fanout_late\": [";
+      for (std::size_t k = 0; k < p.fanout->steps.size(); ++k)
+        o << (k ? ", " : "") << p.fanout->steps[k].late;
+      o << "], \"fanout_disconnected\": " << p.fanout->disconnected;
     }
     o << "}";
   }

@@ -27,6 +27,11 @@ class snowflake {
   static std::uint64_t time_ms_of(std::uint64_t id) {
     return (id >> (node_bits + sequence_bits)) + epoch_ms;
   }
+  // The highest id `node` can issue at wall-clock time `time_ms` (at or after epoch_ms).
+  static std::uint64_t max_id_at(std::uint64_t time_ms, std::uint64_t node) {
+    return ((time_ms - epoch_ms) << (node_bits + sequence_bits)) |
+           ((node & max_node) << sequence_bits) | ((1u << sequence_bits) - 1);
+  }
 
  private:
   std::uint64_t node_;

@@ -22,11 +22,12 @@ std::unique_ptr<store::store> make_store(const config& cfg, commit_observer on_c
     o.node_id = cfg.node_id;
     o.sync = cfg.fsync;
     o.dedupe_window = std::chrono::hours(24 * cfg.dedupe_days);
-    // A PostgreSQL writer commits ~1-2 thousand requests a second here (round trips, not
-    // CPU), an order of magnitude fewer than RocksDB's: 65,536 waiting would be a minute of
-    // backlog that every later request waits behind (logins time out in it). At most 8,192
-    // wait; beyond, BUSY at once.
+    // A PostgreSQL writer commits ~1-2 thousand requests a second here (the database's time
+    // per statement, one statement at a time), an order of magnitude fewer than RocksDB's:
+    // 65,536 waiting would be a minute of backlog that every later request waits behind
+    // (logins time out in it). At most 8,192 wait; beyond, BUSY at once.
     o.max_pending = std::min<std::size_t>(cfg.max_pending_writes, 8'192);
+    o.writers = cfg.store_writers;
     o.on_commit = std::move(on_commit);
     return std::make_unique<store::postgresql_store>(std::move(o));
   }

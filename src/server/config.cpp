@@ -47,7 +47,7 @@ std::optional<T> typed(const View& n, std::string_view key) {
 const std::map<std::string, std::vector<std::string>, std::less<>>& known_keys() {
   static const std::map<std::string, std::vector<std::string>, std::less<>> keys{
       {"", {"listen", "data", "threads", "node_id", "fsync", "metrics_listen", "store", "presence",
-             "presence_ttl_s"}},
+             "presence_ttl_s", "store_writers"}},
       {"limits",
        {"max_frame_bytes", "max_payload_bytes", "max_in_flight", "max_outbound_frames",
         "max_outbound_bytes", "drain_page", "auth_timeout_ms", "max_unauthenticated_frame_bytes",
@@ -192,6 +192,10 @@ config load_config_file(const std::filesystem::path& file, config c) {
   if (auto v = typed<std::int64_t>(t["presence_ttl_s"], "presence_ttl_s")) {
     if (*v < 3 || *v > 3600) throw std::runtime_error("config: presence_ttl_s must be 3-3600");
     c.presence_ttl = std::chrono::seconds(*v);
+  }
+  if (auto v = typed<std::int64_t>(t["store_writers"], "store_writers")) {
+    if (*v < 1 || *v > 16) throw std::runtime_error("config: store_writers must be 1-16");
+    c.store_writers = static_cast<std::size_t>(*v);
   }
 
   auto l = t["limits"];

@@ -76,6 +76,9 @@ struct config {
   // How long a device's routing entry and a node's presence announcement live in Redis
   // without a refresh (every third of it): how long a dead node's users look connected.
   std::chrono::seconds presence_ttl{30};
+  // The PostgreSQL store's writer connections (1-16): one device's writes always go to the
+  // same one; more let a node's groups commit side by side (docs/scaling.md).
+  std::size_t store_writers = 1;
 
   wire::limits limits;
   std::size_t max_in_flight = 256;         // requests awaiting a response, per connection

@@ -307,8 +307,10 @@ node_id = 7
 store = "postgresql://parley@db.internal:5432/parley"
 presence = "redis://10.0.0.5:6379?cluster=1"
 presence_ttl_s = 12
+store_writers = 3
 )");
   const config c = load_config_file(p, {});
+  EXPECT_EQ(c.store_writers, 3u);
   EXPECT_EQ(c.node_id, 7u);
   EXPECT_EQ(c.store_url, "postgresql://parley@db.internal:5432/parley");
   EXPECT_EQ(c.presence_url, "redis://10.0.0.5:6379?cluster=1");
@@ -316,6 +318,9 @@ presence_ttl_s = 12
   EXPECT_NO_THROW(check_backends(c));
 
   EXPECT_NE(load_error("ttl", "presence_ttl_s = 1\n").find("presence_ttl_s"), std::string::npos);
+  EXPECT_NE(load_error("writers0", "store_writers = 0\n").find("store_writers"), std::string::npos);
+  EXPECT_NE(load_error("writers17", "store_writers = 17\n").find("store_writers"),
+            std::string::npos);
   config bad = c;
   bad.store_url = "mysql://x";
   EXPECT_THROW(check_backends(bad), std::invalid_argument);

@@ -60,15 +60,19 @@ inline std::string postgres_database(const std::string& name) {
   return postgres_conninfo() + " dbname=postgres options=-csearch_path=" + schema;
 }
 
+// One `key=value` of a conninfo as these helpers write it (values without spaces); empty if
+// it has none.
+inline std::string conninfo_field(const std::string& conninfo, const std::string& key) {
+  const auto at = conninfo.find(key + "=");
+  if (at == std::string::npos) return {};
+  const auto start = at + key.size() + 1;
+  return conninfo.substr(start, conninfo.find(' ', start) - start);
+}
+
 // The same as a postgresql:// URI (what parleyd's --store takes).
 inline std::string postgres_url(const std::string& name) {
   const std::string conninfo = postgres_database(name);
-  auto field = [&](const std::string& key) {
-    const auto at = conninfo.find(key + "=");
-    if (at == std::string::npos) return std::string();
-    const auto start = at + key.size() + 1;
-    return conninfo.substr(start, conninfo.find(' ', start) - start);
-  };
+  auto field = [&](const std::string& key) { return conninfo_field(conninfo, key); };
   return "postgresql://" + field("user") + "@" + field("host") + ":" + field("port") +
          "/postgres?options=-csearch_path%3D" + field("options").substr(std::string("-csearch_path=").size());
 }

@@ -23,14 +23,15 @@ constexpr const char* detach_script =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
     "return 0";
 
-std::uint64_t parse_node(const std::optional<redis::reply>& r) {
-  if (!r || r->type != redis::reply::kind::string) return 0;
+// The node a routing entry names; none for a missing entry (or one that is not a number).
+std::optional<std::uint64_t> parse_node(const std::optional<redis::reply>& r) {
+  if (!r || r->type != redis::reply::kind::string || r->str.empty()) return std::nullopt;
   std::uint64_t v = 0;
   for (char c : r->str) {
-    if (c < '0' || c > '9') return 0;
+    if (c < '0' || c > '9') return std::nullopt;
     v = v * 10 + static_cast<std::uint64_t>(c - '0');
   }
-  return v + 1;  // stored as node id; 0 here means "none": callers subtract one
+  return v;
 }
 
 void to_record(const store::chat_message& m, pb::LogEntry& e) {
@@ -190,14 +191,14 @@ void redis_bus::attach(device_id device, const std::string& username,
   client_->command(key,
                    {"SET", key, me, "EX", std::to_string(options_.ttl.count()), "GET"},
                    [this, device, now](std::optional<redis::reply> r) {
-                     const std::uint64_t was = parse_node(r);
-                     if (was == 0 || was - 1 == options_.node_id) return;
+                     const auto was = parse_node(r);
+                     if (!was || *was == options_.node_id) return;
                      // The device was connected to another node: that connection must go.
                      pb::NodeMessage m;
                      m.set_from_node(options_.node_id);
                      m.set_replaced_device(device);
                      m.set_replaced_at_ms(now);
-                     publish_to(was - 1, m);
+                     publish_to(*was, m);
                    });
 }
 
@@ -255,22 +256,22 @@ std::size_t redis_bus::connected_devices() const {
 
 void redis_bus::lookup(
     std::vector<device_id> devices,
-    std::function<void(std::vector<std::pair<device_id, std::uint64_t>>)> done) {
+    std::function<void(std::vector<std::pair<device_id, std::optional<std::uint64_t>>>)> done) {
   struct gather {
-    std::vector<std::pair<device_id, std::uint64_t>> found;
+    std::vector<std::pair<device_id, std::optional<std::uint64_t>>> found;
     std::size_t waiting = 0;
-    std::function<void(std::vector<std::pair<device_id, std::uint64_t>>)> done;
+    std::function<void(std::vector<std::pair<device_id, std::optional<std::uint64_t>>>)> done;
   };
   auto g = std::make_shared<gather>();
   g->found.reserve(devices.size());
-  for (auto d : devices) g->found.emplace_back(d, 0);
+  for (auto d : devices) g->found.emplace_back(d, std::nullopt);
   g->waiting = devices.size();
   g->done = std::move(done);
   // Issued back to back: hiredis pipelines them; the replies come in one burst per node.
   for (std::size_t i = 0; i < devices.size(); ++i) {
     const std::string key = device_key(devices[i]);
     client_->command(key, {"GET", key}, [g, i](std::optional<redis::reply> r) {
-      g->found[i].second = parse_node(r);  // node + 1, or 0
+      g->found[i].second = parse_node(r);
       if (--g->waiting == 0) g->done(std::move(g->found));
     });
   }
@@ -299,9 +300,9 @@ void redis_bus::deliver_message(const std::vector<device_id>& devices, shared_en
   if (remote.empty() || !client_->connected()) return;
   lookup(std::move(remote), [this, e = std::move(e)](auto found) {
     std::unordered_map<std::uint64_t, pb::NodeMessage> by_node;
-    for (const auto& [device, node_plus_one] : found) {
-      if (node_plus_one == 0 || node_plus_one - 1 == options_.node_id) continue;
-      by_node[node_plus_one - 1].add_devices(device);
+    for (const auto& [device, node] : found) {
+      if (!node || *node == options_.node_id) continue;
+      by_node[*node].add_devices(device);
     }
     if (by_node.empty()) return;
     // The entry is serialized once and copied into each node's message.
@@ -333,9 +334,9 @@ void redis_bus::deliver_receipts(const std::vector<store::receipt_delivery>& rec
   lookup(std::move(ids), [this, remote](auto found) {
     std::unordered_map<std::uint64_t, pb::NodeMessage> by_node;
     for (std::size_t i = 0; i < found.size(); ++i) {
-      const std::uint64_t node_plus_one = found[i].second;
-      if (node_plus_one == 0 || node_plus_one - 1 == options_.node_id) continue;
-      auto* r = by_node[node_plus_one - 1].add_receipts();
+      const auto& node = found[i].second;
+      if (!node || *node == options_.node_id) continue;
+      auto* r = by_node[*node].add_receipts();
       r->set_device(found[i].first);
       for (const auto& w : (*remote)[i].second) to_record(w, *r->add_marks());
     }

@@ -29,6 +29,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -100,9 +101,10 @@ class redis_bus final : public bus {
   void arm_refresh();
   void resync_all(const char* why);
   // Reads the routing keys of `devices` (pipelined); calls `done` on the Redis thread with
-  // each device's node (0 where none is known).
-  void lookup(std::vector<device_id> devices,
-              std::function<void(std::vector<std::pair<device_id, std::uint64_t>>)> done);
+  // each device's node (none where no node is known).
+  void lookup(
+      std::vector<device_id> devices,
+      std::function<void(std::vector<std::pair<device_id, std::optional<std::uint64_t>>>)> done);
 
   std::shared_ptr<redis::client> client_;
   redis_bus_options options_;

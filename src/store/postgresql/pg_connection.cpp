@@ -98,6 +98,9 @@ void connection::close() {
   if (conn_ != nullptr) PQfinish(conn_);
   conn_ = nullptr;
   prepared_.clear();
+  queue_.clear();
+  pipeline_ = false;
+  aborted_ = false;
 }
 
 bool connection::ok() const { return conn_ != nullptr && PQstatus(conn_) == CONNECTION_OK; }
@@ -114,6 +117,20 @@ bool connection::open(const std::string& conninfo, std::string& error) {
   return true;
 }
 
+namespace {
+void trim(std::string& s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+}
+}  // namespace
+
+errc connection::lost() {
+  if (message_.empty() && conn_ != nullptr) message_ = PQerrorMessage(conn_);
+  if (message_.empty()) message_ = "not connected";
+  trim(message_);
+  close();
+  return errc::unavailable;
+}
+
 result<rows> connection::check(PGresult* r) {
   sqlstate_.clear();
   message_.clear();
@@ -125,29 +142,25 @@ result<rows> connection::check(PGresult* r) {
     PQclear(r);
   }
   if (message_.empty() && conn_ != nullptr) message_ = PQerrorMessage(conn_);
-  while (!message_.empty() && (message_.back() == '\n' || message_.back() == ' '))
-    message_.pop_back();
-  if (conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK) {
-    close();
-    return errc::unavailable;
-  }
+  trim(message_);
+  if (conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK) return lost();
   return errc::io_error;
 }
 
-result<rows> connection::exec(const std::string& sql, const params& p) {
-  if (!ok()) {
-    close();
-    sqlstate_.clear();
-    message_ = "not connected";
-    return errc::unavailable;
-  }
-  auto it = prepared_.find(sql);
-  if (it == prepared_.end()) {
-    std::string name = "s" + std::to_string(prepared_.size());
+result<const std::string*> connection::prepare(const std::string& sql) {
+  if (auto it = prepared_.find(sql); it != prepared_.end()) return &it->second;
+  std::string name = "s" + std::to_string(next_name_++);
+  if (pipeline_) {
+    if (PQsendPrepare(conn_, name.c_str(), sql.c_str(), 0, nullptr) == 0) return lost();
+    queue_.push_back({item::prepare, sql});
+  } else {
     auto r = check(PQprepare(conn_, name.c_str(), sql.c_str(), 0, nullptr));
     if (!r) return r.error();
-    it = prepared_.emplace(sql, std::move(name)).first;
   }
+  return &prepared_.emplace(sql, std::move(name)).first->second;
+}
+
+bool connection::send_prepared(const std::string& name, const params& p) {
   std::vector<const char*> values;
   std::vector<int> lengths, formats;
   values.reserve(p.values_.size());
@@ -158,15 +171,155 @@ result<rows> connection::exec(const std::string& sql, const params& p) {
     lengths.push_back(static_cast<int>(v.data.size()));
     formats.push_back(v.binary ? 1 : 0);
   }
-  return check(PQexecPrepared(conn_, it->second.c_str(), static_cast<int>(values.size()),
-                              values.data(), lengths.data(), formats.data(), 0));
+  return PQsendQueryPrepared(conn_, name.c_str(), static_cast<int>(values.size()),
+                             values.data(), lengths.data(), formats.data(), 0) != 0;
+}
+
+void connection::record_error(PGresult* r) {
+  if (aborted_) return;  // the first failure of the segment is the one that explains it
+  aborted_ = true;
+  sqlstate_.clear();
+  message_.clear();
+  if (const char* s = PQresultErrorField(r, PG_DIAG_SQLSTATE)) sqlstate_ = s;
+  message_ = PQresultErrorMessage(r);
+  trim(message_);
+}
+
+bool connection::read_next(item& kind, PGresult*& out) {
+  out = nullptr;
+  const queued q = std::move(queue_.front());
+  queue_.pop_front();
+  kind = q.kind;
+  PGresult* r = PQgetResult(conn_);
+  if (r == nullptr) return false;
+  // A statement's results end with a null; a sync's does not.
+  if (kind != item::sync) {
+    while (PGresult* more = PQgetResult(conn_)) PQclear(more);
+  }
+  const auto status = PQresultStatus(r);
+  switch (status) {
+    case PGRES_COMMAND_OK:
+    case PGRES_TUPLES_OK:
+      break;
+    case PGRES_PIPELINE_SYNC:
+      aborted_ = false;
+      break;
+    case PGRES_PIPELINE_ABORTED:
+      aborted_ = true;
+      if (kind == item::prepare) prepared_.erase(q.sql);
+      break;
+    default:  // PGRES_FATAL_ERROR and what a pipeline should never see
+      if (PQstatus(conn_) != CONNECTION_OK) {
+        record_error(r);
+        PQclear(r);
+        return false;
+      }
+      record_error(r);
+      if (kind == item::prepare) prepared_.erase(q.sql);
+      // A Parse counts as deferred too: it may be a deferred statement's, and even an
+      // exec's own one was not waited for.
+      if (kind != item::own) deferred_failed_ = true;
+      break;
+  }
+  if (kind == item::own) {
+    out = r;
+  } else {
+    PQclear(r);
+  }
+  return true;
+}
+
+result<void> connection::enter_pipeline() {
+  if (!ok()) return lost();
+  if (PQenterPipelineMode(conn_) == 0) return lost();
+  pipeline_ = true;
+  return {};
+}
+
+result<rows> connection::exec(const std::string& sql, const params& p) {
+  if (!ok()) return lost();
+  auto name = prepare(sql);
+  if (!name) return name.error();
+  if (!pipeline_) {
+    if (!send_prepared(**name, p)) return lost();
+    // One statement, one result (then the null that ends them), as PQexecPrepared reads it.
+    PGresult* r = PQgetResult(conn_);
+    while (PGresult* more = PQgetResult(conn_)) PQclear(more);
+    return check(r);
+  }
+  // Pipeline: behind whatever was deferred, then one flush and one wait for all of it.
+  if (!send_prepared(**name, p)) return lost();
+  queue_.push_back({item::own, {}});
+  if (PQsendFlushRequest(conn_) == 0 || PQflush(conn_) != 0) return lost();
+  if (!aborted_) {
+    sqlstate_.clear();
+    message_.clear();
+  }
+  while (!queue_.empty()) {
+    item kind{};
+    PGresult* r = nullptr;
+    if (!read_next(kind, r)) return lost();
+    if (kind != item::own) continue;
+    const auto status = PQresultStatus(r);
+    if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return rows(r);
+    PQclear(r);
+    return errc::io_error;  // its own failure, or skipped after an earlier one
+  }
+  return lost();  // unreachable: its own result is queued last
+}
+
+result<void> connection::defer(const std::string& sql, const params& p) {
+  if (!pipeline_ || !deferring_) {
+    auto r = exec(sql, p);
+    if (!r) return r.error();
+    return {};
+  }
+  if (!ok()) return lost();
+  auto name = prepare(sql);
+  if (!name) return name.error();
+  if (!send_prepared(**name, p)) return lost();
+  queue_.push_back({item::deferred, {}});
+  return {};
+}
+
+result<void> connection::sync() {
+  if (!pipeline_) return {};
+  if (!ok()) return lost();
+  bool failed = aborted_;
+  if (PQpipelineSync(conn_) == 0) return lost();
+  queue_.push_back({item::sync, {}});
+  while (!queue_.empty()) {
+    item kind{};
+    PGresult* r = nullptr;
+    if (!read_next(kind, r)) return lost();
+    if (kind == item::own) {
+      const auto status = PQresultStatus(r);
+      PQclear(r);
+      if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) failed = true;
+    } else if (aborted_) {
+      failed = true;
+    }
+  }
+  if (failed) return errc::io_error;
+  return {};
 }
 
 result<void> connection::run(const std::string& sql) {
-  if (!ok()) {
-    close();
-    message_ = "not connected";
-    return errc::unavailable;
+  if (!ok()) return lost();
+  if (pipeline_) {
+    // What was queued before is over: its failure was reported, or does not matter to
+    // what this runs (a ROLLBACK).
+    if (!queue_.empty() || aborted_) {
+      auto before = sync();
+      if (!before && before.error() == errc::unavailable) return before.error();
+    }
+    auto name = prepare(sql);
+    if (!name) return name.error();
+    if (!send_prepared(**name, {})) return lost();
+    queue_.push_back({item::own, {}});
+    sqlstate_.clear();
+    message_.clear();
+    return sync();
   }
   auto r = check(PQexec(conn_, sql.c_str()));
   if (!r) return r.error();

@@ -2,11 +2,18 @@
 // parameters in text (integers) or binary (bytes) form, results in text form, and errors as
 // values that say whether the connection is gone (errc::unavailable) or one statement failed
 // (errc::io_error, with its SQLSTATE). One connection belongs to one thread.
+//
+// The store's writer runs its connection in libpq's pipeline mode: a statement whose rows
+// nobody reads (a cursor upsert, a savepoint, COMMIT) is `defer`red: sent, not waited for.
+// The next `exec` sends its own statement behind them and waits once for all of them, so a
+// request's writes and the savepoint around it cost no round trip of their own. A deferred
+// statement's failure shows at that next `exec` (or `sync`) and says so (`deferred_failed`).
 #pragma once
 
 #include <libpq-fe.h>
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -80,8 +87,32 @@ class connection {
   // connection is gone (it is closed then), errc::io_error if the statement failed
   // (sqlstate() says why; in a transaction, the transaction is aborted until a rollback).
   result<rows> exec(const std::string& sql, const params& p = {});
-  // Runs one or more statements without parameters (BEGIN, SAVEPOINT, COMMIT, DDL).
+  // Runs one or more statements without parameters (BEGIN, SAVEPOINT, COMMIT, DDL). In
+  // pipeline mode: one statement, and everything queued before it is read first (a
+  // failure there is forgotten: run is how a transaction is rolled back).
   result<void> run(const std::string& sql);
+
+  // Pipeline mode, for the rest of this connection's life (until close). Statements with
+  // several commands (`run("A; B")`) are not allowed in it.
+  result<void> enter_pipeline();
+  bool pipelined() const { return pipeline_; }
+  // Sends a statement without waiting for its result (pipeline mode; otherwise, or with
+  // deferring off, it is an exec). Its failure is reported by the next exec or sync, which
+  // then say deferred_failed().
+  result<void> defer(const std::string& sql, const params& p = {});
+  // Ends the pipeline's current segment (a Sync: outside a transaction block it commits what
+  // ran since the last one) and reads every result queued before it. The first failure
+  // among them, if any.
+  result<void> sync();
+  // An error since the last sync: the server skips what follows until the next sync.
+  bool pipeline_aborted() const { return aborted_; }
+  // A statement not waited for failed since reset_failures(): a deferred one, or the Parse
+  // of any statement this connection had not prepared yet.
+  bool deferred_failed() const { return deferred_failed_; }
+  void reset_failures() { deferred_failed_ = false; }
+  // Off: defer() waits for each statement like exec (a group applied again request by
+  // request, to tell which one fails).
+  void set_deferring(bool on) { deferring_ = on; }
 
   const std::string& sqlstate() const { return sqlstate_; }
   const std::string& error_message() const { return message_; }
@@ -93,11 +124,35 @@ class connection {
 
  private:
   result<rows> check(PGresult* r);
+  // The prepared statement's name for `sql`, preparing it first if this connection has not
+  // (in pipeline mode: queuing the Parse, whose result is read with the rest).
+  result<const std::string*> prepare(const std::string& sql);
+  bool send_prepared(const std::string& name, const params& p);
+  // Pipeline mode: what a queued result belongs to.
+  enum class item { prepare, deferred, own, sync };
+  // Reads the next queued result and records its failure (the first since the last sync
+  // keeps sqlstate() and error_message()). `own`'s PGresult is handed over in `out`; the
+  // others are cleared. False if the connection is gone.
+  bool read_next(item& kind, PGresult*& out);
+  void record_error(PGresult* r);
+  // The connection is gone: closed, errc::unavailable.
+  errc lost();
 
   PGconn* conn_ = nullptr;
   std::unordered_map<std::string, std::string> prepared_;  // SQL -> statement name
+  std::size_t next_name_ = 0;
   std::string sqlstate_;
   std::string message_;
+
+  bool pipeline_ = false;
+  bool deferring_ = true;
+  bool aborted_ = false;
+  bool deferred_failed_ = false;
+  struct queued {
+    item kind;
+    std::string sql;  // prepare: the statement's SQL
+  };
+  std::deque<queued> queue_;  // results still to read, in the order sent
 };
 
 }  // namespace parley::store::pg

@@ -104,9 +104,65 @@ std::uint64_t pair_lock(const std::string& a, const std::string& b) {
   return fnv1a("pair", std::min(a, b), std::max(a, b));
 }
 std::uint64_t user_lock(std::uint64_t user) { return fnv1a("user", std::to_string(user)); }
+std::uint64_t device_lock(std::uint64_t device) {
+  return fnv1a("device", std::to_string(device));
+}
 std::uint64_t name_lock(const std::string& name) { return fnv1a("name", name); }
 
 // --- statements ------------------------------------------------------------------------------
+
+// What a message's seq comes with, from the chat row `chat` names (the UPDATE's own row, or
+// $1): the chat's current members, a 1:1 chat's recipients' registration ids (other members'
+// devices with keys) and the devices to push to (every member's device but the sender's, in
+// member order). `sender` and `device` name the parameters.
+std::string head_returning(const std::string& chat, const std::string& sender,
+                           const std::string& device) {
+  return "head, is_group, "
+         "ARRAY(SELECT user_id FROM chat_members WHERE chat_id = " + chat +
+         " AND until_seq = 0) AS members, "
+         "CASE WHEN is_group THEN NULL ELSE ARRAY(SELECT k.registration_id "
+         "FROM chat_members m JOIN devices d ON d.user_id = m.user_id "
+         "JOIN device_keys k ON k.device_id = d.device_id "
+         "WHERE m.chat_id = " + chat + " AND m.until_seq = 0 AND m.user_id <> " + sender +
+         ") END AS registrations, "
+         "ARRAY(SELECT d.device_id FROM chat_members m JOIN devices d ON d.user_id = m.user_id "
+         "WHERE m.chat_id = " + chat + " AND m.until_seq = 0 AND d.device_id <> " + device +
+         " ORDER BY m.position, d.device_id) AS devices";
+}
+
+// A send's one waited-for statement when its chat exists: a retry's first result (dup), the
+// peer named (p) and the pair's chat (pair), and, unless it is a retry, the chat's next seq
+// taken under the chat's row lock (up) with head_returning's columns. Columns: 0-3 the retry's
+// chat, seq, id and time, 4 whether it is one, 5-6 the peer and whether it exists, 7 the
+// pair's chat, 8 whether a seq was taken, 9-13 head_returning.
+// $1 sender device, $2 client_msg_id, $3 oldest live dedupe time, $4 peer name ('' for a
+// chat id), $5 sender, $6 chat id (0: by peer).
+const std::string& send_lookup_sql() {
+  static const std::string sql =
+      "WITH dup AS (SELECT chat_id, seq, message_id, sent_at_ms FROM dedupe "
+      "WHERE sender_device = $1 AND client_msg_id = $2 AND sent_at_ms >= $3), "
+      "p AS (SELECT user_id FROM users WHERE username = $4), "
+      "pair AS (SELECT dc.chat_id FROM direct_chats dc JOIN p "
+      "ON dc.user_lo = LEAST($5::bigint, p.user_id) "
+      "AND dc.user_hi = GREATEST($5::bigint, p.user_id)), "
+      "up AS (UPDATE chats SET head = head + 1 WHERE chat_id = CASE WHEN $6::bigint <> 0 "
+      "THEN $6::bigint ELSE (SELECT chat_id FROM pair) END AND NOT EXISTS (SELECT 1 FROM dup) "
+      "RETURNING " + head_returning("chats.chat_id", "$5", "$1") + ") "
+      "SELECT dup.chat_id, dup.seq, dup.message_id, dup.sent_at_ms, dup.seq IS NOT NULL, "
+      "p.user_id, p.user_id IS NOT NULL, pair.chat_id, up.head IS NOT NULL, up.head, up.is_group, "
+      "up.members, up.registrations, up.devices FROM (SELECT 1) AS one "
+      "LEFT JOIN dup ON TRUE LEFT JOIN p ON TRUE LEFT JOIN pair ON TRUE LEFT JOIN up ON TRUE";
+  return sql;
+}
+
+// The next seq of chat $1 (a pair's chat its first message just created), head_returning's
+// columns from 0; $2 sender, $3 sender device.
+const std::string& take_seq_sql() {
+  static const std::string sql =
+      "UPDATE chats SET head = head + 1 WHERE chat_id = $1 RETURNING " +
+      head_returning("$1", "$2", "$3");
+  return sql;
+}
 
 constexpr const char* message_columns =
     "seq, message_id, sender_user, sender_device, sender_name, sent_at_ms, payload, cipher_type, "
@@ -136,43 +192,76 @@ result<chat_message> message_of(std::uint64_t chat, const rows& r, int i) {
   return m;
 }
 
-}  // namespace
+// --- the writers -----------------------------------------------------------------------------
+// A queued write: `apply` runs the request inside the group's transaction (and savepoint)
+// and returns whether it succeeded and how to complete it once the group's fate is known
+// (errc{} when committed). `apply` may run more than once: a group that meets a deadlock
+// with another node or writer is rolled back and applied again.
+struct finisher {
+  bool ok = false;
+  std::function<void(errc)> finish;
+};
+struct command {
+  std::function<finisher(connection&)> apply;
+  std::function<void(errc)> refuse;
+  std::vector<std::uint64_t> locks;  // lock_key()s of what it writes that others write too
+};
 
-struct postgresql_store::impl {
-  explicit impl(postgresql_options o) : options(std::move(o)), ids(options.node_id) {}
-
-  postgresql_options options;
-
-  // --- the writer --------------------------------------------------------------------------
-  // A queued write: `apply` runs the request inside the group's transaction (and savepoint)
-  // and returns whether it succeeded and how to complete it once the group's fate is known
-  // (errc{} when committed). `apply` may run more than once: a group that meets a deadlock
-  // with another node is rolled back and applied again.
-  struct finisher {
-    bool ok = false;
-    std::function<void(errc)> finish;
-  };
-  struct command {
-    std::function<finisher(connection&)> apply;
-    std::function<void(errc)> refuse;
-    std::vector<std::uint64_t> locks;  // lock_key()s of what it writes that others write too
-  };
+// One writer: a thread with a connection of its own (in pipeline mode) and a queue. A node's
+// requests are spread over its writers by a route key (the sending device, the chat, the
+// user): one device's sends and acks stay in order on one writer, and the writers' groups run
+// side by side in the database, which orders them as it orders two nodes' groups (each
+// group's advisory locks, taken sorted). One connection can only do one statement at a time:
+// with one writer, a node's writes were bound by the database's time per statement plus the
+// writer's own, one after the other.
+struct writer_lane {
+  std::size_t index = 0;
   std::mutex mutex;
   std::condition_variable wake;
   std::deque<command> pending;
-  std::atomic<std::uint64_t> pending_count{0};
-  bool stopping = false;
-  std::thread writer;
-  connection writer_db;
-  snowflake ids;
+  std::thread thread;
+  connection db;
+  // This group's highest Snowflake id, written to node_ids with it.
   std::uint64_t last_id = 0;
   bool ids_issued = false;
-  std::string last_failure;  // why the last group failed (writer thread)
-  // Usernames by user id (writer thread): they never change, so a cache needs no
-  // invalidation; cleared when it passes max_cached_names.
+  std::string last_failure;  // why the last group failed
+  // Usernames by user id: they never change, so a cache needs no invalidation; cleared when
+  // it passes max_cached_names.
   std::unordered_map<std::uint64_t, std::string> names;
-  static constexpr std::size_t max_cached_names = 1u << 18;
+  std::chrono::steady_clock::time_point last_connect_attempt{};
+};
+constexpr std::size_t max_cached_names = 1u << 18;
+// The writer whose thread this is (null on any other thread).
+thread_local writer_lane* this_writer = nullptr;
+
+}  // namespace
+
+struct postgresql_store::impl {
+  explicit impl(postgresql_options o) : options(std::move(o)), ids(options.node_id) {
+    const std::size_t n = std::max<std::size_t>(1, options.writers);
+    for (std::size_t i = 0; i < n; ++i) {
+      lanes.push_back(std::make_unique<writer_lane>());
+      lanes.back()->index = i;
+    }
+  }
+
+  postgresql_options options;
+
+  std::vector<std::unique_ptr<writer_lane>> lanes;
+  std::atomic<std::uint64_t> pending_count{0};  // over every writer
+  std::atomic<bool> stopping{false};
+  std::mutex ids_mutex;
+  snowflake ids;
+  // The id high-water mark node_ids holds for this node (committed). A group whose ids pass
+  // it writes a new one, a lease of id_lease ahead of its last id, so that node_ids (one row
+  // per node, which every writer's group would otherwise update and wait for) is written
+  // about once per lease instead of per group. A restarted node starts past it.
+  std::atomic<std::uint64_t> recorded_ids{0};
+  static constexpr std::uint64_t id_lease_ms = 10'000;
+
+  // On a writer's thread.
   result<std::string> cached_username(connection& db, std::uint64_t user) {
+    auto& names = this_writer->names;
     if (auto it = names.find(user); it != names.end()) return it->second;
     auto name = username_of(db, user);
     if (!name) return name;
@@ -180,7 +269,6 @@ struct postgresql_store::impl {
     names.emplace(user, *name);
     return name;
   }
-  std::chrono::steady_clock::time_point last_connect_attempt{};
   std::chrono::steady_clock::time_point last_dedupe_purge = std::chrono::steady_clock::now();
 
   // --- readers -----------------------------------------------------------------------------
@@ -213,8 +301,9 @@ struct postgresql_store::impl {
     }
   }
 
-  // Opens `db` with the session settings the store needs. False if it cannot.
-  bool connect(connection& db, bool writer_session, std::string& error) {
+  // Opens `db` with the session settings the store needs (the writer's in pipeline mode,
+  // once `pipeline`). False if it cannot.
+  bool connect(connection& db, bool writer_session, std::string& error, bool pipeline = true) {
     if (!db.open(options.conninfo, error)) return false;
     // Statements that wait on a lock held by a stalled node give up (and the group is
     // retried) instead of stalling this node's writer for good.
@@ -226,7 +315,7 @@ struct postgresql_store::impl {
     // the node runs with --no-fsync).
     if (writer_session)
       settings += options.sync ? "; SET synchronous_commit = on" : "; SET synchronous_commit = off";
-    if (!db.run(settings)) {
+    if (!db.run(settings) || (writer_session && pipeline && !db.enter_pipeline())) {
       error = db.error_message();
       db.close();
       return false;
@@ -236,13 +325,14 @@ struct postgresql_store::impl {
 
   // Writer thread: whether the writer has a connection, opening one at most every
   // reconnect_interval.
-  bool writer_connected() {
-    if (writer_db.ok()) return true;
+  bool writer_connected(writer_lane& w) {
+    if (w.db.ok()) return true;
     const auto now = std::chrono::steady_clock::now();
-    if (now - last_connect_attempt < options.reconnect_interval && !writable.load()) return false;
-    last_connect_attempt = now;
+    if (now - w.last_connect_attempt < options.reconnect_interval && !writable.load())
+      return false;
+    w.last_connect_attempt = now;
     std::string error;
-    if (!connect(writer_db, true, error)) {
+    if (!connect(w.db, true, error)) {
       set_health(false, "database unreachable: " + error);
       return false;
     }
@@ -250,17 +340,28 @@ struct postgresql_store::impl {
     return true;
   }
 
+  // On a writer's thread: a fresh Snowflake id, recorded as its group's high-water mark.
   std::uint64_t next_id() {
-    ids_issued = true;
-    last_id = ids.next(now_ms());
-    return last_id;
+    std::uint64_t id = 0;
+    {
+      std::lock_guard lock(ids_mutex);
+      id = ids.next(now_ms());
+    }
+    if (this_writer != nullptr) {
+      this_writer->ids_issued = true;
+      this_writer->last_id = std::max(this_writer->last_id, id);
+    }
+    return id;
   }
 
   // `locks`: the lock_key()s of the rows the request writes that another node's requests may
   // write too (a chat's row and its members', a user's row, a pair's first chat): the group
   // takes them all, sorted, before it applies anything (commit_group).
+  // `route` picks the writer (default: the first lock, else writer 0): requests whose order
+  // matters give the same one.
   template <class T, class Apply>
-  void write(completion<T> done, Apply apply, std::vector<std::uint64_t> locks = {}) {
+  void write(completion<T> done, Apply apply, std::vector<std::uint64_t> locks = {},
+             std::optional<std::uint64_t> route = std::nullopt) {
     auto shared_done = std::make_shared<completion<T>>(std::move(done));
     command c;
     c.locks = std::move(locks);
@@ -276,16 +377,18 @@ struct postgresql_store::impl {
               }};
     };
     c.refuse = [shared_done](errc e) { (*shared_done)(e); };
+    const std::uint64_t key = route ? *route : c.locks.empty() ? 0 : c.locks.front();
+    writer_lane& w = *lanes[key % lanes.size()];
     errc refusal = errc::shutting_down;
     {
-      std::lock_guard lock(mutex);
-      if (!stopping && pending.size() < options.max_pending) {
-        pending.push_back(std::move(c));
-        pending_count.store(pending.size(), std::memory_order_relaxed);
-        wake.notify_one();
+      std::lock_guard lock(w.mutex);
+      if (!stopping.load() && pending_count.load(std::memory_order_relaxed) < options.max_pending) {
+        w.pending.push_back(std::move(c));
+        pending_count.fetch_add(1, std::memory_order_relaxed);
+        w.wake.notify_one();
         return;
       }
-      if (!stopping) refusal = errc::busy;
+      if (!stopping.load()) refusal = errc::busy;
     }
     if (refusal == errc::busy) {
       // A completion never runs on the caller's thread: the refusal goes through a reader.
@@ -337,12 +440,16 @@ struct postgresql_store::impl {
   }
 
   void open();
-  void run_writer();
+  void run_writer(writer_lane& w);
   // Applies and commits one group. errc{} if committed; errc::unavailable / io_error if it
-  // failed (nothing committed, or for a lost COMMIT: unknown); `retry` set if it met a
-  // deadlock or serialization failure and may be applied again.
-  errc commit_group(std::vector<command>& work, std::vector<finisher>& finishers, bool& retry);
-  void purge_dedupe();
+  // failed (nothing committed, or for a lost COMMIT: unknown). `retry` says whether it may
+  // be applied again: pipelined after a deadlock or serialization failure, strict (every
+  // statement waited for, so that a failing request fails alone) after a deferred
+  // statement failed.
+  enum class retry_as { no, pipelined, strict };
+  errc commit_group(writer_lane& w, std::vector<command>& work,
+                    std::vector<finisher>& finishers, bool strict, retry_as& retry);
+  void purge_dedupe(writer_lane& w);
 
   // --- request helpers (on the connection of the calling thread) -----------------------------
 
@@ -492,7 +599,10 @@ struct postgresql_store::impl {
 
 void postgresql_store::impl::open() {
   std::string error;
-  if (!connect(writer_db, true, error))
+  // The schema's statements run one by one first, on the first writer's connection; its
+  // pipeline starts after them. The other writers connect from their threads.
+  connection& writer_db = lanes.front()->db;
+  if (!connect(writer_db, true, error, false))
     throw std::runtime_error("cannot connect to the store's database: " + error);
   // One node creates the schema at a time (CREATE ... IF NOT EXISTS races with itself).
   auto fail = [&](const std::string& what) {
@@ -515,38 +625,60 @@ void postgresql_store::impl::open() {
   auto high = writer_db.exec("SELECT last_id FROM node_ids WHERE node_id = $1",
                              params().add(options.node_id));
   if (!high) fail("cannot read the node's id high-water mark");
-  if (!high->empty()) ids.advance_past(high->u64(0, 0));
+  if (!high->empty()) {
+    ids.advance_past(high->u64(0, 0));
+    recorded_ids.store(high->u64(0, 0));
+  }
+  if (!writer_db.enter_pipeline()) fail("cannot enter pipeline mode");
 
   for (std::size_t i = 0; i < options.reader_threads; ++i) {
     reader_threads.emplace_back([this] { run_reader(); });
     name_thread(reader_threads.back(), "store-reader-" + std::to_string(i));
   }
-  writer = std::thread([this] { run_writer(); });
-  name_thread(writer, "store-writer");
+  for (auto& lane : lanes) {
+    writer_lane& w = *lane;
+    w.thread = std::thread([this, &w] { run_writer(w); });
+    name_thread(w.thread, "store-writer");
+  }
 }
 
-void postgresql_store::impl::purge_dedupe() {
+void postgresql_store::impl::purge_dedupe(writer_lane& w) {
+  connection& writer_db = w.db;
   const auto now = std::chrono::steady_clock::now();
   if (now - last_dedupe_purge < std::chrono::minutes(10)) return;
   last_dedupe_purge = now;
   const std::uint64_t window = static_cast<std::uint64_t>(options.dedupe_window.count());
   const std::uint64_t t = now_ms();
   if (t <= window) return;
-  // Expired records are ignored by reads already; this only gives the space back.
-  if (!writer_db.exec("DELETE FROM dedupe WHERE sent_at_ms < $1", params().add(t - window)))
+  // Expired records are ignored by reads already; this only gives the space back. Outside a
+  // transaction block the pipeline's sync commits it.
+  if (!writer_db.defer("DELETE FROM dedupe WHERE sent_at_ms < $1", params().add(t - window)) ||
+      !writer_db.sync())
     log_warn() << "store: dedupe purge failed: " << writer_db.error_message();
 }
 
-errc postgresql_store::impl::commit_group(std::vector<command>& work,
-                                          std::vector<finisher>& finishers, bool& retry) {
-  retry = false;
+errc postgresql_store::impl::commit_group(writer_lane& w, std::vector<command>& work,
+                                          std::vector<finisher>& finishers, bool strict,
+                                          retry_as& retry) {
+  connection& writer_db = w.db;
+  std::string& last_failure = w.last_failure;
+  retry = retry_as::no;
   finishers.clear();
+  writer_db.reset_failures();
+  writer_db.set_deferring(!strict);
   // The transaction's failure: roll back what is left of it and say why.
   auto abort = [&](errc fallback) {
     const bool lost = !writer_db.ok();
     const std::string state = writer_db.sqlstate();  // ROLLBACK below clears it
     last_failure = (state.empty() ? "" : "SQLSTATE " + state + ": ") + writer_db.error_message();
-    retry = !lost && writer_db.must_retry();
+    const bool timed_out = state == pg::lock_not_available || state == pg::query_canceled;
+    if (!lost && writer_db.must_retry()) {
+      retry = retry_as::pipelined;
+    } else if (!lost && !timed_out && writer_db.deferred_failed() && !strict) {
+      // A statement sent without waiting failed, and its request has already been answered
+      // "applied": only applying the group again request by request can tell whose it was.
+      retry = retry_as::strict;
+    }
     if (!lost) writer_db.run("ROLLBACK");
     if (lost) {
       set_health(false, "database connection lost: " + writer_db.error_message());
@@ -554,11 +686,14 @@ errc postgresql_store::impl::commit_group(std::vector<command>& work,
     }
     // A lock held too long by another node (lock_timeout) or a statement past
     // statement_timeout: nothing was applied, and a retry shortly may well pass.
-    if (state == pg::lock_not_available || state == pg::query_canceled) return errc::busy;
+    if (timed_out) return errc::busy;
     return fallback;
   };
 
-  if (!writer_db.run("BEGIN")) return abort(errc::io_error);
+  // Pipelined: BEGIN, the locks and the first savepoint go out with the first request's
+  // first statement; each request's trailing writes and its savepoint's release with the
+  // next one's; COMMIT waits once at the end.
+  if (!writer_db.defer("BEGIN")) return abort(errc::io_error);
   // Every lock the group's requests need, in one order for every node: two nodes' groups then
   // never wait for each other in a cycle (a deadlock, which would cost both a rollback).
   std::vector<std::uint64_t> locks;
@@ -570,79 +705,101 @@ errc postgresql_store::impl::commit_group(std::vector<command>& work,
     for (auto k : locks) array += (array.size() > 1 ? "," : "") + std::to_string(k);
     array += "}";
     // unnest yields the array's order, and the function runs per row in that order.
-    if (!writer_db.exec("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k",
-                        params().text(array)))
+    if (!writer_db.defer("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k",
+                         params().text(array)))
       return abort(errc::io_error);
   }
-  if (!writer_db.run("SAVEPOINT r")) return abort(errc::io_error);
-  ids_issued = false;
+  if (!writer_db.defer("SAVEPOINT r")) return abort(errc::io_error);
+  w.ids_issued = false;
+  w.last_id = 0;
   for (auto& c : work) {
     finisher f = c.apply(writer_db);
-    if (!writer_db.ok() || writer_db.must_retry()) return abort(errc::io_error);
+    if (!writer_db.ok() || writer_db.must_retry() || writer_db.deferred_failed())
+      return abort(errc::io_error);
     if (f.ok) {
-      if (!writer_db.run("RELEASE SAVEPOINT r; SAVEPOINT r")) return abort(errc::io_error);
+      if (!writer_db.defer("RELEASE SAVEPOINT r") || !writer_db.defer("SAVEPOINT r"))
+        return abort(errc::io_error);
     } else {
+      // run() reads what is queued first (and ends the pipeline's aborted state, if this
+      // request's own statement failed); the savepoint then undoes what the request wrote.
       if (!writer_db.run("ROLLBACK TO SAVEPOINT r")) return abort(errc::io_error);
+      // An earlier request's deferred write that failed shows here if this request read
+      // nothing: the savepoint then is one from before it, and that request was answered.
+      if (writer_db.deferred_failed()) return abort(errc::io_error);
     }
     finishers.push_back(std::move(f));
   }
-  if (ids_issued &&
-      !writer_db.exec("INSERT INTO node_ids (node_id, last_id) VALUES ($1, $2) "
-                      "ON CONFLICT (node_id) DO UPDATE SET last_id = "
-                      "GREATEST(node_ids.last_id, EXCLUDED.last_id)",
-                      params().add(options.node_id).add(last_id))) {
-    return abort(errc::io_error);
+  std::uint64_t lease = 0;
+  if (w.ids_issued && w.last_id > recorded_ids.load()) {
+    lease = snowflake::max_id_at(snowflake::time_ms_of(w.last_id) + id_lease_ms, options.node_id);
+    if (!writer_db.defer("INSERT INTO node_ids (node_id, last_id) VALUES ($1, $2) "
+                         "ON CONFLICT (node_id) DO UPDATE SET last_id = "
+                         "GREATEST(node_ids.last_id, EXCLUDED.last_id)",
+                         params().add(options.node_id).add(lease)))
+      return abort(errc::io_error);
   }
-  if (!writer_db.run("COMMIT")) return abort(errc::io_error);
+  if (!writer_db.defer("COMMIT") || !writer_db.sync()) return abort(errc::io_error);
+  // Only a committed mark counts: another writer's group may pass it from now on.
+  for (auto seen = recorded_ids.load(); lease > seen;) {
+    if (recorded_ids.compare_exchange_weak(seen, lease)) break;
+  }
   return errc{};
 }
 
-void postgresql_store::impl::run_writer() {
+void postgresql_store::impl::run_writer(writer_lane& w) {
+  this_writer = &w;
   std::vector<command> work;
   std::vector<finisher> finishers;
   for (;;) {
     {
-      std::unique_lock lock(mutex);
+      std::unique_lock lock(w.mutex);
       // Idle, the writer still reconnects, so that /healthz tells the truth when nobody
       // writes.
-      if (!wake.wait_for(lock, options.reconnect_interval,
-                         [&] { return stopping || !pending.empty(); })) {
+      if (!w.wake.wait_for(lock, options.reconnect_interval,
+                           [&] { return stopping.load() || !w.pending.empty(); })) {
         lock.unlock();
-        writer_connected();
+        writer_connected(w);
         continue;
       }
-      if (pending.empty()) return;  // stopping, and everything queued is done
-      while (!pending.empty() && work.size() < options.max_group) {
-        work.push_back(std::move(pending.front()));
-        pending.pop_front();
+      if (w.pending.empty()) return;  // stopping, and everything queued is done
+      while (!w.pending.empty() && work.size() < options.max_group) {
+        work.push_back(std::move(w.pending.front()));
+        w.pending.pop_front();
       }
-      pending_count.store(pending.size(), std::memory_order_relaxed);
+      pending_count.fetch_sub(work.size(), std::memory_order_relaxed);
     }
-    if (!writer_connected()) {
+    if (!writer_connected(w)) {
       for (auto& c : work) c.refuse(errc::unavailable);
       work.clear();
       continue;
     }
     const auto start = std::chrono::steady_clock::now();
     errc outcome{};
+    bool strict = false;
     for (int attempt = 0;; ++attempt) {
-      bool retry = false;
-      outcome = commit_group(work, finishers, retry);
-      if (outcome == errc{} || !retry || attempt == 4) break;
-      log_warn() << "store: group of " << work.size() << " met another node's lock ("
-                 << last_failure << "), applying it again";
+      retry_as retry = retry_as::no;
+      outcome = commit_group(w, work, finishers, strict, retry);
+      if (outcome == errc{} || retry == retry_as::no || attempt == 4) break;
+      if (retry == retry_as::strict) {
+        strict = true;
+        log_warn() << "store: a statement of a group of " << work.size() << " failed ("
+                   << w.last_failure << "), applying it again request by request";
+      } else {
+        log_warn() << "store: group of " << work.size() << " met another writer's lock ("
+                   << w.last_failure << "), applying it again";
+      }
     }
     if (options.on_commit)
       options.on_commit(std::chrono::steady_clock::now() - start, work.size());
     if (outcome == errc{}) {
       for (auto& f : finishers) f.finish(errc{});
     } else {
-      if (writer_db.ok()) log_error() << "store: group commit failed: " << last_failure;
+      if (w.db.ok()) log_error() << "store: group commit failed: " << w.last_failure;
       for (auto& c : work) c.refuse(outcome);
     }
     finishers.clear();
     work.clear();
-    if (writer_db.ok()) purge_dedupe();
+    if (w.index == 0 && w.db.ok()) purge_dedupe(w);
   }
 }
 
@@ -654,13 +811,15 @@ postgresql_store::postgresql_store(postgresql_options options)
 postgresql_store::~postgresql_store() { stop(); }
 
 void postgresql_store::stop() {
-  {
-    std::lock_guard lock(impl_->mutex);
-    if (impl_->stopping) return;
-    impl_->stopping = true;
+  if (impl_->stopping.exchange(true)) return;
+  // Each writer sees `stopping` under its mutex, after any request queued before it.
+  for (auto& w : impl_->lanes) {
+    std::lock_guard lock(w->mutex);
+    w->wake.notify_all();
   }
-  impl_->wake.notify_all();
-  if (impl_->writer.joinable()) impl_->writer.join();
+  for (auto& w : impl_->lanes) {
+    if (w->thread.joinable()) w->thread.join();
+  }
   impl_->stopped = true;
   {
     std::lock_guard lock(impl_->read_mutex);
@@ -670,7 +829,7 @@ void postgresql_store::stop() {
   for (auto& t : impl_->reader_threads) {
     if (t.joinable()) t.join();
   }
-  impl_->writer_db.close();
+  for (auto& w : impl_->lanes) w->db.close();
 }
 
 store_health postgresql_store::health() {
@@ -913,31 +1072,34 @@ void postgresql_store::shared_chats(user_id requester, std::vector<std::string> 
 // --- the chat log ----------------------------------------------------------------------------
 
 void postgresql_store::send(send_request request, completion<send_outcome> done) {
-  std::vector<std::uint64_t> locks{request.to.chat != 0 ? chat_lock(request.to.chat)
-                                               : pair_lock(request.sender_name, request.to.peer)};
-  // Three statements for a message to an existing chat (one round trip each): the lookups,
-  // the seq with who is in the chat, and the appends.
+  // One device's sends on one writer, in the order they came.
+  const std::uint64_t device = request.sender_device;
+  // The sender's device too: a retry of the same message through another node at the same
+  // moment waits for this one and then finds its dedupe record.
+  std::vector<std::uint64_t> locks{
+      request.to.chat != 0 ? chat_lock(request.to.chat)
+                           : pair_lock(request.sender_name, request.to.peer),
+      device_lock(request.sender_device)};
+  // A message to an existing chat is one round trip: the lookups with the seq and who is in
+  // the chat (send_lookup_sql); the appends are deferred (they go out with whatever the writer
+  // sends next).
   impl_->write<send_outcome>(
       std::move(done), [this, request = std::move(request)](connection& db) -> result<send_outcome> {
         auto& d = *impl_;
         const std::uint64_t window = static_cast<std::uint64_t>(d.options.dedupe_window.count());
         const std::uint64_t now = now_ms();
         const std::uint64_t fresh_after = now > window ? now - window : 0;
-        // A retry's first result, the peer named, and the pair's chat.
+        // A retry's first result, the peer named, the pair's chat and, if the chat exists, its
+        // next seq.
         auto found = db.exec(
-            "SELECT d.chat_id, d.seq, d.message_id, d.sent_at_ms, d.seq IS NOT NULL, p.user_id, "
-            "p.user_id IS NOT NULL, dc.chat_id FROM (SELECT 1) AS one "
-            "LEFT JOIN dedupe d ON d.sender_device = $1 AND d.client_msg_id = $2 "
-            "AND d.sent_at_ms >= $3 "
-            "LEFT JOIN users p ON p.username = $4 "
-            "LEFT JOIN direct_chats dc ON dc.user_lo = LEAST($5::bigint, p.user_id) "
-            "AND dc.user_hi = GREATEST($5::bigint, p.user_id)",
+            send_lookup_sql(),
             params()
                 .add(request.sender_device)
                 .bytes(request.client_msg_id)
                 .add(fresh_after)
                 .text(request.to.chat == 0 ? request.to.peer : std::string())
-                .add(request.sender));
+                .add(request.sender)
+                .add(request.to.chat));
         if (!found) return found.error();
         if (found->boolean(0, 4)) {
           send_outcome out;
@@ -949,13 +1111,16 @@ void postgresql_store::send(send_request request, completion<send_outcome> done)
           return out;
         }
 
-        // The chat: by id, or the pair's 1:1 chat (created by its first message).
-        std::uint64_t chat = request.to.chat;
-        if (chat == 0) {
+        // The chat: by id, or the pair's 1:1 chat (created by its first message). `taken`: the
+        // row with the seq and head_returning's columns from `at`.
+        std::uint64_t chat = request.to.chat != 0 ? request.to.chat : found->u64(0, 7);
+        rows taken = *found;
+        int at = 9;
+        if (!found->boolean(0, 8)) {
+          if (request.to.chat != 0) return errc::not_found;  // no such chat
           if (!found->boolean(0, 6)) return errc::unknown_user;
           const std::uint64_t peer = found->u64(0, 5);
           if (peer == request.sender) return errc::self_message;
-          chat = found->u64(0, 7);
           if (chat == 0) {
             const auto [lo, hi] = std::minmax(request.sender, peer);
             const std::uint64_t fresh = d.next_id();
@@ -972,7 +1137,7 @@ void postgresql_store::send(send_request request, completion<send_outcome> done)
               chat = *theirs;
             } else {
               chat = fresh;
-              auto c = db.exec(
+              auto c = db.defer(
                   "WITH c AS (INSERT INTO chats (chat_id, is_group, created_ms) "
                   "VALUES ($1, FALSE, $2)) "
                   "INSERT INTO chat_members (chat_id, user_id, position) "
@@ -981,33 +1146,25 @@ void postgresql_store::send(send_request request, completion<send_outcome> done)
               if (!c) return c.error();
             }
           }
+          // The seq, under the chat's row lock (held until the group commits: appends to one
+          // chat from several nodes queue here).
+          auto head = db.exec(take_seq_sql(),
+                              params().add(chat).add(request.sender).add(request.sender_device));
+          if (!head) return head.error();
+          if (head->empty()) return errc::not_found;
+          taken = *head;
+          at = 0;
         }
 
-        // The seq, under the chat's row lock (held until the group commits: appends to one
-        // chat from several nodes queue here), with the chat's current members, a 1:1
-        // chat's recipients' registration ids, and the devices to push to.
-        auto head = db.exec(
-            "UPDATE chats SET head = head + 1 WHERE chat_id = $1 RETURNING head, is_group, "
-            "ARRAY(SELECT user_id FROM chat_members WHERE chat_id = $1 AND until_seq = 0), "
-            "CASE WHEN is_group THEN NULL ELSE ARRAY(SELECT k.registration_id "
-            "FROM chat_members m JOIN devices d ON d.user_id = m.user_id "
-            "JOIN device_keys k ON k.device_id = d.device_id "
-            "WHERE m.chat_id = $1 AND m.until_seq = 0 AND m.user_id <> $2) END, "
-            "ARRAY(SELECT d.device_id FROM chat_members m JOIN devices d ON d.user_id = m.user_id "
-            "WHERE m.chat_id = $1 AND m.until_seq = 0 AND d.device_id <> $3 "
-            "ORDER BY m.position, d.device_id)",
-            params().add(chat).add(request.sender).add(request.sender_device));
-        if (!head) return head.error();
-        if (head->empty()) return errc::not_found;
-        const std::uint64_t seq = head->u64(0, 0);
-        const bool group_chat = head->boolean(0, 1);
-        const auto members = head->bigints(0, 2);
+        const std::uint64_t seq = taken.u64(0, at);
+        const bool group_chat = taken.boolean(0, at + 1);
+        const auto members = taken.bigints(0, at + 2);
         if (std::find(members.begin(), members.end(), request.sender) == members.end())
           return errc::not_found;
         // A group takes sender-key messages only, a 1:1 chat only pairwise ones.
         if (group_chat != (request.cipher_type == sender_key_cipher_type))
           return errc::invalid_argument;
-        for (std::uint64_t registration : head->bigints(0, 3)) {
+        for (std::uint64_t registration : taken.bigints(0, at + 3)) {
           if (registration != 0 && registration != request.recipient_registration_id)
             return errc::stale_keys;
         }
@@ -1040,11 +1197,10 @@ void postgresql_store::send(send_request request, completion<send_outcome> done)
         } else {
           appended.text(request.media);
         }
-        appended.bytes(request.client_msg_id).add(fresh_after);
-        // The entry and its dedupe record. An expired record of the same id is replaced; a
-        // live one (the same device sending the same id through another node at this moment)
-        // is a conflict to retry.
-        auto ins = db.exec(
+        appended.bytes(request.client_msg_id);
+        // The entry and its dedupe record. A record of the same id is an expired one (the
+        // lookup above found no live one, under the device's lock), and is replaced.
+        auto ins = db.defer(
             "WITH m AS (INSERT INTO messages (chat_id, seq, message_id, sender_user, "
             "sender_device, sender_name, sent_at_ms, payload, cipher_type, media_id) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)) "
@@ -1052,18 +1208,17 @@ void postgresql_store::send(send_request request, completion<send_outcome> done)
             "sent_at_ms) VALUES ($5, $11, $1, $2, $3, $7) "
             "ON CONFLICT (sender_device, client_msg_id) DO UPDATE SET chat_id = EXCLUDED.chat_id, "
             "seq = EXCLUDED.seq, message_id = EXCLUDED.message_id, "
-            "sent_at_ms = EXCLUDED.sent_at_ms WHERE dedupe.sent_at_ms < $12 RETURNING seq",
+            "sent_at_ms = EXCLUDED.sent_at_ms",
             appended);
         if (!ins) return ins.error();
-        if (ins->empty()) return errc::busy;
 
-        out.recipients = head->bigints(0, 4);
+        out.recipients = taken.bigints(0, at + 4);
         out.message = std::make_shared<const chat_message>(
             chat_message{chat, seq, out.id, request.sender, request.sender_device,
                          request.sender_name, now, request.payload, request.cipher_type, nullptr,
                          request.media});
         return out;
-      }, std::move(locks));
+      }, std::move(locks), device);
 }
 
 void postgresql_store::ack(device_id device, user_id user, std::vector<cursor_update> cursors,
@@ -1077,9 +1232,13 @@ void postgresql_store::ack(device_id device, user_id user, std::vector<cursor_up
         if (!me) return me.error();
         const std::uint64_t now = now_ms();
         watermark_moves out;
+        std::uint64_t stamp = 0;
+        // Every chat is checked before any cursor is written.
+        std::vector<const cursor_update*> moved;
         for (const auto& c : cursors) {
           // The chat, the user's place in it, this device's cursor and the user's delivered
-          // watermark (its highest cursor), and a 1:1 chat's other member's devices: one read.
+          // watermark (its highest cursor), a 1:1 chat's other member's devices and a
+          // receipts stamp for them: one round trip.
           auto chat = db.exec(
               "SELECT c.is_group, c.head, m.until_seq, "
               "COALESCE((SELECT seq FROM cursors WHERE chat_id = $1 AND user_id = $2 "
@@ -1087,7 +1246,8 @@ void postgresql_store::ack(device_id device, user_id user, std::vector<cursor_up
               "COALESCE((SELECT MAX(seq) FROM cursors WHERE chat_id = $1 AND user_id = $2), 0), "
               "CASE WHEN c.is_group THEN NULL ELSE ARRAY(SELECT d.device_id FROM chat_members o "
               "JOIN devices d ON d.user_id = o.user_id WHERE o.chat_id = $1 AND o.user_id <> $2 "
-              "AND o.until_seq = 0) END "
+              "AND o.until_seq = 0) END, "
+              "CASE WHEN c.is_group THEN 0 ELSE nextval('parley_receipt_stamps') END "
               "FROM chats c JOIN chat_members m ON m.chat_id = c.chat_id AND m.user_id = $2 "
               "WHERE c.chat_id = $1",
               params().add(c.chat).add(user).add(device));
@@ -1101,13 +1261,8 @@ void postgresql_store::ack(device_id device, user_id user, std::vector<cursor_up
           if (!member && (!group || c.seq > until)) return errc::not_found;
           if (c.seq > head) return errc::invalid_argument;
           if (c.seq <= chat->u64(0, 3)) continue;  // cursors never move back
+          moved.push_back(&c);
           const std::uint64_t delivered = chat->u64(0, 4);
-          auto w = db.exec(
-              "INSERT INTO cursors (chat_id, user_id, device_id, seq) VALUES ($1, $2, $3, $4) "
-              "ON CONFLICT (chat_id, user_id, device_id) DO UPDATE SET seq = "
-              "GREATEST(cursors.seq, EXCLUDED.seq)",
-              params().add(c.chat).add(user).add(device).add(c.seq));
-          if (!w) return w.error();
           if (c.seq <= delivered || !member) continue;  // another device of the user had it
           if (group) {
             out.groups.push_back(c.chat);  // merged: group_receipts
@@ -1115,14 +1270,20 @@ void postgresql_store::ack(device_id device, user_id user, std::vector<cursor_up
           }
           const watermark mark{c.chat, *me, message_status::delivered, c.seq, now, 0};
           for (std::uint64_t to : chat->bigints(0, 5)) out.receipts.push_back({to, mark});
+          stamp = std::max(stamp, chat->u64(0, 6));
         }
-        if (!out.receipts.empty()) {
-          auto stamp = impl::next_stamp(db);
-          if (!stamp) return stamp.error();
-          stamp_all(out.receipts, *stamp);
+        // The writes, deferred: they go out with the writer's next statement.
+        for (const cursor_update* c : moved) {
+          auto w = db.defer(
+              "INSERT INTO cursors (chat_id, user_id, device_id, seq) VALUES ($1, $2, $3, $4) "
+              "ON CONFLICT (chat_id, user_id, device_id) DO UPDATE SET seq = "
+              "GREATEST(cursors.seq, EXCLUDED.seq)",
+              params().add(c->chat).add(user).add(device).add(c->seq));
+          if (!w) return w.error();
         }
+        stamp_all(out.receipts, stamp);
         return out;
-      });
+      }, {}, device);
 }
 
 void postgresql_store::mark_read(user_id reader, chat_id chat, std::uint64_t up_to,
@@ -1140,7 +1301,7 @@ void postgresql_store::mark_read(user_id reader, chat_id chat, std::uint64_t up_
         if (up_to > c->u64(0, 1)) return errc::invalid_argument;
         watermark_moves out;
         if (up_to <= c->u64(0, 2)) return out;
-        auto w = db.exec(
+        auto w = db.defer(
             "UPDATE chat_members SET read_seq = GREATEST(read_seq, $3) "
             "WHERE chat_id = $1 AND user_id = $2",
             params().add(chat).add(reader).add(up_to));

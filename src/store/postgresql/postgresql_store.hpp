@@ -1,10 +1,12 @@
 // The cluster Store on PostgreSQL (or a PostgreSQL-protocol database: docs/scaling.md says what
 // Citus and YugabyteDB need): every parleyd node of a cluster opens one on the same database.
 //
-// Like the embedded store, writes from every session go to one writer thread per node, which
-// applies a group of requests in one transaction, each request inside a savepoint (a request
-// that fails leaves nothing), and commits the group once: group commit, one fsync (and one
-// round trip of COMMIT) per group instead of per request. Reads run on their own threads,
+// Like the embedded store, writes go to a writer thread, which applies a group of requests in
+// one transaction, each request inside a savepoint (a request that fails leaves nothing), and
+// commits the group once: group commit, one fsync (and one round trip of COMMIT) per group
+// instead of per request. Unlike it, a node has several writers (`writers`, each with its own
+// connection, in libpq's pipeline mode); one device's requests always go to the same one, so
+// they are applied in the order they came. Reads run on their own threads,
 // each with its own connection. Several nodes write at once: what must be atomic across them
 // is done in SQL (a chat's seq is taken with UPDATE ... RETURNING under the chat's row lock,
 // a one-time prekey with DELETE ... RETURNING over FOR UPDATE SKIP LOCKED, the dedupe record
@@ -40,6 +42,9 @@ struct postgresql_options {
   // Snowflake node id (chat and message ids): every node of a cluster needs its own.
   std::uint64_t node_id = 0;
   std::size_t max_group = 256;
+  // Writer threads, each with its own connection and queue (at least 1). One device's
+  // requests go to one of them; their groups commit side by side.
+  std::size_t writers = 1;
   // Write requests that may wait for the writer; more are refused with errc::busy.
   std::size_t max_pending = 65'536;
   std::chrono::milliseconds dedupe_window{std::chrono::hours(24 * 7)};

@@ -9,7 +9,9 @@
 #include <set>
 #include <thread>
 
+#include "common/snowflake.hpp"
 #include "postgres_test_server.hpp"
+#include "store/postgresql/pg_connection.hpp"
 #include "store/store_test_calls.hpp"
 
 namespace parley::store {
@@ -22,7 +24,7 @@ class two_nodes : public ::testing::Test {
  protected:
   two_nodes() {
     std::random_device rd;
-    const std::string conninfo = test_support::postgres_database(
+    conninfo = test_support::postgres_database(
         std::to_string(rd()) + "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
     for (std::uint64_t node : {1, 2}) {
       postgresql_options o;
@@ -39,6 +41,15 @@ class two_nodes : public ::testing::Test {
     return r ? *r : registration{};
   }
 
+  // Runs SQL of the test's own (a trigger) in the stores' schema.
+  void run_sql(const std::string& sql) {
+    pg::connection db;
+    std::string error;
+    ASSERT_TRUE(db.open(conninfo, error)) << error;
+    ASSERT_TRUE(db.run(sql)) << db.error_message();
+  }
+
+  std::string conninfo;
   std::unique_ptr<postgresql_store> a, b;
 };
 
@@ -136,6 +147,150 @@ TEST_F(two_nodes, ids_differ_between_nodes_and_survive_a_restart) {
   EXPECT_NE(m1->id, m2->id);
   EXPECT_EQ((m1->id >> 12) & 1023, 1u) << "node 1's Snowflake";
   EXPECT_EQ((m2->id >> 12) & 1023, 2u) << "node 2's Snowflake";
+
+  // Node 1 again, as after a restart with its clock set back: its ids start past the mark
+  // it recorded (a lease ahead of its last id), never at or below one it issued.
+  a.reset();
+  postgresql_options o;
+  o.conninfo = conninfo;
+  o.node_id = 1;
+  a = std::make_unique<postgresql_store>(o);
+  auto m3 = wait_for<send_outcome>([&](auto done) {
+    a->send({alice.user, alice.device, "alice", {m1->chat, {}}, "3", "x", 1, 0, {}}, done);
+  });
+  ASSERT_TRUE(m3) << m3.error().message();
+  EXPECT_GT(m3->id, m1->id);
+  EXPECT_GE(snowflake::time_ms_of(m3->id), snowflake::time_ms_of(m1->id) + 10'000)
+      << "past the recorded lease, not only past the wall clock";
+}
+
+// The writer pipelines a group: a request's trailing writes (here an ack's cursor upsert) are
+// not waited for, and its request is answered from what came back before them. When one of
+// them fails the group is applied again request by request: only that request fails, and
+// every other one of its group is applied (none is lost, none answered "applied" wrongly).
+TEST_F(two_nodes, a_write_that_fails_unwaited_fails_its_request_alone) {
+  const auto alice = user(*a, "alice");
+  const auto bob = user(*a, "bob");
+  chat_id chat = 0;
+  for (int i = 1; i <= 20; ++i) {
+    auto sent = wait_for<send_outcome>([&](auto done) {
+      a->send({alice.user, alice.device, "alice", {chat, chat ? "" : "bob"},
+               "m" + std::to_string(i), "x", 1, 0, {}},
+              done);
+    });
+    ASSERT_TRUE(sent) << sent.error().message();
+    chat = sent->chat;
+  }
+  // The database refuses the cursor at seq 13 (a trigger: what a full disk or a constraint
+  // would do to one statement).
+  run_sql(
+      "CREATE FUNCTION refuse_13() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+      "IF NEW.seq = 13 THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$; "
+      "CREATE TRIGGER refuse_13 BEFORE INSERT OR UPDATE ON cursors FOR EACH ROW "
+      "EXECUTE FUNCTION refuse_13()");
+  // Twenty acks at once: the writer takes them in one or a few groups.
+  in_flight<watermark_moves> acks;
+  for (std::uint64_t seq = 1; seq <= 20; ++seq)
+    a->ack(bob.device, bob.user, {{chat, seq}}, acks.slot());
+  ASSERT_TRUE(acks.wait_until_completed(20));
+  const auto results = acks.all();
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const std::uint64_t seq = i + 1;
+    if (seq == 13) {
+      EXPECT_FALSE(results[i]) << "the refused cursor's ack must not be answered applied";
+    } else {
+      EXPECT_TRUE(results[i]) << "ack of " << seq << ": " << results[i].error().message();
+    }
+  }
+  // The cursor is where the last ack put it, and bob's watermark says so.
+  auto status = wait_for<status_report>(
+      [&](auto done) { a->status(alice.user, chat, 20, false, done); });
+  ASSERT_TRUE(status) << status.error().message();
+  EXPECT_EQ(status->status, message_status::delivered);
+}
+
+// A node with several writers: one device's sends go to one writer and are applied in the
+// order they came; other devices' sends to the same chat go to the others, and the chat's
+// seqs are still handed out once each.
+TEST_F(two_nodes, several_writers_keep_one_devices_order) {
+  postgresql_options o;
+  o.conninfo = conninfo;
+  o.node_id = 3;
+  o.writers = 3;
+  postgresql_store c(o);
+  const auto alice = user(c, "alice");
+  std::vector<registration> others;
+  std::vector<std::string> names;
+  for (int i = 0; i < 6; ++i) {
+    names.push_back("u" + std::to_string(i));
+    others.push_back(user(c, names.back()));
+  }
+  auto group = wait_for<group_outcome>([&](auto done) {
+    c.create_group({alice.user, alice.device, "alice", "g", names, 1024}, done);
+  });
+  ASSERT_TRUE(group) << group.error().message();
+  const chat_id chat = group->info.chat;
+
+  constexpr std::size_t per_device = 40;
+  in_flight<send_outcome> mine;
+  in_flight<send_outcome> theirs;
+  for (std::size_t i = 0; i < per_device; ++i) {
+    c.send({alice.user, alice.device, "alice", {chat, {}}, "a" + std::to_string(i), "x", 4, 0, {}},
+           mine.slot());
+    for (const auto& u : others) {
+      c.send({u.user, u.device, "u", {chat, {}}, std::to_string(u.device) + "-" + std::to_string(i),
+              "y", 4, 0, {}},
+             theirs.slot());
+    }
+  }
+  ASSERT_TRUE(mine.wait_until_completed(per_device));
+  ASSERT_TRUE(theirs.wait_until_completed(per_device * others.size()));
+  std::set<std::uint64_t> seqs;
+  std::uint64_t last = 0;
+  for (const auto& r : mine.all()) {
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_GT(r->seq, last) << "alice's messages in the order she sent them";
+    last = r->seq;
+    EXPECT_TRUE(seqs.insert(r->seq).second);
+  }
+  for (const auto& r : theirs.all()) {
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_TRUE(seqs.insert(r->seq).second) << "seq " << r->seq << " handed out twice";
+  }
+  EXPECT_EQ(seqs.size(), per_device * (1 + others.size()));
+  EXPECT_EQ(*seqs.rbegin() - *seqs.begin() + 1, seqs.size()) << "no gaps";
+}
+
+// A retry of one message through both nodes at the same moment (a client that reconnected
+// elsewhere) appends it once: the second finds the first's dedupe record.
+TEST_F(two_nodes, one_message_sent_through_both_at_once_is_appended_once) {
+  const auto alice = user(*a, "alice");
+  user(*a, "bob");
+  auto first = wait_for<send_outcome>([&](auto done) {
+    a->send({alice.user, alice.device, "alice", {0, "bob"}, "hello", "x", 1, 0, {}}, done);
+  });
+  ASSERT_TRUE(first);
+  for (int round = 0; round < 10; ++round) {
+    const std::string id = "retry" + std::to_string(round);
+    in_flight<send_outcome> sends;
+    for (int i = 0; i < 4; ++i)
+      (i % 2 ? b : a)->send(
+          {alice.user, alice.device, "alice", {first->chat, {}}, id, "x", 1, 0, {}}, sends.slot());
+    ASSERT_TRUE(sends.wait_until_completed(4));
+    std::set<std::uint64_t> seqs;
+    int appended = 0;
+    for (const auto& r : sends.all()) {
+      ASSERT_TRUE(r) << r.error().message();
+      seqs.insert(r->seq);
+      appended += r->duplicate ? 0 : 1;
+    }
+    EXPECT_EQ(seqs.size(), 1u) << "round " << round << ": one seq for one message";
+    EXPECT_EQ(appended, 1) << "round " << round;
+  }
+  auto log = wait_for<std::vector<shared_message>>(
+      [&](auto done) { a->read_log(first->chat, 0, UINT64_MAX, 1000, SIZE_MAX, done); });
+  ASSERT_TRUE(log);
+  EXPECT_EQ(log->size(), 11u);
 }
 
 }  // namespace

@@ -1,0 +1,120 @@
+// pg::connection in pipeline mode, against the run's PostgreSQL server (the ctest fixture
+// postgres_start): deferred statements, where their failures show, and that the connection
+// is whole again after a sync.
+#include "store/postgresql/pg_connection.hpp"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "postgres_test_server.hpp"
+
+namespace parley::store::pg {
+namespace {
+
+class pipeline : public ::testing::Test {
+ protected:
+  pipeline() {
+    std::random_device rd;
+    const std::string conninfo = test_support::postgres_database(
+        std::to_string(rd()) + "_" +
+        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::string error;
+    if (!db.open(conninfo, error)) throw std::runtime_error(error);
+    if (!db.run("SET client_min_messages = warning; "
+                "CREATE TABLE IF NOT EXISTS t (k BIGINT PRIMARY KEY, v TEXT NOT NULL)"))
+      throw std::runtime_error(db.error_message());
+    if (!db.enter_pipeline()) throw std::runtime_error(db.error_message());
+  }
+
+  std::uint64_t count() {
+    auto r = db.exec("SELECT count(*) FROM t");
+    EXPECT_TRUE(r) << db.error_message();
+    return r ? r->u64(0, 0) : 0;
+  }
+
+  connection db;
+};
+
+TEST_F(pipeline, deferred_statements_are_read_back_by_the_next_exec) {
+  ASSERT_TRUE(db.defer("BEGIN"));
+  for (std::uint64_t k = 1; k <= 50; ++k)
+    ASSERT_TRUE(db.defer("INSERT INTO t (k, v) VALUES ($1, $2)", params().add(k).text("x")));
+  // The exec sees every deferred insert (same transaction, sent before it).
+  EXPECT_EQ(count(), 50u);
+  EXPECT_FALSE(db.deferred_failed());
+  ASSERT_TRUE(db.defer("COMMIT"));
+  ASSERT_TRUE(db.sync());
+  EXPECT_FALSE(db.pipeline_aborted());
+  EXPECT_EQ(count(), 50u);
+  ASSERT_TRUE(db.sync());
+}
+
+TEST_F(pipeline, a_deferred_failure_shows_at_the_next_exec_and_a_sync_ends_it) {
+  ASSERT_TRUE(db.defer("BEGIN"));
+  ASSERT_TRUE(db.defer("INSERT INTO t (k, v) VALUES ($1, $2)", params().add(std::uint64_t{1}).text("a")));
+  // The same key again: a unique violation the caller does not wait for.
+  ASSERT_TRUE(db.defer("INSERT INTO t (k, v) VALUES ($1, $2)", params().add(std::uint64_t{1}).text("b")));
+  auto r = db.exec("SELECT count(*) FROM t");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), errc::io_error);
+  EXPECT_TRUE(db.deferred_failed());
+  EXPECT_TRUE(db.pipeline_aborted());
+  EXPECT_TRUE(db.sqlstate_is(unique_violation)) << db.sqlstate() << " " << db.error_message();
+  // Until a sync, the server skips everything.
+  EXPECT_FALSE(db.exec("SELECT 1"));
+  // run() syncs first, then rolls back; the connection works again.
+  ASSERT_TRUE(db.run("ROLLBACK")) << db.error_message();
+  EXPECT_FALSE(db.pipeline_aborted());
+  db.reset_failures();
+  EXPECT_FALSE(db.deferred_failed());
+  EXPECT_EQ(count(), 0u) << "nothing of the failed transaction stays";
+  ASSERT_TRUE(db.sync());
+}
+
+TEST_F(pipeline, a_savepoint_undoes_one_failed_statement_and_keeps_the_rest) {
+  ASSERT_TRUE(db.defer("BEGIN"));
+  ASSERT_TRUE(db.defer("INSERT INTO t (k, v) VALUES ($1, $2)", params().add(std::uint64_t{1}).text("a")));
+  ASSERT_TRUE(db.defer("SAVEPOINT r"));
+  // Its own statement fails (not a deferred one).
+  auto dup = db.exec("INSERT INTO t (k, v) VALUES ($1, $2) RETURNING k",
+                     params().add(std::uint64_t{1}).text("b"));
+  ASSERT_FALSE(dup);
+  EXPECT_FALSE(db.deferred_failed());
+  EXPECT_TRUE(db.sqlstate_is(unique_violation));
+  ASSERT_TRUE(db.run("ROLLBACK TO SAVEPOINT r")) << db.error_message();
+  ASSERT_TRUE(db.defer("INSERT INTO t (k, v) VALUES ($1, $2)", params().add(std::uint64_t{2}).text("c")));
+  ASSERT_TRUE(db.defer("COMMIT"));
+  ASSERT_TRUE(db.sync()) << db.error_message();
+  EXPECT_EQ(count(), 2u);
+  ASSERT_TRUE(db.sync());
+}
+
+TEST_F(pipeline, a_statement_first_prepared_in_an_aborted_segment_is_prepared_again) {
+  ASSERT_TRUE(db.defer("SELECT 1/0"));  // fails: the rest of the segment is skipped
+  // Its Parse is skipped too: the connection must not believe it prepared.
+  ASSERT_TRUE(db.defer("SELECT k FROM t WHERE k = $1", params().add(std::uint64_t{7})));
+  EXPECT_FALSE(db.sync());
+  EXPECT_TRUE(db.deferred_failed());
+  db.reset_failures();
+  auto r = db.exec("SELECT k FROM t WHERE k = $1", params().add(std::uint64_t{7}));
+  ASSERT_TRUE(r) << db.error_message();
+  EXPECT_TRUE(r->empty());
+  ASSERT_TRUE(db.sync());
+}
+
+TEST_F(pipeline, with_deferring_off_each_statement_is_waited_for) {
+  db.set_deferring(false);
+  ASSERT_TRUE(db.defer("BEGIN"));
+  ASSERT_TRUE(db.defer("INSERT INTO t (k, v) VALUES ($1, $2)", params().add(std::uint64_t{1}).text("a")));
+  // The failure is this call's own, at once.
+  auto dup = db.defer("INSERT INTO t (k, v) VALUES ($1, $2)", params().add(std::uint64_t{1}).text("a"));
+  ASSERT_FALSE(dup);
+  EXPECT_FALSE(db.deferred_failed());
+  ASSERT_TRUE(db.run("ROLLBACK"));
+  EXPECT_EQ(count(), 0u);
+  ASSERT_TRUE(db.sync());
+}
+
+}  // namespace
+}  // namespace parley::store::pg
