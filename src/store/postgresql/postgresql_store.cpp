@@ -20,6 +20,7 @@
 #include "parley/store/v1/records.pb.h"
 #include "store/postgresql/pg_connection.hpp"
 #include "store/postgresql/pg_schema.hpp"
+#include "store/write_health.hpp"
 #include "store/watermarks.hpp"
 
 namespace parley::store {
@@ -281,25 +282,8 @@ struct postgresql_store::impl {
   std::atomic<bool> stopped{false};
 
   // --- health ------------------------------------------------------------------------------
-  std::atomic<bool> writable{true};
-  std::mutex health_mutex;
-  std::string unavailable_reason;
-
-  void set_health(bool ok, std::string reason) {
-    const bool was = writable.load();
-    if (ok && was) return;
-    {
-      std::lock_guard lock(health_mutex);
-      unavailable_reason = std::move(reason);
-    }
-    writable.store(ok);
-    if (ok) {
-      log_warn() << "store: database reachable again, writes resumed";
-    } else if (was) {
-      std::lock_guard lock(health_mutex);
-      log_error() << "store: writes refused: " << unavailable_reason;
-    }
-  }
+  write_health health{"store: database reachable again, writes resumed"};
+  void set_health(bool ok, std::string reason) { health.set(ok, std::move(reason)); }
 
   // Opens `db` with the session settings the store needs (the writer's in pipeline mode,
   // once `pipeline`). False if it cannot.
@@ -328,7 +312,7 @@ struct postgresql_store::impl {
   bool writer_connected(writer_lane& w) {
     if (w.db.ok()) return true;
     const auto now = std::chrono::steady_clock::now();
-    if (now - w.last_connect_attempt < options.reconnect_interval && !writable.load())
+    if (now - w.last_connect_attempt < options.reconnect_interval && !health.writable())
       return false;
     w.last_connect_attempt = now;
     std::string error;
@@ -832,11 +816,7 @@ void postgresql_store::stop() {
   for (auto& w : impl_->lanes) w->db.close();
 }
 
-store_health postgresql_store::health() {
-  if (impl_->writable.load()) return {};
-  std::lock_guard lock(impl_->health_mutex);
-  return {false, impl_->unavailable_reason};
-}
+store_health postgresql_store::health() { return impl_->health.get(); }
 
 std::uint64_t postgresql_store::pending_writes() {
   return impl_->pending_count.load(std::memory_order_relaxed);

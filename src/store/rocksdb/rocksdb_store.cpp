@@ -33,6 +33,7 @@
 #include "store/rocksdb/keys.hpp"
 #include "store/rocksdb/login_index.hpp"
 #include "store/watermarks.hpp"
+#include "store/write_health.hpp"
 
 namespace parley::store {
 namespace {
@@ -323,9 +324,7 @@ struct rocksdb_store::impl {
 
   // Whether writes are accepted (see rocksdb_options::reserve_bytes). The writer decides;
   // health() reads it from any thread.
-  std::atomic<bool> writable{true};
-  std::mutex health_mutex;
-  std::string unavailable_reason;  // guarded by health_mutex
+  write_health health{"store: writes resumed"};
   // Writer-thread state of the same: a write failed and DB::Resume() has not succeeded yet;
   // when the free space was last checked, and how much was written since.
   bool write_failed = false;
@@ -1080,20 +1079,7 @@ void rocksdb_store::impl::open() {
 }
 
 void rocksdb_store::impl::set_health(bool ok, std::string reason) {
-  const bool was = writable.load();
-  if (ok && was) return;
-  {
-    std::lock_guard lock(health_mutex);
-    unavailable_reason = std::move(reason);
-  }
-  writable.store(ok);
-  // One line per change of state, not per refused group.
-  if (ok) {
-    log_warn() << "store: writes resumed";
-  } else if (was) {
-    std::lock_guard lock(health_mutex);
-    log_error() << "store: writes refused: " << unavailable_reason;
-  }
+  health.set(ok, std::move(reason));
 }
 
 // The reason writes must wait for space, or nullopt if there is enough. One statvfs call;
@@ -1407,11 +1393,7 @@ void rocksdb_store::media_exists(std::vector<std::string> media,
       });
 }
 
-store_health rocksdb_store::health() {
-  if (impl_->writable.load()) return {};
-  std::lock_guard lock(impl_->health_mutex);
-  return {false, impl_->unavailable_reason};
-}
+store_health rocksdb_store::health() { return impl_->health.get(); }
 
 std::uint64_t rocksdb_store::pending_writes() {
   return impl_->pending_count.load(std::memory_order_relaxed);
