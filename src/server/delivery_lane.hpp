@@ -31,19 +31,23 @@ class delivery_lane {
   }
 
  private:
+  // Runs on the executor, one flush at a time: a flush is posted only while none is pending,
+  // and the executor is one I/O thread's. The two vectors trade places, so both keep their
+  // capacity and a steady load adds tasks without growing a vector each time.
   void flush() {
-    std::vector<std::function<void()>> tasks;
     {
       std::lock_guard lock(mutex_);
-      tasks.swap(pending_);
+      running_.swap(pending_);
       posted_ = false;
     }
-    for (auto& t : tasks) t();
+    for (auto& t : running_) t();
+    running_.clear();
   }
 
   boost::asio::any_io_executor executor_;
   std::mutex mutex_;
   std::vector<std::function<void()>> pending_;
+  std::vector<std::function<void()>> running_;  // flush()'s, on the executor only
   bool posted_ = false;
 };
 
