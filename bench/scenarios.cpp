@@ -973,6 +973,7 @@ awaitable<std::pair<v2::GroupInfo, double>> create_group(load_peer& creator, std
   v2::Frame f;
   auto* g = f.mutable_create_group();
   g->set_name("fanout " + prefix);
+  g->set_client_request_id("create " + prefix);
   for (std::size_t i = 1; i < size; ++i) g->add_members(prefix + std::to_string(i));
   const auto start = clock::now();
   const auto r = co_await round_trip(creator, std::move(f));

@@ -8,6 +8,7 @@
 #include <optional>
 #include <stdexcept>
 
+#include "client/profile.hpp"
 #include "wire/frame_codec.hpp"
 
 namespace boost::system {
@@ -327,11 +328,14 @@ awaitable<result<v2::DownloadSlot>> client::request_download(std::uint64_t chat_
 }
 
 awaitable<result<v2::GroupInfo>> client::create_group(std::string name,
-                                                      std::vector<std::string> members) {
+                                                      std::vector<std::string> members,
+                                                      std::string client_request_id) {
   v2::Frame f;
   auto* c = f.mutable_create_group();
   c->set_name(std::move(name));
   for (auto& m : members) c->add_members(std::move(m));
+  c->set_client_request_id(client_request_id.empty() ? new_request_id()
+                                                     : std::move(client_request_id));
   auto r = co_await request(std::move(f));
   if (!r) co_return r.error();
   if (!r->has_group_info()) co_return unexpected(*r);

@@ -132,8 +132,10 @@ class client {
                                                                          std::uint64_t seq,
                                                                          bool detail);
   // Groups (docs/protocol.md, "Groups"): each answers with the GroupInfo after the change.
+  // `client_request_id` is what a retry after a lost answer repeats to get the same group
+  // back (GroupInfo.duplicate) instead of a second one; empty: a fresh one (new_request_id).
   boost::asio::awaitable<result<parley::v2::GroupInfo>> create_group(
-      std::string name, std::vector<std::string> members);
+      std::string name, std::vector<std::string> members, std::string client_request_id = {});
   // `user` for ADD, REMOVE, PROMOTE, DEMOTE; `name` for RENAME; neither for LEAVE.
   boost::asio::awaitable<result<parley::v2::GroupInfo>> update_group(std::uint64_t chat_id,
                                                                      parley::v2::GroupChange change,

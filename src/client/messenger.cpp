@@ -3,6 +3,10 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <functional>
 #include <limits>
 #include <stdexcept>
@@ -718,8 +722,10 @@ result<void> messenger::after_not_found(std::uint64_t chat_id) {
 }
 
 awaitable<result<v2::GroupInfo>> messenger::create_group(std::string name,
-                                                         std::vector<std::string> members) {
-  auto info = co_await api_.create_group(std::move(name), std::move(members));
+                                                         std::vector<std::string> members,
+                                                         std::string client_request_id) {
+  auto info = co_await api_.create_group(std::move(name), std::move(members),
+                                         std::move(client_request_id));
   if (!info) co_return info.error();
   auto kept = remember_group(*info);
   if (!kept) co_return kept.error();
@@ -821,6 +827,25 @@ result<void> messenger::mark_holder(std::uint64_t chat_id, const std::string& me
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 #endif
+// The server's flow control on a group send's many requests (a first message to a full group
+// is 1,024 sends): after RATE_LIMITED or BUSY, waits the retry_after_ms the server asked for
+// (at least 10 ms, at most 10 s) and returns true, so that the caller sends again with the
+// same client_msg_id; at most `max_flow_waits` times per request. False for any other error.
+namespace {
+constexpr int max_flow_waits = 5;
+awaitable<bool> waited_out(const client_error& e, int& waits) {
+  const bool refused = is_server_error(e, v2::ERROR_CODE_RATE_LIMITED) ||
+                       is_server_error(e, v2::ERROR_CODE_BUSY);
+  if (!refused || waits >= max_flow_waits) co_return false;
+  ++waits;
+  const auto ms = std::clamp<std::uint32_t>(e.retry_after_ms, 10, 10'000);
+  boost::asio::steady_timer pause(co_await boost::asio::this_coro::executor,
+                                  std::chrono::milliseconds(ms));
+  co_await pause.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
+  co_return true;
+}
+}  // namespace
+
 awaitable<result<void>> messenger::give_sender_key(std::uint64_t chat_id, v2::GroupMember member,
                                                    e2ee::sender_key_distribution key,
                                                    std::string client_msg_id) {
@@ -837,7 +862,9 @@ awaitable<result<void>> messenger::give_sender_key(std::uint64_t chat_id, v2::Gr
   if (!noted) co_return noted.error();
   auto id = key_message_id(client_msg_id, member.user(), key.key_id);
   if (!id) co_return crypto_error("SHA-256 failed");
-  auto sent = co_await send(std::move(*sealed), std::move(*id));
+  auto sent = co_await send(*sealed, *id);
+  for (int waits = 0; !sent && co_await waited_out(sent.error(), waits);)
+    sent = co_await send(*sealed, *id);
   if (!sent) co_return sent.error();
   co_return mark_holder(chat_id, member.user(), {key.key_id, member.joined_seq(), true});
 }
@@ -932,6 +959,10 @@ awaitable<result<group_sent>> messenger::send_group_content(std::uint64_t chat_i
   if (!payload) co_return payload.error();
   auto r = co_await api_.send_to_chat(chat_id, client_msg_id, *payload,
                                       v2::CIPHER_TYPE_SENDER_KEY_MESSAGE, 0, media_id);
+  for (int waits = 0; !r && co_await waited_out(r.error(), waits);) {
+    r = co_await api_.send_to_chat(chat_id, client_msg_id, *payload,
+                                   v2::CIPHER_TYPE_SENDER_KEY_MESSAGE, 0, media_id);
+  }
   if (!r) co_return r.error();
   group_sealed_.erase(client_msg_id);
   auto recorded = record_group_sent(chat_id, shown, media, *r);

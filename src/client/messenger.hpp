@@ -156,8 +156,9 @@ class messenger {
 
   // Groups: the server's requests, with what they change on this device (the group's name and
   // membership; after a REMOVE or LEAVE, the sender keys as described at the top).
+  // client_request_id as for client::create_group.
   boost::asio::awaitable<result<parley::v2::GroupInfo>> create_group(
-      std::string name, std::vector<std::string> members);
+      std::string name, std::vector<std::string> members, std::string client_request_id = {});
   // `user` for ADD, REMOVE, PROMOTE, DEMOTE; `name` for RENAME; neither for LEAVE.
   boost::asio::awaitable<result<parley::v2::GroupInfo>> update_group(
       std::uint64_t chat_id, parley::v2::GroupChange change, std::string user,

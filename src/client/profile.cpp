@@ -1,6 +1,7 @@
 #include "client/profile.hpp"
 
 #include <fcntl.h>
+#include <openssl/rand.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,6 +15,14 @@
 namespace parley::client {
 
 std::string to_hex(const std::string& bytes) { return media::to_hex(bytes); }
+
+std::string new_request_id() {
+  std::string bytes(16, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(bytes.data()), 16) != 1) {
+    throw std::runtime_error("no randomness available");
+  }
+  return to_hex(bytes);
+}
 
 std::optional<std::string> from_hex(const std::string& hex) {
   if (hex.size() % 2 != 0) return std::nullopt;

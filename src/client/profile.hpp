@@ -41,4 +41,9 @@ class profile {
 std::string to_hex(const std::string& bytes);
 std::optional<std::string> from_hex(const std::string& hex);
 
+// A fresh idempotency key for SendMessage.client_msg_id or CreateGroup.client_request_id: 16
+// random bytes (OpenSSL's generator) in hex, 32 characters. Throws std::runtime_error if no
+// randomness is available.
+std::string new_request_id();
+
 }  // namespace parley::client

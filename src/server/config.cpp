@@ -55,7 +55,8 @@ const std::map<std::string, std::vector<std::string>, std::less<>>& known_keys()
       {"rate_limits",
        {"register_per_address", "register_per_address_burst", "register_global",
         "register_global_burst", "bad_login_per_address", "bad_login_per_address_burst",
-        "key_fetch_per_device", "key_fetch_per_device_burst", "send_per_device",
+        "key_fetch_per_device", "key_fetch_per_device_burst", "one_time_prekey_per_pair",
+        "one_time_prekey_per_pair_burst", "send_per_device",
         "send_per_device_burst", "typing_per_device", "typing_per_device_burst",
         "group_change_per_device", "group_change_per_device_burst", "media_per_device",
         "media_per_device_burst"}},
@@ -243,6 +244,7 @@ config load_config_file(const std::filesystem::path& file, config c) {
   rate("register_global", c.rates.register_global);
   rate("bad_login_per_address", c.rates.bad_login_per_address);
   rate("key_fetch_per_device", c.rates.key_fetch_per_device);
+  rate("one_time_prekey_per_pair", c.rates.one_time_prekey_per_pair);
   rate("send_per_device", c.rates.send_per_device);
   rate("typing_per_device", c.rates.typing_per_device);
   rate("group_change_per_device", c.rates.group_change_per_device);

@@ -26,7 +26,13 @@ struct rate_limits {
   // FetchKeys: each takes a one-time prekey. The burst is a whole group's worth: the first
   // message to a group of 1,024 sets up a session with each member (security.md, "Groups").
   rate_limit key_fetch_per_device{60, 1'024};
-  rate_limit send_per_device{6'000, 1'000};  // SendMessage: 100/s sustained
+  // One-time prekeys one device takes of one account (the pair's own bucket): 3 at once, then
+  // 6 an hour. A fetch past it is still answered, with bundles without a one-time prekey, so
+  // that one account cannot drain another's stock with the group-sized burst above.
+  rate_limit one_time_prekey_per_pair{0.1, 3};
+  // SendMessage: 100/s sustained. The burst is a group's worth too: a first message to a group
+  // of 1,024 is 1,023 pairwise sender-key messages and the group message.
+  rate_limit send_per_device{6'000, 1'024};
   rate_limit typing_per_device{120, 30};     // Typing
   // CreateGroup and UpdateGroup: each pushes an event to up to 1,024 members' devices.
   rate_limit group_change_per_device{60, 30};

@@ -170,6 +170,8 @@ bad_login_per_address = 0
 bad_login_per_address_burst = 1
 key_fetch_per_device = 30
 key_fetch_per_device_burst = 10
+one_time_prekey_per_pair = 0.5
+one_time_prekey_per_pair_burst = 2
 send_per_device = 1200
 send_per_device_burst = 100
 typing_per_device = 60
@@ -189,6 +191,8 @@ reserve_bytes = 8388608
   EXPECT_EQ(c.rates.register_global.per_minute, 100.5);
   EXPECT_EQ(c.rates.bad_login_per_address.per_minute, 0);  // off
   EXPECT_EQ(c.rates.key_fetch_per_device.burst, 10);
+  EXPECT_EQ(c.rates.one_time_prekey_per_pair.per_minute, 0.5);
+  EXPECT_EQ(c.rates.one_time_prekey_per_pair.burst, 2);
   EXPECT_EQ(c.rates.send_per_device.per_minute, 1200);
   EXPECT_EQ(c.rates.typing_per_device.burst, 5);
   EXPECT_EQ(c.max_connections, 1000u);

@@ -781,7 +781,8 @@ awaitable<void> device_session::run_request(frame request) {
                                               username_,
                                               std::move(*c.mutable_name()),
                                               {c.members().begin(), c.members().end()},
-                                              state_.cfg.limits.max_group_members};
+                                              state_.cfg.limits.max_group_members,
+                                              std::move(*c.mutable_client_request_id())};
               state_.store.create_group(std::move(req), deliver(std::move(done)));
               return;
             }
@@ -808,6 +809,10 @@ awaitable<void> device_session::run_request(frame request) {
         const bool left = request.has_update_group() &&
                           request.update_group().change() == v2::GROUP_CHANGE_LEAVE;
         out->set_seq((left ? r->pushes.front() : r->pushes.back()).message->seq);
+      }
+      if (r->duplicate) {
+        out->set_duplicate(true);
+        out->set_seq(r->created_seq);
       }
       // A member gone may have held the lowest watermark: the others' merged marks may rise.
       if (request.has_update_group() &&
@@ -930,9 +935,14 @@ awaitable<void> device_session::run_request(frame request) {
     }
     case frame::kFetchKeys: {
       const std::string& owner = request.fetch_keys().username();
+      // Past its pair's budget a fetch still gets the bundles, without one-time prekeys
+      // (X3DH with the signed prekey alone): a client that needs a session always gets one,
+      // and no account drains another's stock (security.md, "Draining one-time prekeys").
+      const bool take_one_time =
+          state_.limiters.one_time_prekey_per_pair.take(device_key() + ' ' + owner).count() == 0;
       auto r = co_await store_call<std::vector<store::key_bundle>>(
           [&](store::completion<std::vector<store::key_bundle>> done) {
-            state_.store.take_key_bundles(owner, std::move(done));
+            state_.store.take_key_bundles(owner, take_one_time, std::move(done));
           });
       if (!r) {
         fail(r.error());

@@ -67,6 +67,7 @@ struct request_limiters {
         register_global(r.register_global),
         bad_login_per_address(r.bad_login_per_address),
         key_fetch_per_device(r.key_fetch_per_device),
+        one_time_prekey_per_pair(r.one_time_prekey_per_pair),
         send_per_device(r.send_per_device),
         typing_per_device(r.typing_per_device),
         group_change_per_device(r.group_change_per_device),
@@ -76,6 +77,7 @@ struct request_limiters {
   rate_limiter register_global;
   rate_limiter bad_login_per_address;
   rate_limiter key_fetch_per_device;
+  rate_limiter one_time_prekey_per_pair;  // keyed "DEVICE USERNAME" (fetcher, owner)
   rate_limiter send_per_device;
   rate_limiter typing_per_device;
   rate_limiter group_change_per_device;

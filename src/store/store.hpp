@@ -203,6 +203,9 @@ struct create_group_request {
   std::string name;                  // already validated by the caller (1-64 bytes)
   std::vector<std::string> members;  // usernames; the creator may be among them
   std::size_t max_members = 1024;
+  // Idempotency key (1-64 bytes, validated), in the creator device's dedupe namespace, the one
+  // of send_request::client_msg_id.
+  std::string client_request_id;
 };
 
 struct group_change_request {
@@ -221,6 +224,10 @@ struct group_change_request {
 struct group_outcome {
   group_info info;
   std::vector<group_push> pushes;  // in seq order
+  // create_group retried within the dedupe window: the group as it is now, nothing appended
+  // (no pushes), and created_seq the seq of its creation event.
+  bool duplicate = false;
+  std::uint64_t created_seq = 0;
 };
 
 // GetStatus: the status and the counts over the other current members who were members when
@@ -360,7 +367,9 @@ class store {
   virtual void group_receipts(chat_id chat, completion<std::vector<receipt_delivery>> done) = 0;
 
   // Groups. create_group: errc::unknown_user for a member that does not exist,
-  // errc::group_full past max_members. change_group: errc::not_found if the actor is not a
+  // errc::group_full past max_members; a client_request_id the device used within the dedupe
+  // window: the group it created (duplicate), errc::not_found if the creator has left it since,
+  // errc::invalid_argument if the id named a message instead. change_group: errc::not_found if the actor is not a
   // member (or the chat is no group), errc::not_admin, errc::not_member,
   // errc::already_member, errc::group_full, errc::unknown_user, errc::invalid_argument
   // (removing oneself: leave instead; demoting the last admin). All or nothing.
@@ -400,8 +409,10 @@ class store {
   virtual void upload_keys(key_upload upload, std::size_t max_held, completion<key_stock> done) = 0;
 
   // One bundle per device of the user that has keys, each taking (removing) the device's
-  // oldest one-time prekey. errc::unknown_user, or errc::no_keys if no device has keys.
-  virtual void take_key_bundles(std::string username, completion<std::vector<key_bundle>> done) = 0;
+  // oldest one-time prekey when `take_one_time`; without it the bundles carry none and
+  // nothing is written. errc::unknown_user, or errc::no_keys if no device has keys.
+  virtual void take_key_bundles(std::string username, bool take_one_time,
+                                completion<std::vector<key_bundle>> done) = 0;
 
   // For each of `usernames`, whether it and `requester` share a chat (a 1:1 chat, created by
   // its first message). Unknown users are false. Presence and typing pass only between users

@@ -271,8 +271,9 @@ class store_contract : public ::testing::TestWithParam<backend> {
     return wait_for<key_stock>([&](auto done) { db_->upload_keys(u, max_held, done); });
   }
 
-  result<std::vector<key_bundle>> take(const std::string& name) {
-    return wait_for<std::vector<key_bundle>>([&](auto done) { db_->take_key_bundles(name, done); });
+  result<std::vector<key_bundle>> take(const std::string& name, bool take_one_time = true) {
+    return wait_for<std::vector<key_bundle>>(
+        [&](auto done) { db_->take_key_bundles(name, take_one_time, done); });
   }
 
   test_support::temp_dir dir_{"parley_store_test_"};
@@ -383,6 +384,27 @@ TEST_P(store_contract, keys_are_uploaded_then_taken_one_prekey_per_fetch) {
   ASSERT_TRUE((*after)[0].one_time_prekey);
   EXPECT_EQ((*after)[0].one_time_prekey->id, 4u);
   EXPECT_EQ((*after)[0].remaining, 1u);
+}
+
+// What the server asks for past a pair's one-time prekey budget: the bundle, and the stock
+// left as it was.
+TEST_P(store_contract, a_fetch_that_takes_no_one_time_prekey_leaves_the_stock) {
+  auto bob = register_user("bob");
+  ASSERT_TRUE(upload(keys_for(bob, "id-1", 7, true, 1, 2)));
+  for (int i = 0; i < 3; ++i) {
+    auto b = take("bob", false);
+    ASSERT_TRUE(b);
+    ASSERT_EQ(b->size(), 1u);
+    EXPECT_EQ((*b)[0].identity_key, "id-1");
+    EXPECT_EQ((*b)[0].signed_prekey.signature, "sig-id-1");
+    EXPECT_FALSE((*b)[0].one_time_prekey);
+    EXPECT_EQ((*b)[0].remaining, 2u);
+  }
+  auto taken = take("bob");
+  ASSERT_TRUE(taken);
+  ASSERT_TRUE((*taken)[0].one_time_prekey);
+  EXPECT_EQ((*taken)[0].one_time_prekey->id, 1u);
+  EXPECT_EQ((*taken)[0].remaining, 1u);
 }
 
 TEST_P(store_contract, bundles_of_a_user_without_keys_or_of_nobody_are_refused) {
@@ -1255,12 +1277,16 @@ TEST_P(store_contract, stopped_store_refuses_work) {
 
 class store_groups : public store_contract {
  protected:
+  // `request_id`: the idempotency key; empty: a new one per call.
   result<group_outcome> create(const person& creator, std::vector<std::string> members,
-                               std::size_t max_members = 1024, const std::string& name = "g") {
-    create_group_request r{creator.user, creator.device, creator.name, name, std::move(members),
-                           max_members};
+                               std::size_t max_members = 1024, const std::string& name = "g",
+                               std::string request_id = {}) {
+    if (request_id.empty()) request_id = "create-" + std::to_string(++creates_);
+    create_group_request r{creator.user, creator.device,     creator.name,         name,
+                           std::move(members), max_members, std::move(request_id)};
     return wait_for<group_outcome>([&](auto done) { db_->create_group(r, done); });
   }
+  int creates_ = 0;
   result<group_outcome> change(const person& actor, chat_id chat, group_change what,
                                const std::string& user = {}, const std::string& name = {},
                                std::size_t max_members = 1024) {
@@ -1316,6 +1342,47 @@ TEST_P(store_groups, creation_appends_one_event_and_pushes_it_to_every_other_mem
   EXPECT_EQ(described(backlog_of(bob).behind),
             std::vector<std::string>{position(g->info.chat, 0, 1)});
   EXPECT_EQ(create(alice, {"nobody"}).error(), errc::unknown_user);
+}
+
+// A CreateGroup whose answer was lost is retried with the same id: the group the first made,
+// as it is now, and nothing appended or pushed again; also after a reopen. The id is in the
+// device's dedupe namespace: one that named a message is refused, another device's is its own.
+TEST_P(store_groups, a_retried_creation_answers_with_the_first_group_and_creates_nothing) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto carol = register_user("carol");
+  auto first = create(alice, {"bob"}, 1024, "g", "req-1");
+  ASSERT_TRUE(first);
+  EXPECT_FALSE(first->duplicate);
+  const chat_id chat = first->info.chat;
+  ASSERT_TRUE(change(alice, chat, group_change::add, "carol"));
+
+  auto again = create(alice, {"bob"}, 1024, "g", "req-1");
+  ASSERT_TRUE(again);
+  EXPECT_TRUE(again->duplicate);
+  EXPECT_EQ(again->info.chat, chat);
+  EXPECT_EQ(again->created_seq, 1u);
+  EXPECT_TRUE(again->pushes.empty());
+  EXPECT_EQ(names(again->info), (std::vector<std::string>{"alice*", "bob", "carol"}));  // now
+  EXPECT_EQ(log_of(chat).size(), 2u);  // CREATE and ADD, nothing more
+
+  reopen();
+  auto after = create(alice, {"bob"}, 1024, "g", "req-1");
+  ASSERT_TRUE(after);
+  EXPECT_TRUE(after->duplicate);
+  EXPECT_EQ(after->info.chat, chat);
+
+  // Another device's same id is another request; an id a message used is refused.
+  auto bobs = create(bob, {"alice"}, 1024, "g", "req-1");
+  ASSERT_TRUE(bobs);
+  EXPECT_FALSE(bobs->duplicate);
+  EXPECT_NE(bobs->info.chat, chat);
+  ASSERT_TRUE(send(alice, by_peer("carol"), "msg-1"));
+  EXPECT_EQ(create(alice, {"bob"}, 1024, "g", "msg-1").error(), errc::invalid_argument);
+
+  // The creator left since: the retry finds nothing it may see.
+  ASSERT_TRUE(change(alice, chat, group_change::leave));
+  EXPECT_EQ(create(alice, {"bob"}, 1024, "g", "req-1").error(), errc::not_found);
 }
 
 TEST_P(store_groups, only_members_send_read_and_see_the_group) {

@@ -149,6 +149,10 @@ std::optional<protocol_error> validate(const Frame& f, const limits& l) {
     case Frame::kCreateGroup: {
       const auto& c = f.create_group();
       if (auto e = check_group_name(c.name(), l)) return e;
+      if (c.client_request_id().empty() ||
+          c.client_request_id().size() > l.max_client_msg_id_bytes) {
+        return invalid("client_request_id must be 1-64 bytes");
+      }
       // The creator may be listed, and names may repeat: the store counts the distinct
       // members exactly; this only bounds the frame.
       if (static_cast<std::size_t>(c.members_size()) > l.max_group_members) {

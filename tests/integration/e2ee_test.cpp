@@ -7,6 +7,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_future.hpp>
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <set>
@@ -471,12 +472,14 @@ TEST_F(e2ee_test, a_reinstall_is_detected_recorded_and_messages_still_arrive) {
 }
 
 TEST_F(e2ee_test, concurrent_fetches_share_no_prekey_and_exhaustion_still_works) {
-  auto bob = user("bob");
+  // Without the per-pair budget (the next test has it), so that six fetchers can drain.
+  server_process open({}, "[rate_limits]\none_time_prekey_per_pair = 0\n");
+  auto bob = user("bob", open.url());
   ASSERT_EQ(bob->conn.drain().size(), 0u);
   constexpr int clients = 6, fetches = 20;  // 120 fetches of 100 one-time prekeys
   std::vector<std::unique_ptr<test_client>> fetchers;
   for (int i = 0; i < clients; ++i) {
-    fetchers.push_back(std::make_unique<test_client>(io, server.url()));
+    fetchers.push_back(std::make_unique<test_client>(io, open.url()));
     fetchers.back()->register_and_login("fetcher" + std::to_string(i));
   }
   // All requests in flight at once, on separate connections.
@@ -517,7 +520,7 @@ TEST_F(e2ee_test, concurrent_fetches_share_no_prekey_and_exhaustion_still_works)
   EXPECT_TRUE(warned);
 
   // With none left, a session still starts (signed prekey only) and decrypts.
-  auto carol = user("carol");
+  auto carol = user("carol", open.url());
   carol->say("bob", "no one-time prekey left");
   EXPECT_EQ(bob->receive(1), std::vector<std::string>{"no one-time prekey left"});
 
@@ -530,6 +533,33 @@ TEST_F(e2ee_test, concurrent_fetches_share_no_prekey_and_exhaustion_still_works)
   auto fresh = fetchers[0]->run(fetchers[0]->api().fetch_keys("bob"));
   ASSERT_TRUE(fresh);
   EXPECT_TRUE(fresh->bundles(0).has_one_time_prekey());
+}
+
+// One device cannot drain another account's one-time prekeys: past its pair's budget (3 at
+// once by default) its fetches get bundles without one, and the stock stays for others.
+TEST_F(e2ee_test, one_device_takes_at_most_its_pairs_budget_of_one_time_prekeys) {
+  auto bob = user("bob");
+  test_client greedy(io, server.url());
+  greedy.register_and_login("greedy");
+  std::vector<std::uint32_t> taken;
+  for (int i = 0; i < 6; ++i) {
+    auto r = greedy.run(greedy.api().fetch_keys("bob"));
+    ASSERT_TRUE(r) << client::describe(r.error());
+    ASSERT_EQ(r->bundles_size(), 1);
+    EXPECT_FALSE(r->bundles(0).identity_key().empty());
+    EXPECT_FALSE(r->bundles(0).signed_prekey().public_key().empty());
+    if (r->bundles(0).has_one_time_prekey()) taken.push_back(r->bundles(0).one_time_prekey().id());
+  }
+  EXPECT_EQ(taken.size(), 3u);
+  // Another device still gets one, and a session set up without one works.
+  test_client other(io, server.url());
+  other.register_and_login("other");
+  auto r = other.run(other.api().fetch_keys("bob"));
+  ASSERT_TRUE(r);
+  ASSERT_TRUE(r->bundles(0).has_one_time_prekey());
+  EXPECT_EQ(std::count(taken.begin(), taken.end(), r->bundles(0).one_time_prekey().id()), 0);
+  bob->conn.reconnect();
+  EXPECT_EQ(bob->conn.authenticated.one_time_prekeys(), 100u - 4u);
 }
 
 TEST_F(e2ee_test, the_server_refuses_bad_keys_with_typed_errors) {
@@ -577,6 +607,33 @@ TEST_F(e2ee_test, the_server_refuses_bad_keys_with_typed_errors) {
   auto early = anonymous.run(anonymous.api().fetch_keys("bob"));
   ASSERT_FALSE(early);
   EXPECT_EQ(early.error().code, v2::ERROR_CODE_UNAUTHENTICATED);
+}
+
+// A first message to a group is a pairwise sender-key message per member and then the group
+// message: past the device's send burst, the server answers RATE_LIMITED, and the client
+// waits as told and sends again (the same client_msg_id), so the message gets through.
+TEST_F(e2ee_test, a_first_group_message_past_the_send_burst_waits_and_gets_through) {
+  // 2 at once, then 20 a second: 4 key messages and the group message need 3 waits.
+  server_process tight({}, "[rate_limits]\nsend_per_device = 1200\nsend_per_device_burst = 2\n");
+  auto alice = user("alice", tight.url());
+  std::vector<std::unique_ptr<secure_user>> others;
+  std::vector<std::string> names;
+  for (const char* name : {"bob", "carol", "dave", "erin"}) {
+    others.push_back(user(name, tight.url()));
+    names.emplace_back(name);
+  }
+  auto created = alice->conn.run(alice->messenger->create_group("five", names));
+  ASSERT_TRUE(created) << client::describe(created.error());
+  const auto sent = alice->say_to_group(created->chat_id(), "past the burst");
+  EXPECT_EQ(sent.result.chat_id(), created->chat_id());
+  // The limit was on: the bucket is empty now (a token per 50 ms), and a send at once is
+  // refused.
+  auto over = alice->conn.run(alice->conn.api().send("bob", "over-1", "x"));
+  ASSERT_FALSE(over);
+  EXPECT_EQ(over.error().code, v2::ERROR_CODE_RATE_LIMITED);
+  for (auto& u : others) {
+    EXPECT_TRUE(has(u->collect(2), "past the burst")) << u->conn.username;
+  }
 }
 
 // Three users in a group: each message is encrypted once with its sender's key, which the

@@ -124,6 +124,23 @@ TEST_F(groups, the_protocol_answers_each_membership_rule_with_its_code) {
             v2::ERROR_CODE_INVALID_ARGUMENT);
   EXPECT_EQ(code_of(alice->run(alice->api().create_group(std::string(65, 'n'), {"bob"}))),
             v2::ERROR_CODE_INVALID_ARGUMENT);
+  // The idempotency key: required, 1-64 bytes; a retry gets the group back, made once.
+  v2::Frame no_id;
+  no_id.mutable_create_group()->set_name("team");
+  EXPECT_EQ(code_of(alice->run(alice->api().request(no_id))), v2::ERROR_CODE_INVALID_ARGUMENT);
+  EXPECT_EQ(code_of(alice->run(alice->api().create_group("team", {"bob"}, std::string(65, 'r')))),
+            v2::ERROR_CODE_INVALID_ARGUMENT);
+  auto made = alice->run(alice->api().create_group("again", {"bob"}, "retry-me"));
+  ASSERT_TRUE(made);
+  EXPECT_FALSE(made->duplicate());
+  auto retried = alice->run(alice->api().create_group("again", {"bob"}, "retry-me"));
+  ASSERT_TRUE(retried);
+  EXPECT_TRUE(retried->duplicate());
+  EXPECT_EQ(retried->chat_id(), made->chat_id());
+  EXPECT_EQ(retried->seq(), 1u);
+  auto history = bob->run(bob->api().history_of_chat(made->chat_id(), 0, 10));
+  ASSERT_TRUE(history);
+  EXPECT_EQ(history->messages_size(), 1);  // one CREATE
   // A group takes sender-key messages only; a user is never sent one.
   EXPECT_EQ(code_of(bob->run(bob->api().send_to_chat(chat, "b1", "x",
                                                       v2::CIPHER_TYPE_SIGNAL_MESSAGE))),

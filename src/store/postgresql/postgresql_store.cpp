@@ -981,11 +981,11 @@ void postgresql_store::upload_keys(key_upload upload, std::size_t max_held,
       });
 }
 
-void postgresql_store::take_key_bundles(std::string username,
+void postgresql_store::take_key_bundles(std::string username, bool take_one_time,
                                         completion<std::vector<key_bundle>> done) {
   impl_->write<std::vector<key_bundle>>(
-      std::move(done),
-      [username = std::move(username)](connection& db) -> result<std::vector<key_bundle>> {
+      std::move(done), [username = std::move(username),
+                        take_one_time](connection& db) -> result<std::vector<key_bundle>> {
         auto user = impl::user_by_name(db, username);
         if (!user) return user.error();
         if (!*user) return errc::unknown_user;
@@ -1006,15 +1006,17 @@ void postgresql_store::take_key_bundles(std::string username,
                              k->bytes(i, 5)};
           // The oldest one-time prekey; one that another node's fetch holds is skipped, so
           // that two fetches never hand out the same key.
-          auto taken = db.exec(
-              "DELETE FROM one_time_prekeys WHERE (device_id, key_id) IN ("
-              "SELECT device_id, key_id FROM one_time_prekeys WHERE device_id = $1 "
-              "ORDER BY position LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING key_id, public_key",
-              params().add(b.device));
-          if (!taken) return taken.error();
-          if (!taken->empty()) {
-            b.one_time_prekey =
-                prekey{static_cast<std::uint32_t>(taken->u64(0, 0)), taken->bytes(0, 1), {}};
+          if (take_one_time) {
+            auto taken = db.exec(
+                "DELETE FROM one_time_prekeys WHERE (device_id, key_id) IN ("
+                "SELECT device_id, key_id FROM one_time_prekeys WHERE device_id = $1 "
+                "ORDER BY position LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING key_id, public_key",
+                params().add(b.device));
+            if (!taken) return taken.error();
+            if (!taken->empty()) {
+              b.one_time_prekey =
+                  prekey{static_cast<std::uint32_t>(taken->u64(0, 0)), taken->bytes(0, 1), {}};
+            }
           }
           auto left = db.exec("SELECT count(*) FROM one_time_prekeys WHERE device_id = $1",
                               params().add(b.device));
@@ -1376,9 +1378,40 @@ void postgresql_store::group_receipts(chat_id chat,
 
 void postgresql_store::create_group(create_group_request request,
                                     completion<group_outcome> done) {
+  // The creator's device, as for a send: a retry through another node at the same moment
+  // waits for this one and then finds its dedupe record.
+  std::vector<std::uint64_t> locks{device_lock(request.creator_device)};
   impl_->write<group_outcome>(
-      std::move(done), [this, request = std::move(request)](connection& db) -> result<group_outcome> {
+      std::move(done),
+      [this, request = std::move(request)](connection& db) -> result<group_outcome> {
         auto& d = *impl_;
+        // A retry (the answer was lost): the group the first attempt created, as it is now.
+        const std::uint64_t window = static_cast<std::uint64_t>(d.options.dedupe_window.count());
+        const std::uint64_t now = now_ms();
+        auto first = db.exec(
+            "SELECT d.chat_id, d.seq, c.is_group, EXISTS (SELECT 1 FROM chat_members m "
+            "WHERE m.chat_id = d.chat_id AND m.user_id = $4 AND m.until_seq = 0) "
+            "FROM dedupe d LEFT JOIN chats c ON c.chat_id = d.chat_id "
+            "WHERE d.sender_device = $1 AND d.client_msg_id = $2 AND d.sent_at_ms >= $3",
+            params()
+                .add(request.creator_device)
+                .bytes(request.client_request_id)
+                .add(now > window ? now - window : 0)
+                .add(request.creator));
+        if (!first) return first.error();
+        if (!first->empty()) {
+          // A message's record: the id was used for a send (the client's mistake).
+          if (first->is_null(0, 2) || !first->boolean(0, 2) || first->u64(0, 1) != 1)
+            return errc::invalid_argument;
+          if (!first->boolean(0, 3)) return errc::not_found;
+          group_outcome out;
+          auto info = impl::info_of(db, first->u64(0, 0));
+          if (!info) return info.error();
+          out.info = std::move(*info);
+          out.duplicate = true;
+          out.created_seq = first->u64(0, 1);
+          return out;
+        }
         // The creator first, then the others in the order given, each once.
         auto found = db.exec("SELECT username, user_id FROM users WHERE username = ANY($1::text[])",
                              params().text(text_array(request.members)));
@@ -1397,7 +1430,6 @@ void postgresql_store::create_group(create_group_request request,
         }
         if (members.size() > request.max_members) return errc::group_full;
 
-        const std::uint64_t now = now_ms();
         const std::uint64_t chat = d.next_id();
         auto c = db.exec(
             "INSERT INTO chats (chat_id, is_group, name, created_ms) VALUES ($1, TRUE, $2, $3)",
@@ -1412,6 +1444,22 @@ void postgresql_store::create_group(create_group_request request,
         auto message = d.append_event(db, chat, request.creator, request.creator_device,
                                       request.creator_name, std::move(event), now);
         if (!message) return message.error();
+        // Its dedupe record. One of the same id is an expired one (none was found live above,
+        // under the device's lock), and is replaced.
+        auto dedupe = db.exec(
+            "INSERT INTO dedupe (sender_device, client_msg_id, chat_id, seq, message_id, "
+            "sent_at_ms) VALUES ($1, $2, $3, $4, $5, $6) "
+            "ON CONFLICT (sender_device, client_msg_id) DO UPDATE SET chat_id = EXCLUDED.chat_id, "
+            "seq = EXCLUDED.seq, message_id = EXCLUDED.message_id, "
+            "sent_at_ms = EXCLUDED.sent_at_ms",
+            params()
+                .add(request.creator_device)
+                .bytes(request.client_request_id)
+                .add(chat)
+                .add((*message)->seq)
+                .add((*message)->id)
+                .add(now));
+        if (!dedupe) return dedupe.error();
         auto devices = impl::member_devices(db, chat, request.creator_device);
         if (!devices) return devices.error();
         group_outcome out;
@@ -1420,7 +1468,8 @@ void postgresql_store::create_group(create_group_request request,
         if (!info) return info.error();
         out.info = std::move(*info);
         return out;
-      });
+      },
+      std::move(locks));
 }
 
 void postgresql_store::change_group(group_change_request request,

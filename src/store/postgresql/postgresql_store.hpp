@@ -88,7 +88,8 @@ class postgresql_store final : public store {
   void history(user_id requester, chat_ref chat, std::uint64_t before, std::size_t limit,
                std::size_t max_bytes, completion<history_page> done) override;
   void upload_keys(key_upload upload, std::size_t max_held, completion<key_stock> done) override;
-  void take_key_bundles(std::string username, completion<std::vector<key_bundle>> done) override;
+  void take_key_bundles(std::string username, bool take_one_time,
+                        completion<std::vector<key_bundle>> done) override;
   void shared_chats(user_id requester, std::vector<std::string> usernames,
                     completion<std::vector<bool>> done) override;
   void create_media(media_request request, completion<std::uint64_t> done) override;

@@ -97,7 +97,7 @@ TEST_F(two_nodes, never_hand_out_one_one_time_prekey_twice) {
   ASSERT_TRUE(wait_for<key_stock>([&](auto done) { a->upload_keys(keys, 500, done); }));
 
   in_flight<std::vector<key_bundle>> takes;
-  for (std::uint32_t i = 0; i < count + 10; ++i) (i % 2 ? a : b)->take_key_bundles("bob", takes.slot());
+  for (std::uint32_t i = 0; i < count + 10; ++i) (i % 2 ? a : b)->take_key_bundles("bob", true, takes.slot());
   ASSERT_TRUE(takes.wait_until_completed(count + 10));
   std::set<std::uint32_t> handed;
   std::size_t without = 0;
@@ -226,7 +226,7 @@ TEST_F(two_nodes, several_writers_keep_one_devices_order) {
     others.push_back(user(c, names.back()));
   }
   auto group = wait_for<group_outcome>([&](auto done) {
-    c.create_group({alice.user, alice.device, "alice", "g", names, 1024}, done);
+    c.create_group({alice.user, alice.device, "alice", "g", names, 1024, "create-g"}, done);
   });
   ASSERT_TRUE(group) << group.error().message();
   const chat_id chat = group->info.chat;

@@ -1543,11 +1543,11 @@ void rocksdb_store::upload_keys(key_upload upload, std::size_t max_held,
       });
 }
 
-void rocksdb_store::take_key_bundles(std::string username,
+void rocksdb_store::take_key_bundles(std::string username, bool take_one_time,
                                      completion<std::vector<key_bundle>> done) {
   impl_->write<std::vector<key_bundle>>(
-      std::move(done),
-      [this, username = std::move(username)](group& g) -> result<std::vector<key_bundle>> {
+      std::move(done), [this, username = std::move(username),
+                        take_one_time](group& g) -> result<std::vector<key_bundle>> {
         auto& d = *impl_;
         auto user = d.user_of(g, username);
         if (!user) return user.error();
@@ -1568,7 +1568,7 @@ void rocksdb_store::take_key_bundles(std::string username,
           b.identity_key = k.identity_key();
           b.signed_prekey = {k.signed_prekey().id(), k.signed_prekey().public_key(),
                              k.signed_prekey().signature()};
-          if (k.one_time_prekeys_size() > 0) {
+          if (take_one_time && k.one_time_prekeys_size() > 0) {
             const auto& first = k.one_time_prekeys(0);
             b.one_time_prekey = prekey{first.id(), first.public_key(), {}};
             k.mutable_one_time_prekeys()->DeleteSubrange(0, 1);
@@ -1886,6 +1886,30 @@ void rocksdb_store::create_group(create_group_request request, completion<group_
   impl_->write<group_outcome>(
       std::move(done), [this, request = std::move(request)](group& g) -> result<group_outcome> {
         auto& d = *impl_;
+        // A retry (the answer was lost): the group the first attempt created, as it is now.
+        const auto dedupe_key = keys::dedupe(request.creator_device, request.client_request_id);
+        std::string v;
+        auto s = d.get(g, cf_dedupe, dedupe_key, &v);
+        if (!s.ok() && !s.IsNotFound()) return errc::io_error;
+        if (s.ok()) {
+          pb::DedupeRecord first;
+          if (!parse(first, v)) return errc::corrupt;
+          if (!dedupe_expiry::expired(first.sent_at_ms(), d.options.dedupe_window)) {
+            auto found = d.chat_of(first.chat_id());
+            if (!found) return found.error();
+            const cached_chat* c = *found;
+            // A message's record: the id was used for a send (the client's mistake).
+            if (c == nullptr || !c->group || first.seq() != 1) return errc::invalid_argument;
+            if (!c->is_member(request.creator)) return errc::not_found;
+            group_outcome out;
+            auto info = d.info_of(first.chat_id(), *c);
+            if (!info) return info.error();
+            out.info = std::move(*info);
+            out.duplicate = true;
+            out.created_seq = first.seq();
+            return out;
+          }
+        }
         // The creator first, then the others in the order given, each once.
         std::vector<std::uint64_t> members{request.creator};
         std::vector<std::string> names{request.creator_name};
@@ -1918,6 +1942,12 @@ void rocksdb_store::create_group(create_group_request request, completion<group_
         group_outcome out;
         auto message = d.append_event(g, chat, cached, request.creator, request.creator_device,
                                       request.creator_name, std::move(event), now);
+        pb::DedupeRecord dedupe;
+        dedupe.set_chat_id(chat);
+        dedupe.set_seq(message->seq);
+        dedupe.set_message_id(message->id);
+        dedupe.set_sent_at_ms(now);
+        d.put(g, cf_dedupe, dedupe_key, dedupe.SerializeAsString());
         auto devices = d.member_devices(g, cached, chat, message->seq, request.creator_device);
         if (!devices) return devices.error();
         out.pushes.push_back({std::move(message), std::move(*devices)});

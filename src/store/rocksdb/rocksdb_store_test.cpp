@@ -295,9 +295,13 @@ TEST(rocksdb_store, a_group_message_writes_the_same_keys_whatever_the_group_size
   }
   ASSERT_FALSE(::testing::Test::HasFailure());
   auto make = [&](std::size_t size) {
-    create_group_request r{users[0].user, users[0].device, names[0], "g",
+    create_group_request r{users[0].user,
+                           users[0].device,
+                           names[0],
+                           "g",
                            {names.begin() + 1, names.begin() + static_cast<std::ptrdiff_t>(size)},
-                           1024};
+                           1024,
+                           "create-" + std::to_string(size)};
     auto g = wait_for<group_outcome>([&](auto done) { db.create_group(r, done); });
     EXPECT_TRUE(g);
     return g ? g->info.chat : chat_id{0};
