@@ -54,6 +54,7 @@ constexpr auto as_tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 constexpr std::chrono::seconds connect_timeout{10};
 constexpr std::chrono::seconds io_timeout{30};
 constexpr std::size_t piece_bytes = 256 * 1024;
+constexpr std::size_t read_buffer_bytes = 64 * 1024;  // what one read of a download may take
 constexpr std::uint64_t max_text_bytes = 64 * 1024;  // of an error answer's body
 constexpr std::size_t max_message_chars = 1024;
 constexpr std::chrono::milliseconds progress_interval{100};
@@ -406,7 +407,10 @@ awaitable<transfer_result<void>> run_download(std::string url, std::filesystem::
 
   const auto executor = co_await asio::this_coro::executor;
   beast::tcp_stream stream(executor);
+  // Reserved whole: Beast reads max(512, capacity - size) bytes per call (see the blob
+  // server's serve()), 512 from a buffer that only grew as far as the header.
   beast::flat_buffer buffer;
+  buffer.reserve(read_buffer_bytes);
   auto connected = co_await connect(stream, *u);
   if (!connected) co_return connected.error();
 

@@ -66,6 +66,7 @@ constexpr auto as_tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 constexpr std::uint32_t max_header_bytes = 8 * 1024;
 constexpr std::size_t read_buffer_bytes = 64 * 1024;
 constexpr std::size_t piece_bytes = 256 * 1024;
+constexpr std::uint64_t writeback_bytes = 8 << 20;  // see the upload's sync_file_range
 // Re-hashing a .part before a resume reads up to ~100 MB on the one blob-io thread: let the
 // other connections run every 4 MiB.
 constexpr std::size_t rehash_pieces_per_turn = 16;
@@ -493,6 +494,7 @@ awaitable<bool> handle_put(exchange& x, http::request_parser<http::empty_body>& 
   slot.size = piece_bytes;
   const std::uint64_t end = start + *length;
   std::uint64_t stored = start;
+  std::uint64_t written_back = start;
   while (!body.is_done()) {
     x.stream.expires_after(s.opts.io_timeout);
     auto [ec, n] = co_await http::async_read_some(x.stream, x.buffer, body, as_tuple_awaitable);
@@ -514,6 +516,15 @@ awaitable<bool> handle_put(exchange& x, http::request_parser<http::empty_body>& 
         co_return co_await storage_error(x);
       }
       stored += got;
+      // Writeback starts behind the upload, a few MiB at a time, instead of all of it at the
+      // final fsync: the upload's end waits for little, and the disk never holds more than
+      // writeback_bytes of this file's dirty pages for the message store's syncs to queue
+      // behind (docs/performance.md, issue 15). Advisory: an error here shows at the fsync.
+      if (stored - written_back >= writeback_bytes) {
+        ::sync_file_range(fd.get(), static_cast<off_t>(written_back),
+                          static_cast<off_t>(stored - written_back), SYNC_FILE_RANGE_WRITE);
+        written_back = stored;
+      }
       slot.data = piece.get();
       slot.size = piece_bytes;
     }
@@ -710,7 +721,11 @@ awaitable<void> serve(connection_ticket ticket, tcp::socket socket) {
   beast::tcp_stream stream(std::move(socket));
   registered_stream registration(s, stream);
   if (s.stopping) co_return;
+  // Reserved whole at once: Beast reads max(512, capacity - size) bytes at a time, so a
+  // buffer grown only as far as a request's header read a body 512 bytes per system call
+  // (~200,000 reads for 100 MB; docs/performance.md, issue 15).
   beast::flat_buffer buffer(read_buffer_bytes);
+  buffer.reserve(read_buffer_bytes);
   for (;;) {
     http::request_parser<http::empty_body> parser;
     parser.header_limit(max_header_bytes);
