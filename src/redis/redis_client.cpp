@@ -27,12 +27,49 @@ namespace asio = boost::asio;
 
 // --- URLs and slots ------------------------------------------------------------------------
 
+namespace {
+
+// %XX escapes of a URL's user information; throws on a bad one.
+std::string percent_decoded(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '%') {
+      out += s[i];
+      continue;
+    }
+    unsigned v = 0;
+    if (i + 2 >= s.size() ||
+        std::from_chars(s.data() + i + 1, s.data() + i + 3, v, 16).ptr != s.data() + i + 3)
+      throw std::invalid_argument("a bad %-escape in a Redis URL's credentials");
+    out += static_cast<char>(v);
+    i += 2;
+  }
+  return out;
+}
+
+}  // namespace
+
 url parse_url(const std::string& text) {
   constexpr std::string_view scheme = "redis://";
   if (text.rfind(scheme, 0) != 0)
-    throw std::invalid_argument("a Redis URL starts with redis://, got '" + text + "'");
+    throw std::invalid_argument("a Redis URL starts with redis://");  // (not quoted: credentials)
   std::string rest = text.substr(scheme.size());
   url out;
+  // The credentials first, so that no message below repeats them: USER:PASSWORD@.
+  std::string shown = text;  // what error messages quote
+  if (auto at = rest.rfind('@'); at != std::string::npos) {
+    const std::string userinfo = rest.substr(0, at);
+    rest.erase(0, at + 1);
+    shown = std::string(scheme) + "***@" + rest;
+    const auto colon = userinfo.find(':');
+    if (colon == std::string::npos)
+      throw std::invalid_argument("a Redis URL's credentials are [USER]:PASSWORD@, in '" + shown +
+                                  "'");
+    out.auth.username = percent_decoded(std::string_view(userinfo).substr(0, colon));
+    out.auth.password = percent_decoded(std::string_view(userinfo).substr(colon + 1));
+    if (out.auth.password.empty())
+      throw std::invalid_argument("an empty password in Redis URL '" + shown + "'");
+  }
   if (auto q = rest.find('?'); q != std::string::npos) {
     const std::string query = rest.substr(q + 1);
     rest.resize(q);
@@ -44,9 +81,10 @@ url parse_url(const std::string& text) {
     }
   }
   if (!rest.empty() && rest.back() == '/') rest.pop_back();
-  if (rest.find('@') != std::string::npos || rest.find('/') != std::string::npos)
-    throw std::invalid_argument("a Redis URL here is redis://HOST[:PORT][?cluster=1], got '" +
-                                text + "'");
+  if (rest.find('/') != std::string::npos)
+    throw std::invalid_argument(
+        "a Redis URL here is redis://[[USER]:PASSWORD@]HOST[:PORT][?cluster=1], got '" + shown +
+        "'");
   const auto colon = rest.rfind(':');
   out.seed.host = colon == std::string::npos ? rest : rest.substr(0, colon);
   if (colon != std::string::npos) {
@@ -55,10 +93,10 @@ url parse_url(const std::string& text) {
     const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
     if (port.empty() || ec != std::errc{} || end != port.data() + port.size() || p == 0 ||
         p > 65535)
-      throw std::invalid_argument("bad port in Redis URL '" + text + "'");
+      throw std::invalid_argument("bad port in Redis URL '" + shown + "'");
     out.seed.port = static_cast<std::uint16_t>(p);
   }
-  if (out.seed.host.empty()) throw std::invalid_argument("no host in Redis URL '" + text + "'");
+  if (out.seed.host.empty()) throw std::invalid_argument("no host in Redis URL '" + shown + "'");
   return out;
 }
 
@@ -162,13 +200,16 @@ struct client::impl : std::enable_shared_from_this<client::impl> {
     asio::steady_timer retry;
     bool up = false;
     bool retry_pending = false;
+    bool auth_refusal_logged = false;  // once until the next accepted AUTH, not every retry
     bool want_read = false, want_write = false, reading = false, writing = false;
 
     void connect();
+    void accepted();  // connected (and AUTH accepted, with credentials): up
     void schedule_retry();
     void wait_read();
     void wait_write();
     void send(const std::vector<std::string>& args, reply_handler done);
+    void issue(const std::vector<std::string>& args, reply_handler done);  // ac set: queued
     void close();
   };
   std::unordered_map<std::string, std::shared_ptr<node>> nodes;  // by address text
@@ -316,10 +357,30 @@ void client::impl::node::connect() {
       n->schedule_retry();
       return;
     }
-    n->up = true;
-    log_info() << "redis: connected to " << n->addr.text();
-    n->owner.node_state(*n, true);
+    if (n->owner.options.auth.password.empty()) n->accepted();
+    // Else up once AUTH (queued first, below) is answered OK.
   });
+  // AUTH before anything else on this connection: hiredis writes commands in the order given,
+  // so whatever is sent before the answer comes queues behind it.
+  const auto& auth = owner.options.auth;
+  if (!auth.password.empty()) {
+    std::vector<std::string> args{"AUTH"};
+    if (!auth.username.empty()) args.push_back(auth.username);
+    args.push_back(auth.password);
+    issue(args, [self = shared_from_this()](std::optional<reply> r) {
+      if (r && !r->is_error()) {
+        self->accepted();
+        return;
+      }
+      if (r && !self->auth_refusal_logged) {
+        log_warn() << "redis: " << self->addr.text() << " refused AUTH (retried quietly): "
+                   << r->str;
+        self->auth_refusal_logged = true;
+      }
+      // The connection is dropped and tried again (a password being rotated may come right).
+      if (self->ac != nullptr) redisAsyncDisconnect(self->ac);
+    });
+  }
   redisAsyncSetDisconnectCallback(ac, [](const redisAsyncContext* c, int status) {
     auto* n = node_of(c);
     const bool was_up = n->up;
@@ -332,6 +393,13 @@ void client::impl::node::connect() {
     }
     n->schedule_retry();
   });
+}
+
+void client::impl::node::accepted() {
+  up = true;
+  auth_refusal_logged = false;
+  log_info() << "redis: connected to " << addr.text();
+  owner.node_state(*this, true);
 }
 
 void client::impl::node::schedule_retry() {
@@ -374,6 +442,10 @@ void client::impl::node::send(const std::vector<std::string>& args, reply_handle
     if (done) done(std::nullopt);
     return;
   }
+  issue(args, std::move(done));
+}
+
+void client::impl::node::issue(const std::vector<std::string>& args, reply_handler done) {
   std::vector<const char*> argv;
   std::vector<std::size_t> lengths;
   argv.reserve(args.size());
@@ -413,6 +485,7 @@ void client::impl::node::close() {
 void client::impl::run_subscription(subscription& s) {
   address target = options.seed;
   bool subscribed_before = false;
+  bool auth_refusal_logged = false;
   auto pause = [&] {
     pollfd p{stop_fd, POLLIN, 0};
     ::poll(&p, 1, static_cast<int>(options.reconnect_interval.count()));
@@ -426,6 +499,28 @@ void client::impl::run_subscription(subscription& s) {
       target = options.seed;
       pause();
       continue;
+    }
+    if (!options.auth.password.empty()) {
+      const auto& a = options.auth;
+      auto* answer = static_cast<redisReply*>(
+          a.username.empty()
+              ? redisCommand(c, "AUTH %b", a.password.data(), a.password.size())
+              : redisCommand(c, "AUTH %b %b", a.username.data(), a.username.size(),
+                             a.password.data(), a.password.size()));
+      const bool accepted = answer != nullptr && answer->type != REDIS_REPLY_ERROR;
+      if (answer != nullptr && !accepted && !auth_refusal_logged) {
+        log_warn() << "redis: " << target.text() << " refused AUTH (retried quietly): "
+                   << std::string(answer->str, answer->len);
+        auth_refusal_logged = true;
+      }
+      if (accepted) auth_refusal_logged = false;
+      if (answer != nullptr) freeReplyObject(answer);
+      if (!accepted) {
+        redisFree(c);
+        target = options.seed;
+        pause();
+        continue;
+      }
     }
     auto* first = static_cast<redisReply*>(
         redisCommand(c, "%s %b", verb, s.channel.data(), s.channel.size()));

@@ -12,6 +12,10 @@
 // CLUSTER SLOTS and corrected by MOVED replies; an ASK reply is followed once with ASKING.
 // Channels are sharded (SPUBLISH / SSUBSCRIBE), each on the master of its slot.
 //
+// With credentials, each connection sends AUTH first (AUTH PASSWORD, or AUTH USER PASSWORD for
+// a Redis 6+ ACL user) and counts as up only once Redis accepted it; a refusal is logged and
+// the connection is tried again later.
+//
 // Connections that drop are opened again every reconnect_interval. While a connection is
 // down, its commands fail at once (the handler gets nullopt): callers treat Redis as a
 // best-effort accelerator over the durable chat log, never as the place of record.
@@ -50,10 +54,16 @@ struct address {
   std::string text() const { return host + ":" + std::to_string(port); }
 };
 
-// redis://HOST[:PORT] -> address; redis://HOST:PORT?cluster=1 (or "redis-cluster://") sets
-// `cluster`. Throws std::invalid_argument.
+// redis://[[USER]:PASSWORD@]HOST[:PORT][?cluster=1] -> address, the credentials (USER and
+// PASSWORD percent-decoded: %40 for '@', %3A for ':'), `cluster`. Throws std::invalid_argument
+// (whose text never holds the password).
+struct credentials {
+  std::string username;  // empty: Redis's default user (AUTH PASSWORD)
+  std::string password;  // empty: no AUTH
+};
 struct url {
   address seed;
+  credentials auth;
   bool cluster = false;
 };
 url parse_url(const std::string& text);
@@ -66,6 +76,9 @@ struct client_options {
   address seed;
   bool cluster = false;
   std::chrono::milliseconds reconnect_interval{500};
+  // Sent as AUTH first on every connection (to each node of a cluster, and each
+  // subscription's); a connection is used only once it is accepted.
+  credentials auth = {};
 };
 
 class client {

@@ -50,8 +50,28 @@ TEST(redis_url, parse) {
   EXPECT_THROW(parse_url("redis://"), std::invalid_argument);
   EXPECT_THROW(parse_url("redis://h:0"), std::invalid_argument);
   EXPECT_THROW(parse_url("redis://h:x"), std::invalid_argument);
-  EXPECT_THROW(parse_url("redis://user:pw@h:1"), std::invalid_argument);  // no AUTH support yet
   EXPECT_THROW(parse_url("redis://h:1?tls=1"), std::invalid_argument);
+
+  // Credentials: [USER]:PASSWORD@, percent-decoded; never repeated in an error.
+  u = parse_url("redis://:s%40cret%3A1@10.0.0.5:6380?cluster=1");
+  EXPECT_EQ(u.auth.username, "");
+  EXPECT_EQ(u.auth.password, "s@cret:1");
+  EXPECT_EQ(u.seed.host, "10.0.0.5");
+  EXPECT_EQ(u.seed.port, 6380);
+  EXPECT_TRUE(u.cluster);
+  u = parse_url("redis://parley:pw@cache");
+  EXPECT_EQ(u.auth.username, "parley");
+  EXPECT_EQ(u.auth.password, "pw");
+  EXPECT_EQ(u.seed.host, "cache");
+  for (const char* bad : {"redis://justapassword@h", "redis://user:@h", "redis://:%zz@h",
+                          "redis://:topsecret@h:99999", "redis://:topsecret@h/x"}) {
+    try {
+      parse_url(bad);
+      ADD_FAILURE() << bad << " was accepted";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_EQ(std::string(e.what()).find("topsecret"), std::string::npos) << e.what();
+    }
+  }
 }
 
 // Waits for `n` values pushed from other threads.
@@ -94,6 +114,18 @@ std::optional<reply> call_when_up(client& c, std::string key, std::vector<std::s
   return std::nullopt;
 }
 
+// Publishes `what` on `channel` until the subscription hears it (it may take a moment to be in
+// place), for at most 10 s.
+bool heard(client& c, inbox<std::string>& got, const std::string& channel,
+           const std::string& what) {
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!got.has(what) && std::chrono::steady_clock::now() < deadline) {
+    c.publish(channel, what);
+    got.wait(1'000'000, 100ms);
+  }
+  return got.has(what);
+}
+
 TEST(redis_client, commands_pipelined_bursts_and_pub_sub) {
   test_support::redis_server server;
   client c({{"127.0.0.1", server.port()}, false, 100ms});
@@ -121,14 +153,38 @@ TEST(redis_client, commands_pipelined_bursts_and_pub_sub) {
   ASSERT_TRUE(counts.wait(1000));
   for (int i = 0; i < 1000; ++i) EXPECT_EQ(counts.items[i], i + 1);
 
-  // Pub/sub (the subscription may take a moment to be in place: publish until heard).
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (!got.has("hello") && std::chrono::steady_clock::now() < deadline) {
-    c.publish("chan", "hello");
-    got.wait(1'000'000, 100ms);
-  }
-  EXPECT_TRUE(got.has("hello"));
+  // Pub/sub.
+  EXPECT_TRUE(heard(c, got, "chan", "hello"));
   c.stop();
+}
+
+// A Redis with a password: commands and the subscription work with it; with a wrong one the
+// client never counts as connected and its commands fail, and nothing it sent was applied.
+TEST(redis_client, authenticates_with_a_password_and_is_refused_without_the_right_one) {
+  test_support::redis_server server({"--requirepass", "s3cret"});
+  client_options good{{"127.0.0.1", server.port()}, false, 100ms};
+  good.auth.password = "s3cret";
+  client c(good);
+  inbox<std::string> got;
+  c.subscribe("chan", [&](std::string_view p) { got.push(std::string(p)); });
+  c.start();
+  auto set = call_when_up(c, "k", {"SET", "k", "v"});
+  ASSERT_TRUE(set);
+  EXPECT_EQ(set->str, "OK");
+  EXPECT_TRUE(c.connected());
+  EXPECT_TRUE(heard(c, got, "chan", "hello"));
+  c.stop();
+
+  client_options wrong = good;
+  wrong.auth.password = "guess";
+  client w(wrong);
+  w.start();
+  std::this_thread::sleep_for(500ms);  // several connection attempts (100 ms apart)
+  EXPECT_FALSE(w.connected());
+  auto refused = call(w, "k", {"SET", "k", "mine"});
+  EXPECT_TRUE(!refused || refused->is_error());
+  w.stop();
+  EXPECT_EQ(server.cli({"GET", "k"}), "v");
 }
 
 TEST(redis_client, a_restarted_server_is_found_again_and_the_subscription_comes_back) {

@@ -57,6 +57,7 @@ backends make_backends(const config& cfg, commit_observer on_commit) {
   redis::client_options o;
   o.seed = url.seed;
   o.cluster = url.cluster;
+  o.auth = url.auth;
   auto client = std::make_shared<redis::client>(o);
   bus::redis_bus_options b;
   b.node_id = cfg.node_id;

@@ -141,6 +141,12 @@ void redis_server::kill9() {
 std::string redis_server::cli(const std::vector<std::string>& args) const {
   std::vector<std::string> argv{"/usr/bin/redis-cli", "-h", "127.0.0.1", "-p",
                                 std::to_string(port_)};
+  // A server started with --requirepass: redis-cli logs in with it.
+  for (std::size_t i = 0; i + 1 < extra_.size(); ++i) {
+    if (extra_[i] == "--requirepass") {
+      argv.insert(argv.end(), {"--no-auth-warning", "-a", extra_[i + 1]});
+    }
+  }
   argv.insert(argv.end(), args.begin(), args.end());
   return run_output(argv);
 }
