@@ -21,6 +21,7 @@
 #include "store/postgresql/pg_connection.hpp"
 #include "store/postgresql/pg_schema.hpp"
 #include "store/write_health.hpp"
+#include "store/write_queue.hpp"
 #include "store/watermarks.hpp"
 
 namespace parley::store {
@@ -217,9 +218,7 @@ struct command {
 // writer's own, one after the other.
 struct writer_lane {
   std::size_t index = 0;
-  std::mutex mutex;
-  std::condition_variable wake;
-  std::deque<command> pending;
+  write_queue<command> queue;
   std::thread thread;
   connection db;
   // This group's highest Snowflake id, written to node_ids with it.
@@ -363,23 +362,17 @@ struct postgresql_store::impl {
     c.refuse = [shared_done](errc e) { (*shared_done)(e); };
     const std::uint64_t key = route ? *route : c.locks.empty() ? 0 : c.locks.front();
     writer_lane& w = *lanes[key % lanes.size()];
-    errc refusal = errc::shutting_down;
-    {
-      std::lock_guard lock(w.mutex);
-      if (!stopping.load() && pending_count.load(std::memory_order_relaxed) < options.max_pending) {
-        w.pending.push_back(std::move(c));
-        pending_count.fetch_add(1, std::memory_order_relaxed);
-        w.wake.notify_one();
+    switch (w.queue.push(c, pending_count, options.max_pending)) {
+      case write_queue<command>::pushed::queued:
         return;
-      }
-      if (!stopping.load()) refusal = errc::busy;
+      case write_queue<command>::pushed::busy:
+        // A completion never runs on the caller's thread: the refusal goes through a reader.
+        post_read([refuse = std::move(c.refuse)](connection&) { refuse(errc::busy); });
+        return;
+      case write_queue<command>::pushed::stopping:
+        c.refuse(errc::shutting_down);
+        return;
     }
-    if (refusal == errc::busy) {
-      // A completion never runs on the caller's thread: the refusal goes through a reader.
-      post_read([refuse = std::move(c.refuse)](connection&) { refuse(errc::busy); });
-      return;
-    }
-    c.refuse(refusal);
   }
 
   template <class T, class Read>
@@ -735,22 +728,13 @@ void postgresql_store::impl::run_writer(writer_lane& w) {
   std::vector<command> work;
   std::vector<finisher> finishers;
   for (;;) {
-    {
-      std::unique_lock lock(w.mutex);
+    const auto t = w.queue.take(work, options.max_group, options.reconnect_interval, pending_count);
+    if (t == write_queue<command>::taken::done) return;
+    if (t == write_queue<command>::taken::idle) {
       // Idle, the writer still reconnects, so that /healthz tells the truth when nobody
       // writes.
-      if (!w.wake.wait_for(lock, options.reconnect_interval,
-                           [&] { return stopping.load() || !w.pending.empty(); })) {
-        lock.unlock();
-        writer_connected(w);
-        continue;
-      }
-      if (w.pending.empty()) return;  // stopping, and everything queued is done
-      while (!w.pending.empty() && work.size() < options.max_group) {
-        work.push_back(std::move(w.pending.front()));
-        w.pending.pop_front();
-      }
-      pending_count.fetch_sub(work.size(), std::memory_order_relaxed);
+      writer_connected(w);
+      continue;
     }
     if (!writer_connected(w)) {
       for (auto& c : work) c.refuse(errc::unavailable);
@@ -796,11 +780,8 @@ postgresql_store::~postgresql_store() { stop(); }
 
 void postgresql_store::stop() {
   if (impl_->stopping.exchange(true)) return;
-  // Each writer sees `stopping` under its mutex, after any request queued before it.
-  for (auto& w : impl_->lanes) {
-    std::lock_guard lock(w->mutex);
-    w->wake.notify_all();
-  }
+  // Each writer takes what was queued before its queue stopped, then ends.
+  for (auto& w : impl_->lanes) w->queue.stop();
   for (auto& w : impl_->lanes) {
     if (w->thread.joinable()) w->thread.join();
   }

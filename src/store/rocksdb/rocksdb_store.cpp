@@ -34,6 +34,7 @@
 #include "store/rocksdb/login_index.hpp"
 #include "store/watermarks.hpp"
 #include "store/write_health.hpp"
+#include "store/write_queue.hpp"
 
 namespace parley::store {
 namespace {
@@ -293,11 +294,8 @@ struct rocksdb_store::impl {
   // Called with the group to add to, or with nullptr and the reason it is refused
   // (shutting_down, unavailable).
   using command = std::function<void(group*, errc)>;
-  std::mutex mutex;
-  std::condition_variable wake;
-  std::deque<command> pending;
+  write_queue<command> queue;
   std::atomic<std::uint64_t> pending_count{0};
-  bool stopping = false;
   std::thread writer;
 
   // Writer-thread state. The caches hold committed state and the running group's changes
@@ -496,23 +494,17 @@ struct rocksdb_store::impl {
         done(std::move(*r));
       });
     };
-    errc refusal = errc::shutting_down;
-    {
-      std::lock_guard lock(mutex);
-      if (!stopping && pending.size() < options.max_pending) {
-        pending.push_back(std::move(c));
-        pending_count.store(pending.size(), std::memory_order_relaxed);
-        wake.notify_one();
+    switch (queue.push(c, pending_count, options.max_pending)) {
+      case write_queue<command>::pushed::queued:
         return;
-      }
-      if (!stopping) refusal = errc::busy;
+      case write_queue<command>::pushed::busy:
+        // A completion never runs on the caller's thread: the refusal goes through a reader.
+        boost::asio::post(readers, [c = std::move(c)]() mutable { c(nullptr, errc::busy); });
+        return;
+      case write_queue<command>::pushed::stopping:
+        c(nullptr, errc::shutting_down);
+        return;
     }
-    if (refusal == errc::busy) {
-      // A completion never runs on the caller's thread: the refusal goes through a reader.
-      boost::asio::post(readers, [c = std::move(c)]() mutable { c(nullptr, errc::busy); });
-      return;
-    }
-    c(nullptr, refusal);
   }
 
   template <class T, class Read>
@@ -1155,22 +1147,13 @@ void rocksdb_store::impl::run_writer() {
   std::vector<command> work;
   group g;
   for (;;) {
-    {
-      std::unique_lock lock(mutex);
+    const auto t = queue.take(work, options.max_group, std::chrono::seconds(1), pending_count);
+    if (t == write_queue<command>::taken::done) return;
+    if (t == write_queue<command>::taken::idle) {
       // Idle, the writer still checks the store's health every second, so that /healthz
       // tells the truth when nobody writes (a restart on a full disk, space that returned).
-      if (!wake.wait_for(lock, std::chrono::seconds(1),
-                         [&] { return stopping || !pending.empty(); })) {
-        lock.unlock();
-        accepting_writes();
-        continue;
-      }
-      if (pending.empty()) return;  // stopping, and everything queued is done
-      while (!pending.empty() && work.size() < options.max_group) {
-        work.push_back(std::move(pending.front()));
-        pending.pop_front();
-      }
-      pending_count.store(pending.size(), std::memory_order_relaxed);
+      accepting_writes();
+      continue;
     }
     if (!accepting_writes()) {
       for (auto& c : work) c(nullptr, errc::unavailable);
@@ -1236,12 +1219,7 @@ rocksdb_store::~rocksdb_store() {
 }
 
 void rocksdb_store::stop() {
-  {
-    std::lock_guard lock(impl_->mutex);
-    if (impl_->stopping) return;
-    impl_->stopping = true;
-  }
-  impl_->wake.notify_all();
+  if (!impl_->queue.stop()) return;
   if (impl_->writer.joinable()) impl_->writer.join();
   impl_->stopped = true;
   impl_->stop_readers();
