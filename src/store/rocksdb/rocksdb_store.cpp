@@ -407,6 +407,29 @@ struct rocksdb_store::impl {
     if (v.size() != 8) return errc::corrupt;
     return read_be64(v);
   }
+  // The live idempotency record under `key` (keys::dedupe): the first result of a send or of a
+  // group's creation with that id, unless none was kept or it is past the dedupe window.
+  result<std::optional<pb::DedupeRecord>> live_dedupe(group& g, std::string_view key) {
+    std::string v;
+    auto s = get(g, cf_dedupe, key, &v);
+    if (s.IsNotFound()) return std::nullopt;
+    if (!s.ok()) return errc::io_error;
+    pb::DedupeRecord first;
+    if (!parse(first, v)) return errc::corrupt;
+    if (dedupe_expiry::expired(first.sent_at_ms(), options.dedupe_window)) return std::nullopt;
+    return first;
+  }
+  // Keeps a request's first result under its idempotency key, for live_dedupe.
+  void put_dedupe(group& g, std::string_view key, std::uint64_t chat, std::uint64_t seq,
+                  std::uint64_t message_id, std::uint64_t sent_at_ms) {
+    pb::DedupeRecord r;
+    r.set_chat_id(chat);
+    r.set_seq(seq);
+    r.set_message_id(message_id);
+    r.set_sent_at_ms(sent_at_ms);
+    r.SerializeToString(&encoded);
+    put(g, cf_dedupe, key, encoded);
+  }
   void set_media_usage(group& g, std::uint64_t user, std::uint64_t bytes) {
     put(g, cf_media, keys::media_usage(user), keys::be64(bytes));
   }
@@ -1565,23 +1588,17 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
       std::move(done),
       [this, request = std::move(request)](group& g) mutable -> result<send_outcome> {
         auto& d = *impl_;
-        std::string v;
         const auto dedupe_key = keys::dedupe(request.sender_device, request.client_msg_id);
-        auto s = d.get(g, cf_dedupe, dedupe_key, &v);
-        if (s.ok()) {
-          pb::DedupeRecord first;
-          if (!parse(first, v)) return errc::corrupt;
-          if (!dedupe_expiry::expired(first.sent_at_ms(), d.options.dedupe_window)) {
-            send_outcome out;
-            out.chat = first.chat_id();
-            out.seq = first.seq();
-            out.id = first.message_id();
-            out.sent_at_ms = first.sent_at_ms();
-            out.duplicate = true;
-            return out;
-          }
-        } else if (!s.IsNotFound()) {
-          return errc::io_error;
+        auto first = d.live_dedupe(g, dedupe_key);
+        if (!first) return first.error();
+        if (*first) {
+          send_outcome out;
+          out.chat = (*first)->chat_id();
+          out.seq = (*first)->seq();
+          out.id = (*first)->message_id();
+          out.sent_at_ms = (*first)->sent_at_ms();
+          out.duplicate = true;
+          return out;
         }
 
         // The chat and the other member.
@@ -1630,7 +1647,8 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
         // A file: the sender's own blob, one more reference to it (the sweep keeps it now).
         if (!request.media.empty()) {
           const auto key = keys::media_record(request.media);
-          s = d.get(g, cf_media, key, &v);
+          std::string v;
+          auto s = d.get(g, cf_media, key, &v);
           if (s.IsNotFound()) return errc::media_not_found;
           if (!s.ok()) return errc::io_error;
           pb::MediaRecord record;
@@ -1682,15 +1700,9 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
         stored.set_payload(std::move(request.payload));
         stored.set_cipher_type(request.cipher_type);
         if (!request.media.empty()) stored.set_media_id(request.media);
-        pb::DedupeRecord dedupe;
-        dedupe.set_chat_id(chat);
-        dedupe.set_seq(out.seq);
-        dedupe.set_message_id(out.id);
-        dedupe.set_sent_at_ms(now);
         stored.SerializeToString(&d.encoded);
         d.put(g, cf_messages, keys::message(chat, out.seq), d.encoded);
-        dedupe.SerializeToString(&d.encoded);
-        d.put(g, cf_dedupe, dedupe_key, d.encoded);
+        d.put_dedupe(g, dedupe_key, chat, out.seq, out.id, now);
         const std::uint64_t before = known->head;
         known->head = out.seq;
         g.appended.push_back(chat);
@@ -1866,27 +1878,22 @@ void rocksdb_store::create_group(create_group_request request, completion<group_
         auto& d = *impl_;
         // A retry (the answer was lost): the group the first attempt created, as it is now.
         const auto dedupe_key = keys::dedupe(request.creator_device, request.client_request_id);
-        std::string v;
-        auto s = d.get(g, cf_dedupe, dedupe_key, &v);
-        if (!s.ok() && !s.IsNotFound()) return errc::io_error;
-        if (s.ok()) {
-          pb::DedupeRecord first;
-          if (!parse(first, v)) return errc::corrupt;
-          if (!dedupe_expiry::expired(first.sent_at_ms(), d.options.dedupe_window)) {
-            auto found = d.chat_of(first.chat_id());
-            if (!found) return found.error();
-            const cached_chat* c = *found;
-            // A message's record: the id was used for a send (the client's mistake).
-            if (c == nullptr || !c->group || first.seq() != 1) return errc::invalid_argument;
-            if (!c->is_member(request.creator)) return errc::not_found;
-            group_outcome out;
-            auto info = d.info_of(first.chat_id(), *c);
-            if (!info) return info.error();
-            out.info = std::move(*info);
-            out.duplicate = true;
-            out.created_seq = first.seq();
-            return out;
-          }
+        auto first = d.live_dedupe(g, dedupe_key);
+        if (!first) return first.error();
+        if (*first) {
+          auto found = d.chat_of((*first)->chat_id());
+          if (!found) return found.error();
+          const cached_chat* c = *found;
+          // A message's record: the id was used for a send (the client's mistake).
+          if (c == nullptr || !c->group || (*first)->seq() != 1) return errc::invalid_argument;
+          if (!c->is_member(request.creator)) return errc::not_found;
+          group_outcome out;
+          auto info = d.info_of((*first)->chat_id(), *c);
+          if (!info) return info.error();
+          out.info = std::move(*info);
+          out.duplicate = true;
+          out.created_seq = (*first)->seq();
+          return out;
         }
         // The creator first, then the others in the order given, each once.
         std::vector<std::uint64_t> members{request.creator};
@@ -1920,12 +1927,7 @@ void rocksdb_store::create_group(create_group_request request, completion<group_
         group_outcome out;
         auto message = d.append_event(g, chat, cached, request.creator, request.creator_device,
                                       request.creator_name, std::move(event), now);
-        pb::DedupeRecord dedupe;
-        dedupe.set_chat_id(chat);
-        dedupe.set_seq(message->seq);
-        dedupe.set_message_id(message->id);
-        dedupe.set_sent_at_ms(now);
-        d.put(g, cf_dedupe, dedupe_key, dedupe.SerializeAsString());
+        d.put_dedupe(g, dedupe_key, chat, message->seq, message->id, now);
         auto devices = d.member_devices(g, cached, chat, message->seq, request.creator_device);
         if (!devices) return devices.error();
         out.pushes.push_back({std::move(message), std::move(*devices)});
