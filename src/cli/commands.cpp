@@ -146,8 +146,6 @@ std::string clock_time(std::uint64_t ms) {
   return buf;
 }
 
-std::string random_id() { return client::new_request_id(); }
-
 // Whether a request may have been lost on the way (the connection closed, no answer in time,
 // the server unreachable): worth retrying with the same idempotency key.
 bool transient(const client_error& e) {
@@ -542,7 +540,7 @@ awaitable<void> cmd_send(session& s, const options& o) {
     if (!r) throw explain(r.error(), to.peer);
     sealed = std::move(*r);
   }
-  const std::string client_msg_id = random_id();
+  const std::string client_msg_id = client::new_request_id();
   std::optional<client_error> last;
   for (int attempt = 0; attempt < 3; ++attempt) {
     if (attempt > 0) co_await reconnect_for_retry(s, attempt);
@@ -1096,7 +1094,7 @@ awaitable<void> chat_input(session& s, target chat, bool& done) {
     if (line.empty()) continue;
     std::optional<v2::SendResult> r;
     if (chat.group) {
-      auto sent = co_await s.messenger().send_group(chat.chat_id, line, random_id());
+      auto sent = co_await s.messenger().send_group(chat.chat_id, line, client::new_request_id());
       s.show_identity_changes();
       if (!sent) {
         std::cerr << "parley: not sent: " << explain(sent.error(), chat.label()).message << '\n';
@@ -1110,7 +1108,7 @@ awaitable<void> chat_input(session& s, target chat, bool& done) {
         std::cerr << "parley: not sent: " << explain(sealed.error(), chat.peer).message << '\n';
         continue;
       }
-      auto sent = co_await s.messenger().send(std::move(*sealed), random_id());
+      auto sent = co_await s.messenger().send(std::move(*sealed), client::new_request_id());
       s.show_identity_changes();
       if (!sent) {
         std::cerr << "parley: not sent: " << explain(sent.error(), chat.peer).message << '\n';
@@ -1279,7 +1277,7 @@ awaitable<void> cmd_send_file(session& s, const options& o) {
   auto media = co_await client::upload_file(s.api(), s.store(), file, work_dir, progress);
   bar.finish();
   if (!media) throw explain(media.error(), to.group ? to.label() : to.peer);
-  const std::string client_msg_id = random_id();
+  const std::string client_msg_id = client::new_request_id();
   std::optional<v2::SendResult> sent;
   std::vector<std::string> not_reached;
   if (to.group) {
@@ -1384,7 +1382,7 @@ awaitable<void> cmd_group(session& s, const options& o) {
     co_await s.connect_and_authenticate();
     // As for a send: a lost answer is retried with the same id, and the server answers with
     // the group the first attempt created instead of making a second one.
-    const std::string request_id = random_id();
+    const std::string request_id = client::new_request_id();
     auto info = co_await s.messenger().create_group(name, members, request_id);
     for (int attempt = 1; attempt < 3 && !info && transient(info.error()); ++attempt) {
       co_await reconnect_for_retry(s, attempt);
