@@ -157,6 +157,17 @@ const std::string& send_lookup_sql() {
   return sql;
 }
 
+// Keeps a request's first result for retries: an INSERT into dedupe of `values` (sender_device,
+// client_msg_id, chat_id, seq, message_id, sent_at_ms, as parameters). A record of the same id
+// is an expired one (the caller found no live one, under the device's lock), and is replaced.
+std::string dedupe_insert_sql(const std::string& values) {
+  return "INSERT INTO dedupe (sender_device, client_msg_id, chat_id, seq, message_id, "
+         "sent_at_ms) VALUES (" + values + ") "
+         "ON CONFLICT (sender_device, client_msg_id) DO UPDATE SET chat_id = EXCLUDED.chat_id, "
+         "seq = EXCLUDED.seq, message_id = EXCLUDED.message_id, "
+         "sent_at_ms = EXCLUDED.sent_at_ms";
+}
+
 // The next seq of chat $1 (a pair's chat its first message just created), head_returning's
 // columns from 0; $2 sender, $3 sender device.
 const std::string& take_seq_sql() {
@@ -1161,18 +1172,13 @@ void postgresql_store::send(send_request request, completion<send_outcome> done)
           appended.text(request.media);
         }
         appended.bytes(request.client_msg_id);
-        // The entry and its dedupe record. A record of the same id is an expired one (the
-        // lookup above found no live one, under the device's lock), and is replaced.
-        auto ins = db.defer(
+        // The entry and its dedupe record, in one statement.
+        static const std::string append_sql =
             "WITH m AS (INSERT INTO messages (chat_id, seq, message_id, sender_user, "
             "sender_device, sender_name, sent_at_ms, payload, cipher_type, media_id) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)) "
-            "INSERT INTO dedupe (sender_device, client_msg_id, chat_id, seq, message_id, "
-            "sent_at_ms) VALUES ($5, $11, $1, $2, $3, $7) "
-            "ON CONFLICT (sender_device, client_msg_id) DO UPDATE SET chat_id = EXCLUDED.chat_id, "
-            "seq = EXCLUDED.seq, message_id = EXCLUDED.message_id, "
-            "sent_at_ms = EXCLUDED.sent_at_ms",
-            appended);
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)) " +
+            dedupe_insert_sql("$5, $11, $1, $2, $3, $7");
+        auto ins = db.defer(append_sql, appended);
         if (!ins) return ins.error();
 
         out.recipients = taken.bigints(0, at + 4);
@@ -1425,14 +1431,10 @@ void postgresql_store::create_group(create_group_request request,
         auto message = d.append_event(db, chat, request.creator, request.creator_device,
                                       request.creator_name, std::move(event), now);
         if (!message) return message.error();
-        // Its dedupe record. One of the same id is an expired one (none was found live above,
-        // under the device's lock), and is replaced.
+        // Its dedupe record.
+        static const std::string dedupe_sql = dedupe_insert_sql("$1, $2, $3, $4, $5, $6");
         auto dedupe = db.exec(
-            "INSERT INTO dedupe (sender_device, client_msg_id, chat_id, seq, message_id, "
-            "sent_at_ms) VALUES ($1, $2, $3, $4, $5, $6) "
-            "ON CONFLICT (sender_device, client_msg_id) DO UPDATE SET chat_id = EXCLUDED.chat_id, "
-            "seq = EXCLUDED.seq, message_id = EXCLUDED.message_id, "
-            "sent_at_ms = EXCLUDED.sent_at_ms",
+            dedupe_sql,
             params()
                 .add(request.creator_device)
                 .bytes(request.client_request_id)
