@@ -283,6 +283,7 @@ key_fetch_per_device = 0
 send_per_device = 0
 typing_per_device = 0
 group_change_per_device = 0
+group_read_per_device = 0
 media_per_device = 0
 
 [media]

@@ -4,11 +4,15 @@
 
 #include <algorithm>
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <exception>
 #include <functional>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <stdexcept>
 
 #include "client/media_files.hpp"
@@ -869,6 +873,67 @@ awaitable<result<void>> messenger::give_sender_key(std::uint64_t chat_id, v2::Gr
   co_return mark_holder(chat_id, member.user(), {key.key_id, member.joined_seq(), true});
 }
 
+// One give_sender_keys: the members, the next one to start, and what came of them so far.
+// Shared by its workers, which all run on the messenger's (single-threaded) executor.
+struct messenger::key_round {
+  std::uint64_t chat_id = 0;
+  e2ee::sender_key_distribution key;
+  std::string client_msg_id;
+  std::vector<v2::GroupMember> members;
+  std::size_t next = 0;
+  std::vector<std::size_t> no_keys;  // indexes into members
+  std::optional<client_error> failed;
+  std::exception_ptr thrown;
+  std::size_t running = 0;  // workers not finished
+};
+
+awaitable<void> messenger::key_worker(std::shared_ptr<key_round> round) {
+  while (!round->failed && round->next < round->members.size()) {
+    const std::size_t i = round->next++;
+    auto given = co_await give_sender_key(round->chat_id, round->members[i], round->key,
+                                          round->client_msg_id);
+    if (given) continue;
+    if (is_server_error(given.error(), v2::ERROR_CODE_NO_KEYS)) {
+      round->no_keys.push_back(i);
+    } else if (!round->failed) {
+      round->failed = given.error();
+    }
+  }
+}
+
+awaitable<result<std::vector<std::string>>> messenger::give_sender_keys(
+    std::uint64_t chat_id, std::vector<v2::GroupMember> members,
+    e2ee::sender_key_distribution key, std::string client_msg_id) {
+  auto ex = co_await boost::asio::this_coro::executor;
+  auto round = std::make_shared<key_round>();
+  round->chat_id = chat_id;
+  round->key = std::move(key);
+  round->client_msg_id = std::move(client_msg_id);
+  round->members = std::move(members);
+  auto finished = std::make_shared<boost::asio::steady_timer>(
+      ex, boost::asio::steady_timer::time_point::max());
+  const auto workers = std::min(key_messages_in_flight, round->members.size());
+  round->running = workers;
+  for (std::size_t w = 0; w < workers; ++w) {
+    boost::asio::co_spawn(ex, key_worker(round), [round, finished](std::exception_ptr e) {
+      if (e && !round->thrown) round->thrown = e;
+      if (--round->running == 0) finished->cancel();
+    });
+  }
+  // A worker may finish before this waits (co_spawn can run it inline up to its first
+  // suspension): the count, not the cancel, says when all are done.
+  while (round->running > 0) {
+    co_await finished->async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
+  }
+  if (round->thrown) std::rethrow_exception(round->thrown);
+  if (round->failed) co_return *round->failed;
+  std::sort(round->no_keys.begin(), round->no_keys.end());
+  std::vector<std::string> out;
+  out.reserve(round->no_keys.size());
+  for (const auto i : round->no_keys) out.push_back(round->members[i].user());
+  co_return out;
+}
+
 [[gnu::noinline]] result<std::string> messenger::seal_group(std::uint64_t chat_id,
                                                             const std::string& content,
                                                             const std::string& client_msg_id) {
@@ -938,23 +1003,21 @@ awaitable<result<group_sent>> messenger::send_group_content(std::uint64_t chat_i
                                                             std::string media) {
   // The current members, as the server has them (NOT_FOUND: no longer one of them).
   auto info = co_await get_group(chat_id);
+  for (int waits = 0; !info && co_await waited_out(info.error(), waits);) {
+    info = co_await get_group(chat_id);
+  }
   if (!info) co_return info.error();
   auto plan = plan_group_send(*info);
   if (!plan) co_return plan.error();
   group_sent out;
-  for (auto& member : plan->missing) {
-    auto given = co_await give_sender_key(chat_id, member, plan->key, client_msg_id);
-    if (!given) {
-      // A member who never published keys cannot be given one (nor read anything); the others
-      // still get the message. Any other failure (connection, store) stops the send before
-      // the group message: a retry picks up where this one stopped.
-      if (is_server_error(given.error(), v2::ERROR_CODE_NO_KEYS)) {
-        out.not_reached.push_back(member.user());
-        continue;
-      }
-      co_return given.error();
-    }
-  }
+  // A member who never published keys cannot be given one (nor read anything); the others
+  // still get the message. Any other failure (connection, store) stops the send before the
+  // group message: a retry picks up where this one stopped (plan_group_send skips the members
+  // whose key message was answered).
+  auto not_reached = co_await give_sender_keys(chat_id, std::move(plan->missing), plan->key,
+                                               client_msg_id);
+  if (!not_reached) co_return not_reached.error();
+  out.not_reached = std::move(*not_reached);
   auto payload = seal_group(chat_id, content, client_msg_id);
   if (!payload) co_return payload.error();
   auto r = co_await api_.send_to_chat(chat_id, client_msg_id, *payload,

@@ -24,6 +24,9 @@
 //    hold the current key gets it (Content{sender_key}) in the 1:1 chat, over the pairwise
 //    session (set up from a fetched bundle as seal() does). So a member added later gets the
 //    key at its current step: it reads what is sent from then on, never what came before.
+//    Up to key_messages_in_flight members are given the key at once (their FetchKeys and
+//    SendMessage round trips overlap), so a first message to 1,023 members is not 2,046
+//    round trips one after another.
 //  - Rotation: a key that a member no longer in the group holds (removed, left, or removed
 //    and added again) is dropped: the next send_group makes a new one and gives it to the
 //    current members only. Decided when the REMOVE / LEAVE event is opened, when this device
@@ -43,6 +46,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -129,6 +133,10 @@ class messenger {
   static constexpr std::size_t prekeys_low_watermark = 20;
   static constexpr std::uint64_t signed_prekey_max_age_ms = 7ull * 24 * 3600 * 1000;
   static constexpr std::uint64_t signed_prekey_keep_ms = 30ull * 24 * 3600 * 1000;
+  // Members a group send gives its sender key to at once (each one a FetchKeys where there is
+  // no session yet, then a SendMessage): enough to fill the server's group commits, well under
+  // its 256 requests in flight per connection.
+  static constexpr std::size_t key_messages_in_flight = 32;
 
   // `me`: this account's username; `device_id`: this device's id (as Register gave it), under
   // which its own sender keys are kept.
@@ -242,6 +250,14 @@ class messenger {
                                                        parley::v2::GroupMember member,
                                                        e2ee::sender_key_distribution key,
                                                        std::string client_msg_id);
+  // give_sender_key to each of `members`, key_messages_in_flight at once. Those who never
+  // published keys (NO_KEYS) are returned, in the order of `members`; any other failure stops
+  // it (the members not started yet are not tried; those in flight finish) and is returned.
+  struct key_round;
+  boost::asio::awaitable<result<std::vector<std::string>>> give_sender_keys(
+      std::uint64_t chat_id, std::vector<parley::v2::GroupMember> members,
+      e2ee::sender_key_distribution key, std::string client_msg_id);
+  boost::asio::awaitable<void> key_worker(std::shared_ptr<key_round> round);
   // Sends a serialized Content to the group (send_group and send_group_media); `shown` is what
   // the history records, `media` the serialized Media of a file message.
   boost::asio::awaitable<result<group_sent>> send_group_content(std::uint64_t chat_id,

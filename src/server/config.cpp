@@ -58,7 +58,8 @@ const std::map<std::string, std::vector<std::string>, std::less<>>& known_keys()
         "key_fetch_per_device", "key_fetch_per_device_burst", "one_time_prekey_per_pair",
         "one_time_prekey_per_pair_burst", "send_per_device",
         "send_per_device_burst", "typing_per_device", "typing_per_device_burst",
-        "group_change_per_device", "group_change_per_device_burst", "media_per_device",
+        "group_change_per_device", "group_change_per_device_burst", "group_read_per_device",
+        "group_read_per_device_burst", "media_per_device",
         "media_per_device_burst"}},
       {"connections",
        {"max_connections", "max_unauthenticated", "reserved_fds", "memory_budget_bytes"}},
@@ -248,6 +249,7 @@ config load_config_file(const std::filesystem::path& file, config c) {
   rate("send_per_device", c.rates.send_per_device);
   rate("typing_per_device", c.rates.typing_per_device);
   rate("group_change_per_device", c.rates.group_change_per_device);
+  rate("group_read_per_device", c.rates.group_read_per_device);
   rate("media_per_device", c.rates.media_per_device);
 
   auto media = t["media"];

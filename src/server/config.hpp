@@ -36,6 +36,10 @@ struct rate_limits {
   rate_limit typing_per_device{120, 30};     // Typing
   // CreateGroup and UpdateGroup: each pushes an event to up to 1,024 members' devices.
   rate_limit group_change_per_device{60, 30};
+  // GetGroup, and GetStatus with detail: the reads whose answer holds up to 1,024 members'
+  // names. The reference client asks GetGroup before each group send, so this is also its
+  // group sends' pace (10/s sustained, 120 at once): far above a person's.
+  rate_limit group_read_per_device{600, 120};
   // RequestUpload and RequestDownload together: each signs a URL (and an upload records a
   // blob that counts against the quota until it is swept).
   rate_limit media_per_device{120, 60};

@@ -176,6 +176,8 @@ send_per_device = 1200
 send_per_device_burst = 100
 typing_per_device = 60
 typing_per_device_burst = 5
+group_read_per_device = 90
+group_read_per_device_burst = 7
 [connections]
 max_connections = 1000
 max_unauthenticated = 100
@@ -195,6 +197,8 @@ reserve_bytes = 8388608
   EXPECT_EQ(c.rates.one_time_prekey_per_pair.burst, 2);
   EXPECT_EQ(c.rates.send_per_device.per_minute, 1200);
   EXPECT_EQ(c.rates.typing_per_device.burst, 5);
+  EXPECT_EQ(c.rates.group_read_per_device.per_minute, 90);
+  EXPECT_EQ(c.rates.group_read_per_device.burst, 7);
   EXPECT_EQ(c.max_connections, 1000u);
   EXPECT_EQ(c.max_unauthenticated, 100u);
   EXPECT_EQ(c.reserved_fds, 256u);

@@ -448,6 +448,16 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
                        "group changes"))
         return std::nullopt;
       break;
+    case frame::kGetGroup:
+      if (!within_rate(state_.limiters.group_read_per_device, device_key(), id,
+                       "member lists"))
+        return std::nullopt;
+      break;
+    case frame::kGetStatus:
+      if (request.get_status().detail() &&
+          !within_rate(state_.limiters.group_read_per_device, device_key(), id, "member lists"))
+        return std::nullopt;
+      break;
     case frame::kRequestUpload:
     case frame::kRequestDownload:
       if (!within_rate(state_.limiters.media_per_device, device_key(), id, "media requests"))

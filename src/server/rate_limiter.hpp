@@ -71,6 +71,7 @@ struct request_limiters {
         send_per_device(r.send_per_device),
         typing_per_device(r.typing_per_device),
         group_change_per_device(r.group_change_per_device),
+        group_read_per_device(r.group_read_per_device),
         media_per_device(r.media_per_device) {}
 
   rate_limiter register_per_address;
@@ -81,6 +82,7 @@ struct request_limiters {
   rate_limiter send_per_device;
   rate_limiter typing_per_device;
   rate_limiter group_change_per_device;
+  rate_limiter group_read_per_device;
   rate_limiter media_per_device;
 };
 

@@ -613,8 +613,12 @@ TEST_F(e2ee_test, the_server_refuses_bad_keys_with_typed_errors) {
 // message: past the device's send burst, the server answers RATE_LIMITED, and the client
 // waits as told and sends again (the same client_msg_id), so the message gets through.
 TEST_F(e2ee_test, a_first_group_message_past_the_send_burst_waits_and_gets_through) {
-  // 2 at once, then 20 a second: 4 key messages and the group message need 3 waits.
-  server_process tight({}, "[rate_limits]\nsend_per_device = 1200\nsend_per_device_burst = 2\n");
+  // 2 at once, then 20 a second: 4 key messages and the group message need 3 waits. One
+  // member-list read at once, then one a second: the second group message's GetGroup, asked
+  // well within a second of the first's, is refused and waits.
+  server_process tight({},
+                       "[rate_limits]\nsend_per_device = 1200\nsend_per_device_burst = 2\n"
+                       "group_read_per_device = 60\ngroup_read_per_device_burst = 1\n");
   auto alice = user("alice", tight.url());
   std::vector<std::unique_ptr<secure_user>> others;
   std::vector<std::string> names;
@@ -631,8 +635,17 @@ TEST_F(e2ee_test, a_first_group_message_past_the_send_burst_waits_and_gets_throu
   auto over = alice->conn.run(alice->conn.api().send("bob", "over-1", "x"));
   ASSERT_FALSE(over);
   EXPECT_EQ(over.error().code, v2::ERROR_CODE_RATE_LIMITED);
+  // The first send took the one read; this one's GetGroup waits for the next.
+  auto second = alice->conn.run(alice->messenger->send_group(created->chat_id(),
+                                                             "past the reads", "second"));
+  ASSERT_TRUE(second) << client::describe(second.error());
+  auto read = alice->conn.run(alice->conn.api().get_group(created->chat_id()));
+  ASSERT_FALSE(read) << "the bucket is empty again: the limit was on";
+  EXPECT_EQ(read.error().code, v2::ERROR_CODE_RATE_LIMITED);
   for (auto& u : others) {
-    EXPECT_TRUE(has(u->collect(2), "past the burst")) << u->conn.username;
+    const auto got = u->collect(3);
+    EXPECT_TRUE(has(got, "past the burst")) << u->conn.username;
+    EXPECT_TRUE(has(got, "past the reads")) << u->conn.username;
   }
 }
 

@@ -262,6 +262,41 @@ TEST_F(groups, a_removed_member_gets_its_removal_and_nothing_after_it) {
   EXPECT_TRUE(test_client::envelopes_in(bob->drain()).empty()) << "nothing after the removal";
 }
 
+// The member-list reads (GetGroup, GetStatus with detail) share a per-device bucket: past it,
+// RATE_LIMITED with the wait; GetStatus without detail and the other members' buckets are
+// not touched.
+class groups_with_two_reads : public groups {
+ protected:
+  groups_with_two_reads()
+      : groups("group_read_per_device = 60\ngroup_read_per_device_burst = 2\n") {}
+};
+
+TEST_F(groups_with_two_reads, member_list_reads_are_rate_limited_per_device) {
+  auto alice = online_user("alice");
+  auto bob = online_user("bob");
+  auto g = alice->run(alice->api().create_group("team", {"bob"}));
+  ASSERT_TRUE(g) << client::describe(g.error());
+  const auto chat = g->chat_id();
+  const auto sent = say(*alice, chat, "m1");
+  ASSERT_TRUE(alice->run(alice->api().get_group(chat)));
+  ASSERT_TRUE(alice->run(alice->api().status_result(chat, sent.seq(), true)));
+  auto third = alice->run(alice->api().get_group(chat));
+  ASSERT_FALSE(third);
+  EXPECT_EQ(third.error().code, v2::ERROR_CODE_RATE_LIMITED);
+  EXPECT_GT(third.error().retry_after_ms, 0u);
+  EXPECT_LE(third.error().retry_after_ms, 1'000u);  // 60 a minute: one a second
+  EXPECT_EQ(code_of(alice->run(alice->api().status_result(chat, sent.seq(), true))),
+            v2::ERROR_CODE_RATE_LIMITED);
+  auto counts = alice->run(alice->api().status_result(chat, sent.seq(), false));
+  ASSERT_TRUE(counts) << "GetStatus without detail is not counted";
+  EXPECT_EQ(counts->recipients(), 1u);
+  EXPECT_TRUE(bob->run(bob->api().get_group(chat))) << "bob's bucket is his own";
+  // The refusals applied nothing: the group is as it was.
+  auto info = bob->run(bob->api().get_group(chat));
+  ASSERT_TRUE(info);
+  EXPECT_EQ(member_names(*info), (std::vector<std::string>{"alice*", "bob"}));
+}
+
 // The full size: 1,024 members online, one message reaches all 1,023 others, their acks merge
 // into one receipt for the sender, and the 1,025th member is refused with nothing applied.
 TEST_F(groups, a_group_of_1024_members_end_to_end) {
