@@ -1,12 +1,9 @@
-// The embedded Bus: a map of this process's connected devices. Lookups take a mutex for the
-// map only; pushes happen after it is released (no lock held across a send).
+// The embedded Bus: every device is connected to this process, so delivering is finding its
+// endpoint in the registry and pushing to it (after the registry's lock is released).
 #pragma once
 
-#include <mutex>
-#include <unordered_map>
-#include <unordered_set>
-
 #include "bus/bus.hpp"
+#include "bus/device_registry.hpp"
 
 namespace parley::bus {
 
@@ -20,15 +17,7 @@ class local_bus final : public bus {
   std::size_t connected_devices() const override;
 
  private:
-  struct entry {
-    std::string username;
-    std::weak_ptr<endpoint> ep;
-  };
-  mutable std::mutex mutex_;
-  std::unordered_map<device_id, entry> devices_;
-  std::unordered_map<std::string, std::unordered_set<device_id>> by_user_;
-
-  std::shared_ptr<endpoint> find(device_id device) const;
+  device_registry devices_;
 };
 
 }  // namespace parley::bus

@@ -174,18 +174,8 @@ void redis_bus::stop() {
 
 void redis_bus::attach(device_id device, const std::string& username,
                        std::shared_ptr<endpoint> ep) {
-  std::shared_ptr<endpoint> previous;
   const std::uint64_t now = now_ms();
-  {
-    std::lock_guard lock(mutex_);
-    auto& e = devices_[device];
-    previous = e.ep.lock();
-    e.username = username;
-    e.ep = ep;
-    e.attached_ms = now;
-    by_user_[username].insert(device);
-  }
-  if (previous && previous != ep) previous->replaced();
+  if (auto previous = devices_.attach(device, username, std::move(ep), now)) previous->replaced();
   const std::string key = device_key(device);
   const std::string me = std::to_string(options_.node_id);
   client_->command(key,
@@ -203,56 +193,13 @@ void redis_bus::attach(device_id device, const std::string& username,
 }
 
 void redis_bus::detach(device_id device, const endpoint* ep) {
-  {
-    std::lock_guard lock(mutex_);
-    auto it = devices_.find(device);
-    if (it == devices_.end()) return;
-    auto current = it->second.ep.lock();
-    if (current && current.get() != ep) return;  // a newer connection owns the device now
-    auto user = by_user_.find(it->second.username);
-    if (user != by_user_.end()) {
-      user->second.erase(device);
-      if (user->second.empty()) by_user_.erase(user);
-    }
-    devices_.erase(it);
-  }
+  // A newer connection of the device here keeps it, and its routing key with it.
+  if (!devices_.detach(device, ep)) return;
   const std::string key = device_key(device);
   client_->command(key, {"EVAL", detach_script, "1", key, std::to_string(options_.node_id)});
 }
 
-std::shared_ptr<endpoint> redis_bus::find(device_id device) const {
-  std::lock_guard lock(mutex_);
-  auto it = devices_.find(device);
-  return it == devices_.end() ? nullptr : it->second.ep.lock();
-}
-
-std::vector<std::shared_ptr<endpoint>> redis_bus::endpoints_of(const std::string& username) const {
-  std::vector<std::shared_ptr<endpoint>> out;
-  std::lock_guard lock(mutex_);
-  auto user = by_user_.find(username);
-  if (user == by_user_.end()) return out;
-  for (device_id d : user->second) {
-    auto it = devices_.find(d);
-    if (it == devices_.end()) continue;
-    if (auto ep = it->second.ep.lock()) out.push_back(std::move(ep));
-  }
-  return out;
-}
-
-std::vector<std::shared_ptr<endpoint>> redis_bus::all_endpoints() const {
-  std::vector<std::shared_ptr<endpoint>> out;
-  std::lock_guard lock(mutex_);
-  out.reserve(devices_.size());
-  for (const auto& [_, e] : devices_) {
-    if (auto ep = e.ep.lock()) out.push_back(std::move(ep));
-  }
-  return out;
-}
-
-std::size_t redis_bus::connected_devices() const {
-  std::lock_guard lock(mutex_);
-  return devices_.size();
-}
+std::size_t redis_bus::connected_devices() const { return devices_.size(); }
 
 void redis_bus::lookup(
     std::vector<device_id> devices,
@@ -282,21 +229,8 @@ void redis_bus::publish_to(std::uint64_t node, const pb::NodeMessage& m) {
 }
 
 void redis_bus::deliver_message(const std::vector<device_id>& devices, shared_envelope e) {
-  std::vector<std::shared_ptr<endpoint>> local;
   std::vector<device_id> remote;
-  {
-    std::lock_guard lock(mutex_);
-    for (device_id d : devices) {
-      auto it = devices_.find(d);
-      auto ep = it == devices_.end() ? nullptr : it->second.ep.lock();
-      if (ep) {
-        local.push_back(std::move(ep));
-      } else {
-        remote.push_back(d);
-      }
-    }
-  }
-  for (auto& ep : local) ep->push_message(e);
+  for (auto& ep : devices_.find_each(devices, &remote)) ep->push_message(e);
   if (remote.empty() || !client_->connected()) return;
   lookup(std::move(remote), [this, e = std::move(e)](auto found) {
     std::unordered_map<std::uint64_t, pb::NodeMessage> by_node;
@@ -321,7 +255,7 @@ void redis_bus::deliver_receipts(const std::vector<store::receipt_delivery>& rec
   auto by_device = receipts_by_device(receipts);
   auto remote = std::make_shared<std::vector<std::pair<device_id, std::vector<store::watermark>>>>();
   for (auto& [device, marks] : by_device) {
-    if (auto ep = find(device)) {
+    if (auto ep = devices_.find(device)) {
       ep->push_receipts(std::move(marks));
     } else {
       remote->emplace_back(device, std::move(marks));
@@ -348,7 +282,7 @@ void redis_bus::deliver_receipts(const std::vector<store::receipt_delivery>& rec
 }
 
 void redis_bus::deliver_ephemeral(const std::string& username, wire::encoded_frame frame) {
-  for (auto& ep : endpoints_of(username)) ep->push_ephemeral(frame);
+  for (auto& ep : devices_.of_user(username)) ep->push_ephemeral(frame);
   if (!client_->connected()) return;
   // The user may have devices on other nodes too: every node gets it and keeps its share.
   pb::NodeMessage m;
@@ -377,11 +311,11 @@ void redis_bus::on_message(std::string_view payload) {
   if (m.has_entry() && m.devices_size() > 0) {
     auto e = std::make_shared<const envelope>(from_record(m.entry()));
     for (auto device : m.devices()) {
-      if (auto ep = find(device)) ep->push_message(e);
+      if (auto ep = devices_.find(device)) ep->push_message(e);
     }
   }
   for (const auto& r : m.receipts()) {
-    auto ep = find(r.device());
+    auto ep = devices_.find(r.device());
     if (!ep) continue;
     std::vector<store::watermark> marks;
     marks.reserve(static_cast<std::size_t>(r.marks_size()));
@@ -389,19 +323,13 @@ void redis_bus::on_message(std::string_view payload) {
     ep->push_receipts(std::move(marks));
   }
   if (m.replaced_device() != 0) {
-    std::shared_ptr<endpoint> old;
-    {
-      std::lock_guard lock(mutex_);
-      auto it = devices_.find(m.replaced_device());
-      // A connection made here after the other node's is the newer one: it stays.
-      if (it != devices_.end() && it->second.attached_ms <= m.replaced_at_ms())
-        old = it->second.ep.lock();
-    }
-    if (old) old->replaced();
+    // A connection made here after the other node's is the newer one: it stays.
+    if (auto old = devices_.find_attached_by(m.replaced_device(), m.replaced_at_ms()))
+      old->replaced();
   }
   if (!m.ephemeral_user().empty()) {
     auto frame = std::make_shared<const std::string>(m.ephemeral_frame());
-    for (auto& ep : endpoints_of(m.ephemeral_user())) ep->push_ephemeral(frame);
+    for (auto& ep : devices_.of_user(m.ephemeral_user())) ep->push_ephemeral(frame);
   }
   if ((m.presence_size() > 0 || m.full_presence()) && on_presence_) {
     on_presence_(m.from_node(), m.full_presence(), {m.presence().begin(), m.presence().end()});
@@ -409,12 +337,7 @@ void redis_bus::on_message(std::string_view payload) {
 }
 
 void redis_bus::refresh() {
-  std::vector<device_id> ids;
-  {
-    std::lock_guard lock(mutex_);
-    ids.reserve(devices_.size());
-    for (const auto& [d, _] : devices_) ids.push_back(d);
-  }
+  const auto ids = devices_.ids();
   const std::string me = std::to_string(options_.node_id);
   const std::string ttl = std::to_string(options_.ttl.count());
   for (auto d : ids) {
@@ -432,7 +355,7 @@ void redis_bus::refresh() {
 }
 
 void redis_bus::resync_all(const char* why) {
-  auto endpoints = all_endpoints();
+  auto endpoints = devices_.all();
   if (endpoints.empty()) return;
   log_warn() << "bus: " << why << ": " << endpoints.size()
              << " connected devices read the log again (pushes may have been lost)";

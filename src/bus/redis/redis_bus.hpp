@@ -28,14 +28,12 @@
 #include <chrono>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
-#include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "bus/bus.hpp"
+#include "bus/device_registry.hpp"
 #include "redis/redis_client.hpp"
 
 namespace parley::bus::v1 {
@@ -84,17 +82,8 @@ class redis_bus final : public bus {
   std::uint64_t node_id() const { return options_.node_id; }
 
  private:
-  struct entry {
-    std::string username;
-    std::weak_ptr<endpoint> ep;
-    std::uint64_t attached_ms = 0;
-  };
   struct state;
 
-  std::shared_ptr<endpoint> find(device_id device) const;
-  std::vector<std::shared_ptr<endpoint>> all_endpoints() const;
-  // The endpoints of `username`'s devices connected here.
-  std::vector<std::shared_ptr<endpoint>> endpoints_of(const std::string& username) const;
   void on_message(std::string_view payload);
   void publish_to(std::uint64_t node, const v1::NodeMessage& m);
   void refresh();
@@ -109,9 +98,7 @@ class redis_bus final : public bus {
   std::shared_ptr<redis::client> client_;
   redis_bus_options options_;
   std::shared_ptr<state> state_;
-  mutable std::mutex mutex_;
-  std::unordered_map<device_id, entry> devices_;
-  std::unordered_map<std::string, std::unordered_set<device_id>> by_user_;
+  device_registry devices_;  // the devices connected to this node, with their attach times
   presence_handler on_presence_;
   std::function<std::vector<v1::PresenceState>()> presence_snapshot_;
   std::function<void(std::chrono::steady_clock::time_point)> on_refresh_;

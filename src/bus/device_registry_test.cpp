@@ -1,0 +1,96 @@
+#include "bus/device_registry.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "bus/local/local_bus.hpp"
+
+namespace parley::bus {
+namespace {
+
+// A test fake: counts what it is told.
+class counting_endpoint final : public endpoint {
+ public:
+  void push_message(shared_envelope) override { ++messages; }
+  void push_receipts(std::vector<store::watermark> marks) override { receipts += marks.size(); }
+  void push_ephemeral(wire::encoded_frame) override { ++ephemeral; }
+  void replaced() override { ++replacements; }
+  void resync() override {}
+  int messages = 0;
+  std::size_t receipts = 0;
+  int ephemeral = 0;
+  int replacements = 0;
+};
+
+TEST(device_registry, a_newer_connection_takes_the_device_and_keeps_it_on_the_older_detach) {
+  device_registry r;
+  auto first = std::make_shared<counting_endpoint>();
+  auto second = std::make_shared<counting_endpoint>();
+  EXPECT_EQ(r.attach(7, "alice", first, 100), nullptr);
+  EXPECT_EQ(r.attach(7, "alice", first, 100), nullptr) << "attaching the same one again";
+  EXPECT_EQ(r.attach(7, "alice", second, 200), first) << "the one it takes the place of";
+  EXPECT_FALSE(r.detach(7, first.get())) << "the older connection's close changes nothing";
+  EXPECT_EQ(r.find(7), second);
+  EXPECT_EQ(r.find_attached_by(7, 199), nullptr) << "attached after that time";
+  EXPECT_EQ(r.find_attached_by(7, 200), second);
+  EXPECT_TRUE(r.detach(7, second.get()));
+  EXPECT_EQ(r.find(7), nullptr);
+  EXPECT_TRUE(r.of_user("alice").empty());
+  EXPECT_EQ(r.size(), 0u);
+}
+
+TEST(device_registry, lookups_by_device_by_user_and_all) {
+  device_registry r;
+  auto a1 = std::make_shared<counting_endpoint>();
+  auto a2 = std::make_shared<counting_endpoint>();
+  auto b = std::make_shared<counting_endpoint>();
+  r.attach(1, "alice", a1);
+  r.attach(2, "alice", a2);
+  r.attach(3, "bob", b);
+  std::vector<device_id> absent;
+  auto found = r.find_each({3, 9, 1, 8}, &absent);
+  ASSERT_EQ(found.size(), 2u);
+  EXPECT_EQ(found[0], b);
+  EXPECT_EQ(found[1], a1);
+  EXPECT_EQ(absent, (std::vector<device_id>{9, 8}));
+  EXPECT_EQ(r.of_user("alice").size(), 2u);
+  EXPECT_EQ(r.of_user("bob").size(), 1u);
+  EXPECT_TRUE(r.of_user("carol").empty());
+  EXPECT_EQ(r.all().size(), 3u);
+  auto ids = r.ids();
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(ids, (std::vector<device_id>{1, 2, 3}));
+  // An endpoint that is gone (its connection freed) is not returned.
+  a2.reset();
+  EXPECT_EQ(r.of_user("alice").size(), 1u);
+  EXPECT_EQ(r.find(2), nullptr);
+}
+
+TEST(local_bus, pushes_reach_connected_devices_and_a_replaced_one_is_told) {
+  local_bus bus;
+  auto old_alice = std::make_shared<counting_endpoint>();
+  auto alice = std::make_shared<counting_endpoint>();
+  auto bob = std::make_shared<counting_endpoint>();
+  bus.attach(1, "alice", old_alice);
+  bus.attach(1, "alice", alice);
+  bus.attach(2, "bob", bob);
+  EXPECT_EQ(old_alice->replacements, 1);
+  EXPECT_EQ(bus.connected_devices(), 2u);
+  bus.deliver_message({1, 2, 3}, nullptr);
+  bus.deliver_ephemeral("bob", std::make_shared<const std::string>("typing"));
+  bus.deliver_receipts({{2, store::watermark{}}, {2, store::watermark{}}, {5, store::watermark{}}});
+  EXPECT_EQ(alice->messages, 1);
+  EXPECT_EQ(bob->messages, 1);
+  EXPECT_EQ(old_alice->messages, 0);
+  EXPECT_EQ(bob->ephemeral, 1);
+  EXPECT_EQ(alice->ephemeral, 0);
+  EXPECT_EQ(bob->receipts, 2u);
+  bus.detach(1, old_alice.get());
+  EXPECT_EQ(bus.connected_devices(), 2u) << "the replaced connection's close keeps the device";
+  bus.detach(1, alice.get());
+  EXPECT_EQ(bus.connected_devices(), 1u);
+}
+
+}  // namespace
+}  // namespace parley::bus
