@@ -71,7 +71,8 @@ constexpr const char* usage_text =
     "(env PARLEY_PROFILE)\n"
     "--server wss://HOST:PORT connects over TLS: the server's certificate must be valid for HOST\n"
     "and signed by a CA the system trusts or, with --ca FILE (env PARLEY_CA), by one of the PEM\n"
-    "certificates in FILE only\n";
+    "certificates in FILE only; https:// media URLs (a proxy before the blob server, an S3\n"
+    "store) are checked the same way\n";
 
 // An error a person can act on; exit code 1 (2 for usage errors).
 struct failure {

@@ -26,6 +26,7 @@
 #include <string_view>
 #include <utility>
 
+#include "common/tls_client.hpp"
 #include "common/posix_file.hpp"
 
 namespace boost::system {
@@ -84,27 +85,25 @@ std::optional<std::uint64_t> parse_decimal(std::string_view s) {
 // --- URLs ------------------------------------------------------------------------------------
 
 struct http_url {
+  bool tls = false;         // https://
   std::string host;         // without the brackets of an IPv6 address
-  std::string port;         // "80" when the URL gives none
+  std::string port;         // "80" (http://) or "443" (https://) when the URL gives none
   std::string host_header;  // HOST[:PORT] as the URL writes it
   std::string target;       // /PATH?QUERY as the URL writes it
 };
 
 transfer_result<http_url> parse_http_url(const std::string& url) {
-  constexpr std::string_view scheme = "http://";
+  http_url out;
+  std::string_view scheme = "http://";
   if (url.starts_with("https://")) {
-    return failure(errc::bad_url,
-                   "https:// is not supported yet (TLS to the blob store comes "
-                   "later); got '" +
-                       url + "'");
-  }
-  if (!url.starts_with(scheme)) {
-    return failure(errc::bad_url, "the URL must start with http://, got '" + url + "'");
+    scheme = "https://";
+    out.tls = true;
+  } else if (!url.starts_with(scheme)) {
+    return failure(errc::bad_url, "the URL must start with http:// or https://, got '" + url + "'");
   }
   const std::string_view rest = std::string_view(url).substr(scheme.size());
   const auto path_at = rest.find_first_of("/?#");
   const std::string_view authority = rest.substr(0, path_at);
-  http_url out;
   out.host_header = std::string(authority);
   std::string_view after_host;
   if (authority.starts_with('[')) {
@@ -119,7 +118,7 @@ transfer_result<http_url> parse_http_url(const std::string& url) {
   }
   if (out.host.empty()) return failure(errc::bad_url, "no host in '" + url + "'");
   if (after_host.empty()) {
-    out.port = "80";
+    out.port = out.tls ? "443" : "80";
   } else {
     const auto port = after_host.starts_with(':') ? parse_decimal(after_host.substr(1))
                                                   : std::optional<std::uint64_t>{};
@@ -170,34 +169,82 @@ transfer_error stream_failure(const beast::error_code& ec, std::string_view duri
   return failure(errc::connection, std::string(during) + ": " + ec.message());
 }
 
-// Resolves and connects within connect_timeout.
-awaitable<transfer_result<void>> connect(beast::tcp_stream& stream, const http_url& u) {
-  const auto executor = co_await asio::this_coro::executor;
-  tcp::resolver resolver(executor);
-  // The resolver has no deadline of its own: a timer cancels it. (Its handler cannot outlive
-  // the resolver: the connect below suspends this coroutine first.)
-  asio::steady_timer deadline(executor, connect_timeout);
-  deadline.async_wait([&resolver](const boost::system::error_code& ec) {
-    if (!ec) resolver.cancel();
-  });
-  auto [rec, endpoints] = co_await resolver.async_resolve(u.host, u.port, as_tuple_awaitable);
-  deadline.cancel();
-  if (rec) {
-    co_return failure(errc::connect,
-                      "cannot resolve " + u.host + ": " +
-                          (rec == asio::error::operation_aborted ? "timed out" : rec.message()));
+// A connection to the blob store: TCP for http://, TLS over it for https:// (the certificate
+// checked as for wss://: common/tls_client, against `ca_file` or the system's store). Beast's
+// calls go through with(), written once for both.
+class blob_connection {
+ public:
+  blob_connection(asio::any_io_executor executor, std::string ca_file)
+      : executor_(std::move(executor)), ca_file_(std::move(ca_file)) {}
+
+  template <class F>
+  decltype(auto) with(F&& f) {
+    if (tls_) return f(*tls_);
+    return f(*plain_);
   }
-  stream.expires_after(connect_timeout);
-  auto [cec, endpoint] = co_await stream.async_connect(endpoints, as_tuple_awaitable);
-  if (cec) {
-    co_return failure(errc::connect,
-                      "cannot connect to " + u.host_header + ": " +
-                          (cec == beast::error::timeout ? "timed out" : cec.message()));
+  void expires_after(std::chrono::steady_clock::duration d) { tcp().expires_after(d); }
+  beast::tcp_stream& tcp() { return tls_ ? beast::get_lowest_layer(*tls_) : *plain_; }
+
+  // A new connection to `u` (an earlier one is dropped): resolved and connected within
+  // connect_timeout, and for https:// the TLS handshake within connect_timeout more.
+  awaitable<transfer_result<void>> open(const http_url& u) {
+    plain_.reset();
+    tls_.reset();
+    if (u.tls) {
+      if (!context_) {
+        if (auto ec = tls_client::make_context(context_, ca_file_)) {
+          context_.reset();
+          co_return failure(errc::connect, ec.message());
+        }
+      }
+      tls_.emplace(executor_, *context_);
+      if (auto ec = tls_client::expect_host(*tls_, u.host)) co_return failure(errc::connect, ec.message());
+    } else {
+      plain_.emplace(executor_);
+    }
+    tcp::resolver resolver(executor_);
+    // The resolver has no deadline of its own: a timer cancels it. (Its handler cannot outlive
+    // the resolver: the connect below suspends this coroutine first.)
+    asio::steady_timer deadline(executor_, connect_timeout);
+    deadline.async_wait([&resolver](const boost::system::error_code& ec) {
+      if (!ec) resolver.cancel();
+    });
+    auto [rec, endpoints] = co_await resolver.async_resolve(u.host, u.port, as_tuple_awaitable);
+    deadline.cancel();
+    if (rec) {
+      co_return failure(errc::connect,
+                        "cannot resolve " + u.host + ": " +
+                            (rec == asio::error::operation_aborted ? "timed out" : rec.message()));
+    }
+    tcp().expires_after(connect_timeout);
+    auto [cec, endpoint] = co_await tcp().async_connect(endpoints, as_tuple_awaitable);
+    if (cec) {
+      co_return failure(errc::connect,
+                        "cannot connect to " + u.host_header + ": " +
+                            (cec == beast::error::timeout ? "timed out" : cec.message()));
+    }
+    boost::system::error_code ignored;
+    tcp().socket().set_option(tcp::no_delay(true), ignored);
+    if (tls_) {
+      tcp().expires_after(connect_timeout);
+      auto [hec] = co_await tls_->async_handshake(asio::ssl::stream_base::client,
+                                                  as_tuple_awaitable);
+      if (auto ec = tls_client::checked_handshake(tls_->native_handle(), hec)) {
+        co_return failure(errc::connect, u.host_header + ": " +
+                                             (hec == beast::error::timeout ? "TLS handshake timed out"
+                                                                          : ec.message()));
+      }
+    }
+    co_return transfer_result<void>();
   }
-  boost::system::error_code ignored;
-  stream.socket().set_option(tcp::no_delay(true), ignored);
-  co_return transfer_result<void>();
-}
+
+ private:
+  asio::any_io_executor executor_;
+  std::string ca_file_;
+  std::optional<asio::ssl::context> context_;  // https:// only, made by the first open()
+  std::optional<beast::tcp_stream> plain_;
+  std::optional<tls_client::stream> tls_;
+};
 
 // A response with (the first 64 KiB of) its text.
 struct answer {
@@ -223,13 +270,14 @@ transfer_error status_failure(const answer& a) {
 }
 
 // Reads one whole response; `head`: the response to a HEAD (no body whatever it says).
-awaitable<transfer_result<answer>> read_answer(beast::tcp_stream& stream,
+awaitable<transfer_result<answer>> read_answer(blob_connection& stream,
                                                beast::flat_buffer& buffer, bool head) {
   http::response_parser<http::string_body> parser;
   parser.body_limit(max_text_bytes);
   if (head) parser.skip(true);
   stream.expires_after(io_timeout);
-  auto [ec, n] = co_await http::async_read(stream, buffer, parser, as_tuple_awaitable);
+  auto [ec, n] = co_await stream.with(
+      [&](auto& s) { return http::async_read(s, buffer, parser, as_tuple_awaitable); });
   if (ec) co_return stream_failure(ec, "reading the answer");
   const auto& res = parser.get();
   answer a;
@@ -265,7 +313,7 @@ transfer_result<void> upload_outcome(const answer& a, std::uint64_t size, progre
 }
 
 awaitable<transfer_result<void>> run_upload(std::string url, std::filesystem::path file,
-                                            progress_fn progress) {
+                                            progress_fn progress, std::string ca_file) {
   const auto u = parse_http_url(url);
   if (!u) co_return u.error();
   fd_guard fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
@@ -278,20 +326,20 @@ awaitable<transfer_result<void>> run_upload(std::string url, std::filesystem::pa
   const auto size = static_cast<std::uint64_t>(st.st_size);
   progress_meter meter(std::move(progress));
 
-  const auto executor = co_await asio::this_coro::executor;
-  std::optional<beast::tcp_stream> stream(std::in_place, executor);
+  blob_connection stream(co_await asio::this_coro::executor, std::move(ca_file));
   beast::flat_buffer buffer;
-  auto connected = co_await connect(*stream, *u);
+  auto connected = co_await stream.open(*u);
   if (!connected) co_return connected.error();
 
   // How much of it does the store hold already?
   http::request<http::empty_body> head{http::verb::head, u->target, 11};
   head.set(http::field::host, u->host_header);
   head.set(http::field::user_agent, "parley");
-  stream->expires_after(io_timeout);
-  auto [hec, hn] = co_await http::async_write(*stream, head, as_tuple_awaitable);
+  stream.expires_after(io_timeout);
+  auto [hec, hn] = co_await stream.with(
+      [&](auto& s) { return http::async_write(s, head, as_tuple_awaitable); });
   if (hec) co_return stream_failure(hec, "asking for the upload offset");
-  auto probe = co_await read_answer(*stream, buffer, true);
+  auto probe = co_await read_answer(stream, buffer, true);
   if (!probe) co_return probe.error();
   std::uint64_t offset = 0;
   if (probe->status == 200 && probe->offset) {
@@ -307,9 +355,8 @@ awaitable<transfer_result<void>> run_upload(std::string url, std::filesystem::pa
     offset = *probe->offset;
   }
   if (!probe->keep_alive) {
-    stream.emplace(executor);
     buffer.clear();
-    auto again = co_await connect(*stream, *u);
+    auto again = co_await stream.open(*u);
     if (!again) co_return again.error();
   }
 
@@ -327,10 +374,11 @@ awaitable<transfer_result<void>> run_upload(std::string url, std::filesystem::pa
   put.body().data = nullptr;
   put.body().more = true;
   http::request_serializer<http::buffer_body> sr{put};
-  stream->expires_after(io_timeout);
-  auto [pec, pn] = co_await http::async_write_header(*stream, sr, as_tuple_awaitable);
+  stream.expires_after(io_timeout);
+  auto [pec, pn] = co_await stream.with(
+      [&](auto& s) { return http::async_write_header(s, sr, as_tuple_awaitable); });
   if (pec) co_return stream_failure(pec, "sending the upload");
-  auto interim = co_await read_answer(*stream, buffer, false);
+  auto interim = co_await read_answer(stream, buffer, false);
   if (!interim) co_return interim.error();
   if (interim->status != 100) co_return upload_outcome(*interim, size, meter);
 
@@ -354,22 +402,23 @@ awaitable<transfer_result<void>> run_upload(std::string url, std::filesystem::pa
       handed += want;
       need_piece = false;
     }
-    stream->expires_after(io_timeout);
-    auto [ec, n] = co_await http::async_write_some(*stream, sr, as_tuple_awaitable);
+    stream.expires_after(io_timeout);
+    auto [ec, n] = co_await stream.with(
+        [&](auto& s) { return http::async_write_some(s, sr, as_tuple_awaitable); });
     if (ec == http::error::need_buffer) {
       need_piece = true;
       continue;
     }
     if (ec) {
       // The store may have answered (and closed) before taking all of it: prefer its words.
-      auto early = co_await read_answer(*stream, buffer, false);
+      auto early = co_await read_answer(stream, buffer, false);
       if (early && early->status >= 300) co_return status_failure(*early);
       co_return stream_failure(ec, "sending the upload");
     }
     sent = std::min(sent + n, size);
     meter.update(sent, size);
   }
-  auto last = co_await read_answer(*stream, buffer, false);
+  auto last = co_await read_answer(stream, buffer, false);
   if (!last) co_return last.error();
   co_return upload_outcome(*last, size, meter);
 }
@@ -383,7 +432,8 @@ bool range_is(std::string_view v, std::uint64_t first, std::uint64_t last, std::
 }
 
 awaitable<transfer_result<void>> run_download(std::string url, std::filesystem::path file,
-                                              std::uint64_t expected, progress_fn progress) {
+                                              std::uint64_t expected, progress_fn progress,
+                                              std::string ca_file) {
   const auto u = parse_http_url(url);
   if (!u) co_return u.error();
   progress_meter meter(std::move(progress));
@@ -405,13 +455,12 @@ awaitable<transfer_result<void>> run_download(std::string url, std::filesystem::
   }
   if (have > expected) have = 0;  // not a prefix of this blob: start over
 
-  const auto executor = co_await asio::this_coro::executor;
-  beast::tcp_stream stream(executor);
+  blob_connection stream(co_await asio::this_coro::executor, std::move(ca_file));
   // Reserved whole: Beast reads max(512, capacity - size) bytes per call (see the blob
   // server's serve()), 512 from a buffer that only grew as far as the header.
   beast::flat_buffer buffer;
   buffer.reserve(read_buffer_bytes);
-  auto connected = co_await connect(stream, *u);
+  auto connected = co_await stream.open(*u);
   if (!connected) co_return connected.error();
 
   http::request<http::empty_body> get{http::verb::get, u->target, 11};
@@ -419,13 +468,15 @@ awaitable<transfer_result<void>> run_download(std::string url, std::filesystem::
   get.set(http::field::user_agent, "parley");
   if (have > 0) get.set(http::field::range, "bytes=" + std::to_string(have) + "-");
   stream.expires_after(io_timeout);
-  auto [wec, wn] = co_await http::async_write(stream, get, as_tuple_awaitable);
+  auto [wec, wn] = co_await stream.with(
+      [&](auto& s) { return http::async_write(s, get, as_tuple_awaitable); });
   if (wec) co_return stream_failure(wec, "sending the request");
 
   http::response_parser<http::empty_body> header;
   header.body_limit(boost::none);  // counted against `expected` below
   stream.expires_after(io_timeout);
-  auto [hec, hn] = co_await http::async_read_header(stream, buffer, header, as_tuple_awaitable);
+  auto [hec, hn] = co_await stream.with(
+      [&](auto& s) { return http::async_read_header(s, buffer, header, as_tuple_awaitable); });
   if (hec) co_return stream_failure(hec, "reading the answer");
   const unsigned status = header.get().result_int();
   if (status == 206 && have > 0) {
@@ -449,7 +500,9 @@ awaitable<transfer_result<void>> run_download(std::string url, std::filesystem::
     http::response_parser<http::string_body> text(std::move(header));
     text.body_limit(max_text_bytes);
     stream.expires_after(io_timeout);
-    co_await http::async_read(stream, buffer, text, as_tuple_awaitable);  // best effort
+    co_await stream.with([&](auto& s) {  // best effort
+      return http::async_read(s, buffer, text, as_tuple_awaitable);
+    });
     answer a;
     a.status = status;
     a.text = trimmed(text.get().body());
@@ -472,7 +525,8 @@ awaitable<transfer_result<void>> run_download(std::string url, std::filesystem::
   meter.update(done, expected);
   while (!body.is_done()) {
     stream.expires_after(io_timeout);
-    auto [ec, n] = co_await http::async_read_some(stream, buffer, body, as_tuple_awaitable);
+    auto [ec, n] = co_await stream.with(
+        [&](auto& s) { return http::async_read_some(s, buffer, body, as_tuple_awaitable); });
     if (ec == http::error::need_buffer) ec = {};
     const std::size_t got = piece_bytes - slot.size;
     if (got > expected - done) {
@@ -540,13 +594,14 @@ std::string describe(const transfer_error& e) {
 }
 
 transfer_result<void> upload(const std::string& url, const std::filesystem::path& ciphertext_file,
-                             const progress_fn& progress) {
-  return run_here(run_upload(url, ciphertext_file, progress));
+                             const progress_fn& progress, const std::string& ca_file) {
+  return run_here(run_upload(url, ciphertext_file, progress, ca_file));
 }
 
 transfer_result<void> download(const std::string& url, const std::filesystem::path& partial_file,
-                               std::uint64_t expected_size, const progress_fn& progress) {
-  return run_here(run_download(url, partial_file, expected_size, progress));
+                               std::uint64_t expected_size, const progress_fn& progress,
+                               const std::string& ca_file) {
+  return run_here(run_download(url, partial_file, expected_size, progress, ca_file));
 }
 
 }  // namespace parley::client

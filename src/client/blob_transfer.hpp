@@ -3,9 +3,10 @@
 // uploads (HEAD for the offset stored, then PUT with Content-Range) and resumable downloads
 // (GET with Range). Files are streamed in pieces of 256 KiB, never held whole in memory.
 //
-// Only http:// URLs for now: an https:// URL fails with bad_url ("not supported yet"), so an
-// S3-compatible store must be reached over http:// (TLS comes later). Against S3 the HEAD
-// gets no Parley-Upload-Offset, and an upload starts over from byte 0.
+// http:// and https:// URLs. Over https:// the store's certificate is checked as parley checks
+// a wss:// server's (common/tls_client: TLS 1.2 or later, the host name, against the PEM
+// certificates of `ca_file` only or, when it is empty, the system's trusted certificates).
+// Against S3 the HEAD gets no Parley-Upload-Offset, and an upload starts over from byte 0.
 //
 // Synchronous: each call runs a private io_context on the calling thread and returns when the
 // transfer is over. Timeouts: 10 s to resolve and connect, 30 s for every read and write to
@@ -24,8 +25,9 @@ namespace parley::client {
 
 struct transfer_error {
   enum class errc {
-    bad_url = 1,   // not http://HOST[:PORT]/PATH, or https:// (not supported yet)
-    connect,       // the host could not be resolved or connected to within 10 s
+    bad_url = 1,   // not http(s)://HOST[:PORT]/PATH
+    connect,       // the host could not be resolved or connected to within 10 s, or (https)
+                   // the TLS handshake failed: the certificate did not verify, for instance
     timeout,       // a read or a write made no progress for 30 s
     connection,    // the connection broke or closed in the middle of the transfer
     http_status,   // the server answered with an error status: see status and message
@@ -68,7 +70,8 @@ using progress_fn = std::function<void(std::uint64_t done, std::uint64_t total)>
 // Success means the store answered 201: it checked the size and the SHA-256 it signed.
 [[nodiscard]] transfer_result<void> upload(const std::string& url,
                                            const std::filesystem::path& ciphertext_file,
-                                           const progress_fn& progress = {});
+                                           const progress_fn& progress = {},
+                                           const std::string& ca_file = {});
 
 // Downloads the blob at the download URL `url` into `partial_file`, which must end up holding
 // exactly `expected_size` bytes. If the file already holds K bytes, 0 < K < expected_size,
@@ -80,6 +83,7 @@ using progress_fn = std::function<void(std::uint64_t done, std::uint64_t total)>
 [[nodiscard]] transfer_result<void> download(const std::string& url,
                                              const std::filesystem::path& partial_file,
                                              std::uint64_t expected_size,
-                                             const progress_fn& progress = {});
+                                             const progress_fn& progress = {},
+                                             const std::string& ca_file = {});
 
 }  // namespace parley::client

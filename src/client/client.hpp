@@ -101,8 +101,9 @@ class client {
 
   // For wss://: trust only the CA certificates in the PEM file at `path` instead of the
   // system's store (see ws_connection::set_ca_file); empty for the system's store. Applies to
-  // every later connect().
+  // every later connect(), and to the https:// blob transfers of client/media_files.
   void set_ca_file(std::string path) { ca_file_ = std::move(path); }
+  const std::string& ca_file() const { return ca_file_; }
 
   boost::asio::awaitable<result<parley::v2::Registered>> register_account(std::string username);
   // `receipts_since`: the receipts stamp this device kept from its last session

@@ -202,7 +202,7 @@ awaitable<result<content::Media>> upload_file(client& api, local_store& store, f
     }
     const std::string url = state.url();
     const std::filesystem::path cipher = state.cipher_path();
-    auto sent = co_await off_thread([&] { return upload(url, cipher, progress); });
+    auto sent = co_await off_thread([&] { return upload(url, cipher, progress, api.ca_file()); });
     if (sent) break;
     // A URL refused as expired or invalid: once more with a new slot (and a new media id).
     if (attempt == 0 && sent.error().status == 403) {
@@ -260,7 +260,7 @@ awaitable<result<std::uint64_t>> download_file(client& api, local_store& store,
   const auto partial = work_dir / (m.media_id() + ".part");
   const std::string url = slot->url();
   auto got = co_await off_thread(
-      [&] { return download(url, partial, m.size(), progress); });
+      [&] { return download(url, partial, m.size(), progress, api.ca_file()); });
   if (!got) co_return local_error("download failed: " + describe(got.error()));
 
   media::media_key key{};

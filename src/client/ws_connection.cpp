@@ -1,18 +1,11 @@
 #include "client/ws_connection.hpp"
 
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509_vfy.h>
-
 #include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl/context.hpp>
-#include <boost/asio/ssl/error.hpp>
-#include <boost/asio/ssl/host_name_verification.hpp>
-#include <boost/asio/ssl/verify_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -23,6 +16,8 @@
 #include <optional>
 #include <type_traits>
 #include <variant>
+
+#include "common/tls_client.hpp"
 
 namespace parley::client {
 
@@ -90,68 +85,6 @@ std::string split_ws_url(const std::string& url, ws_url& out) {
   return {};
 }
 
-// A failed step of a wss:// connection: its message is the step, then the reason the value
-// stands for in `reasons` (OpenSSL's error codes as asio's SSL category holds them, asio's SSL
-// stream errors, errno) or, if `reasons` is null, OpenSSL's certificate verdict (an
-// X509_V_ERR_* code).
-class tls_category final : public boost::system::error_category {
- public:
-  tls_category(const char* name, const char* step, const boost::system::error_category* reasons)
-      : name_(name), step_(step), reasons_(reasons) {}
-  const char* name() const noexcept override { return name_; }
-  std::string message(int ev) const override {
-    if (!reasons_) return step_ + std::string(X509_verify_cert_error_string(ev));
-    return step_ + reasons_->message(ev);
-  }
-
- private:
-  const char* name_;
-  const char* step_;
-  const boost::system::error_category* reasons_;
-};
-
-const tls_category& verify_failed() {
-  static const tls_category c("parley.tls.verify", "TLS: certificate verify failed: ", nullptr);
-  return c;
-}
-
-enum class tls_step { setup, ca_file, trust_store, handshake };
-
-// `ec` as a failure of `step`, with its reason: OpenSSL's errors, asio's SSL stream errors (the
-// peer's EOF in mid-handshake) and system errors (an unreadable file) get the step in front;
-// anything else (a timeout) stays as it is.
-error_code tls_error(const error_code& ec, tls_step step) {
-  static const boost::system::error_category* const sources[] = {
-      &asio::error::get_ssl_category(), &asio::ssl::error::get_stream_category(),
-      &boost::system::system_category()};
-  static const std::deque<tls_category> categories = [] {
-    const std::pair<const char*, const char*> steps[] = {
-        {"parley.tls.setup", "TLS: cannot set up the connection: "},
-        {"parley.tls.ca_file", "TLS: cannot load the CA file: "},
-        {"parley.tls.trust_store", "TLS: cannot load the system's trusted certificates: "},
-        {"parley.tls.handshake", "TLS handshake failed: "}};
-    std::deque<tls_category> all;  // in place: categories are neither copied nor moved
-    for (const auto& [name, text] : steps) {
-      for (const auto* source : sources) all.emplace_back(name, text, source);
-    }
-    return all;
-  }();
-  for (std::size_t i = 0; i < std::size(sources); ++i) {
-    if (ec.category() == *sources[i]) {
-      return {ec.value(), categories[static_cast<std::size_t>(step) * std::size(sources) + i]};
-    }
-  }
-  return ec;
-}
-
-// The oldest error OpenSSL queued, as a failure of `step` (never 0, which would be success).
-error_code openssl_error(tls_step step) {
-  const unsigned long e = ERR_get_error();
-  ERR_clear_error();
-  return tls_error(
-      {static_cast<int>(e != 0 ? e : ERR_R_INTERNAL_ERROR), asio::error::get_ssl_category()}, step);
-}
-
 using plain_ws = websocket::stream<beast::tcp_stream>;
 using tls_ws = websocket::stream<beast::ssl_stream<beast::tcp_stream>>;
 // Replacing the plain stream by a TLS one (a move into the variant) cannot throw and leave the
@@ -204,62 +137,19 @@ struct ws_connection::impl {
     return with_ws([](auto& s) -> beast::tcp_stream& { return beast::get_lowest_layer(s); });
   }
 
-  // Replaces the plain stream by a TLS one that checks the certificate of `host`: TLS 1.2 or
-  // later, the peer verified against ca_file (or the system's store), host name checked, SNI
-  // set unless `host` is an IP address. Before anything is connected.
+  // Replaces the plain stream by a TLS one that checks the certificate of `host`
+  // (common/tls_client: TLS 1.2 or later, ca_file or the system's store, host name, SNI).
+  // Before anything is connected.
   error_code make_tls_stream(const std::string& host) {
+    if (auto ec = tls_client::make_context(tls_context, ca_file)) return ec;
     try {
-      auto& ctx = tls_context.emplace(asio::ssl::context::tls_client);
-      if (SSL_CTX_set_min_proto_version(ctx.native_handle(), TLS1_2_VERSION) != 1) {
-        return openssl_error(tls_step::setup);
-      }
-      error_code ec;
-      ctx.set_verify_mode(asio::ssl::verify_peer, ec);
-      if (ec) return tls_error(ec, tls_step::setup);
-      if (ca_file.empty()) {
-        ctx.set_default_verify_paths(ec);
-        if (ec) return tls_error(ec, tls_step::trust_store);
-      } else {
-        ctx.load_verify_file(ca_file, ec);
-        if (ec) return tls_error(ec, tls_step::ca_file);
-      }
-      tls_ws stream(executor, ctx);
-      auto& ssl = stream.next_layer();
-      error_code not_ip;
-      asio::ip::make_address(host, not_ip);
-      const bool is_ip = !not_ip;
-      if (!is_ip && SSL_set_tlsext_host_name(ssl.native_handle(), host.c_str()) != 1) {
-        return openssl_error(tls_step::setup);
-      }
-      ssl.set_verify_callback(
-          [check = asio::ssl::host_name_verification(host), is_ip](bool preverified,
-                                                                   asio::ssl::verify_context& v) {
-            if (check(preverified, v)) return true;
-            // asio's check leaves OpenSSL's verdict at "ok" when only the name is wrong: say so.
-            if (X509_STORE_CTX_get_error(v.native_handle()) == X509_V_OK) {
-              X509_STORE_CTX_set_error(v.native_handle(), is_ip ? X509_V_ERR_IP_ADDRESS_MISMATCH
-                                                                : X509_V_ERR_HOSTNAME_MISMATCH);
-            }
-            return false;
-          },
-          ec);
-      if (ec) return tls_error(ec, tls_step::setup);
+      tls_ws stream(executor, *tls_context);
+      if (auto ec = tls_client::expect_host(stream.next_layer(), host)) return ec;
       ws.emplace<tls_ws>(std::move(stream));  // a move: cannot throw (see the static_assert)
       return {};
-    } catch (const boost::system::system_error& e) {  // asio's SSL_CTX_new / SSL_new failed
-      return tls_error(e.code(), tls_step::setup);
+    } catch (const boost::system::system_error& e) {  // asio's SSL_new failed
+      return e.code();
     }
-  }
-
-  // The TLS handshake's outcome `ec` as connect() reports it: a certificate that failed as
-  // verify_failed with OpenSSL's verdict; also a handshake that passed without a verified
-  // certificate (which verify_peer rules out), since that must never count as connected.
-  static error_code checked_handshake(SSL* ssl, const error_code& ec) {
-    const long verdict = SSL_get_verify_result(ssl);
-    if (verdict != X509_V_OK) return {static_cast<int>(verdict), verify_failed()};
-    if (ec) return tls_error(ec, tls_step::handshake);
-    if (SSL_get0_peer_certificate(ssl) == nullptr) return {X509_V_ERR_UNSPECIFIED, verify_failed()};
-    return {};
   }
 
   static awaitable<void> write_loop(std::shared_ptr<impl> self) {
@@ -327,7 +217,7 @@ awaitable<error_code> ws_connection::connect(std::string url, std::chrono::milli
   if (auto* secure = std::get_if<tls_ws>(&impl_->ws)) {
     auto& ssl = secure->next_layer();
     auto [tec] = co_await ssl.async_handshake(asio::ssl::stream_base::client, as_tuple_awaitable);
-    if (auto ec = impl::checked_handshake(ssl.native_handle(), tec)) co_return ec;
+    if (auto ec = tls_client::checked_handshake(ssl.native_handle(), tec)) co_return ec;
   }
   tcp.expires_never();
   auto t = websocket::stream_base::timeout::suggested(beast::role_type::client);

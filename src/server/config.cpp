@@ -68,7 +68,7 @@ const std::map<std::string, std::vector<std::string>, std::less<>>& known_keys()
       {"media",
        {"listen", "public_url", "quota_bytes", "upload_url_ttl_s", "download_url_ttl_s",
         "unreferenced_retention_s", "sweep_interval_s", "max_transfers", "store", "s3_endpoint",
-        "s3_bucket", "s3_region", "s3_access_key", "s3_secret_key"}},
+        "s3_bucket", "s3_region", "s3_access_key", "s3_secret_key", "s3_ca_file"}},
   };
   return keys;
 }
@@ -289,6 +289,7 @@ config load_config_file(const std::filesystem::path& file, config c) {
   text("s3_region", c.media.s3_region);
   text("s3_access_key", c.media.s3_access_key);
   text("s3_secret_key", c.media.s3_secret_key);
+  text("s3_ca_file", c.media.s3_ca_file);
   if (c.media.s3 && (c.media.s3_endpoint.empty() || c.media.s3_bucket.empty() ||
                      c.media.s3_access_key.empty() || c.media.s3_secret_key.empty())) {
     throw std::runtime_error(

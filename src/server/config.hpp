@@ -69,6 +69,7 @@ struct media_config {
   std::string s3_region = "us-east-1";
   std::string s3_access_key;
   std::string s3_secret_key;
+  std::string s3_ca_file;  // https:// endpoints: trusted by parleyd's DELETEs; empty: the system's
 };
 
 struct config {

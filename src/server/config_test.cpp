@@ -92,6 +92,7 @@ s3_bucket = "files"
 s3_region = "eu-west-1"
 s3_access_key = "AK"
 s3_secret_key = "SK"
+s3_ca_file = "/etc/parley/s3-ca.pem"
 [rate_limits]
 media_per_device = 10
 media_per_device_burst = 5
@@ -111,6 +112,7 @@ media_per_device_burst = 5
   EXPECT_EQ(c.media.s3_endpoint, "http://127.0.0.1:9000");
   EXPECT_EQ(c.media.s3_bucket, "files");
   EXPECT_EQ(c.media.s3_region, "eu-west-1");
+  EXPECT_EQ(c.media.s3_ca_file, "/etc/parley/s3-ca.pem");
   EXPECT_EQ(c.rates.media_per_device.per_minute, 10);
   EXPECT_EQ(c.rates.media_per_device.burst, 5);
 

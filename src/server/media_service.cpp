@@ -42,6 +42,7 @@ std::optional<asio::ip::tcp::endpoint> media_service::start(const asio::ip::tcp:
     o.credentials.access_key_id = m.s3_access_key;
     o.credentials.secret_access_key = m.s3_secret_key;
     o.credentials.region = m.s3_region;
+    o.ca_file = m.s3_ca_file;
     blobs_ = std::make_unique<media::s3_blob_store>(std::move(o));
     log_info() << "media: S3 bucket " << m.s3_bucket << " at " << m.s3_endpoint;
     sweeper_ = std::thread([this] { run_sweeper(); });

@@ -16,6 +16,7 @@
 #include "client/blob_transfer.hpp"
 #include "listening_process.hpp"
 #include "media/chunked_cipher.hpp"
+#include "self_signed_certificate.hpp"
 #include "server_process.hpp"
 #include "temp_dir.hpp"
 #include "test_client.hpp"
@@ -306,10 +307,13 @@ TEST_F(media_flow, a_100_mb_file_round_trips_and_one_byte_more_is_refused) {
 
 class s3rver_process {
  public:
-  explicit s3rver_process(const fs::path& dir) {
+  // Over HTTPS when given a PEM key and certificate.
+  explicit s3rver_process(const fs::path& dir, const fs::path& key = {},
+                          const fs::path& cert = {}) {
+    std::vector<std::string> argv{NODE_PATH_EXECUTABLE, S3RVER_LAUNCHER, dir.string()};
+    if (!key.empty()) argv.insert(argv.end(), {"0", key.string(), cert.string()});
     auto p = test_support::spawn_listening(
-        {NODE_PATH_EXECUTABLE, S3RVER_LAUNCHER, dir.string()},
-        {"NODE_PATH=" S3RVER_NODE_MODULES, "PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp"});
+        argv, {"NODE_PATH=" S3RVER_NODE_MODULES, "PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp"});
     pid_ = p.pid;
     port_ = p.port;
   }
@@ -326,22 +330,39 @@ class s3rver_process {
   unsigned short port_ = 0;
 };
 
+// Whether s3rver, its data under `dir`, holds an object named `id` (its files are named after
+// the key).
+bool s3_holds(const fs::path& dir, const std::string& id) {
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (e.path().filename().string().rfind(id, 0) == 0) return true;
+  }
+  return false;
+}
+
+// Whether the object `id` is gone within 20 s (the sweeper's DELETE), checked every 100 ms.
+bool s3_drops_within_20s(const fs::path& dir, const std::string& id) {
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (s3_holds(dir, id) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(100ms);
+  return !s3_holds(dir, id);
+}
+
 class media_s3 : public ::testing::Test {
  protected:
-  media_s3() : s3(s3_dir.path()), server({}, config(s3.port())) {}
-  static std::string config(unsigned short port) {
-    return "[media]\nstore = \"s3\"\ns3_endpoint = \"http://127.0.0.1:" + std::to_string(port) +
+  media_s3() : media_s3({}, {}) {}
+  // Over https:// with this PEM key and certificate, which parleyd's DELETEs trust.
+  media_s3(const fs::path& key, const fs::path& cert)
+      : s3(s3_dir.path(), key, cert), server({}, config(s3.port(), cert)) {}
+  static std::string config(unsigned short port, const fs::path& cert) {
+    const std::string endpoint =
+        (cert.empty() ? "http://127.0.0.1:" : "https://localhost:") + std::to_string(port);
+    return "[media]\nstore = \"s3\"\ns3_endpoint = \"" + endpoint +
            "\"\ns3_bucket = \"parley\"\ns3_access_key = \"S3RVER\"\n"
            "s3_secret_key = \"S3RVER\"\nupload_url_ttl_s = 2\nunreferenced_retention_s = 3\n"
-           "sweep_interval_s = 1\n";
+           "sweep_interval_s = 1\n" +
+           (cert.empty() ? "" : "s3_ca_file = \"" + cert.string() + "\"\n");
   }
-  // Whether s3rver holds an object named `id` (its files are named after the key).
-  bool stored(const std::string& id) {
-    for (const auto& e : fs::recursive_directory_iterator(s3_dir.path())) {
-      if (e.path().filename().string().rfind(id, 0) == 0) return true;
-    }
-    return false;
-  }
+  bool stored(const std::string& id) const { return s3_holds(s3_dir.path(), id); }
 
   test_support::temp_dir s3_dir{"parley_s3rver_"};
   s3rver_process s3;
@@ -409,10 +430,77 @@ TEST_F(media_s3, expired_urls_are_refused_and_unreferenced_objects_swept) {
   EXPECT_FALSE(stored(late->media_id()));
   // Never sent: the sweeper deletes the object once the retention (3 s) has passed.
   ASSERT_TRUE(stored(kept->media_id()));
-  const auto deadline = std::chrono::steady_clock::now() + 20s;
-  while (stored(kept->media_id()) && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(100ms);
-  EXPECT_FALSE(stored(kept->media_id())) << "deleted with a signed DELETE";
+  EXPECT_TRUE(s3_drops_within_20s(s3_dir.path(), kept->media_id()))
+      << "deleted with a signed DELETE";
+}
+
+// The same flow with the object store on https:// (s3rver with a self-signed certificate), as
+// S3 is reached in production: the client checks the store's certificate against the CA it is
+// given (as --ca does for wss://), and refuses one it cannot verify; parleyd's sweep DELETEs
+// over https:// too, trusting [media] s3_ca_file.
+// A self-signed certificate, made before the fixture that uses it (a base class first).
+struct s3_certificate {
+  s3_certificate()
+      : made(test_support::make_certificate(certs.path() / "cert.pem", certs.path() / "key.pem",
+                                            "parley-s3-test")) {}
+  std::string ca() const { return (certs.path() / "cert.pem").string(); }
+  test_support::temp_dir certs{"parley_s3_certs_"};
+  bool made;
+};
+
+class media_s3_tls : protected s3_certificate, public media_s3 {
+ protected:
+  media_s3_tls() : media_s3(certs.path() / "key.pem", certs.path() / "cert.pem") {}
+};
+
+TEST_F(media_s3_tls, files_go_over_https_to_a_store_whose_certificate_is_checked) {
+  ASSERT_TRUE(made) << "openssl req failed";
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
+  write_file(dir.path() / "doc.pdf", 1'500'000 + 3, 9);
+  auto s = seal(dir.path() / "doc.pdf", dir.path() / "doc.enc");
+  auto slot = alice.run(alice.api().request_upload(s.file.size, bytes_of(s.file.sha256)));
+  ASSERT_TRUE(slot) << client::describe(slot.error());
+  ASSERT_EQ(slot->url().rfind("https://localhost:" + std::to_string(s3.port()) + "/parley/", 0),
+            0u)
+      << slot->url();
+
+  // Without the CA (the system's store only), the self-signed certificate is refused: nothing
+  // is sent.
+  auto untrusted = client::upload(slot->url(), s.cipher, {});
+  ASSERT_FALSE(untrusted);
+  EXPECT_EQ(untrusted.error().code, client::transfer_error::errc::connect);
+  EXPECT_NE(untrusted.error().message.find("certificate verify failed"), std::string::npos)
+      << client::describe(untrusted.error());
+  EXPECT_FALSE(stored(slot->media_id())) << "nothing sent";
+
+  auto put = client::upload(slot->url(), s.cipher, {}, ca());
+  ASSERT_TRUE(put) << client::describe(put.error());
+  auto sent = alice.run(alice.api().send("bob", "m1", "x", v2::CIPHER_TYPE_SIGNAL_MESSAGE, 0,
+                                         slot->media_id()));
+  ASSERT_TRUE(sent);
+  auto where = bob.run(bob.api().request_download(sent->chat_id(), sent->seq()));
+  ASSERT_TRUE(where);
+  const auto partial = dir.path() / "bob.part";
+  auto got = client::download(where->url(), partial, where->size(), {}, ca());
+  ASSERT_TRUE(got) << client::describe(got.error());
+  // Resumed over TLS too: a Range request continues the partial file.
+  fs::resize_file(partial, 700'000);
+  auto resumed = client::download(where->url(), partial, where->size(), {}, ca());
+  ASSERT_TRUE(resumed) << client::describe(resumed.error());
+  ASSERT_TRUE(media::decrypt_file(partial, dir.path() / "bob.pdf", s.key, s.file.size,
+                                  s.file.sha256));
+  EXPECT_TRUE(same_files(dir.path() / "doc.pdf", dir.path() / "bob.pdf"));
+
+  // An upload never sent: the sweep deletes it over https:// once its retention (3 s) passed;
+  // the sent one stays.
+  auto orphan = alice.run(alice.api().request_upload(s.file.size, bytes_of(s.file.sha256)));
+  ASSERT_TRUE(orphan);
+  ASSERT_TRUE(client::upload(orphan->url(), s.cipher, {}, ca()));
+  ASSERT_TRUE(stored(orphan->media_id()));
+  EXPECT_TRUE(s3_drops_within_20s(s3_dir.path(), orphan->media_id()))
+      << "deleted with a signed DELETE over TLS";
+  EXPECT_TRUE(stored(slot->media_id())) << "a sent file is referenced: kept";
 }
 
 }  // namespace

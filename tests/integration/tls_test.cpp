@@ -10,6 +10,7 @@
 #include <fstream>
 #include <thread>
 
+#include "self_signed_certificate.hpp"
 #include "temp_dir.hpp"
 #include "test_client.hpp"
 
@@ -19,16 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-// A self-signed certificate for localhost and 127.0.0.1 (EC P-256), as an operator would make
-// one for a test set-up. Returns false if openssl failed.
-bool make_certificate(const fs::path& cert, const fs::path& key, const std::string& name) {
-  const std::string cmd =
-      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2"
-      " -subj /CN=" +
-      name + " -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout '" + key.string() +
-      "' -out '" + cert.string() + "' >/dev/null 2>&1";
-  return std::system(cmd.c_str()) == 0;
-}
+using test_support::make_certificate;
 
 std::string wss_url(const server_process& server) {
   return "wss://localhost:" + std::to_string(server.port());

@@ -1,14 +1,21 @@
 #include "media/s3/s3_blob_store.hpp"
 
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
+#include <exception>
+#include <optional>
 #include <stdexcept>
 
 #include "common/log.hpp"
+#include "common/tls_client.hpp"
 
 namespace parley::media {
 namespace {
@@ -24,6 +31,47 @@ std::chrono::seconds lifetime_until(wall_clock::time_point expires) {
 }
 
 constexpr auto remove_deadline = std::chrono::seconds(10);
+
+constexpr auto as_tuple_awaitable = asio::as_tuple(asio::use_awaitable);
+
+// One request and its whole answer on a connected stream, plain or TLS.
+template <class Stream>
+asio::awaitable<boost::system::error_code> exchange(Stream& stream,
+                                                    const http::request<http::empty_body>& req,
+                                                    http::response<http::string_body>& res) {
+  beast::flat_buffer buffer;
+  auto [wec, wn] = co_await http::async_write(stream, req, as_tuple_awaitable);
+  if (wec) co_return wec;
+  auto [rec, rn] = co_await http::async_read(stream, buffer, res, as_tuple_awaitable);
+  co_return rec;
+}
+
+// `req` to HOST:PORT (`tls`: over TLS with that context, the certificate checked for `host`),
+// the answer into `res`; every step within remove_deadline.
+asio::awaitable<boost::system::error_code> delete_object(
+    const http::request<http::empty_body>& req, http::response<http::string_body>& res,
+    std::string host, std::string port, asio::ssl::context* tls) {
+  const auto executor = co_await asio::this_coro::executor;
+  asio::ip::tcp::resolver resolver(executor);
+  auto [rec, results] = co_await resolver.async_resolve(host, port, as_tuple_awaitable);
+  if (rec) co_return rec;
+  if (!tls) {
+    beast::tcp_stream stream(executor);
+    stream.expires_after(remove_deadline);
+    auto [cec, ep] = co_await stream.async_connect(results, as_tuple_awaitable);
+    if (cec) co_return cec;
+    co_return co_await exchange(stream, req, res);
+  }
+  tls_client::stream stream(executor, *tls);
+  if (auto ec = tls_client::expect_host(stream, host)) co_return ec;
+  auto& tcp = beast::get_lowest_layer(stream);
+  tcp.expires_after(remove_deadline);
+  auto [cec, ep] = co_await tcp.async_connect(results, as_tuple_awaitable);
+  if (cec) co_return cec;
+  auto [hec] = co_await stream.async_handshake(asio::ssl::stream_base::client, as_tuple_awaitable);
+  if (auto ec = tls_client::checked_handshake(stream.native_handle(), hec)) co_return ec;
+  co_return co_await exchange(stream, req, res);
+}
 
 }  // namespace
 
@@ -76,11 +124,6 @@ std::string s3_blob_store::download_url(const blob_id& id, std::uint64_t /*user*
 
 bool s3_blob_store::remove(const blob_id& id) {
   if (!valid_blob_id(id)) return false;
-  if (scheme_ != "http") {
-    log_warn() << "media: S3 delete over " << scheme_ << " is not supported yet; " << id
-               << " is left to the bucket's lifecycle rules";
-    return false;
-  }
   s3::request r;
   r.method = "DELETE";
   r.host = host_;
@@ -95,32 +138,23 @@ bool s3_blob_store::remove(const blob_id& id) {
   req.set(http::field::authorization, auth.authorization);
   req.keep_alive(false);
 
-  asio::io_context io(1);
-  beast::tcp_stream stream(io);
-  beast::flat_buffer buffer;
+  // On a private io_context, within remove_deadline: resolve, connect, for https:// the TLS
+  // handshake (the certificate checked against ca_file or the system's store), then the
+  // request and its answer.
   http::response<http::string_body> res;
   boost::system::error_code failure;
-  asio::ip::tcp::resolver resolver(io);
-  stream.expires_after(remove_deadline);
-  resolver.async_resolve(name_, port_, [&](auto ec, auto results) {
-    if (ec) {
-      failure = ec;
-      return;
+  asio::io_context io(1);
+  std::optional<asio::ssl::context> tls_context;
+  if (scheme_ == "https") {
+    if (auto ec = tls_client::make_context(tls_context, options_.ca_file)) {
+      log_warn() << "media: S3 delete of " << id << " failed: " << ec.message();
+      return false;
     }
-    stream.async_connect(results, [&](auto ec2, auto) {
-      if (ec2) {
-        failure = ec2;
-        return;
-      }
-      http::async_write(stream, req, [&](auto ec3, std::size_t) {
-        if (ec3) {
-          failure = ec3;
-          return;
-        }
-        http::async_read(stream, buffer, res, [&](auto ec4, std::size_t) { failure = ec4; });
-      });
-    });
-  });
+  }
+  asio::co_spawn(io, delete_object(req, res, name_, port_, tls_context ? &*tls_context : nullptr),
+                 [&](std::exception_ptr e, boost::system::error_code ec) {
+                   failure = e ? asio::error::operation_aborted : ec;
+                 });
   io.run_for(remove_deadline + std::chrono::seconds(1));
   if (failure || res.result_int() == 0) {
     log_warn() << "media: S3 delete of " << id << " failed: "

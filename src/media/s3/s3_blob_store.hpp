@@ -23,9 +23,12 @@
 namespace parley::media {
 
 struct s3_options {
-  std::string endpoint;  // "http://HOST[:PORT]" (https:// URLs are signed the same way)
+  std::string endpoint;  // "http(s)://HOST[:PORT]"
   std::string bucket;
   s3::credentials credentials;
+  // https:// endpoints: the PEM certificates parleyd's own requests (the sweep's DELETEs)
+  // trust, instead of the system's store (common/tls_client). Clients are told nothing of it.
+  std::string ca_file;
 };
 
 class s3_blob_store final : public blob_store {
