@@ -2,12 +2,11 @@
 // unknown (0) after a restart until the user connects again.
 #pragma once
 
-#include <map>
-#include <memory>
 #include <mutex>
 #include <unordered_map>
 
 #include "presence/presence.hpp"
+#include "presence/watchers.hpp"
 
 namespace parley::presence {
 
@@ -25,15 +24,11 @@ class local_presence final : public presence {
     int connections = 0;
     std::uint64_t last_seen_ms = 0;
     bool last_seen_hidden = false;
-    std::map<subscription_id, std::shared_ptr<listener>> watchers;
   };
-  void notify(const std::string& username, const state& s,
-              std::vector<std::shared_ptr<listener>> targets);
 
   mutable std::mutex mutex_;
   std::unordered_map<std::string, user_entry> users_;
-  std::unordered_map<subscription_id, std::vector<std::string>> subscriptions_;
-  subscription_id next_id_ = 1;
+  watchers watchers_;
 };
 
 }  // namespace parley::presence

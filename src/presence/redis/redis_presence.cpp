@@ -32,10 +32,8 @@ state redis_presence::merged(const user& u) const {
   return s;
 }
 
-void redis_presence::notify(std::vector<change> changes) {
-  for (auto& c : changes) {
-    for (auto& t : c.targets) (*t)(c.username, c.now);
-  }
+void redis_presence::notify(const std::vector<change>& changes) const {
+  for (const auto& c : changes) watchers_.notify(c.username, c.now);
 }
 
 void redis_presence::announce(const std::string& username, const user& u) {
@@ -73,12 +71,10 @@ void redis_presence::connected(const std::string& username, bool hide_last_seen)
     announce(username, u);
     const state now = merged(u);
     if (now.online != before.online || now.last_seen_hidden != before.last_seen_hidden) {
-      change c{username, now, {}};
-      for (auto& [id, l] : u.watchers) c.targets.push_back(l);
-      changes.push_back(std::move(c));
+      changes.push_back({username, now});
     }
   }
-  notify(std::move(changes));
+  notify(changes);
 }
 
 void redis_presence::set_last_seen_hidden(const std::string& username, bool hidden) {
@@ -92,11 +88,9 @@ void redis_presence::set_last_seen_hidden(const std::string& username, bool hidd
     u.last_seen_hidden = hidden;
     u.hidden_known = true;
     announce(username, u);
-    change c{username, merged(u), {}};
-    for (auto& [id, l] : u.watchers) c.targets.push_back(l);
-    changes.push_back(std::move(c));
+    changes.push_back({username, merged(u)});
   }
-  notify(std::move(changes));
+  notify(changes);
 }
 
 void redis_presence::disconnected(const std::string& username, std::uint64_t at_ms) {
@@ -111,11 +105,9 @@ void redis_presence::disconnected(const std::string& username, std::uint64_t at_
     announce(username, u);
     const state now = merged(u);
     if (now.online) return;  // still online on another node
-    change c{username, now, {}};
-    for (auto& [id, l] : u.watchers) c.targets.push_back(l);
-    changes.push_back(std::move(c));
+    changes.push_back({username, now});
   }
-  notify(std::move(changes));
+  notify(changes);
 }
 
 void redis_presence::apply_remote(std::uint64_t node, bool full,
@@ -131,9 +123,7 @@ void redis_presence::apply_remote(std::uint64_t node, bool full,
       if (after.online == before.online && after.last_seen_ms == before.last_seen_ms &&
           after.last_seen_hidden == before.last_seen_hidden)
         return;
-      change c{name, after, {}};
-      for (auto& [id, l] : u.watchers) c.targets.push_back(l);
-      if (!c.targets.empty()) changes.push_back(std::move(c));
+      changes.push_back({name, after});
     };
     std::set<std::string> listed;
     for (const auto& s : states) {
@@ -154,7 +144,7 @@ void redis_presence::apply_remote(std::uint64_t node, bool full,
       }
     }
   }
-  notify(std::move(changes));
+  notify(changes);
 }
 
 void redis_presence::expire(std::chrono::steady_clock::time_point now) {
@@ -175,12 +165,10 @@ void redis_presence::expire(std::chrono::steady_clock::time_point now) {
       if (!dropped) continue;
       const state after = merged(u);
       if (after.online == before.online) continue;
-      change c{name, after, {}};
-      for (auto& [id, l] : u.watchers) c.targets.push_back(l);
-      if (!c.targets.empty()) changes.push_back(std::move(c));
+      changes.push_back({name, after});
     }
   }
-  notify(std::move(changes));
+  notify(changes);
 }
 
 state redis_presence::lookup(const std::string& username) const {
@@ -192,28 +180,9 @@ state redis_presence::lookup(const std::string& username) const {
 
 subscription_id redis_presence::subscribe(const std::vector<std::string>& usernames,
                                           listener on_change) {
-  auto shared = std::make_shared<listener>(std::move(on_change));
-  std::lock_guard lock(mutex_);
-  const subscription_id id = next_id_++;
-  for (const auto& name : usernames) users_[name].watchers.emplace(id, shared);
-  subscriptions_.emplace(id, usernames);
-  return id;
+  return watchers_.subscribe(usernames, std::move(on_change));
 }
 
-void redis_presence::unsubscribe(subscription_id id) {
-  std::lock_guard lock(mutex_);
-  auto it = subscriptions_.find(id);
-  if (it == subscriptions_.end()) return;
-  for (const auto& name : it->second) {
-    auto u = users_.find(name);
-    if (u == users_.end()) continue;
-    u->second.watchers.erase(id);
-    if (u->second.watchers.empty() && u->second.connections == 0 &&
-        u->second.last_seen_ms == 0 && u->second.nodes.empty()) {
-      users_.erase(u);
-    }
-  }
-  subscriptions_.erase(it);
-}
+void redis_presence::unsubscribe(subscription_id id) { watchers_.unsubscribe(id); }
 
 }  // namespace parley::presence

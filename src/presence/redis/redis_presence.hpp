@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "presence/presence.hpp"
+#include "presence/watchers.hpp"
 
 namespace parley::bus {
 class redis_bus;
@@ -65,27 +66,24 @@ class redis_presence final : public presence {
     bool last_seen_hidden = false;
     bool hidden_known = false;
     std::map<std::uint64_t, remote> nodes;  // node -> its last announcement of the user
-    std::map<subscription_id, std::shared_ptr<listener>> watchers;
   };
 
   // The merged state of a user (lock held).
   state merged(const user& u) const;
   std::vector<bus::v1::PresenceState> snapshot() const;
   void announce(const std::string& username, const user& u);
-  // Calls the watchers of each user whose merged state changed (lock not held).
+  // A user whose merged state changed, to tell its watchers once the lock is released.
   struct change {
     std::string username;
     state now;
-    std::vector<std::shared_ptr<listener>> targets;
   };
-  static void notify(std::vector<change> changes);
+  void notify(const std::vector<change>& changes) const;
 
   bus::redis_bus& bus_;
   std::chrono::seconds ttl_;
   mutable std::mutex mutex_;
   std::unordered_map<std::string, user> users_;
-  std::unordered_map<subscription_id, std::vector<std::string>> subscriptions_;
-  subscription_id next_id_ = 1;
+  watchers watchers_;
 };
 
 }  // namespace parley::presence
