@@ -26,8 +26,8 @@
 #include <string_view>
 #include <utility>
 
-#include "common/tls_client.hpp"
 #include "common/posix_file.hpp"
+#include "common/tls_client.hpp"
 
 namespace boost::system {
 void throw_exception_from_error(const parley::client::transfer_error& e,

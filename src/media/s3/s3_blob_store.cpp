@@ -143,14 +143,14 @@ bool s3_blob_store::remove(const blob_id& id) {
   // request and its answer.
   http::response<http::string_body> res;
   boost::system::error_code failure;
-  asio::io_context io(1);
-  std::optional<asio::ssl::context> tls_context;
+  std::optional<asio::ssl::context> tls_context;  // outlives `io`, whose pending work uses it
   if (scheme_ == "https") {
     if (auto ec = tls_client::make_context(tls_context, options_.ca_file)) {
       log_warn() << "media: S3 delete of " << id << " failed: " << ec.message();
       return false;
     }
   }
+  asio::io_context io(1);
   asio::co_spawn(io, delete_object(req, res, name_, port_, tls_context ? &*tls_context : nullptr),
                  [&](std::exception_ptr e, boost::system::error_code ec) {
                    failure = e ? asio::error::operation_aborted : ec;
