@@ -649,6 +649,33 @@ TEST_F(e2ee_test, a_first_group_message_past_the_send_burst_waits_and_gets_throu
   }
 }
 
+// Members who never published keys cannot be given the sender key: the send reports them, in
+// the group's member order although their key messages ran side by side
+// (messenger::key_messages_in_flight), and the members with keys still read the message.
+TEST_F(e2ee_test, members_without_keys_are_reported_in_order_and_the_others_read_it) {
+  auto alice = user("alice");
+  auto bob = user("bob");
+  std::vector<std::unique_ptr<test_client>> keyless;  // registered, no keys published
+  std::vector<std::string> names;
+  for (int i = 0; i < 16; ++i) {
+    keyless.push_back(std::make_unique<test_client>(io, server.url()));
+    keyless.back()->register_and_login("nokeys" + std::to_string(i));
+    names.push_back(keyless.back()->username);
+    if (i == 7) names.emplace_back("bob");
+  }
+  auto created = alice->conn.run(alice->messenger->create_group("mixed", names));
+  ASSERT_TRUE(created) << client::describe(created.error());
+  std::vector<std::string> expected;
+  for (const auto& m : created->members()) {
+    if (m.user() != "alice" && m.user() != "bob") expected.push_back(m.user());
+  }
+  ASSERT_EQ(expected.size(), 16u);
+  const auto sent = alice->say_to_group(created->chat_id(), "to those with keys");
+  EXPECT_EQ(sent.not_reached, expected);
+  EXPECT_EQ(sent.result.chat_id(), created->chat_id());
+  EXPECT_TRUE(has(bob->collect(2), "to those with keys"));
+}
+
 // Three users in a group: each message is encrypted once with its sender's key, which the
 // others got in their 1:1 chats. After the admin removes carol, the next message is made with
 // a new key that only bob gets: carol's own real key store cannot open it, not even with the
