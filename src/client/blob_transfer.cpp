@@ -198,7 +198,9 @@ class blob_connection {
         }
       }
       tls_.emplace(executor_, *context_);
-      if (auto ec = tls_client::expect_host(*tls_, u.host)) co_return failure(errc::connect, ec.message());
+      if (auto ec = tls_client::expect_host(*tls_, u.host)) {
+        co_return failure(errc::connect, ec.message());
+      }
     } else {
       plain_.emplace(executor_);
     }
@@ -230,9 +232,9 @@ class blob_connection {
       auto [hec] = co_await tls_->async_handshake(asio::ssl::stream_base::client,
                                                   as_tuple_awaitable);
       if (auto ec = tls_client::checked_handshake(tls_->native_handle(), hec)) {
-        co_return failure(errc::connect, u.host_header + ": " +
-                                             (hec == beast::error::timeout ? "TLS handshake timed out"
-                                                                          : ec.message()));
+        const std::string why =
+            hec == beast::error::timeout ? "TLS handshake timed out" : ec.message();
+        co_return failure(errc::connect, u.host_header + ": " + why);
       }
     }
     co_return transfer_result<void>();

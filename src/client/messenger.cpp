@@ -832,21 +832,27 @@ result<void> messenger::mark_holder(std::uint64_t chat_id, const std::string& me
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 #endif
 // The server's flow control on a group send's many requests (a first message to a full group
-// is 1,024 sends): after RATE_LIMITED or BUSY, waits the retry_after_ms the server asked for
-// (at least 10 ms, at most 10 s) and returns true, so that the caller sends again with the
-// same client_msg_id; at most `max_flow_waits` times per request. False for any other error.
+// is 1,024 sends, each after the member list): runs `request` (a callable returning an
+// awaitable<result<T>>), and after RATE_LIMITED or BUSY waits the retry_after_ms the server
+// asked for (at least 10 ms, at most 10 s) and runs it again, so that the same request (the
+// same client_msg_id) is made again; at most `max_flow_waits` times. Any other outcome is
+// returned as it is.
 namespace {
 constexpr int max_flow_waits = 5;
-awaitable<bool> waited_out(const client_error& e, int& waits) {
-  const bool refused = is_server_error(e, v2::ERROR_CODE_RATE_LIMITED) ||
-                       is_server_error(e, v2::ERROR_CODE_BUSY);
-  if (!refused || waits >= max_flow_waits) co_return false;
-  ++waits;
-  const auto ms = std::clamp<std::uint32_t>(e.retry_after_ms, 10, 10'000);
-  boost::asio::steady_timer pause(co_await boost::asio::this_coro::executor,
-                                  std::chrono::milliseconds(ms));
-  co_await pause.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
-  co_return true;
+template <class Request>
+auto with_flow_waits(Request request) -> decltype(request()) {
+  auto r = co_await request();
+  for (int waits = 0; waits < max_flow_waits && !r &&
+                      (is_server_error(r.error(), v2::ERROR_CODE_RATE_LIMITED) ||
+                       is_server_error(r.error(), v2::ERROR_CODE_BUSY));
+       ++waits) {
+    const auto ms = std::clamp<std::uint32_t>(r.error().retry_after_ms, 10, 10'000);
+    boost::asio::steady_timer pause(co_await boost::asio::this_coro::executor,
+                                    std::chrono::milliseconds(ms));
+    co_await pause.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
+    r = co_await request();
+  }
+  co_return r;
 }
 }  // namespace
 
@@ -866,9 +872,8 @@ awaitable<result<void>> messenger::give_sender_key(std::uint64_t chat_id, v2::Gr
   if (!noted) co_return noted.error();
   auto id = key_message_id(client_msg_id, member.user(), key.key_id);
   if (!id) co_return crypto_error("SHA-256 failed");
-  auto sent = co_await send(*sealed, *id);
-  for (int waits = 0; !sent && co_await waited_out(sent.error(), waits);)
-    sent = co_await send(*sealed, *id);
+  auto send_key = [&] { return send(*sealed, *id); };
+  auto sent = co_await with_flow_waits(send_key);
   if (!sent) co_return sent.error();
   co_return mark_holder(chat_id, member.user(), {key.key_id, member.joined_seq(), true});
 }
@@ -1002,10 +1007,8 @@ awaitable<result<group_sent>> messenger::send_group_content(std::uint64_t chat_i
                                                             std::string media_id,
                                                             std::string media) {
   // The current members, as the server has them (NOT_FOUND: no longer one of them).
-  auto info = co_await get_group(chat_id);
-  for (int waits = 0; !info && co_await waited_out(info.error(), waits);) {
-    info = co_await get_group(chat_id);
-  }
+  auto ask_members = [&] { return get_group(chat_id); };
+  auto info = co_await with_flow_waits(ask_members);
   if (!info) co_return info.error();
   auto plan = plan_group_send(*info);
   if (!plan) co_return plan.error();
@@ -1020,12 +1023,11 @@ awaitable<result<group_sent>> messenger::send_group_content(std::uint64_t chat_i
   out.not_reached = std::move(*not_reached);
   auto payload = seal_group(chat_id, content, client_msg_id);
   if (!payload) co_return payload.error();
-  auto r = co_await api_.send_to_chat(chat_id, client_msg_id, *payload,
-                                      v2::CIPHER_TYPE_SENDER_KEY_MESSAGE, 0, media_id);
-  for (int waits = 0; !r && co_await waited_out(r.error(), waits);) {
-    r = co_await api_.send_to_chat(chat_id, client_msg_id, *payload,
-                                   v2::CIPHER_TYPE_SENDER_KEY_MESSAGE, 0, media_id);
-  }
+  auto send_message = [&] {
+    return api_.send_to_chat(chat_id, client_msg_id, *payload,
+                             v2::CIPHER_TYPE_SENDER_KEY_MESSAGE, 0, media_id);
+  };
+  auto r = co_await with_flow_waits(send_message);
   if (!r) co_return r.error();
   group_sealed_.erase(client_msg_id);
   auto recorded = record_group_sent(chat_id, shown, media, *r);
