@@ -294,6 +294,7 @@ std::vector<media_target> media_targets(const media_result& m) {
   } else {
     rate("upload of " + big + " through S3 (" + m.s3_store + ")", m.s3_upload, false);
     rate("download of " + big + " through S3", m.s3_download, false);
+    rate("upload of " + big + " through S3 in one PUT", m.s3_upload_one_put, false);
   }
   auto rss = [&](const std::string& what, const media_transfer& t) {
     out.push_back({"parleyd RSS growth during the " + what + " of " + big, "<= 32 MB",
@@ -367,6 +368,7 @@ void render_media(std::ostringstream& o, const media_result& m) {
     o << "  through a parleyd whose blob store is S3-compatible, " << m.s3_store << ":\n";
     render_media_transfer(o, "S3 upload", m.s3_upload);
     render_media_transfer(o, "S3 download", m.s3_download);
+    render_media_transfer(o, "S3 one PUT", m.s3_upload_one_put);
   }
   const auto& c = m.concurrent;
   o << "  " << c.uploads << " concurrent uploads of " << mb(static_cast<double>(m.small_bytes), 0)
@@ -474,7 +476,8 @@ std::string media_json(const media_result& m) {
   } else {
     o << "{\"store\": " << json_string(m.s3_store)
       << ", \"upload\": " << media_transfer_json(m.s3_upload)
-      << ", \"download\": " << media_transfer_json(m.s3_download) << "}";
+      << ", \"download\": " << media_transfer_json(m.s3_download)
+      << ", \"upload_one_put\": " << media_transfer_json(m.s3_upload_one_put) << "}";
   }
   o << ",\n    \"errors\": " << strings_json(m.errors)
     << ", \"nothing_failed\": " << (m.nothing_failed() ? "true" : "false")

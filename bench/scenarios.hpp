@@ -278,7 +278,9 @@ struct media_result {
   // The big file again through a parleyd whose blob store is an S3-compatible one
   // (--media-s3): empty s3_store when not asked for. The download is checked by decrypting it.
   std::string s3_store;  // ENDPOINT/BUCKET
-  media_transfer s3_upload, s3_download;
+  // s3_upload as parley's client makes it (in 8 MiB parts over 8 MiB); s3_upload_one_put the
+  // same file in one PUT to a slot of its own, right after, for comparison.
+  media_transfer s3_upload, s3_download, s3_upload_one_put;
   std::vector<std::string> errors;  // what failed besides the transfers themselves
 
   // p99 of the step with transfers / the step without; 0 if either is missing.

@@ -25,6 +25,7 @@
 #include <stdexcept>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "common/posix_file.hpp"
 #include "common/tls_client.hpp"
@@ -67,10 +68,6 @@ transfer_error failure(errc code, std::string message) {
   e.message = std::move(message);
   return e;
 }
-
-
-
-
 
 std::string_view view(beast::string_view v) { return {v.data(), v.size()}; }
 
@@ -253,6 +250,7 @@ struct answer {
   unsigned status = 0;
   std::string text;
   std::optional<std::uint64_t> offset;  // Parley-Upload-Offset
+  std::string etag;                      // ETag (S3: a part's), as sent
   bool keep_alive = false;
 };
 
@@ -286,6 +284,7 @@ awaitable<transfer_result<answer>> read_answer(blob_connection& stream,
   a.status = res.result_int();
   a.text = trimmed(res.body());
   a.keep_alive = res.keep_alive();
+  a.etag = std::string(view(res[http::field::etag]));
   if (const auto it = res.find(offset_field); it != res.end()) {
     a.offset = parse_decimal(view(it->value()));
     if (!a.offset) {
@@ -312,6 +311,66 @@ transfer_result<void> upload_outcome(const answer& a, std::uint64_t size, progre
     return failure(errc::protocol, "unexpected status " + std::to_string(a.status));
   }
   return status_failure(a);
+}
+
+// Sends `put` (its headers set but the length) with bytes [first, last) of `fd` as its body,
+// asking for 100-continue so that a refusal (expired, wrong size...) comes before the body, and
+// reads the answer: the interim one if it is not 100. Progress: the file offset, of `total`.
+awaitable<transfer_result<answer>> put_range(blob_connection& stream, beast::flat_buffer& buffer,
+                                             http::request<http::buffer_body>& put, int fd,
+                                             const std::filesystem::path& file,
+                                             std::uint64_t first, std::uint64_t last,
+                                             std::uint64_t total, progress_meter& meter) {
+  put.set(http::field::expect, "100-continue");
+  put.content_length(last - first);
+  put.body().data = nullptr;
+  put.body().more = true;
+  http::request_serializer<http::buffer_body> sr{put};
+  stream.expires_after(io_timeout);
+  auto [pec, pn] = co_await stream.with(
+      [&](auto& s) { return http::async_write_header(s, sr, as_tuple_awaitable); });
+  if (pec) co_return stream_failure(pec, "sending the upload");
+  auto interim = co_await read_answer(stream, buffer, false);
+  if (!interim) co_return interim.error();
+  if (interim->status != 100) co_return interim;
+
+  // The file, read 256 KiB at a time as the connection takes it; the timeout is per write, so
+  // a slow uplink is fine as long as it moves.
+  auto piece = std::make_unique_for_overwrite<char[]>(piece_bytes);
+  std::uint64_t handed = first;  // bytes of the file given to the serializer so far
+  std::uint64_t sent = first;    // of which written to the connection
+  bool need_piece = true;
+  meter.update(sent, total);
+  while (!sr.is_done()) {
+    if (need_piece) {
+      const auto want =
+          static_cast<std::size_t>(std::min<std::uint64_t>(piece_bytes, last - handed));
+      if (want > 0 && !pread_all(fd, piece.get(), want, handed)) {
+        co_return failure(errc::io, "cannot read " + file.string() + " (did it change?)");
+      }
+      put.body().data = want > 0 ? piece.get() : nullptr;
+      put.body().size = want;
+      put.body().more = handed + want < last;
+      handed += want;
+      need_piece = false;
+    }
+    stream.expires_after(io_timeout);
+    auto [ec, n] = co_await stream.with(
+        [&](auto& s) { return http::async_write_some(s, sr, as_tuple_awaitable); });
+    if (ec == http::error::need_buffer) {
+      need_piece = true;
+      continue;
+    }
+    if (ec) {
+      // The store may have answered (and closed) before taking all of it: prefer its words.
+      auto early = co_await read_answer(stream, buffer, false);
+      if (early && early->status >= 300) co_return early;
+      co_return stream_failure(ec, "sending the upload");
+    }
+    sent = std::min(sent + n, last);
+    meter.update(sent, total);
+  }
+  co_return co_await read_answer(stream, buffer, false);
 }
 
 awaitable<transfer_result<void>> run_upload(std::string url, std::filesystem::path file,
@@ -371,58 +430,118 @@ awaitable<transfer_result<void>> run_upload(std::string url, std::filesystem::pa
     put.set(http::field::content_range, "bytes " + std::to_string(offset) + "-" +
                                             std::to_string(size - 1) + "/" + std::to_string(size));
   }
-  put.set(http::field::expect, "100-continue");
-  put.content_length(size - offset);
-  put.body().data = nullptr;
-  put.body().more = true;
-  http::request_serializer<http::buffer_body> sr{put};
-  stream.expires_after(io_timeout);
-  auto [pec, pn] = co_await stream.with(
-      [&](auto& s) { return http::async_write_header(s, sr, as_tuple_awaitable); });
-  if (pec) co_return stream_failure(pec, "sending the upload");
-  auto interim = co_await read_answer(stream, buffer, false);
-  if (!interim) co_return interim.error();
-  if (interim->status != 100) co_return upload_outcome(*interim, size, meter);
-
-  // The file, read 256 KiB at a time as the connection takes it; the timeout is per write, so
-  // a slow uplink is fine as long as it moves.
-  auto piece = std::make_unique_for_overwrite<char[]>(piece_bytes);
-  std::uint64_t handed = offset;  // bytes of the file given to the serializer so far
-  std::uint64_t sent = offset;    // of which written to the connection
-  bool need_piece = true;
-  meter.update(sent, size);
-  while (!sr.is_done()) {
-    if (need_piece) {
-      const auto want =
-          static_cast<std::size_t>(std::min<std::uint64_t>(piece_bytes, size - handed));
-      if (want > 0 && !pread_all(fd.get(), piece.get(), want, handed)) {
-        co_return failure(errc::io, "cannot read " + file.string() + " (did it change?)");
-      }
-      put.body().data = want > 0 ? piece.get() : nullptr;
-      put.body().size = want;
-      put.body().more = handed + want < size;
-      handed += want;
-      need_piece = false;
-    }
-    stream.expires_after(io_timeout);
-    auto [ec, n] = co_await stream.with(
-        [&](auto& s) { return http::async_write_some(s, sr, as_tuple_awaitable); });
-    if (ec == http::error::need_buffer) {
-      need_piece = true;
-      continue;
-    }
-    if (ec) {
-      // The store may have answered (and closed) before taking all of it: prefer its words.
-      auto early = co_await read_answer(stream, buffer, false);
-      if (early && early->status >= 300) co_return status_failure(*early);
-      co_return stream_failure(ec, "sending the upload");
-    }
-    sent = std::min(sent + n, size);
-    meter.update(sent, size);
-  }
-  auto last = co_await read_answer(stream, buffer, false);
+  auto last = co_await put_range(stream, buffer, put, fd.get(), file, offset, size, size, meter);
   if (!last) co_return last.error();
   co_return upload_outcome(*last, size, meter);
+}
+
+// --- S3 multipart ------------------------------------------------------------------------------
+
+// The text between <tag> and </tag> in an S3 XML answer, or nullopt.
+std::optional<std::string> xml_value(std::string_view xml, std::string_view tag) {
+  const std::string open = "<" + std::string(tag) + ">";
+  const std::string close = "</" + std::string(tag) + ">";
+  const auto at = xml.find(open);
+  if (at == std::string_view::npos) return std::nullopt;
+  const auto from = at + open.size();
+  const auto to = xml.find(close, from);
+  if (to == std::string_view::npos) return std::nullopt;
+  return std::string(xml.substr(from, to - from));
+}
+
+// POSTs `body` to `url` and reads the whole answer (its first 64 KiB of text).
+awaitable<transfer_result<answer>> run_post(std::string url, std::string body,
+                                            std::string ca_file) {
+  const auto u = parse_http_url(url);
+  if (!u) co_return u.error();
+  blob_connection stream(co_await asio::this_coro::executor, std::move(ca_file));
+  auto connected = co_await stream.open(*u);
+  if (!connected) co_return connected.error();
+  http::request<http::string_body> post{http::verb::post, u->target, 11};
+  post.set(http::field::host, u->host_header);
+  post.set(http::field::user_agent, "parley");
+  if (!body.empty()) post.set(http::field::content_type, "application/xml");
+  post.body() = std::move(body);
+  post.prepare_payload();
+  stream.expires_after(io_timeout);
+  auto [ec, n] = co_await stream.with(
+      [&](auto& s) { return http::async_write(s, post, as_tuple_awaitable); });
+  if (ec) co_return stream_failure(ec, "sending the request");
+  beast::flat_buffer buffer;
+  co_return co_await read_answer(stream, buffer, false);
+}
+
+awaitable<transfer_result<std::string>> run_start_multipart(std::string url,
+                                                            std::string ca_file) {
+  auto a = co_await run_post(std::move(url), {}, std::move(ca_file));
+  if (!a) co_return a.error();
+  if (a->status != 200) co_return status_failure(*a);
+  auto id = xml_value(a->text, "UploadId");
+  if (!id || id->empty()) co_return failure(errc::protocol, "no UploadId in the answer");
+  co_return std::move(*id);
+}
+
+awaitable<transfer_result<std::string>> run_upload_part(std::string url,
+                                                        std::filesystem::path file,
+                                                        std::uint64_t first, std::uint64_t last,
+                                                        progress_fn progress,
+                                                        std::string ca_file) {
+  const auto u = parse_http_url(url);
+  if (!u) co_return u.error();
+  fd_guard fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  struct stat st {};
+  if (!fd.valid() || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    co_return failure(errc::io, "cannot read " + file.string());
+  }
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  if (first >= last || last > size) {
+    co_return failure(errc::io, file.string() + " has no bytes " + std::to_string(first) + "-" +
+                                    std::to_string(last) + " (did it change?)");
+  }
+  progress_meter meter(std::move(progress));
+  blob_connection stream(co_await asio::this_coro::executor, std::move(ca_file));
+  auto connected = co_await stream.open(*u);
+  if (!connected) co_return connected.error();
+  beast::flat_buffer buffer;
+  http::request<http::buffer_body> put{http::verb::put, u->target, 11};
+  put.set(http::field::host, u->host_header);
+  put.set(http::field::user_agent, "parley");
+  auto a = co_await put_range(stream, buffer, put, fd.get(), file, first, last, size, meter);
+  if (!a) co_return a.error();
+  if (a->status != 200) {
+    if (a->status < 300) {
+      co_return failure(errc::protocol, "unexpected status " + std::to_string(a->status));
+    }
+    co_return status_failure(*a);
+  }
+  if (a->etag.empty()) co_return failure(errc::protocol, "no ETag for the part");
+  meter.update(last, size);
+  co_return std::move(a->etag);
+}
+
+awaitable<transfer_result<void>> run_complete_multipart(std::string url,
+                                                        std::vector<std::string> etags,
+                                                        std::string ca_file) {
+  std::string xml = "<CompleteMultipartUpload>";
+  for (std::size_t i = 0; i < etags.size(); ++i) {
+    xml += "<Part><PartNumber>" + std::to_string(i + 1) + "</PartNumber><ETag>" + etags[i] +
+           "</ETag></Part>";
+  }
+  xml += "</CompleteMultipartUpload>";
+  auto a = co_await run_post(std::move(url), std::move(xml), std::move(ca_file));
+  if (!a) co_return a.error();
+  if (a->status != 200) co_return status_failure(*a);
+  // S3 may answer 200 and then an <Error> (a failure found while assembling).
+  if (a->text.find("<Error>") != std::string::npos) {
+    auto a_error = *a;
+    a_error.text = xml_value(a->text, "Code").value_or("error") + ": " +
+                   xml_value(a->text, "Message").value_or("");
+    co_return status_failure(a_error);
+  }
+  if (a->text.find("CompleteMultipartUploadResult") == std::string::npos) {
+    co_return failure(errc::protocol, "no CompleteMultipartUploadResult in the answer");
+  }
+  co_return transfer_result<void>();
 }
 
 // --- download --------------------------------------------------------------------------------
@@ -557,11 +676,12 @@ awaitable<transfer_result<void>> run_download(std::string url, std::filesystem::
 }
 
 // Runs `work` to its end on a private io_context on this thread.
-transfer_result<void> run_here(awaitable<transfer_result<void>> work) {
+template <class T>
+transfer_result<T> run_here(awaitable<transfer_result<T>> work) {
   asio::io_context io(1);
-  transfer_result<void> out = failure(errc::io, "the transfer did not finish");
+  transfer_result<T> out = failure(errc::io, "the transfer did not finish");
   std::exception_ptr thrown;
-  asio::co_spawn(io, std::move(work), [&](std::exception_ptr e, transfer_result<void> r) {
+  asio::co_spawn(io, std::move(work), [&](std::exception_ptr e, transfer_result<T> r) {
     thrown = std::move(e);
     out = std::move(r);
   });
@@ -598,6 +718,24 @@ std::string describe(const transfer_error& e) {
 transfer_result<void> upload(const std::string& url, const std::filesystem::path& ciphertext_file,
                              const progress_fn& progress, const std::string& ca_file) {
   return run_here(run_upload(url, ciphertext_file, progress, ca_file));
+}
+
+transfer_result<std::string> start_multipart(const std::string& url, const std::string& ca_file) {
+  return run_here(run_start_multipart(url, ca_file));
+}
+
+transfer_result<std::string> upload_part(const std::string& url,
+                                         const std::filesystem::path& ciphertext_file,
+                                         std::uint64_t first, std::uint64_t last,
+                                         const progress_fn& progress,
+                                         const std::string& ca_file) {
+  return run_here(run_upload_part(url, ciphertext_file, first, last, progress, ca_file));
+}
+
+transfer_result<void> complete_multipart(const std::string& url,
+                                         const std::vector<std::string>& etags,
+                                         const std::string& ca_file) {
+  return run_here(run_complete_multipart(url, etags, ca_file));
 }
 
 transfer_result<void> download(const std::string& url, const std::filesystem::path& partial_file,

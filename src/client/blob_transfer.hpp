@@ -6,7 +6,8 @@
 // http:// and https:// URLs. Over https:// the store's certificate is checked as parley checks
 // a wss:// server's (common/tls_client: TLS 1.2 or later, the host name, against the PEM
 // certificates of `ca_file` only or, when it is empty, the system's trusted certificates).
-// Against S3 the HEAD gets no Parley-Upload-Offset, and an upload starts over from byte 0.
+// Against S3 the HEAD gets no Parley-Upload-Offset, and a single-PUT upload starts over from
+// byte 0; a larger file goes in parts (the multipart calls below), which the caller resumes.
 //
 // Synchronous: each call runs a private io_context on the calling thread and returns when the
 // transfer is over. Timeouts: 10 s to resolve and connect, 30 s for every read and write to
@@ -20,6 +21,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace parley::client {
 
@@ -72,6 +74,23 @@ using progress_fn = std::function<void(std::uint64_t done, std::uint64_t total)>
                                            const std::filesystem::path& ciphertext_file,
                                            const progress_fn& progress = {},
                                            const std::string& ca_file = {});
+
+// S3 multipart uploads (docs/protocol.md, "Media"), for a slot with a multipart_url:
+//  - start_multipart POSTs to that URL and answers the UploadId the store gives;
+//  - upload_part PUTs bytes [first, last) of the file to one part's URL (Content-Length
+//    last - first, 100-continue) and answers the ETag the store gives it (quotes kept);
+//  - complete_multipart POSTs the CompleteMultipartUpload XML of parts 1..N with `etags[N-1]`
+//    and succeeds only on a CompleteMultipartUploadResult (S3 can answer 200 with an <Error>).
+[[nodiscard]] transfer_result<std::string> start_multipart(const std::string& url,
+                                                           const std::string& ca_file = {});
+[[nodiscard]] transfer_result<std::string> upload_part(const std::string& url,
+                                                       const std::filesystem::path& ciphertext_file,
+                                                       std::uint64_t first, std::uint64_t last,
+                                                       const progress_fn& progress = {},
+                                                       const std::string& ca_file = {});
+[[nodiscard]] transfer_result<void> complete_multipart(const std::string& url,
+                                                       const std::vector<std::string>& etags,
+                                                       const std::string& ca_file = {});
 
 // Downloads the blob at the download URL `url` into `partial_file`, which must end up holding
 // exactly `expected_size` bytes. If the file already holds K bytes, 0 < K < expected_size,

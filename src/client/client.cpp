@@ -316,6 +316,17 @@ awaitable<result<v2::UploadSlot>> client::request_upload(std::uint64_t size, std
   co_return std::move(*r->mutable_upload_slot());
 }
 
+awaitable<result<v2::UploadParts>> client::request_upload_parts(std::string media_id,
+                                                                std::string upload_id) {
+  v2::Frame f;
+  f.mutable_request_upload_parts()->set_media_id(std::move(media_id));
+  f.mutable_request_upload_parts()->set_upload_id(std::move(upload_id));
+  auto r = co_await request(std::move(f));
+  if (!r) co_return r.error();
+  if (!r->has_upload_parts()) co_return unexpected(*r);
+  co_return std::move(*r->mutable_upload_parts());
+}
+
 awaitable<result<v2::DownloadSlot>> client::request_download(std::uint64_t chat_id,
                                                              std::uint64_t seq) {
   v2::Frame f;

@@ -153,6 +153,10 @@ class client {
   // SHA-256 (32 bytes), and a URL to download the file of the message at (chat_id, seq).
   boost::asio::awaitable<result<parley::v2::UploadSlot>> request_upload(std::uint64_t size,
                                                                         std::string sha256);
+  // The part URLs of the S3 multipart upload `upload_id` the client started at its slot's
+  // multipart_url.
+  boost::asio::awaitable<result<parley::v2::UploadParts>> request_upload_parts(
+      std::string media_id, std::string upload_id);
   boost::asio::awaitable<result<parley::v2::DownloadSlot>> request_download(std::uint64_t chat_id,
                                                                             std::uint64_t seq);
   // A page of a chat's history, newest first, with seq < before_seq (0: from the newest): the

@@ -187,29 +187,110 @@ awaitable<result<content::Media>> upload_file(client& api, local_store& store, f
     state.set_cipher_path(cipher_path.string());
   }
 
+  const auto keep = [&]() -> std::optional<client_error> {
+    try {
+      store.put_upload(source.string(), size, mtime_ns(st), state.SerializeAsString());
+      return std::nullopt;
+    } catch (const std::exception& e) {
+      return local_error(std::string("local store failed: ") + e.what());
+    }
+  };
+  const std::filesystem::path cipher = state.cipher_path();
+  const std::uint64_t cipher_size = state.media().size();
   for (int attempt = 0;; ++attempt) {
-    if (state.url().empty() || state.expires_at_ms() < now_ms() + url_margin_ms) {
+    // A multipart upload under way goes on with its own slot, expired or not: its parts'
+    // URLs are asked for anew (RequestUploadParts) as long as the server keeps the record.
+    if (state.upload_id().empty() &&
+        (state.url().empty() || state.expires_at_ms() < now_ms() + url_margin_ms)) {
       auto slot = co_await api.request_upload(state.media().size(), state.media().sha256());
       if (!slot) co_return slot.error();
       state.mutable_media()->set_media_id(slot->media_id());
       state.set_url(slot->url());
       state.set_expires_at_ms(slot->expires_at_ms());
+      state.set_multipart_url(slot->multipart_url());
+      state.clear_part_etags();
     }
-    try {
-      store.put_upload(source.string(), size, mtime_ns(st), state.SerializeAsString());
-    } catch (const std::exception& e) {
-      co_return local_error(std::string("local store failed: ") + e.what());
+    if (auto failed = keep()) co_return *failed;
+    const bool retry = attempt == 0;
+
+    if (state.multipart_url().empty()) {
+      const std::string url = state.url();
+      auto sent =
+          co_await off_thread([&] { return upload(url, cipher, progress, api.ca_file()); });
+      if (sent) break;
+      // A URL refused as expired or invalid: once more with a new slot (and a new media id).
+      if (retry && sent.error().status == 403) {
+        state.clear_url();
+        continue;
+      }
+      co_return local_error("upload failed: " + describe(sent.error()));
     }
-    const std::string url = state.url();
-    const std::filesystem::path cipher = state.cipher_path();
-    auto sent = co_await off_thread([&] { return upload(url, cipher, progress, api.ca_file()); });
-    if (sent) break;
-    // A URL refused as expired or invalid: once more with a new slot (and a new media id).
-    if (attempt == 0 && sent.error().status == 403) {
+
+    // S3, in parts (docs/protocol.md, "Media"): start (once), then each part not stored yet,
+    // recorded as it is, then the completion.
+    if (state.upload_id().empty()) {
+      const std::string url = state.multipart_url();
+      auto started = co_await off_thread([&] { return start_multipart(url, api.ca_file()); });
+      if (!started) {
+        if (retry && started.error().status == 403) {
+          state.clear_url();
+          continue;
+        }
+        co_return local_error("upload failed: " + describe(started.error()));
+      }
+      state.set_upload_id(*started);
+      if (auto failed = keep()) co_return *failed;
+    }
+    auto parts = co_await api.request_upload_parts(state.media().media_id(), state.upload_id());
+    if (!parts && retry && parts.error().code == parley::v2::ERROR_CODE_MEDIA_NOT_FOUND) {
+      // The slot's record was swept (a day without a send): all over again.
       state.clear_url();
+      state.clear_upload_id();
+      state.clear_part_etags();
       continue;
     }
-    co_return local_error("upload failed: " + describe(sent.error()));
+    if (!parts) co_return parts.error();
+    const auto count = static_cast<std::uint64_t>(parts->part_urls_size());
+    if (parts->part_size() == 0 ||
+        count != (cipher_size + parts->part_size() - 1) / parts->part_size()) {
+      co_return local_error("the server's parts do not cover the file");
+    }
+    while (static_cast<std::uint64_t>(state.part_etags_size()) < count) state.add_part_etags();
+    std::optional<transfer_error> part_failed;
+    for (int i = 0; i < parts->part_urls_size() && !part_failed; ++i) {
+      if (!state.part_etags(i).empty()) continue;
+      const std::string url = parts->part_urls(i);
+      const std::uint64_t first = static_cast<std::uint64_t>(i) * parts->part_size();
+      const std::uint64_t last = std::min(cipher_size, first + parts->part_size());
+      auto etag = co_await off_thread(
+          [&] { return upload_part(url, cipher, first, last, progress, api.ca_file()); });
+      if (!etag) {
+        part_failed = etag.error();
+        break;
+      }
+      state.set_part_etags(i, *etag);
+      if (auto failed = keep()) co_return *failed;
+    }
+    if (!part_failed) {
+      const std::string url = parts->complete_url();
+      const std::vector<std::string> etags(state.part_etags().begin(), state.part_etags().end());
+      auto done = co_await off_thread([&] { return complete_multipart(url, etags, api.ca_file()); });
+      if (done) {
+        if (progress) progress(cipher_size, cipher_size);
+        break;
+      }
+      part_failed = done.error();
+    }
+    // The store no longer knows the upload (404 NoSuchUpload: aborted by its lifecycle rules,
+    // or completed already with other parts): once more from its first part, on a new slot.
+    if (retry && part_failed->status == 404) {
+      state.clear_url();
+      state.clear_upload_id();
+      state.clear_part_etags();
+      continue;
+    }
+    if (retry && part_failed->status == 403) continue;  // expired part URLs: ask anew
+    co_return local_error("upload failed: " + describe(*part_failed));
   }
   co_return state.media();
 }

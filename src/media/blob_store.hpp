@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -45,6 +46,15 @@ struct upload_grant {
   wall_clock::time_point expires;
 };
 
+// An S3 multipart upload's URLs (s3_blob_store): part N (from 1) is bytes
+// [(N-1) * part_size, min(N * part_size, size)) of the blob, PUT to parts[N-1] with exactly that
+// length; `complete` takes the POST that assembles them.
+struct multipart_urls {
+  std::uint64_t part_size = 0;
+  std::vector<std::string> parts;
+  std::string complete;
+};
+
 class blob_store {
  public:
   virtual ~blob_store() = default;
@@ -52,6 +62,15 @@ class blob_store {
   // The URL the client PUTs the ciphertext to (resuming with HEAD + Content-Range where the
   // store supports it: docs/protocol.md, "Media").
   [[nodiscard]] virtual std::string upload_url(const upload_grant& grant) = 0;
+  // A store with multipart uploads (S3): the URL to POST to start one for grant.id when the
+  // blob takes more than one part; empty otherwise (and always for a store without them: the
+  // upload goes to upload_url).
+  [[nodiscard]] virtual std::string multipart_start_url(const upload_grant& grant) = 0;
+  // The part and completion URLs of the multipart upload `upload_id` of grant.id (grant.size
+  // bytes in all), valid until grant.expires; nullopt for a store without multipart uploads.
+  // `upload_id` must already be checked (wire: is_upload_id); it is only signed into URLs.
+  [[nodiscard]] virtual std::optional<multipart_urls> multipart_part_urls(
+      const upload_grant& grant, std::string_view upload_id) = 0;
   // The URL `user` GETs blob `id` from (HTTP Range supported), valid until `expires`.
   [[nodiscard]] virtual std::string download_url(const blob_id& id, std::uint64_t user,
                                                  wall_clock::time_point expires) = 0;

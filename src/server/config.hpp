@@ -40,8 +40,8 @@ struct rate_limits {
   // names. The reference client asks GetGroup before each group send, so this is also its
   // group sends' pace (10/s sustained, 120 at once): far above a person's.
   rate_limit group_read_per_device{600, 120};
-  // RequestUpload and RequestDownload together: each signs a URL (and an upload records a
-  // blob that counts against the quota until it is swept).
+  // RequestUpload, RequestUploadParts and RequestDownload together: each signs URLs (and an
+  // upload records a blob that counts against the quota until it is swept).
   rate_limit media_per_device{120, 60};
 };
 

@@ -459,6 +459,7 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
         return std::nullopt;
       break;
     case frame::kRequestUpload:
+    case frame::kRequestUploadParts:
     case frame::kRequestDownload:
       if (!within_rate(state_.limiters.media_per_device, device_key(), id, "media requests"))
         return std::nullopt;
@@ -867,6 +868,44 @@ awaitable<void> device_session::run_request(frame request) {
       auto* out = reply.mutable_upload_slot();
       out->set_media_id(grant.id);
       out->set_url(state_.media.upload_url(grant));
+      out->set_expires_at_ms(media::unix_ms(grant.expires));
+      out->set_multipart_url(state_.media.multipart_start_url(grant));
+      send(reply);
+      break;
+    }
+    case frame::kRequestUploadParts: {
+      // URLs for the parts of an upload this account started on its own slot, while the file
+      // is not sent (after that the object is what its message names: no part may replace it).
+      auto& q = *request.mutable_request_upload_parts();
+      auto r = co_await store_call<store::media_record>(
+          [&](store::completion<store::media_record> done) {
+            state_.store.own_media(user_, q.media_id(), std::move(done));
+          });
+      if (!r) {
+        fail(r.error());
+        break;
+      }
+      if (r->references > 0) {
+        reject(id, v2::ERROR_CODE_INVALID_ARGUMENT, "the file was sent already");
+        break;
+      }
+      media::upload_grant grant;
+      grant.id = r->media;
+      grant.owner = user_;
+      grant.size = r->size;
+      grant.expires = media::wall_clock::now() + state_.cfg.media.upload_url_ttl;
+      auto urls = state_.media.multipart_part_urls(grant, q.upload_id());
+      if (!urls) {
+        reject(id, v2::ERROR_CODE_INVALID_ARGUMENT,
+               "this server's blob store takes one PUT per file (resumed with HEAD): there "
+               "are no multipart uploads");
+        break;
+      }
+      auto* out = reply.mutable_upload_parts();
+      out->set_media_id(grant.id);
+      out->set_part_size(urls->part_size);
+      for (auto& u : urls->parts) out->add_part_urls(std::move(u));
+      out->set_complete_url(std::move(urls->complete));
       out->set_expires_at_ms(media::unix_ms(grant.expires));
       send(reply);
       break;

@@ -97,6 +97,15 @@ std::string media_service::upload_url(const media::upload_grant& grant) {
   return blobs_->upload_url(grant);
 }
 
+std::string media_service::multipart_start_url(const media::upload_grant& grant) {
+  return blobs_->multipart_start_url(grant);
+}
+
+std::optional<media::multipart_urls> media_service::multipart_part_urls(
+    const media::upload_grant& grant, std::string_view upload_id) {
+  return blobs_->multipart_part_urls(grant, upload_id);
+}
+
 std::string media_service::download_url(const media::blob_id& id, std::uint64_t user,
                                         media::wall_clock::time_point expires) {
   return blobs_->download_url(id, user, expires);

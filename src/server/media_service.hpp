@@ -58,6 +58,10 @@ class media_service {
 
   // Thread-safe, no I/O.
   [[nodiscard]] std::string upload_url(const media::upload_grant& grant);
+  // S3 only (blob_store): empty / nullopt with the local store.
+  [[nodiscard]] std::string multipart_start_url(const media::upload_grant& grant);
+  [[nodiscard]] std::optional<media::multipart_urls> multipart_part_urls(
+      const media::upload_grant& grant, std::string_view upload_id);
   [[nodiscard]] std::string download_url(const media::blob_id& id, std::uint64_t user,
                                          media::wall_clock::time_point expires);
 

@@ -429,6 +429,9 @@ class store {
   // entry without media.
   virtual void media_of(user_id requester, chat_id chat, std::uint64_t seq,
                         completion<media_record> done) = 0;
+  // The record of blob `media` if `owner` holds it (created it with create_media);
+  // errc::media_not_found otherwise (no such record, or another account's).
+  virtual void own_media(user_id owner, std::string media, completion<media_record> done) = 0;
   // Up to `limit` records with no reference created before `created_before_ms` (the sweep's
   // candidates), oldest first.
   virtual void unreferenced_media(std::uint64_t created_before_ms, std::size_t limit,

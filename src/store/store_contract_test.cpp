@@ -1768,6 +1768,32 @@ TEST_P(store_media, a_quota_counts_every_slot_until_its_record_is_deleted) {
   EXPECT_EQ(*again, 1000u);
 }
 
+TEST_P(store_media, an_owner_reads_its_own_record_and_nobody_elses) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  ASSERT_TRUE(create_media(alice, media_id(1), 12345));
+  const auto own = [&](const person& p, const std::string& id) {
+    return wait_for<media_record>([&](auto done) { db_->own_media(p.user, id, done); });
+  };
+  auto mine = own(alice, media_id(1));
+  ASSERT_TRUE(mine);
+  EXPECT_EQ(mine->media, media_id(1));
+  EXPECT_EQ(mine->owner, alice.user);
+  EXPECT_EQ(mine->size, 12345u);
+  EXPECT_EQ(mine->references, 0u);
+  auto theirs = own(bob, media_id(1));
+  ASSERT_FALSE(theirs);
+  EXPECT_EQ(theirs.error(), errc::media_not_found) << "another account's record";
+  auto none = own(alice, media_id(2));
+  ASSERT_FALSE(none);
+  EXPECT_EQ(none.error(), errc::media_not_found);
+  // A reference shows once the file is sent.
+  ASSERT_TRUE(send_file(alice, by_peer("bob"), "a1", media_id(1)));
+  auto sent = own(alice, media_id(1));
+  ASSERT_TRUE(sent);
+  EXPECT_EQ(sent->references, 1u);
+}
+
 TEST_P(store_media, a_message_references_its_senders_blob_and_only_its_senders) {
   auto alice = register_user("alice");
   auto bob = register_user("bob");

@@ -91,6 +91,15 @@ bool is_media_id(const std::string& id) {
          });
 }
 
+// An S3 UploadId as the stores write them (AWS: URL-safe base64 with '.', '_', '-'; MinIO and
+// s3rver: hex or a UUID). It only ever goes, encoded, into a URL the server signs.
+bool is_upload_id(const std::string& id) {
+  return !id.empty() && id.size() <= 1024 && std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           c == '.' || c == '_' || c == '~' || c == '+' || c == '/' || c == '=' || c == '-';
+  });
+}
+
 std::optional<protocol_error> validate(const Frame& f, const limits& l) {
   switch (f.body_case()) {
     case Frame::kRegister:
@@ -140,6 +149,14 @@ std::optional<protocol_error> validate(const Frame& f, const limits& l) {
                                   " (100,000,000 bytes of file, encrypted)"};
       }
       if (u.sha256().size() != 32) return invalid("sha256 must be 32 bytes");
+      return std::nullopt;
+    }
+    case Frame::kRequestUploadParts: {
+      const auto& u = f.request_upload_parts();
+      if (!is_media_id(u.media_id())) return invalid("media_id must be 32 lowercase hex digits");
+      if (!is_upload_id(u.upload_id())) {
+        return invalid("upload_id must be 1-1024 characters of [A-Za-z0-9._~+/=-]");
+      }
       return std::nullopt;
     }
     case Frame::kRequestDownload:

@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 #include <utime.h>
 
+#include <atomic>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -14,6 +16,8 @@
 #include <sys/wait.h>
 
 #include "client/blob_transfer.hpp"
+#include "client/local_store.hpp"
+#include "client/media_files.hpp"
 #include "listening_process.hpp"
 #include "media/chunked_cipher.hpp"
 #include "self_signed_certificate.hpp"
@@ -309,23 +313,29 @@ class s3rver_process {
  public:
   // Over HTTPS when given a PEM key and certificate.
   explicit s3rver_process(const fs::path& dir, const fs::path& key = {},
-                          const fs::path& cert = {}) {
-    std::vector<std::string> argv{NODE_PATH_EXECUTABLE, S3RVER_LAUNCHER, dir.string()};
-    if (!key.empty()) argv.insert(argv.end(), {"0", key.string(), cert.string()});
+                          const fs::path& cert = {}, unsigned short port = 0) {
+    std::vector<std::string> argv{NODE_PATH_EXECUTABLE, S3RVER_LAUNCHER, dir.string(),
+                                  std::to_string(port)};
+    if (!key.empty()) argv.insert(argv.end(), {key.string(), cert.string()});
     auto p = test_support::spawn_listening(
         argv, {"NODE_PATH=" S3RVER_NODE_MODULES, "PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp"});
     pid_ = p.pid;
     port_ = p.port;
   }
-  ~s3rver_process() {
-    ::kill(pid_, SIGTERM);
-    ::waitpid(pid_, nullptr, 0);
-  }
+  ~s3rver_process() { stop(SIGTERM); }
+  // Stops it at once (a crash, for the tests of what a client does when the store goes away).
+  void kill_now() { stop(SIGKILL); }
   s3rver_process(const s3rver_process&) = delete;
   s3rver_process& operator=(const s3rver_process&) = delete;
   unsigned short port() const { return port_; }
 
  private:
+  void stop(int signal) {
+    if (pid_ <= 0) return;
+    ::kill(pid_, signal);
+    ::waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
   pid_t pid_ = -1;
   unsigned short port_ = 0;
 };
@@ -350,16 +360,19 @@ bool s3_drops_within_20s(const fs::path& dir, const std::string& id) {
 class media_s3 : public ::testing::Test {
  protected:
   media_s3() : media_s3({}, {}) {}
-  // Over https:// with this PEM key and certificate, which parleyd's DELETEs trust.
-  media_s3(const fs::path& key, const fs::path& cert)
-      : s3(s3_dir.path(), key, cert), server({}, config(s3.port(), cert)) {}
-  static std::string config(unsigned short port, const fs::path& cert) {
+  // Over https:// with this PEM key and certificate, which parleyd's DELETEs trust. URLs live
+  // `ttl_s` and unsent uploads `retention_s` (short by default: the expiry and sweep tests).
+  media_s3(const fs::path& key, const fs::path& cert, int ttl_s = 2, int retention_s = 3)
+      : s3(s3_dir.path(), key, cert), server({}, config(s3.port(), cert, ttl_s, retention_s)) {}
+  static std::string config(unsigned short port, const fs::path& cert, int ttl_s,
+                            int retention_s) {
     const std::string endpoint =
         (cert.empty() ? "http://127.0.0.1:" : "https://localhost:") + std::to_string(port);
     return "[media]\nstore = \"s3\"\ns3_endpoint = \"" + endpoint +
            "\"\ns3_bucket = \"parley\"\ns3_access_key = \"S3RVER\"\n"
-           "s3_secret_key = \"S3RVER\"\nupload_url_ttl_s = 2\nunreferenced_retention_s = 3\n"
-           "sweep_interval_s = 1\n" +
+           "s3_secret_key = \"S3RVER\"\nupload_url_ttl_s = " + std::to_string(ttl_s) +
+           "\nunreferenced_retention_s = " + std::to_string(retention_s) +
+           "\nsweep_interval_s = 1\n" +
            (cert.empty() ? "" : "s3_ca_file = \"" + cert.string() + "\"\n");
   }
   bool stored(const std::string& id) const { return s3_holds(s3_dir.path(), id); }
@@ -432,6 +445,123 @@ TEST_F(media_s3, expired_urls_are_refused_and_unreferenced_objects_swept) {
   ASSERT_TRUE(stored(kept->media_id()));
   EXPECT_TRUE(s3_drops_within_20s(s3_dir.path(), kept->media_id()))
       << "deleted with a signed DELETE";
+}
+
+// Files over one part (8 MiB) go to S3 as multipart uploads, and a cut one resumes with the
+// parts the store kept. URLs live 15 minutes and unsent uploads an hour here.
+class media_s3_multipart : public media_s3 {
+ protected:
+  media_s3_multipart() : media_s3({}, {}, 900, 3600) {}
+};
+
+TEST_F(media_s3_multipart, parts_are_signed_for_their_owner_and_assemble_the_file) {
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
+  write_file(dir.path() / "small.bin", 8'000'000, 3);
+  auto small = seal(dir.path() / "small.bin", dir.path() / "small.enc");
+  auto one = alice.run(alice.api().request_upload(small.file.size, bytes_of(small.file.sha256)));
+  ASSERT_TRUE(one);
+  EXPECT_TRUE(one->multipart_url().empty()) << "one part's worth goes in one PUT";
+
+  write_file(dir.path() / "video.mp4", 20'000'000 + 5, 4);
+  auto s = seal(dir.path() / "video.mp4", dir.path() / "video.enc");
+  auto slot = alice.run(alice.api().request_upload(s.file.size, bytes_of(s.file.sha256)));
+  ASSERT_TRUE(slot);
+  ASSERT_FALSE(slot->multipart_url().empty());
+  auto upload_id = client::start_multipart(slot->multipart_url());
+  ASSERT_TRUE(upload_id) << client::describe(upload_id.error());
+
+  // Only the slot's owner gets part URLs, only for an upload id that can go in a URL.
+  EXPECT_EQ(code_of(bob.run(bob.api().request_upload_parts(slot->media_id(), *upload_id))),
+            v2::ERROR_CODE_MEDIA_NOT_FOUND);
+  EXPECT_EQ(code_of(alice.run(alice.api().request_upload_parts(slot->media_id(), "a b&c"))),
+            v2::ERROR_CODE_INVALID_ARGUMENT);
+  EXPECT_EQ(code_of(alice.run(alice.api().request_upload_parts(std::string(32, 'f'),
+                                                               *upload_id))),
+            v2::ERROR_CODE_MEDIA_NOT_FOUND);
+
+  auto parts = alice.run(alice.api().request_upload_parts(slot->media_id(), *upload_id));
+  ASSERT_TRUE(parts) << client::describe(parts.error());
+  EXPECT_EQ(parts->media_id(), slot->media_id());
+  ASSERT_EQ(parts->part_size(), 8u * 1024 * 1024);
+  ASSERT_EQ(parts->part_urls_size(), 3) << "20,000,005 bytes and their tags in 8 MiB parts";
+  // Parts in any order, each exactly its length; a cut one is sent again alone.
+  std::vector<std::string> etags(3);
+  for (const int i : {2, 0, 1}) {
+    const std::uint64_t first = static_cast<std::uint64_t>(i) * parts->part_size();
+    const std::uint64_t last = std::min<std::uint64_t>(s.file.size, first + parts->part_size());
+    auto etag = client::upload_part(parts->part_urls(i), s.cipher, first, last);
+    ASSERT_TRUE(etag) << "part " << i + 1 << ": " << client::describe(etag.error());
+    etags[static_cast<std::size_t>(i)] = *etag;
+  }
+  EXPECT_FALSE(stored(slot->media_id())) << "nothing is an object before the completion";
+  auto done = client::complete_multipart(parts->complete_url(), etags);
+  ASSERT_TRUE(done) << client::describe(done.error());
+  EXPECT_TRUE(media_flow_files_absent(server.data_dir(), slot->media_id()))
+      << "no byte went through parleyd";
+
+  auto sent = alice.run(alice.api().send("bob", "m1", "x", v2::CIPHER_TYPE_SIGNAL_MESSAGE, 0,
+                                         slot->media_id()));
+  ASSERT_TRUE(sent);
+  EXPECT_EQ(code_of(alice.run(alice.api().request_upload_parts(slot->media_id(), *upload_id))),
+            v2::ERROR_CODE_INVALID_ARGUMENT)
+      << "a sent file's object is what its message names: no new parts";
+  auto where = bob.run(bob.api().request_download(sent->chat_id(), sent->seq()));
+  ASSERT_TRUE(where);
+  auto got = client::download(where->url(), dir.path() / "bob.part", where->size(), {});
+  ASSERT_TRUE(got) << client::describe(got.error());
+  ASSERT_TRUE(media::decrypt_file(dir.path() / "bob.part", dir.path() / "bob.mp4", s.key,
+                                  s.file.size, s.file.sha256));
+  EXPECT_TRUE(same_files(dir.path() / "video.mp4", dir.path() / "bob.mp4"));
+}
+
+TEST_F(media_s3_multipart, a_cut_upload_resumes_from_the_parts_the_store_kept) {
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
+  client::local_store local(dir.path() / "alice.db");
+  write_file(dir.path() / "talk.mp4", 20'000'000 + 5, 5);
+  client::file_to_send file{dir.path() / "talk.mp4", {}, {}, false};
+  const std::uint64_t part = 8u * 1024 * 1024;
+
+  // The store dies during the second part: the first part and the upload id are kept.
+  std::atomic<std::uint64_t> furthest{0};
+  auto cut = alice.run(client::upload_file(
+      alice.api(), local, file, dir.path() / "work", [&](std::uint64_t done, std::uint64_t) {
+        furthest = std::max<std::uint64_t>(furthest, done);
+        if (done >= part) s3.kill_now();  // once the first part is in
+      }));
+  ASSERT_FALSE(cut) << "the upload cannot finish without the store";
+  EXPECT_GE(furthest.load(), part);
+
+  // Back on the same port and data: the next run sends the second and third parts only.
+  const auto port = s3.port();
+  s3.kill_now();
+  s3rver_process again(s3_dir.path(), {}, {}, port);
+  std::atomic<std::uint64_t> first_report{UINT64_MAX};
+  auto resumed = alice.run(client::upload_file(
+      alice.api(), local, file, dir.path() / "work", [&](std::uint64_t done, std::uint64_t) {
+        std::uint64_t none = UINT64_MAX;
+        first_report.compare_exchange_strong(none, done);
+      }));
+  ASSERT_TRUE(resumed) << client::describe(resumed.error());
+  EXPECT_EQ(first_report.load(), part) << "resumed at the second part, not from byte 0";
+
+  auto sent = alice.run(alice.api().send("bob", "m1", "x", v2::CIPHER_TYPE_SIGNAL_MESSAGE, 0,
+                                         resumed->media_id()));
+  ASSERT_TRUE(sent);
+  client::finish_upload(local, file.path);
+  auto where = bob.run(bob.api().request_download(sent->chat_id(), sent->seq()));
+  ASSERT_TRUE(where);
+  ASSERT_EQ(where->size(), resumed->size());
+  auto got = client::download(where->url(), dir.path() / "bob.part", where->size(), {});
+  ASSERT_TRUE(got) << client::describe(got.error());
+  std::array<std::uint8_t, 32> key{};
+  std::array<std::uint8_t, 32> sha{};
+  std::memcpy(key.data(), resumed->key().data(), key.size());
+  std::memcpy(sha.data(), resumed->sha256().data(), sha.size());
+  ASSERT_TRUE(media::decrypt_file(dir.path() / "bob.part", dir.path() / "bob.mp4", key,
+                                  resumed->size(), sha));
+  EXPECT_TRUE(same_files(dir.path() / "talk.mp4", dir.path() / "bob.mp4"));
 }
 
 // The same flow with the object store on https:// (s3rver with a self-signed certificate), as

@@ -183,6 +183,13 @@ std::string local_blob_store::upload_url(const upload_grant& grant) {
   return public_url_ + target;
 }
 
+std::string local_blob_store::multipart_start_url(const upload_grant& /*grant*/) { return {}; }
+
+std::optional<multipart_urls> local_blob_store::multipart_part_urls(
+    const upload_grant& /*grant*/, std::string_view /*upload_id*/) {
+  return std::nullopt;
+}
+
 std::string local_blob_store::download_url(const blob_id& id, std::uint64_t user,
                                            wall_clock::time_point expires) {
   std::string target = signer_.download_target(id, user, expires);

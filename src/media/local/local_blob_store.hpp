@@ -47,6 +47,10 @@ class local_blob_store final : public blob_store {
   void set_public_url(std::string public_url);
 
   [[nodiscard]] std::string upload_url(const upload_grant& grant) override;
+  // None: an upload here is one PUT, resumed with HEAD and Content-Range.
+  [[nodiscard]] std::string multipart_start_url(const upload_grant& grant) override;
+  [[nodiscard]] std::optional<multipart_urls> multipart_part_urls(
+      const upload_grant& grant, std::string_view upload_id) override;
   [[nodiscard]] std::string download_url(const blob_id& id, std::uint64_t user,
                                          wall_clock::time_point expires) override;
   // Unlinks <id> and <id>.part. An upload still running on the blob server keeps writing to

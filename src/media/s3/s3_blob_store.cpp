@@ -1,5 +1,6 @@
 #include "media/s3/s3_blob_store.hpp"
 
+#include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
@@ -97,29 +98,51 @@ s3_blob_store::s3_blob_store(s3_options options) : options_(std::move(options)) 
 }
 
 std::string s3_blob_store::presigned(const std::string& method, const blob_id& id,
-                                     s3::name_values headers,
+                                     s3::name_values query, s3::name_values headers,
                                      wall_clock::time_point expires) const {
   s3::request r;
   r.method = method;
   r.host = host_;
   r.path = "/" + options_.bucket + "/" + id;
+  r.query = std::move(query);
   r.headers = std::move(headers);
-  const auto query =
+  const auto signed_query =
       s3::presign_query(options_.credentials, r, wall_clock::now(), lifetime_until(expires));
-  return scheme_ + "://" + host_ + s3::canonical_uri(r.path) + "?" + query;
+  return scheme_ + "://" + host_ + s3::canonical_uri(r.path) + "?" + signed_query;
 }
 
 std::string s3_blob_store::upload_url(const upload_grant& grant) {
   if (!valid_blob_id(grant.id)) return {};
   // The length is signed: the object store refuses a body of any other size.
-  return presigned("PUT", grant.id, {{"content-length", std::to_string(grant.size)}},
+  return presigned("PUT", grant.id, {}, {{"content-length", std::to_string(grant.size)}},
                    grant.expires);
+}
+
+std::string s3_blob_store::multipart_start_url(const upload_grant& grant) {
+  if (!valid_blob_id(grant.id) || grant.size <= part_bytes) return {};
+  return presigned("POST", grant.id, {{"uploads", ""}}, {}, grant.expires);
+}
+
+std::optional<multipart_urls> s3_blob_store::multipart_part_urls(const upload_grant& grant,
+                                                                 std::string_view upload_id) {
+  if (!valid_blob_id(grant.id) || upload_id.empty()) return std::nullopt;
+  multipart_urls out;
+  out.part_size = part_bytes;
+  const std::string upload(upload_id);
+  for (std::uint64_t at = 0, n = 1; at < grant.size; at += part_bytes, ++n) {
+    const auto length = std::min(part_bytes, grant.size - at);
+    out.parts.push_back(presigned("PUT", grant.id,
+                                  {{"partNumber", std::to_string(n)}, {"uploadId", upload}},
+                                  {{"content-length", std::to_string(length)}}, grant.expires));
+  }
+  out.complete = presigned("POST", grant.id, {{"uploadId", upload}}, {}, grant.expires);
+  return out;
 }
 
 std::string s3_blob_store::download_url(const blob_id& id, std::uint64_t /*user*/,
                                         wall_clock::time_point expires) {
   if (!valid_blob_id(id)) return {};
-  return presigned("GET", id, {}, expires);
+  return presigned("GET", id, {}, {}, expires);
 }
 
 bool s3_blob_store::remove(const blob_id& id) {

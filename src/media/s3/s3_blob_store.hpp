@@ -4,13 +4,21 @@
 //
 //   upload URL:   PUT  <endpoint>/<bucket>/<id>  signed headers: host, content-length (the
 //                 declared size: the store refuses another length); expires as granted
+//   multipart, for a blob of more than one part (part_bytes, 8 MiB):
+//     start:      POST <endpoint>/<bucket>/<id>?uploads            (answers the UploadId)
+//     part N:     PUT  <endpoint>/<bucket>/<id>?partNumber=N&uploadId=U  signed content-length:
+//                 the part's exact length (the last part: what is left)
+//     complete:   POST <endpoint>/<bucket>/<id>?uploadId=U         (the parts' ETags, as XML)
 //   download URL: GET  <endpoint>/<bucket>/<id>  (Range supported by every S3 store)
 //   remove:       DELETE with header auth, from the sweeper's thread (10 s deadline)
 //
 // What the local store does and this one does not: the SHA-256 is not checked by the object
 // store (the recipient's client checks it, and the chunk tags, before it decrypts anything);
-// an interrupted upload starts over (no multipart upload yet); written_before() lists nothing
-// (an object store's own lifecycle rules remove what the sweeper cannot see).
+// a single-PUT upload that is cut starts over (a multipart one keeps its parts); remove()
+// deletes the object but not an unfinished multipart upload of it (S3 lists those only to a
+// bucket-wide call, and s3rver has none): the bucket's AbortIncompleteMultipartUpload
+// lifecycle rule removes those; written_before() lists nothing (the same rules remove what the
+// sweeper cannot see).
 //
 // Thread safety: immutable after construction; remove() blocks (network I/O).
 #pragma once
@@ -33,18 +41,25 @@ struct s3_options {
 
 class s3_blob_store final : public blob_store {
  public:
+  // A multipart upload's part size: S3's smallest but the last is 5 MiB, and it allows 10,000
+  // parts; 8 MiB makes the largest file (100,024,416 bytes) 12 parts.
+  static constexpr std::uint64_t part_bytes = 8 * 1024 * 1024;
+
   // Throws std::invalid_argument for an endpoint that is not http(s)://HOST[:PORT] or an
   // empty bucket or key.
   explicit s3_blob_store(s3_options options);
 
   [[nodiscard]] std::string upload_url(const upload_grant& grant) override;
+  [[nodiscard]] std::string multipart_start_url(const upload_grant& grant) override;
+  [[nodiscard]] std::optional<multipart_urls> multipart_part_urls(
+      const upload_grant& grant, std::string_view upload_id) override;
   [[nodiscard]] std::string download_url(const blob_id& id, std::uint64_t user,
                                          wall_clock::time_point expires) override;
   bool remove(const blob_id& id) override;
   [[nodiscard]] std::vector<blob_id> written_before(wall_clock::time_point before) override;
 
  private:
-  std::string presigned(const std::string& method, const blob_id& id,
+  std::string presigned(const std::string& method, const blob_id& id, s3::name_values query,
                         s3::name_values headers, wall_clock::time_point expires) const;
 
   s3_options options_;

@@ -2,6 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <charconv>
+#include <map>
+
+#include "media/s3/s3_blob_store.hpp"
+
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -542,6 +547,126 @@ TEST(sigv4, presign_expiry_is_one_second_to_seven_days) {
   EXPECT_NE(presign_query(c, r, may_24_2013, 1s).find("X-Amz-Expires=1&"), std::string::npos);
   EXPECT_NE(presign_query(c, r, may_24_2013, 604800s).find("X-Amz-Expires=604800&"),
             std::string::npos);
+}
+
+
+// ---- the multipart URLs s3_blob_store presigns ----
+
+// A presigned URL taken apart: its path, its query (decoded) and the time and expiry it says.
+struct presigned_url {
+  std::string path;
+  std::string query;  // as sent
+  std::map<std::string, std::string> params;
+};
+
+std::string decoded(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size()) {
+      unsigned v = 0;
+      std::from_chars(s.data() + i + 1, s.data() + i + 3, v, 16);
+      out.push_back(static_cast<char>(v));
+      i += 2;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+presigned_url split(const std::string& url, std::string_view base) {
+  presigned_url out;
+  EXPECT_TRUE(url.starts_with(base)) << url;
+  const auto q = url.find('?');
+  out.path = url.substr(base.size(), q - base.size());
+  out.query = url.substr(q + 1);
+  std::string_view rest = out.query;
+  while (!rest.empty()) {
+    const auto amp = rest.find('&');
+    const auto pair = rest.substr(0, amp);
+    const auto eq = pair.find('=');
+    out.params[decoded(pair.substr(0, eq))] = decoded(pair.substr(eq + 1));
+    rest = amp == std::string_view::npos ? std::string_view{} : rest.substr(amp + 1);
+  }
+  return out;
+}
+
+// Whether `u` is exactly the presigned URL of (method, its path, its own non-auth query, the
+// content-length given or none) by `c`: the query is signed again from those and compared.
+bool signs(const presigned_url& u, const credentials& c, const std::string& method,
+           std::optional<std::uint64_t> content_length) {
+  request r;
+  r.method = method;
+  r.host = "127.0.0.1:9000";
+  r.path = decoded(u.path);
+  for (const auto& [name, value] : u.params) {
+    if (!name.starts_with("X-Amz-")) r.query.emplace_back(name, value);
+  }
+  if (content_length) r.headers = {{"content-length", std::to_string(*content_length)}};
+  const auto& date = u.params.at("X-Amz-Date");  // YYYYMMDDTHHMMSSZ
+  const auto num = [&](std::size_t at, std::size_t n) {
+    int v = 0;
+    std::from_chars(date.data() + at, date.data() + at + n, v);
+    return v;
+  };
+  const system_clock::time_point when =
+      sys_days{year{num(0, 4)} / num(4, 2) / num(6, 2)} + hours{num(9, 2)} + minutes{num(11, 2)} +
+      seconds{num(13, 2)};
+  const seconds expires{std::stoll(u.params.at("X-Amz-Expires"))};
+  return presign_query(c, r, when, expires) == u.query;
+}
+
+TEST(s3_blob_store_urls, a_large_blob_is_a_multipart_upload_of_8_mib_parts_each_length_signed) {
+  media::s3_options o;
+  o.endpoint = "http://127.0.0.1:9000";
+  o.bucket = "media";
+  o.credentials = s3_example();
+  media::s3_blob_store store(o);
+  const std::string base = "http://127.0.0.1:9000";
+  media::upload_grant grant;
+  grant.id = "0123456789abcdef0123456789abcdef";
+  grant.owner = 7;
+  grant.size = 100'024'416;  // the largest file's ciphertext
+  grant.expires = system_clock::now() + 15min;
+
+  const auto start = split(store.multipart_start_url(grant), base);
+  EXPECT_EQ(start.path, "/media/" + grant.id);
+  EXPECT_TRUE(start.params.contains("uploads"));
+  EXPECT_TRUE(signs(start, o.credentials, "POST", std::nullopt));
+  EXPECT_FALSE(signs(start, o.credentials, "PUT", std::nullopt)) << "only for a POST";
+
+  // An AWS-style UploadId: '/', '+' and '=' must reach the signature encoded.
+  const std::string upload_id = "VXBsb2FkIElE+Zm9y/ZWxldmF0aW9u=";
+  const auto urls = store.multipart_part_urls(grant, upload_id);
+  ASSERT_TRUE(urls);
+  EXPECT_EQ(urls->part_size, 8u * 1024 * 1024);
+  ASSERT_EQ(urls->parts.size(), 12u);
+  for (std::size_t i = 0; i < urls->parts.size(); ++i) {
+    const auto part = split(urls->parts[i], base);
+    EXPECT_EQ(part.params.at("partNumber"), std::to_string(i + 1));
+    EXPECT_EQ(part.params.at("uploadId"), upload_id);
+    EXPECT_NE(part.query.find("uploadId=VXBsb2FkIElE%2BZm9y%2FZWxldmF0aW9u%3D"),
+              std::string::npos);
+    EXPECT_EQ(part.params.at("X-Amz-SignedHeaders"), "content-length;host");
+    const std::uint64_t length =
+        i + 1 < urls->parts.size() ? urls->part_size : grant.size - 11 * urls->part_size;
+    EXPECT_TRUE(signs(part, o.credentials, "PUT", length)) << "part " << i + 1;
+    EXPECT_FALSE(signs(part, o.credentials, "PUT", length + 1)) << "another length";
+  }
+  const auto complete = split(urls->complete, base);
+  EXPECT_EQ(complete.params.at("uploadId"), upload_id);
+  EXPECT_FALSE(complete.params.contains("partNumber"));
+  EXPECT_TRUE(signs(complete, o.credentials, "POST", std::nullopt));
+
+  // One part's worth or less: a single PUT, no multipart start.
+  grant.size = 8 * 1024 * 1024;
+  EXPECT_TRUE(store.multipart_start_url(grant).empty());
+  grant.size = 8 * 1024 * 1024 + 1;
+  EXPECT_FALSE(store.multipart_start_url(grant).empty());
+  const auto two = store.multipart_part_urls(grant, "abc");
+  ASSERT_TRUE(two);
+  ASSERT_EQ(two->parts.size(), 2u);
+  EXPECT_TRUE(signs(split(two->parts[1], base), o.credentials, "PUT", 1));
 }
 
 }  // namespace

@@ -1849,6 +1849,21 @@ void postgresql_store::media_of(user_id requester, chat_id chat, std::uint64_t s
       });
 }
 
+void postgresql_store::own_media(user_id owner, std::string media,
+                                 completion<media_record> done) {
+  impl_->read<media_record>(
+      std::move(done), [owner, media = std::move(media)](connection& db) -> result<media_record> {
+        auto r = db.exec(
+            "SELECT media_id, owner, size, created_ms, refs FROM media WHERE media_id = $1 AND "
+            "owner = $2",
+            params().text(media).add(owner));
+        if (!r) return r.error();
+        if (r->empty()) return errc::media_not_found;
+        return media_record{std::string(r->text(0, 0)), r->u64(0, 1), r->u64(0, 2), r->u64(0, 3),
+                            r->u64(0, 4)};
+      });
+}
+
 void postgresql_store::unreferenced_media(std::uint64_t created_before_ms, std::size_t limit,
                                           completion<std::vector<media_record>> done) {
   impl_->read<std::vector<media_record>>(

@@ -1350,6 +1350,20 @@ void rocksdb_store::media_of(user_id requester, chat_id chat, std::uint64_t seq,
       });
 }
 
+void rocksdb_store::own_media(user_id owner, std::string media, completion<media_record> done) {
+  impl_->read<media_record>(
+      std::move(done), [this, owner, media = std::move(media)]() -> result<media_record> {
+        std::string v;
+        auto s = impl_->get(cf_media, keys::media_record(media), &v);
+        if (s.IsNotFound()) return errc::media_not_found;
+        if (!s.ok()) return errc::io_error;
+        pb::MediaRecord record;
+        if (!parse(record, v)) return errc::corrupt;
+        if (record.owner() != owner) return errc::media_not_found;
+        return to_media_record(media, record);
+      });
+}
+
 void rocksdb_store::unreferenced_media(std::uint64_t created_before_ms, std::size_t limit,
                                        completion<std::vector<media_record>> done) {
   impl_->read<std::vector<media_record>>(
