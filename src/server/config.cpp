@@ -368,17 +368,17 @@ void check_transport(const config& c) {
   }
   if (c.allow_plaintext) return;
   boost::system::error_code ec;
-  // The blob server speaks plain HTTP whatever the main address does (no TLS there yet):
-  // off loopback only when allowed, as plain ws:// is.
-  if (!c.media.s3) {
+  // The blob server speaks TLS when the main port does (the same certificate); without it,
+  // plain HTTP: off loopback only when allowed, as plain ws:// is.
+  if (!c.media.s3 && c.tls_cert.empty()) {
     const std::string host = c.media.listen_host.empty() ? c.listen_host : c.media.listen_host;
     const auto media = boost::asio::ip::make_address(host, ec);
     if (ec || !media.is_loopback()) {
       throw std::invalid_argument(
           "refusing plain http:// for media on " + host +
-          ", which is not a loopback address: the blob server has no TLS yet; put it on a "
-          "loopback address behind a TLS-terminating proxy ([media] listen, public_url) or give "
-          "--allow-plaintext");
+          ", which is not a loopback address: give a certificate (--tls-cert FILE --tls-key "
+          "FILE; the blob server uses it too), or put it on a loopback address behind a "
+          "TLS-terminating proxy ([media] listen, public_url), or give --allow-plaintext");
     }
   }
   if (!c.tls_cert.empty()) return;

@@ -46,13 +46,13 @@ struct rate_limits {
 };
 
 // [media]: files (docs/operations.md, "Media"). The embedded blob store keeps them under
-// <data>/media and serves them on an address of its own (HTTP; URLs signed with a key kept
-// there); clients reach it at public_url.
+// <data>/media and serves them on an address of its own (HTTP, over TLS when [tls] has a
+// certificate; URLs signed with a key kept there); clients reach it at public_url.
 struct media_config {
   std::string listen_host;      // empty: the main address's host
   std::uint16_t listen_port = 0;  // 0 with an empty host: the main port + 1 (0 if that is 0)
   bool listen_set = false;        // listen was given (then port 0 means any free port)
-  std::string public_url;       // empty: http://HOST:PORT of the bound address
+  std::string public_url;       // empty: http(s)://HOST:PORT of the bound address
   std::uint64_t quota_bytes = 2ull << 30;  // per account; 0: none
   std::chrono::seconds upload_url_ttl{900};
   std::chrono::seconds download_url_ttl{900};
@@ -127,8 +127,9 @@ struct config {
   std::size_t memtable_budget_bytes = 64u << 20;
 
   // [tls]: with a certificate and key (PEM), the main address speaks TLS only (wss://,
-  // https://); SIGHUP reloads them. Without, it speaks plain ws:// — allowed only on a
-  // loopback address unless `allow_plaintext` (e.g. behind a TLS-terminating proxy).
+  // https://), and so does the blob server; SIGHUP reloads them. Without, they speak plain
+  // ws:// and http:// — allowed only on a loopback address unless `allow_plaintext` (e.g.
+  // behind a TLS-terminating proxy).
   std::filesystem::path tls_cert;
   std::filesystem::path tls_key;
   bool allow_plaintext = false;
@@ -161,7 +162,8 @@ void parse_listen(const std::string& text, config& out);
 // each other).
 void check_backends(const config& c);
 // Refuses (std::invalid_argument) a certificate without a key or the reverse, and plain ws://
-// on an address that is not a loopback one unless allow_plaintext is set.
+// or a plain-HTTP blob server (no certificate: the blob server uses the main port's) on an
+// address that is not a loopback one unless allow_plaintext is set.
 void check_transport(const config& c);
 
 // The same for the metrics address (metrics_host, metrics_port).

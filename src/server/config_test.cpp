@@ -131,12 +131,11 @@ media_per_device_burst = 5
             std::string::npos);
 }
 
-TEST(config, the_blob_server_stays_on_loopback_unless_plaintext_is_allowed) {
+TEST(config, a_plain_blob_server_stays_on_loopback_unless_plaintext_is_allowed) {
   config c;
-  c.listen_host = "0.0.0.0";
-  c.tls_cert = "cert.pem";
-  c.tls_key = "key.pem";
-  EXPECT_THROW(check_transport(c), std::invalid_argument) << "media defaults to the main host";
+  c.listen_host = "127.0.0.1";
+  c.media.listen_host = "0.0.0.0";
+  EXPECT_THROW(check_transport(c), std::invalid_argument) << "plain http:// off loopback";
   c.media.listen_host = "127.0.0.1";
   EXPECT_NO_THROW(check_transport(c));
   c.media.listen_host = "10.0.0.1";
@@ -144,6 +143,13 @@ TEST(config, the_blob_server_stays_on_loopback_unless_plaintext_is_allowed) {
   EXPECT_NO_THROW(check_transport(c));
   c.allow_plaintext = false;
   c.media.s3 = true;  // no blob server then
+  EXPECT_NO_THROW(check_transport(c));
+  // With a certificate the blob server speaks TLS too: any address.
+  c.media.s3 = false;
+  c.listen_host = "0.0.0.0";
+  c.media.listen_host.clear();
+  c.tls_cert = "cert.pem";
+  c.tls_key = "key.pem";
   EXPECT_NO_THROW(check_transport(c));
 }
 

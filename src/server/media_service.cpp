@@ -33,7 +33,8 @@ media_service::media_service(const config& cfg, store::store& store) : cfg_(cfg)
 
 media_service::~media_service() { stop(); }
 
-std::optional<asio::ip::tcp::endpoint> media_service::start(const asio::ip::tcp::endpoint& main) {
+std::optional<asio::ip::tcp::endpoint> media_service::start(
+    const asio::ip::tcp::endpoint& main, std::shared_ptr<asio::ssl::context> tls) {
   const auto& m = cfg_.media;
   if (m.s3) {
     media::s3_options o;
@@ -60,12 +61,14 @@ std::optional<asio::ip::tcp::endpoint> media_service::start(const asio::ip::tcp:
   // The URLs' base is known once the port is bound: set before any URL is made.
   auto local = std::make_unique<media::local_blob_store>(cfg_.data_dir / "media");
   http_ = std::make_unique<media::blob_http_server>(*local, m.max_transfers);
+  const bool https = tls != nullptr;
+  http_->set_tls(std::move(tls));
   auto bound = http_->start(wanted);
   std::string base = m.public_url;
   if (base.empty()) {
     const auto address = bound.address();
     const std::string h = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
-    base = "http://" + h + ":" + std::to_string(bound.port());
+    base = (https ? "https://" : "http://") + h + ":" + std::to_string(bound.port());
   }
   if (m.public_url.empty() && bound.address().is_unspecified()) {
     log_warn() << "media: the blob server listens on " << bound
@@ -75,11 +78,15 @@ std::optional<asio::ip::tcp::endpoint> media_service::start(const asio::ip::tcp:
   local->set_public_url(base);
   blobs_ = std::move(local);
   log_info() << "media: blobs under " << (cfg_.data_dir / "media").string() << ", served on "
-             << bound << " as " << base;
+             << bound << (https ? " over TLS" : "") << " as " << base;
 
   sweeper_ = std::thread([this] { run_sweeper(); });
   name_thread(sweeper_, "media-sweeper");
   return bound;
+}
+
+void media_service::set_tls(std::shared_ptr<asio::ssl::context> tls) {
+  if (http_) http_->set_tls(std::move(tls));
 }
 
 void media_service::stop() {

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -50,9 +51,14 @@ class media_service {
   media_service& operator=(const media_service&) = delete;
 
   // Binds the blob server's address (see media_config; `main` is the main address's bound
-  // endpoint) and starts it and the sweeper. Returns the address bound (none with S3). Throws
-  // on failure.
-  std::optional<boost::asio::ip::tcp::endpoint> start(const boost::asio::ip::tcp::endpoint& main);
+  // endpoint) and starts it and the sweeper. With `tls` (parleyd's certificate, as the main
+  // port has it) the blob server speaks HTTPS and its URLs' default base is https://. Returns
+  // the address bound (none with S3). Throws on failure.
+  std::optional<boost::asio::ip::tcp::endpoint> start(
+      const boost::asio::ip::tcp::endpoint& main,
+      std::shared_ptr<boost::asio::ssl::context> tls = nullptr);
+  // A reloaded certificate for the blob server's new connections (SIGHUP); nothing with S3.
+  void set_tls(std::shared_ptr<boost::asio::ssl::context> tls);
   // Stops the sweeper and the blob server (transfers in progress are cut: they resume).
   void stop();
 

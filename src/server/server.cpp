@@ -140,6 +140,7 @@ struct server::impl {
     reload_signal->async_wait([this](const boost::system::error_code& ec, int) {
       if (ec) return;
       if (auto error = tls->reload(); error.empty()) {
+        media->set_tls(tls->asio_context());  // the blob server's new connections too
         log_warn() << "TLS: certificate and key reloaded from " << cfg.tls_cert << " and "
                    << cfg.tls_key;
       } else {
@@ -185,7 +186,9 @@ asio::ip::tcp::endpoint server::start() {
                                         own_metrics ? http_role::main_no_metrics : http_role::main,
                                         d.admit);
   d.accept->start();
-  d.media_endpoint = d.media->start(d.accept->local_endpoint());  // none with S3
+  // none with S3; the blob server speaks TLS when the main port does
+  d.media_endpoint =
+      d.media->start(d.accept->local_endpoint(), d.tls ? d.tls->asio_context() : nullptr);
   if (own_metrics) {
     const asio::ip::tcp::endpoint metrics_endpoint(asio::ip::make_address(d.cfg.metrics_host),
                                                    d.cfg.metrics_port);

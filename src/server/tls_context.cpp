@@ -52,6 +52,16 @@ std::string tls_context::reload() {
   }
 }
 
+std::shared_ptr<boost::asio::ssl::context> tls_context::asio_context() {
+  std::shared_ptr<SSL_CTX> ctx;
+  {
+    std::lock_guard lock(mutex_);
+    ctx = current_;
+  }
+  SSL_CTX_up_ref(ctx.get());  // the Asio context frees its own reference
+  return std::make_shared<boost::asio::ssl::context>(ctx.get());
+}
+
 std::unique_ptr<ws::tls_channel> tls_context::new_session(int fd) {
   std::shared_ptr<SSL_CTX> ctx;
   {

@@ -14,6 +14,8 @@
 #include <mutex>
 #include <string>
 
+#include <boost/asio/ssl/context.hpp>
+
 #include "ws/tls_channel.hpp"
 
 using SSL_CTX = struct ssl_ctx_st;
@@ -31,6 +33,11 @@ class tls_context {
 
   // A server-side session on `fd` (handshake not started), or nullptr if OpenSSL fails.
   std::unique_ptr<ws::tls_channel> new_session(int fd);
+
+  // The current certificate and key as an Asio context, for the blob server
+  // (media::blob_http_server::set_tls): the same OpenSSL context, the same settings, a
+  // reference of its own. After a reload(), ask again for the new one.
+  std::shared_ptr<boost::asio::ssl::context> asio_context();
 
  private:
   static std::shared_ptr<SSL_CTX> load(const std::filesystem::path& cert,

@@ -1,6 +1,7 @@
 // TLS end to end: parleyd with a certificate the test makes (openssl req), SDK clients and the
-// CLI on wss:// verifying it, refusals of the wrong trust, plain ws:// on the TLS port, a
-// reload on SIGHUP, and plain ws:// refused off loopback.
+// CLI on wss:// verifying it, refusals of the wrong trust, plain ws:// on the TLS port, files
+// over https:// to the blob server with the same certificate, a reload on SIGHUP (of both),
+// and plain ws:// and http:// refused off loopback.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -10,6 +11,8 @@
 #include <fstream>
 #include <thread>
 
+#include "client/blob_transfer.hpp"
+#include "media/chunked_cipher.hpp"
 #include "self_signed_certificate.hpp"
 #include "temp_dir.hpp"
 #include "test_client.hpp"
@@ -42,18 +45,54 @@ class tls : public ::testing::Test {
     c.drain();
   }
   fs::path key() const { return dir.path() / "key.pem"; }
+  std::string ca1() const { return (dir.path() / "ca1.pem").string(); }
+
+  // A file of `size` random-ish bytes encrypted for upload; its slot from `who`.
+  struct upload_case {
+    fs::path cipher;
+    media::sealed_file file;
+    v2::UploadSlot slot;
+  };
+  upload_case slot_for(test_client& who, const std::string& name, std::size_t size) {
+    upload_case u;
+    const auto plain = dir.path() / (name + ".bin");
+    {
+      std::ofstream out(plain, std::ios::binary);
+      for (std::size_t i = 0; i < size; ++i) out.put(static_cast<char>(i * 131 + 7));
+    }
+    u.cipher = dir.path() / (name + ".enc");
+    auto sealed = media::encrypt_file(plain, u.cipher, media::new_media_key());
+    EXPECT_TRUE(sealed);
+    if (sealed) u.file = *sealed;
+    auto slot = who.run(who.api().request_upload(
+        u.file.size, std::string(reinterpret_cast<const char*>(u.file.sha256.data()), 32)));
+    EXPECT_TRUE(slot) << client::describe(slot.error());
+    if (slot) u.slot = *slot;
+    return u;
+  }
+
+  // parleyd with the test's certificate, and alice and bob on it over wss:// trusting it.
+  struct two_on_tls {
+    explicit two_on_tls(tls& t)
+        : server({"--tls-cert", t.cert().string(), "--tls-key", t.key().string()}),
+          alice(t.io, wss_url(server)),
+          bob(t.io, wss_url(server)) {
+      t.trust_and_join(alice, "alice");
+      t.trust_and_join(bob, "bob");
+    }
+    server_process server;
+    test_client alice;
+    test_client bob;
+  };
 
   test_support::temp_dir dir{"parley_tls_"};
   boost::asio::io_context io;
 };
 
 TEST_F(tls, clients_verify_the_certificate_and_chat_over_wss) {
-  server_process server({"--tls-cert", cert().string(), "--tls-key", key().string()});
+  two_on_tls two(*this);
+  auto& [server, alice, bob] = two;
   const std::string url = wss_url(server);
-  test_client alice(io, url);
-  trust_and_join(alice, "alice");
-  test_client bob(io, url);
-  trust_and_join(bob, "bob");
 
   // Large enough to span several TLS records, both ways.
   const std::string big(60 * 1024, 'w');
@@ -112,6 +151,15 @@ TEST_F(tls, a_reloaded_certificate_serves_new_connections_and_old_ones_go_on) {
   // Alice's connection, opened with the first certificate, is still served.
   bob.send("alice", "after the reload");
   EXPECT_TRUE(alice.next().has_envelope());
+
+  // The blob server's new connections have the new certificate too.
+  auto u = slot_for(bob, "after-reload", 70'000);
+  const auto old_ca = client::upload(u.slot.url(), u.cipher, {}, ca1());
+  ASSERT_FALSE(old_ca);
+  EXPECT_NE(old_ca.error().message.find("certificate verify failed"), std::string::npos)
+      << client::describe(old_ca.error());
+  const auto new_ca = client::upload(u.slot.url(), u.cipher, {}, cert().string());
+  EXPECT_TRUE(new_ca) << client::describe(new_ca.error());
 }
 
 TEST_F(tls, the_cli_talks_wss_with_a_ca_file) {
@@ -128,13 +176,66 @@ TEST_F(tls, the_cli_talks_wss_with_a_ca_file) {
   EXPECT_NE(WEXITSTATUS(std::system(refused.c_str())), 0);
 }
 
-TEST_F(tls, the_blob_server_is_kept_on_loopback_while_it_has_no_tls) {
-  // TLS on a public address: the blob server (plain HTTP) would default to it too.
-  EXPECT_THROW(server_process({"--listen", "0.0.0.0:0", "--tls-cert", cert().string(),
-                               "--tls-key", key().string()}),
-               std::runtime_error);
+TEST_F(tls, files_go_over_https_to_the_blob_server_with_the_same_certificate) {
+  two_on_tls two(*this);
+  auto& [server, alice, bob] = two;
+
+  auto u = slot_for(alice, "photo", 300'000);
+  ASSERT_EQ(u.slot.url().rfind("https://127.0.0.1:", 0), 0u) << u.slot.url();
+  const auto blob_file = server.data_dir() / "data" / "media" / "blobs";
+  const auto stored = [&] {
+    std::size_t n = 0;
+    if (fs::exists(blob_file)) {
+      for (const auto& e : fs::recursive_directory_iterator(blob_file)) n += e.is_regular_file();
+    }
+    return n;
+  };
+
+  // Without the CA the certificate is refused, and plain http:// to the TLS port gets
+  // nowhere: nothing is stored either way.
+  const auto untrusted = client::upload(u.slot.url(), u.cipher, {});
+  ASSERT_FALSE(untrusted);
+  EXPECT_EQ(untrusted.error().code, client::transfer_error::errc::connect);
+  EXPECT_NE(untrusted.error().message.find("certificate verify failed"), std::string::npos)
+      << client::describe(untrusted.error());
+  std::string plain_url = u.slot.url();
+  plain_url.erase(4, 1);  // https:// -> http://
+  EXPECT_FALSE(client::upload(plain_url, u.cipher, {}));
+  EXPECT_EQ(stored(), 0u);
+
+  const auto put = client::upload(u.slot.url(), u.cipher, {}, ca1());
+  ASSERT_TRUE(put) << client::describe(put.error());
+  auto sent = alice.run(alice.api().send("bob", "m1", "x", v2::CIPHER_TYPE_SIGNAL_MESSAGE, 0,
+                                         u.slot.media_id()));
+  ASSERT_TRUE(sent) << client::describe(sent.error());
+  auto where = bob.run(bob.api().request_download(sent->chat_id(), sent->seq()));
+  ASSERT_TRUE(where);
+  ASSERT_EQ(where->url().rfind("https://127.0.0.1:", 0), 0u) << where->url();
+  const auto got = dir.path() / "bob.part";
+  // Cut short, then resumed with a Range request: over TLS both times.
+  auto first = client::download(where->url(), got, where->size(), {}, ca1());
+  ASSERT_TRUE(first) << client::describe(first.error());
+  fs::resize_file(got, 100'000);
+  auto resumed = client::download(where->url(), got, where->size(), {}, ca1());
+  ASSERT_TRUE(resumed) << client::describe(resumed.error());
+  std::ifstream a(u.cipher, std::ios::binary), b(got, std::ios::binary);
+  const std::istreambuf_iterator<char> end;
+  EXPECT_TRUE(std::equal(std::istreambuf_iterator<char>(a), end,
+                         std::istreambuf_iterator<char>(b), end))
+      << "the ciphertext came back byte for byte";
+}
+
+TEST_F(tls, with_a_certificate_the_blob_server_may_listen_off_loopback) {
+  // The blob server takes the main address's host by default, and speaks TLS there.
   server_process ok({"--listen", "0.0.0.0:0", "--tls-cert", cert().string(), "--tls-key",
-                     key().string(), "--media-listen", "127.0.0.1:0"});
+                     key().string()});
+  EXPECT_GT(ok.port(), 0);
+}
+
+TEST(tls_policy, a_plain_blob_server_is_refused_off_loopback) {
+  EXPECT_THROW(server_process({"--listen", "127.0.0.1:0", "--media-listen", "0.0.0.0:0"}),
+               std::runtime_error);
+  server_process ok({"--listen", "127.0.0.1:0", "--media-listen", "127.0.0.1:0"});
   EXPECT_GT(ok.port(), 0);
 }
 

@@ -9,6 +9,8 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -20,6 +22,8 @@
 #include <charconv>
 #include <cstring>
 #include <exception>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -27,8 +31,8 @@
 #include <unordered_map>
 #include <utility>
 
-#include "common/posix_file.hpp"
 #include "common/log.hpp"
+#include "common/posix_file.hpp"
 #include "common/thread_name.hpp"
 
 namespace parley::media {
@@ -49,8 +53,11 @@ struct blob_http_server::state {
   bool stopping = false;
   std::size_t open = 0;  // connections being served (connection_ticket)
   std::uint64_t next_number = 1;
-  // Every connection's stream, so that stop() can close them.
+  // Every connection's stream (its TCP layer), so that stop() can close them.
   std::unordered_map<std::uint64_t, beast::tcp_stream*> streams;
+  // Set: new connections speak TLS with it (set_tls(), from any thread, hence the lock).
+  std::mutex tls_mutex;
+  std::shared_ptr<asio::ssl::context> tls;
   // Blob id -> the number of the one upload that may write its .part (upload_claim).
   std::unordered_map<std::string, std::uint64_t> writers;
 };
@@ -77,9 +84,6 @@ constexpr std::string_view offset_field = "Parley-Upload-Offset";
 constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
 
 // --- small POSIX helpers -------------------------------------------------------------------
-
-
-
 
 void fsync_dir(const std::filesystem::path& dir) {
   fd_guard d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -231,12 +235,47 @@ class connection_ticket {
   std::shared_ptr<blob_http_server::state> state_;
 };
 
+// A connection: TCP, or TLS over it when the server has a certificate. Beast's calls go
+// through with(), written once for both (as the client's blob_connection does).
+class blob_stream {
+ public:
+  blob_stream(tcp::socket socket, std::shared_ptr<asio::ssl::context> tls)
+      : context_(std::move(tls)) {
+    if (context_) {
+      tls_.emplace(beast::tcp_stream(std::move(socket)), *context_);
+    } else {
+      plain_.emplace(std::move(socket));
+    }
+  }
+  template <class F>
+  decltype(auto) with(F&& f) {
+    if (tls_) return f(*tls_);
+    return f(*plain_);
+  }
+  beast::tcp_stream& transport() { return tls_ ? beast::get_lowest_layer(*tls_) : *plain_; }
+  void expires_after(std::chrono::steady_clock::duration d) { transport().expires_after(d); }
+  auto get_executor() { return transport().get_executor(); }
+  // The TLS handshake (a no-op over TCP), within `timeout`; false if it failed.
+  awaitable<bool> handshake(std::chrono::steady_clock::duration timeout) {
+    if (!tls_) co_return true;
+    transport().expires_after(timeout);
+    auto [ec] = co_await tls_->async_handshake(asio::ssl::stream_base::server, as_tuple_awaitable);
+    if (ec) log_debug() << "blob server: TLS handshake failed: " << ec.message();
+    co_return !ec;
+  }
+
+ private:
+  std::shared_ptr<asio::ssl::context> context_;  // outlives tls_, which holds a reference
+  std::optional<beast::tcp_stream> plain_;
+  std::optional<asio::ssl::stream<beast::tcp_stream>> tls_;
+};
+
 // A connection's stream in state::streams for as long as the connection runs.
 class registered_stream {
  public:
-  registered_stream(blob_http_server::state& s, beast::tcp_stream& stream)
+  registered_stream(blob_http_server::state& s, blob_stream& stream)
       : state_(s), number_(s.next_number++) {
-    state_.streams.emplace(number_, &stream);
+    state_.streams.emplace(number_, &stream.transport());
   }
   ~registered_stream() { state_.streams.erase(number_); }
   registered_stream(const registered_stream&) = delete;
@@ -292,11 +331,11 @@ void log_exception(const char* what, const std::exception_ptr& e) {
 // One request being answered. What the handlers need of the request is copied here, because
 // a PUT moves its parser (and the request with it) into a body parser.
 struct exchange {
-  exchange(blob_http_server::state& s, beast::tcp_stream& st, beast::flat_buffer& b)
+  exchange(blob_http_server::state& s, blob_stream& st, beast::flat_buffer& b)
       : server(s), stream(st), buffer(b) {}
 
   blob_http_server::state& server;
-  beast::tcp_stream& stream;
+  blob_stream& stream;
   beast::flat_buffer& buffer;
   unsigned version = 11;
   bool client_keep_alive = true;
@@ -330,14 +369,16 @@ text_response make_text(const exchange& x, http::status status, std::string_view
 // client's receive buffer before it is read: read and drop a little more first (a lingering
 // close, as nginx does), until the client closes, `linger_time` passes or `max_linger_bytes`
 // were dropped.
-awaitable<void> linger(beast::tcp_stream& stream, beast::flat_buffer& buffer) {
+awaitable<void> linger(blob_stream& stream, beast::flat_buffer& buffer) {
   beast::error_code ignored;
-  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  stream.transport().socket().shutdown(tcp::socket::shutdown_send, ignored);
   stream.expires_after(linger_time);
   buffer.consume(buffer.size());
   std::uint64_t dropped = 0;
   while (dropped < max_linger_bytes) {
-    auto [ec, n] = co_await stream.async_read_some(buffer.prepare(16 * 1024), as_tuple_awaitable);
+    auto [ec, n] = co_await stream.with([&](auto& st) {
+      return st.async_read_some(buffer.prepare(16 * 1024), as_tuple_awaitable);
+    });
     if (ec) break;
     dropped += n;  // never committed: dropped
   }
@@ -347,7 +388,8 @@ awaitable<void> linger(beast::tcp_stream& stream, beast::flat_buffer& buffer) {
 awaitable<bool> send(exchange& x, text_response& res) {
   const bool keep_alive = res.keep_alive();
   x.stream.expires_after(x.server.opts.io_timeout);
-  auto [ec, n] = co_await http::async_write(x.stream, res, as_tuple_awaitable);
+  auto [ec, n] = co_await x.stream.with(
+      [&](auto& st) { return http::async_write(st, res, as_tuple_awaitable); });
   if (ec) {
     log_debug() << "blob server: " << x.label << ": cannot answer: " << ec.message();
     co_return false;
@@ -479,8 +521,10 @@ awaitable<bool> handle_put(exchange& x, http::request_parser<http::empty_body>& 
 
   if (wants_continue && !parser.is_done()) {
     x.stream.expires_after(s.opts.io_timeout);
-    auto [ec, n] = co_await asio::async_write(
-        x.stream, asio::buffer(continue_line.data(), continue_line.size()), as_tuple_awaitable);
+    auto [ec, n] = co_await x.stream.with([&](auto& st) {
+      return asio::async_write(st, asio::buffer(continue_line.data(), continue_line.size()),
+                               as_tuple_awaitable);
+    });
     if (ec) co_return false;
   }
 
@@ -497,7 +541,8 @@ awaitable<bool> handle_put(exchange& x, http::request_parser<http::empty_body>& 
   std::uint64_t written_back = start;
   while (!body.is_done()) {
     x.stream.expires_after(s.opts.io_timeout);
-    auto [ec, n] = co_await http::async_read_some(x.stream, x.buffer, body, as_tuple_awaitable);
+    auto [ec, n] = co_await x.stream.with(
+        [&](auto& st) { return http::async_read_some(st, x.buffer, body, as_tuple_awaitable); });
     if (ec == http::error::need_buffer) ec = {};
     const std::size_t got = piece_bytes - slot.size;
     if (got > 0 && (got == piece_bytes || body.is_done() || ec)) {
@@ -630,7 +675,8 @@ awaitable<bool> handle_get(exchange& x, const http::request<http::empty_body>& r
   res.body().more = true;
   http::response_serializer<http::buffer_body> sr{res};
   x.stream.expires_after(s.opts.io_timeout);
-  auto [hec, hn] = co_await http::async_write_header(x.stream, sr, as_tuple_awaitable);
+  auto [hec, hn] = co_await x.stream.with(
+      [&](auto& st) { return http::async_write_header(st, sr, as_tuple_awaitable); });
   if (hec) co_return false;
 
   // The bytes, read from the file 256 KiB at a time as the client takes them; the timeout is
@@ -654,7 +700,8 @@ awaitable<bool> handle_get(exchange& x, const http::request<http::empty_body>& r
       need_piece = false;
     }
     x.stream.expires_after(s.opts.io_timeout);
-    auto [ec, n] = co_await http::async_write_some(x.stream, sr, as_tuple_awaitable);
+    auto [ec, n] = co_await x.stream.with(
+        [&](auto& st) { return http::async_write_some(st, sr, as_tuple_awaitable); });
     if (ec == http::error::need_buffer) {
       need_piece = true;
       continue;
@@ -716,11 +763,13 @@ std::optional<text_response> answer_unreadable(const beast::error_code& ec) {
   return res;
 }
 
-awaitable<void> serve(connection_ticket ticket, tcp::socket socket) {
+awaitable<void> serve(connection_ticket ticket, tcp::socket socket,
+                      std::shared_ptr<asio::ssl::context> tls) {
   auto& s = ticket.server();
-  beast::tcp_stream stream(std::move(socket));
+  blob_stream stream(std::move(socket), std::move(tls));
   registered_stream registration(s, stream);
   if (s.stopping) co_return;
+  if (!co_await stream.handshake(s.opts.io_timeout)) co_return;
   // Reserved whole at once: Beast reads max(512, capacity - size) bytes at a time, so a
   // buffer grown only as far as a request's header read a body 512 bytes per system call
   // (~200,000 reads for 100 MB; docs/performance.md, issue 15).
@@ -731,12 +780,14 @@ awaitable<void> serve(connection_ticket ticket, tcp::socket socket) {
     parser.header_limit(max_header_bytes);
     parser.body_limit(boost::none);  // a PUT's Content-Length is held to its signed size
     stream.expires_after(s.opts.io_timeout);
-    auto [ec, n] = co_await http::async_read_header(stream, buffer, parser, as_tuple_awaitable);
+    auto [ec, n] = co_await stream.with(
+        [&](auto& st) { return http::async_read_header(st, buffer, parser, as_tuple_awaitable); });
     if (ec) {
       if (auto res = answer_unreadable(ec)) {
         log_debug() << "blob server: unreadable request: " << ec.message();
         stream.expires_after(s.opts.io_timeout);
-        auto [wec, wn] = co_await http::async_write(stream, *res, as_tuple_awaitable);
+        auto [wec, wn] = co_await stream.with(
+            [&](auto& st) { return http::async_write(st, *res, as_tuple_awaitable); });
         if (!wec) co_await linger(stream, buffer);
       }
       break;
@@ -746,7 +797,7 @@ awaitable<void> serve(connection_ticket ticket, tcp::socket socket) {
     if (!again || s.stopping) break;
   }
   beast::error_code ignored;
-  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  stream.transport().socket().shutdown(tcp::socket::shutdown_send, ignored);
 }
 
 // Over the connection limit: one non-blocking write of a fixed answer (a new socket's buffer
@@ -781,7 +832,13 @@ awaitable<void> accept_loop(std::shared_ptr<blob_http_server::state> s) {
     }
     boost::system::error_code ignored;
     socket.set_option(tcp::no_delay(true), ignored);
-    asio::co_spawn(s->acceptor.get_executor(), serve(connection_ticket(s), std::move(socket)),
+    std::shared_ptr<asio::ssl::context> tls;
+    {
+      std::lock_guard lock(s->tls_mutex);
+      tls = s->tls;
+    }
+    asio::co_spawn(s->acceptor.get_executor(),
+                   serve(connection_ticket(s), std::move(socket), std::move(tls)),
                    [](const std::exception_ptr& e) { log_exception("a connection", e); });
   }
 }
@@ -836,6 +893,11 @@ tcp::endpoint blob_http_server::start(const tcp::endpoint& endpoint) {
   name_thread(thread_, "blob-io");
   log_info() << "blob server listening on " << endpoint_;
   return endpoint_;
+}
+
+void blob_http_server::set_tls(std::shared_ptr<asio::ssl::context> context) {
+  std::lock_guard lock(state_->tls_mutex);
+  state_->tls = std::move(context);
 }
 
 tcp::endpoint blob_http_server::local_endpoint() const {

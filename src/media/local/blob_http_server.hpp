@@ -3,6 +3,9 @@
 // io_context and ONE thread, named "blob-io", so that transfers and their disk I/O (write(2),
 // pread(2), fsync(2) run on that thread) never stall parleyd's message threads.
 //
+// Over TLS when set_tls() gave it a certificate (the HTTP is the same, inside TLS 1.2+): the
+// handshake must end within `io_timeout`.
+//
 // Requests (every error answer is a short text/plain body; see docs/protocol.md, "Media"):
 //   PUT  /v1/blobs/<id>?op=put&...  stores the body at the offset Content-Range gives (0
 //        without one); the body is streamed to <id>.part in pieces of at most 256 KiB while
@@ -29,6 +32,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <chrono>
 #include <cstddef>
 #include <future>
@@ -61,6 +65,12 @@ class blob_http_server {
   // the address bound (as local_endpoint() does after). Throws boost::system::system_error if
   // it cannot bind, std::logic_error if called twice.
   boost::asio::ip::tcp::endpoint start(const boost::asio::ip::tcp::endpoint& endpoint);
+
+  // From now on, new connections speak TLS with `context` (a server context with the
+  // certificate and key loaded), or plain HTTP again with nullptr. Connections already open
+  // keep what they started with: a renewed certificate is this call with a new context.
+  // Thread-safe.
+  void set_tls(std::shared_ptr<boost::asio::ssl::context> context);
 
   // Where the server listens; unspecified before start().
   boost::asio::ip::tcp::endpoint local_endpoint() const;

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
@@ -31,6 +32,7 @@
 #include <vector>
 
 #include "client/blob_transfer.hpp"
+#include "self_signed_certificate.hpp"
 #include "temp_dir.hpp"
 
 namespace parley::media {
@@ -609,6 +611,49 @@ TEST(blob_http_server, the_client_speaks_tls_for_https_and_refuses_other_schemes
   const auto down = client::download("ftp://127.0.0.1/v1/blobs/x", "/nonexistent", 1);
   ASSERT_FALSE(down);
   EXPECT_EQ(down.error().code, client::transfer_error::errc::bad_url);
+}
+
+// With a certificate (set_tls), the same server speaks HTTPS: uploads, downloads and their
+// resumption as over plain HTTP, the certificate checked by the client; set_tls(nullptr) makes
+// new connections plain again.
+TEST(blob_http_server, with_a_certificate_files_go_over_https) {
+  harness h;
+  const auto cert = h.dir.path() / "cert.pem";
+  const auto key = h.dir.path() / "key.pem";
+  ASSERT_TRUE(test_support::make_certificate(cert, key, "blob-test"));
+  auto context = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+  context->use_certificate_chain_file(cert.string());
+  context->use_private_key_file(key.string(), asio::ssl::context::pem);
+  h.server->set_tls(context);
+  h.store->set_public_url("https://127.0.0.1:" + std::to_string(h.port));
+
+  const std::string content = random_bytes(700 * 1024 + 3);
+  const auto g = h.grant_for(content);
+  const auto source = h.file("tls-source", content);
+  const auto untrusted = client::upload(h.put_url(g), source);
+  ASSERT_FALSE(untrusted);
+  EXPECT_NE(untrusted.error().message.find("certificate verify failed"), std::string::npos)
+      << client::describe(untrusted.error());
+  const auto up = client::upload(h.put_url(g), source, {}, cert.string());
+  ASSERT_TRUE(up) << describe(up);
+  EXPECT_EQ(sha256_hex(read_file(h.files(g.id).complete)), g.sha256_hex);
+  // Plain HTTP to the TLS port: the handshake fails, nothing is answered.
+  const auto plain = one_request(h.port, request_text("HEAD", h.target(h.put_url(g))), true);
+  EXPECT_FALSE(plain && plain->result() == http::status::ok);
+
+  const fs::path out = h.dir.path() / "tls-downloaded";
+  ASSERT_TRUE(client::download(h.get_url(g.id), out, g.size, {}, cert.string()));
+  fs::resize_file(out, 100'000);
+  const auto resumed = client::download(h.get_url(g.id), out, g.size, {}, cert.string());
+  ASSERT_TRUE(resumed) << describe(resumed);
+  EXPECT_TRUE(read_file(out) == content) << "the downloaded bytes differ";
+
+  h.server->set_tls(nullptr);
+  h.store->set_public_url(h.base);
+  const fs::path again = h.dir.path() / "plain-downloaded";
+  const auto down = client::download(h.get_url(g.id), again, g.size);
+  ASSERT_TRUE(down) << describe(down);
+  EXPECT_TRUE(read_file(again) == content);
 }
 
 // --- the store -------------------------------------------------------------------------------
