@@ -97,6 +97,14 @@ sealed seal(const fs::path& plain, const fs::path& cipher) {
   return out;
 }
 
+// A file of `size` bytes (write_file with `seed`) at dir/name, sealed into dir/<stem>.enc.
+sealed write_and_seal(const fs::path& dir, const std::string& name, std::uint64_t size,
+                      std::uint32_t seed) {
+  const fs::path plain = dir / name;
+  write_file(plain, size, seed);
+  return seal(plain, dir / (plain.stem().string() + ".enc"));
+}
+
 class media_flow : public ::testing::Test {
  protected:
   explicit media_flow(std::string config = {}) : server({}, std::move(config)) {}
@@ -120,8 +128,7 @@ TEST_F(media_flow, a_file_goes_encrypted_through_the_blob_store_and_only_members
   auto alice = online(io, server.url(), "alice");
   auto bob = online(io, server.url(), "bob");
   auto carol = online(io, server.url(), "carol");
-  write_file(dir.path() / "photo.jpg", 3'000'000 + 17, 1);
-  auto s = seal(dir.path() / "photo.jpg", dir.path() / "photo.enc");
+  auto s = write_and_seal(dir.path(), "photo.jpg", 3'000'000 + 17, 1);
   const auto slot = upload(alice, s);
   ASSERT_EQ(slot.media_id().size(), 32u);
 
@@ -189,8 +196,7 @@ TEST_F(media_flow, slots_and_sends_are_checked_with_typed_errors) {
 
 TEST_F(media_flow, signed_urls_refuse_tampering_other_blobs_and_wrong_sizes) {
   auto alice = online(io, server.url(), "alice");
-  write_file(dir.path() / "a.bin", 200'000, 2);
-  auto a = seal(dir.path() / "a.bin", dir.path() / "a.enc");
+  auto a = write_and_seal(dir.path(), "a.bin", 200'000, 2);
   auto slot = alice.run(alice.api().request_upload(a.file.size, bytes_of(a.file.sha256)));
   ASSERT_TRUE(slot);
   auto other = alice.run(alice.api().request_upload(a.file.size, bytes_of(a.file.sha256)));
@@ -213,8 +219,7 @@ TEST_F(media_flow, signed_urls_refuse_tampering_other_blobs_and_wrong_sizes) {
   resized.replace(at, resized.find('&', at) - at, std::to_string(a.file.size + 1));
   EXPECT_EQ(status_of(client::upload(resized, a.cipher, {})), 403u);
   // A body that is not the declared ciphertext: refused on its hash, nothing kept.
-  write_file(dir.path() / "b.bin", 200'000, 3);
-  auto b = seal(dir.path() / "b.bin", dir.path() / "b.enc");
+  auto b = write_and_seal(dir.path(), "b.bin", 200'000, 3);
   ASSERT_EQ(b.file.size, a.file.size);
   EXPECT_EQ(status_of(client::upload(slot->url(), b.cipher, {})), 400u);
   // The real one goes through afterwards.
@@ -232,14 +237,12 @@ class media_sweep : public media_flow {
 TEST_F(media_sweep, unreferenced_uploads_and_orphans_are_deleted_and_the_quota_freed) {
   auto alice = online(io, server.url(), "alice");
   auto bob = online(io, server.url(), "bob");
-  write_file(dir.path() / "a.bin", 600'000, 4);
-  auto a = seal(dir.path() / "a.bin", dir.path() / "a.enc");
+  auto a = write_and_seal(dir.path(), "a.bin", 600'000, 4);
   const auto kept = upload(alice, a);  // sent: referenced, kept
   auto sent = alice.run(alice.api().send("bob", "m1", "x", v2::CIPHER_TYPE_SIGNAL_MESSAGE, 0,
                                          kept.media_id()));
   ASSERT_TRUE(sent);
-  write_file(dir.path() / "b.bin", 300'000, 5);
-  auto b = seal(dir.path() / "b.bin", dir.path() / "b.enc");
+  auto b = write_and_seal(dir.path(), "b.bin", 300'000, 5);
   const auto abandoned = upload(alice, b);  // never sent
   // The quota holds both (600 kB + 300 kB of 1 MB): one more 300 kB slot is refused.
   EXPECT_EQ(code_of(alice.run(alice.api().request_upload(b.file.size, bytes_of(b.file.sha256)))),
@@ -273,8 +276,7 @@ TEST_F(media_sweep, unreferenced_uploads_and_orphans_are_deleted_and_the_quota_f
 TEST_F(media_flow, a_100_mb_file_round_trips_and_one_byte_more_is_refused) {
   auto alice = online(io, server.url(), "alice");
   auto bob = online(io, server.url(), "bob");
-  write_file(dir.path() / "big.bin", media::max_media_plain_bytes, 6);
-  auto s = seal(dir.path() / "big.bin", dir.path() / "big.enc");
+  auto s = write_and_seal(dir.path(), "big.bin", media::max_media_plain_bytes, 6);
   ASSERT_EQ(s.file.size, 100'024'416u);
   const auto slot = upload(alice, s);
   auto sent = alice.run(alice.api().send("bob", "m1", "x", v2::CIPHER_TYPE_SIGNAL_MESSAGE, 0,
@@ -387,8 +389,7 @@ class media_s3 : public ::testing::Test {
 TEST_F(media_s3, a_file_goes_through_an_s3_store_that_parleyd_only_signs_for) {
   auto alice = online(io, server.url(), "alice");
   auto bob = online(io, server.url(), "bob");
-  write_file(dir.path() / "clip.mp4", 3'000'000 + 5, 7);
-  auto s = seal(dir.path() / "clip.mp4", dir.path() / "clip.enc");
+  auto s = write_and_seal(dir.path(), "clip.mp4", 3'000'000 + 5, 7);
   auto slot = alice.run(alice.api().request_upload(s.file.size, bytes_of(s.file.sha256)));
   ASSERT_TRUE(slot) << client::describe(slot.error());
   EXPECT_EQ(slot->url().rfind("http://127.0.0.1:" + std::to_string(s3.port()) + "/parley/" +
@@ -429,8 +430,7 @@ TEST_F(media_s3, a_file_goes_through_an_s3_store_that_parleyd_only_signs_for) {
 
 TEST_F(media_s3, expired_urls_are_refused_and_unreferenced_objects_swept) {
   auto alice = online(io, server.url(), "alice");
-  write_file(dir.path() / "a.bin", 100'000, 8);
-  auto a = seal(dir.path() / "a.bin", dir.path() / "a.enc");
+  auto a = write_and_seal(dir.path(), "a.bin", 100'000, 8);
   auto late = alice.run(alice.api().request_upload(a.file.size, bytes_of(a.file.sha256)));
   ASSERT_TRUE(late);
   auto kept = alice.run(alice.api().request_upload(a.file.size, bytes_of(a.file.sha256)));
@@ -457,14 +457,12 @@ class media_s3_multipart : public media_s3 {
 TEST_F(media_s3_multipart, parts_are_signed_for_their_owner_and_assemble_the_file) {
   auto alice = online(io, server.url(), "alice");
   auto bob = online(io, server.url(), "bob");
-  write_file(dir.path() / "small.bin", 8'000'000, 3);
-  auto small = seal(dir.path() / "small.bin", dir.path() / "small.enc");
+  auto small = write_and_seal(dir.path(), "small.bin", 8'000'000, 3);
   auto one = alice.run(alice.api().request_upload(small.file.size, bytes_of(small.file.sha256)));
   ASSERT_TRUE(one);
   EXPECT_TRUE(one->multipart_url().empty()) << "one part's worth goes in one PUT";
 
-  write_file(dir.path() / "video.mp4", 20'000'000 + 5, 4);
-  auto s = seal(dir.path() / "video.mp4", dir.path() / "video.enc");
+  auto s = write_and_seal(dir.path(), "video.mp4", 20'000'000 + 5, 4);
   auto slot = alice.run(alice.api().request_upload(s.file.size, bytes_of(s.file.sha256)));
   ASSERT_TRUE(slot);
   ASSERT_FALSE(slot->multipart_url().empty());
@@ -587,8 +585,7 @@ TEST_F(media_s3_tls, files_go_over_https_to_a_store_whose_certificate_is_checked
   ASSERT_TRUE(made) << "openssl req failed";
   auto alice = online(io, server.url(), "alice");
   auto bob = online(io, server.url(), "bob");
-  write_file(dir.path() / "doc.pdf", 1'500'000 + 3, 9);
-  auto s = seal(dir.path() / "doc.pdf", dir.path() / "doc.enc");
+  auto s = write_and_seal(dir.path(), "doc.pdf", 1'500'000 + 3, 9);
   auto slot = alice.run(alice.api().request_upload(s.file.size, bytes_of(s.file.sha256)));
   ASSERT_TRUE(slot) << client::describe(slot.error());
   ASSERT_EQ(slot->url().rfind("https://localhost:" + std::to_string(s3.port()) + "/parley/", 0),
