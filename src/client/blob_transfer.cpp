@@ -27,6 +27,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/plain_or_tls.hpp"
 #include "common/posix_file.hpp"
 #include "common/tls_client.hpp"
 
@@ -168,7 +169,7 @@ transfer_error stream_failure(const beast::error_code& ec, std::string_view duri
 
 // A connection to the blob store: TCP for http://, TLS over it for https:// (the certificate
 // checked as for wss://: common/tls_client, against `ca_file` or the system's store). Beast's
-// calls go through with(), written once for both.
+// calls go through with() (common/plain_or_tls).
 class blob_connection {
  public:
   blob_connection(asio::any_io_executor executor, std::string ca_file)
@@ -176,17 +177,13 @@ class blob_connection {
 
   template <class F>
   decltype(auto) with(F&& f) {
-    if (tls_) return f(*tls_);
-    return f(*plain_);
+    return connection_.with(std::forward<F>(f));
   }
-  void expires_after(std::chrono::steady_clock::duration d) { tcp().expires_after(d); }
-  beast::tcp_stream& tcp() { return tls_ ? beast::get_lowest_layer(*tls_) : *plain_; }
+  void expires_after(std::chrono::steady_clock::duration d) { connection_.expires_after(d); }
 
   // A new connection to `u` (an earlier one is dropped): resolved and connected within
   // connect_timeout, and for https:// the TLS handshake within connect_timeout more.
   awaitable<transfer_result<void>> open(const http_url& u) {
-    plain_.reset();
-    tls_.reset();
     if (u.tls) {
       if (!context_) {
         if (auto ec = tls_client::make_context(context_, ca_file_)) {
@@ -194,13 +191,14 @@ class blob_connection {
           co_return failure(errc::connect, ec.message());
         }
       }
-      tls_.emplace(executor_, *context_);
-      if (auto ec = tls_client::expect_host(*tls_, u.host)) {
+      auto& tls = connection_.make_tls(executor_, *context_);
+      if (auto ec = tls_client::expect_host(tls, u.host)) {
         co_return failure(errc::connect, ec.message());
       }
     } else {
-      plain_.emplace(executor_);
+      connection_.make_plain(executor_);
     }
+    auto& tcp_layer = connection_.transport();
     tcp::resolver resolver(executor_);
     // The resolver has no deadline of its own: a timer cancels it. (Its handler cannot outlive
     // the resolver: the connect below suspends this coroutine first.)
@@ -215,20 +213,20 @@ class blob_connection {
                         "cannot resolve " + u.host + ": " +
                             (rec == asio::error::operation_aborted ? "timed out" : rec.message()));
     }
-    tcp().expires_after(connect_timeout);
-    auto [cec, endpoint] = co_await tcp().async_connect(endpoints, as_tuple_awaitable);
+    tcp_layer.expires_after(connect_timeout);
+    auto [cec, endpoint] = co_await tcp_layer.async_connect(endpoints, as_tuple_awaitable);
     if (cec) {
       co_return failure(errc::connect,
                         "cannot connect to " + u.host_header + ": " +
                             (cec == beast::error::timeout ? "timed out" : cec.message()));
     }
     boost::system::error_code ignored;
-    tcp().socket().set_option(tcp::no_delay(true), ignored);
-    if (tls_) {
-      tcp().expires_after(connect_timeout);
-      auto [hec] = co_await tls_->async_handshake(asio::ssl::stream_base::client,
-                                                  as_tuple_awaitable);
-      if (auto ec = tls_client::checked_handshake(tls_->native_handle(), hec)) {
+    tcp_layer.socket().set_option(tcp::no_delay(true), ignored);
+    if (auto* tls = connection_.tls()) {
+      tcp_layer.expires_after(connect_timeout);
+      auto [hec] =
+          co_await tls->async_handshake(asio::ssl::stream_base::client, as_tuple_awaitable);
+      if (auto ec = tls_client::checked_handshake(tls->native_handle(), hec)) {
         const std::string why =
             hec == beast::error::timeout ? "TLS handshake timed out" : ec.message();
         co_return failure(errc::connect, u.host_header + ": " + why);
@@ -241,8 +239,7 @@ class blob_connection {
   asio::any_io_executor executor_;
   std::string ca_file_;
   std::optional<asio::ssl::context> context_;  // https:// only, made by the first open()
-  std::optional<beast::tcp_stream> plain_;
-  std::optional<tls_client::stream> tls_;
+  plain_or_tls connection_;                    // after context_, which a TLS one uses
 };
 
 // A response with (the first 64 KiB of) its text.
@@ -313,6 +310,16 @@ transfer_result<void> upload_outcome(const answer& a, std::uint64_t size, progre
   return status_failure(a);
 }
 
+// The size of the regular file `file` opened as `fd` for an upload, or why it cannot be sent.
+transfer_result<std::uint64_t> size_to_send(const fd_guard& fd, const std::filesystem::path& file) {
+  if (!fd.valid()) return failure(errc::io, "cannot open " + file.string() + ": " + errno_text());
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return failure(errc::io, "cannot read " + file.string());
+  }
+  return static_cast<std::uint64_t>(st.st_size);
+}
+
 // Sends `put` (its headers set but the length) with bytes [first, last) of `fd` as its body,
 // asking for 100-continue so that a refusal (expired, wrong size...) comes before the body, and
 // reads the answer: the interim one if it is not 100. Progress: the file offset, of `total`.
@@ -378,13 +385,9 @@ awaitable<transfer_result<void>> run_upload(std::string url, std::filesystem::pa
   const auto u = parse_http_url(url);
   if (!u) co_return u.error();
   fd_guard fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid())
-    co_return failure(errc::io, "cannot open " + file.string() + ": " + errno_text());
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
-    co_return failure(errc::io, "cannot read " + file.string());
-  }
-  const auto size = static_cast<std::uint64_t>(st.st_size);
+  const auto readable = size_to_send(fd, file);
+  if (!readable) co_return readable.error();
+  const std::uint64_t size = *readable;
   progress_meter meter(std::move(progress));
 
   blob_connection stream(co_await asio::this_coro::executor, std::move(ca_file));
@@ -489,11 +492,9 @@ awaitable<transfer_result<std::string>> run_upload_part(std::string url,
   const auto u = parse_http_url(url);
   if (!u) co_return u.error();
   fd_guard fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
-  struct stat st {};
-  if (!fd.valid() || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
-    co_return failure(errc::io, "cannot read " + file.string());
-  }
-  const auto size = static_cast<std::uint64_t>(st.st_size);
+  const auto readable = size_to_send(fd, file);
+  if (!readable) co_return readable.error();
+  const std::uint64_t size = *readable;
   if (first >= last || last > size) {
     co_return failure(errc::io, file.string() + " has no bytes " + std::to_string(first) + "-" +
                                     std::to_string(last) + " (did it change?)");

@@ -10,7 +10,6 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl/context.hpp>
-#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -32,6 +31,7 @@
 #include <utility>
 
 #include "common/log.hpp"
+#include "common/plain_or_tls.hpp"
 #include "common/posix_file.hpp"
 #include "common/thread_name.hpp"
 
@@ -235,39 +235,38 @@ class connection_ticket {
   std::shared_ptr<blob_http_server::state> state_;
 };
 
-// A connection: TCP, or TLS over it when the server has a certificate. Beast's calls go
-// through with(), written once for both (as the client's blob_connection does).
+// A connection: TCP, or TLS over it when the server has a certificate (common/plain_or_tls,
+// as the client's blob_connection), holding the certificate's context it was made on.
 class blob_stream {
  public:
   blob_stream(tcp::socket socket, std::shared_ptr<asio::ssl::context> tls)
       : context_(std::move(tls)) {
     if (context_) {
-      tls_.emplace(beast::tcp_stream(std::move(socket)), *context_);
+      connection_.make_tls(beast::tcp_stream(std::move(socket)), *context_);
     } else {
-      plain_.emplace(std::move(socket));
+      connection_.make_plain(std::move(socket));
     }
   }
   template <class F>
   decltype(auto) with(F&& f) {
-    if (tls_) return f(*tls_);
-    return f(*plain_);
+    return connection_.with(std::forward<F>(f));
   }
-  beast::tcp_stream& transport() { return tls_ ? beast::get_lowest_layer(*tls_) : *plain_; }
-  void expires_after(std::chrono::steady_clock::duration d) { transport().expires_after(d); }
+  beast::tcp_stream& transport() { return connection_.transport(); }
+  void expires_after(std::chrono::steady_clock::duration d) { connection_.expires_after(d); }
   auto get_executor() { return transport().get_executor(); }
   // The TLS handshake (a no-op over TCP), within `timeout`; false if it failed.
   awaitable<bool> handshake(std::chrono::steady_clock::duration timeout) {
-    if (!tls_) co_return true;
+    auto* tls = connection_.tls();
+    if (!tls) co_return true;
     transport().expires_after(timeout);
-    auto [ec] = co_await tls_->async_handshake(asio::ssl::stream_base::server, as_tuple_awaitable);
+    auto [ec] = co_await tls->async_handshake(asio::ssl::stream_base::server, as_tuple_awaitable);
     if (ec) log_debug() << "blob server: TLS handshake failed: " << ec.message();
     co_return !ec;
   }
 
  private:
-  std::shared_ptr<asio::ssl::context> context_;  // outlives tls_, which holds a reference
-  std::optional<beast::tcp_stream> plain_;
-  std::optional<asio::ssl::stream<beast::tcp_stream>> tls_;
+  std::shared_ptr<asio::ssl::context> context_;  // outlives the TLS stream made on it
+  plain_or_tls connection_;
 };
 
 // A connection's stream in state::streams for as long as the connection runs.
