@@ -144,8 +144,7 @@ awaitable<result<v2::Frame>> client::request(v2::Frame frame) {
   }
   if (s->response->has_error()) {
     co_return client_error{client_error::kind::server, s->response->error().code(),
-                           s->response->error().message(),
-                           s->response->error().retry_after_ms()};
+                           s->response->error().message(), s->response->error().retry_after_ms()};
   }
   co_return std::move(*s->response);
 }
@@ -155,15 +154,33 @@ client_error unexpected(const v2::Frame& f) {
   return {client_error::kind::protocol, v2::ERROR_CODE_UNSPECIFIED,
           "response " + std::to_string(f.body_case())};
 }
+
+// The answer to `f` when it is the body `has` tells of, moved out of the frame by `take`;
+// else the request's own error (client::request), or a protocol error naming the frame that
+// came instead.
+template <class Body>
+awaitable<result<Body>> answer(client& c, v2::Frame f, bool (v2::Frame::*has)() const,
+                               Body* (v2::Frame::*take)()) {
+  auto r = co_await c.request(std::move(f));
+  if (!r) co_return r.error();
+  if (!((*r).*has)()) co_return unexpected(*r);
+  co_return std::move(*((*r).*take)());
+}
+
+// The same for a request answered with Ok.
+awaitable<result<void>> answer_ok(client& c, v2::Frame f) {
+  auto r = co_await c.request(std::move(f));
+  if (!r) co_return r.error();
+  if (!r->has_ok()) co_return unexpected(*r);
+  co_return result<void>{};
+}
 }  // namespace
 
 awaitable<result<v2::Registered>> client::register_account(std::string username) {
   v2::Frame f;
   f.mutable_register_()->set_username(username);
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_registered()) co_return unexpected(*r);
-  co_return r->registered();
+  co_return co_await answer(*this, std::move(f), &v2::Frame::has_registered,
+                            &v2::Frame::mutable_registered);
 }
 
 awaitable<result<v2::Authenticated>> client::authenticate(std::uint64_t device_id,
@@ -173,10 +190,8 @@ awaitable<result<v2::Authenticated>> client::authenticate(std::uint64_t device_i
   f.mutable_authenticate()->set_device_id(device_id);
   f.mutable_authenticate()->set_token(token);
   f.mutable_authenticate()->set_receipts_since(receipts_since);
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_authenticated()) co_return unexpected(*r);
-  co_return r->authenticated();
+  co_return co_await answer(*this, std::move(f), &v2::Frame::has_authenticated,
+                            &v2::Frame::mutable_authenticated);
 }
 
 bool receipts_stamp_tracker::on_frame(const v2::Frame& f) {
@@ -207,28 +222,22 @@ awaitable<result<v2::SendResult>> client::send(std::string to, std::string clien
   m->set_type(type);
   m->set_recipient_registration_id(recipient_registration_id);
   m->set_media_id(std::move(media_id));
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_send_result()) co_return unexpected(*r);
-  co_return r->send_result();
+  co_return co_await answer(*this, std::move(f), &v2::Frame::has_send_result,
+                            &v2::Frame::mutable_send_result);
 }
 
 awaitable<result<v2::KeysStored>> client::upload_keys(v2::UploadKeys keys) {
   v2::Frame f;
   *f.mutable_upload_keys() = std::move(keys);
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_keys_stored()) co_return unexpected(*r);
-  co_return r->keys_stored();
+  co_return co_await answer(*this, std::move(f), &v2::Frame::has_keys_stored,
+                            &v2::Frame::mutable_keys_stored);
 }
 
 awaitable<result<v2::KeyBundles>> client::fetch_keys(std::string username) {
   v2::Frame f;
   f.mutable_fetch_keys()->set_username(username);
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_key_bundles()) co_return unexpected(*r);
-  co_return r->key_bundles();
+  co_return co_await answer(*this, std::move(f), &v2::Frame::has_key_bundles,
+                            &v2::Frame::mutable_key_bundles);
 }
 
 namespace {
@@ -244,10 +253,7 @@ v2::Frame ack_frame(const std::vector<chat_cursor>& cursors) {
 }  // namespace
 
 awaitable<result<void>> client::ack(std::vector<chat_cursor> cursors) {
-  auto r = co_await request(ack_frame(cursors));
-  if (!r) co_return r.error();
-  if (!r->has_ok()) co_return unexpected(*r);
-  co_return result<void>{};
+  co_return co_await answer_ok(*this, ack_frame(cursors));
 }
 
 void client::ack_async(const std::vector<chat_cursor>& cursors) {
@@ -259,20 +265,17 @@ awaitable<result<void>> client::mark_read(std::uint64_t chat_id, std::uint64_t u
   v2::Frame f;
   f.mutable_mark_read()->set_chat_id(chat_id);
   f.mutable_mark_read()->set_up_to_seq(up_to_seq);
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_ok()) co_return unexpected(*r);
-  co_return result<void>{};
+  co_return co_await answer_ok(*this, std::move(f));
 }
 
 awaitable<result<v2::MessageStatus>> client::status(std::uint64_t chat_id, std::uint64_t seq) {
   v2::Frame f;
   f.mutable_get_status()->set_chat_id(chat_id);
   f.mutable_get_status()->set_seq(seq);
-  auto r = co_await request(std::move(f));
+  auto r = co_await answer(*this, std::move(f), &v2::Frame::has_status_result,
+                           &v2::Frame::mutable_status_result);
   if (!r) co_return r.error();
-  if (!r->has_status_result()) co_return unexpected(*r);
-  co_return r->status_result().status();
+  co_return r->status();
 }
 
 awaitable<result<v2::StatusResult>> client::status_result(std::uint64_t chat_id, std::uint64_t seq,
@@ -281,10 +284,8 @@ awaitable<result<v2::StatusResult>> client::status_result(std::uint64_t chat_id,
   f.mutable_get_status()->set_chat_id(chat_id);
   f.mutable_get_status()->set_seq(seq);
   f.mutable_get_status()->set_detail(detail);
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_status_result()) co_return unexpected(*r);
-  co_return std::move(*r->mutable_status_result());
+  co_return co_await answer(*this, std::move(f), &v2::Frame::has_status_result,
+                            &v2::Frame::mutable_status_result);
 }
 
 awaitable<result<v2::SendResult>> client::send_to_chat(std::uint64_t chat_id,
@@ -300,20 +301,16 @@ awaitable<result<v2::SendResult>> client::send_to_chat(std::uint64_t chat_id,
   m->set_type(type);
   m->set_recipient_registration_id(recipient_registration_id);
   m->set_media_id(std::move(media_id));
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_send_result()) co_return unexpected(*r);
-  co_return r->send_result();
+  co_return co_await answer(*this, std::move(f), &v2::Frame::has_send_result,
+                            &v2::Frame::mutable_send_result);
 }
 
 awaitable<result<v2::UploadSlot>> client::request_upload(std::uint64_t size, std::string sha256) {
   v2::Frame f;
   f.mutable_request_upload()->set_size(size);
   f.mutable_request_upload()->set_sha256(std::move(sha256));
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_upload_slot()) co_return unexpected(*r);
-  co_return std::move(*r->mutable_upload_slot());
+  co_return co_await answer(*this, std::move(f), &v2::Frame::has_upload_slot,
+                            &v2::Frame::mutable_upload_slot);
 }
 
 awaitable<result<v2::UploadParts>> client::request_upload_parts(std::string media_id,
@@ -321,10 +318,8 @@ awaitable<result<v2::UploadParts>> client::request_upload_parts(std::string medi
   v2::Frame f;
   f.mutable_request_upload_parts()->set_media_id(std::move(media_id));
   f.mutable_request_upload_parts()->set_upload_id(std::move(upload_id));
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_upload_parts()) co_return unexpected(*r);
-  co_return std::move(*r->mutable_upload_parts());
+  co_return co_await answer(*this, std::move(f), &v2::Frame::has_upload_parts,
+                            &v2::Frame::mutable_upload_parts);
 }
 
 awaitable<result<v2::DownloadSlot>> client::request_download(std::uint64_t chat_id,
@@ -332,10 +327,8 @@ awaitable<result<v2::DownloadSlot>> client::request_download(std::uint64_t chat_
   v2::Frame f;
   f.mutable_request_download()->set_chat_id(chat_id);
   f.mutable_request_download()->set_seq(seq);
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_download_slot()) co_return unexpected(*r);
-  co_return std::move(*r->mutable_download_slot());
+  co_return co_await answer(*this, std::move(f), &v2::Frame::has_download_slot,
+                            &v2::Frame::mutable_download_slot);
 }
 
 awaitable<result<v2::GroupInfo>> client::create_group(std::string name,
@@ -347,10 +340,8 @@ awaitable<result<v2::GroupInfo>> client::create_group(std::string name,
   for (auto& m : members) c->add_members(std::move(m));
   c->set_client_request_id(client_request_id.empty() ? new_request_id()
                                                      : std::move(client_request_id));
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_group_info()) co_return unexpected(*r);
-  co_return std::move(*r->mutable_group_info());
+  co_return co_await answer(*this, std::move(f), &v2::Frame::has_group_info,
+                            &v2::Frame::mutable_group_info);
 }
 
 awaitable<result<v2::GroupInfo>> client::update_group(std::uint64_t chat_id, v2::GroupChange change,
@@ -361,19 +352,15 @@ awaitable<result<v2::GroupInfo>> client::update_group(std::uint64_t chat_id, v2:
   u->set_change(change);
   u->set_user(std::move(user));
   u->set_name(std::move(name));
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_group_info()) co_return unexpected(*r);
-  co_return std::move(*r->mutable_group_info());
+  co_return co_await answer(*this, std::move(f), &v2::Frame::has_group_info,
+                            &v2::Frame::mutable_group_info);
 }
 
 awaitable<result<v2::GroupInfo>> client::get_group(std::uint64_t chat_id) {
   v2::Frame f;
   f.mutable_get_group()->set_chat_id(chat_id);
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_group_info()) co_return unexpected(*r);
-  co_return std::move(*r->mutable_group_info());
+  co_return co_await answer(*this, std::move(f), &v2::Frame::has_group_info,
+                            &v2::Frame::mutable_group_info);
 }
 
 awaitable<result<v2::History>> client::history(std::string peer, std::uint64_t before_seq,
@@ -382,10 +369,8 @@ awaitable<result<v2::History>> client::history(std::string peer, std::uint64_t b
   f.mutable_get_history()->set_peer(peer);
   f.mutable_get_history()->set_before_seq(before_seq);
   f.mutable_get_history()->set_limit(limit);
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_history()) co_return unexpected(*r);
-  co_return r->history();
+  co_return co_await answer(*this, std::move(f), &v2::Frame::has_history,
+                            &v2::Frame::mutable_history);
 }
 
 awaitable<result<v2::History>> client::history_of_chat(std::uint64_t chat_id,
@@ -395,28 +380,20 @@ awaitable<result<v2::History>> client::history_of_chat(std::uint64_t chat_id,
   f.mutable_get_history()->set_chat_id(chat_id);
   f.mutable_get_history()->set_before_seq(before_seq);
   f.mutable_get_history()->set_limit(limit);
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_history()) co_return unexpected(*r);
-  co_return r->history();
+  co_return co_await answer(*this, std::move(f), &v2::Frame::has_history,
+                            &v2::Frame::mutable_history);
 }
 
 awaitable<result<void>> client::subscribe_presence(std::vector<std::string> users) {
   v2::Frame f;
   for (const auto& u : users) f.mutable_subscribe_presence()->add_usernames(u);
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_ok()) co_return unexpected(*r);
-  co_return result<void>{};
+  co_return co_await answer_ok(*this, std::move(f));
 }
 
 awaitable<result<void>> client::set_privacy(bool hide_last_seen) {
   v2::Frame f;
   f.mutable_set_privacy()->set_hide_last_seen(hide_last_seen);
-  auto r = co_await request(std::move(f));
-  if (!r) co_return r.error();
-  if (!r->has_ok()) co_return unexpected(*r);
-  co_return result<void>{};
+  co_return co_await answer_ok(*this, std::move(f));
 }
 
 void client::typing(const std::string& peer, bool typing) {
