@@ -885,8 +885,10 @@ awaitable<void> device_session::run_request(frame request) {
         fail(r.error());
         break;
       }
+      // Refusals from what the store holds, not from the frame: not counted as bad frames
+      // (reject), so that a client may ask as often as it pipelines requests.
       if (r->references > 0) {
-        reject(id, v2::ERROR_CODE_INVALID_ARGUMENT, "the file was sent already");
+        send(wire::make_error(id, v2::ERROR_CODE_INVALID_ARGUMENT, "the file was sent already"));
         break;
       }
       media::upload_grant grant;
@@ -896,9 +898,10 @@ awaitable<void> device_session::run_request(frame request) {
       grant.expires = media::wall_clock::now() + state_.cfg.media.upload_url_ttl;
       auto urls = state_.media.multipart_part_urls(grant, q.upload_id());
       if (!urls) {
-        reject(id, v2::ERROR_CODE_INVALID_ARGUMENT,
-               "this server's blob store takes one PUT per file (resumed with HEAD): there "
-               "are no multipart uploads");
+        send(wire::make_error(
+            id, v2::ERROR_CODE_INVALID_ARGUMENT,
+            "this server's blob store takes one PUT per file (resumed with HEAD): there are no "
+            "multipart uploads"));
         break;
       }
       auto* out = reply.mutable_upload_parts();
