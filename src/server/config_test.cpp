@@ -127,6 +127,18 @@ media_per_device_burst = 5
                        "[media]\nupload_url_ttl_s = 600\nunreferenced_retention_s = 60\n")
                 .find("unreferenced_retention_s"),
             std::string::npos);
+  // A URL lives 7 days at most (S3's longest presigned URL): 604800 s loads, one more not.
+  EXPECT_EQ(load_error("media_ttl_week",
+                       "[media]\nupload_url_ttl_s = 604800\ndownload_url_ttl_s = 604800\n"
+                       "unreferenced_retention_s = 604800\n"),
+            "");
+  EXPECT_NE(load_error("media_upload_ttl_long",
+                       "[media]\nupload_url_ttl_s = 604801\nunreferenced_retention_s = 700000\n")
+                .find("media.upload_url_ttl_s must be at most 604800"),
+            std::string::npos);
+  EXPECT_NE(load_error("media_download_ttl_long", "[media]\ndownload_url_ttl_s = 604801\n")
+                .find("media.download_url_ttl_s must be at most 604800"),
+            std::string::npos);
   EXPECT_NE(load_error("media_key", "[media]\nbucket = \"x\"\n").find("media.bucket"),
             std::string::npos);
 }
@@ -169,6 +181,8 @@ max_outbound_bytes = 131072
 drain_page = 64
 auth_timeout_ms = 2500
 max_unauthenticated_frame_bytes = 2048
+max_group_members = 512
+group_receipts_ms = 250
 [rate_limits]
 register_per_address = 5
 register_per_address_burst = 3
@@ -186,6 +200,10 @@ typing_per_device = 60
 typing_per_device_burst = 5
 group_read_per_device = 90
 group_read_per_device_burst = 7
+group_change_per_device = 12
+group_change_per_device_burst = 4
+media_per_device = 30
+media_per_device_burst = 9
 [connections]
 max_connections = 1000
 max_unauthenticated = 100
@@ -193,6 +211,9 @@ reserved_fds = 256
 memory_budget_bytes = 67108864
 [storage]
 reserve_bytes = 8388608
+dedupe_days = 3
+max_pending_writes = 1000
+memtable_budget_bytes = 33554432
 )");
   config c = load_config_file(p, config{});
   EXPECT_EQ(c.limits.max_unauthenticated_frame_bytes, 2048u);
@@ -207,6 +228,15 @@ reserve_bytes = 8388608
   EXPECT_EQ(c.rates.typing_per_device.burst, 5);
   EXPECT_EQ(c.rates.group_read_per_device.per_minute, 90);
   EXPECT_EQ(c.rates.group_read_per_device.burst, 7);
+  EXPECT_EQ(c.rates.group_change_per_device.per_minute, 12);
+  EXPECT_EQ(c.rates.group_change_per_device.burst, 4);
+  EXPECT_EQ(c.rates.media_per_device.per_minute, 30);
+  EXPECT_EQ(c.rates.media_per_device.burst, 9);
+  EXPECT_EQ(c.limits.max_group_members, 512u);
+  EXPECT_EQ(c.group_receipts_interval, std::chrono::milliseconds(250));
+  EXPECT_EQ(c.dedupe_days, 3u);
+  EXPECT_EQ(c.max_pending_writes, 1000u);
+  EXPECT_EQ(c.memtable_budget_bytes, 32u << 20);
   EXPECT_EQ(c.max_connections, 1000u);
   EXPECT_EQ(c.max_unauthenticated, 100u);
   EXPECT_EQ(c.reserved_fds, 256u);
@@ -243,6 +273,17 @@ TEST(config, new_limits_are_checked) {
                 .find("max_unauthenticated_frame_bytes"),
             std::string::npos);
   EXPECT_NE(load_error("metrics_port", "metrics_listen = \"127.0.0.1:70000\"\n").find("port"),
+            std::string::npos);
+}
+
+TEST(config, group_size_and_dedupe_window_have_upper_bounds) {
+  EXPECT_EQ(load_error("members_1024", "[limits]\nmax_group_members = 1024\n"), "");
+  EXPECT_NE(load_error("members_1025", "[limits]\nmax_group_members = 1025\n")
+                .find("limits.max_group_members must be at most 1024"),
+            std::string::npos);
+  EXPECT_EQ(load_error("dedupe_3650", "[storage]\ndedupe_days = 3650\n"), "");
+  EXPECT_NE(load_error("dedupe_3651", "[storage]\ndedupe_days = 3651\n")
+                .find("storage.dedupe_days must be at most 3650"),
             std::string::npos);
 }
 

@@ -528,7 +528,8 @@ awaitable<void> device_session::on_authenticate(std::uint64_t request_id, v2::Au
       found && CRYPTO_memcmp(found->token_hash.data(), presented.data(), presented.size()) == 0;
   if (!ok) {
     if (!found && found.error() != store::errc::not_found) {
-      send(wire::make_error(request_id, to_protocol(found.error()), found.error().message()));
+      // As every request's store failure: STORAGE_UNAVAILABLE and BUSY with retry_after_ms.
+      send(store_error(request_id, found.error(), state_.stats));
       co_return;
     }
     // Unknown device and wrong token look the same to the client.

@@ -166,6 +166,51 @@ TEST(frame_codec, ack_must_carry_1_to_1024_cursors) {
   EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
 }
 
+TEST(frame_codec, presence_subscriptions_name_1_to_256_users) {
+  Frame f;
+  f.mutable_subscribe_presence();
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  for (int i = 0; i < 256; ++i)
+    f.mutable_subscribe_presence()->add_usernames("user" + std::to_string(i));
+  EXPECT_FALSE(decode(f));
+  f.mutable_subscribe_presence()->add_usernames("user256");
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+}
+
+TEST(frame_codec, a_new_group_lists_at_most_1024_entries) {
+  Frame f;
+  auto* c = f.mutable_create_group();
+  c->set_name("g");
+  c->set_client_request_id("r1");
+  // Repeats are allowed (the store counts distinct members); the frame is bounded by entries.
+  for (int i = 0; i < 1024; ++i) c->add_members("user" + std::to_string(i % 10));
+  EXPECT_FALSE(decode(f));
+  c->add_members("user1");
+  ASSERT_TRUE(decode(f));
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_GROUP_FULL);
+}
+
+TEST(frame_codec, an_upload_id_is_1_to_1024_url_safe_characters) {
+  Frame f;
+  auto* q = f.mutable_request_upload_parts();
+  q->set_media_id(std::string(32, 'a'));
+  q->set_upload_id(std::string(1024, 'u'));
+  EXPECT_FALSE(decode(f));
+  q->set_upload_id("AZaz09._~+/=-");
+  EXPECT_FALSE(decode(f));
+  q->set_upload_id(std::string(1025, 'u'));
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  q->set_upload_id("");
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  q->set_upload_id("a b");
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  q->set_upload_id("u&x=1");
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  q->set_upload_id("u");
+  q->set_media_id("not-hex");
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+}
+
 TEST(frame_codec, ack_cursors_need_a_chat_and_a_seq) {
   Frame f;
   auto* c = f.mutable_ack()->add_cursors();

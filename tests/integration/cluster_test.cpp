@@ -393,6 +393,15 @@ TEST_F(cluster, postgresql_stopped_and_started_mid_run) {
     EXPECT_EQ(refused.error().code, v2::ERROR_CODE_STORAGE_UNAVAILABLE)
         << client::describe(refused.error());
     EXPECT_GT(refused.error().retry_after_ms, 0u);
+    // A login is a read of the store, refused as a write is: STORAGE_UNAVAILABLE with the
+    // documented retry_after_ms (protocol.md §6).
+    test_client again_bob(io, n1->url());
+    again_bob.connect();
+    auto login = again_bob.run(again_bob.api().authenticate(bob->device_id, bob->token, 0));
+    ASSERT_FALSE(login) << "a login passed while the store was down";
+    EXPECT_EQ(login.error().code, v2::ERROR_CODE_STORAGE_UNAVAILABLE)
+        << client::describe(login.error());
+    EXPECT_EQ(login.error().retry_after_ms, 1000u);
     expect_quiet(*bob);
 
     ASSERT_EQ(std::system((script + " resume " + pg_dir).c_str()), 0);

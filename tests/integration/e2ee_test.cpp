@@ -587,7 +587,11 @@ TEST_F(e2ee_test, the_server_refuses_bad_keys_with_typed_errors) {
   // 500 held at most: 100 were published at registration, 3 above; 4 x 100 more is over.
   int refused_at = 0;
   for (int i = 1; i <= 4 && refused_at == 0; ++i) {
-    if (!upload(*bob->messenger->engine().top_up(100))) refused_at = i;
+    auto r = upload(*bob->messenger->engine().top_up(100));
+    if (!r) {
+      refused_at = i;
+      EXPECT_EQ(code(r), v2::ERROR_CODE_TOO_MANY_PREKEYS) << "past the 500 held";
+    }
   }
   EXPECT_EQ(refused_at, 4);
 

@@ -483,6 +483,69 @@ TEST(faults, sends_key_fetches_and_typing_are_rate_limited_per_device) {
   EXPECT_EQ(over.error().code, v2::ERROR_CODE_RATE_LIMITED);
 }
 
+// The other budgets: registrations for the whole server (the per-address one off), group
+// changes per device (CreateGroup and UpdateGroup), and media requests per device (one budget
+// for RequestUpload, RequestUploadParts and RequestDownload); and a group size lowered in
+// the config. Each refusal changes nothing.
+TEST(faults, registrations_group_changes_and_media_requests_are_rate_limited) {
+  boost::asio::io_context io;
+  server_process server(
+      {},
+      "[limits]\nmax_group_members = 3\n"
+      "[rate_limits]\nregister_per_address = 0\nregister_global = 6\nregister_global_burst = 4\n"
+      "group_change_per_device = 6\ngroup_change_per_device_burst = 3\n"
+      "media_per_device = 6\nmedia_per_device_burst = 2\n");
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
+  auto carol = online(io, server.url(), "carol");
+  auto dave = online(io, server.url(), "dave");
+  test_client eve(io, server.url());
+  eve.connect();
+  auto refused = eve.run(eve.api().register_account("eve"));
+  ASSERT_FALSE(refused) << "a fifth registration within the server's burst of 4";
+  EXPECT_EQ(refused.error().code, v2::ERROR_CODE_RATE_LIMITED);
+  EXPECT_GT(refused.error().retry_after_ms, 0u);
+  EXPECT_EQ(code_of(alice.run(alice.api().fetch_keys("eve"))), v2::ERROR_CODE_UNKNOWN_USER)
+      << "the refused registration made no account";
+
+  // Group changes: three, then refused; the group keeps the last name that was accepted.
+  auto team = alice.run(alice.api().create_group("team", {"bob"}));
+  ASSERT_TRUE(team) << client::describe(team.error());
+  const auto chat = team->chat_id();
+  ASSERT_TRUE(alice.run(alice.api().update_group(chat, v2::GROUP_CHANGE_RENAME, {}, "one")));
+  ASSERT_TRUE(alice.run(alice.api().update_group(chat, v2::GROUP_CHANGE_RENAME, {}, "two")));
+  auto over = alice.run(alice.api().update_group(chat, v2::GROUP_CHANGE_RENAME, {}, "three"));
+  ASSERT_FALSE(over);
+  EXPECT_EQ(over.error().code, v2::ERROR_CODE_RATE_LIMITED);
+  auto info = alice.run(alice.api().get_group(chat));
+  ASSERT_TRUE(info) << client::describe(info.error());
+  EXPECT_EQ(info->name(), "two");
+
+  // max_group_members = 3, the creator included: 4 are refused, 3 pass, and an ADD to 3 is
+  // refused (bob's own budget of three group changes).
+  EXPECT_EQ(code_of(bob.run(bob.api().create_group("four", {"alice", "carol", "dave"}))),
+            v2::ERROR_CODE_GROUP_FULL);
+  auto three = bob.run(bob.api().create_group("three", {"alice", "carol"}));
+  ASSERT_TRUE(three) << client::describe(three.error());
+  EXPECT_EQ(three->members_size(), 3);
+  EXPECT_EQ(
+      code_of(bob.run(bob.api().update_group(three->chat_id(), v2::GROUP_CHANGE_ADD, "dave"))),
+      v2::ERROR_CODE_GROUP_FULL);
+
+  // Media: two requests of any of the three kinds, then the third is refused.
+  const std::string hash(32, 'h');
+  ASSERT_TRUE(carol.run(carol.api().request_upload(1000, hash)));
+  auto slot = carol.run(carol.api().request_upload(1000, hash));
+  ASSERT_TRUE(slot) << client::describe(slot.error());
+  EXPECT_EQ(code_of(carol.run(carol.api().request_download(chat, 1))), v2::ERROR_CODE_RATE_LIMITED);
+  EXPECT_EQ(code_of(carol.run(carol.api().request_upload_parts(slot->media_id(), "u"))),
+            v2::ERROR_CODE_RATE_LIMITED);
+  EXPECT_EQ(code_of(carol.run(carol.api().request_upload(1000, hash))),
+            v2::ERROR_CODE_RATE_LIMITED);
+  // Dave's budget is his own.
+  EXPECT_TRUE(dave.run(dave.api().request_upload(1000, hash)));
+}
+
 // A writer queue of one: sends that find it taken get BUSY with a retry time, the metric
 // counts each, and nothing is lost: exactly the accepted sends are delivered, and the refused
 // ones go through when retried.

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <set>
 #include <thread>
 
@@ -260,6 +261,22 @@ TEST(limits, too_many_requests_in_flight) {
   EXPECT_EQ(delivered, ok);
 }
 
+// A connection that logs in as `who`'s device and then never reads (a slow reader: what the
+// server sends it piles up in the kernel's buffers, then in the server's queue). Null if it
+// could not connect.
+std::unique_ptr<client::ws_connection> unread_login(boost::asio::io_context& io,
+                                                    const std::string& url,
+                                                    const test_client& who) {
+  auto ws = std::make_unique<client::ws_connection>(io.get_executor());
+  if (block_on(io, ws->connect(url, 5s))) return nullptr;
+  v2::Frame auth;
+  auth.set_request_id(1);
+  auth.mutable_authenticate()->set_device_id(who.device_id);
+  auth.mutable_authenticate()->set_token(who.token);
+  ws->send(auth.SerializeAsString());
+  return ws;
+}
+
 TEST(limits, slow_reader_is_disconnected_and_loses_nothing) {
   boost::asio::io_context io;
   const auto env = env_for_rss_bounds();
@@ -274,13 +291,9 @@ TEST(limits, slow_reader_is_disconnected_and_loses_nothing) {
   bob.disconnect();
 
   // Bob's slow device: authenticates, then never reads.
-  client::ws_connection slow(io.get_executor());
-  ASSERT_FALSE(block_on(io, slow.connect(server.url(), 5s)));
-  v2::Frame auth;
-  auth.set_request_id(1);
-  auth.mutable_authenticate()->set_device_id(bob.device_id);
-  auth.mutable_authenticate()->set_token(bob.token);
-  slow.send(auth.SerializeAsString());
+  auto slow_device = unread_login(io, server.url(), bob);
+  ASSERT_TRUE(slow_device);
+  auto& slow = *slow_device;
 
   const long rss_before = server.rss_kb();
   const int n = 1500;
@@ -316,6 +329,33 @@ TEST(limits, slow_reader_is_disconnected_and_loses_nothing) {
   const auto got = test_client::envelopes_in(bob2.drain(60s));
   ASSERT_EQ(got.size(), static_cast<std::size_t>(n));
   for (int i = 0; i < n; ++i) EXPECT_EQ(got[i].seq(), static_cast<std::uint64_t>(i + 1));
+}
+
+// The queue's bound in frames closes a reader that does not read as the bound in bytes does:
+// 16 frames of 32 KiB are 512 KiB, and the byte bound is set far above what is sent (without
+// the frame bound nothing would close it).
+TEST(limits, a_slow_reader_is_closed_at_the_frame_bound_too) {
+  boost::asio::io_context io;
+  server_process server({},
+                        "[limits]\nmax_outbound_frames = 16\nmax_outbound_bytes = 268435456\n"
+                        "[rate_limits]\nsend_per_device = 0\n");
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
+  bob.disconnect();
+  auto slow = unread_login(io, server.url(), bob);
+  ASSERT_TRUE(slow);
+
+  // 24 MiB: more than the kernel's socket buffers take, far less than the byte bound.
+  const int n = 768;
+  const std::string payload(32 * 1024, 'p');
+  for (int i = 0; i < n; ++i) alice.send("bob", payload, "f-" + std::to_string(i));
+  const auto metrics = http_get(server.port(), "/metrics");
+  EXPECT_NE(metrics.find("parley_slow_readers_closed_total 1\n"), std::string::npos) << metrics;
+
+  test_client bob2(io, server.url());
+  bob2.login_as(bob);
+  const auto got = test_client::envelopes_in(bob2.drain(60s));
+  ASSERT_EQ(got.size(), static_cast<std::size_t>(n));
 }
 
 // A backlog many times the outgoing queue: the drain waits for room in the queue instead of

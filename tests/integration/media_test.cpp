@@ -261,7 +261,7 @@ class media_sweep : public media_flow {
   media_sweep()
       : media_flow(
             "[media]\nquota_bytes = 1000000\nupload_url_ttl_s = 1\nunreferenced_retention_s = 2\n"
-            "sweep_interval_s = 1\n") {}
+            "sweep_interval_s = 1\ndownload_url_ttl_s = 1\n") {}
 };
 
 TEST_F(media_sweep, unreferenced_uploads_and_orphans_are_deleted_and_the_quota_freed) {
@@ -272,6 +272,10 @@ TEST_F(media_sweep, unreferenced_uploads_and_orphans_are_deleted_and_the_quota_f
   auto sent = alice.run(alice.api().send("bob", "m1", "x", v2::CIPHER_TYPE_SIGNAL_MESSAGE, 0,
                                          kept.media_id()));
   ASSERT_TRUE(sent);
+  // download_url_ttl_s = 1: a download URL asked for now has expired once the sweep below is
+  // done.
+  auto early = bob.run(bob.api().request_download(sent->chat_id(), sent->seq()));
+  ASSERT_TRUE(early) << client::describe(early.error());
   auto b = write_and_seal(dir.path(), "b.bin", 300'000, 5);
   const auto abandoned = upload(alice, b);  // never sent
   // The quota holds both (600 kB + 300 kB of 1 MB): one more 300 kB slot is refused.
@@ -298,7 +302,13 @@ TEST_F(media_sweep, unreferenced_uploads_and_orphans_are_deleted_and_the_quota_f
   EXPECT_FALSE(fs::exists(blob_path(abandoned.media_id()))) << "the abandoned upload";
   EXPECT_FALSE(fs::exists(orphan)) << "the orphan";
   EXPECT_TRUE(fs::exists(blob_path(kept.media_id()))) << "a referenced blob stays";
-  EXPECT_TRUE(bob.run(bob.api().request_download(sent->chat_id(), sent->seq())));
+  std::this_thread::sleep_for(1100ms);  // at least 2 s after `early`, whatever the sweep took
+  auto expired = client::download(early->url(), dir.path() / "early.part", early->size(), {});
+  ASSERT_FALSE(expired) << "a download URL past download_url_ttl_s";
+  EXPECT_EQ(expired.error().status, 403u) << client::describe(expired.error());
+  auto fresh = bob.run(bob.api().request_download(sent->chat_id(), sent->seq()));
+  ASSERT_TRUE(fresh) << client::describe(fresh.error());
+  EXPECT_TRUE(client::download(fresh->url(), dir.path() / "fresh.part", fresh->size(), {}));
   // The abandoned upload's bytes are back in the quota.
   EXPECT_TRUE(alice.run(alice.api().request_upload(b.file.size, bytes_of(b.file.sha256))));
 }

@@ -616,18 +616,50 @@ bool signs(const presigned_url& u, const credentials& c, const std::string& meth
   return presign_query(c, r, when, expires) == u.query;
 }
 
-TEST(s3_blob_store_urls, a_large_blob_is_a_multipart_upload_of_8_mib_parts_each_length_signed) {
+// The store the URL tests sign with: AWS's example keys, bucket "media" at `store_base`.
+const std::string store_base = "http://127.0.0.1:9000";
+media::s3_options example_store_options() {
   media::s3_options o;
-  o.endpoint = "http://127.0.0.1:9000";
+  o.endpoint = store_base;
   o.bucket = "media";
   o.credentials = s3_example();
-  media::s3_blob_store store(o);
-  const std::string base = "http://127.0.0.1:9000";
+  return o;
+}
+
+// A grant of account 7 for `size` bytes, expiring 15 minutes from now.
+media::upload_grant example_grant(std::uint64_t size) {
   media::upload_grant grant;
   grant.id = "0123456789abcdef0123456789abcdef";
   grant.owner = 7;
-  grant.size = 100'024'416;  // the largest file's ciphertext
+  grant.size = size;
   grant.expires = system_clock::now() + 15min;
+  return grant;
+}
+
+// A presigned URL lives from 1 s (SigV4's least) to 7 days (its most), whatever the grant says.
+TEST(s3_blob_store_urls, a_url_lives_one_second_to_seven_days) {
+  media::s3_blob_store store(example_store_options());
+  const std::string& base = store_base;
+  media::upload_grant grant = example_grant(1000);
+  auto expires_of = [&](const std::string& url) {
+    return std::stoll(split(url, base).params.at("X-Amz-Expires"));
+  };
+  grant.expires = system_clock::now() + 30 * 24h;
+  EXPECT_EQ(expires_of(store.upload_url(grant)), 604800);
+  EXPECT_EQ(expires_of(store.download_url(grant.id, 7, grant.expires)), 604800);
+  grant.expires = system_clock::now() - 1min;
+  EXPECT_EQ(expires_of(store.upload_url(grant)), 1);
+  grant.expires = system_clock::now() + 15min;
+  const auto quarter = expires_of(store.upload_url(grant));
+  EXPECT_GE(quarter, 899);
+  EXPECT_LE(quarter, 900);
+}
+
+TEST(s3_blob_store_urls, a_large_blob_is_a_multipart_upload_of_8_mib_parts_each_length_signed) {
+  const media::s3_options o = example_store_options();
+  media::s3_blob_store store(o);
+  const std::string& base = store_base;
+  media::upload_grant grant = example_grant(100'024'416);  // the largest file's ciphertext
 
   const auto start = split(store.multipart_start_url(grant), base);
   EXPECT_EQ(start.path, "/media/" + grant.id);
