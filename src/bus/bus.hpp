@@ -48,6 +48,14 @@ void to_wire(const store::chat_message& m, parley::v2::Envelope& e);
 std::vector<std::pair<std::uint64_t, std::vector<store::watermark>>> receipts_by_device(
     const std::vector<store::receipt_delivery>& receipts);
 
+// Receipts frames carry at most this many watermarks each (docs/protocol.md, "Receipts").
+inline constexpr std::size_t receipts_per_frame = 256;
+
+// `marks` as Receipts pushes of at most receipts_per_frame watermarks each, in the order given.
+// The highest stamp of the marks goes on the last frame only: a client that keeps it has had
+// every frame of the change (docs/protocol.md, "Receipts stamps").
+std::vector<wire::encoded_frame> receipts_frames(const std::vector<store::watermark>& marks);
+
 // A connected device. Methods may be called from any thread and must not block: an
 // implementation hands the work to its own executor.
 class endpoint {

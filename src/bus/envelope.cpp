@@ -1,6 +1,7 @@
-#include "bus/bus.hpp"
-
+#include <algorithm>
 #include <unordered_map>
+
+#include "bus/bus.hpp"
 
 namespace parley::bus {
 
@@ -41,6 +42,29 @@ std::vector<std::pair<std::uint64_t, std::vector<store::watermark>>> receipts_by
     by_device[it->second].second.push_back(r.mark);
   }
   return by_device;
+}
+
+std::vector<wire::encoded_frame> receipts_frames(const std::vector<store::watermark>& marks) {
+  std::vector<wire::encoded_frame> out;
+  std::uint64_t stamp = 0;
+  for (const auto& m : marks) stamp = std::max(stamp, m.stamp);
+  for (std::size_t i = 0; i < marks.size(); i += receipts_per_frame) {
+    parley::v2::Frame f;
+    auto* receipts = f.mutable_receipts();
+    const std::size_t end = std::min(marks.size(), i + receipts_per_frame);
+    for (std::size_t j = i; j < end; ++j) {
+      const auto& m = marks[j];
+      auto* r = receipts->add_receipts();
+      r->set_chat_id(m.chat);
+      r->set_user(m.user);
+      r->set_status(static_cast<parley::v2::MessageStatus>(m.status));
+      r->set_up_to_seq(m.up_to);
+      r->set_at_ms(m.at_ms);
+    }
+    if (end == marks.size()) receipts->set_stamp(stamp);
+    out.push_back(wire::encode(f));
+  }
+  return out;
 }
 
 }  // namespace parley::bus

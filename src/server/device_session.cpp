@@ -93,35 +93,6 @@ v2::Frame store_error(std::uint64_t request_id, const boost::system::error_code&
   return f;
 }
 
-// Receipts frames of at most this many watermarks each.
-constexpr std::size_t receipts_per_frame = 256;
-
-// `marks` as Receipts frames of at most receipts_per_frame watermarks each.
-// The highest stamp of the marks goes on the last frame only: a client that keeps it has
-// had every frame of the change (docs/protocol.md, "Receipts stamps").
-std::vector<wire::encoded_frame> receipts_frames(const std::vector<store::watermark>& marks) {
-  std::vector<wire::encoded_frame> out;
-  std::uint64_t stamp = 0;
-  for (const auto& m : marks) stamp = std::max(stamp, m.stamp);
-  for (std::size_t i = 0; i < marks.size(); i += receipts_per_frame) {
-    v2::Frame f;
-    auto* receipts = f.mutable_receipts();
-    const std::size_t end = std::min(marks.size(), i + receipts_per_frame);
-    for (std::size_t j = i; j < end; ++j) {
-      const auto& m = marks[j];
-      auto* r = receipts->add_receipts();
-      r->set_chat_id(m.chat);
-      r->set_user(m.user);
-      r->set_status(static_cast<v2::MessageStatus>(m.status));
-      r->set_up_to_seq(m.up_to);
-      r->set_at_ms(m.at_ms);
-    }
-    if (end == marks.size()) receipts->set_stamp(stamp);
-    out.push_back(wire::encode(f));
-  }
-  return out;
-}
-
 // What a contact may see: last seen rounded down to the minute, and none at all from a user
 // who hides it (docs/security.md, "Presence").
 v2::Frame presence_frame(const std::string& username, const presence::state& s) {
@@ -378,7 +349,7 @@ void device_session::on_receipts(const std::vector<store::watermark>& marks) {
   if (closed_ || marks.empty()) return;
   // Receipts are not stored per device: if a full queue closes the connection, they are sent
   // again, as current watermarks, after the next authentication.
-  for (auto& f : receipts_frames(marks)) send_encoded(std::move(f));
+  for (auto& f : bus::receipts_frames(marks)) send_encoded(std::move(f));
 }
 
 // --- requests ------------------------------------------------------------------------------------
@@ -605,7 +576,7 @@ awaitable<void> device_session::drain(std::uint64_t receipts_since) {
     state_.store.ack(device_, user_, std::move(own_tail),
                      [](const store::result<store::watermark_moves>&) {});
   }
-  for (auto& f : receipts_frames(marks)) {
+  for (auto& f : bus::receipts_frames(marks)) {
     if (!co_await send_paced(std::move(f))) co_return;
   }
   frame done;

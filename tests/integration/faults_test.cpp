@@ -313,7 +313,7 @@ TEST(faults, idle_sockets_cannot_take_the_descriptors_the_store_needs) {
 TEST(faults, unauthenticated_connections_have_a_smaller_limit) {
   boost::asio::io_context io;
   server_process server({}, std::string(no_rate_limits) +
-                                "[connections]\nmax_connections = 40\nmax_unauthenticated = 5\n");
+                                "[connections]\nmax_connections = 24\nmax_unauthenticated = 5\n");
   std::vector<std::unique_ptr<raw_socket>> idle;
   for (int i = 0; i < 5; ++i) {
     idle.push_back(std::make_unique<raw_socket>(server.port()));
@@ -340,6 +340,15 @@ TEST(faults, unauthenticated_connections_have_a_smaller_limit) {
   }
   raw_socket one_more(server.port());
   EXPECT_TRUE(one_more.upgrade());  // 20 authenticated + 1 new: within both limits
+
+  // max_connections counts them all: 3 more unauthenticated make 24 (4 of them
+  // unauthenticated, under 5), and the 25th is refused for the total alone.
+  for (int i = 0; i < 3; ++i) {
+    idle.push_back(std::make_unique<raw_socket>(server.port()));
+    ASSERT_TRUE(idle.back()->ok());
+  }
+  raw_socket over(server.port());
+  EXPECT_EQ(over.read().rfind("HTTP/1.1 503", 0), 0u) << "the 25th connection of 24";
 }
 
 // --- memory --------------------------------------------------------------------------------------

@@ -297,6 +297,33 @@ TEST_F(groups_with_two_reads, member_list_reads_are_rate_limited_per_device) {
   EXPECT_EQ(member_names(*info), (std::vector<std::string>{"alice*", "bob"}));
 }
 
+class groups_with_slow_receipts : public groups {
+ protected:
+  groups_with_slow_receipts() : groups("[limits]\ngroup_receipts_ms = 1500\n") {}
+};
+
+// limits.group_receipts_ms: a group's merged receipts are computed at most once an interval,
+// so two acks one after the other reach the sender as two pushes at least that far apart
+// (with the default 100 ms, well under a second).
+TEST_F(groups_with_slow_receipts, merged_receipts_wait_for_the_interval) {
+  auto alice = online_user("alice");
+  auto bob = online_user("bob");
+  auto g = alice->run(alice->api().create_group("team", {"bob"}));
+  ASSERT_TRUE(g) << client::describe(g.error());
+  const auto chat = g->chat_id();
+  auto deliver = [&](const std::string& id) {
+    const auto sent = say(*alice, chat, id);
+    receive_up_to(*bob, chat, sent.seq());
+    bob->ack({client::chat_cursor{chat, sent.seq()}});
+    EXPECT_EQ(wait_delivered(*alice, chat, sent.seq()), sent.seq()) << id;
+  };
+  deliver("m1");
+  const auto first = std::chrono::steady_clock::now();
+  deliver("m2");
+  EXPECT_GE(std::chrono::steady_clock::now() - first, 1200ms)
+      << "the second merged receipt came before the interval had passed";
+}
+
 // The full size: 1,024 members online, one message reaches all 1,023 others, their acks merge
 // into one receipt for the sender, and the 1,025th member is refused with nothing applied.
 TEST_F(groups, a_group_of_1024_members_end_to_end) {

@@ -192,9 +192,11 @@ std::optional<std::uint64_t> offset_of(const http::response<http::string_body>& 
 // A store and its server on 127.0.0.1:0 over a fresh temp root, as parleyd assembles them: the
 // store learns its public URL once the server has bound.
 struct harness {
-  explicit harness(std::size_t max_connections = 256) {
+  explicit harness(std::size_t max_connections = 256)
+      : harness(blob_http_server::options{.max_connections = max_connections}) {}
+  explicit harness(blob_http_server::options o) {
     store = std::make_unique<local_blob_store>(root);
-    server = std::make_unique<blob_http_server>(*store, max_connections);
+    server = std::make_unique<blob_http_server>(*store, o);
     const auto bound = server->start(tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
     port = bound.port();
     EXPECT_EQ(server->local_endpoint(), bound);
@@ -785,6 +787,28 @@ TEST(blob_http_server, connections_over_the_limit_get_503) {
     if (!served) std::this_thread::sleep_for(5ms);
   }
   EXPECT_TRUE(served);
+}
+
+// Every read must make progress within io_timeout (30 s by default; 1 s here): a silent
+// connection, a header that stops half-way and a body that stalls are closed, and a stalled
+// upload keeps what arrived for a resume.
+TEST(blob_http_server, connections_that_make_no_progress_are_closed) {
+  harness h(blob_http_server::options{.io_timeout = std::chrono::seconds(1)});
+  raw_client silent(h.port);
+  ASSERT_TRUE(silent.connected());
+  raw_client half_header(h.port);
+  ASSERT_TRUE(half_header.send("HEAD /v1/blobs/"));
+  const std::string content = random_bytes(1000);
+  const auto g = h.grant_for(content);
+  const std::string target = h.target(h.put_url(g));
+  raw_client stalled(h.port);
+  ASSERT_TRUE(stalled.send(request_text("PUT", target, "Content-Length: 1000\r\n") +
+                           content.substr(0, 300)));
+  // closed_by_server() waits 5 s at most: far less than the default 30 s.
+  EXPECT_TRUE(silent.closed_by_server()) << "a connection that never sent a byte";
+  EXPECT_TRUE(half_header.closed_by_server()) << "a header that stopped half-way";
+  EXPECT_TRUE(stalled.closed_by_server()) << "a body that stalled";
+  EXPECT_EQ(h.wait_for_offset(target, 300), 300u) << "the stalled upload's bytes are kept";
 }
 
 TEST(blob_http_server, stop_closes_open_connections_and_returns_promptly) {
