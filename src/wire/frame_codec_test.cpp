@@ -132,6 +132,32 @@ TEST(frame_codec, frame_limit_is_enforced) {
   auto e = decode(f, l);
   ASSERT_TRUE(e);
   EXPECT_EQ(e->code, parley::v2::ERROR_CODE_BAD_FRAME);
+  // At the boundary: a frame of exactly max_frame_bytes passes, one byte more does not.
+  f.mutable_send_message()->set_payload("");
+  const std::size_t without = f.ByteSizeLong();  // an empty payload is not on the wire
+  // A payload of n < 128 bytes adds its tag, a 1-byte length and the n bytes.
+  f.mutable_send_message()->set_payload(std::string(100 - without - 2, 'x'));
+  ASSERT_EQ(f.ByteSizeLong(), 100u);
+  EXPECT_FALSE(decode(f, l));
+  f.mutable_send_message()->set_payload(std::string(100 - without - 1, 'x'));
+  ASSERT_EQ(f.ByteSizeLong(), 101u);
+  ASSERT_TRUE(decode(f, l));
+  EXPECT_EQ(decode(f, l)->code, parley::v2::ERROR_CODE_BAD_FRAME);
+}
+
+TEST(frame_codec, a_group_name_is_1_to_64_bytes) {
+  Frame f;
+  auto* c = f.mutable_create_group();
+  c->set_client_request_id("r1");
+  c->add_members("bob");
+  c->set_name(std::string(64, 'n'));
+  EXPECT_FALSE(decode(f));
+  c->set_name(std::string(65, 'n'));
+  ASSERT_TRUE(decode(f));
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
+  c->set_name("");
+  ASSERT_TRUE(decode(f));
+  EXPECT_EQ(decode(f)->code, parley::v2::ERROR_CODE_INVALID_ARGUMENT);
 }
 
 TEST(frame_codec, client_msg_id_must_be_1_to_64_bytes) {

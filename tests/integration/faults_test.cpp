@@ -382,6 +382,14 @@ TEST(faults, thousands_of_hostile_sockets_keep_memory_bounded) {
   EXPECT_EQ(static_cast<unsigned char>(answer[0]), 0x88);  // a close frame
   EXPECT_EQ((static_cast<unsigned char>(answer[2]) << 8) | static_cast<unsigned char>(answer[3]),
             1009);
+  // At the limit the whole message is taken: it is no Frame, so the answer is an Error frame
+  // (binary, 0x82), not a close.
+  raw_socket at_limit(server.port());
+  ASSERT_TRUE(at_limit.upgrade());
+  at_limit.write(test_support::ws_client_frame(0x82, std::string(4096, 'h')));
+  const auto taken = at_limit.read("\x82");
+  ASSERT_FALSE(taken.empty());
+  EXPECT_EQ(static_cast<unsigned char>(taken[0]), 0x82) << "a 4,096-byte message was refused";
 
   // 40 authenticated devices, each parking 240 KiB of a 250 KiB message: 9.4 MiB more, over
   // the budget in all. The server drops the largest holders until it is under 90 % of it.
