@@ -358,6 +358,71 @@ TEST(limits, a_slow_reader_is_closed_at_the_frame_bound_too) {
   ASSERT_EQ(got.size(), static_cast<std::size_t>(n));
 }
 
+// A group message in flight costs the server one copy of it, not one per member (issue 14's
+// "memory per in-flight group message"): 64 members that never read, 120 messages of 60 KiB
+// (7 MiB) to the group. The kernel's socket buffers take about the first 4 MiB of each
+// member's; the rest wait in the members' outgoing queues, which parley_buffered_bytes counts
+// per member, as if each held a copy, while each message is one encoded frame that every
+// queue shares. So the server grows by a few copies of what was sent (the queues' one, the
+// store's memtable), not by what the queues count.
+TEST(limits, a_group_message_in_flight_is_held_once_not_per_member) {
+  boost::asio::io_context io;
+  server_process server({},
+                        "[rate_limits]\nregister_per_address = 0\nregister_global = 0\n"
+                        "send_per_device = 0\ngroup_change_per_device = 0\n",
+                        env_for_rss_bounds());
+  auto alice = online(io, server.url(), "alice");
+  constexpr int members = 64;
+  constexpr int messages = 120;
+  std::vector<test_client> others;
+  std::vector<std::string> names;
+  for (int i = 0; i < members; ++i) {
+    others.push_back(online(io, server.url(), "member" + std::to_string(i)));
+    others.back().disconnect();
+    names.push_back(others.back().username);
+  }
+  auto group = alice.run(alice.api().create_group("in flight", names));
+  ASSERT_TRUE(group) << client::describe(group.error());
+  std::vector<std::unique_ptr<client::ws_connection>> unread;
+  for (const auto& m : others) {
+    unread.push_back(unread_login(io, server.url(), m));
+    ASSERT_TRUE(unread.back());
+  }
+  // The queues' bytes once they stop changing (the pushes follow the commits).
+  auto settled_buffered = [&] {
+    long long last = -1;
+    for (int i = 0; i < 50; ++i) {
+      std::this_thread::sleep_for(200ms);
+      const auto text = http_get(server.port(), "/metrics");
+      const auto at = text.find("\nparley_buffered_bytes ");
+      if (at == std::string::npos) return -1ll;
+      const long long now = std::stoll(text.substr(at + 23));
+      if (now == last) return now;
+      last = now;
+    }
+    return last;
+  };
+  const long long buffered_before = settled_buffered();
+  const long rss_before = server.rss_kb();
+  const std::string payload(60 * 1024, 'g');
+  for (int i = 0; i < messages; ++i) {
+    auto r =
+        alice.run(alice.api().send_to_chat(group->chat_id(), "g" + std::to_string(i), payload));
+    ASSERT_TRUE(r) << client::describe(r.error());
+  }
+  const long long queued = settled_buffered() - buffered_before;
+  const long grown_kb = server.rss_kb() - rss_before;
+  std::printf(
+      "%d messages of 60 KiB to %d members who do not read: the queues hold %lld KiB "
+      "counted per member; server RSS grew %ld KiB\n",
+      messages, members, queued / 1024, grown_kb);
+  const long long sent_kb = messages * 60ll;
+  ASSERT_GT(queued / 1024, 10 * sent_kb) << "the members' queues hold less than the test needs";
+#if !defined(__SANITIZE_THREAD__)  // TSan's shadow memory grows with every byte touched
+  EXPECT_LT(grown_kb, 3 * sent_kb) << "the server holds more than a few copies of what was sent";
+#endif
+}
+
 // A backlog many times the outgoing queue: the drain waits for room in the queue instead of
 // overflowing it, so a device that reads slowly while it catches up is not taken for a slow
 // reader, and its requests are answered while the drain goes on.
