@@ -224,11 +224,9 @@ class blob_connection {
     tcp_layer.socket().set_option(tcp::no_delay(true), ignored);
     if (auto* tls = connection_.tls()) {
       tcp_layer.expires_after(connect_timeout);
-      auto [hec] =
-          co_await tls->async_handshake(asio::ssl::stream_base::client, as_tuple_awaitable);
-      if (auto ec = tls_client::checked_handshake(tls->native_handle(), hec)) {
+      if (auto ec = co_await tls_client::handshake(*tls)) {
         const std::string why =
-            hec == beast::error::timeout ? "TLS handshake timed out" : ec.message();
+            ec == beast::error::timeout ? "TLS handshake timed out" : ec.message();
         co_return failure(errc::connect, u.host_header + ": " + why);
       }
     }

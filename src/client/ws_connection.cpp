@@ -215,9 +215,7 @@ awaitable<error_code> ws_connection::connect(std::string url, std::chrono::milli
   }
   tcp.socket().set_option(asio::ip::tcp::no_delay(true));
   if (auto* secure = std::get_if<tls_ws>(&impl_->ws)) {
-    auto& ssl = secure->next_layer();
-    auto [tec] = co_await ssl.async_handshake(asio::ssl::stream_base::client, as_tuple_awaitable);
-    if (auto ec = tls_client::checked_handshake(ssl.native_handle(), tec)) co_return ec;
+    if (auto ec = co_await tls_client::handshake(secure->next_layer())) co_return ec;
   }
   tcp.expires_never();
   auto t = websocket::stream_base::timeout::suggested(beast::role_type::client);

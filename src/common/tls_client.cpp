@@ -3,10 +3,12 @@
 #include <openssl/err.h>
 #include <openssl/x509_vfy.h>
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/ssl/verify_context.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <deque>
 #include <iterator>
 #include <utility>
@@ -127,12 +129,16 @@ error_code expect_host(stream& s, const std::string& host) {
   return {};
 }
 
-error_code checked_handshake(SSL* ssl, const error_code& ec) {
+asio::awaitable<error_code> handshake(stream& s) {
+  auto [ec] = co_await s.async_handshake(asio::ssl::stream_base::client,
+                                         asio::as_tuple(asio::use_awaitable));
+  SSL* ssl = s.native_handle();
   const long verdict = SSL_get_verify_result(ssl);
-  if (verdict != X509_V_OK) return {static_cast<int>(verdict), verify_failed()};
-  if (ec) return tls_error(ec, tls_step::handshake);
-  if (SSL_get0_peer_certificate(ssl) == nullptr) return {X509_V_ERR_UNSPECIFIED, verify_failed()};
-  return {};
+  if (verdict != X509_V_OK) co_return error_code{static_cast<int>(verdict), verify_failed()};
+  if (ec) co_return tls_error(ec, tls_step::handshake);
+  if (SSL_get0_peer_certificate(ssl) == nullptr)
+    co_return error_code{X509_V_ERR_UNSPECIFIED, verify_failed()};
+  co_return error_code{};
 }
 
 }  // namespace parley::tls_client

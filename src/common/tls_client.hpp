@@ -8,6 +8,7 @@
 
 #include <openssl/ssl.h>
 
+#include <boost/asio/awaitable.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/ssl.hpp>
@@ -28,10 +29,12 @@ boost::system::error_code make_context(std::optional<boost::asio::ssl::context>&
 // certificate is `host`'s, and to send SNI unless `host` is an IP address.
 boost::system::error_code expect_host(stream& s, const std::string& host);
 
-// The handshake's outcome `ec`, as a connection reports it: a certificate that failed
-// verification as "certificate verify failed" with OpenSSL's verdict (also a handshake that
-// passed without a verified certificate, which must never count as connected); any other
-// failure as a failed handshake.
-boost::system::error_code checked_handshake(SSL* ssl, const boost::system::error_code& ec);
+// The client's side of the handshake on `s` (set up by expect_host, connected; the stream's
+// own deadline applies), and its outcome as a connection reports it: a certificate that
+// failed verification as "certificate verify failed" with OpenSSL's verdict (also a
+// handshake that passed without a verified certificate, which must never count as
+// connected); any other failure as a failed handshake, except the stream's timeout, which
+// stays boost::beast::error::timeout.
+boost::asio::awaitable<boost::system::error_code> handshake(stream& s);
 
 }  // namespace parley::tls_client

@@ -69,8 +69,7 @@ asio::awaitable<boost::system::error_code> delete_object(
   tcp.expires_after(remove_deadline);
   auto [cec, ep] = co_await tcp.async_connect(results, as_tuple_awaitable);
   if (cec) co_return cec;
-  auto [hec] = co_await stream.async_handshake(asio::ssl::stream_base::client, as_tuple_awaitable);
-  if (auto ec = tls_client::checked_handshake(stream.native_handle(), hec)) co_return ec;
+  if (auto ec = co_await tls_client::handshake(stream)) co_return ec;
   co_return co_await exchange(stream, req, res);
 }
 
