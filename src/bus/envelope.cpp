@@ -1,7 +1,7 @@
+#include "bus/bus.hpp"
+
 #include <algorithm>
 #include <unordered_map>
-
-#include "bus/bus.hpp"
 
 namespace parley::bus {
 
