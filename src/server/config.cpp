@@ -1,5 +1,6 @@
 #include "server/config.hpp"
 
+#include "media/s3/sigv4.hpp"
 #include "redis/redis_client.hpp"
 
 #include <toml++/toml.h>
@@ -21,9 +22,6 @@ namespace {
 // As --threads (apps/parleyd/main.cpp): the file and the flag accept the same range.
 constexpr std::int64_t min_threads = 1;
 constexpr std::int64_t max_threads = 256;
-// The longest a media URL may live: S3's longest presigned URL (SigV4's X-Amz-Expires), so
-// that a slot's expires_at_ms is when its URL stops working, whichever store signs it.
-constexpr std::chrono::seconds max_url_ttl{7 * 24 * 3600};
 
 // Every key the file may hold, per table: "" is the top level, any other name a table one level
 // down ([limits]). Anything else in the file stops start-up, so that a misspelt key is not
@@ -273,17 +271,18 @@ config load_config_file(const std::filesystem::path& file, config c) {
     positive(key, media[name], v);
     if (v > 0) target = std::chrono::seconds(v);
   };
-  seconds("media.upload_url_ttl_s", "upload_url_ttl_s", c.media.upload_url_ttl);
-  seconds("media.download_url_ttl_s", "download_url_ttl_s", c.media.download_url_ttl);
-  // A URL's expires_at_ms is what the URL does: S3 presigns for 7 days at most.
-  for (auto [name, ttl] : {std::pair{"media.upload_url_ttl_s", c.media.upload_url_ttl},
-                           std::pair{"media.download_url_ttl_s", c.media.download_url_ttl}}) {
-    if (ttl > max_url_ttl) {
-      throw std::runtime_error(std::string("config: ") + name + " must be at most " +
-                               std::to_string(max_url_ttl.count()) +
+  // A URL lives at most as long as S3 can presign one (7 days), so that a slot's
+  // expires_at_ms is when its URL stops working, whichever store signs it.
+  auto url_seconds = [&](std::string_view key, const char* name, std::chrono::seconds& target) {
+    seconds(key, name, target);
+    if (target > media::s3::max_presign_expiry) {
+      throw std::runtime_error("config: " + std::string(key) + " must be at most " +
+                               std::to_string(media::s3::max_presign_expiry.count()) +
                                " (7 days, the longest an S3 URL can be presigned for)");
     }
-  }
+  };
+  url_seconds("media.upload_url_ttl_s", "upload_url_ttl_s", c.media.upload_url_ttl);
+  url_seconds("media.download_url_ttl_s", "download_url_ttl_s", c.media.download_url_ttl);
   seconds("media.unreferenced_retention_s", "unreferenced_retention_s",
           c.media.unreferenced_retention);
   seconds("media.sweep_interval_s", "sweep_interval_s", c.media.sweep_interval);
