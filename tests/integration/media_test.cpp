@@ -3,22 +3,18 @@
 // verified; the limits, the typed errors, who may fetch what, signed URLs, and the sweeper.
 // The CLI's send-file and download are in cli_test.cpp.
 #include <gtest/gtest.h>
-#include <signal.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <utime.h>
 
 #include <algorithm>
 #include <atomic>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/this_coro.hpp>
-#include <boost/asio/use_awaitable.hpp>
 #include <cstring>
 #include <fstream>
 #include <random>
 #include <thread>
+
+#include <signal.h>
+#include <sys/wait.h>
 
 #include "client/blob_transfer.hpp"
 #include "client/local_store.hpp"
@@ -202,23 +198,12 @@ TEST_F(media_flow, slots_and_sends_are_checked_with_typed_errors) {
   // as often as a client pipelines it, without counting as bad frames (16 of those close
   // the connection with 1008).
   constexpr int asked = 20;
-  auto ask_all = [&]() -> boost::asio::awaitable<std::vector<v2::ErrorCode>> {
-    auto executor = co_await boost::asio::this_coro::executor;
-    std::vector<v2::ErrorCode> codes;
-    auto one = [&]() -> boost::asio::awaitable<void> {
-      auto r = co_await alice.api().request_upload_parts(slot->media_id(), "upload-1");
-      codes.push_back(code_of(r));
-    };
-    for (int i = 0; i < asked; ++i) boost::asio::co_spawn(executor, one(), boost::asio::detached);
-    boost::asio::steady_timer tick(executor);
-    while (codes.size() < static_cast<std::size_t>(asked)) {
-      tick.expires_after(10ms);
-      co_await tick.async_wait(boost::asio::use_awaitable);
-    }
-    co_return codes;
-  };
-  const auto codes = alice.run(ask_all());
-  EXPECT_EQ(std::count(codes.begin(), codes.end(), v2::ERROR_CODE_INVALID_ARGUMENT), asked);
+  const auto refusals = alice.pipelined(
+      asked, [&](int) { return alice.api().request_upload_parts(slot->media_id(), "upload-1"); });
+  EXPECT_EQ(
+      std::count_if(refusals.begin(), refusals.end(),
+                    [](const auto& r) { return code_of(r) == v2::ERROR_CODE_INVALID_ARGUMENT; }),
+      asked);
   auto after = alice.run(alice.api().send("bob", "m5", "still connected"));
   ASSERT_TRUE(after) << client::describe(after.error());
   EXPECT_EQ(after->seq(), 2u);

@@ -79,24 +79,31 @@ class test_client {
     return r ? *r : v2::SendResult{};
   }
 
+  // `n` requests made by `request(i)` written back to back without waiting for answers, and
+  // their results in that order.
+  template <class Request>
+  auto pipelined(int n, Request request) {
+    using result_type = typename decltype(request(0))::value_type;
+    std::vector<std::future<result_type>> requests;
+    for (int i = 0; i < n; ++i) {
+      requests.push_back(boost::asio::co_spawn(io_, request(i), boost::asio::use_future));
+    }
+    std::vector<result_type> out;
+    for (auto& r : requests) {
+      while (r.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
+        io_.restart();
+        io_.run_one_for(std::chrono::milliseconds(50));
+      }
+      out.push_back(r.get());
+    }
+    return out;
+  }
+
   // `n` sends to `to` written back to back without waiting for answers (client_msg_ids
   // prefix0, prefix1, ...), and their results in that order.
   std::vector<client::result<v2::SendResult>> send_pipelined(const std::string& to, int n,
                                                              const std::string& prefix) {
-    std::vector<std::future<client::result<v2::SendResult>>> sends;
-    for (int i = 0; i < n; ++i) {
-      sends.push_back(boost::asio::co_spawn(io_, api_.send(to, prefix + std::to_string(i), "x"),
-                                            boost::asio::use_future));
-    }
-    std::vector<client::result<v2::SendResult>> out;
-    for (auto& s : sends) {
-      while (s.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
-        io_.restart();
-        io_.run_one_for(std::chrono::milliseconds(50));
-      }
-      out.push_back(s.get());
-    }
-    return out;
+    return pipelined(n, [&](int i) { return api_.send(to, prefix + std::to_string(i), "x"); });
   }
 
   // The next push, or a failed expectation after `timeout`.
