@@ -74,14 +74,6 @@ class raw_socket {
   bool ok_ = false;
 };
 
-// A metric's value from /metrics, or -1.
-long long metric(unsigned short port, const std::string& name) {
-  const auto text = http_get(port, "/metrics");
-  const auto at = text.find("\n" + name + " ");
-  if (at == std::string::npos) return -1;
-  return std::stoll(text.substr(at + name.size() + 2));
-}
-
 template <class Pred>
 bool eventually(Pred pred, std::chrono::milliseconds within = 10s) {
   const auto deadline = std::chrono::steady_clock::now() + within;

@@ -393,11 +393,8 @@ TEST(limits, a_group_message_in_flight_is_held_once_not_per_member) {
     long long last = -1;
     for (int i = 0; i < 50; ++i) {
       std::this_thread::sleep_for(200ms);
-      const auto text = http_get(server.port(), "/metrics");
-      const auto at = text.find("\nparley_buffered_bytes ");
-      if (at == std::string::npos) return -1ll;
-      const long long now = std::stoll(text.substr(at + 23));
-      if (now == last) return now;
+      const long long now = metric(server.port(), "parley_buffered_bytes");
+      if (now < 0 || now == last) return now;
       last = now;
     }
     return last;

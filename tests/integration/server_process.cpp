@@ -138,6 +138,13 @@ std::vector<std::string> env_for_rss_bounds() {
   return env;
 }
 
+long long metric(unsigned short port, const std::string& name) {
+  const auto text = http_get(port, "/metrics");
+  const auto at = text.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  return std::stoll(text.substr(at + name.size() + 2));
+}
+
 std::string http_exchange(unsigned short port, const std::string& request) {
   namespace asio = boost::asio;
   asio::io_context io;

@@ -56,6 +56,8 @@ std::vector<std::string> env_for_rss_bounds();
 
 // GET path from the server; returns the body ("" on failure).
 std::string http_get(unsigned short port, const std::string& path);
+// A metric's value from GET /metrics on `port`, or -1 if it is not there.
+long long metric(unsigned short port, const std::string& name);
 // Sends `request` as is and returns everything the server answers until it closes (or 10 s).
 std::string http_exchange(unsigned short port, const std::string& request);
 
