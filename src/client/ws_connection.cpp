@@ -224,7 +224,7 @@ awaitable<error_code> ws_connection::connect(std::string url, std::chrono::milli
   const std::string host_header = (v6 ? "[" + host + "]" : host) + ":" + port;
   auto [hec] = co_await impl_->with_ws([&](auto& ws) {
     ws.set_option(t);
-    ws.read_message_max(1024 * 1024);
+    ws.read_message_max(max_message_bytes);
     ws.binary(true);
     return ws.async_handshake(host_header, path, as_tuple_awaitable);
   });

@@ -16,6 +16,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/system/error_code.hpp>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -24,6 +25,11 @@ namespace parley::client {
 
 class ws_connection {
  public:
+  // The largest message read() takes; a larger one fails read() with Beast's
+  // websocket::error::message_too_big and closes the connection (1009). The server's
+  // largest frame, a History page, is under it (docs/protocol.md §1, "Message sizes").
+  static constexpr std::uint64_t max_message_bytes = 1024 * 1024;
+
   explicit ws_connection(boost::asio::any_io_executor executor);
   ~ws_connection();
   ws_connection(const ws_connection&) = delete;
