@@ -10,8 +10,10 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <random>
 #include <thread>
 
@@ -612,6 +614,36 @@ TEST(faults, malformed_http_gets_a_status_line) {
   EXPECT_EQ(status("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" +
                    std::string(100000, 'b')),
             "HTTP/1.1 413 Payload Too Large");
+  EXPECT_EQ(http_get(server.port(), "/healthz"), "ok\n");
+}
+
+// protocol.md §1: each request must arrive within 30 s of the connection or of the previous
+// answer; a connection that does not send one is closed without an answer. Three connections
+// idle at once: one that never sent anything, one idle after a keep-alive answer, and one that
+// stopped in the middle of its request line (a WebSocket handshake that never finished).
+TEST(faults, an_http_connection_idle_for_30_seconds_is_closed_without_an_answer) {
+  server_process server;
+  const auto port = server.port();
+  auto silent = std::async(std::launch::async, [port] { return wait_for_close(port, "", 45s); });
+  auto kept = std::async(std::launch::async, [port] {
+    return wait_for_close(port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 45s);
+  });
+  auto cut = std::async(std::launch::async,
+                        [port] { return wait_for_close(port, "GET /v2/ws HTTP/1.1\r\nHo", 45s); });
+  const auto check = [](const idle_outcome& o, const char* what) {
+    EXPECT_GE(o.closed_after.count(), 29.5) << what;
+    EXPECT_LT(o.closed_after.count(), 35.0) << what;
+  };
+  const auto s = silent.get();
+  check(s, "silent from the start");
+  EXPECT_EQ(s.received, "");
+  const auto k = kept.get();
+  check(k, "idle after an answer");
+  EXPECT_EQ(k.received.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << k.received;
+  EXPECT_EQ(k.received.substr(k.received.size() - 3), "ok\n") << "one answer, then nothing";
+  const auto c = cut.get();
+  check(c, "cut in its request line");
+  EXPECT_EQ(c.received, "");
   EXPECT_EQ(http_get(server.port(), "/healthz"), "ok\n");
 }
 

@@ -165,4 +165,27 @@ std::string http_exchange(unsigned short port, const std::string& request) {
   return response;
 }
 
+idle_outcome wait_for_close(unsigned short port, const std::string& bytes,
+                            std::chrono::seconds limit) {
+  namespace asio = boost::asio;
+  asio::io_context io;
+  asio::ip::tcp::socket s(io);
+  boost::system::error_code ec;
+  s.connect({asio::ip::make_address("127.0.0.1"), port}, ec);
+  if (ec) return {};
+  timeval timeout{static_cast<time_t>(limit.count()), 0};
+  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  if (!bytes.empty()) asio::write(s, asio::buffer(bytes), ec);
+  const auto since = std::chrono::steady_clock::now();
+  idle_outcome out;
+  char buf[4096];
+  for (;;) {
+    const std::size_t n = s.read_some(asio::buffer(buf), ec);
+    out.received.append(buf, n);
+    if (ec || std::chrono::steady_clock::now() - since >= limit) break;
+  }
+  out.closed_after = std::chrono::steady_clock::now() - since;
+  return out;
+}
+
 }  // namespace parley::test

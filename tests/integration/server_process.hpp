@@ -61,6 +61,17 @@ long long metric(unsigned short port, const std::string& name);
 // Sends `request` as is and returns everything the server answers until it closes (or 10 s).
 std::string http_exchange(unsigned short port, const std::string& request);
 
+// What wait_for_close() saw: the bytes the server sent after `bytes` were written, and how
+// long after that it closed the connection (`limit` or more when it did not close by then).
+struct idle_outcome {
+  std::string received;
+  std::chrono::duration<double> closed_after{};
+};
+// Connects to 127.0.0.1:`port`, writes `bytes` (none when empty), then reads until the server
+// closes the connection or `limit` passes. For the server's idle and handshake timeouts.
+idle_outcome wait_for_close(unsigned short port, const std::string& bytes,
+                            std::chrono::seconds limit);
+
 // Runs `a` on `io` until it completes (or `timeout` passes: throws).
 template <class T>
 T block_on(boost::asio::io_context& io, boost::asio::awaitable<T> a,

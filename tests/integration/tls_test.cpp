@@ -121,6 +121,18 @@ TEST_F(tls, clients_verify_the_certificate_and_chat_over_wss) {
   EXPECT_FALSE(block_on(io, plain.connect(server.url())));
 }
 
+// protocol.md §1: the TLS handshake must end within 10 s. A connection that sends the start of
+// a TLS record and then nothing is dropped then, without an answer, and others are served.
+TEST_F(tls, a_tls_handshake_that_does_not_finish_is_dropped_after_10_seconds) {
+  server_process server({"--tls-cert", cert().string(), "--tls-key", key().string()});
+  const auto o = wait_for_close(server.port(), std::string("\x16\x03\x01", 3), 20s);
+  EXPECT_GE(o.closed_after.count(), 9.5);
+  EXPECT_LT(o.closed_after.count(), 13.0);
+  EXPECT_EQ(o.received, "");
+  test_client alice(io, wss_url(server));
+  trust_and_join(alice, "alice");
+}
+
 TEST_F(tls, a_reloaded_certificate_serves_new_connections_and_old_ones_go_on) {
   server_process server({"--tls-cert", cert().string(), "--tls-key", key().string()});
   const std::string url = wss_url(server);
