@@ -22,11 +22,7 @@ std::unique_ptr<store::store> make_store(const config& cfg, commit_observer on_c
     o.node_id = cfg.node_id;
     o.sync = cfg.fsync;
     o.dedupe_window = std::chrono::hours(24 * cfg.dedupe_days);
-    // A PostgreSQL writer commits ~1-2 thousand requests a second here (the database's time
-    // per statement, one statement at a time), an order of magnitude fewer than RocksDB's:
-    // 65,536 waiting would be a minute of backlog that every later request waits behind
-    // (logins time out in it). At most 8,192 wait; beyond, BUSY at once.
-    o.max_pending = std::min<std::size_t>(cfg.max_pending_writes, 8'192);
+    o.max_pending = store_max_pending(cfg);
     o.writers = cfg.store_writers;
     o.on_commit = std::move(on_commit);
     return std::make_unique<store::postgresql_store>(std::move(o));
@@ -37,13 +33,22 @@ std::unique_ptr<store::store> make_store(const config& cfg, commit_observer on_c
   o.sync = cfg.fsync;
   o.reserve_bytes = cfg.storage_reserve_bytes;
   o.dedupe_window = std::chrono::hours(24 * cfg.dedupe_days);
-  o.max_pending = cfg.max_pending_writes;
+  o.max_pending = store_max_pending(cfg);
   o.memtable_budget_bytes = cfg.memtable_budget_bytes;
   o.on_commit = std::move(on_commit);
   return std::make_unique<store::rocksdb_store>(std::move(o));
 }
 
 }  // namespace
+
+std::size_t store_max_pending(const config& cfg) {
+  if (cfg.store_url.empty()) return cfg.max_pending_writes;
+  // A PostgreSQL writer commits ~1-2 thousand requests a second here (the database's time per
+  // statement, one statement at a time), an order of magnitude fewer than RocksDB's: 65,536
+  // waiting would be a minute of backlog that every later request waits behind (logins time
+  // out in it). At most 8,192 wait; beyond, BUSY at once.
+  return std::min<std::size_t>(cfg.max_pending_writes, 8'192);
+}
 
 backends make_backends(const config& cfg, commit_observer on_commit) {
   backends out;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <functional>
 #include <memory>
 
@@ -24,6 +25,10 @@ struct backends {
 
 // Called on the store's writer after each group commit: its latency and request count.
 using commit_observer = std::function<void(std::chrono::nanoseconds, std::size_t)>;
+
+// How many write requests may wait for the store's writers together (beyond: BUSY):
+// `storage.max_pending_writes`, but at most 8,192 on a PostgreSQL store.
+[[nodiscard]] std::size_t store_max_pending(const config& cfg);
 
 // The backends `cfg` names. Throws std::runtime_error if the store cannot be opened.
 backends make_backends(const config& cfg, commit_observer on_commit);
