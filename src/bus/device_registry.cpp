@@ -8,14 +8,28 @@ std::shared_ptr<endpoint> device_registry::attach(device_id device, const std::s
                                                   std::shared_ptr<endpoint> ep,
                                                   std::uint64_t attached_ms) {
   std::lock_guard lock(mutex_);
-  auto& e = devices_[device];
+  auto [it, fresh] = devices_.try_emplace(device);
+  auto& e = it->second;
   auto previous = e.ep.lock();
-  e.username = username;
+  if (fresh || e.username != username) {
+    if (!fresh) unlink_user(it);
+    e.username = username;
+    by_user_.emplace(std::string_view(e.username), device);
+  }
   e.ep = ep;
   e.attached_ms = attached_ms;
-  by_user_[username].insert(device);
   if (previous == ep) return nullptr;
   return previous;
+}
+
+void device_registry::unlink_user(devices_map::const_iterator it) {
+  auto [at, end] = by_user_.equal_range(it->second.username);
+  for (; at != end; ++at) {
+    if (at->second == it->first) {
+      by_user_.erase(at);
+      return;
+    }
+  }
 }
 
 bool device_registry::detach(device_id device, const endpoint* ep) {
@@ -24,11 +38,7 @@ bool device_registry::detach(device_id device, const endpoint* ep) {
   if (it == devices_.end()) return false;
   auto current = it->second.ep.lock();
   if (current && current.get() != ep) return false;  // a newer connection owns the device now
-  auto user = by_user_.find(it->second.username);
-  if (user != by_user_.end()) {
-    user->second.erase(device);
-    if (user->second.empty()) by_user_.erase(user);
-  }
+  unlink_user(it);
   devices_.erase(it);
   return true;
 }
@@ -67,10 +77,9 @@ device_registry::endpoints device_registry::find_each(const std::vector<device_i
 device_registry::endpoints device_registry::of_user(const std::string& username) const {
   endpoints out;
   std::lock_guard lock(mutex_);
-  auto user = by_user_.find(username);
-  if (user == by_user_.end()) return out;
-  for (device_id d : user->second) {
-    auto it = devices_.find(d);
+  auto [at, end] = by_user_.equal_range(username);
+  for (; at != end; ++at) {
+    auto it = devices_.find(at->second);
     if (it == devices_.end()) continue;
     if (auto ep = it->second.ep.lock()) out.push_back(std::move(ep));
   }

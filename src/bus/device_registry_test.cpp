@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "bus/local/local_bus.hpp"
 
@@ -65,6 +68,37 @@ TEST(device_registry, lookups_by_device_by_user_and_all) {
   a2.reset();
   EXPECT_EQ(r.of_user("alice").size(), 1u);
   EXPECT_EQ(r.find(2), nullptr);
+}
+
+// The user index views the names held by the device entries: it must follow every attach,
+// re-attach and detach while both tables grow and rehash (ASan would catch a stale view).
+TEST(device_registry, the_user_index_follows_attach_and_detach_through_rehashes) {
+  device_registry r;
+  const auto user_of = [](device_id d) {
+    // Names both short (in the string's own buffer) and long (on the heap).
+    return d % 2 == 0 ? "u" + std::to_string(d % 37)
+                      : "a-longer-username-" + std::to_string(d % 37);
+  };
+  std::vector<std::shared_ptr<counting_endpoint>> eps;
+  for (device_id d = 0; d < 2000; ++d) {
+    eps.push_back(std::make_shared<counting_endpoint>());
+    r.attach(d, user_of(d), eps.back());
+  }
+  for (device_id d = 0; d < 2000; d += 3) {  // a newer connection of the same device
+    auto newer = std::make_shared<counting_endpoint>();
+    EXPECT_EQ(r.attach(d, user_of(d), newer), eps[d]);
+    eps[d] = newer;
+  }
+  for (device_id d = 0; d < 2000; d += 2) EXPECT_TRUE(r.detach(d, eps[d].get()));
+  std::map<std::string, std::size_t> expected;
+  for (device_id d = 1; d < 2000; d += 2) ++expected[user_of(d)];
+  for (device_id d = 0; d < 2000; ++d) {
+    EXPECT_EQ(r.of_user(user_of(d)).size(), expected[user_of(d)]) << user_of(d);
+  }
+  EXPECT_EQ(r.size(), 1000u);
+  for (device_id d = 1; d < 2000; d += 2) EXPECT_TRUE(r.detach(d, eps[d].get()));
+  for (device_id d = 0; d < 74; ++d) EXPECT_TRUE(r.of_user(user_of(d)).empty()) << user_of(d);
+  EXPECT_EQ(r.size(), 0u);
 }
 
 TEST(local_bus, pushes_reach_connected_devices_and_a_replaced_one_is_told) {
