@@ -42,6 +42,8 @@ using shared_envelope = std::shared_ptr<const envelope>;
 
 // A chat-log entry as the wire's Envelope (pushes, drains and History pages alike).
 void to_wire(const store::chat_message& m, parley::v2::Envelope& e);
+// The push of a chat-log entry, encoded: Frame{envelope}, request_id 0.
+std::string encode_envelope(const store::chat_message& m);
 
 // Each device's share of `receipts`, devices in order of first appearance, marks in the order
 // given: one push per device.

@@ -16,6 +16,7 @@
 #include "e2ee/key_check.hpp"
 #include "media/blob_store.hpp"
 #include "server/store_call.hpp"
+#include "wire/scratch_arena.hpp"
 
 namespace parley::server {
 namespace asio = boost::asio;
@@ -356,7 +357,10 @@ void device_session::on_receipts(const std::vector<store::watermark>& marks) {
 
 std::optional<awaitable<void>> device_session::handle_frame(std::string_view bytes) {
   state_.stats.frames_in.fetch_add(1, std::memory_order_relaxed);
-  frame request;
+  // Parsed into the thread's scratch arena: `request` ends with this call. What outlives it
+  // is moved out (SendMessage's strings) or copied (a request run as a coroutine).
+  wire::scratch_arena scratch;
+  frame& request = scratch.make<frame>();
   if (auto error = wire::decode_request(bytes, state_.cfg.limits, request)) {
     reject(request.request_id(), error->code, std::move(error->message));
     return std::nullopt;
@@ -372,7 +376,7 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
             !within_rate(state_.limiters.register_global, {}, id, "registrations")) {
           return std::nullopt;
         }
-        return on_register(id, std::move(*request.mutable_register_()));
+        return on_register(id, request.register_());  // a copy: it outlives `request`
       case frame::kAuthenticate:
         // An address that failed too often is refused before its token is even looked at.
         if (auto wait = state_.limiters.bad_login_per_address.wait_for(peer_address_);
@@ -380,7 +384,7 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
           refuse_rate(id, wait, "failed logins from this address");
           return std::nullopt;
         }
-        return on_authenticate(id, std::move(*request.mutable_authenticate()));
+        return on_authenticate(id, request.authenticate());  // a copy, as above
       case frame::kPing:
         send(pong_for(id));
         return std::nullopt;
@@ -447,7 +451,7 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
   ++in_flight_;
   switch (request.body_case()) {
     case frame::kSendMessage:
-      on_send(id, std::move(*request.mutable_send_message()));
+      on_send(id, *request.mutable_send_message());
       return std::nullopt;
     case frame::kAck:
       on_ack(id, request.ack());
@@ -457,7 +461,7 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
   }
   // Spawned so that a connection can pipeline requests; each reaches the store in the order
   // received (store_call submits synchronously at its first co_await).
-  asio::co_spawn(executor_, run_request(std::move(request)), log_failure);
+  asio::co_spawn(executor_, run_request(frame(request)), log_failure);
   return std::nullopt;
 }
 
@@ -616,7 +620,7 @@ awaitable<std::optional<std::uint64_t>> device_session::drain_chat(store::chat_p
 
 void device_session::request_done() { --in_flight_; }
 
-void device_session::on_send(std::uint64_t request_id, v2::SendMessage m) {
+void device_session::on_send(std::uint64_t request_id, v2::SendMessage& m) {
   store::send_request req{user_,
                           device_,
                           username_,
@@ -649,7 +653,8 @@ void device_session::answer_send(std::uint64_t request_id,
     return;
   }
   if (!r->duplicate) state_.stats.messages_stored.fetch_add(1, std::memory_order_relaxed);
-  frame reply;
+  wire::scratch_arena scratch;  // encoded by send() before the return
+  auto& reply = scratch.make<frame>();
   reply.set_request_id(request_id);
   auto* out = reply.mutable_send_result();
   out->set_message_id(r->id);

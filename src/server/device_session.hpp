@@ -81,7 +81,8 @@ class device_session final : public bus::endpoint,
   boost::asio::awaitable<void> run_request(frame request);
   // The message path without a coroutine: the store's completion hands the answer to this
   // connection's delivery lane.
-  void on_send(std::uint64_t request_id, parley::v2::SendMessage m);
+  // Takes the strings out of `m` (a request in the scratch arena: see handle_frame).
+  void on_send(std::uint64_t request_id, parley::v2::SendMessage& m);
   void on_ack(std::uint64_t request_id, const parley::v2::Ack& a);
   void answer_send(std::uint64_t request_id, const store::result<store::send_outcome>& r);
   void request_done();
