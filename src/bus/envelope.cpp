@@ -119,11 +119,31 @@ const wire::encoded_frame& envelope::frame() const {
 std::vector<std::pair<std::uint64_t, std::vector<store::watermark>>> receipts_by_device(
     const std::vector<store::receipt_delivery>& receipts) {
   std::vector<std::pair<std::uint64_t, std::vector<store::watermark>>> by_device;
-  std::unordered_map<std::uint64_t, std::size_t> index;  // device -> its place in by_device
+  // A device's place in by_device: found by a scan while there are few (an ack's receipts
+  // usually go to one or two devices: no map to build), by this index past that.
+  constexpr std::size_t scanned = 8;
+  std::unordered_map<std::uint64_t, std::size_t> index;
   for (const auto& r : receipts) {
-    auto [it, added] = index.try_emplace(r.device, by_device.size());
-    if (added) by_device.emplace_back(r.device, std::vector<store::watermark>{});
-    by_device[it->second].second.push_back(r.mark);
+    std::size_t at = by_device.size();
+    if (index.empty()) {
+      for (std::size_t i = 0; i < by_device.size(); ++i) {
+        if (by_device[i].first == r.device) {
+          at = i;
+          break;
+        }
+      }
+    } else if (auto it = index.find(r.device); it != index.end()) {
+      at = it->second;
+    }
+    if (at == by_device.size()) {
+      by_device.emplace_back(r.device, std::vector<store::watermark>{});
+      if (!index.empty()) {
+        index.emplace(r.device, at);
+      } else if (by_device.size() > scanned) {
+        for (std::size_t i = 0; i < by_device.size(); ++i) index.emplace(by_device[i].first, i);
+      }
+    }
+    by_device[at].second.push_back(r.mark);
   }
   return by_device;
 }

@@ -3,6 +3,7 @@
 // last frame only.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -72,6 +73,36 @@ TEST(envelope, hand_encoding_matches_protobufs) {
   // The shared frame of a bus::envelope is the same bytes.
   envelope shared(std::make_shared<const store::chat_message>(cases[1]));
   EXPECT_EQ(*shared.frame(), protobuf_encoding(cases[1]));
+}
+
+// One push per device, devices in order of first appearance and each one's marks in the order
+// given: with a few devices (found by a scan) and with many (by an index built past 8).
+TEST(receipts_by_device, groups_marks_by_device_in_order_of_first_appearance) {
+  for (const std::uint64_t devices : {1u, 2u, 8u, 9u, 40u}) {
+    std::vector<store::receipt_delivery> receipts;
+    for (std::uint64_t i = 0; i < 5 * devices; ++i) {
+      store::receipt_delivery r;
+      r.device = 100 + (i * 7) % devices;  // every device, in a shuffled order, five times
+      r.mark.chat = i;
+      receipts.push_back(r);
+    }
+    const auto got = receipts_by_device(receipts);
+    ASSERT_EQ(got.size(), devices);
+    std::vector<std::uint64_t> first_seen;
+    for (const auto& r : receipts) {
+      if (std::find(first_seen.begin(), first_seen.end(), r.device) == first_seen.end())
+        first_seen.push_back(r.device);
+    }
+    for (std::size_t d = 0; d < got.size(); ++d) {
+      EXPECT_EQ(got[d].first, first_seen[d]) << devices << " devices";
+      std::vector<std::uint64_t> chats, expected;
+      for (const auto& m : got[d].second) chats.push_back(m.chat);
+      for (const auto& r : receipts)
+        if (r.device == got[d].first) expected.push_back(r.mark.chat);
+      EXPECT_EQ(chats, expected) << devices << " devices, device " << got[d].first;
+    }
+  }
+  EXPECT_TRUE(receipts_by_device({}).empty());
 }
 
 TEST(receipts_frames, at_most_256_watermarks_a_frame_and_the_stamp_on_the_last) {

@@ -1,15 +1,18 @@
 // Work bound for one I/O thread, coalesced: everything handed to a lane while a flush is
 // pending runs in that one flush, so that a group commit that completes requests and pushes
 // for many connections costs one post per I/O thread, not one per frame. FIFO: tasks run in
-// the order they were added, so commit order is kept on every connection.
+// the order they were added, so commit order is kept on every connection. Tasks are
+// small_tasks: the usual ones (a session and an envelope, a session and a result) are held
+// in the lane's vector itself, not each in an allocation of its own.
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/post.hpp>
-#include <functional>
 #include <mutex>
 #include <utility>
 #include <vector>
+
+#include "common/small_function.hpp"
 
 namespace parley::server {
 
@@ -20,7 +23,7 @@ class delivery_lane {
   const boost::asio::any_io_executor& executor() const { return executor_; }
 
   // Any thread. `task` runs on the lane's executor.
-  void post(std::function<void()> task) {
+  void post(small_task task) {
     {
       std::lock_guard lock(mutex_);
       pending_.push_back(std::move(task));
@@ -46,8 +49,8 @@ class delivery_lane {
 
   boost::asio::any_io_executor executor_;
   std::mutex mutex_;
-  std::vector<std::function<void()>> pending_;
-  std::vector<std::function<void()>> running_;  // flush()'s, on the executor only
+  std::vector<small_task> pending_;
+  std::vector<small_task> running_;  // flush()'s, on the executor only
   bool posted_ = false;
 };
 

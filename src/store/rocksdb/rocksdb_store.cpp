@@ -17,16 +17,17 @@
 #include <deque>
 #include <iterator>
 #include <map>
-#include <tuple>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 
 #include "common/big_endian.hpp"
 #include "common/clock.hpp"
 #include "common/log.hpp"
+#include "common/small_function.hpp"
 #include "common/snowflake.hpp"
 #include "common/thread_name.hpp"
 #include "parley/store/v1/records.pb.h"
@@ -76,8 +77,8 @@ constexpr std::uint32_t sender_key_cipher_type = 4;
 struct group {
   rocksdb::WriteBatch batch;
   std::unordered_map<std::string, std::optional<std::string>> overlay;
-  std::vector<std::function<void(error_code)>> on_durable;
-  std::vector<std::function<void()>> undo;
+  std::vector<small_function<void(error_code)>> on_durable;
+  std::vector<small_task> undo;
   std::vector<std::uint64_t> appended;  // chats whose head moved in this group
   std::vector<login_index::change> logins;  // for the login index, once durable
   // Cursors that acks moved in groups, written once each when the group is committed (a
@@ -293,7 +294,7 @@ struct rocksdb_store::impl {
   // Writer queue (any thread) and writer thread.
   // Called with the group to add to, or with nullptr and the reason it is refused
   // (shutting_down, unavailable).
-  using command = std::function<void(group*, errc)>;
+  using command = small_function<void(group*, errc)>;
   write_queue<command> queue;
   std::atomic<std::uint64_t> pending_count{0};
   std::thread writer;
@@ -342,6 +343,10 @@ struct rocksdb_store::impl {
   // The writer's buffer for a record's encoding on the message path: put() copies it into the
   // batch at once, so one buffer serves every record, and keeps its capacity.
   std::string encoded;
+  // The writer's message record, cleared and filled again for each message: a cleared
+  // message keeps its string objects, so the name and payload moved in and out again cost
+  // no allocation.
+  pb::StoredMessage record;
 
   // Whether writes are accepted (see rocksdb_options::reserve_bytes). The writer decides;
   // health() reads it from any thread.
@@ -1703,7 +1708,8 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
         out.id = d.next_id(g, now);
         out.sent_at_ms = now;
 
-        pb::StoredMessage stored;
+        auto& stored = d.record;
+        stored.Clear();
         stored.set_message_id(out.id);
         stored.set_sender_user(request.sender);
         stored.set_sender_device(request.sender_device);
