@@ -101,6 +101,23 @@ TEST(device_registry, the_user_index_follows_attach_and_detach_through_rehashes)
   EXPECT_EQ(r.size(), 0u);
 }
 
+// A device attached again under another name (not something a store hands out, but the
+// registry must not keep a view of the old name) is found by the new name only.
+TEST(device_registry, a_device_attached_under_another_name_moves_in_the_user_index) {
+  device_registry r;
+  auto first = std::make_shared<counting_endpoint>();
+  auto second = std::make_shared<counting_endpoint>();
+  r.attach(5, "a-name-longer-than-fifteen", first);
+  r.attach(6, "a-name-longer-than-fifteen", first);
+  EXPECT_EQ(r.attach(5, "short", second), first);
+  EXPECT_EQ(r.of_user("a-name-longer-than-fifteen").size(), 1u) << "device 6 only";
+  ASSERT_EQ(r.of_user("short").size(), 1u);
+  EXPECT_EQ(r.of_user("short")[0], second);
+  EXPECT_TRUE(r.detach(5, second.get()));
+  EXPECT_TRUE(r.of_user("short").empty());
+  EXPECT_EQ(r.of_user("a-name-longer-than-fifteen").size(), 1u);
+}
+
 TEST(local_bus, pushes_reach_connected_devices_and_a_replaced_one_is_told) {
   local_bus bus;
   auto old_alice = std::make_shared<counting_endpoint>();

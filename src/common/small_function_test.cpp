@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -70,6 +71,44 @@ TEST(small_function, passes_arguments_and_returns_results) {
   EXPECT_FALSE(add);
   EXPECT_EQ(moved(2, std::make_unique<int>(2)), 44);
   EXPECT_EQ(base.use_count(), 2) << "held once, by `moved`";
+}
+
+// Where a callable lives: it records the address it is called at.
+struct where {
+  const void** at;
+  void operator()() const { *at = this; }
+};
+struct where_large {
+  const void** at;
+  std::array<char, small_function<void()>::inline_bytes> pad{};
+  void operator()() const { *at = this; }
+};
+
+bool inside(const void* p, const small_task& f) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  const auto begin = reinterpret_cast<std::uintptr_t>(&f);
+  return a >= begin && a < begin + sizeof f;
+}
+
+TEST(small_function, a_small_callable_lives_in_the_object_and_a_large_one_does_not) {
+  const void* at = nullptr;
+  small_task inline_one = where{&at};
+  inline_one();
+  EXPECT_TRUE(inside(at, inline_one));
+  small_task heap_one = where_large{&at};
+  heap_one();
+  EXPECT_NE(at, nullptr);
+  EXPECT_FALSE(inside(at, heap_one));
+}
+
+TEST(small_function, a_void_one_drops_the_result_and_a_null_pointer_makes_it_empty) {
+  int calls = 0;
+  small_task drops = [&calls] { return ++calls; };  // an int, dropped
+  drops();
+  EXPECT_EQ(calls, 1);
+  void (*none)() = nullptr;
+  small_task empty = none;
+  EXPECT_FALSE(empty);
 }
 
 }  // namespace

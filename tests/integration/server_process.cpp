@@ -1,8 +1,8 @@
 #include "server_process.hpp"
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,6 +10,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
+#include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <random>
@@ -145,6 +146,30 @@ long long metric(unsigned short port, const std::string& name) {
   return std::stoll(text.substr(at + name.size() + 2));
 }
 
+namespace {
+
+// Everything `fd` receives until the peer closes it or `deadline` passes. Each wait is a
+// poll() bounded by the time left: a blocking read would wait past SO_RCVTIMEO (asio's
+// read_some polls again, without a timeout, when the receive times out).
+std::string read_until_closed(int fd, std::chrono::steady_clock::time_point deadline) {
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return out;
+    pollfd p{fd, POLLIN, 0};
+    const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) return out;  // the deadline passed (or poll failed)
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) return out;  // closed (or reset)
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+}
+
+}  // namespace
+
 std::string http_exchange(unsigned short port, const std::string& request) {
   namespace asio = boost::asio;
   asio::io_context io;
@@ -152,17 +177,9 @@ std::string http_exchange(unsigned short port, const std::string& request) {
   boost::system::error_code ec;
   s.connect({asio::ip::make_address("127.0.0.1"), port}, ec);
   if (ec) return "";
-  timeval timeout{10, 0};
-  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
   asio::write(s, asio::buffer(request), ec);  // the server may answer before reading it all
-  std::string response;
-  char buf[4096];
-  for (;;) {
-    const std::size_t n = s.read_some(asio::buffer(buf), ec);
-    response.append(buf, n);
-    if (ec) break;
-  }
-  return response;
+  return read_until_closed(s.native_handle(),
+                           std::chrono::steady_clock::now() + std::chrono::seconds(10));
 }
 
 idle_outcome wait_for_close(unsigned short port, const std::string& bytes,
@@ -173,17 +190,10 @@ idle_outcome wait_for_close(unsigned short port, const std::string& bytes,
   boost::system::error_code ec;
   s.connect({asio::ip::make_address("127.0.0.1"), port}, ec);
   if (ec) return {};
-  timeval timeout{static_cast<time_t>(limit.count()), 0};
-  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
   if (!bytes.empty()) asio::write(s, asio::buffer(bytes), ec);
   const auto since = std::chrono::steady_clock::now();
   idle_outcome out;
-  char buf[4096];
-  for (;;) {
-    const std::size_t n = s.read_some(asio::buffer(buf), ec);
-    out.received.append(buf, n);
-    if (ec || std::chrono::steady_clock::now() - since >= limit) break;
-  }
+  out.received = read_until_closed(s.native_handle(), since + limit);
   out.closed_after = std::chrono::steady_clock::now() - since;
   return out;
 }
