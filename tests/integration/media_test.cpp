@@ -3,7 +3,9 @@
 // verified; the limits, the typed errors, who may fetch what, signed URLs, and the sweeper.
 // The CLI's send-file and download are in cli_test.cpp.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <utime.h>
 
 #include <algorithm>
@@ -12,9 +14,6 @@
 #include <fstream>
 #include <random>
 #include <thread>
-
-#include <signal.h>
-#include <sys/wait.h>
 
 #include "client/blob_transfer.hpp"
 #include "client/local_store.hpp"
