@@ -152,7 +152,7 @@ result<const std::string*> connection::prepare(const std::string& sql) {
   std::string name = "s" + std::to_string(next_name_++);
   if (pipeline_) {
     if (PQsendPrepare(conn_, name.c_str(), sql.c_str(), 0, nullptr) == 0) return lost();
-    queue_.push_back({item::prepare, sql});
+    queue_.push_back({item::prepare, sql, nullptr});
   } else {
     auto r = check(PQprepare(conn_, name.c_str(), sql.c_str(), 0, nullptr));
     if (!r) return r.error();
@@ -223,6 +223,8 @@ bool connection::read_next(item& kind, PGresult*& out) {
   }
   if (kind == item::own) {
     out = r;
+  } else if (q.into && (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK)) {
+    *q.into = rows(r);
   } else {
     PQclear(r);
   }
@@ -249,7 +251,7 @@ result<rows> connection::exec(const std::string& sql, const params& p) {
   }
   // Pipeline: behind whatever was deferred, then one flush and one wait for all of it.
   if (!send_prepared(**name, p)) return lost();
-  queue_.push_back({item::own, {}});
+  queue_.push_back({item::own, {}, nullptr});
   if (PQsendFlushRequest(conn_) == 0 || PQflush(conn_) != 0) return lost();
   if (!aborted_) {
     sqlstate_.clear();
@@ -269,16 +271,22 @@ result<rows> connection::exec(const std::string& sql, const params& p) {
 }
 
 result<void> connection::defer(const std::string& sql, const params& p) {
+  return collect(sql, p, nullptr);
+}
+
+result<void> connection::collect(const std::string& sql, const params& p,
+                                 std::shared_ptr<rows> into) {
   if (!pipeline_ || !deferring_) {
     auto r = exec(sql, p);
     if (!r) return r.error();
+    if (into) *into = std::move(*r);
     return {};
   }
   if (!ok()) return lost();
   auto name = prepare(sql);
   if (!name) return name.error();
   if (!send_prepared(**name, p)) return lost();
-  queue_.push_back({item::deferred, {}});
+  queue_.push_back({item::deferred, {}, std::move(into)});
   return {};
 }
 
@@ -287,7 +295,7 @@ result<void> connection::sync() {
   if (!ok()) return lost();
   bool failed = aborted_;
   if (PQpipelineSync(conn_) == 0) return lost();
-  queue_.push_back({item::sync, {}});
+  queue_.push_back({item::sync, {}, nullptr});
   while (!queue_.empty()) {
     item kind{};
     PGresult* r = nullptr;
@@ -316,7 +324,7 @@ result<void> connection::run(const std::string& sql) {
     auto name = prepare(sql);
     if (!name) return name.error();
     if (!send_prepared(**name, {})) return lost();
-    queue_.push_back({item::own, {}});
+    queue_.push_back({item::own, {}, nullptr});
     sqlstate_.clear();
     message_.clear();
     return sync();

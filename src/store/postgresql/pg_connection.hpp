@@ -100,6 +100,10 @@ class connection {
   // deferring off, it is an exec). Its failure is reported by the next exec or sync, which
   // then say deferred_failed().
   result<void> defer(const std::string& sql, const params& p = {});
+  // As defer, but its rows are kept: `into` holds them once the statement's result has been
+  // read (by a later exec, run or sync), and stays empty if it failed. Not deferring (or
+  // outside pipeline mode): an exec, whose rows `into` holds on return. A null `into`: defer.
+  result<void> collect(const std::string& sql, const params& p, std::shared_ptr<rows> into);
   // Ends the pipeline's current segment (a Sync: outside a transaction block it commits what
   // ran since the last one) and reads every result queued before it. The first failure
   // among them, if any.
@@ -150,7 +154,8 @@ class connection {
   bool deferred_failed_ = false;
   struct queued {
     item kind;
-    std::string sql;  // prepare: the statement's SQL
+    std::string sql;             // prepare: the statement's SQL
+    std::shared_ptr<rows> into;  // deferred by collect: where its rows go
   };
   std::deque<queued> queue_;  // results still to read, in the order sent
 };

@@ -103,6 +103,51 @@ TEST_F(pipeline, a_statement_first_prepared_in_an_aborted_segment_is_prepared_ag
   ASSERT_TRUE(db.sync());
 }
 
+TEST_F(pipeline, collected_rows_arrive_when_a_later_read_passes_them) {
+  ASSERT_TRUE(db.defer("BEGIN"));
+  std::vector<std::shared_ptr<rows>> got;
+  for (std::uint64_t k = 1; k <= 20; ++k) {
+    got.push_back(std::make_shared<rows>());
+    ASSERT_TRUE(db.collect("INSERT INTO t (k, v) VALUES ($1, $2) RETURNING k * 10",
+                           params().add(k).text("x"), got.back()));
+  }
+  // Sent, not read: nothing has arrived yet.
+  EXPECT_TRUE(got.front()->empty());
+  ASSERT_TRUE(db.defer("COMMIT"));
+  ASSERT_TRUE(db.sync()) << db.error_message();
+  for (std::uint64_t k = 1; k <= 20; ++k) {
+    ASSERT_EQ(got[k - 1]->size(), 1) << k;
+    EXPECT_EQ(got[k - 1]->u64(0, 0), k * 10);
+  }
+  EXPECT_EQ(count(), 20u);
+  ASSERT_TRUE(db.sync());
+}
+
+TEST_F(pipeline, a_collected_statement_that_fails_leaves_no_rows_and_shows_as_deferred) {
+  ASSERT_TRUE(db.defer("BEGIN"));
+  auto first = std::make_shared<rows>();
+  auto again = std::make_shared<rows>();
+  ASSERT_TRUE(db.collect("INSERT INTO t (k, v) VALUES ($1, $2) RETURNING k",
+                         params().add(std::uint64_t{1}).text("a"), first));
+  ASSERT_TRUE(db.collect("INSERT INTO t (k, v) VALUES ($1, $2) RETURNING k",
+                         params().add(std::uint64_t{1}).text("b"), again));
+  EXPECT_FALSE(db.sync());
+  EXPECT_TRUE(db.deferred_failed());
+  EXPECT_TRUE(db.sqlstate_is(unique_violation)) << db.sqlstate();
+  EXPECT_EQ(first->size(), 1) << "the statement before the failure did run";
+  EXPECT_TRUE(again->empty());
+  ASSERT_TRUE(db.run("ROLLBACK"));
+  db.reset_failures();
+  EXPECT_EQ(count(), 0u);
+  // With deferring off, a collect is waited for: its rows are there on return.
+  db.set_deferring(false);
+  auto now = std::make_shared<rows>();
+  ASSERT_TRUE(db.collect("SELECT 41 + 1", {}, now));
+  ASSERT_EQ(now->size(), 1);
+  EXPECT_EQ(now->u64(0, 0), 42u);
+  ASSERT_TRUE(db.sync());
+}
+
 TEST_F(pipeline, with_deferring_off_each_statement_is_waited_for) {
   db.set_deferring(false);
   ASSERT_TRUE(db.defer("BEGIN"));

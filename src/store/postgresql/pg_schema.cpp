@@ -137,6 +137,191 @@ CREATE TABLE IF NOT EXISTS node_ids (
   node_id BIGINT PRIMARY KEY,
   last_id BIGINT NOT NULL
 );
+-- A send, whole, as one statement (docs/scaling.md, "One round trip per group"): the writer
+-- sends every request of a group without waiting for any of them and reads the results after
+-- the COMMIT, one round trip per group. Every check comes before the first write, so a refusal
+-- (r_status > 1) leaves nothing behind and needs no savepoint; a retry (r_status 1) returns the
+-- first result. r_status: 0 appended, 1 a retry, 2 no such chat or not a member, 3 unknown
+-- user, 4 self message, 5 wrong cipher type for the chat, 6 stale recipient keys, 7 not the
+-- sender's blob. r_recipients: every member's device but the sender's, in member order.
+-- p_chat 0: the 1:1 chat with p_peer, created with the id p_new_chat by its first message.
+CREATE OR REPLACE FUNCTION parley_send(
+  p_device BIGINT, p_client_msg_id BYTEA, p_fresh_after BIGINT, p_peer TEXT, p_sender BIGINT,
+  p_chat BIGINT, p_new_chat BIGINT, p_message_id BIGINT, p_sender_name TEXT, p_now BIGINT,
+  p_payload BYTEA, p_cipher_type INTEGER, p_registration BIGINT, p_media TEXT,
+  OUT r_status INTEGER, OUT r_chat BIGINT, OUT r_seq BIGINT, OUT r_id BIGINT, OUT r_at BIGINT,
+  OUT r_recipients BIGINT[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_chat  BIGINT := p_chat;
+  v_peer  BIGINT;
+  v_group BOOLEAN := FALSE;
+  v_head  BIGINT;
+  v_dup   RECORD;
+BEGIN
+  SELECT x.chat_id, x.seq, x.message_id, x.sent_at_ms INTO v_dup FROM dedupe x
+   WHERE x.sender_device = p_device AND x.client_msg_id = p_client_msg_id
+     AND x.sent_at_ms >= p_fresh_after;
+  IF FOUND THEN
+    r_status := 1;
+    r_chat := v_dup.chat_id;
+    r_seq := v_dup.seq;
+    r_id := v_dup.message_id;
+    r_at := v_dup.sent_at_ms;
+    RETURN;
+  END IF;
+  IF v_chat = 0 THEN
+    SELECT u.user_id INTO v_peer FROM users u WHERE u.username = p_peer;
+    IF NOT FOUND THEN r_status := 3; RETURN; END IF;
+    IF v_peer = p_sender THEN r_status := 4; RETURN; END IF;
+    SELECT dc.chat_id INTO v_chat FROM direct_chats dc
+     WHERE dc.user_lo = LEAST(p_sender, v_peer) AND dc.user_hi = GREATEST(p_sender, v_peer);
+  END IF;
+  IF v_chat IS NOT NULL THEN
+    SELECT c.is_group INTO v_group FROM chats c WHERE c.chat_id = v_chat;
+    IF NOT FOUND OR NOT EXISTS (SELECT 1 FROM chat_members m WHERE m.chat_id = v_chat
+                                AND m.user_id = p_sender AND m.until_seq = 0) THEN
+      r_status := 2; RETURN;
+    END IF;
+  END IF;
+  -- A group takes sender-key messages only (parley.v2.CIPHER_TYPE_SENDER_KEY_MESSAGE, 4), a
+  -- 1:1 chat only pairwise ones.
+  IF v_group <> (p_cipher_type = 4) THEN
+    r_status := 5; RETURN;
+  END IF;
+  -- A 1:1 message is encrypted for one registration of the other member (0: keys never set).
+  -- (Each statement here has a plain parameter for each value, so that PostgreSQL keeps one
+  -- generic plan for it instead of planning it again at every call.)
+  IF NOT v_group THEN
+    IF v_peer IS NULL THEN
+      SELECT m.user_id INTO v_peer FROM chat_members m
+       WHERE m.chat_id = v_chat AND m.user_id <> p_sender AND m.until_seq = 0;
+    END IF;
+    IF EXISTS (SELECT 1 FROM devices d JOIN device_keys k ON k.device_id = d.device_id
+                WHERE d.user_id = v_peer AND k.registration_id <> 0
+                  AND k.registration_id <> p_registration) THEN
+      r_status := 6; RETURN;
+    END IF;
+  END IF;
+  -- The last check writes: one more reference to the sender's own blob (the sweep keeps it).
+  IF p_media IS NOT NULL THEN
+    UPDATE media SET refs = refs + 1 WHERE media_id = p_media AND owner = p_sender;
+    IF NOT FOUND THEN r_status := 7; RETURN; END IF;
+  END IF;
+  IF v_chat IS NULL THEN
+    -- The pair's first message. The pair's lock (the group's advisory locks) keeps another
+    -- node from creating the same chat meanwhile; if one did all the same, that one is used.
+    INSERT INTO direct_chats (user_lo, user_hi, chat_id)
+    VALUES (LEAST(p_sender, v_peer), GREATEST(p_sender, v_peer), p_new_chat)
+    ON CONFLICT (user_lo, user_hi) DO NOTHING;
+    IF FOUND THEN
+      v_chat := p_new_chat;
+      INSERT INTO chats (chat_id, is_group, head, created_ms) VALUES (v_chat, FALSE, 1, p_now);
+      INSERT INTO chat_members (chat_id, user_id, position)
+      VALUES (v_chat, LEAST(p_sender, v_peer), 1), (v_chat, GREATEST(p_sender, v_peer), 2);
+      v_head := 1;
+    ELSE
+      SELECT dc.chat_id INTO v_chat FROM direct_chats dc
+       WHERE dc.user_lo = LEAST(p_sender, v_peer) AND dc.user_hi = GREATEST(p_sender, v_peer);
+    END IF;
+  END IF;
+  IF v_head IS NULL THEN
+    -- The seq, under the chat's row lock, held until the group commits.
+    UPDATE chats SET head = head + 1 WHERE chat_id = v_chat RETURNING head INTO v_head;
+  END IF;
+  INSERT INTO messages (chat_id, seq, message_id, sender_user, sender_device, sender_name,
+                        sent_at_ms, payload, cipher_type, media_id)
+  VALUES (v_chat, v_head, p_message_id, p_sender, p_device, p_sender_name, p_now, p_payload,
+          p_cipher_type, p_media);
+  -- A record of the same id is an expired one (none live was found above): replaced.
+  INSERT INTO dedupe (sender_device, client_msg_id, chat_id, seq, message_id, sent_at_ms)
+  VALUES (p_device, p_client_msg_id, v_chat, v_head, p_message_id, p_now)
+  ON CONFLICT (sender_device, client_msg_id) DO UPDATE SET chat_id = EXCLUDED.chat_id,
+    seq = EXCLUDED.seq, message_id = EXCLUDED.message_id, sent_at_ms = EXCLUDED.sent_at_ms;
+  r_status := 0;
+  r_chat := v_chat;
+  r_seq := v_head;
+  r_id := p_message_id;
+  r_at := p_now;
+  r_recipients := ARRAY(SELECT d.device_id FROM chat_members m JOIN devices d
+                         ON d.user_id = m.user_id
+                         WHERE m.chat_id = v_chat AND m.until_seq = 0 AND d.device_id <> p_device
+                         ORDER BY m.position, d.device_id);
+END
+$fn$;
+-- An ack, whole, as one statement, for the same reason as parley_send: every chat is checked
+-- before any cursor moves (r_status 2: not a member of one, 5: a seq above its head; nothing
+-- written then). p_chats: distinct. Then each cursor moves up (never back); where the user's
+-- delivered watermark (its highest cursor) moved, a group is listed in r_groups and a 1:1
+-- chat gets a receipt for each of the other member's devices: r_chats[i], r_seqs[i] to
+-- r_devices[i], all under one receipts stamp (r_stamp, 0 if none).
+CREATE OR REPLACE FUNCTION parley_ack(
+  p_device BIGINT, p_user BIGINT, p_chats BIGINT[], p_seqs BIGINT[],
+  OUT r_status INTEGER, OUT r_groups BIGINT[], OUT r_chats BIGINT[], OUT r_seqs BIGINT[],
+  OUT r_devices BIGINT[], OUT r_stamp BIGINT)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  n           INTEGER := COALESCE(array_length(p_chats, 1), 0);
+  v_group     BOOLEAN[] := '{}';
+  v_member    BOOLEAN[] := '{}';
+  v_is_group  BOOLEAN;
+  v_head      BIGINT;
+  v_until     BIGINT;
+  v_cursor    BIGINT;
+  v_delivered BIGINT;
+  v_other     BIGINT;
+  i           INTEGER;
+BEGIN
+  r_status := 0;
+  r_groups := '{}';
+  r_chats := '{}';
+  r_seqs := '{}';
+  r_devices := '{}';
+  r_stamp := 0;
+  FOR i IN 1 .. n LOOP
+    SELECT c.is_group, c.head, m.until_seq INTO v_is_group, v_head, v_until
+      FROM chats c JOIN chat_members m ON m.chat_id = c.chat_id AND m.user_id = p_user
+     WHERE c.chat_id = p_chats[i];
+    -- A former member acks up to the event that removed it (which it was sent).
+    IF NOT FOUND OR (v_until <> 0 AND (NOT v_is_group OR p_seqs[i] > v_until)) THEN
+      r_status := 2;
+      RETURN;
+    END IF;
+    IF p_seqs[i] > v_head THEN
+      r_status := 5;
+      RETURN;
+    END IF;
+    v_group := v_group || v_is_group;
+    v_member := v_member || (v_until = 0);
+  END LOOP;
+  FOR i IN 1 .. n LOOP
+    SELECT c.seq INTO v_cursor FROM cursors c
+     WHERE c.chat_id = p_chats[i] AND c.user_id = p_user AND c.device_id = p_device;
+    CONTINUE WHEN p_seqs[i] <= COALESCE(v_cursor, 0);  -- cursors never move back
+    SELECT COALESCE(MAX(c.seq), 0) INTO v_delivered FROM cursors c
+     WHERE c.chat_id = p_chats[i] AND c.user_id = p_user;
+    INSERT INTO cursors (chat_id, user_id, device_id, seq)
+    VALUES (p_chats[i], p_user, p_device, p_seqs[i])
+    ON CONFLICT (chat_id, user_id, device_id) DO UPDATE SET seq = GREATEST(cursors.seq, EXCLUDED.seq);
+    -- Another device of the user had it already.
+    CONTINUE WHEN p_seqs[i] <= v_delivered OR NOT v_member[i];
+    IF v_group[i] THEN
+      r_groups := r_groups || p_chats[i];
+      CONTINUE;
+    END IF;
+    SELECT m.user_id INTO v_other FROM chat_members m
+     WHERE m.chat_id = p_chats[i] AND m.user_id <> p_user AND m.until_seq = 0;
+    FOR v_cursor IN SELECT d.device_id FROM devices d WHERE d.user_id = v_other LOOP
+      r_chats := r_chats || p_chats[i];
+      r_seqs := r_seqs || p_seqs[i];
+      r_devices := r_devices || v_cursor;
+    END LOOP;
+  END LOOP;
+  IF array_length(r_devices, 1) > 0 THEN
+    r_stamp := nextval('parley_receipt_stamps');
+  END IF;
+END
+$fn$;
 )sql";
 
 }  // namespace parley::store::pg

@@ -32,9 +32,6 @@ using pg::connection;
 using pg::params;
 using pg::rows;
 
-// parley.v2.CIPHER_TYPE_SENDER_KEY_MESSAGE: what a group takes.
-constexpr std::uint32_t sender_key_cipher_type = 4;
-
 // Every BIGINT column holds at most 2^63 - 1: an unbounded seq (UINT64_MAX) is clamped to it.
 std::uint64_t clamp63(std::uint64_t v) {
   return std::min<std::uint64_t>(v, std::numeric_limits<std::int64_t>::max());
@@ -113,50 +110,6 @@ std::uint64_t name_lock(const std::string& name) { return fnv1a("name", name); }
 
 // --- statements ------------------------------------------------------------------------------
 
-// What a message's seq comes with, from the chat row `chat` names (the UPDATE's own row, or
-// $1): the chat's current members, a 1:1 chat's recipients' registration ids (other members'
-// devices with keys) and the devices to push to (every member's device but the sender's, in
-// member order). `sender` and `device` name the parameters.
-std::string head_returning(const std::string& chat, const std::string& sender,
-                           const std::string& device) {
-  return "head, is_group, "
-         "ARRAY(SELECT user_id FROM chat_members WHERE chat_id = " + chat +
-         " AND until_seq = 0) AS members, "
-         "CASE WHEN is_group THEN NULL ELSE ARRAY(SELECT k.registration_id "
-         "FROM chat_members m JOIN devices d ON d.user_id = m.user_id "
-         "JOIN device_keys k ON k.device_id = d.device_id "
-         "WHERE m.chat_id = " + chat + " AND m.until_seq = 0 AND m.user_id <> " + sender +
-         ") END AS registrations, "
-         "ARRAY(SELECT d.device_id FROM chat_members m JOIN devices d ON d.user_id = m.user_id "
-         "WHERE m.chat_id = " + chat + " AND m.until_seq = 0 AND d.device_id <> " + device +
-         " ORDER BY m.position, d.device_id) AS devices";
-}
-
-// A send's one waited-for statement when its chat exists: a retry's first result (dup), the
-// peer named (p) and the pair's chat (pair), and, unless it is a retry, the chat's next seq
-// taken under the chat's row lock (up) with head_returning's columns. Columns: 0-3 the retry's
-// chat, seq, id and time, 4 whether it is one, 5-6 the peer and whether it exists, 7 the
-// pair's chat, 8 whether a seq was taken, 9-13 head_returning.
-// $1 sender device, $2 client_msg_id, $3 oldest live dedupe time, $4 peer name ('' for a
-// chat id), $5 sender, $6 chat id (0: by peer).
-const std::string& send_lookup_sql() {
-  static const std::string sql =
-      "WITH dup AS (SELECT chat_id, seq, message_id, sent_at_ms FROM dedupe "
-      "WHERE sender_device = $1 AND client_msg_id = $2 AND sent_at_ms >= $3), "
-      "p AS (SELECT user_id FROM users WHERE username = $4), "
-      "pair AS (SELECT dc.chat_id FROM direct_chats dc JOIN p "
-      "ON dc.user_lo = LEAST($5::bigint, p.user_id) "
-      "AND dc.user_hi = GREATEST($5::bigint, p.user_id)), "
-      "up AS (UPDATE chats SET head = head + 1 WHERE chat_id = CASE WHEN $6::bigint <> 0 "
-      "THEN $6::bigint ELSE (SELECT chat_id FROM pair) END AND NOT EXISTS (SELECT 1 FROM dup) "
-      "RETURNING " + head_returning("chats.chat_id", "$5", "$1") + ") "
-      "SELECT dup.chat_id, dup.seq, dup.message_id, dup.sent_at_ms, dup.seq IS NOT NULL, "
-      "p.user_id, p.user_id IS NOT NULL, pair.chat_id, up.head IS NOT NULL, up.head, up.is_group, "
-      "up.members, up.registrations, up.devices FROM (SELECT 1) AS one "
-      "LEFT JOIN dup ON TRUE LEFT JOIN p ON TRUE LEFT JOIN pair ON TRUE LEFT JOIN up ON TRUE";
-  return sql;
-}
-
 // Keeps a request's first result for retries: an INSERT into dedupe of `values` (sender_device,
 // client_msg_id, chat_id, seq, message_id, sent_at_ms, as parameters). A record of the same id
 // is an expired one (the caller found no live one, under the device's lock), and is replaced.
@@ -166,15 +119,6 @@ std::string dedupe_insert_sql(const std::string& values) {
          "ON CONFLICT (sender_device, client_msg_id) DO UPDATE SET chat_id = EXCLUDED.chat_id, "
          "seq = EXCLUDED.seq, message_id = EXCLUDED.message_id, "
          "sent_at_ms = EXCLUDED.sent_at_ms";
-}
-
-// The next seq of chat $1 (a pair's chat its first message just created), head_returning's
-// columns from 0; $2 sender, $3 sender device.
-const std::string& take_seq_sql() {
-  static const std::string sql =
-      "UPDATE chats SET head = head + 1 WHERE chat_id = $1 RETURNING " +
-      head_returning("$1", "$2", "$3");
-  return sql;
 }
 
 constexpr const char* message_columns =
@@ -205,6 +149,73 @@ result<chat_message> message_of(std::uint64_t chat, const rows& r, int i) {
   return m;
 }
 
+// A send's outcome from parley_send's row (pg_schema.cpp has the statuses).
+result<send_outcome> send_outcome_of(const rows& row, const send_request& request) {
+  if (row.size() != 1) return errc::io_error;
+  switch (row.u64(0, 0)) {
+    case 0:
+    case 1:
+      break;
+    case 2:
+      return errc::not_found;  // no such chat, or not a member
+    case 3:
+      return errc::unknown_user;
+    case 4:
+      return errc::self_message;
+    case 5:
+      return errc::invalid_argument;  // the wrong cipher type for the chat
+    case 6:
+      return errc::stale_keys;
+    case 7:
+      return errc::media_not_found;
+    default:
+      return errc::corrupt;
+  }
+  send_outcome out;
+  out.chat = row.u64(0, 1);
+  out.seq = row.u64(0, 2);
+  out.id = row.u64(0, 3);
+  out.sent_at_ms = row.u64(0, 4);
+  if (row.u64(0, 0) == 1) {
+    out.duplicate = true;
+    return out;
+  }
+  out.recipients = row.bigints(0, 5);
+  out.message = std::make_shared<const chat_message>(chat_message{
+      out.chat, out.seq, out.id, request.sender, request.sender_device, request.sender_name,
+      out.sent_at_ms, request.payload, request.cipher_type, nullptr, request.media});
+  return out;
+}
+
+// An ack's outcome from parley_ack's row: `name` is the acking user's, `now` the time its
+// watermarks carry.
+result<watermark_moves> ack_outcome_of(const rows& row, const std::string& name,
+                                       std::uint64_t now) {
+  if (row.size() != 1) return errc::io_error;
+  switch (row.u64(0, 0)) {
+    case 0:
+      break;
+    case 2:
+      return errc::not_found;
+    case 5:
+      return errc::invalid_argument;  // above the chat's head
+    default:
+      return errc::corrupt;
+  }
+  watermark_moves out;
+  out.groups = row.bigints(0, 1);  // merged: group_receipts
+  const auto chats = row.bigints(0, 2);
+  const auto seqs = row.bigints(0, 3);
+  const auto devices = row.bigints(0, 4);
+  if (chats.size() != seqs.size() || chats.size() != devices.size()) return errc::corrupt;
+  const std::uint64_t stamp = row.u64(0, 5);
+  for (std::size_t i = 0; i < devices.size(); ++i) {
+    out.receipts.push_back(
+        {devices[i], watermark{chats[i], name, message_status::delivered, seqs[i], now, stamp}});
+  }
+  return out;
+}
+
 // --- the writers -----------------------------------------------------------------------------
 // A queued write: `apply` runs the request inside the group's transaction (and savepoint)
 // and returns whether it succeeded and how to complete it once the group's fate is known
@@ -218,6 +229,9 @@ struct command {
   std::function<finisher(connection&)> apply;
   std::function<void(errc)> refuse;
   std::vector<std::uint64_t> locks;  // lock_key()s of what it writes that others write too
+  // The request is one statement that writes nothing unless it succeeds (parley_send): it
+  // needs no savepoint of its own, and its result is read after the group's COMMIT.
+  bool one_statement = false;
 };
 
 // One writer: a thread with a connection of its own (in pipeline mode) and a queue. A node's
@@ -372,7 +386,39 @@ struct postgresql_store::impl {
     };
     c.refuse = [shared_done](errc e) { (*shared_done)(e); };
     const std::uint64_t key = route ? *route : c.locks.empty() ? 0 : c.locks.front();
-    writer_lane& w = *lanes[key % lanes.size()];
+    push(std::move(c), key);
+  }
+
+  // A request that is one statement (command::one_statement): `apply` sends it with
+  // connection::collect and returns how to read the outcome from its rows, which runs once the
+  // group has committed. Its only failures before that are the statement's own (the group is
+  // then applied again request by request) and a lost connection.
+  template <class T, class Apply>
+  void write_one_statement(completion<T> done, Apply apply, std::vector<std::uint64_t> locks,
+                           std::uint64_t route) {
+    auto shared_done = std::make_shared<completion<T>>(std::move(done));
+    command c;
+    c.locks = std::move(locks);
+    c.one_statement = true;
+    c.apply = [shared_done, apply = std::move(apply)](connection& db) mutable -> finisher {
+      auto outcome = apply(db);  // result<std::function<result<T>()>>
+      if (!outcome) {
+        return {false, [shared_done, e = outcome.error()](errc) { (*shared_done)(e); }};
+      }
+      return {true, [shared_done, read = std::move(*outcome)](errc commit) {
+                if (commit != errc{}) {
+                  (*shared_done)(commit);
+                  return;
+                }
+                (*shared_done)(read());
+              }};
+    };
+    c.refuse = [shared_done](errc e) { (*shared_done)(e); };
+    push(std::move(c), route);
+  }
+
+  void push(command c, std::uint64_t route) {
+    writer_lane& w = *lanes[route % lanes.size()];
     switch (w.queue.push(c, pending_count, options.max_pending)) {
       case write_queue<command>::pushed::queued:
         return;
@@ -678,9 +724,9 @@ errc postgresql_store::impl::commit_group(writer_lane& w, std::vector<command>& 
     return fallback;
   };
 
-  // Pipelined: BEGIN, the locks and the first savepoint go out with the first request's
-  // first statement; each request's trailing writes and its savepoint's release with the
-  // next one's; COMMIT waits once at the end.
+  // Pipelined: BEGIN and the locks go out with the first request's first statement; each
+  // request's trailing writes and its savepoint's release with the next one's; COMMIT waits
+  // once at the end. A group of one-statement requests (sends) is not waited for before it.
   if (!writer_db.defer("BEGIN")) return abort(errc::io_error);
   // Every lock the group's requests need, in one order for every node: two nodes' groups then
   // never wait for each other in a cycle (a deadlock, which would cost both a rollback).
@@ -697,20 +743,24 @@ errc postgresql_store::impl::commit_group(writer_lane& w, std::vector<command>& 
                          params().text(array)))
       return abort(errc::io_error);
   }
-  if (!writer_db.defer("SAVEPOINT r")) return abort(errc::io_error);
   w.ids_issued = false;
   w.last_id = 0;
   for (auto& c : work) {
+    // A request of several statements gets a savepoint, so that its failure undoes what it
+    // wrote; so does every request when the group is applied one by one (strict), to refuse
+    // the one whose statement fails and keep the rest.
+    const bool savepoint = strict || !c.one_statement;
+    if (savepoint && !writer_db.defer("SAVEPOINT r")) return abort(errc::io_error);
     finisher f = c.apply(writer_db);
     if (!writer_db.ok() || writer_db.must_retry() || writer_db.deferred_failed())
       return abort(errc::io_error);
-    if (f.ok) {
-      if (!writer_db.defer("RELEASE SAVEPOINT r") || !writer_db.defer("SAVEPOINT r"))
-        return abort(errc::io_error);
-    } else {
+    if (savepoint && f.ok) {
+      if (!writer_db.defer("RELEASE SAVEPOINT r")) return abort(errc::io_error);
+    } else if (savepoint) {
       // run() reads what is queued first (and ends the pipeline's aborted state, if this
       // request's own statement failed); the savepoint then undoes what the request wrote.
-      if (!writer_db.run("ROLLBACK TO SAVEPOINT r")) return abort(errc::io_error);
+      if (!writer_db.run("ROLLBACK TO SAVEPOINT r") || !writer_db.defer("RELEASE SAVEPOINT r"))
+        return abort(errc::io_error);
       // An earlier request's deferred write that failed shows here if this request read
       // nothing: the savepoint then is one from before it, and that request was answered.
       if (writer_db.deferred_failed()) return abort(errc::io_error);
@@ -1054,205 +1104,80 @@ void postgresql_store::send(send_request request, completion<send_outcome> done)
       request.to.chat != 0 ? chat_lock(request.to.chat)
                            : pair_lock(request.sender_name, request.to.peer),
       device_lock(request.sender_device)};
-  // A message to an existing chat is one round trip: the lookups with the seq and who is in
-  // the chat (send_lookup_sql); the appends are deferred (they go out with whatever the writer
-  // sends next).
-  impl_->write<send_outcome>(
-      std::move(done), [this, request = std::move(request)](connection& db) -> result<send_outcome> {
+  // One statement (parley_send, pg_schema.cpp), sent without waiting; its row is read after
+  // the group's COMMIT.
+  impl_->write_one_statement<send_outcome>(
+      std::move(done),
+      [this, request = std::make_shared<const send_request>(std::move(request))](
+          connection& db) -> result<std::function<result<send_outcome>()>> {
         auto& d = *impl_;
         const std::uint64_t window = static_cast<std::uint64_t>(d.options.dedupe_window.count());
         const std::uint64_t now = now_ms();
         const std::uint64_t fresh_after = now > window ? now - window : 0;
-        // A retry's first result, the peer named, the pair's chat and, if the chat exists, its
-        // next seq.
-        auto found = db.exec(
-            send_lookup_sql(),
-            params()
-                .add(request.sender_device)
-                .bytes(request.client_msg_id)
-                .add(fresh_after)
-                .text(request.to.chat == 0 ? request.to.peer : std::string())
-                .add(request.sender)
-                .add(request.to.chat));
-        if (!found) return found.error();
-        if (found->boolean(0, 4)) {
-          send_outcome out;
-          out.chat = found->u64(0, 0);
-          out.seq = found->u64(0, 1);
-          out.id = found->u64(0, 2);
-          out.sent_at_ms = found->u64(0, 3);
-          out.duplicate = true;
-          return out;
-        }
-
-        // The chat: by id, or the pair's 1:1 chat (created by its first message). `taken`: the
-        // row with the seq and head_returning's columns from `at`.
-        std::uint64_t chat = request.to.chat != 0 ? request.to.chat : found->u64(0, 7);
-        rows taken = *found;
-        int at = 9;
-        if (!found->boolean(0, 8)) {
-          if (request.to.chat != 0) return errc::not_found;  // no such chat
-          if (!found->boolean(0, 6)) return errc::unknown_user;
-          const std::uint64_t peer = found->u64(0, 5);
-          if (peer == request.sender) return errc::self_message;
-          if (chat == 0) {
-            const auto [lo, hi] = std::minmax(request.sender, peer);
-            const std::uint64_t fresh = d.next_id();
-            // Another node creating the same pair's chat at once waits for this one (the
-            // pair's lock), then finds it.
-            auto created = db.exec(
-                "INSERT INTO direct_chats (user_lo, user_hi, chat_id) VALUES ($1, $2, $3) "
-                "ON CONFLICT (user_lo, user_hi) DO NOTHING RETURNING chat_id",
-                params().add(lo).add(hi).add(fresh));
-            if (!created) return created.error();
-            if (created->empty()) {
-              auto theirs = impl::direct_chat(db, lo, hi);
-              if (!theirs) return theirs.error();
-              chat = *theirs;
-            } else {
-              chat = fresh;
-              auto c = db.defer(
-                  "WITH c AS (INSERT INTO chats (chat_id, is_group, created_ms) "
-                  "VALUES ($1, FALSE, $2)) "
-                  "INSERT INTO chat_members (chat_id, user_id, position) "
-                  "VALUES ($1, $3, 1), ($1, $4, 2)",
-                  params().add(chat).add(now).add(lo).add(hi));
-              if (!c) return c.error();
-            }
-          }
-          // The seq, under the chat's row lock (held until the group commits: appends to one
-          // chat from several nodes queue here).
-          auto head = db.exec(take_seq_sql(),
-                              params().add(chat).add(request.sender).add(request.sender_device));
-          if (!head) return head.error();
-          if (head->empty()) return errc::not_found;
-          taken = *head;
-          at = 0;
-        }
-
-        const std::uint64_t seq = taken.u64(0, at);
-        const bool group_chat = taken.boolean(0, at + 1);
-        const auto members = taken.bigints(0, at + 2);
-        if (std::find(members.begin(), members.end(), request.sender) == members.end())
-          return errc::not_found;
-        // A group takes sender-key messages only, a 1:1 chat only pairwise ones.
-        if (group_chat != (request.cipher_type == sender_key_cipher_type))
-          return errc::invalid_argument;
-        for (std::uint64_t registration : taken.bigints(0, at + 3)) {
-          if (registration != 0 && registration != request.recipient_registration_id)
-            return errc::stale_keys;
-        }
-        // A file: the sender's own blob, one more reference to it (the sweep keeps it now).
-        if (!request.media.empty()) {
-          auto ref = db.exec(
-              "UPDATE media SET refs = refs + 1 WHERE media_id = $1 AND owner = $2 RETURNING refs",
-              params().text(request.media).add(request.sender));
-          if (!ref) return ref.error();
-          if (ref->empty()) return errc::media_not_found;
-        }
-
-        send_outcome out;
-        out.chat = chat;
-        out.seq = seq;
-        out.id = d.next_id();
-        out.sent_at_ms = now;
-        params appended;
-        appended.add(chat)
-            .add(seq)
-            .add(out.id)
-            .add(request.sender)
-            .add(request.sender_device)
-            .text(request.sender_name)
+        const std::uint64_t id = d.next_id();
+        // The id a pair's first message gives its chat (unused if the chat exists).
+        const std::uint64_t new_chat = request->to.chat == 0 ? d.next_id() : 0;
+        params p;
+        p.add(request->sender_device)
+            .bytes(request->client_msg_id)
+            .add(fresh_after)
+            .text(request->to.chat == 0 ? request->to.peer : std::string())
+            .add(request->sender)
+            .add(request->to.chat)
+            .add(new_chat)
+            .add(id)
+            .text(request->sender_name)
             .add(now)
-            .bytes(request.payload)
-            .add(static_cast<std::uint64_t>(request.cipher_type));
-        if (request.media.empty()) {
-          appended.null();
+            .bytes(request->payload)
+            .add(static_cast<std::uint64_t>(request->cipher_type))
+            .add(static_cast<std::uint64_t>(request->recipient_registration_id));
+        if (request->media.empty()) {
+          p.null();
         } else {
-          appended.text(request.media);
+          p.text(request->media);
         }
-        appended.bytes(request.client_msg_id);
-        // The entry and its dedupe record, in one statement.
-        static const std::string append_sql =
-            "WITH m AS (INSERT INTO messages (chat_id, seq, message_id, sender_user, "
-            "sender_device, sender_name, sent_at_ms, payload, cipher_type, media_id) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)) " +
-            dedupe_insert_sql("$5, $11, $1, $2, $3, $7");
-        auto ins = db.defer(append_sql, appended);
-        if (!ins) return ins.error();
-
-        out.recipients = taken.bigints(0, at + 4);
-        out.message = std::make_shared<const chat_message>(
-            chat_message{chat, seq, out.id, request.sender, request.sender_device,
-                         request.sender_name, now, request.payload, request.cipher_type, nullptr,
-                         request.media});
-        return out;
-      }, std::move(locks), device);
+        auto row = std::make_shared<rows>();
+        static const std::string sql =
+            "SELECT r_status, r_chat, r_seq, r_id, r_at, r_recipients FROM parley_send($1, $2, "
+            "$3, $4, $5, $6, $7, $8, $9, $10, $11, $12::integer, $13, $14)";
+        if (auto sent = db.collect(sql, p, row); !sent) return sent.error();
+        return std::function<result<send_outcome>()>(
+            [row, request]() { return send_outcome_of(*row, *request); });
+      },
+      std::move(locks), device);
 }
 
 void postgresql_store::ack(device_id device, user_id user, std::vector<cursor_update> cursors,
                            completion<watermark_moves> done) {
-  impl_->write<watermark_moves>(
+  // One statement (parley_ack, pg_schema.cpp), sent without waiting, read after the COMMIT.
+  impl_->write_one_statement<watermark_moves>(
       std::move(done),
-      [this, device, user, cursors = std::move(cursors)](connection& db) mutable
-      -> result<watermark_moves> {
+      [this, device, user, cursors = std::move(cursors)](
+          connection& db) mutable -> result<std::function<result<watermark_moves>()>> {
         one_cursor_per_chat(cursors);
         auto me = impl_->cached_username(db, user);
         if (!me) return me.error();
-        const std::uint64_t now = now_ms();
-        watermark_moves out;
-        std::uint64_t stamp = 0;
-        // Every chat is checked before any cursor is written.
-        std::vector<const cursor_update*> moved;
+        std::vector<std::uint64_t> chats, seqs;
         for (const auto& c : cursors) {
-          // The chat, the user's place in it, this device's cursor and the user's delivered
-          // watermark (its highest cursor), a 1:1 chat's other member's devices and a
-          // receipts stamp for them: one round trip.
-          auto chat = db.exec(
-              "SELECT c.is_group, c.head, m.until_seq, "
-              "COALESCE((SELECT seq FROM cursors WHERE chat_id = $1 AND user_id = $2 "
-              "AND device_id = $3), 0), "
-              "COALESCE((SELECT MAX(seq) FROM cursors WHERE chat_id = $1 AND user_id = $2), 0), "
-              "CASE WHEN c.is_group THEN NULL ELSE ARRAY(SELECT d.device_id FROM chat_members o "
-              "JOIN devices d ON d.user_id = o.user_id WHERE o.chat_id = $1 AND o.user_id <> $2 "
-              "AND o.until_seq = 0) END, "
-              "CASE WHEN c.is_group THEN 0 ELSE nextval('parley_receipt_stamps') END "
-              "FROM chats c JOIN chat_members m ON m.chat_id = c.chat_id AND m.user_id = $2 "
-              "WHERE c.chat_id = $1",
-              params().add(c.chat).add(user).add(device));
-          if (!chat) return chat.error();
-          if (chat->empty()) return errc::not_found;
-          const bool group = chat->boolean(0, 0);
-          const std::uint64_t head = chat->u64(0, 1);
-          const std::uint64_t until = chat->u64(0, 2);
-          const bool member = until == 0;
-          // A former member acks up to the event that removed it (which it was sent).
-          if (!member && (!group || c.seq > until)) return errc::not_found;
-          if (c.seq > head) return errc::invalid_argument;
-          if (c.seq <= chat->u64(0, 3)) continue;  // cursors never move back
-          moved.push_back(&c);
-          const std::uint64_t delivered = chat->u64(0, 4);
-          if (c.seq <= delivered || !member) continue;  // another device of the user had it
-          if (group) {
-            out.groups.push_back(c.chat);  // merged: group_receipts
-            continue;
-          }
-          const watermark mark{c.chat, *me, message_status::delivered, c.seq, now, 0};
-          for (std::uint64_t to : chat->bigints(0, 5)) out.receipts.push_back({to, mark});
-          stamp = std::max(stamp, chat->u64(0, 6));
+          chats.push_back(c.chat);
+          seqs.push_back(clamp63(c.seq));
         }
-        // The writes, deferred: they go out with the writer's next statement.
-        for (const cursor_update* c : moved) {
-          auto w = db.defer(
-              "INSERT INTO cursors (chat_id, user_id, device_id, seq) VALUES ($1, $2, $3, $4) "
-              "ON CONFLICT (chat_id, user_id, device_id) DO UPDATE SET seq = "
-              "GREATEST(cursors.seq, EXCLUDED.seq)",
-              params().add(c->chat).add(user).add(device).add(c->seq));
-          if (!w) return w.error();
-        }
-        stamp_all(out.receipts, stamp);
-        return out;
-      }, {}, device);
+        auto row = std::make_shared<rows>();
+        static const std::string sql =
+            "SELECT r_status, r_groups, r_chats, r_seqs, r_devices, r_stamp "
+            "FROM parley_ack($1, $2, $3::bigint[], $4::bigint[])";
+        if (auto sent = db.collect(
+                sql,
+                params().add(device).add(user).text(bigint_array(chats)).text(bigint_array(seqs)),
+                row);
+            !sent)
+          return sent.error();
+        return std::function<result<watermark_moves>()>(
+            [row, name = std::move(*me), now = now_ms()]() {
+              return ack_outcome_of(*row, name, now);
+            });
+      },
+      {}, device);
 }
 
 void postgresql_store::mark_read(user_id reader, chat_id chat, std::uint64_t up_to,

@@ -209,6 +209,95 @@ TEST_F(two_nodes, a_write_that_fails_unwaited_fails_its_request_alone) {
   EXPECT_EQ(status->status, message_status::delivered);
 }
 
+// Sends are one statement each, sent without waiting and read after the group's COMMIT
+// (parley_send): a refusal among them must leave the others appended, in order.
+TEST_F(two_nodes, refused_sends_in_one_group_leave_the_others_appended_in_order) {
+  const auto alice = user(*a, "alice");
+  user(*a, "bob");
+  in_flight<send_outcome> sends;
+  constexpr int n = 60;
+  for (int i = 0; i < n; ++i) {
+    // Every third names nobody, every fifth alice herself; the rest go to bob.
+    const std::string to = i % 3 == 1 ? "nobody" : i % 5 == 2 ? "alice" : "bob";
+    a->send({alice.user, alice.device, "alice", {0, to}, "m" + std::to_string(i), "x", 1, 0, {}},
+            sends.slot());
+  }
+  ASSERT_TRUE(sends.wait_until_completed(n));
+  const auto results = sends.all();
+  std::uint64_t expected_seq = 1;
+  chat_id chat = 0;
+  for (int i = 0; i < n; ++i) {
+    const auto& r = results[static_cast<std::size_t>(i)];
+    if (i % 3 == 1) {
+      ASSERT_FALSE(r);
+      EXPECT_EQ(r.error(), errc::unknown_user) << i;
+    } else if (i % 5 == 2) {
+      ASSERT_FALSE(r);
+      EXPECT_EQ(r.error(), errc::self_message) << i;
+    } else {
+      ASSERT_TRUE(r) << i << ": " << r.error().message();
+      EXPECT_EQ(r->seq, expected_seq++) << i;
+      if (chat == 0) chat = r->chat;
+      EXPECT_EQ(r->chat, chat) << "the pair's first message made one chat";
+      ASSERT_TRUE(r->message);
+      EXPECT_EQ(r->message->seq, r->seq);
+    }
+  }
+  auto log = wait_for<std::vector<shared_message>>(
+      [&](auto done) { a->read_log(chat, 0, UINT64_MAX, 1000, SIZE_MAX, done); });
+  ASSERT_TRUE(log);
+  EXPECT_EQ(log->size(), expected_seq - 1);
+}
+
+// A send whose statement the database refuses (a trigger: what a full disk or a constraint
+// would do) fails alone: the group is applied again request by request.
+TEST_F(two_nodes, a_send_that_fails_unwaited_fails_its_request_alone) {
+  const auto alice = user(*a, "alice");
+  user(*a, "bob");
+  auto first = wait_for<send_outcome>([&](auto done) {
+    a->send({alice.user, alice.device, "alice", {0, "bob"}, "m0", "x", 1, 0, {}}, done);
+  });
+  ASSERT_TRUE(first) << first.error().message();
+  run_sql(
+      "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+      "IF NEW.payload = '\\x626164'::bytea THEN RAISE EXCEPTION 'refused'; END IF; "
+      "RETURN NEW; END $$; "
+      "CREATE TRIGGER refuse_bad BEFORE INSERT ON messages FOR EACH ROW "
+      "EXECUTE FUNCTION refuse_bad()");
+  in_flight<send_outcome> sends;
+  for (int i = 1; i <= 20; ++i) {
+    a->send({alice.user,
+             alice.device,
+             "alice",
+             {first->chat, {}},
+             "m" + std::to_string(i),
+             i == 7 ? "bad" : "ok",
+             1,
+             0,
+             {}},
+            sends.slot());
+  }
+  ASSERT_TRUE(sends.wait_until_completed(20));
+  const auto results = sends.all();
+  std::set<std::uint64_t> seqs{first->seq};
+  for (int i = 1; i <= 20; ++i) {
+    const auto& r = results[static_cast<std::size_t>(i - 1)];
+    if (i == 7) {
+      EXPECT_FALSE(r) << "the refused message must not be answered stored";
+      continue;
+    }
+    ASSERT_TRUE(r) << i << ": " << r.error().message();
+    EXPECT_TRUE(seqs.insert(r->seq).second);
+  }
+  EXPECT_EQ(seqs.size(), 20u);
+  EXPECT_EQ(*seqs.rbegin(), 20u) << "the refused message took no seq";
+  auto log = wait_for<std::vector<shared_message>>(
+      [&](auto done) { a->read_log(first->chat, 0, UINT64_MAX, 1000, SIZE_MAX, done); });
+  ASSERT_TRUE(log);
+  ASSERT_EQ(log->size(), 20u);
+  for (const auto& m : *log) EXPECT_EQ(m->payload, m->seq == 1 ? "x" : "ok");
+}
+
 // A node with several writers: one device's sends go to one writer and are applied in the
 // order they came; other devices' sends to the same chat go to the others, and the chat's
 // seqs are still handed out once each.
