@@ -2,9 +2,18 @@
 #include "server/backends.hpp"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <filesystem>
+#include <mutex>
+
+#include "store/store_test_calls.hpp"
 
 namespace parley::server {
 namespace {
+
+using namespace std::chrono_literals;
 
 TEST(backends, the_embedded_store_takes_max_pending_writes_as_configured) {
   config c;
@@ -23,6 +32,73 @@ TEST(backends, a_postgresql_store_lets_at_most_8192_writes_wait) {
   EXPECT_EQ(store_max_pending(c), 8'192u);
   c.max_pending_writes = 100;
   EXPECT_EQ(store_max_pending(c), 100u);  // a smaller value is kept
+}
+
+// make_backends gives the store it opens store_max_pending(cfg): with the writer held inside
+// a commit (the commit observer waits), that many writes wait and the next are refused BUSY.
+TEST(backends, the_store_made_lets_max_pending_writes_wait_and_refuses_the_rest) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("parley_backends_test_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  config c;
+  c.data_dir = dir;
+  c.max_pending_writes = 3;
+  std::mutex m;
+  std::condition_variable cv;
+  bool armed = false, held = false, released = false;
+  auto observer = [&](std::chrono::nanoseconds, std::size_t) {
+    std::unique_lock lock(m);
+    if (!armed) return;
+    held = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return released; });
+  };
+  auto release = [&] {
+    {
+      std::lock_guard lock(m);
+      released = true;
+    }
+    cv.notify_all();
+  };
+  {
+    auto b = make_backends(c, observer);
+    // The writer is idle after this one (anything it wrote at open is committed too).
+    auto first = store::test_calls::wait_for<store::registration>([&](auto done) {
+      b.store->register_account({"first", {}}, done);
+    });
+    ASSERT_TRUE(first);
+    {
+      std::lock_guard lock(m);
+      armed = true;
+    }
+    store::test_calls::in_flight<store::registration> holding;
+    b.store->register_account({"holding", {}}, holding.slot());
+    {
+      std::unique_lock lock(m);
+      if (!cv.wait_for(lock, 10s, [&] { return held; })) {
+        lock.unlock();
+        release();
+        FAIL() << "the writer never committed";
+      }
+    }
+    store::test_calls::in_flight<store::registration> more;
+    for (int i = 0; i < 5; ++i)
+      b.store->register_account({"user" + std::to_string(i), {}}, more.slot());
+    const bool refused = more.wait_until_completed(2, 10s);
+    const auto so_far = more.so_far();
+    release();
+    ASSERT_TRUE(refused) << "the writes beyond 3 were not refused at once";
+    for (std::size_t i = 0; i < 3; ++i) EXPECT_FALSE(so_far[i]) << "write " << i << " must wait";
+    for (std::size_t i = 3; i < 5; ++i) {
+      ASSERT_TRUE(so_far[i]) << i;
+      ASSERT_FALSE(*so_far[i]) << i;
+      EXPECT_EQ(so_far[i]->error(), store::errc::busy) << i;
+    }
+    const auto all = more.all();
+    for (std::size_t i = 0; i < 3; ++i)
+      EXPECT_TRUE(all[i]) << "write " << i << " waited, then applied";
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

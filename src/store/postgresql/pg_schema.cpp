@@ -322,6 +322,56 @@ BEGIN
   END IF;
 END
 $fn$;
+-- A read mark as one statement, as parley_send: r_status 2 if the reader is not a current
+-- member, 5 if p_up_to is above the chat's head (nothing written then). The mark moves up
+-- only (r_moved: whether it did). A group's merged marks are pushed by group_receipts
+-- (r_group); a 1:1 chat's other member's devices get a receipt (r_devices) under one
+-- receipts stamp (r_stamp, 0 if none).
+CREATE OR REPLACE FUNCTION parley_read(
+  p_chat BIGINT, p_reader BIGINT, p_up_to BIGINT,
+  OUT r_status INTEGER, OUT r_moved BOOLEAN, OUT r_group BOOLEAN, OUT r_devices BIGINT[],
+  OUT r_stamp BIGINT)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_group BOOLEAN;
+  v_head  BIGINT;
+  v_read  BIGINT;
+BEGIN
+  r_status := 0;
+  r_moved := FALSE;
+  r_group := FALSE;
+  r_devices := '{}';
+  r_stamp := 0;
+  SELECT c.is_group, c.head, m.read_seq INTO v_group, v_head, v_read
+    FROM chats c JOIN chat_members m ON m.chat_id = c.chat_id AND m.user_id = p_reader
+                                     AND m.until_seq = 0
+   WHERE c.chat_id = p_chat;
+  IF NOT FOUND THEN
+    r_status := 2;
+    RETURN;
+  END IF;
+  IF p_up_to > v_head THEN
+    r_status := 5;
+    RETURN;
+  END IF;
+  IF p_up_to <= v_read THEN
+    RETURN;
+  END IF;
+  UPDATE chat_members SET read_seq = GREATEST(read_seq, p_up_to)
+   WHERE chat_id = p_chat AND user_id = p_reader;
+  r_moved := TRUE;
+  r_group := v_group;
+  IF v_group THEN
+    RETURN;
+  END IF;
+  r_devices := ARRAY(SELECT d.device_id FROM chat_members m JOIN devices d
+                      ON d.user_id = m.user_id
+                      WHERE m.chat_id = p_chat AND m.user_id <> p_reader AND m.until_seq = 0);
+  IF array_length(r_devices, 1) > 0 THEN
+    r_stamp := nextval('parley_receipt_stamps');
+  END IF;
+END
+$fn$;
 )sql";
 
 }  // namespace parley::store::pg

@@ -1,8 +1,9 @@
 // The PostgreSQL schema of the chat log (docs/scaling.md has the table-by-table plan for Citus
 // and YugabyteDB). Every table is keyed so that a chat's rows share its chat_id (the
 // distribution column for Citus) and nothing needs a trigger or a foreign key across tables:
-// plain tables, secondary indexes, sequences, ON CONFLICT, RETURNING, and one PL/pgSQL function
-// (parley_send: a send as one statement, so that a group of them needs one round trip).
+// plain tables, secondary indexes, sequences, ON CONFLICT, RETURNING, and three PL/pgSQL
+// functions (parley_send, parley_ack, parley_read: the message path's requests as one
+// statement each, so that a group of them needs one round trip).
 #pragma once
 
 namespace parley::store::pg {

@@ -216,6 +216,34 @@ result<watermark_moves> ack_outcome_of(const rows& row, const std::string& name,
   return out;
 }
 
+// A read mark's outcome from parley_read's row (`name`, `now`: as for an ack).
+result<watermark_moves> read_outcome_of(const rows& row, std::uint64_t chat, std::uint64_t up_to,
+                                        const std::string& name, std::uint64_t now) {
+  if (row.size() != 1) return errc::io_error;
+  switch (row.u64(0, 0)) {
+    case 0:
+      break;
+    case 2:
+      return errc::not_found;  // not a current member
+    case 5:
+      return errc::invalid_argument;  // above the chat's head
+    default:
+      return errc::corrupt;
+  }
+  watermark_moves out;
+  if (!row.boolean(0, 1)) return out;  // the mark was there already
+  if (row.boolean(0, 2)) {
+    out.groups.push_back(chat);  // merged: group_receipts
+    return out;
+  }
+  const std::uint64_t stamp = row.u64(0, 4);
+  for (std::uint64_t device : row.bigints(0, 3)) {
+    out.receipts.push_back(
+        {device, watermark{chat, name, message_status::read, up_to, now, stamp}});
+  }
+  return out;
+}
+
 // --- the writers -----------------------------------------------------------------------------
 // A queued write: `apply` runs the request inside the group's transaction (and savepoint)
 // and returns whether it succeeded and how to complete it once the group's fate is known
@@ -522,19 +550,6 @@ struct postgresql_store::impl {
     out.reserve(static_cast<std::size_t>(r->size()));
     for (int i = 0; i < r->size(); ++i) out.push_back(r->u64(i, 0));
     return out;
-  }
-
-  // A receipt of `mark` for every device of the chat's current members other than `user`.
-  static result<void> receipts_to_others(connection& db, std::uint64_t chat, std::uint64_t user,
-                                         const watermark& mark,
-                                         std::vector<receipt_delivery>& out) {
-    auto r = db.exec(
-        "SELECT d.device_id FROM chat_members m JOIN devices d ON d.user_id = m.user_id "
-        "WHERE m.chat_id = $1 AND m.user_id <> $2 AND m.until_seq = 0",
-        params().add(chat).add(user));
-    if (!r) return r.error();
-    for (int i = 0; i < r->size(); ++i) out.push_back({r->u64(i, 0), mark});
-    return {};
   }
 
   static result<std::uint64_t> next_stamp(connection& db) {
@@ -1182,41 +1197,26 @@ void postgresql_store::ack(device_id device, user_id user, std::vector<cursor_up
 
 void postgresql_store::mark_read(user_id reader, chat_id chat, std::uint64_t up_to,
                                  completion<watermark_moves> done) {
-  std::vector<std::uint64_t> locks{chat_lock(chat)};
-  impl_->write<watermark_moves>(
-      std::move(done), [reader, chat, up_to](connection& db) -> result<watermark_moves> {
-        auto c = db.exec(
-            "SELECT c.is_group, c.head, m.read_seq FROM chats c JOIN chat_members m "
-            "ON m.chat_id = c.chat_id AND m.user_id = $2 AND m.until_seq = 0 "
-            "WHERE c.chat_id = $1",
-            params().add(chat).add(reader));
-        if (!c) return c.error();
-        if (c->empty()) return errc::not_found;
-        if (up_to > c->u64(0, 1)) return errc::invalid_argument;
-        watermark_moves out;
-        if (up_to <= c->u64(0, 2)) return out;
-        auto w = db.defer(
-            "UPDATE chat_members SET read_seq = GREATEST(read_seq, $3) "
-            "WHERE chat_id = $1 AND user_id = $2",
-            params().add(chat).add(reader).add(up_to));
-        if (!w) return w.error();
-        if (c->boolean(0, 0)) {
-          out.groups.push_back(chat);  // merged: group_receipts
-          return out;
-        }
-        auto me = impl::username_of(db, reader);
-        if (!me) return me.error();
-        auto r = impl::receipts_to_others(
-            db, chat, reader, watermark{chat, *me, message_status::read, up_to, now_ms(), 0},
-            out.receipts);
-        if (!r) return r.error();
-        if (!out.receipts.empty()) {
-          auto stamp = impl::next_stamp(db);
-          if (!stamp) return stamp.error();
-          stamp_all(out.receipts, *stamp);
-        }
-        return out;
-      }, std::move(locks));
+  // One statement (parley_read, pg_schema.cpp), sent without waiting, read after the COMMIT.
+  impl_->write_one_statement<watermark_moves>(
+      std::move(done),
+      [this, reader, chat,
+       up_to](connection& db) -> result<std::function<result<watermark_moves>()>> {
+        auto me = impl_->cached_username(db, reader);
+        // A reader who does not exist is a member of no chat.
+        if (!me) return me.error() == errc::unknown_user ? errc::not_found : me.error();
+        auto row = std::make_shared<rows>();
+        static const std::string sql =
+            "SELECT r_status, r_moved, r_group, r_devices, r_stamp FROM parley_read($1, $2, $3)";
+        if (auto sent = db.collect(sql, params().add(chat).add(reader).add(clamp63(up_to)), row);
+            !sent)
+          return sent.error();
+        return std::function<result<watermark_moves>()>(
+            [row, chat, up_to, name = std::move(*me), now = now_ms()]() {
+              return read_outcome_of(*row, chat, up_to, name, now);
+            });
+      },
+      {chat_lock(chat)}, chat_lock(chat));
 }
 
 void postgresql_store::group_receipts(chat_id chat,
