@@ -37,6 +37,7 @@ constexpr auto no_byte_limit = std::numeric_limits<std::size_t>::max();
 using test_calls::completion_deadline;
 using test_calls::in_flight;
 using test_calls::wait_for;
+using test_calls::writer_gate;
 
 // Receipts, watermarks and positions as text, sorted, so that a failed comparison shows both
 // sides whole and order does not matter (the contract gives none). at_ms is left out: it is
@@ -1098,50 +1099,6 @@ TEST_P(store_contract, dedupe_forgets_a_client_msg_id_after_its_window) {
   EXPECT_EQ(late->message->payload, "one again");
   EXPECT_EQ(log_of(first->chat).size(), head + 1);
 }
-
-// Holds the store's writer in its first commit after arm(), until open(): requests made
-// meanwhile queue, and share the next commit. Install hook() as tuning::after_commit before
-// opening the store. The destructor opens it, so the writer is let go before the store is
-// destroyed, whatever the test did.
-class writer_gate {
- public:
-  writer_gate() = default;
-  writer_gate(const writer_gate&) = delete;
-  writer_gate& operator=(const writer_gate&) = delete;
-  ~writer_gate() { open(); }
-
-  std::function<void()> hook() {
-    return [s = s_] {
-      std::unique_lock lock(s->m);
-      if (!s->armed || s->blocked) return;
-      s->blocked = true;
-      s->cv.notify_all();
-      s->cv.wait(lock, [&] { return s->open; });
-    };
-  }
-  void arm() {
-    std::lock_guard lock(s_->m);
-    s_->armed = true;
-  }
-  // Whether the writer is held (false if it did not commit within the deadline).
-  bool wait_until_held() {
-    std::unique_lock lock(s_->m);
-    return s_->cv.wait_for(lock, test_calls::completion_deadline, [&] { return s_->blocked; });
-  }
-  void open() {
-    std::lock_guard lock(s_->m);
-    s_->open = true;
-    s_->cv.notify_all();
-  }
-
- private:
-  struct state {
-    std::mutex m;
-    std::condition_variable cv;
-    bool armed = false, blocked = false, open = false;
-  };
-  std::shared_ptr<state> s_ = std::make_shared<state>();
-};
 
 // Writes beyond max_pending waiting for the writer are refused at once with busy, applying
 // nothing; the ones that fit wait, and succeed once the writer moves on.

@@ -1,5 +1,6 @@
 // Waiting for Store completions in tests: one call (wait_for), or many in flight at once
-// (in_flight). Shared by the contract suite and the RocksDB store's own tests.
+// (in_flight); holding a store's writer so that requests share one commit (writer_gate).
+// Shared by the contract suite and the stores' own tests.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -98,6 +99,51 @@ class in_flight {
     std::vector<std::optional<result<T>>> results;
     std::vector<std::size_t> order;
     std::thread::id caller = std::this_thread::get_id();
+  };
+  std::shared_ptr<state> s_ = std::make_shared<state>();
+};
+
+// Holds a store's writer in its first commit after arm(), until open(): requests made
+// meanwhile queue, and share the next commit. Install hook() as the store's after-commit
+// observer (the contract suite's tuning::after_commit, a PostgreSQL store's on_commit) before
+// opening the store. The destructor opens it, so the writer is let go before the store is
+// destroyed, whatever the test did.
+class writer_gate {
+ public:
+  writer_gate() = default;
+  writer_gate(const writer_gate&) = delete;
+  writer_gate& operator=(const writer_gate&) = delete;
+  ~writer_gate() { open(); }
+
+  std::function<void()> hook() {
+    return [s = s_] {
+      std::unique_lock lock(s->m);
+      if (!s->armed || s->blocked) return;
+      s->blocked = true;
+      s->cv.notify_all();
+      s->cv.wait(lock, [&] { return s->open; });
+    };
+  }
+  void arm() {
+    std::lock_guard lock(s_->m);
+    s_->armed = true;
+  }
+  // Whether the writer is held (false if it did not commit within the deadline).
+  bool wait_until_held() {
+    std::unique_lock lock(s_->m);
+    return s_->cv.wait_for(lock, completion_deadline, [&] { return s_->blocked; });
+  }
+  void open() {
+    std::lock_guard lock(s_->m);
+    s_->open = true;
+    s_->cv.notify_all();
+  }
+
+ private:
+  struct state {
+    std::mutex m;
+    std::condition_variable cv;
+    bool armed = false, blocked = false, open = false;
   };
   std::shared_ptr<state> s_ = std::make_shared<state>();
 };

@@ -113,7 +113,13 @@ class connection {
   // A statement not waited for failed since reset_failures(): a deferred one, or the Parse
   // of any statement this connection had not prepared yet.
   bool deferred_failed() const { return deferred_failed_; }
-  void reset_failures() { deferred_failed_ = false; }
+  // Also forgets the last error (sqlstate(), error_message()), so that a failure read later
+  // is this transaction's own.
+  void reset_failures() {
+    deferred_failed_ = false;
+    sqlstate_.clear();
+    message_.clear();
+  }
   // Off: defer() waits for each statement like exec (a group applied again request by
   // request, to tell which one fails).
   void set_deferring(bool on) { deferring_ = on; }

@@ -127,17 +127,23 @@ TEST_F(pipeline, a_collected_statement_that_fails_leaves_no_rows_and_shows_as_de
   ASSERT_TRUE(db.defer("BEGIN"));
   auto first = std::make_shared<rows>();
   auto again = std::make_shared<rows>();
+  auto after = std::make_shared<rows>();
   ASSERT_TRUE(db.collect("INSERT INTO t (k, v) VALUES ($1, $2) RETURNING k",
                          params().add(std::uint64_t{1}).text("a"), first));
   ASSERT_TRUE(db.collect("INSERT INTO t (k, v) VALUES ($1, $2) RETURNING k",
                          params().add(std::uint64_t{1}).text("b"), again));
+  // Skipped by the server after the failure: no rows either.
+  ASSERT_TRUE(db.collect("INSERT INTO t (k, v) VALUES ($1, $2) RETURNING k",
+                         params().add(std::uint64_t{2}).text("c"), after));
   EXPECT_FALSE(db.sync());
   EXPECT_TRUE(db.deferred_failed());
   EXPECT_TRUE(db.sqlstate_is(unique_violation)) << db.sqlstate();
   EXPECT_EQ(first->size(), 1) << "the statement before the failure did run";
   EXPECT_TRUE(again->empty());
+  EXPECT_TRUE(after->empty());
   ASSERT_TRUE(db.run("ROLLBACK"));
   db.reset_failures();
+  EXPECT_TRUE(db.sqlstate().empty()) << "reset_failures forgets the last error too";
   EXPECT_EQ(count(), 0u);
   // With deferring off, a collect is waited for: its rows are there on return.
   db.set_deferring(false);

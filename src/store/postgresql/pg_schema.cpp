@@ -270,7 +270,7 @@ DECLARE
   v_cursor    BIGINT;
   v_delivered BIGINT;
   v_other     BIGINT;
-  i           INTEGER;
+  v_device    BIGINT;
 BEGIN
   r_status := 0;
   r_groups := '{}';
@@ -311,10 +311,10 @@ BEGIN
     END IF;
     SELECT m.user_id INTO v_other FROM chat_members m
      WHERE m.chat_id = p_chats[i] AND m.user_id <> p_user AND m.until_seq = 0;
-    FOR v_cursor IN SELECT d.device_id FROM devices d WHERE d.user_id = v_other LOOP
+    FOR v_device IN SELECT d.device_id FROM devices d WHERE d.user_id = v_other LOOP
       r_chats := r_chats || p_chats[i];
       r_seqs := r_seqs || p_seqs[i];
-      r_devices := r_devices || v_cursor;
+      r_devices := r_devices || v_device;
     END LOOP;
   END LOOP;
   IF array_length(r_devices, 1) > 0 THEN

@@ -8,7 +8,10 @@
 
 namespace parley::store::pg {
 
-// The version this build writes; a database with another is refused at open.
+// The version this build writes; a database with another is refused at open. The functions
+// are created with CREATE OR REPLACE at every start: a change to one (its body or its
+// parameters) must come with a new version, or a node of the older build that restarts would
+// put its own back.
 inline constexpr int schema_version = 1;
 
 // Idempotent DDL (CREATE ... IF NOT EXISTS), run under an advisory lock by the opening node.

@@ -36,6 +36,10 @@ using pg::rows;
 std::uint64_t clamp63(std::uint64_t v) {
   return std::min<std::uint64_t>(v, std::numeric_limits<std::int64_t>::max());
 }
+// An id the client names fits a BIGINT (else no row has it: chat ids are Snowflake ids).
+bool fits_bigint(std::uint64_t v) {
+  return v <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+}
 
 // A TEXT[] or BIGINT[] parameter in the array's text form ({"a","b"} / {1,2}).
 std::string text_array(const std::vector<std::string>& values) {
@@ -257,8 +261,10 @@ struct command {
   std::function<finisher(connection&)> apply;
   std::function<void(errc)> refuse;
   std::vector<std::uint64_t> locks;  // lock_key()s of what it writes that others write too
-  // The request is one statement that writes nothing unless it succeeds (parley_send): it
-  // needs no savepoint of its own, and its result is read after the group's COMMIT.
+  // The request is one statement that writes nothing unless it succeeds (parley_send,
+  // parley_ack, parley_read): it needs no savepoint of its own, and its result is read after
+  // the group's COMMIT. A refusal comes back as a row; an error fails the transaction, and
+  // the group is applied again request by request, each inside a savepoint.
   bool one_statement = false;
 };
 
@@ -419,8 +425,9 @@ struct postgresql_store::impl {
 
   // A request that is one statement (command::one_statement): `apply` sends it with
   // connection::collect and returns how to read the outcome from its rows, which runs once the
-  // group has committed. Its only failures before that are the statement's own (the group is
-  // then applied again request by request) and a lost connection.
+  // group has committed. Its failures before that: the statement's own, or one that `apply`
+  // waited for (a user's name), after which the group is applied again request by request;
+  // and a lost connection.
   template <class T, class Apply>
   void write_one_statement(completion<T> done, Apply apply, std::vector<std::uint64_t> locks,
                            std::uint64_t route) {
@@ -715,6 +722,9 @@ errc postgresql_store::impl::commit_group(writer_lane& w, std::vector<command>& 
   finishers.clear();
   writer_db.reset_failures();
   writer_db.set_deferring(!strict);
+  // A statement that a request without a savepoint waited for failed: nothing can undo that
+  // request alone in this transaction.
+  bool unguarded_failure = false;
   // The transaction's failure: roll back what is left of it and say why.
   auto abort = [&](errc fallback) {
     const bool lost = !writer_db.ok();
@@ -723,9 +733,11 @@ errc postgresql_store::impl::commit_group(writer_lane& w, std::vector<command>& 
     const bool timed_out = state == pg::lock_not_available || state == pg::query_canceled;
     if (!lost && writer_db.must_retry()) {
       retry = retry_as::pipelined;
-    } else if (!lost && !timed_out && writer_db.deferred_failed() && !strict) {
+    } else if (!lost && !timed_out && (writer_db.deferred_failed() || unguarded_failure) &&
+               !strict) {
       // A statement sent without waiting failed, and its request has already been answered
       // "applied": only applying the group again request by request can tell whose it was.
+      // Or a request without a savepoint failed: applied again inside one, it fails alone.
       retry = retry_as::strict;
     }
     if (!lost) writer_db.run("ROLLBACK");
@@ -741,7 +753,9 @@ errc postgresql_store::impl::commit_group(writer_lane& w, std::vector<command>& 
 
   // Pipelined: BEGIN and the locks go out with the first request's first statement; each
   // request's trailing writes and its savepoint's release with the next one's; COMMIT waits
-  // once at the end. A group of one-statement requests (sends) is not waited for before it.
+  // once at the end. A group of one-statement requests (sends, acks, read marks) is not
+  // waited for before it. A lock or statement timeout in one of those fails the whole group
+  // with BUSY (retryable): it shows only at the COMMIT, past any savepoint.
   if (!writer_db.defer("BEGIN")) return abort(errc::io_error);
   // Every lock the group's requests need, in one order for every node: two nodes' groups then
   // never wait for each other in a cycle (a deadlock, which would cost both a rollback).
@@ -769,6 +783,10 @@ errc postgresql_store::impl::commit_group(writer_lane& w, std::vector<command>& 
     finisher f = c.apply(writer_db);
     if (!writer_db.ok() || writer_db.must_retry() || writer_db.deferred_failed())
       return abort(errc::io_error);
+    if (!savepoint && !f.ok && writer_db.pipeline_aborted()) {
+      unguarded_failure = true;
+      return abort(errc::io_error);
+    }
     if (savepoint && f.ok) {
       if (!writer_db.defer("RELEASE SAVEPOINT r")) return abort(errc::io_error);
     } else if (savepoint) {
@@ -776,8 +794,8 @@ errc postgresql_store::impl::commit_group(writer_lane& w, std::vector<command>& 
       // request's own statement failed); the savepoint then undoes what the request wrote.
       if (!writer_db.run("ROLLBACK TO SAVEPOINT r") || !writer_db.defer("RELEASE SAVEPOINT r"))
         return abort(errc::io_error);
-      // An earlier request's deferred write that failed shows here if this request read
-      // nothing: the savepoint then is one from before it, and that request was answered.
+      // An earlier request's statement that was not waited for and failed shows here if this
+      // request read nothing; that request counts as applied, so the group must go again.
       if (writer_db.deferred_failed()) return abort(errc::io_error);
     }
     finishers.push_back(std::move(f));
@@ -1126,6 +1144,7 @@ void postgresql_store::send(send_request request, completion<send_outcome> done)
       [this, request = std::make_shared<const send_request>(std::move(request))](
           connection& db) -> result<std::function<result<send_outcome>()>> {
         auto& d = *impl_;
+        if (!fits_bigint(request->to.chat)) return errc::not_found;
         const std::uint64_t window = static_cast<std::uint64_t>(d.options.dedupe_window.count());
         const std::uint64_t now = now_ms();
         const std::uint64_t fresh_after = now > window ? now - window : 0;
@@ -1170,6 +1189,9 @@ void postgresql_store::ack(device_id device, user_id user, std::vector<cursor_up
       [this, device, user, cursors = std::move(cursors)](
           connection& db) mutable -> result<std::function<result<watermark_moves>()>> {
         one_cursor_per_chat(cursors);
+        for (const auto& c : cursors) {
+          if (!fits_bigint(c.chat)) return errc::not_found;
+        }
         auto me = impl_->cached_username(db, user);
         if (!me) return me.error();
         std::vector<std::uint64_t> chats, seqs;
@@ -1202,6 +1224,7 @@ void postgresql_store::mark_read(user_id reader, chat_id chat, std::uint64_t up_
       std::move(done),
       [this, reader, chat,
        up_to](connection& db) -> result<std::function<result<watermark_moves>()>> {
+        if (!fits_bigint(chat)) return errc::not_found;
         auto me = impl_->cached_username(db, reader);
         // A reader who does not exist is a member of no chat.
         if (!me) return me.error() == errc::unknown_user ? errc::not_found : me.error();

@@ -5,6 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <condition_variable>
+#include <limits>
+#include <mutex>
 #include <random>
 #include <set>
 #include <thread>
@@ -19,6 +22,7 @@ namespace {
 
 using test_calls::in_flight;
 using test_calls::wait_for;
+using test_calls::writer_gate;
 
 class two_nodes : public ::testing::Test {
  protected:
@@ -39,6 +43,35 @@ class two_nodes : public ::testing::Test {
     auto r = wait_for<registration>([&](auto done) { s.register_account({name, h}, done); });
     EXPECT_TRUE(r) << name;
     return r ? *r : registration{};
+  }
+
+  // `from` (named `name`) sends `to` its first message ("x"): their chat, at seq 1.
+  result<send_outcome> first_message(store& s, const registration& from, const std::string& name,
+                                     const std::string& to) {
+    return wait_for<send_outcome>([&](auto done) {
+      s.send({from.user, from.device, name, {0, to}, "first to " + to, "x", 1, 0, {}}, done);
+    });
+  }
+
+  // A third node whose writer `gate` can hold.
+  std::unique_ptr<postgresql_store> gated_node(writer_gate& gate) {
+    postgresql_options o;
+    o.conninfo = conninfo;
+    o.node_id = 3;
+    o.on_commit = [hold = gate.hook()](std::chrono::nanoseconds, std::size_t) { hold(); };
+    return std::make_unique<postgresql_store>(o);
+  }
+
+  // Holds the node's writer with a request of its own (`hold`), then queues `requests`, which
+  // are then taken as one group once the gate is released.
+  template <class Hold, class Requests>
+  void in_one_group(writer_gate& gate, Hold hold, Requests requests) {
+    gate.arm();
+    hold();
+    const bool held = gate.wait_until_held();
+    if (held) requests();
+    gate.open();
+    ASSERT_TRUE(held) << "the writer never committed";
   }
 
   // Runs SQL of the test's own (a trigger) in the stores' schema.
@@ -212,16 +245,27 @@ TEST_F(two_nodes, a_write_that_fails_unwaited_fails_its_request_alone) {
 // Sends are one statement each, sent without waiting and read after the group's COMMIT
 // (parley_send): a refusal among them must leave the others appended, in order.
 TEST_F(two_nodes, refused_sends_in_one_group_leave_the_others_appended_in_order) {
-  const auto alice = user(*a, "alice");
-  user(*a, "bob");
+  writer_gate gate;
+  auto node = gated_node(gate);
+  const auto alice = user(*node, "alice");
+  user(*node, "bob");
+  in_flight<registration> holding;
   in_flight<send_outcome> sends;
   constexpr int n = 60;
-  for (int i = 0; i < n; ++i) {
-    // Every third names nobody, every fifth alice herself; the rest go to bob.
-    const std::string to = i % 3 == 1 ? "nobody" : i % 5 == 2 ? "alice" : "bob";
-    a->send({alice.user, alice.device, "alice", {0, to}, "m" + std::to_string(i), "x", 1, 0, {}},
-            sends.slot());
-  }
+  in_one_group(
+      gate,
+      [&] {
+        node->register_account({"carol", {}}, holding.slot());
+      },
+      [&] {
+        for (int i = 0; i < n; ++i) {
+          // Every third names nobody, every fifth alice herself; the rest go to bob.
+          const std::string to = i % 3 == 1 ? "nobody" : i % 5 == 2 ? "alice" : "bob";
+          node->send(
+              {alice.user, alice.device, "alice", {0, to}, "m" + std::to_string(i), "x", 1, 0, {}},
+              sends.slot());
+        }
+      });
   ASSERT_TRUE(sends.wait_until_completed(n));
   const auto results = sends.all();
   std::uint64_t expected_seq = 1;
@@ -239,12 +283,11 @@ TEST_F(two_nodes, refused_sends_in_one_group_leave_the_others_appended_in_order)
       EXPECT_EQ(r->seq, expected_seq++) << i;
       if (chat == 0) chat = r->chat;
       EXPECT_EQ(r->chat, chat) << "the pair's first message made one chat";
-      ASSERT_TRUE(r->message);
-      EXPECT_EQ(r->message->seq, r->seq);
+      EXPECT_FALSE(r->duplicate);
     }
   }
   auto log = wait_for<std::vector<shared_message>>(
-      [&](auto done) { a->read_log(chat, 0, UINT64_MAX, 1000, SIZE_MAX, done); });
+      [&](auto done) { node->read_log(chat, 0, UINT64_MAX, 1000, SIZE_MAX, done); });
   ASSERT_TRUE(log);
   EXPECT_EQ(log->size(), expected_seq - 1);
 }
@@ -252,11 +295,11 @@ TEST_F(two_nodes, refused_sends_in_one_group_leave_the_others_appended_in_order)
 // A send whose statement the database refuses (a trigger: what a full disk or a constraint
 // would do) fails alone: the group is applied again request by request.
 TEST_F(two_nodes, a_send_that_fails_unwaited_fails_its_request_alone) {
-  const auto alice = user(*a, "alice");
-  user(*a, "bob");
-  auto first = wait_for<send_outcome>([&](auto done) {
-    a->send({alice.user, alice.device, "alice", {0, "bob"}, "m0", "x", 1, 0, {}}, done);
-  });
+  writer_gate gate;
+  auto node = gated_node(gate);
+  const auto alice = user(*node, "alice");
+  user(*node, "bob");
+  auto first = first_message(*node, alice, "alice", "bob");
   ASSERT_TRUE(first) << first.error().message();
   run_sql(
       "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
@@ -264,26 +307,35 @@ TEST_F(two_nodes, a_send_that_fails_unwaited_fails_its_request_alone) {
       "RETURN NEW; END $$; "
       "CREATE TRIGGER refuse_bad BEFORE INSERT ON messages FOR EACH ROW "
       "EXECUTE FUNCTION refuse_bad()");
+  in_flight<registration> holding;
   in_flight<send_outcome> sends;
-  for (int i = 1; i <= 20; ++i) {
-    a->send({alice.user,
-             alice.device,
-             "alice",
-             {first->chat, {}},
-             "m" + std::to_string(i),
-             i == 7 ? "bad" : "ok",
-             1,
-             0,
-             {}},
-            sends.slot());
-  }
+  in_one_group(
+      gate,
+      [&] {
+        node->register_account({"carol", {}}, holding.slot());
+      },
+      [&] {
+        for (int i = 1; i <= 20; ++i) {
+          node->send({alice.user,
+                      alice.device,
+                      "alice",
+                      {first->chat, {}},
+                      "m" + std::to_string(i),
+                      i == 7 ? "bad" : "ok",
+                      1,
+                      0,
+                      {}},
+                     sends.slot());
+        }
+      });
   ASSERT_TRUE(sends.wait_until_completed(20));
   const auto results = sends.all();
   std::set<std::uint64_t> seqs{first->seq};
   for (int i = 1; i <= 20; ++i) {
     const auto& r = results[static_cast<std::size_t>(i - 1)];
     if (i == 7) {
-      EXPECT_FALSE(r) << "the refused message must not be answered stored";
+      ASSERT_FALSE(r) << "the refused message must not be answered stored";
+      EXPECT_EQ(r.error(), errc::io_error);
       continue;
     }
     ASSERT_TRUE(r) << i << ": " << r.error().message();
@@ -292,10 +344,99 @@ TEST_F(two_nodes, a_send_that_fails_unwaited_fails_its_request_alone) {
   EXPECT_EQ(seqs.size(), 20u);
   EXPECT_EQ(*seqs.rbegin(), 20u) << "the refused message took no seq";
   auto log = wait_for<std::vector<shared_message>>(
-      [&](auto done) { a->read_log(first->chat, 0, UINT64_MAX, 1000, SIZE_MAX, done); });
+      [&](auto done) { node->read_log(first->chat, 0, UINT64_MAX, 1000, SIZE_MAX, done); });
   ASSERT_TRUE(log);
   ASSERT_EQ(log->size(), 20u);
   for (const auto& m : *log) EXPECT_EQ(m->payload, m->seq == 1 ? "x" : "ok");
+}
+
+// An ack that fails on a statement it waited for (its user's name, read on the writer's first
+// meeting with the user) has no savepoint of its own: the group is applied again request by
+// request, and only that ack fails.
+TEST_F(two_nodes, an_ack_whose_name_lookup_fails_fails_alone) {
+  writer_gate gate;
+  auto node = gated_node(gate);
+  const auto alice = user(*node, "alice");
+  const auto bob = user(*node, "bob");
+  const auto carol = user(*node, "carol");
+  const auto to_bob = first_message(*node, alice, "alice", "bob");
+  const auto to_carol = first_message(*node, alice, "alice", "carol");
+  ASSERT_TRUE(to_bob && to_carol);
+  // carol's ack has the writer prepare its name lookup (and keep carol's name); then the
+  // lookup can no longer run (what a dropped column or a timeout would do to it).
+  ASSERT_TRUE(wait_for<watermark_moves>([&](auto done) {
+    node->ack(carol.device, carol.user, {{to_carol->chat, 1}}, done);
+  }));
+  run_sql("ALTER TABLE users RENAME COLUMN username TO username_gone");
+  in_flight<send_outcome> holding;
+  in_flight<send_outcome> sends;
+  in_flight<watermark_moves> ack;
+  in_one_group(
+      gate,
+      [&] {
+        node->send({alice.user, alice.device, "alice", {to_bob->chat, {}}, "hold", "x", 1, 0, {}},
+                   holding.slot());
+      },
+      [&] {
+        auto send = [&](int i) {
+          node->send({alice.user,
+                      alice.device,
+                      "alice",
+                      {to_bob->chat, {}},
+                      "s" + std::to_string(i),
+                      "x",
+                      1,
+                      0,
+                      {}},
+                     sends.slot());
+        };
+        for (int i = 0; i < 5; ++i) send(i);
+        node->ack(bob.device, bob.user, {{to_bob->chat, 1}}, ack.slot());
+        for (int i = 5; i < 10; ++i) send(i);
+      });
+  const auto acked = ack.all();
+  ASSERT_FALSE(acked[0]) << "the ack whose lookup failed must not be answered applied";
+  for (const auto& r : sends.all()) EXPECT_TRUE(r) << r.error().message();
+}
+
+// A chat id past 63 bits names no chat: not found, at once, and the group it came in goes on
+// (the database would refuse the value itself, failing the group's first attempt).
+TEST_F(two_nodes, a_chat_id_past_63_bits_is_not_found) {
+  writer_gate gate;
+  auto node = gated_node(gate);
+  const auto alice = user(*node, "alice");
+  user(*node, "bob");
+  auto first = first_message(*node, alice, "alice", "bob");
+  ASSERT_TRUE(first);
+  constexpr chat_id huge = std::numeric_limits<std::uint64_t>::max();
+  in_flight<registration> holding;
+  in_flight<send_outcome> sends;
+  in_flight<watermark_moves> marks;
+  in_one_group(
+      gate,
+      [&] {
+        node->register_account({"carol", {}}, holding.slot());
+      },
+      [&] {
+        node->send({alice.user, alice.device, "alice", {first->chat, {}}, "a", "x", 1, 0, {}},
+                   sends.slot());
+        node->send({alice.user, alice.device, "alice", {huge, {}}, "b", "x", 1, 0, {}},
+                   sends.slot());
+        node->ack(alice.device, alice.user, {{huge, 1}}, marks.slot());
+        node->mark_read(alice.user, huge, 1, marks.slot());
+        node->send({alice.user, alice.device, "alice", {first->chat, {}}, "c", "x", 1, 0, {}},
+                   sends.slot());
+      });
+  const auto sent = sends.all();
+  ASSERT_TRUE(sent[0] && sent[2]);
+  EXPECT_EQ(sent[0]->seq, 2u);
+  EXPECT_EQ(sent[2]->seq, 3u);
+  ASSERT_FALSE(sent[1]);
+  EXPECT_EQ(sent[1].error(), errc::not_found);
+  for (const auto& m : marks.all()) {
+    ASSERT_FALSE(m);
+    EXPECT_EQ(m.error(), errc::not_found);
+  }
 }
 
 // A node with several writers: one device's sends go to one writer and are applied in the
