@@ -4,9 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <condition_variable>
 #include <filesystem>
-#include <mutex>
 
 #include "store/store_test_calls.hpp"
 
@@ -35,7 +33,8 @@ TEST(backends, a_postgresql_store_lets_at_most_8192_writes_wait) {
 }
 
 // make_backends gives the store it opens store_max_pending(cfg): with the writer held inside
-// a commit (the commit observer waits), that many writes wait and the next are refused BUSY.
+// a commit (the commit observer waits on a writer_gate), that many writes wait and the next
+// are refused BUSY.
 TEST(backends, the_store_made_lets_max_pending_writes_wait_and_refuses_the_rest) {
   const auto dir = std::filesystem::temp_directory_path() /
                    ("parley_backends_test_" + std::to_string(::getpid()));
@@ -43,50 +42,28 @@ TEST(backends, the_store_made_lets_max_pending_writes_wait_and_refuses_the_rest)
   config c;
   c.data_dir = dir;
   c.max_pending_writes = 3;
-  std::mutex m;
-  std::condition_variable cv;
-  bool armed = false, held = false, released = false;
-  auto observer = [&](std::chrono::nanoseconds, std::size_t) {
-    std::unique_lock lock(m);
-    if (!armed) return;
-    held = true;
-    cv.notify_all();
-    cv.wait(lock, [&] { return released; });
-  };
-  auto release = [&] {
-    {
-      std::lock_guard lock(m);
-      released = true;
-    }
-    cv.notify_all();
-  };
+  store::test_calls::writer_gate gate;
   {
-    auto b = make_backends(c, observer);
+    auto b =
+        make_backends(c, [hold = gate.hook()](std::chrono::nanoseconds, std::size_t) { hold(); });
     // The writer is idle after this one (anything it wrote at open is committed too).
     auto first = store::test_calls::wait_for<store::registration>([&](auto done) {
       b.store->register_account({"first", {}}, done);
     });
     ASSERT_TRUE(first);
-    {
-      std::lock_guard lock(m);
-      armed = true;
-    }
+    gate.arm();
     store::test_calls::in_flight<store::registration> holding;
     b.store->register_account({"holding", {}}, holding.slot());
-    {
-      std::unique_lock lock(m);
-      if (!cv.wait_for(lock, 10s, [&] { return held; })) {
-        lock.unlock();
-        release();
-        FAIL() << "the writer never committed";
-      }
+    if (!gate.wait_until_held()) {
+      gate.open();
+      FAIL() << "the writer never committed";
     }
     store::test_calls::in_flight<store::registration> more;
     for (int i = 0; i < 5; ++i)
       b.store->register_account({"user" + std::to_string(i), {}}, more.slot());
     const bool refused = more.wait_until_completed(2, 10s);
     const auto so_far = more.so_far();
-    release();
+    gate.open();
     ASSERT_TRUE(refused) << "the writes beyond 3 were not refused at once";
     for (std::size_t i = 0; i < 3; ++i) EXPECT_FALSE(so_far[i]) << "write " << i << " must wait";
     for (std::size_t i = 3; i < 5; ++i) {

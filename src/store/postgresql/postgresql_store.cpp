@@ -153,21 +153,20 @@ result<chat_message> message_of(std::uint64_t chat, const rows& r, int i) {
   return m;
 }
 
-// A send's outcome from parley_send's row (pg_schema.cpp has the statuses).
-result<send_outcome> send_outcome_of(const rows& row, const send_request& request) {
-  if (row.size() != 1) return errc::io_error;
-  switch (row.u64(0, 0)) {
+// parley_send's, parley_ack's and parley_read's r_status (pg_schema.cpp): errc{} for 0 (done),
+// else the refusal it stands for (a send's 1, a retry, is the caller's to take first).
+errc refusal_of(std::uint64_t status) {
+  switch (status) {
     case 0:
-    case 1:
-      break;
+      return errc{};
     case 2:
-      return errc::not_found;  // no such chat, or not a member
+      return errc::not_found;  // no such chat, or not a (current) member
     case 3:
       return errc::unknown_user;
     case 4:
       return errc::self_message;
     case 5:
-      return errc::invalid_argument;  // the wrong cipher type for the chat
+      return errc::invalid_argument;  // a cipher type or seq the chat does not take
     case 6:
       return errc::stale_keys;
     case 7:
@@ -175,12 +174,19 @@ result<send_outcome> send_outcome_of(const rows& row, const send_request& reques
     default:
       return errc::corrupt;
   }
+}
+
+// A send's outcome from parley_send's row (pg_schema.cpp has the statuses).
+result<send_outcome> send_outcome_of(const rows& row, const send_request& request) {
+  if (row.size() != 1) return errc::io_error;
+  const std::uint64_t status = row.u64(0, 0);
+  if (const errc refused = refusal_of(status); status != 1 && refused != errc{}) return refused;
   send_outcome out;
   out.chat = row.u64(0, 1);
   out.seq = row.u64(0, 2);
   out.id = row.u64(0, 3);
   out.sent_at_ms = row.u64(0, 4);
-  if (row.u64(0, 0) == 1) {
+  if (status == 1) {
     out.duplicate = true;
     return out;
   }
@@ -196,16 +202,7 @@ result<send_outcome> send_outcome_of(const rows& row, const send_request& reques
 result<watermark_moves> ack_outcome_of(const rows& row, const std::string& name,
                                        std::uint64_t now) {
   if (row.size() != 1) return errc::io_error;
-  switch (row.u64(0, 0)) {
-    case 0:
-      break;
-    case 2:
-      return errc::not_found;
-    case 5:
-      return errc::invalid_argument;  // above the chat's head
-    default:
-      return errc::corrupt;
-  }
+  if (const errc refused = refusal_of(row.u64(0, 0)); refused != errc{}) return refused;
   watermark_moves out;
   out.groups = row.bigints(0, 1);  // merged: group_receipts
   const auto chats = row.bigints(0, 2);
@@ -224,16 +221,7 @@ result<watermark_moves> ack_outcome_of(const rows& row, const std::string& name,
 result<watermark_moves> read_outcome_of(const rows& row, std::uint64_t chat, std::uint64_t up_to,
                                         const std::string& name, std::uint64_t now) {
   if (row.size() != 1) return errc::io_error;
-  switch (row.u64(0, 0)) {
-    case 0:
-      break;
-    case 2:
-      return errc::not_found;  // not a current member
-    case 5:
-      return errc::invalid_argument;  // above the chat's head
-    default:
-      return errc::corrupt;
-  }
+  if (const errc refused = refusal_of(row.u64(0, 0)); refused != errc{}) return refused;
   watermark_moves out;
   if (!row.boolean(0, 1)) return out;  // the mark was there already
   if (row.boolean(0, 2)) {
