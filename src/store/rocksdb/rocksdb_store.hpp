@@ -47,6 +47,10 @@ struct rocksdb_options {
   // into a full disk, and a restart always has room to recover: the write-ahead log is capped
   // at a quarter of it (max_total_wal_size), and replaying it writes at most that much.
   std::uint64_t reserve_bytes = 256ull << 20;
+  // The write-ahead log is zero-filled this far ahead of its data, so that a commit's
+  // fdatasync need not write the file's size and block map too (wal_prefill.hpp); 0: not.
+  // Only with `sync`.
+  std::uint64_t wal_prefill_bytes = 1u << 20;
   // After a failed write, how often the writer tries DB::Resume() (on a write attempt).
   std::chrono::milliseconds resume_interval{1'000};
   // Called on the writer thread after each group commit: its latency and request count.

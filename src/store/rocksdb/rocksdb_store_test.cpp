@@ -82,6 +82,44 @@ TEST(rocksdb_store, names_its_threads_and_joins_them_on_stop) {
   }
 }
 
+// The store's write-ahead log is zero-filled ahead of its data when commits are synced
+// (wal_prefill.hpp), not when they are not, and a clean stop cuts the zeros off; what was
+// written is there after a reopen.
+TEST(rocksdb_store, its_synced_log_is_zero_filled_ahead_and_cut_on_stop) {
+  auto log_sizes = [](const fs::path& dir) {
+    std::vector<std::uintmax_t> sizes;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().extension() == ".log") sizes.push_back(fs::file_size(e.path()));
+    return sizes;
+  };
+  for (const bool sync : {true, false}) {
+    SCOPED_TRACE(sync ? "synced" : "not synced");
+    test_support::temp_dir dir("parley_store_wal_");
+    rocksdb_options o;
+    o.path = dir.path();
+    o.sync = sync;
+    o.wal_prefill_bytes = 1u << 20;
+    {
+      rocksdb_store db(o);
+      register_user(db, "ann");
+      const auto open_sizes = log_sizes(dir.path());
+      ASSERT_EQ(open_sizes.size(), 1u);
+      if (sync)
+        EXPECT_EQ(open_sizes.front(), o.wal_prefill_bytes);
+      else
+        EXPECT_LT(open_sizes.front(), 64u * 1024) << "the log holds its data only";
+      db.stop();
+    }
+    for (const auto size : log_sizes(dir.path()))
+      EXPECT_LT(size, 64u * 1024) << "a clean stop leaves no zeros";
+    rocksdb_store reopened(o);
+    auto taken = wait_for<registration>([&](auto done) {
+      reopened.register_account({"ann", {}}, done);
+    });
+    EXPECT_EQ(taken.error(), errc::username_taken);
+  }
+}
+
 // The writer's caches are emptied when they pass max_cached; what they held comes back from the
 // store, so sequence numbers, users and sends go on as if nothing happened.
 TEST(rocksdb_store, caches_past_their_bound_refill_from_the_store) {
