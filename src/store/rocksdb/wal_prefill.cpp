@@ -6,8 +6,11 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstring>
 #include <string>
 #include <utility>
+
+#include "common/log.hpp"
 
 namespace parley::store {
 
@@ -22,12 +25,19 @@ bool is_wal_file_name(std::string_view path) {
 
 namespace {
 
+constexpr std::uint64_t log_block = 32 * 1024;  // RocksDB's log::kBlockSize
+constexpr std::uint64_t page = 4 * 1024;
+
 // One write-ahead log: RocksDB's bytes go to the base file; zeros go ahead of them through
 // a descriptor of this file's own (wal_prefill.hpp has the contract).
 class prefilled_wal final : public rocksdb::FSWritableFileOwnerWrapper {
  public:
-  prefilled_wal(std::unique_ptr<rocksdb::FSWritableFile> base, int fd, std::uint64_t chunk)
-      : rocksdb::FSWritableFileOwnerWrapper(std::move(base)), fd_(fd), chunk_(chunk) {}
+  prefilled_wal(std::unique_ptr<rocksdb::FSWritableFile> base, std::string name, int fd,
+                std::uint64_t chunk)
+      : rocksdb::FSWritableFileOwnerWrapper(std::move(base)),
+        name_(std::move(name)),
+        fd_(fd),
+        chunk_(chunk) {}
 
   prefilled_wal(const prefilled_wal&) = delete;
   prefilled_wal& operator=(const prefilled_wal&) = delete;
@@ -93,17 +103,31 @@ class prefilled_wal final : public rocksdb::FSWritableFileOwnerWrapper {
 
  private:
   // Zero-fill, chunk by chunk, until `end` (the end of the write about to be made) is at least
-  // half a chunk short of the filled end. Stops for good at the first error.
+  // half a chunk short of the filled end. Stops for good at the first error, cutting off what
+  // the failed fill wrote: the file then ends at `filled_`, a whole number of RocksDB's log
+  // blocks, never below RocksDB's data (written_ <= filled_ while prefilling).
   void fill_ahead(std::uint64_t end) {
     if (fd_ < 0) return;
     while (end + chunk_ / 2 > filled_) {
       zeroed_ = std::max(zeroed_, filled_ + chunk_);
-      if (!write_zeros(filled_, chunk_) || ::fdatasync(fd_) != 0) {
+      if (!fill_chunk(filled_) || ::fdatasync(fd_) != 0) {
+        const int error = errno;
+        (void)::ftruncate(fd_, static_cast<off_t>(filled_));
+        log_warn() << "store: stopped zero-filling the write-ahead log " << name_
+                   << " ahead of its data (" << std::strerror(error)
+                   << "); its commits sync its size from here on";
         close_own();
         return;
       }
       filled_ += chunk_;
     }
+  }
+
+  // The chunk's last page first, so that the file's size moves from one log-block boundary to
+  // the next in one page's write (a write that a killed process may cut short, it cuts between
+  // pages), then the rest, which the size already covers.
+  bool fill_chunk(std::uint64_t offset) const {
+    return write_zeros(offset + chunk_ - page, page) && write_zeros(offset, chunk_ - page);
   }
 
   bool write_zeros(std::uint64_t offset, std::uint64_t length) const {
@@ -112,7 +136,10 @@ class prefilled_wal final : public rocksdb::FSWritableFileOwnerWrapper {
       const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(length, zeros.size()));
       const auto w = ::pwrite(fd_, zeros.data(), n, static_cast<off_t>(offset));
       if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) return false;
+      if (w <= 0) {
+        if (w == 0) errno = EIO;
+        return false;
+      }
       offset += static_cast<std::uint64_t>(w);
       length -= static_cast<std::uint64_t>(w);
     }
@@ -124,6 +151,7 @@ class prefilled_wal final : public rocksdb::FSWritableFileOwnerWrapper {
     fd_ = -1;
   }
 
+  std::string name_;           // for the log line when prefilling stops
   int fd_;                     // the zeros' descriptor; -1 once prefilling stopped
   std::uint64_t chunk_;        // bytes of zeros per fill
   std::uint64_t written_ = 0;  // RocksDB's bytes (the base file's offset)
@@ -133,8 +161,11 @@ class prefilled_wal final : public rocksdb::FSWritableFileOwnerWrapper {
 
 class wal_prefill_file_system final : public rocksdb::FileSystemWrapper {
  public:
+  // The chunk is a whole number of RocksDB's log blocks, so that a log whose fill was cut
+  // short ends on a block boundary, never 1-6 bytes into a block (which the log reader would
+  // report as a truncated header).
   wal_prefill_file_system(const std::shared_ptr<rocksdb::FileSystem>& base, std::uint64_t chunk)
-      : rocksdb::FileSystemWrapper(base), chunk_(chunk) {}
+      : rocksdb::FileSystemWrapper(base), chunk_((chunk + log_block - 1) / log_block * log_block) {}
 
   const char* Name() const override { return "parley_wal_prefill"; }
 
@@ -142,11 +173,18 @@ class wal_prefill_file_system final : public rocksdb::FileSystemWrapper {
                                     std::unique_ptr<rocksdb::FSWritableFile>* result,
                                     rocksdb::IODebugContext* dbg) override {
     auto s = target()->NewWritableFile(name, options, result, dbg);
-    if (!s.ok() || chunk_ == 0 || options.use_direct_writes || !is_wal_file_name(name)) return s;
+    if (!s.ok() || chunk_ == 0 || options.use_direct_writes || options.use_mmap_writes ||
+        !is_wal_file_name(name))
+      return s;
     // Without a descriptor of its own the log is a plain one: prefilling is only a speed-up.
     const int fd = ::open(name.c_str(), O_WRONLY | O_CLOEXEC);
     if (fd < 0) return s;
-    *result = std::make_unique<prefilled_wal>(std::move(*result), fd, chunk_);
+    try {
+      *result = std::make_unique<prefilled_wal>(std::move(*result), name, fd, chunk_);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
     return s;
   }
 

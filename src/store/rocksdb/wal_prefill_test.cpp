@@ -89,7 +89,8 @@ TEST(wal_prefill, a_log_is_zero_filled_ahead_of_its_data_and_cut_back_on_close) 
 }
 
 // The zeros are a speed-up only: when they cannot be written (here the file-size limit stands
-// in for a full disk), the log goes on as a plain file and no append fails.
+// in for a full disk), the log goes on as a plain file, ending at its last whole chunk of
+// zeros, and no append fails.
 TEST(wal_prefill, a_failed_fill_stops_the_prefill_and_fails_no_append) {
   test_support::temp_dir dir("parley_wal_prefill_");
   auto file_system = make_wal_prefill_file_system(rocksdb::FileSystem::Default(), chunk);
@@ -117,17 +118,31 @@ TEST(wal_prefill, a_failed_fill_stops_the_prefill_and_fails_no_append) {
 
   EXPECT_TRUE(appended);
   EXPECT_EQ(size_after_first, chunk);
-  EXPECT_EQ(fs::file_size(path), chunk + chunk / 2) << "the failed fill got as far as the limit";
+  EXPECT_EQ(fs::file_size(path), chunk)
+      << "the failed fill leaves the file at the last whole chunk (its last page, written "
+         "first, was refused; anything it wrote is cut off)";
   // No fill after the failed one, though this append would call for one and the limit is gone.
-  // It ends past the last whole chunk of zeros but inside the failed fill's.
   const std::string after(40'000, 'z');
   ASSERT_TRUE(file->Append(after, rocksdb::IOOptions(), nullptr).ok());
   expected += after;
   ASSERT_GT(expected.size(), chunk);
-  ASSERT_LT(expected.size(), chunk + chunk / 2);
-  EXPECT_EQ(fs::file_size(path), chunk + chunk / 2);
+  EXPECT_EQ(fs::file_size(path), expected.size()) << "no zeros past the data";
   ASSERT_TRUE(file->Close(rocksdb::IOOptions(), nullptr).ok());
-  EXPECT_EQ(read_all(path), expected) << "the close cuts off the failed fill's zeros too";
+  EXPECT_EQ(read_all(path), expected);
+}
+
+// A chunk is rounded up to whole 32 KiB blocks of RocksDB's log, so that a log always ends on
+// a block boundary or at RocksDB's data.
+TEST(wal_prefill, a_chunk_is_a_whole_number_of_log_blocks) {
+  test_support::temp_dir dir("parley_wal_prefill_");
+  auto file_system = make_wal_prefill_file_system(rocksdb::FileSystem::Default(), 40'000);
+  const auto path = dir.path() / "000010.log";
+  std::unique_ptr<rocksdb::FSWritableFile> file;
+  ASSERT_TRUE(
+      file_system->NewWritableFile(path.string(), rocksdb::FileOptions(), &file, nullptr).ok());
+  ASSERT_TRUE(file->Append("abc", rocksdb::IOOptions(), nullptr).ok());
+  EXPECT_EQ(fs::file_size(path), 64u * 1024);
+  ASSERT_TRUE(file->Close(rocksdb::IOOptions(), nullptr).ok());
 }
 
 TEST(wal_prefill, other_files_are_written_as_they_are) {
