@@ -108,25 +108,34 @@ void BM_store_message_cycle(benchmark::State& state) {
 }
 BENCHMARK(BM_store_message_cycle)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// RocksDB alone at `dir` on `env` (null: the default one), or null if it cannot be opened.
+std::unique_ptr<rocksdb::DB> open_raw(const fs::path& dir, rocksdb::Env* env = nullptr) {
+  rocksdb::Options options;
+  options.create_if_missing = true;
+  if (env != nullptr) options.env = env;
+  rocksdb::DB* raw = nullptr;
+  if (!rocksdb::DB::Open(options, dir.string(), &raw).ok()) return nullptr;
+  return std::unique_ptr<rocksdb::DB>(raw);
+}
+
+// A key of the store's shape (store/rocksdb/keys.hpp): a tag, then a be64.
+std::string key(char tag, std::uint64_t v) {
+  std::string k(1, tag);
+  parley::append_be64(k, v);
+  return k;
+}
+
 void BM_raw_rocksdb_batches(benchmark::State& state) {
   const auto dir = temp_dir("parley_raw_bench_");
   {
-    rocksdb::Options options;
-    options.create_if_missing = true;
-    rocksdb::DB* raw = nullptr;
-    if (!rocksdb::DB::Open(options, dir.string(), &raw).ok()) {
+    auto db = open_raw(dir);
+    if (!db) {
       state.SkipWithError("cannot open RocksDB");
       return;
     }
-    std::unique_ptr<rocksdb::DB> db(raw);
     rocksdb::WriteOptions wo;
     const std::string message(160, 'm'), small(24, 's');
     std::uint64_t n = 0;
-    auto key = [](char tag, std::uint64_t v) {
-      std::string k(1, tag);
-      parley::append_be64(k, v);
-      return k;
-    };
     for (auto _ : state) {
       // Per message, what the store writes (store/rocksdb/keys.hpp): the log entry and its
       // dedupe record; then the recipient's cursor (the store checks acks against its cached
@@ -152,15 +161,11 @@ void BM_synced_commit(benchmark::State& state) {
   {
     auto env = rocksdb::NewCompositeEnv(make_wal_prefill_file_system(
         rocksdb::FileSystem::Default(), static_cast<std::uint64_t>(state.range(0))));
-    rocksdb::Options options;
-    options.create_if_missing = true;
-    options.env = env.get();
-    rocksdb::DB* raw = nullptr;
-    if (!rocksdb::DB::Open(options, dir.string(), &raw).ok()) {
+    auto db = open_raw(dir, env.get());
+    if (!db) {
       state.SkipWithError("cannot open RocksDB");
       return;
     }
-    std::unique_ptr<rocksdb::DB> db(raw);
     rocksdb::WriteOptions synced;
     synced.sync = true;
     const std::string message(160, 'm'), small(24, 's');
@@ -170,11 +175,8 @@ void BM_synced_commit(benchmark::State& state) {
       // 3,000 msg/s in parley-bench's one-to-one scenario (~1,800 commits/s).
       rocksdb::WriteBatch group;
       for (int i = 0; i < 3; ++i, ++n) {
-        std::string k(1, 'm');
-        parley::append_be64(k, n);
-        group.Put(k, message);
-        k[0] = 'd';
-        group.Put(k, small);
+        group.Put(key('m', n), message);
+        group.Put(key('d', n), small);
       }
       if (!db->Write(synced, &group).ok()) {
         state.SkipWithError("write failed");

@@ -37,6 +37,15 @@ void write_all(const fs::path& path, const std::string& bytes) {
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
+// A new file through `file_system`, or null if it could not be made.
+std::unique_ptr<rocksdb::FSWritableFile> create_file(rocksdb::FileSystem& file_system,
+                                                     const fs::path& path) {
+  std::unique_ptr<rocksdb::FSWritableFile> file;
+  if (!file_system.NewWritableFile(path.string(), rocksdb::FileOptions(), &file, nullptr).ok())
+    return nullptr;
+  return file;
+}
+
 std::vector<fs::path> wal_files(const fs::path& dir) {
   std::vector<fs::path> logs;
   for (const auto& e : fs::directory_iterator(dir))
@@ -61,9 +70,8 @@ TEST(wal_prefill, a_log_is_zero_filled_ahead_of_its_data_and_cut_back_on_close) 
   test_support::temp_dir dir("parley_wal_prefill_");
   auto file_system = make_wal_prefill_file_system(rocksdb::FileSystem::Default(), chunk);
   const auto path = dir.path() / "000007.log";
-  std::unique_ptr<rocksdb::FSWritableFile> file;
-  ASSERT_TRUE(
-      file_system->NewWritableFile(path.string(), rocksdb::FileOptions(), &file, nullptr).ok());
+  auto file = create_file(*file_system, path);
+  ASSERT_NE(file, nullptr);
 
   std::string expected = "first record";
   ASSERT_TRUE(file->Append(expected, rocksdb::IOOptions(), nullptr).ok());
@@ -95,9 +103,8 @@ TEST(wal_prefill, a_failed_fill_stops_the_prefill_and_fails_no_append) {
   test_support::temp_dir dir("parley_wal_prefill_");
   auto file_system = make_wal_prefill_file_system(rocksdb::FileSystem::Default(), chunk);
   const auto path = dir.path() / "000008.log";
-  std::unique_ptr<rocksdb::FSWritableFile> file;
-  ASSERT_TRUE(
-      file_system->NewWritableFile(path.string(), rocksdb::FileOptions(), &file, nullptr).ok());
+  auto file = create_file(*file_system, path);
+  ASSERT_NE(file, nullptr);
 
   // Writes past 1.5 chunks fail (EFBIG, with SIGXFSZ ignored) until the limit is restored.
   rlimit old_limit{};
@@ -137,9 +144,8 @@ TEST(wal_prefill, a_chunk_is_a_whole_number_of_log_blocks) {
   test_support::temp_dir dir("parley_wal_prefill_");
   auto file_system = make_wal_prefill_file_system(rocksdb::FileSystem::Default(), 40'000);
   const auto path = dir.path() / "000010.log";
-  std::unique_ptr<rocksdb::FSWritableFile> file;
-  ASSERT_TRUE(
-      file_system->NewWritableFile(path.string(), rocksdb::FileOptions(), &file, nullptr).ok());
+  auto file = create_file(*file_system, path);
+  ASSERT_NE(file, nullptr);
   ASSERT_TRUE(file->Append("abc", rocksdb::IOOptions(), nullptr).ok());
   EXPECT_EQ(fs::file_size(path), 64u * 1024);
   ASSERT_TRUE(file->Close(rocksdb::IOOptions(), nullptr).ok());
@@ -150,9 +156,8 @@ TEST(wal_prefill, other_files_are_written_as_they_are) {
   auto file_system = make_wal_prefill_file_system(rocksdb::FileSystem::Default(), chunk);
   for (const char* name : {"MANIFEST-000001", "LOG", "000009.sst"}) {
     const auto path = dir.path() / name;
-    std::unique_ptr<rocksdb::FSWritableFile> file;
-    ASSERT_TRUE(
-        file_system->NewWritableFile(path.string(), rocksdb::FileOptions(), &file, nullptr).ok());
+    auto file = create_file(*file_system, path);
+    ASSERT_NE(file, nullptr);
     ASSERT_TRUE(file->Append("abc", rocksdb::IOOptions(), nullptr).ok());
     ASSERT_TRUE(file->Sync(rocksdb::IOOptions(), nullptr).ok());
     EXPECT_EQ(fs::file_size(path), 3u) << name;
