@@ -1084,8 +1084,12 @@ awaitable<void> device_session::on_subscribe(std::uint64_t request_id, v2::Subsc
   reply.set_request_id(request_id);
   reply.mutable_ok();
   if (!send(reply)) co_return;
+  // The current states are ephemeral like the changes that follow (push_ephemeral): one that
+  // does not fit the outgoing queue is dropped, not a reason to close a slow reader.
   for (const auto& name : names) {
-    if (!send(presence_frame(name, state_.presence.lookup(name)))) co_return;
+    auto f = wire::encode(presence_frame(name, state_.presence.lookup(name)));
+    if (closed_) co_return;
+    if (has_room(f->size())) send_encoded(std::move(f));
   }
 }
 

@@ -358,6 +358,35 @@ TEST(limits, a_slow_reader_is_closed_at_the_frame_bound_too) {
   ASSERT_EQ(got.size(), static_cast<std::size_t>(n));
 }
 
+// Presence events are ephemeral (protocol.md §4, SubscribePresence): the current states that
+// follow a subscription's Ok, like the later changes, are dropped when they do not fit the
+// outgoing queue; they never close the connection as a slow reader. Here the queue holds 4
+// frames, and the Ok and 12 states are queued at once.
+TEST(limits, presence_states_that_do_not_fit_are_dropped_without_closing) {
+  boost::asio::io_context io;
+  server_process server({}, "[limits]\nmax_outbound_frames = 4\n");
+  auto watcher = online(io, server.url(), "watcher");
+  std::vector<std::string> friends;
+  for (int i = 0; i < 12; ++i) {
+    friends.push_back("friend" + std::to_string(i));
+    auto f = online(io, server.url(), friends.back());
+    f.send("watcher", "hi");  // a chat with the watcher: presence passes between them
+    ASSERT_TRUE(watcher.next().has_envelope());
+  }
+  ASSERT_TRUE(watcher.run(watcher.api().subscribe_presence(friends)));
+  int states = 0;
+  while (auto push = watcher.run(watcher.api().next_push(300ms))) {
+    ASSERT_TRUE(push->has_presence()) << push->ShortDebugString();
+    ++states;
+  }
+  EXPECT_GE(states, 1);
+  EXPECT_LE(states, 12);
+  // Still connected and served: the same subscription again is answered.
+  EXPECT_TRUE(watcher.run(watcher.api().subscribe_presence({"friend0"})));
+  const auto metrics = http_get(server.port(), "/metrics");
+  EXPECT_NE(metrics.find("parley_slow_readers_closed_total 0\n"), std::string::npos) << metrics;
+}
+
 // A group message in flight costs the server one copy of it, not one per member (issue 14's
 // "memory per in-flight group message"): 64 members that never read, 120 messages of 60 KiB
 // (7 MiB) to the group. The kernel's socket buffers take about the first 4 MiB of each
