@@ -64,7 +64,8 @@ constexpr const char* usage_text =
     "  download MESSAGE_ID [--out PATH]  fetches a received file, verifies and decrypts it\n"
     "                        (default: its name, in the current directory; never overwrites)\n"
     "CHAT is a USER (the 1:1 chat with them) or a GROUP: a group's chat id, or its name as this\n"
-    "device knows it (from 'group create', 'group info' or 'sync')\n"
+    "device knows it (from 'group create', 'group info' or 'sync'); @USER is always the user,\n"
+    "never a group of that name\n"
     "messages are end-to-end encrypted (Signal protocol; in groups with sender keys, renewed\n"
     "whenever a member leaves); keys live in the profile's local.db\n"
     "defaults: --server ws://127.0.0.1:8080 (env PARLEY_SERVER), --profile ~/.parley\n"
@@ -107,6 +108,13 @@ std::string status_name(v2::MessageStatus s) {
   }
 }
 
+// Colour only on a terminal, and not when NO_COLOR is set (no-color.org): a pipe or a file
+// gets the plain ticks (the status name says "read" as well).
+bool colour_output() {
+  static const bool on = ::isatty(STDOUT_FILENO) == 1 && std::getenv("NO_COLOR") == nullptr;
+  return on;
+}
+
 std::string ticks(v2::MessageStatus s) {
   switch (s) {
     case v2::MESSAGE_STATUS_SENT:
@@ -114,7 +122,7 @@ std::string ticks(v2::MessageStatus s) {
     case v2::MESSAGE_STATUS_DELIVERED:
       return "✓✓";
     case v2::MESSAGE_STATUS_READ:
-      return "\x1b[34m✓✓\x1b[0m";  // blue ticks
+      return colour_output() ? "\x1b[34m✓✓\x1b[0m" : "✓✓";  // blue ticks
     default:
       return "?";
   }
@@ -283,6 +291,18 @@ class session {
   // Feeds a QueueEmpty, or a Receipts frame once its receipts are applied to the local
   // watermarks (`applied` false: one or more could not be stored), to this session's receipts
   // stamp tracker, and keeps the stamp in the local store when it moves.
+  // At QueueEmpty: what follows comes live, in commit order. Settles the groups this account
+  // counts itself out of (messenger::settle_left_groups), now and after each group event or
+  // sender key opened from here on.
+  void drain_over() {
+    live_ = true;
+    settle_left_groups();
+  }
+  void settle_left_groups() {
+    if (auto done = messenger_->settle_left_groups(); !done) throw explain(done.error());
+  }
+  bool live() const { return live_; }
+
   void keep_receipts_stamp(const v2::Frame& f, bool applied = true) {
     if (!applied) stamps_.unapplied();
     if (!stamps_.on_frame(f)) return;
@@ -365,6 +385,7 @@ class session {
   std::unique_ptr<e2ee::library_context> library_;
   std::unique_ptr<client::messenger> messenger_;
   client::receipts_stamp_tracker stamps_;  // of the current session (authenticate())
+  bool live_ = false;                      // QueueEmpty was seen: pushes come live, in commit order
 };
 
 void require_user_arg(const std::string& name) {
@@ -415,17 +436,24 @@ std::optional<client::local_group> find_group(client::local_store& store, const 
   return named.front();
 }
 
-// A CHAT argument (see the usage text). A known group's chat id or name comes first, except
-// that a name which is also a contact of this device (a user it has a chat or keys with) is
-// refused as ambiguous: a group's name is chosen by whoever named it, and must not capture
-// what is meant for a contact. Call after require_registered().
+// A CHAT argument (see the usage text). "@NAME" is the user NAME, whatever groups are called.
+// Otherwise a known group's chat id or name comes first, except that a name which is also a
+// contact of this device (a user it has a chat or keys with) is refused as ambiguous: a
+// group's name is chosen by whoever named it, and must not capture what is meant for a
+// contact. Call after require_registered().
 target resolve_chat(session& s, const std::string& arg) {
   auto& store = s.store();
+  if (arg.starts_with('@')) {
+    const std::string user = arg.substr(1);
+    if (!wire::is_valid_username(user))
+      throw failure{"'" + user + "' is not a username (3-32 characters of a-z 0-9 _ .)", 2};
+    return {false, user, 0, {}};
+  }
   if (auto g = find_group(store, arg)) {
     const bool named_by_id = parse_id(arg) && *parse_id(arg) == g->chat_id;
     if (!named_by_id && (store.chat_of(arg) || store.identity(arg))) {
       throw failure{"'" + arg + "' is both a contact and a group's name: name the group by its " +
-                        "chat id (" + std::to_string(g->chat_id) + ")",
+                        "chat id (" + std::to_string(g->chat_id) + "), the contact as @" + arg,
                     2};
     }
     return {true, {}, g->chat_id, g->name};
@@ -786,6 +814,10 @@ awaitable<bool> handle_push(session& s, const v2::Frame& f, client::ack_batch& a
       show_message(s, m.peer, m.server_id, m.chat_id, m.seq, m.sent_at_ms, m.text, m.problem, true,
                    chat_peer.empty());
     }
+    if (s.live() && (opened.what == client::opened_message::kind::event ||
+                     opened.what == client::opened_message::kind::sender_key)) {
+      s.settle_left_groups();
+    }
     co_return acks.add(e, opened);
   }
   if (f.has_prekeys_low()) {
@@ -857,6 +889,7 @@ awaitable<void> cmd_sync(session& s, const options& o) {
     }
     if (f->has_queue_empty()) {
       s.keep_receipts_stamp(*f);
+      s.drain_over();
       co_await flush_acks(s, acks);
       unacked = 0;
       if (wait.count() == 0) break;
@@ -1030,6 +1063,8 @@ awaitable<void> cmd_history(session& s, const options& o) {
     if (mine) {
       json.field("status", status_name(wire_status(m.status)));
       if (m.status != client::message_status::unknown) status = "  " + ticks(wire_status(m.status));
+      // Without colour, read ✓✓ look like delivered ones: say it.
+      if (!colour_output() && m.status == client::message_status::read) status += " (read)";
     }
     s.out("[" + clock_time(m.sent_at_ms) + "] " + from + ": " + printable(m.text) + status, json);
   }
@@ -1083,14 +1118,30 @@ awaitable<void> cmd_safety_number(session& s, const options& o) {
 awaitable<void> chat_input(session& s, target chat, bool& done) {
   auto ex = co_await asio::this_coro::executor;
   asio::posix::stream_descriptor in(ex, ::dup(STDIN_FILENO));
-  asio::streambuf buf(64 * 1024);
+  // A line is one message: longer than any message can be (64 KiB of payload), it is refused
+  // whole, skipped to its end, as `send` refuses it, never cut into pieces sent apart.
+  constexpr std::size_t max_line = 64 * 1024;
+  asio::streambuf buf(max_line);
+  bool skipping = false;  // inside a line that was too long
   for (;;) {
     auto [ec, n] =
         co_await asio::async_read_until(in, buf, '\n', asio::as_tuple(asio::use_awaitable));
+    if (ec == asio::error::not_found) {  // the buffer is full and holds no newline
+      if (!skipping)
+        std::cerr << "parley: not sent: a line of more than " << max_line / 1024
+                  << " KiB (a message holds at most 64 KiB)\n";
+      skipping = true;
+      buf.consume(buf.size());
+      continue;
+    }
     if (n == 0 && buf.size() > 0 && ec) n = buf.size();  // a last line without newline
     if (n == 0) break;
     std::string line(asio::buffers_begin(buf.data()), asio::buffers_begin(buf.data()) + n);
     buf.consume(n);
+    if (skipping) {  // the end of the line that was too long
+      skipping = false;
+      continue;
+    }
     while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
     if (line.empty()) continue;
     std::optional<v2::SendResult> r;
@@ -1132,6 +1183,12 @@ awaitable<void> cmd_chat(session& s, const options& o) {
   s.require_registered();
   const target chat = resolve_chat(s, o.args[1]);
   co_await s.connect_and_authenticate();
+  // A peer who cannot be written to (unknown, without keys, oneself) ends the command at once
+  // rather than refusing every line typed.
+  if (!chat.group) {
+    if (auto ready = co_await s.messenger().prepare_session(chat.peer); !ready)
+      throw explain(ready.error(), chat.peer);
+  }
   // Presence of the peer, or of the group's members (the server shows it only to those who
   // share a chat).
   std::vector<std::string> watched{chat.peer};
@@ -1171,6 +1228,7 @@ awaitable<void> cmd_chat(session& s, const options& o) {
     }
     if (f->has_queue_empty()) {
       s.keep_receipts_stamp(*f);
+      s.drain_over();
       continue;
     }
     // Named first: GCC 12 mis-destroys a conditional's temporary inside a co_await.
@@ -1271,6 +1329,14 @@ awaitable<void> cmd_send_file(session& s, const options& o) {
   s.require_registered();
   const target to = resolve_chat(s, o.args[1]);
   co_await s.connect_and_authenticate();
+  // The recipient is checked before the upload, which a wrong name would waste (and which
+  // counts against the account's quota until it is swept).
+  if (to.group) {
+    const auto g = s.store().group(to.chat_id);
+    if (g && !g->member) throw failure{"you are no longer a member of " + to.label()};
+  } else if (auto ready = co_await s.messenger().prepare_session(to.peer); !ready) {
+    throw explain(ready.error(), to.peer);
+  }
   client::file_to_send file{o.args[2], {}, o.caption, o.voice};
   progress_bar bar(o, "upload  ");
   const auto work_dir = s.profile().dir() / "media";
@@ -1283,6 +1349,10 @@ awaitable<void> cmd_send_file(session& s, const options& o) {
   std::vector<std::string> not_reached;
   if (to.group) {
     auto r = co_await s.messenger().send_group_media(to.chat_id, *media, client_msg_id);
+    if (!r && r.error().what == client_error::kind::server &&
+        r.error().code == v2::ERROR_CODE_NOT_FOUND) {
+      throw failure{"you are no longer a member of " + to.label()};
+    }
     if (!r) throw explain(r.error(), to.label());
     warn_not_reached(*r);
     not_reached = r->not_reached;
@@ -1337,6 +1407,11 @@ awaitable<void> cmd_download(session& s, const options& o) {
   std::error_code ec;
   if (std::filesystem::exists(out, ec)) {
     throw failure{out.string() + " exists: give another --out PATH (nothing is overwritten)"};
+  }
+  // Where the file goes must be a directory that exists: found before anything is fetched.
+  const auto into = out.has_parent_path() ? out.parent_path() : std::filesystem::path(".");
+  if (!std::filesystem::is_directory(into, ec)) {
+    throw failure{"cannot save " + out.string() + ": " + into.string() + " is not a directory"};
   }
   co_await s.connect_and_authenticate();
   progress_bar bar(o, "download");

@@ -62,6 +62,8 @@ std::string describe(const client_error& e) {
       return "unexpected answer from the server: " + e.message;
     case client_error::kind::crypto:
       return "end-to-end encryption failed: " + e.message;
+    case client_error::kind::local:
+      return e.message;
     case client_error::kind::server: {
       std::string name = v2::ErrorCode_Name(e.code);
       if (name.rfind("ERROR_CODE_", 0) == 0) name = name.substr(11);

@@ -31,6 +31,8 @@ struct client_error {
     server,       // the server answered with an Error frame: see code
     protocol,     // the server answered something unexpected
     crypto,       // this device's Signal-protocol state or store failed (see message)
+    local,        // on this device: a file it cannot read or write, or a request it cannot
+                  // make (see message)
   };
   kind what = kind::closed;
   parley::v2::ErrorCode code = parley::v2::ERROR_CODE_UNSPECIFIED;

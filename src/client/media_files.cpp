@@ -25,7 +25,7 @@ using asio::awaitable;
 namespace {
 
 client_error local_error(std::string what) {
-  return {client_error::kind::crypto, parley::v2::ERROR_CODE_UNSPECIFIED, std::move(what)};
+  return {client_error::kind::local, parley::v2::ERROR_CODE_UNSPECIFIED, std::move(what)};
 }
 
 // Runs the blocking `work` on a thread of its own; the coroutine polls for it (every 20 ms), so
@@ -182,10 +182,12 @@ awaitable<result<content::Media>> upload_file(client& api, local_store& store, f
     m.set_mime_type(file.mime_type.empty() ? mime_type_of(source.filename())
                                            : file.mime_type);
     m.set_file_name(source.filename().string());
-    m.set_voice(file.voice);
-    m.set_caption(file.caption);
     state.set_cipher_path(cipher_path.string());
   }
+  // How the message shows the file is this call's, also when an earlier attempt's upload is
+  // resumed (its encrypted copy does not depend on it).
+  state.mutable_media()->set_voice(file.voice);
+  state.mutable_media()->set_caption(file.caption);
 
   const auto keep = [&]() -> std::optional<client_error> {
     try {

@@ -36,6 +36,13 @@ client_error crypto_error(const std::string& what) {
   return {client_error::kind::crypto, v2::ERROR_CODE_UNSPECIFIED, what};
 }
 
+// One device per account: a session with oneself would be this device's own session record
+// on both ends. Notes to self need multi-device (not yet).
+client_error to_self_error() {
+  return {client_error::kind::local, v2::ERROR_CODE_UNSPECIFIED,
+          "sending to yourself is not supported yet"};
+}
+
 bool fits_device(std::uint64_t device) {
   return device > 0 &&
          device <= static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max());
@@ -283,6 +290,14 @@ awaitable<result<void>> messenger::top_up(std::uint32_t remaining) {
   co_return co_await upload(std::move(*keys));
 }
 
+awaitable<result<void>> messenger::prepare_session(std::string peer) {
+  if (peer == me_) co_return to_self_error();
+  if (session_device(peer)) co_return result<void>{};
+  auto d = co_await establish(peer);
+  if (!d) co_return d.error();
+  co_return result<void>{};
+}
+
 awaitable<result<std::int32_t>> messenger::establish(std::string peer) {
   auto bundles = co_await api_.fetch_keys(peer);
   if (!bundles) co_return bundles.error();
@@ -319,9 +334,7 @@ awaitable<result<std::int32_t>> messenger::establish(std::string peer) {
 
 awaitable<result<sealed_message>> messenger::seal_content(std::string peer, std::string content,
                                                           std::string text, bool control) {
-  // One device per account: a session with oneself would be this device's own session
-  // record on both ends. Notes to self need multi-device (not yet).
-  if (peer == me_) co_return crypto_error("sending to yourself is not supported yet");
+  if (peer == me_) co_return to_self_error();
   auto device = session_device(peer);
   if (!device) {
     auto d = co_await establish(peer);
@@ -496,13 +509,21 @@ std::string messenger::take_sender_key(const std::string& from, std::int32_t dev
     store_.remove_pending(p.server_id);
     released.push_back(std::move(m));
   }
-  // A key given before this account left the group (the 1:1 chat drained after the group's
-  // REMOVE / LEAVE) served only the messages above; it is not kept.
-  if (auto g = store_.group(key.chat_id()); g && !g->member) {
-    auto forgotten = engine_.forget_sender_key(sender);
-    if (!forgotten) throw std::runtime_error(forgotten.error().message());
-  }
+  // A key for a group this account has left is kept until settle_left_groups(): the 1:1 chat
+  // that carries it can drain before the group's ADD that makes this account a member again,
+  // and the key is then the one its next messages need. If the account is still out then,
+  // the key served only the messages above.
   return {};
+}
+
+result<void> messenger::settle_left_groups() {
+  return in_transaction([&] {
+    for (const auto& g : store_.groups()) {
+      if (g.member) continue;
+      auto forgotten = engine_.forget_group(e2ee::group_of(g.chat_id));
+      if (!forgotten) throw std::runtime_error(forgotten.error().message());
+    }
+  });
 }
 
 [[gnu::noinline]] opened_message messenger::open_group(const v2::Envelope& e) {
@@ -611,7 +632,13 @@ void messenger::apply_event(const v2::Envelope& e) {
     case v2::GROUP_CHANGE_LEAVE: {
       const std::string& who = ev.user().empty() ? e.from() : ev.user();
       if (who == me_) {
-        forget_group_locally(chat);
+        // Its own key and holders go now; the copies of the others' keys in
+        // settle_left_groups(), in case an ADD of this account follows in the same drain,
+        // after a key message that the 1:1 chat drained first.
+        auto forgotten = engine_.forget_sender_key(own_key_of(chat));
+        if (!forgotten) throw std::runtime_error(forgotten.error().message());
+        store_.forget_sender_key_holders(chat);
+        store_.set_group_member(chat, false);
       } else {
         rotate_if_held(chat, who);
       }

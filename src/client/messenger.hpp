@@ -32,7 +32,8 @@
 //    current members only. Decided when the REMOVE / LEAVE event is opened, when this device
 //    makes the change (update_group), and again from the member list at every send_group.
 //    When this account itself is removed or leaves, every sender key of the group is
-//    forgotten (its own and the other members').
+//    forgotten: its own at once, the other members' when settle_left_groups() finds the
+//    account still out (at the end of the drain, say: an ADD may bring it back in it).
 //  - open() decrypts a group message with the sender's key; one whose key has not arrived yet
 //    (the 1:1 chat that carries it may drain after the group's) is kept as ciphertext (kind
 //    pending, acked: it is on this device) and decrypted into the history when the key comes;
@@ -198,6 +199,20 @@ class messenger {
   // Identity changes of contacts not yet shown to the user (each returned once).
   std::vector<e2ee::identity_change> take_identity_changes();
 
+  // A session with `peer`, made now (their keys fetched) if there is none: what seal() needs,
+  // checked before work that should not be wasted (a file's upload). Fails as seal() would for
+  // an unknown user, one without keys, or this account itself.
+  boost::asio::awaitable<result<void>> prepare_session(std::string peer);
+
+  // Deletes the copies of the other members' sender keys of every group this account counts
+  // itself out of. Until then they are kept, because a drain goes chat by chat: the 1:1 chat
+  // that carries a member's new key can drain before the group's ADD that takes this account
+  // back (and the REMOVE before it). So call it when no such ADD can still be on its way
+  // ahead of what was opened: at every QueueEmpty, and once the drain is over after each
+  // group event or sender key opened (live pushes come in commit order, the ADD before the
+  // key sent after it). Fails only if the local store does.
+  result<void> settle_left_groups();
+
   // The safety number with `peer`, fetching their keys first if none are known yet.
   boost::asio::awaitable<result<std::string>> safety_number(std::string peer);
 
@@ -233,7 +248,8 @@ class messenger {
   e2ee::group_sender own_key_of(std::uint64_t chat_id) const;
   // Drops this device's sender key of the group if `user` has (or may have) it.
   void rotate_if_held(std::uint64_t chat_id, const std::string& user);
-  // This account is no longer a member: forgets every sender key of the group.
+  // This account is no longer a member (it left, or the server says so outside a drain):
+  // forgets every sender key of the group at once.
   void forget_group_locally(std::uint64_t chat_id);
   // Runs `change` in one local-store transaction, committed if it returns; what it throws
   // (the store failed) as a client_error, with nothing of it kept.

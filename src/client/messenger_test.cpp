@@ -242,14 +242,17 @@ TEST_F(messenger_test, events_are_recorded_and_a_removal_retires_the_key_its_mem
   EXPECT_EQ(history[2].text, "alice removed carol");
   EXPECT_EQ(bob_->m->open(created).what, opened_message::kind::duplicate);
 
-  // Bob is removed: every sender key of the group goes (his own, and alice's copy).
+  // Bob is removed: every sender key of the group goes, his own at once, alice's copy when
+  // the drain is over.
   bob_->m->open(pairwise(*alice_, *bob_, sender_key_of(*alice_)));
   ASSERT_TRUE(bob_->store->sender_key(e2ee::group_of(group_chat), "alice", 1));
   EXPECT_EQ(bob_->m->open(event(7, "alice", v2::GROUP_CHANGE_REMOVE, "bob")).what,
             opened_message::kind::event);
-  EXPECT_FALSE(bob_->store->sender_key(e2ee::group_of(group_chat), "alice", 1));
   EXPECT_FALSE(bob_->m->engine().own_sender_key_id(bob_->self()).value());
   EXPECT_FALSE(bob_->store->group(group_chat)->member);
+  EXPECT_TRUE(bob_->store->sender_key(e2ee::group_of(group_chat), "alice", 1));
+  ASSERT_TRUE(bob_->m->settle_left_groups());
+  EXPECT_FALSE(bob_->store->sender_key(e2ee::group_of(group_chat), "alice", 1));
 }
 
 TEST_F(messenger_test, a_key_that_arrives_after_leaving_releases_what_waited_and_is_not_kept) {
@@ -263,7 +266,62 @@ TEST_F(messenger_test, a_key_that_arrives_after_leaving_releases_what_waited_and
   const auto released = bob_->m->take_released();
   ASSERT_EQ(released.size(), 1u);
   EXPECT_EQ(released[0].text, "sent while bob was a member");
+  ASSERT_TRUE(bob_->m->settle_left_groups());  // bob is still out when the drain ends
   EXPECT_FALSE(bob_->store->sender_key(e2ee::group_of(group_chat), "alice", 1));
+}
+
+// Bob, removed and added again: alice's new key reaches him in their 1:1 chat, which drains
+// before the group (a lower chat id), so it comes while he still counts himself out, and
+// again when the removal and the ADD drain after it. Either way it is kept, and opens what
+// alice sends after the ADD.
+TEST_F(messenger_test, a_key_that_drains_before_this_accounts_re_add_is_kept) {
+  bob_->store->set_group(group_chat, "friends");
+  const auto gid = e2ee::group_of(group_chat);
+  bob_->m->open(pairwise(*alice_, *bob_, sender_key_of(*alice_)));
+  EXPECT_EQ(bob_->m->open(group_message(*alice_, 2, "m1")).text, "m1");
+
+  // The removal, seen in an earlier drain.
+  EXPECT_EQ(bob_->m->open(event(3, "alice", v2::GROUP_CHANGE_REMOVE, "bob")).what,
+            opened_message::kind::event);
+  ASSERT_TRUE(bob_->m->settle_left_groups());
+  EXPECT_FALSE(bob_->store->sender_key(gid, "alice", 1));
+
+  // Alice rotated at the removal; after the ADD her new key goes to bob, then m2.
+  ASSERT_TRUE(alice_->m->engine().forget_sender_key(alice_->self()));
+  const auto new_key = pairwise(*alice_, *bob_, sender_key_of(*alice_));
+  const auto m2 = group_message(*alice_, 5, "m2 after the re-add");
+  const auto m3 = group_message(*alice_, 6, "m3");
+  EXPECT_EQ(bob_->m->open(new_key).what, opened_message::kind::sender_key);  // bob still out
+  EXPECT_EQ(bob_->m->open(event(4, "alice", v2::GROUP_CHANGE_ADD, "bob")).what,
+            opened_message::kind::event);
+  EXPECT_TRUE(bob_->store->group(group_chat)->member);
+  const auto opened = bob_->m->open(m2);
+  EXPECT_EQ(opened.what, opened_message::kind::text);
+  EXPECT_EQ(opened.text, "m2 after the re-add");
+  ASSERT_TRUE(bob_->m->settle_left_groups());
+  EXPECT_TRUE(bob_->store->sender_key(gid, "alice", 1));
+  EXPECT_EQ(bob_->m->open(m3).text, "m3");
+}
+
+// The same with the removal and the ADD in one drain, after the key: the removal must not
+// take the key that the ADD needs.
+TEST_F(messenger_test, a_removal_and_re_add_in_one_drain_keep_the_key_that_came_first) {
+  bob_->store->set_group(group_chat, "friends");
+  bob_->m->open(pairwise(*alice_, *bob_, sender_key_of(*alice_)));
+  EXPECT_EQ(bob_->m->open(group_message(*alice_, 2, "m1")).text, "m1");
+
+  ASSERT_TRUE(alice_->m->engine().forget_sender_key(alice_->self()));
+  const auto new_key = pairwise(*alice_, *bob_, sender_key_of(*alice_));
+  EXPECT_EQ(bob_->m->open(new_key).what, opened_message::kind::sender_key);
+  EXPECT_EQ(bob_->m->open(event(3, "alice", v2::GROUP_CHANGE_REMOVE, "bob")).what,
+            opened_message::kind::event);
+  EXPECT_EQ(bob_->m->open(event(4, "alice", v2::GROUP_CHANGE_ADD, "bob")).what,
+            opened_message::kind::event);
+  const auto opened = bob_->m->open(group_message(*alice_, 5, "m2 after the re-add"));
+  EXPECT_EQ(opened.what, opened_message::kind::text);
+  EXPECT_EQ(opened.text, "m2 after the re-add");
+  ASSERT_TRUE(bob_->m->settle_left_groups());
+  EXPECT_TRUE(bob_->store->sender_key(e2ee::group_of(group_chat), "alice", 1));
 }
 
 TEST_F(messenger_test, a_group_receipt_without_user_is_every_other_members_watermark) {

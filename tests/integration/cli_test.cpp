@@ -159,9 +159,14 @@ TEST_F(cli, quick_start_chat_with_ticks) {
   auto mine = parley("alice", {"--json", "history", "bob"});
   EXPECT_EQ(field(mine.out, "status"), "read") << mine.out;
   EXPECT_EQ(number(mine.out, "seq"), "1") << mine.out;
-  // The human output shows the ticks.
+  // The human output shows the ticks; on a pipe (as here) without colour codes, so the
+  // history says "(read)" in words.
   auto human = parley("alice", {"status", id});
   EXPECT_NE(human.out.find("read"), std::string::npos);
+  EXPECT_EQ(human.out.find('\x1b'), std::string::npos) << human.out;
+  auto plain_history = parley("alice", {"history", "bob"});
+  EXPECT_NE(plain_history.out.find("  ✓✓ (read)\n"), std::string::npos) << plain_history.out;
+  EXPECT_EQ(plain_history.out.find('\x1b'), std::string::npos) << plain_history.out;
   auto human_receipts = parley("alice", {"sync"});
   EXPECT_EQ(human_receipts.out, "");
 }
@@ -214,6 +219,23 @@ TEST_F(cli, chat_sends_each_line_and_marks_incoming_read) {
   EXPECT_EQ(number(read[0], "up_to_seq"), "1");
 }
 
+// A line longer than a message can be is refused whole by `chat`, never sent in pieces; the
+// next line goes as usual.
+TEST_F(cli, chat_refuses_a_line_too_long_for_a_message_whole) {
+  ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
+  ASSERT_EQ(parley("bob", {"register", "bob"}).exit_code, 0);
+  ASSERT_EQ(parley("alice", {"send", "bob", "hi"}).exit_code, 0);
+  const std::string input = std::string(100'000, 'y') + "\nafter\n" + std::string(70'000, 'z');
+  auto chatted = parley("alice", {"chat", "bob"}, input);
+  EXPECT_EQ(chatted.exit_code, 0) << chatted.err;
+  EXPECT_EQ(lines_with(chatted.err, "not sent: a line of more than 64 KiB").size(), 2u)
+      << chatted.err;
+  auto at_bob = parley("bob", {"--json", "sync"});
+  EXPECT_EQ(lines_with(at_bob.out, "\"text\": \"after\"").size(), 1u) << at_bob.out;
+  EXPECT_EQ(at_bob.out.find("yyy"), std::string::npos) << "a piece of the long line was sent";
+  EXPECT_EQ(at_bob.out.find("zzz"), std::string::npos) << "a piece of the last line was sent";
+}
+
 TEST_F(cli, errors_a_person_understands) {
   auto not_registered = parley("nobody", {"send", "bob", "hi"});
   EXPECT_EQ(not_registered.exit_code, 1);
@@ -234,6 +256,15 @@ TEST_F(cli, errors_a_person_understands) {
 
   auto bad_name = parley("alice", {"send", "Bob!", "hi"});
   EXPECT_EQ(bad_name.exit_code, 2);
+
+  // A chat with nobody, or with oneself, ends at once instead of refusing every line.
+  auto nobody = parley("alice", {"chat", "bobby"}, "hello?\n");
+  EXPECT_EQ(nobody.exit_code, 1);
+  EXPECT_NE(nobody.err.find("unknown user 'bobby'"), std::string::npos) << nobody.err;
+  auto self = parley("alice", {"chat", "alice"}, "hello?\n");
+  EXPECT_EQ(self.exit_code, 1);
+  EXPECT_NE(self.err.find("sending to yourself is not supported"), std::string::npos) << self.err;
+  EXPECT_EQ(self.err.find("encryption"), std::string::npos) << self.err;
 
   auto unreachable = parley("alice", {"send", "alice", "hi"}, "", "ws://127.0.0.1:1");
   EXPECT_EQ(unreachable.exit_code, 1);
@@ -620,6 +651,9 @@ TEST_F(cli, a_file_is_sent_synced_downloaded_and_verified) {
   auto again = parley("bob", {"download", id, "--out", out.string()});
   EXPECT_EQ(again.exit_code, 1);
   EXPECT_NE(again.err.find("exists"), std::string::npos) << again.err;
+  auto nowhere = parley("bob", {"download", id, "--out", (root_.path() / "no" / "x.pdf").string()});
+  EXPECT_EQ(nowhere.exit_code, 1);
+  EXPECT_NE(nowhere.err.find("is not a directory"), std::string::npos) << nowhere.err;
   auto none = parley("carol", {"download", id});
   EXPECT_EQ(none.exit_code, 1);
   EXPECT_NE(none.err.find("carries no file"), std::string::npos) << none.err;
@@ -660,8 +694,6 @@ TEST_F(cli, a_file_to_a_group_reaches_its_members_and_an_upload_is_resumed_not_r
     EXPECT_EQ(file_bytes(out), file_bytes(photo)) << member;
   }
 
-  // An upload whose message could not be sent (to a user who does not exist yet) is kept, and
-  // the next run sends it without uploading again: one blob more on the server, not two.
   auto blobs_on_server = [&] {
     std::size_t n = 0;
     for (const auto& e : fs::recursive_directory_iterator(server.data_dir() / "data" / "media" /
@@ -670,22 +702,42 @@ TEST_F(cli, a_file_to_a_group_reaches_its_members_and_an_upload_is_resumed_not_r
     }
     return n;
   };
+  auto uploads_kept = [&] {
+    return test_support::query_int(root_.path() / "alice" / "local.db",
+                                   "SELECT count(*) FROM uploads");
+  };
   const std::size_t before = blobs_on_server();
   const auto doc = root_.path() / "doc.txt";
   write_test_file(doc, 70'000);
-  auto failed = parley("alice", {"send-file", "dave", doc.string()});
+
+  // A recipient that cannot be reached is found before anything is uploaded: a user who does
+  // not exist, this account itself.
+  for (const std::string nobody : {"dave", "alice"}) {
+    auto refused = parley("alice", {"send-file", nobody, doc.string(), "--caption", "old"});
+    EXPECT_NE(refused.exit_code, 0) << refused.out;
+    EXPECT_EQ(refused.err.find("encryption"), std::string::npos) << refused.err;
+    EXPECT_EQ(blobs_on_server(), before) << nobody;
+    EXPECT_EQ(uploads_kept(), 0) << nobody;
+  }
+
+  // An upload whose message the server refuses (alice was removed from the group by bob, and
+  // her device has not seen it yet) is kept, and the next run sends it without uploading
+  // again, with that run's caption: one blob more on the server, not two.
+  ASSERT_EQ(parley("alice", {"group", "promote", "team", "bob"}).exit_code, 0);
+  ASSERT_EQ(parley("bob", {"sync"}).exit_code, 0);
+  ASSERT_EQ(parley("bob", {"group", "remove", "team", "alice"}).exit_code, 0);
+  auto failed = parley("alice", {"send-file", "team", doc.string(), "--caption", "old"});
   EXPECT_EQ(failed.exit_code, 1) << failed.out;
-  EXPECT_EQ(test_support::query_int(root_.path() / "alice" / "local.db",
-                                    "SELECT count(*) FROM uploads"),
-            1);
-  ASSERT_EQ(parley("dave", {"register", "dave"}).exit_code, 0);
-  auto retried = parley("alice", {"send-file", "dave", doc.string()});
+  EXPECT_NE(failed.err.find("no longer a member"), std::string::npos) << failed.err;
+  EXPECT_EQ(blobs_on_server(), before + 1);
+  EXPECT_EQ(uploads_kept(), 1);
+  auto retried = parley("alice", {"--json", "send-file", "bob", doc.string(), "--caption", "new"});
   ASSERT_EQ(retried.exit_code, 0) << retried.err;
   EXPECT_EQ(blobs_on_server(), before + 1);
-  EXPECT_EQ(test_support::query_int(root_.path() / "alice" / "local.db",
-                                    "SELECT count(*) FROM uploads"),
-            0);
-  ASSERT_EQ(parley("dave", {"sync"}).exit_code, 0);
+  EXPECT_EQ(uploads_kept(), 0);
+  auto at_bob = parley("bob", {"--json", "sync"});
+  EXPECT_EQ(lines_with(at_bob.out, "doc.txt (70.0 kB): new").size(), 1u) << at_bob.out;
+  EXPECT_EQ(at_bob.out.find(": old"), std::string::npos) << at_bob.out;
 }
 
 TEST_F(cli, a_group_by_name_or_id_from_create_to_removal) {
@@ -770,6 +822,33 @@ TEST_F(cli, a_group_by_name_or_id_from_create_to_removal) {
 
   // A name that is no group and no username is refused before anything is sent.
   EXPECT_EQ(parley("alice", {"send", "No Such Group", "x"}).exit_code, 2);
+}
+
+// A group named after one of this device's contacts (anyone may name a group anything) does
+// not capture the contact: the bare name is refused as ambiguous, and @NAME is always the user.
+TEST_F(cli, a_group_named_after_a_contact_captures_nothing_and_at_names_the_user) {
+  for (const std::string name : {"alice", "bob", "carol"})
+    ASSERT_EQ(parley(name, {"register", name}).exit_code, 0);
+  ASSERT_EQ(parley("alice", {"send", "bob", "hi bob"}).exit_code, 0);  // bob: a contact
+  ASSERT_EQ(parley("carol", {"group", "create", "bob", "alice"}).exit_code, 0);
+  ASSERT_EQ(parley("alice", {"sync"}).exit_code, 0);  // alice learns of the group "bob"
+
+  auto ambiguous = parley("alice", {"send", "bob", "which one?"});
+  EXPECT_EQ(ambiguous.exit_code, 2);
+  EXPECT_NE(ambiguous.err.find("the contact as @bob"), std::string::npos) << ambiguous.err;
+
+  auto sent = parley("alice", {"--json", "send", "@bob", "to the user"});
+  ASSERT_EQ(sent.exit_code, 0) << sent.err;
+  EXPECT_EQ(field(sent.out, "group"), "") << sent.out;
+  auto at_bob = parley("bob", {"--json", "sync"});
+  const auto got = lines_with(at_bob.out, "\"text\": \"to the user\"");
+  ASSERT_EQ(got.size(), 1u) << at_bob.out;
+  EXPECT_EQ(field(got[0], "from"), "alice");
+  EXPECT_EQ(field(got[0], "group"), "");
+  auto at_carol = parley("carol", {"--json", "sync"});
+  EXPECT_EQ(at_carol.out.find("to the user"), std::string::npos) << at_carol.out;
+  EXPECT_NE(parley("alice", {"history", "@bob"}).out.find("to the user"), std::string::npos);
+  EXPECT_EQ(parley("alice", {"send", "@No.Such", "x"}).exit_code, 2);  // not a username
 }
 
 }  // namespace
