@@ -688,6 +688,29 @@ bool show_receipt(session& s, const v2::Receipt& r) {
 
 // Shows a received message (readable, or `problem` when it could not be decrypted); a group's
 // messages with the group's name. `with_id`: the message id follows the text.
+// A file message's `media` object for --json (what `download` needs to know: name, type,
+// size; never the key), added to `json` if message `message_id` carries a file.
+void add_media_json(session& s, std::uint64_t message_id, json_object& json) {
+  std::optional<client::local_media> row;
+  try {
+    row = s.store().media(message_id);
+  } catch (const std::exception&) {
+  }
+  parley::content::v1::Media m;
+  if (!row || !m.ParseFromString(row->content)) return;
+  auto media = json_object()
+                   .field("media_id", m.media_id())
+                   .field("file_name", m.file_name())
+                   .field("mime_type", m.mime_type())
+                   .number("size", m.plain_size())
+                   .boolean("voice", m.voice())
+                   .field("caption", m.caption());
+  if (m.width() > 0 && m.height() > 0)
+    media.number("width", m.width()).number("height", m.height());
+  if (m.duration_ms() > 0) media.number("duration_ms", m.duration_ms());
+  json.object("media", media);
+}
+
 [[gnu::noinline]] void show_message(session& s, const std::string& from, std::uint64_t message_id,
                                     std::uint64_t chat_id, std::uint64_t seq,
                                     std::uint64_t sent_at_ms, const std::string& text,
@@ -714,9 +737,11 @@ bool show_receipt(session& s, const v2::Receipt& r) {
           json.field("problem", problem));
     return;
   }
+  json.field("text", text);
+  add_media_json(s, message_id, json);
   s.out("[" + clock_time(sent_at_ms) + "] " + from + where + ": " + printable(text) +
             (with_id ? "  (" + id_string(message_id) + ")" : ""),
-        json.field("text", text));
+        json);
 }
 
 std::string change_name(v2::GroupChange c) {
@@ -1059,6 +1084,7 @@ awaitable<void> cmd_history(session& s, const options& o) {
                     .number("seq", m.seq)
                     .number("sent_at_ms", m.sent_at_ms)
                     .field("text", m.text);
+    add_media_json(s, m.server_id, json);
     std::string status;
     if (mine) {
       json.field("status", status_name(wire_status(m.status)));
@@ -1466,7 +1492,8 @@ awaitable<void> cmd_group(session& s, const options& o) {
     }
     if (!info) throw explain(info.error());
     s.out("created group '" + printable(info->name()) + "': chat " + id_string(info->chat_id()) +
-              " (" + std::to_string(info->members_size()) + " members)",
+              " (" + std::to_string(info->members_size()) +
+              (info->members_size() == 1 ? " member)" : " members)"),
           json_object()
               .field("chat_id", id_string(info->chat_id()))
               .field("name", info->name())
@@ -1518,6 +1545,14 @@ awaitable<void> cmd_group(session& s, const options& o) {
     if (info.error().what == client_error::kind::server &&
         info.error().code == v2::ERROR_CODE_NOT_FOUND)
       throw failure{"you are not a member of " + place.label()};
+    // The rules a change can break (protocol.md, UpdateGroup), said in words.
+    if (info.error().what == client_error::kind::server &&
+        info.error().code == v2::ERROR_CODE_INVALID_ARGUMENT) {
+      if (change == v2::GROUP_CHANGE_REMOVE && user == s.me().username)
+        throw failure{"you cannot remove yourself: 'parley group leave " + o.args[2] + "'"};
+      if (change == v2::GROUP_CHANGE_DEMOTE)
+        throw failure{"the group must keep an admin: promote another member first"};
+    }
     throw explain(info.error(), user);
   }
   if (change == v2::GROUP_CHANGE_LEAVE) {

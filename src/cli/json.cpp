@@ -160,4 +160,10 @@ json_object& json_object::objects(std::string_view k, const std::vector<json_obj
   return *this;
 }
 
+json_object& json_object::object(std::string_view k, const json_object& value) {
+  key(k);
+  body_ += value.str();
+  return *this;
+}
+
 }  // namespace parley::cli

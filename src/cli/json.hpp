@@ -27,6 +27,8 @@ class json_object {
   json_object& strings(std::string_view key, const std::vector<std::string>& values);
   // An array of objects.
   json_object& objects(std::string_view key, const std::vector<json_object>& values);
+  // An object.
+  json_object& object(std::string_view key, const json_object& value);
   std::string str() const { return "{" + body_ + "}"; }
 
  private:

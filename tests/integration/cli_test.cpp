@@ -640,6 +640,17 @@ TEST_F(cli, a_file_is_sent_synced_downloaded_and_verified) {
   const auto files = lines_with(synced.out, "[file] report.pdf (300.0 kB): q3 numbers");
   ASSERT_EQ(files.size(), 1u) << synced.out;
   EXPECT_EQ(field(files[0], "message_id"), id);
+  // Scripts get the file's description as fields (never its key), here and in the history.
+  EXPECT_NE(files[0].find("\"media\": {\"media_id\": \""), std::string::npos) << files[0];
+  EXPECT_EQ(field(files[0], "file_name"), "report.pdf");
+  EXPECT_EQ(field(files[0], "mime_type"), "application/pdf");
+  EXPECT_EQ(number(files[0], "size"), "300000");
+  EXPECT_EQ(field(files[0], "caption"), "q3 numbers");
+  EXPECT_NE(files[0].find("\"voice\": false"), std::string::npos) << files[0];
+  EXPECT_EQ(files[0].find("\"key\""), std::string::npos) << files[0];
+  const auto in_history = lines_with(parley("bob", {"--json", "history", "alice"}).out,
+                                     "\"file_name\": \"report.pdf\"");
+  EXPECT_EQ(in_history.size(), 1u);
 
   const auto out = root_.path() / "bob-report.pdf";
   auto got = parley("bob", {"--json", "download", id, "--out", out.string()});
@@ -822,6 +833,14 @@ TEST_F(cli, a_group_by_name_or_id_from_create_to_removal) {
 
   // A name that is no group and no username is refused before anything is sent.
   EXPECT_EQ(parley("alice", {"send", "No Such Group", "x"}).exit_code, 2);
+
+  // The rules a change breaks are said in words.
+  auto last_admin = parley("alice", {"group", "demote", "trio", "alice"});
+  EXPECT_EQ(last_admin.exit_code, 1);
+  EXPECT_NE(last_admin.err.find("must keep an admin"), std::string::npos) << last_admin.err;
+  auto self_removal = parley("alice", {"group", "remove", "trio", "alice"});
+  EXPECT_EQ(self_removal.exit_code, 1);
+  EXPECT_NE(self_removal.err.find("group leave"), std::string::npos) << self_removal.err;
 }
 
 // A group named after one of this device's contacts (anyone may name a group anything) does
