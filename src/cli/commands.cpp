@@ -557,6 +557,7 @@ awaitable<void> reconnect_for_retry(session& s, int attempt) {
 
 awaitable<void> cmd_send(session& s, const options& o) {
   if (o.args.size() != 3) throw failure{"usage: parley send CHAT TEXT", 2};
+  if (o.args[2].empty()) throw failure{"nothing to send: the text is empty", 2};
   s.require_registered();
   const target to = resolve_chat(s, o.args[1]);
   co_await s.connect_and_authenticate();
@@ -804,8 +805,8 @@ awaitable<bool> handle_push(session& s, const v2::Frame& f, client::ack_batch& a
                      opened.problem, in_group, true);
         break;
       case client::opened_message::kind::event:
-        show_event(s, e, opened.text);
-        // Added to a group this device did not know the name of: ask for it.
+        // Added to a group this device did not know the name of: ask for it, and show the
+        // event with it.
         if (e.event().change() == v2::GROUP_CHANGE_ADD && e.event().user() == s.me().username) {
           const auto g = s.store().group(e.chat_id());
           if (g && g->name.empty()) {
@@ -815,6 +816,7 @@ awaitable<bool> handle_push(session& s, const v2::Frame& f, client::ack_batch& a
                         << describe(info.error()) << '\n';
           }
         }
+        show_event(s, e, opened.text);
         break;
       case client::opened_message::kind::pending:
         // Shown when its sender key arrives (below, as a released message); scripts are told.
@@ -1115,6 +1117,9 @@ awaitable<void> cmd_safety_number(session& s, const options& o) {
   if (o.args.size() != 2) throw failure{"usage: parley safety-number USER", 2};
   const std::string& peer = o.args[1];
   require_user_arg(peer);
+  s.require_registered();
+  if (peer == s.me().username)
+    throw failure{"a safety number is between you and someone else: name another user", 2};
   co_await s.connect_and_authenticate();
   auto n = co_await s.messenger().safety_number(peer);
   if (!n) throw explain(n.error(), peer);

@@ -257,6 +257,11 @@ TEST_F(cli, errors_a_person_understands) {
   auto bad_name = parley("alice", {"send", "Bob!", "hi"});
   EXPECT_EQ(bad_name.exit_code, 2);
 
+  EXPECT_EQ(parley("alice", {"send", "bobby", ""}).exit_code, 2);  // nothing to send
+  auto own_number = parley("alice", {"safety-number", "alice"});
+  EXPECT_EQ(own_number.exit_code, 2);
+  EXPECT_NE(own_number.err.find("someone else"), std::string::npos) << own_number.err;
+
   // A chat with nobody, or with oneself, ends at once instead of refusing every line.
   auto nobody = parley("alice", {"chat", "bobby"}, "hello?\n");
   EXPECT_EQ(nobody.exit_code, 1);
@@ -841,6 +846,13 @@ TEST_F(cli, a_group_by_name_or_id_from_create_to_removal) {
   auto self_removal = parley("alice", {"group", "remove", "trio", "alice"});
   EXPECT_EQ(self_removal.exit_code, 1);
   EXPECT_NE(self_removal.err.find("group leave"), std::string::npos) << self_removal.err;
+
+  // A member added later learns the group's name before its ADD is shown.
+  ASSERT_EQ(parley("dave", {"register", "dave"}).exit_code, 0);
+  ASSERT_EQ(parley("alice", {"group", "add", "trio", "dave"}).exit_code, 0);
+  auto at_dave = parley("dave", {"sync"});
+  ASSERT_EQ(at_dave.exit_code, 0) << at_dave.err;
+  EXPECT_NE(at_dave.out.find("* alice added dave (group 'trio'"), std::string::npos) << at_dave.out;
 }
 
 // A group named after one of this device's contacts (anyone may name a group anything) does
