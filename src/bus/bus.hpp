@@ -74,6 +74,10 @@ class endpoint {
   // Pushes to this device may have been lost (the cluster's bus was unreachable): read the
   // chat log above what it was sent again.
   virtual void resync() = 0;
+  // Pushes to this device may be lost from now on (the cluster's bus is unreachable) until
+  // the next resync(): a message of a chat whose previous seq the connection has not seen
+  // itself must not be pushed as if nothing came before it.
+  virtual void pushes_may_be_lost() = 0;
 };
 
 class bus {

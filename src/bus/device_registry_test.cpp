@@ -20,6 +20,7 @@ class counting_endpoint final : public endpoint {
   void push_ephemeral(wire::encoded_frame) override { ++ephemeral; }
   void replaced() override { ++replacements; }
   void resync() override {}
+  void pushes_may_be_lost() override {}
   int messages = 0;
   std::size_t receipts = 0;
   int ephemeral = 0;

@@ -308,15 +308,39 @@ void device_session::replaced() {
 void device_session::resync() {
   lane().post([self = shared_from_this()] {
     if (self->closed_ || !self->authenticated()) return;
-    if (self->draining_) {
-      self->dirty_ = true;  // the running drain reads again
-      return;
-    }
-    // A drain like the one after authentication: what is above the device's cursor (and not
-    // pushed since), the current watermarks, then QueueEmpty again.
-    self->draining_ = true;
-    asio::co_spawn(self->executor_, self->drain(0), log_failure);
+    self->unsure_ = false;  // the bus is back: the drain covers what it lost
+    self->read_log_again();
   });
+}
+
+void device_session::pushes_may_be_lost() {
+  lane().post([self = shared_from_this()] { self->unsure_ = true; });
+}
+
+void device_session::read_log_again() {
+  if (draining_) {
+    dirty_ = true;  // the running drain reads again
+    return;
+  }
+  // A drain like the one after authentication: what is above the device's cursor (and not
+  // pushed since), the current watermarks, then QueueEmpty again.
+  draining_ = true;
+  asio::co_spawn(executor_, drain(0), log_failure);
+}
+
+bool device_session::follows(std::uint64_t chat, std::uint64_t seq) const {
+  const std::uint64_t last = pushed(chat);
+  return seq == last + 1 || (last == 0 && !unsure_);
+}
+
+void device_session::saw_own(std::uint64_t chat, std::uint64_t seq) {
+  if (closed_ || draining_ || seq <= pushed(chat)) return;
+  if (follows(chat, seq)) {
+    set_pushed(chat, seq);
+  } else {
+    state_.stats.gap_rereads.fetch_add(1, std::memory_order_relaxed);
+    read_log_again();
+  }
 }
 
 std::uint64_t device_session::pushed(std::uint64_t chat) const {
@@ -343,6 +367,14 @@ void device_session::on_message(const bus::shared_envelope& e) {
   }
   const auto& m = e->message();
   if (m.seq <= pushed(m.chat)) return;  // already sent by the drain
+  // A push that does not follow what this connection saw of the chat: one before it was lost
+  // on the way (the cluster's bus was down, or routed it to where the device was before). Not
+  // sent out of order: the log has both, and a drain pass sends them in order.
+  if (!follows(m.chat, m.seq)) {
+    state_.stats.gap_rereads.fetch_add(1, std::memory_order_relaxed);
+    read_log_again();
+    return;
+  }
   if (send_encoded(e->frame())) set_pushed(m.chat, m.seq);
 }
 
@@ -607,8 +639,11 @@ awaitable<std::optional<std::uint64_t>> device_session::drain_chat(store::chat_p
     if (page->empty()) break;
     for (auto& m : *page) {
       after = m->seq;
-      // A device is never sent what it sent itself.
-      if (m->sender_device == device_) continue;
+      // A device is never sent what it sent itself (but it has seen it).
+      if (m->sender_device == device_) {
+        set_pushed(p.chat, after);
+        continue;
+      }
       bus::envelope e(std::move(m));
       if (!co_await send_paced(e.frame())) co_return std::nullopt;
       set_pushed(p.chat, after);
@@ -652,7 +687,10 @@ void device_session::answer_send(std::uint64_t request_id,
     send(store_error(request_id, r.error(), state_.stats));
     return;
   }
-  if (!r->duplicate) state_.stats.messages_stored.fetch_add(1, std::memory_order_relaxed);
+  if (!r->duplicate) {
+    state_.stats.messages_stored.fetch_add(1, std::memory_order_relaxed);
+    saw_own(r->chat, r->seq);
+  }
   wire::scratch_arena scratch;  // encoded by send() before the return
   auto& reply = scratch.make<frame>();
   reply.set_request_id(request_id);
@@ -801,6 +839,11 @@ awaitable<void> device_session::run_request(frame request) {
       if (r->duplicate) {
         out->set_duplicate(true);
         out->set_seq(r->created_seq);
+      } else {
+        // The events this device made are not pushed to it: it has seen them.
+        for (const auto& p : r->pushes) {
+          if (p.message->sender_device == device_) saw_own(p.message->chat, p.message->seq);
+        }
       }
       // A member gone may have held the lowest watermark: the others' merged marks may rise.
       if (request.has_update_group() &&

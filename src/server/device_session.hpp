@@ -71,6 +71,7 @@ class device_session final : public bus::endpoint,
   void push_ephemeral(wire::encoded_frame frame) override;
   void replaced() override;
   void resync() override;
+  void pushes_may_be_lost() override;
 
  private:
   using frame = parley::v2::Frame;
@@ -107,6 +108,15 @@ class device_session final : public bus::endpoint,
   std::string device_key() const;
 
   void on_message(const bus::shared_envelope& e);
+  // Whether seq `seq` of `chat` follows what this connection has seen of the chat (pushed, or
+  // its own): the next seq, or, when unknown here and the bus is not losing pushes, any.
+  bool follows(std::uint64_t chat, std::uint64_t seq) const;
+  // A drain pass as after authentication (a running one reads again): what is above the
+  // device's cursor and not pushed yet, in order.
+  void read_log_again();
+  // This device's own message at `seq` (never pushed to it): the chat's seen prefix moves
+  // past it, or, after a gap, the log is read again.
+  void saw_own(std::uint64_t chat, std::uint64_t seq);
   void on_receipts(const std::vector<store::watermark>& marks);
   // The highest seq of `chat` pushed on this connection (0: none yet), and recording one.
   std::uint64_t pushed(std::uint64_t chat) const;
@@ -150,6 +160,10 @@ class device_session final : public bus::endpoint,
   // per chat by seq, never by comparing message ids (whose clocks may differ across nodes).
   bool draining_ = false;
   bool dirty_ = false;
+  // The bus may be losing pushes (pushes_may_be_lost, until the next resync): a chat's push
+  // is sent only right after one this connection sent (or its own message), else read again
+  // from the log.
+  bool unsure_ = false;
   // (chat, seq) sorted by chat, allocated on the first push: an idle connection holds one
   // pointer (8 bytes), not an empty vector (24) or hash map (56).
   std::unique_ptr<std::vector<std::pair<std::uint64_t, std::uint64_t>>> pushed_;

@@ -62,6 +62,10 @@ std::string metrics::render(const gauges& g) const {
          messages_stored.load());
   metric("parley_slow_readers_closed_total", "counter",
          "Connections closed because their outgoing queue filled.", slow_readers_closed.load());
+  metric("parley_push_gaps_total", "counter",
+         "Live pushes that did not follow what their connection had seen of the chat (one "
+         "before was lost on the way): the chat log was read again instead.",
+         gap_rereads.load());
   metric("parley_store_pending_writes", "gauge", "Write requests waiting for the store's writer.",
          g.pending_writes);
   metric("parley_store_writable", "gauge",

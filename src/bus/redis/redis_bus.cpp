@@ -123,6 +123,9 @@ redis_bus::redis_bus(std::shared_ptr<redis::client> client, redis_bus_options op
   client_->on_state([this](bool up) {
     if (!up) {
       state_->was_down = true;
+      // Pushes from other nodes are lost until Redis is back (and pushes to them): the
+      // connections here must not take a local push for the next message of a chat.
+      for (auto& ep : devices_.all()) ep->pushes_may_be_lost();
       return;
     }
     if (!state_->was_down) {
