@@ -13,6 +13,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <charconv>
+#include <chrono>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -201,6 +202,10 @@ struct client::impl : std::enable_shared_from_this<client::impl> {
     bool up = false;
     bool retry_pending = false;
     bool auth_refusal_logged = false;  // once until the next accepted AUTH, not every retry
+    // Failed connects since the last one logged: the first is logged, then one line every
+    // 30 s with the count (a retry every 500 ms would be two lines a second).
+    std::uint64_t connect_failures = 0;
+    std::chrono::steady_clock::time_point connect_failure_logged{};
     bool want_read = false, want_write = false, reading = false, writing = false;
 
     void connect();
@@ -352,8 +357,16 @@ void client::impl::node::connect() {
   redisAsyncSetConnectCallback(ac, [](const redisAsyncContext* c, int status) {
     auto* n = node_of(c);
     if (status != REDIS_OK) {
-      log_warn() << "redis: cannot connect to " << n->addr.text() << ": "
-                 << (c->errstr != nullptr ? c->errstr : "unknown error");
+      ++n->connect_failures;
+      const auto now = std::chrono::steady_clock::now();
+      if (n->connect_failures == 1 || now - n->connect_failure_logged >= std::chrono::seconds(30)) {
+        log_warn() << "redis: cannot connect to " << n->addr.text() << ": "
+                   << (c->errstr != nullptr ? c->errstr : "unknown error")
+                   << (n->connect_failures > 1
+                           ? " (" + std::to_string(n->connect_failures) + " attempts so far)"
+                           : std::string());
+        n->connect_failure_logged = now;
+      }
       n->schedule_retry();
       return;
     }
@@ -398,6 +411,7 @@ void client::impl::node::connect() {
 void client::impl::node::accepted() {
   up = true;
   auth_refusal_logged = false;
+  connect_failures = 0;
   log_info() << "redis: connected to " << addr.text();
   owner.node_state(*this, true);
 }

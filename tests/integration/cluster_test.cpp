@@ -427,7 +427,21 @@ TEST_F(cluster, postgresql_stopped_and_started_mid_run) {
     alice->send("bob", "before");
     EXPECT_EQ(next_envelope(*bob).payload(), "before");
 
+    // A node that nobody writes to sees the database go too: /healthz within seconds.
+    auto health_within = [&](const std::string& want, std::chrono::seconds wait) {
+      const auto until = std::chrono::steady_clock::now() + wait;
+      std::string got;
+      while (std::chrono::steady_clock::now() < until) {
+        got = http_get(n1->port(), "/healthz");
+        if (got.starts_with(want)) return true;
+        std::this_thread::sleep_for(100ms);
+      }
+      ADD_FAILURE() << "/healthz: " << got;
+      return false;
+    };
+    EXPECT_EQ(http_get(n1->port(), "/healthz"), "ok\n");
     ASSERT_EQ(std::system((script + " halt " + pg_dir).c_str()), 0);
+    EXPECT_TRUE(health_within("store: database", 5s));
     auto refused = alice->run(alice->api().send("bob", "during", "x"));
     ASSERT_FALSE(refused) << "a send was confirmed while the store was down";
     EXPECT_EQ(refused.error().code, v2::ERROR_CODE_STORAGE_UNAVAILABLE)
@@ -455,6 +469,15 @@ TEST_F(cluster, postgresql_stopped_and_started_mid_run) {
     ASSERT_TRUE(again) << client::describe(again.error());
     EXPECT_FALSE(again->duplicate());
     EXPECT_EQ(next_envelope(*bob).payload(), "x");  // send(to, client_msg_id, payload)
+    EXPECT_TRUE(health_within("ok", 5s));
+    // Reads on connections that died idle during the outage are made again on new ones:
+    // every login at once succeeds (the node's two readers both serve some).
+    for (int i = 0; i < 4; ++i) {
+      test_client back(io, n1->url());
+      back.connect();
+      auto login = back.run(back.api().authenticate(bob->device_id, bob->token, 0));
+      EXPECT_TRUE(login) << "login " << i << ": " << client::describe(login.error());
+    }
   }
 }
 

@@ -105,23 +105,37 @@ void connection::close() {
 
 bool connection::ok() const { return conn_ != nullptr && PQstatus(conn_) == CONNECTION_OK; }
 
+namespace {
+// libpq's messages run over several lines (a detail, a hint, "\n\t" between the reasons of
+// a failed connection): made one line, for the log's one line per event and /healthz.
+void trim(std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  bool space = false;
+  for (char c : s) {
+    if (c == '\n' || c == '\t' || c == '\r' || c == ' ') {
+      space = !out.empty();
+      continue;
+    }
+    if (space) out.push_back(' ');
+    space = false;
+    out.push_back(c);
+  }
+  s = std::move(out);
+}
+}  // namespace
+
 bool connection::open(const std::string& conninfo, std::string& error) {
   close();
   conn_ = PQconnectdb(conninfo.c_str());
   if (PQstatus(conn_) != CONNECTION_OK) {
     error = PQerrorMessage(conn_);
-    while (!error.empty() && (error.back() == '\n' || error.back() == ' ')) error.pop_back();
+    trim(error);
     close();
     return false;
   }
   return true;
 }
-
-namespace {
-void trim(std::string& s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-}
-}  // namespace
 
 errc connection::lost() {
   if (message_.empty() && conn_ != nullptr) message_ = PQerrorMessage(conn_);

@@ -36,6 +36,18 @@ class pipeline : public ::testing::Test {
   connection db;
 };
 
+// libpq's reasons run over lines ("\n\t" between them); the log and /healthz get one line.
+TEST(pg_connection, a_failed_connection_is_explained_in_one_line) {
+  connection db;
+  std::string error;
+  ASSERT_FALSE(db.open("host=127.0.0.1 port=1 connect_timeout=5", error));
+  EXPECT_NE(error.find("127.0.0.1"), std::string::npos) << error;
+  EXPECT_EQ(error.find_first_of("\n\t\r"), std::string::npos) << error;
+  EXPECT_EQ(error.find("  "), std::string::npos) << error;
+  EXPECT_FALSE(error.empty() || error.back() == ' ') << error;
+  EXPECT_FALSE(db.ok());
+}
+
 TEST_F(pipeline, deferred_statements_are_read_back_by_the_next_exec) {
   ASSERT_TRUE(db.defer("BEGIN"));
   for (std::uint64_t k = 1; k <= 50; ++k)

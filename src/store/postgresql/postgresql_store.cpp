@@ -462,14 +462,19 @@ struct postgresql_store::impl {
       return;
     }
     post_read([this, done = std::move(done), fn = std::move(fn)](connection& db) mutable {
-      if (!db.ok()) {
-        std::string error;
-        if (!connect(db, false, error)) {
-          done(errc::unavailable);
-          return;
-        }
+      const bool fresh = !db.ok();
+      std::string error;
+      if (fresh && !connect(db, false, error)) {
+        done(errc::unavailable);
+        return;
       }
-      done(fn(db));
+      auto r = fn(db);
+      // A connection that died while it was idle (the database restarted meanwhile) shows
+      // only now. A read changes nothing: it is made once more, on a new connection.
+      if (!fresh && !r && r.error() == errc::unavailable && !db.ok() && connect(db, false, error)) {
+        r = fn(db);
+      }
+      done(std::move(r));
     });
   }
 
@@ -813,8 +818,11 @@ void postgresql_store::impl::run_writer(writer_lane& w) {
     const auto t = w.queue.take(work, options.max_group, options.reconnect_interval, pending_count);
     if (t == write_queue<command>::taken::done) return;
     if (t == write_queue<command>::taken::idle) {
-      // Idle, the writer still reconnects, so that /healthz tells the truth when nobody
-      // writes.
+      // Idle, the writer still checks its connection (a database that went away shows only
+      // when a statement fails: this one, cheap) and reconnects, so that /healthz and
+      // parley_store_writable tell the truth when nobody writes, and the first write after a
+      // restart of the database does not meet a dead connection.
+      if (w.db.ok()) (void)w.db.run("SELECT 1");
       writer_connected(w);
       continue;
     }
