@@ -334,13 +334,13 @@ bool device_session::follows(std::uint64_t chat, std::uint64_t seq) const {
 }
 
 void device_session::saw_own(std::uint64_t chat, std::uint64_t seq) {
-  if (closed_ || draining_ || seq <= pushed(chat)) return;
-  if (follows(chat, seq)) {
-    set_pushed(chat, seq);
-  } else {
-    state_.stats.gap_rereads.fetch_add(1, std::memory_order_relaxed);
-    read_log_again();
-  }
+  // Only right after what the connection has seen of the chat. Anything else is left as it
+  // is: the seq before this one may still be on its way from another node (its push, in
+  // flight over Redis, comes after this device's own later message was answered here), and
+  // taking this seq as seen would drop that push as one already sent. A later push then
+  // finds the gap and reads the log, which covers this one too.
+  if (closed_ || draining_) return;
+  if (seq == pushed(chat) + 1) set_pushed(chat, seq);
 }
 
 std::uint64_t device_session::pushed(std::uint64_t chat) const {

@@ -115,7 +115,7 @@ class device_session final : public bus::endpoint,
   // device's cursor and not pushed yet, in order.
   void read_log_again();
   // This device's own message at `seq` (never pushed to it): the chat's seen prefix moves
-  // past it, or, after a gap, the log is read again.
+  // past it if it comes right after.
   void saw_own(std::uint64_t chat, std::uint64_t seq);
   void on_receipts(const std::vector<store::watermark>& marks);
   // The highest seq of `chat` pushed on this connection (0: none yet), and recording one.
