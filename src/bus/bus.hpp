@@ -100,6 +100,13 @@ class bus {
   virtual void deliver_ephemeral(const std::string& username, wire::encoded_frame frame) = 0;
 
   virtual std::size_t connected_devices() const = 0;
+
+  // Whether every push of a chat reaches the device's current endpoint in seq order, none
+  // lost, from the device's first drain on (one process: true). False on a cluster: a push
+  // may go to the node the device just left, and pushes from different nodes may overtake
+  // each other, so a chat's first push on a connection is checked against the device's
+  // cursor before it is sent (device_session).
+  virtual bool pushes_in_commit_order() const = 0;
 };
 
 }  // namespace parley::bus

@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -75,10 +77,13 @@ constexpr const char* usage_text =
     "certificates in FILE only; https:// media URLs (a proxy before the blob server, an S3\n"
     "store) are checked the same way\n";
 
-// An error a person can act on; exit code 1 (2 for usage errors).
+// An error a person can act on; exit code 1 (2 for usage errors). With --json it goes to
+// stderr as {"type":"error","message":…,"exit_code":N[,"code":…]}, `code` being the server's
+// ErrorCode name without its ERROR_CODE_ prefix when the server refused the request.
 struct failure {
   std::string message;
   int exit_code = 1;
+  std::string code{};
 };
 
 struct options {
@@ -162,11 +167,14 @@ bool transient(const client_error& e) {
          e.what == client_error::kind::unreachable;
 }
 
-failure explain(const client_error& e, const std::string& subject = {}) {
+failure explain_server(const client_error& e, const std::string& subject) {
   if (e.what == client_error::kind::server) {
     switch (e.code) {
-      case v2::ERROR_CODE_UNKNOWN_USER:
-        return {"unknown user" + (subject.empty() ? "" : " '" + subject + "'")};
+      case v2::ERROR_CODE_UNKNOWN_USER: {
+        // The server names the user when the request named several (a group's members).
+        const std::string& who = e.subject.empty() ? subject : e.subject;
+        return {"unknown user" + (who.empty() ? "" : " '" + who + "'")};
+      }
       case v2::ERROR_CODE_USERNAME_TAKEN:
         return {"the username" + (subject.empty() ? "" : " '" + subject + "'") + " is taken"};
       case v2::ERROR_CODE_AUTH_FAILED:
@@ -206,6 +214,22 @@ failure explain(const client_error& e, const std::string& subject = {}) {
     }
   }
   return {client::describe(e)};
+}
+
+// A failure the server's refusal `e` caused, said as `message`: it carries the refusal's code
+// (the ErrorCode name without ERROR_CODE_) for --json.
+failure refused(const client_error& e, std::string message) {
+  failure f{std::move(message)};
+  if (e.what == client_error::kind::server) {
+    constexpr std::string_view prefix = "ERROR_CODE_";
+    f.code = v2::ErrorCode_Name(e.code);
+    if (f.code.starts_with(prefix)) f.code.erase(0, prefix.size());
+  }
+  return f;
+}
+
+failure explain(const client_error& e, const std::string& subject = {}) {
+  return refused(e, explain_server(e, subject).message);
 }
 
 class session {
@@ -467,6 +491,36 @@ target resolve_chat(session& s, const std::string& arg) {
   return {false, arg, 0, {}};
 }
 
+// `read` and `history` of a user are answered from this device's store, which cannot tell an
+// unknown user from a contact with nothing yet: a user this device has no chat and no keys
+// with is refused (exit 1) rather than shown as an empty chat.
+void require_known_peer(session& s, const target& chat) {
+  if (chat.group || s.store().chat_of(chat.peer) || s.store().identity(chat.peer)) return;
+  throw failure{"this device has no chat with '" + chat.peer +
+                "' (nothing sent to or received from them here; 'parley send " + chat.peer +
+                " TEXT' starts one)"};
+}
+
+// A failed request about `to`, in words: a group's NOT_FOUND is this account's membership
+// gone (removed, or left from another device); anything else as explain() says it.
+failure explain_for(const target& to, const client_error& e) {
+  if (to.group && e.what == client_error::kind::server && e.code == v2::ERROR_CODE_NOT_FOUND)
+    return refused(e, "you are no longer a member of " + to.label());
+  return explain(e, to.group ? to.label() : to.peer);
+}
+
+// Before work that a wrong recipient would waste (an upload, an interactive chat): a group
+// this device knows it has left, or a peer who cannot be written to (unknown, without keys,
+// oneself), is refused now. Opens the session with the peer if there is none yet.
+awaitable<void> require_reachable(session& s, const target& to) {
+  if (to.group) {
+    const auto g = s.store().group(to.chat_id);
+    if (g && !g->member) throw failure{"you are no longer a member of " + to.label()};
+  } else if (auto ready = co_await s.messenger().prepare_session(to.peer); !ready) {
+    throw explain(ready.error(), to.peer);
+  }
+}
+
 // A GROUP argument of `parley group ...`: must be a group this device knows. Call after
 // require_registered().
 client::local_group resolve_group(session& s, const std::string& arg) {
@@ -610,18 +664,28 @@ awaitable<void> cmd_send(session& s, const options& o) {
       co_await s.api().close();
       co_return;
     }
-    if (!transient(*error)) {
-      if (to.group && error->what == client_error::kind::server &&
-          error->code == v2::ERROR_CODE_NOT_FOUND) {
-        throw failure{"you are no longer a member of " + to.label()};
-      }
-      throw explain(*error, to.group ? to.label() : to.peer);
-    }
+    if (!transient(*error)) throw explain_for(to, *error);
     last = error;
   }
-  throw explain(*last, to.group ? to.label() : to.peer);
+  throw explain_for(to, *last);
 }
 #pragma GCC diagnostic pop
+
+// A group's name as this device knows it ("" if it does not yet, or cannot read it: what is
+// shown then names the group by its chat id). Every line about a group carries it: "group"
+// with --json.
+[[gnu::noinline]] std::string group_name(session& s, std::uint64_t chat_id) {
+  try {
+    if (auto g = s.store().group(chat_id)) return g->name;
+  } catch (const std::exception&) {
+  }
+  return {};
+}
+
+// The name a group message is shown with: "alice in 'friends'".
+std::string group_place(session& s, std::uint64_t chat_id) {
+  return target{true, {}, chat_id, group_name(s, chat_id)}.label();
+}
 
 // Shows a Receipt that moved the peer's watermark, if it covers a message this device sent (a
 // watermark also moves over the peer's own messages: nothing to show then). The message id is
@@ -648,15 +712,9 @@ awaitable<void> cmd_send(session& s, const options& o) {
   std::string who = r.user();
   std::string where = "chat " + id_string(r.chat_id());
   if (r.user().empty()) {
-    std::optional<client::local_group> g;
-    try {
-      g = s.store().group(r.chat_id());
-    } catch (const std::exception&) {
-      // Shown without the group's name.
-    }
     who = "every member";
-    where = target{true, {}, r.chat_id(), g ? g->name : std::string()}.label();
-    json.field("group", g ? g->name : std::string());
+    where = group_place(s, r.chat_id());
+    json.field("group", group_name(s, r.chat_id()));
   }
   s.out(ticks(r.status()) + " " + who + (read ? " read" : " received") + " up to seq " +
             std::to_string(r.up_to_seq()) + " in " + where +
@@ -674,17 +732,6 @@ bool show_receipt(session& s, const v2::Receipt& r) {
   }
   if (!moved || *moved) print_receipt(s, r);
   return moved.has_value();
-}
-
-// The name a group message is shown with: "alice in 'friends'".
-[[gnu::noinline]] std::string group_place(session& s, std::uint64_t chat_id) {
-  std::optional<client::local_group> g;
-  try {
-    g = s.store().group(chat_id);
-  } catch (const std::exception&) {
-    // Shown by its chat id.
-  }
-  return target{true, {}, chat_id, g ? g->name : std::string()}.label();
 }
 
 // Shows a received message (readable, or `problem` when it could not be decrypted); a group's
@@ -724,14 +771,7 @@ void add_media_json(session& s, std::uint64_t message_id, json_object& json) {
                   .field("chat_id", id_string(chat_id))
                   .number("seq", seq)
                   .number("sent_at_ms", sent_at_ms);
-  if (in_group) {
-    std::optional<client::local_group> g;
-    try {
-      g = s.store().group(chat_id);
-    } catch (const std::exception&) {
-    }
-    json.field("group", g ? g->name : std::string());
-  }
+  if (in_group) json.field("group", group_name(s, chat_id));
   if (!problem.empty()) {
     s.out("⚠ [" + clock_time(sent_at_ms) + "] a message from " + from + where + " (" +
               id_string(message_id) + ") could not be decrypted: " + problem,
@@ -766,22 +806,38 @@ std::string change_name(v2::GroupChange c) {
   }
 }
 
+// A group's system message for --json, as sync and history print it. `event` is null for one
+// the local history kept only the description of (received before parley kept events).
+json_object event_json(session& s, const client::local_message& m, const v2::GroupEvent* event) {
+  auto json = json_object().field("type", "event").field("group", group_name(s, m.chat_id));
+  if (event != nullptr) {
+    json.field("change", change_name(event->change()))
+        .field("from", m.peer)
+        .field("user", event->user())
+        .field("name", event->name())
+        .strings("members", {event->members().begin(), event->members().end()});
+  } else {
+    json.field("from", m.peer);
+  }
+  return json.field("text", m.text)
+      .field("message_id", id_string(m.server_id))
+      .field("chat_id", id_string(m.chat_id))
+      .number("seq", m.seq)
+      .number("sent_at_ms", m.sent_at_ms);
+}
+
 // Shows a group's system message (a change of the group).
 void show_event(session& s, const v2::Envelope& e, const std::string& description) {
+  client::local_message m;
+  m.server_id = e.message_id();
+  m.chat_id = e.chat_id();
+  m.seq = e.seq();
+  m.peer = e.from();
+  m.sent_at_ms = e.sent_at_ms();
+  m.text = description;
   s.out("[" + clock_time(e.sent_at_ms()) + "] * " + printable(description) + " (" +
             group_place(s, e.chat_id()) + ")",
-        json_object()
-            .field("type", "event")
-            .field("change", change_name(e.event().change()))
-            .field("from", e.from())
-            .field("user", e.event().user())
-            .field("name", e.event().name())
-            .strings("members", {e.event().members().begin(), e.event().members().end()})
-            .field("text", description)
-            .field("message_id", id_string(e.message_id()))
-            .field("chat_id", id_string(e.chat_id()))
-            .number("seq", e.seq())
-            .number("sent_at_ms", e.sent_at_ms()));
+        event_json(s, m, &e.event()));
 }
 
 // Shows one pushed frame: decrypts an Envelope into the local history and records its cursor
@@ -939,6 +995,7 @@ awaitable<void> cmd_read(session& s, const options& o) {
   if (o.args.size() != 2) throw failure{"usage: parley read CHAT", 2};
   s.require_registered();
   const target chat = resolve_chat(s, o.args[1]);
+  require_known_peer(s, chat);
   // The newest message received in the chat in this device's history: the chat is read up to
   // its seq (in a group, a message or a change of the group).
   const auto last =
@@ -963,11 +1020,11 @@ awaitable<void> cmd_read(session& s, const options& o) {
   co_await s.connect_and_authenticate();
   auto r = co_await s.api().mark_read(last->chat_id, last->seq);
   if (!r) {
-    if (r.error().what == client_error::kind::server && r.error().code == v2::ERROR_CODE_NOT_FOUND)
-      throw failure{chat.group ? "you are no longer a member of " + chat.label()
-                               : "the server has no chat " + id_string(last->chat_id) + " with '" +
-                                     chat.peer + "' for you (was its data reset?)"};
-    throw explain(r.error(), chat.group ? chat.label() : chat.peer);
+    if (!chat.group && r.error().what == client_error::kind::server &&
+        r.error().code == v2::ERROR_CODE_NOT_FOUND)
+      throw refused(r.error(), "the server has no chat " + id_string(last->chat_id) + " with '" +
+                                   chat.peer + "' for you (was its data reset?)");
+    throw explain_for(chat, r.error());
   }
   s.out("read everything " + (chat.group ? "in " + chat.label() : "from " + chat.peer) +
             " up to seq " + std::to_string(last->seq) + " in chat " + id_string(last->chat_id) +
@@ -983,15 +1040,10 @@ std::string names(const google::protobuf::RepeatedPtrField<std::string>& list) {
 }
 
 // A MESSAGE_ID argument (digits only); a usage error otherwise.
+// (std::stoull would take "-5" as 2^64 - 5.)
 std::uint64_t parse_message_id(const std::string& arg) {
-  try {
-    std::size_t used = 0;
-    const std::uint64_t id = std::stoull(arg, &used);
-    if (used != arg.size()) throw std::invalid_argument("trailing");
-    return id;
-  } catch (const std::exception&) {
-    throw failure{"'" + arg + "' is not a message id", 2};
-  }
+  if (auto id = parse_id(arg)) return *id;
+  throw failure{"'" + arg + "' is not a message id (digits only)", 2};
 }
 
 awaitable<void> cmd_status(session& s, const options& o) {
@@ -1047,6 +1099,7 @@ awaitable<void> cmd_history(session& s, const options& o) {
   // group, what all the other members have.
   s.require_registered();
   const target chat = resolve_chat(s, o.args[1]);
+  require_known_peer(s, chat);
   const auto entries = chat.group
                            ? s.store().chat_history(chat.chat_id, static_cast<std::size_t>(limit))
                            : s.store().history(chat.peer, static_cast<std::size_t>(limit));
@@ -1054,15 +1107,11 @@ awaitable<void> cmd_history(session& s, const options& o) {
     const bool mine = m.direction == client::message_direction::outgoing;
     const std::string from = mine ? s.me().username : m.peer;
     if (m.kind == client::message_kind::event) {
+      v2::GroupEvent event;
+      const auto kept = s.store().group_event(m.server_id);
+      const bool whole = kept && event.ParseFromString(*kept);
       s.out("[" + clock_time(m.sent_at_ms) + "] * " + printable(m.text),
-            json_object()
-                .field("type", "event")
-                .field("from", m.peer)
-                .field("message_id", id_string(m.server_id))
-                .field("chat_id", id_string(m.chat_id))
-                .number("seq", m.seq)
-                .number("sent_at_ms", m.sent_at_ms)
-                .field("text", m.text));
+            event_json(s, m, whole ? &event : nullptr));
       continue;
     }
     if (!m.problem.empty()) {
@@ -1214,23 +1263,15 @@ awaitable<void> cmd_chat(session& s, const options& o) {
   s.require_registered();
   const target chat = resolve_chat(s, o.args[1]);
   co_await s.connect_and_authenticate();
-  // A peer who cannot be written to (unknown, without keys, oneself) ends the command at once
-  // rather than refusing every line typed.
-  if (!chat.group) {
-    if (auto ready = co_await s.messenger().prepare_session(chat.peer); !ready)
-      throw explain(ready.error(), chat.peer);
-  }
+  // A recipient who cannot be written to ends the command at once rather than refusing every
+  // line typed.
+  co_await require_reachable(s, chat);
   // Presence of the peer, or of the group's members (the server shows it only to those who
   // share a chat).
   std::vector<std::string> watched{chat.peer};
   if (chat.group) {
     auto info = co_await s.messenger().get_group(chat.chat_id);
-    if (!info) {
-      if (info.error().what == client_error::kind::server &&
-          info.error().code == v2::ERROR_CODE_NOT_FOUND)
-        throw failure{"you are no longer a member of " + chat.label()};
-      throw explain(info.error(), chat.label());
-    }
+    if (!info) throw explain_for(chat, info.error());
     watched.clear();
     for (const auto& m : info->members()) {
       if (m.user() != s.me().username) watched.push_back(m.user());
@@ -1284,33 +1325,37 @@ awaitable<void> cmd_chat(session& s, const options& o) {
   co_await s.api().close();
 }
 
-// Shows a group's name, members and admins (`what`: what happened, for the first line).
-void show_group(session& s, const std::string& what, const v2::GroupInfo& info) {
-  std::string members;
-  std::string admins;
+// A group as every `group` command prints it with --json, `group create` included.
+json_object group_json(const v2::GroupInfo& info) {
   std::vector<json_object> list;
   std::vector<std::string> admin_names;
   for (const auto& m : info.members()) {
-    members += (members.empty() ? "" : ", ") + m.user();
-    if (m.admin()) {
-      admins += (admins.empty() ? "" : ", ") + m.user();
-      admin_names.push_back(m.user());
-    }
+    if (m.admin()) admin_names.push_back(m.user());
     list.push_back(json_object()
                        .field("user", m.user())
                        .boolean("admin", m.admin())
                        .number("joined_seq", m.joined_seq()));
   }
-  s.out(what + "group '" + printable(info.name()) + "' (chat " + id_string(info.chat_id()) +
-            ")\nmembers: " + members + "\nadmins: " + (admins.empty() ? "none" : admins),
-        json_object()
-            .field("chat_id", id_string(info.chat_id()))
-            .field("name", info.name())
-            .objects("members", list)
-            .strings("admins", admin_names)
-            .number("seq", info.seq()));
+  return json_object()
+      .field("chat_id", id_string(info.chat_id()))
+      .field("name", info.name())
+      .objects("members", list)
+      .strings("admins", admin_names)
+      .number("seq", info.seq());
 }
 
+// Shows a group's name, members and admins (`what`: what happened, for the first line).
+void show_group(session& s, const std::string& what, const v2::GroupInfo& info) {
+  std::string members;
+  std::string admins;
+  for (const auto& m : info.members()) {
+    members += (members.empty() ? "" : ", ") + m.user();
+    if (m.admin()) admins += (admins.empty() ? "" : ", ") + m.user();
+  }
+  s.out(what + "group '" + printable(info.name()) + "' (chat " + id_string(info.chat_id()) +
+            ")\nmembers: " + members + "\nadmins: " + (admins.empty() ? "none" : admins),
+        group_json(info));
+}
 
 // --- files ------------------------------------------------------------------------------------
 
@@ -1362,12 +1407,7 @@ awaitable<void> cmd_send_file(session& s, const options& o) {
   co_await s.connect_and_authenticate();
   // The recipient is checked before the upload, which a wrong name would waste (and which
   // counts against the account's quota until it is swept).
-  if (to.group) {
-    const auto g = s.store().group(to.chat_id);
-    if (g && !g->member) throw failure{"you are no longer a member of " + to.label()};
-  } else if (auto ready = co_await s.messenger().prepare_session(to.peer); !ready) {
-    throw explain(ready.error(), to.peer);
-  }
+  co_await require_reachable(s, to);
   client::file_to_send file{o.args[2], {}, o.caption, o.voice};
   progress_bar bar(o, "upload  ");
   const auto work_dir = s.profile().dir() / "media";
@@ -1380,11 +1420,7 @@ awaitable<void> cmd_send_file(session& s, const options& o) {
   std::vector<std::string> not_reached;
   if (to.group) {
     auto r = co_await s.messenger().send_group_media(to.chat_id, *media, client_msg_id);
-    if (!r && r.error().what == client_error::kind::server &&
-        r.error().code == v2::ERROR_CODE_NOT_FOUND) {
-      throw failure{"you are no longer a member of " + to.label()};
-    }
-    if (!r) throw explain(r.error(), to.label());
+    if (!r) throw explain_for(to, r.error());
     warn_not_reached(*r);
     not_reached = r->not_reached;
     sent = r->result;
@@ -1453,8 +1489,9 @@ awaitable<void> cmd_download(session& s, const options& o) {
   if (!r) {
     if (r.error().what == client_error::kind::server &&
         r.error().code == v2::ERROR_CODE_NOT_FOUND) {
-      throw failure{"the server has no file for message " + o.args[1] +
-                    " that you may fetch (not a member of its chat any more, or it was deleted)"};
+      throw refused(r.error(), "the server has no file for message " + o.args[1] +
+                                   " that you may fetch (not a member of its chat any more, or "
+                                   "it was deleted)");
     }
     throw explain(r.error());
   }
@@ -1499,14 +1536,7 @@ awaitable<void> cmd_group(session& s, const options& o) {
     s.out("created group '" + printable(info->name()) + "': chat " + id_string(info->chat_id()) +
               " (" + std::to_string(info->members_size()) +
               (info->members_size() == 1 ? " member)" : " members)"),
-          json_object()
-              .field("chat_id", id_string(info->chat_id()))
-              .field("name", info->name())
-              .strings("members", [&] {
-                std::vector<std::string> out;
-                for (const auto& m : info->members()) out.push_back(m.user());
-                return out;
-              }()));
+          group_json(*info));
     co_await s.api().close();
     co_return;
   }
@@ -1549,14 +1579,15 @@ awaitable<void> cmd_group(session& s, const options& o) {
   if (!info) {
     if (info.error().what == client_error::kind::server &&
         info.error().code == v2::ERROR_CODE_NOT_FOUND)
-      throw failure{"you are not a member of " + place.label()};
+      throw explain_for(place, info.error());
     // The rules a change can break (protocol.md, UpdateGroup), said in words.
     if (info.error().what == client_error::kind::server &&
         info.error().code == v2::ERROR_CODE_INVALID_ARGUMENT) {
       if (change == v2::GROUP_CHANGE_REMOVE && user == s.me().username)
-        throw failure{"you cannot remove yourself: 'parley group leave " + o.args[2] + "'"};
+        throw refused(info.error(),
+                      "you cannot remove yourself: 'parley group leave " + o.args[2] + "'");
       if (change == v2::GROUP_CHANGE_DEMOTE)
-        throw failure{"the group must keep an admin: promote another member first"};
+        throw refused(info.error(), "the group must keep an admin: promote another member first");
     }
     throw explain(info.error(), user);
   }
@@ -1590,6 +1621,36 @@ void check_ca_file(const std::string& path, const std::string& source) {
   std::error_code ec;
   if (std::filesystem::is_regular_file(path, ec) && std::ifstream(path)) return;
   throw failure{source + " '" + path + "': cannot read the file (expected PEM CA certificates)", 2};
+}
+
+// A failure on stderr: one line of JSON with --json (message without its trailing newline),
+// otherwise "parley: " and the message (a usage text as it is).
+void report(const failure& f, bool json) {
+  std::string message = f.message;
+  while (!message.empty() && message.back() == '\n') message.pop_back();
+  if (json) {
+    auto j = json_object()
+                 .field("type", "error")
+                 .field("message", message)
+                 .number("exit_code", static_cast<std::uint64_t>(f.exit_code));
+    if (!f.code.empty()) j.field("code", f.code);
+    std::cerr << j.str() << '\n';
+    return;
+  }
+  std::cerr << (message.starts_with("usage:") ? "" : "parley: ") << message << '\n';
+}
+
+// Whether --json is among the options, known before they are parsed so that an error in them
+// is JSON too. The value of an option that takes one (`--caption --json`) is not the flag.
+bool wants_json(int argc, char** argv) {
+  constexpr std::array<std::string_view, 7> take_a_value{
+      "--server", "--ca", "--profile", "--wait", "--limit", "--caption", "--out"};
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a == "--json") return true;
+    if (std::find(take_a_value.begin(), take_a_value.end(), a) != take_a_value.end()) ++i;
+  }
+  return false;
 }
 
 [[gnu::noinline]] options parse(int argc, char** argv) {
@@ -1662,6 +1723,7 @@ void check_ca_file(const std::string& path, const std::string& source) {
 
 [[gnu::noinline]] int run(int argc, char** argv) {
   wire::silence_protobuf_logging();
+  const bool json = wants_json(argc, argv);
   try {
     options o = parse(argc, argv);
     asio::io_context io(1);
@@ -1710,11 +1772,10 @@ void check_ca_file(const std::string& path, const std::string& source) {
       std::cout << f.message;
       return 0;
     }
-    std::cerr << (f.message.rfind("usage:", 0) == 0 ? "" : "parley: ") << f.message
-              << (f.message.empty() || f.message.back() == '\n' ? "" : "\n");
+    report(f, json);
     return f.exit_code;
   } catch (const std::exception& e) {
-    std::cerr << "parley: " << e.what() << '\n';
+    report(failure{e.what()}, json);
     return 1;
   }
 }

@@ -146,7 +146,8 @@ awaitable<result<v2::Frame>> client::request(v2::Frame frame) {
   }
   if (s->response->has_error()) {
     co_return client_error{client_error::kind::server, s->response->error().code(),
-                           s->response->error().message(), s->response->error().retry_after_ms()};
+                           s->response->error().message(), s->response->error().retry_after_ms(),
+                           s->response->error().subject()};
   }
   co_return std::move(*s->response);
 }

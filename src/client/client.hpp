@@ -39,6 +39,8 @@ struct client_error {
   std::string message;
   // STORAGE_UNAVAILABLE and RATE_LIMITED: how long the server asks us to wait before retrying.
   std::uint32_t retry_after_ms = 0;
+  // Error.subject: the name the server's error is about, when the request named several.
+  std::string subject{};
 };
 
 }  // namespace parley::client

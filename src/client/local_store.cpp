@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS media (
   content BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS uploads (
   source TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, state BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS group_events (server_id INTEGER PRIMARY KEY, event BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS pending_group_messages (
   server_id INTEGER PRIMARY KEY, chat_id INTEGER NOT NULL, seq INTEGER NOT NULL,
   sender TEXT NOT NULL, device INTEGER NOT NULL, sent_at_ms INTEGER NOT NULL,
@@ -187,6 +188,8 @@ local_store::local_store(const std::filesystem::path& file) : file_(file) {
 // Version 2 lacks receipts_stamps, which `schema` creates (empty: no stamp kept yet). Versions
 // 2 and 3 lack the group tables (created empty by `schema`) and messages.kind (added: 0, text,
 // in every old row). Versions 2 to 4 lack the media and uploads tables (created empty).
+// Versions 2 to 5 lack group_events (created empty: the events received before show their
+// description only).
 void local_store::migrate() {
   exec("BEGIN IMMEDIATE");
   try {
@@ -542,6 +545,20 @@ std::optional<local_media> local_store::media(std::uint64_t server_id) {
   if (!s.step()) return std::nullopt;
   return local_media{server_id, static_cast<std::uint64_t>(s.integer(0)),
                      static_cast<std::uint64_t>(s.integer(1)), s.blob(2)};
+}
+
+void local_store::put_group_event(std::uint64_t server_id, std::string_view event) {
+  prepare("INSERT OR REPLACE INTO group_events (server_id, event) VALUES (?, ?)")
+      .bind(1, static_cast<std::int64_t>(server_id))
+      .bind(2, event)
+      .run();
+}
+
+std::optional<std::string> local_store::group_event(std::uint64_t server_id) {
+  auto s = prepare("SELECT event FROM group_events WHERE server_id = ?");
+  s.bind(1, static_cast<std::int64_t>(server_id));
+  if (!s.step()) return std::nullopt;
+  return s.blob(0);
 }
 
 void local_store::put_upload(const std::string& source, std::uint64_t size,

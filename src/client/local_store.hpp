@@ -187,6 +187,10 @@ class local_store final : public e2ee::key_store {
   void put_media(std::uint64_t server_id, std::uint64_t chat_id, std::uint64_t seq,
                  std::string_view content);
   std::optional<local_media> media(std::uint64_t server_id);
+  // A group event (parley.v2.GroupEvent, serialized) kept with its system message, so that the
+  // history shows it as sync did; nullopt for one received before this was kept (version < 6).
+  void put_group_event(std::uint64_t server_id, std::string_view event);
+  std::optional<std::string> group_event(std::uint64_t server_id);
   void put_upload(const std::string& source, std::uint64_t size, std::int64_t mtime_ns,
                   std::string_view state);
   std::optional<std::string> upload(const std::string& source, std::uint64_t size,
@@ -261,7 +265,7 @@ class local_store final : public e2ee::key_store {
   bool raise_receipts_stamp(std::uint64_t device_id, std::uint64_t stamp);
 
   // The format this code writes, in PRAGMA user_version (see the top of this file).
-  static constexpr int schema_version = 5;
+  static constexpr int schema_version = 6;
 
  private:
   void migrate();

@@ -104,7 +104,7 @@ TEST(local_store, a_schema_2_database_is_migrated_in_place) {
     EXPECT_EQ(store.receipts_stamp(7), 60u);
   }
   EXPECT_EQ(query_int(db, "PRAGMA user_version"), local_store::schema_version);
-  EXPECT_EQ(local_store::schema_version, 5);
+  EXPECT_EQ(local_store::schema_version, 6);
   EXPECT_EQ(query_int(db, "SELECT stamp FROM receipts_stamps WHERE device_id = 7"), 60);
 }
 
@@ -131,7 +131,7 @@ TEST(local_store, a_schema_3_database_is_migrated_in_place) {
                       "DROP INDEX pending_by_sender; DROP TABLE pending_group_messages; "
                       "DROP TABLE sender_key_holders; DROP TABLE chat_groups; "
                       "DROP TABLE sender_keys; ALTER TABLE messages DROP COLUMN kind; "
-                      "DROP TABLE media; DROP TABLE uploads; "
+                      "DROP TABLE media; DROP TABLE uploads; DROP TABLE group_events; "
                       "PRAGMA user_version = 3;"));
   ASSERT_EQ(query_int(db, "SELECT count(*) FROM pragma_table_info('messages') WHERE name = 'kind'"),
             0);
@@ -155,8 +155,12 @@ TEST(local_store, a_schema_3_database_is_migrated_in_place) {
     store.put_upload("/tmp/x", 10, 5, "state");
     EXPECT_EQ(store.upload("/tmp/x", 10, 5), "state");
     EXPECT_FALSE(store.upload("/tmp/x", 10, 6)) << "a file changed since is a new upload";
+    // And schema 6's group events.
+    EXPECT_FALSE(store.group_event(43));
+    store.put_group_event(43, "event bytes");
+    EXPECT_EQ(store.group_event(43), "event bytes");
   }
-  EXPECT_EQ(query_int(db, "PRAGMA user_version"), 5);
+  EXPECT_EQ(query_int(db, "PRAGMA user_version"), 6);
 }
 
 TEST(local_store, groups_are_named_and_their_members_may_leave) {

@@ -584,6 +584,7 @@ result<void> messenger::settle_left_groups() {
     local_store::transaction tx(store_);
     apply_event(e);
     store_.add_message(incoming_record(e, text, {}, message_kind::event));
+    store_.put_group_event(e.message_id(), e.event().SerializeAsString());
     tx.commit();
     return {opened_message::kind::event, std::move(text), {}};
   } catch (const std::exception& ex) {

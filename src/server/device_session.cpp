@@ -339,14 +339,21 @@ void device_session::saw_own(std::uint64_t chat, std::uint64_t seq) {
   // flight over Redis, comes after this device's own later message was answered here), and
   // taking this seq as seen would drop that push as one already sent. A later push then
   // finds the gap and reads the log, which covers this one too.
-  if (closed_ || draining_) return;
+  if (closed_ || draining_ || checking(chat)) return;
   if (seq == pushed(chat) + 1) set_pushed(chat, seq);
 }
 
 std::uint64_t device_session::pushed(std::uint64_t chat) const {
   if (!pushed_) return 0;
   auto it = std::lower_bound(pushed_->begin(), pushed_->end(), std::make_pair(chat, std::uint64_t{0}));
-  return it != pushed_->end() && it->first == chat ? it->second : 0;
+  return it != pushed_->end() && it->first == chat && it->second != checking_mark ? it->second : 0;
+}
+
+bool device_session::checking(std::uint64_t chat) const {
+  if (!pushed_) return false;
+  auto it =
+      std::lower_bound(pushed_->begin(), pushed_->end(), std::make_pair(chat, std::uint64_t{0}));
+  return it != pushed_->end() && it->first == chat && it->second == checking_mark;
 }
 
 void device_session::set_pushed(std::uint64_t chat, std::uint64_t seq) {
@@ -366,7 +373,20 @@ void device_session::on_message(const bus::shared_envelope& e) {
     return;
   }
   const auto& m = e->message();
-  if (m.seq <= pushed(m.chat)) return;  // already sent by the drain
+  if (checking(m.chat)) {
+    recheck_ = true;  // the check reads the log again when it ends
+    return;
+  }
+  const std::uint64_t last = pushed(m.chat);
+  if (m.seq <= last) return;  // already sent by the drain
+  // On a cluster, a chat's first push on this connection may not be the next one the device
+  // lacks (an earlier push went to the node the device just left, or was overtaken by one
+  // from another node): checked against the device's cursor first.
+  if (last == 0 && m.seq > 1 && !unsure_ && !state_.bus.pushes_in_commit_order()) {
+    set_pushed(m.chat, checking_mark);
+    asio::co_spawn(executor_, check_first_push(e), log_failure);
+    return;
+  }
   // A push that does not follow what this connection saw of the chat: one before it was lost
   // on the way (the cluster's bus was down, or routed it to where the device was before). Not
   // sent out of order: the log has both, and a drain pass sends them in order.
@@ -376,6 +396,34 @@ void device_session::on_message(const bus::shared_envelope& e) {
     return;
   }
   if (send_encoded(e->frame())) set_pushed(m.chat, m.seq);
+}
+
+awaitable<void> device_session::check_first_push(bus::shared_envelope e) {
+  auto self = shared_from_this();
+  const auto& m = e->message();
+  auto cursor = co_await store_call<std::uint64_t>([&](store::completion<std::uint64_t> done) {
+    state_.store.device_cursor(device_, user_, m.chat, std::move(done));
+  });
+  if (closed_) co_return;
+  const bool again = std::exchange(recheck_, false);
+  if (!checking(m.chat) || !cursor || draining_) {
+    // A drain took the chat over meanwhile, or the cursor could not be read: the log decides
+    // (a running drain reads again).
+    if (checking(m.chat)) set_pushed(m.chat, 0);
+    read_log_again();
+    co_return;
+  }
+  // What the device has acknowledged counts as seen: nothing at or below it is pushed again.
+  set_pushed(m.chat, *cursor);
+  if (m.seq > *cursor + 1) {
+    // One before it was lost on the way here, or is still coming: the log sends both, in order.
+    state_.stats.gap_rereads.fetch_add(1, std::memory_order_relaxed);
+    read_log_again();
+    co_return;
+  }
+  if (m.seq == *cursor + 1 && send_encoded(e->frame())) set_pushed(m.chat, m.seq);
+  // Pushes of this chat that came during the check were held back: the log has them.
+  if (again) read_log_again();
 }
 
 void device_session::on_receipts(const std::vector<store::watermark>& marks) {
@@ -805,7 +853,7 @@ awaitable<void> device_session::run_request(frame request) {
               store::create_group_request req{user_,
                                               device_,
                                               username_,
-                                              std::move(*c.mutable_name()),
+                                              c.name(),
                                               {c.members().begin(), c.members().end()},
                                               state_.cfg.limits.max_group_members,
                                               std::move(*c.mutable_client_request_id())};
@@ -824,6 +872,11 @@ awaitable<void> device_session::run_request(frame request) {
             state_.store.change_group(std::move(req), deliver(std::move(done)));
           });
       if (!r) {
+        if (r.error() == store::errc::unknown_user && request.has_create_group()) {
+          send(co_await unknown_member_error(
+              id, std::move(*request.mutable_create_group()->mutable_members())));
+          break;
+        }
         fail(r.error());
         break;
       }
@@ -1074,6 +1127,22 @@ awaitable<void> device_session::run_request(frame request) {
       break;
   }
   --in_flight_;
+}
+
+// CreateGroup's UNKNOWN_USER names the member that has no account (Error.subject): the store's
+// refusal says only that one has none, so it is asked which (one read, only on that error). If
+// that read fails, the error goes out without a subject.
+awaitable<v2::Frame> device_session::unknown_member_error(
+    std::uint64_t request_id, google::protobuf::RepeatedPtrField<std::string> members) {
+  auto f = store_error(request_id, store::errc::unknown_user, state_.stats);
+  auto unknown = co_await store_call<std::string>([&](store::completion<std::string> done) {
+    state_.store.first_unknown_user({members.begin(), members.end()}, std::move(done));
+  });
+  if (unknown && !unknown->empty()) {
+    f.mutable_error()->set_message("unknown user '" + *unknown + "'");
+    f.mutable_error()->set_subject(std::move(*unknown));
+  }
+  co_return f;
 }
 
 awaitable<std::vector<bool>> device_session::shares_chat_with(std::vector<std::string> names) {

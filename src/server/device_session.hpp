@@ -99,6 +99,8 @@ class device_session final : public bus::endpoint,
   // Whether this account shares a chat with `username` (cached once true: a chat is never
   // deleted). False on a store error too: presence and typing fail closed.
   boost::asio::awaitable<std::vector<bool>> shares_chat_with(std::vector<std::string> names);
+  boost::asio::awaitable<parley::v2::Frame> unknown_member_error(
+      std::uint64_t request_id, google::protobuf::RepeatedPtrField<std::string> members);
   // A token from `limiter` for `key`, or an Error{RATE_LIMITED, retry_after_ms} answered to
   // `request_id` (and false).
   bool within_rate(rate_limiter& limiter, std::string_view key, std::uint64_t request_id,
@@ -121,6 +123,13 @@ class device_session final : public bus::endpoint,
   // The highest seq of `chat` pushed on this connection (0: none yet), and recording one.
   std::uint64_t pushed(std::uint64_t chat) const;
   void set_pushed(std::uint64_t chat, std::uint64_t seq);
+  // A chat's first push on this connection, on a cluster (bus::pushes_in_commit_order false):
+  // sent only if it follows the device's cursor (store::device_cursor); else, or if more of
+  // the chat's pushes came meanwhile (held back: `recheck_`), a drain pass sends them in
+  // order. While the cursor is read, the chat's pushed_ entry holds checking_mark.
+  boost::asio::awaitable<void> check_first_push(bus::shared_envelope e);
+  bool checking(std::uint64_t chat) const;
+  static constexpr std::uint64_t checking_mark = UINT64_MAX;
   // This connection's I/O thread's lane (looked up, not stored: one pointer less per
   // connection; there are as many lanes as I/O threads).
   delivery_lane& lane() const { return state_.lane_for(executor_); }
@@ -164,6 +173,8 @@ class device_session final : public bus::endpoint,
   // is sent only right after one this connection sent (or its own message), else read again
   // from the log.
   bool unsure_ = false;
+  // A push of a chat being checked (check_first_push) came and was held back.
+  bool recheck_ = false;
   // (chat, seq) sorted by chat, allocated on the first push: an idle connection holds one
   // pointer (8 bytes), not an empty vector (24) or hash map (56).
   std::unique_ptr<std::vector<std::pair<std::uint64_t, std::uint64_t>>> pushed_;

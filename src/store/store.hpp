@@ -339,6 +339,11 @@ class store {
   // errc::not_found if there is no such user.
   virtual void find_account(std::string username, completion<account> done) = 0;
 
+  // The first of `usernames`, in their order, that has no account; "" if every one has. One
+  // read: what CreateGroup's UNKNOWN_USER names (Error.subject).
+  virtual void first_unknown_user(std::vector<std::string> usernames,
+                                  completion<std::string> done) = 0;
+
   // Appends a message to the chat's log once per (sender_device, client_msg_id): a retry
   // within the dedupe window returns the first result. errc::unknown_user if the peer does
   // not exist, errc::self_message if it is the sender, errc::not_found for a chat id the
@@ -384,6 +389,12 @@ class store {
   // receipt's watermark.stamp.
   virtual void backlog(device_id device, user_id user, std::uint64_t receipts_since,
                        completion<device_backlog> done) = 0;
+
+  // The device's delivery cursor in the chat as committed (0 if it has none): what a cluster
+  // node checks a chat's first push on a connection against (device_session). It may lag an
+  // ack being committed, never lead it.
+  virtual void device_cursor(device_id device, user_id user, chat_id chat,
+                             completion<std::uint64_t> done) = 0;
 
   // Up to `limit` entries of the chat's log with after < seq <= up_to, oldest first, and at
   // most `max_bytes` of payload (at least one entry).

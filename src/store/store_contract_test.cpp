@@ -317,6 +317,22 @@ TEST_P(store_contract, unknown_device_and_account_are_not_found) {
   EXPECT_EQ(acct.error(), errc::not_found);
 }
 
+TEST_P(store_contract, the_first_unknown_user_is_named_in_the_order_given) {
+  register_user("alice");
+  register_user("bob");
+  auto first_unknown = [&](std::vector<std::string> names) {
+    auto r =
+        wait_for<std::string>([&](auto done) { db_->first_unknown_user(std::move(names), done); });
+    EXPECT_TRUE(r);
+    return r ? *r : std::string("(failed)");
+  };
+  EXPECT_EQ(first_unknown({"alice", "zed", "bob", "amy"}), "zed");
+  EXPECT_EQ(first_unknown({"amy", "zed"}), "amy");
+  EXPECT_EQ(first_unknown({"bob", "alice", "bob"}), "");
+  EXPECT_EQ(first_unknown({}), "");
+  EXPECT_EQ(first_unknown({"alice", "we\"ird,\\name}"}), "we\"ird,\\name}");  // quoted
+}
+
 TEST_P(store_contract, privacy_is_stored_and_survives_a_reopen) {
   auto alice = register_user("alice");
   auto hidden = [&] {
@@ -732,6 +748,24 @@ TEST_P(store_contract, ack_moves_the_cursor_and_sends_a_delivered_receipt) {
   EXPECT_EQ(described(*all),
             std::vector<std::string>{receipt(alice.device, ab, "bob", delivered, 3)});
   EXPECT_TRUE(backlog_of(bob).behind.empty());
+}
+
+// A cluster node checks a chat's first push on a connection against the device's cursor.
+TEST_P(store_contract, a_devices_cursor_is_read_as_committed) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  const chat_id ab = send_n(alice, by_peer("bob"), 3, "m");
+  auto cursor = [&](const person& p, chat_id chat) {
+    return wait_for<std::uint64_t>(
+        [&](auto done) { db_->device_cursor(p.device, p.user, chat, done); });
+  };
+  EXPECT_EQ(cursor(bob, ab), 0u);  // no ack yet
+  ASSERT_TRUE(ack(bob, {{ab, 2}}));
+  EXPECT_EQ(cursor(bob, ab), 2u);
+  EXPECT_EQ(cursor(alice, ab), 0u);    // the sender's own messages move no cursor
+  EXPECT_EQ(cursor(bob, ab + 1), 0u);  // no such chat
+  reopen();
+  EXPECT_EQ(cursor(bob, ab), 2u);
 }
 
 TEST_P(store_contract, an_ack_of_several_chats_moves_each_and_counts_a_chat_named_twice_once) {
@@ -1273,6 +1307,23 @@ class store_groups : public store_contract {
     return v;
   }
 };
+
+// A group's cursors are written at the end of their write group (RocksDB): read once the
+// ack is answered, they are there.
+TEST_P(store_groups, a_members_cursor_is_read_once_its_ack_is_answered) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto g = create(alice, {"bob"});
+  ASSERT_TRUE(g);
+  const chat_id chat = g->info.chat;
+  ASSERT_TRUE(say(alice, chat, "one"));
+  ASSERT_TRUE(say(alice, chat, "two"));
+  ASSERT_TRUE(ack(bob, {{chat, 3}}));
+  auto r = wait_for<std::uint64_t>(
+      [&](auto done) { db_->device_cursor(bob.device, bob.user, chat, done); });
+  ASSERT_TRUE(r);
+  EXPECT_EQ(*r, 3u);
+}
 
 TEST_P(store_groups, creation_appends_one_event_and_pushes_it_to_every_other_member) {
   auto alice = register_user("alice");

@@ -1,10 +1,10 @@
 // The parley CLI as a user runs it, against a real parleyd: the quick-start session of the
 // README, JSON output for scripts, and the errors a person sees.
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <sys/wait.h>
 
-#include <sqlite3.h>
-
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <optional>
@@ -278,6 +278,58 @@ TEST_F(cli, errors_a_person_understands) {
   auto bad_status = parley("alice", {"status", "12345"});
   EXPECT_EQ(bad_status.exit_code, 1);
   EXPECT_NE(bad_status.err.find("no such message"), std::string::npos) << bad_status.err;
+  // Not a message id at all: a usage error, whatever the characters.
+  for (const std::string arg : {"-5", "abc", "+5", "12x"}) {
+    auto not_an_id = parley("alice", {"status", arg});
+    EXPECT_EQ(not_an_id.exit_code, 2) << arg;
+    EXPECT_NE(not_an_id.err.find("is not a message id"), std::string::npos) << not_an_id.err;
+  }
+
+  // read and history answer from this device: a user it has no chat with is said to be one,
+  // not shown as an empty chat.
+  for (const std::string command : {"read", "history"}) {
+    auto no_chat = parley("alice", {command, "bobby"});
+    EXPECT_EQ(no_chat.exit_code, 1) << command;
+    EXPECT_NE(no_chat.err.find("no chat with 'bobby'"), std::string::npos) << no_chat.err;
+  }
+
+  // A group with a member who does not exist: the server names which.
+  ASSERT_EQ(parley("carol", {"register", "carol"}).exit_code, 0);
+  auto no_member = parley("alice", {"group", "create", "club", "carol", "zed.x", "bobby"});
+  EXPECT_EQ(no_member.exit_code, 1);
+  EXPECT_NE(no_member.err.find("unknown user 'zed.x'"), std::string::npos) << no_member.err;
+}
+
+// With --json a failure is one JSON object on stderr, whatever failed: the options, the
+// command's arguments, or the server's answer (with its error code).
+TEST_F(cli, errors_are_json_with_json) {
+  ASSERT_EQ(parley("alice", {"register", "alice"}).exit_code, 0);
+  auto refused = parley("alice", {"--json", "send", "bobby", "hi"});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_EQ(refused.out, "");
+  EXPECT_EQ(field(refused.err, "type"), "error") << refused.err;
+  EXPECT_EQ(field(refused.err, "message"), "unknown user 'bobby'") << refused.err;
+  EXPECT_EQ(field(refused.err, "code"), "UNKNOWN_USER") << refused.err;
+  EXPECT_EQ(number(refused.err, "exit_code"), "1") << refused.err;
+
+  auto usage = parley("alice", {"--json", "send", "bobby"});
+  EXPECT_EQ(usage.exit_code, 2);
+  EXPECT_EQ(number(usage.err, "exit_code"), "2") << usage.err;
+  EXPECT_EQ(field(usage.err, "message"), "usage: parley send CHAT TEXT") << usage.err;
+  EXPECT_EQ(usage.err.find("\"code\""), std::string::npos) << usage.err;  // not the server's
+
+  auto bad_option = parley("alice", {"--json", "--limit", "x", "history", "bobby"});
+  EXPECT_EQ(bad_option.exit_code, 2);
+  EXPECT_EQ(field(bad_option.err, "message"), "--limit needs a non-negative number")
+      << bad_option.err;
+  // "--json" as an option's value is that value, not the flag.
+  auto caption = parley("alice", {"send-file", "bobby", "/nonexistent", "--caption", "--json"});
+  EXPECT_EQ(caption.exit_code, 1);
+  EXPECT_EQ(caption.err.rfind("parley: ", 0), 0u) << caption.err;
+  for (const auto& r : {refused, usage, bad_option}) {
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;  // one line
+    EXPECT_EQ(r.err.rfind("{\"type\": \"error\", ", 0), 0u) << r.err;
+  }
 }
 
 TEST_F(cli, credentials_and_keys_are_private) {
@@ -764,8 +816,13 @@ TEST_F(cli, a_group_by_name_or_id_from_create_to_removal) {
   const std::string chat = field(created.out, "chat_id");
   ASSERT_FALSE(chat.empty()) << created.out;
   EXPECT_EQ(field(created.out, "name"), "trio");
-  EXPECT_NE(created.out.find("\"members\": [\"alice\", \"bob\", \"carol\"]"), std::string::npos)
-      << created.out;
+  // The shape every group command prints: members as objects, the admins by name.
+  EXPECT_EQ(lines_with(created.out, "\"user\": ").size(), 1u) << created.out;
+  for (const std::string member : {"alice", "bob", "carol"})
+    EXPECT_NE(created.out.find("{\"user\": \"" + member + "\", \"admin\": "), std::string::npos)
+        << created.out;
+  EXPECT_NE(created.out.find("\"admins\": [\"alice\"]"), std::string::npos) << created.out;
+  EXPECT_NE(number(created.out, "seq"), "") << created.out;
 
   auto sent = parley("alice", {"--json", "send", "trio", "hello trio"});  // by its name
   ASSERT_EQ(sent.exit_code, 0) << sent.err;
@@ -773,12 +830,15 @@ TEST_F(cli, a_group_by_name_or_id_from_create_to_removal) {
   EXPECT_EQ(field(sent.out, "chat_id"), chat);
   EXPECT_EQ(field(sent.out, "group"), "trio");
 
+  std::string create_at_bob;  // the CREATE event's line in bob's sync
   for (const std::string member : {"bob", "carol"}) {
     auto synced = parley(member, {"--json", "sync"});
     ASSERT_EQ(synced.exit_code, 0) << synced.err;
     const auto events = lines_with(synced.out, "\"type\": \"event\"");
     ASSERT_EQ(events.size(), 1u) << synced.out;
+    if (member == "bob") create_at_bob = events[0];
     EXPECT_EQ(field(events[0], "change"), "create");
+    EXPECT_EQ(field(events[0], "group"), "trio");
     EXPECT_EQ(field(events[0], "text"), "alice created the group \"trio\" with bob, carol");
     const auto messages = lines_with(synced.out, "\"text\": \"hello trio\"");
     ASSERT_EQ(messages.size(), 1u) << synced.out;
@@ -808,7 +868,18 @@ TEST_F(cli, a_group_by_name_or_id_from_create_to_removal) {
       << history.out;
   EXPECT_NE(history.out.find("alice: hello trio"), std::string::npos) << history.out;
   EXPECT_NE(history.out.find("bob: hi from bob"), std::string::npos) << history.out;
-  EXPECT_EQ(parley("bob", {"history", "alice"}).out, "");  // no group message in the 1:1 chat
+  auto bob_alice = parley("bob", {"history", "alice"});  // no group message in the 1:1 chat
+  EXPECT_EQ(bob_alice.exit_code, 0) << bob_alice.err;    // a contact: keys from the group
+  EXPECT_EQ(bob_alice.out, "");
+  // History shows a group event as sync did: the same line.
+  auto history_json = parley("bob", {"--json", "history", "trio"});
+  ASSERT_EQ(history_json.exit_code, 0) << history_json.err;
+  const auto kept_events = lines_with(history_json.out, "\"type\": \"event\"");
+  ASSERT_EQ(kept_events.size(), 1u) << history_json.out;
+  EXPECT_EQ(kept_events[0], create_at_bob);
+  EXPECT_EQ(field(kept_events[0], "change"), "create");
+  EXPECT_NE(kept_events[0].find("\"members\": [\"alice\", \"bob\", \"carol\"]"), std::string::npos)
+      << kept_events[0];
 
   auto info = parley("carol", {"--json", "group", "info", "trio"});
   ASSERT_EQ(info.exit_code, 0) << info.err;

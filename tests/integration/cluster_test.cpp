@@ -100,6 +100,26 @@ class cluster : public ::testing::Test {
 class cluster_on_one_redis : public cluster {
  protected:
   test_support::redis_server redis;
+
+  // Two nodes, carol online at node 1 and alice at node 2, and alice's first message to carol
+  // received: where the tests of a push lost between nodes start.
+  struct apart {
+    std::unique_ptr<server_process> n1, n2;
+    std::unique_ptr<test_client> carol, alice;
+    v2::Envelope first;
+  };
+  apart carol_and_alice_apart() {
+    apart a;
+    a.n1 = node(1, redis.url());
+    a.n2 = node(2, redis.url());
+    a.carol = online("carol", *a.n1);
+    a.alice = online("alice", *a.n2);
+    const auto sent = a.alice->send("carol", "first");
+    a.first = next_envelope(*a.carol);
+    EXPECT_EQ(a.first.seq(), sent.seq());
+    EXPECT_EQ(a.first.payload(), "first");
+    return a;
+  }
 };
 
 TEST_F(cluster_on_one_redis, users_on_different_nodes_chat_with_receipts) {
@@ -272,12 +292,7 @@ TEST_F(cluster_on_one_redis, redis_restarted_mid_run) {
 // and her next one, sent through node 1, would have been pushed over it (carol then acks past
 // the lost one, for good). Node 1 reads the chat's log instead and sends both, in order.
 TEST_F(cluster_on_one_redis, a_push_after_a_lost_one_is_not_sent_over_the_gap) {
-  auto n1 = node(1, redis.url());
-  auto n2 = node(2, redis.url());
-  auto carol = online("carol", *n1);
-  auto alice = online("alice", *n2);
-  alice->send("carol", "before");
-  EXPECT_EQ(next_envelope(*carol).payload(), "before");
+  auto [n1, n2, carol, alice, before] = carol_and_alice_apart();
 
   redis.kill9();
   std::this_thread::sleep_for(300ms);
@@ -305,6 +320,57 @@ TEST_F(cluster_on_one_redis, a_push_after_a_lost_one_is_not_sent_over_the_gap) {
       EXPECT_FALSE(f->has_envelope()) << "sent again: " << f->ShortDebugString();
     }
   }
+}
+
+// A chat's first push on a connection is checked against the device's cursor: a push that
+// went where the device no longer is (here: its routing key names a node that does not
+// exist, as it names the old node for a moment after a move) is not skipped by the next
+// one, which the node would otherwise take for the chat's first (architecture.md, "No push
+// over a gap").
+TEST_F(cluster_on_one_redis, a_chats_first_push_on_a_connection_does_not_pass_a_lost_one) {
+  auto [n1, n2, carol, alice, first] = carol_and_alice_apart();
+  carol->ack({test_client::cursor_of(first)});
+
+  // A new connection of carol's device: nothing to drain, so the chat is new to it.
+  carol->disconnect();
+  test_client again(io, n1->url());
+  again.login_as(*carol);
+  EXPECT_TRUE(test_client::envelopes_in(again.drain()).empty());
+
+  // The next push is routed nowhere, then carol's entry names node 1 again.
+  const std::string key = "parley:conn:{d" + std::to_string(again.device_id) + "}";
+  ASSERT_EQ(redis.cli({"GET", key}), "1");
+  ASSERT_EQ(redis.cli({"SET", key, "9", "EX", "30"}), "OK");
+  const auto lost = alice->send("carol", "two, routed to node 9");
+  ASSERT_EQ(redis.cli({"SET", key, "1", "EX", "30"}), "OK");
+  const auto next = alice->send("carol", "three");
+  ASSERT_EQ(next.seq(), lost.seq() + 1);
+
+  const auto got_first = next_envelope(again);
+  EXPECT_EQ(got_first.seq(), lost.seq()) << got_first.payload();
+  const auto got_second = next_envelope(again);
+  EXPECT_EQ(got_second.seq(), next.seq()) << got_second.payload();
+  again.ack({test_client::cursor_of(got_second)});
+  // And nothing twice.
+  const auto deadline = std::chrono::steady_clock::now() + 1s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto f = again.run(again.api().next_push(300ms));
+    if (f) {
+      EXPECT_FALSE(f->has_envelope()) << "sent again: " << f->ShortDebugString();
+    }
+  }
+  EXPECT_NE(http_get(n1->port(), "/metrics").find("parley_push_gaps_total 1\n"), std::string::npos);
+
+  // A first push that is the cursor's next seq goes out once the cursor is read: no drain pass.
+  again.disconnect();
+  test_client third(io, n1->url());
+  third.login_as(again);
+  EXPECT_TRUE(test_client::envelopes_in(third.drain()).empty());
+  const auto fourth = alice->send("carol", "four");
+  const auto got_fourth = next_envelope(third);
+  EXPECT_EQ(got_fourth.seq(), fourth.seq());
+  EXPECT_EQ(got_fourth.payload(), "four");
+  EXPECT_NE(http_get(n1->port(), "/metrics").find("parley_push_gaps_total 1\n"), std::string::npos);
 }
 
 TEST_F(cluster_on_one_redis, a_node_killed_under_load_loses_and_duplicates_nothing) {

@@ -15,6 +15,7 @@ class local_bus final : public bus {
   void deliver_receipts(const std::vector<store::receipt_delivery>& receipts) override;
   void deliver_ephemeral(const std::string& username, wire::encoded_frame frame) override;
   std::size_t connected_devices() const override;
+  bool pushes_in_commit_order() const override { return true; }  // one process, one commit order
 
  private:
   device_registry devices_;

@@ -62,6 +62,7 @@ class redis_bus final : public bus {
   void deliver_receipts(const std::vector<store::receipt_delivery>& receipts) override;
   void deliver_ephemeral(const std::string& username, wire::encoded_frame frame) override;
   std::size_t connected_devices() const override;
+  bool pushes_in_commit_order() const override { return false; }  // see bus::pushes_in_commit_order
 
   // Presence rides on "parley:all" (presence/redis/redis_presence). `on_presence` gets every
   // other node's announcements (on the subscription's thread); `presence_snapshot` is asked

@@ -2,6 +2,7 @@
 
 #include <charconv>
 
+#include "common/log.hpp"
 
 namespace parley::store::pg {
 
@@ -123,6 +124,21 @@ void trim(std::string& s) {
   }
   s = std::move(out);
 }
+
+// What the server says outside a query's result goes to the node's log as one line each,
+// instead of libpq's default of printing it raw on stderr: a WARNING (one comes when another
+// backend crashes and the server restarts), an ERROR or FATAL the connection gets while idle
+// (57P01 as the server shuts down), and libpq's own notices at warn; the routine ones
+// (NOTICE, INFO, LOG, DEBUG: a table that exists already) at debug.
+void log_notice(void*, const PGresult* r) {
+  const char* field = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+  const std::string_view severity = field != nullptr ? field : "";
+  std::string text = PQresultErrorMessage(r);
+  trim(text);
+  const bool routine = severity == "NOTICE" || severity == "INFO" || severity == "LOG" ||
+                       severity.starts_with("DEBUG");
+  log_line(routine ? log_level::debug : log_level::warn) << "store: PostgreSQL says: " << text;
+}
 }  // namespace
 
 bool connection::open(const std::string& conninfo, std::string& error) {
@@ -134,6 +150,7 @@ bool connection::open(const std::string& conninfo, std::string& error) {
     close();
     return false;
   }
+  PQsetNoticeReceiver(conn_, log_notice, nullptr);
   return true;
 }
 

@@ -7,6 +7,7 @@
 
 #include <random>
 
+#include "common/log.hpp"
 #include "postgres_test_server.hpp"
 
 namespace parley::store::pg {
@@ -46,6 +47,34 @@ TEST(pg_connection, a_failed_connection_is_explained_in_one_line) {
   EXPECT_EQ(error.find("  "), std::string::npos) << error;
   EXPECT_FALSE(error.empty() || error.back() == ' ') << error;
   EXPECT_FALSE(db.ok());
+}
+
+// The server's warnings reach the node's log as one line at warn, not raw on stderr; its
+// notices only at debug.
+TEST(pg_connection, the_servers_warnings_are_logged_as_one_line) {
+  connection db;
+  std::string error;
+  ASSERT_TRUE(db.open(test_support::postgres_database("notices"), error)) << error;
+  const std::string sql =
+      "SET client_min_messages = notice; "
+      "DO $$ BEGIN RAISE WARNING E'first\\n\\tsecond'; RAISE NOTICE 'a notice'; END $$";
+  ::testing::internal::CaptureStderr();
+  const bool ran = !!db.run(sql);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(ran) << db.error_message();
+  EXPECT_NE(err.find("[warn] store: PostgreSQL says: WARNING: first second\n"), std::string::npos)
+      << err;
+  EXPECT_EQ(err.find("a notice"), std::string::npos) << err;
+  EXPECT_EQ(err.find("\tsecond"), std::string::npos) << err;
+
+  set_log_level(log_level::debug);
+  ::testing::internal::CaptureStderr();
+  const bool again = !!db.run(sql);
+  const std::string debug = ::testing::internal::GetCapturedStderr();
+  set_log_level(log_level::info);
+  ASSERT_TRUE(again) << db.error_message();
+  EXPECT_NE(debug.find("[debug] store: PostgreSQL says: NOTICE: a notice\n"), std::string::npos)
+      << debug;
 }
 
 TEST_F(pipeline, deferred_statements_are_read_back_by_the_next_exec) {

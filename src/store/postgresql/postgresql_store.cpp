@@ -962,6 +962,20 @@ void postgresql_store::find_account(std::string username, completion<account> do
                        });
 }
 
+void postgresql_store::first_unknown_user(std::vector<std::string> usernames,
+                                          completion<std::string> done) {
+  impl_->read<std::string>(
+      std::move(done), [usernames = std::move(usernames)](connection& db) -> result<std::string> {
+        auto r = db.exec(
+            "SELECT t.name FROM unnest($1::text[]) WITH ORDINALITY AS t(name, i) "
+            "WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.username = t.name) "
+            "ORDER BY t.i LIMIT 1",
+            params().text(text_array(usernames)));
+        if (!r) return r.error();
+        return r->empty() ? std::string() : std::string(r->text(0, 0));
+      });
+}
+
 void postgresql_store::set_privacy(user_id user, bool hide_last_seen, completion<void> done) {
   std::vector<std::uint64_t> locks{user_lock(user)};
   impl_->write<void>(std::move(done), [user, hide_last_seen](connection& db) -> result<void> {
@@ -1637,6 +1651,18 @@ void postgresql_store::backlog(device_id device, user_id user, std::uint64_t,
           if (read > 0) out.marks.push_back({chat, {}, message_status::read, read, 0, 0});
         }
         return out;
+      });
+}
+
+void postgresql_store::device_cursor(device_id device, user_id user, chat_id chat,
+                                     completion<std::uint64_t> done) {
+  impl_->read<std::uint64_t>(
+      std::move(done), [device, user, chat](connection& db) -> result<std::uint64_t> {
+        auto r = db.exec(
+            "SELECT seq FROM cursors WHERE chat_id = $1 AND user_id = $2 AND device_id = $3",
+            params().add(chat).add(user).add(device));
+        if (!r) return r.error();
+        return r->empty() ? std::uint64_t{0} : r->u64(0, 0);
       });
 }
 

@@ -70,6 +70,8 @@ class postgresql_store final : public store {
   void register_account(registration_request request, completion<registration> done) override;
   void find_device(device_id id, completion<device> done) override;
   void find_account(std::string username, completion<account> done) override;
+  void first_unknown_user(std::vector<std::string> usernames,
+                          completion<std::string> done) override;
   void send(send_request request, completion<send_outcome> done) override;
   void ack(device_id device, user_id user, std::vector<cursor_update> cursors,
            completion<watermark_moves> done) override;
@@ -81,6 +83,8 @@ class postgresql_store final : public store {
   void get_group(user_id requester, chat_id chat, completion<group_info> done) override;
   void backlog(device_id device, user_id user, std::uint64_t receipts_since,
                completion<device_backlog> done) override;
+  void device_cursor(device_id device, user_id user, chat_id chat,
+                     completion<std::uint64_t> done) override;
   void read_log(chat_id chat, std::uint64_t after, std::uint64_t up_to, std::size_t limit,
                 std::size_t max_bytes, completion<std::vector<shared_message>> done) override;
   void status(user_id requester, chat_id chat, std::uint64_t seq, bool detail,

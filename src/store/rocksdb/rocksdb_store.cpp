@@ -1528,6 +1528,20 @@ void rocksdb_store::find_account(std::string username, completion<account> done)
       });
 }
 
+void rocksdb_store::first_unknown_user(std::vector<std::string> usernames,
+                                       completion<std::string> done) {
+  impl_->read<std::string>(std::move(done),
+                           [this, usernames = std::move(usernames)]() -> result<std::string> {
+                             for (const auto& name : usernames) {
+                               auto user = impl_->user_of(name);
+                               if (user) continue;
+                               if (user.error() == errc::unknown_user) return name;
+                               return user.error();
+                             }
+                             return std::string();
+                           });
+}
+
 void rocksdb_store::upload_keys(key_upload upload, std::size_t max_held,
                                 completion<key_stock> done) {
   impl_->write<key_stock>(
@@ -2289,6 +2303,13 @@ void rocksdb_store::backlog(device_id device, user_id user, std::uint64_t receip
                             completion<device_backlog> done) {
   impl_->read<device_backlog>(std::move(done), [this, device, user, receipts_since]() {
     return impl_->compute_backlog(device, user, receipts_since);
+  });
+}
+
+void rocksdb_store::device_cursor(device_id device, user_id user, chat_id chat,
+                                  completion<std::uint64_t> done) {
+  impl_->read<std::uint64_t>(std::move(done), [this, device, user, chat] {
+    return impl_->stored_cursor(chat, user, device);
   });
 }
 
