@@ -828,16 +828,10 @@ json_object event_json(session& s, const client::local_message& m, const v2::Gro
 
 // Shows a group's system message (a change of the group).
 void show_event(session& s, const v2::Envelope& e, const std::string& description) {
-  client::local_message m;
-  m.server_id = e.message_id();
-  m.chat_id = e.chat_id();
-  m.seq = e.seq();
-  m.peer = e.from();
-  m.sent_at_ms = e.sent_at_ms();
-  m.text = description;
   s.out("[" + clock_time(e.sent_at_ms()) + "] * " + printable(description) + " (" +
             group_place(s, e.chat_id()) + ")",
-        event_json(s, m, &e.event()));
+        event_json(s, client::incoming_record(e, description, {}, client::message_kind::event),
+                   &e.event()));
 }
 
 // Shows one pushed frame: decrypts an Envelope into the local history and records its cursor

@@ -95,20 +95,6 @@ opened_message not_stored(const std::exception& e) {
   return {opened_message::kind::not_stored, {}, std::string("local store failed: ") + e.what()};
 }
 
-// The history's record of the pushed Envelope `e`, as this device received it.
-local_message incoming_record(const v2::Envelope& e, std::string text, std::string problem = {},
-                              message_kind kind = message_kind::text) {
-  return {e.message_id(),
-          e.chat_id(),
-          e.seq(),
-          e.from(),
-          message_direction::incoming,
-          e.sent_at_ms(),
-          std::move(text),
-          std::move(problem),
-          kind};
-}
-
 // The history's record of a message this account sent (`r`) in chat `chat_id`; `peer` as
 // local_message has it (in a group: this account).
 local_message outgoing_record(const v2::SendResult& r, std::uint64_t chat_id,
@@ -125,6 +111,19 @@ std::string group_problem(const std::optional<content::Content>& c) {
 }
 
 }  // namespace
+
+local_message incoming_record(const v2::Envelope& e, std::string text, std::string problem,
+                              message_kind kind) {
+  return {e.message_id(),
+          e.chat_id(),
+          e.seq(),
+          e.from(),
+          message_direction::incoming,
+          e.sent_at_ms(),
+          std::move(text),
+          std::move(problem),
+          kind};
+}
 
 v2::UploadKeys to_wire(const e2ee::key_upload& k) {
   v2::UploadKeys out;

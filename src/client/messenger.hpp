@@ -126,6 +126,11 @@ class ack_batch {
 parley::v2::UploadKeys to_wire(const e2ee::key_upload& keys);
 std::optional<e2ee::peer_bundle> from_wire(const parley::v2::PreKeyBundle& bundle);
 
+// The history's record of the pushed Envelope `e`, as this device received it (and as the CLI
+// shows a group event it has just opened).
+local_message incoming_record(const parley::v2::Envelope& e, std::string text,
+                              std::string problem = {}, message_kind kind = message_kind::text);
+
 class messenger {
  public:
   // Key-stock policy, as Signal: 100 one-time prekeys per upload, topped up below 20; the

@@ -343,17 +343,20 @@ void device_session::saw_own(std::uint64_t chat, std::uint64_t seq) {
   if (seq == pushed(chat) + 1) set_pushed(chat, seq);
 }
 
-std::uint64_t device_session::pushed(std::uint64_t chat) const {
-  if (!pushed_) return 0;
+const std::uint64_t* device_session::pushed_entry(std::uint64_t chat) const {
+  if (!pushed_) return nullptr;
   auto it = std::lower_bound(pushed_->begin(), pushed_->end(), std::make_pair(chat, std::uint64_t{0}));
-  return it != pushed_->end() && it->first == chat && it->second != checking_mark ? it->second : 0;
+  return it != pushed_->end() && it->first == chat ? &it->second : nullptr;
+}
+
+std::uint64_t device_session::pushed(std::uint64_t chat) const {
+  const auto* seq = pushed_entry(chat);
+  return seq != nullptr && *seq != checking_mark ? *seq : 0;
 }
 
 bool device_session::checking(std::uint64_t chat) const {
-  if (!pushed_) return false;
-  auto it =
-      std::lower_bound(pushed_->begin(), pushed_->end(), std::make_pair(chat, std::uint64_t{0}));
-  return it != pushed_->end() && it->first == chat && it->second == checking_mark;
+  const auto* seq = pushed_entry(chat);
+  return seq != nullptr && *seq == checking_mark;
 }
 
 void device_session::set_pushed(std::uint64_t chat, std::uint64_t seq) {
@@ -853,7 +856,7 @@ awaitable<void> device_session::run_request(frame request) {
               store::create_group_request req{user_,
                                               device_,
                                               username_,
-                                              c.name(),
+                                              std::move(*c.mutable_name()),
                                               {c.members().begin(), c.members().end()},
                                               state_.cfg.limits.max_group_members,
                                               std::move(*c.mutable_client_request_id())};

@@ -123,6 +123,8 @@ class device_session final : public bus::endpoint,
   // The highest seq of `chat` pushed on this connection (0: none yet), and recording one.
   std::uint64_t pushed(std::uint64_t chat) const;
   void set_pushed(std::uint64_t chat, std::uint64_t seq);
+  // The chat's entry in pushed_ (a seq or checking_mark), nullptr if it has none.
+  const std::uint64_t* pushed_entry(std::uint64_t chat) const;
   // A chat's first push on this connection, on a cluster (bus::pushes_in_commit_order false):
   // sent only if it follows the device's cursor (store::device_cursor); else, or if more of
   // the chat's pushes came meanwhile (held back: `recheck_`), a drain pass sends them in
