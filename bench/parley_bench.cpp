@@ -433,10 +433,27 @@ cluster_point run_cluster(const options& o, const fs::path& data, int nodes) {
     c.procs = std::max<int>(o.procs, static_cast<int>((total + 17'999) / 18'000));
     p.connect = run_connect(c, total, 3.0);
   }
+  // A counter summed over every node; none if one node's cannot be read.
+  auto nodes_total = [&](std::string_view name) -> std::optional<std::uint64_t> {
+    std::uint64_t sum = 0;
+    for (const auto& s : servers) {
+      const auto v = scrape_metric("127.0.0.1:" + std::to_string(s->port()), name);
+      if (!v) return std::nullopt;
+      sum += *v;
+    }
+    return sum;
+  };
+  const auto checks_before = nodes_total("parley_first_push_checks_total");
+  const auto gaps_before = nodes_total("parley_push_gaps_total");
   const auto before = store_counters(conninfo);
   p.one_to_one = run_one_to_one(t, o.users, o.rates, o.step_seconds, false);
   std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // statistics flushed
   const auto after = store_counters(conninfo);
+  const auto checks_after = nodes_total("parley_first_push_checks_total");
+  const auto gaps_after = nodes_total("parley_push_gaps_total");
+  if (checks_before && checks_after) p.first_push_checks = *checks_after - *checks_before;
+  if (gaps_before && gaps_after) p.push_gaps = *gaps_after - *gaps_before;
+  for (const auto& s : p.one_to_one->steps) p.one_to_one_received += s.received;
   for (const auto& s : p.one_to_one->steps) p.store_seconds += s.seconds;
   if (p.store_seconds > 0) {
     p.store_commits_per_second = (after.first - before.first) / p.store_seconds;

@@ -525,6 +525,14 @@ void render_cluster(std::ostringstream& o, const cluster_result& c) {
       o << "    store (pg_stat_database over those steps): "
         << fixed(p.store_commits_per_second, 0) << " commits/s, "
         << fixed(p.store_rows_per_second, 0) << " rows written/s\n";
+      if (p.first_push_checks && p.push_gaps) {
+        const double received =
+            static_cast<double>(std::max<std::uint64_t>(p.one_to_one_received, 1));
+        o << "    pushes over those steps: " << p.one_to_one_received << " received, "
+          << *p.first_push_checks << " first pushes checked with a cursor read ("
+          << fixed(100.0 * static_cast<double>(*p.first_push_checks) / received, 1)
+          << " % of received), " << *p.push_gaps << " gaps read from the log\n";
+      }
     }
     if (p.fanout) {
       const auto& f = *p.fanout;
@@ -559,7 +567,10 @@ std::string cluster_json(const cluster_result& c) {
         o << (k ? ", " : "") << one_to_one_step_json(p.one_to_one->steps[k]);
       o << "], \"store_seconds\": " << fixed(p.store_seconds, 1)
         << ", \"store_commits_per_second\": " << fixed(p.store_commits_per_second, 0)
-        << ", \"store_rows_per_second\": " << fixed(p.store_rows_per_second, 0);
+        << ", \"store_rows_per_second\": " << fixed(p.store_rows_per_second, 0)
+        << ", \"one_to_one_received\": " << p.one_to_one_received;
+      if (p.first_push_checks) o << ", \"first_push_checks\": " << *p.first_push_checks;
+      if (p.push_gaps) o << ", \"push_gaps\": " << *p.push_gaps;
     }
     if (p.fanout) {
       o << ", \"fanout_sustainable_rate\": " << fixed(p.fanout->sustainable_rate, 0)

@@ -308,8 +308,9 @@ std::optional<commit_metrics> parse_commit_metrics(const std::string& text) {
   return m;
 }
 
-// GET /metrics from `address` (HOST:PORT, an IPv6 host in brackets); none on any failure.
-std::optional<commit_metrics> scrape_commit_metrics(const std::string& address) {
+// The body of GET /metrics from `address` (HOST:PORT, an IPv6 host in brackets); none on any
+// failure.
+std::optional<std::string> get_metrics(const std::string& address) {
   const auto colon = address.rfind(':');
   if (address.empty() || colon == std::string::npos) return std::nullopt;
   std::string host = address.substr(0, colon);
@@ -317,11 +318,15 @@ std::optional<commit_metrics> scrape_commit_metrics(const std::string& address) 
     host = host.substr(1, host.size() - 2);
   try {
     asio::io_context io(1);
-    const auto body = run_on(io, http_get(host, address.substr(colon + 1), "/metrics"));
-    return body ? parse_commit_metrics(*body) : std::nullopt;
+    return run_on(io, http_get(host, address.substr(colon + 1), "/metrics"));
   } catch (const std::exception&) {
     return std::nullopt;
   }
+}
+
+std::optional<commit_metrics> scrape_commit_metrics(const std::string& address) {
+  const auto body = get_metrics(address);
+  return body ? parse_commit_metrics(*body) : std::nullopt;
 }
 
 // The q-quantile of per-bucket counts (upper bound, count) holding `total` observations, as
@@ -428,6 +433,18 @@ void add_generator(step_result& s, const latency_histogram& h, double cores,
 }
 
 }  // namespace
+
+std::optional<std::uint64_t> scrape_metric(const std::string& address, std::string_view name) {
+  const auto body = get_metrics(address);
+  if (!body) return std::nullopt;
+  std::istringstream in(*body);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.size() > name.size() && line.starts_with(name) && line[name.size()] == ' ')
+      return std::strtoull(line.c_str() + name.size() + 1, nullptr, 10);
+  }
+  return std::nullopt;
+}
 
 // --- one-to-one ------------------------------------------------------------------------------
 

@@ -180,6 +180,11 @@ struct cluster_point {
   double store_seconds = 0;  // the one-to-one steps' time the store figures cover
   double store_commits_per_second = 0;
   double store_rows_per_second = 0;
+  // Over the one-to-one steps, all nodes together: the messages received, the first pushes
+  // checked against a cursor read (parley_first_push_checks_total) and the pushes that found a
+  // gap (parley_push_gaps_total). None when a node's /metrics could not be read.
+  std::uint64_t one_to_one_received = 0;
+  std::optional<std::uint64_t> first_push_checks, push_gaps;
 };
 
 struct cluster_result {
@@ -307,6 +312,9 @@ struct media_options {
 
 // The server's CPU, RSS and threads now: `pid`'s, plus every one of `more_pids` (summed).
 process_sample sample_server(const target& t);
+// The value of the unlabelled metric `name` (a counter or gauge) in GET /metrics of
+// `address` (HOST:PORT); none if it cannot be read or has no such line.
+std::optional<std::uint64_t> scrape_metric(const std::string& address, std::string_view name);
 std::uint64_t server_rss(const target& t);
 
 connect_result run_connect(const target& t, std::size_t connections, double hold_seconds);

@@ -387,6 +387,7 @@ void device_session::on_message(const bus::shared_envelope& e) {
   // from another node): checked against the device's cursor first.
   if (last == 0 && m.seq > 1 && !unsure_ && !state_.bus.pushes_in_commit_order()) {
     set_pushed(m.chat, checking_mark);
+    state_.stats.first_push_checks.fetch_add(1, std::memory_order_relaxed);
     asio::co_spawn(executor_, check_first_push(e), log_failure);
     return;
   }

@@ -66,6 +66,11 @@ std::string metrics::render(const gauges& g) const {
          "Live pushes that did not follow what their connection had seen of the chat (one "
          "before was lost on the way): the chat log was read again instead.",
          gap_rereads.load());
+  metric("parley_first_push_checks_total", "counter",
+         "Cluster: a chat's first live pushes on a connection, each held until the device's "
+         "stored cursor was read (one store read each), so that it does not pass one lost on "
+         "the way. Always 0 on one node.",
+         first_push_checks.load());
   metric("parley_store_pending_writes", "gauge", "Write requests waiting for the store's writer.",
          g.pending_writes);
   metric("parley_store_writable", "gauge",

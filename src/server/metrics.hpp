@@ -33,6 +33,8 @@ struct metrics {
   std::atomic<std::uint64_t> messages_stored{0};
   std::atomic<std::uint64_t> slow_readers_closed{0};
   std::atomic<std::uint64_t> gap_rereads{0};  // pushes that found a gap: the log read again
+  // Cluster: a chat's first pushes on a connection, each checked with a read of the cursor.
+  std::atomic<std::uint64_t> first_push_checks{0};
   std::atomic<std::uint64_t> group_commits{0};
   std::atomic<std::uint64_t> group_commit_requests{0};
   std::atomic<std::uint64_t> connections_refused{0};  // over a connection limit

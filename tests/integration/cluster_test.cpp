@@ -359,7 +359,9 @@ TEST_F(cluster_on_one_redis, a_chats_first_push_on_a_connection_does_not_pass_a_
       EXPECT_FALSE(f->has_envelope()) << "sent again: " << f->ShortDebugString();
     }
   }
-  EXPECT_NE(http_get(n1->port(), "/metrics").find("parley_push_gaps_total 1\n"), std::string::npos);
+  auto metrics = http_get(n1->port(), "/metrics");
+  EXPECT_NE(metrics.find("parley_push_gaps_total 1\n"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("parley_first_push_checks_total 1\n"), std::string::npos) << metrics;
 
   // A first push that is the cursor's next seq goes out once the cursor is read: no drain pass.
   again.disconnect();
@@ -370,7 +372,9 @@ TEST_F(cluster_on_one_redis, a_chats_first_push_on_a_connection_does_not_pass_a_
   const auto got_fourth = next_envelope(third);
   EXPECT_EQ(got_fourth.seq(), fourth.seq());
   EXPECT_EQ(got_fourth.payload(), "four");
-  EXPECT_NE(http_get(n1->port(), "/metrics").find("parley_push_gaps_total 1\n"), std::string::npos);
+  metrics = http_get(n1->port(), "/metrics");
+  EXPECT_NE(metrics.find("parley_push_gaps_total 1\n"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("parley_first_push_checks_total 2\n"), std::string::npos) << metrics;
 }
 
 TEST_F(cluster_on_one_redis, a_node_killed_under_load_loses_and_duplicates_nothing) {
