@@ -636,7 +636,7 @@ media_result run_media(const target& t, const media_options& o) {
     // p99 of 131-729 ms without transfers, against 2.5-9.9 ms, in runs of 2026-11-30).
     ::sync();
     background_transfers background(std::move(plan));
-    r.one_to_one = run_one_to_one(t, o.users, {o.rate, o.rate}, o.step_seconds, false,
+    r.one_to_one = run_one_to_one(t, o.users, {o.rate, o.rate}, o.step_seconds, std::nullopt,
                                   [&](std::size_t k) {
                                     if (k == 1) background.start(t.pid);
                                     if (k == 2) background.stop();

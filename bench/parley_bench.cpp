@@ -60,7 +60,10 @@ constexpr const char* usage =
     "  cluster   for each of --nodes node counts (1,2,4): PostgreSQL, Redis and that many\n"
     "            parleyd nodes (--store, --presence) on this machine; connect (--connections\n"
     "            per node), one-to-one and fanout with connections spread evenly over the\n"
-    "            nodes; the store's commits and rows written per second (pg_stat_database)\n"
+    "            nodes; the store's commits and rows written per second (pg_stat_database);\n"
+    "            after the one-to-one steps every user logs in again (timed) and one more\n"
+    "            step runs at the last rate on those connections, with the nodes' first-push\n"
+    "            checks counted (parley_first_push_checks_total)\n"
     "  --quick   small sizes, a few seconds per step (what `make bench` runs)\n"
     "  --smoke   tiny sizes, ~20 s in all; exits 1 if anything was lost (run by `make test`)\n"
     "  --server  use a parleyd started elsewhere (its pid for the CPU/RSS samples) instead of\n"
@@ -443,16 +446,30 @@ cluster_point run_cluster(const options& o, const fs::path& data, int nodes) {
     }
     return sum;
   };
+  // The one-to-one steps; then every user reconnects (the logins after the load, on the
+  // shared store) and one more step runs at the last rate on the new connections, whose
+  // chats are all older than they are: there a cluster node checks each chat's first push.
   const auto checks_before = nodes_total("parley_first_push_checks_total");
   const auto gaps_before = nodes_total("parley_push_gaps_total");
   const auto before = store_counters(conninfo);
-  p.one_to_one = run_one_to_one(t, o.users, o.rates, o.step_seconds, false);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // statistics flushed
-  const auto after = store_counters(conninfo);
-  const auto checks_after = nodes_total("parley_first_push_checks_total");
-  const auto gaps_after = nodes_total("parley_push_gaps_total");
+  std::pair<double, double> after{};
+  std::optional<std::uint64_t> checks_after, gaps_after;
+  auto at_end_of_steps = [&](std::size_t k) {
+    if (k != o.rates.size()) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // statistics flushed
+    after = store_counters(conninfo);
+    checks_after = nodes_total("parley_first_push_checks_total");
+    gaps_after = nodes_total("parley_push_gaps_total");
+  };
+  p.one_to_one =
+      run_one_to_one(t, o.users, o.rates, o.step_seconds,
+                     relogin_options{.rounds = 1, .rate_after = o.rates.back()}, at_end_of_steps);
+  const auto checks_end = nodes_total("parley_first_push_checks_total");
+  const auto gaps_end = nodes_total("parley_push_gaps_total");
   if (checks_before && checks_after) p.first_push_checks = *checks_after - *checks_before;
   if (gaps_before && gaps_after) p.push_gaps = *gaps_after - *gaps_before;
+  if (checks_after && checks_end) p.after_relogin_checks = *checks_end - *checks_after;
+  if (gaps_after && gaps_end) p.after_relogin_gaps = *gaps_end - *gaps_after;
   for (const auto& s : p.one_to_one->steps) p.one_to_one_received += s.received;
   for (const auto& s : p.one_to_one->steps) p.store_seconds += s.seconds;
   if (p.store_seconds > 0) {
@@ -525,7 +542,8 @@ int main(int argc, char** argv) {
                 << " steps of " << o.step_seconds << " s"
                 << (relogin ? ", their logins before and after" : "") << ")...\n";
       auto server = parleyd_for(o, data / "one-to-one");
-      report.one_to_one = run_one_to_one(server.t, o.users, o.rates, o.step_seconds, relogin);
+      report.one_to_one = run_one_to_one(server.t, o.users, o.rates, o.step_seconds,
+                                         relogin ? std::optional(relogin_options{}) : std::nullopt);
       for (const auto& s : report.one_to_one->steps) ok = ok && s.lost == 0;
       if (const auto& l = report.one_to_one->logins_after_load) ok = ok && l->failed == 0;
     }

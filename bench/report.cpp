@@ -515,13 +515,14 @@ void render_cluster(std::ostringstream& o, const cluster_result& c) {
       const auto& t = *p.one_to_one;
       o << "    one-to-one (" << t.users << " users): sustainable " << fixed(t.sustainable_rate, 0)
         << " msg/s; per step offered/delivered p99/p99.9/max ms, lost, nodes' CPU:\n";
-      for (const auto& s : t.steps) {
+      auto step_line = [&](const step_result& s) {
         o << "      " << pad(fixed(s.offered_rate, 0), 8) << pad(fixed(s.delivered_rate(), 0), 8)
           << pad(ms(s.latency.percentile(0.99)), 9) << pad(ms(s.latency.percentile(0.999)), 9)
           << pad(ms(s.latency.max()), 9) << pad(std::to_string(s.lost), 6) << " "
           << fixed(s.server_cores, 2) << " cores" << (s.generator_bound ? " (generator BOUND)" : "")
           << "\n";
-      }
+      };
+      for (const auto& s : t.steps) step_line(s);
       o << "    store (pg_stat_database over those steps): "
         << fixed(p.store_commits_per_second, 0) << " commits/s, "
         << fixed(p.store_rows_per_second, 0) << " rows written/s\n";
@@ -532,6 +533,33 @@ void render_cluster(std::ostringstream& o, const cluster_result& c) {
           << *p.first_push_checks << " first pushes checked with a cursor read ("
           << fixed(100.0 * static_cast<double>(*p.first_push_checks) / received, 1)
           << " % of received), " << *p.push_gaps << " gaps read from the log\n";
+      }
+      if (t.logins_fresh && t.logins_after_load) {
+        o << "    logins: " << fixed(t.logins_fresh->logins_per_second, 0)
+          << "/s on the fresh store, " << fixed(t.logins_after_load->logins_per_second, 0)
+          << "/s after the load (one round each; server CPU per login "
+          << fixed(t.logins_fresh->server_cpu_seconds * 1e6 /
+                       static_cast<double>(std::max<std::size_t>(t.logins_fresh->logged_in, 1)),
+                   0)
+          << " and "
+          << fixed(
+                 t.logins_after_load->server_cpu_seconds * 1e6 /
+                     static_cast<double>(std::max<std::size_t>(t.logins_after_load->logged_in, 1)),
+                 0)
+          << " µs)\n";
+      }
+      if (t.after_relogin) {
+        o << "    one more step after every user reconnected (each chat older than its "
+             "connection):\n";
+        step_line(*t.after_relogin);
+        if (p.after_relogin_checks && p.after_relogin_gaps) {
+          const double received =
+              static_cast<double>(std::max<std::uint64_t>(t.after_relogin->received, 1));
+          o << "      " << t.after_relogin->received << " received, " << *p.after_relogin_checks
+            << " first pushes checked with a cursor read ("
+            << fixed(100.0 * static_cast<double>(*p.after_relogin_checks) / received, 1)
+            << " % of received), " << *p.after_relogin_gaps << " gaps read from the log\n";
+        }
       }
     }
     if (p.fanout) {
@@ -571,6 +599,16 @@ std::string cluster_json(const cluster_result& c) {
         << ", \"one_to_one_received\": " << p.one_to_one_received;
       if (p.first_push_checks) o << ", \"first_push_checks\": " << *p.first_push_checks;
       if (p.push_gaps) o << ", \"push_gaps\": " << *p.push_gaps;
+      if (p.one_to_one->logins_fresh && p.one_to_one->logins_after_load) {
+        o << ", \"logins_fresh\": " << login_json(*p.one_to_one->logins_fresh)
+          << ", \"logins_after_load\": " << login_json(*p.one_to_one->logins_after_load);
+      }
+      if (p.one_to_one->after_relogin) {
+        o << ", \"after_relogin_step\": " << one_to_one_step_json(*p.one_to_one->after_relogin);
+        if (p.after_relogin_checks)
+          o << ", \"after_relogin_first_push_checks\": " << *p.after_relogin_checks;
+        if (p.after_relogin_gaps) o << ", \"after_relogin_push_gaps\": " << *p.after_relogin_gaps;
+      }
     }
     if (p.fanout) {
       o << ", \"fanout_sustainable_rate\": " << fixed(p.fanout->sustainable_rate, 0)

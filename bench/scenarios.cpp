@@ -549,10 +549,13 @@ void flush_acks(std::vector<load_peer*>& dirty) {
   dirty.clear();
 }
 
+// Sends at `rates` (one step each, from `start_ns`), counting into `steps`. The client_msg_ids
+// (and the request ids' low bits) count up from `counter`: a second call on the same devices
+// starts above the first's, which the server would otherwise answer as duplicates.
 awaitable<void> pace(std::vector<std::unique_ptr<load_peer>>& peers, std::size_t users,
                      const std::string& run, const std::vector<double>& rates, double step_seconds,
                      int procs, std::int64_t start_ns, std::vector<step_counters>& steps,
-                     std::vector<load_peer*>& dirty) {
+                     std::vector<load_peer*>& dirty, std::uint64_t counter = 0) {
   std::mt19937_64 rng(static_cast<std::uint64_t>(::getpid()) * 7919u +
                       static_cast<std::uint64_t>(start_ns));
   std::uniform_int_distribution<std::size_t> pick_sender(0, peers.size() - 1);
@@ -561,7 +564,6 @@ awaitable<void> pace(std::vector<std::unique_ptr<load_peer>>& peers, std::size_t
   asio::steady_timer tick(ex);
   v2::Frame frame;
   std::string payload(payload_bytes, 'x');
-  std::uint64_t counter = 0;
   const auto step_ns = static_cast<std::int64_t>(step_seconds * 1e9);
   for (std::size_t k = 0; k < rates.size(); ++k) {
     const std::int64_t begin = start_ns + static_cast<std::int64_t>(k) * step_ns;
@@ -683,8 +685,6 @@ login_result run_logins(worker_pool& pool, const target& t, std::size_t users) {
   return r;
 }
 
-constexpr std::size_t login_rounds_per_set = 5;
-
 // The round with the median logins/s, with every round's rate kept beside it.
 login_result median_round(std::vector<login_result> rounds) {
   std::vector<double> rates;
@@ -706,10 +706,42 @@ awaitable<bool> wait_for_zero(const std::size_t& n, std::chrono::seconds limit) 
 
 }  // namespace
 
+namespace {
+
+// A worker's counters of one step, as one line to the coordinator (read by add_step_line).
+std::string step_line(const step_counters& s) {
+  std::ostringstream out;
+  out << s.sent << ' ' << s.stored << ' ' << s.received << ' ' << s.errors << ' ' << s.skipped
+      << ' ' << s.late_ticks << ' ' << cores_used(s.cpu_start, s.cpu_end) << ' '
+      << s.latency.serialize();
+  return out.str();
+}
+
+// Adds one worker's step_line to the step's totals.
+void add_step_line(step_result& s, const std::string& line) {
+  std::istringstream in(line);
+  std::uint64_t sent, stored, received, errors, skipped, late;
+  double cores;
+  in >> sent >> stored >> received >> errors >> skipped >> late >> cores;
+  std::string rest;
+  std::getline(in, rest);
+  latency_histogram h;
+  if (!h.parse(rest)) throw std::runtime_error("bad histogram from a worker");
+  s.sent += sent;
+  s.stored += stored;
+  s.received += received;
+  s.errors += errors;
+  s.skipped += skipped;
+  add_generator(s, h, cores, late);
+}
+
+}  // namespace
+
 one_to_one_result run_one_to_one(const target& t, std::size_t users,
                                  const std::vector<double>& rates, double step_seconds,
-                                 bool relogin,
+                                 std::optional<relogin_options> relogin,
                                  const std::function<void(std::size_t)>& at_boundary) {
+  const double rate_after_relogin = relogin ? relogin->rate_after : 0;
   const std::string run = tag();
   worker_pool pool(t.procs, [&](int w, worker_channel& ch) -> int {
     // Read loops still running; declared before `io`, whose destruction ends those left
@@ -753,13 +785,7 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
       asio::co_spawn(io, read_loop(*p, steps, dirty, reading), asio::detached);
     }
     run_on(io, pace(peers, users, run, rates, step_seconds, t.procs, start, steps, dirty));
-    for (auto& s : steps) {
-      std::ostringstream out;
-      out << s.sent << ' ' << s.stored << ' ' << s.received << ' ' << s.errors << ' ' << s.skipped
-          << ' ' << s.late_ticks << ' ' << cores_used(s.cpu_start, s.cpu_end) << ' '
-          << s.latency.serialize();
-      ch.send(out.str());
-    }
+    for (auto& s : steps) ch.send(step_line(s));
     if (!relogin) return 0;
     // Every user goes offline at once, its TCP connection dropped, then logs in again when
     // told: the same logins as before the load, now with the chats, cursors and watermarks
@@ -773,21 +799,34 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
       throw std::runtime_error("dropped connections still being read");
     dirty.clear();
     log_in_again();
-    // More rounds ("again"), then stop: every worker holds its connections until all are
-    // measured.
-    while (ch.receive() == "again") drop_and_log_in_again();
+    // More rounds ("again"); then, with rate_after_relogin, one more step on the connections of
+    // the last round ("load", then its start); then stop: every worker holds its connections
+    // until all are measured.
+    std::string next = ch.receive();
+    for (; next == "again"; next = ch.receive()) drop_and_log_in_again();
+    if (next == "load") {
+      const std::int64_t at = std::stoll(ch.receive());
+      std::vector<step_counters> more(1);
+      for (auto& p : peers) {
+        ++reading;
+        asio::co_spawn(io, read_loop(*p, more, dirty, reading), asio::detached);
+      }
+      run_on(io, pace(peers, users, run, {rate_after_relogin}, step_seconds, t.procs, at, more,
+                      dirty, std::uint64_t{1} << 32));
+      ch.send(step_line(more[0]));
+      ch.receive();  // stop
+    }
     return 0;
   });
   pool.collect();  // registered
 
   one_to_one_result r;
   r.users = users;
-  // With logins-after-load, each set of logins is measured in login_rounds rounds (all users
-  // dropped, 2 s, all back) and reported by its median round: one round of a thousand logins
-  // takes ~0.2 s, too short to stand alone on this shared machine.
+  // With relogin, each set of logins is measured in relogin->rounds rounds, reported by the
+  // median round.
   auto login_rounds = [&](login_result first) {
     std::vector<login_result> rounds{std::move(first)};
-    while (rounds.size() < login_rounds_per_set) {
+    while (rounds.size() < relogin->rounds) {
       pool.broadcast("again");
       pool.collect();  // offline
       std::this_thread::sleep_for(std::chrono::seconds(2));
@@ -812,22 +851,7 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
     step_result s;
     s.offered_rate = rates[k];
     s.seconds = step_seconds;
-    for (const auto& line : pool.collect()) {
-      std::istringstream in(line);
-      std::uint64_t sent, stored, received, errors, skipped, late;
-      double cores;
-      in >> sent >> stored >> received >> errors >> skipped >> late >> cores;
-      std::string rest;
-      std::getline(in, rest);
-      latency_histogram h;
-      if (!h.parse(rest)) throw std::runtime_error("bad histogram from a worker");
-      s.sent += sent;
-      s.stored += stored;
-      s.received += received;
-      s.errors += errors;
-      s.skipped += skipped;
-      add_generator(s, h, cores, late);
-    }
+    for (const auto& line : pool.collect()) add_step_line(s, line);
     s.lost = s.stored > s.received ? s.stored - s.received : 0;
     server.fill(k, s);
     r.steps.push_back(std::move(s));
@@ -837,6 +861,25 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
     // Let parleyd close every dropped session (presence, connection state) before the logins.
     std::this_thread::sleep_for(std::chrono::seconds(2));
     r.logins_after_load = login_rounds(run_logins(pool, t, users));
+    if (rate_after_relogin > 0) {
+      // One more step, on the connections the last logins made: every chat is older than its
+      // connections now.
+      pool.broadcast("load");
+      const std::int64_t at = now_ns() + 300'000'000;
+      pool.broadcast(std::to_string(at));
+      server_trace trace(1);
+      sleep_until_ns(at);
+      trace.sample(t, 0);
+      sleep_until_ns(at + step_ns);
+      trace.sample(t, 1);
+      step_result s;
+      s.offered_rate = rate_after_relogin;
+      s.seconds = step_seconds;
+      for (const auto& line : pool.collect()) add_step_line(s, line);
+      s.lost = s.stored > s.received ? s.stored - s.received : 0;
+      trace.fill(0, s);
+      r.after_relogin = std::move(s);
+    }
     pool.broadcast("stop");
   }
   pool.join();

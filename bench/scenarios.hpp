@@ -108,6 +108,9 @@ struct one_to_one_result {
   // just after their registration, and again after the load (every connection dropped at
   // once, then all of them re-authenticated).
   std::optional<login_result> logins_fresh, logins_after_load;
+  // With relogin and rate_after_relogin: one more step at that rate after logins_after_load,
+  // on those new connections (not counted in sustainable_rate).
+  std::optional<step_result> after_relogin;
   double login_ratio() const {  // after the load / fresh, logins per second
     return logins_fresh && logins_after_load && logins_fresh->logins_per_second > 0
                ? logins_after_load->logins_per_second / logins_fresh->logins_per_second
@@ -185,6 +188,8 @@ struct cluster_point {
   // gap (parley_push_gaps_total). None when a node's /metrics could not be read.
   std::uint64_t one_to_one_received = 0;
   std::optional<std::uint64_t> first_push_checks, push_gaps;
+  // The same over one_to_one->after_relogin (the logins included: a drain checks nothing).
+  std::optional<std::uint64_t> after_relogin_checks, after_relogin_gaps;
 };
 
 struct cluster_result {
@@ -318,11 +323,21 @@ std::optional<std::uint64_t> scrape_metric(const std::string& address, std::stri
 std::uint64_t server_rss(const target& t);
 
 connect_result run_connect(const target& t, std::size_t connections, double hold_seconds);
+// The users' logins measured before and after the load (logins_fresh, logins_after_load).
+struct relogin_options {
+  // Rounds per set (all users dropped, 2 s, all back), reported by the median round: one
+  // round of a thousand logins takes ~0.2 s, too short to stand alone on this shared machine.
+  std::size_t rounds = 5;
+  // If above 0: one more step at this rate (msg/s) on the connections of the last logins
+  // (one_to_one_result::after_relogin).
+  double rate_after = 0;
+};
+
 // `at_boundary(k)` (optional) is called in this process at each step boundary k = 0 .. steps,
 // right after parleyd was sampled there: k is the start of step k, and the end of step k - 1.
 one_to_one_result run_one_to_one(const target& t, std::size_t users,
                                  const std::vector<double>& rates, double step_seconds,
-                                 bool relogin = false,
+                                 std::optional<relogin_options> relogin = std::nullopt,
                                  const std::function<void(std::size_t)>& at_boundary = {});
 // The media scenario (bench/media_scenario.cpp): the big file uploaded and downloaded alone,
 // the small one uploaded `concurrent_uploads` times at once, one-to-one without and with
