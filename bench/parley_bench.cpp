@@ -65,7 +65,7 @@ constexpr const char* usage =
     "            step runs at the last rate on those connections, with the nodes' first-push\n"
     "            checks counted (parley_first_push_checks_total)\n"
     "  --quick   small sizes, a few seconds per step (what `make bench` runs)\n"
-    "  --smoke   tiny sizes, ~20 s in all; exits 1 if anything was lost (run by `make test`)\n"
+    "  --smoke   tiny sizes, ~1.5 min in all; exits 1 if anything was lost (run by `make test`)\n"
     "  --server  use a parleyd started elsewhere (its pid for the CPU/RSS samples) instead of\n"
     "            starting a fresh one per scenario; the baseline still starts its echo server\n"
     "  --server-metrics  where that parleyd serves GET /metrics, if not on the --server address\n"
@@ -223,6 +223,7 @@ options parse(int argc, char** argv) {
   // The protocol's limit (CreateGroup: GROUP_FULL past 1,024 members, the creator included).
   if (o.group_size < 2 || o.group_size > 1'024)
     throw std::invalid_argument("--group-size must be 2-1,024");
+  if (o.rates.empty()) throw std::invalid_argument("--rates needs a rate");
   if (o.group_rates.empty()) throw std::invalid_argument("--group-rates needs a rate");
   if (o.grace_seconds < 0) throw std::invalid_argument("--grace-secs must not be negative");
   // media::max_media_plain_bytes: the largest file a client may send.
@@ -455,7 +456,7 @@ cluster_point run_cluster(const options& o, const fs::path& data, int nodes) {
   std::pair<double, double> after{};
   std::optional<std::uint64_t> checks_after, gaps_after;
   auto at_end_of_steps = [&](std::size_t k) {
-    if (k != o.rates.size()) return;
+    if (k != o.rates.size() + 1) return;  // the steps and their stragglers are over
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // statistics flushed
     after = store_counters(conninfo);
     checks_after = nodes_total("parley_first_push_checks_total");
@@ -609,6 +610,11 @@ int main(int argc, char** argv) {
         if (p.connect) ok = ok && p.connect->failed == 0;
         if (p.one_to_one) {
           for (const auto& s : p.one_to_one->steps) ok = ok && s.lost == 0;
+          // The step on the connections of the logins after the load: where a node checks
+          // each chat's first push (a loss or a repeat there is the check's).
+          if (const auto& l = p.one_to_one->logins_after_load) ok = ok && l->failed == 0;
+          if (const auto& s = p.one_to_one->after_relogin)
+            ok = ok && s->lost == 0 && s->errors == 0 && s->received > 0;
         }
         if (p.fanout) {
           for (const auto& s : p.fanout->steps) ok = ok && s.load.lost == 0 && s.duplicates == 0;

@@ -856,6 +856,7 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
     server.fill(k, s);
     r.steps.push_back(std::move(s));
   }
+  if (at_boundary) at_boundary(rates.size() + 1);  // every worker is past its stragglers
   if (relogin) {
     pool.collect();  // offline
     // Let parleyd close every dropped session (presence, connection state) before the logins.

@@ -334,7 +334,9 @@ struct relogin_options {
 };
 
 // `at_boundary(k)` (optional) is called in this process at each step boundary k = 0 .. steps,
-// right after parleyd was sampled there: k is the start of step k, and the end of step k - 1.
+// right after parleyd was sampled there: k is the start of step k, and the end of step k - 1;
+// then once more with k = steps + 1 when every worker has received the last step's
+// stragglers (before the logins after the load, with relogin).
 one_to_one_result run_one_to_one(const target& t, std::size_t users,
                                  const std::vector<double>& rates, double step_seconds,
                                  std::optional<relogin_options> relogin = std::nullopt,

@@ -69,7 +69,7 @@ std::string metrics::render(const gauges& g) const {
   metric("parley_first_push_checks_total", "counter",
          "Cluster: a chat's first live pushes on a connection, each held until the device's "
          "stored cursor was read (one store read each), so that it does not pass one lost on "
-         "the way. Always 0 on one node.",
+         "the way. Always 0 without --presence (the embedded bus pushes in commit order).",
          first_push_checks.load());
   metric("parley_store_pending_writes", "gauge", "Write requests waiting for the store's writer.",
          g.pending_writes);
