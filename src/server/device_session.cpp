@@ -650,6 +650,11 @@ awaitable<void> device_session::drain(std::uint64_t receipts_since) {
       const std::uint64_t cursor = p.cursor;
       p.cursor = std::max(cursor, pushed(p.chat));
       if (p.head <= p.cursor) continue;
+      if (p.own_only) {  // the store checked: nothing up to head is for this device
+        set_pushed(p.chat, p.head);
+        own_tail.push_back({p.chat, p.head});
+        continue;
+      }
       auto sent = co_await drain_chat(p);
       if (!sent) co_return;
       sent_this_pass += *sent;

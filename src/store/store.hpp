@@ -246,12 +246,16 @@ struct chat_position {
   chat_id chat = 0;
   std::uint64_t cursor = 0;  // the device has everything up to here
   std::uint64_t head = 0;    // the chat's last seq
+  // Set by a store that checked (cursor, head] and found only this device's own entries: the
+  // caller moves the cursor to head without reading them. A store may leave it false (the
+  // caller then reads them and finds nothing to send).
+  bool own_only = false;
 };
 
 // What a device must be sent after it authenticates.
 //  - behind: every chat with a message from another device above this device's cursor; it
-//    may also list chats with nothing above the cursor but the device's own messages, or
-//    nothing at all (the caller skips those).
+//    may also list chats with nothing above the cursor but the device's own messages
+//    (own_only says so where the store checked), or nothing at all (the caller skips those).
 //  - marks: the current watermarks (those above 0) of the other members in every chat where
 //    one moved after `receipts_since`; in all the user's chats if that is 0 or a stamp
 //    the store cannot answer for (it may list more than moved, never fewer).

@@ -105,12 +105,17 @@ struct tuning {
 struct backend {
   const char* name;
   std::function<std::unique_ptr<store>(const fs::path& dir, const tuning& t)> open;
+  // Whether its backlog() checks what is above a cursor (chat_position::own_only): the
+  // PostgreSQL store does, where a read of the log is a round trip; the RocksDB store leaves
+  // it to the drain's read.
+  bool checks_own_only = false;
 };
 
 void PrintTo(const backend& b, std::ostream* os) { *os << b.name; }
 
 std::vector<backend> backends() {
-  return {{"rocksdb", [](const fs::path& dir, const tuning& t) {
+  return {{"rocksdb",
+           [](const fs::path& dir, const tuning& t) {
              rocksdb_options o;
              o.path = dir;
              o.sync = true;
@@ -120,7 +125,8 @@ std::vector<backend> backends() {
                o.on_commit = [f = t.after_commit](std::chrono::nanoseconds, std::size_t) { f(); };
              return std::make_unique<rocksdb_store>(o);
            }},
-          {"postgresql", [](const fs::path& dir, const tuning& t) {
+          {"postgresql",
+           [](const fs::path& dir, const tuning& t) {
              postgresql_options o;
              // A database per test directory: a reopen finds the same one.
              o.conninfo = test_support::postgres_database(dir.filename().string());
@@ -132,7 +138,8 @@ std::vector<backend> backends() {
              if (t.after_commit)
                o.on_commit = [f = t.after_commit](std::chrono::nanoseconds, std::size_t) { f(); };
              return std::make_unique<postgresql_store>(o);
-           }}};
+           },
+           true}};
 }
 
 // A registered user with its (only) device.
@@ -896,6 +903,43 @@ TEST_P(store_contract, status_only_for_the_sender) {
 }
 
 // --- backlog -------------------------------------------------------------------------------
+
+// own_only: a chat with another device's entry above the cursor is never marked, and a chat
+// with only the device's own entries there is where the backend checks.
+TEST_P(store_contract, backlog_marks_chats_with_only_the_devices_own_entries_above_the_cursor) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  register_user("carol");
+  const chat_id ab = send_n(alice, by_peer("bob"), 2, "a");
+  ASSERT_TRUE(send(bob, by_id(ab), "b"));
+  const chat_id ac = send_n(alice, by_peer("carol"), 2, "c");
+  const bool checks = GetParam().checks_own_only;
+  auto own_only = [](const device_backlog& b) {
+    std::vector<std::string> out;
+    for (const auto& p : b.behind) {
+      if (p.own_only) out.push_back(position(p.chat, p.cursor, p.head));
+    }
+    return sorted(out);
+  };
+  auto a = backlog_of(alice);
+  EXPECT_EQ(described(a.behind), sorted({position(ab, 0, 3), position(ac, 0, 2)}));
+  EXPECT_EQ(own_only(a),
+            checks ? std::vector<std::string>{position(ac, 0, 2)} : std::vector<std::string>{});
+  EXPECT_TRUE(own_only(backlog_of(bob)).empty()) << "alice's messages are above bob's cursor";
+
+  // Acked past bob's message, then alice's own again: only hers above the cursor.
+  ASSERT_TRUE(ack(alice, {{ab, 3}}));
+  ASSERT_TRUE(send(alice, by_id(ab), "a2"));
+  a = backlog_of(alice);
+  EXPECT_EQ(own_only(a),
+            checks ? sorted({position(ab, 3, 4), position(ac, 0, 2)}) : std::vector<std::string>{});
+  // Bob's reply above it: the chat is his again.
+  ASSERT_TRUE(send(bob, by_id(ab), "b2"));
+  a = backlog_of(alice);
+  EXPECT_EQ(described(a.behind), sorted({position(ab, 3, 5), position(ac, 0, 2)}));
+  EXPECT_EQ(own_only(a),
+            checks ? std::vector<std::string>{position(ac, 0, 2)} : std::vector<std::string>{});
+}
 
 // A send moves no cursor: the sender's device acks its chats like any other (the server skips
 // a device's own messages when it drains), so a chat one only sent to is behind for it too.

@@ -235,6 +235,24 @@ TEST_F(cluster_on_one_redis, an_offline_queue_filled_through_one_node_drains_thr
     EXPECT_EQ(got[i].seq(), sent[i].seq());
     EXPECT_EQ(got[i].payload(), "queued " + std::to_string(i));
   }
+
+  // Above alice's cursor in that chat there is only what she sent: her next login moves the
+  // cursor to the head without sending her anything (the store checked the entries). The move
+  // pushes nothing (it tells bob nothing new); bob's next login lists it as her watermark.
+  test_client alice2(io, n2->url());
+  alice2.login_as(*alice);
+  EXPECT_TRUE(test_client::envelopes_in(alice2.drain()).empty());
+  bool seen = false;  // the move is written after alice's QueueEmpty: a few logins may miss it
+  for (int attempt = 0; attempt < 50 && !seen; ++attempt) {
+    test_client again(io, n1->url());
+    again.login_as(bob3);
+    for (const auto& r : test_client::receipts_in(again.drain())) {
+      seen = seen || (r.user() == "alice" && r.status() == v2::MESSAGE_STATUS_DELIVERED &&
+                      r.up_to_seq() == sent.back().seq());
+    }
+    if (!seen) std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(seen) << "alice's cursor did not move past her own messages";
 }
 
 TEST_F(cluster_on_one_redis, a_device_that_connects_to_another_node_closes_its_old_connection) {

@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS chats (
   created_ms   BIGINT NOT NULL,
   pushed_marks BYTEA
 );
+-- The groups, few among the chats: without it the planner takes "the user's groups" (a
+-- login's merged watermarks) as a scan of every chat for the few groups (5 ms at 43,000
+-- chats, measured), with it as a look at this index, or at the user's own chats once groups
+-- are many.
+CREATE INDEX IF NOT EXISTS chats_groups ON chats (chat_id) WHERE is_group;
 -- The 1:1 chat of a pair of users (smaller id first).
 CREATE TABLE IF NOT EXISTS direct_chats (
   user_lo BIGINT NOT NULL,

@@ -18,7 +18,9 @@
 //
 // Where it differs from the embedded store (the contract allows both):
 //  - backlog() lists the watermarks of every chat of the user, whatever receipts_since says
-//    (there is no login index here); its stamp is the receipts sequence's current value.
+//    (there is no login index here); its stamp is the receipts sequence's current value. It
+//    marks the chats with only the device's own entries above its cursor (own_only), which
+//    saves the drain a read of the log (a round trip) for each.
 //  - A connection that is lost fails the requests in flight with errc::unavailable; the
 //    writer reconnects by itself (every reconnect_interval). A COMMIT whose answer was lost
 //    may have committed: that is safe for sends and acks, which a client retries with the
