@@ -666,8 +666,8 @@ awaitable<void> device_session::drain(std::uint64_t receipts_since) {
   }
   draining_ = false;
   if (!own_tail.empty()) {
-    state_.store.ack(device_, user_, std::move(own_tail),
-                     [](const store::result<store::watermark_moves>&) {});
+    state_.store.pass_own_entries(device_, user_, std::move(own_tail),
+                                  [](const store::result<void>&) {});
   }
   for (auto& f : bus::receipts_frames(marks)) {
     if (!co_await send_paced(std::move(f))) co_return;

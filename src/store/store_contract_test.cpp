@@ -213,6 +213,14 @@ class store_contract : public ::testing::TestWithParam<backend> {
     return receipts_of(read_moves(p, chat, up_to));
   }
 
+  // The device's stored cursor in `chat` (all ones, and a failure, if it cannot be read).
+  std::uint64_t cursor(const person& p, chat_id chat) {
+    auto r = wait_for<std::uint64_t>(
+        [&](auto done) { db_->device_cursor(p.device, p.user, chat, done); });
+    EXPECT_TRUE(r) << p.name;
+    return r ? *r : ~std::uint64_t{0};
+  }
+
   device_backlog backlog_of(const person& p, std::uint64_t receipts_since = 0) {
     auto r = wait_for<device_backlog>(
         [&](auto done) { db_->backlog(p.device, p.user, receipts_since, done); });
@@ -762,10 +770,6 @@ TEST_P(store_contract, a_devices_cursor_is_read_as_committed) {
   auto alice = register_user("alice");
   auto bob = register_user("bob");
   const chat_id ab = send_n(alice, by_peer("bob"), 3, "m");
-  auto cursor = [&](const person& p, chat_id chat) {
-    return wait_for<std::uint64_t>(
-        [&](auto done) { db_->device_cursor(p.device, p.user, chat, done); });
-  };
   EXPECT_EQ(cursor(bob, ab), 0u);  // no ack yet
   ASSERT_TRUE(ack(bob, {{ab, 2}}));
   EXPECT_EQ(cursor(bob, ab), 2u);
@@ -773,6 +777,37 @@ TEST_P(store_contract, a_devices_cursor_is_read_as_committed) {
   EXPECT_EQ(cursor(bob, ab + 1), 0u);  // no such chat
   reopen();
   EXPECT_EQ(cursor(bob, ab), 2u);
+}
+
+// A drain's move over the device's own entries: an ack without receipts, all or nothing.
+TEST_P(store_contract, passing_own_entries_moves_cursors_like_an_ack_all_or_nothing) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  auto carol = register_user("carol");
+  const chat_id ab = send_n(alice, by_peer("bob"), 3, "a");
+  const chat_id ac = send_n(alice, by_peer("carol"), 2, "c");
+  const chat_id bc = send_n(bob, by_peer("carol"), 1, "b");
+  auto pass = [&](const person& p, std::vector<cursor_update> cursors) {
+    return wait_for<void>(
+        [&](auto done) { db_->pass_own_entries(p.device, p.user, cursors, done); });
+  };
+  // A chat alice is not in, or a seq above a head: refused, and the valid one beside it too.
+  EXPECT_EQ(pass(alice, {{ab, 3}, {bc, 1}}).error(), errc::not_found);
+  EXPECT_EQ(pass(alice, {{ab, 3}, {ac, 3}}).error(), errc::invalid_argument);
+  EXPECT_EQ(cursor(alice, ab), 0u);
+  EXPECT_EQ(cursor(alice, ac), 0u);
+
+  ASSERT_TRUE(pass(alice, {{ab, 3}, {ac, 2}}));
+  EXPECT_EQ(cursor(alice, ab), 3u);
+  EXPECT_EQ(cursor(alice, ac), 2u);
+  EXPECT_TRUE(backlog_of(alice).behind.empty());
+  ASSERT_TRUE(pass(alice, {{ab, 1}}));
+  EXPECT_EQ(cursor(alice, ab), 3u) << "never back";
+  // The watermark it moved is the user's delivered one, as after an ack.
+  EXPECT_EQ(described(backlog_of(bob).marks),
+            std::vector<std::string>{mark(ab, "alice", delivered, 3)});
+  reopen();
+  EXPECT_EQ(cursor(alice, ab), 3u);
 }
 
 TEST_P(store_contract, an_ack_of_several_chats_moves_each_and_counts_a_chat_named_twice_once) {
@@ -1574,7 +1609,10 @@ TEST_P(store_groups, a_removed_member_gets_its_removal_and_nothing_after_it) {
   EXPECT_EQ(described(backlog_of(bob).behind),
             std::vector<std::string>{position(chat, 0, 3)})
       << "its drain stops at the removal";
-  EXPECT_TRUE(ack(bob, {{chat, 3}})) << "it may ack what it was sent";
+  auto removal_acked = ack_moves(bob, {{chat, 3}});
+  ASSERT_TRUE(removal_acked) << "it may ack what it was sent";
+  EXPECT_TRUE(removal_acked->groups.empty()) << "a former member's ack moves no merged mark";
+  EXPECT_TRUE(removal_acked->receipts.empty());
   EXPECT_EQ(ack(bob, {{chat, 4}}).error(), errc::not_found);
   EXPECT_TRUE(backlog_of(bob).behind.empty());
   EXPECT_TRUE(backlog_of(bob, backlog_of(bob).stamp).behind.empty());

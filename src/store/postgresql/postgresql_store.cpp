@@ -250,9 +250,10 @@ struct command {
   std::function<void(errc)> refuse;
   std::vector<std::uint64_t> locks;  // lock_key()s of what it writes that others write too
   // The request is one statement that writes nothing unless it succeeds (parley_send,
-  // parley_ack, parley_read): it needs no savepoint of its own, and its result is read after
-  // the group's COMMIT. A refusal comes back as a row; an error fails the transaction, and
-  // the group is applied again request by request, each inside a savepoint.
+  // parley_ack, parley_read, pass_own_entries' upsert): it needs no savepoint of its own,
+  // and its result is read after the group's COMMIT. A refusal comes back as a row; an error
+  // fails the transaction, and the group is applied again request by request, each inside a
+  // savepoint.
   bool one_statement = false;
 };
 
@@ -1223,6 +1224,55 @@ void postgresql_store::ack(device_id device, user_id user, std::vector<cursor_up
             [row, name = std::move(*me), now = now_ms()]() {
               return ack_outcome_of(*row, name, now);
             });
+      },
+      {}, device);
+}
+
+void postgresql_store::pass_own_entries(device_id device, user_id user,
+                                        std::vector<cursor_update> cursors, completion<void> done) {
+  // One plain statement, checks and upsert together, sent without waiting and read after the
+  // COMMIT; on the device's writer, in order with its acks. Each chat is looked up by its keys
+  // (the LATERAL's OFFSET 0 keeps the planner from scanning the user's every membership).
+  impl_->write_one_statement<void>(
+      std::move(done),
+      [device, user, cursors = std::move(cursors)](
+          connection& db) mutable -> result<std::function<result<void>()>> {
+        one_cursor_per_chat(cursors);
+        std::vector<std::uint64_t> chats, seqs;
+        for (const auto& c : cursors) {
+          if (!fits_bigint(c.chat)) return errc::not_found;
+          chats.push_back(c.chat);
+          seqs.push_back(clamp63(c.seq));
+        }
+        auto row = std::make_shared<rows>();
+        // The status as parley_ack's: 2 not a member (a former one up to its removal), 5 above
+        // the head, for the first chat that fails; nothing written then.
+        static const std::string sql =
+            "WITH a AS (SELECT a.chat_id, a.seq, a.ord, x.head, x.until_seq, x.is_group "
+            "FROM unnest($3::bigint[], $4::bigint[]) WITH ORDINALITY AS a(chat_id, seq, ord) "
+            "LEFT JOIN LATERAL (SELECT c.head, c.is_group, m.until_seq FROM chats c "
+            "JOIN chat_members m ON m.chat_id = c.chat_id AND m.user_id = $1 "
+            "WHERE c.chat_id = a.chat_id OFFSET 0) x ON TRUE), "
+            "bad AS (SELECT CASE WHEN head IS NULL OR (until_seq <> 0 AND (NOT is_group "
+            "OR seq > until_seq)) THEN 2 ELSE 5 END AS status FROM a WHERE head IS NULL "
+            "OR (until_seq <> 0 AND (NOT is_group OR seq > until_seq)) OR seq > head "
+            "ORDER BY ord LIMIT 1), "
+            "moved AS (INSERT INTO cursors (chat_id, user_id, device_id, seq) "
+            "SELECT chat_id, $1, $2, seq FROM a WHERE NOT EXISTS (SELECT 1 FROM bad) "
+            "ON CONFLICT (chat_id, user_id, device_id) "
+            "DO UPDATE SET seq = GREATEST(cursors.seq, EXCLUDED.seq)) "
+            "SELECT COALESCE((SELECT status FROM bad), 0)";
+        if (auto sent = db.collect(
+                sql,
+                params().add(user).add(device).text(bigint_array(chats)).text(bigint_array(seqs)),
+                row);
+            !sent)
+          return sent.error();
+        return std::function<result<void>()>([row]() -> result<void> {
+          if (row->size() != 1) return errc::io_error;
+          if (const errc refused = refusal_of(row->u64(0, 0)); refused != errc{}) return refused;
+          return {};
+        });
       },
       {}, device);
 }

@@ -75,6 +75,8 @@ class rocksdb_store final : public store {
   void send(send_request request, completion<send_outcome> done) override;
   void ack(device_id device, user_id user, std::vector<cursor_update> cursors,
            completion<watermark_moves> done) override;
+  void pass_own_entries(device_id device, user_id user, std::vector<cursor_update> cursors,
+                        completion<void> done) override;
   void mark_read(user_id reader, chat_id chat, std::uint64_t up_to,
                  completion<watermark_moves> done) override;
   void group_receipts(chat_id chat, completion<std::vector<receipt_delivery>> done) override;
