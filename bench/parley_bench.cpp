@@ -437,41 +437,57 @@ cluster_point run_cluster(const options& o, const fs::path& data, int nodes) {
     c.procs = std::max<int>(o.procs, static_cast<int>((total + 17'999) / 18'000));
     p.connect = run_connect(c, total, 3.0);
   }
-  // A counter summed over every node; none if one node's cannot be read.
-  auto nodes_total = [&](std::string_view name) -> std::optional<std::uint64_t> {
-    std::uint64_t sum = 0;
+  // The first-push checks and the gaps, each summed over every node (one GET /metrics per
+  // node); none if a node's cannot be read.
+  struct push_counters {
+    std::uint64_t checks = 0, gaps = 0;
+  };
+  auto nodes_total = [&]() -> std::optional<push_counters> {
+    push_counters sum;
     for (const auto& s : servers) {
-      const auto v = scrape_metric("127.0.0.1:" + std::to_string(s->port()), name);
-      if (!v) return std::nullopt;
-      sum += *v;
+      const auto body = metrics_body("127.0.0.1:" + std::to_string(s->port()));
+      if (!body) return std::nullopt;
+      const auto checks = metric_value(*body, "parley_first_push_checks_total");
+      const auto gaps = metric_value(*body, "parley_push_gaps_total");
+      if (!checks || !gaps) return std::nullopt;
+      sum.checks += *checks;
+      sum.gaps += *gaps;
     }
     return sum;
+  };
+  auto window = [](std::uint64_t received, const std::optional<push_counters>& from,
+                   const std::optional<push_counters>& to) {
+    push_counts w{received, {}, {}};
+    if (from && to) {
+      w.checks = to->checks - from->checks;
+      w.gaps = to->gaps - from->gaps;
+    }
+    return w;
   };
   // The one-to-one steps; then every user reconnects (the logins after the load, on the
   // shared store) and one more step runs at the last rate on the new connections, whose
   // chats are all older than they are: there a cluster node checks each chat's first push.
-  const auto checks_before = nodes_total("parley_first_push_checks_total");
-  const auto gaps_before = nodes_total("parley_push_gaps_total");
+  const auto pushes_before = nodes_total();
   const auto before = store_counters(conninfo);
   std::pair<double, double> after{};
-  std::optional<std::uint64_t> checks_after, gaps_after;
+  std::optional<push_counters> pushes_after;
   auto at_end_of_steps = [&](std::size_t k) {
     if (k != o.rates.size() + 1) return;  // the steps and their stragglers are over
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // statistics flushed
     after = store_counters(conninfo);
-    checks_after = nodes_total("parley_first_push_checks_total");
-    gaps_after = nodes_total("parley_push_gaps_total");
+    pushes_after = nodes_total();
   };
   p.one_to_one =
       run_one_to_one(t, o.users, o.rates, o.step_seconds,
                      relogin_options{.rounds = 1, .rate_after = o.rates.back()}, at_end_of_steps);
-  const auto checks_end = nodes_total("parley_first_push_checks_total");
-  const auto gaps_end = nodes_total("parley_push_gaps_total");
-  if (checks_before && checks_after) p.first_push_checks = *checks_after - *checks_before;
-  if (gaps_before && gaps_after) p.push_gaps = *gaps_after - *gaps_before;
-  if (checks_after && checks_end) p.after_relogin_checks = *checks_end - *checks_after;
-  if (gaps_after && gaps_end) p.after_relogin_gaps = *gaps_end - *gaps_after;
-  for (const auto& s : p.one_to_one->steps) p.one_to_one_received += s.received;
+  const auto pushes_end = nodes_total();
+  std::uint64_t received = 0;
+  for (const auto& s : p.one_to_one->steps) received += s.received;
+  p.steps_pushes = window(received, pushes_before, pushes_after);
+  if (p.one_to_one->after_relogin) {
+    p.after_relogin_pushes =
+        window(p.one_to_one->after_relogin->received, pushes_after, pushes_end);
+  }
   for (const auto& s : p.one_to_one->steps) p.store_seconds += s.seconds;
   if (p.store_seconds > 0) {
     p.store_commits_per_second = (after.first - before.first) / p.store_seconds;

@@ -142,12 +142,17 @@ std::string login_json(const login_result& l) {
   return o.str();
 }
 
+// The server's CPU per login of a round, in µs.
+double server_us_per_login(const login_result& l) {
+  return l.server_cpu_seconds * 1e6 / static_cast<double>(std::max<std::size_t>(l.logged_in, 1));
+}
+
 void render_login(std::ostringstream& o, const std::string& label, const login_result& l) {
   const double n = l.logged_in > 0 ? static_cast<double>(l.logged_in) : 1;
   o << label << fixed(l.logins_per_second, 0) << " logins/s (" << l.logged_in << " of " << l.wanted
     << ", " << l.failed << " failed, in " << fixed(l.seconds, 2) << " s)\n"
     << std::string(label.size(), ' ') << "per login: server CPU "
-    << fixed(l.server_cpu_seconds * 1e6 / n, 0) << " µs, generator CPU "
+    << fixed(server_us_per_login(l), 0) << " µs, generator CPU "
     << fixed(l.generator_cpu_seconds * 1e6 / n, 0) << " µs, "
     << fixed(static_cast<double>(l.receipts) / n, 1) << " receipt watermarks, "
     << fixed(static_cast<double>(l.drained) / n, 1) << " drained envelopes\n"
@@ -497,6 +502,16 @@ std::string media_json(const media_result& m) {
 
 namespace {
 
+// A window's pushes of the cluster scenario, after `lead`; nothing if its counts are none.
+void render_pushes(std::ostringstream& o, const std::string& lead, const push_counts& c) {
+  if (!c.checks || !c.gaps) return;
+  const double received = static_cast<double>(std::max<std::uint64_t>(c.received, 1));
+  o << lead << c.received << " received, " << *c.checks
+    << " first pushes checked with a cursor read ("
+    << fixed(100.0 * static_cast<double>(*c.checks) / received, 1) << " % of received), " << *c.gaps
+    << " gaps read from the log\n";
+}
+
 // Per node count: connections held, the one-to-one ladder's sustainable rate and p99 per
 // step, the fanout's, and the store's work.
 void render_cluster(std::ostringstream& o, const cluster_result& c) {
@@ -526,40 +541,19 @@ void render_cluster(std::ostringstream& o, const cluster_result& c) {
       o << "    store (pg_stat_database over those steps): "
         << fixed(p.store_commits_per_second, 0) << " commits/s, "
         << fixed(p.store_rows_per_second, 0) << " rows written/s\n";
-      if (p.first_push_checks && p.push_gaps) {
-        const double received =
-            static_cast<double>(std::max<std::uint64_t>(p.one_to_one_received, 1));
-        o << "    pushes over those steps: " << p.one_to_one_received << " received, "
-          << *p.first_push_checks << " first pushes checked with a cursor read ("
-          << fixed(100.0 * static_cast<double>(*p.first_push_checks) / received, 1)
-          << " % of received), " << *p.push_gaps << " gaps read from the log\n";
-      }
+      render_pushes(o, "    pushes over those steps: ", p.steps_pushes);
       if (t.logins_fresh && t.logins_after_load) {
         o << "    logins: " << fixed(t.logins_fresh->logins_per_second, 0)
           << "/s on the fresh store, " << fixed(t.logins_after_load->logins_per_second, 0)
           << "/s after the load (one round each; server CPU per login "
-          << fixed(t.logins_fresh->server_cpu_seconds * 1e6 /
-                       static_cast<double>(std::max<std::size_t>(t.logins_fresh->logged_in, 1)),
-                   0)
-          << " and "
-          << fixed(
-                 t.logins_after_load->server_cpu_seconds * 1e6 /
-                     static_cast<double>(std::max<std::size_t>(t.logins_after_load->logged_in, 1)),
-                 0)
-          << " µs)\n";
+          << fixed(server_us_per_login(*t.logins_fresh), 0) << " and "
+          << fixed(server_us_per_login(*t.logins_after_load), 0) << " µs)\n";
       }
       if (t.after_relogin) {
         o << "    one more step after every user reconnected (each chat older than its "
              "connection):\n";
         step_line(*t.after_relogin);
-        if (p.after_relogin_checks && p.after_relogin_gaps) {
-          const double received =
-              static_cast<double>(std::max<std::uint64_t>(t.after_relogin->received, 1));
-          o << "      " << t.after_relogin->received << " received, " << *p.after_relogin_checks
-            << " first pushes checked with a cursor read ("
-            << fixed(100.0 * static_cast<double>(*p.after_relogin_checks) / received, 1)
-            << " % of received), " << *p.after_relogin_gaps << " gaps read from the log\n";
-        }
+        render_pushes(o, "      ", p.after_relogin_pushes);
       }
     }
     if (p.fanout) {
@@ -596,18 +590,18 @@ std::string cluster_json(const cluster_result& c) {
       o << "], \"store_seconds\": " << fixed(p.store_seconds, 1)
         << ", \"store_commits_per_second\": " << fixed(p.store_commits_per_second, 0)
         << ", \"store_rows_per_second\": " << fixed(p.store_rows_per_second, 0)
-        << ", \"one_to_one_received\": " << p.one_to_one_received;
-      if (p.first_push_checks) o << ", \"first_push_checks\": " << *p.first_push_checks;
-      if (p.push_gaps) o << ", \"push_gaps\": " << *p.push_gaps;
+        << ", \"one_to_one_received\": " << p.steps_pushes.received;
+      if (p.steps_pushes.checks) o << ", \"first_push_checks\": " << *p.steps_pushes.checks;
+      if (p.steps_pushes.gaps) o << ", \"push_gaps\": " << *p.steps_pushes.gaps;
       if (p.one_to_one->logins_fresh && p.one_to_one->logins_after_load) {
         o << ", \"logins_fresh\": " << login_json(*p.one_to_one->logins_fresh)
           << ", \"logins_after_load\": " << login_json(*p.one_to_one->logins_after_load);
       }
       if (p.one_to_one->after_relogin) {
         o << ", \"after_relogin_step\": " << one_to_one_step_json(*p.one_to_one->after_relogin);
-        if (p.after_relogin_checks)
-          o << ", \"after_relogin_first_push_checks\": " << *p.after_relogin_checks;
-        if (p.after_relogin_gaps) o << ", \"after_relogin_push_gaps\": " << *p.after_relogin_gaps;
+        const auto& a = p.after_relogin_pushes;
+        if (a.checks) o << ", \"after_relogin_first_push_checks\": " << *a.checks;
+        if (a.gaps) o << ", \"after_relogin_push_gaps\": " << *a.gaps;
       }
     }
     if (p.fanout) {

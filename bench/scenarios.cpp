@@ -434,14 +434,16 @@ void add_generator(step_result& s, const latency_histogram& h, double cores,
 
 }  // namespace
 
-std::optional<std::uint64_t> scrape_metric(const std::string& address, std::string_view name) {
-  const auto body = get_metrics(address);
-  if (!body) return std::nullopt;
-  std::istringstream in(*body);
-  std::string line;
-  while (std::getline(in, line)) {
+std::optional<std::string> metrics_body(const std::string& address) { return get_metrics(address); }
+
+std::optional<std::uint64_t> metric_value(std::string_view body, std::string_view name) {
+  while (!body.empty()) {
+    const auto end = body.find('\n');
+    const std::string_view line = body.substr(0, end);
     if (line.size() > name.size() && line.starts_with(name) && line[name.size()] == ' ')
-      return std::strtoull(line.c_str() + name.size() + 1, nullptr, 10);
+      return std::strtoull(std::string(line.substr(name.size() + 1)).c_str(), nullptr, 10);
+    if (end == std::string_view::npos) break;
+    body.remove_prefix(end + 1);
   }
   return std::nullopt;
 }

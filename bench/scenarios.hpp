@@ -170,6 +170,15 @@ struct fanout_result {
   double sustained_deliveries_per_second = 0;
 };
 
+// The pushes of a window of the cluster scenario, all nodes together: the messages the
+// workers received, the first pushes checked against a cursor read
+// (parley_first_push_checks_total) and the pushes that found a gap (parley_push_gaps_total).
+// The counts are none when a node's /metrics could not be read.
+struct push_counts {
+  std::uint64_t received = 0;
+  std::optional<std::uint64_t> checks, gaps;
+};
+
 // The cluster scenario: for each node count, PostgreSQL, Redis and that many parleyd nodes on
 // this machine, the connections and users spread evenly over the nodes (pick_url), and the
 // connect, one-to-one and fanout scenarios run against them. The store's work as PostgreSQL
@@ -183,13 +192,9 @@ struct cluster_point {
   double store_seconds = 0;  // the one-to-one steps' time the store figures cover
   double store_commits_per_second = 0;
   double store_rows_per_second = 0;
-  // Over the one-to-one steps, all nodes together: the messages received, the first pushes
-  // checked against a cursor read (parley_first_push_checks_total) and the pushes that found a
-  // gap (parley_push_gaps_total). None when a node's /metrics could not be read.
-  std::uint64_t one_to_one_received = 0;
-  std::optional<std::uint64_t> first_push_checks, push_gaps;
-  // The same over one_to_one->after_relogin (the logins included: a drain checks nothing).
-  std::optional<std::uint64_t> after_relogin_checks, after_relogin_gaps;
+  // Over the one-to-one steps, and over one_to_one->after_relogin (the logins included: a
+  // drain checks nothing).
+  push_counts steps_pushes, after_relogin_pushes;
 };
 
 struct cluster_result {
@@ -317,9 +322,11 @@ struct media_options {
 
 // The server's CPU, RSS and threads now: `pid`'s, plus every one of `more_pids` (summed).
 process_sample sample_server(const target& t);
-// The value of the unlabelled metric `name` (a counter or gauge) in GET /metrics of
-// `address` (HOST:PORT); none if it cannot be read or has no such line.
-std::optional<std::uint64_t> scrape_metric(const std::string& address, std::string_view name);
+// The body of GET /metrics from `address` (HOST:PORT); none if it cannot be read.
+std::optional<std::string> metrics_body(const std::string& address);
+// The value of the unlabelled metric `name` (a counter or gauge) in a /metrics body; none if
+// it has no such line.
+std::optional<std::uint64_t> metric_value(std::string_view body, std::string_view name);
 std::uint64_t server_rss(const target& t);
 
 connect_result run_connect(const target& t, std::size_t connections, double hold_seconds);
