@@ -650,7 +650,7 @@ awaitable<void> device_session::drain(std::uint64_t receipts_since) {
       const std::uint64_t cursor = p.cursor;
       p.cursor = std::max(cursor, pushed(p.chat));
       if (p.head <= p.cursor) continue;
-      if (p.own_only) {  // the store checked: nothing up to head is for this device
+      if (p.own_only) {  // the store checked: nothing above the stored cursor is for this device
         set_pushed(p.chat, p.head);
         own_tail.push_back({p.chat, p.head});
         continue;
@@ -666,8 +666,16 @@ awaitable<void> device_session::drain(std::uint64_t receipts_since) {
   }
   draining_ = false;
   if (!own_tail.empty()) {
+    // All or nothing: a failure leaves every one of these chats to the next login's drain.
     state_.store.pass_own_entries(device_, user_, std::move(own_tail),
-                                  [](const store::result<void>&) {});
+                                  [device = device_](const store::result<void>& r) {
+                                    if (!r) {
+                                      log_warn() << "device " << device
+                                                 << ": its cursors past its own messages did "
+                                                    "not move: "
+                                                 << r.error().message();
+                                    }
+                                  });
   }
   for (auto& f : bus::receipts_frames(marks)) {
     if (!co_await send_paced(std::move(f))) co_return;

@@ -364,10 +364,10 @@ class store {
                    completion<watermark_moves> done) = 0;
 
   // Moves the device's cursors (never back) over entries the caller found to be all the
-  // device's own (a drain: chat_position::own_only, or what it read). All or nothing, with
-  // ack()'s errors, but no receipts: such a move tells the other members nothing they have
-  // not had. On PostgreSQL one plain statement, where ack()'s function takes ~6 statements
-  // per chat: a drain after a load passes ~45 chats at once.
+  // device's own (a drain: chat_position::own_only, or what it read; the store does not check
+  // that). All or nothing, with ack()'s errors; the watermarks move as by ack(), but nothing
+  // is returned to push: such a move tells the other members nothing they have not had.
+  // Cheaper than ack() where it runs SQL: one statement, whatever the number of chats.
   virtual void pass_own_entries(device_id device, user_id user, std::vector<cursor_update> cursors,
                                 completion<void> done) = 0;
 

@@ -237,7 +237,8 @@ TEST_F(cluster_on_one_redis, an_offline_queue_filled_through_one_node_drains_thr
   }
 
   // Above alice's cursor in that chat there is only what she sent: her next login moves the
-  // cursor to the head without sending her anything (the store checked the entries). The move
+  // cursor to the head without sending her anything (on this store backlog() marks the chat
+  // own_only, so the drain does not read it; the store tests check that mark). The move
   // pushes nothing (it tells bob nothing new); bob's next login lists it as her watermark.
   test_client alice2(io, n2->url());
   alice2.login_as(*alice);

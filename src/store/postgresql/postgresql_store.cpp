@@ -1248,19 +1248,20 @@ void postgresql_store::pass_own_entries(device_id device, user_id user,
         // The status as parley_ack's: 2 not a member (a former one up to its removal), 5 above
         // the head, for the first chat that fails; nothing written then.
         static const std::string sql =
-            "WITH a AS (SELECT a.chat_id, a.seq, a.ord, x.head, x.until_seq, x.is_group "
+            "WITH input AS (SELECT a.chat_id, a.seq, a.ord, x.head, x.until_seq, x.is_group "
             "FROM unnest($3::bigint[], $4::bigint[]) WITH ORDINALITY AS a(chat_id, seq, ord) "
             "LEFT JOIN LATERAL (SELECT c.head, c.is_group, m.until_seq FROM chats c "
             "JOIN chat_members m ON m.chat_id = c.chat_id AND m.user_id = $1 "
             "WHERE c.chat_id = a.chat_id OFFSET 0) x ON TRUE), "
             "bad AS (SELECT CASE WHEN head IS NULL OR (until_seq <> 0 AND (NOT is_group "
-            "OR seq > until_seq)) THEN 2 ELSE 5 END AS status FROM a WHERE head IS NULL "
+            "OR seq > until_seq)) THEN 2 ELSE 5 END AS status FROM input WHERE head IS NULL "
             "OR (until_seq <> 0 AND (NOT is_group OR seq > until_seq)) OR seq > head "
             "ORDER BY ord LIMIT 1), "
             "moved AS (INSERT INTO cursors (chat_id, user_id, device_id, seq) "
-            "SELECT chat_id, $1, $2, seq FROM a WHERE NOT EXISTS (SELECT 1 FROM bad) "
+            "SELECT chat_id, $1, $2, seq FROM input WHERE seq > 0 AND NOT EXISTS (SELECT 1 FROM "
+            "bad) "
             "ON CONFLICT (chat_id, user_id, device_id) "
-            "DO UPDATE SET seq = GREATEST(cursors.seq, EXCLUDED.seq)) "
+            "DO UPDATE SET seq = EXCLUDED.seq WHERE cursors.seq < EXCLUDED.seq) "
             "SELECT COALESCE((SELECT status FROM bad), 0)";
         if (auto sent = db.collect(
                 sql,
