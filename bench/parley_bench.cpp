@@ -445,7 +445,7 @@ cluster_point run_cluster(const options& o, const fs::path& data, int nodes) {
   auto nodes_total = [&]() -> std::optional<push_counters> {
     push_counters sum;
     for (const auto& s : servers) {
-      const auto body = metrics_body("127.0.0.1:" + std::to_string(s->port()));
+      const auto body = get_metrics("127.0.0.1:" + std::to_string(s->port()));
       if (!body) return std::nullopt;
       const auto checks = metric_value(*body, "parley_first_push_checks_total");
       const auto gaps = metric_value(*body, "parley_push_gaps_total");

@@ -308,6 +308,8 @@ std::optional<commit_metrics> parse_commit_metrics(const std::string& text) {
   return m;
 }
 
+}  // namespace
+
 // The body of GET /metrics from `address` (HOST:PORT, an IPv6 host in brackets); none on any
 // failure.
 std::optional<std::string> get_metrics(const std::string& address) {
@@ -323,6 +325,8 @@ std::optional<std::string> get_metrics(const std::string& address) {
     return std::nullopt;
   }
 }
+
+namespace {
 
 std::optional<commit_metrics> scrape_commit_metrics(const std::string& address) {
   const auto body = get_metrics(address);
@@ -433,8 +437,6 @@ void add_generator(step_result& s, const latency_histogram& h, double cores,
 }
 
 }  // namespace
-
-std::optional<std::string> metrics_body(const std::string& address) { return get_metrics(address); }
 
 std::optional<std::uint64_t> metric_value(std::string_view body, std::string_view name) {
   while (!body.empty()) {
@@ -720,6 +722,19 @@ std::string step_line(const step_counters& s) {
 }
 
 // Adds one worker's step_line to the step's totals.
+void add_step_line(step_result& s, const std::string& line);
+
+// A step at `rate` for `seconds`, from every worker's step_line (the server's figures are
+// filled by the caller).
+step_result collect_step(worker_pool& pool, double rate, double seconds) {
+  step_result s;
+  s.offered_rate = rate;
+  s.seconds = seconds;
+  for (const auto& line : pool.collect()) add_step_line(s, line);
+  s.lost = s.stored > s.received ? s.stored - s.received : 0;
+  return s;
+}
+
 void add_step_line(step_result& s, const std::string& line) {
   std::istringstream in(line);
   std::uint64_t sent, stored, received, errors, skipped, late;
@@ -779,15 +794,21 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
     ch.send(fresh.line);
     std::string told = ch.receive();
     for (; told == "again"; told = ch.receive()) drop_and_log_in_again();
-    const std::int64_t start = std::stoll(told);
-    std::vector<step_counters> steps(rates.size());
     std::vector<load_peer*> dirty;
-    for (auto& p : peers) {
-      ++reading;
-      asio::co_spawn(io, read_loop(*p, steps, dirty, reading), asio::detached);
-    }
-    run_on(io, pace(peers, users, run, rates, step_seconds, t.procs, start, steps, dirty));
-    for (auto& s : steps) ch.send(step_line(s));
+    // Steps at `step_rates` from `at` on the peers' current connections, each sent to the
+    // coordinator as a step_line; client_msg_ids count up from `counter` (see pace()).
+    auto run_steps = [&](const std::vector<double>& step_rates, std::int64_t at,
+                         std::uint64_t counter) {
+      std::vector<step_counters> steps(step_rates.size());
+      for (auto& p : peers) {
+        ++reading;
+        asio::co_spawn(io, read_loop(*p, steps, dirty, reading), asio::detached);
+      }
+      run_on(io,
+             pace(peers, users, run, step_rates, step_seconds, t.procs, at, steps, dirty, counter));
+      for (auto& s : steps) ch.send(step_line(s));
+    };
+    run_steps(rates, std::stoll(told), 0);
     if (!relogin) return 0;
     // Every user goes offline at once, its TCP connection dropped, then logs in again when
     // told: the same logins as before the load, now with the chats, cursors and watermarks
@@ -807,15 +828,7 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
     std::string next = ch.receive();
     for (; next == "again"; next = ch.receive()) drop_and_log_in_again();
     if (next == "load") {
-      const std::int64_t at = std::stoll(ch.receive());
-      std::vector<step_counters> more(1);
-      for (auto& p : peers) {
-        ++reading;
-        asio::co_spawn(io, read_loop(*p, more, dirty, reading), asio::detached);
-      }
-      run_on(io, pace(peers, users, run, {rate_after_relogin}, step_seconds, t.procs, at, more,
-                      dirty, std::uint64_t{1} << 32));
-      ch.send(step_line(more[0]));
+      run_steps({rate_after_relogin}, std::stoll(ch.receive()), std::uint64_t{1} << 32);
       ch.receive();  // stop
     }
     return 0;
@@ -850,11 +863,7 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
     if (at_boundary) at_boundary(k);
   }
   for (std::size_t k = 0; k < rates.size(); ++k) {
-    step_result s;
-    s.offered_rate = rates[k];
-    s.seconds = step_seconds;
-    for (const auto& line : pool.collect()) add_step_line(s, line);
-    s.lost = s.stored > s.received ? s.stored - s.received : 0;
+    step_result s = collect_step(pool, rates[k], step_seconds);
     server.fill(k, s);
     r.steps.push_back(std::move(s));
   }
@@ -875,11 +884,7 @@ one_to_one_result run_one_to_one(const target& t, std::size_t users,
       trace.sample(t, 0);
       sleep_until_ns(at + step_ns);
       trace.sample(t, 1);
-      step_result s;
-      s.offered_rate = rate_after_relogin;
-      s.seconds = step_seconds;
-      for (const auto& line : pool.collect()) add_step_line(s, line);
-      s.lost = s.stored > s.received ? s.stored - s.received : 0;
+      step_result s = collect_step(pool, rate_after_relogin, step_seconds);
       trace.fill(0, s);
       r.after_relogin = std::move(s);
     }

@@ -322,8 +322,9 @@ struct media_options {
 
 // The server's CPU, RSS and threads now: `pid`'s, plus every one of `more_pids` (summed).
 process_sample sample_server(const target& t);
-// The body of GET /metrics from `address` (HOST:PORT); none if it cannot be read.
-std::optional<std::string> metrics_body(const std::string& address);
+// The body of GET /metrics from `address` (HOST:PORT, an IPv6 host in brackets); none if it
+// cannot be read.
+std::optional<std::string> get_metrics(const std::string& address);
 // The value of the unlabelled metric `name` (a counter or gauge) in a /metrics body; none if
 // it has no such line.
 std::optional<std::uint64_t> metric_value(std::string_view body, std::string_view name);

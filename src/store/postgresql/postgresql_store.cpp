@@ -1192,6 +1192,23 @@ void postgresql_store::send(send_request request, completion<send_outcome> done)
       std::move(locks), device);
 }
 
+namespace {
+
+// Cursors as the two bigint[] parameters of parley_ack and pass_own_entries (chats, seqs):
+// one per chat, at its highest seq. errc::not_found if a chat id cannot be a chat's.
+result<std::pair<std::string, std::string>> cursor_arrays(std::vector<cursor_update>& cursors) {
+  one_cursor_per_chat(cursors);
+  std::vector<std::uint64_t> chats, seqs;
+  for (const auto& c : cursors) {
+    if (!fits_bigint(c.chat)) return errc::not_found;
+    chats.push_back(c.chat);
+    seqs.push_back(clamp63(c.seq));
+  }
+  return std::pair{bigint_array(chats), bigint_array(seqs)};
+}
+
+}  // namespace
+
 void postgresql_store::ack(device_id device, user_id user, std::vector<cursor_update> cursors,
                            completion<watermark_moves> done) {
   // One statement (parley_ack, pg_schema.cpp), sent without waiting, read after the COMMIT.
@@ -1199,25 +1216,16 @@ void postgresql_store::ack(device_id device, user_id user, std::vector<cursor_up
       std::move(done),
       [this, device, user, cursors = std::move(cursors)](
           connection& db) mutable -> result<std::function<result<watermark_moves>()>> {
-        one_cursor_per_chat(cursors);
-        for (const auto& c : cursors) {
-          if (!fits_bigint(c.chat)) return errc::not_found;
-        }
+        auto arrays = cursor_arrays(cursors);
+        if (!arrays) return arrays.error();
         auto me = impl_->cached_username(db, user);
         if (!me) return me.error();
-        std::vector<std::uint64_t> chats, seqs;
-        for (const auto& c : cursors) {
-          chats.push_back(c.chat);
-          seqs.push_back(clamp63(c.seq));
-        }
         auto row = std::make_shared<rows>();
         static const std::string sql =
             "SELECT r_status, r_groups, r_chats, r_seqs, r_devices, r_stamp "
             "FROM parley_ack($1, $2, $3::bigint[], $4::bigint[])";
         if (auto sent = db.collect(
-                sql,
-                params().add(device).add(user).text(bigint_array(chats)).text(bigint_array(seqs)),
-                row);
+                sql, params().add(device).add(user).text(arrays->first).text(arrays->second), row);
             !sent)
           return sent.error();
         return std::function<result<watermark_moves>()>(
@@ -1237,36 +1245,28 @@ void postgresql_store::pass_own_entries(device_id device, user_id user,
       std::move(done),
       [device, user, cursors = std::move(cursors)](
           connection& db) mutable -> result<std::function<result<void>()>> {
-        one_cursor_per_chat(cursors);
-        std::vector<std::uint64_t> chats, seqs;
-        for (const auto& c : cursors) {
-          if (!fits_bigint(c.chat)) return errc::not_found;
-          chats.push_back(c.chat);
-          seqs.push_back(clamp63(c.seq));
-        }
+        auto arrays = cursor_arrays(cursors);
+        if (!arrays) return arrays.error();
         auto row = std::make_shared<rows>();
         // The status as parley_ack's: 2 not a member (a former one up to its removal), 5 above
         // the head, for the first chat that fails; nothing written then.
         static const std::string sql =
-            "WITH input AS (SELECT a.chat_id, a.seq, a.ord, x.head, x.until_seq, x.is_group "
+            "WITH input AS (SELECT a.chat_id, a.seq, a.ord, CASE WHEN x.head IS NULL "
+            "OR (x.until_seq <> 0 AND (NOT x.is_group OR a.seq > x.until_seq)) THEN 2 "
+            "WHEN a.seq > x.head THEN 5 ELSE 0 END AS status "
             "FROM unnest($3::bigint[], $4::bigint[]) WITH ORDINALITY AS a(chat_id, seq, ord) "
             "LEFT JOIN LATERAL (SELECT c.head, c.is_group, m.until_seq FROM chats c "
             "JOIN chat_members m ON m.chat_id = c.chat_id AND m.user_id = $1 "
             "WHERE c.chat_id = a.chat_id OFFSET 0) x ON TRUE), "
-            "bad AS (SELECT CASE WHEN head IS NULL OR (until_seq <> 0 AND (NOT is_group "
-            "OR seq > until_seq)) THEN 2 ELSE 5 END AS status FROM input WHERE head IS NULL "
-            "OR (until_seq <> 0 AND (NOT is_group OR seq > until_seq)) OR seq > head "
-            "ORDER BY ord LIMIT 1), "
+            "bad AS (SELECT status FROM input WHERE status <> 0 ORDER BY ord LIMIT 1), "
             "moved AS (INSERT INTO cursors (chat_id, user_id, device_id, seq) "
-            "SELECT chat_id, $1, $2, seq FROM input WHERE seq > 0 AND NOT EXISTS (SELECT 1 FROM "
-            "bad) "
+            "SELECT chat_id, $1, $2, seq FROM input "
+            "WHERE seq > 0 AND NOT EXISTS (SELECT 1 FROM bad) "
             "ON CONFLICT (chat_id, user_id, device_id) "
             "DO UPDATE SET seq = EXCLUDED.seq WHERE cursors.seq < EXCLUDED.seq) "
             "SELECT COALESCE((SELECT status FROM bad), 0)";
         if (auto sent = db.collect(
-                sql,
-                params().add(user).add(device).text(bigint_array(chats)).text(bigint_array(seqs)),
-                row);
+                sql, params().add(user).add(device).text(arrays->first).text(arrays->second), row);
             !sent)
           return sent.error();
         return std::function<result<void>()>([row]() -> result<void> {
