@@ -107,6 +107,11 @@ class bus {
   // each other, so a chat's first push on a connection is checked against the device's
   // cursor before it is sent (device_session).
   virtual bool pushes_in_commit_order() const = 0;
+
+  // Stops: once it returns, no thread of the bus's own calls an endpoint (a cluster's Redis
+  // threads are joined). Called at shutdown before the endpoints' I/O threads stop; what is
+  // delivered through the bus afterwards is dropped. Idempotent.
+  virtual void stop() = 0;
 };
 
 }  // namespace parley::bus

@@ -29,6 +29,11 @@ class fd_guard {
   // Closes now, reporting the failure a destructor would have to swallow (a write that only
   // fails at close, as on some network file systems).
   bool close() noexcept { return ::close(std::exchange(fd_, -1)) == 0; }
+  // Holds `fd` from now on, closing the one it held.
+  void reset(int fd) noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
 
  private:
   int fd_;

@@ -6,6 +6,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -14,6 +15,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <charconv>
 #include <chrono>
+#include <deque>
 #include <mutex>
 #include <stdexcept>
 #include <thread>
@@ -199,6 +201,12 @@ struct client::impl : std::enable_shared_from_this<client::impl> {
     redisAsyncContext* ac = nullptr;
     asio::posix::stream_descriptor fd;
     asio::steady_timer retry;
+    // When each command awaiting its reply on `ac` was sent, oldest first (Redis answers a
+    // connection's commands in order), and when `ac` last heard or sent anything.
+    std::deque<std::chrono::steady_clock::time_point> sent;
+    std::chrono::steady_clock::time_point active{};
+    // Bumped when `ac` goes: a descriptor wait of an older context, run late, changes nothing.
+    std::uint64_t generation = 0;
     bool up = false;
     bool retry_pending = false;
     bool auth_refusal_logged = false;  // once until the next accepted AUTH, not every retry
@@ -216,8 +224,20 @@ struct client::impl : std::enable_shared_from_this<client::impl> {
     void send(const std::vector<std::string>& args, reply_handler done);
     void issue(const std::vector<std::string>& args, reply_handler done);  // ac set: queued
     void close();
+    void watch(std::chrono::steady_clock::time_point now);  // the timeout, see watchdog
   };
   std::unordered_map<std::string, std::shared_ptr<node>> nodes;  // by address text
+  // Every node's timeout checked a few times per `options.timeout` (I/O thread).
+  asio::steady_timer watchdog{io};
+  void arm_watchdog() {
+    watchdog.expires_after(std::max(options.timeout / 4, std::chrono::milliseconds(10)));
+    watchdog.async_wait([this](boost::system::error_code ec) {
+      if (ec || stopping.load()) return;
+      const auto now = std::chrono::steady_clock::now();
+      for (auto& [_, n] : nodes) n->watch(now);
+      arm_watchdog();
+    });
+  }
   std::shared_ptr<node> seed;
   // The cluster's slot map: the address of each slot's master ("" unknown: the seed).
   std::vector<std::string> slot_owner = std::vector<std::string>(16384);
@@ -227,7 +247,7 @@ struct client::impl : std::enable_shared_from_this<client::impl> {
   struct subscription {
     std::string channel;
     message_handler on_message;
-    std::function<void()> on_resubscribed;
+    std::function<void()> on_subscribed;
     std::thread thread;
   };
   std::vector<std::unique_ptr<subscription>> subscriptions;
@@ -322,6 +342,7 @@ client::impl::node* node_of(const redisAsyncContext* ac) {
 
 void client::impl::node::connect() {
   if (ac != nullptr || owner.stopping.load()) return;
+  active = std::chrono::steady_clock::now();
   ac = redisAsyncConnect(addr.host.c_str(), addr.port);
   if (ac == nullptr || ac->err) {
     if (ac != nullptr) redisAsyncFree(ac);
@@ -349,6 +370,9 @@ void client::impl::node::connect() {
     // hiredis frees the context (and closes the socket) after this: drop our view of it.
     auto* n = static_cast<node*>(p);
     n->want_read = n->want_write = false;
+    n->reading = n->writing = false;  // the cancelled waits below are the old context's
+    ++n->generation;
+    n->sent.clear();
     boost::system::error_code ignored;
     n->fd.cancel(ignored);
     n->fd.release();
@@ -370,13 +394,17 @@ void client::impl::node::connect() {
       n->schedule_retry();
       return;
     }
-    if (n->owner.options.auth.password.empty()) n->accepted();
-    // Else up once AUTH (queued first, below) is answered OK.
+    // Up once Redis answers the PING or AUTH queued first (below): a connect that the
+    // kernel completed for a process that does not run is not a Redis that answers.
   });
-  // AUTH before anything else on this connection: hiredis writes commands in the order given,
-  // so whatever is sent before the answer comes queues behind it.
+  // AUTH (or PING) before anything else on this connection: hiredis writes commands in the
+  // order given, so whatever is sent before the answer comes queues behind it.
   const auto& auth = owner.options.auth;
-  if (!auth.password.empty()) {
+  if (auth.password.empty()) {
+    issue({"PING"}, [self = shared_from_this()](std::optional<reply> r) {
+      if (r && !r->is_error()) self->accepted();
+    });
+  } else {
     std::vector<std::string> args{"AUTH"};
     if (!auth.username.empty()) args.push_back(auth.username);
     args.push_back(auth.password);
@@ -430,9 +458,11 @@ void client::impl::node::schedule_retry() {
 void client::impl::node::wait_read() {
   reading = true;
   fd.async_wait(asio::posix::descriptor_base::wait_read,
-                [self = shared_from_this()](boost::system::error_code ec) {
+                [self = shared_from_this(), g = generation](boost::system::error_code ec) {
+                  if (g != self->generation) return;
                   self->reading = false;
                   if (ec || self->ac == nullptr || !self->want_read) return;
+                  self->active = std::chrono::steady_clock::now();
                   redisAsyncHandleRead(self->ac);  // may free the context (cleanup above)
                   if (self->ac != nullptr && self->want_read && !self->reading) self->wait_read();
                 });
@@ -441,7 +471,8 @@ void client::impl::node::wait_read() {
 void client::impl::node::wait_write() {
   writing = true;
   fd.async_wait(asio::posix::descriptor_base::wait_write,
-                [self = shared_from_this()](boost::system::error_code ec) {
+                [self = shared_from_this(), g = generation](boost::system::error_code ec) {
+                  if (g != self->generation) return;
                   self->writing = false;
                   if (ec || self->ac == nullptr || !self->want_write) return;
                   redisAsyncHandleWrite(self->ac);
@@ -451,12 +482,28 @@ void client::impl::node::wait_write() {
 }
 
 void client::impl::node::send(const std::vector<std::string>& args, reply_handler done) {
-  if (ac == nullptr) {
+  if (ac == nullptr || sent.size() >= owner.options.max_pending) {
     connect();
     if (done) done(std::nullopt);
     return;
   }
   issue(args, std::move(done));
+}
+
+// A command unanswered for `timeout` (the connect's PING or AUTH included): the connection is
+// lost, whatever TCP thinks (a host gone without a reset keeps it "open" for many minutes).
+// An idle connection that is up is PINGed, so that silence shows without a command.
+void client::impl::node::watch(std::chrono::steady_clock::time_point now) {
+  if (ac == nullptr) return;
+  const auto timeout = owner.options.timeout;
+  if (!sent.empty() && now - sent.front() > timeout) {
+    log_warn() << "redis: " << addr.text() << " did not answer within " << timeout.count()
+               << " ms: " << (up ? "closing the connection" : "connecting again");
+    redisAsyncFree(ac);  // pending handlers get nullopt; if it was up, the disconnect callback
+    schedule_retry();    // marks it down (both schedule one retry)
+    return;
+  }
+  if (up && sent.empty() && now - active > timeout / 3) issue({"PING"}, {});
 }
 
 void client::impl::node::issue(const std::vector<std::string>& args, reply_handler done) {
@@ -469,10 +516,13 @@ void client::impl::node::issue(const std::vector<std::string>& args, reply_handl
     lengths.push_back(a.size());
   }
   auto* handler = new reply_handler(std::move(done));
+  sent.push_back(std::chrono::steady_clock::now());
+  active = sent.back();
   const int rc = redisAsyncCommandArgv(
       ac,
-      [](redisAsyncContext*, void* r, void* privdata) {
+      [](redisAsyncContext* c, void* r, void* privdata) {
         std::unique_ptr<reply_handler> h(static_cast<reply_handler*>(privdata));
+        if (auto* n = node_of(c); !n->sent.empty()) n->sent.pop_front();
         if (!*h) return;
         if (r == nullptr) {
           (*h)(std::nullopt);
@@ -482,6 +532,7 @@ void client::impl::node::issue(const std::vector<std::string>& args, reply_handl
       },
       handler, static_cast<int>(argv.size()), argv.data(), lengths.data());
   if (rc != REDIS_OK) {
+    sent.pop_back();
     std::unique_ptr<reply_handler> h(handler);
     if (*h) (*h)(std::nullopt);
   }
@@ -498,17 +549,20 @@ void client::impl::node::close() {
 // cluster), then read pushes until the connection drops or the client stops.
 void client::impl::run_subscription(subscription& s) {
   address target = options.seed;
-  bool subscribed_before = false;
   bool auth_refusal_logged = false;
   auto pause = [&] {
     pollfd p{stop_fd, POLLIN, 0};
     ::poll(&p, 1, static_cast<int>(options.reconnect_interval.count()));
   };
   const char* verb = options.cluster ? "SSUBSCRIBE" : "SUBSCRIBE";
+  const auto limit = options.timeout;
+  const timeval timeout{static_cast<time_t>(limit.count() / 1000),
+                        static_cast<suseconds_t>(limit.count() % 1000 * 1000)};
   while (!stopping.load()) {
-    timeval timeout{1, 0};
     redisContext* c = redisConnectWithTimeout(target.host.c_str(), target.port, timeout);
-    if (c == nullptr || c->err) {
+    // The blocking calls below (AUTH, the subscribe, a PING's write) wait at most `timeout`
+    // too: a Redis that accepted the connection need not answer.
+    if (c == nullptr || c->err || redisSetTimeout(c, timeout) != REDIS_OK) {
       if (c != nullptr) redisFree(c);
       target = options.seed;
       pause();
@@ -558,19 +612,41 @@ void client::impl::run_subscription(subscription& s) {
       redisFree(c);
       continue;
     }
-    if (subscribed_before && s.on_resubscribed) s.on_resubscribed();
-    subscribed_before = true;
+    if (s.on_subscribed) s.on_subscribed();
     bool lost = false;
     bool read_more = false;  // the reader may hold pushes that came with the confirmation
+    // Silence is checked with PING (allowed while subscribed; its "pong" is ignored below):
+    // one after a third of `timeout` heard nothing, and the subscription is lost when all of
+    // it passed without a byte.
+    auto heard = std::chrono::steady_clock::now();
+    bool pinged = false;
     while (!stopping.load() && !lost) {
       if (read_more) {
         pollfd fds[2] = {{c->fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
-        if (::poll(fds, 2, -1) < 0) continue;
+        const int ready =
+            ::poll(fds, 2, static_cast<int>(std::max<std::int64_t>(limit.count() / 6, 1)));
+        if (ready < 0) continue;
         if ((fds[1].revents & POLLIN) != 0) break;
+        const auto now = std::chrono::steady_clock::now();
+        if (ready == 0) {
+          if (now - heard >= limit) {
+            log_warn() << "redis: " << target.text() << " silent for " << limit.count()
+                       << " ms on the subscription to " << s.channel;
+            lost = true;
+          } else if (!pinged && now - heard >= limit / 3) {
+            pinged = true;
+            lost = redisAppendCommand(c, "PING") != REDIS_OK;
+            int written = 0;
+            while (!lost && written == 0) lost = redisBufferWrite(c, &written) != REDIS_OK;
+          }
+          continue;
+        }
         if (redisBufferRead(c) != REDIS_OK) {
           lost = true;
           break;
         }
+        heard = now;
+        pinged = false;
       }
       read_more = true;
       void* raw = nullptr;
@@ -608,6 +684,7 @@ void client::start() {
     d.seed = std::make_shared<impl::node>(d, d.options.seed);
     d.nodes[d.options.seed.text()] = d.seed;
     d.seed->connect();
+    d.arm_watchdog();
   });
   d.thread = std::thread([&d] { d.io.run(); });
   name_thread(d.thread, "redis-io");
@@ -629,6 +706,7 @@ void client::stop() {
   }
   if (d.thread.joinable()) {
     asio::post(d.io, [&d] {
+      d.watchdog.cancel();
       for (auto& [_, n] : d.nodes) n->close();
       d.work.reset();
     });
@@ -663,11 +741,11 @@ void client::publish(const std::string& channel, std::string payload, reply_hand
 }
 
 void client::subscribe(std::string channel, message_handler on_message,
-                       std::function<void()> on_resubscribed) {
+                       std::function<void()> on_subscribed) {
   auto s = std::make_unique<impl::subscription>();
   s->channel = std::move(channel);
   s->on_message = std::move(on_message);
-  s->on_resubscribed = std::move(on_resubscribed);
+  s->on_subscribed = std::move(on_subscribed);
   impl_->subscriptions.push_back(std::move(s));
 }
 

@@ -19,6 +19,14 @@
 // Connections that drop are opened again every reconnect_interval. While a connection is
 // down, its commands fail at once (the handler gets nullopt): callers treat Redis as a
 // best-effort accelerator over the durable chat log, never as the place of record.
+//
+// A Redis that goes silent (its host gone without a reset, a partition, a stopped process)
+// is found within `timeout`: a connection counts as up only once Redis answered on it (PING,
+// or AUTH); a command not answered within `timeout` (an idle connection is PINGed, so this
+// covers it too) closes its connection, whose pending handlers get nullopt, and it is opened
+// again; a subscription PINGs when it has heard nothing for a third of it, and one silent for
+// all of it subscribes again. At most max_pending commands wait for replies on a connection;
+// more fail at once.
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
@@ -76,6 +84,10 @@ struct client_options {
   address seed;
   bool cluster = false;
   std::chrono::milliseconds reconnect_interval{500};
+  // How long Redis may leave a command (or a connect, or a subscription's PING) unanswered
+  // before its connection is taken as lost.
+  std::chrono::milliseconds timeout{3000};
+  std::size_t max_pending = 100'000;
   // Sent as AUTH first on every connection (to each node of a cluster, and each
   // subscription's); a connection is used only once it is accepted.
   credentials auth = {};
@@ -99,11 +111,11 @@ class client {
   // PUBLISH, or SPUBLISH in a cluster (routed by the channel's slot).
   void publish(const std::string& channel, std::string payload, reply_handler done = {});
   // Subscribes to `channel` until stop(), re-subscribing after every lost connection.
-  // `on_message` runs on the subscription's thread; `on_resubscribed` there too, after a
-  // subscription that had been lost is back (messages published meanwhile were missed).
-  // Call before start().
+  // `on_message` runs on the subscription's thread; `on_subscribed` there too, each time the
+  // subscription is in place, the first time included: what was published before it (before
+  // the first one, or while it was lost) was missed. Call before start().
   void subscribe(std::string channel, message_handler on_message,
-                 std::function<void()> on_resubscribed = {});
+                 std::function<void()> on_subscribed = {});
   // Runs `fn` on the I/O thread (timers and state that the handlers share live there).
   void post(std::function<void()> fn);
   boost::asio::any_io_executor executor();

@@ -3,6 +3,7 @@
 #include "redis/redis_client.hpp"
 
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -191,11 +192,10 @@ TEST(redis_client, a_restarted_server_is_found_again_and_the_subscription_comes_
   test_support::redis_server server;
   client c({{"127.0.0.1", server.port()}, false, 100ms});
   inbox<std::string> got;
-  inbox<int> resubscribed;
+  inbox<int> subscribed;
   inbox<bool> states;
   c.subscribe(
-      "chan", [&](std::string_view p) { got.push(std::string(p)); },
-      [&] { resubscribed.push(1); });
+      "chan", [&](std::string_view p) { got.push(std::string(p)); }, [&] { subscribed.push(1); });
   c.on_state([&](bool up) { states.push(up); });
   c.start();
   ASSERT_TRUE(call_when_up(c, "k", {"PING"}));
@@ -221,7 +221,8 @@ TEST(redis_client, a_restarted_server_is_found_again_and_the_subscription_comes_
 
   server.start();
   ASSERT_TRUE(call_when_up(c, "k", {"PING"}));
-  EXPECT_TRUE(resubscribed.wait(1)) << "the subscription was not made again";
+  // Once at the start, once after the restart.
+  EXPECT_TRUE(subscribed.wait(2)) << "the subscription was not made again";
   const auto deadline = std::chrono::steady_clock::now() + 10s;
   while (!got.has("after") && std::chrono::steady_clock::now() < deadline) {
     c.publish("chan", "after");
@@ -229,6 +230,52 @@ TEST(redis_client, a_restarted_server_is_found_again_and_the_subscription_comes_
   }
   EXPECT_TRUE(got.has("after"));
   ASSERT_TRUE(states.wait(3));  // up, down, up
+  EXPECT_EQ(states.items[0], true);
+  EXPECT_EQ(states.items[1], false);
+  EXPECT_EQ(states.items[2], true);
+  c.stop();
+}
+
+// A Redis that stops answering without closing anything (SIGSTOP: the kernel still accepts
+// connections and acknowledges what is sent) is given up within the client's timeout,
+// commands and subscription alike, and taken back once it answers again. Without the
+// timeout a command waits for as long as TCP keeps the connection (many minutes when a host
+// is gone without a reset), and the subscription never notices.
+TEST(redis_client, a_redis_that_stops_answering_is_given_up_within_the_timeout) {
+  test_support::redis_server server;
+  client_options o{{"127.0.0.1", server.port()}, false, 100ms};
+  o.timeout = 400ms;
+  client c(o);
+  inbox<std::string> got;
+  inbox<int> subscribed;
+  inbox<bool> states;
+  c.subscribe(
+      "chan", [&](std::string_view p) { got.push(std::string(p)); }, [&] { subscribed.push(1); });
+  c.on_state([&](bool up) { states.push(up); });
+  c.start();
+  ASSERT_TRUE(call_when_up(c, "k", {"PING"}));
+  ASSERT_TRUE(heard(c, got, "chan", "before"));
+
+  struct resume_at_exit {
+    pid_t pid;
+    ~resume_at_exit() { ::kill(pid, SIGCONT); }
+  } resume{server.pid()};
+  ASSERT_EQ(::kill(server.pid(), SIGSTOP), 0);
+  for (int i = 0; i < 2; ++i) {  // the first on the open connection, then on a new one
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_FALSE(call(c, "k", {"PING"}));
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s) << "command " << i << " hung";
+  }
+  const auto down_by = std::chrono::steady_clock::now() + 5s;
+  while (c.connected() && std::chrono::steady_clock::now() < down_by)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_FALSE(c.connected());
+
+  ASSERT_EQ(::kill(server.pid(), SIGCONT), 0);
+  ASSERT_TRUE(call_when_up(c, "k", {"PING"}));
+  EXPECT_TRUE(subscribed.wait(2)) << "the silent subscription was not made again";
+  EXPECT_TRUE(heard(c, got, "chan", "after"));
+  ASSERT_TRUE(states.wait(3));  // up, down, up: never up while Redis did not answer
   EXPECT_EQ(states.items[0], true);
   EXPECT_EQ(states.items[1], false);
   EXPECT_EQ(states.items[2], true);

@@ -22,6 +22,10 @@ namespace {
 // As --threads (apps/parleyd/main.cpp): the file and the flag accept the same range.
 constexpr std::int64_t min_threads = 1;
 constexpr std::int64_t max_threads = 256;
+// The smallest outgoing queue per connection: one frame of the largest a client must accept.
+constexpr std::size_t min_outbound_bytes = 1024 * 1024;
+// The longest duration a setting may have: ten years.
+constexpr std::int64_t max_duration_s = 3650LL * 86400;
 
 // Every key the file may hold, per table: "" is the top level, any other name a table one level
 // down ([limits]). Anything else in the file stops start-up, so that a misspelt key is not
@@ -175,6 +179,16 @@ config load_config_file(const std::filesystem::path& file, config c) {
     if (*v <= 0) throw std::runtime_error("config: " + std::string(key) + " must be positive");
     target = static_cast<std::remove_reference_t<decltype(target)>>(*v);
   };
+  // A duration: positive and at most ten years (in `unit`s), so that a clock's now() plus or
+  // minus it (a timer's deadline, the sweep's cut-off) cannot overflow.
+  auto duration = [&](std::string_view key, const toml::node_view<toml::node>& n,
+                      std::int64_t units_per_second, std::int64_t& target) {
+    positive(key, n, target);
+    if (target > max_duration_s * units_per_second) {
+      throw std::runtime_error("config: " + std::string(key) + " must be at most " +
+                               std::to_string(max_duration_s * units_per_second) + " (ten years)");
+    }
+  };
 
   if (auto v = typed<std::string>(t["listen"], "listen")) parse_listen(*v, c);
   if (auto v = typed<std::string>(t["data"], "data")) c.data_dir = *v;
@@ -209,7 +223,7 @@ config load_config_file(const std::filesystem::path& file, config c) {
   positive("limits.max_outbound_bytes", l["max_outbound_bytes"], c.max_outbound_bytes);
   positive("limits.drain_page", l["drain_page"], c.drain_page);
   std::int64_t auth_ms = 0;
-  positive("limits.auth_timeout_ms", l["auth_timeout_ms"], auth_ms);
+  duration("limits.auth_timeout_ms", l["auth_timeout_ms"], 1000, auth_ms);
   if (auth_ms > 0) c.auth_timeout = std::chrono::milliseconds(auth_ms);
 
   positive("limits.max_unauthenticated_frame_bytes", l["max_unauthenticated_frame_bytes"],
@@ -221,7 +235,7 @@ config load_config_file(const std::filesystem::path& file, config c) {
     throw std::runtime_error("config: limits.max_group_members must be at most 1024");
   }
   std::int64_t group_receipts_ms = 0;
-  positive("limits.group_receipts_ms", l["group_receipts_ms"], group_receipts_ms);
+  duration("limits.group_receipts_ms", l["group_receipts_ms"], 1000, group_receipts_ms);
   if (group_receipts_ms > 0) c.group_receipts_interval = std::chrono::milliseconds(group_receipts_ms);
 
   if (auto v = typed<std::string>(t["metrics_listen"], "metrics_listen")) {
@@ -268,7 +282,7 @@ config load_config_file(const std::filesystem::path& file, config c) {
   }
   auto seconds = [&](std::string_view key, const char* name, std::chrono::seconds& target) {
     std::int64_t v = 0;
-    positive(key, media[name], v);
+    duration(key, media[name], 1, v);
     if (v > 0) target = std::chrono::seconds(v);
   };
   // A URL lives at most as long as S3 can presign one (7 days), so that a slot's
@@ -322,7 +336,8 @@ config load_config_file(const std::filesystem::path& file, config c) {
   auto storage = t["storage"];
   positive("storage.reserve_bytes", storage["reserve_bytes"], c.storage_reserve_bytes);
   positive("storage.dedupe_days", storage["dedupe_days"], c.dedupe_days);
-  if (c.dedupe_days > 3650) throw std::runtime_error("config: storage.dedupe_days must be at most 3650");
+  if (c.dedupe_days > max_duration_s / 86400)
+    throw std::runtime_error("config: storage.dedupe_days must be at most 3650");
   positive("storage.max_pending_writes", storage["max_pending_writes"], c.max_pending_writes);
   positive("storage.memtable_budget_bytes", storage["memtable_budget_bytes"],
            c.memtable_budget_bytes);
@@ -355,6 +370,15 @@ config load_config_file(const std::filesystem::path& file, config c) {
         ") must be at least limits.max_frame_bytes (" + std::to_string(c.limits.max_frame_bytes) +
         "): a connection's outgoing queue must hold one message of the largest size, whose "
         "payload is limits.max_payload_bytes");
+  }
+  // Nor may a response close its connection as a slow reader on an empty queue: the largest
+  // the server sends, a History page (512 KiB of payload, its messages' other fields, at most
+  // one group's member list), stays under the 1 MiB protocol.md tells clients to accept.
+  if (c.max_outbound_bytes < min_outbound_bytes) {
+    throw std::runtime_error("config: limits.max_outbound_bytes (" +
+                             std::to_string(c.max_outbound_bytes) + ") must be at least " +
+                             std::to_string(min_outbound_bytes) +
+                             " (1 MiB): a connection's outgoing queue must hold one History page");
   }
   return c;
 }

@@ -177,7 +177,7 @@ max_frame_bytes = 131072
 max_payload_bytes = 32768
 max_in_flight = 16
 max_outbound_frames = 128
-max_outbound_bytes = 131072
+max_outbound_bytes = 1048576
 drain_page = 64
 auth_timeout_ms = 2500
 max_unauthenticated_frame_bytes = 2048
@@ -252,7 +252,7 @@ memtable_budget_bytes = 33554432
   EXPECT_EQ(c.limits.max_payload_bytes, 32768u);
   EXPECT_EQ(c.max_in_flight, 16u);
   EXPECT_EQ(c.max_outbound_frames, 128u);
-  EXPECT_EQ(c.max_outbound_bytes, 131072u);  // exactly one maximal frame: allowed
+  EXPECT_EQ(c.max_outbound_bytes, 1048576u);  // exactly the smallest allowed
   EXPECT_EQ(c.drain_page, 64u);
   EXPECT_EQ(c.auth_timeout, std::chrono::milliseconds(2500));
   // An empty file changes nothing.
@@ -284,6 +284,29 @@ TEST(config, group_size_and_dedupe_window_have_upper_bounds) {
   EXPECT_EQ(load_error("dedupe_3650", "[storage]\ndedupe_days = 3650\n"), "");
   EXPECT_NE(load_error("dedupe_3651", "[storage]\ndedupe_days = 3651\n")
                 .find("storage.dedupe_days must be at most 3650"),
+            std::string::npos);
+}
+
+// A duration is added to or taken from a clock's now(): ten years at most, so that neither can
+// overflow (a retention of a hundred years once made the sweep's cut-off wrap round to "every
+// blob", and deleted fresh uploads).
+TEST(config, durations_have_an_upper_bound_of_ten_years) {
+  EXPECT_EQ(load_error("retention_10y",
+                       "[media]\nunreferenced_retention_s = 315360000\n"
+                       "sweep_interval_s = 315360000\n"),
+            "");
+  EXPECT_NE(load_error("retention_100y", "[media]\nunreferenced_retention_s = 3153600000\n")
+                .find("media.unreferenced_retention_s must be at most 315360000 (ten years)"),
+            std::string::npos);
+  EXPECT_NE(load_error("sweep_100y", "[media]\nsweep_interval_s = 3153600000\n")
+                .find("media.sweep_interval_s must be at most 315360000"),
+            std::string::npos);
+  EXPECT_EQ(load_error("auth_10y", "[limits]\nauth_timeout_ms = 315360000000\n"), "");
+  EXPECT_NE(load_error("auth_long", "[limits]\nauth_timeout_ms = 315360000001\n")
+                .find("limits.auth_timeout_ms must be at most 315360000000"),
+            std::string::npos);
+  EXPECT_NE(load_error("receipts_long", "[limits]\ngroup_receipts_ms = 9223372036854775807\n")
+                .find("limits.group_receipts_ms must be at most"),
             std::string::npos);
 }
 
@@ -340,7 +363,13 @@ TEST(config, outbound_queue_must_hold_one_maximal_frame) {
   EXPECT_NE(load_error("outbound_base", "", base).find("max_outbound_bytes"), std::string::npos);
   // One maximal payload is not enough (its Envelope is larger); one frame is.
   EXPECT_NE(load_error("outbound_payload", "[limits]\nmax_outbound_bytes = 65536\n"), "");
-  EXPECT_EQ(load_error("outbound_equal", "[limits]\nmax_outbound_bytes = 262144\n"), "");
+  // Nor is one frame of the default size (256 KiB): a History page may be up to 512 KiB of
+  // payload and its fields, and would close an idle connection as a slow reader.
+  EXPECT_NE(load_error("outbound_frame", "[limits]\nmax_outbound_bytes = 262144\n")
+                .find("must be at least 1048576 (1 MiB)"),
+            std::string::npos);
+  EXPECT_NE(load_error("outbound_below_mib", "[limits]\nmax_outbound_bytes = 1048575\n"), "");
+  EXPECT_EQ(load_error("outbound_mib", "[limits]\nmax_outbound_bytes = 1048576\n"), "");
 }
 
 TEST(config, limits_of_the_wrong_type_are_refused) {

@@ -185,9 +185,14 @@ bool device_session::below_drain_watermark(std::size_t bytes) const {
 
 awaitable<bool> device_session::send_paced(wire::encoded_frame f) {
   while (!closed_ && !finishing_ && !below_drain_watermark(f->size())) {
-    // Created on first need: most sessions never fill their queue.
-    if (!room_ready_) room_ready_ = std::make_unique<asio::steady_timer>(executor_);
-    room_ready_->expires_at(asio::steady_timer::time_point::max());
+    // Created on first need: most sessions never fill their queue. Its expiry is set once:
+    // setting it cancels the waits under way, and two paced senders (a drain's tail and the
+    // next drain) would then wake each other in turn for as long as the queue stays full.
+    // cancel() (when the writer makes room, or at the close) wakes every waiter.
+    if (!room_ready_) {
+      room_ready_ = std::make_unique<asio::steady_timer>(executor_);
+      room_ready_->expires_at(asio::steady_timer::time_point::max());
+    }
     boost::system::error_code ec;
     co_await room_ready_->async_wait(asio::redirect_error(use_awaitable, ec));
   }
@@ -545,7 +550,15 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
   }
   // Spawned so that a connection can pipeline requests; each reaches the store in the order
   // received (store_call submits synchronously at its first co_await).
-  asio::co_spawn(executor_, run_request(frame(request)), log_failure);
+  // A request that throws (no memory, say) still gets its one answer, INTERNAL ("nothing was
+  // applied" is as true as it can be told), and gives back its place in flight.
+  asio::co_spawn(executor_, run_request(frame(request)),
+                 [self = shared_from_this(), id](const std::exception_ptr& e) {
+                   if (!e) return;
+                   log_failure(e);
+                   --self->in_flight_;
+                   self->send(wire::make_error(id, v2::ERROR_CODE_INTERNAL, "internal error"));
+                 });
   return std::nullopt;
 }
 
@@ -582,7 +595,9 @@ awaitable<void> device_session::on_authenticate(std::uint64_t request_id, v2::Au
   auto found = co_await store_call<store::device>([&](store::completion<store::device> done) {
     state_.store.find_device(device_id, std::move(done));
   });
-  if (closed_) co_return;
+  // Closing already (the authentication timeout, the peer's close): attaching now would close
+  // the device's other, healthy connection (4001) for one that is going.
+  if (closed_ || finishing_) co_return;
   const bool ok =
       found && CRYPTO_memcmp(found->token_hash.data(), presented.data(), presented.size()) == 0;
   if (!ok) {

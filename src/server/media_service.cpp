@@ -137,8 +137,12 @@ sweep_report media_service::sweep_once() {
   sweep_report report;
   if (!blobs_) return report;
   const auto retention = cfg_.media.unreferenced_retention;
-  const std::uint64_t cutoff_ms = now_ms() - static_cast<std::uint64_t>(
+  // At 0 (a retention longer than the clock's count, which the config refuses) nothing is old
+  // enough: the subtraction must not wrap round to "everything".
+  const std::uint64_t now = now_ms();
+  const auto retention_ms = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(retention).count());
+  const std::uint64_t cutoff_ms = now > retention_ms ? now - retention_ms : 0;
 
   // 1. Unreferenced records past the retention: the record goes first (a send racing with the
   // sweep either referenced it before, and delete_media keeps it, or gets MEDIA_NOT_FOUND),

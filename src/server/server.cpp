@@ -250,6 +250,9 @@ void server::wait() {
   while (d.stats.connections.load() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  // A cluster's Redis threads push into the sessions: joined before the I/O threads that run
+  // the sessions (and the lanes they post to) stop and go.
+  d.backend.bus->stop();
   d.media->stop();          // the sweeper and the blob server, before the store they call
   d.backend.store->stop();  // commits what was queued; later calls fail with shutting_down
   d.guards.clear();

@@ -16,6 +16,7 @@ class local_bus final : public bus {
   void deliver_ephemeral(const std::string& username, wire::encoded_frame frame) override;
   std::size_t connected_devices() const override;
   bool pushes_in_commit_order() const override { return true; }  // one process, one commit order
+  void stop() override {}  // no threads of its own: pushes run on their senders' threads
 
  private:
   device_registry devices_;

@@ -107,7 +107,9 @@ std::string node_channel(std::uint64_t node) {
 struct redis_bus::state {
   explicit state(const boost::asio::any_io_executor& ex) : timer(ex) {}
   boost::asio::steady_timer timer;
-  bool was_down = false;  // Redis thread
+  // Redis thread. True before the first connection too: devices that attached before Redis
+  // was ever reachable may have missed pushes as much as after a loss.
+  bool was_down = true;
   bool stopped = false;   // Redis thread
 };
 
@@ -115,9 +117,11 @@ redis_bus::redis_bus(std::shared_ptr<redis::client> client, redis_bus_options op
     : client_(std::move(client)),
       options_(options),
       state_(std::make_shared<state>(client_->executor())) {
+  // Each time the node channel's subscription is in place (the first time too: a device
+  // attached before it may have been sent pushes that went nowhere), the devices read again.
   client_->subscribe(
       node_channel(options_.node_id), [this](std::string_view p) { on_message(p); },
-      [this] { resync_all("the node channel's subscription came back"); });
+      [this] { resync_all("the node channel's subscription was made"); });
   client_->subscribe(
       all_channel, [this](std::string_view p) { on_message(p); }, [] {});
   client_->on_state([this](bool up) {
@@ -128,20 +132,13 @@ redis_bus::redis_bus(std::shared_ptr<redis::client> client, redis_bus_options op
       for (auto& ep : devices_.all()) ep->pushes_may_be_lost();
       return;
     }
-    if (!state_->was_down) {
-      refresh();  // the first connection: register what is connected already
-      return;
-    }
     state_->was_down = false;
-    refresh();
-    resync_all("Redis is reachable again");
+    refresh();  // registers what is connected already
+    resync_all("Redis is reachable");
   });
 }
 
-redis_bus::~redis_bus() {
-  stop();
-  client_->stop();  // joins its threads: no handler runs into this object after it
-}
+redis_bus::~redis_bus() { stop(); }
 
 void redis_bus::set_presence(presence_handler on_presence,
                              std::function<std::vector<pb::PresenceState>()> presence_snapshot,
@@ -173,17 +170,30 @@ void redis_bus::stop() {
     s->stopped = true;
     s->timer.cancel();
   });
+  client_->stop();  // joins its threads: no handler runs into an endpoint after it
 }
 
 void redis_bus::attach(device_id device, const std::string& username,
                        std::shared_ptr<endpoint> ep) {
   const std::uint64_t now = now_ms();
+  // Without Redis, pushes from other nodes go nowhere until it is back (on_state then resyncs
+  // every device): this one must not take a local push for the next of a chat meanwhile.
+  if (!client_->connected()) ep->pushes_may_be_lost();
+  {
+    std::lock_guard lock(attaching_mutex_);
+    ++attaching_[device];  // before the registry has it: see refresh()
+  }
   if (auto previous = devices_.attach(device, username, std::move(ep), now)) previous->replaced();
   const std::string key = device_key(device);
   const std::string me = std::to_string(options_.node_id);
-  client_->command(key,
-                   {"SET", key, me, "EX", std::to_string(options_.ttl.count()), "GET"},
+  client_->command(key, {"SET", key, me, "EX", std::to_string(options_.ttl.count()), "GET"},
                    [this, device, now](std::optional<redis::reply> r) {
+                     {
+                       std::lock_guard lock(attaching_mutex_);
+                       if (auto it = attaching_.find(device);
+                           it != attaching_.end() && --it->second == 0)
+                         attaching_.erase(it);
+                     }
                      const auto was = parse_node(r);
                      if (!was || *was == options_.node_id) return;
                      // The device was connected to another node: that connection must go.
@@ -345,7 +355,24 @@ void redis_bus::refresh() {
   const std::string ttl = std::to_string(options_.ttl.count());
   for (auto d : ids) {
     const std::string key = device_key(d);
-    client_->command(key, {"EVAL", refresh_script, "1", key, me, ttl});
+    client_->command(key, {"EVAL", refresh_script, "1", key, me, ttl},
+                     [this, d](std::optional<redis::reply> r) {
+                       // 0: the key names another node. The device authenticated there after
+                       // it did here, and that node's replaced_device message did not arrive
+                       // (best-effort): the connection here is the stale one. Unless an
+                       // attach here is still on its way to Redis, which this refresh may
+                       // have overtaken.
+                       if (!r || r->type != redis::reply::kind::integer || r->integer != 0) return;
+                       {
+                         std::lock_guard lock(attaching_mutex_);
+                         if (attaching_.contains(d)) return;
+                       }
+                       if (auto ep = devices_.find(d)) {
+                         log_info() << "bus: device " << d
+                                    << " is routed to another node: closing its connection here";
+                         ep->replaced();
+                       }
+                     });
   }
   if (on_refresh_) on_refresh_(std::chrono::steady_clock::now());
   if (presence_snapshot_ && client_->connected()) {

@@ -19,7 +19,10 @@
 // meanwhile flow without a reconnect.
 //
 // A device that authenticates here while its routing key names another node: that node is
-// told (replaced_device), and closes the older connection with 4001, as one node does.
+// told (replaced_device), and closes the older connection with 4001, as one node does. That
+// message is best-effort too, so the refresh checks as well: a key that names another node
+// (and no attach of the device here is on its way to Redis) means the device moved, and the
+// connection here is closed with 4001 at the next refresh.
 //
 // Everything that every node must see (presence, ephemeral frames for a user) goes on
 // "parley:all".
@@ -28,8 +31,10 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "bus/bus.hpp"
@@ -75,10 +80,10 @@ class redis_bus final : public bus {
   // Announces this node's presence changes to every node.
   void publish_presence(std::vector<v1::PresenceState> states);
 
-  // Starts the refresh timer (after the client started). stop() ends it; the destructor
-  // stops the client too.
+  // Starts the refresh timer (after the client started). stop() ends it and stops the client
+  // (bus::stop); the destructor stops too.
   void start();
-  void stop();
+  void stop() override;
 
   std::uint64_t node_id() const { return options_.node_id; }
 
@@ -100,6 +105,10 @@ class redis_bus final : public bus {
   redis_bus_options options_;
   std::shared_ptr<state> state_;
   device_registry devices_;  // the devices connected to this node, with their attach times
+  // Devices whose attach's SET has not been answered yet (any thread, under the mutex): a
+  // refresh that finds another node in the key meanwhile may have overtaken that SET.
+  std::mutex attaching_mutex_;
+  std::unordered_map<device_id, unsigned> attaching_;
   presence_handler on_presence_;
   std::function<std::vector<v1::PresenceState>()> presence_snapshot_;
   std::function<void(std::chrono::steady_clock::time_point)> on_refresh_;

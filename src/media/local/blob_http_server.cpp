@@ -85,11 +85,13 @@ constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
 
 // --- small POSIX helpers -------------------------------------------------------------------
 
-void fsync_dir(const std::filesystem::path& dir) {
+bool fsync_dir(const std::filesystem::path& dir) {
   fd_guard d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!d.valid() || ::fsync(d.get()) != 0) {
     log_warn() << "blob server: cannot fsync " << dir.string() << ": " << std::strerror(errno);
+    return false;
   }
+  return true;
 }
 
 // Creates the blob's fan-out directory (0700) if missing; a new one is made durable in its
@@ -150,7 +152,7 @@ std::optional<std::uint64_t> parse_decimal(std::string_view s) {
   return v;
 }
 
-// Content-Range of an upload: "bytes FIRST-LAST/TOTAL", FIRST <= LAST.
+// Content-Range of an upload: "bytes FIRST-LAST/TOTAL", FIRST <= LAST < TOTAL.
 struct content_range {
   std::uint64_t first = 0;
   std::uint64_t last = 0;
@@ -168,7 +170,8 @@ std::optional<content_range> parse_content_range(std::string_view v) {
   const auto first = parse_decimal(v.substr(0, dash));
   const auto last = parse_decimal(v.substr(dash + 1, slash - dash - 1));
   const auto total = parse_decimal(v.substr(slash + 1));
-  if (!first || !last || !total || *first > *last) return std::nullopt;
+  // LAST below TOTAL (RFC 9110 §14.4), so that LAST - FIRST + 1 cannot wrap to a length.
+  if (!first || !last || !total || *first > *last || *last >= *total) return std::nullopt;
   return content_range{*first, *last, *total};
 }
 
@@ -418,6 +421,81 @@ awaitable<bool> storage_error(exchange& x) {
   co_return co_await answer(x, http::status::internal_server_error, "storage error");
 }
 
+// --- stored bytes ----------------------------------------------------------------------------
+
+enum class rehash_outcome { done, read_failed, taken_over };
+
+// Feeds the first `bytes` bytes of `fd` (a .part) into `hash`, read back from the disk through
+// `piece` (piece_bytes long). Re-hashing reads up to ~100 MB on the one blob-io thread, so it
+// lets the other connections run every rehash_pieces_per_turn pieces, and stops if a newer
+// upload of the blob took `claim` meanwhile.
+awaitable<rehash_outcome> rehash_stored(exchange& x, int fd, std::uint64_t bytes, sha256& hash,
+                                        char* piece, const upload_claim& claim) {
+  std::size_t pieces = 0;
+  for (std::uint64_t at = 0; at < bytes;) {
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(piece_bytes, bytes - at));
+    if (!pread_all(fd, piece, want, at)) co_return rehash_outcome::read_failed;
+    hash.update(piece, want);
+    at += want;
+    if (++pieces % rehash_pieces_per_turn == 0) {
+      const auto executor = x.stream.get_executor();
+      co_await asio::post(executor, asio::use_awaitable);
+      if (!claim.held()) co_return rehash_outcome::taken_over;
+    }
+  }
+  co_return rehash_outcome::done;
+}
+
+enum class full_part {
+  none,        // no .part of exactly the signed size
+  completed,   // it matched the signed hash: now the complete blob
+  discarded,   // it did not: deleted
+  taken_over,  // a newer upload of the blob took it over while it was checked
+  failed,      // the disk failed
+};
+
+// A .part that holds all `grant.size` bytes but is not the complete blob: the PUT that wrote
+// it failed at its fsync or rename, or parleyd stopped between its last write and the rename.
+// Its bytes are checked against the signed SHA-256 and it is completed (fsync, rename, the
+// directory's fsync) or deleted. HEAD and PUT run this before they report an offset, so that
+// an offset of `size` always means a complete blob: a client takes it as "done"
+// (protocol.md §10), and a .part never completed would leave the blob undownloadable.
+awaitable<full_part> finish_full_part(exchange& x, const local_blob_store::blob_files& files,
+                                      const upload_grant& grant) {
+  struct stat st {};
+  if (::stat(files.partial.c_str(), &st) != 0 ||
+      static_cast<std::uint64_t>(st.st_size) != grant.size)
+    co_return full_part::none;
+  upload_claim claim(x.server, grant.id);
+  fd_guard fd(::open(files.partial.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) co_return errno == ENOENT ? full_part::none : full_part::failed;
+  sha256 hash;
+  if (!hash.ok()) co_return full_part::failed;
+  auto piece = std::make_unique_for_overwrite<char[]>(piece_bytes);
+  switch (co_await rehash_stored(x, fd.get(), grant.size, hash, piece.get(), claim)) {
+    case rehash_outcome::done:
+      break;
+    case rehash_outcome::read_failed:
+      log_warn() << "blob server: cannot read back " << files.partial.string();
+      co_return full_part::failed;
+    case rehash_outcome::taken_over:
+      co_return full_part::taken_over;
+  }
+  if (hash.hex() != grant.sha256_hex) {
+    if (::unlink(files.partial.c_str()) != 0 && errno != ENOENT) co_return full_part::failed;
+    log_debug() << "blob server: " << x.label << ": a full .part with the wrong hash, deleted";
+    co_return full_part::discarded;
+  }
+  if (::fsync(fd.get()) != 0 || !fd.close() ||
+      ::rename(files.partial.c_str(), files.complete.c_str()) != 0 || !fsync_dir(files.dir)) {
+    log_warn() << "blob server: cannot complete " << files.complete.string() << ": "
+               << std::strerror(errno);
+    co_return full_part::failed;
+  }
+  log_debug() << "blob server: " << x.label << ": completed a full .part left by an earlier PUT";
+  co_return full_part::completed;
+}
+
 // --- PUT -------------------------------------------------------------------------------------
 
 awaitable<bool> handle_put(exchange& x, http::request_parser<http::empty_body>& parser,
@@ -465,8 +543,22 @@ awaitable<bool> handle_put(exchange& x, http::request_parser<http::empty_body>& 
                               static_cast<std::uint64_t>(st.st_size));
   }
 
-  upload_claim claim(s, grant.id);
+  // A .part of the full size left by an earlier PUT is completed (or deleted) first: see
+  // finish_full_part.
+  switch (co_await finish_full_part(x, *files, grant)) {
+    case full_part::completed:
+      co_return co_await answer(x, http::status::conflict, "already complete", grant.size);
+    case full_part::taken_over:
+      co_return co_await answer(x, http::status::conflict, "another upload of this blob took over");
+    case full_part::failed:
+      co_return co_await storage_error(x);
+    case full_part::none:
+    case full_part::discarded:
+      break;
+  }
+
   if (start > grant.size || *length > grant.size - start) {
+    upload_claim stop_others(s, grant.id);  // the .part goes: no other upload may go on with it
     if (::unlink(files->partial.c_str()) != 0 && errno != ENOENT)
       log_warn() << "blob server: cannot delete " << files->partial.string();
     const std::string text = "past the signed size (" + std::to_string(grant.size) + " bytes)";
@@ -474,23 +566,32 @@ awaitable<bool> handle_put(exchange& x, http::request_parser<http::empty_body>& 
   }
   if (!ensure_dir(files->dir)) co_return co_await storage_error(x);
 
-  // A PUT without Content-Range starts over; one with it continues exactly where the .part ends.
-  fd_guard fd(start == 0
-                  ? ::open(files->partial.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)
-                  : ::open(files->partial.c_str(), O_RDWR | O_CLOEXEC));
-  if (!fd.valid()) {
-    if (start > 0 && errno == ENOENT) {
+  // A PUT without Content-Range starts over; one with it continues exactly where the .part
+  // ends. A continuation is checked against the .part before it takes the blob over from an
+  // upload that may still be writing it: a refused PUT stops nobody. (No co_await between the
+  // check and the claim: that upload cannot write in between.)
+  fd_guard fd(start == 0 ? -1 : ::open(files->partial.c_str(), O_RDWR | O_CLOEXEC));
+  if (start > 0) {
+    if (!fd.valid() && errno == ENOENT) {
       co_return co_await answer(x, http::status::conflict, "offset mismatch", std::uint64_t{0});
     }
-    log_warn() << "blob server: cannot open " << files->partial.string() << ": "
-               << std::strerror(errno);
-    co_return co_await storage_error(x);
-  }
-  if (start > 0) {
-    if (::fstat(fd.get(), &st) != 0) co_return co_await storage_error(x);
+    if (!fd.valid() || ::fstat(fd.get(), &st) != 0) {
+      log_warn() << "blob server: cannot open " << files->partial.string() << ": "
+                 << std::strerror(errno);
+      co_return co_await storage_error(x);
+    }
     const auto stored = static_cast<std::uint64_t>(st.st_size);
     if (stored != start) {
       co_return co_await answer(x, http::status::conflict, "offset mismatch", stored);
+    }
+  }
+  upload_claim claim(s, grant.id);
+  if (start == 0) {
+    fd.reset(::open(files->partial.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!fd.valid()) {
+      log_warn() << "blob server: cannot open " << files->partial.string() << ": "
+                 << std::strerror(errno);
+      co_return co_await storage_error(x);
     }
   }
 
@@ -498,24 +599,14 @@ awaitable<bool> handle_put(exchange& x, http::request_parser<http::empty_body>& 
   if (!hash.ok()) co_return co_await storage_error(x);
   auto piece = std::make_unique_for_overwrite<char[]>(piece_bytes);
   // Resuming: the hash covers the bytes already stored, read back from the disk.
-  std::size_t pieces = 0;
-  for (std::uint64_t at = 0; at < start;) {
-    const std::size_t want =
-        static_cast<std::size_t>(std::min<std::uint64_t>(piece_bytes, start - at));
-    if (!pread_all(fd.get(), piece.get(), want, at)) {
+  switch (co_await rehash_stored(x, fd.get(), start, hash, piece.get(), claim)) {
+    case rehash_outcome::done:
+      break;
+    case rehash_outcome::read_failed:
       log_warn() << "blob server: cannot read back " << files->partial.string();
       co_return co_await storage_error(x);
-    }
-    hash.update(piece.get(), want);
-    at += want;
-    if (++pieces % rehash_pieces_per_turn == 0) {
-      const auto executor = x.stream.get_executor();
-      co_await asio::post(executor, asio::use_awaitable);
-      if (!claim.held()) {
-        co_return co_await answer(x, http::status::conflict,
-                                  "another upload of this blob took over");
-      }
-    }
+    case rehash_outcome::taken_over:
+      co_return co_await answer(x, http::status::conflict, "another upload of this blob took over");
   }
 
   if (wants_continue && !parser.is_done()) {
@@ -592,13 +683,14 @@ awaitable<bool> handle_put(exchange& x, http::request_parser<http::empty_body>& 
     log_debug() << "blob server: " << x.label << ": hash mismatch";
     co_return co_await answer(x, http::status::bad_request, "hash mismatch");
   }
+  // A failure from here on leaves a .part of the full size (or a rename that a crash may
+  // undo): the client's retry finds it with HEAD, which completes it (finish_full_part).
   if (::fsync(fd.get()) != 0 || !fd.close() ||
-      ::rename(files->partial.c_str(), files->complete.c_str()) != 0) {
+      ::rename(files->partial.c_str(), files->complete.c_str()) != 0 || !fsync_dir(files->dir)) {
     log_warn() << "blob server: cannot complete " << files->complete.string() << ": "
                << std::strerror(errno);
     co_return co_await storage_error(x);
   }
-  fsync_dir(files->dir);
   log_debug() << "blob server: " << x.label << ": complete, " << grant.size << " bytes";
   co_return co_await answer(x, http::status::created, "created", grant.size);
 }
@@ -611,8 +703,13 @@ awaitable<bool> handle_head(exchange& x, blob_target target) {
   if (!verdict) co_return co_await refuse_url(x, verdict.error());
   const auto files = s.store.files_of(verdict->id);
   if (!files) co_return co_await storage_error(x);
-  std::uint64_t offset = 0;
   struct stat st {};
+  if (::stat(files->complete.c_str(), &st) == 0)
+    co_return co_await answer(x, http::status::ok, {}, static_cast<std::uint64_t>(st.st_size));
+  // `size` only for a complete blob: a .part of the full size is completed (or deleted) first.
+  if (co_await finish_full_part(x, *files, *verdict) == full_part::failed)
+    co_return co_await storage_error(x);
+  std::uint64_t offset = 0;
   if (::stat(files->complete.c_str(), &st) == 0 || ::stat(files->partial.c_str(), &st) == 0)
     offset = static_cast<std::uint64_t>(st.st_size);
   co_return co_await answer(x, http::status::ok, {}, offset);

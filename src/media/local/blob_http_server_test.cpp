@@ -366,6 +366,127 @@ TEST(blob_http_server, an_upload_cut_in_the_middle_resumes_from_the_stored_offse
   EXPECT_EQ(h.wait_for_offset(target, content.size()), content.size());
 }
 
+// What a PUT that failed at its fsync or rename leaves, or a parleyd stopped between an
+// upload's last write and its rename: a .part of the full size. HEAD reports `size` only for a
+// complete blob (a client takes `size` as "done" and sends the message), so it checks such a
+// .part against the signed hash and completes it, or deletes it when it does not match.
+TEST(blob_http_server, a_part_of_the_full_size_left_behind_is_completed_or_deleted_by_head) {
+  harness h;
+  // Over 4 MiB: the re-hash lets other connections run in between (rehash_pieces_per_turn).
+  const std::string content = random_bytes(5 * 1024 * 1024 + 3);
+  const auto g = h.grant_for(content);
+  const auto files = h.files(g.id);
+  fs::create_directories(files.dir);
+  write_file(files.partial, content);
+  const std::string target = h.target(h.put_url(g));
+  auto res = one_request(h.port, request_text("HEAD", target), true);
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->result(), http::status::ok);
+  EXPECT_EQ(offset_of(*res), g.size);
+  EXPECT_FALSE(fs::exists(files.partial));
+  EXPECT_TRUE(read_file(files.complete) == content);
+  const fs::path out = h.dir.path() / "out";
+  const auto down = client::download(h.get_url(g.id), out, g.size);
+  ASSERT_TRUE(down) << describe(down);
+  EXPECT_TRUE(read_file(out) == content);
+
+  // The same size with one byte changed: not the signed blob, so it goes, and HEAD says 0.
+  std::string wrong = content;
+  wrong[1234] = static_cast<char>(wrong[1234] ^ 1);
+  const auto g2 = h.grant_for(content);
+  const auto files2 = h.files(g2.id);
+  fs::create_directories(files2.dir);
+  write_file(files2.partial, wrong);
+  res = one_request(h.port, request_text("HEAD", h.target(h.put_url(g2))), true);
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->result(), http::status::ok);
+  EXPECT_EQ(offset_of(*res), 0u);
+  EXPECT_FALSE(fs::exists(files2.partial));
+  EXPECT_FALSE(fs::exists(files2.complete));
+}
+
+// A PUT meets such a .part the same way: one that matches answers "already complete".
+TEST(blob_http_server, a_put_completes_a_full_part_left_behind_and_answers_already_complete) {
+  harness h;
+  const std::string content = random_bytes(300000);
+  const auto g = h.grant_for(content);
+  const auto files = h.files(g.id);
+  fs::create_directories(files.dir);
+  write_file(files.partial, content);
+  const std::string range = "Content-Range: bytes 10-" + std::to_string(g.size - 1) + "/" +
+                            std::to_string(g.size) +
+                            "\r\nContent-Length: " + std::to_string(g.size - 10) + "\r\n";
+  const auto res = one_request(h.port, request_text("PUT", h.target(h.put_url(g)), range));
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->result(), http::status::conflict);
+  EXPECT_EQ(res->body(), "already complete\n");
+  EXPECT_EQ(offset_of(*res), g.size);
+  EXPECT_FALSE(fs::exists(files.partial));
+  EXPECT_TRUE(read_file(files.complete) == content);
+}
+
+// LAST must be below TOTAL: "bytes 0-18446744073709551615/SIZE" would make LAST - FIRST + 1
+// wrap round to 0 and pass for a Content-Length of 0, and start the upload over.
+TEST(blob_http_server, a_content_range_past_its_total_is_malformed_and_changes_nothing) {
+  harness h;
+  const std::string content = random_bytes(1024 * 1024);
+  const auto g = h.grant_for(content);
+  const std::string target = h.target(h.put_url(g));
+  const std::uint64_t half = content.size() / 2;
+  {
+    raw_client c(h.port);
+    ASSERT_TRUE(c.connected());
+    ASSERT_TRUE(c.send(
+        request_text("PUT", target, "Content-Length: " + std::to_string(content.size()) + "\r\n") +
+        content.substr(0, half)));
+  }  // cut half-way
+  ASSERT_EQ(h.wait_for_offset(target, half), half);
+  for (const std::string& range : {"bytes 0-18446744073709551615/" + std::to_string(g.size),
+                                   "bytes " + std::to_string(half) + "-" + std::to_string(g.size) +
+                                       "/" + std::to_string(g.size)}) {
+    const auto res = one_request(
+        h.port,
+        request_text("PUT", target, "Content-Range: " + range + "\r\nContent-Length: 0\r\n"));
+    ASSERT_TRUE(res) << range;
+    EXPECT_EQ(res->result(), http::status::bad_request) << range;
+    EXPECT_EQ(res->body(), "malformed Content-Range (bytes FIRST-LAST/TOTAL)\n") << range;
+  }
+  EXPECT_EQ(h.wait_for_offset(target, half), half) << "a refused PUT changed the stored bytes";
+}
+
+// A newer PUT takes a blob over from an older one only once it is accepted: a continuation
+// refused for its offset leaves the upload that is still writing alone.
+TEST(blob_http_server, a_refused_put_does_not_stop_the_upload_that_is_running) {
+  harness h;
+  const std::string content = random_bytes(1024 * 1024);
+  const auto g = h.grant_for(content);
+  const std::string target = h.target(h.put_url(g));
+  const std::uint64_t half = content.size() / 2;  // two whole 256-KiB pieces: written at once
+  raw_client up(h.port);
+  ASSERT_TRUE(up.connected());
+  ASSERT_TRUE(up.send(
+      request_text("PUT", target, "Content-Length: " + std::to_string(content.size()) + "\r\n") +
+      content.substr(0, half)));
+  ASSERT_EQ(h.wait_for_offset(target, half), half);
+
+  const std::uint64_t wrong = 10;
+  const auto res = one_request(
+      h.port, request_text("PUT", target,
+                           "Content-Range: bytes " + std::to_string(wrong) + "-" +
+                               std::to_string(g.size - 1) + "/" + std::to_string(g.size) +
+                               "\r\nContent-Length: " + std::to_string(g.size - wrong) + "\r\n"));
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->result(), http::status::conflict);
+  EXPECT_EQ(res->body(), "offset mismatch\n");
+  EXPECT_EQ(offset_of(*res), half);
+
+  ASSERT_TRUE(up.send(content.substr(half)));
+  const auto done = up.read();
+  ASSERT_TRUE(done);
+  EXPECT_EQ(done->result(), http::status::created) << done->body();
+  EXPECT_TRUE(read_file(h.files(g.id).complete) == content);
+}
+
 TEST(blob_http_server, a_download_resumes_by_appending_to_the_partial_file) {
   harness h;
   const std::string content = random_bytes(1024 * 1024 + 3);
