@@ -169,6 +169,14 @@ bool parse_redirect(const std::string& error, std::string_view word, std::uint16
   return true;
 }
 
+// "HOST:PORT" (as address::text() writes it) -> address.
+address parse_address(const std::string& text) {
+  const auto colon = text.rfind(':');
+  unsigned p = 0;
+  std::from_chars(text.data() + colon + 1, text.data() + text.size(), p);
+  return {text.substr(0, colon), static_cast<std::uint16_t>(p)};
+}
+
 }  // namespace
 
 std::uint16_t key_slot(std::string_view key) {
@@ -190,7 +198,9 @@ struct client::impl : std::enable_shared_from_this<client::impl> {
   asio::executor_work_guard<asio::io_context::executor_type> work;
   std::thread thread;
   std::atomic<bool> stopping{false};
-  std::atomic<bool> seed_up{false};
+  // Some node's command connection is up (one Redis: the seed's). I/O thread writes.
+  std::atomic<bool> any_up{false};
+  std::size_t nodes_up = 0;  // I/O thread
   std::function<void(bool)> state_listener;
 
   // One asynchronous connection to one Redis node (I/O thread only).
@@ -239,8 +249,25 @@ struct client::impl : std::enable_shared_from_this<client::impl> {
     });
   }
   std::shared_ptr<node> seed;
-  // The cluster's slot map: the address of each slot's master ("" unknown: the seed).
+  // The cluster's slot map: the address of each slot's master ("" unknown: the seed). The
+  // I/O thread writes it (under the mutex) and reads it; the subscriptions' threads read it
+  // under the mutex.
+  std::mutex slots_mutex;
   std::vector<std::string> slot_owner = std::vector<std::string>(16384);
+  void set_owner(std::size_t slot, std::string owner) {
+    std::lock_guard lock(slots_mutex);
+    slot_owner[slot] = std::move(owner);
+  }
+  // Where a subscription's thread goes for `slot`: its master as last known, else the seed.
+  address owner_of(std::uint16_t slot) {
+    std::string text;
+    {
+      std::lock_guard lock(slots_mutex);
+      text = slot_owner[slot];
+    }
+    if (!options.cluster || text.empty()) return options.seed;
+    return parse_address(text);
+  }
   std::chrono::steady_clock::time_point last_refresh{};
 
   // Subscriptions (a thread each).
@@ -265,11 +292,7 @@ struct client::impl : std::enable_shared_from_this<client::impl> {
     if (!options.cluster || slot_owner[slot].empty()) return seed;
     auto it = nodes.find(slot_owner[slot]);
     if (it != nodes.end()) return it->second;
-    const auto& text = slot_owner[slot];
-    const auto colon = text.rfind(':');
-    address a{text.substr(0, colon),
-              static_cast<std::uint16_t>(std::stoi(text.substr(colon + 1)))};
-    return node_for(a);
+    return node_for(parse_address(slot_owner[slot]));
   }
 
   // Sends on the node of `slot`, following MOVED and ASK (at most 5 redirections).
@@ -285,7 +308,7 @@ struct client::impl : std::enable_shared_from_this<client::impl> {
         std::uint16_t s = 0;
         address to;
         if (parse_redirect(r->str, "MOVED ", s, to)) {
-          self->slot_owner[s] = to.text();
+          self->set_owner(s, to.text());
           self->refresh_slots();
           self->routed(slot, std::move(args), std::move(done), redirects + 1);
           return;
@@ -296,18 +319,27 @@ struct client::impl : std::enable_shared_from_this<client::impl> {
           return;
         }
       }
+      // No answer: the slot's master may be gone, and a replica may have taken over without
+      // anyone saying MOVED. The map is read again (at most once a second).
+      if (!r && self->options.cluster) self->refresh_slots();
       if (done) done(std::move(r));
     });
   }
 
-  // Reads the slot map (CLUSTER SLOTS) from the seed, at most once a second.
+  // Reads the slot map (CLUSTER SLOTS) from the seed, or with the seed down from a node that
+  // is up, at most once a second.
   void refresh_slots() {
-    if (!options.cluster) return;
+    if (!options.cluster || !seed) return;
+    std::shared_ptr<node> source = seed;
+    if (!seed->up) {
+      for (auto& [_, n] : nodes)
+        if (n->up) source = n;
+    }
     const auto now = std::chrono::steady_clock::now();
     if (now - last_refresh < std::chrono::seconds(1)) return;
     last_refresh = now;
     auto self = shared_from_this();
-    seed->send({"CLUSTER", "SLOTS"}, [self](std::optional<reply> r) {
+    source->send({"CLUSTER", "SLOTS"}, [self](std::optional<reply> r) {
       if (!r || r->type != reply::kind::array) return;
       for (const auto& range : r->elements) {
         if (range.elements.size() < 3 || range.elements[2].elements.size() < 2) continue;
@@ -316,17 +348,25 @@ struct client::impl : std::enable_shared_from_this<client::impl> {
         if (a.host.empty()) a.host = self->options.seed.host;
         const auto from = range.elements[0].integer;
         const auto to = range.elements[1].integer;
+        std::lock_guard lock(self->slots_mutex);
         for (auto s = from; s <= to && s < 16384; ++s)
           self->slot_owner[static_cast<std::size_t>(s)] = a.text();
       }
     });
   }
 
+  // A node's connection came up (answered) or went. Redis counts as up while any node is
+  // (one Redis: the seed): state_listener hears the changes of that. In a cluster, either
+  // change may come with a new slot map (a node back, or a master gone whose replica takes
+  // over): it is read again.
   void node_state(node& n, bool up) {
-    if (&n != seed.get()) return;
-    seed_up.store(up);
-    if (up) refresh_slots();
-    if (state_listener) state_listener(up);
+    (void)n;
+    nodes_up = up ? nodes_up + 1 : nodes_up - 1;
+    refresh_slots();
+    const bool now_up = nodes_up > 0;
+    if (now_up == any_up.load()) return;
+    any_up.store(now_up);
+    if (state_listener) state_listener(now_up);
   }
 
   void run_subscription(subscription& s);
@@ -555,6 +595,13 @@ void client::impl::run_subscription(subscription& s) {
     ::poll(&p, 1, static_cast<int>(options.reconnect_interval.count()));
   };
   const char* verb = options.cluster ? "SSUBSCRIBE" : "SUBSCRIBE";
+  const std::uint16_t slot = options.cluster ? key_slot(s.channel) : 0;
+  // Where to go after a failure: the channel's master as the map has it now, and the map is
+  // read again (a master that failed over answers no MOVED: its replica does not know us).
+  auto retarget = [&] {
+    if (options.cluster) asio::post(io, [self = shared_from_this()] { self->refresh_slots(); });
+    target = owner_of(slot);
+  };
   const auto limit = options.timeout;
   const timeval timeout{static_cast<time_t>(limit.count() / 1000),
                         static_cast<suseconds_t>(limit.count() % 1000 * 1000)};
@@ -564,8 +611,8 @@ void client::impl::run_subscription(subscription& s) {
     // too: a Redis that accepted the connection need not answer.
     if (c == nullptr || c->err || redisSetTimeout(c, timeout) != REDIS_OK) {
       if (c != nullptr) redisFree(c);
-      target = options.seed;
       pause();
+      retarget();
       continue;
     }
     if (!options.auth.password.empty()) {
@@ -585,8 +632,8 @@ void client::impl::run_subscription(subscription& s) {
       if (answer != nullptr) freeReplyObject(answer);
       if (!accepted) {
         redisFree(c);
-        target = options.seed;
         pause();
+        retarget();
         continue;
       }
     }
@@ -595,19 +642,20 @@ void client::impl::run_subscription(subscription& s) {
     if (first == nullptr) {
       redisFree(c);
       pause();
+      retarget();
       continue;
     }
     const reply confirmation = convert(first);
     freeReplyObject(first);
     if (confirmation.is_error()) {
-      std::uint16_t slot = 0;
+      std::uint16_t moved_slot = 0;
       address to;
-      if (parse_redirect(confirmation.str, "MOVED ", slot, to)) {
+      if (parse_redirect(confirmation.str, "MOVED ", moved_slot, to)) {
         target = to;  // the channel's master
       } else {
         log_warn() << "redis: " << verb << " " << s.channel << ": " << confirmation.str;
-        target = options.seed;
         pause();
+        retarget();
       }
       redisFree(c);
       continue;
@@ -659,8 +707,7 @@ void client::impl::run_subscription(subscription& s) {
         if ((kind == "message" || kind == "smessage") && r.elements.size() >= 3) {
           s.on_message(r.elements[2].str);
         } else if (kind == "sunsubscribe" || kind == "unsubscribe") {
-          lost = true;  // the slot moved: subscribe again where it is now
-          target = options.seed;
+          lost = true;  // the slot moved: subscribe again where it is now (MOVED tells)
         }
       }
     }
@@ -668,6 +715,7 @@ void client::impl::run_subscription(subscription& s) {
     if (lost && !stopping.load()) {
       log_warn() << "redis: subscription to " << s.channel << " lost, subscribing again";
       pause();
+      retarget();
     }
   }
 }
@@ -755,7 +803,7 @@ boost::asio::any_io_executor client::executor() { return impl_->io.get_executor(
 
 void client::on_state(std::function<void(bool up)> fn) { impl_->state_listener = std::move(fn); }
 
-bool client::connected() const { return impl_->seed_up.load(); }
+bool client::connected() const { return impl_->any_up.load(); }
 
 bool client::cluster() const { return impl_->options.cluster; }
 

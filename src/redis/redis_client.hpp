@@ -119,12 +119,15 @@ class client {
   // Runs `fn` on the I/O thread (timers and state that the handlers share live there).
   void post(std::function<void()> fn);
   boost::asio::any_io_executor executor();
-  // Called on the I/O thread each time the command connection to the seed (or to every
-  // master known) comes up after being down, with true, and when one goes down, with false.
+  // Called on the I/O thread when Redis comes up (a node's command connection answered,
+  // none having been up), with true, and when it goes down (the last node's connection
+  // lost), with false. One Redis: its one connection. A Redis Cluster: up while any node
+  // is; a master that fails is followed to the replica that takes over (the slot map is read
+  // again, from any node that is up, when a node is lost or a command finds none).
   // Call before start().
   void on_state(std::function<void(bool up)> fn);
 
-  // Whether commands can be sent now (the seed's connection is up). Any thread.
+  // Whether commands can be sent now (some node's connection is up). Any thread.
   bool connected() const;
   bool cluster() const;
 

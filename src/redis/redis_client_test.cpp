@@ -316,5 +316,66 @@ TEST(redis_client, a_cluster_routes_by_slot_and_follows_moved) {
   c.stop();
 }
 
+// A master that fails is taken over by its replica, and nothing answers MOVED for the client
+// to follow: the client reads the slot map again when it loses a node (or a command finds
+// none) and goes on with the new master, commands and sharded subscription alike; with its
+// seed gone too, it reads the map from the nodes it knows.
+TEST(redis_client, a_cluster_master_that_fails_over_is_followed_the_seed_included) {
+  test_support::redis_cluster cluster(1);
+  const std::size_t seed = cluster.master_of("seed");
+  ASSERT_LT(seed, cluster.size());
+  // A channel (and a key of its slot) on another master than the seed's.
+  std::string tag;
+  for (int k = 0; k < 100 && tag.empty(); ++k) {
+    const std::size_t m = cluster.master_of("{" + std::to_string(k) + "}");
+    if (m < cluster.size() && m != seed) tag = std::to_string(k);
+  }
+  ASSERT_FALSE(tag.empty());
+  const std::string channel = "parley:node:{" + tag + "}";
+  const std::string key = "{" + tag + "}.k";
+  const std::size_t victim = cluster.master_of(channel);
+
+  client_options o{{"127.0.0.1", cluster.node(seed).port()}, true, 100ms};
+  o.timeout = 1000ms;
+  client c(o);
+  inbox<std::string> got;
+  c.subscribe(channel, [&](std::string_view p) { got.push(std::string(p)); });
+  c.start();
+  ASSERT_TRUE(call_when_up(c, key, {"PING"}));
+  ASSERT_TRUE(heard(c, got, channel, "before"));
+
+  // A command succeeds (no error reply) within 30 s.
+  auto works = [&](const std::string& k, const std::string& value) {
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      const auto r = call(c, k, {"SET", k, value});
+      if (r && !r->is_error()) return true;
+      std::this_thread::sleep_for(100ms);
+    }
+    return false;
+  };
+
+  cluster.node(victim).kill9();
+  ASSERT_TRUE(cluster.wait_for_master(channel, seed)) << "no replica took over";
+  EXPECT_TRUE(works(key, "after")) << "commands to the failed master's slots never came back";
+  EXPECT_EQ(cluster.node(cluster.master_of(key, seed)).cli({"GET", key}), "after");
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (!got.has("after") && std::chrono::steady_clock::now() < deadline) {
+    c.publish(channel, "after");
+    got.wait(1'000'000, 200ms);
+  }
+  EXPECT_TRUE(got.has("after")) << "the subscription never found the new master";
+
+  // The seed goes too: the client keeps the map and its other nodes.
+  const std::string seed_key = "seed";
+  std::size_t asked = cluster.master_of(channel, seed);
+  cluster.node(seed).kill9();
+  ASSERT_TRUE(cluster.wait_for_master(seed_key, asked)) << "no replica took over the seed";
+  EXPECT_TRUE(works(seed_key, "v")) << "commands to the seed's slots never came back";
+  EXPECT_TRUE(works(key, "again"));
+  EXPECT_TRUE(c.connected());
+  c.stop();
+}
+
 }  // namespace
 }  // namespace parley::redis

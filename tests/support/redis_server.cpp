@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <random>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 
@@ -151,9 +152,9 @@ std::string redis_server::cli(const std::vector<std::string>& args) const {
   return run_output(argv);
 }
 
-redis_cluster::redis_cluster() : dir_(fresh_dir("parley_redis_cluster_")) {
+redis_cluster::redis_cluster(int replicas) : dir_(fresh_dir("parley_redis_cluster_")) {
   std::vector<std::string> addresses;
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < 3 * (1 + replicas); ++i) {
     nodes_.push_back(std::make_unique<redis_server>(std::vector<std::string>{
         "--cluster-enabled", "yes", "--cluster-config-file",
         (dir_ / ("nodes-" + std::to_string(i) + ".conf")).string(), "--cluster-node-timeout",
@@ -162,7 +163,9 @@ redis_cluster::redis_cluster() : dir_(fresh_dir("parley_redis_cluster_")) {
   }
   std::vector<std::string> create{"/usr/bin/redis-cli", "--cluster", "create"};
   create.insert(create.end(), addresses.begin(), addresses.end());
-  create.insert(create.end(), {"--cluster-replicas", "0", "--cluster-yes"});
+  // redis-cli makes the first three the masters (each on its own host it would spread them;
+  // on one host it takes them in order) and the rest their replicas.
+  create.insert(create.end(), {"--cluster-replicas", std::to_string(replicas), "--cluster-yes"});
   const std::string out = run_output(create);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   for (auto& n : nodes_) {
@@ -172,12 +175,62 @@ redis_cluster::redis_cluster() : dir_(fresh_dir("parley_redis_cluster_")) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   }
+  // A replica takes over only once it has synced with its master (a replica that never did
+  // is "disconnected for too long" and refuses to stand).
+  for (auto& n : nodes_) {
+    for (;;) {
+      const std::string info = n->cli({"INFO", "replication"});
+      if (info.find("role:master") != std::string::npos ||
+          info.find("master_link_status:up") != std::string::npos)
+        break;
+      if (std::chrono::steady_clock::now() > deadline)
+        throw std::runtime_error("a Redis Cluster replica did not sync: " + info);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
 }
 
 redis_cluster::~redis_cluster() {
   nodes_.clear();
   std::error_code ignored;
   fs::remove_all(dir_, ignored);
+}
+
+std::size_t redis_cluster::master_of(const std::string& key, std::size_t asked) {
+  const int slot = std::stoi(nodes_[asked]->cli({"CLUSTER", "KEYSLOT", key}));
+  // Lines: ID HOST:PORT@BUS FLAGS MASTER PING PONG EPOCH LINK SLOT-RANGE...
+  std::istringstream lines(nodes_[asked]->cli({"CLUSTER", "NODES"}));
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream fields(line);
+    std::vector<std::string> f;
+    for (std::string w; fields >> w;) f.push_back(w);
+    if (f.size() < 9 || f[2].find("master") == std::string::npos ||
+        f[2].find("fail") != std::string::npos || f[7] != "connected")
+      continue;
+    for (std::size_t i = 8; i < f.size(); ++i) {
+      const auto dash = f[i].find('-');
+      if (f[i].front() == '[') continue;  // a slot being migrated
+      const int from = std::stoi(f[i].substr(0, dash));
+      const int to = dash == std::string::npos ? from : std::stoi(f[i].substr(dash + 1));
+      if (slot < from || slot > to) continue;
+      const auto port = static_cast<unsigned short>(
+          std::stoi(f[1].substr(f[1].find(':') + 1, f[1].find('@') - f[1].find(':') - 1)));
+      for (std::size_t n = 0; n < nodes_.size(); ++n)
+        if (nodes_[n]->port() == port) return n;
+    }
+  }
+  return nodes_.size();
+}
+
+bool redis_cluster::wait_for_master(const std::string& key, std::size_t asked) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (nodes_[asked]->cli({"CLUSTER", "INFO"}).find("cluster_state:ok") != std::string::npos &&
+        master_of(key, asked) < nodes_.size())
+      return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
 }
 
 std::string redis_cluster::url() const {

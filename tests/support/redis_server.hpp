@@ -38,11 +38,19 @@ class redis_server {
 
 class redis_cluster {
  public:
-  // Three masters, no replicas; waits until cluster_state is ok on each.
-  redis_cluster();
+  // Three masters and `replicas` replicas of each, which take over a master that fails
+  // (cluster-node-timeout 2 s; which nodes are the masters is redis-cli's choice: master_of
+  // tells); waits until cluster_state is ok on each.
+  explicit redis_cluster(int replicas = 0);
   ~redis_cluster();
   std::string url() const;  // redis://127.0.0.1:PORT?cluster=1 (the first master as the seed)
   redis_server& node(std::size_t i) { return *nodes_[i]; }
+  std::size_t size() const { return nodes_.size(); }
+  // The node that is the master of `key`'s slot now, as `asked` sees it (CLUSTER NODES);
+  // size() if none is (a failed master whose replica has not taken over yet).
+  std::size_t master_of(const std::string& key, std::size_t asked = 0);
+  // Waits (at most 30 s) until `asked` reports cluster_state:ok and a live master for `key`.
+  bool wait_for_master(const std::string& key, std::size_t asked);
 
  private:
   std::filesystem::path dir_;
