@@ -183,6 +183,41 @@ bool device_session::below_drain_watermark(std::size_t bytes) const {
          outgoing_bytes_ + bytes <= state_.cfg.max_outbound_bytes / 2;
 }
 
+std::size_t device_session::history_answer_bytes() const {
+  return state_.cfg.limits.max_history_bytes + 128 * 1024;
+}
+
+void device_session::release_answer_bytes(std::size_t bytes) {
+  answer_bytes_promised_ -= bytes;
+  if (room_ready_) room_ready_->cancel();  // a read_pause may be waiting for this
+}
+
+// Below half the queue's limits, counting the History answers under way at their largest
+// (unlike below_drain_watermark, no exception for an empty queue: what is promised is not
+// queued yet). So queued frames and promised answers together stay within the limits, and a
+// client's own requests never close it as a slow reader.
+bool device_session::read_room() const {
+  return outgoing_.size() - outgoing_head_ < state_.cfg.max_outbound_frames / 2 &&
+         outgoing_bytes_ + answer_bytes_promised_ <= state_.cfg.max_outbound_bytes / 2;
+}
+
+std::optional<awaitable<void>> device_session::read_pause() {
+  if (!authenticated() || closed_ || finishing_ || read_room()) return std::nullopt;
+  return wait_below_watermark();
+}
+
+awaitable<void> device_session::wait_below_watermark() {
+  auto self = shared_from_this();
+  while (!closed_ && !finishing_ && !read_room()) {
+    if (!room_ready_) {  // see send_paced
+      room_ready_ = std::make_unique<asio::steady_timer>(executor_);
+      room_ready_->expires_at(asio::steady_timer::time_point::max());
+    }
+    boost::system::error_code ec;
+    co_await room_ready_->async_wait(asio::redirect_error(use_awaitable, ec));
+  }
+}
+
 awaitable<bool> device_session::send_paced(wire::encoded_frame f) {
   while (!closed_ && !finishing_ && !below_drain_watermark(f->size())) {
     // Created on first need: most sessions never fill their queue. Its expiry is set once:
@@ -538,6 +573,8 @@ std::optional<awaitable<void>> device_session::handle_frame(std::string_view byt
     return std::nullopt;
   }
   ++in_flight_;
+  // Its answer may be large: counted from now (read_pause), given back once it is queued.
+  if (request.body_case() == frame::kGetHistory) answer_bytes_promised_ += history_answer_bytes();
   switch (request.body_case()) {
     case frame::kSendMessage:
       on_send(id, *request.mutable_send_message());
@@ -1038,6 +1075,10 @@ awaitable<void> device_session::run_request(frame request) {
       break;
     }
     case frame::kGetHistory: {
+      struct promised {  // given back however the case ends (a throw included)
+        device_session& s;
+        ~promised() { s.release_answer_bytes(s.history_answer_bytes()); }
+      } answer{*this};
       auto& h = *request.mutable_get_history();
       const std::size_t limit =
           h.limit() == 0 ? state_.cfg.limits.default_history_limit : h.limit();

@@ -49,6 +49,12 @@ class device_session final : public bus::endpoint,
   // Before authentication, Register and Authenticate are handled one at a time: it returns
   // the rest of their handling, which the caller runs to completion before the next frame.
   std::optional<boost::asio::awaitable<void>> handle_frame(std::string_view bytes);
+  // After a frame is handled, once authenticated: while the outgoing queue, with the bytes
+  // promised to History answers under way, is above half its limits, a wait until it is not,
+  // which the caller runs before it reads the next frame. A client that pipelines requests
+  // with large answers and reads them later is then slowed by TCP instead of being closed as
+  // a slow reader; one that never reads is closed by the pushes that do not wait.
+  std::optional<boost::asio::awaitable<void>> read_pause();
 
   // The next frame to write, or nullptr when there is none (or the session is closed).
   wire::encoded_frame pop_outgoing();
@@ -144,6 +150,12 @@ class device_session final : public bus::endpoint,
   boost::asio::awaitable<bool> send_paced(wire::encoded_frame f);
   bool has_room(std::size_t bytes) const;
   bool below_drain_watermark(std::size_t bytes) const;
+  bool read_room() const;
+  boost::asio::awaitable<void> wait_below_watermark();
+  // The most a History answer can take: max_history_bytes of payload and the fields of its
+  // messages (at most 100, and one group's member list).
+  std::size_t history_answer_bytes() const;
+  void release_answer_bytes(std::size_t bytes);
   void reject(std::uint64_t request_id, parley::v2::ErrorCode code, std::string message);
   void close(close_reason reason);
 
@@ -162,6 +174,7 @@ class device_session final : public bus::endpoint,
   int auth_failures_ = 0;
   std::size_t bad_frames_ = 0;  // consecutive
   std::size_t in_flight_ = 0;
+  std::size_t answer_bytes_promised_ = 0;  // History requests under way (read_pause)
   std::optional<std::uint64_t> presence_subscription_;
   // Users this account shares a chat with, as learned (bounded: cleared past 1,024 names).
   std::vector<std::string> contacts_;

@@ -76,7 +76,7 @@ class websocket_session final : public ws::connection, public connection_set::me
 
   std::optional<awaitable<void>> on_message(std::string_view bytes) override {
     if (auto rest = session_->handle_frame(bytes)) return after_auth_step(self(), std::move(*rest));
-    return std::nullopt;
+    return session_->read_pause();
   }
 
   // Register and Authenticate (one at a time before authentication): once authenticated, the

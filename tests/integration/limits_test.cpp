@@ -331,6 +331,54 @@ TEST(limits, slow_reader_is_disconnected_and_loses_nothing) {
   for (int i = 0; i < n; ++i) EXPECT_EQ(got[i].seq(), static_cast<std::uint64_t>(i + 1));
 }
 
+// A client may pipeline requests with large answers and read the answers later (§2 allows 256
+// in flight; a History page is up to 512 KiB of payload). Reading its requests then pauses
+// while the answers wait, counted at their largest (TCP slows the client), instead of the
+// answers overflowing the outgoing queue and closing a client that does read, as a slow
+// reader.
+TEST(limits, pipelined_history_requests_read_later_do_not_close_the_connection) {
+  boost::asio::io_context io;
+  server_process server({},
+                        "[limits]\nmax_outbound_bytes = 1048576\n"
+                        "[rate_limits]\nsend_per_device = 0\n");
+  auto alice = online(io, server.url(), "alice");
+  auto bob = online(io, server.url(), "bob");
+  bob.disconnect();
+  const std::string payload(60 * 1024, 'h');
+  for (int i = 0; i < 10; ++i) alice.send("bob", payload, "h-" + std::to_string(i));
+
+  auto device = unread_login(io, server.url(), bob);
+  ASSERT_TRUE(device);
+  const int n = 60;  // 60 pages of 8 messages (480 KiB): 28 MiB of answers
+  for (int i = 0; i < n; ++i) {
+    v2::Frame f;
+    f.set_request_id(static_cast<std::uint64_t>(100 + i));
+    f.mutable_get_history()->set_peer("alice");
+    device->send(f.SerializeAsString());
+  }
+  std::this_thread::sleep_for(1s);  // not reading: the answers wait
+
+  int histories = 0;
+  bool ended = false;
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (histories < n && std::chrono::steady_clock::now() < deadline) {
+    auto [ec, bytes] = block_on(io, device->read());
+    if (ec) {
+      ended = true;
+      break;
+    }
+    v2::Frame f;
+    ASSERT_TRUE(f.ParseFromString(bytes));
+    if (!f.has_history()) continue;
+    EXPECT_EQ(f.history().messages_size(), 8) << "request " << f.request_id();
+    ++histories;
+  }
+  EXPECT_FALSE(ended) << "the connection was closed after " << histories << " answers";
+  EXPECT_EQ(histories, n);
+  const auto metrics = http_get(server.port(), "/metrics");
+  EXPECT_NE(metrics.find("parley_slow_readers_closed_total 0\n"), std::string::npos) << metrics;
+}
+
 // The queue's bound in frames closes a reader that does not read as the bound in bytes does:
 // 16 frames of 32 KiB are 512 KiB, and the byte bound is set far above what is sent (without
 // the frame bound nothing would close it).
