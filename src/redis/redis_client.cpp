@@ -602,6 +602,7 @@ void client::impl::run_subscription(subscription& s) {
     if (options.cluster) asio::post(io, [self = shared_from_this()] { self->refresh_slots(); });
     target = owner_of(slot);
   };
+  int redirects = 0;  // MOVED answers in a row
   const auto limit = options.timeout;
   const timeval timeout{static_cast<time_t>(limit.count() / 1000),
                         static_cast<suseconds_t>(limit.count() % 1000 * 1000)};
@@ -650,8 +651,16 @@ void client::impl::run_subscription(subscription& s) {
     if (confirmation.is_error()) {
       std::uint16_t moved_slot = 0;
       address to;
-      if (parse_redirect(confirmation.str, "MOVED ", moved_slot, to)) {
+      // Followed at once, but not for ever: nodes that disagree during a failover could send
+      // the thread round without a pause.
+      if (parse_redirect(confirmation.str, "MOVED ", moved_slot, to) && ++redirects <= 5) {
         target = to;  // the channel's master
+      } else if (redirects > 5) {
+        log_warn() << "redis: " << verb << " " << s.channel << ": redirected " << redirects - 1
+                   << " times in a row, pausing";
+        redirects = 0;
+        pause();
+        retarget();
       } else {
         log_warn() << "redis: " << verb << " " << s.channel << ": " << confirmation.str;
         pause();
@@ -660,6 +669,7 @@ void client::impl::run_subscription(subscription& s) {
       redisFree(c);
       continue;
     }
+    redirects = 0;
     if (s.on_subscribed) s.on_subscribed();
     bool lost = false;
     bool read_more = false;  // the reader may hold pushes that came with the confirmation

@@ -1247,10 +1247,20 @@ awaitable<std::vector<bool>> device_session::shares_chat_with(std::vector<std::s
 awaitable<void> device_session::on_subscribe(std::uint64_t request_id, v2::SubscribePresence s) {
   auto self = shared_from_this();
   std::vector<std::string> asked(s.usernames().begin(), s.usernames().end());
+  // Each request replaces the subscription of the one before it, in the order received: one
+  // that had to ask the store whom it may watch must not replace a later one that did not.
+  const std::uint64_t mine = ++subscribe_requests_;
   // Presence is shown to contacts only: users this account shares no chat with are left out
   // silently (the answer is the same whether they exist or not).
   const auto shared = co_await shares_chat_with(asked);
   if (closed_) co_return;
+  if (mine != subscribe_requests_) {  // replaced already by a later request: as if it had run
+    frame reply;
+    reply.set_request_id(request_id);
+    reply.mutable_ok();
+    send(reply);
+    co_return;
+  }
   std::vector<std::string> names;
   for (std::size_t i = 0; i < asked.size(); ++i) {
     if (shared[i]) names.push_back(std::move(asked[i]));

@@ -176,6 +176,7 @@ class device_session final : public bus::endpoint,
   std::size_t in_flight_ = 0;
   std::size_t answer_bytes_promised_ = 0;  // History requests under way (read_pause)
   std::optional<std::uint64_t> presence_subscription_;
+  std::uint64_t subscribe_requests_ = 0;  // SubscribePresence requests received (on_subscribe)
   // Users this account shares a chat with, as learned (bounded: cleared past 1,024 names).
   std::vector<std::string> contacts_;
 

@@ -179,13 +179,16 @@ void redis_bus::attach(device_id device, const std::string& username,
   // Without Redis, pushes from other nodes go nowhere until it is back (on_state then resyncs
   // every device): this one must not take a local push for the next of a chat meanwhile.
   if (!client_->connected()) ep->pushes_may_be_lost();
-  {
-    std::lock_guard lock(attaching_mutex_);
-    ++attaching_[device];  // before the registry has it: see refresh()
-  }
-  if (auto previous = devices_.attach(device, username, std::move(ep), now)) previous->replaced();
   const std::string key = device_key(device);
   const std::string me = std::to_string(options_.node_id);
+  std::shared_ptr<endpoint> previous;
+  // The registry's change and its Redis command in one order for every thread (attaching_
+  // mutex; command() only posts), so that Redis sees a device's SET and a detach's DEL in
+  // the order the registry made them: a detach of the old connection whose DEL went out
+  // after the new one's SET would delete the new connection's key.
+  std::unique_lock lock(attaching_mutex_);
+  ++attaching_[device];  // before the registry has it: see refresh()
+  previous = devices_.attach(device, username, std::move(ep), now);
   client_->command(key, {"SET", key, me, "EX", std::to_string(options_.ttl.count()), "GET"},
                    [this, device, now](std::optional<redis::reply> r) {
                      {
@@ -203,12 +206,15 @@ void redis_bus::attach(device_id device, const std::string& username,
                      m.set_replaced_at_ms(now);
                      publish_to(*was, m);
                    });
+  lock.unlock();
+  if (previous) previous->replaced();
 }
 
 void redis_bus::detach(device_id device, const endpoint* ep) {
+  const std::string key = device_key(device);
+  std::lock_guard lock(attaching_mutex_);  // see attach
   // A newer connection of the device here keeps it, and its routing key with it.
   if (!devices_.detach(device, ep)) return;
-  const std::string key = device_key(device);
   client_->command(key, {"EVAL", detach_script, "1", key, std::to_string(options_.node_id)});
 }
 
