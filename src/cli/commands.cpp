@@ -70,7 +70,8 @@ constexpr const char* usage_text =
     "never a group of that name\n"
     "messages are end-to-end encrypted (Signal protocol; in groups with sender keys, renewed\n"
     "whenever a member leaves); keys live in the profile's local.db\n"
-    "defaults: --server ws://127.0.0.1:8080 (env PARLEY_SERVER), --profile ~/.parley\n"
+    "defaults: --server ws://127.0.0.1:8080 (env PARLEY_SERVER) to register, then the server\n"
+    "the profile registered with (another one named is refused), --profile ~/.parley\n"
     "(env PARLEY_PROFILE)\n"
     "--server wss://HOST:PORT connects over TLS: the server's certificate must be valid for HOST\n"
     "and signed by a CA the system trusts or, with --ca FILE (env PARLEY_CA), by one of the PEM\n"
@@ -88,6 +89,7 @@ struct failure {
 
 struct options {
   std::string server;
+  bool server_given = false;  // by --server or PARLEY_SERVER, not the default
   std::string ca_file;  // for wss://: trust only these CAs (empty: the system's)
   std::filesystem::path profile_dir;
   bool json = false;
@@ -260,8 +262,20 @@ class session {
   // holds the identity (the next command publishes its keys), never next to one without.
   void create_identity(const std::string& username) { open_local(username, true); }
 
+  // A registered profile talks to the server it registered with, and only to it: its token
+  // (and receipts stamp) must not go to whatever the default or a mistyped --server names.
   awaitable<void> connect() {
-    auto r = co_await client_.connect(opts_.server);
+    std::string url = opts_.server;
+    if (me_ && !me_->server.empty() && me_->server != url) {
+      if (opts_.server_given) {
+        throw failure{"this profile is registered with " + me_->server + ", not " + url +
+                          " (its token goes only to that server; --profile DIR for another "
+                          "account)",
+                      2};
+      }
+      url = me_->server;
+    }
+    auto r = co_await client_.connect(url);
     if (!r) throw explain(r.error());
   }
 
@@ -365,6 +379,8 @@ class session {
     // the identity (it sends nothing to a group in that run).
     messenger_ = std::make_unique<client::messenger>(client_, *store_, *library_, username,
                                                      me_ ? me_->device_id : 1);
+    messenger_->on_warning(
+        [](const std::string& w) { std::cerr << "parley: warning: " << w << '\n'; });
     if (messenger_->engine().has_identity()) return;
     if (existed && !registering) throw no_identity(path);
     try {
@@ -839,10 +855,17 @@ void show_event(session& s, const v2::Envelope& e, const std::string& descriptio
 // the caller passes QueueEmpty there). True if the frame was an Envelope now stored and to be
 // acked (so shown, or recorded as undecryptable, or already in the history).
 awaitable<bool> handle_push(session& s, const v2::Frame& f, client::ack_batch& acks,
-                            const std::string& chat_peer = {}) {
+                            const std::string& chat_peer = {}, bool* shown = nullptr) {
   if (f.has_envelope()) {
     const auto& e = f.envelope();
     const auto opened = s.messenger().open(e);
+    // Shown to the user now or before (a duplicate): what `chat` may mark read. Not a message
+    // waiting for its sender key, nor one that could not be stored.
+    if (shown != nullptr) {
+      using k = client::opened_message::kind;
+      *shown = opened.what == k::text || opened.what == k::undecryptable ||
+               opened.what == k::event || opened.what == k::duplicate;
+    }
     s.show_identity_changes();
     const bool in_group = e.has_event() || e.type() == v2::CIPHER_TYPE_SENDER_KEY_MESSAGE;
     switch (opened.what) {
@@ -1299,15 +1322,17 @@ awaitable<void> cmd_chat(session& s, const options& o) {
     }
     // Named first: GCC 12 mis-destroys a conditional's temporary inside a co_await.
     const std::string place = chat.group ? chat.label() : chat.peer;
-    const bool stored = co_await handle_push(s, *f, acks, place);
+    bool shown = false;
+    const bool stored = co_await handle_push(s, *f, acks, place, &shown);
     if (!acks.empty()) s.api().ack_async(acks.take());
     // The chat is open: what arrives in it is read as soon as it is shown (blue ticks). Not
-    // past a message that could not be stored: it has not been shown.
+    // past a message that could not be stored, or that waits for its sender key: it has not
+    // been shown.
     const auto& e = f->envelope();
     const bool in_chat = chat.group ? e.chat_id() == chat.chat_id
                                     : e.from() == chat.peer && !e.has_event() &&
                                           e.type() != v2::CIPHER_TYPE_SENDER_KEY_MESSAGE;
-    if (stored && in_chat && e.seq() > read_up_to) {
+    if (stored && shown && in_chat && e.seq() > read_up_to) {
       auto r = co_await s.api().mark_read(e.chat_id(), e.seq());
       if (r) {
         read_up_to = e.seq();
@@ -1651,6 +1676,7 @@ bool wants_json(int argc, char** argv) {
   options o;
   const char* env_server = std::getenv("PARLEY_SERVER");
   o.server = env_server ? env_server : "ws://127.0.0.1:8080";
+  o.server_given = env_server != nullptr;
   std::string server_source = env_server ? "PARLEY_SERVER" : "the default server";
   const char* env_ca = std::getenv("PARLEY_CA");
   o.ca_file = env_ca ? env_ca : "";
@@ -1679,6 +1705,7 @@ bool wants_json(int argc, char** argv) {
     };
     if (a == "--server") {
       o.server = value();
+      o.server_given = true;
       server_source = "--server";
     } else if (a == "--ca") {
       o.ca_file = value();

@@ -108,7 +108,15 @@ awaitable<void> client::read_loop(std::shared_ptr<ws_connection> ws,
       co_return;
     }
     v2::Frame frame;
-    if (auto err = wire::decode_push(bytes, frame)) continue;  // ignore what we cannot parse
+    if (!frame.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+      // It could be an Envelope or Receipts: dropped, the next frames (a later seq acked,
+      // QueueEmpty's stamp) would pass over it for good. The connection goes instead, and the
+      // next one's drain sends it again.
+      inbox->close("the server sent a frame that is not a parley.v2.Frame");
+      co_await ws->close(std::chrono::seconds(1));
+      co_return;
+    }
+    if (frame.body_case() == v2::Frame::BODY_NOT_SET) continue;  // a kind this client predates
     if (frame.request_id() != 0) {
       auto it = inbox->pending.find(frame.request_id());
       if (it != inbox->pending.end()) {

@@ -14,6 +14,7 @@
 #include "client/blob_transfer.hpp"
 #include "client/profile.hpp"
 #include "common/clock.hpp"
+#include "media/blob_store.hpp"
 #include "media/chunked_cipher.hpp"
 #include "parley/client/v1/local.pb.h"
 
@@ -109,7 +110,9 @@ std::string mime_type_of(const std::filesystem::path& name) {
 }
 
 std::optional<std::string> media_problem(const content::Media& m) {
-  if (m.media_id().size() != 32) return "a file message without a valid media id";
+  // 32 lowercase hex digits (security.md): the id names the download's work file, so
+  // anything else ("../..", "/home/...", a NUL) would let whoever sent it pick a path.
+  if (!media::valid_blob_id(m.media_id())) return "a file message without a valid media id";
   if (m.key().size() != media::media_key_bytes) return "a file message with a bad key";
   if (m.sha256().size() != media::media_sha256_bytes) return "a file message with a bad hash";
   if (m.plain_size() > media::max_media_plain_bytes ||

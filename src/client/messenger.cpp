@@ -378,8 +378,14 @@ awaitable<result<v2::SendResult>> messenger::send(sealed_message m, std::string 
   }
   if (!r) co_return r.error();
   resealed_.erase(client_msg_id);
-  auto recorded = record_sent(m, *r);
-  if (!recorded) co_return recorded.error();
+  // The server has it: a failure to write the local history must not read as a failed send
+  // (a retry with a new client_msg_id would send it twice).
+  if (auto recorded = record_sent(m, *r); !recorded) {
+    if (warn_) {
+      warn_("sent (chat " + std::to_string(r->chat_id()) + ", seq " + std::to_string(r->seq()) +
+            ") but not recorded in this device's history: " + recorded.error().message);
+    }
+  }
   co_return *r;
 }
 #pragma GCC diagnostic pop
@@ -1057,8 +1063,12 @@ awaitable<result<group_sent>> messenger::send_group_content(std::uint64_t chat_i
   auto r = co_await with_flow_waits(send_message);
   if (!r) co_return r.error();
   group_sealed_.erase(client_msg_id);
-  auto recorded = record_group_sent(chat_id, shown, media, *r);
-  if (!recorded) co_return recorded.error();
+  if (auto recorded = record_group_sent(chat_id, shown, media, *r); !recorded) {  // see send()
+    if (warn_) {
+      warn_("sent (chat " + std::to_string(r->chat_id()) + ", seq " + std::to_string(r->seq()) +
+            ") but not recorded in this device's history: " + recorded.error().message);
+    }
+  }
   out.result = *r;
   co_return out;
 }

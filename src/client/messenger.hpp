@@ -151,6 +151,9 @@ class messenger {
 
   e2ee::signal_engine& engine() { return engine_; }
   local_store& store() { return store_; }
+  // Told what went wrong but did not fail the call: a message the server stored whose local
+  // record could not be written (the send succeeds; a retry would send it twice).
+  void on_warning(std::function<void(const std::string&)> fn) { warn_ = std::move(fn); }
 
   boost::asio::awaitable<result<void>> publish_keys(parley::v2::Authenticated auth);
   // A PreKeysLow push: upload enough new one-time prekeys to hold prekeys_per_upload again.
@@ -305,6 +308,7 @@ class messenger {
   bool knows_identity(const std::string& peer);
 
   client& api_;
+  std::function<void(const std::string&)> warn_;  // on_warning
   local_store& store_;
   e2ee::signal_engine engine_;
   std::string me_;

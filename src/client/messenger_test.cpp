@@ -10,7 +10,9 @@
 #include <memory>
 #include <string>
 
+#include "client/media_files.hpp"
 #include "client/padding.hpp"
+#include "media/chunked_cipher.hpp"
 #include "temp_dir.hpp"
 
 namespace parley::client {
@@ -353,6 +355,27 @@ TEST_F(messenger_test, a_group_receipt_without_user_is_every_other_members_water
   EXPECT_EQ(bob_->store->last_sent_up_to(group_chat, 4)->seq, 3u);
   // The group's messages are not bob's 1:1 chat with anyone.
   EXPECT_FALSE(bob_->store->chat_of("bob"));
+}
+
+// A received file message's media id names the download's work file in the profile: only 32
+// lowercase hex digits pass, so a sender (or a server) cannot name a path with it.
+TEST(media_problem, a_media_id_must_be_32_lowercase_hex_digits) {
+  parley::content::v1::Media m;
+  m.set_key(std::string(parley::media::media_key_bytes, 'k'));
+  m.set_sha256(std::string(parley::media::media_sha256_bytes, 's'));
+  m.set_plain_size(1000);
+  m.set_size(parley::media::ciphertext_size(1000));
+  m.set_media_id(std::string(32, 'a'));
+  EXPECT_FALSE(media_problem(m));
+  for (const std::string& bad : {std::string("../../.ssh/authorized_keys00000000").substr(0, 32),
+                                 std::string("/home/victim/.bashrc") + std::string(12, '0'),
+                                 std::string(31, 'a') + std::string(1, '\0'), std::string(32, 'A'),
+                                 std::string(31, 'a'), std::string(33, 'a')}) {
+    m.set_media_id(bad);
+    const auto problem = media_problem(m);
+    ASSERT_TRUE(problem) << bad;
+    EXPECT_EQ(*problem, "a file message without a valid media id");
+  }
 }
 
 }  // namespace

@@ -37,15 +37,17 @@ std::string shell_quote(const std::string& s) {
 
 class cli : public ::testing::Test {
  protected:
-  // Runs `parley --server URL --profile ROOT/<who> ARGS...`, with `input` on stdin.
+  // Runs `parley --server URL --profile ROOT/<who> ARGS...`, with `input` on stdin (URL
+  // "none": no --server, and no PARLEY_SERVER either).
   run_result parley(const std::string& who, const std::vector<std::string>& args,
                     const std::string& input = "", const std::string& url = "") {
     const auto err_file = root_.path() / "stderr";
     const auto in_file = root_.path() / "stdin";
     std::ofstream(in_file) << input;
-    std::string cmd = std::string(PARLEY_CLI_PATH) + " --server " +
-                      shell_quote(url.empty() ? server.url() : url) + " --profile " +
-                      shell_quote((root_.path() / who).string());
+    std::string cmd = url == "none" ? "env -u PARLEY_SERVER " + std::string(PARLEY_CLI_PATH)
+                                    : std::string(PARLEY_CLI_PATH) + " --server " +
+                                          shell_quote(url.empty() ? server.url() : url);
+    cmd += " --profile " + shell_quote((root_.path() / who).string());
     for (const auto& a : args) cmd += " " + shell_quote(a);
     cmd += " <" + shell_quote(in_file.string()) + " 2>" + shell_quote(err_file.string());
     run_result r;
@@ -271,9 +273,19 @@ TEST_F(cli, errors_a_person_understands) {
   EXPECT_NE(self.err.find("sending to yourself is not supported"), std::string::npos) << self.err;
   EXPECT_EQ(self.err.find("encryption"), std::string::npos) << self.err;
 
-  auto unreachable = parley("alice", {"send", "alice", "hi"}, "", "ws://127.0.0.1:1");
+  auto unreachable = parley("zed", {"register", "zed"}, "", "ws://127.0.0.1:1");
   EXPECT_EQ(unreachable.exit_code, 1);
   EXPECT_NE(unreachable.err.find("server not reachable"), std::string::npos) << unreachable.err;
+  // A registered profile's token goes only to the server it registered with: another one
+  // named is refused before anything is sent.
+  auto elsewhere = parley("alice", {"send", "alice", "hi"}, "", "ws://127.0.0.1:1");
+  EXPECT_EQ(elsewhere.exit_code, 2);
+  EXPECT_NE(elsewhere.err.find("this profile is registered with " + server.url()),
+            std::string::npos)
+      << elsewhere.err;
+  // Without --server, the profile's own server (not the default ws://127.0.0.1:8080).
+  auto home = parley("alice", {"sync"}, "", "none");
+  EXPECT_EQ(home.exit_code, 0) << home.err;
 
   auto bad_status = parley("alice", {"status", "12345"});
   EXPECT_EQ(bad_status.exit_code, 1);

@@ -2300,8 +2300,16 @@ result<void> rocksdb_store::impl::read_chats(const std::vector<user_chat>& chats
     if (with_behind) {
       auto head = head_of(chat);
       if (!head) return head.error();
-      // A former member gets up to the event that removed it.
-      const std::uint64_t last = member.until != 0 ? std::min(*head, member.until) : *head;
+      // A former member gets up to the event that removed it. A group listed as current is
+      // checked again after its head is read: a removal committed since chats_of() listed it
+      // would otherwise let the drain send what came after it.
+      std::uint64_t until = member.until;
+      if (member.group && until == 0) {
+        auto now = stored_membership(user, chat);
+        if (!now) return now.error();
+        if (*now && (*now)->until != 0) until = (*now)->until;
+      }
+      const std::uint64_t last = until != 0 ? std::min(*head, until) : *head;
       if (last > cursor) out.behind.push_back({chat, cursor, last});
     }
     if (member.until != 0) continue;  // no watermarks of a group one is not in
