@@ -253,6 +253,13 @@ messenger::messenger(client& api, local_store& store, e2ee::library_context& lib
   return std::nullopt;
 }
 
+void messenger::warn_unrecorded(const v2::SendResult& r, const client_error& e) const {
+  if (warn_) {
+    warn_("sent (chat " + std::to_string(r.chat_id()) + ", seq " + std::to_string(r.seq()) +
+          ") but not recorded in this device's history: " + e.message);
+  }
+}
+
 [[gnu::noinline]] result<void> messenger::record_sent(const sealed_message& m,
                                                       const v2::SendResult& r) {
   try {
@@ -380,12 +387,7 @@ awaitable<result<v2::SendResult>> messenger::send(sealed_message m, std::string 
   resealed_.erase(client_msg_id);
   // The server has it: a failure to write the local history must not read as a failed send
   // (a retry with a new client_msg_id would send it twice).
-  if (auto recorded = record_sent(m, *r); !recorded) {
-    if (warn_) {
-      warn_("sent (chat " + std::to_string(r->chat_id()) + ", seq " + std::to_string(r->seq()) +
-            ") but not recorded in this device's history: " + recorded.error().message);
-    }
-  }
+  if (auto recorded = record_sent(m, *r); !recorded) warn_unrecorded(*r, recorded.error());
   co_return *r;
 }
 #pragma GCC diagnostic pop
@@ -1063,12 +1065,8 @@ awaitable<result<group_sent>> messenger::send_group_content(std::uint64_t chat_i
   auto r = co_await with_flow_waits(send_message);
   if (!r) co_return r.error();
   group_sealed_.erase(client_msg_id);
-  if (auto recorded = record_group_sent(chat_id, shown, media, *r); !recorded) {  // see send()
-    if (warn_) {
-      warn_("sent (chat " + std::to_string(r->chat_id()) + ", seq " + std::to_string(r->seq()) +
-            ") but not recorded in this device's history: " + recorded.error().message);
-    }
-  }
+  if (auto recorded = record_group_sent(chat_id, shown, media, *r); !recorded)
+    warn_unrecorded(*r, recorded.error());
   out.result = *r;
   co_return out;
 }

@@ -305,6 +305,9 @@ class messenger {
                                      const parley::v2::KeyBundles& bundles);
   std::optional<std::int32_t> session_device(const std::string& peer);
   result<void> record_sent(const sealed_message& m, const parley::v2::SendResult& r);
+  // A send the server stored whose local record failed (`e`): told to on_warning's function,
+  // never failed (a retry would send it twice).
+  void warn_unrecorded(const parley::v2::SendResult& r, const client_error& e) const;
   bool knows_identity(const std::string& peer);
 
   client& api_;

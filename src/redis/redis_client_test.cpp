@@ -3,7 +3,6 @@
 #include "redis/redis_client.hpp"
 
 #include <gtest/gtest.h>
-#include <signal.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -127,6 +126,36 @@ bool heard(client& c, inbox<std::string>& got, const std::string& channel,
   return got.has(what);
 }
 
+// What a client hears: the messages on "chan", each time its subscription is made, and its
+// up/down states. Made on `c` before it starts.
+struct watched {
+  explicit watched(client& c) {
+    c.subscribe(
+        "chan", [this](std::string_view p) { got.push(std::string(p)); },
+        [this] { subscribed.push(1); });
+    c.on_state([this](bool up) { states.push(up); });
+  }
+  // Whether `c` says it is down within 5 s (the pending handlers run before hiredis reports
+  // the disconnection).
+  static bool down(client& c) {
+    const auto by = std::chrono::steady_clock::now() + 5s;
+    while (c.connected() && std::chrono::steady_clock::now() < by)
+      std::this_thread::sleep_for(10ms);
+    return !c.connected();
+  }
+  // Up, down, up: each change once, in that order.
+  void expect_up_down_up() {
+    ASSERT_TRUE(states.wait(3));
+    EXPECT_EQ(states.items[0], true);
+    EXPECT_EQ(states.items[1], false);
+    EXPECT_EQ(states.items[2], true);
+  }
+
+  inbox<std::string> got;
+  inbox<int> subscribed;
+  inbox<bool> states;
+};
+
 TEST(redis_client, commands_pipelined_bursts_and_pub_sub) {
   test_support::redis_server server;
   client c({{"127.0.0.1", server.port()}, false, 100ms});
@@ -191,48 +220,26 @@ TEST(redis_client, authenticates_with_a_password_and_is_refused_without_the_righ
 TEST(redis_client, a_restarted_server_is_found_again_and_the_subscription_comes_back) {
   test_support::redis_server server;
   client c({{"127.0.0.1", server.port()}, false, 100ms});
-  inbox<std::string> got;
-  inbox<int> subscribed;
-  inbox<bool> states;
-  c.subscribe(
-      "chan", [&](std::string_view p) { got.push(std::string(p)); }, [&] { subscribed.push(1); });
-  c.on_state([&](bool up) { states.push(up); });
+  watched w(c);
   c.start();
   ASSERT_TRUE(call_when_up(c, "k", {"PING"}));
   // Subscribed before the server goes (else the subscription after the restart is the first,
   // not a resubscription): publish until it is heard.
-  const auto subscribed_by = std::chrono::steady_clock::now() + 10s;
-  while (!got.has("before") && std::chrono::steady_clock::now() < subscribed_by) {
-    c.publish("chan", "before");
-    got.wait(1, 100ms);
-  }
-  ASSERT_TRUE(got.has("before"));
+  ASSERT_TRUE(heard(c, w.got, "chan", "before"));
 
   server.kill9();
   // While it is down, commands fail at once (nullopt), never hang.
   const auto t0 = std::chrono::steady_clock::now();
   EXPECT_FALSE(call(c, "k", {"PING"}));
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
-  // The pending handlers run before hiredis reports the disconnection: wait for it.
-  const auto down_by = std::chrono::steady_clock::now() + 5s;
-  while (c.connected() && std::chrono::steady_clock::now() < down_by)
-    std::this_thread::sleep_for(10ms);
-  EXPECT_FALSE(c.connected());
+  EXPECT_TRUE(watched::down(c));
 
   server.start();
   ASSERT_TRUE(call_when_up(c, "k", {"PING"}));
   // Once at the start, once after the restart.
-  EXPECT_TRUE(subscribed.wait(2)) << "the subscription was not made again";
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (!got.has("after") && std::chrono::steady_clock::now() < deadline) {
-    c.publish("chan", "after");
-    got.wait(1'000'000, 100ms);
-  }
-  EXPECT_TRUE(got.has("after"));
-  ASSERT_TRUE(states.wait(3));  // up, down, up
-  EXPECT_EQ(states.items[0], true);
-  EXPECT_EQ(states.items[1], false);
-  EXPECT_EQ(states.items[2], true);
+  EXPECT_TRUE(w.subscribed.wait(2)) << "the subscription was not made again";
+  EXPECT_TRUE(heard(c, w.got, "chan", "after"));
+  w.expect_up_down_up();
   c.stop();
 }
 
@@ -246,39 +253,25 @@ TEST(redis_client, a_redis_that_stops_answering_is_given_up_within_the_timeout) 
   client_options o{{"127.0.0.1", server.port()}, false, 100ms};
   o.timeout = 400ms;
   client c(o);
-  inbox<std::string> got;
-  inbox<int> subscribed;
-  inbox<bool> states;
-  c.subscribe(
-      "chan", [&](std::string_view p) { got.push(std::string(p)); }, [&] { subscribed.push(1); });
-  c.on_state([&](bool up) { states.push(up); });
+  watched w(c);
   c.start();
   ASSERT_TRUE(call_when_up(c, "k", {"PING"}));
-  ASSERT_TRUE(heard(c, got, "chan", "before"));
+  ASSERT_TRUE(heard(c, w.got, "chan", "before"));
 
-  struct resume_at_exit {
-    pid_t pid;
-    ~resume_at_exit() { ::kill(pid, SIGCONT); }
-  } resume{server.pid()};
-  ASSERT_EQ(::kill(server.pid(), SIGSTOP), 0);
+  const auto stopped = server.pause();
+  ASSERT_TRUE(stopped);
   for (int i = 0; i < 2; ++i) {  // the first on the open connection, then on a new one
     const auto t0 = std::chrono::steady_clock::now();
     EXPECT_FALSE(call(c, "k", {"PING"}));
     EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s) << "command " << i << " hung";
   }
-  const auto down_by = std::chrono::steady_clock::now() + 5s;
-  while (c.connected() && std::chrono::steady_clock::now() < down_by)
-    std::this_thread::sleep_for(10ms);
-  EXPECT_FALSE(c.connected());
+  EXPECT_TRUE(watched::down(c));
 
-  ASSERT_EQ(::kill(server.pid(), SIGCONT), 0);
+  ASSERT_TRUE(stopped->resume());
   ASSERT_TRUE(call_when_up(c, "k", {"PING"}));
-  EXPECT_TRUE(subscribed.wait(2)) << "the silent subscription was not made again";
-  EXPECT_TRUE(heard(c, got, "chan", "after"));
-  ASSERT_TRUE(states.wait(3));  // up, down, up: never up while Redis did not answer
-  EXPECT_EQ(states.items[0], true);
-  EXPECT_EQ(states.items[1], false);
-  EXPECT_EQ(states.items[2], true);
+  EXPECT_TRUE(w.subscribed.wait(2)) << "the silent subscription was not made again";
+  EXPECT_TRUE(heard(c, w.got, "chan", "after"));
+  w.expect_up_down_up();  // never up while Redis did not answer
   c.stop();
 }
 

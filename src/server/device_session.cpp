@@ -208,29 +208,25 @@ std::optional<awaitable<void>> device_session::read_pause() {
 
 awaitable<void> device_session::wait_below_watermark() {
   auto self = shared_from_this();
-  while (!closed_ && !finishing_ && !read_room()) {
-    if (!room_ready_) {  // see send_paced
-      room_ready_ = std::make_unique<asio::steady_timer>(executor_);
-      room_ready_->expires_at(asio::steady_timer::time_point::max());
-    }
-    boost::system::error_code ec;
-    co_await room_ready_->async_wait(asio::redirect_error(use_awaitable, ec));
+  while (!closed_ && !finishing_ && !read_room()) co_await room_made();
+}
+
+awaitable<void> device_session::room_made() {
+  // Created on first need: most sessions never fill their queue. Its expiry is set once:
+  // setting it cancels the waits under way, and two waiters (a drain's tail and the next
+  // drain, say) would then wake each other in turn for as long as the queue stays full.
+  // cancel() (when the writer makes room, a History answer is queued, or at the close) wakes
+  // every waiter.
+  if (!room_ready_) {
+    room_ready_ = std::make_unique<asio::steady_timer>(executor_);
+    room_ready_->expires_at(asio::steady_timer::time_point::max());
   }
+  boost::system::error_code ec;
+  co_await room_ready_->async_wait(asio::redirect_error(use_awaitable, ec));
 }
 
 awaitable<bool> device_session::send_paced(wire::encoded_frame f) {
-  while (!closed_ && !finishing_ && !below_drain_watermark(f->size())) {
-    // Created on first need: most sessions never fill their queue. Its expiry is set once:
-    // setting it cancels the waits under way, and two paced senders (a drain's tail and the
-    // next drain) would then wake each other in turn for as long as the queue stays full.
-    // cancel() (when the writer makes room, or at the close) wakes every waiter.
-    if (!room_ready_) {
-      room_ready_ = std::make_unique<asio::steady_timer>(executor_);
-      room_ready_->expires_at(asio::steady_timer::time_point::max());
-    }
-    boost::system::error_code ec;
-    co_await room_ready_->async_wait(asio::redirect_error(use_awaitable, ec));
-  }
+  while (!closed_ && !finishing_ && !below_drain_watermark(f->size())) co_await room_made();
   if (closed_ || finishing_) co_return false;
   co_return send_encoded(std::move(f));
 }

@@ -152,6 +152,8 @@ class device_session final : public bus::endpoint,
   bool below_drain_watermark(std::size_t bytes) const;
   bool read_room() const;
   boost::asio::awaitable<void> wait_below_watermark();
+  // Waits until something may have made room in the queue (room_ready_ cancelled).
+  boost::asio::awaitable<void> room_made();
   // The most a History answer can take: max_history_bytes of payload and the fields of its
   // messages (at most 100, and one group's member list).
   std::size_t history_answer_bytes() const;

@@ -5,7 +5,6 @@
 // through another; a device that moves closes its old connection; Redis restarted and
 // PostgreSQL stopped mid-run; a node kill -9'd under load.
 #include <gtest/gtest.h>
-#include <signal.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -337,11 +336,8 @@ TEST_F(cluster_on_one_redis, redis_restarted_mid_run) {
 TEST_F(cluster_on_one_redis, nodes_started_before_redis_deliver_what_was_sent_meanwhile) {
   // Stopped, not killed: its port stays bound (a test running alongside could take a free
   // one), and a Redis that does not answer is down to the nodes as much as one that is gone.
-  struct resume_at_exit {
-    pid_t pid;
-    ~resume_at_exit() { ::kill(pid, SIGCONT); }
-  } resume{redis.pid()};
-  ASSERT_EQ(::kill(redis.pid(), SIGSTOP), 0);
+  const auto stopped = redis.pause();
+  ASSERT_TRUE(stopped);
   auto n1 = node(1, redis.url());
   auto n2 = node(2, redis.url());
   auto alice = online("alice", *n1);
@@ -350,7 +346,7 @@ TEST_F(cluster_on_one_redis, nodes_started_before_redis_deliver_what_was_sent_me
   EXPECT_NE(stored.seq(), 0u);
   expect_quiet(*bob);
 
-  ASSERT_EQ(::kill(redis.pid(), SIGCONT), 0);
+  ASSERT_TRUE(stopped->resume());
   const auto late = next_envelope(*bob, 20s);
   EXPECT_EQ(late.payload(), "before redis was ever up");
   EXPECT_EQ(late.seq(), stored.seq());

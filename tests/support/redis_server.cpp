@@ -131,6 +131,18 @@ void redis_server::start() {
   throw std::runtime_error("redis-server on port " + std::to_string(port_) + " did not answer");
 }
 
+std::unique_ptr<redis_server::paused> redis_server::pause() {
+  if (pid_ <= 0 || ::kill(pid_, SIGSTOP) != 0) return nullptr;
+  return std::make_unique<paused>(pid_);
+}
+
+bool redis_server::paused::resume() {
+  if (pid_ <= 0) return true;
+  const bool ok = ::kill(pid_, SIGCONT) == 0;
+  pid_ = -1;
+  return ok;
+}
+
 void redis_server::kill9() {
   if (pid_ <= 0) return;
   ::kill(pid_, SIGKILL);

@@ -26,6 +26,20 @@ class redis_server {
   pid_t pid() const { return pid_; }
   void kill9();   // SIGKILL, reaped
   void start();   // again, on the same port
+  // SIGSTOP until resume() or the guard's end (SIGCONT): the server keeps its port and its
+  // connections and answers nothing, as a host gone without a reset. (Its port is not freed
+  // for a test running alongside to take, as after kill9().)
+  class paused {
+   public:
+    explicit paused(pid_t pid) : pid_(pid) {}
+    ~paused() { resume(); }
+    paused(const paused&) = delete;
+    paused& operator=(const paused&) = delete;
+    bool resume();  // false if SIGCONT failed; idempotent
+   private:
+    pid_t pid_;
+  };
+  [[nodiscard]] std::unique_ptr<paused> pause();  // null if SIGSTOP failed
   // Runs one command with redis-cli and returns its output (trimmed).
   std::string cli(const std::vector<std::string>& args) const;
 

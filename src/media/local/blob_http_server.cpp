@@ -423,6 +423,19 @@ awaitable<bool> storage_error(exchange& x) {
 
 // --- stored bytes ----------------------------------------------------------------------------
 
+// Makes a .part of all its bytes the complete blob, durably: its data (fsync), its close, the
+// rename, and the rename itself (the directory's fsync). False, logged, if any step failed:
+// the .part (or a rename a crash may undo) is left for finish_full_part.
+bool complete_part(fd_guard& fd, const local_blob_store::blob_files& files) {
+  if (::fsync(fd.get()) != 0 || !fd.close() ||
+      ::rename(files.partial.c_str(), files.complete.c_str()) != 0 || !fsync_dir(files.dir)) {
+    log_warn() << "blob server: cannot complete " << files.complete.string() << ": "
+               << std::strerror(errno);
+    return false;
+  }
+  return true;
+}
+
 enum class rehash_outcome { done, read_failed, taken_over };
 
 // Feeds the first `bytes` bytes of `fd` (a .part) into `hash`, read back from the disk through
@@ -486,12 +499,7 @@ awaitable<full_part> finish_full_part(exchange& x, const local_blob_store::blob_
     log_debug() << "blob server: " << x.label << ": a full .part with the wrong hash, deleted";
     co_return full_part::discarded;
   }
-  if (::fsync(fd.get()) != 0 || !fd.close() ||
-      ::rename(files.partial.c_str(), files.complete.c_str()) != 0 || !fsync_dir(files.dir)) {
-    log_warn() << "blob server: cannot complete " << files.complete.string() << ": "
-               << std::strerror(errno);
-    co_return full_part::failed;
-  }
+  if (!complete_part(fd, files)) co_return full_part::failed;
   log_debug() << "blob server: " << x.label << ": completed a full .part left by an earlier PUT";
   co_return full_part::completed;
 }
@@ -683,14 +691,9 @@ awaitable<bool> handle_put(exchange& x, http::request_parser<http::empty_body>& 
     log_debug() << "blob server: " << x.label << ": hash mismatch";
     co_return co_await answer(x, http::status::bad_request, "hash mismatch");
   }
-  // A failure from here on leaves a .part of the full size (or a rename that a crash may
-  // undo): the client's retry finds it with HEAD, which completes it (finish_full_part).
-  if (::fsync(fd.get()) != 0 || !fd.close() ||
-      ::rename(files->partial.c_str(), files->complete.c_str()) != 0 || !fsync_dir(files->dir)) {
-    log_warn() << "blob server: cannot complete " << files->complete.string() << ": "
-               << std::strerror(errno);
-    co_return co_await storage_error(x);
-  }
+  // A failure here leaves a .part of the full size (or a rename that a crash may undo): the
+  // client's retry finds it with HEAD, which completes it (finish_full_part).
+  if (!complete_part(fd, *files)) co_return co_await storage_error(x);
   log_debug() << "blob server: " << x.label << ": complete, " << grant.size << " bytes";
   co_return co_await answer(x, http::status::created, "created", grant.size);
 }

@@ -234,6 +234,20 @@ struct harness {
     return g;
   }
 
+  // A PUT of all of `content` to `put_target`, of which only the first `sent` bytes of the body
+  // have gone out, on a connection of its own: destroying it cuts the body there. Null if
+  // that could not be done.
+  std::unique_ptr<raw_client> put_begun(const std::string& put_target, const std::string& content,
+                                        std::uint64_t sent) const {
+    auto c = std::make_unique<raw_client>(port);
+    if (!c->connected() ||
+        !c->send(request_text("PUT", put_target,
+                              "Content-Length: " + std::to_string(content.size()) + "\r\n") +
+                 content.substr(0, sent)))
+      return nullptr;
+    return c;
+  }
+
   // Polls HEAD until it reports `want` bytes stored (at most 5 s); the last offset seen.
   std::uint64_t wait_for_offset(const std::string& put_target, std::uint64_t want) const {
     std::uint64_t seen = 0;
@@ -333,13 +347,7 @@ TEST(blob_http_server, an_upload_cut_in_the_middle_resumes_from_the_stored_offse
   const std::string url = h.put_url(g);
   const std::string target = h.target(url);
   const std::uint64_t half = content.size() / 2;
-  {
-    raw_client c(h.port);
-    ASSERT_TRUE(c.connected());
-    ASSERT_TRUE(c.send(
-        request_text("PUT", target, "Content-Length: " + std::to_string(content.size()) + "\r\n") +
-        content.substr(0, half)));
-  }  // the connection is cut here, half-way through the body
+  ASSERT_TRUE(h.put_begun(target, content, half));  // cut there, half-way through the body
   ASSERT_EQ(h.wait_for_offset(target, half), half) << "HEAD never showed the first half stored";
   EXPECT_TRUE(fs::exists(h.files(g.id).partial));
 
@@ -433,13 +441,7 @@ TEST(blob_http_server, a_content_range_past_its_total_is_malformed_and_changes_n
   const auto g = h.grant_for(content);
   const std::string target = h.target(h.put_url(g));
   const std::uint64_t half = content.size() / 2;
-  {
-    raw_client c(h.port);
-    ASSERT_TRUE(c.connected());
-    ASSERT_TRUE(c.send(
-        request_text("PUT", target, "Content-Length: " + std::to_string(content.size()) + "\r\n") +
-        content.substr(0, half)));
-  }  // cut half-way
+  ASSERT_TRUE(h.put_begun(target, content, half));  // cut half-way
   ASSERT_EQ(h.wait_for_offset(target, half), half);
   for (const std::string& range : {"bytes 0-18446744073709551615/" + std::to_string(g.size),
                                    "bytes " + std::to_string(half) + "-" + std::to_string(g.size) +
@@ -462,11 +464,8 @@ TEST(blob_http_server, a_refused_put_does_not_stop_the_upload_that_is_running) {
   const auto g = h.grant_for(content);
   const std::string target = h.target(h.put_url(g));
   const std::uint64_t half = content.size() / 2;  // two whole 256-KiB pieces: written at once
-  raw_client up(h.port);
-  ASSERT_TRUE(up.connected());
-  ASSERT_TRUE(up.send(
-      request_text("PUT", target, "Content-Length: " + std::to_string(content.size()) + "\r\n") +
-      content.substr(0, half)));
+  const auto up = h.put_begun(target, content, half);
+  ASSERT_TRUE(up);
   ASSERT_EQ(h.wait_for_offset(target, half), half);
 
   const std::uint64_t wrong = 10;
@@ -480,8 +479,8 @@ TEST(blob_http_server, a_refused_put_does_not_stop_the_upload_that_is_running) {
   EXPECT_EQ(res->body(), "offset mismatch\n");
   EXPECT_EQ(offset_of(*res), half);
 
-  ASSERT_TRUE(up.send(content.substr(half)));
-  const auto done = up.read();
+  ASSERT_TRUE(up->send(content.substr(half)));
+  const auto done = up->read();
   ASSERT_TRUE(done);
   EXPECT_EQ(done->result(), http::status::created) << done->body();
   EXPECT_TRUE(read_file(h.files(g.id).complete) == content);
