@@ -136,6 +136,28 @@ class small_volume {
       out.write(chunk.data(), static_cast<std::streamsize>(chunk.size()));
     }
   }
+  // Keeps about `leave` bytes free until the volume has stayed that full for a second, in
+  // files named `prefix`0, `prefix`1…: RocksDB gives space back at any time (a compaction that
+  // ends deletes its inputs, a flush deletes an old log), and a one-off fill can be undone by
+  // that a moment later. Returns how many files it wrote.
+  int hold_full(const std::string& prefix, std::uint64_t leave) {
+    int files = 0;
+    auto full_since = std::chrono::steady_clock::now();
+    const auto deadline = full_since + std::chrono::seconds(20);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (free_bytes() > leave + (1u << 20)) {
+        fill_leaving(dir_ / (prefix + std::to_string(files++)), leave);
+        full_since = std::chrono::steady_clock::now();
+      } else if (std::chrono::steady_clock::now() - full_since >= std::chrono::seconds(1)) {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return files;
+  }
+  void remove_held(const std::string& prefix, int files) {
+    for (int i = 0; i < files; ++i) fs::remove(dir_ / (prefix + std::to_string(i)));
+  }
 
  private:
   fs::path dir_;
@@ -178,9 +200,9 @@ TEST(faults, a_full_disk_refuses_writes_keeps_serving_and_recovers_by_itself) {
   EXPECT_GT(acked, 10);
   EXPECT_GE(volume.free_bytes(), 4u << 20) << "the reserve was eaten into";
   // RocksDB gives space back as it goes (a flush deletes an old log, up to the 2 MiB log cap
-  // and its preallocation): keep the disk 5 MiB below the reserve, so that what follows runs
-  // on a full disk whatever RocksDB does meanwhile.
-  volume.fill_leaving(volume.path() / "filler2", 3u << 20);
+  // and its preallocation; a compaction deletes its inputs when it ends): keep the disk 5 MiB
+  // below the reserve until that has settled, so that what follows runs on a full disk.
+  const int held = volume.hold_full("filler2_", 3u << 20);
 
   // Still serving: health says why, reads work, a second refusal is typed too. (The store
   // checks space at most every 100 ms while it has enough, and every idle second: if RocksDB
@@ -202,10 +224,10 @@ TEST(faults, a_full_disk_refuses_writes_keeps_serving_and_recovers_by_itself) {
 
   // A restart on the full disk: it starts and recovers what was acked. (Recovery may give back
   // the log's preallocated space: the disk is filled to below the reserve again.)
-  fs::remove(volume.path() / "filler2");  // the test's, not the server's: the reserve is back
+  volume.remove_held("filler2_", held);  // the test's, not the server's: the reserve is back
   server.kill9();
   server.restart();
-  volume.fill_leaving(volume.path() / "filler3", 3u << 20);
+  const int held_again = volume.hold_full("filler3_", 3u << 20);
   EXPECT_TRUE(eventually([&] {
     return http_get(server.port(), "/healthz").find("store: disk full") != std::string::npos;
   })) << "health is checked while nobody writes";
@@ -221,7 +243,7 @@ TEST(faults, a_full_disk_refuses_writes_keeps_serving_and_recovers_by_itself) {
 
   // Space returns: writes resume by themselves (the client retries after retry_after_ms).
   fs::remove(filler);
-  fs::remove(volume.path() / "filler3");
+  volume.remove_held("filler3_", held_again);
   test_client alice2(io, server.url());
   alice2.device_id = alice.device_id;
   alice2.token = alice.token;
