@@ -1475,6 +1475,12 @@ TEST_P(store_groups, a_retried_creation_answers_with_the_first_group_and_creates
   EXPECT_NE(bobs->info.chat, chat);
   ASSERT_TRUE(send(alice, by_peer("carol"), "msg-1"));
   EXPECT_EQ(create(alice, {"bob"}, 1024, "g", "msg-1").error(), errc::invalid_argument);
+  // And a send with the id of a group's creation is refused, not answered as a duplicate of
+  // it (that would be a false ✓ for a message stored nowhere).
+  const auto log_before = log_of(chat).size();
+  EXPECT_EQ(send(alice, by_peer("carol"), "req-1").error(), errc::invalid_argument);
+  EXPECT_EQ(send(alice, by_id(chat), "req-1", "x", 4).error(), errc::invalid_argument);
+  EXPECT_EQ(log_of(chat).size(), log_before);
 
   // The creator left since: the retry finds nothing it may see.
   ASSERT_TRUE(change(alice, chat, group_change::leave));

@@ -147,8 +147,8 @@ CREATE TABLE IF NOT EXISTS node_ids (
 -- the COMMIT, one round trip per group. Every check comes before the first write, so a refusal
 -- (r_status > 1) leaves nothing behind and needs no savepoint; a retry (r_status 1) returns the
 -- first result. r_status: 0 appended, 1 a retry, 2 no such chat or not a member, 3 unknown
--- user, 4 self message, 5 wrong cipher type for the chat, 6 stale recipient keys, 7 not the
--- sender's blob. r_recipients: every member's device but the sender's, in member order.
+-- user, 4 self message, 5 wrong cipher type for the chat (or the id of a group's creation),
+-- 6 stale recipient keys, 7 not the sender's blob. r_recipients: every member's device but the sender's, in member order.
 -- p_chat 0: the 1:1 chat with p_peer, created with the id p_new_chat by its first message.
 CREATE OR REPLACE FUNCTION parley_send(
   p_device BIGINT, p_client_msg_id BYTEA, p_fresh_after BIGINT, p_peer TEXT, p_sender BIGINT,
@@ -168,6 +168,12 @@ BEGIN
    WHERE x.sender_device = p_device AND x.client_msg_id = p_client_msg_id
      AND x.sent_at_ms >= p_fresh_after;
   IF FOUND THEN
+    -- A group creation's record (seq 1 of a group is its CREATE): the id was used for another
+    -- request, and there is no message to answer with.
+    IF v_dup.seq = 1 AND EXISTS (SELECT 1 FROM chats c WHERE c.chat_id = v_dup.chat_id
+                                 AND c.is_group) THEN
+      r_status := 5; RETURN;
+    END IF;
     r_status := 1;
     r_chat := v_dup.chat_id;
     r_seq := v_dup.seq;

@@ -166,7 +166,7 @@ errc refusal_of(std::uint64_t status) {
     case 4:
       return errc::self_message;
     case 5:
-      return errc::invalid_argument;  // a cipher type or seq the chat does not take
+      return errc::invalid_argument;  // a cipher type or seq the chat does not take, an id reused
     case 6:
       return errc::stale_keys;
     case 7:
@@ -666,6 +666,13 @@ void postgresql_store::impl::open() {
     if (!writer_db.exec("INSERT INTO parley_meta (key, value) VALUES ('schema_version', $1)",
                         params().add(static_cast<std::uint64_t>(pg::schema_version))))
       fail("cannot write the schema version");
+  } else if (const std::uint64_t found = version->u64(0, 0);
+             found >= static_cast<std::uint64_t>(pg::oldest_upgradable_version) &&
+             found < static_cast<std::uint64_t>(pg::schema_version)) {
+    if (!writer_db.exec("UPDATE parley_meta SET value = $1 WHERE key = 'schema_version'",
+                        params().add(static_cast<std::uint64_t>(pg::schema_version))))
+      fail("cannot write the schema version");
+    log_info() << "store: schema upgraded from version " << found << " to " << pg::schema_version;
   } else if (version->u64(0, 0) != static_cast<std::uint64_t>(pg::schema_version)) {
     throw std::runtime_error("store: the database has schema version " +
                              std::string(version->text(0, 0)) + ", this parleyd writes " +

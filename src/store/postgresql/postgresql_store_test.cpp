@@ -15,6 +15,7 @@
 #include "common/snowflake.hpp"
 #include "postgres_test_server.hpp"
 #include "store/postgresql/pg_connection.hpp"
+#include "store/postgresql/pg_schema.hpp"
 #include "store/store_test_calls.hpp"
 
 namespace parley::store {
@@ -120,6 +121,39 @@ TEST_F(two_nodes, appends_to_one_chat_from_both_get_every_seq_once) {
       [&](auto done) { a->read_log(chat, 0, UINT64_MAX, 1000, SIZE_MAX, done); });
   ASSERT_TRUE(log);
   EXPECT_EQ(log->size(), seqs.size());
+}
+
+// A database of an older schema version that the build can upgrade is upgraded at open, and
+// marked so that an older build refuses it from then on; one of another version is refused.
+TEST_F(two_nodes, an_older_schema_is_upgraded_and_an_unknown_one_refused) {
+  a.reset();
+  b.reset();
+  auto version = [&] {
+    pg::connection db;
+    std::string error;
+    EXPECT_TRUE(db.open(conninfo, error)) << error;
+    auto r = db.exec("SELECT value FROM parley_meta WHERE key = 'schema_version'");
+    EXPECT_TRUE(r && r->size() == 1);
+    return r && r->size() == 1 ? static_cast<int>(r->u64(0, 0)) : -1;
+  };
+  auto open_node = [&] {
+    postgresql_options o;
+    o.conninfo = conninfo;
+    o.node_id = 1;
+    return std::make_unique<postgresql_store>(o);
+  };
+  ASSERT_EQ(version(), pg::schema_version);
+  run_sql("UPDATE parley_meta SET value = " + std::to_string(pg::oldest_upgradable_version) +
+          " WHERE key = 'schema_version'");
+  ASSERT_NO_THROW(a = open_node());
+  EXPECT_EQ(version(), pg::schema_version);
+  EXPECT_TRUE(user(*a, "alice").user != 0) << "the upgraded store serves";
+  a.reset();
+
+  run_sql("UPDATE parley_meta SET value = " + std::to_string(pg::schema_version + 1) +
+          " WHERE key = 'schema_version'");
+  EXPECT_THROW(open_node(), std::runtime_error);
+  EXPECT_EQ(version(), pg::schema_version + 1) << "a refused database is left as it was";
 }
 
 TEST_F(two_nodes, never_hand_out_one_one_time_prekey_twice) {

@@ -1634,6 +1634,13 @@ void rocksdb_store::send(send_request request, completion<send_outcome> done) {
         auto first = d.live_dedupe(g, dedupe_key);
         if (!first) return first.error();
         if (*first) {
+          // A group creation's record (seq 1 of a group is its CREATE): the id was used for
+          // another request (the client's mistake), and there is no message to answer with.
+          if ((*first)->seq() == 1) {
+            auto c = d.chat_of((*first)->chat_id());
+            if (!c) return c.error();
+            if (*c != nullptr && (*c)->group) return errc::invalid_argument;
+          }
           send_outcome out;
           out.chat = (*first)->chat_id();
           out.seq = (*first)->seq();
