@@ -566,7 +566,7 @@ awaitable<transfer_result<void>> run_download(std::string url, std::filesystem::
   }
   if (have == expected) {
     if (expected == 0) {  // nothing to fetch, but the file must be there
-      fd_guard fd(::open(file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+      fd_guard fd(::open(file.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
       if (!fd.valid())
         co_return failure(errc::io, "cannot create " + file.string() + ": " + errno_text());
     }
@@ -629,8 +629,11 @@ awaitable<transfer_result<void>> run_download(std::string url, std::filesystem::
     co_return status_failure(a);
   }
 
-  fd_guard fd(have > 0 ? ::open(file.c_str(), O_WRONLY | O_CLOEXEC)
-                       : ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  // O_NOFOLLOW: the work file is written only as itself, never through a link put in its
+  // place.
+  fd_guard fd(
+      have > 0 ? ::open(file.c_str(), O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
+               : ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
   if (!fd.valid())
     co_return failure(errc::io, "cannot open " + file.string() + ": " + errno_text());
   // The blob as it arrives, collected into pieces of up to 256 KiB, each written when full (or

@@ -357,6 +357,9 @@ awaitable<result<std::uint64_t>> download_file(client& api, local_store& store,
       [&] { return media::decrypt_file(partial, out, key, m.size(), sha); });
   // Verified or not, the ciphertext is of no further use: a bad one must be fetched again.
   std::filesystem::remove(partial, ec);
+  if (!opened && opened.error() == media::errc::exists) {
+    co_return local_error(out.string() + " appeared meanwhile: it was not overwritten");
+  }
   if (!opened) {
     co_return local_error("the file does not verify (" + opened.error().message() +
                           "): nothing was written to " + out.string());

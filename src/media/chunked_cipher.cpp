@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 #include <utility>
 #include <vector>
@@ -45,6 +47,8 @@ class category_impl final : public boost::system::error_category {
         return "the announced size is not the size of any encrypted media file";
       case errc::library:
         return "OpenSSL failed";
+      case errc::exists:
+        return "the file to decrypt into exists (it is not replaced)";
     }
     return "unknown media error";
   }
@@ -136,6 +140,19 @@ class remove_on_failure {
   std::filesystem::path path_;
   bool kept_ = false;
 };
+
+// Gives the file `from` the name `to` if nothing has it, atomically: renameat2 with
+// RENAME_NOREPLACE, or, where the file system lacks that, a hard link and the old name's
+// removal. errc::exists if `to` exists; `from` is then left as it was.
+boost::system::result<void> name_without_replacing(const std::filesystem::path& from,
+                                                   const std::filesystem::path& to) {
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return {};
+  if (errno == EEXIST) return errc::exists;
+  if (errno != EINVAL && errno != ENOSYS) return errc::io;
+  if (::link(from.c_str(), to.c_str()) != 0) return errno == EEXIST ? errc::exists : errc::io;
+  ::unlink(from.c_str());
+  return {};
+}
 
 // Reads until `size` bytes or end of file. Returns the number read, or -1 on a read error.
 std::int64_t read_full(int fd, void* buffer, std::size_t size) noexcept {
@@ -430,10 +447,11 @@ boost::system::result<std::uint64_t> decrypt_file(
   auto sha = new_sha256();
   if (!sha) return library_failure();
 
-  std::filesystem::path part = out;
-  part += ".part";
-  fd_guard part_fd(::open(part.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  // A name of its own (O_EXCL: never an existing file, never through a link), mode 0600.
+  std::string part_name = out.string() + ".XXXXXX.part";
+  fd_guard part_fd(::mkostemps(part_name.data(), 5, O_CLOEXEC));
   if (!part_fd.valid()) return errc::io;
+  const std::filesystem::path part = part_name;
   remove_on_failure cleanup(part);
 
   const std::uint64_t count = chunk_count(*plain_size);
@@ -477,7 +495,7 @@ boost::system::result<std::uint64_t> decrypt_file(
     return errc::hash_mismatch;
   }
   if (::fsync(part_fd.get()) != 0 || !part_fd.close()) return errc::io;
-  if (::rename(part.c_str(), out.c_str()) != 0) return errc::io;
+  if (auto named = name_without_replacing(part, out); !named) return named.error();
   cleanup.keep();
   return *plain_size;
 }

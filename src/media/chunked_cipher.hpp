@@ -69,6 +69,7 @@ enum class errc {
   bad_key,         // an all-zero key: never generated (an unset field), refused both ways
   bad_size,        // the announced size is no ciphertext size at all (see plaintext_size)
   library,         // OpenSSL failed (out of memory or similar)
+  exists,          // decrypt_file: `out` exists (it is never replaced)
 };
 
 const boost::system::error_category& media_category() noexcept;
@@ -105,18 +106,20 @@ struct sealed_file {
     std::span<const std::uint8_t, media_key_bytes> key);
 
 // Decrypts the ciphertext file `in`, which must be exactly `expected_size` bytes with SHA-256
-// `expected_sha256` (both from the sender's message), into `out`. Writes `out` + ".part", fsyncs
-// it and renames it onto `out` only once everything verified: every chunk's tag (with its index
-// and the last-chunk marker), the size and the whole file's hash. On any error the .part file is
+// `expected_sha256` (both from the sender's message), into `out`, which must not exist: it is
+// never replaced, not even by a file that appears while this runs. Writes a work file of its own
+// next to it (`out` + ".XXXXXX.part", created exclusively, so never through a link), fsyncs it
+// and gives it the name `out` only once everything verified: every chunk's tag (with its index
+// and the last-chunk marker), the size and the whole file's hash. On any error the work file is
 // removed and `out` is untouched. Returns the plaintext's size. Checks, in this order:
 //   bad_key; bad_size or too_large (expected_size itself); truncated / trailing_bytes (the file's
 //   length, also if it changes while being read); tampered (chunk by chunk, in order);
-//   hash_mismatch (once the whole file is read); io and library whenever they happen.
+//   hash_mismatch (once the whole file is read); exists (at the end, atomically); io and
+//   library whenever they happen.
 // Note that a file cut at a chunk boundary whose announced size and hash were changed to match
 // still fails (tampered): its new last chunk was sealed as "not last".
-// The rename is not made durable (no directory fsync): after a crash `out` may be missing, and
-// the file is downloaded again. Two decryptions into the same `out` at once are not supported
-// (they would share the .part file).
+// The naming is not made durable (no directory fsync): after a crash `out` may be missing, and
+// the file is downloaded again; a process killed meanwhile leaves its work file behind.
 [[nodiscard]] boost::system::result<std::uint64_t> decrypt_file(
     const std::filesystem::path& in, const std::filesystem::path& out,
     std::span<const std::uint8_t, media_key_bytes> key, std::uint64_t expected_size,

@@ -78,10 +78,11 @@ media_key counting_key() {
   return key;
 }
 
-fs::path part_of(const fs::path& out) {
-  fs::path part = out;
-  part += ".part";
-  return part;
+// How many work files (*.part) decrypt_file left in `dir`.
+int work_files_in(const fs::path& dir) {
+  int n = 0;
+  for (const auto& entry : fs::directory_iterator(dir)) n += entry.path().extension() == ".part";
+  return n;
 }
 
 // A 4-chunk file (three full chunks and 5 bytes), encrypted, for the attacks below.
@@ -182,7 +183,8 @@ TEST(chunked_cipher, files_round_trip_byte_for_byte) {
     ASSERT_TRUE(opened) << opened.error().message();
     EXPECT_EQ(*opened, n);
     EXPECT_TRUE(read_all(dir.path() / "opened") == plain);
-    EXPECT_FALSE(fs::exists(part_of(dir.path() / "opened")));
+    EXPECT_EQ(work_files_in(dir.path()), 0);
+    fs::remove(dir.path() / "opened");  // never replaced: the next size gets a fresh name
   }
 }
 
@@ -227,7 +229,7 @@ TEST(chunked_cipher, a_flipped_byte_in_any_chunk_is_tampered) {
       // Announced with the original hash, it fails too (the tag is checked first).
       EXPECT_EQ(error_of(s.decrypt(bad, s.sealed.size, s.sealed.sha256)), errc::tampered);
       EXPECT_FALSE(fs::exists(s.out()));
-      EXPECT_FALSE(fs::exists(part_of(s.out())));
+      EXPECT_EQ(work_files_in(s.dir.path()), 0);
     }
   }
 }
@@ -258,7 +260,7 @@ TEST(chunked_cipher, truncation_at_a_chunk_boundary_is_caught) {
     // Size matching, hash not: the marker still fails first.
     EXPECT_EQ(error_of(s.decrypt(cut, cut.size(), s.sealed.sha256)), errc::tampered);
     EXPECT_FALSE(fs::exists(s.out()));
-    EXPECT_FALSE(fs::exists(part_of(s.out())));
+    EXPECT_EQ(work_files_in(s.dir.path()), 0);
   }
   EXPECT_EQ(error_of(s.decrypt("", s.sealed.size, s.sealed.sha256)), errc::truncated);
 }
@@ -286,7 +288,7 @@ TEST(chunked_cipher, extra_bytes_are_trailing_bytes) {
   EXPECT_EQ(error_of(s.decrypt(s.cipher + last_chunk, s.sealed.size, s.sealed.sha256)),
             errc::trailing_bytes);
   EXPECT_FALSE(fs::exists(s.out()));
-  EXPECT_FALSE(fs::exists(part_of(s.out())));
+  EXPECT_EQ(work_files_in(s.dir.path()), 0);
 }
 
 TEST(chunked_cipher, the_wrong_key_is_tampered) {
@@ -320,7 +322,7 @@ TEST(chunked_cipher, a_valid_but_different_file_is_a_hash_mismatch) {
   EXPECT_EQ(error_of(decrypt_file(dir.path() / "b.sealed", out, key, a->size, a->sha256)),
             errc::hash_mismatch);
   EXPECT_FALSE(fs::exists(out));
-  EXPECT_FALSE(fs::exists(part_of(out)));
+  EXPECT_EQ(work_files_in(dir.path()), 0);
   EXPECT_TRUE(decrypt_file(dir.path() / "b.sealed", out, key, b->size, b->sha256));
 }
 
@@ -331,10 +333,23 @@ TEST(chunked_cipher, a_failed_decryption_leaves_an_existing_output_untouched) {
   bad[5] ^= 0x20;
   EXPECT_EQ(error_of(s.decrypt_as_itself(bad)), errc::tampered);
   EXPECT_EQ(read_all(s.out()), "the previous file");
-  EXPECT_FALSE(fs::exists(part_of(s.out())));
-  // A successful one replaces it.
+  EXPECT_EQ(work_files_in(s.dir.path()), 0);
+  // Nor does a successful one replace it: the file that is there is the user's.
+  EXPECT_EQ(error_of(s.decrypt(s.cipher, s.sealed.size, s.sealed.sha256)), errc::exists);
+  EXPECT_EQ(read_all(s.out()), "the previous file");
+  EXPECT_EQ(work_files_in(s.dir.path()), 0);
+}
+
+// The work file is a name of its own, created exclusively (O_EXCL, so never through a link):
+// a file already named `out`.part, the user's, is neither truncated nor removed.
+TEST(chunked_cipher, the_work_file_never_writes_over_an_existing_name) {
+  const sealed_sample s;
+  const fs::path users = s.dir.path() / "out.part";
+  write_all(users, "the user's own out.part");
   ASSERT_TRUE(s.decrypt(s.cipher, s.sealed.size, s.sealed.sha256));
   EXPECT_EQ(read_all(s.out()), s.plain);
+  EXPECT_EQ(read_all(users), "the user's own out.part");
+  EXPECT_EQ(work_files_in(s.dir.path()), 1) << "only the user's out.part";
 }
 
 TEST(chunked_cipher, announced_sizes_are_checked_before_reading) {
