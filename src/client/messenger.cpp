@@ -977,13 +977,20 @@ awaitable<result<std::vector<std::string>>> messenger::give_sender_keys(
 [[gnu::noinline]] result<std::string> messenger::seal_group(std::uint64_t chat_id,
                                                             const std::string& content,
                                                             const std::string& client_msg_id) {
-  if (auto it = group_sealed_.find(client_msg_id); it != group_sealed_.end()) return it->second;
   try {
+    auto current = engine_.own_sender_key_id(own_key_of(chat_id));
+    if (!current) return crypto_error(current.error());
+    if (auto it = group_sealed_.find(client_msg_id);
+        it != group_sealed_.end() && *current && it->second.key_id == **current) {
+      return it->second.bytes;
+    }
     local_store::transaction tx(store_);
     auto c = engine_.group_encrypt(own_key_of(chat_id), pad(content));
     if (!c) return crypto_error(c.error());
+    auto used = engine_.own_sender_key_id(own_key_of(chat_id));
+    if (!used) return crypto_error(used.error());
     tx.commit();
-    group_sealed_[client_msg_id] = c->bytes;
+    group_sealed_[client_msg_id] = {used->value_or(0), c->bytes};
     return std::move(c->bytes);
   } catch (const std::exception& e) {
     return crypto_error(e.what());

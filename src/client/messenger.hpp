@@ -184,8 +184,9 @@ class messenger {
   // and the group's sender keys forgotten, as its REMOVE event would).
   boost::asio::awaitable<result<parley::v2::GroupInfo>> get_group(std::uint64_t chat_id);
   // Sends `text` to the group (see the top). `client_msg_id` as for send(): a retry with the
-  // same id sends the same ciphertext. The message is recorded in the history, from this
-  // account.
+  // same id sends the same ciphertext, unless the sender key that made it was retired since
+  // (then it is sealed again with the new key). The message is recorded in the history, from
+  // this account.
   boost::asio::awaitable<result<group_sent>> send_group(std::uint64_t chat_id, std::string text,
                                                         std::string client_msg_id);
   // Files (client/media_files uploads them first): a Content{media} sealed for `peer` (then
@@ -318,9 +319,14 @@ class messenger {
   std::int32_t device_;
   // client_msg_id -> the message as re-encrypted after STALE_KEYS, until it is sent.
   std::map<std::string, sealed_message> resealed_;
-  // client_msg_id -> a group message's SenderKeyMessage, until it is sent: a retry sends the
-  // same bytes.
-  std::map<std::string, std::string> group_sealed_;
+  // client_msg_id -> a group message's SenderKeyMessage and the id of the sender key that made
+  // it, until it is sent: a retry sends the same bytes while that key is current, and seals
+  // again once it was retired (a removal since: the removed member holds the old key).
+  struct group_sealed {
+    std::uint32_t key_id = 0;
+    std::string bytes;
+  };
+  std::map<std::string, group_sealed> group_sealed_;
   std::vector<local_message> released_;
 };
 

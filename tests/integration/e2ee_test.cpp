@@ -867,6 +867,54 @@ TEST_F(e2ee_test, group_messages_use_sender_keys_and_a_removal_rotates_them) {
   EXPECT_EQ(status->delivered_to(0), "bob");
 }
 
+// A group send that failed after it was sealed and is retried after a removal is sealed again
+// with the new key: the ciphertext kept for retries is kept with the key it was made with.
+// (The first attempt fails for its size, on a server that takes 2,048 bytes of payload; the
+// retry goes to the same data on a server that takes the default.)
+TEST_F(e2ee_test, a_group_send_retried_after_a_removal_is_sealed_with_the_new_key) {
+  const std::string small_payloads = "[limits]\nmax_payload_bytes = 2048\nmax_frame_bytes = 4096\n";
+  server_process small({}, small_payloads);
+  auto alice = user("alice", small.url());
+  auto bob = user("bob", small.url());
+  auto carol = user("carol", small.url());
+  auto created = alice->conn.run(alice->messenger->create_group("trio", {"bob", "carol"}));
+  ASSERT_TRUE(created) << client::describe(created.error());
+  const std::uint64_t chat = created->chat_id();
+  alice->say_to_group(chat, "hello trio");
+  EXPECT_TRUE(has(carol->collect(2), "hello trio"));
+  const auto group = e2ee::group_of(chat);
+  const auto alice_device = static_cast<std::int32_t>(alice->conn.device_id);
+  const auto carol_copy = carol->store->sender_key(group, "alice", alice_device);
+  ASSERT_TRUE(carol_copy);
+
+  const std::string long_text(3000, 'x');
+  auto too_long = alice->conn.run(alice->messenger->send_group(chat, long_text, "long-1"));
+  ASSERT_FALSE(too_long) << "the small server took a 3,000-byte text";
+  ASSERT_EQ(too_long.error().what, client::client_error::kind::server)
+      << client::describe(too_long.error());
+  auto removed =
+      alice->conn.run(alice->messenger->update_group(chat, v2::GROUP_CHANGE_REMOVE, "carol"));
+  ASSERT_TRUE(removed) << client::describe(removed.error());
+
+  small.restart("");
+  for (auto* u : {alice.get(), bob.get()}) {
+    u->conn.retarget(small.url());
+    u->reconnect();
+  }
+  auto retried = alice->conn.run(alice->messenger->send_group(chat, long_text, "long-1"));
+  ASSERT_TRUE(retried) << client::describe(retried.error());
+  EXPECT_TRUE(has(bob->collect(3), long_text));
+
+  std::string payload;
+  for (const auto& e : bob->seen)
+    if (e.message_id() == retried->result.message_id()) payload = e.payload();
+  ASSERT_FALSE(payload.empty()) << "bob was not pushed the retried message";
+  carol->store->put_sender_key(group, "alice", alice_device, *carol_copy);
+  auto opened = carol->messenger->engine().group_decrypt({group, "alice", alice_device}, payload);
+  ASSERT_FALSE(opened) << "carol's copy of the retired key opens the retried message";
+  EXPECT_EQ(opened.error(), e2ee::errc::no_sender_key);
+}
+
 TEST_F(e2ee_test, no_plaintext_on_the_servers_disk_or_on_the_wire) {
   recording_relay relay(server.port());
   auto alice = user("zq_alice", relay.url());

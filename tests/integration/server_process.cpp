@@ -90,6 +90,13 @@ void server_process::restart() {
   spawn();
 }
 
+void server_process::restart(const std::string& config_toml) {
+  if (pid_ > 0) terminate();
+  config_file_ = data_dir_ / "parleyd.toml";
+  std::ofstream(config_file_) << config_toml;
+  spawn();
+}
+
 long server_process::rss_kb() const {
   std::ifstream in("/proc/" + std::to_string(pid_) + "/status");
   std::string key;

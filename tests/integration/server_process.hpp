@@ -35,6 +35,8 @@ class server_process {
   void kill9();         // SIGKILL, reaped
   int terminate();      // SIGTERM, waits; returns the exit status
   void restart();       // starts again on the same data directory and port 0
+  // As restart(), with `config_toml` as its config from now on (written as at construction).
+  void restart(const std::string& config_toml);
   long rss_kb() const;  // VmRSS from /proc
 
  private:

@@ -58,6 +58,8 @@ class test_client {
     connect();
     login_on_this_connection();
   }
+  // The server's address for the next connect() (a restarted server listens elsewhere).
+  void retarget(std::string url) { url_ = std::move(url); }
 
   // Connects and authenticates as `other`'s device: a second connection of the same device,
   // or the same device after a server restart. Client message ids continue from `other`'s, so
