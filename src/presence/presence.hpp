@@ -1,8 +1,11 @@
 // The Presence service: who is online, when they were last seen, and who wants to know.
 //
-// Embedded: presence/local/local_presence (in-process). Cluster (later): Redis with a TTL.
-// Thread-safe. Listeners are called without any lock held, on the thread that changed the
-// state; they must not block (a session posts to its own executor).
+// Embedded: presence/local/local_presence (in-process). Cluster: presence/redis/redis_presence
+// (states announced on the Redis bus, each node's expiring without a refresh).
+// Thread-safe. Listeners are called on the thread that changed the state, with the service's
+// lock held, so that every watcher is told the changes in the order they were made (the last
+// state told is the user's state): a listener must not block and must not call back into the
+// service (a session posts to its own executor).
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 // Who watches whose presence: the subscriptions of a presence service (local_presence and
 // redis_presence keep one each). Thread-safe, with a mutex of its own, held only to copy
-// listeners: notify() calls them after releasing it, on the calling thread, so a listener
-// may subscribe or unsubscribe (it must not block, as presence.hpp says).
+// listeners: notify() calls them after releasing it, on the calling thread (the presence
+// service calls notify() under its own lock, as presence.hpp says; a listener must not block).
 #pragma once
 
 #include <map>

@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <mutex>
+#include <thread>
+
 namespace parley::presence {
 namespace {
 
@@ -25,6 +29,45 @@ TEST(local_presence, online_until_the_last_connection_closes) {
   p.unsubscribe(id);
   p.connected("bob", false);
   EXPECT_EQ(seen.size(), 2u);
+}
+
+// Changes on two threads at once (one connection closing as another opens: a phone changing
+// networks) reach a watcher in the order they were made, so that the last state it is told is
+// the state the user is in.
+TEST(local_presence, changes_made_at_once_on_two_threads_reach_watchers_in_order) {
+  local_presence p;
+  std::mutex mutex;
+  state last;
+  auto id = p.subscribe({"bob"}, [&](const std::string&, const state& s) {
+    std::lock_guard lock(mutex);
+    last = s;
+  });
+  p.connected("bob", false);
+  std::atomic<int> round{0};
+  std::atomic<int> done{0};
+  constexpr int rounds = 20000;
+  int wrong = 0;
+  // Each round: bob has one connection; it closes on this thread while a new one opens on the
+  // other. Whatever the interleaving, he ends online with one connection.
+  std::thread opener([&] {
+    for (int r = 1; r <= rounds; ++r) {
+      while (round.load() < r) std::this_thread::yield();
+      p.connected("bob", false);
+      done.store(r);
+    }
+  });
+  for (int r = 1; r <= rounds; ++r) {
+    round.store(r);
+    p.disconnected("bob", static_cast<std::uint64_t>(r));
+    while (done.load() < r) std::this_thread::yield();
+    std::lock_guard lock(mutex);
+    if (!last.online) ++wrong;
+    last.online = true;  // as told by the round's changes, whichever reported
+  }
+  opener.join();
+  p.unsubscribe(id);
+  EXPECT_TRUE(p.lookup("bob").online);
+  EXPECT_EQ(wrong, 0) << "rounds whose last notification said offline while bob was online";
 }
 
 TEST(local_presence, unknown_user_is_offline_and_never_seen) {

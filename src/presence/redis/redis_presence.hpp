@@ -72,12 +72,6 @@ class redis_presence final : public presence {
   state merged(const user& u) const;
   std::vector<bus::v1::PresenceState> snapshot() const;
   void announce(const std::string& username, const user& u);
-  // A user whose merged state changed, to tell its watchers once the lock is released.
-  struct change {
-    std::string username;
-    state now;
-  };
-  void notify(const std::vector<change>& changes) const;
 
   bus::redis_bus& bus_;
   std::chrono::seconds ttl_;
