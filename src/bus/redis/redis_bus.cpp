@@ -140,11 +140,11 @@ redis_bus::redis_bus(std::shared_ptr<redis::client> client, redis_bus_options op
 
 redis_bus::~redis_bus() { stop(); }
 
-void redis_bus::set_presence(presence_handler on_presence,
-                             std::function<std::vector<pb::PresenceState>()> presence_snapshot,
-                             std::function<void(std::chrono::steady_clock::time_point)> on_refresh) {
+void redis_bus::set_presence(
+    presence_handler on_presence, std::function<void()> publish_full_presence,
+    std::function<void(std::chrono::steady_clock::time_point)> on_refresh) {
   on_presence_ = std::move(on_presence);
-  presence_snapshot_ = std::move(presence_snapshot);
+  publish_full_presence_ = std::move(publish_full_presence);
   on_refresh_ = std::move(on_refresh);
 }
 
@@ -311,10 +311,11 @@ void redis_bus::deliver_ephemeral(const std::string& username, wire::encoded_fra
   client_->publish(all_channel, m.SerializeAsString());
 }
 
-void redis_bus::publish_presence(std::vector<pb::PresenceState> states) {
-  if (states.empty() || !client_->connected()) return;
+void redis_bus::publish_presence(std::vector<pb::PresenceState> states, bool full) {
+  if ((states.empty() && !full) || !client_->connected()) return;
   pb::NodeMessage m;
   m.set_from_node(options_.node_id);
+  m.set_full_presence(full);
   for (auto& s : states) *m.add_presence() = std::move(s);
   client_->publish(all_channel, m.SerializeAsString());
 }
@@ -381,13 +382,7 @@ void redis_bus::refresh() {
                      });
   }
   if (on_refresh_) on_refresh_(std::chrono::steady_clock::now());
-  if (presence_snapshot_ && client_->connected()) {
-    pb::NodeMessage m;
-    m.set_from_node(options_.node_id);
-    m.set_full_presence(true);
-    for (auto& s : presence_snapshot_()) *m.add_presence() = std::move(s);
-    client_->publish(all_channel, m.SerializeAsString());
-  }
+  if (publish_full_presence_ && client_->connected()) publish_full_presence_();
 }
 
 void redis_bus::resync_all(const char* why) {

@@ -70,15 +70,18 @@ class redis_bus final : public bus {
   bool pushes_in_commit_order() const override { return false; }  // see bus::pushes_in_commit_order
 
   // Presence rides on "parley:all" (presence/redis/redis_presence). `on_presence` gets every
-  // other node's announcements (on the subscription's thread); `presence_snapshot` is asked
-  // for this node's full list at every refresh. Set both before the client starts.
+  // other node's announcements (on the subscription's thread); `publish_full_presence` is
+  // called at every refresh while Redis is up, to publish this node's full list
+  // (publish_presence with `full`). Set both before the client starts.
   using presence_handler = std::function<void(std::uint64_t from_node, bool full,
                                               const std::vector<v1::PresenceState>& states)>;
-  void set_presence(presence_handler on_presence,
-                    std::function<std::vector<v1::PresenceState>()> presence_snapshot,
+  void set_presence(presence_handler on_presence, std::function<void()> publish_full_presence,
                     std::function<void(std::chrono::steady_clock::time_point)> on_refresh);
-  // Announces this node's presence changes to every node.
-  void publish_presence(std::vector<v1::PresenceState> states);
+  // Announces this node's presence changes to every node; with `full`, `states` is the list
+  // of every user online here (empty: none), and the others went offline here. Published in
+  // the order of the calls: a caller that decides what to publish under a lock publishes
+  // under it too, or a list taken earlier could overtake a change made since.
+  void publish_presence(std::vector<v1::PresenceState> states, bool full = false);
 
   // Starts the refresh timer (after the client started). stop() ends it and stops the client
   // (bus::stop); the destructor stops too.
@@ -110,7 +113,7 @@ class redis_bus final : public bus {
   std::mutex attaching_mutex_;
   std::unordered_map<device_id, unsigned> attaching_;
   presence_handler on_presence_;
-  std::function<std::vector<v1::PresenceState>()> presence_snapshot_;
+  std::function<void()> publish_full_presence_;
   std::function<void(std::chrono::steady_clock::time_point)> on_refresh_;
 };
 

@@ -14,7 +14,7 @@ redis_presence::redis_presence(bus::redis_bus& bus, std::chrono::seconds ttl)
       [this](std::uint64_t node, bool full, const std::vector<pb::PresenceState>& states) {
         apply_remote(node, full, states, std::chrono::steady_clock::now());
       },
-      [this] { return snapshot(); },
+      [this] { publish_snapshot(); },
       [this](std::chrono::steady_clock::time_point now) { expire(now); });
 }
 
@@ -41,7 +41,7 @@ void redis_presence::announce(const std::string& username, const user& u) {
   bus_.publish_presence({std::move(s)});
 }
 
-std::vector<pb::PresenceState> redis_presence::snapshot() const {
+void redis_presence::publish_snapshot() {
   std::vector<pb::PresenceState> out;
   std::lock_guard lock(mutex_);
   for (const auto& [name, u] : users_) {
@@ -52,7 +52,7 @@ std::vector<pb::PresenceState> redis_presence::snapshot() const {
     s.set_last_seen_hidden(u.last_seen_hidden);
     out.push_back(std::move(s));
   }
-  return out;
+  bus_.publish_presence(std::move(out), true);
 }
 
 // Each change is decided, announced and told to the watchers under the lock, so that every

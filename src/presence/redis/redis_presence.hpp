@@ -52,6 +52,10 @@ class redis_presence final : public presence {
                     std::chrono::steady_clock::time_point now);
   // Forgets announcements older than the TTL (called at every refresh).
   void expire(std::chrono::steady_clock::time_point now);
+  // Publishes the full list of the users online here (called at every refresh), under the
+  // lock that orders the announcements of changes: a list never overtakes a change made
+  // after it was taken.
+  void publish_snapshot();
 
  private:
   struct remote {
@@ -70,7 +74,6 @@ class redis_presence final : public presence {
 
   // The merged state of a user (lock held).
   state merged(const user& u) const;
-  std::vector<bus::v1::PresenceState> snapshot() const;
   void announce(const std::string& username, const user& u);
 
   bus::redis_bus& bus_;

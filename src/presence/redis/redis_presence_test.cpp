@@ -6,8 +6,15 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <mutex>
+#include <optional>
+#include <thread>
+
 #include "bus/redis/redis_bus.hpp"
 #include "parley/bus/v1/bus.pb.h"
+#include "redis/redis_client.hpp"
+#include "redis_server.hpp"
 
 namespace parley::presence {
 namespace {
@@ -99,6 +106,91 @@ TEST_F(redis_presence_merge, the_privacy_setting_comes_with_the_announcement) {
   p.connected("bob", false);
   p.disconnected("bob", 80);
   EXPECT_FALSE(p.lookup("bob").last_seen_hidden);
+}
+
+// On a real Redis: what another node hears of a user, in order. A full list (the refresh's)
+// is published under the lock that orders the announcements of changes, so it never says
+// what was true before a change whose announcement went out ahead of it. Node 1 toggles alice
+// on one thread while another publishes its full list; node 2 checks every list it hears
+// against the last change it heard.
+TEST(redis_presence_on_redis, a_full_list_never_overtakes_a_change_announced_after_it) {
+  test_support::redis_server redis;
+  auto client_for = [&] {
+    return std::make_shared<redis::client>(
+        redis::client_options{{"127.0.0.1", redis.port()}, false, 100ms});
+  };
+  struct heard_state {
+    std::mutex mutex;
+    std::size_t lists = 0;
+    std::size_t changes = 0;
+    bool online = false;  // alice, as last announced by a change
+    std::size_t contradicted = 0;
+  } heard;
+  auto client_2 = client_for();
+  bus::redis_bus bus_2{client_2, {2, 30s}};
+  bus_2.set_presence(
+      [&](std::uint64_t, bool full, const std::vector<bus::v1::PresenceState>& states) {
+        std::lock_guard lock(heard.mutex);
+        std::optional<bool> alice;
+        for (const auto& s : states)
+          if (s.user() == "alice") alice = s.online();
+        if (!full) {
+          if (alice) {
+            heard.online = *alice;
+            ++heard.changes;
+          }
+          return;
+        }
+        ++heard.lists;
+        if (alice.value_or(false) != heard.online) ++heard.contradicted;
+      },
+      nullptr, nullptr);
+  client_2->start();
+  auto client_1 = client_for();
+  bus::redis_bus bus_1{client_1, {1, 30s}};
+  redis_presence node_1{bus_1, 30s};
+  client_1->start();
+  // Both connected and subscribed: node 2 hears node 1's lists.
+  const auto deadline = clock::now() + 10s;
+  for (;;) {
+    node_1.publish_snapshot();
+    {
+      std::lock_guard lock(heard.mutex);
+      if (heard.lists > 0) break;
+    }
+    ASSERT_LT(clock::now(), deadline) << "node 2 never heard node 1";
+    std::this_thread::sleep_for(20ms);
+  }
+
+  constexpr int rounds = 3000;
+  std::atomic<bool> toggling{true};
+  std::thread toggler([&] {
+    for (int r = 0; r < rounds; ++r) {
+      node_1.connected("alice", false);
+      node_1.disconnected("alice", static_cast<std::uint64_t>(r + 1));
+    }
+    toggling = false;
+  });
+  std::size_t published = 0;
+  while (toggling) {
+    node_1.publish_snapshot();
+    ++published;
+  }
+  toggler.join();
+  // Everything published has arrived once the last change has (one channel, in order).
+  const auto end = clock::now() + 10s;
+  for (;;) {
+    {
+      std::lock_guard lock(heard.mutex);
+      if (heard.changes >= 2u * rounds) break;
+    }
+    ASSERT_LT(clock::now(), end) << "node 2 did not hear every change";
+    std::this_thread::sleep_for(20ms);
+  }
+  std::lock_guard lock(heard.mutex);
+  EXPECT_GT(heard.lists, published / 2) << "too few lists arrived for the test to mean anything";
+  EXPECT_EQ(heard.contradicted, 0u) << "of " << heard.lists << " lists";
+  EXPECT_FALSE(heard.online);
 }
 
 }  // namespace
