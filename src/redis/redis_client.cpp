@@ -86,20 +86,39 @@ url parse_url(const std::string& text) {
   if (!rest.empty() && rest.back() == '/') rest.pop_back();
   if (rest.find('/') != std::string::npos)
     throw std::invalid_argument(
-        "a Redis URL here is redis://[[USER]:PASSWORD@]HOST[:PORT][?cluster=1], got '" + shown +
-        "'");
-  const auto colon = rest.rfind(':');
-  out.seed.host = colon == std::string::npos ? rest : rest.substr(0, colon);
-  if (colon != std::string::npos) {
-    const std::string port = rest.substr(colon + 1);
-    unsigned p = 0;
-    const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
-    if (port.empty() || ec != std::errc{} || end != port.data() + port.size() || p == 0 ||
-        p > 65535)
-      throw std::invalid_argument("bad port in Redis URL '" + shown + "'");
-    out.seed.port = static_cast<std::uint16_t>(p);
+        "a Redis URL here is redis://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...][?cluster=1], "
+        "got '" +
+        shown + "'");
+  auto parse_host = [&](const std::string& text) {
+    address a;
+    const auto colon = text.rfind(':');
+    a.host = colon == std::string::npos ? text : text.substr(0, colon);
+    if (colon != std::string::npos) {
+      const std::string port = text.substr(colon + 1);
+      unsigned p = 0;
+      const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+      if (port.empty() || ec != std::errc{} || end != port.data() + port.size() || p == 0 ||
+          p > 65535)
+        throw std::invalid_argument("bad port in Redis URL '" + shown + "'");
+      a.port = static_cast<std::uint16_t>(p);
+    }
+    if (a.host.empty()) throw std::invalid_argument("no host in Redis URL '" + shown + "'");
+    return a;
+  };
+  for (std::size_t begin = 0;;) {
+    const auto comma = rest.find(',', begin);
+    const auto a = parse_host(rest.substr(begin, comma - begin));
+    if (begin == 0) {
+      out.seed = a;
+    } else {
+      out.more_seeds.push_back(a);
+    }
+    if (comma == std::string::npos) break;
+    begin = comma + 1;
   }
-  if (out.seed.host.empty()) throw std::invalid_argument("no host in Redis URL '" + shown + "'");
+  if (!out.more_seeds.empty() && !out.cluster)
+    throw std::invalid_argument("more than one host in Redis URL '" + shown +
+                                "' without ?cluster=1 (one Redis has one address)");
   return out;
 }
 
@@ -742,6 +761,9 @@ void client::start() {
     d.seed = std::make_shared<impl::node>(d, d.options.seed);
     d.nodes[d.options.seed.text()] = d.seed;
     d.seed->connect();
+    if (d.options.cluster) {
+      for (const auto& a : d.options.more_seeds) d.node_for(a);  // connects
+    }
     d.arm_watchdog();
   });
   d.thread = std::thread([&d] { d.io.run(); });

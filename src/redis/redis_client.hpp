@@ -62,8 +62,10 @@ struct address {
   std::string text() const { return host + ":" + std::to_string(port); }
 };
 
-// redis://[[USER]:PASSWORD@]HOST[:PORT][?cluster=1] -> address, the credentials (USER and
-// PASSWORD percent-decoded: %40 for '@', %3A for ':'), `cluster`. Throws std::invalid_argument
+// redis://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...][?cluster=1] -> the addresses, the
+// credentials (USER and PASSWORD percent-decoded: %40 for '@', %3A for ':'), `cluster`. More
+// than one address only with cluster=1: the first is the seed, the others more nodes of the
+// same cluster to learn the slot map from while it is down. Throws std::invalid_argument
 // (whose text never holds the password).
 struct credentials {
   std::string username;  // empty: Redis's default user (AUTH PASSWORD)
@@ -71,6 +73,7 @@ struct credentials {
 };
 struct url {
   address seed;
+  std::vector<address> more_seeds;
   credentials auth;
   bool cluster = false;
 };
@@ -91,6 +94,9 @@ struct client_options {
   // Sent as AUTH first on every connection (to each node of a cluster, and each
   // subscription's); a connection is used only once it is accepted.
   credentials auth = {};
+  // A cluster's other known nodes (url::more_seeds), connected at start like the seed, so that
+  // the slot map is read from one of them while the seed is down.
+  std::vector<address> more_seeds = {};
 };
 
 class client {

@@ -2,7 +2,11 @@
 // redis-server the test starts (commands, pipelined bursts, pub/sub, a server restart).
 #include "redis/redis_client.hpp"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -63,6 +67,17 @@ TEST(redis_url, parse) {
   EXPECT_EQ(u.auth.username, "parley");
   EXPECT_EQ(u.auth.password, "pw");
   EXPECT_EQ(u.seed.host, "cache");
+  // A cluster's other nodes after the seed, to learn the slot map from while it is down.
+  u = parse_url("redis://:pw@10.0.0.5:7000,10.0.0.6,10.0.0.7:7002?cluster=1");
+  EXPECT_EQ(u.seed.text(), "10.0.0.5:7000");
+  ASSERT_EQ(u.more_seeds.size(), 2u);
+  EXPECT_EQ(u.more_seeds[0].text(), "10.0.0.6:6379");
+  EXPECT_EQ(u.more_seeds[1].text(), "10.0.0.7:7002");
+  EXPECT_EQ(u.auth.password, "pw");
+  EXPECT_TRUE(parse_url("redis://h:1").more_seeds.empty());
+  EXPECT_THROW(parse_url("redis://h:1,g:2"), std::invalid_argument);  // one Redis, one address
+  EXPECT_THROW(parse_url("redis://h:1,?cluster=1"), std::invalid_argument);
+  EXPECT_THROW(parse_url("redis://h:1,g:0?cluster=1"), std::invalid_argument);
   for (const char* bad : {"redis://justapassword@h", "redis://user:@h", "redis://:%zz@h",
                           "redis://:topsecret@h:99999", "redis://:topsecret@h/x"}) {
     try {
@@ -306,6 +321,38 @@ TEST(redis_client, a_cluster_routes_by_slot_and_follows_moved) {
     got.wait(1'000'000, 100ms);
   }
   EXPECT_TRUE(got.has("sharded"));
+  c.stop();
+}
+
+// A cluster whose seed is down when the client starts: the slot map comes from another node
+// the URL names (url::more_seeds), and commands and sharded subscriptions work on every master.
+TEST(redis_client, a_cluster_is_reached_through_another_node_while_the_seed_is_down) {
+  test_support::redis_cluster cluster;
+  // Where nothing listens: a port the kernel handed out and took back.
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  client_options o{{"127.0.0.1", ntohs(a.sin_port)}, true, 100ms};
+  o.more_seeds = {{"127.0.0.1", cluster.node(1).port()}};
+  client c(o);
+  inbox<std::string> got;
+  c.subscribe("parley:node:{7}", [&](std::string_view p) { got.push(std::string(p)); });
+  c.start();
+  for (int i = 0; i < 30; ++i) {
+    const std::string key = "parley:conn:{d" + std::to_string(i) + "}";
+    auto r = call_when_up(c, key, {"SET", key, std::to_string(i)});
+    ASSERT_TRUE(r) << key << ": no answer";
+    ASSERT_FALSE(r->is_error()) << key << ": " << r->str;
+  }
+  int masters_with_keys = 0;
+  for (std::size_t n = 0; n < 3; ++n) masters_with_keys += cluster.node(n).cli({"DBSIZE"}) != "0";
+  EXPECT_EQ(masters_with_keys, 3);
+  EXPECT_TRUE(heard(c, got, "parley:node:{7}", "through another node"));
   c.stop();
 }
 

@@ -61,6 +61,7 @@ backends make_backends(const config& cfg, commit_observer on_commit) {
   const auto url = redis::parse_url(cfg.presence_url);
   redis::client_options o;
   o.seed = url.seed;
+  o.more_seeds = url.more_seeds;
   o.cluster = url.cluster;
   o.auth = url.auth;
   auto client = std::make_shared<redis::client>(o);
