@@ -41,7 +41,11 @@ login_index::lookup_result login_index::lookup(std::uint64_t device, std::uint64
   out.stamp = applied_;
   auto [it, created] = devices_.try_emplace(device);
   auto& e = it->second;
-  if (created) e.floor = applied_;
+  if (created) {
+    e.floor = applied_;
+    e.id = next_entry_++;
+  }
+  out.entry = e.id;
   if (created || e.fillers > 0) {
     ++e.fillers;
     return out;
@@ -87,11 +91,13 @@ void login_index::compact_moved(entry& e) const {
   moved = std::move(latest);
 }
 
-void login_index::filled(std::uint64_t device,
+void login_index::filled(std::uint64_t device, std::uint64_t entry,
                          const std::vector<std::pair<std::uint64_t, std::uint64_t>>& behind) {
   std::lock_guard lock(mutex_);
   auto it = devices_.find(device);
-  if (it == devices_.end()) return;  // a concurrent scan failed and dropped it
+  // A concurrent scan failed and dropped the entry this scan was filling (and a login since
+  // may have made another, which changes made before it are missing from: not this scan's).
+  if (it == devices_.end() || it->second.id != entry) return;
   auto& e = it->second;
   for (const auto& [chat, head] : behind) {
     auto& highest = e.open().behind[chat];
@@ -100,9 +106,10 @@ void login_index::filled(std::uint64_t device,
   if (e.fillers > 0) --e.fillers;
 }
 
-void login_index::fill_failed(std::uint64_t device) {
+void login_index::fill_failed(std::uint64_t device, std::uint64_t entry) {
   std::lock_guard lock(mutex_);
-  devices_.erase(device);
+  if (auto it = devices_.find(device); it != devices_.end() && it->second.id == entry)
+    devices_.erase(it);
 }
 
 void login_index::settle(std::uint64_t device, std::uint64_t chat, std::uint64_t cursor) {

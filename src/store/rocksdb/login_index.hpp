@@ -69,8 +69,11 @@ class login_index {
 
   struct lookup_result {
     // false: the device had no index (or one still being filled); the caller scans every chat
-    // and then calls filled() or fill_failed() exactly once.
+    // and then calls filled() or fill_failed() exactly once, with `entry`.
     bool behind_known = false;
+    // The entry the scan fills: an entry dropped by another scan's failure and made again is
+    // another entry, which this scan must not report to.
+    std::uint64_t entry = 0;
     std::vector<std::pair<std::uint64_t, std::uint64_t>> behind;  // chat -> highest seq, sorted
     // false: `since` is 0 or outside what the entry answers for; the caller reads every chat's
     // watermarks.
@@ -84,10 +87,13 @@ class login_index {
   // `since`.
   lookup_result lookup(std::uint64_t device, std::uint64_t since);
 
-  // Reader, after its scan of every chat: the chats it found behind, with their heads.
-  void filled(std::uint64_t device, const std::vector<std::pair<std::uint64_t, std::uint64_t>>& behind);
-  // Reader: its scan failed; the entry is dropped, and the next login scans again.
-  void fill_failed(std::uint64_t device);
+  // Reader, after its scan of every chat: the chats it found behind, with their heads. `entry`
+  // is lookup_result::entry; nothing happens if that entry is gone (another scan failed).
+  void filled(std::uint64_t device, std::uint64_t entry,
+              const std::vector<std::pair<std::uint64_t, std::uint64_t>>& behind);
+  // Reader: its scan failed; the entry is dropped (if it is still `entry`), and the next login
+  // scans again.
+  void fill_failed(std::uint64_t device, std::uint64_t entry);
 
   // Reader: the device's cursor in `chat` was found at `cursor`; forgets the chat's behind
   // entry if that covers it (and no newer message raised the entry meanwhile).
@@ -111,7 +117,8 @@ class login_index {
   struct entry {
     std::unique_ptr<pending> p;  // null: nothing pending
     std::uint64_t floor = 0;
-    int fillers = 0;  // scans under way; the entry is usable when none is
+    std::uint64_t id = 0;  // lookup_result::entry
+    int fillers = 0;       // scans under way; the entry is usable when none is
     pending& open() {
       if (!p) p = std::make_unique<pending>();
       return *p;
@@ -126,6 +133,7 @@ class login_index {
   const std::size_t max_moved_;
   mutable std::mutex mutex_;
   std::uint64_t applied_;  // the last stamp applied
+  std::uint64_t next_entry_ = 1;
   std::unordered_map<std::uint64_t, entry> devices_;
 };
 

@@ -27,11 +27,11 @@ TEST(login_index, a_device_has_none_until_its_first_login_fills_it) {
   index.apply({{kind::message, 1, 20, 3}}, 102, 102);
   // ...and a second login meanwhile scans too: the entry is not usable yet.
   EXPECT_FALSE(index.lookup(1, 0).behind_known);
-  index.filled(1, {{10, 5}});
+  index.filled(1, first.entry, {{10, 5}});
   EXPECT_FALSE(index.lookup(1, 0).behind_known) << "the second scan has not reported";
   // (that lookup became a third scan)
-  index.filled(1, {});
-  index.filled(1, {});
+  index.filled(1, first.entry, {});
+  index.filled(1, first.entry, {});
   auto ready = index.lookup(1, 0);
   ASSERT_TRUE(ready.behind_known);
   EXPECT_EQ(ready.behind, (behind_list{{10, 5}, {20, 3}}));
@@ -41,18 +41,41 @@ TEST(login_index, a_device_has_none_until_its_first_login_fills_it) {
 
 TEST(login_index, a_failed_scan_drops_the_entry) {
   login_index index(100, 100);
-  EXPECT_FALSE(index.lookup(1, 0).behind_known);
+  const auto scan = index.lookup(1, 0);
+  EXPECT_FALSE(scan.behind_known);
   index.apply({{kind::message, 1, 10, 5}}, 101, 101);
-  index.fill_failed(1);
+  index.fill_failed(1, scan.entry);
   EXPECT_EQ(index.size().first, 0u);
   EXPECT_FALSE(index.lookup(1, 0).behind_known) << "the next login scans again";
+}
+
+// Two logins of one device scan at once and the first fails: the entry is dropped, a third
+// login makes a new one, and the second scan's report must not make that one usable. Its scan
+// ran before the new entry existed, and a message sent between the two (applied to the
+// dropped entry) would be missing from the index: a login would not drain its chat.
+TEST(login_index, a_scan_of_a_dropped_entry_does_not_fill_its_successor) {
+  login_index index(100, 100);
+  const auto a = index.lookup(1, 0);
+  const auto b = index.lookup(1, 0);
+  ASSERT_FALSE(a.behind_known);
+  ASSERT_FALSE(b.behind_known);
+  // b's scan has read chat 10 (nothing behind); then chat 10 gets seq 5, then a fails.
+  index.apply({{kind::message, 1, 10, 5}}, 101, 101);
+  index.fill_failed(1, a.entry);
+  const auto c = index.lookup(1, 0);  // a new entry, filled by c's scan
+  ASSERT_FALSE(c.behind_known);
+  EXPECT_NE(c.entry, b.entry);
+  index.filled(1, b.entry, {});  // the older scan reports late
+  EXPECT_FALSE(index.lookup(1, 0).behind_known) << "c's scan has not reported yet";
+  index.fill_failed(1, b.entry);  // nor does a late failure drop the new entry
+  EXPECT_EQ(index.size().first, 1u);
 }
 
 // An index (bound: 3 moved chats per device) in which `device` logged in at stamp `at`.
 std::unique_ptr<login_index> ready_index(std::uint64_t device, std::uint64_t at) {
   auto index = std::make_unique<login_index>(3, at);
-  index->lookup(device, 0);
-  index->filled(device, {});
+  const auto scan = index->lookup(device, 0);
+  index->filled(device, scan.entry, {});
   return index;
 }
 

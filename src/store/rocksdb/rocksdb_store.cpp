@@ -2178,13 +2178,13 @@ result<device_backlog> rocksdb_store::impl::compute_backlog(std::uint64_t device
     const result<void> r =
         chats ? read_chats(*chats, device, user, true, out) : result<void>(chats.error());
     if (!r) {
-      logins->fill_failed(device);
+      logins->fill_failed(device, known.entry);
       return r.error();
     }
     std::vector<std::pair<std::uint64_t, std::uint64_t>> found;
     found.reserve(out.behind.size());
     for (const auto& p : out.behind) found.emplace_back(p.chat, p.head);
-    logins->filled(device, found);
+    logins->filled(device, known.entry, found);
     return out;
   }
   for (const auto& [chat, highest] : known.behind) {
