@@ -589,9 +589,13 @@ struct rocksdb_store::impl {
   }
 
   // A chat's record (any thread): nullopt if there is no such chat.
-  result<std::optional<pb::ChatRecord>> chat_record(std::uint64_t chat) {
+  // `at`: the read's snapshot (null: the latest state).
+  result<std::optional<pb::ChatRecord>> chat_record(std::uint64_t chat,
+                                                    const rocksdb::Snapshot* at = nullptr) {
     std::string v;
-    auto s = get(cf_chats, keys::be64(chat).view(), &v);
+    rocksdb::ReadOptions o;
+    o.snapshot = at;
+    auto s = db->Get(o, cfs[cf_chats], slice(keys::be64(chat).view()), &v);
     if (s.IsNotFound()) return std::optional<pb::ChatRecord>();
     if (!s.ok()) return errc::io_error;
     pb::ChatRecord record;
@@ -1024,7 +1028,7 @@ struct rocksdb_store::impl {
   // A group's merged watermarks for `user` (the lowest of every other current member) into
   // out, from the marks of its members.
   result<void> group_marks_for(std::uint64_t chat, const chat_marks& members, std::uint64_t user,
-                               std::vector<watermark>& out);
+                               const rocksdb::Snapshot* at, std::vector<watermark>& out);
   // A chat's head as committed (any thread).
   result<std::uint64_t> head_of(std::uint64_t chat);
   // Appends the watermarks above 0 of the members other than `user`.
@@ -2267,9 +2271,9 @@ result<std::vector<user_chat>> rocksdb_store::impl::memberships(
 }
 
 result<void> rocksdb_store::impl::group_marks_for(std::uint64_t chat, const chat_marks& members,
-                                                  std::uint64_t user,
+                                                  std::uint64_t user, const rocksdb::Snapshot* at,
                                                   std::vector<watermark>& out) {
-  auto record = chat_record(chat);
+  auto record = chat_record(chat, at);
   if (!record) return record.error();
   if (!*record) return errc::corrupt;
   std::uint64_t delivered = UINT64_MAX;
@@ -2293,11 +2297,18 @@ result<void> rocksdb_store::impl::read_chats(const std::vector<user_chat>& chats
   if (chats.empty()) return {};
   // Per chat: its head (from the heads the writer published, else the log's last key), and
   // its cursors and read marks on two iterators reused for every chat (creating iterators per
-  // chat cost ~250 µs a chat: 200 ms for a login with 800 chats).
-  std::unique_ptr<rocksdb::Iterator> cursors_it(
-      db->NewIterator(rocksdb::ReadOptions(), cfs[cf_cursors]));
-  std::unique_ptr<rocksdb::Iterator> marks_it(
-      db->NewIterator(rocksdb::ReadOptions(), cfs[cf_read_marks]));
+  // chat cost ~250 µs a chat: 200 ms for a login with 800 chats). The marks and a group's
+  // member list are read at one snapshot: a member added in between would otherwise be
+  // listed without its marks, counted at 0, and the group's merged DELIVERED left out.
+  struct snapshot_guard {
+    rocksdb::DB& db;
+    const rocksdb::Snapshot* at;
+    ~snapshot_guard() { db.ReleaseSnapshot(at); }
+  } snapshot{*db, db->GetSnapshot()};
+  rocksdb::ReadOptions at_snapshot;
+  at_snapshot.snapshot = snapshot.at;
+  std::unique_ptr<rocksdb::Iterator> cursors_it(db->NewIterator(at_snapshot, cfs[cf_cursors]));
+  std::unique_ptr<rocksdb::Iterator> marks_it(db->NewIterator(at_snapshot, cfs[cf_read_marks]));
   std::unordered_map<std::uint64_t, std::string> names;
   chat_marks members;
   for (const auto& [chat, member] : chats) {
@@ -2320,7 +2331,7 @@ result<void> rocksdb_store::impl::read_chats(const std::vector<user_chat>& chats
       if (last > cursor) out.behind.push_back({chat, cursor, last});
     }
     if (member.until != 0) continue;  // no watermarks of a group one is not in
-    auto listed = member.group ? group_marks_for(chat, members, user, out.marks)
+    auto listed = member.group ? group_marks_for(chat, members, user, snapshot.at, out.marks)
                                : list_marks(chat, members, user, names, out.marks);
     if (!listed) return listed.error();
   }
