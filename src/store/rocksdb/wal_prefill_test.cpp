@@ -249,5 +249,42 @@ TEST(wal_prefill, a_record_torn_before_the_zeros_is_dropped_and_the_rest_replays
   EXPECT_EQ(d.recover({"before", "torn"}), (std::vector<std::string>{"kept", ""}));
 }
 
+// A crash in the middle of a fill: the fill writes its chunk's last page first, so the log is
+// left either at its last whole chunk (nothing of the fill written) or at the new chunk's end,
+// with zeros (or holes, which read as zeros) between RocksDB's data and it. Both replay every
+// synced write.
+TEST(wal_prefill, a_fill_cut_short_by_a_crash_leaves_a_log_that_replays) {
+  crashed_database d;
+  std::vector<std::string> keys, values;
+  // Past half the first chunk: the second fill has run (the live log is two chunks long).
+  for (int i = 0; fs::file_size(wal_files(d.live.path()).front()) < 2 * chunk; ++i) {
+    ASSERT_LT(i, 10'000);
+    keys.push_back("key" + std::to_string(i));
+    values.push_back(std::string(200, static_cast<char>('a' + i % 26)));
+    d.put(keys.back(), values.back());
+  }
+  d.crash();
+  const auto log = wal_files(d.crashed.path()).front();
+  const auto data_end = read_all(log).find_last_not_of('\0') + 1;
+  ASSERT_LT(data_end, chunk) << "the records fit the first chunk";
+  ASSERT_GT(data_end, chunk / 2);
+  // Nothing of the second fill reached the disk.
+  fs::resize_file(log, chunk);
+  EXPECT_EQ(d.recover(keys), values) << "cut at the first chunk's end";
+  // Only its last page did: the rest of the chunk a hole.
+  fs::remove_all(d.crashed.path());
+  fs::create_directories(d.crashed.path());
+  d.crash();
+  fs::resize_file(log, chunk);
+  fs::resize_file(log, 2 * chunk);
+  {
+    std::fstream f(log, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(2 * chunk - 4096));
+    const std::string page(4096, '\0');
+    f.write(page.data(), static_cast<std::streamsize>(page.size()));
+  }
+  EXPECT_EQ(d.recover(keys), values) << "cut after the second chunk's last page";
+}
+
 }  // namespace
 }  // namespace parley::store
