@@ -13,6 +13,7 @@
 #include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <type_traits>
 #include <variant>
@@ -190,8 +191,20 @@ awaitable<error_code> ws_connection::connect(std::string url, std::chrono::milli
   if (tls) {
     if (auto ec = impl_->make_tls_stream(host)) co_return ec;
   }
-  asio::ip::tcp::resolver resolver(impl_->executor);
-  auto [rec, results] = co_await resolver.async_resolve(host, port, as_tuple_awaitable);
+  // Name resolution within the timeout too (getaddrinfo runs on Asio's resolver thread; on
+  // expiry the wait is cancelled and the lookup's late result dropped). Shared: the timer's
+  // handler may run after this frame is gone.
+  auto resolver = std::make_shared<asio::ip::tcp::resolver>(impl_->executor);
+  auto expired = std::make_shared<bool>(false);
+  asio::steady_timer resolve_deadline(impl_->executor, timeout);
+  resolve_deadline.async_wait([resolver, expired](error_code ec) {
+    if (ec) return;
+    *expired = true;
+    resolver->cancel();
+  });
+  auto [rec, results] = co_await resolver->async_resolve(host, port, as_tuple_awaitable);
+  resolve_deadline.cancel();
+  if (*expired) co_return asio::error::timed_out;
   if (rec) co_return rec;
   auto& tcp = impl_->tcp();
   tcp.expires_after(timeout);  // connecting and the TLS handshake

@@ -41,11 +41,11 @@ class ws_connection {
   // no certificate or cannot be read.
   void set_ca_file(std::string path);
 
-  // Resolves, connects and completes the TLS handshake (wss://) and the WebSocket handshake
-  // within `timeout`. `url` is as parse_ws_url() takes it; anything else fails with
-  // invalid_argument.
-  // `source_address`, if not empty, is the local IP address to connect from (load generators
-  // spread connections over 127.0.0.x to get past the ephemeral ports of one address).
+  // Resolves, connects and completes the TLS handshake (wss://) and the WebSocket handshake,
+  // each step within `timeout` (a name not resolved by then fails with timed_out). `url` is as
+  // parse_ws_url() takes it; anything else fails with invalid_argument. `source_address`, if not
+  // empty, is the local IP address to connect from (load generators spread connections over
+  // 127.0.0.x to get past the ephemeral ports of one address).
   boost::asio::awaitable<boost::system::error_code> connect(std::string url,
                                                             std::chrono::milliseconds timeout,
                                                             std::string source_address = {});
