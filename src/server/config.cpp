@@ -327,6 +327,14 @@ config load_config_file(const std::filesystem::path& file, config c) {
     throw std::runtime_error(
         "config: media.unreferenced_retention_s must be at least media.upload_url_ttl_s");
   }
+  if (c.media.s3 && c.media.unreferenced_retention < 2 * c.media.upload_url_ttl) {
+    // A slot's part URLs expire a URL lifetime before its record may be swept
+    // (RequestUploadParts): at less than twice the lifetime, a multipart upload could not be
+    // resumed at all.
+    throw std::runtime_error(
+        "config: with media.store = \"s3\", media.unreferenced_retention_s must be at least "
+        "twice media.upload_url_ttl_s");
+  }
 
   auto conn = t["connections"];
   positive("connections.max_connections", conn["max_connections"], c.max_connections);

@@ -127,6 +127,18 @@ media_per_device_burst = 5
                        "[media]\nupload_url_ttl_s = 600\nunreferenced_retention_s = 60\n")
                 .find("unreferenced_retention_s"),
             std::string::npos);
+  // With S3, unsent slots are kept at least twice a URL's lifetime (part URLs expire a lifetime
+  // before the slot's record may be swept); the local store needs only one.
+  const std::string s3 =
+      "[media]\nstore = \"s3\"\ns3_endpoint = \"http://127.0.0.1:9000\"\ns3_bucket = \"b\"\n"
+      "s3_access_key = \"k\"\ns3_secret_key = \"s\"\nupload_url_ttl_s = 600\n";
+  EXPECT_NE(load_error("media_s3_retention", s3 + "unreferenced_retention_s = 1199\n")
+                .find("at least twice media.upload_url_ttl_s"),
+            std::string::npos);
+  EXPECT_EQ(load_error("media_s3_retention_ok", s3 + "unreferenced_retention_s = 1200\n"), "");
+  EXPECT_EQ(load_error("media_local_retention",
+                       "[media]\nupload_url_ttl_s = 600\nunreferenced_retention_s = 600\n"),
+            "");
   // A URL lives 7 days at most (S3's longest presigned URL): 604800 s loads, one more not.
   EXPECT_EQ(load_error("media_ttl_week",
                        "[media]\nupload_url_ttl_s = 604800\ndownload_url_ttl_s = 604800\n"

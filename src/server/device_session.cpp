@@ -1029,11 +1029,24 @@ awaitable<void> device_session::run_request(frame request) {
         send(wire::make_error(id, v2::ERROR_CODE_INVALID_ARGUMENT, "the file was sent already"));
         break;
       }
+      // Every URL given for a slot expires a whole URL lifetime before the sweep may take the
+      // slot's record (at creation + retention): an upload finished later would leave an
+      // object that no record names and no sweep finds (an S3 store has no orphan pass). A
+      // slot past that is answered as swept: the client starts again with a new one.
+      const auto now = media::wall_clock::now();
+      const auto resume_until =
+          media::wall_clock::time_point(std::chrono::milliseconds(r->created_ms)) +
+          state_.cfg.media.unreferenced_retention - state_.cfg.media.upload_url_ttl;
+      if (resume_until <= now) {
+        send(wire::make_error(id, v2::ERROR_CODE_MEDIA_NOT_FOUND,
+                              "the slot is too old to upload to: ask for a new one"));
+        break;
+      }
       media::upload_grant grant;
       grant.id = r->media;
       grant.owner = user_;
       grant.size = r->size;
-      grant.expires = media::wall_clock::now() + state_.cfg.media.upload_url_ttl;
+      grant.expires = std::min(now + state_.cfg.media.upload_url_ttl, resume_until);
       auto urls = state_.media.multipart_part_urls(grant, q.upload_id());
       if (!urls) {
         send(wire::make_error(

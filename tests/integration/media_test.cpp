@@ -387,8 +387,9 @@ class media_s3 : public ::testing::Test {
  protected:
   media_s3() : media_s3({}, {}) {}
   // Over https:// with this PEM key and certificate, which parleyd's DELETEs trust. URLs live
-  // `ttl_s` and unsent uploads `retention_s` (short by default: the expiry and sweep tests).
-  media_s3(const fs::path& key, const fs::path& cert, int ttl_s = 2, int retention_s = 3)
+  // `ttl_s` and unsent uploads `retention_s` (short by default: the expiry and sweep tests; at
+  // least twice the URLs' lifetime, as an S3 store requires).
+  media_s3(const fs::path& key, const fs::path& cert, int ttl_s = 2, int retention_s = 4)
       : s3(s3_dir.path(), key, cert), server({}, config(s3.port(), cert, ttl_s, retention_s)) {}
   static std::string config(unsigned short port, const fs::path& cert, int ttl_s,
                             int retention_s) {
@@ -465,7 +466,7 @@ TEST_F(media_s3, expired_urls_are_refused_and_unreferenced_objects_swept) {
   ASSERT_FALSE(refused);
   EXPECT_EQ(refused.error().status, 403u) << client::describe(refused.error());
   EXPECT_FALSE(stored(late->media_id()));
-  // Never sent: the sweeper deletes the object once the retention (3 s) has passed.
+  // Never sent: the sweeper deletes the object once the retention (4 s) has passed.
   ASSERT_TRUE(stored(kept->media_id()));
   EXPECT_TRUE(s3_drops_within_20s(s3_dir.path(), kept->media_id()))
       << "deleted with a signed DELETE";
@@ -477,6 +478,30 @@ class media_s3_multipart : public media_s3 {
  protected:
   media_s3_multipart() : media_s3({}, {}, 900, 3600) {}
 };
+
+// Part URLs expire a URL lifetime before the slot's record may be swept (its creation plus
+// the retention), whenever they are asked for: an upload completed after the sweep would
+// leave an object that nothing names and no sweep finds. Past that the slot is answered as
+// swept. (URLs live 2 s, unsent slots 4 s: the parts' window ends 2 s after the slot.)
+TEST_F(media_s3, part_urls_never_outlive_the_slots_record) {
+  auto alice = online(io, server.url(), "alice");
+  auto s = write_and_seal(dir.path(), "big.bin", 9'000'000, 5);
+  auto slot = alice.run(alice.api().request_upload(s.file.size, bytes_of(s.file.sha256)));
+  ASSERT_TRUE(slot) << client::describe(slot.error());
+  ASSERT_FALSE(slot->multipart_url().empty());
+  auto upload_id = client::start_multipart(slot->multipart_url());
+  ASSERT_TRUE(upload_id) << client::describe(upload_id.error());
+  std::this_thread::sleep_for(1s);
+  auto parts = alice.run(alice.api().request_upload_parts(slot->media_id(), *upload_id));
+  ASSERT_TRUE(parts) << client::describe(parts.error());
+  // (The record's creation time is the store's, a few milliseconds after the slot's.)
+  EXPECT_LE(parts->expires_at_ms(), slot->expires_at_ms() + 250)
+      << "asked 1 s after the slot, the URLs must not live the full 2 s from now";
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_EQ(code_of(alice.run(alice.api().request_upload_parts(slot->media_id(), *upload_id))),
+            v2::ERROR_CODE_MEDIA_NOT_FOUND)
+      << "past the window: the slot is too old to upload to";
+}
 
 TEST_F(media_s3_multipart, parts_are_signed_for_their_owner_and_assemble_the_file) {
   auto alice = online(io, server.url(), "alice");
