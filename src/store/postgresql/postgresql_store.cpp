@@ -339,9 +339,13 @@ struct postgresql_store::impl {
     // Statements that wait on a lock held by a stalled node give up (and the group is
     // retried) instead of stalling this node's writer for good.
     // Notices (CREATE ... IF NOT EXISTS's "already exists, skipping") would go to stderr.
+    // What the code relies on, whatever a database's or role's defaults say: bytea read back
+    // as hex (rows::bytes), and READ COMMITTED (each statement sees what committed before
+    // it, which the advisory locks' waits count on).
     std::string settings =
         "SET lock_timeout = '10s'; SET statement_timeout = '30s'; "
-        "SET client_min_messages = warning";
+        "SET client_min_messages = warning; SET bytea_output = hex; "
+        "SET default_transaction_isolation = 'read committed'";
     // Durable before a completion runs, whatever the server's default says (off only when
     // the node runs with --no-fsync).
     if (writer_session)
@@ -627,6 +631,7 @@ struct postgresql_store::impl {
   static result<std::uint64_t> resolve_for_read(connection& db, std::uint64_t requester,
                                                  const chat_ref& ref, std::uint64_t& first_seq) {
     first_seq = 1;
+    if (!fits_bigint(ref.chat)) return errc::not_found;
     if (ref.chat == 0) {
       auto peer = user_by_name(db, ref.peer);
       if (!peer) return peer.error();
@@ -659,24 +664,36 @@ void postgresql_store::impl::open() {
     throw std::runtime_error("store: " + what + ": " + writer_db.error_message());
   };
   if (!writer_db.run("SELECT pg_advisory_lock(7336284)")) fail("cannot take the schema lock");
+  // The version first, before any DDL: a build that refuses the database must not have put its
+  // own functions back on the way (CREATE OR REPLACE commits), under the nodes that run the
+  // newer ones. (The lock is a session's: a throw below closes the connection and frees it.)
+  auto meta = writer_db.exec("SELECT to_regclass('parley_meta') IS NOT NULL");
+  if (!meta || meta->size() != 1) fail("cannot look for the schema version");
+  std::optional<std::uint64_t> found;
+  if (meta->boolean(0, 0)) {
+    auto version = writer_db.exec("SELECT value FROM parley_meta WHERE key = 'schema_version'");
+    if (!version) fail("cannot read the schema version");
+    if (!version->empty()) found = version->u64(0, 0);
+  }
+  const auto ours = static_cast<std::uint64_t>(pg::schema_version);
+  const bool upgrade = found && *found != ours &&
+                       *found >= static_cast<std::uint64_t>(pg::oldest_upgradable_version) &&
+                       *found < ours;
+  if (found && *found != ours && !upgrade) {
+    throw std::runtime_error("store: the database has schema version " + std::to_string(*found) +
+                             ", this parleyd writes " + std::to_string(ours) +
+                             " (there is no migration)");
+  }
   if (!writer_db.run(pg::schema_sql)) fail("cannot create the schema");
-  auto version = writer_db.exec("SELECT value FROM parley_meta WHERE key = 'schema_version'");
-  if (!version) fail("cannot read the schema version");
-  if (version->empty()) {
+  if (!found) {
     if (!writer_db.exec("INSERT INTO parley_meta (key, value) VALUES ('schema_version', $1)",
-                        params().add(static_cast<std::uint64_t>(pg::schema_version))))
+                        params().add(ours)))
       fail("cannot write the schema version");
-  } else if (const std::uint64_t found = version->u64(0, 0);
-             found >= static_cast<std::uint64_t>(pg::oldest_upgradable_version) &&
-             found < static_cast<std::uint64_t>(pg::schema_version)) {
+  } else if (upgrade) {
     if (!writer_db.exec("UPDATE parley_meta SET value = $1 WHERE key = 'schema_version'",
-                        params().add(static_cast<std::uint64_t>(pg::schema_version))))
+                        params().add(ours)))
       fail("cannot write the schema version");
-    log_info() << "store: schema upgraded from version " << found << " to " << pg::schema_version;
-  } else if (version->u64(0, 0) != static_cast<std::uint64_t>(pg::schema_version)) {
-    throw std::runtime_error("store: the database has schema version " +
-                             std::string(version->text(0, 0)) + ", this parleyd writes " +
-                             std::to_string(pg::schema_version) + " (there is no migration)");
+    log_info() << "store: schema upgraded from version " << *found << " to " << ours;
   }
   if (!writer_db.run("SELECT pg_advisory_unlock(7336284)")) fail("cannot release the schema lock");
   auto high = writer_db.exec("SELECT last_id FROM node_ids WHERE node_id = $1",
@@ -932,6 +949,8 @@ void postgresql_store::register_account(registration_request request,
 
 void postgresql_store::find_device(device_id id, completion<device> done) {
   impl_->read<device>(std::move(done), [id](connection& db) -> result<device> {
+    // An id no BIGINT holds (a client's Authenticate) is no device's, not a failed statement.
+    if (!fits_bigint(id)) return errc::not_found;
     auto r = db.exec(
         "SELECT d.user_id, d.token_sha256, u.username, u.hide_last_seen, "
         "k.device_id IS NOT NULL, k.registration_id, "
@@ -1082,11 +1101,14 @@ void postgresql_store::take_key_bundles(std::string username, bool take_one_time
         auto user = impl::user_by_name(db, username);
         if (!user) return user.error();
         if (!*user) return errc::unknown_user;
+        // FOR SHARE: an upload of new keys (which locks the row FOR UPDATE, then replaces the
+        // one-time prekeys) is either wholly before this take or wholly after it, so that a
+        // bundle never pairs an identity with a one-time prekey of another.
         auto k = db.exec(
             "SELECT d.device_id, k.registration_id, k.identity_key, k.signed_prekey_id, "
             "k.signed_prekey, k.signed_prekey_signature FROM devices d "
             "JOIN device_keys k ON k.device_id = d.device_id WHERE d.user_id = $1 "
-            "ORDER BY d.device_id",
+            "ORDER BY d.device_id FOR SHARE OF k",
             params().add(**user));
         if (!k) return k.error();
         std::vector<key_bundle> out;
@@ -1477,6 +1499,7 @@ void postgresql_store::change_group(group_change_request request,
   impl_->write<group_outcome>(
       std::move(done), [this, request = std::move(request)](connection& db) -> result<group_outcome> {
         auto& d = *impl_;
+        if (!fits_bigint(request.chat)) return errc::not_found;
         // The chat's row lock orders this with every append and change of the group.
         auto c = db.exec("SELECT is_group, head, name FROM chats WHERE chat_id = $1 FOR UPDATE",
                          params().add(request.chat));
@@ -1634,6 +1657,7 @@ void postgresql_store::change_group(group_change_request request,
 
 void postgresql_store::get_group(user_id requester, chat_id chat, completion<group_info> done) {
   impl_->read<group_info>(std::move(done), [requester, chat](connection& db) -> result<group_info> {
+    if (!fits_bigint(chat)) return errc::not_found;
     auto c = db.exec(
         "SELECT 1 FROM chats c JOIN chat_members m ON m.chat_id = c.chat_id "
         "WHERE c.chat_id = $1 AND c.is_group AND m.user_id = $2 AND m.until_seq = 0",
@@ -1760,6 +1784,7 @@ void postgresql_store::status(user_id requester, chat_id chat, std::uint64_t seq
                               completion<status_report> done) {
   impl_->read<status_report>(
       std::move(done), [requester, chat, seq, detail](connection& db) -> result<status_report> {
+        if (!fits_bigint(chat)) return errc::not_found;
         auto m = db.exec(
             "SELECT sender_user, event IS NOT NULL FROM messages WHERE chat_id = $1 AND seq = $2",
             params().add(chat).add(clamp63(seq)));

@@ -150,10 +150,25 @@ TEST_F(two_nodes, an_older_schema_is_upgraded_and_an_unknown_one_refused) {
   EXPECT_TRUE(user(*a, "alice").user != 0) << "the upgraded store serves";
   a.reset();
 
+  // A newer database: refused before any DDL, so that this build's functions do not replace
+  // the newer build's (CREATE OR REPLACE rewrites a function's row even when the body is the
+  // same: its xmin shows it).
+  auto function_row = [&] {
+    pg::connection db;
+    std::string error;
+    EXPECT_TRUE(db.open(conninfo, error)) << error;
+    auto r = db.exec(
+        "SELECT xmin::text FROM pg_proc WHERE proname = 'parley_send' AND pronamespace = "
+        "current_schema()::regnamespace");
+    EXPECT_TRUE(r && r->size() == 1);
+    return r && r->size() == 1 ? std::string(r->text(0, 0)) : std::string();
+  };
   run_sql("UPDATE parley_meta SET value = " + std::to_string(pg::schema_version + 1) +
           " WHERE key = 'schema_version'");
+  const auto before = function_row();
   EXPECT_THROW(open_node(), std::runtime_error);
   EXPECT_EQ(version(), pg::schema_version + 1) << "a refused database is left as it was";
+  EXPECT_EQ(function_row(), before) << "the refusing build put its functions back";
 }
 
 TEST_F(two_nodes, never_hand_out_one_one_time_prekey_twice) {
@@ -471,6 +486,28 @@ TEST_F(two_nodes, a_chat_id_past_63_bits_is_not_found) {
     ASSERT_FALSE(m);
     EXPECT_EQ(m.error(), errc::not_found);
   }
+  // And every read or change that takes an id from a client: not found, not a failed
+  // statement (an Authenticate with such a device id would otherwise get INTERNAL, which is
+  // not counted as a failed login).
+  auto not_found = [](const auto& r) { return !r && r.error() == errc::not_found; };
+  EXPECT_TRUE(not_found(wait_for<device>([&](auto done) { node->find_device(huge, done); })));
+  EXPECT_TRUE(
+      not_found(wait_for<group_info>([&](auto done) { node->get_group(alice.user, huge, done); })));
+  EXPECT_TRUE(not_found(wait_for<history_page>([&](auto done) {
+    node->history(alice.user, {huge, {}}, 0, 10, 1 << 20, done);
+  })));
+  EXPECT_TRUE(not_found(
+      wait_for<status_report>([&](auto done) { node->status(alice.user, huge, 1, false, done); })));
+  EXPECT_TRUE(not_found(
+      wait_for<media_record>([&](auto done) { node->media_of(alice.user, huge, 1, done); })));
+  group_change_request change;
+  change.actor = alice.user;
+  change.actor_device = alice.device;
+  change.actor_name = "alice";
+  change.chat = huge;
+  change.change = group_change::leave;
+  EXPECT_TRUE(
+      not_found(wait_for<group_outcome>([&](auto done) { node->change_group(change, done); })));
 }
 
 // A node with several writers: one device's sends go to one writer and are applied in the
