@@ -26,6 +26,8 @@ store::result<T> wait_for(Call call) {
 
 // Records (and blobs) handled per round trip to the store.
 constexpr std::size_t sweep_page = 512;
+// Records deleted at once before their blobs (see sweep_once).
+constexpr std::size_t remove_batch = 16;
 
 }  // namespace
 
@@ -87,6 +89,11 @@ std::optional<asio::ip::tcp::endpoint> media_service::start(
 
 void media_service::set_tls(std::shared_ptr<asio::ssl::context> tls) {
   if (http_) http_->set_tls(std::move(tls));
+}
+
+bool media_service::stopping() {
+  std::lock_guard lock(mutex_);
+  return stopping_;
 }
 
 void media_service::stop() {
@@ -156,23 +163,38 @@ sweep_report media_service::sweep_once() {
       break;
     }
     if (page->empty()) break;
-    std::vector<std::string> ids;
-    ids.reserve(page->size());
-    for (auto& r : *page) ids.push_back(std::move(r.media));
-    auto deleted = wait_for<std::vector<std::string>>([&](auto done) {
-      store_.delete_media(ids, cutoff_ms, std::move(done));
-    });
-    if (!deleted) {
-      report.failed = true;
-      break;
+    // The records go in batches of remove_batch, each batch's blobs right after it, and the
+    // sweep stops at the first blob it cannot delete (or when the service stops): the local
+    // store's orphan pass retries a failed delete, but S3 lists nothing to it, and an object
+    // whose record is gone is left to the bucket's lifecycle rules (logged by the store). So
+    // an unreachable object store strands at most one batch, not every record due, and
+    // costs one DELETE's timeout per sweep, not one per record.
+    bool stop = false;
+    bool any_deleted = false;
+    for (std::size_t at = 0; at < page->size() && !stop; at += remove_batch) {
+      if (stopping()) return report;
+      std::vector<std::string> ids;
+      for (std::size_t i = at; i < std::min(page->size(), at + remove_batch); ++i)
+        ids.push_back(std::move((*page)[i].media));
+      auto deleted = wait_for<std::vector<std::string>>(
+          [&](auto done) { store_.delete_media(ids, cutoff_ms, std::move(done)); });
+      if (!deleted) {
+        report.failed = true;
+        stop = true;
+        break;
+      }
+      report.records_deleted += deleted->size();
+      any_deleted = any_deleted || !deleted->empty();
+      for (const auto& id : *deleted) {
+        if (!blobs_->remove(id)) {
+          report.failed = true;
+          stop = true;
+        }
+        if (stop) break;
+      }
     }
-    for (const auto& id : *deleted) {
-      // The local store's orphan pass retries a failed delete; S3 lists nothing to it, and
-      // the object is left to the bucket's lifecycle rules (logged by the store).
-      if (!blobs_->remove(id)) report.failed = true;
-    }
-    report.records_deleted += deleted->size();
-    if (page->size() < sweep_page || deleted->empty()) break;
+    if (stop) return report;
+    if (page->size() < sweep_page || !any_deleted) break;
   }
 
   // 2. Blobs past the retention without a record: uploads whose record was swept while they
@@ -180,6 +202,7 @@ sweep_report media_service::sweep_once() {
   const auto before = media::wall_clock::now() - retention;
   auto old = blobs_->written_before(before);
   for (std::size_t at = 0; at < old.size(); at += sweep_page) {
+    if (stopping()) return report;
     std::vector<std::string> ids(old.begin() + static_cast<std::ptrdiff_t>(at),
                                  old.begin() + static_cast<std::ptrdiff_t>(
                                                    std::min(old.size(), at + sweep_page)));

@@ -86,6 +86,7 @@ class media_service {
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stopping_ = false;
+  bool stopping();  // under the mutex
 };
 
 }  // namespace parley::server

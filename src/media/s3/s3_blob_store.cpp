@@ -89,6 +89,10 @@ s3_blob_store::s3_blob_store(s3_options options) : options_(std::move(options)) 
   const auto colon = host_.rfind(':');
   const bool has_port = colon != std::string::npos && host_.find(']', colon) == std::string::npos;
   name_ = has_port ? host_.substr(0, colon) : host_;
+  // An IPv6 literal is bracketed in the URL and the Host header, not for the resolver or the
+  // certificate check.
+  if (name_.size() > 2 && name_.front() == '[' && name_.back() == ']')
+    name_ = name_.substr(1, name_.size() - 2);
   port_ = has_port ? host_.substr(colon + 1) : (scheme_ == "https" ? "443" : "80");
   if (options_.bucket.empty()) throw std::invalid_argument("S3 bucket is empty");
   if (options_.credentials.access_key_id.empty() || options_.credentials.secret_access_key.empty())

@@ -66,7 +66,7 @@ class s3_blob_store final : public blob_store {
   std::string scheme_;  // "http" or "https"
   std::string host_;    // HOST[:PORT], as sent in the Host header
   std::string port_;    // for connecting
-  std::string name_;    // HOST alone
+  std::string name_;    // HOST alone (an IPv6 literal without its brackets)
 };
 
 }  // namespace parley::media
