@@ -329,15 +329,7 @@ TEST(redis_client, a_cluster_routes_by_slot_and_follows_moved) {
 TEST(redis_client, a_cluster_is_reached_through_another_node_while_the_seed_is_down) {
   test_support::redis_cluster cluster;
   // Where nothing listens: a port the kernel handed out and took back.
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  client_options o{{"127.0.0.1", ntohs(a.sin_port)}, true, 100ms};
+  client_options o{{"127.0.0.1", test_support::free_port()}, true, 100ms};
   o.more_seeds = {{"127.0.0.1", cluster.node(1).port()}};
   client c(o);
   inbox<std::string> got;

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "media/blob_store.hpp"
+#include "redis_server.hpp"  // test_support::free_port
 #include "store/rocksdb/rocksdb_store.hpp"
 #include "store/store_test_calls.hpp"
 #include "temp_dir.hpp"
@@ -24,20 +25,6 @@ namespace {
 
 using namespace std::chrono_literals;
 using store::test_calls::wait_for;
-
-// A port on 127.0.0.1 where nothing listens (the kernel's choice, released): a connect there
-// is refused at once.
-unsigned short closed_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return 0;
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
 
 TEST(media_sweep, an_unreachable_object_store_stops_the_sweep_at_its_first_failed_delete) {
   test_support::temp_dir dir("parley_media_sweep_");
@@ -52,7 +39,7 @@ TEST(media_sweep, an_unreachable_object_store_stops_the_sweep_at_its_first_faile
 
   config cfg;
   cfg.media.s3 = true;
-  cfg.media.s3_endpoint = "http://127.0.0.1:" + std::to_string(closed_port());
+  cfg.media.s3_endpoint = "http://127.0.0.1:" + std::to_string(test_support::free_port());
   cfg.media.s3_bucket = "parley";
   cfg.media.s3_access_key = "key";
   cfg.media.s3_secret_key = "secret";
