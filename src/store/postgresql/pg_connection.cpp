@@ -143,7 +143,16 @@ void log_notice(void*, const PGresult* r) {
 
 bool connection::open(const std::string& conninfo, std::string& error) {
   close();
-  conn_ = PQconnectdb(conninfo.c_str());
+  // Defaults for a database host that goes silent (a partition, a host gone without a reset):
+  // give up connecting after 10 s, and on an established connection let TCP find the loss
+  // within about 10 s (keepalives while idle, tcp_user_timeout while data waits for its
+  // acknowledgement), instead of the kernel's many minutes. Listed before `dbname`, which
+  // libpq expands from `conninfo` (a URI or key=value pairs): whatever it sets overrides them.
+  static const char* const keywords[] = {
+      "connect_timeout",  "keepalives",       "keepalives_idle", "keepalives_interval",
+      "keepalives_count", "tcp_user_timeout", "dbname",          nullptr};
+  const char* const values[] = {"10", "1", "5", "2", "3", "10000", conninfo.c_str(), nullptr};
+  conn_ = PQconnectdbParams(keywords, values, /*expand_dbname=*/1);
   if (PQstatus(conn_) != CONNECTION_OK) {
     error = PQerrorMessage(conn_);
     trim(error);
@@ -152,6 +161,17 @@ bool connection::open(const std::string& conninfo, std::string& error) {
   }
   PQsetNoticeReceiver(conn_, log_notice, nullptr);
   return true;
+}
+
+std::string connection::option(const char* keyword) const {
+  if (conn_ == nullptr) return {};
+  PQconninfoOption* options = PQconninfo(conn_);
+  std::string out;
+  for (auto* o = options; o != nullptr && o->keyword != nullptr; ++o) {
+    if (std::string_view(o->keyword) == keyword && o->val != nullptr) out = o->val;
+  }
+  PQconninfoFree(options);
+  return out;
 }
 
 errc connection::lost() {

@@ -81,6 +81,8 @@ class connection {
   // Connects (or reconnects). False with the reason in `error` if it cannot.
   bool open(const std::string& conninfo, std::string& error);
   bool ok() const;
+  // The value of a libpq connection option in effect (PQconninfo), "" if none or not open.
+  std::string option(const char* keyword) const;
   void close();
 
   // Runs one statement, prepared on first use on this connection. errc::unavailable if the

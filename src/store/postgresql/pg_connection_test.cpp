@@ -51,6 +51,25 @@ TEST(pg_connection, a_failed_connection_is_explained_in_one_line) {
 
 // The server's warnings reach the node's log as one line at warn, not raw on stderr; its
 // notices only at debug.
+// A silent database host is found within seconds, not the kernel's minutes: the connection's
+// timeouts default to 10 s, and what the operator's conninfo sets wins.
+TEST(pg_connection, timeouts_have_defaults_that_the_conninfo_overrides) {
+  const std::string conninfo = test_support::postgres_database("pg_connection_timeouts");
+  connection db;
+  std::string error;
+  ASSERT_TRUE(db.open(conninfo, error)) << error;
+  EXPECT_EQ(db.option("connect_timeout"), "10");
+  EXPECT_EQ(db.option("keepalives"), "1");
+  EXPECT_EQ(db.option("keepalives_idle"), "5");
+  EXPECT_EQ(db.option("tcp_user_timeout"), "10000");
+  auto r = db.exec("SELECT current_schema()");
+  ASSERT_TRUE(r) << db.error_message();
+  EXPECT_EQ(r->text(0, 0), "t_pg_connection_timeouts") << "the conninfo's own options hold";
+  ASSERT_TRUE(db.open(conninfo + " connect_timeout=3 tcp_user_timeout=2500", error)) << error;
+  EXPECT_EQ(db.option("connect_timeout"), "3");
+  EXPECT_EQ(db.option("tcp_user_timeout"), "2500");
+}
+
 TEST(pg_connection, the_servers_warnings_are_logged_as_one_line) {
   connection db;
   std::string error;
