@@ -169,9 +169,8 @@ sweep_report media_service::sweep_once() {
     // whose record is gone is left to the bucket's lifecycle rules (logged by the store). So
     // an unreachable object store strands at most one batch, not every record due, and
     // costs one DELETE's timeout per sweep, not one per record.
-    bool stop = false;
     bool any_deleted = false;
-    for (std::size_t at = 0; at < page->size() && !stop; at += remove_batch) {
+    for (std::size_t at = 0; at < page->size(); at += remove_batch) {
       if (stopping()) return report;
       std::vector<std::string> ids;
       for (std::size_t i = at; i < std::min(page->size(), at + remove_batch); ++i)
@@ -180,20 +179,17 @@ sweep_report media_service::sweep_once() {
           [&](auto done) { store_.delete_media(ids, cutoff_ms, std::move(done)); });
       if (!deleted) {
         report.failed = true;
-        stop = true;
-        break;
+        return report;
       }
       report.records_deleted += deleted->size();
       any_deleted = any_deleted || !deleted->empty();
       for (const auto& id : *deleted) {
         if (!blobs_->remove(id)) {
           report.failed = true;
-          stop = true;
+          return report;
         }
-        if (stop) break;
       }
     }
-    if (stop) return report;
     if (page->size() < sweep_page || !any_deleted) break;
   }
 

@@ -82,6 +82,15 @@ class two_nodes : public ::testing::Test {
     ASSERT_TRUE(db.open(conninfo, error)) << error;
     ASSERT_TRUE(db.run(sql)) << db.error_message();
   }
+  // The one value a query of the test's own returns, as text ("" if not exactly one row).
+  std::string one_value(const std::string& sql) {
+    pg::connection db;
+    std::string error;
+    EXPECT_TRUE(db.open(conninfo, error)) << error;
+    auto r = db.exec(sql);
+    EXPECT_TRUE(r && r->size() == 1) << sql;
+    return r && r->size() == 1 ? std::string(r->text(0, 0)) : std::string();
+  }
 
   std::string conninfo;
   std::unique_ptr<postgresql_store> a, b;
@@ -129,12 +138,8 @@ TEST_F(two_nodes, an_older_schema_is_upgraded_and_an_unknown_one_refused) {
   a.reset();
   b.reset();
   auto version = [&] {
-    pg::connection db;
-    std::string error;
-    EXPECT_TRUE(db.open(conninfo, error)) << error;
-    auto r = db.exec("SELECT value FROM parley_meta WHERE key = 'schema_version'");
-    EXPECT_TRUE(r && r->size() == 1);
-    return r && r->size() == 1 ? static_cast<int>(r->u64(0, 0)) : -1;
+    const auto v = one_value("SELECT value FROM parley_meta WHERE key = 'schema_version'");
+    return v.empty() ? -1 : std::stoi(v);
   };
   auto open_node = [&] {
     postgresql_options o;
@@ -154,14 +159,9 @@ TEST_F(two_nodes, an_older_schema_is_upgraded_and_an_unknown_one_refused) {
   // the newer build's (CREATE OR REPLACE rewrites a function's row even when the body is the
   // same: its xmin shows it).
   auto function_row = [&] {
-    pg::connection db;
-    std::string error;
-    EXPECT_TRUE(db.open(conninfo, error)) << error;
-    auto r = db.exec(
+    return one_value(
         "SELECT xmin::text FROM pg_proc WHERE proname = 'parley_send' AND pronamespace = "
         "current_schema()::regnamespace");
-    EXPECT_TRUE(r && r->size() == 1);
-    return r && r->size() == 1 ? std::string(r->text(0, 0)) : std::string();
   };
   run_sql("UPDATE parley_meta SET value = " + std::to_string(pg::schema_version + 1) +
           " WHERE key = 'schema_version'");

@@ -384,8 +384,12 @@ struct rocksdb_store::impl {
     }
     return db->Get(rocksdb::ReadOptions(), cfs[family], slice(key), value);
   }
-  rocksdb::Status get(cf family, std::string_view key, std::string* value) {
-    return db->Get(rocksdb::ReadOptions(), cfs[family], slice(key), value);
+  // `at`: a snapshot to read at (null: the latest state).
+  rocksdb::Status get(cf family, std::string_view key, std::string* value,
+                      const rocksdb::Snapshot* at = nullptr) {
+    rocksdb::ReadOptions o;
+    o.snapshot = at;
+    return db->Get(o, cfs[family], slice(key), value);
   }
   // Families that writer code reads back through the overlay within a group. The others are
   // never read there (messages, meta) or are served from the writer's caches (users, chats,
@@ -593,9 +597,7 @@ struct rocksdb_store::impl {
   result<std::optional<pb::ChatRecord>> chat_record(std::uint64_t chat,
                                                     const rocksdb::Snapshot* at = nullptr) {
     std::string v;
-    rocksdb::ReadOptions o;
-    o.snapshot = at;
-    auto s = db->Get(o, cfs[cf_chats], slice(keys::be64(chat).view()), &v);
+    auto s = get(cf_chats, keys::be64(chat).view(), &v, at);
     if (s.IsNotFound()) return std::optional<pb::ChatRecord>();
     if (!s.ok()) return errc::io_error;
     pb::ChatRecord record;
