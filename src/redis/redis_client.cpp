@@ -239,6 +239,7 @@ struct client::impl : std::enable_shared_from_this<client::impl> {
     bool up = false;
     bool retry_pending = false;
     bool auth_refusal_logged = false;  // once until the next accepted AUTH, not every retry
+    bool overflow_logged = false;      // once per run of commands refused at max_pending
     // Failed connects since the last one logged: the first is logged, then one line every
     // 30 s with the count (a retry every 500 ms would be two lines a second).
     std::uint64_t connect_failures = 0;
@@ -542,10 +543,16 @@ void client::impl::node::wait_write() {
 
 void client::impl::node::send(const std::vector<std::string>& args, reply_handler done) {
   if (ac == nullptr || sent.size() >= owner.options.max_pending) {
+    if (ac != nullptr && !overflow_logged) {
+      overflow_logged = true;
+      log_warn() << "redis: " << addr.text() << " has " << sent.size()
+                 << " commands awaiting replies: refusing more until it catches up";
+    }
     connect();
     if (done) done(std::nullopt);
     return;
   }
+  overflow_logged = false;
   issue(args, std::move(done));
 }
 
