@@ -1,5 +1,8 @@
 #include "store/postgresql/pg_connection.hpp"
 
+#include <poll.h>
+
+#include <cerrno>
 #include <charconv>
 
 #include "common/log.hpp"
@@ -205,8 +208,15 @@ result<const std::string*> connection::prepare(const std::string& sql) {
     if (PQsendPrepare(conn_, name.c_str(), sql.c_str(), 0, nullptr) == 0) return lost();
     queue_.push_back({item::prepare, sql, nullptr});
   } else {
-    auto r = check(PQprepare(conn_, name.c_str(), sql.c_str(), 0, nullptr));
-    if (!r) return r.error();
+    if (PQsendPrepare(conn_, name.c_str(), sql.c_str(), 0, nullptr) == 0) return lost();
+    PGresult* r = nullptr;
+    if (!next_result(r)) return lost();
+    if (!drain_results()) {
+      PQclear(r);
+      return lost();
+    }
+    auto checked = check(r);
+    if (!checked) return checked.error();
   }
   return &prepared_.emplace(sql, std::move(name)).first->second;
 }
@@ -226,6 +236,42 @@ bool connection::send_prepared(const std::string& name, const params& p) {
                              values.data(), lengths.data(), formats.data(), 0) != 0;
 }
 
+bool connection::next_result(PGresult*& out) {
+  out = nullptr;
+  if (answer_timeout_.count() > 0) {
+    using clock = std::chrono::steady_clock;
+    auto deadline = clock::now() + answer_timeout_;
+    while (PQisBusy(conn_) != 0) {
+      const auto left =
+          std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now()).count();
+      if (left <= 0) {
+        message_ =
+            "no answer from the database within " + std::to_string(answer_timeout_.count()) + " ms";
+        return false;
+      }
+      pollfd p{PQsocket(conn_), POLLIN, 0};
+      const int n = ::poll(&p, 1, static_cast<int>(left));
+      if (n == 0 || (n < 0 && errno == EINTR)) continue;  // the deadline decides
+      if (n < 0 || PQconsumeInput(conn_) == 0) {
+        message_.clear();  // lost() takes libpq's reason
+        return false;
+      }
+      deadline = clock::now() + answer_timeout_;  // the server is alive: a fresh wait
+    }
+  }
+  out = PQgetResult(conn_);
+  return out != nullptr || PQstatus(conn_) == CONNECTION_OK;
+}
+
+bool connection::drain_results() {
+  for (;;) {
+    PGresult* more = nullptr;
+    if (!next_result(more)) return false;
+    if (more == nullptr) return true;
+    PQclear(more);
+  }
+}
+
 void connection::record_error(PGresult* r) {
   if (aborted_) return;  // the first failure of the segment is the one that explains it
   aborted_ = true;
@@ -241,11 +287,12 @@ bool connection::read_next(item& kind, PGresult*& out) {
   const queued q = std::move(queue_.front());
   queue_.pop_front();
   kind = q.kind;
-  PGresult* r = PQgetResult(conn_);
-  if (r == nullptr) return false;
+  PGresult* r = nullptr;
+  if (!next_result(r) || r == nullptr) return false;
   // A statement's results end with a null; a sync's does not.
-  if (kind != item::sync) {
-    while (PGresult* more = PQgetResult(conn_)) PQclear(more);
+  if (kind != item::sync && !drain_results()) {
+    PQclear(r);
+    return false;
   }
   const auto status = PQresultStatus(r);
   switch (status) {
@@ -296,8 +343,12 @@ result<rows> connection::exec(const std::string& sql, const params& p) {
   if (!pipeline_) {
     if (!send_prepared(**name, p)) return lost();
     // One statement, one result (then the null that ends them), as PQexecPrepared reads it.
-    PGresult* r = PQgetResult(conn_);
-    while (PGresult* more = PQgetResult(conn_)) PQclear(more);
+    PGresult* r = nullptr;
+    if (!next_result(r)) return lost();
+    if (!drain_results()) {
+      PQclear(r);
+      return lost();
+    }
     return check(r);
   }
   // Pipeline: behind whatever was deferred, then one flush and one wait for all of it.
@@ -380,7 +431,26 @@ result<void> connection::run(const std::string& sql) {
     message_.clear();
     return sync();
   }
-  auto r = check(PQexec(conn_, sql.c_str()));
+  // As PQexec: the statements run in order until one fails; its result (or the last one's)
+  // is the outcome.
+  if (PQsendQuery(conn_, sql.c_str()) == 0) return lost();
+  PGresult* outcome = nullptr;
+  for (;;) {
+    PGresult* r = nullptr;
+    if (!next_result(r)) {
+      if (outcome != nullptr) PQclear(outcome);
+      return lost();
+    }
+    if (r == nullptr) break;
+    const auto status = PQresultStatus(outcome);
+    if (outcome != nullptr && status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) {
+      PQclear(r);  // the failure stays the outcome
+      continue;
+    }
+    if (outcome != nullptr) PQclear(outcome);
+    outcome = r;
+  }
+  auto r = check(outcome);
   if (!r) return r.error();
   return {};
 }

@@ -12,6 +12,7 @@
 
 #include <libpq-fe.h>
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -125,6 +126,12 @@ class connection {
   // Off: defer() waits for each statement like exec (a group applied again request by
   // request, to tell which one fails).
   void set_deferring(bool on) { deferring_ = on; }
+  // How long a wait for the server's answer may pass without a byte from it before the
+  // connection is taken as lost (errc::unavailable, and closed): a database process that is
+  // frozen (stopped, swapping, hung on its disk) while its host's TCP still acknowledges
+  // everything is found by nothing else, neither TCP's timeouts nor its own
+  // statement_timeout. Zero (the default): wait as long as it takes. Kept across open().
+  void set_answer_timeout(std::chrono::milliseconds timeout) { answer_timeout_ = timeout; }
 
   const std::string& sqlstate() const { return sqlstate_; }
   const std::string& error_message() const { return message_; }
@@ -146,6 +153,12 @@ class connection {
   // keeps sqlstate() and error_message()). `own`'s PGresult is handed over in `out`; the
   // others are cleared. False if the connection is gone.
   bool read_next(item& kind, PGresult*& out);
+  // PQgetResult within the answer timeout: false (with the reason in error_message()) if the
+  // connection failed or the server stayed silent for it; `out` may be null (the end of a
+  // statement's results) when true.
+  bool next_result(PGresult*& out);
+  // Reads and clears the rest of a statement's results, up to the null that ends them.
+  bool drain_results();
   void record_error(PGresult* r);
   // The connection is gone: closed, errc::unavailable.
   errc lost();
@@ -156,6 +169,7 @@ class connection {
   std::string sqlstate_;
   std::string message_;
 
+  std::chrono::milliseconds answer_timeout_{0};
   bool pipeline_ = false;
   bool deferring_ = true;
   bool aborted_ = false;

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <random>
 
 #include "common/log.hpp"
@@ -21,6 +22,8 @@ class pipeline : public ::testing::Test {
         std::to_string(rd()) + "_" +
         ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::string error;
+    // Every wait below goes through the answer timeout's polling (none comes near it).
+    db.set_answer_timeout(std::chrono::seconds(20));
     if (!db.open(conninfo, error)) throw std::runtime_error(error);
     if (!db.run("SET client_min_messages = warning; "
                 "CREATE TABLE IF NOT EXISTS t (k BIGINT PRIMARY KEY, v TEXT NOT NULL)"))
@@ -68,6 +71,53 @@ TEST(pg_connection, timeouts_have_defaults_that_the_conninfo_overrides) {
   ASSERT_TRUE(db.open(conninfo + " connect_timeout=3 tcp_user_timeout=2500", error)) << error;
   EXPECT_EQ(db.option("connect_timeout"), "3");
   EXPECT_EQ(db.option("tcp_user_timeout"), "2500");
+}
+
+// A server that stays silent past the answer timeout (pg_sleep here; a frozen process in
+// life) loses the connection with errc::unavailable, whichever way the statement was sent,
+// within about the timeout, which counts from the last byte the server sent.
+TEST(pg_connection, a_server_silent_past_the_answer_timeout_loses_the_connection) {
+  const std::string conninfo = test_support::postgres_database("pg_connection_answer_timeout");
+  connection db;
+  db.set_answer_timeout(std::chrono::milliseconds(400));
+  std::string error;
+  using clock = std::chrono::steady_clock;
+  auto expect_lost = [&](const char* how, auto statement) {
+    ASSERT_TRUE(db.open(conninfo, error)) << error;
+    const auto start = clock::now();
+    const boost::system::error_code e = statement();
+    const auto took = clock::now() - start;
+    EXPECT_EQ(e, errc::unavailable) << how;
+    EXPECT_NE(db.error_message().find("no answer from the database within 400 ms"),
+              std::string::npos)
+        << how << ": " << db.error_message();
+    EXPECT_FALSE(db.ok()) << how;
+    EXPECT_GE(took, std::chrono::milliseconds(350)) << how;
+    EXPECT_LT(took, std::chrono::milliseconds(2500)) << how << ": the statement sleeps 5 s";
+  };
+  auto error_of = [](auto r) { return r ? boost::system::error_code{} : r.error(); };
+  expect_lost("exec", [&] { return error_of(db.exec("SELECT pg_sleep(5)")); });
+  expect_lost("run", [&] { return error_of(db.run("SELECT 1; SELECT pg_sleep(5)")); });
+  expect_lost("pipelined exec", [&] {
+    if (auto e = error_of(db.enter_pipeline())) return e;
+    return error_of(db.exec("SELECT pg_sleep(5)"));
+  });
+  expect_lost("pipelined sync", [&] {
+    if (auto e = error_of(db.enter_pipeline())) return e;
+    if (auto e = error_of(db.defer("SELECT pg_sleep(5)"))) return e;
+    return error_of(db.sync());
+  });
+
+  // An answer that keeps coming (rows of 100 kB, each past the server's send buffer, one every
+  // 0.2 s) is waited for however long it takes as a whole; and the timeout survives open().
+  ASSERT_TRUE(db.open(conninfo, error)) << error;
+  const auto start = clock::now();
+  auto r = db.exec("SELECT pg_sleep(0.2), repeat('x', 100000) FROM generate_series(1, 4)");
+  ASSERT_TRUE(r) << db.error_message();
+  EXPECT_EQ(r->size(), 4);
+  EXPECT_GE(clock::now() - start, std::chrono::milliseconds(750));
+  ASSERT_TRUE(db.open(conninfo, error)) << error;
+  EXPECT_FALSE(db.exec("SELECT pg_sleep(5)")) << "the timeout is kept across open()";
 }
 
 TEST(pg_connection, the_servers_warnings_are_logged_as_one_line) {

@@ -335,6 +335,7 @@ struct postgresql_store::impl {
   // Opens `db` with the session settings the store needs (the writer's in pipeline mode,
   // once `pipeline`). False if it cannot.
   bool connect(connection& db, bool writer_session, std::string& error, bool pipeline = true) {
+    db.set_answer_timeout(options.answer_timeout);
     if (!db.open(options.conninfo, error)) return false;
     // Statements that wait on a lock held by a stalled node give up (and the group is
     // retried) instead of stalling this node's writer for good.

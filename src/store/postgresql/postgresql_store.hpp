@@ -53,6 +53,14 @@ struct postgresql_options {
   std::size_t reader_threads = 2;
   // How often a writer or reader whose connection is gone tries to open a new one.
   std::chrono::milliseconds reconnect_interval{500};
+  // How long a connection may wait for the server's answer without a byte from it before it
+  // is taken as lost (pg::connection::set_answer_timeout). The server sends a pipelined
+  // group's answers together, once it has run the whole group, so this bounds a group's run,
+  // not one statement's: well past what a healthy group takes (milliseconds; one statement
+  // at most statement_timeout, 30 s, its lock wait at most lock_timeout, 10 s), so that what
+  // hits it is a frozen server. A group that does hit it is refused as unavailable
+  // (retryable): nothing of it committed.
+  std::chrono::milliseconds answer_timeout{60'000};
   // synchronous_commit for the writer's sessions: "on" (durable before a completion runs)
   // unless a test or benchmark says otherwise.
   bool sync = true;

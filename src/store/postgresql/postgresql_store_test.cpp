@@ -4,8 +4,12 @@
 #include "store/postgresql/postgresql_store.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/types.h>
 
+#include <chrono>
 #include <condition_variable>
+#include <csignal>
+#include <future>
 #include <limits>
 #include <mutex>
 #include <random>
@@ -592,6 +596,66 @@ TEST_F(two_nodes, one_message_sent_through_both_at_once_is_appended_once) {
       [&](auto done) { a->read_log(first->chat, 0, UINT64_MAX, 1000, SIZE_MAX, done); });
   ASSERT_TRUE(log);
   EXPECT_EQ(log->size(), 11u);
+}
+
+// A database process that freezes while its host's TCP still acknowledges everything (SIGSTOP
+// of the node's own backends: a hung disk, a stopped container) is given up after the answer
+// timeout: the writer and the readers open new connections and the node goes on. Without the
+// timeout, the writer waits on the frozen backend for good (its idle check first).
+TEST_F(two_nodes, a_frozen_database_process_is_given_up_and_the_node_goes_on) {
+  using namespace std::chrono_literals;
+  const std::string app = "parley_frozen_" + std::to_string(std::random_device{}());
+  postgresql_options o;
+  o.conninfo = conninfo + " application_name=" + app;
+  o.node_id = 3;
+  o.answer_timeout = 1s;
+  o.reconnect_interval = 100ms;
+  auto node = std::make_unique<postgresql_store>(o);
+  user(*node, "alice");
+  ASSERT_TRUE(wait_for<account>([&](auto done) { node->find_account("alice", done); }));
+
+  std::vector<pid_t> pids;
+  {
+    pg::connection db;
+    std::string error;
+    ASSERT_TRUE(db.open(conninfo, error)) << error;
+    auto r = db.exec("SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                     pg::params().text(app));
+    ASSERT_TRUE(r) << db.error_message();
+    for (int i = 0; i < r->size(); ++i) pids.push_back(static_cast<pid_t>(r->u64(i, 0)));
+  }
+  ASSERT_GE(pids.size(), 2u) << "the node's writer and a reader";
+  struct thaw_at_exit {  // whatever the test's outcome
+    std::vector<pid_t> pids;
+    ~thaw_at_exit() {
+      for (auto p : pids) ::kill(p, SIGCONT);
+    }
+  } thaw{pids};
+  for (auto p : pids) ASSERT_EQ(::kill(p, SIGSTOP), 0) << "pid " << p;
+
+  // A call that completes within `limit`, tried again while it fails (the request in flight
+  // on the frozen connection when it is given up may be refused, STORAGE_UNAVAILABLE).
+  const auto start = std::chrono::steady_clock::now();
+  auto until_ok = [&](const char* what, auto call) {
+    const auto deadline = start + 10s;
+    for (;;) {
+      auto p = std::make_shared<std::promise<bool>>();
+      auto f = p->get_future();
+      call([p](auto r) { p->set_value(static_cast<bool>(r)); });
+      if (f.wait_until(deadline) != std::future_status::ready) {
+        ADD_FAILURE() << what << ": no answer within 10 s of the freeze";
+        return;
+      }
+      if (f.get()) return;
+      std::this_thread::sleep_for(100ms);
+    }
+  };
+  until_ok("a write", [&](auto done) {
+    node->register_account({"bob", {}}, [done](result<registration> r) { done(r); });
+  });
+  until_ok("a read",
+           [&](auto done) { node->find_account("alice", [done](result<account> r) { done(r); }); });
+  EXPECT_TRUE(node->health().writable);
 }
 
 }  // namespace
