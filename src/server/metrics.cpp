@@ -91,7 +91,9 @@ std::string metrics::render(const gauges& g) const {
   metric("parley_rate_limited_total", "counter", "Requests refused with RATE_LIMITED.",
          rate_limited.load());
   metric("parley_store_busy_total", "counter",
-         "Writes refused with BUSY because the store's writer queue was full.", store_busy.load());
+         "Requests refused with BUSY: the store's writer queue was full, or a lock or statement "
+         "timed out.",
+         store_busy.load());
   metric("parley_auth_failures_total", "counter", "Failed Authenticate requests.",
          auth_failures.load());
   metric("parley_group_commits_total", "counter", "Synced store write groups.",

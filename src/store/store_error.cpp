@@ -33,7 +33,8 @@ class category_impl final : public boost::system::error_category {
       case errc::self_message:
         return "messages to yourself are not supported";
       case errc::busy:
-        return "storage busy: too many writes waiting, retry shortly";
+        return "storage busy: too many writes waiting, or a lock or statement timed out; retry "
+               "shortly";
       case errc::invalid_argument:
         return "invalid argument";
       case errc::unavailable:

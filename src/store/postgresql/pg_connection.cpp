@@ -185,6 +185,11 @@ errc connection::lost() {
   return errc::unavailable;
 }
 
+errc connection::failed() const {
+  return sqlstate_ == lock_not_available || sqlstate_ == query_canceled ? errc::busy
+                                                                        : errc::io_error;
+}
+
 result<rows> connection::check(PGresult* r) {
   sqlstate_.clear();
   message_.clear();
@@ -198,7 +203,7 @@ result<rows> connection::check(PGresult* r) {
   if (message_.empty() && conn_ != nullptr) message_ = PQerrorMessage(conn_);
   trim(message_);
   if (conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK) return lost();
-  return errc::io_error;
+  return failed();
 }
 
 result<const std::string*> connection::prepare(const std::string& sql) {
@@ -367,7 +372,7 @@ result<rows> connection::exec(const std::string& sql, const params& p) {
     const auto status = PQresultStatus(r);
     if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return rows(r);
     PQclear(r);
-    return errc::io_error;  // its own failure, or skipped after an earlier one
+    return failed();  // its own failure, or skipped after an earlier one (whose sqlstate())
   }
   return lost();  // unreachable: its own result is queued last
 }

@@ -87,8 +87,10 @@ class connection {
   void close();
 
   // Runs one statement, prepared on first use on this connection. errc::unavailable if the
-  // connection is gone (it is closed then), errc::io_error if the statement failed
-  // (sqlstate() says why; in a transaction, the transaction is aborted until a rollback).
+  // connection is gone (it is closed then), errc::busy if it gave up waiting for a lock
+  // (lock_timeout) or ran past statement_timeout (nothing of it applied: retry shortly),
+  // errc::io_error if it failed otherwise (sqlstate() says why; in a transaction, either
+  // failure aborts the transaction until a rollback).
   result<rows> exec(const std::string& sql, const params& p = {});
   // Runs one or more statements without parameters (BEGIN, SAVEPOINT, COMMIT, DDL). In
   // pipeline mode: one statement, and everything queued before it is read first (a
@@ -162,6 +164,8 @@ class connection {
   void record_error(PGresult* r);
   // The connection is gone: closed, errc::unavailable.
   errc lost();
+  // A statement failed: errc::busy for the timeouts (sqlstate()), else errc::io_error.
+  errc failed() const;
 
   PGconn* conn_ = nullptr;
   std::unordered_map<std::string, std::string> prepared_;  // SQL -> statement name

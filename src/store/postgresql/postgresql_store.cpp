@@ -343,10 +343,10 @@ struct postgresql_store::impl {
     // What the code relies on, whatever a database's or role's defaults say: bytea read back
     // as hex (rows::bytes), and READ COMMITTED (each statement sees what committed before
     // it, which the advisory locks' waits count on).
-    std::string settings =
-        "SET lock_timeout = '10s'; SET statement_timeout = '30s'; "
-        "SET client_min_messages = warning; SET bytea_output = hex; "
-        "SET default_transaction_isolation = 'read committed'";
+    std::string settings = "SET lock_timeout = " + std::to_string(options.lock_timeout.count()) +
+                           "; SET statement_timeout = '30s'; "
+                           "SET client_min_messages = warning; SET bytea_output = hex; "
+                           "SET default_transaction_isolation = 'read committed'";
     // Durable before a completion runs, whatever the server's default says (off only when
     // the node runs with --no-fsync).
     if (writer_session)

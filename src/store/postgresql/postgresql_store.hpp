@@ -53,6 +53,9 @@ struct postgresql_options {
   std::size_t reader_threads = 2;
   // How often a writer or reader whose connection is gone tries to open a new one.
   std::chrono::milliseconds reconnect_interval{500};
+  // The sessions' lock_timeout: a statement that waits longer for a lock (held by a stalled
+  // node, or an operator's transaction) gives up, and its request is refused errc::busy.
+  std::chrono::milliseconds lock_timeout{10'000};
   // How long a connection may wait for the server's answer without a byte from it before it
   // is taken as lost (pg::connection::set_answer_timeout). The server sends a pipelined
   // group's answers together, once it has run the whole group, so this bounds a group's run,

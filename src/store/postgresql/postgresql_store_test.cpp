@@ -598,6 +598,33 @@ TEST_F(two_nodes, one_message_sent_through_both_at_once_is_appended_once) {
   EXPECT_EQ(log->size(), 11u);
 }
 
+// A request whose statement gives up on a lock (lock_timeout: another node stalled holding it,
+// or an operator's transaction) is refused BUSY, retryable, not INTERNAL: nothing of it was
+// applied, and the same request passes once the lock is free.
+TEST_F(two_nodes, a_request_that_times_out_on_a_lock_is_busy_and_passes_later) {
+  using namespace std::chrono_literals;
+  postgresql_options o;
+  o.conninfo = conninfo;
+  o.node_id = 3;
+  o.lock_timeout = 300ms;
+  auto node = std::make_unique<postgresql_store>(o);
+  user(*node, "alice");
+  pg::connection holder;
+  std::string error;
+  ASSERT_TRUE(holder.open(conninfo, error)) << error;
+  ASSERT_TRUE(holder.run("BEGIN; LOCK TABLE users IN SHARE MODE")) << holder.error_message();
+  auto refused = wait_for<registration>([&](auto done) {
+    node->register_account({"bob", {}}, done);
+  });
+  ASSERT_FALSE(refused) << "registered while the table was locked";
+  EXPECT_EQ(refused.error(), errc::busy) << refused.error().message();
+  ASSERT_TRUE(holder.run("COMMIT")) << holder.error_message();
+  auto again = wait_for<registration>([&](auto done) {
+    node->register_account({"bob", {}}, done);
+  });
+  EXPECT_TRUE(again) << again.error().message();
+}
+
 // A database process that freezes while its host's TCP still acknowledges everything (SIGSTOP
 // of the node's own backends: a hung disk, a stopped container) is given up after the answer
 // timeout: the writer and the readers open new connections and the node goes on. Without the
