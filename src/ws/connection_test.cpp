@@ -619,33 +619,35 @@ TEST(ws_connection, sets_tcp_keepalive_and_user_timeout_to_find_dead_peers) {
 
 TEST(ws_connection, a_peer_that_stops_half_way_through_a_message_is_closed) {
   connection_options o = echo_server::small_options();
-  o.message_timeout = 300ms;
+  o.message_timeout = 600ms;
   echo_server server(o);
   raw_peer peer(server.endpoint());
+  peer.send(ws_client_frame(0x82, "hello"));  // the connection exists before it is asked about
+  ASSERT_TRUE(peer.read_frame());
   const auto frame = ws_client_frame(0x82, std::string(1000, 'x'));
   peer.send(frame.substr(0, 500));  // and nothing more
-  std::this_thread::sleep_for(50ms);
-  EXPECT_GT(server.buffered(0), 0u);
+  EXPECT_GT(server.wait_until_holding(0), 0u);
   expect_closed_with(peer, 1008);
   EXPECT_TRUE(server.closed(0));
 }
 
 TEST(ws_connection, a_busy_stream_whose_reads_end_mid_frame_is_not_cut_off) {
   connection_options o = echo_server::small_options();
-  o.message_timeout = 300ms;
+  o.message_timeout = 1s;
   echo_server server(o);
   raw_peer peer(server.endpoint());
   // Every write completes the previous message and starts the next, so the server always
-  // holds a partial message, for 1 s in all; but each is complete within 100 ms.
+  // holds a partial message, for 1.5 s in all (past the timeout); but each is complete
+  // within 100 ms.
   std::string pending;
-  for (int i = 0; i < 10; ++i) {
+  for (int i = 0; i < 15; ++i) {
     const auto frame = ws_client_frame(0x82, "part " + std::to_string(i));
     peer.send(pending + frame.substr(0, 4));
     pending = frame.substr(4);
     std::this_thread::sleep_for(100ms);
   }
   peer.send(pending);
-  for (int i = 0; i < 10; ++i) {
+  for (int i = 0; i < 15; ++i) {
     auto f = peer.read_frame();
     ASSERT_TRUE(f) << i;
     ASSERT_EQ(f->first_byte, 0x82) << i << ": closed with " << f->close_code();

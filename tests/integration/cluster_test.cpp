@@ -578,7 +578,7 @@ TEST_F(cluster, postgresql_stopped_and_started_mid_run) {
     };
     EXPECT_EQ(http_get(n1->port(), "/healthz"), "ok\n");
     ASSERT_EQ(std::system((script + " halt " + pg_dir).c_str()), 0);
-    EXPECT_TRUE(health_within("store: database", 5s));
+    EXPECT_TRUE(health_within("store: database", 15s));
     auto refused = alice->run(alice->api().send("bob", "during", "x"));
     ASSERT_FALSE(refused) << "a send was confirmed while the store was down";
     EXPECT_EQ(refused.error().code, v2::ERROR_CODE_STORAGE_UNAVAILABLE)

@@ -268,7 +268,7 @@ TEST_F(groups, a_removed_member_gets_its_removal_and_nothing_after_it) {
 class groups_with_two_reads : public groups {
  protected:
   groups_with_two_reads()
-      : groups("group_read_per_device = 60\ngroup_read_per_device_burst = 2\n") {}
+      : groups("group_read_per_device = 6\ngroup_read_per_device_burst = 2\n") {}
 };
 
 TEST_F(groups_with_two_reads, member_list_reads_are_rate_limited_per_device) {
@@ -284,7 +284,7 @@ TEST_F(groups_with_two_reads, member_list_reads_are_rate_limited_per_device) {
   ASSERT_FALSE(third);
   EXPECT_EQ(third.error().code, v2::ERROR_CODE_RATE_LIMITED);
   EXPECT_GT(third.error().retry_after_ms, 0u);
-  EXPECT_LE(third.error().retry_after_ms, 1'000u);  // 60 a minute: one a second
+  EXPECT_LE(third.error().retry_after_ms, 10'000u);  // 6 a minute: one every 10 s
   EXPECT_EQ(code_of(alice->run(alice->api().status_result(chat, sent.seq(), true))),
             v2::ERROR_CODE_RATE_LIMITED);
   auto counts = alice->run(alice->api().status_result(chat, sent.seq(), false));
@@ -299,7 +299,7 @@ TEST_F(groups_with_two_reads, member_list_reads_are_rate_limited_per_device) {
 
 class groups_with_slow_receipts : public groups {
  protected:
-  groups_with_slow_receipts() : groups("[limits]\ngroup_receipts_ms = 1500\n") {}
+  groups_with_slow_receipts() : groups("[limits]\ngroup_receipts_ms = 2000\n") {}
 };
 
 // limits.group_receipts_ms: a group's merged receipts are computed at most once an interval,
@@ -320,6 +320,8 @@ TEST_F(groups_with_slow_receipts, merged_receipts_wait_for_the_interval) {
   deliver("m1");
   const auto first = std::chrono::steady_clock::now();
   deliver("m2");
+  // The server spaces them 2 s apart; the client's clock starts when the first arrived,
+  // which a loaded machine may delay (up to 0.8 s allowed here).
   EXPECT_GE(std::chrono::steady_clock::now() - first, 1200ms)
       << "the second merged receipt came before the interval had passed";
 }

@@ -244,7 +244,7 @@ class media_sweep : public media_flow {
  protected:
   media_sweep()
       : media_flow(
-            "[media]\nquota_bytes = 1000000\nupload_url_ttl_s = 1\nunreferenced_retention_s = 2\n"
+            "[media]\nquota_bytes = 1000000\nupload_url_ttl_s = 2\nunreferenced_retention_s = 5\n"
             "sweep_interval_s = 1\ndownload_url_ttl_s = 1\n") {}
 };
 
@@ -461,13 +461,13 @@ TEST_F(media_s3, expired_urls_are_refused_and_unreferenced_objects_swept) {
   auto kept = alice.run(alice.api().request_upload(a.file.size, bytes_of(a.file.sha256)));
   ASSERT_TRUE(kept);
   ASSERT_TRUE(client::upload(kept->url(), a.cipher, {}));
+  ASSERT_TRUE(stored(kept->media_id()));  // now: the sweep may take it from 4 s on
   std::this_thread::sleep_for(3s);  // past the 2 s URL lifetime
   auto refused = client::upload(late->url(), a.cipher, {});
   ASSERT_FALSE(refused);
   EXPECT_EQ(refused.error().status, 403u) << client::describe(refused.error());
   EXPECT_FALSE(stored(late->media_id()));
   // Never sent: the sweeper deletes the object once the retention (4 s) has passed.
-  ASSERT_TRUE(stored(kept->media_id()));
   EXPECT_TRUE(s3_drops_within_20s(s3_dir.path(), kept->media_id()))
       << "deleted with a signed DELETE";
 }
@@ -482,8 +482,13 @@ class media_s3_multipart : public media_s3 {
 // Part URLs expire a URL lifetime before the slot's record may be swept (its creation plus
 // the retention), whenever they are asked for: an upload completed after the sweep would
 // leave an object that nothing names and no sweep finds. Past that the slot is answered as
-// swept. (URLs live 2 s, unsent slots 4 s: the parts' window ends 2 s after the slot.)
-TEST_F(media_s3, part_urls_never_outlive_the_slots_record) {
+// swept. (URLs live 4 s, unsent slots 8 s: the parts' window ends 4 s after the slot.)
+class media_s3_parts_window : public media_s3 {
+ protected:
+  media_s3_parts_window() : media_s3({}, {}, 4, 8) {}
+};
+
+TEST_F(media_s3_parts_window, part_urls_never_outlive_the_slots_record) {
   auto alice = online(io, server.url(), "alice");
   auto s = write_and_seal(dir.path(), "big.bin", 9'000'000, 5);
   auto slot = alice.run(alice.api().request_upload(s.file.size, bytes_of(s.file.sha256)));
@@ -496,8 +501,8 @@ TEST_F(media_s3, part_urls_never_outlive_the_slots_record) {
   ASSERT_TRUE(parts) << client::describe(parts.error());
   // (The record's creation time is the store's, a few milliseconds after the slot's.)
   EXPECT_LE(parts->expires_at_ms(), slot->expires_at_ms() + 250)
-      << "asked 1 s after the slot, the URLs must not live the full 2 s from now";
-  std::this_thread::sleep_for(1500ms);
+      << "asked 1 s after the slot, the URLs must not live the full 4 s from now";
+  std::this_thread::sleep_for(3500ms);
   EXPECT_EQ(code_of(alice.run(alice.api().request_upload_parts(slot->media_id(), *upload_id))),
             v2::ERROR_CODE_MEDIA_NOT_FOUND)
       << "past the window: the slot is too old to upload to";
