@@ -115,6 +115,22 @@ class test_client {
     return f ? *f : v2::Frame{};
   }
 
+  // The Envelopes pushed until `count` have come (each awaited up to 10 s: a push may take
+  // seconds on a loaded machine), then any that come within `quiet` more (a test checks that
+  // nothing else arrives); other pushes are skipped.
+  std::vector<v2::Envelope> envelopes(
+      std::size_t count, std::chrono::milliseconds quiet = std::chrono::milliseconds(300)) {
+    std::vector<v2::Envelope> out;
+    for (;;) {
+      const bool all_in = out.size() >= count;
+      auto f = run(api_.next_push(all_in ? quiet : std::chrono::seconds(10)));
+      if (!f) break;
+      if (f->has_envelope()) out.push_back(f->envelope());
+      if (all_in) break;
+    }
+    return out;
+  }
+
   // Pushes until QueueEmpty (exclusive): after an Authenticate, the drain's Envelopes, then
   // any Receipts. QueueEmpty's count of drained envelopes is kept in `drained`.
   std::vector<v2::Frame> drain(std::chrono::milliseconds timeout = std::chrono::seconds(20)) {

@@ -215,11 +215,7 @@ result<const std::string*> connection::prepare(const std::string& sql) {
   } else {
     if (PQsendPrepare(conn_, name.c_str(), sql.c_str(), 0, nullptr) == 0) return lost();
     PGresult* r = nullptr;
-    if (!next_result(r)) return lost();
-    if (!drain_results()) {
-      PQclear(r);
-      return lost();
-    }
+    if (!statement_result(r)) return lost();
     auto checked = check(r);
     if (!checked) return checked.error();
   }
@@ -268,10 +264,16 @@ bool connection::next_result(PGresult*& out) {
   return out != nullptr || PQstatus(conn_) == CONNECTION_OK;
 }
 
-bool connection::drain_results() {
+bool connection::statement_result(PGresult*& out) {
+  if (!next_result(out)) return false;
+  if (out == nullptr) return true;
   for (;;) {
     PGresult* more = nullptr;
-    if (!next_result(more)) return false;
+    if (!next_result(more)) {
+      PQclear(out);
+      out = nullptr;
+      return false;
+    }
     if (more == nullptr) return true;
     PQclear(more);
   }
@@ -292,13 +294,9 @@ bool connection::read_next(item& kind, PGresult*& out) {
   const queued q = std::move(queue_.front());
   queue_.pop_front();
   kind = q.kind;
-  PGresult* r = nullptr;
-  if (!next_result(r) || r == nullptr) return false;
   // A statement's results end with a null; a sync's does not.
-  if (kind != item::sync && !drain_results()) {
-    PQclear(r);
-    return false;
-  }
+  PGresult* r = nullptr;
+  if (!(kind == item::sync ? next_result(r) : statement_result(r)) || r == nullptr) return false;
   const auto status = PQresultStatus(r);
   switch (status) {
     case PGRES_COMMAND_OK:
@@ -349,11 +347,7 @@ result<rows> connection::exec(const std::string& sql, const params& p) {
     if (!send_prepared(**name, p)) return lost();
     // One statement, one result (then the null that ends them), as PQexecPrepared reads it.
     PGresult* r = nullptr;
-    if (!next_result(r)) return lost();
-    if (!drain_results()) {
-      PQclear(r);
-      return lost();
-    }
+    if (!statement_result(r)) return lost();
     return check(r);
   }
   // Pipeline: behind whatever was deferred, then one flush and one wait for all of it.

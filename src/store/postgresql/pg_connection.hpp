@@ -159,8 +159,9 @@ class connection {
   // connection failed or the server stayed silent for it; `out` may be null (the end of a
   // statement's results) when true.
   bool next_result(PGresult*& out);
-  // Reads and clears the rest of a statement's results, up to the null that ends them.
-  bool drain_results();
+  // A statement's result (next_result), the rest of its results, up to the null that ends
+  // them, read and cleared. False (and `out` null) as next_result's.
+  bool statement_result(PGresult*& out);
   void record_error(PGresult* r);
   // The connection is gone: closed, errc::unavailable.
   errc lost();

@@ -337,8 +337,8 @@ struct postgresql_store::impl {
   bool connect(connection& db, bool writer_session, std::string& error, bool pipeline = true) {
     db.set_answer_timeout(options.answer_timeout);
     if (!db.open(options.conninfo, error)) return false;
-    // Statements that wait on a lock held by a stalled node give up (and the group is
-    // retried) instead of stalling this node's writer for good.
+    // Statements that wait on a lock held by a stalled node give up (their requests are
+    // refused BUSY, for the client to send again) instead of stalling this node's writer.
     // Notices (CREATE ... IF NOT EXISTS's "already exists, skipping") would go to stderr.
     // What the code relies on, whatever a database's or role's defaults say: bytea read back
     // as hex (rows::bytes), and READ COMMITTED (each statement sees what committed before
