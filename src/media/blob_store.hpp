@@ -74,9 +74,11 @@ class blob_store {
   // The URL `user` GETs blob `id` from (HTTP Range supported), valid until `expires`.
   [[nodiscard]] virtual std::string download_url(const blob_id& id, std::uint64_t user,
                                                  wall_clock::time_point expires) = 0;
-  // Deletes the blob and any partial upload of it; a blob that is not there is not an error.
-  // False when the store could not be reached or the delete failed (try again later).
-  virtual bool remove(const blob_id& id) = 0;
+  // Deletes the blob and any partial upload of it: for a store with multipart uploads, the
+  // upload `upload_id` (the one bound to the blob's record; empty: none) is aborted first, so
+  // that its parts go too. A blob or upload that is not there is not an error. False when the
+  // store could not be reached or a delete failed (try again later).
+  virtual bool remove(const blob_id& id, std::string_view upload_id) = 0;
   // Blobs, complete or partial, last written before `before`: the orphan sweep's candidates.
   // A store that cannot list (or chooses not to) returns none.
   [[nodiscard]] virtual std::vector<blob_id> written_before(wall_clock::time_point before) = 0;

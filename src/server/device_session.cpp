@@ -1055,6 +1055,26 @@ awaitable<void> device_session::run_request(frame request) {
             "multipart uploads"));
         break;
       }
+      // One upload per slot: the first UploadId asked for is bound to the record (a write,
+      // once), and parts are signed for it alone, so that the slot's start URL, usable until
+      // it expires, cannot make several uploads hold parts; the sweep aborts the bound one.
+      std::string bound = r->upload_id;
+      if (bound.empty()) {
+        auto b = co_await store_call<std::string>([&](store::completion<std::string> done) {
+          state_.store.bind_upload(user_, q.media_id(), q.upload_id(), std::move(done));
+        });
+        if (!b) {
+          fail(b.error());
+          break;
+        }
+        bound = std::move(*b);
+      }
+      if (bound != q.upload_id()) {
+        send(wire::make_error(id, v2::ERROR_CODE_MEDIA_NOT_FOUND,
+                              "the slot's upload is another one (a second UploadId): ask for a "
+                              "new slot"));
+        break;
+      }
       auto* out = reply.mutable_upload_parts();
       out->set_media_id(grant.id);
       out->set_part_size(urls->part_size);

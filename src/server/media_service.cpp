@@ -1,5 +1,6 @@
 #include "server/media_service.hpp"
 
+#include <algorithm>
 #include <future>
 
 #include "common/clock.hpp"
@@ -172,9 +173,9 @@ sweep_report media_service::sweep_once() {
     bool any_deleted = false;
     for (std::size_t at = 0; at < page->size(); at += remove_batch) {
       if (stopping()) return report;
+      const std::size_t end = std::min(page->size(), at + remove_batch);
       std::vector<std::string> ids;
-      for (std::size_t i = at; i < std::min(page->size(), at + remove_batch); ++i)
-        ids.push_back(std::move((*page)[i].media));
+      for (std::size_t i = at; i < end; ++i) ids.push_back((*page)[i].media);
       auto deleted = wait_for<std::vector<std::string>>(
           [&](auto done) { store_.delete_media(ids, cutoff_ms, std::move(done)); });
       if (!deleted) {
@@ -184,7 +185,12 @@ sweep_report media_service::sweep_once() {
       report.records_deleted += deleted->size();
       any_deleted = any_deleted || !deleted->empty();
       for (const auto& id : *deleted) {
-        if (!blobs_->remove(id)) {
+        // The multipart upload bound to the record, aborted with the object.
+        const auto first = page->begin() + static_cast<std::ptrdiff_t>(at);
+        const auto last = page->begin() + static_cast<std::ptrdiff_t>(end);
+        const auto record = std::find_if(first, last, [&](const auto& m) { return m.media == id; });
+        const std::string_view upload = record != last ? record->upload_id : std::string_view();
+        if (!blobs_->remove(id, upload)) {
           report.failed = true;
           return report;
         }
@@ -211,7 +217,7 @@ sweep_report media_service::sweep_once() {
     }
     for (std::size_t i = 0; i < ids.size(); ++i) {
       if ((*exists)[i]) continue;
-      if (blobs_->remove(ids[i])) {
+      if (blobs_->remove(ids[i], {})) {
         ++report.orphans_removed;
       } else {
         report.failed = true;

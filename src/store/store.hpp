@@ -319,6 +319,9 @@ struct media_record {
   std::uint64_t size = 0;
   std::uint64_t created_ms = 0;
   std::uint64_t references = 0;
+  // The S3 multipart upload bound to the slot (bind_upload), or empty: the one upload whose
+  // parts the server signs URLs for, and which the sweep aborts with the record.
+  std::string upload_id;
 };
 
 // Whether the store accepts writes now, and if not, why (for /healthz and the logs).
@@ -455,6 +458,12 @@ class store {
   // The record of blob `media` if `owner` holds it (created it with create_media);
   // errc::media_not_found otherwise (no such record, or another account's).
   virtual void own_media(user_id owner, std::string media, completion<media_record> done) = 0;
+  // Binds the multipart upload `upload_id` (non-empty) to owner's record of blob `media`
+  // unless one is bound already, and answers the upload bound: `upload_id`, or the one bound
+  // before (then nothing is written). errc::media_not_found as own_media. So a slot has at most
+  // one multipart upload whose parts the server signs, whatever its start URL was used for.
+  virtual void bind_upload(user_id owner, std::string media, std::string upload_id,
+                           completion<std::string> done) = 0;
   // Up to `limit` records with no reference created before `created_before_ms` (the sweep's
   // candidates), oldest first.
   virtual void unreferenced_media(std::uint64_t created_before_ms, std::size_t limit,

@@ -1900,6 +1900,48 @@ TEST_P(store_media, an_owner_reads_its_own_record_and_nobody_elses) {
   EXPECT_EQ(sent->references, 1u);
 }
 
+// A slot's first multipart upload stays bound: a second is answered with the first, for the
+// caller to refuse; the binding survives a send, a reopen, and shows to the sweep.
+TEST_P(store_media, a_slot_binds_its_first_upload_and_keeps_it) {
+  auto alice = register_user("alice");
+  auto bob = register_user("bob");
+  ASSERT_TRUE(create_media(alice, media_id(1), 100));
+  const auto bind = [&](const person& p, const std::string& id, const std::string& upload) {
+    return wait_for<std::string>([&](auto done) { db_->bind_upload(p.user, id, upload, done); });
+  };
+  const auto bound_in_record = [&] {
+    auto r =
+        wait_for<media_record>([&](auto done) { db_->own_media(alice.user, media_id(1), done); });
+    EXPECT_TRUE(r);
+    return r ? r->upload_id : std::string("(no record)");
+  };
+  EXPECT_EQ(bound_in_record(), "") << "a new slot has no upload";
+  auto theirs = bind(bob, media_id(1), "u-bob");
+  ASSERT_FALSE(theirs);
+  EXPECT_EQ(theirs.error(), errc::media_not_found) << "another account's slot";
+  auto none = bind(alice, media_id(2), "u-2");
+  ASSERT_FALSE(none);
+  EXPECT_EQ(none.error(), errc::media_not_found);
+  EXPECT_EQ(bound_in_record(), "") << "refused binds wrote nothing";
+
+  auto first = bind(alice, media_id(1), "u-first");
+  ASSERT_TRUE(first);
+  EXPECT_EQ(*first, "u-first");
+  auto second = bind(alice, media_id(1), "u-second");
+  ASSERT_TRUE(second);
+  EXPECT_EQ(*second, "u-first") << "the first upload stays bound";
+  EXPECT_EQ(bound_in_record(), "u-first");
+  auto listed = wait_for<std::vector<media_record>>(
+      [&](auto done) { db_->unreferenced_media(far_future_ms, 100, done); });
+  ASSERT_TRUE(listed);
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ(listed->front().upload_id, "u-first") << "the sweep sees the upload to abort";
+
+  ASSERT_TRUE(send_file(alice, by_peer("bob"), "a1", media_id(1)));
+  reopen();
+  EXPECT_EQ(bound_in_record(), "u-first") << "kept through a send and a reopen";
+}
+
 TEST_P(store_media, a_message_references_its_senders_blob_and_only_its_senders) {
   auto alice = register_user("alice");
   auto bob = register_user("bob");

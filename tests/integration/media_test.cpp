@@ -508,6 +508,53 @@ TEST_F(media_s3_parts_window, part_urls_never_outlive_the_slots_record) {
       << "past the window: the slot is too old to upload to";
 }
 
+// Whether s3rver, its data under `dir`, holds the multipart upload `upload_id` (started, not
+// completed nor aborted: its parts are files under the bucket's uploads directory).
+bool s3_holds_upload(const fs::path& dir, const std::string& upload_id) {
+  return fs::exists(dir / "parley" / "._S3rver_uploads" / upload_id);
+}
+
+// A slot's start URL may start any number of uploads until it expires, but the first one the
+// client asks part URLs for is bound to the slot: parts are signed for it alone, and the sweep
+// aborts it (its parts go) with the record of a file never sent.
+TEST_F(media_s3_parts_window, one_upload_per_slot_and_the_sweep_aborts_it) {
+  auto alice = online(io, server.url(), "alice");
+  auto s = write_and_seal(dir.path(), "big.bin", 9'000'000, 6);
+  auto slot = alice.run(alice.api().request_upload(s.file.size, bytes_of(s.file.sha256)));
+  ASSERT_TRUE(slot) << client::describe(slot.error());
+  ASSERT_FALSE(slot->multipart_url().empty());
+  auto first = client::start_multipart(slot->multipart_url());
+  ASSERT_TRUE(first) << client::describe(first.error());
+  auto second = client::start_multipart(slot->multipart_url());
+  ASSERT_TRUE(second) << client::describe(second.error());
+  ASSERT_NE(*first, *second);
+
+  auto parts = alice.run(alice.api().request_upload_parts(slot->media_id(), *first));
+  ASSERT_TRUE(parts) << client::describe(parts.error());
+  auto other = alice.run(alice.api().request_upload_parts(slot->media_id(), *second));
+  ASSERT_FALSE(other) << "a second upload on the same slot gets no part URL";
+  EXPECT_EQ(other.error().code, v2::ERROR_CODE_MEDIA_NOT_FOUND) << client::describe(other.error());
+  auto again = alice.run(alice.api().request_upload_parts(slot->media_id(), *first));
+  ASSERT_TRUE(again) << "the bound one goes on: " << client::describe(again.error());
+
+  auto part = client::upload_part(parts->part_urls(0), s.cipher, 0, parts->part_size());
+  ASSERT_TRUE(part) << client::describe(part.error());
+  ASSERT_TRUE(s3_holds_upload(s3_dir.path(), *first));
+  ASSERT_TRUE(s3_holds_upload(s3_dir.path(), *second));
+
+  // Never completed nor sent: once the retention (8 s) has passed, the sweep deletes the
+  // record and aborts the bound upload with a signed DELETE ?uploadId. The unbound one holds
+  // no part and is left to the bucket's lifecycle rules (S3 lists uploads only bucket-wide).
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (s3_holds_upload(s3_dir.path(), *first) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(100ms);
+  EXPECT_FALSE(s3_holds_upload(s3_dir.path(), *first)) << "the bound upload was aborted";
+  EXPECT_TRUE(s3_holds_upload(s3_dir.path(), *second));
+  EXPECT_EQ(code_of(alice.run(alice.api().request_upload_parts(slot->media_id(), *first))),
+            v2::ERROR_CODE_MEDIA_NOT_FOUND)
+      << "the record went with it";
+}
+
 TEST_F(media_s3_multipart, parts_are_signed_for_their_owner_and_assemble_the_file) {
   auto alice = online(io, server.url(), "alice");
   auto bob = online(io, server.url(), "bob");

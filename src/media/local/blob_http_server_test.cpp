@@ -788,10 +788,10 @@ TEST(blob_http_server, remove_deletes_the_blob_and_its_partial_upload) {
   write_file(files.partial, "left over");
   ASSERT_TRUE(fs::exists(files.complete));
   ASSERT_TRUE(fs::exists(files.partial));
-  EXPECT_TRUE(h.store->remove(g.id));
+  EXPECT_TRUE(h.store->remove(g.id, {}));
   EXPECT_FALSE(fs::exists(files.complete));
   EXPECT_FALSE(fs::exists(files.partial));
-  EXPECT_TRUE(h.store->remove(g.id)) << "a blob that is not there is not an error";
+  EXPECT_TRUE(h.store->remove(g.id, {})) << "a blob that is not there is not an error";
   const auto res = one_request(h.port, request_text("GET", h.target(h.get_url(g.id))));
   ASSERT_TRUE(res);
   EXPECT_EQ(res->result(), http::status::not_found);

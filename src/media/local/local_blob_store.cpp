@@ -206,7 +206,7 @@ std::optional<local_blob_store::blob_files> local_blob_store::files_of(std::stri
   return f;
 }
 
-bool local_blob_store::remove(const blob_id& id) {
+bool local_blob_store::remove(const blob_id& id, std::string_view /*upload_id: none here*/) {
   const auto files = files_of(id);
   if (!files) return true;  // no file can have that name
   const bool partial_gone = unlink_if_there(files->partial);

@@ -55,7 +55,7 @@ class local_blob_store final : public blob_store {
                                          wall_clock::time_point expires) override;
   // Unlinks <id> and <id>.part. An upload still running on the blob server keeps writing to
   // the unlinked file and fails at its end (it can no longer be renamed into place).
-  bool remove(const blob_id& id) override;
+  bool remove(const blob_id& id, std::string_view upload_id) override;
   // Ids of the files under blobs/ with a valid name (<id> or <id>.part, in the directory its id
   // belongs in) whose mtime is before `before`; each id once. Anything else there is ignored.
   // Directories that cannot be read are skipped (and logged).

@@ -148,16 +148,30 @@ std::string s3_blob_store::download_url(const blob_id& id, std::uint64_t /*user*
   return presigned("GET", id, {}, {}, expires);
 }
 
-bool s3_blob_store::remove(const blob_id& id) {
+bool s3_blob_store::remove(const blob_id& id, std::string_view upload_id) {
   if (!valid_blob_id(id)) return false;
+  // The upload first (AbortMultipartUpload: its parts go; 404 NoSuchUpload once it was
+  // completed or aborted), then the object (the completed upload's, or nothing).
+  if (!upload_id.empty() && !send_delete(id, {{"uploadId", std::string(upload_id)}})) return false;
+  return send_delete(id, {});
+}
+
+bool s3_blob_store::send_delete(const blob_id& id, s3::name_values query) const {
+  const bool abort = !query.empty();
+  const auto what = [&] {
+    return std::string(abort ? "S3 abort of the upload of " : "S3 delete of ") + id;
+  };
   s3::request r;
   r.method = "DELETE";
   r.host = host_;
   r.path = "/" + options_.bucket + "/" + id;
+  r.query = std::move(query);
   r.payload_sha256_hex = std::string(s3::empty_payload_sha256);
   const auto auth = s3::sign_headers(options_.credentials, r, wall_clock::now());
 
-  http::request<http::empty_body> req{http::verb::delete_, s3::canonical_uri(r.path), 11};
+  std::string target = s3::canonical_uri(r.path);
+  if (!r.query.empty()) target += "?" + s3::canonical_query(r.query);
+  http::request<http::empty_body> req{http::verb::delete_, target, 11};
   req.set(http::field::host, host_);
   req.set("x-amz-date", auth.amz_date);
   if (!auth.content_sha256.empty()) req.set("x-amz-content-sha256", auth.content_sha256);
@@ -172,7 +186,7 @@ bool s3_blob_store::remove(const blob_id& id) {
   std::optional<asio::ssl::context> tls_context;  // outlives `io`, whose pending work uses it
   if (scheme_ == "https") {
     if (auto ec = tls_client::make_context(tls_context, options_.ca_file)) {
-      log_warn() << "media: S3 delete of " << id << " failed: " << ec.message();
+      log_warn() << "media: " << what() << " failed: " << ec.message();
       return false;
     }
   }
@@ -183,15 +197,14 @@ bool s3_blob_store::remove(const blob_id& id) {
                  });
   io.run_for(remove_deadline + std::chrono::seconds(1));
   if (failure || res.result_int() == 0) {
-    log_warn() << "media: S3 delete of " << id << " failed: "
-               << (failure ? failure.message() : std::string("no answer"));
+    log_warn() << "media: " << what()
+               << " failed: " << (failure ? failure.message() : std::string("no answer"));
     return false;
   }
-  // 204 (deleted) and 404 (not there) both leave no object behind.
+  // 204 (deleted or aborted) and 404 (no such object or upload) both leave nothing behind.
   const unsigned status = res.result_int();
   if (status == 204 || status == 200 || status == 404) return true;
-  log_warn() << "media: S3 delete of " << id << " answered " << status << ": "
-             << res.body().substr(0, 200);
+  log_warn() << "media: " << what() << " answered " << status << ": " << res.body().substr(0, 200);
   return false;
 }
 

@@ -10,15 +10,18 @@
 //                 the part's exact length (the last part: what is left)
 //     complete:   POST <endpoint>/<bucket>/<id>?uploadId=U         (the parts' ETags, as XML)
 //   download URL: GET  <endpoint>/<bucket>/<id>  (Range supported by every S3 store)
-//   remove:       DELETE with header auth, from the sweeper's thread (10 s deadline)
+//   remove:       DELETE <endpoint>/<bucket>/<id>?uploadId=U (AbortMultipartUpload, when an
+//                 upload is bound to the record), then DELETE <endpoint>/<bucket>/<id>; header
+//                 auth, from the sweeper's thread (10 s deadline each)
 //
 // What the local store does and this one does not: the SHA-256 is not checked by the object
 // store (the recipient's client checks it, and the chunk tags, before it decrypts anything);
 // a single-PUT upload that is cut starts over (a multipart one keeps its parts); remove()
-// deletes the object but not an unfinished multipart upload of it (S3 lists those only to a
-// bucket-wide call, and s3rver has none): the bucket's AbortIncompleteMultipartUpload
-// lifecycle rule removes those; written_before() lists nothing (the same rules remove what the
-// sweeper cannot see).
+// aborts only the multipart upload bound to the record (Store::bind_upload): one started from
+// the slot's start URL that never asked for part URLs holds no part (parts are signed only
+// for the bound upload), and is left to the bucket's AbortIncompleteMultipartUpload lifecycle
+// rule (S3 lists uploads only to a bucket-wide call); written_before() lists nothing (the same
+// rules remove what the sweeper cannot see).
 //
 // Thread safety: immutable after construction; remove() blocks (network I/O).
 #pragma once
@@ -55,10 +58,13 @@ class s3_blob_store final : public blob_store {
       const upload_grant& grant, std::string_view upload_id) override;
   [[nodiscard]] std::string download_url(const blob_id& id, std::uint64_t user,
                                          wall_clock::time_point expires) override;
-  bool remove(const blob_id& id) override;
+  bool remove(const blob_id& id, std::string_view upload_id) override;
   [[nodiscard]] std::vector<blob_id> written_before(wall_clock::time_point before) override;
 
  private:
+  // One DELETE of the object (`query` empty) or of its upload (`query` {uploadId}); true
+  // when it answered 200, 204 or 404.
+  bool send_delete(const blob_id& id, s3::name_values query) const;
   std::string presigned(const std::string& method, const blob_id& id, s3::name_values query,
                         s3::name_values headers, wall_clock::time_point expires) const;
 

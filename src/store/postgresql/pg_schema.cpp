@@ -133,8 +133,11 @@ CREATE TABLE IF NOT EXISTS media (
   owner      BIGINT NOT NULL,
   size       BIGINT NOT NULL,
   created_ms BIGINT NOT NULL,
-  refs       BIGINT NOT NULL DEFAULT 0
+  refs       BIGINT NOT NULL DEFAULT 0,
+  upload_id  TEXT
 );
+-- Schema 2 → 3: the slot's bound multipart upload (Store::bind_upload).
+ALTER TABLE media ADD COLUMN IF NOT EXISTS upload_id TEXT;
 CREATE INDEX IF NOT EXISTS media_unreferenced ON media (created_ms, media_id) WHERE refs = 0;
 
 -- Each node's Snowflake high-water mark, so that a restarted node never reissues an id.

@@ -12,13 +12,15 @@ namespace parley::store::pg {
 // are created with CREATE OR REPLACE at every start: a change to one (its body or its
 // parameters) must come with a new version, or a node of the older build that restarts would
 // put its own back.
-inline constexpr int schema_version = 2;
+inline constexpr int schema_version = 3;
 // The oldest version this build upgrades in place: schema_sql alone brings a database of any
 // version from it on to schema_version (the history below), and the record is rewritten, so
 // that a node of an older build refuses the database from then on rather than putting its
 // functions back.
 //   1 → 2: parley_send refuses the client_msg_id of a group's creation (r_status 5) instead
 //          of answering it as a retry; functions only.
+//   2 → 3: media.upload_id, the multipart upload bound to a slot (ALTER TABLE ... ADD COLUMN
+//          IF NOT EXISTS).
 inline constexpr int oldest_upgradable_version = 1;
 
 // Idempotent DDL (CREATE ... IF NOT EXISTS), run under an advisory lock by the opening node.

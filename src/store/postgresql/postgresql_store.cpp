@@ -1861,6 +1861,20 @@ void postgresql_store::history(user_id requester, chat_ref chat, std::uint64_t b
 
 // --- media -----------------------------------------------------------------------------------
 
+namespace {
+
+// Row i of a SELECT of media_id, owner, size, created_ms, refs, upload_id.
+media_record media_row(const pg::rows& r, int i) {
+  return media_record{std::string(r.text(i, 0)),
+                      r.u64(i, 1),
+                      r.u64(i, 2),
+                      r.u64(i, 3),
+                      r.u64(i, 4),
+                      r.is_null(i, 5) ? std::string() : std::string(r.text(i, 5))};
+}
+
+}  // namespace
+
 void postgresql_store::create_media(media_request request, completion<std::uint64_t> done) {
   std::vector<std::uint64_t> locks{user_lock(request.owner)};
   impl_->write<std::uint64_t>(
@@ -1896,13 +1910,12 @@ void postgresql_store::media_of(user_id requester, chat_id chat, std::uint64_t s
         if (!id) return id.error();
         if (seq < first || seq == 0) return errc::not_found;
         auto r = db.exec(
-            "SELECT b.media_id, b.owner, b.size, b.created_ms, b.refs FROM messages m "
+            "SELECT b.media_id, b.owner, b.size, b.created_ms, b.refs, b.upload_id FROM messages m "
             "JOIN media b ON b.media_id = m.media_id WHERE m.chat_id = $1 AND m.seq = $2",
             params().add(chat).add(clamp63(seq)));
         if (!r) return r.error();
         if (r->empty()) return errc::not_found;
-        return media_record{std::string(r->text(0, 0)), r->u64(0, 1), r->u64(0, 2), r->u64(0, 3),
-                            r->u64(0, 4)};
+        return media_row(*r, 0);
       });
 }
 
@@ -1911,13 +1924,31 @@ void postgresql_store::own_media(user_id owner, std::string media,
   impl_->read<media_record>(
       std::move(done), [owner, media = std::move(media)](connection& db) -> result<media_record> {
         auto r = db.exec(
-            "SELECT media_id, owner, size, created_ms, refs FROM media WHERE media_id = $1 AND "
+            "SELECT media_id, owner, size, created_ms, refs, upload_id FROM media WHERE "
+            "media_id = $1 AND "
             "owner = $2",
             params().text(media).add(owner));
         if (!r) return r.error();
         if (r->empty()) return errc::media_not_found;
-        return media_record{std::string(r->text(0, 0)), r->u64(0, 1), r->u64(0, 2), r->u64(0, 3),
-                            r->u64(0, 4)};
+        return media_row(*r, 0);
+      });
+}
+
+void postgresql_store::bind_upload(user_id owner, std::string media, std::string upload_id,
+                                   completion<std::string> done) {
+  impl_->write<std::string>(
+      std::move(done),
+      [owner, media = std::move(media),
+       upload_id = std::move(upload_id)](connection& db) -> result<std::string> {
+        if (upload_id.empty()) return errc::invalid_argument;
+        // One statement: the first upload bound stays (COALESCE), and the row answers it.
+        auto r = db.exec(
+            "UPDATE media SET upload_id = COALESCE(upload_id, $3) WHERE media_id = $1 AND "
+            "owner = $2 RETURNING upload_id",
+            params().text(media).add(owner).text(upload_id));
+        if (!r) return r.error();
+        if (r->empty()) return errc::media_not_found;
+        return std::string(r->text(0, 0));
       });
 }
 
@@ -1927,15 +1958,15 @@ void postgresql_store::unreferenced_media(std::uint64_t created_before_ms, std::
       std::move(done),
       [created_before_ms, limit](connection& db) -> result<std::vector<media_record>> {
         auto r = db.exec(
-            "SELECT media_id, owner, size, created_ms, refs FROM media WHERE refs = 0 AND "
+            "SELECT media_id, owner, size, created_ms, refs, upload_id FROM media WHERE refs = 0 "
+            "AND "
             "created_ms < $1 ORDER BY created_ms, media_id LIMIT $2",
             params().add(clamp63(created_before_ms)).add(clamp63(limit)));
         if (!r) return r.error();
         std::vector<media_record> out;
         out.reserve(static_cast<std::size_t>(r->size()));
         for (int i = 0; i < r->size(); ++i) {
-          out.push_back({std::string(r->text(i, 0)), r->u64(i, 1), r->u64(i, 2), r->u64(i, 3),
-                         r->u64(i, 4)});
+          out.push_back(media_row(*r, i));
         }
         return out;
       });

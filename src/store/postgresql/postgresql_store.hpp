@@ -115,6 +115,8 @@ class postgresql_store final : public store {
   void media_of(user_id requester, chat_id chat, std::uint64_t seq,
                 completion<media_record> done) override;
   void own_media(user_id owner, std::string media, completion<media_record> done) override;
+  void bind_upload(user_id owner, std::string media, std::string upload_id,
+                   completion<std::string> done) override;
   void unreferenced_media(std::uint64_t created_before_ms, std::size_t limit,
                           completion<std::vector<media_record>> done) override;
   void delete_media(std::vector<std::string> media, std::uint64_t created_before_ms,

@@ -154,8 +154,17 @@ TEST_F(two_nodes, an_older_schema_is_upgraded_and_an_unknown_one_refused) {
   ASSERT_EQ(version(), pg::schema_version);
   run_sql("UPDATE parley_meta SET value = " + std::to_string(pg::oldest_upgradable_version) +
           " WHERE key = 'schema_version'");
+  // What versions before 3 lacked: the column is added in place.
+  const auto upload_column = [&] {
+    return one_value(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = 'media' AND column_name = 'upload_id'");
+  };
+  run_sql("ALTER TABLE media DROP COLUMN upload_id");
+  ASSERT_EQ(upload_column(), "0");
   ASSERT_NO_THROW(a = open_node());
   EXPECT_EQ(version(), pg::schema_version);
+  EXPECT_EQ(upload_column(), "1");
   EXPECT_TRUE(user(*a, "alice").user != 0) << "the upgraded store serves";
   a.reset();
 
