@@ -8,10 +8,10 @@
 
 namespace parley::store::pg {
 
-// The version this build writes; a database with another is refused at open. The functions
-// are created with CREATE OR REPLACE at every start: a change to one (its body or its
-// parameters) must come with a new version, or a node of the older build that restarts would
-// put its own back.
+// The version this build writes; a database with another is refused at open. schema_sql runs
+// only on a database without a version or with an older one (a database of this version is
+// taken as it is): a change to a table, an index or a function (its body or its parameters)
+// must come with a new version, or nodes would never create it on an existing database.
 inline constexpr int schema_version = 3;
 // The oldest version this build upgrades in place: schema_sql alone brings a database of any
 // version from it on to schema_version (the history below), and the record is rewritten, so
@@ -23,7 +23,8 @@ inline constexpr int schema_version = 3;
 //          IF NOT EXISTS).
 inline constexpr int oldest_upgradable_version = 1;
 
-// Idempotent DDL (CREATE ... IF NOT EXISTS), run under an advisory lock by the opening node.
+// Idempotent DDL (CREATE ... IF NOT EXISTS), run under an advisory lock by the opening node
+// of a new or older database.
 extern const char* const schema_sql;
 
 }  // namespace parley::store::pg

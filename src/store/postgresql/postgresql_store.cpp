@@ -685,7 +685,13 @@ void postgresql_store::impl::open() {
                              ", this parleyd writes " + std::to_string(ours) +
                              " (there is no migration)");
   }
-  if (!writer_db.run(pg::schema_sql)) fail("cannot create the schema");
+  // A database of this version already has every table, index and function of this build
+  // (a change to any comes with a new version): no DDL then. Run anyway, its IF NOT EXISTS
+  // statements still lock what they name (CREATE INDEX takes a SHARE lock on its table, ALTER
+  // TABLE an ACCESS EXCLUSIVE one) until the script's transaction ends, so a node's start
+  // would wait behind the other nodes' open write transactions, and queue their next writes
+  // (and reads, for ALTER TABLE) behind itself.
+  if ((!found || upgrade) && !writer_db.run(pg::schema_sql)) fail("cannot create the schema");
   if (!found) {
     if (!writer_db.exec("INSERT INTO parley_meta (key, value) VALUES ('schema_version', $1)",
                         params().add(ours)))
