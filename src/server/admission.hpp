@@ -3,8 +3,9 @@
 //
 // - Connections: at most `max_connections` open TCP connections (HTTP and WebSocket alike),
 //   of which at most `max_unauthenticated` not authenticated yet (HTTP keep-alive,
-//   WebSocket before Authenticate). The limits leave file descriptors for the store and the
-//   process (server.cpp derives them from RLIMIT_NOFILE), so a flood of idle sockets cannot
+//   WebSocket before Authenticate), and of those at most `max_unauthenticated_per_address`
+//   from one source (server/source_limit.hpp). The limits leave file descriptors for the store and
+//   the process (server.cpp derives them from RLIMIT_NOFILE), so a flood of idle sockets cannot
 //   starve RocksDB of the descriptor it needs for its next log file.
 // - Memory: every connection reports the bytes it holds (partial frames, outgoing queue,
 //   unwritten batch); past `memory_budget` in total, the connections holding the most are
@@ -19,49 +20,63 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
 
 #include "common/log.hpp"
 #include "server/connection_set.hpp"
 #include "server/metrics.hpp"
+#include "server/source_limit.hpp"
 
 namespace parley::server {
 
 class admission {
  public:
   admission(std::size_t max_connections, std::size_t max_unauthenticated, std::size_t memory_budget,
-            connection_set& connections, metrics& stats)
+            connection_set& connections, metrics& stats, std::size_t max_per_source = 0,
+            std::vector<address_block> unlimited_sources = {})
       : max_connections_(max_connections),
         max_unauthenticated_(max_unauthenticated),
         memory_budget_(memory_budget),
         connections_(connections),
-        stats_(stats) {}
+        stats_(stats),
+        sources_(max_per_source, std::move(unlimited_sources)) {}
 
   // One admitted TCP connection: released (counted out) when destroyed. Movable.
   class ticket {
    public:
     ticket() = default;
-    explicit ticket(admission* a) : admission_(a) {}
+    ticket(admission* a, std::optional<source_key> source) : admission_(a), source_(source) {}
     ticket(ticket&& o) noexcept
-        : admission_(std::exchange(o.admission_, nullptr)), authenticated_(o.authenticated_) {}
+        : admission_(std::exchange(o.admission_, nullptr)),
+          source_(o.source_),
+          authenticated_(o.authenticated_) {}
     ticket& operator=(ticket&& o) noexcept {
       if (this != &o) {
         release();
         admission_ = std::exchange(o.admission_, nullptr);
+        source_ = o.source_;
         authenticated_ = o.authenticated_;
       }
       return *this;
     }
     ~ticket() { release(); }
 
-    // The connection authenticated: it no longer counts against max_unauthenticated.
+    // The connection authenticated: it no longer counts against max_unauthenticated, nor
+    // against its source's share of it.
     void authenticated() {
       if (!admission_ || authenticated_) return;
       authenticated_ = true;
       admission_->unauthenticated_.fetch_sub(1, std::memory_order_relaxed);
+      if (source_) admission_->sources_.remove(*source_);
     }
     void release() {
       if (!admission_) return;
-      if (!authenticated_) admission_->unauthenticated_.fetch_sub(1, std::memory_order_relaxed);
+      if (!authenticated_) {
+        admission_->unauthenticated_.fetch_sub(1, std::memory_order_relaxed);
+        if (source_) admission_->sources_.remove(*source_);
+      }
       admission_->open_.fetch_sub(1, std::memory_order_relaxed);
       admission_ = nullptr;
     }
@@ -69,11 +84,13 @@ class admission {
 
    private:
     admission* admission_ = nullptr;
+    std::optional<source_key> source_;  // counted in sources_ while unauthenticated
     bool authenticated_ = false;
   };
 
-  // A connection was accepted: its ticket, or an empty one if it must be refused.
-  ticket admit() {
+  // A connection from `from` (nullopt: its address is not known, and it is not counted per
+  // source) was accepted: its ticket, or an empty one if it must be refused.
+  ticket admit(const std::optional<boost::asio::ip::address>& from = std::nullopt) {
     if (open_.fetch_add(1, std::memory_order_relaxed) >= max_connections_) {
       open_.fetch_sub(1, std::memory_order_relaxed);
       return {};
@@ -83,8 +100,20 @@ class admission {
       open_.fetch_sub(1, std::memory_order_relaxed);
       return {};
     }
-    return ticket(this);
+    std::optional<source_key> source;
+    if (from && sources_.counts(*from)) {
+      source = source_of(*from);
+      if (!sources_.try_add(*source)) {
+        unauthenticated_.fetch_sub(1, std::memory_order_relaxed);
+        open_.fetch_sub(1, std::memory_order_relaxed);
+        stats_.connections_refused_per_address.fetch_add(1, std::memory_order_relaxed);
+        return {};
+      }
+    }
+    return ticket(this, source);
   }
+  // Sources holding unauthenticated connections now (those counted).
+  std::size_t sources() const { return sources_.sources(); }
 
   // A connection's buffered bytes changed by `delta`.
   void buffered(std::ptrdiff_t delta) {
@@ -131,6 +160,7 @@ class admission {
   std::atomic<std::size_t> unauthenticated_{0};
   std::atomic<std::ptrdiff_t> buffered_{0};
   std::atomic<std::chrono::steady_clock::rep> last_shed_{0};
+  source_limit sources_;
 };
 
 }  // namespace parley::server

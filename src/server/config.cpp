@@ -1,8 +1,5 @@
 #include "server/config.hpp"
 
-#include "media/s3/sigv4.hpp"
-#include "redis/redis_client.hpp"
-
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -14,6 +11,10 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include "media/s3/sigv4.hpp"
+#include "redis/redis_client.hpp"
+#include "server/source_limit.hpp"
 
 namespace parley::server {
 
@@ -51,23 +52,26 @@ std::optional<T> typed(const View& n, std::string_view key) {
 
 const std::map<std::string, std::vector<std::string>, std::less<>>& known_keys() {
   static const std::map<std::string, std::vector<std::string>, std::less<>> keys{
-      {"", {"listen", "data", "threads", "node_id", "fsync", "metrics_listen", "store", "presence",
-             "presence_ttl_s", "store_writers"}},
+      {"",
+       {"listen", "data", "threads", "node_id", "fsync", "metrics_listen", "store", "presence",
+        "presence_ttl_s", "store_writers"}},
       {"limits",
        {"max_frame_bytes", "max_payload_bytes", "max_in_flight", "max_outbound_frames",
         "max_outbound_bytes", "drain_page", "auth_timeout_ms", "max_unauthenticated_frame_bytes",
         "max_group_members", "group_receipts_ms"}},
-      {"rate_limits",
-       {"register_per_address", "register_per_address_burst", "register_global",
-        "register_global_burst", "bad_login_per_address", "bad_login_per_address_burst",
-        "key_fetch_per_device", "key_fetch_per_device_burst", "one_time_prekey_per_pair",
-        "one_time_prekey_per_pair_burst", "send_per_device",
-        "send_per_device_burst", "typing_per_device", "typing_per_device_burst",
-        "group_change_per_device", "group_change_per_device_burst", "group_read_per_device",
-        "group_read_per_device_burst", "media_per_device",
-        "media_per_device_burst"}},
+      {"rate_limits", {"register_per_address",     "register_per_address_burst",
+                       "register_global",          "register_global_burst",
+                       "bad_login_per_address",    "bad_login_per_address_burst",
+                       "key_fetch_per_device",     "key_fetch_per_device_burst",
+                       "one_time_prekey_per_pair", "one_time_prekey_per_pair_burst",
+                       "send_per_device",          "send_per_device_burst",
+                       "typing_per_device",        "typing_per_device_burst",
+                       "group_change_per_device",  "group_change_per_device_burst",
+                       "group_read_per_device",    "group_read_per_device_burst",
+                       "media_per_device",         "media_per_device_burst"}},
       {"connections",
-       {"max_connections", "max_unauthenticated", "reserved_fds", "memory_budget_bytes"}},
+       {"max_connections", "max_unauthenticated", "max_unauthenticated_per_address",
+        "unlimited_addresses", "reserved_fds", "memory_budget_bytes"}},
       {"storage", {"reserve_bytes", "dedupe_days", "max_pending_writes", "memtable_budget_bytes"}},
       {"tls", {"cert", "key", "allow_plaintext"}},
       {"media",
@@ -339,6 +343,34 @@ config load_config_file(const std::filesystem::path& file, config c) {
   auto conn = t["connections"];
   positive("connections.max_connections", conn["max_connections"], c.max_connections);
   positive("connections.max_unauthenticated", conn["max_unauthenticated"], c.max_unauthenticated);
+  if (auto v = typed<std::int64_t>(conn["max_unauthenticated_per_address"],
+                                   "connections.max_unauthenticated_per_address")) {
+    if (*v < 0) {
+      throw std::runtime_error(
+          "config: connections.max_unauthenticated_per_address must be 0 (no limit) or more");
+    }
+    c.max_unauthenticated_per_address = static_cast<std::size_t>(*v);
+  }
+  if (const auto* list = conn["unlimited_addresses"].as_array()) {
+    c.unlimited_addresses.clear();
+    for (const auto& item : *list) {
+      const auto* text = item.as_string();
+      if (!text) {
+        throw std::runtime_error(
+            "config: connections.unlimited_addresses must be a list of strings (CIDR blocks)");
+      }
+      try {
+        (void)parse_address_block(text->get());
+      } catch (const std::invalid_argument& e) {
+        throw std::runtime_error("config: connections.unlimited_addresses: " +
+                                 std::string(e.what()));
+      }
+      c.unlimited_addresses.push_back(text->get());
+    }
+  } else if (conn["unlimited_addresses"]) {
+    throw std::runtime_error(
+        "config: connections.unlimited_addresses must be a list of strings (CIDR blocks)");
+  }
   positive("connections.reserved_fds", conn["reserved_fds"], c.reserved_fds);
   positive("connections.memory_budget_bytes", conn["memory_budget_bytes"], c.memory_budget_bytes);
   auto storage = t["storage"];

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "wire/limits.hpp"
 
@@ -110,6 +111,12 @@ struct config {
   // Authenticate) count against the smaller `max_unauthenticated` too.
   std::size_t max_connections = 0;
   std::size_t max_unauthenticated = 0;  // 0: a quarter of max_connections
+  // Of those, at most this many from one source address (an IPv6 /64 counts as one), so that
+  // one host cannot fill max_unauthenticated and lock everybody else out; 0: no such limit.
+  // Sources in `unlimited_addresses` (CIDR blocks, checked at load) are not counted: a proxy
+  // in front of parleyd, whose clients all share its address, and the machine itself.
+  std::size_t max_unauthenticated_per_address = 64;
+  std::vector<std::string> unlimited_addresses{"127.0.0.0/8", "::1"};
   std::size_t reserved_fds = 512;
   // Every connection's buffered bytes together (partial frames, outgoing queues, unwritten
   // batches): past this, the connections holding the most are dropped until the total is

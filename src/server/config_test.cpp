@@ -219,6 +219,8 @@ media_per_device_burst = 9
 [connections]
 max_connections = 1000
 max_unauthenticated = 100
+max_unauthenticated_per_address = 7
+unlimited_addresses = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.1"]
 reserved_fds = 256
 memory_budget_bytes = 67108864
 [storage]
@@ -251,6 +253,9 @@ memtable_budget_bytes = 33554432
   EXPECT_EQ(c.memtable_budget_bytes, 32u << 20);
   EXPECT_EQ(c.max_connections, 1000u);
   EXPECT_EQ(c.max_unauthenticated, 100u);
+  EXPECT_EQ(c.max_unauthenticated_per_address, 7u);
+  EXPECT_EQ(c.unlimited_addresses,
+            (std::vector<std::string>{"10.0.0.0/8", "2001:db8::/32", "192.0.2.1"}));
   EXPECT_EQ(c.reserved_fds, 256u);
   EXPECT_EQ(c.memory_budget_bytes, 64u << 20);
   EXPECT_EQ(c.storage_reserve_bytes, 8u << 20);
@@ -269,6 +274,30 @@ memtable_budget_bytes = 33554432
   EXPECT_EQ(c.auth_timeout, std::chrono::milliseconds(2500));
   // An empty file changes nothing.
   EXPECT_EQ(load_error("empty", ""), "");
+}
+
+TEST(config, the_per_address_limit_and_its_exempt_blocks_are_checked) {
+  const config defaults;
+  EXPECT_EQ(defaults.max_unauthenticated_per_address, 64u);
+  EXPECT_EQ(defaults.unlimited_addresses, (std::vector<std::string>{"127.0.0.0/8", "::1"}))
+      << "the machine itself (a local proxy, a benchmark) is not limited by default";
+  auto c = load_config_file(write_temp("per_address_off",
+                                       "[connections]\nmax_unauthenticated_per_address = 0\n"
+                                       "unlimited_addresses = []\n"),
+                            config{});
+  EXPECT_EQ(c.max_unauthenticated_per_address, 0u) << "0: no limit";
+  EXPECT_TRUE(c.unlimited_addresses.empty());
+  EXPECT_NE(load_error("per_address_neg", "[connections]\nmax_unauthenticated_per_address = -1\n")
+                .find("max_unauthenticated_per_address"),
+            std::string::npos);
+  for (const char* bad :
+       {"unlimited_addresses = [\"10.0.0.1/8\"]\n", "unlimited_addresses = [\"localhost\"]\n",
+        "unlimited_addresses = [8]\n", "unlimited_addresses = \"::1\"\n"}) {
+    EXPECT_NE(load_error("unlimited_bad", std::string("[connections]\n") + bad)
+                  .find("connections.unlimited_addresses"),
+              std::string::npos)
+        << bad;
+  }
 }
 
 TEST(config, new_limits_are_checked) {

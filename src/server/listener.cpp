@@ -6,6 +6,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <optional>
 
 #include "common/log.hpp"
 #include "server/http_session.hpp"
@@ -72,7 +73,9 @@ asio::awaitable<void> listener::accept_loop() {
       continue;
     }
     boost::system::error_code ignored;
-    auto ticket = admit_.admit();
+    const auto peer = socket.remote_endpoint(ignored);
+    auto ticket =
+        admit_.admit(ignored ? std::nullopt : std::optional<asio::ip::address>(peer.address()));
     if (!ticket) {
       refuse(socket);
       state_.stats.connections_refused.fetch_add(1, std::memory_order_relaxed);

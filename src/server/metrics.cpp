@@ -85,6 +85,10 @@ std::string metrics::render(const gauges& g) const {
   metric("parley_connections_refused_total", "counter",
          "Connections refused at accept because a connection limit was reached.",
          connections_refused.load());
+  metric("parley_connections_refused_per_address_total", "counter",
+         "Of those, connections refused because their source address already held "
+         "max_unauthenticated_per_address unauthenticated connections.",
+         connections_refused_per_address.load());
   metric("parley_connections_shed_total", "counter",
          "Connections dropped because all connections together exceeded the memory budget.",
          connections_shed.load());

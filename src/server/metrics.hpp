@@ -38,6 +38,8 @@ struct metrics {
   std::atomic<std::uint64_t> group_commits{0};
   std::atomic<std::uint64_t> group_commit_requests{0};
   std::atomic<std::uint64_t> connections_refused{0};  // over a connection limit
+  // Of those, refused because their source held max_unauthenticated_per_address.
+  std::atomic<std::uint64_t> connections_refused_per_address{0};
   std::atomic<std::uint64_t> connections_shed{0};     // dropped by the memory budget
   std::atomic<std::uint64_t> rate_limited{0};         // requests refused with RATE_LIMITED
   std::atomic<std::uint64_t> store_busy{0};           // writes refused with BUSY

@@ -56,8 +56,17 @@ void derive_connection_limits(config& cfg) {
   cfg.max_unauthenticated = std::min(cfg.max_unauthenticated, cfg.max_connections);
   log_info() << "connections: at most " << cfg.max_connections << " (open-file limit " << files
              << ", " << cfg.reserved_fds << " reserved), " << cfg.max_unauthenticated
-             << " of them unauthenticated; memory budget " << (cfg.memory_budget_bytes >> 20)
+             << " of them unauthenticated (" << cfg.max_unauthenticated_per_address
+             << " per address, 0: no limit); memory budget " << (cfg.memory_budget_bytes >> 20)
              << " MiB; storage reserve " << (cfg.storage_reserve_bytes >> 20) << " MiB";
+}
+
+// The configured blocks (load_config_file checked them; a config made in code is checked here).
+std::vector<address_block> address_blocks(const std::vector<std::string>& texts) {
+  std::vector<address_block> out;
+  out.reserve(texts.size());
+  for (const auto& t : texts) out.push_back(parse_address_block(t));
+  return out;
 }
 
 // The data directory holds everyone's ciphertext and account records: 0700, and every file
@@ -83,7 +92,7 @@ struct server::impl {
   explicit impl(config c)
       : cfg(prepared(std::move(c))),
         admit(cfg.max_connections, cfg.max_unauthenticated, cfg.memory_budget_bytes, connections,
-              stats),
+              stats, cfg.max_unauthenticated_per_address, address_blocks(cfg.unlimited_addresses)),
         limiters(cfg.rates) {
     if (cfg.threads == 0) cfg.threads = std::max(1u, std::thread::hardware_concurrency());
     backend = make_backends(cfg, [this](std::chrono::nanoseconds d, std::size_t n) {

@@ -1,6 +1,7 @@
 // Faults and abuse against a real parleyd: a full disk, descriptor and connection floods,
 // memory pinned by hostile sockets, rate limits, malformed HTTP. Each test fails without the
 // limit or recovery it checks; each says what the server must still do for everybody else.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/mount.h>
@@ -29,8 +30,18 @@ namespace fs = std::filesystem;
 // A blocking TCP socket to the server, for hand-made bytes.
 class raw_socket {
  public:
-  explicit raw_socket(unsigned short port) {
+  // To 127.0.0.1:port, from `source` (an IPv4 address of this machine: 127.0.0.2, say) if
+  // given.
+  explicit raw_socket(unsigned short port, const char* source = nullptr) {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (source && fd_ >= 0) {
+      sockaddr_in from{};
+      from.sin_family = AF_INET;
+      if (::inet_pton(AF_INET, source, &from.sin_addr) != 1 ||
+          ::bind(fd_, reinterpret_cast<sockaddr*>(&from), sizeof from) != 0) {
+        return;  // not ok()
+      }
+    }
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(port);
@@ -365,6 +376,50 @@ TEST(faults, unauthenticated_connections_have_a_smaller_limit) {
   }
   raw_socket over(server.port());
   EXPECT_EQ(over.read().rfind("HTTP/1.1 503", 0), 0u) << "the 25th connection of 24";
+}
+
+// One source address cannot take every unauthenticated slot: past
+// max_unauthenticated_per_address its connections are refused while another address still
+// gets in, and an authenticated connection no longer counts against its address. (Loopback
+// addresses are exempt by default; this server exempts none.)
+TEST(faults, one_address_cannot_take_every_unauthenticated_slot) {
+  boost::asio::io_context io;
+  server_process server({}, std::string(no_rate_limits) +
+                                "[connections]\nmax_unauthenticated = 50\n"
+                                "max_unauthenticated_per_address = 3\nunlimited_addresses = []\n");
+  std::vector<std::unique_ptr<raw_socket>> idle;
+  for (int i = 0; i < 3; ++i) {
+    idle.push_back(std::make_unique<raw_socket>(server.port()));
+    ASSERT_TRUE(idle.back()->ok());
+  }
+  raw_socket fourth(server.port());
+  EXPECT_EQ(fourth.read().rfind("HTTP/1.1 503", 0), 0u) << "the fourth from 127.0.0.1";
+  raw_socket other(server.port(), "127.0.0.2");
+  ASSERT_TRUE(other.ok()) << "cannot connect from 127.0.0.2";
+  EXPECT_TRUE(other.upgrade()) << "another address gets in";
+
+  // One slot freed (the server sees the close): a user logs in from 127.0.0.1, and its
+  // connection, once authenticated, leaves the slot to the next unauthenticated one.
+  idle.pop_back();
+  test_client alice(io, server.url());
+  ASSERT_TRUE(
+      eventually([&] { return static_cast<bool>(alice.run(alice.api().connect(server.url()))); }));
+  auto r = alice.run(alice.api().register_account("alice"));
+  ASSERT_TRUE(r) << client::describe(r.error());
+  alice.device_id = r->device_id();
+  alice.token = r->token();
+  alice.login_on_this_connection();
+  raw_socket after_login(server.port());
+  ASSERT_TRUE(after_login.ok());
+  EXPECT_TRUE(after_login.upgrade()) << "two idle and alice's authenticated connection";
+  raw_socket over(server.port());
+  EXPECT_EQ(over.read().rfind("HTTP/1.1 503", 0), 0u) << "the fourth unauthenticated again";
+
+  idle.clear();
+  EXPECT_TRUE(eventually([&] {
+    return http_get(server.port(), "/metrics")
+               .find("parley_connections_refused_per_address_total 2\n") != std::string::npos;
+  }));
 }
 
 // --- memory --------------------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+// Unauthenticated connections per source (source_limit.hpp) and their place in admission
+// (admission.hpp): what a source is, the blocks that are not counted, and that a slot comes
+// back when its connection authenticates or closes.
+#include "server/source_limit.hpp"
+
+#include <gtest/gtest.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "server/admission.hpp"
+
+namespace parley::server {
+namespace {
+
+namespace ip = boost::asio::ip;
+
+ip::address addr(const std::string& text) { return ip::make_address(text); }
+
+TEST(source_limit, a_source_is_an_ipv4_address_or_an_ipv6_slash_64) {
+  EXPECT_EQ(source_of(addr("192.0.2.7")), source_of(addr("192.0.2.7")));
+  EXPECT_NE(source_of(addr("192.0.2.7")), source_of(addr("192.0.2.8")));
+  EXPECT_EQ(source_of(addr("::ffff:192.0.2.7")), source_of(addr("192.0.2.7")))
+      << "a dual-stack listener's view of an IPv4 client is that client";
+  EXPECT_EQ(source_of(addr("2001:db8:1:2::1")), source_of(addr("2001:db8:1:2:ffff::9")))
+      << "one /64: one source";
+  EXPECT_NE(source_of(addr("2001:db8:1:2::1")), source_of(addr("2001:db8:1:3::1")));
+  // 0.0.0.1 and the IPv6 prefix 0:0:0:1::/64 have the same bits, not the same family.
+  EXPECT_NE(source_of(addr("0.0.0.1")), source_of(addr("0:0:0:1::")));
+}
+
+TEST(source_limit, blocks_are_parsed_strictly_and_contain_what_they_say) {
+  const auto v4 = parse_address_block("10.1.0.0/16");
+  EXPECT_TRUE(contains(v4, addr("10.1.255.3")));
+  EXPECT_TRUE(contains(v4, addr("::ffff:10.1.0.1"))) << "mapped: as its IPv4 address";
+  EXPECT_FALSE(contains(v4, addr("10.2.0.1")));
+  EXPECT_FALSE(contains(v4, addr("::1")));
+  const auto one = parse_address_block("192.0.2.1");
+  EXPECT_TRUE(contains(one, addr("192.0.2.1")));
+  EXPECT_FALSE(contains(one, addr("192.0.2.2"))) << "an address alone is a /32";
+  const auto v6 = parse_address_block("2001:db8::/33");
+  EXPECT_TRUE(contains(v6, addr("2001:db8:7fff::1")));
+  EXPECT_FALSE(contains(v6, addr("2001:db8:8000::1"))) << "the 33rd bit";
+  EXPECT_TRUE(contains(parse_address_block("0.0.0.0/0"), addr("203.0.113.9")));
+  EXPECT_TRUE(contains(parse_address_block("::/0"), addr("2001:db8::1")));
+  EXPECT_FALSE(contains(parse_address_block("::/0"), addr("203.0.113.9")))
+      << "an IPv6 block holds no IPv4 address";
+
+  for (const char* bad :
+       {"", "/8", "10.0.0.0/", "10.0.0.0/33", "10.0.0.1/8", "10.0.0.0/x", "10.0.0.0/8/8",
+        "example.org", "::1/129", "2001:db8::1/64", "10.0.0.0/-1", "10.0.0.0/ 8"}) {
+    EXPECT_THROW((void)parse_address_block(bad), std::invalid_argument) << '"' << bad << '"';
+  }
+}
+
+TEST(source_limit, counts_up_to_its_max_per_source_and_gives_slots_back) {
+  source_limit limit(2, {parse_address_block("127.0.0.0/8")});
+  EXPECT_FALSE(limit.counts(addr("127.0.0.5"))) << "an unlimited block";
+  EXPECT_TRUE(limit.counts(addr("198.51.100.1")));
+  const auto a = source_of(addr("198.51.100.1"));
+  const auto b = source_of(addr("198.51.100.2"));
+  EXPECT_TRUE(limit.try_add(a));
+  EXPECT_TRUE(limit.try_add(a));
+  EXPECT_FALSE(limit.try_add(a)) << "the third from one source";
+  EXPECT_TRUE(limit.try_add(b)) << "another source has its own";
+  EXPECT_EQ(limit.sources(), 2u);
+  limit.remove(a);
+  EXPECT_TRUE(limit.try_add(a)) << "a slot given back is taken again";
+  limit.remove(a);
+  limit.remove(a);
+  limit.remove(b);
+  EXPECT_EQ(limit.sources(), 0u) << "nothing is remembered of a source with none";
+  limit.remove(b);  // one too many (a caller's bug) changes nothing
+  EXPECT_EQ(limit.sources(), 0u);
+
+  source_limit off(0, {});
+  EXPECT_FALSE(off.counts(addr("198.51.100.1"))) << "0: no limit, nothing counted";
+}
+
+TEST(admission, one_source_cannot_take_every_unauthenticated_slot) {
+  connection_set connections;
+  metrics stats;
+  admission admit(100, 10, 1 << 20, connections, stats, 3, {parse_address_block("10.0.0.0/8")});
+  const auto host = addr("198.51.100.1");
+  auto t1 = admit.admit(host);
+  auto t2 = admit.admit(host);
+  auto t3 = admit.admit(host);
+  ASSERT_TRUE(t1 && t2 && t3);
+  EXPECT_FALSE(admit.admit(host)) << "the fourth from one host";
+  EXPECT_EQ(stats.connections_refused_per_address.load(), 1u);
+  EXPECT_EQ(admit.open(), 3u) << "a refusal holds nothing";
+  EXPECT_TRUE(admit.admit(addr("198.51.100.2"))) << "another host gets in";
+
+  t1.authenticated();
+  auto t4 = admit.admit(host);
+  EXPECT_TRUE(t4) << "an authenticated connection no longer counts against its source";
+  EXPECT_FALSE(admit.admit(host));
+  t2 = admission::ticket{};  // closed
+  auto t5 = admit.admit(host);
+  EXPECT_TRUE(t5) << "a closed connection's slot is free";
+  EXPECT_FALSE(admit.admit(host));
+  t1 = admission::ticket{};  // the authenticated one closes: it had given its slot back
+  EXPECT_FALSE(admit.admit(host)) << "t3, t4 and t5 hold the host's three";
+  EXPECT_EQ(admit.sources(), 1u);
+  EXPECT_EQ(stats.connections_refused_per_address.load(), 4u);
+
+  // Unlimited blocks and unknown addresses count only against max_unauthenticated (10).
+  std::vector<admission::ticket> proxy;
+  for (int i = 0; i < 6; ++i) {
+    proxy.push_back(admit.admit(addr("10.9.9.9")));
+    EXPECT_TRUE(proxy.back()) << i;
+  }
+  auto unknown = admit.admit(std::nullopt);
+  EXPECT_TRUE(unknown);
+  EXPECT_FALSE(admit.admit(addr("10.9.9.9"))) << "the 11th unauthenticated of 10";
+  EXPECT_EQ(stats.connections_refused_per_address.load(), 4u) << "not a per-address refusal";
+}
+
+}  // namespace
+}  // namespace parley::server
