@@ -25,9 +25,9 @@
 #include <vector>
 
 #include "common/log.hpp"
+#include "common/source_limit.hpp"
 #include "server/connection_set.hpp"
 #include "server/metrics.hpp"
-#include "server/source_limit.hpp"
 
 namespace parley::server {
 

@@ -12,9 +12,9 @@
 #include <utility>
 #include <vector>
 
+#include "common/source_limit.hpp"
 #include "media/s3/sigv4.hpp"
 #include "redis/redis_client.hpp"
-#include "server/source_limit.hpp"
 
 namespace parley::server {
 
@@ -76,8 +76,9 @@ const std::map<std::string, std::vector<std::string>, std::less<>>& known_keys()
       {"tls", {"cert", "key", "allow_plaintext"}},
       {"media",
        {"listen", "public_url", "quota_bytes", "upload_url_ttl_s", "download_url_ttl_s",
-        "unreferenced_retention_s", "sweep_interval_s", "max_transfers", "store", "s3_endpoint",
-        "s3_bucket", "s3_region", "s3_access_key", "s3_secret_key", "s3_ca_file"}},
+        "unreferenced_retention_s", "sweep_interval_s", "max_transfers",
+        "max_transfers_per_address", "store", "s3_endpoint", "s3_bucket", "s3_region",
+        "s3_access_key", "s3_secret_key", "s3_ca_file"}},
   };
   return keys;
 }
@@ -305,6 +306,14 @@ config load_config_file(const std::filesystem::path& file, config c) {
           c.media.unreferenced_retention);
   seconds("media.sweep_interval_s", "sweep_interval_s", c.media.sweep_interval);
   positive("media.max_transfers", media["max_transfers"], c.media.max_transfers);
+  if (auto v = typed<std::int64_t>(media["max_transfers_per_address"],
+                                   "media.max_transfers_per_address")) {
+    if (*v < 0) {
+      throw std::runtime_error(
+          "config: media.max_transfers_per_address must be 0 (no limit) or more");
+    }
+    c.media.max_transfers_per_address = static_cast<std::size_t>(*v);
+  }
   if (auto v = typed<std::string>(media["store"], "media.store")) {
     if (*v != "local" && *v != "s3")
       throw std::runtime_error(R"(config: media.store must be "local" or "s3")");

@@ -62,6 +62,10 @@ struct media_config {
   std::chrono::seconds unreferenced_retention{24 * 3600};
   std::chrono::seconds sweep_interval{600};
   std::size_t max_transfers = 256;  // concurrent connections to the blob server
+  // Of those, at most this many from one source address (as
+  // [connections] max_unauthenticated_per_address, with the same unlimited_addresses); 0: no
+  // such limit.
+  std::size_t max_transfers_per_address = 32;
   // store = "s3": an S3-compatible object store instead (media/s3/s3_blob_store); clients
   // then upload and download there directly, and the blob server is not started.
   bool s3 = false;

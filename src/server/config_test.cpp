@@ -86,6 +86,7 @@ download_url_ttl_s = 120
 unreferenced_retention_s = 3600
 sweep_interval_s = 30
 max_transfers = 16
+max_transfers_per_address = 4
 store = "s3"
 s3_endpoint = "http://127.0.0.1:9000"
 s3_bucket = "files"
@@ -108,6 +109,7 @@ media_per_device_burst = 5
   EXPECT_EQ(c.media.unreferenced_retention, std::chrono::seconds(3600));
   EXPECT_EQ(c.media.sweep_interval, std::chrono::seconds(30));
   EXPECT_EQ(c.media.max_transfers, 16u);
+  EXPECT_EQ(c.media.max_transfers_per_address, 4u);
   EXPECT_TRUE(c.media.s3);
   EXPECT_EQ(c.media.s3_endpoint, "http://127.0.0.1:9000");
   EXPECT_EQ(c.media.s3_bucket, "files");
@@ -290,6 +292,15 @@ TEST(config, the_per_address_limit_and_its_exempt_blocks_are_checked) {
   EXPECT_NE(load_error("per_address_neg", "[connections]\nmax_unauthenticated_per_address = -1\n")
                 .find("max_unauthenticated_per_address"),
             std::string::npos);
+  EXPECT_EQ(defaults.media.max_transfers_per_address, 32u);
+  EXPECT_NE(load_error("transfers_per_address_neg", "[media]\nmax_transfers_per_address = -1\n")
+                .find("media.max_transfers_per_address"),
+            std::string::npos);
+  EXPECT_EQ(load_config_file(
+                write_temp("transfers_per_address_off", "[media]\nmax_transfers_per_address = 0\n"),
+                config{})
+                .media.max_transfers_per_address,
+            0u);
   for (const char* bad :
        {"unlimited_addresses = [\"10.0.0.1/8\"]\n", "unlimited_addresses = [\"localhost\"]\n",
         "unlimited_addresses = [8]\n", "unlimited_addresses = \"::1\"\n"}) {

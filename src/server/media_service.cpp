@@ -63,7 +63,11 @@ std::optional<asio::ip::tcp::endpoint> media_service::start(
 
   // The URLs' base is known once the port is bound: set before any URL is made.
   auto local = std::make_unique<media::local_blob_store>(cfg_.data_dir / "media");
-  http_ = std::make_unique<media::blob_http_server>(*local, m.max_transfers);
+  media::blob_http_server::options opts;
+  opts.max_connections = m.max_transfers;
+  opts.max_per_source = m.max_transfers_per_address;
+  opts.unlimited_sources = parse_address_blocks(cfg_.unlimited_addresses);
+  http_ = std::make_unique<media::blob_http_server>(*local, std::move(opts));
   const bool https = tls != nullptr;
   http_->set_tls(std::move(tls));
   auto bound = http_->start(wanted);

@@ -61,14 +61,6 @@ void derive_connection_limits(config& cfg) {
              << " MiB; storage reserve " << (cfg.storage_reserve_bytes >> 20) << " MiB";
 }
 
-// The configured blocks (load_config_file checked them; a config made in code is checked here).
-std::vector<address_block> address_blocks(const std::vector<std::string>& texts) {
-  std::vector<address_block> out;
-  out.reserve(texts.size());
-  for (const auto& t : texts) out.push_back(parse_address_block(t));
-  return out;
-}
-
 // The data directory holds everyone's ciphertext and account records: 0700, and every file
 // created by this process 0600 (umask 077). Files left by an older version are tightened.
 void secure_data_dir(const std::filesystem::path& dir) {
@@ -92,7 +84,8 @@ struct server::impl {
   explicit impl(config c)
       : cfg(prepared(std::move(c))),
         admit(cfg.max_connections, cfg.max_unauthenticated, cfg.memory_budget_bytes, connections,
-              stats, cfg.max_unauthenticated_per_address, address_blocks(cfg.unlimited_addresses)),
+              stats, cfg.max_unauthenticated_per_address,
+              parse_address_blocks(cfg.unlimited_addresses)),
         limiters(cfg.rates) {
     if (cfg.threads == 0) cfg.threads = std::max(1u, std::thread::hardware_concurrency());
     backend = make_backends(cfg, [this](std::chrono::nanoseconds d, std::size_t n) {

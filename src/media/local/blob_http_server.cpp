@@ -45,13 +45,14 @@ using tcp = asio::ip::tcp;
 
 struct blob_http_server::state {
   state(asio::io_context& io, local_blob_store& s, const options& o)
-      : acceptor(io), store(s), opts(o) {}
+      : acceptor(io), store(s), opts(o), sources(o.max_per_source, o.unlimited_sources) {}
 
   tcp::acceptor acceptor;
   local_blob_store& store;
   const options opts;
   bool stopping = false;
   std::size_t open = 0;  // connections being served (connection_ticket)
+  source_limit sources;  // of those, per source address (connection_ticket)
   std::uint64_t next_number = 1;
   // Every connection's stream (its TCP layer), so that stop() can close them.
   std::unordered_map<std::uint64_t, beast::tcp_stream*> streams;
@@ -220,22 +221,27 @@ range_kind parse_range(std::string_view v, std::uint64_t size, byte_range& out) 
 
 // --- bookkeeping on the blob-io thread ---------------------------------------------------------
 
-// Counts one connection in state::open from accept to the end of its coroutine (or the
-// destruction of a coroutine that never ran). Holds the state alive.
+// Counts one connection in state::open, and in state::sources under `source` if it is
+// counted there (already added), from accept to the end of its coroutine (or the destruction
+// of a coroutine that never ran). Holds the state alive.
 class connection_ticket {
  public:
-  explicit connection_ticket(std::shared_ptr<blob_http_server::state> s) : state_(std::move(s)) {
+  connection_ticket(std::shared_ptr<blob_http_server::state> s, std::optional<source_key> source)
+      : state_(std::move(s)), source_(source) {
     ++state_->open;
   }
   connection_ticket(connection_ticket&& o) noexcept = default;
   connection_ticket& operator=(connection_ticket&&) = delete;
   ~connection_ticket() {
-    if (state_) --state_->open;
+    if (!state_) return;
+    --state_->open;
+    if (source_) state_->sources.remove(*source_);
   }
   blob_http_server::state& server() const { return *state_; }
 
  private:
   std::shared_ptr<blob_http_server::state> state_;
+  std::optional<source_key> source_;
 };
 
 // A connection: TCP, or TLS over it when the server has a certificate (common/plain_or_tls,
@@ -930,6 +936,17 @@ awaitable<void> accept_loop(std::shared_ptr<blob_http_server::state> s) {
       continue;
     }
     boost::system::error_code ignored;
+    std::optional<source_key> source;
+    if (const auto peer = socket.remote_endpoint(ignored);
+        !ignored && s->sources.counts(peer.address())) {
+      source = source_of(peer.address());
+      if (!s->sources.try_add(*source)) {
+        log_debug() << "blob server: " << peer.address().to_string()
+                    << " holds its share of connections; refusing one";
+        refuse_busy(socket);
+        continue;
+      }
+    }
     socket.set_option(tcp::no_delay(true), ignored);
     std::shared_ptr<asio::ssl::context> tls;
     {
@@ -937,7 +954,7 @@ awaitable<void> accept_loop(std::shared_ptr<blob_http_server::state> s) {
       tls = s->tls;
     }
     asio::co_spawn(s->acceptor.get_executor(),
-                   serve(connection_ticket(s), std::move(socket), std::move(tls)),
+                   serve(connection_ticket(s, source), std::move(socket), std::move(tls)),
                    [](const std::exception_ptr& e) { log_exception("a connection", e); });
   }
 }

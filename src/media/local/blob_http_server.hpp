@@ -18,12 +18,14 @@
 // another upload of the blob took over), 411 (no Content-Length, or chunked), 413 (past the
 // signed size), 416, 431 (headers over 8 KiB), 500 (the disk failed), 503 (connection limit).
 //
-// Bounds: at most `max_connections` connections at once (one more is accepted, answered 503
-// and closed at once); 8 KiB of request headers; every read and write must make progress within
-// `io_timeout` (between requests too). Memory per connection: a 64 KiB read buffer, plus a
-// 256 KiB piece buffer while a body is moving. One upload per blob at a time: a new PUT of a
-// blob takes the .part over from an older one still running (most likely a dead connection the
-// client gave up on), which then stops at its next read and closes its connection.
+// Bounds: at most `max_connections` connections at once, and at most `max_per_source` of them
+// from one source address (common/source_limit: an IPv4 address or an IPv6 /64, those in
+// `unlimited_sources` not counted); one more is accepted, answered 503 and closed at once; 8 KiB of
+// request headers; every read and write must make progress within `io_timeout` (between requests
+// too). Memory per connection: a 64 KiB read buffer, plus a 256 KiB piece buffer while a body is
+// moving. One upload per blob at a time: a new PUT of a blob takes the .part over from an older one
+// still running (most likely a dead connection the client gave up on), which then stops at its next
+// read and closes its connection.
 //
 // Thread safety: start(), stop() and local_endpoint() may be called from any thread but the
 // blob-io thread (stop() joins it). Not restartable: one start() per object. `store` must
@@ -39,7 +41,9 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <vector>
 
+#include "common/source_limit.hpp"
 #include "media/local/local_blob_store.hpp"
 
 namespace parley::media {
@@ -48,6 +52,8 @@ class blob_http_server {
  public:
   struct options {
     std::size_t max_connections = 256;
+    std::size_t max_per_source = 0;  // 0: no limit per source
+    std::vector<address_block> unlimited_sources{};
     std::chrono::seconds io_timeout{30};
     // How long stop() lets connections close before it stops the thread's event loop.
     std::chrono::milliseconds stop_deadline{2000};

@@ -108,7 +108,14 @@ std::string request_text(std::string_view method, std::string_view target,
 // One TCP connection speaking HTTP by hand; every operation gives up after 5 s.
 class raw_client {
  public:
-  explicit raw_client(unsigned short port) : stream_(io_) {
+  // To 127.0.0.1:port, from `source` (an address of this machine: 127.0.0.2, say) if given.
+  explicit raw_client(unsigned short port, const char* source = nullptr) : stream_(io_) {
+    if (source) {
+      boost::system::error_code ec;
+      stream_.socket().open(tcp::v4(), ec);
+      if (!ec) stream_.socket().bind(tcp::endpoint(asio::ip::make_address(source), 0), ec);
+      if (ec) return;  // not connected()
+    }
     boost::system::error_code result = asio::error::timed_out;
     stream_.expires_after(5s);
     stream_.async_connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port),
@@ -870,6 +877,60 @@ TEST(blob_http_server, the_url_key_is_made_once_kept_private_and_checked) {
 }
 
 // --- connections -----------------------------------------------------------------------------
+
+// One source address gets at most max_per_source of the connections: past it, 503, while
+// another address is served; a slot comes back when a connection closes; an unlimited block
+// is not counted.
+TEST(blob_http_server, one_address_gets_only_its_share_of_the_connections) {
+  harness h(blob_http_server::options{.max_connections = 8, .max_per_source = 2});
+  const auto g = h.grant_for("x");
+  const std::string head = request_text("HEAD", h.target(h.put_url(g)));
+  const auto served = [&](raw_client& c) {
+    if (!c.connected() || !c.send(head)) return false;
+    const auto res = c.read(true);
+    return res && res->result() == http::status::ok;
+  };
+  raw_client a(h.port);
+  raw_client b(h.port);
+  ASSERT_TRUE(served(a));
+  ASSERT_TRUE(served(b));
+  {
+    raw_client third(h.port);
+    ASSERT_TRUE(third.connected());
+    const auto res = third.read();
+    ASSERT_TRUE(res) << "no answer to the third connection from 127.0.0.1";
+    EXPECT_EQ(res->result(), http::status::service_unavailable);
+    EXPECT_TRUE(third.closed_by_server());
+  }
+  raw_client other(h.port, "127.0.0.2");
+  ASSERT_TRUE(other.connected()) << "cannot connect from 127.0.0.2";
+  EXPECT_TRUE(served(other)) << "another address is served";
+
+  b.close();
+  bool again = false;
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (!again && std::chrono::steady_clock::now() < deadline) {
+    raw_client next(h.port);
+    again = served(next);
+    if (!again) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_TRUE(again) << "the closed connection's slot came back";
+
+  harness open(
+      blob_http_server::options{.max_connections = 8,
+                                .max_per_source = 2,
+                                .unlimited_sources = {parse_address_block("127.0.0.0/8")}});
+  const std::string open_head =
+      request_text("HEAD", open.target(open.put_url(open.grant_for("y"))));
+  std::vector<std::unique_ptr<raw_client>> many;
+  for (int i = 0; i < 4; ++i) {
+    many.push_back(std::make_unique<raw_client>(open.port));
+    ASSERT_TRUE(many.back()->send(open_head));
+    const auto res = many.back()->read(true);
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->result(), http::status::ok) << i << ": an unlimited block is not counted";
+  }
+}
 
 TEST(blob_http_server, connections_over_the_limit_get_503) {
   harness h(2);

@@ -1,5 +1,6 @@
-// How many unauthenticated connections one source holds (admission), so that one host cannot
-// take every slot of `max_unauthenticated` and keep everybody else from logging in.
+// How many connections one source holds, against a limit per source: parleyd's unauthenticated
+// connections (server/admission.hpp) and the blob server's (media/local/blob_http_server), so
+// that one host cannot take every slot of a shared limit and keep everybody else out.
 //
 // A source is an IPv4 address or an IPv6 /64 (what one host, or one customer of an ISP, is
 // usually given: a host with a /64 could otherwise take a fresh address per connection).
@@ -7,8 +8,8 @@
 // address. Sources in the unlimited blocks are not counted: a proxy in front of parleyd (all
 // its clients share its address) or the machine itself.
 //
-// Thread-safe: one mutex around the counts (taken twice per connection: at accept, and at
-// its authentication or close).
+// Thread-safe: one mutex around the counts (taken twice per connection: at accept, and when it
+// leaves the count: authenticated or closed).
 #pragma once
 
 #include <boost/asio/ip/address.hpp>
@@ -21,7 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
-namespace parley::server {
+namespace parley {
 
 struct source_key {
   std::uint64_t bits = 0;  // the IPv4 address, or the IPv6 address's first 64 bits
@@ -40,12 +41,15 @@ struct address_block {
 // Throws std::invalid_argument for text that is not such a block (a prefix longer than the
 // address, bits set past it, anything else).
 [[nodiscard]] address_block parse_address_block(std::string_view text);
+// Each of `texts` parsed (the same throws).
+[[nodiscard]] std::vector<address_block> parse_address_blocks(
+    const std::vector<std::string>& texts);
 // Whether `address` is in `block` (an IPv4-mapped address as its IPv4 one).
 [[nodiscard]] bool contains(const address_block& block, const boost::asio::ip::address& address);
 
 class source_limit {
  public:
-  // At most `max` unauthenticated connections per source; 0: no limit (nothing counted).
+  // At most `max` connections per source; 0: no limit (nothing counted).
   source_limit(std::size_t max, std::vector<address_block> unlimited)
       : max_(max), unlimited_(std::move(unlimited)) {}
 
@@ -53,9 +57,9 @@ class source_limit {
   [[nodiscard]] bool counts(const boost::asio::ip::address& address) const;
   // One more from `source`, unless it holds `max` already (then false, nothing counted).
   [[nodiscard]] bool try_add(source_key source);
-  // One fewer from `source` (its connection authenticated or closed).
+  // One fewer from `source`.
   void remove(source_key source);
-  // Sources holding at least one unauthenticated connection now.
+  // Sources holding at least one counted connection now.
   [[nodiscard]] std::size_t sources() const;
 
  private:
@@ -70,4 +74,4 @@ class source_limit {
   std::unordered_map<source_key, std::size_t, key_hash> held_;  // guarded by mutex_
 };
 
-}  // namespace parley::server
+}  // namespace parley

@@ -1,10 +1,10 @@
-#include "server/source_limit.hpp"
+#include "common/source_limit.hpp"
 
 #include <array>
 #include <charconv>
 #include <stdexcept>
 
-namespace parley::server {
+namespace parley {
 namespace {
 
 namespace ip = boost::asio::ip;
@@ -80,6 +80,13 @@ address_block parse_address_block(std::string_view text) {
   return {network, prefix};
 }
 
+std::vector<address_block> parse_address_blocks(const std::vector<std::string>& texts) {
+  std::vector<address_block> out;
+  out.reserve(texts.size());
+  for (const auto& t : texts) out.push_back(parse_address_block(t));
+  return out;
+}
+
 bool contains(const address_block& block, const ip::address& address) {
   const auto a = plain(address);
   if (a.is_v4() != block.network.is_v4()) return false;
@@ -118,4 +125,4 @@ std::size_t source_limit::sources() const {
   return held_.size();
 }
 
-}  // namespace parley::server
+}  // namespace parley
