@@ -76,8 +76,9 @@ class blob_store {
                                                  wall_clock::time_point expires) = 0;
   // Deletes the blob and any partial upload of it: for a store with multipart uploads, the
   // upload `upload_id` (the one bound to the blob's record; empty: none) is aborted first, so
-  // that its parts go too. A blob or upload that is not there is not an error. False when the
-  // store could not be reached or a delete failed (try again later).
+  // that its parts go too (an abort that fails is logged, and the blob deleted all the same).
+  // A blob or upload that is not there is not an error. False when the store could not be
+  // reached or the blob's delete failed (try again later).
   virtual bool remove(const blob_id& id, std::string_view upload_id) = 0;
   // Blobs, complete or partial, last written before `before`: the orphan sweep's candidates.
   // A store that cannot list (or chooses not to) returns none.

@@ -4,7 +4,7 @@
 // - Connections: at most `max_connections` open TCP connections (HTTP and WebSocket alike),
 //   of which at most `max_unauthenticated` not authenticated yet (HTTP keep-alive,
 //   WebSocket before Authenticate), and of those at most `max_unauthenticated_per_address`
-//   from one source (server/source_limit.hpp). The limits leave file descriptors for the store and
+//   from one source (common/source_limit.hpp). The limits leave file descriptors for the store and
 //   the process (server.cpp derives them from RLIMIT_NOFILE), so a flood of idle sockets cannot
 //   starve RocksDB of the descriptor it needs for its next log file.
 // - Memory: every connection reports the bytes it holds (partial frames, outgoing queue,

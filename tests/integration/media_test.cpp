@@ -555,6 +555,30 @@ TEST_F(media_s3_parts_window, one_upload_per_slot_and_the_sweep_aborts_it) {
       << "the record went with it";
 }
 
+// An abort the store refuses (here 400 to an id it cannot parse: the client names the
+// UploadId, and a key without s3:AbortMultipartUpload gets 403 the same way) is logged and
+// left to the bucket's lifecycle rule: the object is deleted all the same, and the sweep goes
+// on to the other records.
+TEST_F(media_s3_parts_window, a_refused_abort_neither_keeps_the_object_nor_stops_the_sweep) {
+  auto alice = online(io, server.url(), "alice");
+  auto s = write_and_seal(dir.path(), "big.bin", 9'000'000, 7);
+  auto slot = alice.run(alice.api().request_upload(s.file.size, bytes_of(s.file.sha256)));
+  ASSERT_TRUE(slot) << client::describe(slot.error());
+  ASSERT_FALSE(slot->multipart_url().empty());
+  auto parts = alice.run(alice.api().request_upload_parts(slot->media_id(), "made-up"));
+  ASSERT_TRUE(parts) << "any well-formed id is signed: " << client::describe(parts.error());
+  ASSERT_TRUE(client::upload(slot->url(), s.cipher, {})) << "the object, in one PUT";
+  auto small = write_and_seal(dir.path(), "small.bin", 100'000, 8);
+  auto next = alice.run(alice.api().request_upload(small.file.size, bytes_of(small.file.sha256)));
+  ASSERT_TRUE(next);
+  ASSERT_TRUE(client::upload(next->url(), small.cipher, {}));
+  ASSERT_TRUE(stored(slot->media_id()));
+  ASSERT_TRUE(stored(next->media_id()));
+  // Never sent: after the retention (8 s) both go, the first despite its refused abort.
+  EXPECT_TRUE(s3_drops_within_20s(s3_dir.path(), slot->media_id()));
+  EXPECT_TRUE(s3_drops_within_20s(s3_dir.path(), next->media_id()));
+}
+
 TEST_F(media_s3_multipart, parts_are_signed_for_their_owner_and_assemble_the_file) {
   auto alice = online(io, server.url(), "alice");
   auto bob = online(io, server.url(), "bob");

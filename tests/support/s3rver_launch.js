@@ -5,8 +5,10 @@
 // test_support::spawn_listening reads). Stopped with SIGTERM.
 // s3rver 3.7.1 has no AbortMultipartUpload (DELETE /BUCKET/KEY?uploadId=U answers 405): this
 // adds it as S3 documents it (204 once the upload and its parts are gone, 404 NoSuchUpload for
-// an upload it does not hold), in front of s3rver's own routes. Like s3rver's other V4 checks
-// it does not verify the signature.
+// an upload it does not hold), in front of s3rver's own routes; an id s3rver could never have
+// made (not hex) is answered 400 InvalidArgument, as a store may answer an id it cannot
+// parse (the tests of a refused abort use one). Like s3rver's other V4 checks it does not
+// verify the signature.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -34,7 +36,14 @@ async function abortMultipartUpload(ctx, next) {
   }
   const id = String(ctx.query.uploadId);
   const dir = path.join(server.store.getResourcePath(bucket, undefined, 'uploads'), id);
-  if (!/^[0-9a-f]+$/.test(id) || !fs.existsSync(dir)) {
+  if (!/^[0-9a-f]+$/.test(id)) {
+    ctx.status = 400;
+    ctx.type = 'application/xml';
+    ctx.body = '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InvalidArgument</Code>' +
+      '<Message>Invalid uploadId.</Message></Error>';
+    return undefined;
+  }
+  if (!fs.existsSync(dir)) {
     ctx.status = 404;
     ctx.type = 'application/xml';
     ctx.body = '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchUpload</Code>' +

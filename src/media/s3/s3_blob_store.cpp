@@ -151,8 +151,11 @@ std::string s3_blob_store::download_url(const blob_id& id, std::uint64_t /*user*
 bool s3_blob_store::remove(const blob_id& id, std::string_view upload_id) {
   if (!valid_blob_id(id)) return false;
   // The upload first (AbortMultipartUpload: its parts go; 404 NoSuchUpload once it was
-  // completed or aborted), then the object (the completed upload's, or nothing).
-  if (!upload_id.empty() && !send_delete(id, {{"uploadId", std::string(upload_id)}})) return false;
+  // completed or aborted), then the object (the completed upload's, or nothing). An abort
+  // refused (a key without s3:AbortMultipartUpload, an id the store rejects: the client chose
+  // it) is logged by send_delete and left to the bucket's lifecycle rule: it must not keep
+  // the object, nor stop the sweep, whose record is gone already.
+  if (!upload_id.empty()) (void)send_delete(id, {{"uploadId", std::string(upload_id)}});
   return send_delete(id, {});
 }
 
