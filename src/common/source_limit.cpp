@@ -77,6 +77,9 @@ address_block parse_address_block(std::string_view text) {
   for (unsigned bit = prefix; bit < width; ++bit) {
     if (b[bit / 8] & (0x80 >> (bit % 8))) throw fail();
   }
+  // An IPv4-mapped block is the IPv4 block it maps, as addresses are compared (plain()).
+  if (network.is_v6() && network.to_v6().is_v4_mapped() && prefix >= 96)
+    return {ip::make_address_v4(ip::v4_mapped, network.to_v6()), prefix - 96};
   return {network, prefix};
 }
 

@@ -43,6 +43,10 @@ TEST(source_limit, blocks_are_parsed_strictly_and_contain_what_they_say) {
   EXPECT_TRUE(contains(parse_address_block("::/0"), addr("2001:db8::1")));
   EXPECT_FALSE(contains(parse_address_block("::/0"), addr("203.0.113.9")))
       << "an IPv6 block holds no IPv4 address";
+  const auto mapped = parse_address_block("::ffff:10.0.0.0/104");
+  EXPECT_TRUE(contains(mapped, addr("10.1.2.3"))) << "an IPv4-mapped block is its IPv4 block";
+  EXPECT_TRUE(contains(mapped, addr("::ffff:10.1.2.3")));
+  EXPECT_FALSE(contains(mapped, addr("11.0.0.1")));
 
   for (const char* bad :
        {"", "/8", "10.0.0.0/", "10.0.0.0/33", "10.0.0.1/8", "10.0.0.0/x", "10.0.0.0/8/8",
