@@ -1930,9 +1930,8 @@ void postgresql_store::own_media(user_id owner, std::string media,
   impl_->read<media_record>(
       std::move(done), [owner, media = std::move(media)](connection& db) -> result<media_record> {
         auto r = db.exec(
-            "SELECT media_id, owner, size, created_ms, refs, upload_id FROM media WHERE "
-            "media_id = $1 AND "
-            "owner = $2",
+            "SELECT media_id, owner, size, created_ms, refs, upload_id FROM media "
+            "WHERE media_id = $1 AND owner = $2",
             params().text(media).add(owner));
         if (!r) return r.error();
         if (r->empty()) return errc::media_not_found;
@@ -1964,9 +1963,8 @@ void postgresql_store::unreferenced_media(std::uint64_t created_before_ms, std::
       std::move(done),
       [created_before_ms, limit](connection& db) -> result<std::vector<media_record>> {
         auto r = db.exec(
-            "SELECT media_id, owner, size, created_ms, refs, upload_id FROM media WHERE refs = 0 "
-            "AND "
-            "created_ms < $1 ORDER BY created_ms, media_id LIMIT $2",
+            "SELECT media_id, owner, size, created_ms, refs, upload_id FROM media "
+            "WHERE refs = 0 AND created_ms < $1 ORDER BY created_ms, media_id LIMIT $2",
             params().add(clamp63(created_before_ms)).add(clamp63(limit)));
         if (!r) return r.error();
         std::vector<media_record> out;

@@ -1387,24 +1387,24 @@ void rocksdb_store::own_media(user_id owner, std::string media, completion<media
 
 void rocksdb_store::bind_upload(user_id owner, std::string media, std::string upload_id,
                                 completion<std::string> done) {
-  impl_->write<std::string>(std::move(done),
-                            [this, owner, media = std::move(media),
-                             upload_id = std::move(upload_id)](group& g) -> result<std::string> {
-                              auto& d = *impl_;
-                              if (upload_id.empty()) return errc::invalid_argument;
-                              std::string v;
-                              const auto key = keys::media_record(media);
-                              auto s = d.get(g, cf_media, key, &v);
-                              if (s.IsNotFound()) return errc::media_not_found;
-                              if (!s.ok()) return errc::io_error;
-                              pb::MediaRecord record;
-                              if (!parse(record, v)) return errc::corrupt;
-                              if (record.owner() != owner) return errc::media_not_found;
-                              if (!record.upload_id().empty()) return record.upload_id();
-                              record.set_upload_id(upload_id);
-                              d.put(g, cf_media, key, record.SerializeAsString());
-                              return upload_id;
-                            });
+  auto apply = [this, owner, media = std::move(media),
+                upload = std::move(upload_id)](group& g) -> result<std::string> {
+    auto& d = *impl_;
+    if (upload.empty()) return errc::invalid_argument;
+    std::string v;
+    const auto key = keys::media_record(media);
+    auto s = d.get(g, cf_media, key, &v);
+    if (s.IsNotFound()) return errc::media_not_found;
+    if (!s.ok()) return errc::io_error;
+    pb::MediaRecord record;
+    if (!parse(record, v)) return errc::corrupt;
+    if (record.owner() != owner) return errc::media_not_found;
+    if (!record.upload_id().empty()) return record.upload_id();  // the first one stays
+    record.set_upload_id(upload);
+    d.put(g, cf_media, key, record.SerializeAsString());
+    return upload;
+  };
+  impl_->write<std::string>(std::move(done), std::move(apply));
 }
 
 void rocksdb_store::unreferenced_media(std::uint64_t created_before_ms, std::size_t limit,
