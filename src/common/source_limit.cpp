@@ -15,16 +15,14 @@ ip::address plain(const ip::address& a) {
   return a;
 }
 
-// The address's bytes, network order (4 or 16 of them).
-std::array<unsigned char, 16> bytes_of(const ip::address& a, std::size_t& size) {
+// The address's bytes, network order (the first 4 of an IPv4 address's).
+std::array<unsigned char, 16> bytes_of(const ip::address& a) {
   std::array<unsigned char, 16> out{};
   if (a.is_v4()) {
     const auto b = a.to_v4().to_bytes();
     std::copy(b.begin(), b.end(), out.begin());
-    size = 4;
   } else {
     out = a.to_v6().to_bytes();
-    size = 16;
   }
   return out;
 }
@@ -72,8 +70,7 @@ address_block parse_address_block(std::string_view text) {
     }
   }
   // Bits set past the prefix ("10.0.0.1/8") are most likely a typo for another block.
-  std::size_t size = 0;
-  const auto b = bytes_of(network, size);
+  const auto b = bytes_of(network);
   for (unsigned bit = prefix; bit < width; ++bit) {
     if (b[bit / 8] & (0x80 >> (bit % 8))) throw fail();
   }
@@ -93,27 +90,20 @@ std::vector<address_block> parse_address_blocks(const std::vector<std::string>& 
 bool contains(const address_block& block, const ip::address& address) {
   const auto a = plain(address);
   if (a.is_v4() != block.network.is_v4()) return false;
-  std::size_t size = 0;
-  return same_prefix(bytes_of(block.network, size), bytes_of(a, size), block.prefix);
+  return same_prefix(bytes_of(block.network), bytes_of(a), block.prefix);
 }
 
-bool source_limit::counts(const ip::address& address) const {
-  if (max_ == 0) return false;
+std::optional<source_limit::slot> source_limit::acquire(const ip::address& address) {
+  if (max_ == 0) return slot();
   for (const auto& b : unlimited_) {
-    if (contains(b, address)) return false;
+    if (contains(b, address)) return slot();
   }
-  return true;
-}
-
-bool source_limit::try_add(source_key source) {
+  const auto source = source_of(address);
   std::lock_guard lock(mutex_);
   auto& n = held_[source];
-  if (n >= max_) {
-    if (n == 0) held_.erase(source);
-    return false;
-  }
+  if (n >= max_) return std::nullopt;
   ++n;
-  return true;
+  return slot(this, source);
 }
 
 void source_limit::remove(source_key source) {

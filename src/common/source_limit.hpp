@@ -17,9 +17,11 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace parley {
@@ -53,12 +55,36 @@ class source_limit {
   source_limit(std::size_t max, std::vector<address_block> unlimited)
       : max_(max), unlimited_(std::move(unlimited)) {}
 
-  // Whether connections from `address` are counted at all.
-  [[nodiscard]] bool counts(const boost::asio::ip::address& address) const;
-  // One more from `source`, unless it holds `max` already (then false, nothing counted).
-  [[nodiscard]] bool try_add(source_key source);
-  // One fewer from `source`.
-  void remove(source_key source);
+  // One connection's place in its source's count, given back when it is destroyed or reset
+  // (an empty one holds nothing). Movable; the source_limit must outlive it.
+  class slot {
+   public:
+    slot() = default;
+    slot(slot&& o) noexcept : limit_(std::exchange(o.limit_, nullptr)), source_(o.source_) {}
+    slot& operator=(slot&& o) noexcept {
+      if (this != &o) {
+        reset();
+        limit_ = std::exchange(o.limit_, nullptr);
+        source_ = o.source_;
+      }
+      return *this;
+    }
+    ~slot() { reset(); }
+    void reset() {
+      if (limit_ != nullptr) std::exchange(limit_, nullptr)->remove(source_);
+    }
+
+   private:
+    friend class source_limit;
+    slot(source_limit* limit, source_key source) : limit_(limit), source_(source) {}
+    source_limit* limit_ = nullptr;
+    source_key source_;
+  };
+
+  // A connection from `address`: an empty slot if it is not counted (no limit, or an
+  // unlimited block), its source's slot if there is room, nullopt if its source holds `max`
+  // already (the connection is refused; nothing counted).
+  [[nodiscard]] std::optional<slot> acquire(const boost::asio::ip::address& address);
   // Sources holding at least one counted connection now.
   [[nodiscard]] std::size_t sources() const;
 
@@ -68,6 +94,8 @@ class source_limit {
       return std::hash<std::uint64_t>{}(k.bits ^ (k.v6 ? 0x9e3779b97f4a7c15ULL : 0));
     }
   };
+  void remove(source_key source);
+
   const std::size_t max_;
   const std::vector<address_block> unlimited_;
   mutable std::mutex mutex_;

@@ -57,26 +57,52 @@ TEST(source_limit, blocks_are_parsed_strictly_and_contain_what_they_say) {
 
 TEST(source_limit, counts_up_to_its_max_per_source_and_gives_slots_back) {
   source_limit limit(2, {parse_address_block("127.0.0.0/8")});
-  EXPECT_FALSE(limit.counts(addr("127.0.0.5"))) << "an unlimited block";
-  EXPECT_TRUE(limit.counts(addr("198.51.100.1")));
-  const auto a = source_of(addr("198.51.100.1"));
-  const auto b = source_of(addr("198.51.100.2"));
-  EXPECT_TRUE(limit.try_add(a));
-  EXPECT_TRUE(limit.try_add(a));
-  EXPECT_FALSE(limit.try_add(a)) << "the third from one source";
-  EXPECT_TRUE(limit.try_add(b)) << "another source has its own";
+  {
+    std::vector<source_limit::slot> local;
+    for (int i = 0; i < 3; ++i) {
+      auto held = limit.acquire(addr("127.0.0.5"));
+      ASSERT_TRUE(held) << "an unlimited block";
+      local.push_back(std::move(*held));
+    }
+    EXPECT_EQ(limit.sources(), 0u) << "an unlimited block is not counted";
+  }
+  auto a1 = limit.acquire(addr("198.51.100.1"));
+  auto a2 = limit.acquire(addr("198.51.100.1"));
+  ASSERT_TRUE(a1 && a2);
+  EXPECT_FALSE(limit.acquire(addr("198.51.100.1"))) << "the third from one source";
+  auto b = limit.acquire(addr("198.51.100.2"));
+  EXPECT_TRUE(b) << "another source has its own";
   EXPECT_EQ(limit.sources(), 2u);
-  limit.remove(a);
-  EXPECT_TRUE(limit.try_add(a)) << "a slot given back is taken again";
-  limit.remove(a);
-  limit.remove(a);
-  limit.remove(b);
+  a1->reset();
+  auto a3 = limit.acquire(addr("198.51.100.1"));
+  EXPECT_TRUE(a3) << "a slot given back is taken again";
+  a2.reset();
+  a3.reset();
+  b.reset();
   EXPECT_EQ(limit.sources(), 0u) << "nothing is remembered of a source with none";
-  limit.remove(b);  // one too many (a caller's bug) changes nothing
-  EXPECT_EQ(limit.sources(), 0u);
+
+  // A slot gives back once: not again when reset twice, nor from its moved-from self.
+  auto c = limit.acquire(addr("198.51.100.3"));
+  auto d = limit.acquire(addr("198.51.100.3"));
+  ASSERT_TRUE(c && d);
+  source_limit::slot moved = std::move(*c);
+  c->reset();
+  EXPECT_FALSE(limit.acquire(addr("198.51.100.3"))) << "the moved-from slot gave nothing back";
+  moved.reset();
+  moved.reset();
+  EXPECT_TRUE(limit.acquire(addr("198.51.100.3"))) << "one place back, not two:";
+  auto e = limit.acquire(addr("198.51.100.3"));
+  EXPECT_TRUE(e);
+  EXPECT_FALSE(limit.acquire(addr("198.51.100.3"))) << "d and e hold the two";
 
   source_limit off(0, {});
-  EXPECT_FALSE(off.counts(addr("198.51.100.1"))) << "0: no limit, nothing counted";
+  std::vector<source_limit::slot> many;
+  for (int i = 0; i < 5; ++i) {
+    auto held = off.acquire(addr("198.51.100.1"));
+    ASSERT_TRUE(held);
+    many.push_back(std::move(*held));
+  }
+  EXPECT_EQ(off.sources(), 0u) << "0: no limit, nothing counted";
 }
 
 }  // namespace

@@ -47,16 +47,16 @@ class admission {
   class ticket {
    public:
     ticket() = default;
-    ticket(admission* a, std::optional<source_key> source) : admission_(a), source_(source) {}
+    ticket(admission* a, source_limit::slot source) : admission_(a), source_(std::move(source)) {}
     ticket(ticket&& o) noexcept
         : admission_(std::exchange(o.admission_, nullptr)),
-          source_(o.source_),
+          source_(std::move(o.source_)),
           authenticated_(o.authenticated_) {}
     ticket& operator=(ticket&& o) noexcept {
       if (this != &o) {
         release();
         admission_ = std::exchange(o.admission_, nullptr);
-        source_ = o.source_;
+        source_ = std::move(o.source_);
         authenticated_ = o.authenticated_;
       }
       return *this;
@@ -69,14 +69,12 @@ class admission {
       if (!admission_ || authenticated_) return;
       authenticated_ = true;
       admission_->unauthenticated_.fetch_sub(1, std::memory_order_relaxed);
-      if (source_) admission_->sources_.remove(*source_);
+      source_.reset();
     }
     void release() {
       if (!admission_) return;
-      if (!authenticated_) {
-        admission_->unauthenticated_.fetch_sub(1, std::memory_order_relaxed);
-        if (source_) admission_->sources_.remove(*source_);
-      }
+      if (!authenticated_) admission_->unauthenticated_.fetch_sub(1, std::memory_order_relaxed);
+      source_.reset();
       admission_->open_.fetch_sub(1, std::memory_order_relaxed);
       admission_ = nullptr;
     }
@@ -84,7 +82,7 @@ class admission {
 
    private:
     admission* admission_ = nullptr;
-    std::optional<source_key> source_;  // counted in sources_ while unauthenticated
+    source_limit::slot source_;  // held in sources_ while unauthenticated
     bool authenticated_ = false;
   };
 
@@ -100,17 +98,18 @@ class admission {
       open_.fetch_sub(1, std::memory_order_relaxed);
       return {};
     }
-    std::optional<source_key> source;
-    if (from && sources_.counts(*from)) {
-      source = source_of(*from);
-      if (!sources_.try_add(*source)) {
+    source_limit::slot source;
+    if (from) {
+      auto held = sources_.acquire(*from);
+      if (!held) {
         unauthenticated_.fetch_sub(1, std::memory_order_relaxed);
         open_.fetch_sub(1, std::memory_order_relaxed);
         stats_.connections_refused_per_address.fetch_add(1, std::memory_order_relaxed);
         return {};
       }
+      source = std::move(*held);
     }
-    return ticket(this, source);
+    return ticket(this, std::move(source));
   }
   // Sources holding unauthenticated connections now (those counted).
   std::size_t sources() const { return sources_.sources(); }

@@ -221,27 +221,25 @@ range_kind parse_range(std::string_view v, std::uint64_t size, byte_range& out) 
 
 // --- bookkeeping on the blob-io thread ---------------------------------------------------------
 
-// Counts one connection in state::open, and in state::sources under `source` if it is
-// counted there (already added), from accept to the end of its coroutine (or the destruction
-// of a coroutine that never ran). Holds the state alive.
+// Counts one connection in state::open from accept to the end of its coroutine (or the
+// destruction of a coroutine that never ran), and holds its place in state::sources as long.
+// Holds the state alive.
 class connection_ticket {
  public:
-  connection_ticket(std::shared_ptr<blob_http_server::state> s, std::optional<source_key> source)
-      : state_(std::move(s)), source_(source) {
+  connection_ticket(std::shared_ptr<blob_http_server::state> s, source_limit::slot source)
+      : state_(std::move(s)), source_(std::move(source)) {
     ++state_->open;
   }
   connection_ticket(connection_ticket&& o) noexcept = default;
   connection_ticket& operator=(connection_ticket&&) = delete;
   ~connection_ticket() {
-    if (!state_) return;
-    --state_->open;
-    if (source_) state_->sources.remove(*source_);
+    if (state_) --state_->open;
   }
   blob_http_server::state& server() const { return *state_; }
 
  private:
   std::shared_ptr<blob_http_server::state> state_;
-  std::optional<source_key> source_;
+  source_limit::slot source_;  // declared after state_: given back before the state goes
 };
 
 // A connection: TCP, or TLS over it when the server has a certificate (common/plain_or_tls,
@@ -936,16 +934,16 @@ awaitable<void> accept_loop(std::shared_ptr<blob_http_server::state> s) {
       continue;
     }
     boost::system::error_code ignored;
-    std::optional<source_key> source;
-    if (const auto peer = socket.remote_endpoint(ignored);
-        !ignored && s->sources.counts(peer.address())) {
-      source = source_of(peer.address());
-      if (!s->sources.try_add(*source)) {
+    source_limit::slot source;
+    if (const auto peer = socket.remote_endpoint(ignored); !ignored) {
+      auto held = s->sources.acquire(peer.address());
+      if (!held) {
         log_debug() << "blob server: " << peer.address().to_string()
                     << " holds its share of connections; refusing one";
         refuse_busy(socket);
         continue;
       }
+      source = std::move(*held);
     }
     socket.set_option(tcp::no_delay(true), ignored);
     std::shared_ptr<asio::ssl::context> tls;
@@ -953,9 +951,10 @@ awaitable<void> accept_loop(std::shared_ptr<blob_http_server::state> s) {
       std::lock_guard lock(s->tls_mutex);
       tls = s->tls;
     }
-    asio::co_spawn(s->acceptor.get_executor(),
-                   serve(connection_ticket(s, source), std::move(socket), std::move(tls)),
-                   [](const std::exception_ptr& e) { log_exception("a connection", e); });
+    asio::co_spawn(
+        s->acceptor.get_executor(),
+        serve(connection_ticket(s, std::move(source)), std::move(socket), std::move(tls)),
+        [](const std::exception_ptr& e) { log_exception("a connection", e); });
   }
 }
 
